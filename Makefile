@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install -q -c constraints.txt
+
+.PHONY: serve test install install-test system-deps lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+serve: install
+	$(BIN)/horde-scanner serve
+
+# Programs the tests drive for real (sshd, ffmpeg, chromium); installed only when missing.
+system-deps:
+	@./.ci/system-deps
+
+test: install-test system-deps
+	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/ruff check horde_scanner local_gpu tests bench
+	$(BIN)/mypy horde_scanner
+
+bench: install-test
+	$(BIN)/python -m bench.validate
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Ways of getting Signals for an image. See base.py for the contract."""

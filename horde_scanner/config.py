@@ -1,0 +1,183 @@
+"""The one configuration tree.
+
+Sources, highest priority first: keyword arguments, environment variables
+(`HORDE_SCANNER_` prefix, nested with `__`, e.g. `HORDE_SCANNER_HORDE__API_KEY`), a `.env` file in
+the working directory, a TOML file given with `--config`, then the defaults below. Every option is
+listed in README.md with its default; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from horde_scanner.verdict import Label
+
+ANONYMOUS_HORDE_KEY = "0000000000"
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message names the key."""
+
+
+class OnEvent(StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(14051, ge=1, le=65535)
+    # Ids pict-rs may put in the URL path (/api/v1/scan/<id>). Treat them as secrets.
+    client_ids: list[str] = Field(default_factory=list)
+    # Extra addresses/networks accepted for the special id IPADDR (loopback always is).
+    allowed_ips: list[str] = Field(default_factory=list)
+    # Only requests from these addresses may set X-Forwarded-For.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(40 * 1024 * 1024, gt=0)
+
+    @field_validator("allowed_ips", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+
+class ValidationSettings(BaseModel):
+    # pict-rs gives thumbnails 10 s in total; answer well before that.
+    deadline_s: float = Field(8.0, gt=0, le=120)
+    on_timeout: OnEvent = OnEvent.ACCEPT
+    on_unreadable: OnEvent = OnEvent.ACCEPT
+    reject_labels: list[Label] = Field(default_factory=lambda: [Label.CSAM])
+    # Misses being decoded at once (each holds its upload's bytes until downscaled).
+    max_decoding: int = Field(4, gt=0)
+    verdict_cache_size: int = Field(100_000, ge=0)
+    # A background judgement that keeps failing (backend down) becomes an `error` verdict
+    # after this many tries (backoff doubles up to 5 minutes: about four hours in all).
+    job_max_attempts: int = Field(50, gt=0)
+
+
+class MediaSettings(BaseModel):
+    max_pixels: int = Field(64_000_000, gt=0)
+    # Longest side sent to a backend: 512 px is one AI Horde tile.
+    backend_max_side: int = Field(512, ge=64, le=3072)
+    webp_quality: int = Field(85, ge=1, le=100)
+
+
+class HordeSettings(BaseModel):
+    url: str = "https://aihorde.net/api"
+    api_key: str = ANONYMOUS_HORDE_KEY
+    contact_url: str = "https://github.com/horde-scanner/horde-scanner"
+    # The `interrogation` form adds booru-style tags (lolicon, ...) at 3 kudos instead of 1.
+    interrogation: bool = False
+    slow_workers: bool = True
+    max_in_flight: int = Field(40, gt=0, le=150)
+    poll_interval_s: float = Field(1.0, ge=0.1)
+    # Our own share of the Horde's 10/s per-IP status limit, across all requests.
+    status_polls_per_s: float = Field(8.0, gt=0)
+    submits_per_min: float = Field(80.0, gt=0, le=90)
+    # Give up on one request (and DELETE it) after this long.
+    request_timeout_s: float = Field(600.0, gt=0)
+    http_timeout_s: float = Field(20.0, gt=0)
+    retries: int = Field(4, ge=0, le=10)
+    maintenance_pause_s: float = Field(120.0, ge=0)
+
+
+class StoreSettings(BaseModel):
+    path: Path = Path("horde-scanner.db")
+
+
+class PictrsSettings(BaseModel):
+    url: str | None = None
+    api_key: str | None = None
+    # Pages of /internal/hashes (newest first) searched for a late positive's hash.
+    search_pages: int = Field(20, gt=0)
+
+
+class PolicySettings(BaseModel):
+    # A TOML policy file replacing the bundled one (horde_scanner/data/policy.toml).
+    path: Path | None = None
+
+
+class BackendSettings(BaseModel):
+    kind: str = "horde"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HORDE_SCANNER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
+    horde: HordeSettings = Field(default_factory=HordeSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    pictrs: PictrsSettings = Field(default_factory=PictrsSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    backend: BackendSettings = Field(default_factory=BackendSettings)
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the Settings tree, raising ConfigError with the offending key on bad input."""
+    settings_cls: type[Settings] = Settings
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+
+        class FileSettings(Settings):
+            @classmethod
+            def settings_customise_sources(
+                cls,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+                return (init_settings, env_settings, dotenv_settings, toml)
+
+        settings_cls = FileSettings
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except ValueError as exc:  # a TOML syntax error surfaces as tomllib's ValueError subclass
+        raise ConfigError(f"config file {config_file}: {exc}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        env = "HORDE_SCANNER_" + "__".join(str(p).upper() for p in err["loc"])
+        lines.append(f"{key} (env {env}): {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

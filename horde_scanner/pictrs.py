@@ -1,0 +1,100 @@
+"""pict-rs internal API client: find the aliases of a stored file by its sha256, and purge.
+
+pict-rs has no lookup by hash. Its hash is sha256(stored bytes) + 8-byte size + 1 format byte,
+and `/internal/hashes` lists hashes newest first with their aliases, so the sha256 we computed
+of the bytes pict-rs sent us is the first 64 hex characters of one of those entries. A late
+positive is by nature recent, so it is found in the first pages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+
+class PictrsError(Exception):
+    """pict-rs refused or could not be reached; the message says which."""
+
+
+@dataclass
+class PurgeResult:
+    sha256: str
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        return bool(self.aliases)
+
+
+class PictrsClient:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        session: aiohttp.ClientSession,
+        *,
+        search_pages: int = 20,
+        page_size: int = 100,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._base = url.rstrip("/")
+        self._headers = {"X-Api-Token": api_key}
+        self._session = session
+        self.search_pages = search_pages
+        self.page_size = page_size
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def _request(self, method: str, path: str, params: dict[str, str]) -> dict[str, Any]:
+        try:
+            async with self._session.request(
+                method,
+                self._base + path,
+                params=params,
+                headers=self._headers,
+                timeout=self._timeout,
+            ) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                if resp.status == 401:
+                    raise PictrsError("pict-rs rejected the API key (invalid-api-token)")
+                if resp.status >= 400 or not isinstance(body, dict):
+                    code = body.get("code") if isinstance(body, dict) else None
+                    raise PictrsError(f"pict-rs {method} {path}: HTTP {resp.status} {code or ''}")
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PictrsError(f"pict-rs unreachable: {type(exc).__name__} {exc}") from None
+
+    async def aliases_for_sha256(self, sha256: str) -> list[str]:
+        slug: str | None = None
+        for _ in range(self.search_pages):
+            params = {"limit": str(self.page_size)}
+            if slug:
+                params["slug"] = slug
+            body = await self._request("GET", "/internal/hashes", params)
+            page = body.get("page") or {}
+            for entry in page.get("hashes") or []:
+                if str(entry.get("hex", "")).lower().startswith(sha256):
+                    return [str(a) for a in entry.get("aliases") or []]
+            slug = page.get("next")
+            if not slug:
+                break
+        return []
+
+    async def purge(self, alias: str) -> list[str]:
+        body = await self._request("POST", "/internal/purge", {"alias": alias})
+        return [str(a) for a in body.get("aliases") or [alias]]
+
+    async def purge_sha256(self, sha256: str) -> PurgeResult:
+        """Purge every alias of the file with this sha256 (one purge wipes all of them)."""
+        aliases = await self.aliases_for_sha256(sha256)
+        result = PurgeResult(sha256)
+        if aliases:
+            result.aliases = await self.purge(aliases[0])
+        return result

@@ -1,0 +1,1 @@
+"""The aiohttp service: pict-rs validation, health."""

@@ -1,0 +1,53 @@
+"""Who may ask for validation: a configured client id in the path, or the special id IPADDR
+from loopback or a configured network. X-Forwarded-For counts only from a trusted proxy."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+
+from aiohttp import web
+
+from horde_scanner.config import ServerSettings
+
+IPADDR = "IPADDR"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ClientAuth:
+    def __init__(self, settings: ServerSettings) -> None:
+        self._ids = [i for i in settings.client_ids if i and i != IPADDR]
+        self._allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_ips]
+        self._proxies = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+
+    def client_address(self, request: web.Request) -> str | None:
+        peer = request.remote
+        forwarded = request.headers.get("X-Forwarded-For")
+        if peer and forwarded and _in(peer, self._proxies):
+            # Walk from the right: the first hop not ours is the client.
+            for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+                if not _in(hop, self._proxies):
+                    return hop
+        return peer
+
+    def allows(self, request: web.Request, client_id: str) -> bool:
+        if client_id == IPADDR:
+            address = self.client_address(request)
+            if address is None:
+                return False
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            return ip.is_loopback or any(ip in net for net in self._allowed)
+        # Constant-time comparison: the id is the secret.
+        return any(secrets.compare_digest(client_id.encode(), i.encode()) for i in self._ids)
+
+
+def _in(address: str, networks: list[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

@@ -1,0 +1,104 @@
+"""Everything the handlers share, built at start-up and torn down at exit (never at import)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from horde_scanner.backends.base import Backend
+from horde_scanner.backends.router import build_backend
+from horde_scanner.config import Settings
+from horde_scanner.enforce import LatePositiveEnforcer
+from horde_scanner.judging import Judge
+from horde_scanner.media import DecodeLimits
+from horde_scanner.pictrs import PictrsClient
+from horde_scanner.policy import Policy
+from horde_scanner.service.auth import ClientAuth
+from horde_scanner.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    policy: Policy
+    backend: Backend
+    judge: Judge
+    enforcer: LatePositiveEnforcer
+    auth: ClientAuth
+    session: aiohttp.ClientSession
+    started_at: float = field(default_factory=time.time)
+    # Answers by (route, answer), for logs now and metrics later.
+    answers: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, *, backend: Backend | None = None
+) -> AsyncIterator[Services]:
+    """Open the store, the backend and the job runner; close them all on exit."""
+    policy = Policy.load(settings.policy.path)
+    store = await Store.open(settings.store.path)
+    session = aiohttp.ClientSession()
+    executor = ThreadPoolExecutor(
+        max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
+    )
+    try:
+        backend = backend or build_backend(settings, session)
+        pictrs = None
+        if settings.pictrs.url and settings.pictrs.api_key:
+            pictrs = PictrsClient(
+                settings.pictrs.url,
+                settings.pictrs.api_key,
+                session,
+                search_pages=settings.pictrs.search_pages,
+            )
+        enforcer = LatePositiveEnforcer(store, pictrs, frozenset(settings.validation.reject_labels))
+        limits = DecodeLimits(
+            max_pixels=settings.media.max_pixels,
+            backend_max_side=settings.media.backend_max_side,
+            webp_quality=settings.media.webp_quality,
+        )
+        judge = Judge(
+            store,
+            policy,
+            backend,
+            executor,
+            limits=limits,
+            workers=settings.horde.max_in_flight,
+            cache_size=settings.validation.verdict_cache_size,
+            max_attempts=settings.validation.job_max_attempts,
+            on_finished=enforcer.on_finished,
+        )
+        await judge.start()
+        try:
+            yield Services(
+                settings,
+                store,
+                policy,
+                backend,
+                judge,
+                enforcer,
+                ClientAuth(settings.server),
+                session,
+            )
+        finally:
+            await judge.stop()
+            await backend.aclose()
+    finally:
+        await session.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+        await store.close()

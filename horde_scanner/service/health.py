@@ -1,0 +1,36 @@
+"""/healthz: the process answers. /readyz: the store works and which judging paths are live."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from horde_scanner.service.context import SERVICES
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    try:
+        await svc.store.ping()
+    except Exception as exc:
+        return web.json_response(
+            {"status": "unready", "why": f"store {svc.store.path}: {exc}"}, status=503
+        )
+    backend = svc.backend.readiness()
+    body = {
+        "status": "ready" if backend.live else "degraded",
+        "store": str(svc.store.path),
+        "backend": {"name": backend.name, "live": backend.live, "detail": backend.detail},
+        "jobs_waiting": svc.judge.runner.outstanding,
+        "policy": svc.policy.version,
+    }
+    if not backend.live:
+        # Still able to answer (cache, lists, on_timeout), so not a 503.
+        body["why"] = (
+            f"{backend.name}: {backend.detail}; misses are answered by on_timeout="
+            f"{svc.settings.validation.on_timeout.value}"
+        )
+    return web.json_response(body)

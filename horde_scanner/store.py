@@ -1,0 +1,446 @@
+"""The one SQLite file that remembers everything (aiosqlite, WAL).
+
+Data lifecycle:
+
+    upload / file ──sha256──► lists (allow | deny) ──hit──► answer, audit
+                                   │ miss
+                                   ▼
+                               verdicts (by sha256, with raw signals and policy version)
+                                   │ miss
+                                   ▼
+                    jobs (pending, with the backend-ready image) ──judged──► verdicts
+                                   │                                     └─► late_positives
+                                   ▼                                          (enforced or not)
+                                 audit (every decision and action, append-only)
+
+A job row holds everything needed to judge again, so a restart loses no work: rows left
+`running` by a dead process are set back to `pending` when the store opens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from horde_scanner.verdict import Label, Signals, Verdict
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE verdicts (
+        sha256 TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        signals TEXT,
+        backend TEXT NOT NULL,
+        policy_version TEXT NOT NULL,
+        media_type TEXT,
+        size INTEGER,
+        source TEXT,
+        first_seen REAL NOT NULL,
+        judged_at REAL NOT NULL
+    );
+    CREATE INDEX verdicts_label ON verdicts(label, judged_at);
+    CREATE TABLE lists (
+        sha256 TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('allow', 'deny')),
+        note TEXT,
+        added_by TEXT,
+        added_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        sha256 TEXT,
+        event TEXT NOT NULL,
+        label TEXT,
+        action TEXT,
+        source TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_sha ON audit(sha256);
+    CREATE TABLE jobs (
+        sha256 TEXT PRIMARY KEY,
+        payload BLOB NOT NULL,
+        media_type TEXT,
+        size INTEGER,
+        source TEXT,
+        answered TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_ready ON jobs(state, not_before, created_at);
+    CREATE TABLE late_positives (
+        sha256 TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        found_at REAL NOT NULL,
+        enforcement TEXT NOT NULL,
+        detail TEXT,
+        updated_at REAL NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVerdict:
+    sha256: str
+    verdict: Verdict
+    media_type: str | None
+    size: int | None
+    source: str | None
+    first_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    sha256: str
+    payload: bytes
+    media_type: str | None
+    size: int | None
+    source: str | None
+    answered: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    ts: float
+    sha256: str | None
+    event: str
+    label: str | None
+    action: str | None
+    source: str | None
+    detail: dict[str, Any]
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is not ours."""
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        # Audit rows are buffered and written in one transaction per flush: one commit per
+        # validation answer would cost more than the answer itself.
+        self._audit_buffer: list[tuple[Any, ...]] = []
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Store:
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(str(path), isolation_level=None)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            store = cls(db, path)
+            await store._migrate()
+            # A process that died mid-judgement left these; they are work to do, not work done.
+            await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+        except aiosqlite.DatabaseError as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+        return store
+
+    async def close(self) -> None:
+        await self.flush_audit()
+        await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+        async with self._db.execute("SELECT version FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row else 0
+        if current > len(_MIGRATIONS):
+            raise StoreError(
+                f"store {self.path} has schema {current}, newer than this build knows "
+                f"({len(_MIGRATIONS)}); upgrade horde-scanner"
+            )
+        for version in range(current, len(_MIGRATIONS)):
+            await self._db.executescript(
+                "BEGIN;" + _MIGRATIONS[version] + ";DELETE FROM schema_version;"
+                f"INSERT INTO schema_version VALUES ({version + 1});COMMIT;"
+            )
+
+    async def ping(self) -> None:
+        async with self._db.execute("SELECT 1") as cur:
+            await cur.fetchone()
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits."""
+        async with self._db.execute("PRAGMA data_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- verdicts --------------------------------------------------------------------------
+
+    async def get_verdict(self, sha256: str) -> StoredVerdict | None:
+        async with self._db.execute(
+            "SELECT sha256, label, reasons, signals, backend, policy_version, media_type, size,"
+            " source, first_seen, judged_at FROM verdicts WHERE sha256=?",
+            (sha256,),
+        ) as cur:
+            row = await cur.fetchone()
+        return _verdict_from_row(row) if row else None
+
+    async def put_verdict(
+        self,
+        sha256: str,
+        verdict: Verdict,
+        *,
+        media_type: str | None = None,
+        size: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        now = time.time()
+        signals = verdict.signals.model_dump_json() if verdict.signals else None
+        await self._db.execute(
+            "INSERT INTO verdicts (sha256, label, reasons, signals, backend, policy_version,"
+            " media_type, size, source, first_seen, judged_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(sha256) DO UPDATE SET label=excluded.label, reasons=excluded.reasons,"
+            " signals=COALESCE(excluded.signals, verdicts.signals), backend=excluded.backend,"
+            " policy_version=excluded.policy_version,"
+            " media_type=COALESCE(excluded.media_type, verdicts.media_type),"
+            " size=COALESCE(excluded.size, verdicts.size),"
+            " source=COALESCE(verdicts.source, excluded.source), judged_at=excluded.judged_at",
+            (
+                sha256,
+                verdict.label.value,
+                json.dumps(verdict.reasons),
+                signals,
+                verdict.backend,
+                verdict.policy_version,
+                media_type,
+                size,
+                source,
+                now,
+                verdict.judged_at,
+            ),
+        )
+
+    async def iter_verdicts(
+        self,
+        *,
+        labels: Iterable[Label] | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[StoredVerdict]:
+        query = (
+            "SELECT sha256, label, reasons, signals, backend, policy_version, media_type, size,"
+            " source, first_seen, judged_at FROM verdicts WHERE 1=1"
+        )
+        params: list[Any] = []
+        label_list = [label.value for label in labels] if labels else []
+        if label_list:
+            query += f" AND label IN ({','.join('?' * len(label_list))})"
+            params += label_list
+        if since is not None:
+            query += " AND judged_at >= ?"
+            params.append(since)
+        query += " ORDER BY judged_at DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        async with self._db.execute(query, params) as cur:
+            async for row in cur:
+                yield _verdict_from_row(row)
+
+    async def count_verdicts(self) -> dict[str, int]:
+        async with self._db.execute("SELECT label, COUNT(*) FROM verdicts GROUP BY label") as cur:
+            return {label: n async for label, n in cur}
+
+    # -- allow / deny lists ----------------------------------------------------------------
+
+    async def list_kind(self, sha256: str) -> str | None:
+        async with self._db.execute("SELECT kind FROM lists WHERE sha256=?", (sha256,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
+        await self._db.execute(
+            "INSERT INTO lists (sha256, kind, note, added_by, added_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(sha256) DO UPDATE SET kind=excluded.kind, note=excluded.note,"
+            " added_by=excluded.added_by, added_at=excluded.added_at",
+            (sha256, kind, note, by, time.time()),
+        )
+
+    async def remove_list(self, sha256: str) -> bool:
+        cur = await self._db.execute("DELETE FROM lists WHERE sha256=?", (sha256,))
+        return cur.rowcount > 0
+
+    async def iter_list(self, kind: str) -> AsyncIterator[tuple[str, str, str, float]]:
+        async with self._db.execute(
+            "SELECT sha256, note, added_by, added_at FROM lists WHERE kind=? ORDER BY added_at",
+            (kind,),
+        ) as cur:
+            async for row in cur:
+                yield row[0], row[1] or "", row[2] or "", row[3]
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def audit(
+        self,
+        event: str,
+        *,
+        sha256: str | None = None,
+        label: str | None = None,
+        action: str | None = None,
+        source: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self._audit_buffer.append(
+            (time.time(), sha256, event, label, action, source, json.dumps(detail or {}))
+        )
+        if len(self._audit_buffer) >= 500:
+            await self.flush_audit()
+
+    async def flush_audit(self) -> None:
+        if not self._audit_buffer:
+            return
+        rows, self._audit_buffer = self._audit_buffer, []
+        await self._db.execute("BEGIN")
+        try:
+            await self._db.executemany(
+                "INSERT INTO audit (ts, sha256, event, label, action, source, detail)"
+                " VALUES (?,?,?,?,?,?,?)",
+                rows,
+            )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
+    async def audit_trail(self, sha256: str) -> list[AuditRecord]:
+        await self.flush_audit()
+        async with self._db.execute(
+            "SELECT id, ts, sha256, event, label, action, source, detail FROM audit"
+            " WHERE sha256=? ORDER BY id",
+            (sha256,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
+            for r in rows
+        ]
+
+    # -- pending jobs ----------------------------------------------------------------------
+
+    async def add_job(
+        self,
+        sha256: str,
+        payload: bytes,
+        *,
+        media_type: str | None,
+        size: int | None,
+        source: str | None,
+    ) -> bool:
+        """Persist a judgement to do; False when one for this hash is already pending."""
+        cur = await self._db.execute(
+            "INSERT OR IGNORE INTO jobs (sha256, payload, media_type, size, source, created_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (sha256, payload, media_type, size, source, time.time()),
+        )
+        return cur.rowcount > 0
+
+    async def set_job_answer(self, sha256: str, answered: str) -> None:
+        await self._db.execute("UPDATE jobs SET answered=? WHERE sha256=?", (answered, sha256))
+
+    async def claim_jobs(self, limit: int) -> list[Job]:
+        """Take up to `limit` ready jobs (oldest first), marking them running in one statement
+        so that two processes sharing the file never take the same job."""
+        async with self._db.execute(
+            "UPDATE jobs SET state='running' WHERE sha256 IN (SELECT sha256 FROM jobs"
+            " WHERE state='pending' AND not_before <= ? ORDER BY created_at LIMIT ?)"
+            " RETURNING sha256, payload, media_type, size, source, answered, attempts",
+            (time.time(), limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    async def finish_job(self, sha256: str) -> str | None:
+        """Remove a judged job; returns what the validation endpoint answered meanwhile."""
+        async with self._db.execute("SELECT answered FROM jobs WHERE sha256=?", (sha256,)) as cur:
+            row = await cur.fetchone()
+        await self._db.execute("DELETE FROM jobs WHERE sha256=?", (sha256,))
+        return row[0] if row else None
+
+    async def retry_job(self, sha256: str, *, delay_s: float, error: str) -> None:
+        await self._db.execute(
+            "UPDATE jobs SET state='pending', attempts=attempts+1, not_before=?, last_error=?"
+            " WHERE sha256=?",
+            (time.time() + delay_s, error, sha256),
+        )
+
+    async def count_jobs(self) -> int:
+        async with self._db.execute("SELECT COUNT(*) FROM jobs") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def next_job_time(self) -> float | None:
+        async with self._db.execute(
+            "SELECT MIN(not_before) FROM jobs WHERE state='pending'"
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    # -- late positives --------------------------------------------------------------------
+
+    async def record_late_positive(
+        self, sha256: str, label: Label, enforcement: str, detail: dict[str, Any]
+    ) -> None:
+        now = time.time()
+        await self._db.execute(
+            "INSERT INTO late_positives (sha256, label, found_at, enforcement, detail, updated_at)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET"
+            " enforcement=excluded.enforcement, detail=excluded.detail,"
+            " updated_at=excluded.updated_at",
+            (sha256, label.value, now, enforcement, json.dumps(detail), now),
+        )
+
+    async def late_positives(self) -> list[dict[str, Any]]:
+        async with self._db.execute(
+            "SELECT sha256, label, found_at, enforcement, detail, updated_at FROM late_positives"
+            " ORDER BY found_at DESC"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            {
+                "sha256": r[0],
+                "label": r[1],
+                "found_at": r[2],
+                "enforcement": r[3],
+                "detail": json.loads(r[4] or "{}"),
+                "updated_at": r[5],
+            }
+            for r in rows
+        ]
+
+
+def _verdict_from_row(row: Any) -> StoredVerdict:
+    signals = Signals.model_validate_json(row[3]) if row[3] else None
+    verdict = Verdict(
+        label=Label(row[1]),
+        reasons=json.loads(row[2]),
+        signals=signals,
+        backend=row[4],
+        policy_version=row[5],
+        judged_at=row[10],
+    )
+    return StoredVerdict(row[0], verdict, row[6], row[7], row[8], row[9])
