@@ -363,3 +363,7 @@ main.add_command(_list_command("allow", "Allow-list SHA256 hashes or FILES (alwa
 main.add_command(
     _list_command("deny", "Deny-list SHA256 hashes or FILES (always rejected as csam).")
 )
+
+
+if __name__ == "__main__":
+    main()

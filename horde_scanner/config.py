@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,7 +35,12 @@ class OnEvent(StrEnum):
     REJECT = "reject"
 
 
-class ServerSettings(BaseModel):
+class Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(14051, ge=1, le=65535)
     # Ids pict-rs may put in the URL path (/api/v1/scan/<id>). Treat them as secrets.
@@ -54,7 +59,7 @@ class ServerSettings(BaseModel):
         return value
 
 
-class ValidationSettings(BaseModel):
+class ValidationSettings(Section):
     # pict-rs gives thumbnails 10 s in total; answer well before that.
     deadline_s: float = Field(8.0, gt=0, le=120)
     on_timeout: OnEvent = OnEvent.ACCEPT
@@ -68,14 +73,14 @@ class ValidationSettings(BaseModel):
     job_max_attempts: int = Field(50, gt=0)
 
 
-class MediaSettings(BaseModel):
+class MediaSettings(Section):
     max_pixels: int = Field(64_000_000, gt=0)
     # Longest side sent to a backend: 512 px is one AI Horde tile.
     backend_max_side: int = Field(512, ge=64, le=3072)
     webp_quality: int = Field(85, ge=1, le=100)
 
 
-class HordeSettings(BaseModel):
+class HordeSettings(Section):
     url: str = "https://aihorde.net/api"
     api_key: str = ANONYMOUS_HORDE_KEY
     contact_url: str = "https://github.com/horde-scanner/horde-scanner"
@@ -94,23 +99,23 @@ class HordeSettings(BaseModel):
     maintenance_pause_s: float = Field(120.0, ge=0)
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(Section):
     path: Path = Path("horde-scanner.db")
 
 
-class PictrsSettings(BaseModel):
+class PictrsSettings(Section):
     url: str | None = None
     api_key: str | None = None
     # Pages of /internal/hashes (newest first) searched for a late positive's hash.
     search_pages: int = Field(20, gt=0)
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(Section):
     # A TOML policy file replacing the bundled one (horde_scanner/data/policy.toml).
     path: Path | None = None
 
 
-class BackendSettings(BaseModel):
+class BackendSettings(Section):
     kind: str = "horde"
 
 

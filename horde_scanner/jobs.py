@@ -126,8 +126,11 @@ class JobRunner:
             await self._wait_wake(delay)
 
     async def _wait_wake(self, wait_s: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and stop() would then wait forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await self._wake.wait()
 
     async def _work(self) -> None:
         while True:

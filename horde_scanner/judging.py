@@ -107,6 +107,8 @@ class Judge:
                     self._data_version = version
                     self._cache.clear()
                 await self.store.flush_audit()
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("store sync failed")
 

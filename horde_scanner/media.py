@@ -134,7 +134,11 @@ def prepare(data: bytes, limits: DecodeLimits) -> PreparedImage:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UnreadableMedia(f"{media_type}: cannot decode ({exc})") from None
     except Image.DecompressionBombError as exc:
-        raise UnreadableMedia(f"decompression bomb refused ({exc})") from None
+        # Pillow's own guard fired first (its limit is higher than ours).
+        raise UnreadableMedia(
+            f"exceeds the decode limit of {limits.max_pixels} pixels; decompression bomb "
+            f"refused ({exc})"
+        ) from None
     return PreparedImage(media_type, width, height, frames, rgb, webp)
 
 

@@ -90,6 +90,10 @@ _MIGRATIONS: list[str] = [
 ]
 
 
+# 7 columns x 500 rows stays under SQLite's 32766 bound variables.
+_AUDIT_ROWS_PER_INSERT = 500
+
+
 @dataclass(frozen=True, slots=True)
 class StoredVerdict:
     sha256: str
@@ -315,17 +319,15 @@ class Store:
         if not self._audit_buffer:
             return
         rows, self._audit_buffer = self._audit_buffer, []
-        await self._db.execute("BEGIN")
-        try:
-            await self._db.executemany(
-                "INSERT INTO audit (ts, sha256, event, label, action, source, detail)"
-                " VALUES (?,?,?,?,?,?,?)",
-                rows,
+        # One multi-row INSERT is one atomic statement: no BEGIN/COMMIT pair that other
+        # coroutines' statements could slip into while we await.
+        for start in range(0, len(rows), _AUDIT_ROWS_PER_INSERT):
+            batch = rows[start : start + _AUDIT_ROWS_PER_INSERT]
+            await self._db.execute(
+                "INSERT INTO audit (ts, sha256, event, label, action, source, detail) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?)"] * len(batch)),
+                [value for row in batch for value in row],
             )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
 
     async def audit_trail(self, sha256: str) -> list[AuditRecord]:
         await self.flush_audit()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+import aiohttp
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
@@ -52,7 +53,7 @@ async def _read_multipart_file(request: web.Request, limit: int) -> bytes:
     try:
         reader = await request.multipart()
         async for part in reader:
-            if isinstance(part, web.BodyPartReader) and part.name == "file":
+            if isinstance(part, aiohttp.BodyPartReader) and part.name == "file":
                 buf = bytearray()
                 while chunk := await part.read_chunk(65536):
                     buf += chunk

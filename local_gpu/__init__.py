@@ -1,0 +1,1 @@
+"""Optional torch backend (extra `[gpu]`); filled by its own issue. Imported lazily only."""
