@@ -198,7 +198,7 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
             listed = await store.list_kind(sha256)
         if stored is None and not trail and listed is None:
             return None
-        record = _verdict_record(stored) if stored else {"sha256": sha256}
+        record: dict[str, Any] = _verdict_record(stored) if stored else {"sha256": sha256}
         record["list"] = listed
         record["audit"] = [
             {

@@ -30,8 +30,12 @@ import aiosqlite
 
 from horde_scanner.verdict import Label, Signals, Verdict
 
-_MIGRATIONS: list[str] = [
-    """
+# Named schema steps, applied once each in this order. A concern that needs tables of its own
+# appends a step here with a new name and keeps the queries in its own module (see `db`).
+_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001-core",
+        """
     CREATE TABLE verdicts (
         sha256 TEXT PRIMARY KEY,
         label TEXT NOT NULL,
@@ -87,6 +91,7 @@ _MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    ),
 ]
 
 
@@ -167,20 +172,29 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The shared connection, for modules that keep their own tables in this file."""
+        return self._db
+
     async def _migrate(self) -> None:
-        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
-        async with self._db.execute("SELECT version FROM schema_version") as cur:
-            row = await cur.fetchone()
-        current = row[0] if row else 0
-        if current > len(_MIGRATIONS):
+        await self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+        )
+        async with self._db.execute("SELECT name FROM schema_migrations") as cur:
+            applied = {row[0] async for row in cur}
+        known = {name for name, _ in _MIGRATIONS}
+        if applied - known:
             raise StoreError(
-                f"store {self.path} has schema {current}, newer than this build knows "
-                f"({len(_MIGRATIONS)}); upgrade horde-scanner"
+                f"store {self.path} was written by a newer horde-scanner (schema steps "
+                f"{', '.join(sorted(applied - known))}); upgrade horde-scanner"
             )
-        for version in range(current, len(_MIGRATIONS)):
+        for name, sql in _MIGRATIONS:
+            if name in applied:
+                continue
             await self._db.executescript(
-                "BEGIN;" + _MIGRATIONS[version] + ";DELETE FROM schema_version;"
-                f"INSERT INTO schema_version VALUES ({version + 1});COMMIT;"
+                f"BEGIN;{sql};INSERT INTO schema_migrations VALUES ('{name}', {time.time()});"
+                "COMMIT;"
             )
 
     async def ping(self) -> None:
