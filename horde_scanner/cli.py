@@ -320,6 +320,9 @@ def _hash_of(target: str) -> str:
     )
 
 
+_PAST = {"allow": "allowed", "deny": "denied"}
+
+
 def _list_command(kind: str, help_text: str) -> click.Command:
     @click.command(kind, help=help_text)
     @click.argument("targets", nargs=-1, required=True)
@@ -350,7 +353,7 @@ def _list_command(kind: str, help_text: str) -> click.Command:
                     await store.audit(
                         kind, sha256=sha, action=kind, source="cli", detail={"note": note}
                     )
-                    done.append(f"{kind}ed {sha}")
+                    done.append(f"{_PAST[kind]} {sha}")
             return done
 
         for line in _run(go):

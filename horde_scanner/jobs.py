@@ -51,6 +51,8 @@ class JobRunner:
         self._answers: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Verdicts being written: a stop must wait for these, not cut them off half-recorded.
+        self._finishing: set[asyncio.Future[None]] = set()
         self.busy = 0
 
     async def start(self) -> None:
@@ -67,6 +69,8 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         # Jobs claimed but not finished go back to pending in the store on the next open.
         for fut in self._futures.values():
             if not fut.done():
@@ -161,7 +165,10 @@ class JobRunner:
                 backoff = min(self.max_backoff_s, 2.0 ** min(job.attempts, 16))
                 await self._retry(job, max(backoff, exc.retry_after_s or 0.0), exc.reason)
                 return
-        await self._finish(job, verdict)
+        finishing = asyncio.ensure_future(self._finish(job, verdict))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finishing.discard)
+        await asyncio.shield(finishing)
 
     async def _retry(self, job: Job, delay_s: float, reason: str) -> None:
         log.info("job %s: %s; retrying in %.0f s", job.sha256[:12], reason, delay_s)
