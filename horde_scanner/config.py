@@ -50,6 +50,9 @@ class ServerSettings(Section):
     # Only requests from these addresses may set X-Forwarded-For.
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(40 * 1024 * 1024, gt=0)
+    # Upload bodies read and admitted at once; the rest wait (unread) for a slot, up to the
+    # deadline. Bounds memory in a burst to about this many bodies.
+    max_concurrent_uploads: int = Field(128, gt=0)
 
     @field_validator("allowed_ips", "trusted_proxies")
     @classmethod

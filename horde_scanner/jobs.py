@@ -47,8 +47,10 @@ class JobRunner:
         self.max_backoff_s = max_backoff_s
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=workers)
         self._futures: dict[str, asyncio.Future[Verdict]] = {}
-        # Answers given while a job was still running; read by the worker that finishes it.
+        # Answers given while a job was still running; read by the worker that finishes it,
+        # and saved to the job row in batches (save_answers) so that a restart keeps them.
         self._answers: dict[str, str] = {}
+        self._unsaved_answers: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Verdicts being written: a stop must wait for these, not cut them off half-recorded.
@@ -109,6 +111,12 @@ class JobRunner:
         """Record, synchronously, that an answer was given before the verdict existed."""
         if self._answers.get(sha256) != "accept":
             self._answers[sha256] = answer
+            self._unsaved_answers[sha256] = answer
+
+    async def save_answers(self) -> None:
+        if self._unsaved_answers:
+            answers, self._unsaved_answers = self._unsaved_answers, {}
+            await self._store.set_job_answers(answers)
 
     @property
     def outstanding(self) -> int:
@@ -185,6 +193,7 @@ class JobRunner:
         if fut is not None and not fut.done():
             fut.set_result(verdict)
         answered = self._answers.pop(job.sha256, None)
+        self._unsaved_answers.pop(job.sha256, None)
         persisted = await self._store.finish_job(job.sha256)
         given = {answered, persisted} - {None}
         await self._on_finished(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,6 +51,20 @@ class Outcome:
     @property
     def label(self) -> Label | None:
         return self.verdict.label if self.verdict else None
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """What one evaluate() call knows so far, shared with its admission task."""
+
+    sha256: str | None
+    media_type: str | None
+    size: int
+    submitted: bool = False
+    answer: str | None = None
+
+    def outcome(self, route: Route, verdict: Verdict | None) -> Outcome:
+        return Outcome(self.sha256 or "", route, verdict, self.media_type, self.size)
 
 
 class Judge:
@@ -94,6 +108,7 @@ class Judge:
             except asyncio.CancelledError:
                 pass
         await self.runner.stop()
+        await self.runner.save_answers()
         await self.store.flush_audit()
 
     async def _sync_loop(self) -> None:
@@ -106,6 +121,7 @@ class Judge:
                 if version != self._data_version:
                     self._data_version = version
                     self._cache.clear()
+                await self.runner.save_answers()
                 await self.store.flush_audit()
             except asyncio.CancelledError:
                 raise
@@ -163,30 +179,76 @@ class Judge:
         return self._remember(outcome)
 
     async def evaluate(
-        self, data: bytes, *, source: str, within_s: float | None, sha256: str | None = None
+        self,
+        data: bytes,
+        *,
+        source: str,
+        within_s: float | None,
+        sha256: str | None = None,
+        answer_if_late: str | None = None,
+        on_admitted: Callable[[], None] | None = None,
     ) -> Outcome:
-        """Judge `data`, answering within `within_s` seconds (None: wait as long as it takes)."""
-        started = time.monotonic()
-        sha = sha256 or await self.sha256(data)
-        known = await self.lookup(sha)
-        if known is not None:
-            return known
-        fut = self.runner.future_for(sha)
-        if fut is None:
-            fut = await self.runner.submit(
-                sha, data, media_type=sniff(data), size=len(data), source=source
-            )
-        media_type, size = sniff(data), len(data)
-        del data  # the job row holds the bytes now; do not keep them alive while waiting
-        remaining = None if within_s is None else max(0.0, within_s - (time.monotonic() - started))
+        """Judge `data`, returning within `within_s` seconds (None: as long as it takes).
+
+        When time runs out first, everything already started goes on in the background (the
+        job is persisted even if that was still under way), and `answer_if_late`, what the
+        caller answers instead, is remembered so that a late positive can be enforced.
+        `on_admitted` is called once the bytes are no longer needed (answered from the lists or
+        cache, or persisted as a job), so a caller can bound how many bodies it holds.
+        """
+        ticket = _Ticket(sha256=sha256, media_type=sniff(data), size=len(data))
+        if within_s is None:
+            admitted = await self._admit(data, source, ticket, on_admitted)
+            if isinstance(admitted, Outcome):
+                return admitted
+            return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
+        admission = asyncio.ensure_future(self._admit(data, source, ticket, on_admitted))
+        del data  # the admission (then the job row) holds the bytes; do not keep them here
         try:
-            verdict = await asyncio.wait_for(asyncio.shield(fut), remaining)
+            async with asyncio.timeout(within_s):
+                admitted = await asyncio.shield(admission)
+                if isinstance(admitted, Outcome):
+                    return admitted
+                return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
         except TimeoutError:
-            if fut.done() and not fut.cancelled():
-                verdict = fut.result()
-            else:
-                return Outcome(sha, Route.TIMEOUT, None, media_type, size)
-        return Outcome(sha, Route.BACKEND, verdict, media_type, size)
+            pass
+        # From here to the return nothing awaits: a verdict landing now is either seen here or
+        # finds the answer noted for it.
+        if admission.done() and not admission.cancelled() and admission.exception() is None:
+            admitted = admission.result()
+            if isinstance(admitted, Outcome):
+                return admitted
+            if admitted.done() and not admitted.cancelled():
+                return ticket.outcome(Route.BACKEND, admitted.result())
+        if answer_if_late is not None:
+            ticket.answer = answer_if_late
+            if ticket.submitted and ticket.sha256:
+                self.runner.note_answer(ticket.sha256, answer_if_late)
+        return ticket.outcome(Route.TIMEOUT, None)
+
+    async def _admit(
+        self,
+        data: bytes,
+        source: str,
+        ticket: _Ticket,
+        on_admitted: Callable[[], None] | None,
+    ) -> Outcome | asyncio.Future[Verdict]:
+        """Hash, look up, and if unknown persist a job: an Outcome, or the job's Future."""
+        try:
+            sha = ticket.sha256 = ticket.sha256 or await self.sha256(data)
+            known = await self.lookup(sha)
+            if known is not None:
+                return known
+            fut = self.runner.future_for(sha) or await self.runner.submit(
+                sha, data, media_type=ticket.media_type, size=ticket.size, source=source
+            )
+        finally:
+            if on_admitted is not None:
+                on_admitted()
+        ticket.submitted = True
+        if ticket.answer is not None:
+            self.runner.note_answer(sha, ticket.answer)
+        return fut
 
     async def _process(self, job: Job) -> Verdict:
         loop = asyncio.get_running_loop()

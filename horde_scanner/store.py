@@ -375,8 +375,12 @@ class Store:
         )
         return cur.rowcount > 0
 
-    async def set_job_answer(self, sha256: str, answered: str) -> None:
-        await self._db.execute("UPDATE jobs SET answered=? WHERE sha256=?", (answered, sha256))
+    async def set_job_answers(self, answers: dict[str, str]) -> None:
+        """Record what was answered for jobs still running ('accept' is never overwritten)."""
+        await self._db.executemany(
+            "UPDATE jobs SET answered=? WHERE sha256=? AND answered IS NOT 'accept'",
+            [(answer, sha) for sha, answer in answers.items()],
+        )
 
     async def claim_jobs(self, limit: int) -> list[Job]:
         """Take up to `limit` ready jobs (oldest first), marking them running in one statement

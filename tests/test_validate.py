@@ -100,7 +100,7 @@ async def test_deadline_is_never_overrun(tmp_path: Path, http, on_timeout: str, 
                                            "image/jpeg")
             assert result.status == status
             assert result.body["route"] == "timeout" and result.body["label"] is None
-            assert 0.9 <= result.elapsed_s < 1.5
+            assert result.elapsed_s < 1.5  # answered by the deadline, not by the Horde (30 s)
             # The judgement goes on in the background, from a persisted job.
             assert await svc.services.store.count_jobs() == 1
 

@@ -294,9 +294,7 @@ class HordeBackend:
                     continue
                 raise self._refusal(exc) from None
             overall = state.get("state")
-            forms = {
-                str(f.get("form")): f for f in state.get("forms", []) if isinstance(f, dict)
-            }
+            forms = {str(f.get("form")): f for f in state.get("forms", []) if isinstance(f, dict)}
             if overall in ("done", "faulted", "partial"):
                 missing = [
                     name for name in self.forms if forms.get(name, {}).get("state") != "done"

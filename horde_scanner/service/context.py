@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ class Services:
     enforcer: LatePositiveEnforcer
     auth: ClientAuth
     session: aiohttp.ClientSession
+    # Uploads being read and admitted at once (server.max_concurrent_uploads).
+    upload_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     started_at: float = field(default_factory=time.time)
     # Answers by (route, answer), for logs now and metrics later.
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)

@@ -8,6 +8,7 @@ The answer never comes later than `validation.deadline_s` after the request arri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 ACCEPT_STATUS = 200
 REJECT_STATUS = 406
+# Time kept back from the deadline for logging and writing the response.
+_RESPONSE_MARGIN_S = 0.25
 
 
 async def read_upload(request: web.Request, limit: int) -> bytes:
@@ -82,6 +85,27 @@ def _decide(svc: Services, outcome: Outcome) -> tuple[OnEvent, str]:
     return OnEvent.ACCEPT, verdict.label.value
 
 
+def _loop_time(monotonic_deadline: float) -> float:
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())
+
+
+def _overloaded(svc: Services, source: str, started: float) -> web.Response:
+    """Too many uploads at once to even read this one before the deadline."""
+    answer = svc.settings.validation.on_timeout
+    svc.answers[("overload", answer.value)] += 1
+    log.warning("overloaded: answered %s without reading the upload (%s)", answer.value, source)
+    body = {
+        "sha256": None,
+        "answer": answer.value,
+        "label": None,
+        "route": "overload",
+        "reasons": ["too many uploads at once; not read before the deadline"],
+        "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+    return web.json_response(body, status=REJECT_STATUS if answer is OnEvent.REJECT else 200)
+
+
 async def scan(request: web.Request) -> web.Response:
     started = time.monotonic()
     svc: Services = request.app[SERVICES]
@@ -93,16 +117,38 @@ async def scan(request: web.Request) -> web.Response:
             "client id not configured (server.client_ids), or IPADDR from an "
             "address that is not allowed",
         )
-    data = await read_upload(request, svc.settings.server.max_body_bytes)
-    budget = svc.settings.validation.deadline_s - (time.monotonic() - started)
+    rules = svc.settings.validation
     source = f"upload:{client_id}"
-    outcome = await svc.judge.evaluate(data, source=source, within_s=max(0.0, budget))
-    del data
+    deadline = started + rules.deadline_s - _RESPONSE_MARGIN_S
+    gate = svc.upload_gate
+    # Bodies are read only while a slot is free: a burst waits in the kernel's socket buffers,
+    # not in our memory. Admission (hash, lookup, persist) takes milliseconds per upload.
+    try:
+        async with asyncio.timeout_at(_loop_time(deadline)):
+            await gate.acquire()
+    except TimeoutError:
+        return _overloaded(svc, source, started)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            gate.release()
+
+    try:
+        data = await read_upload(request, svc.settings.server.max_body_bytes)
+        outcome = await svc.judge.evaluate(
+            data,
+            source=source,
+            within_s=max(0.0, deadline - time.monotonic()),
+            answer_if_late=rules.on_timeout.value,
+            on_admitted=release,
+        )
+        del data
+    finally:
+        release()
     answer, why = _decide(svc, outcome)
-    if outcome.route is Route.TIMEOUT:
-        # Tell the runner now (synchronously) so a verdict landing this instant is enforced.
-        svc.judge.runner.note_answer(outcome.sha256, answer.value)
-        await svc.store.set_job_answer(outcome.sha256, answer.value)
     label = outcome.label.value if outcome.label else None
     if outcome.route is not Route.CACHE or answer is OnEvent.REJECT:
         # Clean cache hits are counted, not logged one by one: they are most of the traffic.
