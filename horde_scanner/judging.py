@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from horde_scanner.backends.base import Backend, BackendFailed
+from horde_scanner.config import Settings
 from horde_scanner.hashing import sha256_hex
 from horde_scanner.jobs import FinishedHook, JobRunner
 from horde_scanner.media import DecodeLimits, UnreadableMedia, prepare, sniff
@@ -228,3 +229,34 @@ class Judge:
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(
+        max_pixels=settings.media.max_pixels,
+        backend_max_side=settings.media.backend_max_side,
+        webp_quality=settings.media.webp_quality,
+    )
+
+
+def build_judge(
+    settings: Settings,
+    store: Store,
+    policy: Policy,
+    backend: Backend,
+    executor: Executor,
+    *,
+    on_finished: FinishedHook | None = None,
+) -> Judge:
+    """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
+    return Judge(
+        store,
+        policy,
+        backend,
+        executor,
+        limits=decode_limits(settings),
+        workers=settings.horde.max_in_flight,
+        cache_size=settings.validation.verdict_cache_size,
+        max_attempts=settings.validation.job_max_attempts,
+        on_finished=on_finished,
+    )
