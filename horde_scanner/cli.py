@@ -345,7 +345,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests), or Windows
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
             pass
 
 

@@ -85,8 +85,10 @@ async def run_scan(
     backend: Backend | None = None,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
+    source: Source | None = None,
 ) -> Report:
-    source = make_source(address, settings)
+    """Sweep `address` (or an already built, unopened `source`) and act as asked."""
+    source = source or make_source(address, settings)
     async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
         async with _opened(source), _judge(settings, store, session, backend) as judge:
             records = ScanRecords(store)

@@ -10,7 +10,7 @@ Older layouts (0.4: UUIDv4 names without extension) carry no time; there only mt
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from horde_scanner.scan.source import Entry
@@ -31,6 +31,7 @@ class DirItem:
 
 # Lists one directory, given as a path relative to the root ("" for the root itself).
 Lister = Callable[[str], Awaitable[list[DirItem]]]
+SyncLister = Callable[[str], list[DirItem]]
 
 
 def is_v7_identifier(identifier: str) -> bool:
@@ -56,6 +57,14 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
+def _before(here: list[str], after: list[str] | None, is_dir: bool) -> bool:
+    """True when `here` is wholly at or before the checkpoint `after` (done already)."""
+    if after is None:
+        return False
+    bound = after[: len(here)]
+    return here < bound or (here == bound and not is_dir)
+
+
 async def walk(
     listdir: Lister, start_after: str | None, skip: Callable[[str], bool]
 ) -> AsyncIterator[Entry]:
@@ -63,16 +72,10 @@ async def walk(
     after = start_after.split("/") if start_after else None
 
     async def visit(rel: str, parts: list[str]) -> AsyncIterator[Entry]:
-        items = sorted(await listdir(rel), key=lambda item: item.name)
-        for item in items:
+        for item in sorted(await listdir(rel), key=lambda item: item.name):
             here = [*parts, item.name]
             path = _join(rel, item.name)
-            if after is not None:
-                bound = after[: len(here)]
-                # Wholly before the checkpoint, or the checkpointed file itself: done already.
-                if here < bound or (here == bound and not item.is_dir):
-                    continue
-            if skip(path):
+            if _before(here, after, item.is_dir) or skip(path):
                 continue
             if item.is_dir:
                 async for entry in visit(path, here):
@@ -82,6 +85,36 @@ async def walk(
 
     async for entry in visit("", []):
         yield entry
+
+
+def walk_sync(
+    listdir: SyncLister, start_after: str | None, skip: Callable[[str], bool]
+) -> Iterator[Entry]:
+    """`walk` for a blocking lister (a local disk, walked from one thread)."""
+    after = start_after.split("/") if start_after else None
+
+    def visit(rel: str, parts: list[str]) -> Iterator[Entry]:
+        for item in sorted(listdir(rel), key=lambda item: item.name):
+            here = [*parts, item.name]
+            path = _join(rel, item.name)
+            if _before(here, after, item.is_dir) or skip(path):
+                continue
+            if item.is_dir:
+                yield from visit(path, here)
+            else:
+                yield Entry(path, item.size, item.mtime)
+
+    yield from visit("", [])
+
+
+def _prune(path: str, floor: str) -> bool:
+    """A UUIDv7 time directory older than `floor` (12 hex characters of milliseconds)."""
+    spelled = path.replace("/", "")
+    return spelled < floor[: len(spelled)]
+
+
+def _time_dir(name: str, depth: int, v7: bool) -> bool:
+    return v7 and depth < _TIME_LEVELS and bool(_HEX2_RE.match(name))
 
 
 async def walk_new(
@@ -96,22 +129,43 @@ async def walk_new(
     found: list[Entry] = []
 
     async def visit(rel: str, depth: int, v7: bool) -> None:
-        items = sorted(await listdir(rel), key=lambda item: item.name, reverse=True)
-        for item in items:
+        for item in sorted(await listdir(rel), key=lambda item: item.name, reverse=True):
             path = _join(rel, item.name)
             if skip(path):
                 continue
             if item.is_dir:
-                hex_dir = v7 and bool(_HEX2_RE.match(item.name))
-                if time_ordered and hex_dir and depth < _TIME_LEVELS:
-                    spelled = path.replace("/", "")
-                    if spelled < floor[: len(spelled)]:
-                        # Reverse order: every later sibling is older still.
-                        break
-                await visit(path, depth + 1, hex_dir)
+                timed = _time_dir(item.name, depth, v7)
+                if time_ordered and timed and _prune(path, floor):
+                    break  # reverse order: every later sibling is older still
+                await visit(path, depth + 1, v7 and bool(_HEX2_RE.match(item.name)))
             elif item.mtime >= since:
                 found.append(Entry(path, item.size, item.mtime))
 
     await visit("", 0, True)
+    found.sort(key=lambda e: e.mtime, reverse=True)
+    return found
+
+
+def walk_new_sync(
+    listdir: SyncLister, since: float, time_ordered: bool, skip: Callable[[str], bool]
+) -> list[Entry]:
+    """`walk_new` for a blocking lister."""
+    floor = v7_time_prefix(since)
+    found: list[Entry] = []
+
+    def visit(rel: str, depth: int, v7: bool) -> None:
+        for item in sorted(listdir(rel), key=lambda item: item.name, reverse=True):
+            path = _join(rel, item.name)
+            if skip(path):
+                continue
+            if item.is_dir:
+                timed = _time_dir(item.name, depth, v7)
+                if time_ordered and timed and _prune(path, floor):
+                    break
+                visit(path, depth + 1, v7 and bool(_HEX2_RE.match(item.name)))
+            elif item.mtime >= since:
+                found.append(Entry(path, item.size, item.mtime))
+
+    visit("", 0, True)
     found.sort(key=lambda e: e.mtime, reverse=True)
     return found

@@ -11,17 +11,21 @@ import errno
 import logging
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from horde_scanner.scan.layout import DirItem, walk, walk_new
+from horde_scanner.scan.layout import DirItem, walk_new_sync, walk_sync
 from horde_scanner.scan.source import Denied, Entry, ItemError, SourceError, Vanished
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_BATCH = 512
+_BATCHES_AHEAD = 8
 
 
 class LocalSource:
@@ -31,6 +35,11 @@ class LocalSource:
         self.root = root.resolve()
         self.url = self.root.as_uri()
         self.quarantine_dir = quarantine_dir.resolve()
+        # The quarantine's path relative to the root when it lies inside (then never listed).
+        self._quarantine_rel: str | None = None
+        if self.root in self.quarantine_dir.parents:
+            self._quarantine_rel = self.quarantine_dir.relative_to(self.root).as_posix()
+        self._root_str = str(self.root)
         # Directories that could not be listed (logged); the sweep reports the count.
         self.list_errors = 0
         self.listed = 0
@@ -50,13 +59,13 @@ class LocalSource:
         return None
 
     def _skip(self, rel: str) -> bool:
-        path = self.root / rel
-        return path == self.quarantine_dir or self.quarantine_dir in path.parents
+        q = self._quarantine_rel
+        return q is not None and (rel == q or rel.startswith(q + "/"))
 
     def _listdir_sync(self, rel: str) -> list[DirItem]:
         items: list[DirItem] = []
         try:
-            with os.scandir(self.root / rel) as it:
+            with os.scandir(os.path.join(self._root_str, rel) if rel else self._root_str) as it:
                 for de in it:
                     try:
                         if de.is_symlink():
@@ -77,15 +86,57 @@ class LocalSource:
         self.listed += sum(1 for item in items if not item.is_dir)
         return items
 
-    async def _listdir(self, rel: str) -> list[DirItem]:
-        return await self._call(self._listdir_sync, rel)
-
     async def list(self, start_after: str | None = None) -> AsyncIterator[Entry]:
-        async for entry in walk(self._listdir, start_after, self._skip):
-            yield entry
+        # The whole walk runs in one thread and hands over batches: pict-rs 0.5.7+ trees have
+        # about one directory per file, and a thread hop per directory would cost more than
+        # the listing itself.
+        loop = asyncio.get_running_loop()
+        batches: asyncio.Queue[list[Entry] | BaseException | None] = asyncio.Queue()
+        credit = threading.Semaphore(_BATCHES_AHEAD)
+        stop = threading.Event()
+
+        def hand_over(item: list[Entry] | BaseException | None) -> bool:
+            while not credit.acquire(timeout=0.1):
+                if stop.is_set():
+                    return False
+            loop.call_soon_threadsafe(batches.put_nowait, item)
+            return True
+
+        def produce() -> None:
+            try:
+                batch: list[Entry] = []
+                for entry in walk_sync(self._listdir_sync, start_after, self._skip):
+                    batch.append(entry)
+                    if len(batch) >= _BATCH and not hand_over(batch):
+                        return
+                    if len(batch) >= _BATCH:
+                        batch = []
+                if batch and not hand_over(batch):
+                    return
+                hand_over(None)
+            except BaseException as exc:  # re-raised on the loop side
+                hand_over(exc)
+
+        thread = threading.Thread(target=produce, name="scan-list", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await batches.get()
+                credit.release()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                for entry in item:
+                    yield entry
+        finally:
+            stop.set()
 
     async def list_new(self, since: float, *, time_ordered: bool) -> AsyncIterator[Entry]:
-        for entry in await walk_new(self._listdir, since, time_ordered, self._skip):
+        found = await self._call(
+            walk_new_sync, self._listdir_sync, since, time_ordered, self._skip
+        )
+        for entry in found:
             yield entry
 
     def _path(self, identifier: str) -> Path:

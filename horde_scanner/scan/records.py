@@ -84,9 +84,11 @@ _ACTION_COLS = (
 
 
 def _file(row: Sequence[Any]) -> FileRecord:
+    # Reasons are parsed only for positives: a warm rescan reads thousands of clean rows.
+    reasons = json.loads(row[8]) if row[8] and row[7] not in (None, "clean") else None
     return FileRecord(
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-        json.loads(row[8]) if row[8] else None, row[9], row[10],
+        reasons, row[9], row[10],
     )  # fmt: skip
 
 
@@ -134,16 +136,19 @@ class ScanRecords:
             )
             for r in records
         ]  # fmt: skip
-        if not rows:
-            return
-        await self._db.executemany(
-            f"INSERT INTO scan_files ({_FILE_COLS}, seen_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(source, identifier) DO UPDATE SET size=excluded.size,"
-            " mtime=excluded.mtime, status=excluded.status, sha256=excluded.sha256,"
-            " media_type=excluded.media_type, label=excluded.label, reasons=excluded.reasons,"
-            " judged_at=excluded.judged_at, action=excluded.action, seen_at=excluded.seen_at",
-            rows,
-        )
+        # One multi-row statement (atomic, one commit) rather than executemany, which the
+        # sqlite3 module refuses to interleave with other cursors on the shared connection.
+        for start in range(0, len(rows), _LOOKUP_CHUNK // 12):
+            batch = rows[start : start + _LOOKUP_CHUNK // 12]
+            await self._db.execute(
+                f"INSERT INTO scan_files ({_FILE_COLS}, seen_at) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(batch))
+                + " ON CONFLICT(source, identifier) DO UPDATE SET size=excluded.size,"
+                " mtime=excluded.mtime, status=excluded.status, sha256=excluded.sha256,"
+                " media_type=excluded.media_type, label=excluded.label, reasons=excluded.reasons,"
+                " judged_at=excluded.judged_at, action=excluded.action, seen_at=excluded.seen_at",
+                [value for row in batch for value in row],
+            )
 
     async def set_file_action(self, source: str, identifier: str, action: str | None) -> None:
         await self._db.execute(

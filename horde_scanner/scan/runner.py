@@ -255,7 +255,6 @@ class Sweep:
             for _ in workers:
                 await work.put(None)
             await asyncio.gather(*workers)
-        self.progress.update(self.counts, force=True)
 
     # -- one file ------------------------------------------------------------------------------
 
