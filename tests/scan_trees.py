@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from horde_scanner.scan.layout import is_v7_identifier
 from tests import images
 from tests.fakes.pictrs import new_identifier
 
@@ -34,12 +35,22 @@ class Tree:
         return sorted(i for i, lab in self.expect.items() if lab is not None)
 
     def write(self, root: Path, *, mtime_base: float | None = None) -> None:
-        for n, (identifier, data) in enumerate(sorted(self.files.items())):
+        """Write the files; with `mtime_base`, UUIDv7 files get their name's time as mtime
+        (as pict-rs writes them) and the others `mtime_base`."""
+        for identifier, data in sorted(self.files.items()):
             path = root / identifier
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             if mtime_base is not None:
-                os.utime(path, (mtime_base + n, mtime_base + n))
+                when = v7_time(identifier) or mtime_base
+                os.utime(path, (when, when))
+
+
+def v7_time(identifier: str) -> float | None:
+    """Creation time spelled by a UUIDv7 identifier, or None for other names."""
+    if not is_v7_identifier(identifier):
+        return None
+    return int(identifier.replace("/", "")[:12], 16) / 1000
 
 
 LABEL_OF = {"red": "csam", "magenta": "nsfw", "green": "clean", "blue": "clean", "yellow": "clean"}

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import stat
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,13 +21,14 @@ from horde_scanner.scan.actions import Action
 from horde_scanner.scan.app import run_apply, run_release, run_scan
 from horde_scanner.scan.local import LocalSource
 from horde_scanner.scan.records import ScanRecords
+from horde_scanner.scan.runner import FOLLOW_SLACK_S
 from horde_scanner.scan.source import Denied, Entry, ItemError
 from horde_scanner.store import Store
 from tests import images
 from tests.fakes.horde import FakeHorde
 from tests.fakes.pictrs import FakePictrs, new_identifier
 from tests.scan_helpers import action_rows, audit_rows, cli, cli_env, scan_settings
-from tests.scan_trees import pictrs_tree
+from tests.scan_trees import pictrs_tree, v7_time
 
 
 @pytest.fixture
@@ -266,10 +269,16 @@ async def test_follow_picks_up_new_files_without_walking_old_branches(tmp_path: 
     report = await task
     assert backend.calls == len(tree.media) + 2
     assert report.counts.acted == 1 and (files / new_green).exists()
-    # Old UUIDv7 branches (a month ago) were never listed by the follow cycles.
-    old_branches = {"/".join(i.split("/")[:4]) for i in tree.files if i.startswith("0")}
-    old_branches -= {"/".join(new_red.split("/")[:4]), "/".join(new_green.split("/")[:4])}
-    assert not any(d.startswith(b) for d in listed_dirs for b in old_branches)
+    # UUIDv7 branches older than the newest file seen before (minus the slack) were never
+    # listed by the follow cycles.
+    times = {i: v7_time(i) for i in [*tree.files, new_red, new_green]}
+    newest_old = max(t for i, t in times.items() if t and i in tree.files)
+    floor = newest_old - FOLLOW_SLACK_S - 65  # 4 levels of directories span 65 s
+    prefix = lambda i: "/".join(i.split("/")[:4])  # noqa: E731
+    old = {prefix(i) for i, t in times.items() if t and t < floor}
+    old -= {prefix(i) for i, t in times.items() if t and t >= floor}
+    assert old and not any(d.startswith(b) for d in listed_dirs for b in old)
+    assert any(d.startswith(prefix(new_red)) for d in listed_dirs)
 
 
 async def test_follow_restart_keeps_watermark(tmp_path: Path, root: Path):
@@ -387,3 +396,50 @@ async def _until(predicate, timeout: float = 20.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+async def test_killed_sweep_resumes_and_never_acts_twice(tmp_path: Path):
+    """A real `horde-scanner scan` process, killed with SIGKILL mid-sweep, then run again."""
+    tree = pictrs_tree(v04={"green": 6, "red": 3}, v057={"green": 9, "red": 3}, thumbnails=0)
+    files = tmp_path / "files"
+    tree.write(files)
+    db = tmp_path / "s.db"
+    reds = tree.with_label("csam")
+    async with FakeHorde(latency=0.25) as horde:
+        env = {**os.environ, **cli_env(db, horde.url, HORDE_SCANNER_SCAN__CONCURRENCY="2",
+                                       HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(tmp_path / "q"))}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "horde_scanner.cli", "scan", str(files),
+            "--action", "quarantine", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+
+        def progress() -> tuple[int, int]:
+            if not db.exists():
+                return 0, 0
+            with sqlite3.connect(db) as conn:
+                try:
+                    files_done = conn.execute("SELECT COUNT(*) FROM scan_files").fetchone()[0]
+                    acted = conn.execute(
+                        "SELECT COUNT(*) FROM scan_actions WHERE state='done'"
+                    ).fetchone()[0]
+                except sqlite3.OperationalError:
+                    return 0, 0
+            return files_done, acted
+
+        await _until(lambda: progress()[0] >= 8 and progress()[1] >= 1, timeout=60)
+        proc.kill()
+        await proc.wait()
+        done_before, acted_before = progress()
+        assert done_before < len(tree.files) and acted_before < len(reds)
+
+        result = await cli(["scan", str(files), "--action", "quarantine"], cli_env(
+            db, horde.url, HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(tmp_path / "q")))
+        assert result.exit_code == 0, result.output
+        assert "resumed after" in result.output
+        # Judged files were not sent again; only those in flight at the kill may have been.
+        assert horde.posts <= len(tree.media) + 2
+    assert all(not (files / r).exists() for r in reds)
+    actions = audit_rows(db, "scan_action")
+    assert sorted(a["detail"]["identifier"] for a in actions) == reds
+    assert len(list((tmp_path / "q").iterdir())) == len(reds)
