@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from PIL import Image
+
 from horde_scanner.scan.layout import is_v7_identifier
 from tests import images
 from tests.fakes.pictrs import new_identifier
@@ -53,6 +55,15 @@ def v7_time(identifier: str) -> float | None:
     return int(identifier.replace("/", "")[:12], 16) / 1000
 
 
+def distinct(colour: str, n: int, size: tuple[int, int] = (96, 96)) -> Image.Image:
+    """A colour-marker image with an 8x8 block of its own: lossy encoders keep it, so every
+    `n` gives different bytes while the mean colour (what judges look at) barely moves."""
+    img = images.image(colour, size=size, seed=n)
+    block = Image.new("RGB", (8, 8), ((n * 37) % 256, (n * 91) % 256, (n * 53) % 256))
+    img.paste(block, ((n * 13) % (size[0] - 8), (n * 7) % (size[1] - 8)))
+    return img
+
+
 LABEL_OF = {"red": "csam", "magenta": "nsfw", "green": "clean", "blue": "clean", "yellow": "clean"}
 
 
@@ -74,25 +85,25 @@ def pictrs_tree(
     rng = random.Random(seed)
     tree = Tree()
     n = seed * 10_000
-    for colour, count in (v04 or {"green": 3, "red": 1}).items():
+    for colour, count in ({"green": 3, "red": 1} if v04 is None else v04).items():
         for _ in range(count):
             n += 1
-            tree.add(v04_identifier(rng), images.jpeg(colour, size=(96, 96), seed=n),
+            tree.add(v04_identifier(rng), images.encode(distinct(colour, n), "JPEG"),
                      LABEL_OF[colour])
     when = start or datetime(2024, 6, 1, tzinfo=UTC)
     originals = []
-    for colour, count in (v057 or {"green": 3, "magenta": 1, "red": 1}).items():
+    for colour, count in ({"green": 3, "magenta": 1, "red": 1} if v057 is None else v057).items():
         for _ in range(count):
             n += 1
             when += timedelta(minutes=7)
             ext = rng.choice(["webp", "png", "jpeg"])
             fmt = {"webp": "WEBP", "png": "PNG", "jpeg": "JPEG"}[ext]
-            data = images.encode(images.image(colour, size=(96, 96), seed=n), fmt)
+            data = images.encode(distinct(colour, n), fmt)
             originals.append((colour, n))
             tree.add(new_identifier(ext, when), data, LABEL_OF[colour])
     for colour, seed_n in originals[:thumbnails]:
         when += timedelta(seconds=3)
-        thumb = images.encode(images.image(colour, size=(48, 48), seed=seed_n), "WEBP")
+        thumb = images.encode(distinct(colour, seed_n, (48, 48)), "WEBP")
         tree.add(new_identifier("webp", when), thumb, LABEL_OF[colour])
     if non_media:
         tree.add("README.txt", b"pict-rs files directory\n", None)

@@ -154,27 +154,38 @@ class Actor:
 
     async def _finish(self, row: ActionRow, result: ActResult) -> None:
         ok = result.outcome in (Outcome.DONE, Outcome.ALREADY)
+        # Audit first, flushed at once: a run killed right after acting must not lose the
+        # record. If it dies before the row is marked done, the next run completes the row
+        # and finds the audit already written.
+        if not (result.outcome is Outcome.ALREADY and await self._audited(row)):
+            await self.store.audit(
+                "scan_action" if ok else "scan_action_failed",
+                sha256=row.sha256,
+                label=row.label,
+                action=result.how or row.action,
+                source=self.source.url,
+                detail={
+                    "identifier": row.identifier,
+                    "size": row.size,
+                    "mtime": row.mtime,
+                    "reasons": row.reasons,
+                    "action_id": row.id,
+                    "outcome": result.outcome.value,
+                    "location": result.location,
+                    **result.detail,
+                },
+            )
+            await self.store.flush_audit()
         await self.records.end_action(
             row.id, "done" if ok else "failed", location=result.location, detail=result.detail
         )
         if ok:
             await self.records.set_file_action(self.source.url, row.identifier, result.how)
-        await self.store.audit(
-            "scan_action" if ok else "scan_action_failed",
-            sha256=row.sha256,
-            label=row.label,
-            action=result.how or row.action,
-            source=self.source.url,
-            detail={
-                "identifier": row.identifier,
-                "size": row.size,
-                "mtime": row.mtime,
-                "reasons": row.reasons,
-                "action_id": row.id,
-                "outcome": result.outcome.value,
-                "location": result.location,
-                **result.detail,
-            },
+
+    async def _audited(self, row: ActionRow) -> bool:
+        trail = await self.store.audit_trail(row.sha256)
+        return any(
+            a.event == "scan_action" and a.detail.get("action_id") == row.id for a in trail
         )
 
 
