@@ -58,7 +58,9 @@ def generate(root: Path, count: int) -> None:
                 x, y = rng.randrange(side), rng.randrange(side)
                 colour = tuple(rng.randrange(256) for _ in range(3))
                 draw.rectangle((x, y, x + side // 4, y + side // 4), fill=colour)
-        fmt, ext = rng.choice([("JPEG", "jpeg"), ("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp")])
+        fmt, ext = rng.choice(
+            [("JPEG", "jpeg"), ("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp")]
+        )
         out = io.BytesIO()
         img.save(out, format=fmt)
         path = root / _uuid7_path(when, rng, ext)

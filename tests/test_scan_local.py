@@ -310,7 +310,7 @@ async def test_interrupted_action_is_completed_not_repeated(tmp_path: Path, root
         records = ScanRecords(store)
         st = (root / red).stat()
         row, fresh = await records.begin_action(
-            source=root.resolve().as_uri(), identifier=red, sha256=sha, size=st.st_size,
+            source=LocalSource(root, qdir).url, identifier=red, sha256=sha, size=st.st_size,
             mtime=st.st_mtime, action="quarantine", label="csam", reasons=["test"],
         )
         assert fresh
@@ -443,3 +443,32 @@ async def test_killed_sweep_resumes_and_never_acts_twice(tmp_path: Path):
     actions = audit_rows(db, "scan_action")
     assert sorted(a["detail"]["identifier"] for a in actions) == reds
     assert len(list((tmp_path / "q").iterdir())) == len(reds)
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
+    import io
+
+    from horde_scanner.scan.progress import Counts, Progress, summary_table
+
+    counts = Counts(listed=200, seen=50, clean=40, csam=2, judged=42)
+    out = io.StringIO()
+    bar = Progress(out, tty=True)
+    bar.listing_done = True
+    bar.update(counts, force=True)
+    bar.note("CSAM somewhere")
+    bar.close(counts)
+    text = out.getvalue()
+    assert "[" in text and "92/200 files" in text and "ETA" in text and "/s" in text
+    assert "CSAM somewhere\n" in text and text.endswith("\n")
+
+    caplog.set_level("INFO", logger="horde_scanner.scan")
+    plain = Progress(io.StringIO(), tty=False, log_every_s=3600)
+    plain.update(counts)
+    plain.update(counts)  # within the interval: no second line
+    assert len([r for r in caplog.records if "scan progress" in r.message]) == 1
+    assert plain.stream.getvalue() == ""  # type: ignore[attr-defined]
+
+    table = summary_table(counts, title="t")
+    for row in ("listed", "skipped as seen", "judged (backend)", "clean", "nsfw", "csam",
+                "unreadable", "errors", "acted"):
+        assert row in table

@@ -47,6 +47,8 @@ _LISTING_BUFFER = 50_000
 # Finished files waiting behind a slow one before the listing pauses.
 _WINDOW_MAX = 20_000
 _CHECKPOINT_EVERY_S = 2.0
+# Positives kept for the end-of-run list (a follow run can last months; counts keep totals).
+_POSITIVES_KEPT = 1000
 
 
 class Sweep:
@@ -343,7 +345,8 @@ class Sweep:
         return f"{self.source.url.rstrip('/')}/{entry.identifier}"
 
     def _positive(self, entry: Entry, label: str, sha: str, reasons: list[str]) -> None:
-        self.positives.append((entry.identifier, label, sha))
+        if len(self.positives) < _POSITIVES_KEPT:
+            self.positives.append((entry.identifier, label, sha))
         self.progress.note(
             f"{label.upper():<10} {self._where(entry)}  sha256 {sha[:16]}  {'; '.join(reasons)}"
         )
