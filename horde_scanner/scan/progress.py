@@ -96,7 +96,7 @@ class Progress:
         self.tty = self.stream.isatty() if tty is None else tty
         self.log_every_s = log_every_s
         self.started = time.monotonic()
-        self._last = 0.0
+        self._last = float("-inf")
         self.listing_done = False
         self._drawn = False
 
