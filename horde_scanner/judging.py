@@ -164,9 +164,20 @@ class Judge:
         return self._remember(outcome)
 
     async def evaluate(
-        self, data: bytes, *, source: str, within_s: float | None, sha256: str | None = None
+        self,
+        data: bytes,
+        *,
+        source: str,
+        within_s: float | None,
+        sha256: str | None = None,
+        durable: bool = True,
     ) -> Outcome:
-        """Judge `data`, answering within `within_s` seconds (None: wait as long as it takes)."""
+        """Judge `data`, answering within `within_s` seconds (None: wait as long as it takes).
+
+        `durable=False` (only with `within_s=None`) is the fast path for callers that wait
+        anyway and can redo the work after a crash, like a storage sweep: a miss is judged in
+        the caller's task without a persisted job row (the rest of the pipeline is the same).
+        """
         started = time.monotonic()
         sha = sha256 or await self.sha256(data)
         known = await self.lookup(sha)
@@ -174,9 +185,9 @@ class Judge:
             return known
         fut = self.runner.future_for(sha)
         if fut is None:
-            fut = await self.runner.submit(
-                sha, data, media_type=sniff(data), size=len(data), source=source
-            )
+            inline = not durable and within_s is None
+            submit = self.runner.run_inline if inline else self.runner.submit
+            fut = await submit(sha, data, media_type=sniff(data), size=len(data), source=source)
         media_type, size = sniff(data), len(data)
         del data  # the job row holds the bytes now; do not keep them alive while waiting
         remaining = None if within_s is None else max(0.0, within_s - (time.monotonic() - started))

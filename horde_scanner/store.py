@@ -266,13 +266,13 @@ class Store:
     # -- verdicts --------------------------------------------------------------------------
 
     async def get_verdict(self, sha256: str) -> StoredVerdict | None:
-        async with self._db.execute(
+        # execute_fetchall: one hop to the database thread instead of three (hot path).
+        rows = await self._db.execute_fetchall(
             "SELECT sha256, label, reasons, signals, backend, policy_version, media_type, size,"
             " source, first_seen, judged_at FROM verdicts WHERE sha256=?",
             (sha256,),
-        ) as cur:
-            row = await cur.fetchone()
-        return _verdict_from_row(row) if row else None
+        )
+        return _verdict_from_row(next(iter(rows))) if rows else None
 
     async def put_verdict(
         self,
@@ -343,9 +343,8 @@ class Store:
     # -- allow / deny lists ----------------------------------------------------------------
 
     async def list_kind(self, sha256: str) -> str | None:
-        async with self._db.execute("SELECT kind FROM lists WHERE sha256=?", (sha256,)) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        rows = await self._db.execute_fetchall("SELECT kind FROM lists WHERE sha256=?", (sha256,))
+        return str(next(iter(rows))[0]) if rows else None
 
     async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
         await self._db.execute(

@@ -25,6 +25,8 @@ from horde_scanner.store import Store
 FINAL_STATUSES = frozenset({"judged", "not_media", "unreadable"})
 # Bound variables per `IN (...)` lookup.
 _LOOKUP_CHUNK = 500
+# 12 columns x 200 rows, well under SQLite's bound-variable limit.
+_ROWS_PER_INSERT = 200
 
 
 @dataclass(slots=True)
@@ -114,13 +116,13 @@ class ScanRecords:
         found: dict[str, FileRecord] = {}
         for start in range(0, len(identifiers), _LOOKUP_CHUNK):
             chunk = identifiers[start : start + _LOOKUP_CHUNK]
-            async with self._db.execute(
+            rows = await self._db.execute_fetchall(
                 f"SELECT {_FILE_COLS} FROM scan_files WHERE source=? AND identifier IN"
                 f" ({','.join('?' * len(chunk))})",
                 [source, *chunk],
-            ) as cur:
-                async for row in cur:
-                    found[row[1]] = _file(row)
+            )
+            for row in rows:
+                found[row[1]] = _file(row)
         return found
 
     async def get_file(self, source: str, identifier: str) -> FileRecord | None:
@@ -138,8 +140,8 @@ class ScanRecords:
         ]  # fmt: skip
         # One multi-row statement (atomic, one commit) rather than executemany, which the
         # sqlite3 module refuses to interleave with other cursors on the shared connection.
-        for start in range(0, len(rows), _LOOKUP_CHUNK // 12):
-            batch = rows[start : start + _LOOKUP_CHUNK // 12]
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            batch = rows[start : start + _ROWS_PER_INSERT]
             await self._db.execute(
                 f"INSERT INTO scan_files ({_FILE_COLS}, seen_at) VALUES "
                 + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(batch))

@@ -49,6 +49,7 @@ _WINDOW_MAX = 20_000
 _CHECKPOINT_EVERY_S = 2.0
 # Positives kept for the end-of-run list (a follow run can last months; counts keep totals).
 _POSITIVES_KEPT = 1000
+_RECORDS_PER_WRITE = 64
 
 
 class Sweep:
@@ -83,6 +84,9 @@ class Sweep:
         self.resumed_from: str | None = None
         self._deny: set[str] = set()
         self._last_save = 0.0
+        # File records are written in batches (one statement each); always before the
+        # checkpoint that covers them and before any action on one of them.
+        self._unwritten: list[FileRecord] = []
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -137,10 +141,15 @@ class Sweep:
             self.progress.close(self.counts)
         return self.counts
 
+    async def _flush_records(self) -> None:
+        records, self._unwritten = self._unwritten, []
+        await self.records.put_files(records)
+
     async def _save(self, *, final: bool = False) -> None:
         if self.run_row is None:
             return
         self._last_save = time.monotonic()
+        await self._flush_records()
         await self.records.save_run(self.run_row, self.counts.as_dict() if final else None)
         await self.store.flush_audit()
 
@@ -315,7 +324,7 @@ class Sweep:
             return
         sha = await self.judge.sha256(data)
         outcome = await self.judge.evaluate(
-            data, source=f"scan {self._where(entry)}", within_s=None, sha256=sha
+            data, source=f"scan {self._where(entry)}", within_s=None, sha256=sha, durable=False
         )
         del data
         verdict = outcome.verdict
@@ -360,18 +369,19 @@ class Sweep:
         label: str | None,
         reasons: list[str] | None,
     ) -> None:
-        await self.records.put_files(
-            [
-                FileRecord(
-                    self.source.url, entry.identifier, entry.size, entry.mtime, status,
-                    sha, media_type, label, reasons, time.time(),
-                )
-            ]
+        self._unwritten.append(
+            FileRecord(
+                self.source.url, entry.identifier, entry.size, entry.mtime, status,
+                sha, media_type, label, reasons, time.time(),
+            )
         )  # fmt: skip
+        if len(self._unwritten) >= _RECORDS_PER_WRITE:
+            await self._flush_records()
 
     async def _act(self, entry: Entry, sha: str, label: str, reasons: list[str]) -> None:
         if self.actor is None:
             return
+        await self._flush_records()  # the action updates this file's record
         result = await self.actor.act(
             identifier=entry.identifier,
             sha256=sha,
