@@ -472,3 +472,27 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     for row in ("listed", "skipped as seen", "judged (backend)", "clean", "nsfw", "csam",
                 "unreadable", "errors", "acted"):
         assert row in table
+
+
+async def test_backend_outage_keeps_the_work_and_the_sweep_finishes(tmp_path: Path):
+    """The sweep's fast path judges without job rows; when the backend is down the miss
+    becomes an ordinary persisted job and the sweep waits for its verdict."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "a").write_bytes(images.jpeg("red", size=(64, 64), seed=11))
+    (files / "b").write_bytes(images.jpeg("green", size=(64, 64), seed=12))
+    db = tmp_path / "s.db"
+    backend = MockBackend()
+    backend.available = False
+    task = asyncio.create_task(run_scan(scan_settings(db), str(files), backend=backend))
+
+    def pending_jobs() -> int:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+    await _until(lambda: db.exists() and pending_jobs() == 2)
+    assert not task.done()
+    backend.available = True
+    report = await task
+    assert report.counts.csam == 1 and report.counts.clean == 1
+    assert pending_jobs() == 0
