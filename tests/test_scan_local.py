@@ -496,3 +496,23 @@ async def test_backend_outage_keeps_the_work_and_the_sweep_finishes(tmp_path: Pa
     report = await task
     assert report.counts.csam == 1 and report.counts.clean == 1
     assert pending_jobs() == 0
+
+
+async def test_listing_resumes_exactly_after_any_checkpoint(tmp_path: Path, root: Path, tree):
+    """Both walks (the threaded local one and the async one SSH uses) yield, after any
+    checkpoint, exactly the tail of the full listing: nothing skipped, nothing twice."""
+    from horde_scanner.scan.layout import walk
+
+    source = LocalSource(root, tmp_path / "q")
+
+    async def listdir(rel: str):
+        return source._listdir_sync(rel)
+
+    full = [e.identifier async for e in source.list()]
+    assert sorted(full) == sorted(tree.files)
+    async_full = [e.identifier async for e in walk(listdir, None, source._skip)]
+    assert async_full == full
+    for i, cursor in enumerate(full):
+        tail = full[i + 1 :]
+        assert [e.identifier async for e in source.list(cursor)] == tail
+        assert [e.identifier async for e in walk(listdir, cursor, source._skip)] == tail

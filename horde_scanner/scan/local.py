@@ -64,17 +64,19 @@ class LocalSource:
 
     def _listdir_sync(self, rel: str) -> list[DirItem]:
         items: list[DirItem] = []
+        files = 0
         try:
             with os.scandir(os.path.join(self._root_str, rel) if rel else self._root_str) as it:
                 for de in it:
                     try:
-                        if de.is_symlink():
-                            continue  # never follow links out of the store
-                        if de.is_dir():
+                        # d_type answers these without a system call; links are never
+                        # followed out of the store.
+                        if de.is_dir(follow_symlinks=False):
                             items.append(DirItem(de.name, True, 0, 0.0))
-                        elif de.is_file():
-                            st = de.stat()
+                        elif de.is_file(follow_symlinks=False):
+                            st = de.stat(follow_symlinks=False)
                             items.append(DirItem(de.name, False, st.st_size, st.st_mtime))
+                            files += 1
                     except FileNotFoundError:
                         continue  # went away while we listed
         except FileNotFoundError:
@@ -83,7 +85,7 @@ class LocalSource:
             self.list_errors += 1
             log.warning("cannot list %s: permission denied", self.root / rel)
             return []
-        self.listed += sum(1 for item in items if not item.is_dir)
+        self.listed += files
         return items
 
     async def list(self, start_after: str | None = None) -> AsyncIterator[Entry]:
