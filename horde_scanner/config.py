@@ -146,8 +146,9 @@ class SSHSettings(Section):
 
 
 class ScanSettings(Section):
-    # Files read and judged at once (each holds its bytes until judged).
-    concurrency: int = Field(8, gt=0, le=256)
+    # Files read and judged at once (each holds its bytes until judged). The AI Horde takes
+    # seconds per image: a sweep it judges needs many in flight (its own cap: max_in_flight).
+    concurrency: int = Field(32, gt=0, le=256)
     # Verdicts a quarantine/delete sweep acts on.
     act_labels: list[Label] = Field(default_factory=lambda: [Label.CSAM])
     # accept: leave unreadable files alone (reported); reject: act on them like positives.
