@@ -1,4 +1,4 @@
-"""`horde-scanner`: serve, check, verdicts, allow/deny."""
+"""`horde-scanner`: serve, check, scan, apply, release, verdicts, allow/deny."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ T = TypeVar("T")
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    from horde_scanner.scan.source import ItemError, SourceError
+
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except (ConfigError, PolicyError, StoreError) as exc:
+    except (ConfigError, PolicyError, StoreError, SourceError, ItemError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -264,6 +266,8 @@ EXPORT_FIELDS = [
     "source",
     "first_seen",
     "judged_at",
+    "found",
+    "actions",
 ]
 
 
@@ -293,8 +297,14 @@ def verdicts_export(
     wanted = _labels(labels) or [Label.CSAM, Label.NSFW]
 
     async def go() -> list[dict[str, Any]]:
+        from horde_scanner.scan.records import ScanRecords
+
         async with await Store.open(_settings(ctx).store.path) as store:
-            return [_verdict_record(v) async for v in store.iter_verdicts(labels=wanted)]
+            found = [_verdict_record(v) async for v in store.iter_verdicts(labels=wanted)]
+            where = await ScanRecords(store).locations([r["sha256"] for r in found])
+        for record in found:
+            record["found"] = [_location_record(loc) for loc in where.get(record["sha256"], [])]
+        return found
 
     records = _run(go)
     out = output.open("w", newline="") if output else sys.stdout
@@ -306,7 +316,20 @@ def verdicts_export(
             writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, extrasaction="ignore")
             writer.writeheader()
             for r in records:
-                writer.writerow({**r, "reasons": "; ".join(r["reasons"])})
+                writer.writerow(
+                    {
+                        **r,
+                        "reasons": "; ".join(r["reasons"]),
+                        "found": "; ".join(f"{f['source'].rstrip('/')}/{f['identifier']}"
+                                           for f in r["found"]),
+                        "actions": "; ".join(
+                            f"#{f['action_id']} {f['action']} {f['action_state']}"
+                            + (f" {f['location']}" if f["location"] else "")
+                            for f in r["found"]
+                            if f["action_id"] is not None
+                        ),
+                    }
+                )
     finally:
         if output:
             out.close()
@@ -331,8 +354,162 @@ def _verdict_record(stored: StoredVerdict) -> dict[str, Any]:
     }
 
 
+def _location_record(loc: dict[str, Any]) -> dict[str, Any]:
+    """Where a sweep found a file and what it did there (times as ISO, no image bytes)."""
+    out = dict(loc)
+    for key in ("mtime", "judged_at", "acted_at"):
+        if out.get(key) is not None:
+            out[key] = _iso(out[key])
+    return out
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+# -- storage sweeps ----------------------------------------------------------------------------
+
+_ACTIONS = ["report", "quarantine", "delete"]
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
+            pass
+
+
+def _print_report(report: Any, *, title: str) -> None:
+    from horde_scanner.scan.progress import summary_table
+
+    click.echo(summary_table(report.counts, title=title))
+    if report.positives:
+        shown = report.positives[:100]
+        click.echo(f"\npositives ({len(report.positives)}):")
+        for identifier, label, sha in shown:
+            click.echo(f"  {label:<10} {sha}  {report.source.rstrip('/')}/{identifier}")
+        if len(report.positives) > len(shown):
+            click.echo(f"  ... and {len(report.positives) - len(shown)} more "
+                       "(horde-scanner verdicts export)")
+    for note in report.notes:
+        click.echo(f"\nnote: {note}", err=True)
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--action",
+    type=click.Choice(_ACTIONS),
+    default="report",
+    show_default=True,
+    help="report: record and list (dry run); quarantine: move aside (restorable); delete.",
+)
+@click.option("--follow", is_flag=True, help="Keep running and judge new files as they come.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds between --follow cycles (scan.follow_interval_s, default 60).",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 256), default=None, help="scan.concurrency."
+)
+@click.pass_context
+def scan(
+    ctx: click.Context,
+    source: str,
+    action: str,
+    follow: bool,
+    interval: float | None,
+    concurrency: int | None,
+) -> None:
+    """Sweep SOURCE (a directory, s3://bucket/prefix or ssh://user@host:port/path)."""
+    from horde_scanner.scan.actions import Action
+    from horde_scanner.scan.app import run_scan
+    from horde_scanner.scan.progress import Progress
+
+    settings = _settings(ctx)
+    if concurrency is not None:
+        settings.scan.concurrency = concurrency
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        return await run_scan(
+            settings,
+            source,
+            action=Action(action),
+            follow=follow,
+            interval_s=interval,
+            progress=Progress(),
+            stop=stop,
+        )
+
+    report = _run(go)
+    title = f"{report.source}: {report.action}"
+    if report.resumed_from:
+        title += f" (resumed after {report.resumed_from})"
+    _print_report(report, title=title)
+
+
+@main.command()
+@click.option(
+    "--action", type=click.Choice(["quarantine", "delete"]), required=True,
+    help="What to do with the positives earlier dry runs recorded.",
+)
+@click.option(
+    "--since", default=None, help="Only positives recorded since: 2024-05-01, ISO time, 12h, 7d."
+)
+@click.option("--source", "address", default=None, help="Only this source.")
+@click.pass_context
+def apply(ctx: click.Context, action: str, since: str | None, address: str | None) -> None:
+    """Act on positives recorded by earlier `scan` dry runs, without judging again."""
+    from horde_scanner.scan.actions import Action
+    from horde_scanner.scan.app import parse_since, run_apply
+    from horde_scanner.scan.progress import Progress
+
+    try:
+        since_ts = parse_since(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = _settings(ctx)
+
+    async def go() -> Any:
+        return await run_apply(
+            settings, action=Action(action), since=since_ts, address=address, progress=Progress()
+        )
+
+    reports = _run(go)
+    if not reports:
+        click.echo("nothing to apply: no recorded positive without an action")
+    for report in reports:
+        _print_report(report, title=f"{report.source}: apply {report.action}")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--note", default="", help="Why (kept with the allow-list entry and audit).")
+@click.pass_context
+def release(ctx: click.Context, target: str, note: str) -> None:
+    """Restore a quarantined file (action ID, or every one with a SHA256) and allow-list it."""
+    from horde_scanner.scan.app import run_release
+
+    if not target.isdigit() and not is_sha256_hex(target.lower()):
+        raise click.BadParameter(
+            "expected an action id (a number) or a sha256 (64 hex characters)",
+            param_hint="TARGET",
+        )
+    settings = _settings(ctx)
+
+    async def go() -> list[str]:
+        return await run_release(settings, target, note=note)
+
+    for where in _run(go):
+        click.echo(f"restored {where}; its sha256 is on the allow list")
 
 
 # -- allow / deny ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -122,6 +122,49 @@ class BackendSettings(Section):
     kind: str = "horde"
 
 
+class S3Settings(Section):
+    # None: the usual AWS variables and files (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID...).
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    # Quarantined objects go to this bucket (None: the scanned bucket) under this prefix.
+    quarantine_bucket: str | None = None
+    quarantine_prefix: str = "horde-scanner-quarantine/"
+    # "path" for servers without per-bucket host names (MinIO, Garage behind one name).
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class SSHSettings(Section):
+    # None: the SSH agent and the default keys in ~/.ssh.
+    key_path: Path | None = None
+    passphrase: str | None = None
+    # None: ~/.ssh/known_hosts. Host keys are always checked unless check_host_key is false.
+    known_hosts: Path | None = None
+    check_host_key: bool = True
+    # On the remote host; a relative path is under the login directory.
+    quarantine_path: str = ".horde-scanner-quarantine"
+    connect_timeout_s: float = Field(15.0, gt=0)
+
+
+class ScanSettings(Section):
+    # Files read and judged at once (each holds its bytes until judged). The AI Horde takes
+    # seconds per image: a sweep it judges needs many in flight (its own cap: max_in_flight).
+    concurrency: int = Field(32, gt=0, le=256)
+    # Verdicts a quarantine/delete sweep acts on.
+    act_labels: list[Label] = Field(default_factory=lambda: [Label.CSAM])
+    # accept: leave unreadable files alone (reported); reject: act on them like positives.
+    on_unreadable: OnEvent = OnEvent.ACCEPT
+    # Local quarantine directory (0700). None: "quarantine" next to the store file.
+    quarantine_path: Path | None = None
+    # Bigger files are recorded as unreadable without being read.
+    max_file_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    follow_interval_s: float = Field(60.0, gt=0)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    ssh: SSHSettings = Field(default_factory=SSHSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HORDE_SCANNER_",
@@ -138,6 +181,7 @@ class Settings(BaseSettings):
     pictrs: PictrsSettings = Field(default_factory=PictrsSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     backend: BackendSettings = Field(default_factory=BackendSettings)
+    scan: ScanSettings = Field(default_factory=ScanSettings)
     log_level: str = "INFO"
 
     @classmethod

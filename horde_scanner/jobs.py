@@ -107,6 +107,50 @@ class JobRunner:
         self._wake.set()
         return fut
 
+    async def run_inline(
+        self,
+        sha256: str,
+        payload: bytes,
+        *,
+        media_type: str | None,
+        size: int | None,
+        source: str | None,
+    ) -> asyncio.Future[Verdict]:
+        """Judge now, in the caller's task, without a job row: for callers that wait for the
+        verdict anyway and redo the work themselves after a crash (a sweep reads the file
+        again). Same processor, same finish and single flight as `submit`; when the backend
+        is unavailable the work becomes an ordinary persisted job, retried with backoff.
+        """
+        fut = self._futures.get(sha256)
+        if fut is not None:
+            return fut
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[sha256] = fut
+        job = Job(sha256, payload, media_type, size, source, None, 0)
+        try:
+            verdict = await self._process(job)
+        except Exception as exc:  # BackendUnavailable, or a backend bug: treated alike
+            reason = exc.reason if isinstance(exc, BackendUnavailable) else "internal error"
+            if not isinstance(exc, BackendUnavailable):
+                log.exception("job %s failed unexpectedly", sha256[:12])
+            delay = exc.retry_after_s if isinstance(exc, BackendUnavailable) else None
+            log.info("job %s: %s; persisted for retry", sha256[:12], reason)
+            await self._store.add_job(
+                sha256, payload, media_type=media_type, size=size, source=source
+            )
+            await self._store.retry_job(sha256, delay_s=delay or 1.0, error=reason)
+            self._wake.set()
+            return fut
+        except BaseException:
+            # Cancelled: whoever else waits on this hash gets an error, not a hang.
+            self._futures.pop(sha256, None)
+            if not fut.done():
+                fut.set_exception(BackendUnavailable("judgement interrupted"))
+                fut.add_done_callback(lambda f: f.exception())
+            raise
+        await self._finish(job, verdict, persisted=False)
+        return fut
+
     def note_answer(self, sha256: str, answer: str) -> None:
         """Record, synchronously, that an answer was given before the verdict existed."""
         if self._answers.get(sha256) != "accept":
@@ -183,7 +227,7 @@ class JobRunner:
         await self._store.retry_job(job.sha256, delay_s=delay_s, error=reason)
         self._wake.set()
 
-    async def _finish(self, job: Job, verdict: Verdict) -> None:
+    async def _finish(self, job: Job, verdict: Verdict, *, persisted: bool = True) -> None:
         await self._store.put_verdict(
             job.sha256, verdict, media_type=job.media_type, size=job.size, source=job.source
         )
@@ -194,8 +238,8 @@ class JobRunner:
             fut.set_result(verdict)
         answered = self._answers.pop(job.sha256, None)
         self._unsaved_answers.pop(job.sha256, None)
-        persisted = await self._store.finish_job(job.sha256)
-        given = {answered, persisted} - {None}
+        stored = await self._store.finish_job(job.sha256) if persisted else None
+        given = {answered, stored} - {None}
         await self._on_finished(
             job, verdict, "accept" if "accept" in given else given.pop() if given else None
         )

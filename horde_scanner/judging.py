@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from horde_scanner.backends.base import Backend, BackendFailed
+from horde_scanner.config import Settings
 from horde_scanner.hashing import sha256_hex
 from horde_scanner.jobs import FinishedHook, JobRunner
 from horde_scanner.media import DecodeLimits, UnreadableMedia, prepare, sniff
@@ -187,6 +188,7 @@ class Judge:
         sha256: str | None = None,
         answer_if_late: str | None = None,
         on_admitted: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> Outcome:
         """Judge `data`, returning within `within_s` seconds (None: as long as it takes).
 
@@ -195,10 +197,14 @@ class Judge:
         caller answers instead, is remembered so that a late positive can be enforced.
         `on_admitted` is called once the bytes are no longer needed (answered from the lists or
         cache, or persisted as a job), so a caller can bound how many bodies it holds.
+
+        `durable=False` (only with `within_s=None`) is the fast path for callers that wait
+        anyway and can redo the work after a crash, like a storage sweep: a miss is judged in
+        the caller's task without a persisted job row (the rest of the pipeline is the same).
         """
         ticket = _Ticket(sha256=sha256, media_type=sniff(data), size=len(data))
         if within_s is None:
-            admitted = await self._admit(data, source, ticket, on_admitted)
+            admitted = await self._admit(data, source, ticket, on_admitted, inline=not durable)
             if isinstance(admitted, Outcome):
                 return admitted
             return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
@@ -232,6 +238,8 @@ class Judge:
         source: str,
         ticket: _Ticket,
         on_admitted: Callable[[], None] | None,
+        *,
+        inline: bool = False,
     ) -> Outcome | asyncio.Future[Verdict]:
         """Hash, look up, and if unknown persist a job: an Outcome, or the job's Future."""
         try:
@@ -239,7 +247,8 @@ class Judge:
             known = await self.lookup(sha)
             if known is not None:
                 return known
-            fut = self.runner.future_for(sha) or await self.runner.submit(
+            submit = self.runner.run_inline if inline else self.runner.submit
+            fut = self.runner.future_for(sha) or await submit(
                 sha, data, media_type=ticket.media_type, size=ticket.size, source=source
             )
         finally:
@@ -290,3 +299,34 @@ class Judge:
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(
+        max_pixels=settings.media.max_pixels,
+        backend_max_side=settings.media.backend_max_side,
+        webp_quality=settings.media.webp_quality,
+    )
+
+
+def build_judge(
+    settings: Settings,
+    store: Store,
+    policy: Policy,
+    backend: Backend,
+    executor: Executor,
+    *,
+    on_finished: FinishedHook | None = None,
+) -> Judge:
+    """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
+    return Judge(
+        store,
+        policy,
+        backend,
+        executor,
+        limits=decode_limits(settings),
+        workers=settings.horde.max_in_flight,
+        cache_size=settings.validation.verdict_cache_size,
+        max_attempts=settings.validation.job_max_attempts,
+        on_finished=on_finished,
+    )

@@ -8,6 +8,7 @@ positive is by nature recent, so it is found in the first pages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,3 +99,52 @@ class PictrsClient:
         if aliases:
             result.aliases = await self.purge(aliases[0])
         return result
+
+
+class HashIndex:
+    """sha256 -> aliases over a whole pict-rs store, for sweeps that delete many files.
+
+    Pages of /internal/hashes are fetched only as far as needed and remembered, so looking up
+    N hashes costs at most one pass over the listing instead of N searches.
+    """
+
+    def __init__(self, client: PictrsClient) -> None:
+        self._client = client
+        self._known: dict[str, list[str]] = {}
+        self._slug: str | None = None
+        self._exhausted = False
+        self._lock = asyncio.Lock()
+        self.pages = 0
+
+    async def aliases(self, sha256: str) -> list[str]:
+        if sha256 in self._known:
+            return self._known[sha256]
+        async with self._lock:
+            while sha256 not in self._known and not self._exhausted:
+                params = {"limit": str(self._client.page_size)}
+                if self._slug:
+                    params["slug"] = self._slug
+                body = await self._client._request("GET", "/internal/hashes", params)
+                self.pages += 1
+                page = body.get("page") or {}
+                for entry in page.get("hashes") or []:
+                    hex_hash = str(entry.get("hex", "")).lower()
+                    aliases = [str(a) for a in entry.get("aliases") or []]
+                    if len(hex_hash) >= 64 and aliases:
+                        self._known[hex_hash[:64]] = aliases
+                self._slug = page.get("next")
+                self._exhausted = not self._slug
+            if sha256 not in self._known:
+                # Uploaded since the pass began? Those are on the first (newest) page.
+                body = await self._client._request(
+                    "GET", "/internal/hashes", {"limit": str(self._client.page_size)}
+                )
+                self.pages += 1
+                for entry in (body.get("page") or {}).get("hashes") or []:
+                    hex_hash = str(entry.get("hex", "")).lower()
+                    if hex_hash.startswith(sha256):
+                        return [str(a) for a in entry.get("aliases") or []]
+        return self._known.get(sha256, [])
+
+    def forget(self, sha256: str) -> None:
+        self._known.pop(sha256, None)

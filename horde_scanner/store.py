@@ -92,6 +92,62 @@ _MIGRATIONS: list[tuple[str, str]] = [
     );
     """,
     ),
+    # Storage sweeps; the queries are in horde_scanner/scan/records.py.
+    (
+        "0300-scan",
+        """
+    CREATE TABLE scan_files (
+        source TEXT NOT NULL,
+        identifier TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime REAL NOT NULL,
+        sha256 TEXT,
+        media_type TEXT,
+        status TEXT NOT NULL,
+        label TEXT,
+        reasons TEXT,
+        seen_at REAL NOT NULL,
+        judged_at REAL,
+        action TEXT,
+        PRIMARY KEY (source, identifier)
+    ) WITHOUT ROWID;
+    CREATE INDEX scan_files_sha ON scan_files(sha256);
+    CREATE INDEX scan_files_label ON scan_files(label, judged_at);
+    CREATE TABLE scan_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        action TEXT NOT NULL,
+        follow INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        phase TEXT NOT NULL DEFAULT 'sweep',
+        cursor TEXT,
+        watermark REAL,
+        time_ordered INTEGER NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        counts TEXT
+    );
+    CREATE INDEX scan_runs_source ON scan_runs(source, state);
+    CREATE TABLE scan_actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        identifier TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER,
+        mtime REAL,
+        action TEXT NOT NULL,
+        state TEXT NOT NULL,
+        label TEXT,
+        reasons TEXT,
+        location TEXT,
+        detail TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (source, identifier, sha256)
+    );
+    CREATE INDEX scan_actions_state ON scan_actions(source, state);
+    """,
+    ),
 ]
 
 
@@ -210,13 +266,13 @@ class Store:
     # -- verdicts --------------------------------------------------------------------------
 
     async def get_verdict(self, sha256: str) -> StoredVerdict | None:
-        async with self._db.execute(
+        # execute_fetchall: one hop to the database thread instead of three (hot path).
+        rows = await self._db.execute_fetchall(
             "SELECT sha256, label, reasons, signals, backend, policy_version, media_type, size,"
             " source, first_seen, judged_at FROM verdicts WHERE sha256=?",
             (sha256,),
-        ) as cur:
-            row = await cur.fetchone()
-        return _verdict_from_row(row) if row else None
+        )
+        return _verdict_from_row(next(iter(rows))) if rows else None
 
     async def put_verdict(
         self,
@@ -287,9 +343,8 @@ class Store:
     # -- allow / deny lists ----------------------------------------------------------------
 
     async def list_kind(self, sha256: str) -> str | None:
-        async with self._db.execute("SELECT kind FROM lists WHERE sha256=?", (sha256,)) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        rows = await self._db.execute_fetchall("SELECT kind FROM lists WHERE sha256=?", (sha256,))
+        return str(next(iter(rows))[0]) if rows else None
 
     async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
         await self._db.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from PIL import Image
+from PIL import Image, ImageStat
 
 from horde_scanner.backends.base import BackendUnavailable, Readiness
 from horde_scanner.media import PreparedImage
@@ -17,17 +17,12 @@ def colour_marker_signals(image: Image.Image) -> Signals:
 
     The same convention as the fake AI Horde in tests/, so fixtures work with either.
     """
-    r, g, b = (sum(band) / len(band) for band in _means(image))
+    r, g, b = ImageStat.Stat(image.convert("RGB")).mean
     if r > 200 and g < 60 and b < 60:
         return Signals(backend="mock", nsfw=True, caption="a photo of a young girl in a bedroom")
     if r > 200 and g < 60 and b > 200:
         return Signals(backend="mock", nsfw=True, caption="a photo of a naked woman on a bed")
     return Signals(backend="mock", nsfw=False, caption="a photo of a landscape with trees")
-
-
-def _means(image: Image.Image) -> list[list[float]]:
-    small = image.convert("RGB").resize((8, 8))
-    return [list(small.getchannel(i).getdata()) for i in range(3)]
 
 
 class MockBackend:

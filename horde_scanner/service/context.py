@@ -18,8 +18,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.backends.router import build_backend
 from horde_scanner.config import Settings
 from horde_scanner.enforce import LatePositiveEnforcer
-from horde_scanner.judging import Judge
-from horde_scanner.media import DecodeLimits
+from horde_scanner.judging import Judge, build_judge
 from horde_scanner.pictrs import PictrsClient
 from horde_scanner.policy import Policy
 from horde_scanner.service.auth import ClientAuth
@@ -70,21 +69,8 @@ async def open_services(
                 search_pages=settings.pictrs.search_pages,
             )
         enforcer = LatePositiveEnforcer(store, pictrs, frozenset(settings.validation.reject_labels))
-        limits = DecodeLimits(
-            max_pixels=settings.media.max_pixels,
-            backend_max_side=settings.media.backend_max_side,
-            webp_quality=settings.media.webp_quality,
-        )
-        judge = Judge(
-            store,
-            policy,
-            backend,
-            executor,
-            limits=limits,
-            workers=settings.horde.max_in_flight,
-            cache_size=settings.validation.verdict_cache_size,
-            max_attempts=settings.validation.job_max_attempts,
-            on_finished=enforcer.on_finished,
+        judge = build_judge(
+            settings, store, policy, backend, executor, on_finished=enforcer.on_finished
         )
         await judge.start()
         try:
