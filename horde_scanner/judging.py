@@ -1,7 +1,9 @@
 """The one pipeline every image goes through, whoever asks (upload, sweep, `check`):
 
-    bytes -> sha256 -> allow/deny list -> cached verdict (re-judged if the policy changed)
-          -> persisted job -> decode (bounded pool) -> backend -> policy -> verdict
+    bytes -> sha256 -> allow/deny list -> hash lists (exact sha256) -> cached verdict
+          (re-judged if the policy changed; re-checked against the PDQ index unless csam)
+          -> persisted job -> decode + PDQ + index search (bounded pool) -> PDQ match? -> verdict
+          -> backend -> policy -> verdict
 
 `evaluate()` returns within its timeout whatever happens; the job goes on without it.
 """
@@ -17,9 +19,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from horde_scanner.backends.base import Backend, BackendFailed
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.hashing import PdqHash, pdq_hash, sha256_hex
+from horde_scanner.hashmatch import HashMatcher
+from horde_scanner.hashstore import MATCH_BACKEND
 from horde_scanner.jobs import FinishedHook, JobRunner
-from horde_scanner.media import DecodeLimits, UnreadableMedia, prepare, sniff
+from horde_scanner.media import DecodeLimits, PreparedImage, UnreadableMedia, prepare, sniff
+from horde_scanner.pdq_index import Hit
 from horde_scanner.policy import Policy
 from horde_scanner.store import Job, Store
 from horde_scanner.verdict import Label, Verdict
@@ -35,6 +40,8 @@ class Route(StrEnum):
 
     ALLOW = "allow"
     DENY = "deny"
+    # A hash list entry (exact sha256, or PDQ within distance) answered: no backend call.
+    MATCH = "match"
     CACHE = "cache"
     BACKEND = "backend"
     TIMEOUT = "timeout"
@@ -66,6 +73,7 @@ class Judge:
         cache_size: int = 100_000,
         max_attempts: int = 50,
         on_finished: FinishedHook | None = None,
+        hashes: HashMatcher | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -75,6 +83,7 @@ class Judge:
         self._cache: OrderedDict[str, Outcome] = OrderedDict()
         self._cache_size = cache_size
         self._extra_hook = on_finished
+        self.hashes = hashes
         self.runner = JobRunner(
             store, self._process, self._finished, workers=workers, max_attempts=max_attempts
         )
@@ -145,11 +154,28 @@ class Judge:
         if kind == "deny":
             verdict = Verdict(label=Label.CSAM, reasons=["deny list"], backend="list")
             return self._remember(Outcome(sha256, Route.DENY, verdict))
+        if self.hashes is not None:
+            match = await self.hashes.match_sha256(sha256)
+            if match is not None and match.rejects:
+                verdict = match.verdict(self.policy.version)
+                return self._remember(Outcome(sha256, Route.MATCH, verdict))
         stored = await self.store.get_verdict(sha256)
         # Errors and unreadable results were never judgements: look again.
         if stored is None or stored.verdict.label in (Label.ERROR, Label.UNREADABLE):
             return None
         verdict = stored.verdict
+        from_list = verdict.backend == MATCH_BACKEND
+        if self.hashes is not None and (verdict.label is not Label.CSAM or from_list):
+            # A deny entry may have arrived since this image was judged (its PDQ is kept).
+            match = await self.hashes.match_stored(sha256)
+            if match is not None and match.rejects:
+                verdict = match.verdict(self.policy.version)
+                outcome = Outcome(sha256, Route.MATCH, verdict, stored.media_type, stored.size)
+                return self._remember(outcome)
+            if from_list:
+                # A verdict that rested on a hash entry lasts only as long as the entry (an
+                # admin allow, or a source that dropped it): otherwise judge the image afresh.
+                return None
         if verdict.policy_version != self.policy.version and verdict.signals is not None:
             verdict = self.policy.judge(verdict.signals)
             await self.store.put_verdict(sha256, verdict)
@@ -186,13 +212,21 @@ class Judge:
                 verdict = fut.result()
             else:
                 return Outcome(sha, Route.TIMEOUT, None, media_type, size)
-        return Outcome(sha, Route.BACKEND, verdict, media_type, size)
+        route = Route.MATCH if verdict.backend == MATCH_BACKEND else Route.BACKEND
+        return Outcome(sha, route, verdict, media_type, size)
+
+    def _decode(self, payload: bytes) -> tuple[PreparedImage, list[PdqHash], list[Hit]]:
+        """Decode once, hash the decoded pixels, search the index: one trip to the pool."""
+        prepared = prepare(payload, self._limits)
+        hashes = [pdq_hash(prepared.image)]
+        hits = self.hashes.search(hashes) if self.hashes is not None else []
+        return prepared, hashes, hits
 
     async def _process(self, job: Job) -> Verdict:
         loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(
-                self._executor, prepare, job.payload, self._limits
+            prepared, hashes, hits = await loop.run_in_executor(
+                self._executor, self._decode, job.payload
             )
         except UnreadableMedia as exc:
             return Verdict(
@@ -201,6 +235,15 @@ class Judge:
                 backend="decoder",
                 policy_version=self.policy.version,
             )
+        if self.hashes is not None:
+            await self.hashes.save(job.sha256, hashes)
+            matches = [await self.hashes.match_sha256(job.sha256), await self.hashes.resolve(hits)]
+            for match in matches:
+                if match is not None and match.rejects:
+                    return match.verdict(self.policy.version)
+            for match in matches:
+                if match is not None:  # from a `review` source: judge as usual, flag it
+                    await self.hashes.flag(job.sha256, match, job.source)
         try:
             signals = await self.backend.judge(prepared)
         except BackendFailed as exc:
@@ -226,5 +269,7 @@ class Judge:
         )
         if verdict.label not in (Label.ERROR, Label.UNREADABLE):
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
+        if self.hashes is not None:
+            await self.hashes.note_verdict(job.sha256, verdict)
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)

@@ -17,6 +17,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.backends.router import build_backend
 from horde_scanner.config import Settings
 from horde_scanner.enforce import LatePositiveEnforcer
+from horde_scanner.hashmatch import HashMatcher
 from horde_scanner.judging import Judge
 from horde_scanner.media import DecodeLimits
 from horde_scanner.pictrs import PictrsClient
@@ -37,6 +38,7 @@ class Services:
     enforcer: LatePositiveEnforcer
     auth: ClientAuth
     session: aiohttp.ClientSession
+    hashes: HashMatcher
     started_at: float = field(default_factory=time.time)
     # Answers by (route, answer), for logs now and metrics later.
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -72,6 +74,8 @@ async def open_services(
             backend_max_side=settings.media.backend_max_side,
             webp_quality=settings.media.webp_quality,
         )
+        hashes = HashMatcher(store, settings.hashes, executor)
+        await hashes.start()
         judge = Judge(
             store,
             policy,
@@ -82,6 +86,7 @@ async def open_services(
             cache_size=settings.validation.verdict_cache_size,
             max_attempts=settings.validation.job_max_attempts,
             on_finished=enforcer.on_finished,
+            hashes=hashes,
         )
         await judge.start()
         try:
@@ -94,9 +99,11 @@ async def open_services(
                 enforcer,
                 ClientAuth(settings.server),
                 session,
+                hashes,
             )
         finally:
             await judge.stop()
+            await hashes.stop()
             await backend.aclose()
     finally:
         await session.close()
