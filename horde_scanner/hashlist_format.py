@@ -4,11 +4,12 @@
 One entry per row, in CSV (header required) or JSON:
 
     signal,value,label,source,first_seen,note
-    pdq,f8f8f0cee0f4a84f06370a32038f67f0b36e2ed596623e1d33e6339c4e9c9b22,csam,example.social,2024-05-01T12:00:00+00:00,
-    sha256,9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08,csam,example.social,,reported twice
+    pdq,f8f8f0ce...4e9c9b22,csam,example.social,2024-05-01T12:00:00+00:00,
+    sha256,9f86d081...b0f00a08,csam,example.social,,reported twice
 
     {"format": "horde-scanner-hashes", "version": 1, "entries": [
-    {"signal": "pdq", "value": "f8f8...", "label": "csam", "source": "...", "first_seen": "...", "note": ""}
+    {"signal": "pdq", "value": "f8f8...", "label": "csam", "source": "...",
+     "first_seen": "...", "note": ""}
     ]}
 
 A bare JSON array of entries is accepted too. `signal` is `sha256` (exact bytes) or `pdq` (256

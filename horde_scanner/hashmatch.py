@@ -158,7 +158,9 @@ class HashMatcher:
             values, origins = await self.hashes.index_rows(self.settings.pdq_min_quality)
             allowed = await self.hashes.allowed_pdq(self.settings.pdq_min_quality)
             loop = asyncio.get_running_loop()
-            index = await loop.run_in_executor(self._executor, self._build, values, origins, allowed)
+            index = await loop.run_in_executor(
+                self._executor, self._build, values, origins, allowed
+            )
             self._snapshot = _Snapshot(index, ExtraHashes(), generation)
             self.last_load_s = time.monotonic() - started
             log.info(

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+import numpy as np
 
 from horde_scanner.hashing import PdqHash
 from horde_scanner.hashlist_format import HashEntry
+from horde_scanner.pdq_index import hex_to_words
 from horde_scanner.store import Store
 
 LOCAL = "local"  # entries an admin imported
@@ -184,6 +186,27 @@ class HashStore:
         ) as cur:
             entries.extend([_sourced(r).entry async for r in cur])
         return entries
+
+    async def published(
+        self, source: str, min_quality: int, max_distance: int
+    ) -> list[HashEntry]:
+        """This instance's own entries, de-duplicated and sorted, with every entry an admin's
+        allow overrides left out: what `GET /api/v1/hashes` serves and `hashes export` writes."""
+        unique: dict[tuple[str, str], HashEntry] = {}
+        for entry in await self.own_entries(source, min_quality):
+            unique.setdefault((entry.signal, entry.value), entry)
+        result = sorted(unique.values(), key=lambda e: (e.signal, e.value))
+        allowed = await self.allowed_pdq(min_quality)
+        if not allowed:
+            return result
+        pdq = [i for i, e in enumerate(result) if e.signal == "pdq"]
+        words = hex_to_words([result[i].value for i in pdq])
+        near = np.zeros(len(pdq), dtype=bool)
+        for value in allowed:
+            distances = np.bitwise_count(words ^ hex_to_words([value])[0]).sum(axis=1)
+            near |= distances <= max_distance
+        dropped = {pdq[i] for i in np.flatnonzero(near)}
+        return [e for i, e in enumerate(result) if i not in dropped]
 
     async def all_entries(self) -> list[SourcedEntry]:
         async with self._db.execute(

@@ -88,7 +88,7 @@ class PdqIndex:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.trust, *self._columns, *self._order, *self._offsets]
+        arrays: list[np.ndarray] = [self.trust, *self._columns, *self._order, *self._offsets]
         return sum(a.nbytes for a in arrays)
 
     def suppress(self, rows: np.ndarray) -> None:

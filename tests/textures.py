@@ -24,7 +24,8 @@ PALETTES = {
 
 def textured(colour: str = "green", *, seed: int = 0, size: tuple[int, int] = (480, 360)
              ) -> Image.Image:
-    rng = np.random.default_rng(seed)
+    # The colour is part of the seed: the same seed in two colours is two unrelated pictures.
+    rng = np.random.default_rng([seed, list(PALETTES).index(colour)])
     w, h = size
     freq = np.sqrt(np.fft.rfftfreq(w)[None, :] ** 2 + np.fft.fftfreq(h)[:, None] ** 2)
     freq[0, 0] = 1.0
@@ -79,3 +80,12 @@ def red_is_csam(image: Image.Image) -> Signals:
     if r > g + 80 and r > b + 80:
         return Signals(backend="mock", nsfw=True, caption="a photo of a young girl in a bedroom")
     return Signals(backend="mock", nsfw=False, caption="a photo of a landscape with trees")
+
+
+def faint(colour: tuple[int, int, int] = (200, 30, 30), *, seed: int = 0, amplitude: int = 4,
+          size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """Almost flat: a barely visible texture. Its PDQ is stable but has low quality."""
+    luma = np.asarray(textured("green", seed=seed, size=size).convert("L"), dtype=float) / 255
+    offset = np.round((luma - 0.5) * 2 * amplitude)[..., None]
+    pixels = np.clip(np.array(colour, dtype=float)[None, None, :] + offset, 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
