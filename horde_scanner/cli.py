@@ -1,4 +1,4 @@
-"""`horde-scanner`: serve, check, verdicts, allow/deny."""
+"""`horde-scanner`: serve, check, verdicts, allow/deny, hashes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from horde_scanner import __version__
+from horde_scanner.cli_hashes import hashes as hashes_group
 from horde_scanner.config import ConfigError, Settings, load_settings
 from horde_scanner.hashing import is_sha256_hex, sha256_hex
 from horde_scanner.policy import PolicyError
@@ -363,6 +364,8 @@ main.add_command(_list_command("allow", "Allow-list SHA256 hashes or FILES (alwa
 main.add_command(
     _list_command("deny", "Deny-list SHA256 hashes or FILES (always rejected as csam).")
 )
+
+main.add_command(hashes_group)
 
 
 if __name__ == "__main__":

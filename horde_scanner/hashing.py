@@ -55,7 +55,7 @@ def pdq_hash(image: Image.Image, *, frame: int = 0) -> PdqHash:
     its reference implementation downsamples to 512 px first, so the result is the same."""
     import pdqhash  # C++ extension; imported here so that importing this module stays cheap
 
-    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     bits, quality = pdqhash.compute(pixels)
     # pdqhash returns bit 255 first: packing most significant bit first gives the standard hex.
     value = np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()

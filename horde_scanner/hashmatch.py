@@ -141,7 +141,8 @@ class HashMatcher:
 
     async def _sync_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.sync_interval_s)
+            # A big index takes seconds to load: spend at most a tenth of the time loading.
+            await asyncio.sleep(max(self.settings.sync_interval_s, 9 * self.last_load_s))
             try:
                 if await self.hashes.generation() != self._snapshot.generation:
                     await self.reload()

@@ -108,17 +108,21 @@ class HashStore:
 
     async def index_rows(self, min_quality: int) -> tuple[list[str], list[str]]:
         """(PDQ values, origin of each) of every deny entry, allowed images left out."""
-        values: list[str] = []
-        origins: list[str] = []
-        async with self._db.execute(
-            "SELECT value, origin FROM hash_entries WHERE signal='pdq'"
-        ) as cur:
-            rows = await cur.fetchall()
-        values.extend(r[0] for r in rows)
-        origins.extend(r[1] for r in rows)
-        del rows
-        async with self._db.execute(_OWN_PDQ, (MATCH_BACKEND, min_quality)) as cur:
-            own = await cur.fetchall()
+        # Read on a connection (and so a thread) of our own: a million rows take seconds, and
+        # the shared connection must keep answering uploads meanwhile.
+        db = await aiosqlite.connect(str(self._store.path))
+        try:
+            await db.execute("PRAGMA busy_timeout=10000")
+            query = "SELECT value, origin FROM hash_entries WHERE signal='pdq'"
+            async with db.execute(query) as cur:
+                rows = await cur.fetchall()
+            values = [r[0] for r in rows]
+            origins = [r[1] for r in rows]
+            del rows
+            async with db.execute(_OWN_PDQ, (MATCH_BACKEND, min_quality)) as cur:
+                own = await cur.fetchall()
+        finally:
+            await db.close()
         values.extend(r[0] for r in own)
         origins.extend(VERDICT for _ in own)
         return values, origins

@@ -23,8 +23,16 @@ from horde_scanner.hashing import PdqHash, pdq_hash, sha256_hex
 from horde_scanner.hashmatch import HashMatcher
 from horde_scanner.hashstore import MATCH_BACKEND
 from horde_scanner.jobs import FinishedHook, JobRunner
-from horde_scanner.media import DecodeLimits, PreparedImage, UnreadableMedia, prepare, sniff
-from horde_scanner.pdq_index import Hit
+from horde_scanner.media import (
+    DecodedImage,
+    DecodeLimits,
+    PreparedImage,
+    UnreadableMedia,
+    decode,
+    encode_for_backend,
+    sniff,
+)
+from horde_scanner.pdq_index import DENY, Hit
 from horde_scanner.policy import Policy
 from horde_scanner.store import Job, Store
 from horde_scanner.verdict import Label, Verdict
@@ -215,17 +223,22 @@ class Judge:
         route = Route.MATCH if verdict.backend == MATCH_BACKEND else Route.BACKEND
         return Outcome(sha, route, verdict, media_type, size)
 
-    def _decode(self, payload: bytes) -> tuple[PreparedImage, list[PdqHash], list[Hit]]:
-        """Decode once, hash the decoded pixels, search the index: one trip to the pool."""
-        prepared = prepare(payload, self._limits)
-        hashes = [pdq_hash(prepared.image)]
+    def _decode(
+        self, payload: bytes
+    ) -> tuple[DecodedImage, PreparedImage | None, list[PdqHash], list[Hit]]:
+        """Decode once, hash the pixels, search the index, and encode for the backend unless
+        a deny entry matched (the encoding costs more than all the rest): one pool trip."""
+        decoded = decode(payload, self._limits)
+        hashes = [pdq_hash(decoded.image)]
         hits = self.hashes.search(hashes) if self.hashes is not None else []
-        return prepared, hashes, hits
+        if any(hit.trust == DENY for hit in hits):
+            return decoded, None, hashes, hits
+        return decoded, encode_for_backend(decoded, payload, self._limits), hashes, hits
 
     async def _process(self, job: Job) -> Verdict:
         loop = asyncio.get_running_loop()
         try:
-            prepared, hashes, hits = await loop.run_in_executor(
+            decoded, prepared, hashes, hits = await loop.run_in_executor(
                 self._executor, self._decode, job.payload
             )
         except UnreadableMedia as exc:
@@ -244,6 +257,18 @@ class Judge:
             for match in matches:
                 if match is not None:  # from a `review` source: judge as usual, flag it
                     await self.hashes.flag(job.sha256, match, job.source)
+        if prepared is None:
+            try:
+                prepared = await loop.run_in_executor(
+                    self._executor, encode_for_backend, decoded, job.payload, self._limits
+                )
+            except UnreadableMedia as exc:
+                return Verdict(
+                    label=Label.UNREADABLE,
+                    reasons=[exc.reason],
+                    backend="decoder",
+                    policy_version=self.policy.version,
+                )
         try:
             signals = await self.backend.judge(prepared)
         except BackendFailed as exc:

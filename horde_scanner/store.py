@@ -147,12 +147,16 @@ _MIGRATIONS: list[tuple[str, str]] = [
         BEGIN UPDATE hash_generation SET n = n + 1; END;
     CREATE TRIGGER hashgen_lists_delete AFTER DELETE ON lists
         BEGIN UPDATE hash_generation SET n = n + 1; END;
-    CREATE TRIGGER hashgen_verdicts_insert AFTER INSERT ON verdicts WHEN NEW.label = 'csam'
+    -- Verdicts given by a hash-list match (backend 'hashlist') never enter the index.
+    CREATE TRIGGER hashgen_verdicts_insert AFTER INSERT ON verdicts
+        WHEN NEW.label = 'csam' AND NEW.backend != 'hashlist'
         BEGIN UPDATE hash_generation SET n = n + 1; END;
     CREATE TRIGGER hashgen_verdicts_update AFTER UPDATE OF label, backend ON verdicts
-        WHEN OLD.label = 'csam' OR NEW.label = 'csam'
+        WHEN (OLD.label = 'csam' AND OLD.backend != 'hashlist')
+          OR (NEW.label = 'csam' AND NEW.backend != 'hashlist')
         BEGIN UPDATE hash_generation SET n = n + 1; END;
-    CREATE TRIGGER hashgen_verdicts_delete AFTER DELETE ON verdicts WHEN OLD.label = 'csam'
+    CREATE TRIGGER hashgen_verdicts_delete AFTER DELETE ON verdicts
+        WHEN OLD.label = 'csam' AND OLD.backend != 'hashlist'
         BEGIN UPDATE hash_generation SET n = n + 1; END;
     """,
     ),

@@ -15,7 +15,7 @@ from aiohttp import web
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.hashing import pdq_distance, pdq_hash, sha256_hex
 from horde_scanner.hashlist_format import HashEntry, dump_json, parse
-from horde_scanner.media import DecodeLimits, prepare
+from horde_scanner.media import DecodeLimits, decode
 from horde_scanner.pdq_index import PdqIndex, hex_to_words
 from horde_scanner.service.hashes import SUBSCRIBER
 from horde_scanner.store import Store
@@ -28,7 +28,7 @@ TOKEN = "s3cret-list-token"
 
 
 def pdq_of(data: bytes):
-    return pdq_hash(prepare(data, DecodeLimits()).image)
+    return pdq_hash(decode(data, DecodeLimits()).image)
 
 
 def always_clean(image) -> Signals:
