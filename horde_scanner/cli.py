@@ -18,6 +18,7 @@ from horde_scanner import __version__
 from horde_scanner.cli_hashes import hashes as hashes_group
 from horde_scanner.config import ConfigError, Settings, load_settings
 from horde_scanner.hashing import is_sha256_hex, sha256_hex
+from horde_scanner.hashstore import HashStore
 from horde_scanner.policy import PolicyError
 from horde_scanner.store import Store, StoredVerdict, StoreError
 from horde_scanner.verdict import Label
@@ -197,10 +198,12 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
             stored = await store.get_verdict(sha256)
             trail = await store.audit_trail(sha256)
             listed = await store.list_kind(sha256)
+            pdq = await HashStore(store).pdq_of(sha256)
         if stored is None and not trail and listed is None:
             return None
         record: dict[str, Any] = _verdict_record(stored) if stored else {"sha256": sha256}
         record["list"] = listed
+        record["pdq"] = [{"frame": h.frame, "hash": h.hex, "quality": h.quality} for h in pdq]
         record["audit"] = [
             {
                 "ts": _iso(a.ts),

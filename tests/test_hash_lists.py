@@ -109,7 +109,7 @@ async def test_imported_pdq_rejects_copies_and_own_positives_are_exported(tmp_pa
     known = textures.textured("blue", seed=61)
     value = pdq_hash(decode(textures.encode(known), DecodeLimits()).image).hex
     listing = tmp_path / "list.csv"
-    listing.write_text(f"signal,value,label,source,first_seen,note\npdq,{value},csam,peer,,case 7\n")
+    listing.write_text(f"signal,value,label,source,first_seen,note\npdq,{value},csam,peer,,case 7")
     # The CLI runs its own event loop: give it a thread of its own inside this async test.
     assert (await asyncio.to_thread(cli, db, "hashes", "import", str(listing))).exit_code == 0
 
@@ -133,3 +133,9 @@ async def test_imported_pdq_rejects_copies_and_own_positives_are_exported(tmp_pa
     assert any(signal == "pdq" for signal, _ in own)
     # A verdict given by a hash match is not evidence of its own: not exported.
     assert ("sha256", result.body["sha256"]) not in own
+
+    # The PDQ is kept with the verdict.
+    shown = await asyncio.to_thread(cli, db, "verdicts", "show", judged.body["sha256"])
+    record = json.loads(shown.output)
+    assert record["label"] == "csam" and len(record["pdq"]) == 1
+    assert record["pdq"][0]["quality"] >= 50 and ("pdq", record["pdq"][0]["hash"]) in own
