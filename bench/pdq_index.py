@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import random
 import tempfile
 import time
@@ -175,6 +176,9 @@ async def main() -> None:
     parser.add_argument("--hashes", type=int, default=1_000_000)
     parser.add_argument("--uploads", type=int, default=300)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="  log: %(name)s: %(message)s")
+    # Index (re)loads are worth seeing: they are what competes with uploads.
+    logging.getLogger("horde_scanner.hashmatch").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         await index_figures(db, args.hashes)

@@ -18,6 +18,7 @@ reused for exact sha256 matches only.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
 from collections.abc import Sequence
@@ -156,12 +157,15 @@ class HashMatcher:
         async with self._reload_lock:
             started = time.monotonic()
             generation = await self.hashes.generation()
-            values, origins = await self.hashes.index_rows(self.settings.pdq_min_quality)
-            allowed = await self.hashes.allowed_pdq(self.settings.pdq_min_quality)
             loop = asyncio.get_running_loop()
-            index = await loop.run_in_executor(
-                self._executor, self._build, values, origins, allowed
-            )
+            words: list[np.ndarray] = []
+            trust: list[np.ndarray] = []
+            async for values, origins in self.hashes.index_rows(self.settings.pdq_min_quality):
+                w, t = await loop.run_in_executor(self._executor, self._convert, values, origins)
+                words.append(w)
+                trust.append(t)
+            allowed = await self.hashes.allowed_pdq(self.settings.pdq_min_quality)
+            index = await loop.run_in_executor(self._executor, self._build, words, trust, allowed)
             self._snapshot = _Snapshot(index, ExtraHashes(), generation)
             self.last_load_s = time.monotonic() - started
             log.info(
@@ -171,17 +175,23 @@ class HashMatcher:
                 self.last_load_s,
             )
 
-    def _build(self, values: list[str], origins: list[str], allowed: list[str]) -> PdqIndex:
+    def _convert(self, values: list[str], origins: list[str]) -> tuple[np.ndarray, np.ndarray]:
         # Origins not configured (a subscription just removed) hold nothing any more.
         trust = np.array([self._trust.get(o, 255) for o in origins], dtype=np.uint8)
         keep = trust != 255
         words = hex_to_words(values)
-        if not keep.all():
-            words, trust = words[keep], trust[keep]
-        index = PdqIndex(words, trust)
+        return (words, trust) if keep.all() else (words[keep], trust[keep])
+
+    def _build(
+        self, words: list[np.ndarray], trust: list[np.ndarray], allowed: list[str]
+    ) -> PdqIndex:
+        index = PdqIndex.from_chunks(
+            words, np.concatenate(trust) if trust else np.zeros(0, dtype=np.uint8)
+        )
         for value in allowed:
             hits = index.search(value, self.max_distance)
             index.suppress(np.array([hit.row for hit in hits], dtype=np.int64))
+        _release_free_memory()
         return index
 
     # -- matching ------------------------------------------------------------------------------
@@ -274,6 +284,15 @@ class HashMatcher:
                     "reason": match.reason(),
                 },
             )
+
+
+def _release_free_memory() -> None:
+    """Hand the building's temporary arrays back to the OS (glibc keeps freed heap memory,
+    and a million-hash load frees about as much as the index itself)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the memory is reused by the next load instead
 
 
 def _match(entry: SourcedEntry, distance: int, trust: HashTrust) -> Match:

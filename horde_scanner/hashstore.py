@@ -15,7 +15,7 @@ image and every deny entry within the match distance of its PDQ.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,8 @@ VERDICT = "verdict"  # this instance's own confirmed positives and deny list
 # would drift away from the original), so they are neither indexed nor published.
 MATCH_BACKEND = "hashlist"
 _ROWS_PER_BATCH = 5000
+_BULK_CACHE_KIB = 128 * 1024
+_INDEX_ROWS_PER_FETCH = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,9 @@ class HashStore:
 
     # -- what the index holds ----------------------------------------------------------------
 
-    async def index_rows(self, min_quality: int) -> tuple[list[str], list[str]]:
-        """(PDQ values, origin of each) of every deny entry, allowed images left out."""
+    async def index_rows(self, min_quality: int) -> AsyncIterator[tuple[list[str], list[str]]]:
+        """(PDQ values, origin of each) of every deny entry, allowed images left out, in
+        chunks: a million Python strings at once would double the memory a load needs."""
         # Read on a connection (and so a thread) of our own: a million rows take seconds, and
         # the shared connection must keep answering uploads meanwhile.
         db = await aiosqlite.connect(str(self._store.path))
@@ -115,17 +118,14 @@ class HashStore:
             await db.execute("PRAGMA busy_timeout=10000")
             query = "SELECT value, origin FROM hash_entries WHERE signal='pdq'"
             async with db.execute(query) as cur:
-                rows = await cur.fetchall()
-            values = [r[0] for r in rows]
-            origins = [r[1] for r in rows]
-            del rows
+                while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
+                    yield [r[0] for r in rows], [r[1] for r in rows]
             async with db.execute(_OWN_PDQ, (MATCH_BACKEND, min_quality)) as cur:
-                own = await cur.fetchall()
+                while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
+                    values = [r[0] for r in rows]
+                    yield values, [VERDICT] * len(values)
         finally:
             await db.close()
-        values.extend(r[0] for r in own)
-        origins.extend(VERDICT for _ in own)
-        return values, origins
 
     async def allowed_pdq(self, min_quality: int) -> list[str]:
         """PDQ of the images an admin allowed: deny entries near them are overridden."""
@@ -222,11 +222,13 @@ class HashStore:
     # -- changing entries ----------------------------------------------------------------------
 
     async def add_entries(self, origin: str, entries: Iterable[HashEntry]) -> int:
-        """Upsert entries under `origin` (the first time seen is kept). Returns rows written."""
+        """Upsert entries under `origin` (the earliest first-seen is kept). Returns rows
+        written."""
         return await self._bulk(origin, entries, replace=False)
 
     async def replace_origin(self, origin: str, entries: Iterable[HashEntry]) -> int:
-        """Make `origin`'s entries exactly these, atomically (a subscription refresh)."""
+        """Make `origin`'s entries exactly these (a subscription refresh). Returns the number
+        of rows added, changed or removed."""
         return await self._bulk(origin, entries, replace=True)
 
     async def remove_entry(self, origin: str, signal: str, value: str) -> bool:
@@ -251,36 +253,55 @@ class HashStore:
         return stale
 
     async def _bulk(self, origin: str, entries: Iterable[HashEntry], *, replace: bool) -> int:
-        # A list can hold a million rows: write them in one transaction on a connection of our
-        # own, so that the shared connection's statements never end up inside it.
-        rows = [
-            (origin, e.signal, e.value, e.label, e.source, e.first_seen, e.note) for e in entries
-        ]
+        """Write entries in short transactions on a connection of our own.
+
+        A list can hold a million rows, and one transaction over all of them would hold the
+        write lock for tens of seconds while uploads wait to record their verdicts. So a
+        replacement writes only the difference to what the origin holds (usually small), in
+        batches; readers see each entry either as it was or as it is now."""
+        new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
         db = await aiosqlite.connect(str(self._store.path), isolation_level=None)
         try:
             await db.execute("PRAGMA busy_timeout=10000")
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if replace:
-                    await db.execute("DELETE FROM hash_entries WHERE origin=?", (origin,))
-                for start in range(0, len(rows), _ROWS_PER_BATCH):
-                    await db.executemany(
-                        "INSERT INTO hash_entries (origin, signal, value, label, source,"
-                        " first_seen, note) VALUES (?,?,?,?,?,?,?)"
-                        " ON CONFLICT(origin, signal, value) DO UPDATE SET label=excluded.label,"
-                        " source=excluded.source, note=excluded.note,"
-                        " first_seen=COALESCE(MIN(hash_entries.first_seen, excluded.first_seen),"
-                        " hash_entries.first_seen, excluded.first_seen)",
-                        rows[start : start + _ROWS_PER_BATCH],
-                    )
+            await db.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+            await db.execute("PRAGMA synchronous=NORMAL")  # as the shared connection (WAL)
+            stale: list[tuple[str, str]] = []
+            if replace:
+                async with db.execute(
+                    "SELECT signal, value, label, source, first_seen, note FROM hash_entries"
+                    " WHERE origin=?",
+                    (origin,),
+                ) as cur:
+                    async for r in cur:
+                        key = (r[0], r[1])
+                        if key not in new:
+                            stale.append(key)
+                        elif new[key] == (r[2], r[3], r[4], r[5]):
+                            del new[key]  # unchanged: nothing to write
+            # In key order, the B-tree grows at its end instead of splitting pages all over.
+            rows = sorted((origin, *key, *fields) for key, fields in new.items())
+            for start in range(0, len(stale), _ROWS_PER_BATCH):
+                await _in_transaction(
+                    db,
+                    "DELETE FROM hash_entries WHERE origin=? AND signal=? AND value=?",
+                    [(origin, *key) for key in stale[start : start + _ROWS_PER_BATCH]],
+                )
+            for start in range(0, len(rows), _ROWS_PER_BATCH):
+                await _in_transaction(
+                    db,
+                    "INSERT INTO hash_entries (origin, signal, value, label, source,"
+                    " first_seen, note) VALUES (?,?,?,?,?,?,?)"
+                    " ON CONFLICT(signal, value, origin) DO UPDATE SET label=excluded.label,"
+                    " source=excluded.source, note=excluded.note,"
+                    " first_seen=COALESCE(MIN(hash_entries.first_seen, excluded.first_seen),"
+                    " hash_entries.first_seen, excluded.first_seen)",
+                    rows[start : start + _ROWS_PER_BATCH],
+                )
+            if stale or rows:
                 await db.execute("UPDATE hash_generation SET n = n + 1 WHERE id=1")
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
         finally:
             await db.close()
-        return len(rows)
+        return len(rows) + len(stale)
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -378,6 +399,18 @@ _SUBSCRIPTION_SELECT = (
     "SELECT name, url, etag, entries, skipped, last_ok, last_checked, last_status, last_error,"
     " bytes_fetched FROM hash_subscriptions"
 )
+
+
+async def _in_transaction(
+    db: aiosqlite.Connection, statement: str, rows: Sequence[Sequence[object]]
+) -> None:
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.executemany(statement, rows)
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
 
 
 def _sourced(row: Sequence[object]) -> SourcedEntry:

@@ -59,14 +59,26 @@ class Hit:
 
 class PdqIndex:
     def __init__(self, words: np.ndarray, trust: np.ndarray | None = None) -> None:
-        words = np.asarray(words, dtype=np.uint64).reshape(-1, WORDS)
-        n = len(words)
+        self._setup([np.asarray(words, dtype=np.uint64).reshape(-1, WORDS)], trust)
+
+    @classmethod
+    def from_chunks(cls, chunks: list[np.ndarray], trust: np.ndarray) -> PdqIndex:
+        """Build from (n_i, 4) pieces without first joining them (one copy less in memory)."""
+        index = cls.__new__(cls)
+        index._setup(chunks, trust)
+        return index
+
+    def _setup(self, chunks: list[np.ndarray], trust: np.ndarray | None) -> None:
+        n = sum(len(c) for c in chunks)
         self.trust = (
             np.zeros(n, dtype=np.uint8) if trust is None else np.asarray(trust, dtype=np.uint8)
         )
         # Column copies make the candidate check and the fallback scan cache friendly.
-        self._columns = [np.ascontiguousarray(words[:, i]) for i in range(WORDS)]
-        del words
+        self._columns = [
+            np.concatenate([c[:, i] for c in chunks]) if chunks else np.zeros(0, np.uint64)
+            for i in range(WORDS)
+        ]
+        chunks.clear()
         self._order: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         for chunk in range(CHUNKS):

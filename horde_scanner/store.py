@@ -112,9 +112,10 @@ _MIGRATIONS: list[tuple[str, str]] = [
         source TEXT NOT NULL DEFAULT '',
         first_seen REAL,
         note TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (origin, signal, value)
-    );
-    CREATE INDEX hash_entries_value ON hash_entries(signal, value);
+        -- In (signal, value) order: loading the index and matching read along the key.
+        PRIMARY KEY (signal, value, origin)
+    ) WITHOUT ROWID;
+    CREATE INDEX hash_entries_origin ON hash_entries(origin);
     CREATE TABLE hash_subscriptions (
         name TEXT PRIMARY KEY,
         url TEXT NOT NULL,
