@@ -157,6 +157,8 @@ class HashMatcher:
         async with self._reload_lock:
             started = time.monotonic()
             generation = await self.hashes.generation()
+            # Positives noted from now on may be missing from what is read next: keep them.
+            kept_from = len(self._snapshot.extra)
             loop = asyncio.get_running_loop()
             words: list[np.ndarray] = []
             trust: list[np.ndarray] = []
@@ -166,7 +168,9 @@ class HashMatcher:
                 trust.append(t)
             allowed = await self.hashes.allowed_pdq(self.settings.pdq_min_quality)
             index = await loop.run_in_executor(self._executor, self._build, words, trust, allowed)
-            self._snapshot = _Snapshot(index, ExtraHashes(), generation)
+            extra = self._snapshot.extra
+            kept = ExtraHashes(extra.words[kept_from:], extra.trust[kept_from:])
+            self._snapshot = _Snapshot(index, kept, generation)
             self.last_load_s = time.monotonic() - started
             log.info(
                 "hash index: %d PDQ hashes (%.1f MB) loaded in %.2f s",
@@ -250,18 +254,21 @@ class HashMatcher:
     async def save(self, sha256: str, hashes: Sequence[PdqHash]) -> None:
         await self.hashes.save_pdq(sha256, hashes)
 
-    async def note_verdict(self, sha256: str, verdict: Verdict) -> None:
-        """A backend found a positive: its PDQ joins the index now, not at the next reload."""
+    async def note_verdict(self, sha256: str, verdict: Verdict) -> bool:
+        """A backend found a positive: its PDQ joins the index now, not at the next reload.
+        True when the index changed."""
         if verdict.label is not Label.CSAM or verdict.backend == MATCH_BACKEND:
-            return
+            return False
         good = [
             h.hex
             for h in await self.hashes.pdq_of(sha256)
             if h.quality >= self.settings.pdq_min_quality
         ]
-        if good:
-            snap = self._snapshot
-            self._snapshot = _Snapshot(snap.index, snap.extra.plus(good, DENY), snap.generation)
+        if not good:
+            return False
+        snap = self._snapshot
+        self._snapshot = _Snapshot(snap.index, snap.extra.plus(good, DENY), snap.generation)
+        return True
 
     async def flag(self, sha256: str, match: Match, source: str | None) -> None:
         """A review source matched: note it for an admin, once per image and entry."""

@@ -294,7 +294,9 @@ class Judge:
         )
         if verdict.label not in (Label.ERROR, Label.UNREADABLE):
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
-        if self.hashes is not None:
-            await self.hashes.note_verdict(job.sha256, verdict)
+        if self.hashes is not None and await self.hashes.note_verdict(job.sha256, verdict):
+            # Cached answers for look-alikes of the new positive must be looked up again.
+            self.forget()
+            self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)

@@ -15,6 +15,7 @@ from aiohttp import web
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.hashing import pdq_distance, pdq_hash, sha256_hex
 from horde_scanner.hashlist_format import HashEntry, dump_json, parse
+from horde_scanner.hashstore import LOCAL, HashStore
 from horde_scanner.media import DecodeLimits, decode
 from horde_scanner.pdq_index import PdqIndex, hex_to_words
 from horde_scanner.service.hashes import SUBSCRIBER
@@ -132,6 +133,24 @@ async def test_near_copy_of_positive_is_rejected_without_backend(tmp_path: Path,
         result = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
         assert result.status == 406 and result.body["route"] == "match"
         assert backend.calls == calls
+
+
+async def test_deny_entry_arriving_later_beats_a_cached_clean_verdict(tmp_path: Path, http):
+    backend = MockBackend(always_clean)
+    picture = textures.textured("green", seed=17)
+    data = textures.encode(picture)
+    async with running_service(settings_for(tmp_path, "late"), backend=backend) as svc:
+        first = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
+        assert first.status == 200 and first.body["label"] == "clean"
+        again = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
+        assert again.body["route"] == "cache"
+        # Another process (an admin's import) adds a look-alike's PDQ to the deny list.
+        reported = pdq_of(textures.variants(picture)["webp-thumbnail"]).hex
+        async with await Store.open(tmp_path / "late.db") as admin:
+            await HashStore(admin).add_entries(LOCAL, [HashEntry("pdq", reported, note="#12")])
+        result = await wait_for(lambda: _upload_rejected(http, svc.scan_url(), data))
+        assert result.body["route"] == "match" and "note: #12" in result.body["reasons"][0]
+        assert backend.calls == 1
 
 
 async def test_flat_pictures_never_match(tmp_path: Path, http):
@@ -338,6 +357,11 @@ async def _has(value: bool) -> bool:
 async def _status_is(matcher, name: str, status: int) -> bool:
     state = await matcher.hashes.subscription(name)
     return state is not None and state.last_status == status
+
+
+async def _upload_rejected(http, url: str, data: bytes):
+    result = await validate_upload(http, url, data, "application/octet-stream")
+    return result if result.status == 406 else None
 
 
 async def _upload_ok(http, url: str, data: bytes):
