@@ -229,7 +229,11 @@ class Judge:
         """Decode once, hash the pixels, search the index, and encode for the backend unless
         a deny entry matched (the encoding costs more than all the rest): one pool trip."""
         decoded = decode(payload, self._limits)
-        hashes = [pdq_hash(decoded.image)]
+        try:
+            hashes = [pdq_hash(decoded.image)]
+        except (ValueError, TypeError) as exc:  # no hash is no match, not a failed judgement
+            log.warning("no PDQ for a %s image: %s", decoded.media_type, exc)
+            hashes = []
         hits = self.hashes.search(hashes) if self.hashes is not None else []
         if any(hit.trust == DENY for hit in hits):
             return decoded, None, hashes, hits
