@@ -1,4 +1,4 @@
-"""`horde-scanner`: serve, check, scan, apply, release, verdicts, allow/deny."""
+"""`horde-scanner`: serve, check, scan, apply, release, verdicts, allow/deny, hashes."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from horde_scanner import __version__
+from horde_scanner.cli_hashes import hashes as hashes_group
 from horde_scanner.config import ConfigError, Settings, load_settings
 from horde_scanner.hashing import is_sha256_hex, sha256_hex
+from horde_scanner.hashstore import HashStore
 from horde_scanner.policy import PolicyError
 from horde_scanner.store import Store, StoredVerdict, StoreError
 from horde_scanner.verdict import Label
@@ -232,10 +234,12 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
             stored = await store.get_verdict(sha256)
             trail = await store.audit_trail(sha256)
             listed = await store.list_kind(sha256)
+            pdq = await HashStore(store).pdq_of(sha256)
         if stored is None and not trail and listed is None:
             return None
         record: dict[str, Any] = _verdict_record(stored) if stored else {"sha256": sha256}
         record["list"] = listed
+        record["pdq"] = [{"frame": h.frame, "hash": h.hex, "quality": h.quality} for h in pdq]
         record["audit"] = [
             {
                 "ts": _iso(a.ts),
@@ -320,8 +324,9 @@ def verdicts_export(
                     {
                         **r,
                         "reasons": "; ".join(r["reasons"]),
-                        "found": "; ".join(f"{f['source'].rstrip('/')}/{f['identifier']}"
-                                           for f in r["found"]),
+                        "found": "; ".join(
+                            f"{f['source'].rstrip('/')}/{f['identifier']}" for f in r["found"]
+                        ),
                         "actions": "; ".join(
                             f"#{f['action_id']} {f['action']} {f['action_state']}"
                             + (f" {f['location']}" if f["location"] else "")
@@ -393,8 +398,10 @@ def _print_report(report: Any, *, title: str) -> None:
         for identifier, label, sha in shown:
             click.echo(f"  {label:<10} {sha}  {report.source.rstrip('/')}/{identifier}")
         if len(report.positives) > len(shown):
-            click.echo(f"  ... and {len(report.positives) - len(shown)} more "
-                       "(horde-scanner verdicts export)")
+            click.echo(
+                f"  ... and {len(report.positives) - len(shown)} more "
+                "(horde-scanner verdicts export)"
+            )
     for note in report.notes:
         click.echo(f"\nnote: {note}", err=True)
 
@@ -415,9 +422,7 @@ def _print_report(report: Any, *, title: str) -> None:
     default=None,
     help="Seconds between --follow cycles (scan.follow_interval_s, default 60).",
 )
-@click.option(
-    "--concurrency", type=click.IntRange(1, 256), default=None, help="scan.concurrency."
-)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="scan.concurrency.")
 @click.pass_context
 def scan(
     ctx: click.Context,
@@ -458,7 +463,9 @@ def scan(
 
 @main.command()
 @click.option(
-    "--action", type=click.Choice(["quarantine", "delete"]), required=True,
+    "--action",
+    type=click.Choice(["quarantine", "delete"]),
+    required=True,
     help="What to do with the positives earlier dry runs recorded.",
 )
 @click.option(
@@ -577,6 +584,8 @@ main.add_command(_list_command("allow", "Allow-list SHA256 hashes or FILES (alwa
 main.add_command(
     _list_command("deny", "Deny-list SHA256 hashes or FILES (always rejected as csam).")
 )
+
+main.add_command(hashes_group)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -165,6 +172,65 @@ class ScanSettings(Section):
     ssh: SSHSettings = Field(default_factory=SSHSettings)
 
 
+class HashTrust(StrEnum):
+    # A match rejects at once (the verdict is the entry's label).
+    DENY = "deny"
+    # A match is accepted and judged as usual, and flagged for an admin (`hashes flagged`).
+    REVIEW = "review"
+
+
+# Origins the store uses for entries that are not from a subscription.
+RESERVED_ORIGINS = frozenset({"local", "verdict"})
+
+
+class HashSubscription(Section):
+    # Short name: written as the origin of its entries, in logs and in `hashes flagged`.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    url: str = Field(pattern=r"^https?://")
+    trust: HashTrust = HashTrust.DENY
+    refresh_s: float = Field(3600.0, ge=0.1)
+    # Sent as `Authorization: Bearer <token>` when the publisher requires one.
+    token: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_ORIGINS:
+            raise ValueError(f"{value!r} is reserved; choose another subscription name")
+        return value
+
+
+class HashesSettings(Section):
+    # PDQ hashes within this Hamming distance (of 256 bits) match; 31 is Meta's recommendation.
+    pdq_max_distance: int = Field(31, ge=0, le=128)
+    # PDQ quality (0-100) below which a hash never matches, on either side.
+    pdq_min_quality: int = Field(50, ge=0, le=100)
+    # How often the in-memory index checks the store for changes made by other processes.
+    sync_interval_s: float = Field(1.0, gt=0)
+    # Serve this instance's list at GET /api/v1/hashes.
+    publish: bool = False
+    # Without a token, publishing must be made public explicitly.
+    publish_public: bool = False
+    publish_token: str | None = None
+    # `source` column of this instance's own entries in the published list and exports.
+    publish_source: str = "horde-scanner"
+    subscriptions: list[HashSubscription] = Field(default_factory=list)
+    # A subscribed list larger than this is refused (its last good copy is kept).
+    max_list_bytes: int = Field(256 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> HashesSettings:
+        if self.publish and not self.publish_public and not self.publish_token:
+            raise ValueError(
+                "publish is on without publish_token: set a token, or publish_public = true"
+            )
+        names = [sub.name for sub in self.subscriptions]
+        if len(names) != len(set(names)):
+            raise ValueError(f"subscription names must be unique: {names}")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HORDE_SCANNER_",
@@ -182,6 +248,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     backend: BackendSettings = Field(default_factory=BackendSettings)
     scan: ScanSettings = Field(default_factory=ScanSettings)
+    hashes: HashesSettings = Field(default_factory=HashesSettings)
     log_level: str = "INFO"
 
     @classmethod

@@ -1,7 +1,9 @@
 """The one pipeline every image goes through, whoever asks (upload, sweep, `check`):
 
-    bytes -> sha256 -> allow/deny list -> cached verdict (re-judged if the policy changed)
-          -> persisted job -> decode (bounded pool) -> backend -> policy -> verdict
+    bytes -> sha256 -> allow/deny list -> hash lists (exact sha256) -> cached verdict
+          (re-judged if the policy changed; re-checked against the PDQ index unless csam)
+          -> persisted job -> decode + PDQ + index search (bounded pool) -> PDQ match? -> verdict
+          -> backend -> policy -> verdict
 
 `evaluate()` returns within its timeout whatever happens; the job goes on without it.
 """
@@ -18,9 +20,20 @@ from enum import StrEnum
 
 from horde_scanner.backends.base import Backend, BackendFailed
 from horde_scanner.config import Settings
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.hashing import PdqHash, pdq_hash, sha256_hex
+from horde_scanner.hashmatch import HashMatcher
+from horde_scanner.hashstore import MATCH_BACKEND
 from horde_scanner.jobs import FinishedHook, JobRunner
-from horde_scanner.media import DecodeLimits, UnreadableMedia, prepare, sniff
+from horde_scanner.media import (
+    DecodedImage,
+    DecodeLimits,
+    PreparedImage,
+    UnreadableMedia,
+    decode,
+    encode_for_backend,
+    sniff,
+)
+from horde_scanner.pdq_index import DENY, Hit
 from horde_scanner.policy import Policy
 from horde_scanner.store import Job, Store
 from horde_scanner.verdict import Label, Verdict
@@ -36,6 +49,8 @@ class Route(StrEnum):
 
     ALLOW = "allow"
     DENY = "deny"
+    # A hash list entry (exact sha256, or PDQ within distance) answered: no backend call.
+    MATCH = "match"
     CACHE = "cache"
     BACKEND = "backend"
     TIMEOUT = "timeout"
@@ -65,6 +80,8 @@ class _Ticket:
     answer: str | None = None
 
     def outcome(self, route: Route, verdict: Verdict | None) -> Outcome:
+        if route is Route.BACKEND and verdict is not None and verdict.backend == MATCH_BACKEND:
+            route = Route.MATCH  # a hash-list match made in the job, before any backend call
         return Outcome(self.sha256 or "", route, verdict, self.media_type, self.size)
 
 
@@ -81,6 +98,7 @@ class Judge:
         cache_size: int = 100_000,
         max_attempts: int = 50,
         on_finished: FinishedHook | None = None,
+        hashes: HashMatcher | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -90,6 +108,7 @@ class Judge:
         self._cache: OrderedDict[str, Outcome] = OrderedDict()
         self._cache_size = cache_size
         self._extra_hook = on_finished
+        self.hashes = hashes
         self.runner = JobRunner(
             store, self._process, self._finished, workers=workers, max_attempts=max_attempts
         )
@@ -162,11 +181,28 @@ class Judge:
         if kind == "deny":
             verdict = Verdict(label=Label.CSAM, reasons=["deny list"], backend="list")
             return self._remember(Outcome(sha256, Route.DENY, verdict))
+        if self.hashes is not None:
+            match = await self.hashes.match_sha256(sha256)
+            if match is not None and match.rejects:
+                verdict = match.verdict(self.policy.version)
+                return self._remember(Outcome(sha256, Route.MATCH, verdict))
         stored = await self.store.get_verdict(sha256)
         # Errors and unreadable results were never judgements: look again.
         if stored is None or stored.verdict.label in (Label.ERROR, Label.UNREADABLE):
             return None
         verdict = stored.verdict
+        from_list = verdict.backend == MATCH_BACKEND
+        if self.hashes is not None and (verdict.label is not Label.CSAM or from_list):
+            # A deny entry may have arrived since this image was judged (its PDQ is kept).
+            match = await self.hashes.match_stored(sha256)
+            if match is not None and match.rejects:
+                verdict = match.verdict(self.policy.version)
+                outcome = Outcome(sha256, Route.MATCH, verdict, stored.media_type, stored.size)
+                return self._remember(outcome)
+            if from_list:
+                # A verdict that rested on a hash entry lasts only as long as the entry (an
+                # admin allow, or a source that dropped it): otherwise judge the image afresh.
+                return None
         if verdict.policy_version != self.policy.version and verdict.signals is not None:
             verdict = self.policy.judge(verdict.signals)
             await self.store.put_verdict(sha256, verdict)
@@ -259,11 +295,27 @@ class Judge:
             self.runner.note_answer(sha, ticket.answer)
         return fut
 
+    def _decode(
+        self, payload: bytes
+    ) -> tuple[DecodedImage, PreparedImage | None, list[PdqHash], list[Hit]]:
+        """Decode once, hash the pixels, search the index, and encode for the backend unless
+        a deny entry matched (the encoding costs more than all the rest): one pool trip."""
+        decoded = decode(payload, self._limits)
+        try:
+            hashes = [pdq_hash(decoded.image)]
+        except (ValueError, TypeError) as exc:  # no hash is no match, not a failed judgement
+            log.warning("no PDQ for a %s image: %s", decoded.media_type, exc)
+            hashes = []
+        hits = self.hashes.search(hashes) if self.hashes is not None else []
+        if any(hit.trust == DENY for hit in hits):
+            return decoded, None, hashes, hits
+        return decoded, encode_for_backend(decoded, payload, self._limits), hashes, hits
+
     async def _process(self, job: Job) -> Verdict:
         loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(
-                self._executor, prepare, job.payload, self._limits
+            decoded, prepared, hashes, hits = await loop.run_in_executor(
+                self._executor, self._decode, job.payload
             )
         except UnreadableMedia as exc:
             return Verdict(
@@ -272,6 +324,27 @@ class Judge:
                 backend="decoder",
                 policy_version=self.policy.version,
             )
+        if self.hashes is not None:
+            await self.hashes.save(job.sha256, hashes)
+            matches = [await self.hashes.match_sha256(job.sha256), await self.hashes.resolve(hits)]
+            for match in matches:
+                if match is not None and match.rejects:
+                    return match.verdict(self.policy.version)
+            for match in matches:
+                if match is not None:  # from a `review` source: judge as usual, flag it
+                    await self.hashes.flag(job.sha256, match, job.source)
+        if prepared is None:
+            try:
+                prepared = await loop.run_in_executor(
+                    self._executor, encode_for_backend, decoded, job.payload, self._limits
+                )
+            except UnreadableMedia as exc:
+                return Verdict(
+                    label=Label.UNREADABLE,
+                    reasons=[exc.reason],
+                    backend="decoder",
+                    policy_version=self.policy.version,
+                )
         try:
             signals = await self.backend.judge(prepared)
         except BackendFailed as exc:
@@ -297,6 +370,10 @@ class Judge:
         )
         if verdict.label not in (Label.ERROR, Label.UNREADABLE):
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
+        if self.hashes is not None and await self.hashes.note_verdict(job.sha256, verdict):
+            # Cached answers for look-alikes of the new positive must be looked up again.
+            self.forget()
+            self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)
 
@@ -317,6 +394,7 @@ def build_judge(
     executor: Executor,
     *,
     on_finished: FinishedHook | None = None,
+    hashes: HashMatcher | None = None,
 ) -> Judge:
     """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
     return Judge(
@@ -329,4 +407,5 @@ def build_judge(
         cache_size=settings.validation.verdict_cache_size,
         max_attempts=settings.validation.job_max_attempts,
         on_finished=on_finished,
+        hashes=hashes,
     )

@@ -93,8 +93,48 @@ class PreparedImage:
     webp: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """Decoded and downscaled, not yet encoded for a backend (enough for hashing)."""
+
+    media_type: str
+    width: int
+    height: int
+    frames: int
+    # RGB, longest side <= backend_max_side.
+    image: Image.Image
+
+
 def prepare(data: bytes, limits: DecodeLimits) -> PreparedImage:
     """Decode `data` and downscale it for a backend. Blocking: call from a worker thread.
+
+    Raises UnreadableMedia with a reason an admin can read.
+    """
+    return encode_for_backend(decode(data, limits), data, limits)
+
+
+def encode_for_backend(decoded: DecodedImage, data: bytes, limits: DecodeLimits) -> PreparedImage:
+    """Add the WebP a backend is sent (the costly half of `prepare`: a hash-list match that
+    rejects an image needs only the pixels). Blocking."""
+    rgb, side = decoded.image, limits.backend_max_side
+    small = max(decoded.width, decoded.height) <= side
+    try:
+        if decoded.media_type == "image/webp" and len(data) < 512 * 1024 and small:
+            # Already small WebP (e.g. a persisted job): keep its bytes, skip a re-encode.
+            webp = data
+        else:
+            out = io.BytesIO()
+            rgb.save(out, format="WEBP", quality=limits.webp_quality, method=4)
+            webp = out.getvalue()
+    except (OSError, ValueError) as exc:
+        raise UnreadableMedia(f"{decoded.media_type}: cannot encode ({exc})") from None
+    return PreparedImage(
+        decoded.media_type, decoded.width, decoded.height, decoded.frames, rgb, webp
+    )
+
+
+def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
+    """Decode `data` and downscale it to at most `backend_max_side`. Blocking.
 
     Raises UnreadableMedia with a reason an admin can read.
     """
@@ -122,13 +162,6 @@ def prepare(data: bytes, limits: DecodeLimits) -> PreparedImage:
             rgb = _to_rgb(img)
             side = limits.backend_max_side
             rgb.thumbnail((side, side), Image.Resampling.BILINEAR)
-            if media_type == "image/webp" and len(data) < 512 * 1024 and max(width, height) <= side:
-                # Already small WebP (e.g. a persisted job): keep its bytes, skip a re-encode.
-                webp = data
-            else:
-                out = io.BytesIO()
-                rgb.save(out, format="WEBP", quality=limits.webp_quality, method=4)
-                webp = out.getvalue()
     except UnreadableMedia:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -139,7 +172,7 @@ def prepare(data: bytes, limits: DecodeLimits) -> PreparedImage:
             f"exceeds the decode limit of {limits.max_pixels} pixels; decompression bomb "
             f"refused ({exc})"
         ) from None
-    return PreparedImage(media_type, width, height, frames, rgb, webp)
+    return DecodedImage(media_type, width, height, frames, rgb)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -148,6 +148,75 @@ _MIGRATIONS: list[tuple[str, str]] = [
     CREATE INDEX scan_actions_state ON scan_actions(source, state);
     """,
     ),
+    (
+        # Perceptual hashes and shared hash lists; queries in horde_scanner/hashstore.py.
+        "0500-hashes",
+        """
+    CREATE TABLE verdict_pdq (
+        sha256 TEXT NOT NULL,
+        frame INTEGER NOT NULL DEFAULT 0,
+        pdq TEXT NOT NULL,
+        quality INTEGER NOT NULL,
+        PRIMARY KEY (sha256, frame)
+    );
+    CREATE INDEX verdict_pdq_value ON verdict_pdq(pdq);
+    CREATE TABLE hash_entries (
+        origin TEXT NOT NULL,
+        signal TEXT NOT NULL CHECK (signal IN ('sha256', 'pdq')),
+        value TEXT NOT NULL,
+        label TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        first_seen REAL,
+        note TEXT NOT NULL DEFAULT '',
+        -- In (signal, value) order: loading the index and matching read along the key.
+        PRIMARY KEY (signal, value, origin)
+    ) WITHOUT ROWID;
+    CREATE INDEX hash_entries_origin ON hash_entries(origin);
+    CREATE TABLE hash_subscriptions (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        etag TEXT,
+        entries INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        last_ok REAL,
+        last_checked REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        bytes_fetched INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE hash_flags (
+        sha256 TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        signal TEXT NOT NULL,
+        value TEXT NOT NULL,
+        distance INTEGER NOT NULL,
+        source TEXT,
+        flagged_at REAL NOT NULL,
+        PRIMARY KEY (sha256, origin, signal, value)
+    );
+    -- Bumped by every change that can alter the set of hashes to match against, so that
+    -- each process can tell cheaply when to reload its in-memory index.
+    CREATE TABLE hash_generation (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
+    INSERT INTO hash_generation VALUES (1, 0);
+    CREATE TRIGGER hashgen_lists_insert AFTER INSERT ON lists
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    CREATE TRIGGER hashgen_lists_update AFTER UPDATE ON lists
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    CREATE TRIGGER hashgen_lists_delete AFTER DELETE ON lists
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    -- Verdicts given by a hash-list match (backend 'hashlist') never enter the index.
+    CREATE TRIGGER hashgen_verdicts_insert AFTER INSERT ON verdicts
+        WHEN NEW.label = 'csam' AND NEW.backend != 'hashlist'
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    CREATE TRIGGER hashgen_verdicts_update AFTER UPDATE OF label, backend ON verdicts
+        WHEN (OLD.label = 'csam' AND OLD.backend != 'hashlist')
+          OR (NEW.label = 'csam' AND NEW.backend != 'hashlist')
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    CREATE TRIGGER hashgen_verdicts_delete AFTER DELETE ON verdicts
+        WHEN OLD.label = 'csam' AND OLD.backend != 'hashlist'
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    """,
+    ),
 ]
 
 

@@ -184,9 +184,7 @@ class Actor:
 
     async def _audited(self, row: ActionRow) -> bool:
         trail = await self.store.audit_trail(row.sha256)
-        return any(
-            a.event == "scan_action" and a.detail.get("action_id") == row.id for a in trail
-        )
+        return any(a.event == "scan_action" and a.detail.get("action_id") == row.id for a in trail)
 
 
 def make_pictrs(settings: Settings, session: Any) -> PictrsClient | None:

@@ -19,6 +19,7 @@ import aiohttp
 from horde_scanner.backends.base import Backend
 from horde_scanner.backends.router import build_backend
 from horde_scanner.config import OnEvent, Settings
+from horde_scanner.hashmatch import HashMatcher
 from horde_scanner.judging import Judge, build_judge
 from horde_scanner.policy import Policy
 from horde_scanner.scan.actions import PRUNE_REMINDER, Action, Actor, Outcome, make_pictrs, release
@@ -63,12 +64,16 @@ async def _judge(
     )
     own_backend = backend is None
     backend = backend or build_backend(settings, session)
-    judge = build_judge(settings, store, policy, backend, executor)
+    # Sweeps match perceptual hashes against the same deny lists as uploads.
+    hashes = HashMatcher(store, settings.hashes, executor)
+    await hashes.start()
+    judge = build_judge(settings, store, policy, backend, executor, hashes=hashes)
     await judge.start()
     try:
         yield judge
     finally:
         await judge.stop()
+        await hashes.stop()
         if own_backend:
             await backend.aclose()
         executor.shutdown(wait=False, cancel_futures=True)

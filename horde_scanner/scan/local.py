@@ -135,9 +135,7 @@ class LocalSource:
             stop.set()
 
     async def list_new(self, since: float, *, time_ordered: bool) -> AsyncIterator[Entry]:
-        found = await self._call(
-            walk_new_sync, self._listdir_sync, since, time_ordered, self._skip
-        )
+        found = await self._call(walk_new_sync, self._listdir_sync, since, time_ordered, self._skip)
         for entry in found:
             yield entry
 

@@ -18,6 +18,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.backends.router import build_backend
 from horde_scanner.config import Settings
 from horde_scanner.enforce import LatePositiveEnforcer
+from horde_scanner.hashmatch import HashMatcher
 from horde_scanner.judging import Judge, build_judge
 from horde_scanner.pictrs import PictrsClient
 from horde_scanner.policy import Policy
@@ -37,6 +38,7 @@ class Services:
     enforcer: LatePositiveEnforcer
     auth: ClientAuth
     session: aiohttp.ClientSession
+    hashes: HashMatcher
     # Uploads being read and admitted at once (server.max_concurrent_uploads).
     upload_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     started_at: float = field(default_factory=time.time)
@@ -69,8 +71,16 @@ async def open_services(
                 search_pages=settings.pictrs.search_pages,
             )
         enforcer = LatePositiveEnforcer(store, pictrs, frozenset(settings.validation.reject_labels))
+        hashes = HashMatcher(store, settings.hashes, executor)
+        await hashes.start()
         judge = build_judge(
-            settings, store, policy, backend, executor, on_finished=enforcer.on_finished
+            settings,
+            store,
+            policy,
+            backend,
+            executor,
+            on_finished=enforcer.on_finished,
+            hashes=hashes,
         )
         await judge.start()
         try:
@@ -83,9 +93,12 @@ async def open_services(
                 enforcer,
                 ClientAuth(settings.server),
                 session,
+                hashes,
+                upload_gate=asyncio.Semaphore(settings.server.max_concurrent_uploads),
             )
         finally:
             await judge.stop()
+            await hashes.stop()
             await backend.aclose()
     finally:
         await session.close()
