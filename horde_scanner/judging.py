@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from horde_scanner.backends.base import Backend, BackendFailed
+from horde_scanner.backends.prescreen import CLEARED
 from horde_scanner.hashing import sha256_hex
 from horde_scanner.jobs import FinishedHook, JobRunner
-from horde_scanner.media import DecodeLimits, UnreadableMedia, prepare, sniff
+from horde_scanner.media import DecodeLimits, PreparedImage, UnreadableMedia, prepare, sniff
 from horde_scanner.policy import Policy
+from horde_scanner.second_opinion import SecondOpinion
 from horde_scanner.store import Job, Store
 from horde_scanner.verdict import Label, Verdict
 
@@ -66,6 +68,8 @@ class Judge:
         cache_size: int = 100_000,
         max_attempts: int = 50,
         on_finished: FinishedHook | None = None,
+        second_opinion: Backend | None = None,
+        second_opinion_max_pending: int = 100,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -80,6 +84,19 @@ class Judge:
         )
         self._data_version: int | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        # Images the pre-screen cleared, held from judgement to stored verdict for a second
+        # opinion (at most one per running job).
+        self.second_opinion: SecondOpinion | None = None
+        self._held: dict[str, PreparedImage] = {}
+        if second_opinion is not None:
+            self.second_opinion = SecondOpinion(
+                store,
+                policy,
+                second_opinion,
+                max_pending=second_opinion_max_pending,
+                on_worse=on_finished,
+                forget=self.forget,
+            )
 
     async def start(self) -> None:
         await self.runner.start()
@@ -94,6 +111,9 @@ class Judge:
             except asyncio.CancelledError:
                 pass
         await self.runner.stop()
+        if self.second_opinion is not None:
+            await self.second_opinion.stop()
+        self._held.clear()
         await self.store.flush_audit()
 
     async def _sync_loop(self) -> None:
@@ -210,6 +230,8 @@ class Judge:
                 backend=self.backend.name,
                 policy_version=self.policy.version,
             )
+        if self.second_opinion is not None and signals.extra.get("prescreen") == CLEARED:
+            self._held[job.sha256] = prepared
         return self.policy.judge(signals)
 
     async def _finished(self, job: Job, verdict: Verdict, answered: str | None) -> None:
@@ -228,3 +250,6 @@ class Judge:
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)
+        held = self._held.pop(job.sha256, None)
+        if held is not None and self.second_opinion is not None:
+            self.second_opinion.offer(job, held, verdict)

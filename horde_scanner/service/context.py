@@ -14,7 +14,9 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.backends.base import Backend
+from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.enforce import LatePositiveEnforcer
 from horde_scanner.judging import Judge
@@ -40,6 +42,8 @@ class Services:
     started_at: float = field(default_factory=time.time)
     # Answers by (route, answer), for logs now and metrics later.
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Remote workers pulling jobs (service/workers.py); None when workers.keys is empty.
+    workers: WorkerPool | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -57,7 +61,11 @@ async def open_services(
         max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
     )
     try:
-        backend = backend or build_backend(settings, session)
+        pool = WorkerPool(settings.workers) if settings.workers.keys else None
+        backend = backend or build_backend(settings, session, policy=policy, pool=pool)
+        second = None
+        if settings.prescreen.second_opinion and isinstance(backend, PrescreenBackend):
+            second = backend.next
         pictrs = None
         if settings.pictrs.url and settings.pictrs.api_key:
             pictrs = PictrsClient(
@@ -82,6 +90,8 @@ async def open_services(
             cache_size=settings.validation.verdict_cache_size,
             max_attempts=settings.validation.job_max_attempts,
             on_finished=enforcer.on_finished,
+            second_opinion=second,
+            second_opinion_max_pending=settings.prescreen.second_opinion_max_pending,
         )
         await judge.start()
         try:
@@ -94,10 +104,13 @@ async def open_services(
                 enforcer,
                 ClientAuth(settings.server),
                 session,
+                workers=pool,
             )
         finally:
             await judge.stop()
             await backend.aclose()
+            if pool is not None:
+                await pool.aclose()
     finally:
         await session.close()
         executor.shutdown(wait=False, cancel_futures=True)
