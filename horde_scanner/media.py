@@ -127,7 +127,9 @@ def prepare(data: bytes, limits: DecodeLimits) -> PreparedImage:
                 webp = data
             else:
                 out = io.BytesIO()
-                rgb.save(out, format="WEBP", quality=limits.webp_quality, method=4)
+                # method 0: ~7x faster than 4 at 512 px (10 vs 70 ms, the largest CPU cost of a
+                # pre-screened miss) for files ~6% larger.
+                rgb.save(out, format="WEBP", quality=limits.webp_quality, method=0)
                 webp = out.getvalue()
     except UnreadableMedia:
         raise

@@ -222,3 +222,17 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
         assert result.status == 406 and result.body["label"] == "csam"
         assert any(r.startswith("worker:gpu-1: clip") for r in result.body["reasons"])
         assert stats.judged == 1 and pool.workers["gpu-1"].answered == 1
+
+
+def test_worker_command_reports_bad_arguments(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from horde_scanner.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["worker", "--server", "scanner:14051", "--key", "k"])
+    assert result.exit_code == 2 and "http:// or https://" in result.output
+    result = runner.invoke(main, ["--db", str(tmp_path / "s.db"), "worker", "--server",
+                                  "http://127.0.0.1:9", "--key", "k", "--model-dir",
+                                  str(tmp_path / "none"), "--device", "cpu"])
+    assert result.exit_code == 1 and "not a directory" in result.output

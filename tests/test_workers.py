@@ -111,7 +111,8 @@ async def test_several_workers_share_the_work(tmp_path: Path):
         stop = asyncio.Event()
         # Each has its own name, as fedi-safety workers on different hosts would.
         sessions = [aiohttp.ClientSession(headers={"X-Worker-Name": f"w{i}"}) for i in range(3)]
-        tasks = [asyncio.create_task(w.run(s, stop)) for w, s in zip(workers, sessions)]
+        tasks = [asyncio.create_task(w.run(s, stop))
+                 for w, s in zip(workers, sessions, strict=True)]
         await wait_until(lambda: len(svc.services.workers.live_workers()) == 3)
         uploads = [images.jpeg(c, seed=10 + i) for i, c in enumerate(["green", "red"] * 4)]
         results = await asyncio.gather(

@@ -4,8 +4,9 @@ The model is the ONNX file shipped inside the `nudenet` wheel (found without imp
 package, which would pull in OpenCV). Pre-processing follows NudeNet's own: pad the image to a
 square at the bottom/right with black, resize to the model's resolution, RGB scaled to 0-1,
 NCHW. (RGB as in NudeNet 3.0 and the YOLOv8 training; 3.4's reader swaps channels twice and so
-feeds BGR from files, which we do not copy.) The output is YOLOv8-style, (batch, 4 + classes, anchors); each anchor counts for its
-best class only, as in NudeNet's post-processing, and a class's score is its best anchor's.
+feeds BGR from files, which we do not copy.) The output is YOLOv8-style, (batch, 4 + classes,
+anchors); each anchor counts for its best class only, as in NudeNet's post-processing, and a
+class's score is its best anchor's.
 Boxes are not needed to decide "nothing exposed", so there is no NMS.
 """
 
