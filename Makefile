@@ -33,7 +33,7 @@ test: install-test system-deps
 
 lint: install-test
 	$(BIN)/ruff check horde_scanner local_gpu tests bench
-	$(BIN)/mypy horde_scanner
+	$(BIN)/mypy horde_scanner local_gpu
 
 bench: install-test
 	$(BIN)/python -m bench.validate

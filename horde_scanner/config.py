@@ -125,8 +125,75 @@ class PolicySettings(Section):
     path: Path | None = None
 
 
+class BackendKind(StrEnum):
+    AUTO = "auto"
+    HORDE = "horde"
+    LOCAL = "local"
+    HYBRID = "hybrid"
+
+
 class BackendSettings(Section):
-    kind: str = "horde"
+    # auto: local when a CUDA GPU (with the [gpu] extra) or a worker pool is configured, else
+    # the AI Horde. hybrid: the fastest live path, falling back between local and the Horde.
+    kind: BackendKind = BackendKind.AUTO
+    # hybrid: a path whose typical latency exceeds this is only used when nothing faster is
+    # live (default: validation.deadline_s).
+    hybrid_budget_s: float | None = Field(None, gt=0)
+
+
+class LocalSettings(Section):
+    """The in-process CLIP scorer (extra [gpu]); used by backend local/hybrid/auto and by
+    `horde-scanner worker`."""
+
+    # Load CLIP in the service process. None (auto): when torch sees a CUDA GPU, or when
+    # backend.kind is `local` and no worker pool is configured (CPU fallback: slow, seconds per
+    # image for ViT-L/14). false: judge locally only through remote workers.
+    in_process: bool | None = None
+    # Hub name (looked up in the Hugging Face cache, downloaded unless `offline`) ...
+    model: str = "openai/clip-vit-large-patch14"
+    # ... or a directory holding a saved CLIP model and its tokenizer (wins over `model`).
+    model_dir: Path | None = None
+    cache_dir: Path | None = None
+    offline: bool = False
+    # auto: CUDA when torch sees a GPU, else CPU. "cpu" forces CPU; "cuda" fails without one.
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    fp16: bool = True
+    batch_size: int = Field(16, ge=1, le=256)
+    # How long the first request of a batch waits for company before the batch runs.
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    # Requests waiting for the model beyond this count are refused (back-pressure).
+    max_queue: int = Field(256, ge=1)
+
+
+class PrescreenSettings(Section):
+    """CPU nudity pre-screen (extra [prescreen]): NudeNet's bundled ONNX detector."""
+
+    enabled: bool = False
+    # An ONNX model with NudeNet's 18 classes; default: the one shipped in the nudenet wheel.
+    model_path: Path | None = None
+    resolution: int = Field(320, ge=64, le=1280)
+    # Threads running the detector (each uses one core); more waiting images are refused.
+    threads: int = Field(2, ge=1, le=64)
+    max_queue: int = Field(64, ge=1)
+    # Send images the pre-screen judged clean to the next backend too, in the background; a
+    # positive second opinion becomes a late positive.
+    second_opinion: bool = False
+    second_opinion_max_pending: int = Field(100, ge=1)
+
+
+class WorkerPoolSettings(Section):
+    """Remote GPU workers pulling jobs over HTTP (pictrs-safety protocol); off without keys."""
+
+    # API keys workers send in the `apikey` header; one per worker (or shared).
+    keys: list[str] = Field(default_factory=list)
+    # A job taken by a worker that has not answered after this long goes to another worker.
+    job_timeout_s: float = Field(30.0, gt=0)
+    # A worker that has not polled for this long counts as gone.
+    missing_after_s: float = Field(10.0, gt=0)
+    # Jobs waiting for a worker beyond this count make the pool "saturated".
+    max_queue: int = Field(32, ge=1)
+    # Longest long-poll a worker may ask for (`GET /api/v1/pop?wait=S`).
+    max_poll_wait_s: float = Field(20.0, ge=0, le=60)
 
 
 class S3Settings(Section):
@@ -249,6 +316,9 @@ class Settings(BaseSettings):
     backend: BackendSettings = Field(default_factory=BackendSettings)
     scan: ScanSettings = Field(default_factory=ScanSettings)
     hashes: HashesSettings = Field(default_factory=HashesSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    prescreen: PrescreenSettings = Field(default_factory=PrescreenSettings)
+    workers: WorkerPoolSettings = Field(default_factory=WorkerPoolSettings)
     log_level: str = "INFO"
 
     @classmethod

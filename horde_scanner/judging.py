@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from horde_scanner.backends.base import Backend, BackendFailed
+from horde_scanner.backends.prescreen import CLEARED
 from horde_scanner.config import Settings
 from horde_scanner.hashing import PdqHash, pdq_hash, sha256_hex
 from horde_scanner.hashmatch import HashMatcher
@@ -35,6 +36,7 @@ from horde_scanner.media import (
 )
 from horde_scanner.pdq_index import DENY, Hit
 from horde_scanner.policy import Policy
+from horde_scanner.second_opinion import SecondOpinion
 from horde_scanner.store import Job, Store
 from horde_scanner.verdict import Label, Verdict
 
@@ -99,6 +101,8 @@ class Judge:
         max_attempts: int = 50,
         on_finished: FinishedHook | None = None,
         hashes: HashMatcher | None = None,
+        second_opinion: Backend | None = None,
+        second_opinion_max_pending: int = 100,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -114,6 +118,19 @@ class Judge:
         )
         self._data_version: int | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        # Images the pre-screen cleared, held from judgement to stored verdict for a second
+        # opinion (at most one per running job).
+        self.second_opinion: SecondOpinion | None = None
+        self._held: dict[str, PreparedImage] = {}
+        if second_opinion is not None:
+            self.second_opinion = SecondOpinion(
+                store,
+                policy,
+                second_opinion,
+                max_pending=second_opinion_max_pending,
+                on_worse=on_finished,
+                forget=self.forget,
+            )
 
     async def start(self) -> None:
         await self.runner.start()
@@ -129,6 +146,9 @@ class Judge:
                 pass
         await self.runner.stop()
         await self.runner.save_answers()
+        if self.second_opinion is not None:
+            await self.second_opinion.stop()
+        self._held.clear()
         await self.store.flush_audit()
 
     async def _sync_loop(self) -> None:
@@ -354,6 +374,8 @@ class Judge:
                 backend=self.backend.name,
                 policy_version=self.policy.version,
             )
+        if self.second_opinion is not None and signals.extra.get("prescreen") == CLEARED:
+            self._held[job.sha256] = prepared
         return self.policy.judge(signals)
 
     async def _finished(self, job: Job, verdict: Verdict, answered: str | None) -> None:
@@ -374,6 +396,9 @@ class Judge:
             # Cached answers for look-alikes of the new positive must be looked up again.
             self.forget()
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
+        held = self._held.pop(job.sha256, None)
+        if held is not None and self.second_opinion is not None:
+            self.second_opinion.offer(job, held, verdict)
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)
 
@@ -395,6 +420,7 @@ def build_judge(
     *,
     on_finished: FinishedHook | None = None,
     hashes: HashMatcher | None = None,
+    second_opinion: Backend | None = None,
 ) -> Judge:
     """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
     return Judge(
@@ -408,4 +434,6 @@ def build_judge(
         max_attempts=settings.validation.job_max_attempts,
         on_finished=on_finished,
         hashes=hashes,
+        second_opinion=second_opinion,
+        second_opinion_max_pending=settings.prescreen.second_opinion_max_pending,
     )

@@ -124,7 +124,9 @@ def encode_for_backend(decoded: DecodedImage, data: bytes, limits: DecodeLimits)
             webp = data
         else:
             out = io.BytesIO()
-            rgb.save(out, format="WEBP", quality=limits.webp_quality, method=4)
+            # method 0: ~7x faster than 4 at 512 px (10 vs 70 ms, the largest CPU cost of a
+            # miss) for files ~6% larger.
+            rgb.save(out, format="WEBP", quality=limits.webp_quality, method=0)
             webp = out.getvalue()
     except (OSError, ValueError) as exc:
         raise UnreadableMedia(f"{decoded.media_type}: cannot encode ({exc})") from None

@@ -45,11 +45,128 @@ class HordeRules:
         )
 
 
+# Signal-name prefixes in Signals.scores, one per kind of scorer.
+CLIP_PREFIX = "clip:"
+PRESCREEN_PREFIX = "nudenet:"
+WORKER_CSAM = "worker:is_csam"
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"{where}: `{key}` must be a list of non-empty strings")
+    return list(value)
+
+
+def _number(table: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyError(f"{where}: `{key}` must be a number")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ClipRules:
+    """Per-phrase cosine similarities (signals `clip:<phrase>`) -> sexual / underage cues."""
+
+    underage_phrases: tuple[str, ...]
+    sexual_phrases: tuple[str, ...]
+    control_phrases: tuple[str, ...]
+    underage_threshold: float
+    sexual_threshold: float
+    control_margin: float
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str) -> ClipRules:
+        return cls(
+            underage_phrases=tuple(_strings(table, "underage_phrases", where)),
+            sexual_phrases=tuple(_strings(table, "sexual_phrases", where)),
+            control_phrases=tuple(_strings(table, "control_phrases", where)),
+            underage_threshold=_number(table, "underage_threshold", 0.21, where),
+            sexual_threshold=_number(table, "sexual_threshold", 0.22, where),
+            control_margin=_number(table, "control_margin", 0.0, where),
+        )
+
+    @property
+    def phrases(self) -> list[str]:
+        """Every phrase a CLIP scorer must score, once each, in a stable order."""
+        return list(
+            dict.fromkeys(self.underage_phrases + self.sexual_phrases + self.control_phrases)
+        )
+
+    def hits(self, scores: dict[str, float], backend: str) -> tuple[list[str], list[str]]:
+        """(sexual reasons, underage reasons)."""
+
+        def score(phrase: str) -> float | None:
+            return scores.get(CLIP_PREFIX + phrase)
+
+        sexual = [
+            f"{backend}: clip {p!r} {s:.3f}"
+            for p in self.sexual_phrases
+            if (s := score(p)) is not None and s >= self.sexual_threshold
+        ]
+        underage = [
+            (p, s)
+            for p in self.underage_phrases
+            if (s := score(p)) is not None and s >= self.underage_threshold
+        ]
+        if underage:
+            best = max(s for _, s in underage)
+            controls = [s for p in self.control_phrases if (s := score(p)) is not None]
+            if controls and best - max(controls) < self.control_margin:
+                # An adult phrase fits about as well as every underage one: not a cue.
+                underage = []
+        return sexual, [f"{backend}: clip {p!r} {s:.3f}" for p, s in underage]
+
+
+@dataclass(frozen=True)
+class PrescreenRules:
+    """Nudity-detector class scores (signals `nudenet:<CLASS>`) -> sexual cues."""
+
+    sexual_classes: tuple[str, ...]
+    threshold: float
+    class_thresholds: dict[str, float]
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str) -> PrescreenRules:
+        overrides = table.get("class_thresholds", {})
+        if not isinstance(overrides, dict):
+            raise PolicyError(f"{where}: `class_thresholds` must be a table")
+        return cls(
+            sexual_classes=tuple(_strings(table, "sexual_classes", where)),
+            threshold=_number(table, "threshold", 0.35, where),
+            class_thresholds={
+                str(k): _number(overrides, k, 0.0, f"{where}.class_thresholds") for k in overrides
+            },
+        )
+
+    def threshold_for(self, cls: str) -> float:
+        return self.class_thresholds.get(cls, self.threshold)
+
+    def hits(self, scores: dict[str, float], backend: str = "prescreen") -> list[str]:
+        return [
+            f"{backend}: {c} {s:.2f}"
+            for c in self.sexual_classes
+            if (s := scores.get(PRESCREEN_PREFIX + c)) is not None and s >= self.threshold_for(c)
+        ]
+
+
 class Policy:
-    def __init__(self, version: str, horde: HordeRules, raw: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        version: str,
+        horde: HordeRules,
+        raw: dict[str, Any],
+        clip: ClipRules | None = None,
+        prescreen: PrescreenRules | None = None,
+        trust_worker_csam: bool = True,
+    ) -> None:
         self.version = version
         self.horde = horde
         self.raw = raw
+        self.clip = clip or ClipRules.from_table({}, "policy [clip]")
+        self.prescreen = prescreen or PrescreenRules.from_table({}, "policy [prescreen]")
+        self.trust_worker_csam = trust_worker_csam
 
     @classmethod
     def load(cls, path: Path | None = None) -> Policy:
@@ -72,7 +189,21 @@ class Policy:
         horde = raw.get("horde", {})
         if not isinstance(horde, dict):
             raise PolicyError(f"policy file {where}: [horde] must be a table")
-        return cls(version, HordeRules.from_table(horde), raw)
+        tables = {}
+        for name in ("clip", "prescreen", "workers"):
+            tables[name] = raw.get(name, {})
+            if not isinstance(tables[name], dict):
+                raise PolicyError(f"policy file {where}: [{name}] must be a table")
+        return cls(
+            version,
+            HordeRules.from_table(horde),
+            raw,
+            clip=ClipRules.from_table(tables["clip"], f"policy file {where} [clip]"),
+            prescreen=PrescreenRules.from_table(
+                tables["prescreen"], f"policy file {where} [prescreen]"
+            ),
+            trust_worker_csam=bool(tables["workers"].get("trust_is_csam", True)),
+        )
 
     def judge(self, signals: Signals) -> Verdict:
         sexual: list[str] = []
@@ -92,6 +223,13 @@ class Policy:
                 sexual.append(f"{signals.backend}: tag {tag!r} ({confidence:.1f})")
             if tag in rules.underage_tags:
                 underage.append(f"{signals.backend}: tag {tag!r} ({confidence:.1f})")
+        if signals.scores:
+            clip_sexual, clip_underage = self.clip.hits(signals.scores, signals.backend)
+            sexual += clip_sexual + self.prescreen.hits(signals.scores)
+            underage += clip_underage
+            if self.trust_worker_csam and signals.scores.get(WORKER_CSAM, 0.0) >= 0.5:
+                sexual.append(f"{signals.backend}: worker says is_csam")
+                underage.append(f"{signals.backend}: worker says is_csam")
         if sexual and underage:
             label, reasons = Label.CSAM, sexual + underage
         elif sexual:

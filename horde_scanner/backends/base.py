@@ -54,3 +54,12 @@ class Backend(Protocol):
     def readiness(self) -> Readiness: ...
 
     async def aclose(self) -> None: ...
+
+
+def describe_paths(backend: Backend) -> list[Readiness]:
+    """Every judging path behind `backend` (a router or a pre-screen has several), for /readyz."""
+    paths = getattr(backend, "paths", None)
+    if callable(paths):
+        result: list[Readiness] = paths()
+        return result
+    return [backend.readiness()]

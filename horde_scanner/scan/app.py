@@ -63,7 +63,7 @@ async def _judge(
         max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
     )
     own_backend = backend is None
-    backend = backend or build_backend(settings, session)
+    backend = backend or build_backend(settings, session, policy=policy)
     # Sweeps match perceptual hashes against the same deny lists as uploads.
     hashes = HashMatcher(store, settings.hashes, executor)
     await hashes.start()

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import Settings
-from horde_scanner.service import hashes, health, validate
+from horde_scanner.service import hashes, health, validate, workers
 from horde_scanner.service.context import SERVICES, open_services
 from horde_scanner.service.errors import json_errors
 
@@ -29,4 +29,5 @@ def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Appl
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     hashes.setup(app)
+    workers.add_routes(app)
     return app

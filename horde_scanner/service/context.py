@@ -15,7 +15,9 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.backends.base import Backend
+from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.enforce import LatePositiveEnforcer
 from horde_scanner.hashmatch import HashMatcher
@@ -44,6 +46,8 @@ class Services:
     started_at: float = field(default_factory=time.time)
     # Answers by (route, answer), for logs now and metrics later.
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Remote workers pulling jobs (service/workers.py); None when workers.keys is empty.
+    workers: WorkerPool | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -61,7 +65,11 @@ async def open_services(
         max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
     )
     try:
-        backend = backend or build_backend(settings, session)
+        pool = WorkerPool(settings.workers) if settings.workers.keys else None
+        backend = backend or build_backend(settings, session, policy=policy, pool=pool)
+        second = None
+        if settings.prescreen.second_opinion and isinstance(backend, PrescreenBackend):
+            second = backend.next
         pictrs = None
         if settings.pictrs.url and settings.pictrs.api_key:
             pictrs = PictrsClient(
@@ -81,6 +89,7 @@ async def open_services(
             executor,
             on_finished=enforcer.on_finished,
             hashes=hashes,
+            second_opinion=second,
         )
         await judge.start()
         try:
@@ -95,11 +104,14 @@ async def open_services(
                 session,
                 hashes,
                 upload_gate=asyncio.Semaphore(settings.server.max_concurrent_uploads),
+                workers=pool,
             )
         finally:
             await judge.stop()
             await hashes.stop()
             await backend.aclose()
+            if pool is not None:
+                await pool.aclose()
     finally:
         await session.close()
         executor.shutdown(wait=False, cancel_futures=True)

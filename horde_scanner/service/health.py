@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from horde_scanner.backends.base import describe_paths
 from horde_scanner.service.context import SERVICES
 
 
@@ -24,6 +25,10 @@ async def readyz(request: web.Request) -> web.Response:
         "status": "ready" if backend.live else "degraded",
         "store": str(svc.store.path),
         "backend": {"name": backend.name, "live": backend.live, "detail": backend.detail},
+        # Every judging path behind the backend (pre-screen, CLIP, workers, Horde).
+        "paths": {
+            r.name: {"live": r.live, "detail": r.detail} for r in describe_paths(svc.backend)
+        },
         "jobs_waiting": svc.judge.runner.outstanding,
         "policy": svc.policy.version,
     }

@@ -1,0 +1,121 @@
+"""The CPU pre-screen: a nudity detector that runs first on every miss.
+
+An image with no sexual body part above its threshold (policy [prescreen]) is judged here, in
+tens of milliseconds, and never reaches a slower backend: its Signals say so and the policy
+finds nothing in them. Anything else goes on to the next backend, whose Signals carry the
+detector's scores too (`nudenet:<CLASS>`), so the policy sees both opinions.
+
+The detector runs in its own bounded thread pool; when more images wait than
+`prescreen.max_queue`, new ones skip the pre-screen and go straight to the next backend instead
+of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from PIL import Image
+
+from horde_scanner.backends.base import Backend, BackendUnavailable, Readiness, describe_paths
+from horde_scanner.media import PreparedImage
+from horde_scanner.policy import PRESCREEN_PREFIX, PrescreenRules
+from horde_scanner.verdict import Signals
+
+log = logging.getLogger(__name__)
+
+# Signals.extra["prescreen"]: what the pre-screen did with the image.
+CLEARED = "cleared"
+PASSED_ON = "passed_on"
+
+
+class Detector(Protocol):
+    def scores(self, image: Image.Image) -> dict[str, float]: ...
+
+
+class PrescreenBackend:
+    name = "prescreen"
+
+    def __init__(
+        self,
+        detector: Detector,
+        rules: PrescreenRules,
+        next_backend: Backend | None,
+        *,
+        threads: int = 2,
+        max_queue: int = 64,
+    ) -> None:
+        self.detector = detector
+        self.rules = rules
+        self.next = next_backend
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prescreen")
+        self._max_queue = max_queue
+        self.waiting = 0
+        self.cleared = 0
+        self.passed_on = 0
+        self.skipped = 0
+
+    async def _scores(self, image: PreparedImage) -> dict[str, float] | None:
+        if self.waiting >= self._max_queue:
+            self.skipped += 1
+            return None
+        self.waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            raw = await loop.run_in_executor(self._executor, self.detector.scores, image.image)
+        finally:
+            self.waiting -= 1
+        return {PRESCREEN_PREFIX + c: round(s, 4) for c, s in raw.items()}
+
+    async def judge(self, image: PreparedImage) -> Signals:
+        scores = await self._scores(image)
+        if scores is not None and not self.rules.hits(scores):
+            self.cleared += 1
+            return Signals(
+                backend=self.name, nsfw=False, scores=scores, extra={"prescreen": CLEARED}
+            )
+        if self.next is None:
+            if scores is None:
+                raise BackendUnavailable("pre-screen saturated", retry_after_s=1.0)
+            # Nothing to ask: the detector's hits alone make it sexual content (never CSAM).
+            self.passed_on += 1
+            return Signals(backend=self.name, scores=scores, extra={"prescreen": PASSED_ON})
+        self.passed_on += 1
+        signals = await self.next.judge(image)
+        return merge_prescreen(signals, scores)
+
+    def readiness(self) -> Readiness:
+        if self.next is None:
+            return self._own_readiness()
+        inner = self.next.readiness()
+        return Readiness(inner.name, inner.live, inner.detail)
+
+    def _own_readiness(self) -> Readiness:
+        detail = (
+            f"{self.cleared} cleared, {self.passed_on} passed on, {self.skipped} skipped "
+            f"(busy), {self.waiting} waiting"
+        )
+        return Readiness(self.name, True, detail)
+
+    def paths(self) -> list[Readiness]:
+        rest = describe_paths(self.next) if self.next is not None else []
+        return [self._own_readiness(), *rest]
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.next is not None:
+            await self.next.aclose()
+
+
+def merge_prescreen(signals: Signals, scores: dict[str, float] | None) -> Signals:
+    """The next backend's Signals with the detector's scores added."""
+    if not scores:
+        return signals
+    return signals.model_copy(
+        update={
+            "scores": {**scores, **signals.scores},
+            "extra": {**signals.extra, "prescreen": PASSED_ON},
+        }
+    )

@@ -1,0 +1,92 @@
+"""Local CLIP as a Backend: per-phrase similarities (`clip:<phrase>`) for the policy to judge."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from horde_scanner.backends.base import BackendFailed, Readiness
+from horde_scanner.config import LocalSettings
+from horde_scanner.media import PreparedImage
+from horde_scanner.policy import CLIP_PREFIX
+from horde_scanner.verdict import Signals
+from local_gpu.batching import DynamicBatcher
+from local_gpu.clip import ClipScorer
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class LocalClipBackend:
+    name = "clip"
+
+    def __init__(
+        self,
+        scorer: ClipScorer,
+        phrases: list[str],
+        *,
+        batch_size: int = 16,
+        batch_wait_ms: float = 5.0,
+        max_queue: int = 256,
+    ) -> None:
+        if not phrases:
+            raise ValueError("local CLIP needs phrases to score (policy [clip])")
+        self.scorer = scorer
+        scorer.set_phrases(phrases)
+        self.batcher: DynamicBatcher[Image.Image, dict[str, float]] = DynamicBatcher(
+            self._score_batch,
+            batch_size=batch_size,
+            wait_s=batch_wait_ms / 1000.0,
+            max_queue=max_queue,
+            name="clip",
+        )
+        # A GPU answers in well under a second; CPU inference of a large model takes seconds.
+        self.expected_latency_s = 0.2 if scorer.device.startswith("cuda") else 3.0
+
+    @classmethod
+    def from_settings(cls, settings: LocalSettings, phrases: list[str]) -> LocalClipBackend:
+        scorer = ClipScorer.load(
+            model=settings.model,
+            model_dir=settings.model_dir,
+            cache_dir=settings.cache_dir,
+            offline=settings.offline,
+            device=settings.device,
+            fp16=settings.fp16,
+        )
+        return cls(
+            scorer,
+            phrases,
+            batch_size=settings.batch_size,
+            batch_wait_ms=settings.batch_wait_ms,
+            max_queue=settings.max_queue,
+        )
+
+    async def set_phrases(self, phrases: list[str]) -> None:
+        """New phrases (the server's policy changed), embedded on the model's own thread."""
+        await self.batcher.run_exclusive(lambda: self.scorer.set_phrases(phrases))
+
+    def _score_batch(self, images: list[Image.Image]) -> list[dict[str, float]]:
+        return self.scorer.score(images)
+
+    async def judge(self, image: PreparedImage) -> Signals:
+        try:
+            sims = await self.batcher.submit(image.image)
+        except (ValueError, RuntimeError) as exc:  # torch raises RuntimeError on bad input
+            raise BackendFailed(f"local CLIP could not score the image: {exc}") from None
+        return Signals(
+            backend=self.name,
+            scores={CLIP_PREFIX + p: s for p, s in sims.items()},
+            extra={"model": self.scorer.name},
+        )
+
+    def readiness(self) -> Readiness:
+        b = self.batcher
+        detail = (
+            f"{self.scorer.name} on {self.scorer.device}; {self.scorer.memory}; "
+            f"{b.queued} queued, {b.batches} batches, {b.items} images"
+        )
+        if b.full:
+            return Readiness(self.name, False, "saturated; " + detail)
+        return Readiness(self.name, True, detail)
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
