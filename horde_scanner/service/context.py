@@ -19,10 +19,16 @@ from horde_scanner.config import Settings
 from horde_scanner.enforce import LatePositiveEnforcer
 from horde_scanner.judging import Judge
 from horde_scanner.media import DecodeLimits
+from horde_scanner.notify import Notifier, ReadinessWatcher, backend_event
 from horde_scanner.pictrs import PictrsClient
 from horde_scanner.policy import Policy
+from horde_scanner.progress import SweepProgress
+from horde_scanner.quarantine import Quarantine
+from horde_scanner.review import Review
 from horde_scanner.service.auth import ClientAuth
-from horde_scanner.store import Store
+from horde_scanner.service.metrics import Metrics, Sources
+from horde_scanner.store import Job, Store
+from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,13 @@ class Services:
     enforcer: LatePositiveEnforcer
     auth: ClientAuth
     session: aiohttp.ClientSession
+    metrics: Metrics
+    notifier: Notifier
+    watcher: ReadinessWatcher
+    quarantine: Quarantine
+    review: Review
+    # Sweeps running in this process report here; /metrics reads it.
+    sweeps: SweepProgress
     started_at: float = field(default_factory=time.time)
     # Answers by (route, answer), for logs now and metrics later.
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -67,6 +80,13 @@ async def open_services(
                 search_pages=settings.pictrs.search_pages,
             )
         enforcer = LatePositiveEnforcer(store, pictrs, frozenset(settings.validation.reject_labels))
+        metrics = Metrics()
+        notifier = Notifier(settings.notify, session)
+
+        async def on_finished(job: Job, verdict: Verdict, answered: str | None) -> None:
+            await enforcer.on_finished(job, verdict, answered)
+            _after_judgement(metrics, notifier, job, verdict, answered)
+
         limits = DecodeLimits(
             max_pixels=settings.media.max_pixels,
             backend_max_side=settings.media.backend_max_side,
@@ -81,9 +101,28 @@ async def open_services(
             workers=settings.horde.max_in_flight,
             cache_size=settings.validation.verdict_cache_size,
             max_attempts=settings.validation.job_max_attempts,
-            on_finished=enforcer.on_finished,
+            on_finished=on_finished,
+        )
+        quarantine = Quarantine(store, settings.quarantine.dir)
+        sweeps = SweepProgress()
+        watcher = ReadinessWatcher(
+            backend.readiness,
+            settings.notify.readiness_interval_s,
+            lambda state: notifier.notify(backend_event(state)),
+        )
+        metrics.bind(
+            Sources(
+                backend=backend,
+                job_failures=lambda: judge.runner.failures,
+                jobs_outstanding=lambda: judge.runner.outstanding,
+                backend_live=lambda: backend.readiness().live,
+                notifier=notifier,
+                sweeps=sweeps,
+            )
         )
         await judge.start()
+        await notifier.start()
+        await watcher.start()
         try:
             yield Services(
                 settings,
@@ -94,11 +133,41 @@ async def open_services(
                 enforcer,
                 ClientAuth(settings.server),
                 session,
+                metrics,
+                notifier,
+                watcher,
+                quarantine,
+                Review(store, judge, quarantine),
+                sweeps,
             )
         finally:
+            await watcher.stop()
             await judge.stop()
+            await notifier.stop()
             await backend.aclose()
     finally:
         await session.close()
         executor.shutdown(wait=False, cancel_futures=True)
         await store.close()
+
+
+def _after_judgement(
+    metrics: Metrics, notifier: Notifier, job: Job, verdict: Verdict, answered: str | None
+) -> None:
+    metrics.judged.labels(label=verdict.label.value, backend=verdict.backend or "none").inc()
+    if verdict.label is Label.ERROR:
+        metrics.error("backend_failed")
+    elif verdict.label is Label.UNREADABLE:
+        metrics.error("unreadable")
+    if verdict.is_positive:
+        notifier.notify(
+            {
+                "event": "positive",
+                "sha256": job.sha256,
+                "label": verdict.label.value,
+                "reasons": verdict.reasons,
+                "source": job.source,
+                "backend": verdict.backend,
+                "late": answered == "accept",
+            }
+        )
