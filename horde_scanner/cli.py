@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import logging
 import sys
@@ -219,20 +218,6 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
     click.echo(json.dumps(record, indent=2))
 
 
-EXPORT_FIELDS = [
-    "sha256",
-    "label",
-    "reasons",
-    "backend",
-    "policy_version",
-    "media_type",
-    "size",
-    "source",
-    "first_seen",
-    "judged_at",
-]
-
-
 @verdicts.command("export")
 @click.option(
     "--label",
@@ -255,29 +240,26 @@ EXPORT_FIELDS = [
 def verdicts_export(
     ctx: click.Context, labels: tuple[str, ...], fmt: str, output: Path | None
 ) -> None:
-    """Records for follow-up (hashes, verdicts, where found); never image bytes."""
+    """Evidence records for follow-up: hashes (sha256, PDQ), where found, first seen, source
+    instance, decisions and who made them. Never image bytes."""
+    from horde_scanner import evidence
+
     wanted = _labels(labels) or [Label.CSAM, Label.NSFW]
 
     async def go() -> list[dict[str, Any]]:
         async with await Store.open(_settings(ctx).store.path) as store:
-            return [_verdict_record(v) async for v in store.iter_verdicts(labels=wanted)]
+            return await evidence.records(store, wanted)
 
     records = _run(go)
-    out = output.open("w", newline="") if output else sys.stdout
+    text = json.dumps(records, indent=2) + "\n" if fmt == "json" else evidence.to_csv(records)
+    if output is None:
+        click.echo(text, nl=False)
+        return
     try:
-        if fmt == "json":
-            json.dump(records, out, indent=2)
-            out.write("\n")
-        else:
-            writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for r in records:
-                writer.writerow({**r, "reasons": "; ".join(r["reasons"])})
-    finally:
-        if output:
-            out.close()
-    if output:
-        click.echo(f"wrote {len(records)} records to {output}", err=True)
+        output.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"wrote {len(records)} records to {output}", err=True)
 
 
 def _verdict_record(stored: StoredVerdict) -> dict[str, Any]:
