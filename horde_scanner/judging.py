@@ -79,6 +79,8 @@ class Judge:
             store, self._process, self._finished, workers=workers, max_attempts=max_attempts
         )
         self._data_version: int | None = None
+        # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
+        self._forgets = 0
         self._sync_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -114,6 +116,7 @@ class Judge:
 
     def forget(self, sha256: str | None = None) -> None:
         """Drop cached answers (one, or all) after a list or verdict changed in-process."""
+        self._forgets += 1
         if sha256 is None:
             self._cache.clear()
         else:
@@ -225,6 +228,10 @@ class Judge:
             },
         )
         if verdict.label not in (Label.ERROR, Label.UNREADABLE):
-            self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
+            # An admin may have listed this hash while the job finished (the upload already
+            # has its answer by now): a list decision must not be hidden by this verdict.
+            generation = self._forgets
+            if await self.store.list_kind(job.sha256) is None and generation == self._forgets:
+                self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         if self._extra_hook is not None:
             await self._extra_hook(job, verdict, answered)
