@@ -66,15 +66,14 @@ class Review:
     # -- reading -----------------------------------------------------------------------------
 
     async def search(self, f: VerdictFilter) -> list[StoredVerdict]:
-        query = f"SELECT {_VERDICT_COLUMNS} FROM verdicts v"
+        """Newest first. With labels, one index range per label (label, judged_at) merged by
+        time: a LIMIT then stops after a page of rows instead of sorting every positive."""
         where: list[str] = []
         params: list[Any] = []
+        join = ""
         if f.undecided:
-            query += " LEFT JOIN lists l ON l.sha256 = v.sha256"
+            join = " LEFT JOIN lists l ON l.sha256 = v.sha256"
             where.append("l.sha256 IS NULL")
-        if f.labels:
-            where.append(f"v.label IN ({','.join('?' * len(f.labels))})")
-            params += list(f.labels)
         if f.source:
             where.append("v.source LIKE ? ESCAPE '\\'")
             params.append(_like_prefix(f.source))
@@ -87,11 +86,28 @@ class Review:
         if f.until is not None:
             where.append("v.judged_at < ?")
             params.append(f.until)
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY v.judged_at DESC LIMIT ? OFFSET ?"
-        params += [f.limit, f.offset]
-        async with self.store.db.execute(query, params) as cur:
+        page = f.limit + f.offset
+
+        def select(extra: list[str]) -> str:
+            conditions = where + extra
+            clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+            return f"SELECT {_VERDICT_COLUMNS} FROM verdicts v{join}{clause}"
+
+        if not f.labels:
+            query = select([]) + " ORDER BY v.judged_at DESC LIMIT ? OFFSET ?"
+            args = params + [f.limit, f.offset]
+        else:
+            parts = []
+            args = []
+            for label in f.labels:
+                parts.append(
+                    f"SELECT * FROM ({select(['v.label = ?'])}"
+                    " ORDER BY v.judged_at DESC LIMIT ?)"
+                )
+                args += params + [label, page]
+            query = " UNION ALL ".join(parts) + " ORDER BY 11 DESC LIMIT ? OFFSET ?"
+            args += [f.limit, f.offset]
+        async with self.store.db.execute(query, args) as cur:
             return [_verdict_from_row(r) for r in await cur.fetchall()]
 
     async def late_positives(self, limit: int = 100) -> list[dict[str, Any]]:
