@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
+from horde_scanner.config import ConfigError
 from horde_scanner.hashing import sha256_hex
 from horde_scanner.verdict import Label, Signals, Verdict
 from tests import images
@@ -269,3 +270,22 @@ async def test_queue_stats_and_evidence_export(tmp_path: Path, http):
     assert cli_rows == rows
     # Never image bytes: no value is anywhere near an image's size.
     assert max(len(json.dumps(v)) for v in cli_rows[0].values()) < 300
+
+
+def test_a_short_admin_token_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"admin\.token .*at least 16 characters"):
+        make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api", admin={"token": "secret"})
+
+
+async def test_repeated_wrong_logins_are_throttled(tmp_path: Path, http):
+    async with running_service(admin_settings(tmp_path), backend=MockBackend()) as svc:
+        for _ in range(10):
+            async with http.post(f"{svc.url}/admin/login", data={"token": "wrong"},
+                                 allow_redirects=False) as resp:
+                assert resp.status == 401
+        async with http.post(f"{svc.url}/admin/login", data={"token": TOKEN},
+                             allow_redirects=False) as resp:
+            assert resp.status == 429  # even the right token waits now
+            assert "hs_admin" not in resp.cookies
+        m = svc.services.metrics.errors
+        assert m["admin_login_failed"] == 10
