@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -53,8 +54,6 @@ class WebhookSink:
         self.url = ""
 
     async def _handle(self, request: web.Request) -> web.Response:
-        import asyncio
-
         self.received.append(await request.json())
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
