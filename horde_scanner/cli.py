@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import json
 import logging
 import sys
@@ -259,22 +258,6 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
     click.echo(json.dumps(record, indent=2))
 
 
-EXPORT_FIELDS = [
-    "sha256",
-    "label",
-    "reasons",
-    "backend",
-    "policy_version",
-    "media_type",
-    "size",
-    "source",
-    "first_seen",
-    "judged_at",
-    "found",
-    "actions",
-]
-
-
 @verdicts.command("export")
 @click.option(
     "--label",
@@ -297,49 +280,26 @@ EXPORT_FIELDS = [
 def verdicts_export(
     ctx: click.Context, labels: tuple[str, ...], fmt: str, output: Path | None
 ) -> None:
-    """Records for follow-up (hashes, verdicts, where found); never image bytes."""
+    """Evidence records for follow-up: hashes (sha256, PDQ), where found, first seen, source
+    instance, decisions and who made them. Never image bytes."""
+    from horde_scanner import evidence
+
     wanted = _labels(labels) or [Label.CSAM, Label.NSFW]
 
     async def go() -> list[dict[str, Any]]:
-        from horde_scanner.scan.records import ScanRecords
-
         async with await Store.open(_settings(ctx).store.path) as store:
-            found = [_verdict_record(v) async for v in store.iter_verdicts(labels=wanted)]
-            where = await ScanRecords(store).locations([r["sha256"] for r in found])
-        for record in found:
-            record["found"] = [_location_record(loc) for loc in where.get(record["sha256"], [])]
-        return found
+            return await evidence.records(store, wanted)
 
     records = _run(go)
-    out = output.open("w", newline="") if output else sys.stdout
+    text = json.dumps(records, indent=2) + "\n" if fmt == "json" else evidence.to_csv(records)
+    if output is None:
+        click.echo(text, nl=False)
+        return
     try:
-        if fmt == "json":
-            json.dump(records, out, indent=2)
-            out.write("\n")
-        else:
-            writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for r in records:
-                writer.writerow(
-                    {
-                        **r,
-                        "reasons": "; ".join(r["reasons"]),
-                        "found": "; ".join(
-                            f"{f['source'].rstrip('/')}/{f['identifier']}" for f in r["found"]
-                        ),
-                        "actions": "; ".join(
-                            f"#{f['action_id']} {f['action']} {f['action_state']}"
-                            + (f" {f['location']}" if f["location"] else "")
-                            for f in r["found"]
-                            if f["action_id"] is not None
-                        ),
-                    }
-                )
-    finally:
-        if output:
-            out.close()
-    if output:
-        click.echo(f"wrote {len(records)} records to {output}", err=True)
+        output.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"wrote {len(records)} records to {output}", err=True)
 
 
 def _verdict_record(stored: StoredVerdict) -> dict[str, Any]:
@@ -357,15 +317,6 @@ def _verdict_record(stored: StoredVerdict) -> dict[str, Any]:
         "judged_at": _iso(v.judged_at),
         "signals": v.signals.model_dump() if v.signals else None,
     }
-
-
-def _location_record(loc: dict[str, Any]) -> dict[str, Any]:
-    """Where a sweep found a file and what it did there (times as ISO, no image bytes)."""
-    out = dict(loc)
-    for key in ("mtime", "judged_at", "acted_at"):
-        if out.get(key) is not None:
-            out[key] = _iso(out[key])
-    return out
 
 
 def _iso(ts: float) -> str:

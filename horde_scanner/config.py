@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -298,6 +299,52 @@ class HashesSettings(Section):
         return self
 
 
+class AdminSettings(Section):
+    # Bearer token for /api/v1/admin/ and the login of /admin. Unset: both are off.
+    token: SecretStr | None = None
+    # Whether an admin may turn on (blurred, greyscale, small) previews of quarantined items.
+    previews: bool = False
+    preview_max_side: int = Field(160, ge=32, le=512)
+    preview_blur_radius: float = Field(6.0, ge=2.0, le=50.0)
+    session_ttl_s: float = Field(8 * 3600.0, gt=0)
+    # Secure cookie: "auto" sets it when the request came over https (or X-Forwarded-Proto).
+    cookie_secure: str = Field("auto", pattern="^(auto|always|never)$")
+    max_sessions: int = Field(64, gt=0)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() == "":
+            return None
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("admin token must be at least 16 characters (use a random one)")
+        return value
+
+
+class QuarantineSettings(Section):
+    # Where quarantined files are held (content-addressed; see horde_scanner/quarantine.py).
+    dir: Path = Path("quarantine")
+
+
+class NotifySettings(Section):
+    # Webhook for new positives and backend down/up; unset: no notifications.
+    webhook_url: str | None = None
+    # Payload template (horde_scanner/data/webhook_templates.toml): json, matrix, discord, slack.
+    template: str = Field("json", pattern="^(json|matrix|discord|slack)$")
+    queue_size: int = Field(1000, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+    # How often backend.readiness() is looked at for down/up transitions.
+    readiness_interval_s: float = Field(15.0, gt=0)
+    # Link to the review page put into messages, e.g. https://scanner.example/admin.
+    admin_url: str | None = None
+
+
+class MetricsSettings(Section):
+    enabled: bool = True
+    # Optional bearer token for /metrics (unset: open, like most exporters; bind to loopback).
+    token: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HORDE_SCANNER_",
@@ -319,6 +366,10 @@ class Settings(BaseSettings):
     local: LocalSettings = Field(default_factory=LocalSettings)
     prescreen: PrescreenSettings = Field(default_factory=PrescreenSettings)
     workers: WorkerPoolSettings = Field(default_factory=WorkerPoolSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = "INFO"
 
     @classmethod

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from horde_scanner.backends.base import BackendUnavailable
@@ -56,6 +57,8 @@ class JobRunner:
         # Verdicts being written: a stop must wait for these, not cut them off half-recorded.
         self._finishing: set[asyncio.Future[None]] = set()
         self.busy = 0
+        # Why judgements had to be tried again, by kind (read by /metrics).
+        self.failures: Counter[str] = Counter()
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._feed(), name="jobs-feeder")]
@@ -198,6 +201,7 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not kill the worker; the job is retried later
+                self.failures["internal"] += 1
                 log.exception("job %s failed unexpectedly", job.sha256[:12])
                 await self._retry(job, 60.0, "internal error")
             finally:
@@ -207,6 +211,7 @@ class JobRunner:
         try:
             verdict = await self._process(job)
         except BackendUnavailable as exc:
+            self.failures["backend_unavailable"] += 1
             if job.attempts + 1 >= self.max_attempts:
                 verdict = Verdict(
                     label=Label.ERROR,

@@ -117,6 +117,8 @@ class Judge:
             store, self._process, self._finished, workers=workers, max_attempts=max_attempts
         )
         self._data_version: int | None = None
+        # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
+        self._forgets = 0
         self._sync_task: asyncio.Task[None] | None = None
         # Images the pre-screen cleared, held from judgement to stored verdict for a second
         # opinion (at most one per running job).
@@ -170,6 +172,7 @@ class Judge:
 
     def forget(self, sha256: str | None = None) -> None:
         """Drop cached answers (one, or all) after a list or verdict changed in-process."""
+        self._forgets += 1
         if sha256 is None:
             self._cache.clear()
         else:
@@ -390,11 +393,18 @@ class Judge:
                 "answered_before": answered,
             },
         )
-        if verdict.label not in (Label.ERROR, Label.UNREADABLE):
-            self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
+        # An admin may have listed this hash while the job finished (the upload already has its
+        # answer by now): a list decision must not be hidden by this verdict.
+        generation = self._forgets
+        cacheable = (
+            verdict.label not in (Label.ERROR, Label.UNREADABLE)
+            and await self.store.list_kind(job.sha256) is None
+            and generation == self._forgets
+        )
         if self.hashes is not None and await self.hashes.note_verdict(job.sha256, verdict):
             # Cached answers for look-alikes of the new positive must be looked up again.
             self.forget()
+        if cacheable:
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         held = self._held.pop(job.sha256, None)
         if held is not None and self.second_opinion is not None:

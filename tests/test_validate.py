@@ -169,7 +169,11 @@ async def test_background_judgement_survives_a_restart(tmp_path: Path, http):
 
             stored = await wait_for(judged)
             assert stored.verdict.label is Label.CSAM
-            assert await store.count_jobs() == 0
+
+            async def no_jobs_left():
+                return await store.count_jobs() == 0
+
+            assert await wait_for(no_jobs_left)
             # It was accepted before the restart, so it is a late positive now.
             late = await wait_for(store.late_positives)
             assert late[0]["sha256"] == sha

@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import Settings
-from horde_scanner.service import hashes, health, validate, workers
+from horde_scanner.service import admin_api, admin_page, hashes, health, validate, workers
+from horde_scanner.service.admin_auth import ADMIN, AdminGate
 from horde_scanner.service.context import SERVICES, open_services
-from horde_scanner.service.errors import json_errors
+from horde_scanner.service.errors import Handler, RequestError, json_errors
+from horde_scanner.service.metrics import exposition
+
+
+@web.middleware
+async def count_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors by kind for /metrics (inside json_errors, which turns them into JSON)."""
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        if SERVICES in request.app:
+            request.app[SERVICES].metrics.error(exc.error)
+        raise
+
+
+async def metrics(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    settings = svc.settings.metrics
+    if not settings.enabled:
+        raise RequestError(404, "metrics_disabled", "metrics are off (metrics.enabled)")
+    if settings.token is not None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        expected = settings.token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+            raise RequestError(401, "unauthorized", "send `Authorization: Bearer <metrics.token>`")
+    return exposition(svc.metrics)
 
 
 def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
     # Multipart framing adds a little on top of the file itself.
     app = web.Application(
-        middlewares=[json_errors], client_max_size=settings.server.max_body_bytes + 65536
+        middlewares=[json_errors, count_errors],
+        client_max_size=settings.server.max_body_bytes + 65536,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -25,9 +53,13 @@ def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Appl
             yield
 
     app.cleanup_ctx.append(lifecycle)
+    app[ADMIN] = AdminGate(settings.admin)
     app.router.add_post("/api/v1/scan/{client_id}", validate.scan)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     hashes.setup(app)
     workers.add_routes(app)
+    app.router.add_get("/metrics", metrics)
+    admin_api.add_routes(app)
+    admin_page.add_routes(app)
     return app

@@ -22,10 +22,16 @@ from horde_scanner.config import Settings
 from horde_scanner.enforce import LatePositiveEnforcer
 from horde_scanner.hashmatch import HashMatcher
 from horde_scanner.judging import Judge, build_judge
+from horde_scanner.notify import Notifier, ReadinessWatcher, backend_event
 from horde_scanner.pictrs import PictrsClient
 from horde_scanner.policy import Policy
+from horde_scanner.progress import SweepProgress
+from horde_scanner.quarantine import Quarantine
+from horde_scanner.review import Review
 from horde_scanner.service.auth import ClientAuth
-from horde_scanner.store import Store
+from horde_scanner.service.metrics import Metrics, Sources
+from horde_scanner.store import Job, Store
+from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,13 @@ class Services:
     auth: ClientAuth
     session: aiohttp.ClientSession
     hashes: HashMatcher
+    metrics: Metrics
+    notifier: Notifier
+    watcher: ReadinessWatcher
+    quarantine: Quarantine
+    review: Review
+    # Sweeps running in this process report here; /metrics reads it.
+    sweeps: SweepProgress
     # Uploads being read and admitted at once (server.max_concurrent_uploads).
     upload_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     started_at: float = field(default_factory=time.time)
@@ -79,6 +92,13 @@ async def open_services(
                 search_pages=settings.pictrs.search_pages,
             )
         enforcer = LatePositiveEnforcer(store, pictrs, frozenset(settings.validation.reject_labels))
+        metrics = Metrics()
+        notifier = Notifier(settings.notify, session)
+
+        async def on_finished(job: Job, verdict: Verdict, answered: str | None) -> None:
+            await enforcer.on_finished(job, verdict, answered)
+            _after_judgement(metrics, notifier, job, verdict, answered)
+
         hashes = HashMatcher(store, settings.hashes, executor)
         await hashes.start()
         judge = build_judge(
@@ -87,11 +107,30 @@ async def open_services(
             policy,
             backend,
             executor,
-            on_finished=enforcer.on_finished,
+            on_finished=on_finished,
             hashes=hashes,
             second_opinion=second,
         )
+        quarantine = Quarantine(store, settings.quarantine.dir)
+        sweeps = SweepProgress()
+        watcher = ReadinessWatcher(
+            backend.readiness,
+            settings.notify.readiness_interval_s,
+            lambda state: notifier.notify(backend_event(state)),
+        )
+        metrics.bind(
+            Sources(
+                backend=backend,
+                job_failures=lambda: judge.runner.failures,
+                jobs_outstanding=lambda: judge.runner.outstanding,
+                backend_live=lambda: backend.readiness().live,
+                notifier=notifier,
+                sweeps=sweeps,
+            )
+        )
         await judge.start()
+        await notifier.start()
+        await watcher.start()
         try:
             yield Services(
                 settings,
@@ -103,12 +142,20 @@ async def open_services(
                 ClientAuth(settings.server),
                 session,
                 hashes,
+                metrics,
+                notifier,
+                watcher,
+                quarantine,
+                Review(store, judge, quarantine),
+                sweeps,
                 upload_gate=asyncio.Semaphore(settings.server.max_concurrent_uploads),
                 workers=pool,
             )
         finally:
+            await watcher.stop()
             await judge.stop()
             await hashes.stop()
+            await notifier.stop()
             await backend.aclose()
             if pool is not None:
                 await pool.aclose()
@@ -116,3 +163,25 @@ async def open_services(
         await session.close()
         executor.shutdown(wait=False, cancel_futures=True)
         await store.close()
+
+
+def _after_judgement(
+    metrics: Metrics, notifier: Notifier, job: Job, verdict: Verdict, answered: str | None
+) -> None:
+    metrics.judged.labels(label=verdict.label.value, backend=verdict.backend or "none").inc()
+    if verdict.label is Label.ERROR:
+        metrics.error("backend_failed")
+    elif verdict.label is Label.UNREADABLE:
+        metrics.error("unreadable")
+    if verdict.is_positive:
+        notifier.notify(
+            {
+                "event": "positive",
+                "sha256": job.sha256,
+                "label": verdict.label.value,
+                "reasons": verdict.reasons,
+                "source": job.source,
+                "backend": verdict.backend,
+                "late": answered == "accept",
+            }
+        )

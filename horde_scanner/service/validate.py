@@ -165,6 +165,7 @@ async def scan(request: web.Request) -> web.Response:
             },
         )
     svc.answers[(outcome.route.value, answer.value)] += 1
+    svc.metrics.observe_answer(outcome, answer.value, time.monotonic() - started)
     if answer is OnEvent.REJECT:
         log.info("reject %s (%s) %s", outcome.sha256[:12], outcome.route.value, why)
     body = {

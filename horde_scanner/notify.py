@@ -1,0 +1,219 @@
+"""Webhook notifications: every new positive, and the backend going down or coming back.
+
+Sending never blocks the caller: events go into a bounded queue that one task drains; when the
+queue is full the event is dropped and counted (a webhook that is down must not hold memory).
+Failures are logged and counted, never retried forever. Payload shapes are data
+(`data/webhook_templates.toml`): the event itself, or Matrix (hookshot), Discord, Slack-style.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import time
+import tomllib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+from string import Template
+from typing import Any
+
+import aiohttp
+
+from horde_scanner.backends.base import Readiness
+from horde_scanner.config import NotifySettings
+
+log = logging.getLogger(__name__)
+
+# Chat services cut long messages (Discord at 2000 characters).
+_SUMMARY_MAX = 1500
+
+
+def load_templates() -> dict[str, dict[str, Any]]:
+    text = resources.files("horde_scanner.data").joinpath("webhook_templates.toml").read_text()
+    return tomllib.loads(text)
+
+
+def render(template: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The payload for one event: the event itself for a raw template, else filled strings."""
+    if template.get("raw"):
+        return event
+    values = _values(event)
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return Template(value).safe_substitute(values)
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    return {k: fill(v) for k, v in template.items()}
+
+
+def _values(event: dict[str, Any]) -> dict[str, str]:
+    summary = summarise(event)
+    return {
+        "summary": summary,
+        "summary_html": html.escape(summary).replace("\n", "<br>"),
+        "event": str(event.get("event", "")),
+        "sha256": str(event.get("sha256", "")),
+        "label": str(event.get("label", "")),
+        "reasons": "; ".join(event.get("reasons") or []),
+        "source": str(event.get("source") or ""),
+        "backend": str(event.get("backend") or ""),
+        "detail": str(event.get("detail") or ""),
+        "link": str(event.get("link") or ""),
+    }
+
+
+def summarise(event: dict[str, Any]) -> str:
+    kind = event.get("event")
+    if kind == "positive":
+        late = " (late: the upload was accepted before the verdict)" if event.get("late") else ""
+        text = (
+            f"horde-scanner: new {event.get('label')} verdict{late}\n"
+            f"sha256 {event.get('sha256')}\n"
+            f"found: {event.get('source') or 'unknown'}; backend: {event.get('backend')}\n"
+            f"why: {'; '.join(event.get('reasons') or []) or '-'}"
+        )
+    elif kind == "backend_down":
+        text = f"horde-scanner: backend {event.get('backend')} is DOWN: {event.get('detail')}"
+    elif kind == "backend_up":
+        text = f"horde-scanner: backend {event.get('backend')} is back up"
+    else:
+        text = f"horde-scanner: {kind}"
+    if event.get("link"):
+        text += f"\nreview: {event['link']}"
+    return text[:_SUMMARY_MAX]
+
+
+class Notifier:
+    def __init__(self, settings: NotifySettings, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self._session = session
+        self._template = load_templates()[settings.template]
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=settings.queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.webhook_url)
+
+    async def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._drain(), name="notify")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def notify(self, event: dict[str, Any]) -> None:
+        """Queue an event; never waits. Dropped (and counted) when the queue is full."""
+        if not self.enabled:
+            return
+        event = {"ts": datetime.now(UTC).isoformat(timespec="seconds"), **event}
+        if self.settings.admin_url and "link" not in event:
+            base = self.settings.admin_url.rstrip("/")
+            event["link"] = f"{base}/item/{event['sha256']}" if event.get("sha256") else base
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("notify: queue full (%d); dropped %s", self._queue.maxsize, event["event"])
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def _drain(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self._send(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the worker must outlive any one failure
+                self.failed += 1
+                log.warning("notify: webhook failed for %s: %s", event.get("event"), exc)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        url = self.settings.webhook_url
+        assert url is not None
+        payload = render(self._template, event)
+        async with self._session.post(url, json=payload, timeout=self._timeout) as resp:
+            if resp.status >= 300:
+                body = (await resp.text())[:200]
+                self.failed += 1
+                log.warning(
+                    "notify: webhook answered HTTP %d for %s: %s", resp.status, event["event"], body
+                )
+                return
+        self.sent += 1
+
+
+class ReadinessWatcher:
+    """Looks at `readiness()` every interval and reports transitions (down, back up)."""
+
+    def __init__(
+        self,
+        readiness: Callable[[], Readiness],
+        interval_s: float,
+        on_change: Callable[[Readiness], None],
+    ) -> None:
+        self._readiness = readiness
+        self._interval = interval_s
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self.live: bool | None = None
+        self.changed_at = time.time()
+
+    async def start(self) -> None:
+        self.live = self._readiness().live
+        self._task = asyncio.create_task(self._watch(), name="readiness-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def check(self) -> None:
+        state = self._readiness()
+        if state.live != self.live:
+            self.live = state.live
+            self.changed_at = time.time()
+            log.warning(
+                "backend %s is %s%s",
+                state.name,
+                "back up" if state.live else "DOWN",
+                f": {state.detail}" if state.detail and not state.live else "",
+            )
+            self._on_change(state)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self.check()
+            except Exception:
+                log.exception("readiness watch failed")
+
+
+def backend_event(state: Readiness) -> dict[str, Any]:
+    return {
+        "event": "backend_up" if state.live else "backend_down",
+        "backend": state.name,
+        "detail": state.detail,
+    }

@@ -1,0 +1,244 @@
+"""/metrics in Prometheus text format, from a registry of this app's own (never the global one).
+
+Counted as things happen: validation latency, answers by label/route/answer, deadline hits by
+the on_timeout taken, judgements by label and backend, errors by kind. Read at scrape time
+from the objects that hold them: Horde requests in flight and estimated kudos, jobs waiting,
+backend up, notification counters, sweep progress (horde_scanner.progress).
+"""
+
+from __future__ import annotations
+
+from collections import Counter as PyCounter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from horde_scanner.backends.base import Backend
+from horde_scanner.judging import Outcome, Route
+from horde_scanner.notify import Notifier
+from horde_scanner.progress import SweepProgress
+
+PREFIX = "horde_scanner"
+# Validation answers must come well under pict-rs's 10 s; buckets resolve the cached path too.
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 6, 8, 10, 30)
+# Which answering path a backend's name stands for (a backend not listed keeps its own name).
+BACKEND_ROUTES = {
+    "horde": "horde",
+    "prescreen": "prescreen",
+    "nudenet": "prescreen",
+    "local": "local",
+    "clip": "local",
+    "gpu": "local",
+    "worker": "local",
+}
+_LIST_ROUTES = {Route.ALLOW: "list", Route.DENY: "list"}
+
+
+def route_name(outcome: Outcome) -> str:
+    if outcome.route in _LIST_ROUTES:
+        return _LIST_ROUTES[outcome.route]
+    if outcome.route is Route.BACKEND and outcome.verdict is not None:
+        return BACKEND_ROUTES.get(outcome.verdict.backend, outcome.verdict.backend or "backend")
+    return outcome.route.value
+
+
+@dataclass
+class Sources:
+    """What the scrape-time collector reads; filled in once the services exist."""
+
+    backend: Backend
+    job_failures: Callable[[], PyCounter[str]]
+    jobs_outstanding: Callable[[], int]
+    backend_live: Callable[[], bool]
+    notifier: Notifier | None
+    sweeps: SweepProgress
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            f"{PREFIX}_validation_seconds",
+            "Time from a validation request's arrival to its answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.answers = Counter(
+            f"{PREFIX}_answers",
+            "Validation answers by verdict label, answering path and answer.",
+            ["label", "route", "answer"],
+            registry=self.registry,
+        )
+        self.deadline_hits = Counter(
+            f"{PREFIX}_deadline_hits",
+            "Validation requests answered by on_timeout because the deadline came first.",
+            ["on_timeout"],
+            registry=self.registry,
+        )
+        self.judged = Counter(
+            f"{PREFIX}_judgements",
+            "Judgements finished (uploads, sweeps, re-judging), by label and backend.",
+            ["label", "backend"],
+            registry=self.registry,
+        )
+        self.errors: PyCounter[str] = PyCounter()
+        self._hits = 0
+        self._answered = 0
+        self._sources: Sources | None = None
+        self.registry.register(_ScrapeCollector(self))
+
+    def bind(self, sources: Sources) -> None:
+        self._sources = sources
+
+    def observe_answer(self, outcome: Outcome, answer: str, elapsed_s: float) -> None:
+        route = route_name(outcome)
+        label = outcome.label.value if outcome.label else "none"
+        self.latency.observe(elapsed_s)
+        self.answers.labels(label=label, route=route, answer=answer).inc()
+        self._answered += 1
+        if route in ("cache", "list"):
+            self._hits += 1
+        if outcome.route is Route.TIMEOUT:
+            self.deadline_hits.labels(on_timeout=answer).inc()
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+    @property
+    def cache_hit_ratio(self) -> float:
+        return self._hits / self._answered if self._answered else 0.0
+
+    def collect_live(self) -> Iterator[Metric]:
+        hit = GaugeMetricFamily(
+            f"{PREFIX}_cache_hit_ratio",
+            "Share of validation answers that came from the verdict cache or the lists.",
+        )
+        hit.add_metric([], self.cache_hit_ratio)
+        yield hit
+        src = self._sources
+        errors = PyCounter(self.errors)
+        if src is not None:
+            errors.update(src.job_failures())
+            if src.notifier is not None:
+                errors["webhook"] += src.notifier.failed
+        family = CounterMetricFamily(
+            f"{PREFIX}_errors",
+            "Errors by kind (requests, backends, decoding, webhook).",
+            labels=["kind"],
+        )
+        for kind, n in sorted(errors.items()):
+            family.add_metric([kind], n)
+        yield family
+        if src is None:
+            return
+        yield from _backend_metrics(src)
+        yield from _notify_metrics(src.notifier)
+        yield from _sweep_metrics(src.sweeps)
+
+
+def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def _backend_metrics(src: Sources) -> Iterator[Metric]:
+    name = src.backend.name
+    yield _gauge(
+        "backend_up",
+        "1 while the backend can take work.",
+        float(src.backend_live()),
+        {"backend": name},
+    )
+    yield _gauge(
+        "jobs_outstanding", "Judgements waiting or running in this process.", src.jobs_outstanding()
+    )
+    in_flight = getattr(src.backend, "in_flight", None)
+    if isinstance(in_flight, int | float):
+        yield _gauge("horde_in_flight", "AI Horde requests in flight.", in_flight)
+    kudos = getattr(src.backend, "kudos_estimate", None)
+    if isinstance(kudos, int | float):
+        family = CounterMetricFamily(
+            f"{PREFIX}_horde_kudos_estimated", "Kudos spent on the AI Horde (estimated)."
+        )
+        family.add_metric([], kudos)
+        yield family
+
+
+def _notify_metrics(notifier: Notifier | None) -> Iterator[Metric]:
+    if notifier is None or not notifier.enabled:
+        return
+    family = CounterMetricFamily(
+        f"{PREFIX}_notifications", "Webhook notifications by outcome.", labels=["outcome"]
+    )
+    for outcome, n in (
+        ("sent", notifier.sent),
+        ("failed", notifier.failed),
+        ("dropped", notifier.dropped),
+    ):
+        family.add_metric([outcome], n)
+    yield family
+    yield _gauge("notifications_queued", "Notifications waiting to be sent.", notifier.queued)
+
+
+def _sweep_metrics(sweeps: SweepProgress) -> Iterator[Metric]:
+    runs = sweeps.runs()
+    done = GaugeMetricFamily(
+        f"{PREFIX}_sweep_files_done", "Files handled by a sweep.", labels=["sweep"]
+    )
+    total = GaugeMetricFamily(
+        f"{PREFIX}_sweep_files_total", "Files a sweep has to handle.", labels=["sweep"]
+    )
+    skipped = GaugeMetricFamily(
+        f"{PREFIX}_sweep_files_skipped", "Files a sweep skipped as judged before.", labels=["sweep"]
+    )
+    failed = GaugeMetricFamily(
+        f"{PREFIX}_sweep_files_failed", "Files a sweep could not read.", labels=["sweep"]
+    )
+    running = GaugeMetricFamily(
+        f"{PREFIX}_sweep_running", "1 while a sweep runs.", labels=["sweep"]
+    )
+    labels = GaugeMetricFamily(
+        f"{PREFIX}_sweep_files_by_label",
+        "Files judged by a sweep, by label.",
+        labels=["sweep", "label"],
+    )
+    actions = GaugeMetricFamily(
+        f"{PREFIX}_sweep_actions", "Actions a sweep took.", labels=["sweep", "action"]
+    )
+    for run in runs:
+        done.add_metric([run.name], run.done)
+        if run.total is not None:
+            total.add_metric([run.name], run.total)
+        skipped.add_metric([run.name], run.skipped)
+        failed.add_metric([run.name], run.failed)
+        running.add_metric([run.name], float(run.running))
+        for label, n in run.labels.items():
+            labels.add_metric([run.name, label], n)
+        for action, n in run.actions.items():
+            actions.add_metric([run.name, action], n)
+    yield from (done, total, skipped, failed, running, labels, actions)
+
+
+class _ScrapeCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect_live()
+
+    def describe(self) -> list[Any]:
+        # Names vary with what is bound (sweeps, notifier); describe nothing up front.
+        return []
+
+
+def exposition(metrics: Metrics) -> web.Response:
+    return web.Response(
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )

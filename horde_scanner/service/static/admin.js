@@ -1,0 +1,17 @@
+// Review page helpers, no framework. Previews load only when an admin clicks "reveal" on one
+// item; the server sends them blurred, greyscale and small whatever happens here.
+"use strict";
+document.addEventListener("click", function (event) {
+  var link = event.target.closest("a.reveal");
+  if (!link) return;
+  event.preventDefault();
+  var img = document.createElement("img");
+  img.className = "preview-img";
+  img.alt = "blurred greyscale preview";
+  img.src = link.getAttribute("href");
+  link.replaceWith(img);
+});
+document.addEventListener("submit", function (event) {
+  var question = event.target.getAttribute("data-ask");
+  if (question && !window.confirm(question)) event.preventDefault();
+});
