@@ -7,6 +7,7 @@ judging is configured, and the base install never needs torch.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 
 def torch_installed() -> bool:
@@ -16,6 +17,10 @@ def torch_installed() -> bool:
 
 def cuda_available() -> bool:
     if importlib.util.find_spec("torch") is None:
+        return False
+    # Importing torch costs seconds and hundreds of MB of RSS; without the NVIDIA driver's
+    # device files there is no CUDA to find, so do not pay for it.
+    if not any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidia0")):
         return False
     import torch
 
