@@ -39,15 +39,37 @@ async def fill(db: Path, n: int) -> str:
         sha = f"{i:064x}"
         label = rng.choice(LABELS)
         source = rng.choice(["upload:pictrs", "local:/srv/pictrs/files", "s3:media/files"])
-        signals = json.dumps({"backend": "horde", "nsfw": label in ("nsfw", "csam"),
-                              "caption": "a photo", "tags": {}, "scores": {}, "extra": {}})
+        signals = json.dumps(
+            {
+                "backend": "horde",
+                "nsfw": label in ("nsfw", "csam"),
+                "caption": "a photo",
+                "tags": {},
+                "scores": {},
+                "extra": {},
+            }
+        )
         ts = now - rng.random() * 30 * 86400
-        rows.append((sha, label, json.dumps([f"reason {label}"]), signals, "horde", "bench",
-                     "image/jpeg", 12345, source, ts, ts))
+        rows.append(
+            (
+                sha,
+                label,
+                json.dumps([f"reason {label}"]),
+                signals,
+                "horde",
+                "bench",
+                "image/jpeg",
+                12345,
+                source,
+                ts,
+                ts,
+            )
+        )
     await store.db.execute("BEGIN")
     await store.db.executemany(
         "INSERT INTO verdicts (sha256, label, reasons, signals, backend, policy_version,"
-        " media_type, size, source, first_seen, judged_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+        " media_type, size, source, first_seen, judged_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
     )
     await store.db.execute("COMMIT")
     positive = next(r[0] for r in rows if r[1] == "csam")
@@ -83,8 +105,11 @@ async def main(verdicts: int, requests: int) -> None:
         positive = await fill(db, verdicts)
         print(f"filled {verdicts} verdicts in {time.perf_counter() - started:.1f} s")
         settings = load_settings(
-            None, store={"path": db}, admin={"token": TOKEN},
-            quarantine={"dir": Path(tmp) / "q"}, horde={"url": "http://127.0.0.1:9/api"},
+            None,
+            store={"path": db},
+            admin={"token": TOKEN},
+            quarantine={"dir": Path(tmp) / "q"},
+            horde={"url": "http://127.0.0.1:9/api"},
         )
         async with running_service(settings, backend=MockBackend()) as svc:
             for i in range(50):  # some validation traffic so the histograms have data
@@ -110,8 +135,10 @@ async def main(verdicts: int, requests: int) -> None:
                     n = requests if name != "stats" else max(10, requests // 10)
                     await timed(http, url, 3)  # warm up
                     ms = await timed(http, url, n)
-                    print(f"{name:<24}{pct(ms, 50):>9.2f}{pct(ms, 95):>9.2f}{pct(ms, 99):>9.2f}"
-                          f"{statistics.mean(ms):>9.2f}")
+                    print(
+                        f"{name:<24}{pct(ms, 50):>9.2f}{pct(ms, 95):>9.2f}{pct(ms, 99):>9.2f}"
+                        f"{statistics.mean(ms):>9.2f}"
+                    )
 
 
 if __name__ == "__main__":

@@ -82,15 +82,18 @@ async def bench_prescreen(n: int) -> None:
     single_ms = (time.perf_counter() - start) / 20 * 1000
     print(f"[prescreen] detector alone, 1 thread: {single_ms:.1f} ms/image")
     for threads in (1, 2):
-        backend = PrescreenBackend(detector, Policy.load().prescreen, MockBackend(),
-                                   threads=threads, max_queue=n)
-        await asyncio.gather(*(backend.judge(p) for p in prepared[:threads * 2]))  # warm up
+        backend = PrescreenBackend(
+            detector, Policy.load().prescreen, MockBackend(), threads=threads, max_queue=n
+        )
+        await asyncio.gather(*(backend.judge(p) for p in prepared[: threads * 2]))  # warm up
         start = time.perf_counter()
         await asyncio.gather(*(backend.judge(p) for p in prepared))
         took = time.perf_counter() - start
-        print(f"[prescreen] {threads} thread(s): {n / took:.1f} images/s for {n} images of "
-              f"512 px ({backend.cleared} cleared, {backend.passed_on} passed on) "
-              f"[target >= 30/s on 2 cores]")
+        print(
+            f"[prescreen] {threads} thread(s): {n / took:.1f} images/s for {n} images of "
+            f"512 px ({backend.cleared} cleared, {backend.passed_on} passed on) "
+            f"[target >= 30/s on 2 cores]"
+        )
         await backend.aclose()
 
 
@@ -131,11 +134,13 @@ async def bench_validation(n: int, concurrency: int) -> None:
                 await asyncio.gather(*(one(b) for b in bodies[4:]))
                 took = time.perf_counter() - start
         m = len(latencies)
-        print(f"[validate+prescreen] {m} misses, {concurrency} at a time: "
-              f"{m / took:.1f} uploads/s; latency p50 {pct(latencies, 50):.0f} ms, "
-              f"p95 {pct(latencies, 95):.0f} ms, p99 {pct(latencies, 99):.0f} ms, "
-              f"max {max(latencies):.0f} ms [target p99 <= 250 ms]; routes {labels}; "
-              f"Horde asked {horde.posts} times; RSS {rss_mib():.0f} MiB")
+        print(
+            f"[validate+prescreen] {m} misses, {concurrency} at a time: "
+            f"{m / took:.1f} uploads/s; latency p50 {pct(latencies, 50):.0f} ms, "
+            f"p95 {pct(latencies, 95):.0f} ms, p99 {pct(latencies, 99):.0f} ms, "
+            f"max {max(latencies):.0f} ms [target p99 <= 250 ms]; routes {labels}; "
+            f"Horde asked {horde.posts} times; RSS {rss_mib():.0f} MiB"
+        )
 
 
 async def bench_tiny_clip(n: int) -> None:
@@ -179,10 +184,12 @@ async def bench_tiny_clip(n: int) -> None:
     start = time.perf_counter()
     await asyncio.gather(*(backend.judge(p) for p in prepared))
     batched_ms = (time.perf_counter() - start) / n * 1000
-    print(f"[clip-cpu tiny, {len(phrases)} phrases, 224 px] model call alone {raw_ms:.2f} "
-          f"ms/image (of which pre-processing {pre_ms:.2f}); through the backend one at a "
-          f"time {one_ms:.2f} ms/image (plumbing {one_ms - raw_ms:+.2f} ms); concurrent "
-          f"{batched_ms:.2f} ms/image in {backend.batcher.batches} batches")
+    print(
+        f"[clip-cpu tiny, {len(phrases)} phrases, 224 px] model call alone {raw_ms:.2f} "
+        f"ms/image (of which pre-processing {pre_ms:.2f}); through the backend one at a "
+        f"time {one_ms:.2f} ms/image (plumbing {one_ms - raw_ms:+.2f} ms); concurrent "
+        f"{batched_ms:.2f} ms/image in {backend.batcher.batches} batches"
+    )
     await backend.aclose()
 
 
@@ -193,8 +200,10 @@ async def bench_vit_l(model_dir: str | None, random_weights: bool, n: int) -> No
         print("[clip-gpu ViT-L/14] skipped: torch not installed (extra [gpu])")
         return
     if not torch.cuda.is_available():
-        print("[clip-gpu ViT-L/14] skipped: no CUDA GPU on this machine (run it on one: "
-              "`python -m bench.local --only gpu [--random-weights]`)")
+        print(
+            "[clip-gpu ViT-L/14] skipped: no CUDA GPU on this machine (run it on one: "
+            "`python -m bench.local --only gpu [--random-weights]`)"
+        )
         return
     from horde_scanner.policy import Policy
     from local_gpu.backend import LocalClipBackend
@@ -205,11 +214,17 @@ async def bench_vit_l(model_dir: str | None, random_weights: bool, n: int) -> No
         scorer = _random_vit_l(torch)
     else:
         try:
-            scorer = ClipScorer.load(model_dir=Path(model_dir) if model_dir else None,
-                                     offline=True, device="cuda", fp16=True)
+            scorer = ClipScorer.load(
+                model_dir=Path(model_dir) if model_dir else None,
+                offline=True,
+                device="cuda",
+                fp16=True,
+            )
         except ModelUnavailable as exc:
-            print(f"[clip-gpu ViT-L/14] skipped: weights not found ({exc}); "
-                  "use --random-weights to time the architecture")
+            print(
+                f"[clip-gpu ViT-L/14] skipped: weights not found ({exc}); "
+                "use --random-weights to time the architecture"
+            )
             return
     print(f"[clip-gpu] {scorer.name}: {scorer.memory}")
     limits = DecodeLimits()
@@ -223,12 +238,16 @@ async def bench_vit_l(model_dir: str | None, random_weights: bool, n: int) -> No
         await asyncio.gather(*(backend.judge(p) for p in prepared))
         torch.cuda.synchronize()
         results[batch_size] = n / (time.perf_counter() - start)
-        print(f"[clip-gpu ViT-L/14 fp16] batch {batch_size}: {results[batch_size]:.1f} images/s "
-              f"({backend.batcher.batches} batches, largest {backend.batcher.largest_batch})")
+        print(
+            f"[clip-gpu ViT-L/14 fp16] batch {batch_size}: {results[batch_size]:.1f} images/s "
+            f"({backend.batcher.batches} batches, largest {backend.batcher.largest_batch})"
+        )
         await backend.aclose()
-    print(f"[clip-gpu ViT-L/14] batching speed-up {results[32] / results[1]:.1f}x "
-          "[target >= 5x]; peak GPU memory "
-          f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    print(
+        f"[clip-gpu ViT-L/14] batching speed-up {results[32] / results[1]:.1f}x "
+        "[target >= 5x]; peak GPU memory "
+        f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    )
 
 
 def _random_vit_l(torch):  # type: ignore[no-untyped-def]
@@ -242,17 +261,35 @@ def _random_vit_l(torch):  # type: ignore[no-untyped-def]
         vocab, merges, size = write_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer(vocab=str(vocab), merges=str(merges))
     config = CLIPConfig(
-        text_config={"vocab_size": size, "hidden_size": 768, "intermediate_size": 3072,
-                     "num_hidden_layers": 12, "num_attention_heads": 12,
-                     "bos_token_id": size - 2, "eos_token_id": size - 1,
-                     "pad_token_id": size - 1},
-        vision_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                       "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
+        text_config={
+            "vocab_size": size,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "bos_token_id": size - 2,
+            "eos_token_id": size - 1,
+            "pad_token_id": size - 1,
+        },
+        vision_config={
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+        },
         projection_dim=768,
     )
     model = CLIPModel(config).to("cuda", torch.float16).eval()
-    return ClipScorer(model, tokenizer, read_preprocess(None, 224), "cuda", torch.float16,
-                      "ViT-L/14 architecture, random weights")
+    return ClipScorer(
+        model,
+        tokenizer,
+        read_preprocess(None, 224),
+        "cuda",
+        torch.float16,
+        "ViT-L/14 architecture, random weights",
+    )
 
 
 async def main() -> None:

@@ -79,8 +79,10 @@ async def index_figures(db: Path, count: int) -> list[str]:
         gc.collect()
         grown = rss_mb() - before
         print(f"index load at start-up ({matcher.size:,} hashes): {load_s:.2f} s")
-        print(f"index memory: {matcher.index_bytes / 2**20:.1f} MiB (arrays); "
-              f"process RSS grew {grown:.1f} MiB")
+        print(
+            f"index memory: {matcher.index_bytes / 2**20:.1f} MiB (arrays); "
+            f"process RSS grew {grown:.1f} MiB"
+        )
 
         pick = random.Random(9)
         near = [flip(values[pick.randrange(count)], 20, pick) for _ in range(3000)]
@@ -93,16 +95,20 @@ async def index_figures(db: Path, count: int) -> list[str]:
                 hits = matcher.search([PdqHash(q, 100)])
                 times.append(time.perf_counter() - t)
                 found += bool(hits)
-            print(f"lookup, {name}: p50 {pct(times, 50):.2f} ms, p99 {pct(times, 99):.2f} ms, "
-                  f"max {pct(times, 100):.2f} ms ({found}/{len(queries)} matched)")
+            print(
+                f"lookup, {name}: p50 {pct(times, 50):.2f} ms, p99 {pct(times, 99):.2f} ms, "
+                f"max {pct(times, 100):.2f} ms ({found}/{len(queries)} matched)"
+            )
         times = []
         for q in near[:1000]:
             t = time.perf_counter()
             match = await matcher.match_image([PdqHash(q, 100)])
             times.append(time.perf_counter() - t)
             assert match is not None
-        print(f"full match (pool hop + SQLite description): p50 {pct(times, 50):.2f} ms, "
-              f"p99 {pct(times, 99):.2f} ms")
+        print(
+            f"full match (pool hop + SQLite description): p50 {pct(times, 50):.2f} ms, "
+            f"p99 {pct(times, 99):.2f} ms"
+        )
         await matcher.stop()
     executor.shutdown()
     return values
@@ -118,8 +124,9 @@ def near_duplicates(img: Image.Image, count: int) -> list[bytes]:
             scale = rng.uniform(0.6, 1.3)
             copy = copy.resize((int(w * scale), int(h * scale)))
         for _ in range(5):
-            copy.putpixel((rng.randrange(copy.width), rng.randrange(copy.height)),
-                          (rng.randrange(256), 0, 0))
+            copy.putpixel(
+                (rng.randrange(copy.width), rng.randrange(copy.height)), (rng.randrange(256), 0, 0)
+            )
         fmt = ("JPEG", "WEBP", "PNG")[i % 3]
         options = {"quality": rng.randint(60, 95)} if fmt != "PNG" else {}
         out.append(textures.encode(copy, fmt, **options))
@@ -134,8 +141,7 @@ async def end_to_end(db: Path, uploads: int) -> None:
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http, running_service(settings, backend=backend) as svc:
         print(f"service start-up with the index: {time.perf_counter() - started:.1f} s")
-        first = await validate_upload(http, svc.scan_url(), textures.encode(positive),
-                                      "image/jpeg")
+        first = await validate_upload(http, svc.scan_url(), textures.encode(positive), "image/jpeg")
         assert first.status == 406 and first.body["route"] == "backend", first.body
         calls = backend.calls
         for _ in range(5):  # warm up connections and code paths
@@ -148,10 +154,12 @@ async def end_to_end(db: Path, uploads: int) -> None:
             times.append(time.perf_counter() - t)
             routes[result.body["route"]] = routes.get(result.body["route"], 0) + 1
             assert result.status == 406, result.body
-        print(f"end to end, near-duplicate of a known positive ({uploads} uploads, one at a "
-              f"time, {sum(len(c) for c in copies) // uploads // 1024} KiB average): "
-              f"p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} ms, "
-              f"max {pct(times, 100):.1f} ms; routes {routes}")
+        print(
+            f"end to end, near-duplicate of a known positive ({uploads} uploads, one at a "
+            f"time, {sum(len(c) for c in copies) // uploads // 1024} KiB average): "
+            f"p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} ms, "
+            f"max {pct(times, 100):.1f} ms; routes {routes}"
+        )
 
         gate = asyncio.Semaphore(4)
 
@@ -166,8 +174,10 @@ async def end_to_end(db: Path, uploads: int) -> None:
         wall = time.perf_counter()
         times = list(await asyncio.gather(*(one(d) for d in more)))
         wall = time.perf_counter() - wall
-        print(f"end to end, 4 at a time: p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} "
-              f"ms, {uploads / wall:.0f} uploads/s")
+        print(
+            f"end to end, 4 at a time: p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} "
+            f"ms, {uploads / wall:.0f} uploads/s"
+        )
         print(f"backend calls for the near-duplicates: {backend.calls - calls}")
 
 

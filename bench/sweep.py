@@ -157,8 +157,10 @@ def main() -> None:
         generate(args.generate, args.count)
         return
     root = ensure_tree(args.cache, args.count)
-    print(f"tree: {root} ({args.count} images), {os.cpu_count()} cpus, "
-          f"concurrency {args.concurrency}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"tree: {root} ({args.count} images), {os.cpu_count()} cpus, "
+        f"concurrency {args.concurrency}, load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         with RssSampler() as cold_rss:
@@ -182,8 +184,10 @@ def main() -> None:
             f" process read() bytes incl. SQLite {read_chars:,})"
             f"  peak RSS {warm_rss.peak_mb:.0f} MB"
         )
-        print(f"peak RSS overall: {max(cold_rss.peak_mb, warm_rss.peak_mb):.0f} MB "
-              "(targets: cold >= 150/s, warm >= 5,000/s with 0 bytes, RSS <= 300 MB)")
+        print(
+            f"peak RSS overall: {max(cold_rss.peak_mb, warm_rss.peak_mb):.0f} MB "
+            "(targets: cold >= 150/s, warm >= 5,000/s with 0 bytes, RSS <= 300 MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -303,19 +303,13 @@ def verdicts_export(
 
 
 def _verdict_record(stored: StoredVerdict) -> dict[str, Any]:
-    v = stored.verdict
+    from horde_scanner.review import verdict_dict
+
+    record = verdict_dict(stored)
     return {
-        "sha256": stored.sha256,
-        "label": v.label.value,
-        "reasons": v.reasons,
-        "backend": v.backend,
-        "policy_version": v.policy_version,
-        "media_type": stored.media_type,
-        "size": stored.size,
-        "source": stored.source,
+        **record,
         "first_seen": _iso(stored.first_seen),
-        "judged_at": _iso(v.judged_at),
-        "signals": v.signals.model_dump() if v.signals else None,
+        "judged_at": _iso(stored.verdict.judged_at),
     }
 
 

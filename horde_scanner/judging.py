@@ -393,18 +393,18 @@ class Judge:
                 "answered_before": answered,
             },
         )
-        # An admin may have listed this hash while the job finished (the upload already has its
-        # answer by now): a list decision must not be hidden by this verdict.
-        generation = self._forgets
-        cacheable = (
-            verdict.label not in (Label.ERROR, Label.UNREADABLE)
-            and await self.store.list_kind(job.sha256) is None
-            and generation == self._forgets
-        )
         if self.hashes is not None and await self.hashes.note_verdict(job.sha256, verdict):
             # Cached answers for look-alikes of the new positive must be looked up again.
             self.forget()
-        if cacheable:
+        # An admin may list this hash while the job finishes (the upload already has its
+        # answer): a list decision must not be hidden by this verdict. No await may come
+        # between the generation check and remembering.
+        generation = self._forgets
+        if (
+            verdict.label not in (Label.ERROR, Label.UNREADABLE)
+            and await self.store.list_kind(job.sha256) is None
+            and generation == self._forgets
+        ):
             self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
         held = self._held.pop(job.sha256, None)
         if held is not None and self.second_opinion is not None:

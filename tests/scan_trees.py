@@ -88,8 +88,9 @@ def pictrs_tree(
     for colour, count in ({"green": 3, "red": 1} if v04 is None else v04).items():
         for _ in range(count):
             n += 1
-            tree.add(v04_identifier(rng), images.encode(distinct(colour, n), "JPEG"),
-                     LABEL_OF[colour])
+            tree.add(
+                v04_identifier(rng), images.encode(distinct(colour, n), "JPEG"), LABEL_OF[colour]
+            )
     when = start or datetime(2024, 6, 1, tzinfo=UTC)
     originals = []
     for colour, count in ({"green": 3, "magenta": 1, "red": 1} if v057 is None else v057).items():
@@ -108,6 +109,7 @@ def pictrs_tree(
     if non_media:
         tree.add("README.txt", b"pict-rs files directory\n", None)
         tree.add("000/000/000/.lock", b"", None)
-        tree.add(new_identifier("webp", when + timedelta(seconds=1)),
-                 b"\x00not really a webp" * 8, None)
+        tree.add(
+            new_identifier("webp", when + timedelta(seconds=1)), b"\x00not really a webp" * 8, None
+        )
     return tree

@@ -8,7 +8,6 @@ import json
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from click.testing import CliRunner
 
@@ -23,12 +22,6 @@ from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 API = "/api/v1/admin"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_admin_is_off_without_a_token_and_says_how_to_enable(tmp_path: Path, http):
@@ -66,15 +59,21 @@ async def test_bearer_token_is_required_and_checked(tmp_path: Path, http):
 
 
 async def test_list_filter_and_show(tmp_path: Path, http):
-    red, magenta, green = (images.jpeg(c, seed=i) for i, c in enumerate(["red", "magenta",
-                                                                          "green"]))
+    red, magenta, green = (
+        images.jpeg(c, seed=i) for i, c in enumerate(["red", "magenta", "green"])
+    )
     async with running_service(admin_settings(tmp_path), backend=MockBackend()) as svc:
         for data in (red, magenta, green):
             await validate_upload(http, svc.scan_url(), data, "image/jpeg")
         store = svc.services.store
-        old = Verdict(label=Label.NSFW, reasons=["old"], backend="horde", policy_version="x",
-                      judged_at=time.time() - 7200,
-                      signals=Signals(backend="horde", nsfw=True, caption="a woman"))
+        old = Verdict(
+            label=Label.NSFW,
+            reasons=["old"],
+            backend="horde",
+            policy_version="x",
+            judged_at=time.time() - 7200,
+            signals=Signals(backend="horde", nsfw=True, caption="a woman"),
+        )
         await store.put_verdict("c" * 64, old, source="local:/srv/pictrs/files/ab/cd")
 
         async def listing(query: str) -> list[str]:
@@ -83,10 +82,12 @@ async def test_list_filter_and_show(tmp_path: Path, http):
             return [v["sha256"] for v in body["verdicts"]]
 
         assert await listing("label=csam") == [sha256_hex(red)]
-        assert set(await listing("label=csam,nsfw")) == {sha256_hex(red), sha256_hex(magenta),
-                                                         "c" * 64}
-        assert set(await listing("label=csam&label=clean")) == {sha256_hex(red),
-                                                                sha256_hex(green)}
+        assert set(await listing("label=csam,nsfw")) == {
+            sha256_hex(red),
+            sha256_hex(magenta),
+            "c" * 64,
+        }
+        assert set(await listing("label=csam&label=clean")) == {sha256_hex(red), sha256_hex(green)}
         assert await listing("source=local:/srv") == ["c" * 64]
         assert len(await listing("source=upload:")) == 3
         assert await listing("backend=horde") == ["c" * 64]
@@ -125,8 +126,12 @@ async def test_allow_lists_releases_from_quarantine_and_next_upload_is_accepted(
         await quarantine.admit_file(sha, original, origin="local")
         assert not original.exists() and quarantine.held_path(sha).read_bytes() == red
 
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{sha}/allow",
-                                  json={"note": "it is a meme", "by": "alice"})
+        status, body = await call(
+            http,
+            "POST",
+            f"{svc.url}{API}/verdicts/{sha}/allow",
+            json={"note": "it is a meme", "by": "alice"},
+        )
         assert status == 200, body
         record = body["audit"]
         assert record["event"] == "allow" and record["action"] == "allow"
@@ -156,10 +161,20 @@ async def test_confirm_deny_lists_and_deletes_the_quarantined_copy(tmp_path: Pat
         first = await validate_upload(http, svc.scan_url(), magenta, "image/jpeg")
         assert first.status == 200 and first.body["label"] == "nsfw"
         quarantine = svc.services.quarantine
-        await quarantine.admit_bytes(sha, magenta, origin="s3", identifier="media/ab/cd.jpg",
-                                     detail={"instance": "lemmy.example"})
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{sha}/confirm",
-                                  headers={"X-Admin-Actor": "bob"}, json={"note": "known"})
+        await quarantine.admit_bytes(
+            sha,
+            magenta,
+            origin="s3",
+            identifier="media/ab/cd.jpg",
+            detail={"instance": "lemmy.example"},
+        )
+        status, body = await call(
+            http,
+            "POST",
+            f"{svc.url}{API}/verdicts/{sha}/confirm",
+            headers={"X-Admin-Actor": "bob"},
+            json={"note": "known"},
+        )
         assert status == 200, body
         record = body["audit"]
         assert (record["event"], record["action"], record["by"]) == ("confirm", "deny", "api:bob")
@@ -167,8 +182,9 @@ async def test_confirm_deny_lists_and_deletes_the_quarantined_copy(tmp_path: Pat
         assert not quarantine.held_path(sha).exists()
         again = await validate_upload(http, svc.scan_url(), magenta, "image/jpeg")
         assert again.status == 406 and again.body["route"] == "deny"
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{sha}/confirm",
-                                  json=["not", "an", "object"])
+        status, body = await call(
+            http, "POST", f"{svc.url}{API}/verdicts/{sha}/confirm", json=["not", "an", "object"]
+        )
         assert status == 400 and body["error"] == "bad_json"
 
 
@@ -177,12 +193,20 @@ async def test_rejudge_from_stored_signals_and_with_a_fresh_backend_call(tmp_pat
     async with running_service(admin_settings(tmp_path), backend=backend) as svc:
         store, policy = svc.services.store, svc.services.policy
         # Stored under the current policy version, but judged by rules since fixed.
-        stale = Verdict(label=Label.CLEAN, policy_version=policy.version, backend="horde",
-                        signals=Signals(backend="horde", nsfw=True, caption="two kids, naked"))
+        stale = Verdict(
+            label=Label.CLEAN,
+            policy_version=policy.version,
+            backend="horde",
+            signals=Signals(backend="horde", nsfw=True, caption="two kids, naked"),
+        )
         sha = "e" * 64
         await store.put_verdict(sha, stale)
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{sha}/rejudge",
-                                  json={"mode": "policy", "by": "carol"})
+        status, body = await call(
+            http,
+            "POST",
+            f"{svc.url}{API}/verdicts/{sha}/rejudge",
+            json={"mode": "policy", "by": "carol"},
+        )
         assert status == 200, body
         assert body["state"] == "done"
         assert body["audit"]["event"] == "rejudged" and body["audit"]["label"] == "csam"
@@ -190,29 +214,38 @@ async def test_rejudge_from_stored_signals_and_with_a_fresh_backend_call(tmp_pat
         assert (await store.get_verdict(sha)).verdict.label is Label.CSAM
 
         # A fresh backend call needs bytes: only a quarantined copy has them.
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{sha}/rejudge",
-                                  json={"mode": "backend"})
+        status, body = await call(
+            http, "POST", f"{svc.url}{API}/verdicts/{sha}/rejudge", json={"mode": "backend"}
+        )
         assert status == 409 and body["error"] == "no_copy"
 
         red = images.jpeg("red", seed=22)
         red_sha = sha256_hex(red)
-        await store.put_verdict(red_sha, Verdict(label=Label.ERROR, reasons=["horde refused"],
-                                                 backend="horde"))
-        await svc.services.quarantine.admit_bytes(red_sha, red, origin="local",
-                                                  identifier=str(tmp_path / "x.jpg"))
+        await store.put_verdict(
+            red_sha, Verdict(label=Label.ERROR, reasons=["horde refused"], backend="horde")
+        )
+        await svc.services.quarantine.admit_bytes(
+            red_sha, red, origin="local", identifier=str(tmp_path / "x.jpg")
+        )
         calls = backend.calls
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{red_sha}/rejudge",
-                                  json={"mode": "backend", "wait_s": 10})
+        status, body = await call(
+            http,
+            "POST",
+            f"{svc.url}{API}/verdicts/{red_sha}/rejudge",
+            json={"mode": "backend", "wait_s": 10},
+        )
         assert status == 200, body
         assert backend.calls == calls + 1
         assert body["audit"]["label"] == "csam" and body["audit"]["detail"]["from"] == "error"
         assert (await store.get_verdict(red_sha)).verdict.label is Label.CSAM
 
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{sha}/rejudge",
-                                  json={"mode": "guess"})
+        status, body = await call(
+            http, "POST", f"{svc.url}{API}/verdicts/{sha}/rejudge", json={"mode": "guess"}
+        )
         assert status == 400 and body["error"] == "bad_mode"
-        status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{'f' * 64}/rejudge",
-                                  json={"mode": "policy"})
+        status, body = await call(
+            http, "POST", f"{svc.url}{API}/verdicts/{'f' * 64}/rejudge", json={"mode": "policy"}
+        )
         assert status == 409 and body["error"] == "no_signals"
 
 
@@ -229,8 +262,12 @@ async def test_queue_stats_and_evidence_export(tmp_path: Path, http):
         assert status == 200
         assert [p["sha256"] for p in queue["positives"]] == [sha256_hex(red)]
         assert [u["label"] for u in queue["unscanned"]] == ["unreadable"]
-        await call(http, "POST", f"{svc.url}{API}/verdicts/{sha256_hex(red)}/confirm",
-                   json={"by": "dave", "note": "reported to NCMEC"})
+        await call(
+            http,
+            "POST",
+            f"{svc.url}{API}/verdicts/{sha256_hex(red)}/confirm",
+            json={"by": "dave", "note": "reported to NCMEC"},
+        )
         status, queue = await call(http, "GET", f"{svc.url}{API}/queue")
         assert queue["positives"] == []  # decided items leave the queue
 
@@ -248,11 +285,16 @@ async def test_queue_stats_and_evidence_export(tmp_path: Path, http):
         assert "pdq" in row and row["where_found"] == ["upload:test-pictrs"]
         assert row["first_seen"].endswith("+00:00")
         assert row["decisions"] == [
-            {"ts": row["decisions"][0]["ts"], "decision": "confirm", "by": "api:dave",
-             "note": "reported to NCMEC"}
+            {
+                "ts": row["decisions"][0]["ts"],
+                "decision": "confirm",
+                "by": "api:dave",
+                "note": "reported to NCMEC",
+            }
         ]
-        async with http.get(f"{svc.url}{API}/export?format=csv",
-                            headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+        async with http.get(
+            f"{svc.url}{API}/export?format=csv", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as resp:
             assert resp.status == 200 and resp.content_type == "text/csv"
             assert "attachment" in resp.headers["Content-Disposition"]
             text = await resp.text()
@@ -280,11 +322,13 @@ def test_a_short_admin_token_is_a_config_error(tmp_path: Path):
 async def test_repeated_wrong_logins_are_throttled(tmp_path: Path, http):
     async with running_service(admin_settings(tmp_path), backend=MockBackend()) as svc:
         for _ in range(10):
-            async with http.post(f"{svc.url}/admin/login", data={"token": "wrong"},
-                                 allow_redirects=False) as resp:
+            async with http.post(
+                f"{svc.url}/admin/login", data={"token": "wrong"}, allow_redirects=False
+            ) as resp:
                 assert resp.status == 401
-        async with http.post(f"{svc.url}/admin/login", data={"token": TOKEN},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            f"{svc.url}/admin/login", data={"token": TOKEN}, allow_redirects=False
+        ) as resp:
             assert resp.status == 429  # even the right token waits now
             assert "hs_admin" not in resp.cookies
         m = svc.services.metrics.errors

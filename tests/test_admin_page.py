@@ -9,7 +9,6 @@ import io
 import shutil
 from pathlib import Path
 
-import aiohttp
 import pytest
 from PIL import Image
 
@@ -46,12 +45,6 @@ async def browser():
             yield chromium
         finally:
             await chromium.close()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _log_in(page, base: str, name: str = "alice", token: str = TOKEN) -> None:
@@ -134,8 +127,9 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
     settings = admin_settings(tmp_path, admin={"previews": True})
     async with running_service(settings, backend=MockBackend()) as svc:
         await validate_upload(http, svc.scan_url(), red, "image/jpeg")
-        await svc.services.quarantine.admit_bytes(sha, red, origin="local",
-                                                  identifier=str(tmp_path / "r.jpg"))
+        await svc.services.quarantine.admit_bytes(
+            sha, red, origin="local", identifier=str(tmp_path / "r.jpg")
+        )
         store = svc.services.store
 
         # Not signed in: pages send you to the login form; actions and previews are refused.
@@ -144,15 +138,13 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
         await page.goto(f"{svc.url}/admin/item/{sha}")
         assert "/admin/login" in page.url
         assert await page.locator("input[name=token]").count() == 1
-        for path in (f"/admin/item/{sha}/allow", f"/admin/item/{sha}/confirm",
-                     "/admin/previews"):
+        for path in (f"/admin/item/{sha}/allow", f"/admin/item/{sha}/confirm", "/admin/previews"):
             resp = await anon.request.post(f"{svc.url}{path}", form={"csrf": "guess"})
             assert resp.status == 403, path
             assert (await resp.json())["error"] == "not_signed_in"
         resp = await anon.request.get(f"{svc.url}/admin/preview/{sha}")
         assert resp.status == 403
-        resp = await anon.request.get(f"{svc.url}/admin/export?format=json",
-                                      max_redirects=0)
+        resp = await anon.request.get(f"{svc.url}/admin/export?format=json", max_redirects=0)
         assert resp.status == 303 and "/admin/login" in resp.headers["location"]
 
         # Signed in, but a POST without this session's CSRF token is refused.
@@ -161,8 +153,9 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
         await _log_in(page, svc.url, name="eve")
         assert page.url.rstrip("/").endswith("/admin")
         for form in ({}, {"csrf": "not-the-token"}):
-            resp = await ctx.request.post(f"{svc.url}/admin/item/{sha}/allow",
-                                          form={**form, "note": "sneaky"})
+            resp = await ctx.request.post(
+                f"{svc.url}/admin/item/{sha}/allow", form={**form, "note": "sneaky"}
+            )
             assert resp.status == 403 and (await resp.json())["error"] == "bad_csrf"
         assert await store.list_kind(sha) is None
         # Previews stay off until turned on, even for a signed-in admin.
@@ -170,9 +163,11 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
         assert resp.status == 403 and (await resp.json())["error"] == "previews_off"
         # A cross-origin post carrying the right token is refused too.
         csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
-        resp = await ctx.request.post(f"{svc.url}/admin/item/{sha}/confirm",
-                                      form={"csrf": csrf},
-                                      headers={"Origin": "https://evil.example"})
+        resp = await ctx.request.post(
+            f"{svc.url}/admin/item/{sha}/confirm",
+            form={"csrf": csrf},
+            headers={"Origin": "https://evil.example"},
+        )
         assert resp.status == 403 and (await resp.json())["error"] == "bad_origin"
         assert await store.list_kind(sha) is None
 
@@ -182,8 +177,7 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
         assert "/admin/login" in page.url
         replay = await browser.new_context()
         await replay.add_cookies(old)
-        resp = await replay.request.post(f"{svc.url}/admin/item/{sha}/allow",
-                                         form={"csrf": csrf})
+        resp = await replay.request.post(f"{svc.url}/admin/item/{sha}/allow", form={"csrf": csrf})
         assert resp.status == 403 and (await resp.json())["error"] == "not_signed_in"
         assert await store.list_kind(sha) is None
         for c in (anon, ctx, replay):

@@ -16,17 +16,10 @@ from tests.service import make_settings, running_service
 @pytest.fixture
 async def service(tmp_path: Path):
     async with FakeHorde(latency=0.1) as horde:
-        settings = make_settings(tmp_path / "s.db", horde.url,
-                                 server={"max_body_bytes": 2_000_000})
+        settings = make_settings(tmp_path / "s.db", horde.url, server={"max_body_bytes": 2_000_000})
         async with running_service(settings) as svc:
             svc.horde = horde  # type: ignore[attr-defined]
             yield svc
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_unknown_client_id_is_401(service, http):
@@ -41,20 +34,25 @@ async def test_ipaddr_from_loopback_is_allowed(service, http):
 
 async def test_spoofed_forwarded_for_is_ignored_from_untrusted_peers(tmp_path, http):
     async with FakeHorde(latency=0.1) as horde:
-        settings = make_settings(tmp_path / "s.db", horde.url,
-                                 server={"trusted_proxies": ["127.0.0.1/32"]})
+        settings = make_settings(
+            tmp_path / "s.db", horde.url, server={"trusted_proxies": ["127.0.0.1/32"]}
+        )
         async with running_service(settings) as svc:
             url = svc.scan_url("IPADDR")
             # From a trusted proxy, the forwarded address decides: 203.0.113.9 is not allowed.
-            async with http.post(url, data=images.jpeg(),
-                                 headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
+            async with http.post(
+                url, data=images.jpeg(), headers={"X-Forwarded-For": "203.0.113.9"}
+            ) as resp:
                 assert resp.status == 401
     async with FakeHorde(latency=0.1) as horde:
         settings = make_settings(tmp_path / "t.db", horde.url)
         async with running_service(settings) as svc:
             # Without trusted proxies the header is ignored and loopback is allowed.
-            async with http.post(svc.scan_url("IPADDR"), data=images.jpeg(),
-                                 headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
+            async with http.post(
+                svc.scan_url("IPADDR"),
+                data=images.jpeg(),
+                headers={"X-Forwarded-For": "203.0.113.9"},
+            ) as resp:
                 assert resp.status == 200
 
 
@@ -70,16 +68,16 @@ async def test_body_over_the_limit_is_413_chunked(service, http):
 
 
 async def test_body_over_the_limit_is_413_with_length(service, http):
-    async with http.post(service.scan_url(), data=b"\0" * 2_100_000,
-                         headers={"Content-Type": "image/jpeg"}) as resp:
+    async with http.post(
+        service.scan_url(), data=b"\0" * 2_100_000, headers={"Content-Type": "image/jpeg"}
+    ) as resp:
         assert resp.status == 413
         assert (await resp.json())["error"] == "too_large"
 
 
 async def test_multipart_file_field_is_accepted(service, http):
     form = aiohttp.FormData()
-    form.add_field("file", images.jpeg("red", seed=40), filename="x.jpg",
-                   content_type="image/jpeg")
+    form.add_field("file", images.jpeg("red", seed=40), filename="x.jpg", content_type="image/jpeg")
     async with http.post(service.scan_url(), data=form) as resp:
         assert resp.status == 406
         assert (await resp.json())["label"] == "csam"
@@ -94,8 +92,7 @@ async def test_multipart_without_file_field_is_400(service, http):
 
 
 async def test_undecodable_bytes_follow_on_unreadable_accept(service, http):
-    result = await validate_upload(http, service.scan_url(), b"%PDF-1.7 not an image",
-                                   "image/jpeg")
+    result = await validate_upload(http, service.scan_url(), b"%PDF-1.7 not an image", "image/jpeg")
     assert result.status == 200
     assert result.body["label"] == "unreadable" and "magic bytes" in result.body["reasons"][0]
     assert service.horde.posts == 0
@@ -109,8 +106,9 @@ async def test_truncated_image_is_unreadable(service, http):
 
 async def test_undecodable_bytes_rejected_when_configured(tmp_path, http):
     async with FakeHorde(latency=0.1) as horde:
-        settings = make_settings(tmp_path / "s.db", horde.url,
-                                 validation={"on_unreadable": "reject"})
+        settings = make_settings(
+            tmp_path / "s.db", horde.url, validation={"on_unreadable": "reject"}
+        )
         async with running_service(settings) as svc:
             result = await validate_upload(http, svc.scan_url(), b"garbage" * 10, "image/png")
             assert result.status == 406 and result.body["label"] == "unreadable"

@@ -28,8 +28,9 @@ def test_defaults():
 
 def test_env_nested_and_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     toml = tmp_path / "c.toml"
-    toml.write_text('[validation]\ndeadline_s = 5.5\non_timeout = "reject"\n'
-                    '[server]\nclient_ids = ["abc"]\n')
+    toml.write_text(
+        '[validation]\ndeadline_s = 5.5\non_timeout = "reject"\n[server]\nclient_ids = ["abc"]\n'
+    )
     monkeypatch.setenv("HORDE_SCANNER_VALIDATION__DEADLINE_S", "4")
     s = load_settings(toml)
     assert s.validation.deadline_s == 4.0  # env beats the file
@@ -68,8 +69,12 @@ def test_missing_and_broken_config_file(tmp_path: Path):
 def test_serve_with_bad_config_exits_with_message(tmp_path: Path):
     env = {**os.environ, "HORDE_SCANNER_SERVER__PORT": "99999"}
     proc = subprocess.run(
-        [sys.executable, "-m", "horde_scanner.cli", "serve"], env=env, cwd=tmp_path,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "horde_scanner.cli", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "server.port" in proc.stderr and "HORDE_SCANNER_SERVER__PORT" in proc.stderr
@@ -77,8 +82,9 @@ def test_serve_with_bad_config_exits_with_message(tmp_path: Path):
 
 def test_policy_override_and_errors(tmp_path: Path):
     custom = tmp_path / "p.toml"
-    custom.write_text('version = "mine-1"\n[horde]\nunderage_words = ["tiny"]\n'
-                      'sexual_words = ["spicy"]\n')
+    custom.write_text(
+        'version = "mine-1"\n[horde]\nunderage_words = ["tiny"]\nsexual_words = ["spicy"]\n'
+    )
     policy = Policy.load(custom)
     verdict = policy.judge(Signals(backend="horde", nsfw=False, caption="a spicy tiny thing"))
     assert verdict.label is Label.CSAM and verdict.policy_version == "mine-1"
@@ -125,8 +131,9 @@ def test_docker_compose_wires_pictrs_to_the_scanner():
     assert url.startswith("http://horde-scanner:14051/api/v1/scan/")
     assert float(env["PICTRS__MEDIA__EXTERNAL_VALIDATION_TIMEOUT"]) >= 10
     scanner_env = scanner["environment"]
-    scanner_env = (scanner_env if isinstance(scanner_env, dict)
-                   else dict(e.split("=", 1) for e in scanner_env))
+    scanner_env = (
+        scanner_env if isinstance(scanner_env, dict) else dict(e.split("=", 1) for e in scanner_env)
+    )
     assert scanner_env["HORDE_SCANNER_SERVER__HOST"] == "0.0.0.0"
     assert "14051" in str(scanner.get("expose", [])) + str(scanner.get("ports", []))
     assert "horde-scanner" in pictrs.get("depends_on", [])

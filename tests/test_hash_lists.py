@@ -38,7 +38,7 @@ def test_import_reports_bad_rows_by_line_and_keeps_the_good(tmp_path: Path):
         f"pdq,{PDQ},csam,peer.example,2024-05-01T12:00:00+00:00,first\n"
         f"md5,{SHA[:32]},csam,,,\n"
         f"pdq,{PDQ[:40]},,,,\n"
-        f"sha256,{SHA.upper()},,,1714564800,\"two\nlines\"\n"
+        f'sha256,{SHA.upper()},,,1714564800,"two\nlines"\n'
         f"sha256,{SHA},maybe,,,\n"
         f"pdq,{PDQ},csam,,yesterday,\n"
         f"pdq,{PDQ},csam,a,,,extra\n"
@@ -46,9 +46,13 @@ def test_import_reports_bad_rows_by_line_and_keeps_the_good(tmp_path: Path):
     result = cli(db, "hashes", "import", str(listing), "--source", "import-test")
     assert result.exit_code == 1
     assert "imported 2 entries" in result.output and "skipped 5 rows" in result.output
-    for line, words in [(3, "unknown signal type 'md5'"), (4, "got 40 characters"),
-                        (7, "unknown label 'maybe'"), (8, "'yesterday' is not an ISO 8601"),
-                        (9, "7 fields")]:
+    for line, words in [
+        (3, "unknown signal type 'md5'"),
+        (4, "got 40 characters"),
+        (7, "unknown label 'maybe'"),
+        (8, "'yesterday' is not an ISO 8601"),
+        (9, "7 fields"),
+    ]:
         reported = [row for row in result.output.splitlines() if f": line {line}: " in row]
         assert len(reported) == 1 and words in reported[0], (line, result.output)
 
@@ -68,7 +72,8 @@ def test_import_reports_bad_rows_by_line_and_keeps_the_good(tmp_path: Path):
     again = cli(other, "hashes", "import", str(out))
     assert again.exit_code == 0 and "imported 2 entries" in again.output
     assert parse(cli(other, "hashes", "export").output.encode())[0] == sorted(
-        entries, key=lambda e: (e.signal, e.value))
+        entries, key=lambda e: (e.signal, e.value)
+    )
 
     removed = cli(db, "hashes", "remove", "pdq", PDQ)
     assert removed.exit_code == 0
@@ -85,11 +90,18 @@ def test_unreadable_list_is_refused_with_a_reason(tmp_path: Path):
     assert result.exit_code == 1 and "not valid JSON" in result.output
     result = cli(db, "hashes", "import", "-", stdin="hello,world\n1,2\n")
     assert result.exit_code == 1 and "lacks signal, value" in result.output
-    rows = json.dumps({"format": "horde-scanner-hashes", "version": 1, "entries": [
-        {"signal": "pdq", "value": PDQ},
-        "not an object",
-        {"signal": "pdq", "value": PDQ + "00"},
-    ]}, indent=1)
+    rows = json.dumps(
+        {
+            "format": "horde-scanner-hashes",
+            "version": 1,
+            "entries": [
+                {"signal": "pdq", "value": PDQ},
+                "not an object",
+                {"signal": "pdq", "value": PDQ + "00"},
+            ],
+        },
+        indent=1,
+    )
     result = cli(db, "hashes", "import", "-", stdin=rows)
     assert result.exit_code == 1
     assert "line 9: entry is not an object" in result.output
@@ -123,8 +135,9 @@ async def test_imported_pdq_rejects_copies_and_own_positives_are_exported(tmp_pa
         assert "imported list" in result.body["reasons"][0]
         assert "note: case 7" in result.body["reasons"][0]
         assert backend.calls == 0
-        judged = await validate_upload(http, svc.scan_url(), textures.encode(positive),
-                                       "image/jpeg")
+        judged = await validate_upload(
+            http, svc.scan_url(), textures.encode(positive), "image/jpeg"
+        )
         assert judged.status == 406 and backend.calls == 1
 
     exported = parse((await asyncio.to_thread(cli, db, "hashes", "export")).output.encode())[0]

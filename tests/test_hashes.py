@@ -4,12 +4,8 @@ instances over loopback (publish, subscribe, ETag, allow, review, a source that 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
-import aiohttp
-import pytest
 from aiohttp import web
 
 from horde_scanner.backends.mock import MockBackend
@@ -23,7 +19,7 @@ from horde_scanner.store import Store
 from horde_scanner.verdict import Signals
 from tests import textures
 from tests.fakes.pictrs import validate_upload
-from tests.service import make_settings, running_service
+from tests.service import make_settings, running_service, wait_for
 
 TOKEN = "s3cret-list-token"
 
@@ -34,22 +30,6 @@ def pdq_of(data: bytes):
 
 def always_clean(image) -> Signals:
     return Signals(backend="mock", nsfw=False, caption="a photo of a landscape")
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def settings_for(tmp_path: Path, name: str, **hashes):
@@ -74,8 +54,11 @@ def test_copies_match_unrelated_pictures_do_not():
             assert distance <= 31, f"{kind} of picture {row}: distance {distance}"
             hits = index.search(copy.hex, 31)
             assert [hit.row for hit in hits] == [row], kind
-    unrelated = [pdq_of(textures.encode(textures.textured(c, seed=s)))
-                 for c in ("red", "green", "blue") for s in (50, 51, 52)]
+    unrelated = [
+        pdq_of(textures.encode(textures.textured(c, seed=s)))
+        for c in ("red", "green", "blue")
+        for s in (50, 51, 52)
+    ]
     for other in unrelated:
         assert min(pdq_distance(other.hex, h.hex) for h in hashes) > 31
         assert index.search(other.hex, 31) == []
@@ -174,15 +157,25 @@ async def test_subscribed_list_rejects_near_copy_without_backend(tmp_path: Path,
     backend_a = MockBackend(textures.red_is_csam)
     backend_b = MockBackend(always_clean)  # B's own backend would let it through
     positive = textures.textured("red", seed=21)
-    a_settings = settings_for(tmp_path, "a", publish=True, publish_token=TOKEN,
-                              publish_source="a.example")
+    a_settings = settings_for(
+        tmp_path, "a", publish=True, publish_token=TOKEN, publish_source="a.example"
+    )
     async with running_service(a_settings, backend=backend_a) as a:
         first = await validate_upload(http, a.scan_url(), textures.encode(positive), "image/jpeg")
         assert first.status == 406
 
-        b_settings = settings_for(tmp_path, "b", subscriptions=[{
-            "name": "a", "url": f"{a.url}/api/v1/hashes", "token": TOKEN, "refresh_s": 0.2,
-        }])
+        b_settings = settings_for(
+            tmp_path,
+            "b",
+            subscriptions=[
+                {
+                    "name": "a",
+                    "url": f"{a.url}/api/v1/hashes",
+                    "token": TOKEN,
+                    "refresh_s": 0.2,
+                }
+            ],
+        )
         async with running_service(b_settings, backend=backend_b) as b:
             hashes_b = b.services.hashes
             await wait_for(lambda: _has(hashes_b.size > 0))
@@ -193,8 +186,9 @@ async def test_subscribed_list_rejects_near_copy_without_backend(tmp_path: Path,
             assert "source a.example" in result.body["reasons"][0]
             assert backend_b.calls == 0
             # The exact bytes are on the list by sha256 too.
-            exact = await validate_upload(http, b.scan_url(), textures.encode(positive),
-                                          "image/jpeg")
+            exact = await validate_upload(
+                http, b.scan_url(), textures.encode(positive), "image/jpeg"
+            )
             assert exact.status == 406 and backend_b.calls == 0
             # Something unrelated is B's own backend's business.
             other = textures.encode(textures.textured("red", seed=99))
@@ -209,16 +203,21 @@ async def test_subscribed_list_rejects_near_copy_without_backend(tmp_path: Path,
             state = await hashes_b.hashes.subscription("a")
             assert state.bytes_fetched == fetched and state.entries == 2
 
-        async with http.get(f"{a.url}/api/v1/hashes",
-                            headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+        async with http.get(
+            f"{a.url}/api/v1/hashes", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as resp:
             assert resp.status == 200
             etag = resp.headers["ETag"]
             entries, errors = parse(await resp.read())
             assert not errors
-            assert {(e.signal, e.source) for e in entries} == {("sha256", "a.example"),
-                                                               ("pdq", "a.example")}
-        async with http.get(f"{a.url}/api/v1/hashes", headers={
-                "Authorization": f"Bearer {TOKEN}", "If-None-Match": etag}) as resp:
+            assert {(e.signal, e.source) for e in entries} == {
+                ("sha256", "a.example"),
+                ("pdq", "a.example"),
+            }
+        async with http.get(
+            f"{a.url}/api/v1/hashes",
+            headers={"Authorization": f"Bearer {TOKEN}", "If-None-Match": etag},
+        ) as resp:
             assert resp.status == 304 and await resp.read() == b""
         async with http.get(f"{a.url}/api/v1/hashes") as resp:
             assert resp.status == 401 and (await resp.json())["error"] == "unauthorized"
@@ -239,8 +238,11 @@ async def test_allow_overrides_subscribed_deny_and_removal_propagates(tmp_path: 
     async with running_service(a_settings, backend=backend_a) as a:
         first = await validate_upload(http, a.scan_url(), textures.encode(positive), "image/jpeg")
         assert first.status == 406
-        b_settings = settings_for(tmp_path, "b", subscriptions=[
-            {"name": "a", "url": f"{a.url}/api/v1/hashes", "refresh_s": 0.2}])
+        b_settings = settings_for(
+            tmp_path,
+            "b",
+            subscriptions=[{"name": "a", "url": f"{a.url}/api/v1/hashes", "refresh_s": 0.2}],
+        )
         async with running_service(b_settings, backend=backend_b) as b:
             await wait_for(lambda: _has(b.services.hashes.size > 0))
             png = copies["reencoded-png"]
@@ -254,12 +256,14 @@ async def test_allow_overrides_subscribed_deny_and_removal_propagates(tmp_path: 
             assert allowed.body["route"] == "allow"
             # The allow also overrides the subscribed PDQ entry for other copies...
             calls = backend_b.calls
-            other = await wait_for(lambda: _upload_ok(http, b.scan_url(),
-                                                      copies["recompressed-q35"]))
+            other = await wait_for(
+                lambda: _upload_ok(http, b.scan_url(), copies["recompressed-q35"])
+            )
             assert other.body["route"] == "backend" and backend_b.calls == calls + 1
             # ...and the original's exact sha256 on A's list still counts.
-            exact = await validate_upload(http, b.scan_url(), textures.encode(positive),
-                                          "image/jpeg")
+            exact = await validate_upload(
+                http, b.scan_url(), textures.encode(positive), "image/jpeg"
+            )
             assert exact.status == 406
 
             # A's admin removes the entry at the source: it leaves A's published list, and
@@ -271,6 +275,7 @@ async def test_allow_overrides_subscribed_deny_and_removal_propagates(tmp_path: 
                 async with http.get(f"{a.url}/api/v1/hashes") as resp:
                     entries, _ = parse(await resp.read())
                 return not entries
+
             await wait_for(gone)
             upscaled = copies["upscaled"]
             result = await wait_for(lambda: _upload_ok(http, b.scan_url(), upscaled))
@@ -284,9 +289,18 @@ async def test_review_source_accepts_and_flags(tmp_path: Path, http):
     a_settings = settings_for(tmp_path, "a", publish=True, publish_public=True)
     async with running_service(a_settings, backend=backend_a) as a:
         await validate_upload(http, a.scan_url(), textures.encode(positive), "image/jpeg")
-        b_settings = settings_for(tmp_path, "b", subscriptions=[{
-            "name": "maybe", "url": f"{a.url}/api/v1/hashes", "trust": "review",
-            "refresh_s": 30}])
+        b_settings = settings_for(
+            tmp_path,
+            "b",
+            subscriptions=[
+                {
+                    "name": "maybe",
+                    "url": f"{a.url}/api/v1/hashes",
+                    "trust": "review",
+                    "refresh_s": 30,
+                }
+            ],
+        )
         async with running_service(b_settings, backend=backend_b) as b:
             await wait_for(lambda: _has(b.services.hashes.size > 0))
             copy = textures.variants(positive)["recompressed-q35"]
@@ -295,27 +309,32 @@ async def test_review_source_accepts_and_flags(tmp_path: Path, http):
             assert backend_b.calls == 1
             flags = await b.services.hashes.hashes.flags()
             assert [(f.sha256, f.origin, f.signal) for f in flags] == [
-                (result.body["sha256"], "maybe", "pdq")]
+                (result.body["sha256"], "maybe", "pdq")
+            ]
             trail = await b.services.store.audit_trail(result.body["sha256"])
             assert "hash_review" in [t.event for t in trail]
 
 
 async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
-    good = [HashEntry("pdq", pdq_of(textures.encode(textures.textured("red", seed=51))).hex),
-            HashEntry("sha256", "ab" * 32, note="reported")]
+    good = [
+        HashEntry("pdq", pdq_of(textures.encode(textures.textured("red", seed=51))).hex),
+        HashEntry("sha256", "ab" * 32, note="reported"),
+    ]
     mode = {"now": "good"}
 
     async def serve(request: web.Request) -> web.Response:
         if mode["now"] == "good":
-            return web.Response(text=dump_json(good), content_type="application/json",
-                                headers={"ETag": '"v1"'})
+            return web.Response(
+                text=dump_json(good), content_type="application/json", headers={"ETag": '"v1"'}
+            )
         if mode["now"] == "error":
             return web.Response(status=503, text="maintenance")
         if mode["now"] == "garbage":
             return web.Response(text="<html>not a list</html>", content_type="text/html")
         # Valid JSON, every row wrong: wrong hex length, unknown type.
-        return web.json_response([{"signal": "pdq", "value": "abc"},
-                                  {"signal": "md5", "value": "00" * 16}])
+        return web.json_response(
+            [{"signal": "pdq", "value": "abc"}, {"signal": "md5", "value": "00" * 16}]
+        )
 
     source = web.Application()
     source.router.add_get("/list", serve)
@@ -324,8 +343,9 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/list"
-    settings = settings_for(tmp_path, "sub", subscriptions=[
-        {"name": "src", "url": url, "refresh_s": 3600}])
+    settings = settings_for(
+        tmp_path, "sub", subscriptions=[{"name": "src", "url": url, "refresh_s": 3600}]
+    )
     try:
         async with running_service(settings, backend=MockBackend()) as svc:
             subscriber = svc.runner.app[SUBSCRIBER]
@@ -342,9 +362,9 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
                 assert hashes.size == 1
                 assert len(await hashes.hashes.sha256_entries("ab" * 32)) == 1
             # The service still answers.
-            result = await validate_upload(http, svc.scan_url(),
-                                           textures.encode(textures.textured("blue")),
-                                           "image/jpeg")
+            result = await validate_upload(
+                http, svc.scan_url(), textures.encode(textures.textured("blue")), "image/jpeg"
+            )
             assert result.status == 200
     finally:
         await runner.cleanup()

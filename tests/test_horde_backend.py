@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 
-import aiohttp
 import pytest
 from PIL import Image
 
@@ -19,8 +18,12 @@ from tests.fakes.horde import FakeHorde
 
 def settings(url: str, **overrides: object) -> HordeSettings:
     values: dict[str, object] = {
-        "url": url, "poll_interval_s": 0.12, "status_polls_per_s": 100.0, "retries": 2,
-        "http_timeout_s": 2.0, "maintenance_pause_s": 30.0,
+        "url": url,
+        "poll_interval_s": 0.12,
+        "status_polls_per_s": 100.0,
+        "retries": 2,
+        "http_timeout_s": 2.0,
+        "maintenance_pause_s": 30.0,
     }
     values.update(overrides)
     return HordeSettings(**values)  # type: ignore[arg-type]
@@ -28,12 +31,6 @@ def settings(url: str, **overrides: object) -> HordeSettings:
 
 def prepared(colour: str = "green", seed: int = 0):
     return prepare(images.jpeg(colour, seed=seed), DecodeLimits())
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_signals_from_nsfw_caption_and_interrogation(http):

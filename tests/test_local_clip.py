@@ -67,8 +67,9 @@ def test_scores_are_the_model_s_own_cosine_similarities(scorer: ClipScorer, tiny
     enc = tok(PHRASES, padding=True, return_tensors="pt")
     pixels = torch.from_numpy(scorer.preprocess.pixels(imgs))
     with torch.inference_mode():
-        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                    pixel_values=pixels)
+        out = model(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels
+        )
         cos = (out.logits_per_image / model.logit_scale.exp()).numpy()
     for row, expected in zip(got, cos, strict=True):
         for phrase, value in zip(PHRASES, expected, strict=True):
@@ -80,10 +81,16 @@ def test_scores_are_the_model_s_own_cosine_similarities(scorer: ClipScorer, tiny
 
 def test_preprocessing_follows_the_model_s_preprocessor_config(tmp_path: Path, tiny_model: Path):
     copy = Path(shutil.copytree(tiny_model, tmp_path / "m"))
-    (copy / "preprocessor_config.json").write_text(json.dumps({
-        "size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32},
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],
-    }))
+    (copy / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "size": {"shortest_edge": 40},
+                "crop_size": {"height": 32, "width": 32},
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+            }
+        )
+    )
     s = ClipScorer.load(model_dir=copy, device="cpu")
     assert (s.preprocess.resize, s.preprocess.crop) == (40, 32)
     assert s.preprocess.mean == (0.5, 0.5, 0.5)
@@ -129,8 +136,9 @@ def test_load_errors_say_what_to_do(tmp_path: Path):
     with pytest.raises(ModelUnavailable, match="not a directory"):
         ClipScorer.load(model_dir=tmp_path / "missing", device="cpu")
     with pytest.raises(ModelUnavailable, match="local.model_dir"):
-        ClipScorer.load(model="nobody/no-such-clip", cache_dir=tmp_path / "hub", offline=True,
-                        device="cpu")
+        ClipScorer.load(
+            model="nobody/no-such-clip", cache_dir=tmp_path / "hub", offline=True, device="cpu"
+        )
     if not torch.cuda.is_available():
         with pytest.raises(ModelUnavailable, match="no CUDA"):
             ClipScorer.load(model_dir=tmp_path, device="cuda")
@@ -142,8 +150,9 @@ def test_loads_a_hub_name_from_the_hugging_face_cache(tmp_path: Path, tiny_model
     shutil.copytree(tiny_model, repo / "snapshots" / "0123abcd")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
-    s = ClipScorer.load(model="tiny-org/tiny-clip", cache_dir=tmp_path / "hub", offline=True,
-                        device="cpu")
+    s = ClipScorer.load(
+        model="tiny-org/tiny-clip", cache_dir=tmp_path / "hub", offline=True, device="cpu"
+    )
     s.set_phrases(PHRASES)
     assert len(s.score([images.image()])[0]) == len(PHRASES)
 
@@ -154,14 +163,14 @@ async def test_service_judges_uploads_with_local_clip(
 ):
     async with FakeHorde(latency=0.1) as horde:
         settings = make_settings(
-            tmp_path / "s.db", horde.url,
+            tmp_path / "s.db",
+            horde.url,
             backend={"kind": "local"},
             local={"model_dir": tiny_model, "device": "cpu", "batch_wait_ms": 1},
             policy={"path": forced_policy(tmp_path / "p.toml", threshold)},
         )
         async with running_service(settings) as svc, aiohttp.ClientSession() as http:
-            result = await validate_upload(http, svc.scan_url(), images.jpeg(seed=3),
-                                           "image/jpeg")
+            result = await validate_upload(http, svc.scan_url(), images.jpeg(seed=3), "image/jpeg")
             assert (result.status, result.body["label"]) == (status, label)
             if label == "csam":
                 assert any("clip 'a photo of a child'" in r for r in result.body["reasons"])
@@ -177,8 +186,11 @@ async def test_auto_uses_in_process_clip_when_cuda_is_there(
 ):
     import local_gpu
 
-    settings = make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api",
-                             local={"model_dir": tiny_model, "device": "cpu"})
+    settings = make_settings(
+        tmp_path / "s.db",
+        "http://127.0.0.1:9/api",
+        local={"model_dir": tiny_model, "device": "cpu"},
+    )
     async with aiohttp.ClientSession() as session:
         # This machine has no GPU: auto means the Horde.
         assert build_backend(settings, session).name == "horde"
@@ -186,8 +198,11 @@ async def test_auto_uses_in_process_clip_when_cuda_is_there(
         backend = build_backend(settings, session)
         assert backend.name == "clip"
         await backend.aclose()
-        broken = make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api",
-                               local={"model_dir": tmp_path / "nothing", "device": "cpu"})
+        broken = make_settings(
+            tmp_path / "s.db",
+            "http://127.0.0.1:9/api",
+            local={"model_dir": tmp_path / "nothing", "device": "cpu"},
+        )
         with pytest.raises(ConfigError, match="local: local.model_dir"):
             build_backend(broken, session)
 
@@ -196,7 +211,8 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
     policy_path = forced_policy(tmp_path / "p.toml", -1.0)
     async with FakeHorde(latency=0.1) as horde:
         settings = make_settings(
-            tmp_path / "s.db", horde.url,
+            tmp_path / "s.db",
+            horde.url,
             backend={"kind": "local"},
             local={"in_process": False},
             workers={"keys": ["gpu-key"]},
@@ -205,8 +221,9 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
         async with running_service(settings) as svc, aiohttp.ClientSession() as http:
             scorer = ClipScorer.load(model_dir=tiny_model, device="cpu")
             backend = LocalClipBackend(scorer, Policy.load().clip.phrases, batch_wait_ms=1)
-            worker = Worker(svc.url, "gpu-key", backend, name="gpu-1", concurrency=2,
-                            poll_wait_s=0.5)
+            worker = Worker(
+                svc.url, "gpu-key", backend, name="gpu-1", concurrency=2, poll_wait_s=0.5
+            )
             stop = asyncio.Event()
             run = asyncio.create_task(worker.run(stop))
             pool = svc.services.workers
@@ -214,8 +231,7 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
                 await asyncio.sleep(0.02)
             # It scores the service's phrases, not its own bundled ones.
             assert set(scorer.phrases) == {"a photo of a child", "a nude body"}
-            result = await validate_upload(http, svc.scan_url(), images.jpeg(seed=4),
-                                           "image/jpeg")
+            result = await validate_upload(http, svc.scan_url(), images.jpeg(seed=4), "image/jpeg")
             stop.set()
             stats = await run
             await backend.aclose()
@@ -232,7 +248,20 @@ def test_worker_command_reports_bad_arguments(tmp_path: Path):
     runner = CliRunner()
     result = runner.invoke(main, ["worker", "--server", "scanner:14051", "--key", "k"])
     assert result.exit_code == 2 and "http:// or https://" in result.output
-    result = runner.invoke(main, ["--db", str(tmp_path / "s.db"), "worker", "--server",
-                                  "http://127.0.0.1:9", "--key", "k", "--model-dir",
-                                  str(tmp_path / "none"), "--device", "cpu"])
+    result = runner.invoke(
+        main,
+        [
+            "--db",
+            str(tmp_path / "s.db"),
+            "worker",
+            "--server",
+            "http://127.0.0.1:9",
+            "--key",
+            "k",
+            "--model-dir",
+            str(tmp_path / "none"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1 and "not a directory" in result.output

@@ -18,12 +18,6 @@ from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def scrape(http: aiohttp.ClientSession, base: str, token: str | None = None) -> dict:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with http.get(f"{base}/metrics", headers=headers) as resp:
@@ -45,14 +39,13 @@ async def test_metrics_count_answers_routes_deadlines_errors_and_sweeps(tmp_path
     backend = MockBackend(delay_s=0.0)
     settings = admin_settings(tmp_path, validation={"deadline_s": 0.4})
     async with running_service(settings, backend=backend) as svc:
-        red, green, slow = (images.jpeg(c, seed=50 + i) for i, c in
-                            enumerate(["red", "green", "blue"]))
+        red, green, slow = (
+            images.jpeg(c, seed=50 + i) for i, c in enumerate(["red", "green", "blue"])
+        )
         assert (await validate_upload(http, svc.scan_url(), red, "image/jpeg")).status == 406
         assert (await validate_upload(http, svc.scan_url(), red, "image/jpeg")).status == 406
         assert (await validate_upload(http, svc.scan_url(), green, "image/jpeg")).status == 200
-        await svc.services.store.set_list(
-            sha256_hex(green), "allow"
-        )
+        await svc.services.store.set_list(sha256_hex(green), "allow")
         svc.services.judge.forget()
         assert (await validate_upload(http, svc.scan_url(), green, "image/jpeg")).status == 200
         backend.delay_s = 3.0
@@ -72,16 +65,19 @@ async def test_metrics_count_answers_routes_deadlines_errors_and_sweeps(tmp_path
     assert value(m, "horde_scanner_validation_seconds_count") == 5
     assert value(m, "horde_scanner_validation_seconds_bucket", le="+Inf") == 5
     assert value(m, "horde_scanner_validation_seconds_bucket", le="0.002") <= 5
-    assert value(m, "horde_scanner_answers_total", label="csam", route="mock",
-                 answer="reject") == 1
-    assert value(m, "horde_scanner_answers_total", label="csam", route="cache",
-                 answer="reject") == 1
-    assert value(m, "horde_scanner_answers_total", label="clean", route="mock",
-                 answer="accept") == 1
-    assert value(m, "horde_scanner_answers_total", label="clean", route="list",
-                 answer="accept") == 1
-    assert value(m, "horde_scanner_answers_total", label="none", route="timeout",
-                 answer="accept") == 1
+    assert value(m, "horde_scanner_answers_total", label="csam", route="mock", answer="reject") == 1
+    assert (
+        value(m, "horde_scanner_answers_total", label="csam", route="cache", answer="reject") == 1
+    )
+    assert (
+        value(m, "horde_scanner_answers_total", label="clean", route="mock", answer="accept") == 1
+    )
+    assert (
+        value(m, "horde_scanner_answers_total", label="clean", route="list", answer="accept") == 1
+    )
+    assert (
+        value(m, "horde_scanner_answers_total", label="none", route="timeout", answer="accept") == 1
+    )
     assert value(m, "horde_scanner_deadline_hits_total", on_timeout="accept") == 1
     assert value(m, "horde_scanner_cache_hit_ratio") == pytest.approx(2 / 5)
     assert value(m, "horde_scanner_errors_total", kind="unknown_client") == 1
@@ -112,16 +108,20 @@ async def test_horde_in_flight_and_kudos_and_per_app_registries(tmp_path: Path, 
     assert value(ma, "horde_scanner_horde_in_flight") == 0
     # nsfw + caption, each 1 kudos + 2 burn with slow workers (reference §4).
     assert value(ma, "horde_scanner_horde_kudos_estimated_total") == 6
-    assert value(ma, "horde_scanner_answers_total", label="csam", route="horde",
-                 answer="reject") == 1
+    assert (
+        value(ma, "horde_scanner_answers_total", label="csam", route="horde", answer="reject") == 1
+    )
     assert value(mb, "horde_scanner_horde_kudos_estimated_total") == 0
-    assert ("horde_scanner_answers_total",
-            (("answer", "reject"), ("label", "csam"), ("route", "horde"))) not in mb
+    assert (
+        "horde_scanner_answers_total",
+        (("answer", "reject"), ("label", "csam"), ("route", "horde")),
+    ) not in mb
 
 
 async def test_metrics_can_be_turned_off(tmp_path: Path, http):
-    settings = make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api",
-                             metrics={"enabled": False})
+    settings = make_settings(
+        tmp_path / "s.db", "http://127.0.0.1:9/api", metrics={"enabled": False}
+    )
     async with running_service(settings, backend=MockBackend()) as svc:
         async with http.get(f"{svc.url}/metrics") as resp:
             assert resp.status == 404

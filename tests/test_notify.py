@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import NotifySettings
@@ -19,12 +18,6 @@ from tests import images
 from tests.admin_helpers import admin_settings, webhook_sink
 from tests.fakes.pictrs import validate_upload
 from tests.service import running_service
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -40,8 +33,11 @@ async def test_positive_and_backend_down_up_are_posted(tmp_path: Path, http):
     async with webhook_sink() as sink:
         settings = admin_settings(
             tmp_path,
-            notify={"webhook_url": sink.url, "readiness_interval_s": 0.05,
-                    "admin_url": "https://scanner.example/admin"},
+            notify={
+                "webhook_url": sink.url,
+                "readiness_interval_s": 0.05,
+                "admin_url": "https://scanner.example/admin",
+            },
         )
         async with running_service(settings, backend=backend) as svc:
             red, green = images.jpeg("red", seed=70), images.jpeg("green", seed=71)
@@ -67,13 +63,12 @@ async def test_positive_and_backend_down_up_are_posted(tmp_path: Path, http):
 
 async def test_discord_template_and_failures_are_logged_not_fatal(tmp_path: Path, http, caplog):
     async with webhook_sink(status=500) as sink:
-        settings = admin_settings(
-            tmp_path, notify={"webhook_url": sink.url, "template": "discord"}
-        )
+        settings = admin_settings(tmp_path, notify={"webhook_url": sink.url, "template": "discord"})
         async with running_service(settings, backend=MockBackend()) as svc:
             with caplog.at_level(logging.WARNING, logger="horde_scanner.notify"):
-                result = await validate_upload(http, svc.scan_url(),
-                                               images.jpeg("magenta", seed=72), "image/jpeg")
+                result = await validate_upload(
+                    http, svc.scan_url(), images.jpeg("magenta", seed=72), "image/jpeg"
+                )
                 assert result.status == 200 and result.body["label"] == "nsfw"
                 await wait_until(lambda: svc.services.notifier.failed == 1)
     (payload,) = sink.received
@@ -96,8 +91,9 @@ def test_templates_are_data_for_matrix_discord_slack_and_plain_json():
 
 async def test_a_stuck_webhook_never_blocks_and_the_queue_is_bounded():
     async with webhook_sink(delay_s=1.0) as sink, aiohttp.ClientSession() as session:
-        notifier = Notifier(NotifySettings(webhook_url=sink.url, queue_size=2, timeout_s=0.5),
-                            session)
+        notifier = Notifier(
+            NotifySettings(webhook_url=sink.url, queue_size=2, timeout_s=0.5), session
+        )
         await notifier.start()
         # notify() is a plain function: it cannot wait for the webhook, only queue or drop.
         for i in range(10):

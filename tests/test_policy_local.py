@@ -16,8 +16,9 @@ from local_gpu.batching import DynamicBatcher
 
 
 def clip(**scores: float) -> Signals:
-    return Signals(backend="clip", scores={CLIP_PREFIX + k.replace("_", " "): v
-                                           for k, v in scores.items()})
+    return Signals(
+        backend="clip", scores={CLIP_PREFIX + k.replace("_", " "): v for k, v in scores.items()}
+    )
 
 
 @pytest.fixture
@@ -49,15 +50,17 @@ def test_control_phrase_cancels_a_borderline_underage_cue(policy: Policy):
 
 def test_prescreen_classes_and_per_class_thresholds(policy: Policy):
     def pre(**scores: float) -> Signals:
-        return Signals(backend="prescreen", scores={PRESCREEN_PREFIX + k: v
-                                                    for k, v in scores.items()})
+        return Signals(
+            backend="prescreen", scores={PRESCREEN_PREFIX + k: v for k, v in scores.items()}
+        )
 
     assert policy.judge(pre(ANUS_EXPOSED=0.5)).label is Label.NSFW
     assert policy.judge(pre(BUTTOCKS_EXPOSED=0.5)).label is Label.CLEAN  # its own 0.6
     assert policy.judge(pre(FACE_FEMALE=0.99)).label is Label.CLEAN  # not a sexual class
     # A pre-screen hit plus an underage caption from the next backend is CSAM.
-    merged = Signals(backend="horde", caption="a little girl",
-                     scores={PRESCREEN_PREFIX + "ANUS_EXPOSED": 0.9})
+    merged = Signals(
+        backend="horde", caption="a little girl", scores={PRESCREEN_PREFIX + "ANUS_EXPOSED": 0.9}
+    )
     bundled = Policy.load()
     assert bundled.judge(merged).label is Label.CSAM
 
@@ -65,8 +68,7 @@ def test_prescreen_classes_and_per_class_thresholds(policy: Policy):
 def test_worker_booleans(policy: Policy):
     says = Signals(backend="worker:w", nsfw=True, scores={WORKER_CSAM: 1.0})
     assert policy.judge(says).label is Label.CSAM
-    assert policy.judge(says.model_copy(update={"scores": {WORKER_CSAM: 0.0}})).label \
-        is Label.NSFW
+    assert policy.judge(says.model_copy(update={"scores": {WORKER_CSAM: 0.0}})).label is Label.NSFW
 
 
 def test_bundled_policy_has_clip_phrases():
@@ -98,8 +100,7 @@ async def test_batcher_fills_batches_and_pushes_back():
         seen.append(len(batch))
         return [x * 2 for x in batch]
 
-    batcher: DynamicBatcher[int, int] = DynamicBatcher(run, batch_size=4, wait_s=0.01,
-                                                       max_queue=5)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(run, batch_size=4, wait_s=0.01, max_queue=5)
     first = asyncio.create_task(batcher.submit(0))  # runs alone, then blocks on the gate
     await asyncio.sleep(0.05)
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
@@ -123,10 +124,8 @@ async def test_batcher_failure_reaches_every_caller_and_it_keeps_going():
             raise RuntimeError("CUDA out of memory")
         return batch
 
-    batcher: DynamicBatcher[int, int] = DynamicBatcher(run, batch_size=8, wait_s=0.02,
-                                                       max_queue=10)
-    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)),
-                                   return_exceptions=True)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(run, batch_size=8, wait_s=0.02, max_queue=10)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     assert await batcher.submit(7) == 7
     await batcher.aclose()

@@ -46,8 +46,9 @@ def scenes() -> list[Image.Image]:
     draw.ellipse((380, 40, 460, 120), fill=(250, 230, 90))
     draw.polygon([(100, 380), (160, 220), (220, 380)], fill=(30, 90, 40))
     out.append(scene)
-    out.append(Image.fromarray(np.random.default_rng(1).integers(0, 256, (384, 512, 3),
-                                                                  dtype=np.uint8)))
+    out.append(
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (384, 512, 3), dtype=np.uint8))
+    )
     return out
 
 
@@ -81,10 +82,12 @@ async def test_clean_images_are_answered_without_the_next_backend(detector: Nudi
     backend = PrescreenBackend(detector, Policy.load().prescreen, nxt, threads=2)
     limits = DecodeLimits()
     try:
-        results = await asyncio.gather(*(
-            backend.judge(prepare(images.jpeg(c, seed=i), limits))
-            for i, c in enumerate(["red", "green", "magenta"])
-        ))
+        results = await asyncio.gather(
+            *(
+                backend.judge(prepare(images.jpeg(c, seed=i), limits))
+                for i, c in enumerate(["red", "green", "magenta"])
+            )
+        )
     finally:
         await backend.aclose()
     assert nxt.calls == 0 and backend.cleared == 3
@@ -123,8 +126,7 @@ async def test_busy_pre_screen_hands_images_on_instead_of_queueing():
             return {c: 0.0 for c in nudenet_classes()}
 
     nxt = MockBackend()
-    backend = PrescreenBackend(SlowDetector(), Policy.load().prescreen, nxt, threads=1,
-                               max_queue=1)
+    backend = PrescreenBackend(SlowDetector(), Policy.load().prescreen, nxt, threads=1, max_queue=1)
     image = prepare(images.jpeg(), DecodeLimits())
     first = asyncio.create_task(backend.judge(image))
     await asyncio.sleep(0.05)
@@ -137,11 +139,13 @@ async def test_busy_pre_screen_hands_images_on_instead_of_queueing():
 
 async def test_service_answers_clean_uploads_locally(tmp_path: Path):
     async with FakeHorde(latency=0.3) as horde, aiohttp.ClientSession() as http:
-        settings = make_settings(tmp_path / "s.db", horde.url, backend={"kind": "horde"},
-                                 prescreen={"enabled": True})
+        settings = make_settings(
+            tmp_path / "s.db", horde.url, backend={"kind": "horde"}, prescreen={"enabled": True}
+        )
         async with running_service(settings) as svc:
-            result = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=2),
-                                           "image/jpeg")
+            result = await validate_upload(
+                http, svc.scan_url(), images.jpeg("red", seed=2), "image/jpeg"
+            )
             async with http.get(f"{svc.url}/readyz") as resp:
                 ready = await resp.json()
         assert (result.status, result.body["label"]) == (200, "clean")
@@ -150,20 +154,29 @@ async def test_service_answers_clean_uploads_locally(tmp_path: Path):
         assert "1 cleared" in ready["paths"]["prescreen"]["detail"]
 
         # Under a stricter policy the same kind of image goes on to the Horde.
-        strict = make_settings(tmp_path / "t.db", horde.url, backend={"kind": "horde"},
-                               prescreen={"enabled": True},
-                               policy={"path": strict_policy(tmp_path / "p.toml")})
+        strict = make_settings(
+            tmp_path / "t.db",
+            horde.url,
+            backend={"kind": "horde"},
+            prescreen={"enabled": True},
+            policy={"path": strict_policy(tmp_path / "p.toml")},
+        )
         async with running_service(strict) as svc:
-            result = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=3),
-                                           "image/jpeg")
+            result = await validate_upload(
+                http, svc.scan_url(), images.jpeg("red", seed=3), "image/jpeg"
+            )
         assert result.status == 406 and horde.posts == 1
 
 
 async def test_second_opinion_overrules_a_clear_in_the_background(tmp_path: Path):
     red = images.jpeg("red", seed=4)
     async with FakeHorde(latency=0.3) as horde, aiohttp.ClientSession() as http:
-        settings = make_settings(tmp_path / "s.db", horde.url, backend={"kind": "horde"},
-                                 prescreen={"enabled": True, "second_opinion": True})
+        settings = make_settings(
+            tmp_path / "s.db",
+            horde.url,
+            backend={"kind": "horde"},
+            prescreen={"enabled": True, "second_opinion": True},
+        )
         async with running_service(settings) as svc:
             first = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             assert first.status == 200 and first.body["label"] == "clean"
@@ -183,9 +196,12 @@ async def test_second_opinion_overrules_a_clear_in_the_background(tmp_path: Path
 
 
 async def test_missing_model_is_a_config_error(tmp_path: Path):
-    settings = make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api",
-                             backend={"kind": "horde"},
-                             prescreen={"enabled": True, "model_path": tmp_path / "no.onnx"})
+    settings = make_settings(
+        tmp_path / "s.db",
+        "http://127.0.0.1:9/api",
+        backend={"kind": "horde"},
+        prescreen={"enabled": True, "model_path": tmp_path / "no.onnx"},
+    )
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ConfigError, match="prescreen: prescreen.model_path"):
             build_backend(settings, session)

@@ -30,8 +30,9 @@ async def test_admit_release_and_discard(tmp_path: Path):
         original.parent.mkdir(parents=True)
         original.write_bytes(data)
 
-        item = await q.admit_file(sha, original, origin="local",
-                                  detail={"instance": "lemmy.example"})
+        item = await q.admit_file(
+            sha, original, origin="local", detail={"instance": "lemmy.example"}
+        )
         assert not original.exists()
         held = q.held_path(sha)
         assert held == tmp_path / "q" / sha[:2] / sha and held.read_bytes() == data

@@ -25,8 +25,13 @@ KEY = "k"
 
 
 def settings_for(tmp_path: Path, horde_url: str, kind: str, **sections):
-    return make_settings(tmp_path / "s.db", horde_url, backend={"kind": kind},
-                         local={"in_process": False}, **sections)
+    return make_settings(
+        tmp_path / "s.db",
+        horde_url,
+        backend={"kind": kind},
+        local={"in_process": False},
+        **sections,
+    )
 
 
 def named_mock(name: str, latency_s: float, **kwargs) -> MockBackend:
@@ -40,16 +45,17 @@ async def test_kinds_resolve_at_start_up(tmp_path: Path):
     async with aiohttp.ClientSession() as session:
         url = "http://127.0.0.1:9/api"
         # No GPU in process, no workers: auto is the Horde.
-        assert isinstance(build_backend(settings_for(tmp_path, url, "auto"), session),
-                          HordeBackend)
-        assert isinstance(build_backend(settings_for(tmp_path, url, "horde"), session),
-                          HordeBackend)
+        assert isinstance(build_backend(settings_for(tmp_path, url, "auto"), session), HordeBackend)
+        assert isinstance(
+            build_backend(settings_for(tmp_path, url, "horde"), session), HordeBackend
+        )
         pool_settings = settings_for(tmp_path, url, "auto", workers={"keys": [KEY]})
         pool = WorkerPool(pool_settings.workers)
         # A configured worker pool makes auto local.
         assert build_backend(pool_settings, session, pool=pool) is pool
-        hybrid = build_backend(settings_for(tmp_path, url, "hybrid", workers={"keys": [KEY]}),
-                               session, pool=pool)
+        hybrid = build_backend(
+            settings_for(tmp_path, url, "hybrid", workers={"keys": [KEY]}), session, pool=pool
+        )
         assert isinstance(hybrid, RoutedBackend)
         assert [p.name for p in hybrid.members] == ["workers", "horde"]
         with pytest.raises(ConfigError, match="backend.kind=local: no local path"):
@@ -61,9 +67,12 @@ async def test_kinds_resolve_at_start_up(tmp_path: Path):
 async def test_hybrid_prefers_live_workers_and_falls_back_to_the_horde(tmp_path: Path):
     limits = DecodeLimits()
     async with FakeHorde(latency=0.2) as horde:
-        settings = settings_for(tmp_path, horde.url, "hybrid",
-                                workers={"keys": [KEY], "missing_after_s": 0.3,
-                                         "max_queue": 1})
+        settings = settings_for(
+            tmp_path,
+            horde.url,
+            "hybrid",
+            workers={"keys": [KEY], "missing_after_s": 0.3, "max_queue": 1},
+        )
         async with aiohttp.ClientSession() as session:
             pool = WorkerPool(settings.workers)
             router = build_backend(settings, session, pool=pool)
@@ -102,8 +111,9 @@ async def test_hybrid_prefers_live_workers_and_falls_back_to_the_horde(tmp_path:
 async def test_saturated_pool_sends_new_images_to_the_horde(tmp_path: Path):
     limits = DecodeLimits()
     async with FakeHorde(latency=0.1) as horde:
-        settings = settings_for(tmp_path, horde.url, "hybrid",
-                                workers={"keys": [KEY], "max_queue": 1})
+        settings = settings_for(
+            tmp_path, horde.url, "hybrid", workers={"keys": [KEY], "max_queue": 1}
+        )
         async with aiohttp.ClientSession() as session:
             pool = WorkerPool(settings.workers)
             router = build_backend(settings, session, pool=pool)
@@ -172,8 +182,9 @@ async def test_readyz_lists_every_path(tmp_path: Path):
         async with running_service(settings) as svc:
             async with http.get(f"{svc.url}/readyz") as resp:
                 body = await resp.json()
-            result = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=5),
-                                           "image/jpeg")
+            result = await validate_upload(
+                http, svc.scan_url(), images.jpeg("red", seed=5), "image/jpeg"
+            )
     assert body["backend"]["name"] == "hybrid" and body["status"] == "ready"
     assert body["paths"]["workers"]["live"] is False
     assert "no worker polled" in body["paths"]["workers"]["detail"]

@@ -176,8 +176,9 @@ async def test_delete_through_pictrs_purges_aliases(tmp_path: Path):
         assert green in pictrs.images
         assert not thumb.exists()
         assert any("prune_missing" in n and "1 file" in n for n in report.notes)
-        by_how = {a["detail"]["identifier"]: a for a in audit_rows(tmp_path / "s.db",
-                                                                     "scan_action")}
+        by_how = {
+            a["detail"]["identifier"]: a for a in audit_rows(tmp_path / "s.db", "scan_action")
+        }
         assert by_how[thumb_id]["action"] == "deleted"
         purged = [a for a in by_how.values() if a["action"] == "purged"]
         assert len(purged) == 1 and set(purged[0]["detail"]["aliases"]) == {alias, second}
@@ -221,8 +222,14 @@ async def test_apply_since_and_cli_errors(tmp_path: Path, root: Path):
     settings = scan_settings(db)
     await run_scan(settings, str(root), backend=MockBackend())
     future = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
-    assert await run_apply(settings, action=Action.DELETE, since=datetime.fromisoformat(
-        future).replace(tzinfo=UTC).timestamp()) == []
+    assert (
+        await run_apply(
+            settings,
+            action=Action.DELETE,
+            since=datetime.fromisoformat(future).replace(tzinfo=UTC).timestamp(),
+        )
+        == []
+    )
     env = cli_env(db, "http://127.0.0.1:9")
     bad = await cli(["apply", "--action", "delete", "--since", "last tuesday"], env)
     assert bad.exit_code == 2 and "--since" in bad.output
@@ -234,8 +241,9 @@ async def test_apply_since_and_cli_errors(tmp_path: Path, root: Path):
 
 async def test_follow_picks_up_new_files_without_walking_old_branches(tmp_path: Path):
     start = datetime.now(UTC) - timedelta(days=30)
-    tree = pictrs_tree(v04={"green": 1}, v057={"green": 6}, thumbnails=0, non_media=False,
-                       start=start)
+    tree = pictrs_tree(
+        v04={"green": 1}, v057={"green": 6}, thumbnails=0, non_media=False, start=start
+    )
     files = tmp_path / "files"
     tree.write(files, mtime_base=start.timestamp())
     settings = scan_settings(tmp_path / "s.db")
@@ -251,8 +259,16 @@ async def test_follow_picks_up_new_files_without_walking_old_branches(tmp_path: 
     stop = asyncio.Event()
     backend = MockBackend()
     task = asyncio.create_task(
-        run_scan(settings, str(files), action=Action.QUARANTINE, follow=True, interval_s=0.1,
-                 backend=backend, stop=stop, source=source)
+        run_scan(
+            settings,
+            str(files),
+            action=Action.QUARANTINE,
+            follow=True,
+            interval_s=0.1,
+            backend=backend,
+            stop=stop,
+            source=source,
+        )
     )
     await _until(lambda: backend.calls == len(tree.media))
     await asyncio.sleep(0.3)  # a few idle cycles
@@ -284,15 +300,19 @@ async def test_follow_picks_up_new_files_without_walking_old_branches(tmp_path: 
 async def test_follow_restart_keeps_watermark(tmp_path: Path, root: Path):
     settings = scan_settings(tmp_path / "s.db")
     stop = asyncio.Event()
-    task = asyncio.create_task(run_scan(settings, str(root), follow=True, interval_s=0.05,
-                                        backend=MockBackend(), stop=stop))
+    task = asyncio.create_task(
+        run_scan(
+            settings, str(root), follow=True, interval_s=0.05, backend=MockBackend(), stop=stop
+        )
+    )
     await asyncio.sleep(0.5)
     stop.set()
     first = await task
     assert first.counts.listed >= 10
     backend = MockBackend()
-    report = await run_scan(settings, str(root), follow=True, interval_s=0.05,
-                            backend=backend, cycles=1)
+    report = await run_scan(
+        settings, str(root), follow=True, interval_s=0.05, backend=backend, cycles=1
+    )
     # Resumed in its follow phase: no second full sweep, nothing judged again.
     assert report.resumed_from is None and backend.calls == 0
     assert report.counts.listed < first.counts.listed
@@ -310,8 +330,14 @@ async def test_interrupted_action_is_completed_not_repeated(tmp_path: Path, root
         records = ScanRecords(store)
         st = (root / red).stat()
         row, fresh = await records.begin_action(
-            source=LocalSource(root, qdir).url, identifier=red, sha256=sha, size=st.st_size,
-            mtime=st.st_mtime, action="quarantine", label="csam", reasons=["test"],
+            source=LocalSource(root, qdir).url,
+            identifier=red,
+            sha256=sha,
+            size=st.st_size,
+            mtime=st.st_mtime,
+            action="quarantine",
+            label="csam",
+            reasons=["test"],
         )
         assert fresh
         qdir.mkdir(mode=0o700)
@@ -347,8 +373,9 @@ async def test_unreadable_files_follow_on_unreadable(tmp_path: Path):
     again = await run_scan(settings, str(files), action=Action.DELETE, backend=MockBackend())
     assert again.counts.seen == 2 and again.counts.bytes_read == 0
 
-    reject = scan_settings(tmp_path / "r.db", scan={"on_unreadable": "reject",
-                                                     "quarantine_path": tmp_path / "q"})
+    reject = scan_settings(
+        tmp_path / "r.db", scan={"on_unreadable": "reject", "quarantine_path": tmp_path / "q"}
+    )
     report = await run_scan(reject, str(files), action=Action.QUARANTINE, backend=MockBackend())
     assert report.counts.unreadable == 2 and report.counts.acted == 2
     assert not (files / "corrupt").exists()
@@ -366,8 +393,9 @@ async def test_vanished_and_denied_files_are_counted_not_fatal(tmp_path: Path, r
             return await super().read(entry, limit)
 
     settings = scan_settings(tmp_path / "s.db")
-    report = await run_scan(settings, str(root), backend=MockBackend(),
-                            source=Flaky(root, tmp_path / "q"))
+    report = await run_scan(
+        settings, str(root), backend=MockBackend(), source=Flaky(root, tmp_path / "q")
+    )
     assert report.counts.vanished == 1 and report.counts.denied == 1
     assert report.counts.csam == 2  # the rest was judged
     assert report.counts.listed == len(tree.files)
@@ -406,12 +434,26 @@ async def test_killed_sweep_resumes_and_never_acts_twice(tmp_path: Path):
     db = tmp_path / "s.db"
     reds = tree.with_label("csam")
     async with FakeHorde(latency=0.25) as horde:
-        env = {**os.environ, **cli_env(db, horde.url, HORDE_SCANNER_SCAN__CONCURRENCY="2",
-                                       HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(tmp_path / "q"))}
+        env = {
+            **os.environ,
+            **cli_env(
+                db,
+                horde.url,
+                HORDE_SCANNER_SCAN__CONCURRENCY="2",
+                HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(tmp_path / "q"),
+            ),
+        }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "horde_scanner.cli", "scan", str(files),
-            "--action", "quarantine", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "horde_scanner.cli",
+            "scan",
+            str(files),
+            "--action",
+            "quarantine",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
 
         def progress() -> tuple[int, int]:
@@ -433,8 +475,10 @@ async def test_killed_sweep_resumes_and_never_acts_twice(tmp_path: Path):
         done_before, acted_before = progress()
         assert done_before < len(tree.files) and acted_before < len(reds)
 
-        result = await cli(["scan", str(files), "--action", "quarantine"], cli_env(
-            db, horde.url, HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(tmp_path / "q")))
+        result = await cli(
+            ["scan", str(files), "--action", "quarantine"],
+            cli_env(db, horde.url, HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(tmp_path / "q")),
+        )
         assert result.exit_code == 0, result.output
         assert "resumed after" in result.output
         # Judged files were not sent again; only those in flight at the kill may have been.
@@ -469,8 +513,17 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     assert plain.stream.getvalue() == ""  # type: ignore[attr-defined]
 
     table = summary_table(counts, title="t")
-    for row in ("listed", "skipped as seen", "judged (backend)", "clean", "nsfw", "csam",
-                "unreadable", "errors", "acted"):
+    for row in (
+        "listed",
+        "skipped as seen",
+        "judged (backend)",
+        "clean",
+        "nsfw",
+        "csam",
+        "unreadable",
+        "errors",
+        "acted",
+    ):
         assert row in table
 
 

@@ -53,8 +53,13 @@ class Moto:
         )
 
     def settings(self, db: Path, **scan: Any) -> Any:
-        s3 = {"endpoint_url": self.url, "region": REGION, "access_key_id": self.key_id,
-              "secret_access_key": self.secret, **scan.pop("s3", {})}
+        s3 = {
+            "endpoint_url": self.url,
+            "region": REGION,
+            "access_key_id": self.key_id,
+            "secret_access_key": self.secret,
+            **scan.pop("s3", {}),
+        }
         return scan_settings(db, scan={"s3": s3, **scan})
 
 
@@ -69,9 +74,16 @@ def moto_server() -> Iterator[Moto]:
     port = _free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "AWS_DEFAULT_REGION": REGION}
     proc = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
-         "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            os.path.join(os.path.dirname(sys.executable), "moto_server"),
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -88,14 +100,22 @@ def moto_server() -> Iterator[Moto]:
         async def make_user() -> tuple[str, str]:
             # The three requests moto serves without authentication: a user, a policy, a key.
             async with get_session().create_client(
-                "iam", endpoint_url=url, region_name=REGION,
-                aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap",
+                "iam",
+                endpoint_url=url,
+                region_name=REGION,
+                aws_access_key_id="bootstrap",
+                aws_secret_access_key="bootstrap",
             ) as iam:
                 await iam.create_user(UserName="scanner")
                 await iam.put_user_policy(
-                    UserName="scanner", PolicyName="all",
-                    PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
-                        {"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+                    UserName="scanner",
+                    PolicyName="all",
+                    PolicyDocument=json.dumps(
+                        {
+                            "Version": "2012-10-17",
+                            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                        }
+                    ),
                 )
                 key = (await iam.create_access_key(UserName="scanner"))["AccessKey"]
             return key["AccessKeyId"], key["SecretAccessKey"]
@@ -120,17 +140,20 @@ async def bucket(moto_server: Moto) -> AsyncIterator[str]:
 
 async def put_tree(moto: Moto, bucket: str, files: dict[str, bytes], prefix: str = "") -> None:
     async with moto.client() as s3:
-        await asyncio.gather(*(
-            s3.put_object(Bucket=bucket, Key=prefix + key, Body=data)
-            for key, data in files.items()
-        ))
+        await asyncio.gather(
+            *(
+                s3.put_object(Bucket=bucket, Key=prefix + key, Body=data)
+                for key, data in files.items()
+            )
+        )
 
 
 async def keys(moto: Moto, bucket: str, prefix: str = "") -> set[str]:
     async with moto.client() as s3:
         found: set[str] = set()
-        async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                        Prefix=prefix):
+        async for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
             found |= {o["Key"] for o in page.get("Contents") or []}
         return found
 
@@ -175,18 +198,20 @@ async def test_report_quarantine_release_delete(tmp_path: Path, moto_server: Mot
     assert any("prune_missing" in n for n in delete.notes)
 
 
-async def test_prefix_and_separate_quarantine_bucket(tmp_path: Path, moto_server: Moto,
-                                                     bucket: str):
+async def test_prefix_and_separate_quarantine_bucket(
+    tmp_path: Path, moto_server: Moto, bucket: str
+):
     tree = pictrs_tree(v04={"red": 1}, v057={"green": 2}, thumbnails=0, non_media=False)
     await put_tree(moto_server, bucket, tree.files, prefix="media/")
     await put_tree(moto_server, bucket, {"elsewhere/x": images.jpeg("red", seed=5)})
     async with moto_server.client() as s3:
         await s3.create_bucket(Bucket=f"{bucket}-q")
-    settings = moto_server.settings(tmp_path / "s.db",
-                                    s3={"quarantine_bucket": f"{bucket}-q",
-                                        "quarantine_prefix": "held"})
-    report = await run_scan(settings, f"s3://{bucket}/media", action=Action.QUARANTINE,
-                            backend=MockBackend())
+    settings = moto_server.settings(
+        tmp_path / "s.db", s3={"quarantine_bucket": f"{bucket}-q", "quarantine_prefix": "held"}
+    )
+    report = await run_scan(
+        settings, f"s3://{bucket}/media", action=Action.QUARANTINE, backend=MockBackend()
+    )
     assert report.counts.listed == 3 and report.counts.acted == 1
     red = tree.with_label("csam")[0]
     held = await keys(moto_server, f"{bucket}-q")
@@ -195,8 +220,9 @@ async def test_prefix_and_separate_quarantine_bucket(tmp_path: Path, moto_server
     assert "elsewhere/x" in await keys(moto_server, bucket)
 
 
-async def test_follow_lists_from_the_uuid7_watermark(tmp_path: Path, moto_server: Moto,
-                                                     bucket: str):
+async def test_follow_lists_from_the_uuid7_watermark(
+    tmp_path: Path, moto_server: Moto, bucket: str
+):
     start = datetime.now(UTC) - timedelta(days=10)
     tree = pictrs_tree(v04={}, v057={"green": 30}, thumbnails=0, non_media=False, start=start)
     await put_tree(moto_server, bucket, tree.files)
@@ -205,9 +231,18 @@ async def test_follow_lists_from_the_uuid7_watermark(tmp_path: Path, moto_server
     assert isinstance(source, S3Source)
     stop = asyncio.Event()
     backend = MockBackend()
-    task = asyncio.create_task(run_scan(settings, f"s3://{bucket}", action=Action.QUARANTINE,
-                                        follow=True, interval_s=0.2, backend=backend,
-                                        stop=stop, source=source))
+    task = asyncio.create_task(
+        run_scan(
+            settings,
+            f"s3://{bucket}",
+            action=Action.QUARANTINE,
+            follow=True,
+            interval_s=0.2,
+            backend=backend,
+            stop=stop,
+            source=source,
+        )
+    )
     await _until(lambda: backend.calls == 30)
     listed_after_sweep = source.listed
     # New uploads: their UUIDv7 keys sort after everything listed so far.
@@ -223,8 +258,9 @@ async def test_follow_lists_from_the_uuid7_watermark(tmp_path: Path, moto_server
     assert listed_after_sweep >= 30 and per_cycle < 30
 
 
-async def test_stopped_sweep_resumes_from_checkpoint(tmp_path: Path, moto_server: Moto,
-                                                     bucket: str):
+async def test_stopped_sweep_resumes_from_checkpoint(
+    tmp_path: Path, moto_server: Moto, bucket: str
+):
     tree = pictrs_tree(v04={"green": 20}, v057={"green": 20}, thumbnails=0, non_media=False)
     await put_tree(moto_server, bucket, tree.files)
     settings = moto_server.settings(tmp_path / "s.db", concurrency=1)
@@ -244,18 +280,19 @@ async def test_stopped_sweep_resumes_from_checkpoint(tmp_path: Path, moto_server
     assert backend.calls == len(tree.files)
 
 
-async def test_wrong_credentials_stop_before_any_work(tmp_path: Path, moto_server: Moto,
-                                                      bucket: str):
+async def test_wrong_credentials_stop_before_any_work(
+    tmp_path: Path, moto_server: Moto, bucket: str
+):
     db = tmp_path / "s.db"
     for s3 in ({"secret_access_key": "wrong"}, {"access_key_id": "AKIANOBODY"}):
         settings = moto_server.settings(db, s3=s3)
         with pytest.raises(SourceError, match="rejected the credentials"):
             await run_scan(settings, f"s3://{bucket}", backend=MockBackend())
     with pytest.raises(SourceError, match="no bucket named"):
-        await run_scan(moto_server.settings(db), "s3://no-such-bucket-here",
-                       backend=MockBackend())
-    closed = moto_server.settings(db, s3={"endpoint_url": f"http://127.0.0.1:{_free_port()}",
-                                          "timeout_s": 2})
+        await run_scan(moto_server.settings(db), "s3://no-such-bucket-here", backend=MockBackend())
+    closed = moto_server.settings(
+        db, s3={"endpoint_url": f"http://127.0.0.1:{_free_port()}", "timeout_s": 2}
+    )
     with pytest.raises(SourceError, match="cannot reach S3"):
         await run_scan(closed, f"s3://{bucket}", backend=MockBackend())
     import sqlite3

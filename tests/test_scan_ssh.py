@@ -67,15 +67,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     _write_key(d / "id_other", other)
     (d / "authorized_keys").write_bytes(user_key.export_public_key())
     port = _free_port()
-    (d / "known_hosts").write_bytes(
-        f"[127.0.0.1]:{port} ".encode() + host_key.export_public_key()
-    )
+    (d / "known_hosts").write_bytes(f"[127.0.0.1]:{port} ".encode() + host_key.export_public_key())
     (d / "sshd_config").write_text(
         f"""Port {port}
 ListenAddress 127.0.0.1
-HostKey {d / 'host_key'}
-PidFile {d / 'sshd.pid'}
-AuthorizedKeysFile {d / 'authorized_keys'}
+HostKey {d / "host_key"}
+PidFile {d / "sshd.pid"}
+AuthorizedKeysFile {d / "authorized_keys"}
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -89,7 +87,8 @@ Subsystem sftp internal-sftp
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     proc = subprocess.Popen(
         [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-        stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "wb"),  # noqa: SIM115
+        stdout=subprocess.DEVNULL,
+        stderr=open(d / "sshd.log", "wb"),  # noqa: SIM115
     )
     try:
         deadline = time.monotonic() + 20
@@ -151,7 +150,8 @@ async def test_cli_over_ssh_url(tmp_path: Path, sshd: Sshd):
 
     async with FakeHorde(latency=0.05) as horde:
         env = cli_env(
-            tmp_path / "s.db", horde.url,
+            tmp_path / "s.db",
+            horde.url,
             HORDE_SCANNER_SCAN__SSH__KEY_PATH=str(sshd.key),
             HORDE_SCANNER_SCAN__SSH__KNOWN_HOSTS=str(sshd.known_hosts),
             HORDE_SCANNER_SCAN__SSH__QUARANTINE_PATH=str(tmp_path / "rq"),
@@ -182,8 +182,9 @@ async def test_wrong_host_key_or_user_key_stops_before_any_work(tmp_path: Path, 
     with pytest.raises(SourceError, match="no such directory"):
         await run_scan(missing, sshd.url(tmp_path / "nope"), backend=MockBackend())
     # Explicitly switching the check off is the only way past an unknown host key.
-    unchecked = scan_settings(db, scan={"ssh": sshd.ssh_settings(known_hosts=stranger,
-                                                                 check_host_key=False)})
+    unchecked = scan_settings(
+        db, scan={"ssh": sshd.ssh_settings(known_hosts=stranger, check_host_key=False)}
+    )
     report = await run_scan(unchecked, sshd.url(remote), backend=MockBackend())
     assert report.counts.listed == 0
     import sqlite3

@@ -4,10 +4,8 @@ AI Horde as the backend, a real SQLite store."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from horde_scanner.hashing import sha256_hex
@@ -16,29 +14,13 @@ from horde_scanner.verdict import Label, Signals, Verdict
 from tests import images
 from tests.fakes.horde import FakeHorde
 from tests.fakes.pictrs import FakePictrs, validate_upload
-from tests.service import make_settings, running_service
+from tests.service import make_settings, running_service, wait_for
 
 
 @pytest.fixture
 async def horde():
     async with FakeHorde(latency=0.2) as fake:
         yield fake
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 async def test_miss_judged_in_time_then_answered_from_cache(tmp_path: Path, horde, http):
@@ -55,8 +37,9 @@ async def test_miss_judged_in_time_then_answered_from_cache(tmp_path: Path, hord
         assert again.status == 406 and again.body["route"] == "cache"
         assert horde.posts == posts  # no second Horde request
 
-        clean = await validate_upload(http, svc.scan_url(), images.jpeg("green", seed=2),
-                                      "image/jpeg")
+        clean = await validate_upload(
+            http, svc.scan_url(), images.jpeg("green", seed=2), "image/jpeg"
+        )
         assert clean.status == 200 and clean.body["label"] == "clean"
 
     # The verdict outlives the process: a new service answers from the same file.
@@ -72,8 +55,9 @@ async def test_nsfw_rejected_only_when_configured(tmp_path: Path, horde, http):
     async with running_service(settings) as svc:
         result = await validate_upload(http, svc.scan_url(), nsfw, "image/jpeg")
         assert result.status == 200 and result.body["label"] == "nsfw"
-    settings = make_settings(tmp_path / "a.db", horde.url,
-                             validation={"reject_labels": ["csam", "nsfw"]})
+    settings = make_settings(
+        tmp_path / "a.db", horde.url, validation={"reject_labels": ["csam", "nsfw"]}
+    )
     async with running_service(settings) as svc:
         result = await validate_upload(http, svc.scan_url(), nsfw, "image/jpeg")
         assert result.status == 406 and result.body["route"] == "cache"
@@ -93,11 +77,11 @@ async def test_identical_concurrent_uploads_share_one_judgement(tmp_path: Path, 
 @pytest.mark.parametrize("on_timeout, status", [("accept", 200), ("reject", 406)])
 async def test_deadline_is_never_overrun(tmp_path: Path, http, on_timeout: str, status: int):
     async with FakeHorde(latency=30.0) as horde:
-        settings = make_settings(tmp_path / "s.db", horde.url,
-                                 validation={"deadline_s": 1.0, "on_timeout": on_timeout})
+        settings = make_settings(
+            tmp_path / "s.db", horde.url, validation={"deadline_s": 1.0, "on_timeout": on_timeout}
+        )
         async with running_service(settings) as svc:
-            result = await validate_upload(http, svc.scan_url(), images.jpeg(seed=5),
-                                           "image/jpeg")
+            result = await validate_upload(http, svc.scan_url(), images.jpeg(seed=5), "image/jpeg")
             assert result.status == status
             assert result.body["route"] == "timeout" and result.body["label"] is None
             assert result.elapsed_s < 1.5  # answered by the deadline, not by the Horde (30 s)
@@ -111,7 +95,8 @@ async def test_late_positive_is_purged_through_pictrs(tmp_path: Path, http):
         alias = pictrs.add_image(red, "jpeg")
         extra = pictrs.add_alias(alias)
         settings = make_settings(
-            tmp_path / "s.db", horde.url,
+            tmp_path / "s.db",
+            horde.url,
             validation={"deadline_s": 0.5},
             pictrs={"url": pictrs.url, "api_key": "secret"},
         )

@@ -26,7 +26,8 @@ NO_HORDE = "http://127.0.0.1:9/api"  # never contacted with backend.kind=local
 
 def worker_settings(tmp_path: Path, **workers: Any):
     return make_settings(
-        tmp_path / "s.db", NO_HORDE,
+        tmp_path / "s.db",
+        NO_HORDE,
         backend={"kind": "local"},
         local={"in_process": False},
         workers={"keys": [KEY], "missing_after_s": 2.0, **workers},
@@ -37,8 +38,9 @@ class PictrsSafetyWorker:
     """What fedi-safety's lemmy_safety_pictrs.py does: poll GET /api/v1/pop with an `apikey`
     header, read the file name from Content-Disposition, judge, POST the two booleans."""
 
-    def __init__(self, base: str, *, key: str = KEY, think_s: float = 0.0,
-                 answer: bool = True) -> None:
+    def __init__(
+        self, base: str, *, key: str = KEY, think_s: float = 0.0, answer: bool = True
+    ) -> None:
         self.base = base
         self.key = key
         self.think_s = think_s
@@ -61,8 +63,9 @@ class PictrsSafetyWorker:
         signals = colour_marker_signals(Image.open(io.BytesIO(data)))
         is_csam = bool(signals.nsfw and signals.caption and "young" in signals.caption)
         body = {"image": filename, "is_csam": is_csam, "is_nsfw": bool(signals.nsfw)}
-        async with http.post(f"{self.base}/api/v1/pop", json=body,
-                             headers={"apikey": self.key}) as resp:
+        async with http.post(
+            f"{self.base}/api/v1/pop", json=body, headers={"apikey": self.key}
+        ) as resp:
             self.answered.append((filename, resp.status))
         return filename
 
@@ -80,17 +83,17 @@ async def wait_until(predicate, timeout: float = 10.0) -> None:
 
 
 async def test_pictrs_safety_worker_judges_uploads(tmp_path: Path):
-    async with running_service(worker_settings(tmp_path)) as svc, \
-            aiohttp.ClientSession() as http:
+    async with running_service(worker_settings(tmp_path)) as svc, aiohttp.ClientSession() as http:
         worker, stop = PictrsSafetyWorker(svc.url), asyncio.Event()
         task = asyncio.create_task(worker.run(http, stop))
         await wait_until(lambda: svc.services.workers.live_workers())
-        red = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=1),
-                                    "image/jpeg")
-        magenta = await validate_upload(http, svc.scan_url(), images.jpeg("magenta", seed=2),
-                                        "image/jpeg")
-        green = await validate_upload(http, svc.scan_url(), images.jpeg("green", seed=3),
-                                      "image/jpeg")
+        red = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=1), "image/jpeg")
+        magenta = await validate_upload(
+            http, svc.scan_url(), images.jpeg("magenta", seed=2), "image/jpeg"
+        )
+        green = await validate_upload(
+            http, svc.scan_url(), images.jpeg("green", seed=3), "image/jpeg"
+        )
         async with http.get(f"{svc.url}/readyz") as resp:
             ready = await resp.json()
         stop.set()
@@ -105,14 +108,14 @@ async def test_pictrs_safety_worker_judges_uploads(tmp_path: Path):
 
 
 async def test_several_workers_share_the_work(tmp_path: Path):
-    async with running_service(worker_settings(tmp_path)) as svc, \
-            aiohttp.ClientSession() as http:
+    async with running_service(worker_settings(tmp_path)) as svc, aiohttp.ClientSession() as http:
         workers = [PictrsSafetyWorker(svc.url, think_s=0.15) for _ in range(3)]
         stop = asyncio.Event()
         # Each has its own name, as fedi-safety workers on different hosts would.
         sessions = [aiohttp.ClientSession(headers={"X-Worker-Name": f"w{i}"}) for i in range(3)]
-        tasks = [asyncio.create_task(w.run(s, stop))
-                 for w, s in zip(workers, sessions, strict=True)]
+        tasks = [
+            asyncio.create_task(w.run(s, stop)) for w, s in zip(workers, sessions, strict=True)
+        ]
         await wait_until(lambda: len(svc.services.workers.live_workers()) == 3)
         uploads = [images.jpeg(c, seed=10 + i) for i, c in enumerate(["green", "red"] * 4)]
         results = await asyncio.gather(
@@ -135,9 +138,7 @@ async def test_job_of_a_vanished_worker_goes_to_another(tmp_path: Path):
         pool = svc.services.workers
         dying = PictrsSafetyWorker(svc.url, answer=False)
         assert await dying.poll_once(http) is None  # registers as live, nothing to do yet
-        upload = asyncio.create_task(
-            validate_upload(http, svc.scan_url(), red, "image/jpeg")
-        )
+        upload = asyncio.create_task(validate_upload(http, svc.scan_url(), red, "image/jpeg"))
         await wait_until(lambda: pool.queued == 1)
         taken = await dying.poll_once(http)  # takes the job, then "crashes"
         assert taken is not None
@@ -151,8 +152,11 @@ async def test_job_of_a_vanished_worker_goes_to_another(tmp_path: Path):
             stop.set()
             await task
         # The dead worker's late answer finds the job closed.
-        async with http.post(f"{svc.url}/api/v1/pop", headers={"apikey": KEY},
-                             json={"image": taken, "is_csam": False, "is_nsfw": False}) as r:
+        async with http.post(
+            f"{svc.url}/api/v1/pop",
+            headers={"apikey": KEY},
+            json={"image": taken, "is_csam": False, "is_nsfw": False},
+        ) as r:
             late = (r.status, await r.json())
     assert result.status == 406 and result.body["label"] == "csam"
     assert healthy.taken == [taken] and pool.reassigned == 1
@@ -161,8 +165,10 @@ async def test_job_of_a_vanished_worker_goes_to_another(tmp_path: Path):
 
 async def test_when_every_worker_is_gone_the_job_waits_for_later(tmp_path: Path):
     settings = make_settings(
-        tmp_path / "s.db", NO_HORDE,
-        backend={"kind": "local"}, local={"in_process": False},
+        tmp_path / "s.db",
+        NO_HORDE,
+        backend={"kind": "local"},
+        local={"in_process": False},
         workers={"keys": [KEY], "missing_after_s": 0.3, "job_timeout_s": 0.3},
         validation={"deadline_s": 1.5},
     )
@@ -193,8 +199,7 @@ async def test_when_every_worker_is_gone_the_job_waits_for_later(tmp_path: Path)
 
 
 async def test_bad_worker_requests_get_clear_errors(tmp_path: Path):
-    async with running_service(worker_settings(tmp_path)) as svc, \
-            aiohttp.ClientSession() as http:
+    async with running_service(worker_settings(tmp_path)) as svc, aiohttp.ClientSession() as http:
         url = f"{svc.url}/api/v1/pop"
         async with http.get(url) as r:
             assert r.status == 401 and (await r.json())["error"] == "bad_worker_key"
@@ -208,11 +213,15 @@ async def test_bad_worker_requests_get_clear_errors(tmp_path: Path):
             assert r.status == 400 and (await r.json())["error"] == "bad_json"
         async with http.post(url, headers={"apikey": KEY}, json={"image": "x.webp"}) as r:
             assert r.status == 400 and (await r.json())["error"] == "bad_answer"
-        async with http.post(url, headers={"apikey": KEY},
-                             json={"image": "x.webp", "signals": {"nsfw": "maybe"}}) as r:
+        async with http.post(
+            url, headers={"apikey": KEY}, json={"image": "x.webp", "signals": {"nsfw": "maybe"}}
+        ) as r:
             assert r.status == 400 and (await r.json())["error"] == "bad_signals"
-        async with http.post(url, headers={"apikey": KEY},
-                             json={"image": "x.webp", "is_csam": False, "is_nsfw": False}) as r:
+        async with http.post(
+            url,
+            headers={"apikey": KEY},
+            json={"image": "x.webp", "is_csam": False, "is_nsfw": False},
+        ) as r:
             assert r.status == 404 and (await r.json())["error"] == "unknown_job"
         async with http.get(url, headers={"apikey": KEY}, params={"wait": "0.2"}) as r:
             assert r.status == 204
@@ -239,21 +248,22 @@ async def test_our_worker_protocol_posts_signals(tmp_path: Path):
         async def judge(self, image) -> Signals:
             sexual = colour_marker_signals(image.image).nsfw
             hit = {"a photo of a child", "a nude body"} if sexual else set()
-            return Signals(backend="clip", scores={
-                CLIP_PREFIX + p: (0.3 if p in hit else 0.1) for p in self.phrases})
+            return Signals(
+                backend="clip",
+                scores={CLIP_PREFIX + p: (0.3 if p in hit else 0.1) for p in self.phrases},
+            )
 
-    async with running_service(worker_settings(tmp_path)) as svc, \
-            aiohttp.ClientSession() as http:
+    async with running_service(worker_settings(tmp_path)) as svc, aiohttp.ClientSession() as http:
         scorer = Scorer()
         worker = Worker(svc.url, KEY, scorer, name="ours", concurrency=2, poll_wait_s=0.3)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         await wait_until(lambda: svc.services.workers.live_workers())
         assert scorer.phrases == svc.services.policy.clip.phrases
-        red = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=40),
-                                    "image/jpeg")
-        green = await validate_upload(http, svc.scan_url(), images.jpeg("green", seed=41),
-                                      "image/jpeg")
+        red = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=40), "image/jpeg")
+        green = await validate_upload(
+            http, svc.scan_url(), images.jpeg("green", seed=41), "image/jpeg"
+        )
         stop.set()
         await task
         with pytest.raises(WorkerError, match="refused the worker key"):

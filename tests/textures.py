@@ -22,8 +22,9 @@ PALETTES = {
 }
 
 
-def textured(colour: str = "green", *, seed: int = 0, size: tuple[int, int] = (480, 360)
-             ) -> Image.Image:
+def textured(
+    colour: str = "green", *, seed: int = 0, size: tuple[int, int] = (480, 360)
+) -> Image.Image:
     # The colour is part of the seed: the same seed in two colours is two unrelated pictures.
     rng = np.random.default_rng([seed, list(PALETTES).index(colour)])
     w, h = size
@@ -44,8 +45,9 @@ def textured(colour: str = "green", *, seed: int = 0, size: tuple[int, int] = (4
     return Image.fromarray(np.stack(channels, -1).astype(np.uint8))
 
 
-def flat(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (300, 300)
-         ) -> Image.Image:
+def flat(
+    colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (300, 300)
+) -> Image.Image:
     return Image.new("RGB", size, colour)
 
 
@@ -68,8 +70,9 @@ def variants(img: Image.Image) -> dict[str, bytes]:
         "reencoded-png": encode(img, "PNG"),
         "recompressed-q35": encode(img, "JPEG", quality=35),
         "webp-thumbnail": encode(img.resize((w // 3, h // 3)), "WEBP", quality=70),
-        "upscaled": encode(img.resize((w * 2, h * 2), Image.Resampling.BICUBIC), "JPEG",
-                           quality=85),
+        "upscaled": encode(
+            img.resize((w * 2, h * 2), Image.Resampling.BICUBIC), "JPEG", quality=85
+        ),
         # PDQ is sensitive to crops: 1% off every side already costs 20-30 bits.
         "trimmed-border": encode(trim(img, 0.006), "JPEG", quality=88),
     }
@@ -82,8 +85,13 @@ def red_is_csam(image: Image.Image) -> Signals:
     return Signals(backend="mock", nsfw=False, caption="a photo of a landscape with trees")
 
 
-def faint(colour: tuple[int, int, int] = (200, 30, 30), *, seed: int = 0, amplitude: int = 4,
-          size: tuple[int, int] = (480, 360)) -> Image.Image:
+def faint(
+    colour: tuple[int, int, int] = (200, 30, 30),
+    *,
+    seed: int = 0,
+    amplitude: int = 4,
+    size: tuple[int, int] = (480, 360),
+) -> Image.Image:
     """Almost flat: a barely visible texture. Its PDQ is stable but has low quality."""
     luma = np.asarray(textured("green", seed=seed, size=size).convert("L"), dtype=float) / 255
     offset = np.round((luma - 0.5) * 2 * amplitude)[..., None]
