@@ -333,7 +333,8 @@ async def item_page(request: web.Request) -> web.Response:
     )
     quarantine = (
         "".join(
-            f"<li>{_e(q['origin'])}:{_e(q['identifier'])} - {_e(q['state'])}</li>"
+            f"<li>{_e(q['holder'])} quarantine, {_e(q['origin'])}:{_e(q['identifier'])}"
+            f" - {_e(q['state'])}</li>"
             for q in record["quarantine"]
         )
         or "<li>never quarantined</li>"
@@ -396,7 +397,7 @@ async def preview(request: web.Request) -> web.Response:
     if not (svc.settings.admin.previews and session.previews):
         raise RequestError(403, "previews_off", "previews are off for this session")
     sha = admin_api.sha_param(request)
-    data = await svc.quarantine.held_bytes(sha)
+    data = await svc.review.held_bytes(sha)
     if data is None:
         raise RequestError(404, "not_in_quarantine", "previews exist only for quarantined items")
     settings = svc.settings.admin
