@@ -346,7 +346,7 @@ class ScanRecords:
                 f" AND state='done' AND sha256 IN ({','.join('?' * len(chunk))})",
                 chunk,
             ) as cur:
-                found.update(row[0] async for row in cur)
+                found |= {row[0] async for row in cur}
         return found
 
     async def quarantine_counts(self) -> dict[str, int]:

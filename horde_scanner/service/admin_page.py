@@ -204,7 +204,8 @@ def _actions(session: Session, sha: str) -> str:
         '<input type="text" name="note" placeholder="note for the audit log" maxlength="500">'
         '<button class="allow" type="submit">Allow</button></form>'
         f'<form method="post" action="/admin/item/{sha}/confirm" '
-        'data-ask="Deny-list this image? Its admin-quarantine copy is deleted; sweep copies stay as evidence.">'
+        'data-ask="Deny-list this image? Its admin-quarantine copy is deleted; sweep copies '
+        'stay as evidence.">'
         f"{_csrf(session)}"
         '<input type="text" name="note" placeholder="note for the audit log" maxlength="500">'
         '<button class="confirm" type="submit">Confirm</button></form>'
