@@ -100,9 +100,7 @@ async def test_admin_allow_restores_a_sweep_quarantined_file_and_allow_lists_it(
         assert shown["in_quarantine"] is False
 
 
-async def test_admin_confirm_keeps_the_sweep_copy_as_evidence_and_records_it(
-    tmp_path: Path, http
-):
+async def test_admin_confirm_keeps_the_sweep_copy_as_evidence_and_records_it(tmp_path: Path, http):
     settings, original, red, sha, held = await _swept(tmp_path)
     async with running_service(settings, backend=MockBackend()) as svc:
         status, body = await call(http, "POST", f"{svc.url}{API}/verdicts/{sha}/confirm",
@@ -122,9 +120,10 @@ async def test_admin_confirm_keeps_the_sweep_copy_as_evidence_and_records_it(
 async def test_page_preview_of_a_local_sweep_quarantined_file(tmp_path: Path):
     settings, _, red, sha, held = await _swept(tmp_path, previews=True)
     jar = aiohttp.CookieJar(unsafe=True)  # the session cookie is for 127.0.0.1
-    async with running_service(settings, backend=MockBackend()) as svc, aiohttp.ClientSession(
-        cookie_jar=jar
-    ) as page:
+    async with (
+        running_service(settings, backend=MockBackend()) as svc,
+        aiohttp.ClientSession(cookie_jar=jar) as page,
+    ):
         async with page.post(f"{svc.url}/admin/login",
                              data={"token": TOKEN, "name": "carol"}) as resp:  # fmt: skip
             assert resp.status == 200 and resp.url.path == "/admin"
