@@ -21,6 +21,29 @@ The contract, for sweeps and anything else that quarantines:
 - `discard(sha)` (an admin confirmed the positive) deletes the held file.
 
 Rows are never deleted: `state` goes held -> released | deleted, with who and when.
+
+Holders: the admin's decisions reach every quarantine
+-----------------------------------------------------
+This module's `Quarantine` is one *holder* of quarantined copies; storage sweeps
+(`horde-scanner scan --action quarantine`) are another (`scan/holder.py`: copies moved into
+the sweep's own quarantine area next to the storage, recorded in `scan_actions`). Review
+(review.py) asks every registered holder, in order, through this small contract
+(`QuarantineHolder`):
+
+- `name` names the holder ("admin", "sweep"); it is shown with each copy.
+- `copies(sha256)` lists every copy this holder has ever had of those bytes, in any state,
+  as `HeldCopy` (metadata only, never bytes). `state` is "held" while it is in quarantine.
+- `held_among(hashes)` says which of `hashes` it holds now (one query for a page of items).
+- `held_bytes(sha256)` returns the bytes of a held copy it can read here, or None. Used for
+  blurred previews and fresh backend calls only; a holder may answer None for copies it
+  cannot read cheaply (the sweep holder reads local sweep quarantines only).
+- `release(sha256, by=, note=)` (an admin allowed the image) puts every held copy back where
+  it was found and records that in the holder's own records and the audit log. One failed
+  copy does not stop the others; the `ReleaseResult` lists both. The caller allow-lists.
+- `discard(sha256, by=, note=)` (an admin confirmed the positive) returns how many held
+  copies it deleted. A holder may keep its copies as evidence (the sweep holder does): it
+  then records the decision and returns 0, and the copies stay "held".
+- `counts()` gives {state: n} for the stats page.
 """
 
 from __future__ import annotations
@@ -76,6 +99,55 @@ class QuarantineItem:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class HeldCopy:
+    """One copy of some bytes in some holder's quarantine, as an admin may see it."""
+
+    holder: str
+    origin: str  # local | s3 | ssh | ...
+    identifier: str  # where it was found
+    state: str  # held | released | deleted (a holder may add its own)
+    size: int | None
+    quarantined_at: float
+    updated_at: float
+    updated_by: str | None
+    location: str | None = None  # where it is held now, when the holder says
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """What an admin may see (no file contents)."""
+        return {
+            "holder": self.holder,
+            "origin": self.origin,
+            "identifier": self.identifier,
+            "state": self.state,
+            "size": self.size,
+            "location": self.location,
+            "quarantined_at": self.quarantined_at,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+            "detail": self.detail,
+        }
+
+
+class QuarantineHolder(Protocol):
+    """Something that holds quarantined copies; the contract is in the module docstring."""
+
+    name: str
+
+    async def copies(self, sha256: str) -> list[HeldCopy]: ...
+
+    async def held_among(self, hashes: list[str]) -> set[str]: ...
+
+    async def held_bytes(self, sha256: str) -> bytes | None: ...
+
+    async def release(self, sha256: str, *, by: str, note: str = "") -> ReleaseResult: ...
+
+    async def discard(self, sha256: str, *, by: str, note: str = "") -> int: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+
 class Restorer(Protocol):
     """Puts one quarantined copy back where it was found. Raise to report a failure."""
 
@@ -118,6 +190,10 @@ class ReleaseResult:
 
 
 class Quarantine:
+    """The admin's own holder: one content-addressed directory and the `quarantine` table."""
+
+    name = "admin"
+
     def __init__(self, store: Store, directory: Path) -> None:
         self._store = store
         self.directory = Path(directory)
@@ -207,6 +283,15 @@ class Quarantine:
         ) as cur:
             return [_item(r) for r in await cur.fetchall()]
 
+    async def copies(self, sha256: str) -> list[HeldCopy]:
+        return [
+            HeldCopy(
+                self.name, i.origin, i.identifier, i.state, i.size, i.quarantined_at,
+                i.updated_at, i.updated_by, str(i.path) if i.state == HELD else None, i.detail,
+            )
+            for i in await self.items(sha256)
+        ]  # fmt: skip
+
     async def held(self, sha256: str) -> list[QuarantineItem]:
         return [i for i in await self.items(sha256) if i.state == HELD]
 
@@ -239,7 +324,7 @@ class Quarantine:
 
     # -- decisions ---------------------------------------------------------------------------------
 
-    async def release(self, sha256: str, *, by: str) -> ReleaseResult:
+    async def release(self, sha256: str, *, by: str, note: str = "") -> ReleaseResult:
         """Put every held copy back (see the module docstring); the held file goes when all did."""
         result = ReleaseResult()
         held = await self.held(sha256)
@@ -263,7 +348,7 @@ class Quarantine:
             await asyncio.to_thread(_unlink, held_file)
         return result
 
-    async def discard(self, sha256: str, *, by: str) -> int:
+    async def discard(self, sha256: str, *, by: str, note: str = "") -> int:
         """Delete the held file of a confirmed positive; returns the copies it stood for."""
         held = await self.held(sha256)
         for item in held:

@@ -1,7 +1,9 @@
 """An admin's decisions about flagged images, shared by the admin API and the review page.
 
-allow    allow-list the hash (always accepted from now on) and release it from quarantine
-confirm  deny-list the hash (always rejected) and delete the quarantined copy
+allow    allow-list the hash (always accepted from now on) and release it from every
+         quarantine holder (the admin's own and the sweeps': copies go back where found)
+confirm  deny-list the hash (always rejected) and discard the quarantined copies (the admin
+         holder deletes its copy; sweep copies stay as evidence, the decision is recorded)
 rejudge  with the current policy from the stored signals, or a fresh backend call on the
          quarantined copy (the only bytes we keep)
 
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from horde_scanner.evidence import iso
 from horde_scanner.judging import Judge
 from horde_scanner.media import sniff
-from horde_scanner.quarantine import Quarantine
+from horde_scanner.quarantine import HELD, Quarantine, QuarantineHolder, ReleaseResult
 from horde_scanner.store import Store, StoredVerdict, _verdict_from_row
 from horde_scanner.verdict import Label
 
@@ -58,10 +61,52 @@ def _like_prefix(value: str) -> str:
 
 
 class Review:
-    def __init__(self, store: Store, judge: Judge, quarantine: Quarantine) -> None:
+    def __init__(
+        self,
+        store: Store,
+        judge: Judge,
+        quarantine: Quarantine,
+        holders: Sequence[QuarantineHolder] = (),
+    ) -> None:
         self.store = store
         self.judge = judge
         self.quarantine = quarantine
+        # Every decision goes to each holder in turn; the admin's own quarantine first.
+        self.holders: list[QuarantineHolder] = [quarantine, *holders]
+
+    # -- quarantine, across holders -------------------------------------------------------------
+
+    async def held_among(self, hashes: list[str]) -> set[str]:
+        held: set[str] = set()
+        for holder in self.holders:
+            held |= await holder.held_among([h for h in hashes if h not in held])
+        return held
+
+    async def held_bytes(self, sha256: str) -> bytes | None:
+        """Bytes of a held copy from the first holder that can read one here."""
+        for holder in self.holders:
+            data = await holder.held_bytes(sha256)
+            if data is not None:
+                return data
+        return None
+
+    async def _release(self, sha256: str, by: str, note: str) -> ReleaseResult:
+        result = ReleaseResult()
+        for holder in self.holders:
+            part = await holder.release(sha256, by=by, note=note)
+            result.released += part.released
+            result.failed += part.failed
+        return result
+
+    async def _discard(self, sha256: str, by: str, note: str) -> tuple[int, list[dict[str, Any]]]:
+        deleted = 0
+        for holder in self.holders:
+            deleted += await holder.discard(sha256, by=by, note=note)
+        kept = [
+            c.public() for holder in self.holders for c in await holder.copies(sha256)
+            if c.state == HELD
+        ]  # fmt: skip
+        return deleted, kept
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -126,13 +171,13 @@ class Review:
         stored = await self.store.get_verdict(sha256)
         trail = await self.store.audit_trail(sha256)
         listed = await self.store.list_kind(sha256)
-        items = await self.quarantine.items(sha256)
-        if stored is None and not trail and listed is None and not items:
+        copies = [c for holder in self.holders for c in await holder.copies(sha256)]
+        if stored is None and not trail and listed is None and not copies:
             return None
         record: dict[str, Any] = verdict_dict(stored) if stored else {"sha256": sha256}
         record["list"] = listed
-        record["quarantine"] = [i.public() for i in items]
-        record["in_quarantine"] = any(i.state == "held" for i in items)
+        record["quarantine"] = [c.public() for c in copies]
+        record["in_quarantine"] = any(c.state == HELD for c in copies)
         async with self.store.db.execute(
             "SELECT enforcement, found_at, detail FROM late_positives WHERE sha256=?", (sha256,)
         ) as cur:
@@ -152,6 +197,13 @@ class Review:
         ]
         return record
 
+    async def _counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for holder in self.holders:
+            for state, n in (await holder.counts()).items():
+                total[state] = total.get(state, 0) + n
+        return total
+
     async def stats(self) -> dict[str, Any]:
         lists: dict[str, int] = {}
         async with self.store.db.execute("SELECT kind, COUNT(*) FROM lists GROUP BY kind") as cur:
@@ -170,7 +222,7 @@ class Review:
             "verdicts_last_24h": last_day,
             "lists": lists,
             "late_positives": late,
-            "quarantine": await self.quarantine.counts(),
+            "quarantine": await self._counts(),
             "jobs_waiting": await self.store.count_jobs(),
             "policy": self.judge.policy.version,
         }
@@ -181,7 +233,7 @@ class Review:
         previous = await self._label(sha256)
         await self.store.set_list(sha256, "allow", note=note, by=by)
         self.judge.forget(sha256)
-        released = await self.quarantine.release(sha256, by=by)
+        released = await self._release(sha256, by, note)
         detail = {"note": note, "previous_label": previous, "quarantine": released.as_dict()}
         return await self._decided("allow", sha256, Label.CLEAN, "allow", by, detail)
 
@@ -189,8 +241,13 @@ class Review:
         previous = await self._label(sha256)
         await self.store.set_list(sha256, "deny", note=note, by=by)
         self.judge.forget(sha256)
-        deleted = await self.quarantine.discard(sha256, by=by)
-        detail = {"note": note, "previous_label": previous, "quarantine_deleted": deleted}
+        deleted, kept = await self._discard(sha256, by, note)
+        detail = {
+            "note": note,
+            "previous_label": previous,
+            "quarantine_deleted": deleted,
+            "quarantine_kept": kept,
+        }
         return await self._decided("confirm", sha256, Label.CSAM, "deny", by, detail)
 
     async def rejudge(
@@ -229,7 +286,7 @@ class Review:
         return {**record, "state": "done"}
 
     async def _fresh(self, sha256: str, by: str, wait_s: float) -> Any:
-        data = await self.quarantine.held_bytes(sha256)
+        data = await self.held_bytes(sha256)
         if data is None:
             raise ReviewError(
                 409,

@@ -199,9 +199,16 @@ def make_pictrs(settings: Settings, session: Any) -> PictrsClient | None:
 
 
 async def release(
-    store: Store, records: ScanRecords, row: ActionRow, source: Source, *, note: str = ""
+    store: Store,
+    records: ScanRecords,
+    row: ActionRow,
+    source: Source,
+    *,
+    note: str = "",
+    by: str = "cli",
 ) -> str:
-    """Move a quarantined object back where it was found and allow-list its hash."""
+    """Move a quarantined object back where it was found and allow-list its hash. `by` is who
+    decided ("cli", or the admin: "api:alice", "page:bob")."""
     if row.action != Action.QUARANTINE or row.state != "done" or not row.location:
         raise ItemError(
             f"action {row.id} is a {row.action} in state {row.state}: nothing to release"
@@ -210,7 +217,7 @@ async def release(
     await records.end_action(row.id, "released", location=None, detail={**row.detail, "note": note})
     await records.set_file_action(row.source, row.identifier, None)
     await store.set_list(
-        row.sha256, "allow", note=note or f"released from quarantine #{row.id}", by="cli"
+        row.sha256, "allow", note=note or f"released from quarantine #{row.id}", by=by
     )
     await store.audit(
         "released",
@@ -223,6 +230,7 @@ async def release(
             "from": row.location,
             "action_id": row.id,
             "note": note,
+            "by": by,
         },
     )
     return f"{row.source.rstrip('/')}/{row.identifier}"

@@ -335,3 +335,29 @@ class ScanRecords:
             params.append(state)
         async with self._db.execute(query + " ORDER BY id", params) as cur:
             return [_action(row) async for row in cur]
+
+    async def quarantined_among(self, sha256s: Sequence[str]) -> set[str]:
+        """Which of `sha256s` have a sweep-quarantined object now (action done, not released)."""
+        found: set[str] = set()
+        for start in range(0, len(sha256s), _LOOKUP_CHUNK):
+            chunk = list(sha256s[start : start + _LOOKUP_CHUNK])
+            async with self._db.execute(
+                "SELECT DISTINCT sha256 FROM scan_actions WHERE action='quarantine'"
+                f" AND state='done' AND sha256 IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ) as cur:
+                found |= {row[0] async for row in cur}
+        return found
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        async with self._db.execute(
+            "SELECT state, COUNT(*) FROM scan_actions WHERE action='quarantine' GROUP BY state"
+        ) as cur:
+            return {state: n async for state, n in cur}
+
+    async def set_action_detail(self, action_id: int, detail: dict[str, Any]) -> None:
+        """Replace an action's detail without changing its state (e.g. an admin's decision)."""
+        await self._db.execute(
+            "UPDATE scan_actions SET detail=?, updated_at=? WHERE id=?",
+            (json.dumps(detail), time.time(), action_id),
+        )

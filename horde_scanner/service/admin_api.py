@@ -214,7 +214,7 @@ async def queue_data(svc: Services, limit: int) -> dict[str, Any]:
     unscanned = await review.search(VerdictFilter(labels=UNSCANNED, undecided=True, limit=limit))
     late = await review.late_positives(limit)
     shas = [v.sha256 for v in positives + unscanned] + [p["sha256"] for p in late]
-    held = await svc.quarantine.held_among(shas)
+    held = await svc.review.held_among(shas)
     return {
         "positives": [{**verdict_dict(v), "in_quarantine": v.sha256 in held} for v in positives],
         "late_positives": [{**p, "in_quarantine": p["sha256"] in held} for p in late],

@@ -204,7 +204,8 @@ def _actions(session: Session, sha: str) -> str:
         '<input type="text" name="note" placeholder="note for the audit log" maxlength="500">'
         '<button class="allow" type="submit">Allow</button></form>'
         f'<form method="post" action="/admin/item/{sha}/confirm" '
-        'data-ask="Deny-list this image and delete its quarantined copy?">'
+        'data-ask="Deny-list this image? Its admin-quarantine copy is deleted; sweep copies '
+        'stay as evidence.">'
         f"{_csrf(session)}"
         '<input type="text" name="note" placeholder="note for the audit log" maxlength="500">'
         '<button class="confirm" type="submit">Confirm</button></form>'
@@ -333,7 +334,8 @@ async def item_page(request: web.Request) -> web.Response:
     )
     quarantine = (
         "".join(
-            f"<li>{_e(q['origin'])}:{_e(q['identifier'])} - {_e(q['state'])}</li>"
+            f"<li>{_e(q['holder'])} quarantine, {_e(q['origin'])}:{_e(q['identifier'])}"
+            f" - {_e(q['state'])}</li>"
             for q in record["quarantine"]
         )
         or "<li>never quarantined</li>"
@@ -396,7 +398,7 @@ async def preview(request: web.Request) -> web.Response:
     if not (svc.settings.admin.previews and session.previews):
         raise RequestError(403, "previews_off", "previews are off for this session")
     sha = admin_api.sha_param(request)
-    data = await svc.quarantine.held_bytes(sha)
+    data = await svc.review.held_bytes(sha)
     if data is None:
         raise RequestError(404, "not_in_quarantine", "previews exist only for quarantined items")
     settings = svc.settings.admin

@@ -28,6 +28,7 @@ from horde_scanner.policy import Policy
 from horde_scanner.progress import SweepProgress
 from horde_scanner.quarantine import Quarantine
 from horde_scanner.review import Review
+from horde_scanner.scan.holder import SweepQuarantine
 from horde_scanner.service.auth import ClientAuth
 from horde_scanner.service.metrics import Metrics, Sources
 from horde_scanner.store import Job, Store
@@ -146,7 +147,7 @@ async def open_services(
                 notifier,
                 watcher,
                 quarantine,
-                Review(store, judge, quarantine),
+                Review(store, judge, quarantine, [SweepQuarantine(store, settings)]),
                 sweeps,
                 upload_gate=asyncio.Semaphore(settings.server.max_concurrent_uploads),
                 workers=pool,
