@@ -112,9 +112,7 @@ class Worker:
             self.policy_version = str(body.get("version"))
             log.info(
                 "worker %s: scoring %d phrases of policy %s",
-                self.name,
-                len(phrases),
-                self.policy_version,
+                self.name, len(phrases), self.policy_version,
             )
 
     async def _get_json(
@@ -146,13 +144,8 @@ class Worker:
         self, exc: BaseException, backoff: float, stop: asyncio.Event
     ) -> float:
         self.stats.connection_errors += 1
-        log.warning(
-            "worker %s: %s unreachable (%s); retrying in %.0f s",
-            self.name,
-            self.base,
-            exc or type(exc).__name__,
-            backoff,
-        )
+        log.warning("worker %s: %s unreachable (%s); retrying in %.0f s",
+                    self.name, self.base, exc or type(exc).__name__, backoff)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(backoff):
                 await stop.wait()
@@ -173,9 +166,8 @@ class Worker:
                             resp.request_info, (), status=resp.status, message="unexpected"
                         )
                     data = await resp.read()
-                    filename = (
-                        resp.content_disposition.filename if resp.content_disposition else None
-                    )
+                    filename = resp.content_disposition.filename if resp.content_disposition \
+                        else None
                     version = resp.headers.get("X-Policy-Version")
                 backoff = 1.0
                 if not filename:
@@ -214,6 +206,5 @@ class Worker:
             if resp.status != 201:
                 # Someone else answered first (we were slow and the job was handed on).
                 self.stats.refused_answers += 1
-                log.info(
-                    "worker %s: answer for %s not taken (HTTP %d)", self.name, filename, resp.status
-                )
+                log.info("worker %s: answer for %s not taken (HTTP %d)",
+                         self.name, filename, resp.status)
