@@ -52,13 +52,15 @@ def decode_video(data: bytes, media_type: str, limits: DecodeLimits) -> DecodedI
     except UnreadableMedia:
         raise
     except errors as exc:
-        raise UnreadableMedia(f"{media_type}: cannot decode ({exc})") from None
+        # FFmpeg's errors carry an errno and a file name of '<none>': keep the words only.
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise UnreadableMedia(f"{media_type}: cannot decode ({why})") from None
 
 
 def _sample(container: Any, media_type: str, limits: DecodeLimits) -> DecodedImage:
     streams = container.streams.video
     if not streams:
-        raise UnreadableMedia(f"{media_type}: the file has no video stream")
+        raise UnreadableMedia(f"{media_type}: no video frames (no readable video stream)")
     stream = streams[0]
     ctx = stream.codec_context
     _check_size(ctx.width, ctx.height, media_type, limits)
@@ -78,7 +80,7 @@ def _sample(container: Any, media_type: str, limits: DecodeLimits) -> DecodedIma
         if packets % 256 == 0:
             budget.check(packets)
     if packets == 0 or first is None or last is None:
-        raise UnreadableMedia(f"{media_type}: the video has no frames")
+        raise UnreadableMedia(f"{media_type}: no video frames (the stream is empty)")
     keyframes.sort()
     if not keyframes:
         keyframes = [first]

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import aiohttp
-from PIL import Image
+from PIL import Image, ImageOps
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -153,8 +153,7 @@ def pack_frames(frames: list[Frame], side: int = 512, quality: int = 85) -> byte
     tile = side // 2
     canvas = Image.new("RGB", (side, side), (255, 255, 255))
     for i, frame in enumerate(frames[:4]):
-        small = frame.image.copy()
-        small.thumbnail((tile, tile), Image.Resampling.BILINEAR)
+        small = ImageOps.contain(frame.image, (tile, tile), Image.Resampling.BILINEAR)
         x = (i % 2) * tile + (tile - small.width) // 2
         y = (i // 2) * tile + (tile - small.height) // 2
         canvas.paste(small, (x, y))
