@@ -122,7 +122,6 @@ def measure(files: list[Path]) -> None:
     print(f"RSS after imports: {rss_mb(os.getpid()):.0f} MB")
     for path in files:
         data = path.read_bytes()
-        video = path.suffix == ".mp4"
         decode(data, DecodeLimits())  # warm up codecs and imports
         started = time.perf_counter()
         decoded = decode(data, DecodeLimits())

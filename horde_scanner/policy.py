@@ -260,9 +260,10 @@ class Policy:
                 backend=signals.backend,
                 signals=signals,
             )
-        verdicts = [(label, self.judge(frame)) for _, label, frame in parts]
-        worst = max(verdicts, key=lambda lv: lv[1].label.severity)  # first of the worst
-        label, verdict = worst
+        verdicts = [(indices, label, self.judge(frame)) for indices, label, frame in parts]
+        worst = max(verdicts, key=lambda v: v[2].label.severity)  # first of the worst
+        _, label, verdict = worst
+        flagged = [i for ix, _, v in verdicts if v.label is verdict.label for i in ix]
         if verdict.label is Label.CLEAN:
             reasons = [f"{len(parts)} frames judged, none flagged"]
         else:
@@ -273,6 +274,7 @@ class Policy:
             policy_version=self.version,
             backend=signals.backend,
             signals=signals,
+            frames=flagged,
         )
 
 

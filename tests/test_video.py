@@ -95,9 +95,13 @@ async def test_marker_frame_rejects_the_upload_and_is_named(tmp_path: Path, http
         ok = await validate_upload(http, svc.scan_url(), clean, "image/gif")
         assert ok.status == 200 and ok.body["label"] == "clean"
         assert "frames judged, none flagged" in ok.body["reasons"][0]
-        # Every sampled frame's PDQ joined the hash store, by frame.
-        pdq = await svc.services.judge.hashes.hashes.pdq_of(sha256_hex(data))
-        assert MARKED in [h.frame for h in pdq] and 0 in [h.frame for h in pdq]
+        # Every sampled frame's PDQ joined the hash store, by frame; of the positive, only the
+        # marked frame stays (its harmless frames must never become deny entries).
+        store = svc.services.judge.hashes.hashes
+        clean_frames = decode(clean, DecodeLimits()).frames
+        kept = [h.frame for h in await store.pdq_of(sha256_hex(clean))]
+        assert kept == [f.index for f in clean_frames] and len(kept) > 1
+        assert [h.frame for h in await store.pdq_of(sha256_hex(data))] == [MARKED]
 
 
 async def test_fake_horde_sees_each_frame_and_policy_rejudges(tmp_path: Path, http):
