@@ -29,6 +29,8 @@ from horde_scanner.media import (
 # decoding on one core.
 _MAX_FORWARD_FRAMES = 90
 _FORWARD_BUDGET = 120
+# Sample times tried per frame kept, so that near-duplicates can be dropped.
+_CANDIDATES_PER_FRAME = 2
 
 
 def decode_video(data: bytes, media_type: str, limits: DecodeLimits) -> DecodedImage:
@@ -89,7 +91,7 @@ def _sample(container: Any, media_type: str, limits: DecodeLimits) -> DecodedIma
     time_base = stream.time_base or Fraction(1, 1000)
     rate = stream.average_rate or stream.guessed_rate
 
-    n = min(packets, max(1, limits.max_frames))
+    n = min(packets, max(1, limits.max_frames) * _CANDIDATES_PER_FRAME)
     span = last - first
     targets = sorted({first + (span * i) // max(1, n - 1) for i in range(n)})
 
