@@ -89,6 +89,16 @@ class MediaSettings(Section):
     # Longest side sent to a backend: 512 px is one AI Horde tile.
     backend_max_side: int = Field(512, ge=64, le=3072)
     webp_quality: int = Field(85, ge=1, le=100)
+    # Animations and video: frames judged per file (the first, then spread over the duration).
+    max_frames: int = Field(8, ge=1, le=64)
+    # An animation with more frames is unreadable (every frame of a GIF must be decoded).
+    max_frame_count: int = Field(5_000, ge=1)
+    # Pixels decoded over all frames of one file.
+    max_total_pixels: int = Field(1_000_000_000, gt=0)
+    # Decoding one file longer than this makes it unreadable.
+    max_decode_s: float = Field(5.0, gt=0)
+    # Frames this close (difference hash bits of 64, and mean colour) count as one.
+    near_duplicate_bits: int = Field(4, ge=0, le=32)
 
 
 class HordeSettings(Section):
@@ -108,6 +118,9 @@ class HordeSettings(Section):
     http_timeout_s: float = Field(20.0, gt=0)
     retries: int = Field(4, ge=0, le=10)
     maintenance_pause_s: float = Field(120.0, ge=0)
+    # Animations and video: pack up to 4 frames into one 512 px 2x2 image (one request, a
+    # quarter of the kudos) at the price of each frame being judged at 256 px.
+    pack_frames: bool = False
 
 
 class StoreSettings(Section):

@@ -257,10 +257,14 @@ class HashMatcher:
         True when the index changed."""
         if verdict.label is not Label.CSAM or verdict.backend == MATCH_BACKEND:
             return False
+        # Of an animation or video, only the frames that carried the finding.
+        frames = set(verdict.frames) if verdict.frames else None
+        if frames is not None:
+            await self.hashes.keep_frames(sha256, sorted(frames))
         good = [
             h.hex
             for h in await self.hashes.pdq_of(sha256)
-            if h.quality >= self.settings.pdq_min_quality
+            if h.quality >= self.settings.pdq_min_quality and (frames is None or h.frame in frames)
         ]
         if not good:
             return False

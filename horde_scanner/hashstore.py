@@ -127,6 +127,15 @@ class HashStore:
         finally:
             await db.close()
 
+    async def keep_frames(self, sha256: str, frames: Sequence[int]) -> None:
+        """Drop the PDQ of an animation's other frames: a positive's harmless frames must not
+        become deny entries (in the index, or in what this instance publishes)."""
+        marks = ",".join("?" * len(frames))
+        await self._db.execute(
+            f"DELETE FROM verdict_pdq WHERE sha256=? AND frame NOT IN ({marks})",
+            (sha256, *frames),
+        )
+
     async def allowed_pdq(self, min_quality: int) -> list[str]:
         """PDQ of the images an admin allowed: deny entries near them are overridden."""
         async with self._db.execute(

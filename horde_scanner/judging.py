@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 
-from horde_scanner.backends.base import Backend, BackendFailed
+from horde_scanner.backends.base import Backend, BackendFailed, judge_image
 from horde_scanner.backends.prescreen import CLEARED
 from horde_scanner.config import Settings
 from horde_scanner.hashing import PdqHash, pdq_hash, sha256_hex
@@ -325,7 +325,11 @@ class Judge:
         a deny entry matched (the encoding costs more than all the rest): one pool trip."""
         decoded = decode(payload, self._limits)
         try:
-            hashes = [pdq_hash(decoded.image)]
+            frames = decoded.frames or ()
+            if frames:
+                hashes = [pdq_hash(f.image, frame=f.index) for f in frames]
+            else:
+                hashes = [pdq_hash(decoded.image)]
         except (ValueError, TypeError) as exc:  # no hash is no match, not a failed judgement
             log.warning("no PDQ for a %s image: %s", decoded.media_type, exc)
             hashes = []
@@ -369,7 +373,7 @@ class Judge:
                     policy_version=self.policy.version,
                 )
         try:
-            signals = await self.backend.judge(prepared)
+            signals = await judge_image(self.backend, prepared)
         except BackendFailed as exc:
             return Verdict(
                 label=Label.ERROR,
@@ -418,6 +422,11 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_pixels=settings.media.max_pixels,
         backend_max_side=settings.media.backend_max_side,
         webp_quality=settings.media.webp_quality,
+        max_frames=settings.media.max_frames,
+        max_frame_count=settings.media.max_frame_count,
+        max_total_pixels=settings.media.max_total_pixels,
+        max_decode_s=settings.media.max_decode_s,
+        near_duplicate_bits=settings.media.near_duplicate_bits,
     )
 
 

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from horde_scanner import framesignals
 from horde_scanner.verdict import Label, Signals, Verdict
 
 
@@ -206,6 +207,9 @@ class Policy:
         )
 
     def judge(self, signals: Signals) -> Verdict:
+        parts = framesignals.split(signals)
+        if parts is not None:
+            return self._judge_frames(signals, parts)
         sexual: list[str] = []
         underage: list[str] = []
         rules = self.horde
@@ -242,6 +246,35 @@ class Policy:
             policy_version=self.version,
             backend=signals.backend,
             signals=signals,
+        )
+
+    def _judge_frames(
+        self, signals: Signals, parts: list[tuple[list[int], str, Signals]]
+    ) -> Verdict:
+        """An animation or video is as bad as its worst frame; the reasons name that frame."""
+        if not parts:
+            return Verdict(
+                label=Label.ERROR,
+                reasons=["no frame was judged"],
+                policy_version=self.version,
+                backend=signals.backend,
+                signals=signals,
+            )
+        verdicts = [(indices, label, self.judge(frame)) for indices, label, frame in parts]
+        worst = max(verdicts, key=lambda v: v[2].label.severity)  # first of the worst
+        _, label, verdict = worst
+        flagged = [i for ix, _, v in verdicts if v.label is verdict.label for i in ix]
+        if verdict.label is Label.CLEAN:
+            reasons = [f"{len(parts)} frames judged, none flagged"]
+        else:
+            reasons = [f"{label}: {reason}" for reason in verdict.reasons]
+        return Verdict(
+            label=verdict.label,
+            reasons=reasons,
+            policy_version=self.version,
+            backend=signals.backend,
+            signals=signals,
+            frames=flagged,
         )
 
 

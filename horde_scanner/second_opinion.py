@@ -15,7 +15,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from horde_scanner.backends.base import Backend, BackendFailed, BackendUnavailable
+from horde_scanner.backends.base import (
+    Backend,
+    BackendFailed,
+    BackendUnavailable,
+    judge_image,
+)
 from horde_scanner.backends.prescreen import merge_prescreen
 from horde_scanner.jobs import FinishedHook
 from horde_scanner.media import PreparedImage
@@ -64,14 +69,18 @@ class SecondOpinion:
 
     async def _ask(self, job: Job, image: PreparedImage, first: Verdict) -> None:
         try:
-            signals = await self._backend.judge(image)
+            signals = await judge_image(self._backend, image)
         except (BackendUnavailable, BackendFailed) as exc:
             log.info("second opinion on %s not had: %s", job.sha256[:12], exc)
             return
         except Exception:
             log.exception("second opinion on %s failed", job.sha256[:12])
             return
+        # The pre-screen's scores of a cleared image are all under its thresholds: merged in for
+        # the record on a still image (an animation keeps them per frame in `first`).
         scores = first.signals.scores if first.signals else None
+        if image.animated:
+            scores = None
         verdict = self._policy.judge(merge_prescreen(signals, scores))
         await self._store.audit(
             "second_opinion",

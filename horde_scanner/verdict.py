@@ -49,6 +49,8 @@ class Verdict(BaseModel):
     policy_version: str = ""
     backend: str = ""
     signals: Signals | None = None
+    # Animation or video: the frames whose judgement gave `label` (None for a still image).
+    frames: list[int] | None = None
     judged_at: float = Field(default_factory=time.time)
 
     @property

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
+from horde_scanner import framesignals
 from horde_scanner.backends.base import BackendFailed, Readiness
 from horde_scanner.config import LocalSettings
 from horde_scanner.media import PreparedImage
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
 
 class LocalClipBackend:
     name = "clip"
+    # The frames of an animation enter the batcher together, so they form one model call.
+    takes_frames = True
 
     def __init__(
         self,
@@ -68,10 +72,24 @@ class LocalClipBackend:
         return self.scorer.score(images)
 
     async def judge(self, image: PreparedImage) -> Signals:
+        frames = image.frames if image.animated else ()
+        pictures = [f.image for f in frames] or [image.image]
+        tasks = [asyncio.ensure_future(self.batcher.submit(p)) for p in pictures]
         try:
-            sims = await self.batcher.submit(image.image)
+            results = await asyncio.gather(*tasks)
         except (ValueError, RuntimeError) as exc:  # torch raises RuntimeError on bad input
             raise BackendFailed(f"local CLIP could not score the image: {exc}") from None
+        finally:
+            for task in tasks:
+                task.cancel()
+        signals = [self._signals(sims) for sims in results]
+        if not frames:
+            return signals[0]
+        return framesignals.combine(
+            self.name, [([f], s) for f, s in zip(frames, signals, strict=True)]
+        )
+
+    def _signals(self, sims: dict[str, float]) -> Signals:
         return Signals(
             backend=self.name,
             scores={CLIP_PREFIX + p: s for p, s in sims.items()},

@@ -12,6 +12,11 @@ A Backend turns one decoded image into Signals. Its contract:
 - Any other exception is a bug in the backend and is treated like `BackendUnavailable`.
 - It may take as long as it needs; callers that have a deadline enforce it themselves and may
   cancel the call, so `judge` must clean up (e.g. cancel remote work) on cancellation.
+- Animations and videos: a PreparedImage carries the sampled `frames` (one for a still image).
+  A backend that sets `takes_frames = True` judges all of them in `judge` (one batch, fewer
+  requests) and returns `framesignals.combine(...)` Signals with one entry per frame or group
+  of frames. Any other backend sees one frame per `judge` call: callers go through
+  `judge_image()`, which splits a multi-frame image and combines the answers.
 - `readiness()` answers quickly, without sending work, whether the backend can take work.
 
 `MockBackend` (mock.py) is the in-process implementation for tests and benchmarks.
@@ -19,9 +24,11 @@ A Backend turns one decoded image into Signals. Its contract:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
+from horde_scanner import framesignals
 from horde_scanner.media import PreparedImage
 from horde_scanner.verdict import Signals
 
@@ -48,6 +55,7 @@ class Readiness:
 
 class Backend(Protocol):
     name: str
+    # Optional class attribute `takes_frames: bool` (see the contract above).
 
     async def judge(self, image: PreparedImage) -> Signals: ...
 
@@ -63,3 +71,23 @@ def describe_paths(backend: Backend) -> list[Readiness]:
         result: list[Readiness] = paths()
         return result
     return [backend.readiness()]
+
+
+async def judge_image(backend: Backend, image: PreparedImage) -> Signals:
+    """`backend.judge` for any image: frame by frame unless the backend takes frames itself.
+
+    A frame that fails for good fails the whole file (its verdict would be incomplete)."""
+    if not image.animated or getattr(backend, "takes_frames", False):
+        return await backend.judge(image)
+    singles = [image.subset([frame]) for frame in image.frames]
+    tasks = [asyncio.ensure_future(backend.judge(one)) for one in singles]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # no frame is judged for nothing once the file cannot be
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return framesignals.combine(
+        backend.name, [(one.frames, signals) for one, signals in zip(singles, results, strict=True)]
+    )

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import aiohttp
+from PIL import Image, ImageOps
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -32,11 +33,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from horde_scanner import PROJECT_URL, __version__
+from horde_scanner import PROJECT_URL, __version__, framesignals
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
 from horde_scanner.backends.ratelimit import TokenBucket
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
-from horde_scanner.media import PreparedImage
+from horde_scanner.media import Frame, PreparedImage, encode_webp
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,18 @@ class _HordeRefused(Exception):
         self.message = message
 
 
+def pack_frames(frames: list[Frame], side: int = 512, quality: int = 85) -> bytes:
+    """Up to four frames on one side x side canvas, 2x2, each fitted into its quarter. Blocking."""
+    tile = side // 2
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    for i, frame in enumerate(frames[:4]):
+        small = ImageOps.contain(frame.image, (tile, tile), Image.Resampling.BILINEAR)
+        x = (i % 2) * tile + (tile - small.width) // 2
+        y = (i // 2) * tile + (tile - small.height) // 2
+        canvas.paste(small, (x, y))
+    return encode_webp(canvas, quality)
+
+
 def _classify(status: int, reply: Any) -> _HordeRefused:
     reply = reply if isinstance(reply, dict) else {}
     return _HordeRefused(status, str(reply.get("rc") or ""), str(reply.get("message") or ""))
@@ -156,9 +169,12 @@ class HordeBackend:
     """Judges an image with the `nsfw` and `caption` forms (and `interrogation` if enabled)."""
 
     name = "horde"
+    # Frames are sent one request each, or packed four to a 2x2 image (horde.pack_frames).
+    takes_frames = True
 
     def __init__(self, settings: HordeSettings, session: aiohttp.ClientSession) -> None:
         self.settings = settings
+        self.pack_side = 512
         self.client = HordeClient(settings, session)
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._paused_until = 0.0
@@ -200,8 +216,32 @@ class HordeBackend:
             raise BackendUnavailable(self._pause_reason, retry_after_s=left)
 
     async def judge(self, image: PreparedImage) -> Signals:
+        if image.animated:
+            return await self._judge_frames(image)
+        return await self._judge_webp(image.webp)
+
+    async def _judge_frames(self, image: PreparedImage) -> Signals:
+        size = 4 if self.settings.pack_frames else 1
+        groups = [list(image.frames[i : i + size]) for i in range(0, len(image.frames), size)]
+        tasks = [asyncio.ensure_future(self._judge_group(group)) for group in groups]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return framesignals.combine(self.name, list(zip(groups, results, strict=True)))
+
+    async def _judge_group(self, frames: list[Frame]) -> Signals:
+        if len(frames) == 1 and frames[0].webp:
+            return await self._judge_webp(frames[0].webp)
+        webp = await asyncio.to_thread(pack_frames, frames, self.pack_side)
+        return await self._judge_webp(webp)
+
+    async def _judge_webp(self, webp: bytes) -> Signals:
         self._check_sendable()
-        payload = base64.b64encode(image.webp).decode("ascii")
+        payload = base64.b64encode(webp).decode("ascii")
         async with self._in_flight:
             self.in_flight += 1
             try:

@@ -19,8 +19,15 @@ from typing import Protocol
 
 from PIL import Image
 
-from horde_scanner.backends.base import Backend, BackendUnavailable, Readiness, describe_paths
-from horde_scanner.media import PreparedImage
+from horde_scanner import framesignals
+from horde_scanner.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Readiness,
+    describe_paths,
+    judge_image,
+)
+from horde_scanner.media import Frame, PreparedImage
 from horde_scanner.policy import PRESCREEN_PREFIX, PrescreenRules
 from horde_scanner.verdict import Signals
 
@@ -37,6 +44,9 @@ class Detector(Protocol):
 
 class PrescreenBackend:
     name = "prescreen"
+    # Frames of an animation are scored in one trip to the detector's thread; only those it
+    # does not clear go on to the next backend.
+    takes_frames = True
 
     def __init__(
         self,
@@ -69,7 +79,67 @@ class PrescreenBackend:
             self.waiting -= 1
         return {PRESCREEN_PREFIX + c: round(s, 4) for c, s in raw.items()}
 
+    async def _frame_scores(self, image: PreparedImage) -> list[dict[str, float]] | None:
+        if self.waiting >= self._max_queue:
+            self.skipped += 1
+            return None
+        self.waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            images = [frame.image for frame in image.frames]
+            raw = await loop.run_in_executor(
+                self._executor, lambda: [self.detector.scores(i) for i in images]
+            )
+        finally:
+            self.waiting -= 1
+        return [{PRESCREEN_PREFIX + c: round(s, 4) for c, s in r.items()} for r in raw]
+
+    async def _judge_frames(self, image: PreparedImage) -> Signals:
+        per_frame = await self._frame_scores(image)
+        if per_frame is None:
+            if self.next is None:
+                raise BackendUnavailable("pre-screen saturated", retry_after_s=1.0)
+            self.passed_on += 1
+            return await judge_image(self.next, image)
+        parts: list[tuple[list[Frame], Signals]] = []
+        flagged: list[tuple[Frame, dict[str, float]]] = []
+        for frame, scores in zip(image.frames, per_frame, strict=True):
+            if self.rules.hits(scores):
+                flagged.append((frame, scores))
+            else:
+                cleared = Signals(
+                    backend=self.name, nsfw=False, scores=scores, extra={"prescreen": CLEARED}
+                )
+                parts.append(([frame], cleared))
+        if not flagged:
+            self.cleared += 1
+            combined = framesignals.combine(self.name, parts)
+            return combined.model_copy(update={"extra": {**combined.extra, "prescreen": CLEARED}})
+        self.passed_on += 1
+        scores_of = {frame.index: scores for frame, scores in flagged}
+        if self.next is None:
+            parts += [
+                ([f], Signals(backend=self.name, scores=s, extra={"prescreen": PASSED_ON}))
+                for f, s in flagged
+            ]
+        else:
+            rest = image.subset([frame for frame, _ in flagged])
+            answer = await judge_image(self.next, rest)
+            for indices, _, signals in framesignals.split(answer) or [
+                ([f.index for f in rest.frames], "", answer)
+            ]:
+                frames = [f for f in rest.frames if f.index in indices]
+                merged: dict[str, float] = {}
+                for f in frames:
+                    for name, value in scores_of[f.index].items():
+                        merged[name] = max(value, merged.get(name, 0.0))
+                parts.append((frames, merge_prescreen(signals, merged)))
+        combined = framesignals.combine(self.name, parts)
+        return combined.model_copy(update={"extra": {**combined.extra, "prescreen": PASSED_ON}})
+
     async def judge(self, image: PreparedImage) -> Signals:
+        if image.animated:
+            return await self._judge_frames(image)
         scores = await self._scores(image)
         if scores is not None and not self.rules.hits(scores):
             self.cleared += 1
@@ -83,7 +153,7 @@ class PrescreenBackend:
             self.passed_on += 1
             return Signals(backend=self.name, scores=scores, extra={"prescreen": PASSED_ON})
         self.passed_on += 1
-        signals = await self.next.judge(image)
+        signals = await judge_image(self.next, image)
         return merge_prescreen(signals, scores)
 
     def readiness(self) -> Readiness:

@@ -22,6 +22,7 @@ from horde_scanner.backends.base import (
     BackendUnavailable,
     Readiness,
     describe_paths,
+    judge_image,
 )
 from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.backends.workers import WorkerPool
@@ -48,6 +49,8 @@ class RoutedBackend:
         if not paths:
             raise ValueError("a router needs at least one path")
         self.name = name
+        # Frames go to a path whole: each path judges them its own best way (judge_image).
+        self.takes_frames = True
         self.members = paths
         self.budget_s = budget_s
         self.latency_s: dict[str, float] = {
@@ -78,7 +81,7 @@ class RoutedBackend:
                 log.info("routing to %s after: %s", path.name, problems[-1])
             started = time.monotonic()
             try:
-                signals = await path.judge(image)
+                signals = await judge_image(path, image)
             except BackendUnavailable as exc:
                 problems.append(f"{path.name}: {exc.reason}")
                 continue
