@@ -25,14 +25,13 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import (
-    free_port,
     noisy_jpeg,
     peak_rss_mb,
     percentiles,
     rss_mb,
     spawn,
-    wait_port,
 )
+from tests.net import free_port, wait_port
 
 CLIENT = "bench"
 DEADLINE_S = 8.0
