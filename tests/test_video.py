@@ -39,10 +39,17 @@ def marked(kind: str) -> tuple[bytes, str]:
     """A file of twelve frames where only frame 6 is red, and its Content-Type."""
     scene = mf.frames("green", count=12, marker=MARKED)
     if kind in mf.VIDEO_CODECS:
-        return mf.video(scene, kind), {"mp4": "video/mp4", "webm": "video/webm",
-                                        "mkv": "video/x-matroska"}[kind]
-    fmt, ctype = {"gif": ("GIF", "image/gif"), "apng": ("PNG", "image/apng"),
-                  "webp": ("WEBP", "image/webp"), "avif": ("AVIF", "image/avif")}[kind]
+        return mf.video(scene, kind), {
+            "mp4": "video/mp4",
+            "webm": "video/webm",
+            "mkv": "video/x-matroska",
+        }[kind]
+    fmt, ctype = {
+        "gif": ("GIF", "image/gif"),
+        "apng": ("PNG", "image/apng"),
+        "webp": ("WEBP", "image/webp"),
+        "avif": ("AVIF", "image/avif"),
+    }[kind]
     return mf.animation(scene, fmt), ctype
 
 
@@ -131,8 +138,13 @@ async def test_horde_packs_four_frames_per_request():
     scene = mf.frames("magenta", count=8, size=(128, 128))
     prepared = prepare(mf.animation(scene), DecodeLimits())
     async with FakeHorde(latency=0.0) as horde, aiohttp.ClientSession() as session:
-        settings = HordeSettings(url=horde.url, poll_interval_s=0.1, status_polls_per_s=100,
-                                 pack_frames=True, api_key="0000000000")
+        settings = HordeSettings(
+            url=horde.url,
+            poll_interval_s=0.1,
+            status_polls_per_s=100,
+            pack_frames=True,
+            api_key="0000000000",
+        )
         signals = await HordeBackend(settings, session).judge(prepared)
         assert horde.posts == -(-len(prepared.frames) // 4)
     parts = framesignals.split(signals)
@@ -187,7 +199,9 @@ BAD_INPUT = {
     "truncated mp4": (lambda: marked("mp4")[0][:-600], "video/mp4", "video/mp4: no video frames"),
     "truncated webm": (lambda: marked("webm")[0][:400], "video/webm", "video/webm: cannot decode"),
     "not a video, sent as video/webm": (
-        lambda: images.jpeg()[:2] + b"\0" * 4000, "video/webm", "not a known image or video"
+        lambda: images.jpeg()[:2] + b"\0" * 4000,
+        "video/webm",
+        "not a known image or video",
     ),
     "zero-frame mp4": (lambda: _zero_frame_video("mp4"), "video/mp4", "no video frames"),
     "zero-frame webm": (lambda: _zero_frame_video("webm"), "video/webm", "video/webm: cannot"),
@@ -200,8 +214,11 @@ BAD_INPUT = {
 async def test_bad_input_answered_in_time_with_a_reason(tmp_path: Path, http, case: str):
     make, ctype, why = BAD_INPUT[case]
     data = make()
-    settings = make_settings(tmp_path / "b.db", "http://127.0.0.1:9",
-                             validation={"deadline_s": 2.0, "on_unreadable": "reject"})
+    settings = make_settings(
+        tmp_path / "b.db",
+        "http://127.0.0.1:9",
+        validation={"deadline_s": 2.0, "on_unreadable": "reject"},
+    )
     async with running_service(settings, backend=MockBackend()) as svc:
         started = time.monotonic()
         result = await validate_upload(http, svc.scan_url(), data, ctype)
@@ -223,8 +240,11 @@ def test_decode_time_bound_makes_a_file_unreadable():
 async def test_validation_deadline_holds_and_the_video_is_judged_later(tmp_path: Path, http):
     data, ctype = marked("mp4")
     backend = MockBackend(delay_s=0.6)  # per frame; frames run concurrently
-    settings = make_settings(tmp_path / "d.db", "http://127.0.0.1:9",
-                             validation={"deadline_s": 0.3, "on_timeout": "accept"})
+    settings = make_settings(
+        tmp_path / "d.db",
+        "http://127.0.0.1:9",
+        validation={"deadline_s": 0.3, "on_timeout": "accept"},
+    )
     async with running_service(settings, backend=backend) as svc:
         first = await validate_upload(http, svc.scan_url(), data, ctype)
         assert first.status == 200 and first.body["route"] == "timeout"

@@ -40,7 +40,6 @@ import asyncio
 import base64
 import binascii
 import io
-import ipaddress
 import json
 import time
 import uuid
@@ -53,6 +52,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 from PIL import Image, ImageStat
+
+from tests.fakes.server import LoopbackServer, is_loopback_host
 
 ANON_APIKEY = "0000000000"
 MAX_PIXELS = 3072 * 3072
@@ -260,17 +261,6 @@ def _image_failed(message: str, rc: str = "ImageValidationFailed") -> _Reject:
     return _Reject(400, f"Image validation failed. {message}", rc)
 
 
-def _is_loopback_host(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _form_item_error(i: int, item: Any) -> tuple[str, str] | None:
     if not isinstance(item, dict):
         return f"forms.{i}", f"{item!r} is not of type 'object'"
@@ -289,8 +279,10 @@ def _tiles(size: tuple[int, int]) -> int:
     return ((width + 511) // 512) * ((height + 511) // 512)
 
 
-class FakeHorde:
+class FakeHorde(LoopbackServer):
     """In-memory AI Horde with knobs for failure injection; every knob may change mid-test."""
+
+    base_path = "/api"
 
     def __init__(
         self,
@@ -353,8 +345,6 @@ class FakeHorde:
         self._windows: dict[tuple[str, ...], deque[float]] = {}
         self._r2: dict[str, bytes] = {}
         self._origin = ""
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -370,29 +360,6 @@ class FakeHorde:
         app.router.add_get("/api/v2/status/performance", self._performance)
         app.router.add_get("/fake-r2/{name}", self._r2_object)
         return app
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on loopback; returns the API base URL, e.g. ``http://127.0.0.1:PORT/api``."""
-        if not _is_loopback_host(host):
-            raise ValueError(f"fakes only listen on loopback, not {host!r}")
-        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        self.url = f"http://{host}:{runner.addresses[0][1]}/api"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeHorde:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- views for tests ---------------------------------------------------------------------
 
@@ -663,7 +630,7 @@ class FakeHorde:
     @staticmethod
     async def _fetch_url(url: str) -> bytes:
         failure = "Something went wrong when retrieving image url."
-        if not _is_loopback_host(urlsplit(url).hostname):
+        if not is_loopback_host(urlsplit(url).hostname):
             # The real server would fetch it; a test fake must never leave loopback.
             raise _image_failed(failure)
         timeout = aiohttp.ClientTimeout(total=URL_FETCH_TIMEOUT_S)
@@ -908,7 +875,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expire-after", type=float, default=DEFAULT_EXPIRE_AFTER_S)
     parser.add_argument("--key", action="append", default=[], help="extra valid API key")
     args = parser.parse_args(argv)
-    if not _is_loopback_host(args.host):
+    if not is_loopback_host(args.host):
         parser.error("--host must be a loopback address")
     horde = FakeHorde(latency=args.latency, expire_after=args.expire_after, valid_keys=args.key)
     print(f"fake horde on http://{args.host}:{args.port}/api (Ctrl-C stops)", flush=True)

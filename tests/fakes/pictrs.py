@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import ipaddress
 import json
 import time
 import uuid
@@ -40,6 +39,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 from PIL import Image
+
+from tests.fakes.server import LoopbackServer, is_loopback_host
 
 DEFAULT_API_KEY = "pictrs-api-key"
 PICTRS_USER_AGENT = "pict-rs v0.5.17"
@@ -176,12 +177,7 @@ class ValidationRecord:
 
 
 def _assert_loopback(url: str) -> None:
-    host = urlsplit(url).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_host(urlsplit(url).hostname):
         raise ValueError(f"test clients only talk to loopback, not {url!r}")
 
 
@@ -232,7 +228,7 @@ def _json(status: int, payload: dict[str, Any]) -> web.Response:
     return web.json_response(payload, status=status)
 
 
-class FakePictrs:
+class FakePictrs(LoopbackServer):
     """In-memory pict-rs: internal admin API, originals, and an ingest path that validates."""
 
     def __init__(
@@ -260,8 +256,6 @@ class FakePictrs:
         self._alias_hash: dict[str, bytes] = {}
         self._last_created: datetime | None = None
         self._prune_started = False
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # -- store helpers for tests -------------------------------------------------------------
 
@@ -372,28 +366,6 @@ class FakePictrs:
         r.add_post("/internal/prune_missing", self._prune_missing)
         r.add_delete("/internal/variants", self._variants)
         return app
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on loopback; returns the base URL, e.g. ``http://127.0.0.1:PORT``."""
-        _assert_loopback(f"http://{host}/")
-        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        self.url = f"http://{host}:{runner.addresses[0][1]}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakePictrs:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- middleware --------------------------------------------------------------------------
 
