@@ -338,6 +338,14 @@ class Judge:
             return decoded, None, hashes, hits
         return decoded, encode_for_backend(decoded, payload, self._limits), hashes, hits
 
+    def _unreadable(self, exc: UnreadableMedia) -> Verdict:
+        return Verdict(
+            label=Label.UNREADABLE,
+            reasons=[exc.reason],
+            backend="decoder",
+            policy_version=self.policy.version,
+        )
+
     async def _process(self, job: Job) -> Verdict:
         loop = asyncio.get_running_loop()
         try:
@@ -345,12 +353,7 @@ class Judge:
                 self._executor, self._decode, job.payload
             )
         except UnreadableMedia as exc:
-            return Verdict(
-                label=Label.UNREADABLE,
-                reasons=[exc.reason],
-                backend="decoder",
-                policy_version=self.policy.version,
-            )
+            return self._unreadable(exc)
         if self.hashes is not None:
             await self.hashes.save(job.sha256, hashes)
             matches = [await self.hashes.match_sha256(job.sha256), await self.hashes.resolve(hits)]
@@ -366,12 +369,7 @@ class Judge:
                     self._executor, encode_for_backend, decoded, job.payload, self._limits
                 )
             except UnreadableMedia as exc:
-                return Verdict(
-                    label=Label.UNREADABLE,
-                    reasons=[exc.reason],
-                    backend="decoder",
-                    policy_version=self.policy.version,
-                )
+                return self._unreadable(exc)
         try:
             signals = await judge_image(self.backend, prepared)
         except BackendFailed as exc:

@@ -375,14 +375,6 @@ class FakeHorde(LoopbackServer):
 
     # -- middleware and limiter --------------------------------------------------------------
 
-    def _middleware_factory(self) -> Any:
-        # aiohttp only treats functions marked by web.middleware as (request, handler) style.
-        @web.middleware
-        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            return await self._middleware(request, handler)
-
-        return middleware
-
     async def _middleware(
         self,
         request: web.Request,
@@ -509,7 +501,7 @@ class FakeHorde(LoopbackServer):
         if req is None:
             return None
         if not self._advance(req, now):
-            del self.interrogations[rid]
+            del self.interrogations[req.id]
             return None
         return req
 
@@ -805,30 +797,30 @@ class FakeHorde(LoopbackServer):
 
     async def _status(self, request: web.Request) -> web.Response:
         self.status_calls += 1
+        req = self._status_target(request)
+        if isinstance(req, web.Response):
+            return req
+        return web.json_response(self._status_body(req))
+
+    def _status_target(self, request: web.Request) -> InterrogationRecord | web.Response:
+        """The live request a GET/DELETE on a status path is about, or the error answer."""
         now = self.clock()
         limited = self._status_limited(request, now)
         if limited is not None:
             return limited
         rid = request.match_info["id"]
         req = self._live(rid, now)
-        if req is None:
-            return self._not_found(rid)
-        return web.json_response(self._status_body(req))
+        return self._not_found(rid) if req is None else req
 
     async def _delete(self, request: web.Request) -> web.Response:
         self.deletes += 1
-        now = self.clock()
-        limited = self._status_limited(request, now)
-        if limited is not None:
-            return limited
-        rid = request.match_info["id"]
-        req = self._live(rid, now)
-        if req is None:
-            return self._not_found(rid)
+        req = self._status_target(request)
+        if isinstance(req, web.Response):
+            return req
         for form in req.forms:
             if form.state in ACTIVE_STATES:
                 form.state = "cancelled"
-        del self.interrogations[rid]
+        del self.interrogations[req.id]
         return web.json_response(self._status_body(req))
 
     async def _heartbeat(self, request: web.Request) -> web.Response:

@@ -369,14 +369,6 @@ class FakePictrs(LoopbackServer):
 
     # -- middleware --------------------------------------------------------------------------
 
-    def _middleware_factory(self) -> Any:
-        # aiohttp only treats functions marked by web.middleware as (request, handler) style.
-        @web.middleware
-        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            return await self._middleware(request, handler)
-
-        return middleware
-
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:

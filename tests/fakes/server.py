@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Self
+from collections.abc import Callable
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -28,6 +29,21 @@ class LoopbackServer:
 
     def app(self) -> web.Application:
         raise NotImplementedError
+
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        """Subclasses may override to see (and fail) every request."""
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def _middleware_factory(self) -> Any:
+        # aiohttp only treats functions marked by web.middleware as (request, handler) style.
+        @web.middleware
+        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+            return await self._middleware(request, handler)
+
+        return middleware
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on loopback; returns the base URL, e.g. ``http://127.0.0.1:PORT/api``."""
