@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from horde_scanner import __version__
 from horde_scanner.cli_hashes import hashes as hashes_group
-from horde_scanner.config import ConfigError, Settings, load_settings
+from horde_scanner.config import ConfigError, Settings, StoreSettings, load_settings
 from horde_scanner.hashing import is_sha256_hex, sha256_hex
 from horde_scanner.hashstore import HashStore
 from horde_scanner.policy import PolicyError
@@ -52,19 +53,26 @@ def _settings(ctx: click.Context) -> Settings:
 )
 @click.option(
     "--db",
-    type=click.Path(path_type=Path),
     default=None,
-    help="SQLite store (overrides store.path).",
+    help="Store: a SQLite file path or a store URL (overrides store.path / store.url).",
 )
 @click.pass_context
-def main(ctx: click.Context, config_file: Path | None, db: Path | None) -> None:
+def main(ctx: click.Context, config_file: Path | None, db: str | None) -> None:
     """Keep CSAM (and optionally NSFW media) out of pict-rs storage, without a GPU."""
     try:
         settings = load_settings(config_file)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if db is not None:
-        settings.store.path = db
+        if "://" in db:
+            try:
+                settings.store = StoreSettings.model_validate(
+                    {**settings.store.model_dump(), "url": db}
+                )
+            except ValidationError as exc:
+                raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--db") from None
+        else:
+            settings.store.path, settings.store.url = Path(db), None
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -205,7 +213,7 @@ def verdicts_list(ctx: click.Context, labels: tuple[str, ...], limit: int, as_js
     """Newest verdicts first."""
 
     async def go() -> list[StoredVerdict]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             return [v async for v in store.iter_verdicts(labels=_labels(labels), limit=limit)]
 
     rows = _run(go)
@@ -229,7 +237,7 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
         raise click.BadParameter("expected 64 hex characters", param_hint="SHA256")
 
     async def go() -> dict[str, Any] | None:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             stored = await store.get_verdict(sha256)
             trail = await store.audit_trail(sha256)
             listed = await store.list_kind(sha256)
@@ -287,7 +295,7 @@ def verdicts_export(
     wanted = _labels(labels) or [Label.CSAM, Label.NSFW]
 
     async def go() -> list[dict[str, Any]]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             return await evidence.records(store, wanted)
 
     records = _run(go)
@@ -497,7 +505,7 @@ def _list_command(kind: str, help_text: str) -> click.Command:
 
         async def go() -> list[str]:
             done = []
-            async with await Store.open(_settings(ctx).store.path) as store:
+            async with await Store.open(_settings(ctx).store) as store:
                 for sha in hashes:
                     if remove:
                         if await store.list_kind(sha) == kind and await store.remove_list(sha):

@@ -69,7 +69,7 @@ def export(ctx: click.Context, fmt: str, output: Path | None, everything: bool) 
     settings = _settings(ctx).hashes
 
     async def go() -> list[HashEntry]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             hs = HashStore(store)
             entries = await hs.published(
                 settings.publish_source, settings.pdq_min_quality, settings.pdq_max_distance
@@ -128,7 +128,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
         click.echo(f"{file}: {error} (skipped)", err=True)
 
     async def go() -> int:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             written = await HashStore(store).add_entries(LOCAL, entries)
             await store.audit(
                 "hashes_imported",
@@ -153,7 +153,7 @@ def remove(ctx: click.Context, signal: str, value: str) -> None:
     value = value.strip().lower()
 
     async def go() -> bool:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             removed = await HashStore(store).remove_entry(LOCAL, signal, value)
             if removed:
                 await store.audit(
@@ -176,7 +176,7 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
     """State of each subscribed list: entries held, last good copy, last problem."""
 
     async def go() -> list[SubscriptionState]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             return await HashStore(store).subscriptions()
 
     states = _run(go)
@@ -201,7 +201,7 @@ def flagged(ctx: click.Context, limit: int) -> None:
     """Images that matched a `review` source: accepted, waiting for an admin's look."""
 
     async def go() -> list[Flag]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(_settings(ctx).store) as store:
             return await HashStore(store).flags(limit)
 
     flags = _run(go)

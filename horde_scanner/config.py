@@ -125,6 +125,26 @@ class HordeSettings(Section):
 
 class StoreSettings(Section):
     path: Path = Path("horde-scanner.db")
+    # sqlite:///path (the default: `path` above) or postgresql://user:pass@host:port/db.
+    url: str | None = None
+    # PostgreSQL: how long a claimed job stays with the replica that took it without word
+    # from it (renewed every third of this while judged); a dead replica's jobs wait this long.
+    job_lease_s: float = Field(30.0, ge=1.0, le=3600.0)
+    # PostgreSQL: connections per process.
+    pool_size: int = Field(10, ge=2, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite:///", "postgresql://", "postgres://")
+        ):
+            raise ValueError("want sqlite:///path or postgresql://user:password@host:port/db")
+        return value
+
+    @property
+    def target(self) -> str:
+        return self.url or f"sqlite:///{self.path}"
 
 
 class PictrsSettings(Section):

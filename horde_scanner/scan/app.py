@@ -94,7 +94,7 @@ async def run_scan(
 ) -> Report:
     """Sweep `address` (or an already built, unopened `source`) and act as asked."""
     source = source or make_source(address, settings)
-    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
+    async with await Store.open(settings.store) as store, aiohttp.ClientSession() as session:
         async with _opened(source), _judge(settings, store, session, backend) as judge:
             records = ScanRecords(store)
             actor = None
@@ -145,7 +145,7 @@ async def run_apply(
     if settings.scan.on_unreadable is OnEvent.REJECT:
         labels.add(Label.UNREADABLE.value)
     reports: list[Report] = []
-    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
+    async with await Store.open(settings.store) as store, aiohttp.ClientSession() as session:
         records = ScanRecords(store)
         source_url = make_source(address, settings).url if address else None
         rows = await records.unacted_positives(labels, since=since, source=source_url)
@@ -228,7 +228,7 @@ async def _current_label(store: Store, sha256: str, recorded: str | None) -> str
 
 async def run_release(settings: Settings, target: str, *, note: str = "") -> list[str]:
     """Restore quarantined objects by action id (or every one with a sha256) and allow-list."""
-    async with await Store.open(settings.store.path) as store:
+    async with await Store.open(settings.store) as store:
         records = ScanRecords(store)
         rows: list[ActionRow] = []
         if target.isdigit():

@@ -73,7 +73,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open the store, the backend and the job runner; close them all on exit."""
     policy = Policy.load(settings.policy.path)
-    store = await Store.open(settings.store.path)
+    store = await Store.open(settings.store)
     session = aiohttp.ClientSession()
     executor = ThreadPoolExecutor(
         max_workers=settings.validation.max_decoding, thread_name_prefix="decode"

@@ -18,12 +18,12 @@ async def readyz(request: web.Request) -> web.Response:
         await svc.store.ping()
     except Exception as exc:
         return web.json_response(
-            {"status": "unready", "why": f"store {svc.store.path}: {exc}"}, status=503
+            {"status": "unready", "why": f"store {svc.store.where}: {exc}"}, status=503
         )
     backend = svc.backend.readiness()
     body = {
         "status": "ready" if backend.live else "degraded",
-        "store": str(svc.store.path),
+        "store": svc.store.where,
         "backend": {"name": backend.name, "live": backend.live, "detail": backend.detail},
         # Every judging path behind the backend (pre-screen, CLIP, workers, Horde).
         "paths": {
