@@ -1,6 +1,6 @@
 FROM python:3.11-slim
 # Extras to install: s3, ssh, video, prescreen (NudeNet on CPU), gpu (torch; use a CUDA base image).
-ARG EXTRAS=s3,ssh,video
+ARG EXTRAS=s3,ssh,video,postgres
 WORKDIR /app
 COPY pyproject.toml README.md constraints.txt ./
 COPY horde_scanner ./horde_scanner

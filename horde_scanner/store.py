@@ -359,9 +359,13 @@ class Store:
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA busy_timeout=5000")
             store = cls(db, path)
-            await store._migrate()
-            # A process that died mid-judgement left these; they are work to do, not work done.
-            await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+            try:
+                await store._migrate()
+                # A process that died mid-judgement left these: work to do, not work done.
+                await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+            except BaseException:
+                await db.close()
+                raise
         except aiosqlite.DatabaseError as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
         return store
