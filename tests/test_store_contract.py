@@ -313,3 +313,13 @@ async def test_changes_reach_other_replicas(pg_url: str) -> None:
         await writer.close()
         await reader.close()
 
+
+
+async def test_replicas_starting_together_apply_the_schema_once(pg_url: str) -> None:
+    stores = await asyncio.gather(*(Store.open(pg_url) for _ in range(4)))
+    try:
+        rows = await stores[0].db.execute_fetchall("SELECT COUNT(*) FROM schema_migrations")
+        assert rows[0][0] == len(_MIGRATIONS)
+    finally:
+        for s in stores:
+            await s.close()
