@@ -137,16 +137,3 @@ async def test_the_store_password_stays_out_of_readyz_and_logs(tmp_path, pg_url,
         replica.terminate()
     assert "hunter2" not in replica.log.read_text()
 
-
-async def test_a_stopping_replica_hands_its_jobs_back(replicas, horde, pg_url, http):
-    horde.latency = 60.0
-    leaving = replicas(validation__deadline_s="0.5", store__job_lease_s="600")
-    burst = [distinct_png(5000 + i) for i in range(4)]
-    for data in burst:
-        assert (await validate_upload(http, leaving.scan_url(), data, "image/png")).status == 200
-    assert leaving.terminate() == 0
-    async with await Store.open(pg_url) as store:
-        rows = await store.db.execute_fetchall("SELECT state FROM jobs")
-        assert sorted(r[0] for r in rows) == ["pending"] * len(burst)
-        # Another replica can take them now, not in ten minutes.
-        assert len(await store.claim_jobs(10)) == len(burst)
