@@ -269,5 +269,5 @@ async def test_our_worker_protocol_posts_signals(tmp_path: Path):
         with pytest.raises(WorkerError, match="refused the worker key"):
             await Worker(svc.url, "bad", scorer, name="x").run()
     assert red.status == 406 and red.body["label"] == "csam"
-    assert any("worker:ours: clip 'a nude body'" in r for r in red.body["reasons"])
+    assert any("worker:key1/ours: clip 'a nude body'" in r for r in red.body["reasons"])
     assert green.status == 200 and green.body["label"] == "clean"
