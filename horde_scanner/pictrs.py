@@ -136,13 +136,23 @@ class HashIndex:
         self._known: dict[str, list[str]] = {}
         self._slug: str | None = None
         self._exhausted = False
+        self._unsupported = False
         self._lock = asyncio.Lock()
         self.pages = 0
 
     async def aliases(self, sha256: str) -> list[str]:
         if sha256 in self._known:
             return self._known[sha256]
+        try:
+            return await self._aliases(sha256)
+        except PictrsUnsupported:
+            self._unsupported = True  # pict-rs 0.4.x: asking again cannot help
+            raise
+
+    async def _aliases(self, sha256: str) -> list[str]:
         async with self._lock:
+            if self._unsupported:
+                raise PictrsUnsupported(HASHES_MISSING)
             while sha256 not in self._known and not self._exhausted:
                 params = {"limit": str(self._client.page_size)}
                 if self._slug:

@@ -145,7 +145,8 @@ class Actor:
                 aliases = await self._index.aliases(row.sha256)
             except PictrsUnsupported:
                 # pict-rs 0.4.x: delete in storage, like without an API (said once).
-                log.warning("%s; deleting directly from storage instead", HASHES_MISSING)
+                if self._index is not None:
+                    log.warning("%s; deleting directly from storage instead", HASHES_MISSING)
                 self._index = None
                 aliases = []
             if aliases:
