@@ -29,6 +29,7 @@ import requests
 from PIL import Image
 
 from horde_scanner.backends.mock import colour_marker_signals
+from horde_scanner.config import ConfigError, load_settings
 from horde_scanner.hashing import sha256_hex
 from tests import images
 from tests.fakes.pictrs import FakePictrs, validate_upload
@@ -145,7 +146,9 @@ async def test_fedi_safety_worker_judges_pictrs_uploads_end_to_end(tmp_path: Pat
     assert all(re.fullmatch(r"[0-9a-f]{32}\.webp", name) for name in worker.names)
     assert [status for _, status in worker.posted] == [201, 201]
     assert [p["is_csam"] for p, _ in worker.posted] == [True, False]
-    assert all(re.fullmatch(r"attachment; filename=[0-9a-f]{32}\.webp", d) for d in worker.dispositions)
+    assert all(
+        re.fullmatch(r"attachment; filename=[0-9a-f]{32}\.webp", d) for d in worker.dispositions
+    )
     assert worker.errors == []
     # A boolean is a verdict here, marked as one remote worker's unconfirmed say-so.
     assert stored is not None and stored.verdict.label.value == "csam"
@@ -239,17 +242,34 @@ async def test_a_removed_key_is_refused_and_the_old_list_form_still_works(tmp_pa
             answer = r.status, (await r.json())["error"]
         async with http.get(url, headers={"apikey": "alice-secret-1"}) as r:
             alice = r.status
+        async with http.post(url, headers={"apikey": "alice-secret-1"}, json={"image": 1}) as r:
+            malformed = r.status
         bad_key = await metric(http, svc.url, "bad_worker_key")
-    assert (pop_status, answer, alice) == (401, (401, "bad_worker_key"), 204)
-    assert bad_key == 1.0
+        bad_answer = await metric(http, svc.url, "bad_answer")
+    assert (pop_status, answer, alice, malformed) == (401, (401, "bad_worker_key"), 204, 400)
+    assert (bad_key, bad_answer) == (1.0, 1.0)
     # workers.keys as a plain list (the old single-key option) names its keys key1, key2...
     settings = pool_settings(tmp_path / "old", ["one-secret", "two-secret"])
     assert settings.workers.keys == {"key1": "one-secret", "key2": "two-secret"}
 
 
-async def test_readyz_says_when_workers_take_jobs_but_no_answer_is_accepted(
-    tmp_path: Path, http
-):
+def test_worker_keys_by_name_in_toml_and_as_the_old_env_list(tmp_path: Path, monkeypatch):
+    config = tmp_path / "scanner.toml"
+    config.write_text('[workers.keys]\ngpu-box = "secret-one"\nfedi-safety = "secret-two"\n')
+    assert load_settings(config).workers.keys == {
+        "gpu-box": "secret-one",
+        "fedi-safety": "secret-two",
+    }
+    monkeypatch.setenv("HORDE_SCANNER_WORKERS__KEYS", '["secret"]')
+    assert load_settings(None).workers.keys == {"key1": "secret"}
+    monkeypatch.delenv("HORDE_SCANNER_WORKERS__KEYS")
+    with pytest.raises(ConfigError, match="workers.keys.*same secret"):
+        load_settings(None, workers={"keys": {"a": "same", "b": "same"}})
+    with pytest.raises(ConfigError, match="workers.keys.*worker key name"):
+        load_settings(None, workers={"keys": {"bad name!": "x"}})
+
+
+async def test_readyz_says_when_workers_take_jobs_but_no_answer_is_accepted(tmp_path: Path, http):
     """A worker that mangles the job name (as fedi-safety did with a quoted header that
     carried other text) gets every answer refused: /readyz and /metrics say so."""
     settings = pool_settings(tmp_path, validation={"deadline_s": 1.0})

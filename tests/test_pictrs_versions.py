@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from horde_scanner.backends.mock import MockBackend
@@ -62,9 +63,7 @@ async def test_on_pictrs_04_late_positives_are_recorded_said_once_and_swept(
             path = files / "ab" / "cd" / f"0000000{i}-aaaa-4bbb-8ccc-dddddddddddd"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(red)
-        sweep = scan_settings(
-            tmp_path / "s.db", pictrs={"url": pictrs.url, "api_key": "secret"}
-        )
+        sweep = scan_settings(tmp_path / "s.db", pictrs={"url": pictrs.url, "api_key": "secret"})
         report = await run_scan(sweep, str(files), action=Action.DELETE, backend=MockBackend())
     assert {p["enforcement"] for p in late} == {"recorded"}
     assert all("0.5.0" in p["detail"]["why"] for p in late)
@@ -96,6 +95,7 @@ async def test_on_pictrs_05_nothing_is_said_and_late_positives_are_purged(
             pictrs={"url": pictrs.url, "api_key": "secret"},
         )
         async with running_service(settings) as svc:
+
             async def probed() -> bool:
                 return svc.services.enforcer.can_purge is True
 
@@ -104,6 +104,29 @@ async def test_on_pictrs_05_nothing_is_said_and_late_positives_are_purged(
             late = await wait_for(svc.services.store.late_positives)
     assert late[0]["enforcement"] == "purged" and pictrs.purged == [alias]
     assert _said(caplog) == []
+
+
+async def test_pictrs_043_without_a_timeout_still_gets_an_answer_by_the_deadline(tmp_path: Path):
+    settings = make_settings(
+        tmp_path / "s.db", "http://127.0.0.1:9", validation={"deadline_s": 0.5}
+    )
+    slow = MockBackend(delay_s=30.0)
+    async with running_service(settings, backend=slow) as svc:
+        async with FakePictrs(version="0.4.3", external_validation=svc.scan_url()) as pictrs:
+            assert pictrs.validation_timeout is None
+            status, _ = await _pictrs_upload(pictrs, images.jpeg("green", seed=15))
+        # Answered by on_timeout at the deadline; the judgement goes on from a persisted job.
+        assert await svc.services.store.count_jobs() == 1
+    assert status == 201
+    [call] = pictrs.validations
+    assert (call.status, call.outcome) == (200, "accepted")
+
+
+async def _pictrs_upload(pictrs: FakePictrs, data: bytes):
+    form = aiohttp.FormData()
+    form.add_field("images", data, filename="a.jpg", content_type="image/jpeg")
+    async with aiohttp.ClientSession() as http, http.post(f"{pictrs.url}/image", data=form) as r:
+        return r.status, await r.json()
 
 
 @pytest.mark.parametrize(
@@ -162,4 +185,3 @@ async def test_04_without_hashes_is_detected_by_the_client(http):
     unreachable = PictrsClient("http://127.0.0.1:9", "secret", http)
     with pytest.raises(PictrsError, match="unreachable"):
         await unreachable.supports_hashes()
-

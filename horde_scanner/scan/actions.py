@@ -140,9 +140,10 @@ class Actor:
         return ActResult(Outcome.DONE, "quarantined", location)
 
     async def _delete(self, row: ActionRow, resuming: bool) -> ActResult:
-        if self._index is not None and self._pictrs is not None:
+        index = self._index
+        if index is not None and self._pictrs is not None:
             try:
-                aliases = await self._index.aliases(row.sha256)
+                aliases = await index.aliases(row.sha256)
             except PictrsUnsupported:
                 # pict-rs 0.4.x: delete in storage, like without an API (said once).
                 if self._index is not None:
@@ -151,7 +152,7 @@ class Actor:
                 aliases = []
             if aliases:
                 purged = await self._pictrs.purge(aliases[0])
-                self._index.forget(row.sha256)
+                index.forget(row.sha256)
                 return ActResult(
                     Outcome.DONE, "purged", detail={"via": "pict-rs purge", "aliases": purged}
                 )

@@ -100,7 +100,9 @@ async def answer(request: web.Request) -> web.Response:
     refused = pool.answer(filename, worker, signals, error)
     svc.metrics.worker_answer(refused.value if refused else "accepted")
     if refused is Refusal.NOT_HOLDER:
-        raise RequestError(403, "not_your_job", f"{filename}: this job was handed to another worker")
+        raise RequestError(
+            403, "not_your_job", f"{filename}: this job was handed to another worker"
+        )
     if refused is not None:
         raise RequestError(
             404, "unknown_job", f"{filename}: no open job (answered already, or given up)"

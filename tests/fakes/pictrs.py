@@ -1,4 +1,5 @@
-"""A fake pict-rs (0.4.3 to 0.5.x, by ``version``) over loopback HTTP, plus a client that validates like pict-rs does.
+"""A fake pict-rs (0.4.3 to 0.5.x, by ``version``) over loopback HTTP, plus a client that
+validates like pict-rs does.
 
 It follows /work/shared/reference/pict-rs.md and, where that note is silent, the pict-rs
 sources (robinst/pict-rs: ``src/lib.rs``, ``src/middleware/internal.rs``,
@@ -73,6 +74,8 @@ def parse_version(version: str) -> tuple[int, int, int]:
     parts = version.split("-", 1)[0].split(".")
     major, minor, patch = (int(p) for p in parts[:3])
     return major, minor, patch
+
+
 _PIL_EXT = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "AVIF": "avif"}
 
 
@@ -263,9 +266,7 @@ class FakePictrs(LoopbackServer):
         self.external_validation = external_validation
         # pict-rs defaults to 30 s; 10 s is Lemmy 0.18's whole-upload budget, the tighter bound.
         # 0.4.3 had no timeout option and waited for as long as the validator took.
-        self.validation_timeout: float | None = (
-            validation_timeout if self._v >= (0, 4, 4) else None
-        )
+        self.validation_timeout: float | None = validation_timeout if self._v >= (0, 4, 4) else None
         self.clock = clock
 
         self.purged: list[str] = []
