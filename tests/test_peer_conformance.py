@@ -331,3 +331,34 @@ def test_fake_pictrs_versions_know_their_features(version: str):
     assert pictrs.validation_timeout == (None if version == "0.4.3" else 10.0)
     with pytest.raises(ValueError, match="0.4.3"):
         FakePictrs(version="0.4.2", external_validation="http://127.0.0.1:9/x")
+
+
+async def test_readyz_says_when_workers_take_jobs_and_never_answer(tmp_path: Path, http):
+    """A worker that takes jobs and dies on each (never posting) is also a stuck pool."""
+    settings = make_settings(
+        tmp_path / "s.db",
+        NO_HORDE,
+        backend={"kind": "local"},
+        local={"in_process": False},
+        workers={"keys": [KEY], "missing_after_s": 5.0, "job_timeout_s": 0.2},
+        validation={"deadline_s": 3.0},
+    )
+    async with running_service(settings) as svc:
+        upload = asyncio.create_task(
+            validate_upload(http, svc.scan_url(), images.jpeg("red", seed=8), "image/jpeg")
+        )
+        pool = svc.services.workers
+        taken = 0
+        while pool.reassigned < 2:
+            async with http.get(f"{svc.url}/api/v1/pop", headers={"apikey": KEY}) as resp:
+                taken += resp.status == 200
+            await asyncio.sleep(0.05)
+        async with http.get(f"{svc.url}/readyz") as resp:
+            ready = await resp.json()
+        result = await upload
+    workers = ready["paths"]["workers"]
+    assert taken >= 2 and workers["live"] is False
+    assert re.search(
+        r"answered none of the last \d+ within workers.job_timeout_s", workers["detail"]
+    )
+    assert result.body["route"] == "timeout"

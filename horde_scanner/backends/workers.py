@@ -34,6 +34,10 @@ from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
 
+# Jobs taken and never answered in time, with no accepted answer since, before the pool says
+# it is stuck (one is a worker that died with a job in hand).
+_STUCK_AFTER_EXPIRED = 2
+
 # How often a waiting caller re-checks that workers are still there.
 _TICK_S = 0.5
 
@@ -99,6 +103,7 @@ class WorkerPool:
         # means workers take jobs but nothing they say is taken (a protocol mismatch).
         self._handed_since_accept = 0
         self._refused_since_accept = 0
+        self._expired_since_accept = 0
 
     # -- worker side ---------------------------------------------------------------------------
 
@@ -171,7 +176,7 @@ class WorkerPool:
             job.future.set_exception(BackendFailed(f"worker {worker} could not judge: {error}"))
         info.answered += 1
         self.answered += 1
-        self._handed_since_accept = self._refused_since_accept = 0
+        self._handed_since_accept = self._refused_since_accept = self._expired_since_accept = 0
         self._forget(job)
         return None
 
@@ -194,6 +199,7 @@ class WorkerPool:
                     owner.reassigned_from += 1
                 job.taken_by = job.taken_at = None
                 self.reassigned += 1
+                self._expired_since_accept += 1
                 self._waiting.appendleft(job)  # it has waited longest
                 self._notify()
 
@@ -236,6 +242,13 @@ class WorkerPool:
                 f"workers took {self._handed_since_accept} jobs but none of their answers was "
                 f"accepted ({self._refused_since_accept} refused, last {self.last_refusal}); "
                 + detail,
+            )
+        if self._expired_since_accept >= _STUCK_AFTER_EXPIRED:
+            return Readiness(
+                self.name,
+                False,
+                f"workers took {self._handed_since_accept} jobs but answered none of the last "
+                f"{self._expired_since_accept} within workers.job_timeout_s; " + detail,
             )
         return Readiness(self.name, True, detail)
 
