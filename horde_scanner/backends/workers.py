@@ -34,9 +34,10 @@ from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
 
-# Jobs taken and never answered in time, with no accepted answer since, before the pool says
-# it is stuck (one is a worker that died with a job in hand).
-_STUCK_AFTER_EXPIRED = 2
+# Refused answers, or jobs taken and not answered in time, with no accepted answer since,
+# before the pool says it is stuck and stops counting as live (a hybrid router then goes
+# elsewhere). One alone is ordinary: a worker that died with a job, or a late second answer.
+_STUCK_AFTER = 2
 
 # How often a waiting caller re-checks that workers are still there.
 _TICK_S = 0.5
@@ -99,8 +100,8 @@ class WorkerPool:
         self.handed_out = 0
         self.refused: Counter[str] = Counter()
         self.last_refusal = ""
-        # Since the last accepted answer: jobs handed out and answers refused. Both above zero
-        # means workers take jobs but nothing they say is taken (a protocol mismatch).
+        # Since the last accepted answer: jobs handed out, answers refused, jobs not answered
+        # in time. Jobs taken and nothing said about them taken: a protocol mismatch.
         self._handed_since_accept = 0
         self._refused_since_accept = 0
         self._expired_since_accept = 0
@@ -235,7 +236,7 @@ class WorkerPool:
             return Readiness(self.name, False, "no worker polled recently; " + detail)
         if self.saturated:
             return Readiness(self.name, False, "saturated; " + detail)
-        if self._handed_since_accept and self._refused_since_accept:
+        if self._handed_since_accept and self._refused_since_accept >= _STUCK_AFTER:
             return Readiness(
                 self.name,
                 False,
@@ -243,7 +244,7 @@ class WorkerPool:
                 f"accepted ({self._refused_since_accept} refused, last {self.last_refusal}); "
                 + detail,
             )
-        if self._expired_since_accept >= _STUCK_AFTER_EXPIRED:
+        if self._expired_since_accept >= _STUCK_AFTER:
             return Readiness(
                 self.name,
                 False,
