@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from horde_scanner import framesignals
 from horde_scanner.verdict import Label, Signals, Verdict
@@ -19,19 +19,20 @@ class PolicyError(Exception):
 
 
 def _phrase_pattern(phrases: list[str]) -> re.Pattern[str] | None:
-    """Whole words or phrases, case-insensitive, a trailing "s" plural allowed; the words of a
-    phrase may be parted by any run of spaces or hyphens ("little girl", "little-girl")."""
+    """Whole words or phrases, a trailing "s" plural allowed; the words of a phrase may be
+    parted by any run of spaces or hyphens ("little girl", "little-girl"). Matched against
+    lower-cased text: three times faster than IGNORECASE, which a dry run over a whole store
+    notices."""
     if not phrases:
         return None
     alternatives = sorted(
         (r"[\s\-]+".join(re.escape(w) for w in p.lower().split()) for p in phrases), key=len
     )
     # Longest first, so "little girl" wins over "girl" where both are listed.
-    return re.compile(r"\b(" + "|".join(reversed(alternatives)) + r")s?\b", re.IGNORECASE)
+    return re.compile(r"\b(" + "|".join(reversed(alternatives)) + r")s?\b")
 
 
-@dataclass(frozen=True, slots=True)
-class WordHit:
+class WordHit(NamedTuple):
     """One listed phrase found in a text: as written there, as listed, and where."""
 
     text: str
@@ -40,13 +41,19 @@ class WordHit:
     end: int
 
 
+_SEPARATORS = re.compile(r"[\s\-]+")
+
+
 def _find(pattern: re.Pattern[str] | None, text: str) -> list[WordHit]:
     if pattern is None:
         return []
-    return [
-        WordHit(m.group(0).lower(), " ".join(re.split(r"[\s\-]+", m.group(1).lower())), *m.span())
-        for m in pattern.finditer(text)
-    ]
+    hits = []
+    for m in pattern.finditer(text):
+        phrase = m.group(1)
+        if _SEPARATORS.search(phrase):
+            phrase = " ".join(_SEPARATORS.split(phrase))
+        hits.append(WordHit(m.group(0), phrase, m.start(), m.end()))
+    return hits
 
 
 _HORDE_KEYS = frozenset(
@@ -97,13 +104,12 @@ class HordeRules:
         )
 
     def underage_in_caption(self, caption: str) -> tuple[list[WordHit], list[WordHit]]:
-        """(strong hits, weak hits); a weak word inside a strong phrase is not counted again."""
+        """(strong hits, weak hits) in a lower-cased caption; a weak word inside a strong
+        phrase is not counted again."""
         strong = _find(self.underage_words, caption)
-        weak = [
-            w
-            for w in _find(self.weak_underage_words, caption)
-            if not any(w.start < s.end and s.start < w.end for s in strong)
-        ]
+        weak = _find(self.weak_underage_words, caption)
+        if strong and weak:
+            weak = [w for w in weak if not any(w.start < s.end and s.start < w.end for s in strong)]
         return strong, weak
 
 
@@ -320,8 +326,9 @@ class Policy:
         if signals.nsfw and rules.trust_nsfw_flag:
             sexual.append(f"{backend}: nsfw form is true")
         if signals.caption:
-            sexual += _word_hits(rules.sexual_words, signals.caption, "caption", backend)
-            strong_hits, weak_hits = rules.underage_in_caption(signals.caption)
+            caption = signals.caption.lower()
+            sexual += _word_hits(rules.sexual_words, caption, "caption", backend)
+            strong_hits, weak_hits = rules.underage_in_caption(caption)
             underage += [
                 f"{backend}: caption word {w!r}" for w in sorted({h.text for h in strong_hits})
             ]
@@ -393,5 +400,5 @@ class Policy:
 def _word_hits(pattern: re.Pattern[str] | None, text: str, field: str, backend: str) -> list[str]:
     if pattern is None:
         return []
-    words = sorted({m.group(0).lower() for m in pattern.finditer(text)})
+    words = sorted({m.group(0) for m in pattern.finditer(text)})
     return [f"{backend}: {field} word {w!r}" for w in words]
