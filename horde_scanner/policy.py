@@ -144,9 +144,7 @@ def _known(table: dict[str, Any], keys: frozenset[str], where: str) -> None:
     """A misspelt key would otherwise be ignored without a word, and the rule it meant unused."""
     unknown = sorted(set(table) - keys)
     if unknown:
-        raise PolicyError(
-            f"{where}: unknown key `{unknown[0]}` (known: {', '.join(sorted(keys))})"
-        )
+        raise PolicyError(f"{where}: unknown key `{unknown[0]}` (known: {', '.join(sorted(keys))})")
 
 
 _CLIP_KEYS = frozenset(

@@ -84,9 +84,11 @@ async def test_policy_check_and_bad_candidates_get_400_naming_the_key(tmp_path: 
         base = f"{svc.url}{API}/policy"
         status, body = await _post(http, f"{base}/check", BUNDLED.read_bytes())
         assert status == 200 and body == {"valid": True, "version": "2026.12-1"}
-        bad = BUNDLED.read_text().replace(
-            "weak_underage_words = [", "weak_underage_words = [3, "
-        ).encode()
+        bad = (
+            BUNDLED.read_text()
+            .replace("weak_underage_words = [", "weak_underage_words = [3, ")
+            .encode()
+        )
         for path in ("check", "diff"):
             status, body = await _post(http, f"{base}/{path}", bad)
             assert status == 400 and body["error"] == "bad_policy", body
