@@ -38,6 +38,7 @@ MAX_DECISIONS_LISTED = 1000
 _DECISION_EVENTS = ("allow", "deny", "confirm")
 _SKIP_NO_SIGNALS = "no stored signals (unreadable, backend error, or judged before signals)"
 _SKIP_HASH_LIST = "decided by a hash-list match, not by the policy"
+_SKIP_UNPARSABLE = "stored signals that cannot be read (written by another version?)"
 
 Progress = Callable[[int, int], None]
 
@@ -159,13 +160,18 @@ class _Accumulator:
                 if kind is not None:
                     report.decision_counts["no_signals"] += 1
                 continue
-            signals = Signals.model_validate_json(signals_json)
+            try:
+                signals = Signals.model_validate_json(signals_json)
+                stored_reasons = json.loads(reasons_json)
+            except ValueError:  # pydantic's ValidationError is one
+                report.skipped[_SKIP_UNPARSABLE] += 1
+                continue
             new = self.candidate.judge(signals)
             if self.baseline is not None:
                 old = self.baseline.judge(signals)
                 old_label, old_reasons = old.label.value, old.reasons
             else:
-                old_label, old_reasons = label, json.loads(reasons_json)
+                old_label, old_reasons = label, stored_reasons
             report.judged += 1
             new_label = new.label.value
             if self.wanted and old_label not in self.wanted and new_label not in self.wanted:

@@ -281,6 +281,20 @@ def test_progress_bar_draws_on_a_terminal_only():
     assert pipe.getvalue() == ""
 
 
+def test_diff_counts_unreadable_stored_signals_instead_of_failing(history: Path):
+    async def spoil() -> None:
+        async with await Store.open(history) as store:
+            await store.db.execute(
+                "UPDATE verdicts SET signals = '{\"backend\": 3' WHERE sha256 = ?",
+                (CASES[0].sha256,),
+            )
+
+    asyncio.run(spoil())
+    report = _diff(history, str(BUNDLED))
+    assert report["skipped"]["stored signals that cannot be read (written by another version?)"]
+    assert report["changed"] == 7 and report["judged"] == len(CASES) - 1
+
+
 def test_diff_refuses_a_malformed_candidate_naming_the_key(history: Path, tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text(BUNDLED.read_text().replace("trust_nsfw_flag = true", "trust_nsfw_flag = 1"))
