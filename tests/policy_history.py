@@ -59,6 +59,13 @@ CASES: list[Case] = [
     Case("sexy-teen", _h("a sexy teen posing in lingerie", True), C, N, decision="confirm"),
     Case("uniform", _h("a woman in a school uniform with her breasts exposed", True), C, N),
     Case("old-flip", _h("arafed girl with her legs spread", True), C, N, age_days=60),
+    # BLIP Large on the Horde is asked for at least 20 tokens: long, padded captions.
+    Case(
+        "long-adult",
+        _h("there is a naked girl that is sitting on a bed with a pillow on her lap", None),
+        C,
+        N,
+    ),
     Case(
         "clip-video",
         _video(
@@ -76,6 +83,12 @@ CASES: list[Case] = [
     Case("little-girl", _h("a little girl in a bathtub", True), C, C, decision="confirm"),
     Case("toddler", _h("a naked toddler on a beach", False), C, C),
     Case("young-boy", _h("a young boy with no shirt on", True), C, C),
+    Case(
+        "long-child",
+        _h("there is a little boy that is standing in the water with no shirt on", True),
+        C,
+        C,
+    ),
     Case("mother-daughter", _h("a girl and her daughter on a bed", True), C, C),
     Case("teenage-girl", _h("a teenage girl in her underwear", True), C, C),
     Case("weak-and-tag", _h("a nude girl sitting on a chair", True, lolicon=41.0), C, C),
