@@ -8,8 +8,13 @@ from typing import Any
 import aiohttp
 
 from horde_scanner.backends.mock import MockBackend
+from horde_scanner.hashing import sha256_hex
+from horde_scanner.policy import Policy
 from horde_scanner.store import Store
+from horde_scanner.verdict import Signals
+from tests import images
 from tests.admin_helpers import TOKEN, admin_settings, call
+from tests.fakes.pictrs import validate_upload
 from tests.policy_history import CASES, OLD_POLICY, expected_flips, fill
 from tests.service import running_service
 
@@ -113,3 +118,32 @@ async def test_policy_check_and_bad_candidates_get_400_naming_the_key(tmp_path: 
             assert status == 400 and body["error"] == error, query
         status, body = await _post(http, f"{base}/diff", BUNDLED.read_bytes(), token=None)
         assert status == 401
+
+
+async def test_after_the_switch_a_cached_weak_cue_csam_is_rejudged_and_accepted(
+    tmp_path: Path, http
+):
+    """The bumped bundled policy re-judges verdicts made under the old one from their stored
+    signals as they are looked up: no backend call, and the adult upload is accepted."""
+    adult, child = images.jpeg("green", seed=160), images.jpeg("green", seed=161)
+    settings = admin_settings(tmp_path)
+    old = Policy.load(OLD_POLICY)
+    async with await Store.open(settings.store.path) as store:
+        for data, caption in (
+            (adult, "a naked girl laying on a bed"),
+            (child, "a naked little girl laying on a bed"),
+        ):
+            verdict = old.judge(Signals(backend="horde", nsfw=True, caption=caption))
+            assert verdict.label.value == "csam"
+            await store.put_verdict(sha256_hex(data), verdict, media_type="image/jpeg")
+    backend = MockBackend()
+    async with running_service(settings, backend=backend) as svc:
+        accepted = await validate_upload(http, svc.scan_url(), adult, "image/jpeg")
+        assert accepted.status == 200 and accepted.body["route"] == "cache"
+        assert accepted.body["label"] == "nsfw"
+        stored = await svc.services.store.get_verdict(sha256_hex(adult))
+        assert stored.verdict.policy_version == "2026.12-1"
+        assert any("not enough for csam" in r for r in stored.verdict.reasons)
+        rejected = await validate_upload(http, svc.scan_url(), child, "image/jpeg")
+        assert rejected.status == 406 and rejected.body["label"] == "csam"
+    assert backend.calls == 0
