@@ -343,9 +343,10 @@ def format_text(report: DiffReport) -> str:
         f"{dec['agreed_before']:,})"
         + (f"; {dec['no_signals']:,} without signals" if dec["no_signals"] else "")
     )
-    for item in dec["items"]:
-        if item["agrees"] and item["agreed_before"]:
-            continue
+    listed = [i for i in dec["items"] if not (i["agrees"] and i["agreed_before"])]
+    if listed:
+        lines.append("  (each disagreement, and each agreement the stored verdicts lacked)")
+    for item in listed:
         verb = "agrees" if item["agrees"] else "DISAGREES"
         lines.append(
             f"  {verb:<9} {item['decision']:<7} {item['sha256']}  {item['old_label']} -> "
