@@ -99,6 +99,7 @@ class _Snapshot:
 class HashMatcher:
     def __init__(self, store: Store, settings: HashesSettings, executor: Executor) -> None:
         self._store = store
+        self.store = store
         self.hashes = HashStore(store)
         self.settings = settings
         self._executor = executor

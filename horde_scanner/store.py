@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -250,6 +252,13 @@ _MIGRATIONS: list[tuple[str, str]] = [
         "1500-replicas",
         """
     ALTER TABLE jobs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
+    -- Periodic work done once per cluster, not once per process: whoever takes the turn.
+    CREATE TABLE cluster_turns (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        taken_at REAL NOT NULL,
+        until REAL NOT NULL
+    );
     """,
     ),
 ]
@@ -328,6 +337,8 @@ class Store:
         # validation answer would cost more than the answer itself.
         self._audit_buffer: list[tuple[Any, ...]] = []
         self._listeners: list[ChangeListener] = []
+        # Names this process in cluster_turns (host and pid: what an admin can look up).
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
     async def open(cls, target: Path | str | StoreSettings) -> Store:
@@ -410,6 +421,18 @@ class Store:
                 listener(kind, key)
             except Exception:
                 log.exception("store change listener failed")
+
+    async def take_turn(self, name: str, period_s: float) -> bool:
+        """True for exactly one process sharing this store per `period_s` (for work such as
+        a subscription refresh that every replica would otherwise repeat)."""
+        now = time.time()
+        cur = await self._db.execute(
+            "INSERT INTO cluster_turns (name, holder, taken_at, until) VALUES (?,?,?,?)"
+            " ON CONFLICT(name) DO UPDATE SET holder=excluded.holder,"
+            " taken_at=excluded.taken_at, until=excluded.until WHERE cluster_turns.until <= ?",
+            (name, self.holder, now, now + period_s, now),
+        )
+        return cur.rowcount > 0
 
     async def renew_jobs(self, sha256s: Iterable[str]) -> None:
         """Extend the lease of jobs this process is judging (only replicas need leases)."""

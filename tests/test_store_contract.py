@@ -323,3 +323,70 @@ async def test_replicas_starting_together_apply_the_schema_once(pg_url: str) -> 
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_turn_goes_to_one_process_per_period(store_url: str) -> None:
+    one, two = await Store.open(store_url), await Store.open(store_url)
+    try:
+        two.holder = "other:1"
+        taken = await asyncio.gather(*(s.take_turn("refresh:x", 0.5) for s in (one, two, one)))
+        assert sorted(taken) == [False, False, True]
+        assert await two.take_turn("refresh:y", 0.5)  # another name, another turn
+        await asyncio.sleep(0.6)
+        assert await two.take_turn("refresh:x", 0.5)  # the period is over
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import aiohttp
+    from aiohttp import web
+
+    from horde_scanner.config import HashesSettings
+    from horde_scanner.hashmatch import HashMatcher
+    from horde_scanner.subscriptions import Subscriber
+
+    fetches = 0
+
+    async def serve_list(request: web.Request) -> web.Response:
+        nonlocal fetches
+        fetches += 1
+        return web.json_response({"entries": [{"signal": "sha256", "value": A, "label": "csam"}]})
+
+    app = web.Application()
+    app.router.add_get("/list", serve_list)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    settings = HashesSettings(
+        subscriptions=[{"name": "src", "url": f"http://127.0.0.1:{port}/list", "refresh_s": 30}]
+    )
+    stores = [await Store.open(pg_url) for _ in range(3)]
+    executor = ThreadPoolExecutor(2)
+    subscribers = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for s in stores:
+                matcher = HashMatcher(s, settings, executor)
+                subscriber = Subscriber(matcher, settings, session)
+                await subscriber.start()
+                subscribers.append(subscriber)
+            deadline = time.monotonic() + 10
+            hashes = HashStore(stores[0])
+            while not await hashes.sha256_entries(A) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            for subscriber in subscribers:
+                await subscriber.stop()
+        assert [e.origin for e in await hashes.sha256_entries(A)] == ["src"]
+        assert fetches == 1
+    finally:
+        for s in stores:
+            await s.close()
+        executor.shutdown()
+        await runner.cleanup()
