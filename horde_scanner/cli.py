@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from horde_scanner import __version__
 from horde_scanner.cli_hashes import hashes as hashes_group
 from horde_scanner.cli_policy import policy as policy_group
+from horde_scanner.cli_store import store as store_group
 from horde_scanner.config import ConfigError, Settings, StoreSettings, load_settings
 from horde_scanner.hashing import is_sha256_hex, sha256_hex
 from horde_scanner.hashstore import HashStore
@@ -541,6 +542,7 @@ main.add_command(
 
 main.add_command(hashes_group)
 main.add_command(policy_group)
+main.add_command(store_group)
 
 
 # -- worker ------------------------------------------------------------------------------------
