@@ -88,26 +88,24 @@ def main(ctx: click.Context, config_file: Path | None, db: str | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the validation service for pict-rs."""
-    from aiohttp import web
-
     from horde_scanner.service.app import build_app
+    from horde_scanner.service.serving import is_child, serve_app, supervise
 
     settings = _settings(ctx)
     _return_big_buffers_to_the_os()
     host = host or settings.server.host
     port = port or settings.server.port
+    if settings.server.processes > 1:
+        sys.exit(supervise(settings))
     try:
         app = build_app(settings)
-        # A burst of federated thumbnails opens many connections at once; 128 would drop some.
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            print=None,
-            access_log=None,
-            backlog=1024,
-            loop=_new_event_loop(),
-        )
+        loop = _new_event_loop()
+        try:
+            loop.run_until_complete(
+                serve_app(app, settings, host, port, reuse_port=is_child())
+            )
+        finally:
+            loop.close()
     except (ConfigError, PolicyError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -67,6 +67,12 @@ class ServerSettings(Section):
     # Upload bodies read and admitted at once; the rest wait (unread) for a slot, up to the
     # deadline. Bounds memory in a burst to about this many bodies.
     max_concurrent_uploads: int = Field(128, gt=0)
+    # Processes sharing the port (SO_REUSEPORT) and the store, for hosts with several cores.
+    processes: int = Field(1, ge=1, le=64)
+    # On SIGTERM: how long /readyz answers 503 before the listener closes (let a balancer's
+    # health check see it), then how long uploads in flight may take to be answered.
+    drain_s: float = Field(3.0, ge=0, le=300)
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=600)
 
     @field_validator("allowed_ips", "trusted_proxies")
     @classmethod

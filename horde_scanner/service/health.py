@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from horde_scanner.backends.base import describe_paths
 from horde_scanner.service.context import SERVICES
+
+
+@dataclass(slots=True)
+class Draining:
+    """Set when the process was told to stop: /readyz turns 503 so balancers move away."""
+
+    since: float | None = None
+
+
+DRAINING = web.AppKey("draining", Draining)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -13,6 +26,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    draining = request.app.get(DRAINING)
+    if draining is not None and draining.since is not None:
+        return web.json_response(
+            {"status": "draining", "why": "shutting down; uploads in flight are answered"},
+            status=503,
+        )
     svc = request.app[SERVICES]
     try:
         await svc.store.ping()
@@ -30,6 +49,8 @@ async def readyz(request: web.Request) -> web.Response:
             r.name: {"live": r.live, "detail": r.detail} for r in describe_paths(svc.backend)
         },
         "jobs_waiting": svc.judge.runner.outstanding,
+        # Which of several processes on the port answered (server.processes).
+        "pid": os.getpid(),
         "policy": svc.policy.version,
     }
     if not backend.live:
