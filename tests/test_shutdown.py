@@ -70,3 +70,50 @@ async def test_processes_share_the_port(tmp_path, horde, http, pg_url):
     finally:
         code = replica.terminate(60)
     assert code == 0
+
+
+async def test_rolling_restart_behind_haproxy_answers_every_upload(tmp_path, horde, http, pg_url):
+    from tests.balancer import Haproxy
+
+    horde.latency = 0.2
+    env = replica_env(pg_url, horde.url, validation__deadline_s="20", server__drain_s="1")
+    replicas = [Replica(env, tmp_path / f"r{i}").start() for i in range(2)]
+    balancer = Haproxy([r.port for r in replicas]).start()
+    scan = f"{balancer.url}/api/v1/scan/test-pictrs"
+    statuses: list[int | str] = []
+    stop = asyncio.Event()
+
+    async def steady(rate: float) -> None:
+        sent, started = 0, time.monotonic()
+        pending = []
+        while not stop.is_set():
+            data = distinct_png(8000 + sent % 40)  # a mix of new images and cache hits
+            pending.append(asyncio.ensure_future(upload(data)))
+            sent += 1
+            await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+        await asyncio.gather(*pending)
+
+    async def upload(data: bytes) -> None:
+        try:
+            statuses.append((await validate_upload(http, scan, data, "image/png")).status)
+        except Exception as exc:  # a refused or reset connection is a failed upload
+            statuses.append(type(exc).__name__)
+
+    try:
+        await asyncio.sleep(1.0)  # both healthy
+        load = asyncio.ensure_future(steady(20.0))
+        await asyncio.sleep(1.0)
+        loop = asyncio.get_running_loop()
+        for i, old in enumerate(replicas):
+            assert await loop.run_in_executor(None, old.terminate, 60) == 0
+            replicas[i] = Replica(env, tmp_path / f"r{i}b", port=old.port).start()
+            await asyncio.sleep(1.5)  # rise 2 x 200 ms, then some load on the new one
+        stop.set()
+        await load
+    finally:
+        balancer.stop()
+        for r in replicas:
+            r.kill()
+    assert len(statuses) > 60
+    failed = [s for s in statuses if s != 200]
+    assert failed == []
