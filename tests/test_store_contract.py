@@ -390,3 +390,26 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
             await s.close()
         executor.shutdown()
         await runner.cleanup()
+
+
+async def test_own_role_and_database_as_the_readme_creates_them(pg_server) -> None:
+    import subprocess
+
+    from tests.pg import find_bin
+
+    # The README's one-liner, run against this server instead of Lemmy's container.
+    subprocess.run(
+        [find_bin("psql"), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "postgres",
+         "-v", "ON_ERROR_STOP=1",
+         "-c", "CREATE ROLE scanner LOGIN PASSWORD 'change-me'",
+         "-c", "CREATE DATABASE scanner OWNER scanner"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    url = f"postgresql://scanner:change-me@127.0.0.1:{pg_server.port}/scanner"
+    async with await Store.open(url) as store:
+        rows = await store.db.execute_fetchall(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        assert rows[0][0] is False  # the schema steps need no superuser
+        await store.put_verdict(A, verdict(Label.CSAM, backend="horde"))
+        assert await HashStore(store).generation() > 0  # triggers and functions work
