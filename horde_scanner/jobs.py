@@ -62,6 +62,9 @@ class JobRunner:
         self._held: set[str] = set()
         # Verdicts another replica wrote for jobs waited on here, to be read and delivered.
         self._remote: set[asyncio.Task[None]] = set()
+        # Hashes waited on here whose job row another process made (SQLite has no
+        # notifications: looked at when the store says another connection wrote).
+        self._theirs: set[str] = set()
         # Why judgements had to be tried again, by kind (read by /metrics).
         self.failures: Counter[str] = Counter()
 
@@ -128,11 +131,24 @@ class JobRunner:
                         await self._store.finish_job(sha256)
                     self._resolve(sha256, stored.verdict)
                     return fut
+            elif not created:
+                self._theirs.add(sha256)
         except BaseException:
             self._futures.pop(sha256, None)
             raise
         self._wake.set()
         return fut
+
+    async def check_others(self) -> None:
+        """Deliver verdicts other processes wrote for hashes waited on here (SQLite)."""
+        for sha256 in list(self._theirs):
+            if sha256 not in self._futures or sha256 in self._held:
+                self._theirs.discard(sha256)
+                continue
+            stored = await self._store.get_verdict(sha256)
+            if stored is not None:
+                self._theirs.discard(sha256)
+                self._resolve(sha256, stored.verdict)
 
     def _resolve(self, sha256: str, verdict: Verdict) -> None:
         fut = self._futures.pop(sha256, None)

@@ -164,6 +164,7 @@ class Judge:
                 if version != self._data_version:
                     self._data_version = version
                     self._cache.clear()
+                    await self.runner.check_others()
                 await self.runner.save_answers()
                 await self.store.flush_audit()
             except asyncio.CancelledError:

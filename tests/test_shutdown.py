@@ -53,20 +53,47 @@ async def test_sigterm_answers_uploads_in_flight_and_turns_readyz_away(tmp_path,
     assert "Traceback" not in replica.log.read_text()
 
 
-async def test_processes_share_the_port(tmp_path, horde, http, pg_url):
-    env = replica_env(pg_url, horde.url, server__processes="2", validation__deadline_s="20")
+async def readyz_pids(http, url: str, want: int, timeout: float = 30.0) -> set[int]:
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < want and time.monotonic() < deadline:
+        # Fresh connections are spread by the kernel; /readyz names the process.
+        try:
+            async with http.get(f"{url}/readyz", headers={"Connection": "close"}) as resp:
+                pids.add((await resp.json())["pid"])
+        except OSError:
+            await asyncio.sleep(0.1)
+    return pids
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_processes_share_the_port_and_the_work(kind, tmp_path, horde, http, request):
+    import os
+
+    store = (f"sqlite:///{tmp_path / 'store.db'}" if kind == "sqlite"
+             else request.getfixturevalue("pg_url"))  # fmt: skip
+    horde.latency = 0.3
+    env = replica_env(store, horde.url, server__processes="2", validation__deadline_s="15",
+                      validation__on_timeout="reject")  # fmt: skip
     replica = Replica(env, tmp_path / "r").start()
     try:
-        pids = set()
-        deadline = time.monotonic() + 30
-        while len(pids) < 2 and time.monotonic() < deadline:
-            # Fresh connections are spread by the kernel; /readyz names the process.
-            async with http.get(f"{replica.url}/readyz", headers={"Connection": "close"}) as resp:
-                pids.add((await resp.json()).get("pid"))
+        pids = await readyz_pids(http, replica.url, 2)
         assert len(pids) == 2
-        data = distinct_png(7000)
-        result = await validate_upload(http, replica.scan_url(), data, "image/png")
-        assert result.status == 200
+        # Each image several times at once, on fresh connections (so on both processes):
+        # every copy is answered with the one judgement, none waits in vain (reject).
+        distinct = [distinct_png(7000 + i) for i in range(8)]
+        results = await asyncio.gather(*(
+            validate_upload(http, replica.scan_url(), data, "image/png")
+            for data in distinct for _ in range(4)
+        ))  # fmt: skip
+        assert [r.status for r in results] == [200] * len(results)
+        assert len(horde.submissions) == len(distinct)
+        # A process that dies is replaced.
+        victim = next(iter(pids))
+        os.kill(victim, 9)
+        await asyncio.sleep(1.0)
+        again = await readyz_pids(http, replica.url, 2)
+        assert len(again) == 2 and victim not in again
     finally:
         code = replica.terminate(60)
     assert code == 0
