@@ -83,7 +83,8 @@ async def split_burst(pg: PgServer, horde: FakeHorde, tmp: Path, count: int) -> 
     images = [distinct_png(100_000 + i) for i in range(count)]
     try:
         started = time.monotonic()
-        async with aiohttp.ClientSession() as http:
+        # No client-side connection limit: the uploads must all be in flight at once.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             # Every image goes to both replicas at once.
             await asyncio.gather(*(
                 validate_upload(http, r.scan_url(), data, "image/png")

@@ -1,4 +1,5 @@
-"""The one SQLite file that remembers everything (aiosqlite, WAL).
+"""The store that remembers everything: one SQLite file (aiosqlite, WAL) by default, or a
+PostgreSQL database shared by replicas (store_pg.py, same interface and schema steps).
 
 Data lifecycle:
 
@@ -14,7 +15,8 @@ Data lifecycle:
                                  audit (every decision and action, append-only)
 
 A job row holds everything needed to judge again, so a restart loses no work: rows left
-`running` by a dead process are set back to `pending` when the store opens.
+`running` by a dead process are set back to `pending` when the store opens (SQLite), or are
+claimed again once their lease lapses (PostgreSQL, where other replicas may be running them).
 """
 
 from __future__ import annotations

@@ -26,8 +26,10 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
+
+import aiosqlite
 
 from horde_scanner.store import _MIGRATIONS as MIGRATIONS
 from horde_scanner.store import Job, Store, StoreError
@@ -288,10 +290,6 @@ class PgStore(Store):
     shared = True
 
     def __init__(self, pool: Any, url: str, job_lease_s: float) -> None:
-        from typing import cast
-
-        import aiosqlite
-
         self._pg = PgDatabase(pool)
         # The modules' queries go through the seam as if it were the SQLite connection.
         super().__init__(cast(aiosqlite.Connection, self._pg), Path("postgresql"))
@@ -393,7 +391,7 @@ class PgStore(Store):
         while not self._closing:
             try:
                 await self._listen()
-            except (OSError, Exception) as exc:
+            except Exception as exc:
                 log.warning("store notifications lost (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -108,3 +108,23 @@ def test_migrate_bad_input(tmp_path: Path, pg_server) -> None:
               cwd=tmp_path)  # fmt: skip
     assert bad.returncode != 0 and "postgresql://" in bad.stderr
     assert "Traceback" not in missing.stderr + bad.stderr
+
+
+def test_cli_reaches_a_postgresql_store_and_names_a_bad_url(tmp_path: Path, pg_url: str) -> None:
+    done = cli("--db", pg_url, "allow", A, "--note", "fp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    async def kind() -> str | None:
+        async with await Store.open(pg_url) as store:
+            return await store.list_kind(A)
+
+    assert asyncio.run(kind()) == "allow"
+    bad = cli("--db", "mysql://127.0.0.1/x", "allow", A, cwd=tmp_path)
+    assert bad.returncode != 0 and "--db" in bad.stderr and "postgresql://" in bad.stderr
+    env_bad = subprocess.run(
+        [sys.executable, "-m", "horde_scanner.cli", "allow", A],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "HORDE_SCANNER_STORE__URL": "mysql://x"},
+    )  # fmt: skip
+    assert env_bad.returncode != 0 and "store.url" in env_bad.stderr
+    assert "Traceback" not in bad.stderr + env_bad.stderr
