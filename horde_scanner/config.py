@@ -365,7 +365,7 @@ class AdminSettings(Section):
 
 
 class QuarantineSettings(Section):
-    # Where quarantined files are held (content-addressed; see horde_scanner/quarantine.py).
+    # Where quarantined files are held (content-addressed; see horde_scanner/review/quarantine.py).
     dir: Path = Path("quarantine")
 
 
