@@ -23,7 +23,8 @@ FROM ${PYTHON_IMAGE}
 ARG EXTRAS=s3,ssh,video
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels -c /wheels/constraints.txt \
+    pip install --no-cache-dir --no-index --only-binary=:all: --find-links /wheels \
+    -c /wheels/constraints.txt \
     "horde-scanner[${EXTRAS}]"
 # A fixed uid, so a bind-mounted volume can be given to it: chown -R 10001:10001 volumes/horde-scanner
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /data scanner \
