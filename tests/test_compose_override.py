@@ -286,3 +286,82 @@ def test_compose_itself_merges_it_the_same_way(merged: dict[str, Any], tmp_path:
         real["horde-scanner"]["healthcheck"]["test"] == ours["horde-scanner"]["healthcheck"]["test"]
     )
     assert real["horde-scanner"]["restart"] == "always"
+
+
+# --- the README's steps, as written ---
+
+
+def _readme_blocks(language: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Beside Lemmy, with Docker Compose") :]
+    section = section[: section.index("\n### ", 1)]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def _readme_dotenv() -> dict[str, str]:
+    (steps,) = _readme_blocks("sh")
+    body = re.search(r"cat >> \.env <<(\w+)\n(.*?)\n\1\n", steps, re.S)
+    assert body, "the README's steps write .env with a heredoc"
+    lines = dict(line.split("=", 1) for line in body[2].splitlines())
+    assert lines["SCANNER_CLIENT_ID"] == "$(openssl rand -hex 32)"
+    lines["SCANNER_CLIENT_ID"] = "0123456789abcdef" * 4  # what openssl prints: 64 hex digits
+    return lines
+
+
+def test_the_readme_steps_work_on_lemmys_layout(tmp_path: Path):
+    (steps,) = _readme_blocks("sh")
+    assert f"cp horde-scanner/{OVERRIDE.name} ." in steps
+    up = "docker compose -f docker-compose.yml -f docker-compose.horde-scanner.yml up -d"
+    assert up in steps and up in OVERRIDE.read_text()
+    dotenv = _readme_dotenv()
+    # Lemmy's directory: its compose file, a .env (with keys of its own), our override.
+    (tmp_path / "docker-compose.yml").write_text(LEMMY.read_text())
+    (tmp_path / OVERRIDE.name).write_text(OVERRIDE.read_text())
+    (tmp_path / "horde-scanner").mkdir()  # the clone
+    (tmp_path / ".env").write_text(
+        "POSTGRES_PASSWORD=lemmy-db-password\n" + "".join(f"{k}={v}\n" for k, v in dotenv.items())
+    )
+    compose = shutil.which("docker-compose")
+    assert compose, "docker-compose is missing: make system-deps installs it"
+    # Plain `docker compose config`, no -f: COMPOSE_FILE from .env brings in the override.
+    proc = subprocess.run(
+        [compose, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    pictrs_env = _env_map(services["pictrs"]["environment"])
+    assert pictrs_env["PICTRS__MEDIA__EXTERNAL_VALIDATION"].endswith(dotenv["SCANNER_CLIENT_ID"])
+    scanner_env = _env_map(services["horde-scanner"]["environment"])
+    assert json.loads(scanner_env["HORDE_SCANNER_SERVER__CLIENT_IDS"]) == [
+        dotenv["SCANNER_CLIENT_ID"]
+    ]
+    assert scanner_env["HORDE_SCANNER_PICTRS__API_KEY"] == dotenv["PICTRS_API_KEY"]
+    # And horde-scanner's own CLI, run in that directory, is not upset by that .env.
+    proc = subprocess.run(
+        [CLI, "--db", str(tmp_path / "x.db"), "verdicts", "list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_readme_lemmy_ansible_variant_matches_the_override():
+    (block,) = _readme_blocks("yaml")
+    entries = yaml.safe_load(block)["pictrs_env_vars"]
+    # lemmy-ansible's template writes each single-key entry as `- KEY=VALUE` under pictrs.
+    rendered = {key: str(value) for item in entries for key, value in item.items()}
+    assert all(len(item) == 1 for item in entries)
+    ours = yaml.safe_load(OVERRIDE.read_text())["services"]["pictrs"]["environment"]
+    assert set(rendered) == set(ours)
+    client_id = "some-client-id"
+    assert rendered["PICTRS__MEDIA__EXTERNAL_VALIDATION"].replace(
+        "<SCANNER_CLIENT_ID>", client_id
+    ) == _interpolate_str(
+        ours["PICTRS__MEDIA__EXTERNAL_VALIDATION"], {"SCANNER_CLIENT_ID": client_id}
+    )
+    assert float(rendered["PICTRS__MEDIA__EXTERNAL_VALIDATION_TIMEOUT"]) == float(
+        ours["PICTRS__MEDIA__EXTERNAL_VALIDATION_TIMEOUT"]
+    )
