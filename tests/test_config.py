@@ -118,4 +118,3 @@ def test_tags_below_confidence_are_ignored():
     strong = Signals(backend="horde", nsfw=True, caption="a drawing", tags={"lolicon": 40.0})
     assert policy.judge(weak).label is Label.NSFW
     assert policy.judge(strong).label is Label.CSAM
-
