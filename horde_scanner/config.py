@@ -3,7 +3,8 @@
 Sources, highest priority first: keyword arguments, environment variables
 (`HORDE_SCANNER_` prefix, nested with `__`, e.g. `HORDE_SCANNER_HORDE__API_KEY`), a `.env` file in
 the working directory, a TOML file given with `--config`, then the defaults below. Every option is
-listed in README.md with its default; keep the two in step.
+listed in README.md with its default; keep the two in step. Keys of other programs in `.env`
+(Lemmy's) are skipped; misspelt keys of ours are refused by name (config_keys.py).
 """
 
 from __future__ import annotations
@@ -408,7 +409,7 @@ def _refuse(problems: list[str]) -> None:
 
 class _EnvSource(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
-        _refuse(check_env(self.env_vars, self.settings_cls, "environment"))
+        _refuse(check_env(self.env_vars, self.settings_cls, "environment", cli_reads_it=True))
         return super().__call__()
 
 
@@ -419,7 +420,7 @@ class _DotEnvSource(DotEnvSettingsSource):
         return {k: v for k, v in super()._load_env_vars().items() if is_ours(k)}
 
     def __call__(self) -> dict[str, Any]:
-        _refuse(check_env(self.env_vars, self.settings_cls, ".env"))
+        _refuse(check_env(self.env_vars, self.settings_cls, ".env", cli_reads_it=False))
         return super().__call__()
 
 

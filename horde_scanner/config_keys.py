@@ -71,14 +71,25 @@ def _env_name(path: list[str]) -> str:
     return ENV_PREFIX + NESTED.join(part.upper() for part in path)
 
 
-def check_env(env: Mapping[str, str | None], root: type[BaseModel], origin: str) -> list[str]:
+def check_env(
+    env: Mapping[str, str | None], root: type[BaseModel], origin: str, *, cli_reads_it: bool
+) -> list[str]:
     """Problems with the `HORDE_SCANNER_` keys of one env mapping (os.environ or a .env file).
 
     Keys may come lower-cased (pydantic-settings folds case); other keys are skipped.
+    `cli_reads_it`: whether the command line's own variables are read from this mapping (they
+    are from the environment, not from .env).
     """
     problems = []
     for name, value in sorted(env.items()):
-        if not is_ours(name) or name.upper() in CLI_ENV_VARS:
+        if not is_ours(name):
+            continue
+        if name.upper() in CLI_ENV_VARS:
+            if not cli_reads_it:
+                problems.append(
+                    f"{name.upper()} ({origin}): the command line reads this from the environment"
+                    " only; export it or use its option"
+                )
             continue
         path = name[len(ENV_PREFIX) :].lower().split(NESTED)
         problem = _check_path(path, value, root)

@@ -214,3 +214,11 @@ def _option_envvars(command: click.Command) -> set[str]:
 def test_every_cli_envvar_is_known_to_the_key_check():
     ours = {name for name in _option_envvars(cli_main) if name.startswith("HORDE_SCANNER_")}
     assert ours and ours <= CLI_ENV_VARS
+
+
+def test_the_clis_own_variables_in_dotenv_are_refused_with_why(lemmy_dir: Path):
+    # click reads HORDE_SCANNER_CONFIG from the environment only; in .env it would do nothing.
+    with (lemmy_dir / ".env").open("a") as f:
+        f.write("HORDE_SCANNER_CONFIG=scanner.toml\n")
+    proc = run_cli(lemmy_dir, "verdicts", "list")
+    _assert_refused(proc, "HORDE_SCANNER_CONFIG (.env)", "from the environment only")
