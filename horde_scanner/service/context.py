@@ -130,6 +130,7 @@ async def open_services(
             )
         )
         await judge.start()
+        enforcer.start()
         await notifier.start()
         await watcher.start()
         try:
@@ -154,6 +155,7 @@ async def open_services(
             )
         finally:
             await watcher.stop()
+            await enforcer.stop()
             await judge.stop()
             await hashes.stop()
             await notifier.stop()
