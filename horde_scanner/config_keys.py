@@ -128,8 +128,9 @@ def _check_path(path: list[str], value: str | None, root: type[BaseModel]) -> st
             parsed = json.loads(value)
         except ValueError:
             parsed = None
-        wanted = list if kind == "list" else dict
-        if not isinstance(parsed, wanted):
+        # Either container passes here: some fields take both (workers.keys: a table, or the
+        # old list); the field's own validation judges the contents.
+        if not isinstance(parsed, (list, dict)):
             key = ".".join(path)
             example = "'[\"abc\"]'" if kind == "list" else '\'{"name": "value"}\''
             # The value is not repeated: it may be a secret (client ids are).
