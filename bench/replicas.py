@@ -20,10 +20,10 @@ import aiohttp
 
 from bench.common import noisy_jpeg
 from bench.validate import closed_loop
-from horde_scanner.store import Store
+from horde_scanner.store.sqlite import Store
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests.balancer import Haproxy
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.pg import PgServer
 from tests.replicas import Replica, replica_env
 from tests.test_replicas import distinct_png

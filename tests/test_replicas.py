@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.store import Store
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.store.sqlite import Store
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.replicas import ADMIN_TOKEN, Replica, replica_env
 
 pytestmark = pytest.mark.timeout(180)

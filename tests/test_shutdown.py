@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests.replicas import Replica, replica_env
 from tests.test_replicas import distinct_png
 

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from horde_scanner.hashing import PdqHash
-from horde_scanner.hashlist_format import HashEntry
-from horde_scanner.hashstore import LOCAL, VERDICT, HashStore
-from horde_scanner.quarantine import Quarantine
-from horde_scanner.review import Review, VerdictFilter
-from horde_scanner.scan.records import FileRecord, ScanRecords
-from horde_scanner.store import _MIGRATIONS, Store, StoreError
+from horde_scanner.hashlists.format import HashEntry
+from horde_scanner.hashlists.store import LOCAL, VERDICT, HashStore
+from horde_scanner.media.hashing import PdqHash
+from horde_scanner.review.decisions import Review, VerdictFilter
+from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.store.sqlite import _MIGRATIONS, Store, StoreError
+from horde_scanner.sweep.records import FileRecord, ScanRecords
 from horde_scanner.verdict import Label, Verdict
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -346,8 +346,8 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
     from aiohttp import web
 
     from horde_scanner.config import HashesSettings
-    from horde_scanner.hashmatch import HashMatcher
-    from horde_scanner.subscriptions import Subscriber
+    from horde_scanner.hashlists.matcher import HashMatcher
+    from horde_scanner.hashlists.subscribe import Subscriber
 
     fetches = 0
 
@@ -398,7 +398,8 @@ async def test_own_role_and_database_as_the_readme_creates_them(pg_server) -> No
     from tests.pg import find_bin
 
     # The README's one-liner, run against this server instead of Lemmy's container.
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         [find_bin("psql"), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "postgres",
          "-v", "ON_ERROR_STOP=1",
          "-c", "CREATE ROLE scanner LOGIN PASSWORD 'change-me'",

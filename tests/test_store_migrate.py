@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from horde_scanner.hashing import PdqHash
-from horde_scanner.hashlist_format import HashEntry
-from horde_scanner.hashstore import LOCAL, HashStore
-from horde_scanner.quarantine import Quarantine
-from horde_scanner.scan.records import FileRecord, ScanRecords
-from horde_scanner.store import Store
+from horde_scanner.hashlists.format import HashEntry
+from horde_scanner.hashlists.store import LOCAL, HashStore
+from horde_scanner.media.hashing import PdqHash
+from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.store.sqlite import Store
+from horde_scanner.sweep.records import FileRecord, ScanRecords
 from horde_scanner.verdict import Label, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
