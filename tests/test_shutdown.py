@@ -60,7 +60,9 @@ async def readyz_pids(http, url: str, want: int, timeout: float = 30.0) -> set[i
         # Fresh connections are spread by the kernel; /readyz names the process.
         try:
             async with http.get(f"{url}/readyz", headers={"Connection": "close"}) as resp:
-                pids.add((await resp.json())["pid"])
+                body = await resp.json()
+                if resp.status == 200:
+                    pids.add(body["pid"])
         except OSError:
             await asyncio.sleep(0.1)
     return pids

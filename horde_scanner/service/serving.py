@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 # Set in the copies a supervisor starts: bind with SO_REUSEPORT, run one process.
 _CHILD_ENV = "HORDE_SCANNER_SERVER__PROCESSES"
-_REUSE_ENV = "HORDE_SCANNER_REUSE_PORT"
+# Outside the HORDE_SCANNER_ prefix: it is no option an admin sets.
+_REUSE_ENV = "HS_SUPERVISED_REUSE_PORT"
 
 
 async def serve_app(
@@ -85,8 +86,8 @@ def supervise(settings: Settings) -> int:
         time.sleep(0.2)
         for i, child in enumerate(children):
             if child.poll() is not None and not stopping:
-                if time.monotonic() - started[i] < 2.0:
-                    # Died at start-up (bad config, port taken): stop rather than loop.
+                if child.returncode > 0 and time.monotonic() - started[i] < 10.0:
+                    # Failed at start-up (bad config, port taken): stop rather than loop.
                     log.error("a service process exited at start-up (%s)", child.returncode)
                     forward(signal.SIGTERM, None)
                     break
