@@ -153,6 +153,8 @@ class StoreSettings(Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
+        if value == "":
+            return None  # unset, e.g. an empty compose variable: SQLite at `path`
         if value is not None and not value.startswith(
             ("sqlite:///", "postgresql://", "postgres://")
         ):
