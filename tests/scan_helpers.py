@@ -23,7 +23,6 @@ def scan_settings(db: Path, *, horde_url: str = "http://127.0.0.1:9", **sections
         "horde": {
             "url": horde_url,
             "poll_interval_s": 0.12,
-            "status_polls_per_s": 200.0,
             "retries": 2,
             "http_timeout_s": 5.0,
         },
