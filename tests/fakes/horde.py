@@ -302,6 +302,7 @@ class FakeHorde(LoopbackServer):
         expire_after: float = DEFAULT_EXPIRE_AFTER_S,
         expiry_refresh: bool = False,
         post_rate_per_min: int | None = 90,
+        post_window_s: float = 60.0,
         status_rate_per_s: int | None = 10,
         max_forms_per_user: int = 300,
         max_forms_anonymous: int = 5000,
@@ -317,6 +318,8 @@ class FakeHorde(LoopbackServer):
         self.expire_after = expire_after
         self.expiry_refresh = expiry_refresh
         self.post_rate_per_min = post_rate_per_min
+        # The submit limit's period; tests shorten it to see several windows quickly.
+        self.post_window_s = post_window_s
         self.status_rate_per_s = status_rate_per_s
         self.max_forms_per_user = max_forms_per_user
         self.max_forms_anonymous = max_forms_anonymous
@@ -665,7 +668,7 @@ class FakeHorde(LoopbackServer):
         self.posts += 1
         now = self.clock()
         ip = request.remote or "unknown"
-        if self._limited(("post", ip), self.post_rate_per_min, 60.0, now):
+        if self._limited(("post", ip), self.post_rate_per_min, self.post_window_s, now):
             return self._rate_limited_response(f"{self.post_rate_per_min} per 1 minute")
         raw = await request.read()
         if b"\\u0000" in raw or b"\x00" in raw:
