@@ -130,9 +130,7 @@ async def test_first_poll_comes_early(http: aiohttp.ClientSession):
 async def test_polls_faster_while_a_worker_processes(http: aiohttp.ClientSession):
     # Waiting polls every 30 s would miss any timeout; processing polls catch the answer.
     async with FakeHorde(latency=1.0) as horde:
-        config = settings(
-            horde.url, first_poll_s=0.6, poll_interval_s=30.0, processing_poll_s=0.2
-        )
+        config = settings(horde.url, first_poll_s=0.6, poll_interval_s=30.0, processing_poll_s=0.2)
         backend = HordeBackend(config, http)
         async with asyncio.timeout(10):
             await backend.judge(prepared(2))

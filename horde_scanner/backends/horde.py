@@ -590,9 +590,7 @@ class HordeBackend:
             for form in reply.get("forms", []):
                 if isinstance(form, dict) and form.get("state") == "done":
                     self._charge(req, [str(form.get("form"))])
-        self._charge(
-            req, [n for n in self.forms if req.seen.get(n) not in ("waiting", "faulted")]
-        )
+        self._charge(req, [n for n in self.forms if req.seen.get(n) not in ("waiting", "faulted")])
         self._settle(req)
 
     def _signals(self, results: dict[str, Any]) -> Signals:

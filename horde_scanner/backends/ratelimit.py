@@ -137,9 +137,7 @@ class PathLimiter:
     in any `period_s` of server time. Calls on one key are few and mostly one at a time, so
     waiters simply sleep until their key has room."""
 
-    def __init__(
-        self, limit: int, period_s: float = 1.0, *, clock: Clock = time.monotonic
-    ) -> None:
+    def __init__(self, limit: int, period_s: float = 1.0, *, clock: Clock = time.monotonic) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
