@@ -162,3 +162,57 @@ async def test_cancel_charges_like_the_horde(http: aiohttp.ClientSession):
         # The cancelled request is still there for a GET, as on the real Horde.
         async with http.get(f"{horde.url}/v2/interrogate/status/{horde.submissions[1].id}") as r:
             assert r.status == 200 and (await r.json())["state"] == "partial"
+
+
+async def test_a_burst_is_submitted_oldest_first(http: aiohttp.ClientSession):
+    async with FakeHorde(latency=0.05, post_rate_per_min=2, post_window_s=0.3) as horde:
+        config = settings(horde.url, submits_per_min=2)
+        client = HordeClient(config, http, submits=SubmitWindow(2, period_s=0.3))
+        backend = HordeBackend(config, http, client=client)
+        # Sizes tell the images apart at the fake; each judge() starts a little later.
+        sides = [64 + 8 * i for i in range(6)]
+        tasks = []
+        for side in sides:
+            image = images.encode(images.image(seed=side, size=(side, side)), "PNG")
+            tasks.append(asyncio.create_task(backend.judge(prepare(image, DecodeLimits()))))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+    assert [s.image_size[0] for s in horde.submissions] == sides
+    assert horde.rate_limited == 0
+
+
+async def test_waiting_submits_do_not_hold_back_polls_of_sent_requests(
+    http: aiohttp.ClientSession,
+):
+    async with FakeHorde(latency=0.5) as horde:
+        config = settings(horde.url, submits_per_min=1)
+        client = HordeClient(config, http, submits=SubmitWindow(1, period_s=60.0))
+        backend = HordeBackend(config, http, client=client)
+        sent = asyncio.create_task(backend.judge(prepared(1)))
+        while not horde.submissions:
+            await asyncio.sleep(0.01)
+        queued = asyncio.create_task(backend.judge(prepared(2)))
+        async with asyncio.timeout(10):
+            await sent  # answered while the second image waits for the window
+        assert client.submits.waiting == 1 and len(horde.submissions) == 1
+        assert "1 waiting for the submit limit" in backend.readiness().detail
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+    assert client.submits.waiting == 0 and horde.rate_limited == 0
+
+
+async def test_hybrid_routing_reads_the_horde_queue(http: aiohttp.ClientSession):
+    from horde_scanner.backends.router import RoutedBackend
+    from tests.test_router import named_mock
+
+    local = named_mock("clip", latency_s=10.0)  # slower than the budget: CPU CLIP, say
+    async with FakeHorde(latency=0.05, interrogator_count=4) as horde:
+        backend = HordeBackend(settings(horde.url), http)
+        router = RoutedBackend("hybrid", [local, backend], budget_s=8.0)
+        await backend.read_performance()  # an idle Horde: (0 + 2 forms) x 3 s
+        assert [p.name for p in router.order()] == ["horde", "clip"]
+        horde.extra_queued_forms = 400  # a queue of minutes
+        await backend.read_performance()
+        assert [p.name for p in router.order()] == ["clip", "horde"]
+        assert (await router.judge(prepared(1))).backend == "mock"

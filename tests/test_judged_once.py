@@ -78,3 +78,17 @@ async def test_uploads_past_the_deadline_keep_their_horde_request(tmp_path: Path
                 assert stored is not None and stored.verdict.label.value == "clean"
     assert len(horde.submissions) == 30 == len({s.id for s in horde.submissions})
     assert horde.deletes == 0 and horde.rate_limited == 0
+
+
+async def test_background_judgements_at_once(tmp_path: Path):
+    """Enough job workers for a burst to be in flight on the Horde at once; local paths
+    alone keep the smaller number they queue well with."""
+    from horde_scanner.backends.horde import HordeBackend
+    from horde_scanner.backends.workers import WorkerPool
+    from horde_scanner.judging import job_workers
+
+    settings = make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api")
+    async with aiohttp.ClientSession() as http:
+        assert job_workers(settings, HordeBackend(settings.horde, http)) == 90
+    pool_settings = worker_settings(tmp_path)
+    assert job_workers(pool_settings, WorkerPool(pool_settings.workers)) == 40
