@@ -132,6 +132,7 @@ async def open_services(
         )
         await start_horde(backend, store.db)
         await judge.start()
+        enforcer.start()
         await notifier.start()
         await watcher.start()
         try:
@@ -156,6 +157,7 @@ async def open_services(
             )
         finally:
             await watcher.stop()
+            await enforcer.stop()
             await judge.stop()
             await hashes.stop()
             await notifier.stop()

@@ -88,6 +88,13 @@ class Metrics:
             ["label", "backend"],
             registry=self.registry,
         )
+        self.worker_answers = Counter(
+            f"{PREFIX}_worker_answers",
+            "Answers posted by remote workers: accepted, or why they were refused "
+            "(unknown_job, not_holder, bad_worker_key, bad_answer).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.errors: PyCounter[str] = PyCounter()
         self._hits = 0
         self._answered = 0
@@ -107,6 +114,9 @@ class Metrics:
             self._hits += 1
         if outcome.route is Route.TIMEOUT:
             self.deadline_hits.labels(on_timeout=answer).inc()
+
+    def worker_answer(self, outcome: str) -> None:
+        self.worker_answers.labels(outcome=outcome).inc()
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
