@@ -101,7 +101,7 @@ async def serve(port: int, old: bool) -> None:
 @contextlib.contextmanager
 def stack(horde_args: list[str], db: Path, old: bool) -> Iterator[str]:
     horde_port, port = free_port(), free_port()
-    horde = spawn(["-m", "tests.fakes.horde", "--port", str(horde_port), *horde_args])
+    horde = spawn(["-m", "horde_scanner.testing.horde", "--port", str(horde_port), *horde_args])
     env = {
         "HORDE_SCANNER_STORE__PATH": str(db),
         "HORDE_SCANNER_HORDE__URL": f"http://127.0.0.1:{horde_port}/api",

@@ -13,9 +13,9 @@ import pytest
 from horde_scanner.backends.horde import HordeBackend, HordeClient
 from horde_scanner.backends.ratelimit import PathLimiter, SubmitWindow
 from horde_scanner.config import HordeSettings
-from horde_scanner.media import DecodeLimits, prepare
+from horde_scanner.media.decode import DecodeLimits, prepare
+from horde_scanner.testing.horde import ANON_APIKEY, FakeHorde
 from tests import images
-from tests.fakes.horde import ANON_APIKEY, FakeHorde
 
 
 def settings(url: str, **overrides: object) -> HordeSettings:

@@ -12,10 +12,10 @@ import pytest
 from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.backends.kudos import KudosBudget, utc_day
 from horde_scanner.config import HordeSettings
-from horde_scanner.media import DecodeLimits, prepare
+from horde_scanner.media.decode import DecodeLimits, prepare
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service, wait_for
 from tests.test_metrics import scrape, value
 

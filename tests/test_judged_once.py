@@ -8,9 +8,9 @@ from pathlib import Path
 
 import aiohttp
 
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service, wait_for
 from tests.test_workers import PictrsSafetyWorker, worker_settings
 
@@ -85,7 +85,7 @@ async def test_background_judgements_at_once(tmp_path: Path):
     alone keep the smaller number they queue well with."""
     from horde_scanner.backends.horde import HordeBackend
     from horde_scanner.backends.workers import WorkerPool
-    from horde_scanner.judging import job_workers
+    from horde_scanner.judging.judge import job_workers
 
     settings = make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api")
     async with aiohttp.ClientSession() as http:

@@ -36,7 +36,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from horde_scanner import PROJECT_URL, __version__, framesignals
+from horde_scanner import PROJECT_URL, __version__
 from horde_scanner.backends.base import (
     Backend,
     BackendFailed,
@@ -48,7 +48,8 @@ from horde_scanner.backends.horde_perf import HordeLoad, LatencyEstimate
 from horde_scanner.backends.kudos import KudosBudget
 from horde_scanner.backends.ratelimit import PathLimiter, SubmitBudget, SubmitWindow
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
-from horde_scanner.media import Frame, PreparedImage, encode_webp
+from horde_scanner.judging import frames as framesignals
+from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
