@@ -414,3 +414,19 @@ async def test_own_role_and_database_as_the_readme_creates_them(pg_server) -> No
         assert rows[0][0] is False  # the schema steps need no superuser
         await store.put_verdict(A, verdict(Label.CSAM, backend="horde"))
         assert await HashStore(store).generation() > 0  # triggers and functions work
+
+
+async def test_kudos_spend_is_kept(store_url: str) -> None:
+    from horde_scanner.backends.kudos import KudosBudget
+
+    async with await Store.open(store_url) as s:
+        budget = KudosBudget(100.0)
+        await budget.attach(s.db)
+        budget.settle(0.0, 12.5)
+        await budget.flush()
+        budget.settle(0.0, 2.5)
+        await budget.flush()
+    async with await Store.open(store_url) as s:
+        again = KudosBudget(100.0)
+        await again.attach(s.db)
+        assert again.spent == 15.0

@@ -9,6 +9,7 @@ the part of aiosqlite's Connection they use (`execute` awaited or as a context m
     ?  ?N              ->  $k  $N        (outside string literals)
     INSERT OR IGNORE   ->  INSERT ... ON CONFLICT DO NOTHING
     LIKE               ->  ILIKE         (SQLite's LIKE ignores ASCII case)
+    max(a, b) min(a, b) -> GREATEST LEAST (two-argument scalar forms)
     BEGIN IMMEDIATE    ->  BEGIN
     PRAGMA ...         ->  nothing
 
@@ -78,7 +79,7 @@ def translate(sql: str) -> str | None:
         return f"${counter}"
 
     out = _TOKEN.sub(placeholder, stripped)
-    out = _outside_literals(out, lambda s: _LIKE.sub("ILIKE", s))
+    out = _outside_literals(out, lambda s: _scalar_minmax(_LIKE.sub("ILIKE", s)))
     if _INSERT_OR_IGNORE.match(out):
         out = _INSERT_OR_IGNORE.sub("INSERT INTO", out, count=1)
         ret = _RETURNING.search(out)
@@ -87,6 +88,30 @@ def translate(sql: str) -> str | None:
         else:
             out += " ON CONFLICT DO NOTHING"
     return out
+
+
+_MINMAX = re.compile(r"\b(max|min)\s*\(", re.IGNORECASE)
+
+
+def _scalar_minmax(sql: str) -> str:
+    """SQLite's two-argument max(a, b) / min(a, b) are GREATEST / LEAST (which, unlike SQLite,
+    skip a NULL argument); one-argument MAX / MIN stay aggregates."""
+    out, at = [], 0
+    for m in _MINMAX.finditer(sql):
+        if m.start() < at:
+            continue
+        depth, i, comma = 1, m.end(), False
+        while i < len(sql) and depth:
+            ch = sql[i]
+            depth += (ch == "(") - (ch == ")")
+            comma |= ch == "," and depth == 1
+            i += 1
+        if comma:
+            name = "GREATEST" if m.group(1).lower() == "max" else "LEAST"
+            inner = _scalar_minmax(sql[m.end() : i - 1])
+            out += [sql[at : m.start()], f"{name}(", inner, ")"]
+            at = i
+    return "".join(out) + sql[at:]
 
 
 def _outside_literals(sql: str, fn: Any) -> str:

@@ -248,6 +248,17 @@ _MIGRATIONS: list[tuple[str, str]] = [
     """,
     ),
     (
+        # The AI Horde's daily kudos budget (queries in backends/kudos.py).
+        "1100-horde-kudos",
+        """
+    CREATE TABLE horde_kudos (
+        day TEXT PRIMARY KEY,
+        spent REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    ),
+    (
         # Replicas on one PostgreSQL database: a claimed job is held until `lease_until`
         # (renewed while judged); a dead replica's jobs are taken over when it lapses.
         # PostgreSQL also gets change notifications here (store/postgres.py PG_EXTRA).
