@@ -23,7 +23,7 @@ def replica_env(store_url: str, horde_url: str, **extra: Any) -> dict[str, str]:
         "HORDE_SCANNER_STORE__URL": store_url,
         "HORDE_SCANNER_HORDE__URL": horde_url,
         "HORDE_SCANNER_HORDE__POLL_INTERVAL_S": "0.12",
-        "HORDE_SCANNER_HORDE__STATUS_POLLS_PER_S": "200",
+        "HORDE_SCANNER_HORDE__STATUS_POLLS_PER_S": "10",
         "HORDE_SCANNER_HORDE__API_KEY": "0000000000",
         "HORDE_SCANNER_HORDE__HTTP_TIMEOUT_S": "5",
         "HORDE_SCANNER_SERVER__CLIENT_IDS": json.dumps([CLIENT_ID]),

@@ -137,3 +137,19 @@ async def test_the_store_password_stays_out_of_readyz_and_logs(tmp_path, pg_url,
         replica.terminate()
     assert "hunter2" not in replica.log.read_text()
 
+
+
+async def test_replicas_share_one_horde_submit_budget(replicas, horde, http):
+    # The Horde counts submits per IP: both replicas are behind 127.0.0.1.
+    horde.post_rate_per_min = 5
+    budget = {"horde__submits_per_min": "5", "validation__deadline_s": "3"}
+    one, two = replicas(**budget), replicas(**budget)
+    burst = [distinct_png(9000 + i) for i in range(10)]
+    results = await asyncio.gather(*(
+        validate_upload(http, (one, two)[i % 2].scan_url(), data, "image/png")
+        for i, data in enumerate(burst)
+    ))  # fmt: skip
+    assert all(r.status == 200 for r in results)  # on_timeout accept; the rest wait their turn
+    await asyncio.sleep(2.0)
+    assert len(horde.submissions) == 5  # one budget of 5 a minute, not 5 each
+    assert horde.rate_limited == 0

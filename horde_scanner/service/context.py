@@ -18,6 +18,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -131,6 +132,7 @@ async def open_services(
             )
         )
         await start_horde(backend, store.db)
+        share_horde_budget(backend, store)
         await judge.start()
         enforcer.start()
         await notifier.start()

@@ -473,3 +473,41 @@ class PgStore(Store):
         )
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
+
+    # -- the AI Horde submit budget of all replicas (backends/shared_submits.py) ------------
+
+    async def take_submit(
+        self, limit: int, period_s: float, stale_s: float
+    ) -> tuple[int | None, float]:
+        """A slot id, or None and how long until one may free up."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('horde_scanner:submits'))")
+            # One clock for every replica: the database's.
+            now = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+            await conn.execute(
+                "DELETE FROM horde_submits WHERE done_at <= $1"
+                " OR (done_at IS NULL AND taken_at <= $2)",
+                now - period_s, now - stale_s,
+            )  # fmt: skip
+            done = sorted(
+                r[0] for r in await conn.fetch("SELECT done_at FROM horde_submits")
+                if r[0] is not None
+            )  # fmt: skip
+            used = await conn.fetchval("SELECT COUNT(*) FROM horde_submits")
+            if used < limit:
+                slot = await conn.fetchval(
+                    "INSERT INTO horde_submits (holder, taken_at) VALUES ($1, $2) RETURNING id",
+                    self.holder, now,
+                )  # fmt: skip
+                return int(slot), 0.0
+            if used - len(done) >= limit:
+                return None, 1.0  # all in flight: wait for an answer
+            return None, done[used - limit] + period_s - now
+
+    async def finish_submit(self, slot: int | None) -> None:
+        if slot is not None:
+            await self._pg.execute(
+                "UPDATE horde_submits SET done_at = extract(epoch FROM clock_timestamp())"
+                " WHERE id = ?",
+                (slot,),
+            )

@@ -272,6 +272,13 @@ _MIGRATIONS: list[tuple[str, str]] = [
         taken_at REAL NOT NULL,
         until REAL NOT NULL
     );
+    -- The AI Horde submit budget of all replicas behind one address (backends/shared_submits.py).
+    CREATE TABLE horde_submits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        holder TEXT NOT NULL,
+        taken_at REAL NOT NULL,
+        done_at REAL
+    );
     """,
     ),
 ]

@@ -19,6 +19,7 @@ import aiohttp
 from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.config import OnEvent, Settings
 from horde_scanner.hashlists.matcher import HashMatcher
 from horde_scanner.judging.judge import Judge, build_judge
@@ -71,6 +72,7 @@ async def _judge(
     judge = build_judge(settings, store, policy, backend, executor, hashes=hashes)
     if own_backend:
         await start_horde(backend, store.db)
+        share_horde_budget(backend, store)
     await judge.start()
     try:
         yield judge
