@@ -78,30 +78,22 @@ def main(ctx: click.Context, config_file: Path | None, db: Path | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the validation service for pict-rs."""
-    from aiohttp import web
-
-    from horde_scanner.service.app import build_app
+    from horde_scanner.service.serve import ListenError
+    from horde_scanner.service.serve import serve as serve_forever
 
     settings = _settings(ctx)
     _return_big_buffers_to_the_os()
-    host = host or settings.server.host
-    port = port or settings.server.port
+    host = host if host is not None else settings.server.host
+    port = port if port is not None else settings.server.port
+    loop = _new_event_loop()
     try:
-        app = build_app(settings)
-        # A burst of federated thumbnails opens many connections at once; 128 would drop some.
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            print=None,
-            access_log=None,
-            backlog=1024,
-            loop=_new_event_loop(),
-        )
-    except (ConfigError, PolicyError, StoreError) as exc:
+        loop.run_until_complete(serve_forever(settings, host, port))
+    except (ConfigError, PolicyError, StoreError, ListenError) as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def _return_big_buffers_to_the_os() -> None:

@@ -9,6 +9,7 @@ listed in README.md with its default; keep the two in step.
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,8 @@ class ServerSettings(Section):
     port: int = Field(14051, ge=1, le=65535)
     # Ids pict-rs may put in the URL path (/api/v1/scan/<id>). Treat them as secrets.
     client_ids: list[str] = Field(default_factory=list)
+    # Named ids, {name = secret}: the name is what the audit log, verdicts and exports record.
+    clients: dict[str, str] = Field(default_factory=dict)
     # Extra addresses/networks accepted for the special id IPADDR (loopback always is).
     allowed_ips: list[str] = Field(default_factory=list)
     # Only requests from these addresses may set X-Forwarded-For.
@@ -61,6 +64,18 @@ class ServerSettings(Section):
     # Upload bodies read and admitted at once; the rest wait (unread) for a slot, up to the
     # deadline. Bounds memory in a burst to about this many bodies.
     max_concurrent_uploads: int = Field(128, gt=0)
+
+    @field_validator("clients")
+    @classmethod
+    def _client_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise ValueError(
+                    f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-'"
+                )
+            if not secret or secret == "IPADDR":
+                raise ValueError(f"client {name!r}: the id must be a non-empty secret")
+        return value
 
     @field_validator("allowed_ips", "trusted_proxies")
     @classmethod

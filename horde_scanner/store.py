@@ -19,7 +19,9 @@ A job row holds everything needed to judge again, so a restart loses no work: ro
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -282,6 +284,13 @@ class StoreError(Exception):
     """The database cannot be opened or is not ours."""
 
 
+def _probe_open(path: Path) -> None:
+    try:
+        sqlite3.connect(str(path)).close()
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from None
+
+
 class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
@@ -294,9 +303,21 @@ class Store:
     async def open(cls, path: Path | str) -> Store:
         path = Path(path)
         if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the directory of store {path}: {exc.strerror or exc}"
+                ) from None
+            # Opened once without aiosqlite first: when aiosqlite's own connect fails, its
+            # thread reports to the event loop later, after asyncio.run closed it (a traceback
+            # after the right message).
+            await asyncio.to_thread(_probe_open, path)
         try:
             db = await aiosqlite.connect(str(path), isolation_level=None)
+        except (aiosqlite.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+        try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA busy_timeout=5000")
@@ -305,7 +326,11 @@ class Store:
             # A process that died mid-judgement left these; they are work to do, not work done.
             await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
         except aiosqlite.DatabaseError as exc:
+            await db.close()
             raise StoreError(f"cannot open store {path}: {exc}") from None
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def close(self) -> None:
