@@ -133,6 +133,10 @@ class HordeSettings(Section):
     http_timeout_s: float = Field(20.0, gt=0)
     retries: int = Field(4, ge=0, le=10)
     maintenance_pause_s: float = Field(120.0, ge=0)
+    # Failed calls in a row (refused, DNS, timeout, 5xx) that mark the AI Horde down, and how
+    # often one heartbeat probes it while down.
+    down_after_failures: int = Field(3, ge=1, le=100)
+    probe_interval_s: float = Field(1.0, gt=0, le=300)
     # Animations and video: pack up to 4 frames into one 512 px 2x2 image (one request, a
     # quarter of the kudos) at the price of each frame being judged at 256 px.
     pack_frames: bool = False

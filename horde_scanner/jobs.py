@@ -82,6 +82,13 @@ class JobRunner:
                 fut.cancel()
         self._futures.clear()
 
+    async def resume(self, why: str) -> None:
+        """Make every waiting job due now (a path came back) and wake the feeder."""
+        woken = await self._store.wake_jobs()
+        if woken:
+            log.info("%s: %d waiting jobs resumed", why, woken)
+        self._wake.set()
+
     def future_for(self, sha256: str) -> asyncio.Future[Verdict] | None:
         return self._futures.get(sha256)
 

@@ -18,8 +18,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 
-from horde_scanner.backends.base import Backend, BackendFailed, judge_image
+from horde_scanner.backends.base import Backend, BackendFailed, describe_paths, judge_image
 from horde_scanner.backends.prescreen import CLEARED
+from horde_scanner.backends.recovery import RecoveryWatch
 from horde_scanner.config import Settings
 from horde_scanner.hashing import PdqHash, pdq_hash, sha256_hex
 from horde_scanner.hashmatch import HashMatcher
@@ -56,6 +57,8 @@ class Route(StrEnum):
     CACHE = "cache"
     BACKEND = "backend"
     TIMEOUT = "timeout"
+    # No judging path was live (e.g. the AI Horde unreachable): answered at once, job kept.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ class Judge:
         # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
         self._forgets = 0
         self._sync_task: asyncio.Task[None] | None = None
+        self._recovery = RecoveryWatch(backend, self._recovered)
         # Images the pre-screen cleared, held from judgement to stored verdict for a second
         # opinion (at most one per running job).
         self.second_opinion: SecondOpinion | None = None
@@ -138,8 +142,13 @@ class Judge:
         await self.runner.start()
         self._data_version = await self.store.data_version()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="judge-sync")
+        await self._recovery.start()
+
+    async def _recovered(self, paths: list[str]) -> None:
+        await self.runner.resume(f"{', '.join(paths)} live again")
 
     async def stop(self) -> None:
+        await self._recovery.stop()
         if self._sync_task is not None:
             self._sync_task.cancel()
             try:
@@ -269,12 +278,17 @@ class Judge:
             return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
         admission = asyncio.ensure_future(self._admit(data, source, ticket, on_admitted))
         del data  # the admission (then the job row) holds the bytes; do not keep them here
+        route = Route.TIMEOUT
         try:
             async with asyncio.timeout(within_s):
                 admitted = await asyncio.shield(admission)
                 if isinstance(admitted, Outcome):
                     return admitted
-                return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
+                if admitted.done() or self.can_judge_now():
+                    return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
+                # Nothing can judge it now: waiting for the deadline would only delay the
+                # same on_timeout answer. The job is persisted and resumes with the backend.
+                route = Route.UNAVAILABLE
         except TimeoutError:
             pass
         # From here to the return nothing awaits: a verdict landing now is either seen here or
@@ -289,7 +303,11 @@ class Judge:
             ticket.answer = answer_if_late
             if ticket.submitted and ticket.sha256:
                 self.runner.note_answer(ticket.sha256, answer_if_late)
-        return ticket.outcome(Route.TIMEOUT, None)
+        return ticket.outcome(route, None)
+
+    def can_judge_now(self) -> bool:
+        """Whether any judging path (pre-screen, CLIP, workers, AI Horde) is live."""
+        return any(r.live for r in describe_paths(self.backend))
 
     async def _admit(
         self,

@@ -578,6 +578,14 @@ class Store:
             (time.time() + delay_s, error, sha256),
         )
 
+    async def wake_jobs(self) -> int:
+        """Make every pending job due now; returns how many were waiting for later."""
+        cur = await self._db.execute(
+            "UPDATE jobs SET not_before=0 WHERE state='pending' AND not_before > ?",
+            (time.time(),),
+        )
+        return max(0, cur.rowcount)
+
     async def count_jobs(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM jobs") as cur:
             row = await cur.fetchone()

@@ -28,14 +28,17 @@ import aiohttp
 from PIL import Image, ImageOps
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_any,
     wait_exponential_jitter,
 )
 
 from horde_scanner import PROJECT_URL, __version__, framesignals
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
 from horde_scanner.backends.ratelimit import TokenBucket
+from horde_scanner.backends.reachability import Reachability
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.media import Frame, PreparedImage, encode_webp
 from horde_scanner.verdict import Signals
@@ -71,6 +74,18 @@ class HordeClient:
         self._submits = TokenBucket(settings.submits_per_min / 60.0, burst=5)
         self._polls = TokenBucket(settings.status_polls_per_s)
         self._timeout = aiohttp.ClientTimeout(total=settings.http_timeout_s)
+        self.reach = Reachability(
+            "AI Horde",
+            self._probe,
+            down_after=settings.down_after_failures,
+            probe_interval_s=settings.probe_interval_s,
+        )
+
+    def _known_down(self, _: RetryCallState) -> bool:
+        return self.reach.down
+
+    async def _probe(self) -> None:
+        await self._once("GET", "/v2/status/heartbeat", dict(self._headers), None)
 
     async def _call(
         self, method: str, path: str, *, json_body: Any = None, with_key: bool = False
@@ -80,7 +95,8 @@ class HordeClient:
             headers["apikey"] = self.settings.api_key
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(self.settings.retries + 1),
+            # Known down: no point retrying; jobs are woken when the probe sees it back.
+            stop=stop_any(stop_after_attempt(self.settings.retries + 1), self._known_down),
             wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
             reraise=True,
         )
@@ -89,6 +105,7 @@ class HordeClient:
                 with attempt:
                     return await self._once(method, path, headers, json_body)
         except _Transient as exc:
+            self.reach.failed(str(exc), gave_up=True)
             raise BackendUnavailable(f"AI Horde unreachable: {exc}", retry_after_s=30) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -100,13 +117,16 @@ class HordeClient:
                 method, self._base + path, json=json_body, headers=headers, timeout=self._timeout
             ) as resp:
                 if resp.status >= 500:
+                    self.reach.failed(f"HTTP {resp.status}")
                     raise _Transient(f"{method} {path}: HTTP {resp.status}")
+                self.reach.ok()
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
                     body = None
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.reach.failed(f"{type(exc).__name__} {exc}".strip())
             raise _Transient(f"{method} {path}: {type(exc).__name__} {exc}".strip()) from None
 
     async def submit(self, source_image_b64: str, forms: list[str]) -> str:
@@ -200,17 +220,21 @@ class HordeBackend:
     def readiness(self) -> Readiness:
         if self._fatal:
             return Readiness(self.name, False, self._fatal)
+        if self.client.reach.down:
+            return Readiness(self.name, False, self.client.reach.detail())
         if time.monotonic() < self._paused_until:
             left = self._paused_until - time.monotonic()
             return Readiness(self.name, False, f"{self._pause_reason} (retry in {left:.0f} s)")
         return Readiness(self.name, True, f"{self.in_flight} requests in flight")
 
     async def aclose(self) -> None:
-        return None
+        await self.client.reach.aclose()
 
     def _check_sendable(self) -> None:
         if self._fatal:
             raise BackendUnavailable(self._fatal, retry_after_s=300)
+        if self.client.reach.down:
+            raise BackendUnavailable(self.client.reach.detail(), retry_after_s=60)
         left = self._paused_until - time.monotonic()
         if left > 0:
             raise BackendUnavailable(self._pause_reason, retry_after_s=left)

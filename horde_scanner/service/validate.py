@@ -74,6 +74,8 @@ def _decide(svc: Services, outcome: Outcome) -> tuple[OnEvent, str]:
     """(accept or reject, why) for an outcome."""
     rules = svc.settings.validation
     verdict = outcome.verdict
+    if verdict is None and outcome.route is Route.UNAVAILABLE:
+        return rules.on_timeout, "no judging path is live; judged when one is back"
     if verdict is None:
         return rules.on_timeout, "deadline reached before a verdict"
     if verdict.label is Label.UNREADABLE:
