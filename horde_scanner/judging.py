@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Hashing big bodies off the loop pays for the thread hop above this size.
 _HASH_IN_POOL_BYTES = 1 << 20
+# How often an answer waiting on a backend looks whether any path is still live.
+_LIVENESS_CHECK_S = 0.25
 
 
 class Route(StrEnum):
@@ -284,10 +286,13 @@ class Judge:
                 admitted = await asyncio.shield(admission)
                 if isinstance(admitted, Outcome):
                     return admitted
-                if admitted.done() or self.can_judge_now():
+                # Waiting for the deadline when nothing can judge (e.g. the AI Horde found
+                # unreachable, now or while we wait) only delays the same on_timeout answer.
+                # The job is persisted and resumes when a path is back.
+                while not admitted.done() and self.can_judge_now():
+                    await asyncio.wait([admitted], timeout=_LIVENESS_CHECK_S)
+                if admitted.done():
                     return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
-                # Nothing can judge it now: waiting for the deadline would only delay the
-                # same on_timeout answer. The job is persisted and resumes with the backend.
                 route = Route.UNAVAILABLE
         except TimeoutError:
             pass

@@ -578,6 +578,18 @@ class Store:
             (time.time() + delay_s, error, sha256),
         )
 
+    async def sha256_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Known sha256 values (verdicts, lists, audit) starting with a hex `prefix`."""
+        bound = prefix + "g"  # just past every hex continuation: an index range scan
+        found: set[str] = set()
+        for table in ("verdicts", "lists", "audit"):
+            async with self._db.execute(
+                f"SELECT DISTINCT sha256 FROM {table} WHERE sha256 >= ? AND sha256 < ? LIMIT ?",
+                (prefix, bound, limit),
+            ) as cur:
+                found.update(row[0] async for row in cur)
+        return sorted(found)[:limit]
+
     async def wake_jobs(self) -> int:
         """Make every pending job due now; returns how many were waiting for later."""
         cur = await self._db.execute(

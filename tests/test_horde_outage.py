@@ -36,7 +36,7 @@ def _settings(tmp_path: Path, url: str, hook: str, **extra):
     return make_settings(
         tmp_path / "s.db",
         url,
-        horde={"retries": 1, "http_timeout_s": 1.0, "probe_interval_s": 0.2, **extra},
+        horde={"retries": 1, "http_timeout_s": 3.0, "probe_interval_s": 0.2, **extra},
         notify={"webhook_url": hook, "readiness_interval_s": 0.1},
         validation={"deadline_s": 4.0},
     )
