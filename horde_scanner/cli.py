@@ -363,10 +363,21 @@ _ACTIONS = ["report", "quarantine", "delete"]
 def _stop_on_signals(stop: asyncio.Event) -> None:
     import signal
 
+    from horde_scanner.scan.runner import STOP_GRACE_S
+
+    def on_signal(name: str) -> None:
+        if not stop.is_set():
+            click.echo(
+                f"\n{name}: stopping (files being judged get {STOP_GRACE_S:g} s; the rest "
+                "stay queued as jobs)",
+                err=True,
+            )
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig.name)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
             pass
 
@@ -441,7 +452,18 @@ def scan(
     title = f"{report.source}: {report.action}"
     if report.resumed_from:
         title += f" (resumed after {report.resumed_from})"
+    if report.stopped:
+        title += " (stopped)"
     _print_report(report, title=title)
+    if report.stopped:
+        click.echo(
+            f"stopped before the end: {report.interrupted} file(s) still waiting on the backend "
+            "are kept as jobs and the checkpoint is saved; run the same command again to "
+            "resume",
+            err=True,
+        )
+    # Like `check`: 1 when positives were found, 3 when stopped before judging everything.
+    sys.exit(EXIT_POSITIVE if report.positives else EXIT_NOT_JUDGED if report.stopped else 0)
 
 
 @main.command()

@@ -152,13 +152,21 @@ class JobRunner:
             self._wake.set()
             return fut
         except BaseException:
-            # Cancelled: whoever else waits on this hash gets an error, not a hang.
+            # Cancelled (a sweep stopped by a signal): the work is kept as a job, and whoever
+            # else waits on this hash gets an error, not a hang.
             self._futures.pop(sha256, None)
             if not fut.done():
                 fut.set_exception(BackendUnavailable("judgement interrupted"))
                 fut.add_done_callback(lambda f: f.exception())
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._store.add_job(
+                        sha256, payload, media_type=media_type, size=size, source=source
+                    )
+                )
             raise
-        await self._finish(job, verdict, persisted=False)
+        # A job row may exist for this hash (kept by an interrupted sweep): finish it too.
+        await self._finish(job, verdict)
         return fut
 
     def note_answer(self, sha256: str, answer: str) -> None:

@@ -43,6 +43,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     run_id: int | None = None
     resumed_from: str | None = None
+    # Stopped by a signal before the end; files whose judgement was cut off (kept as jobs).
+    stopped: bool = False
+    interrupted: int = 0
 
 
 @asynccontextmanager
@@ -118,6 +121,8 @@ async def run_scan(
                 sweep.positives,
                 run_id=sweep.run_row.id if sweep.run_row else None,
                 resumed_from=sweep.resumed_from,
+                stopped=sweep.stop.is_set(),
+                interrupted=sweep.interrupted,
             )
             _add_notes(report, source, actor)
     return report
