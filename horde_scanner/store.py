@@ -587,7 +587,7 @@ class Store:
                 f"SELECT DISTINCT sha256 FROM {table} WHERE sha256 >= ? AND sha256 < ? LIMIT ?",
                 (prefix, bound, limit),
             ) as cur:
-                found.update(row[0] async for row in cur)
+                found.update([row[0] async for row in cur])
         return sorted(found)[:limit]
 
     async def wake_jobs(self) -> int:

@@ -268,16 +268,24 @@ class Sweep:
                 await work.put(None)
             await asyncio.gather(*workers)
 
+        async def ticker() -> None:
+            # Redrawn even when nothing finishes: a stall must show as one (ETA "stalled").
+            while True:
+                await asyncio.sleep(1.0)
+                self.progress.update(self.counts)
+
         workers = [asyncio.create_task(worker()) for _ in range(self.settings.concurrency)]
         list_task = asyncio.create_task(lister())
+        tick_task = asyncio.create_task(ticker())
         stopped = asyncio.create_task(self.stop.wait())
         try:
             await self._unless_stopped(asyncio.create_task(classifier()), stopped)
             await self._unless_stopped(asyncio.create_task(drain()), stopped)
         finally:
-            list_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await list_task
+            for task in (list_task, tick_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if self.stop.is_set():
                 await self._stop_workers(workers, work)
             stopped.cancel()
