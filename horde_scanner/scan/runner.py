@@ -266,7 +266,8 @@ class Sweep:
         async def drain() -> None:
             for _ in workers:
                 await work.put(None)
-            await asyncio.gather(*workers)
+            # wait, not gather: giving this up on a stop must not cancel the workers too.
+            await asyncio.wait(workers)
 
         async def ticker() -> None:
             # Redrawn even when nothing finishes: a stall must show as one (ETA "stalled").
