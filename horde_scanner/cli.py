@@ -264,6 +264,7 @@ def verdicts_list(ctx: click.Context, labels: tuple[str, ...], limit: int, as_js
 @click.pass_context
 def verdicts_show(ctx: click.Context, sha256: str) -> None:
     """One verdict with its signals and audit trail (SHA256 may be a unique prefix)."""
+
     async def go() -> dict[str, Any] | None:
         nonlocal sha256
         async with await Store.open(_settings(ctx).store.path) as store:

@@ -70,9 +70,7 @@ class ServerSettings(Section):
     def _client_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name, secret in value.items():
             if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
-                raise ValueError(
-                    f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-'"
-                )
+                raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
             if not secret or secret == "IPADDR":
                 raise ValueError(f"client {name!r}: the id must be a non-empty secret")
         return value

@@ -31,8 +31,8 @@ def _tree(root: Path, colours: list[str]) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, colour in enumerate(colours):
-        path = root / f"{i:03d}-{colour}.jpg"
-        path.write_bytes(images.jpeg(colour, seed=100 + i))
+        path = root / f"{i:03d}-{colour}.png"
+        path.write_bytes(images.encode(images.image(colour, seed=100 + i), "PNG"))
         paths.append(path)
     return paths
 

@@ -69,11 +69,14 @@ async def test_client_secrets_are_never_recorded(tmp_path: Path, http):
         ["--db", str(settings.store.path), "verdicts", "export", "--format", "csv"],
     )
     assert export.exit_code == 0 and "upload:lemmy" in export.output
-    store_bytes = b"".join(
-        p.read_bytes() for p in tmp_path.glob("s.db*")  # the file and its WAL
-    )
+    store_bytes = _store_bytes(tmp_path)
     assert b"upload:lemmy" in store_bytes
     for secret in (NAMED, UNNAMED):
         assert secret not in everything
         assert secret not in export.output
         assert secret.encode() not in store_bytes
+
+
+def _store_bytes(folder: Path) -> bytes:
+    """The SQLite file and its WAL, as bytes."""
+    return b"".join(p.read_bytes() for p in sorted(folder.glob("s.db*")))

@@ -28,12 +28,11 @@ import aiohttp
 from PIL import Image, ImageOps
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_any,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from horde_scanner import PROJECT_URL, __version__, framesignals
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
@@ -51,6 +50,16 @@ _FORM_PRICE = {"caption": 1, "nsfw": 1, "interrogation": 3}
 
 class _Transient(Exception):
     """A failure worth retrying at once (connection, timeout, 5xx)."""
+
+
+class _WhenDown(stop_base):
+    """Stop retrying once the AI Horde is known down."""
+
+    def __init__(self, reach: Reachability) -> None:
+        self._reach = reach
+
+    def __call__(self, retry_state: object) -> bool:
+        return self._reach.down
 
 
 class _RequestExpired(Exception):
@@ -81,9 +90,6 @@ class HordeClient:
             probe_interval_s=settings.probe_interval_s,
         )
 
-    def _known_down(self, _: RetryCallState) -> bool:
-        return self.reach.down
-
     async def _probe(self) -> None:
         await self._once("GET", "/v2/status/heartbeat", dict(self._headers), None)
 
@@ -96,7 +102,7 @@ class HordeClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
             # Known down: no point retrying; jobs are woken when the probe sees it back.
-            stop=stop_any(stop_after_attempt(self.settings.retries + 1), self._known_down),
+            stop=stop_after_attempt(self.settings.retries + 1) | _WhenDown(self.reach),
             wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
             reraise=True,
         )

@@ -50,9 +50,7 @@ class Reachability:
     def ok(self) -> None:
         self.failures = 0
         if self.down_since is not None:
-            log.warning(
-                "%s reachable again after %.0f s", self.name, time.time() - self.down_since
-            )
+            log.warning("%s reachable again after %.0f s", self.name, time.time() - self.down_since)
             self.down_since = None
 
     def failed(self, error: str, *, gave_up: bool = False) -> None:

@@ -167,9 +167,7 @@ class Sweep:
         assert self.run_row is not None
         run = self.run_row
         listing: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=_LISTING_BUFFER)
-        work: asyncio.Queue[_WorkItem | None] = asyncio.Queue(
-            maxsize=self.settings.concurrency * 2
-        )
+        work: asyncio.Queue[_WorkItem | None] = asyncio.Queue(maxsize=self.settings.concurrency * 2)
         window: deque[int] = deque()
         finished: set[int] = set()
         names: dict[int, str] = {}

@@ -48,7 +48,6 @@ class ClientAuth:
         # Constant-time comparison: the id is the secret.
         return any(secrets.compare_digest(client_id.encode(), i.encode()) for i in self._ids)
 
-
     @property
     def names(self) -> list[str]:
         return [name for name, _ in self._named]

@@ -18,6 +18,7 @@ from horde_scanner.service.context import SERVICES, Services
 
 log = logging.getLogger("horde_scanner.serve")
 
+
 class ListenError(Exception):
     """The address cannot be bound."""
 
