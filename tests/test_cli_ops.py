@@ -278,3 +278,18 @@ async def test_store_problems_are_one_clear_message(
     assert done.rc != 0
     assert message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "cannot listen" not in done.stderr
+
+
+async def test_serve_on_a_port_in_use_is_one_clear_message(tmp_path: Path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = await run(
+            ["serve", "--port", str(port)], cli_env(tmp_path / "s.db", _refused()), cwd=tmp_path
+        )
+    assert done.rc != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and "listening on" not in done.stderr

@@ -152,3 +152,19 @@ async def test_a_horde_that_never_answers_times_out_into_down(tmp_path: Path, ht
                 assert "Timeout" in detail
     finally:
         silent.close()
+
+
+async def test_down_after_a_few_failed_calls_in_a_row(tmp_path: Path, http):
+    """With many retries per call, `down_after_failures` failures already mark it down (and
+    end the call's remaining retries)."""
+    url = f"http://127.0.0.1:{free_port()}/api"
+    async with webhook_sink() as sink:
+        settings = _settings(
+            tmp_path, url, sink.url, retries=6, down_after_failures=2, probe_interval_s=60
+        )
+        async with running_service(settings) as svc:
+            image = images.jpeg("green", seed=10)
+            answer = await validate_upload(http, svc.scan_url(), image, "image/jpeg")
+            assert answer.body["route"] == "unavailable"
+            detail = (await _readyz(http, svc.url))["paths"]["horde"]["detail"]
+            assert "(2 failed calls in a row" in detail
