@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing.horde import FakeHorde
 from tests import images
-from tests.fakes.horde import FakeHorde
 from tests.net import free_port, wait_port
 from tests.proc import OnTerminal, cli_env, run
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from horde_scanner.config import ConfigError, load_settings
-from horde_scanner.policy import Policy, PolicyError
+from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.verdict import Label, Signals
 
 ROOT = Path(__file__).resolve().parent.parent

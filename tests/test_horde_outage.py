@@ -8,12 +8,12 @@ import socket
 import time
 from pathlib import Path
 
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.store import Store
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.store.sqlite import Store
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
 from tests.admin_helpers import webhook_sink
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.net import free_port
 from tests.service import make_settings, running_service, wait_for
 from tests.test_metrics import scrape, value

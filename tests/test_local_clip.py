@@ -17,14 +17,14 @@ pytest.importorskip("transformers")
 
 from horde_scanner.backends.router import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
-from horde_scanner.media import DecodeLimits, prepare  # noqa: E402
-from horde_scanner.policy import CLIP_PREFIX, Policy  # noqa: E402
+from horde_scanner.judging.policy import CLIP_PREFIX, Policy  # noqa: E402
+from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
+from horde_scanner.testing.horde import FakeHorde  # noqa: E402
+from horde_scanner.testing.pictrs import validate_upload  # noqa: E402
 from local_gpu.backend import LocalClipBackend  # noqa: E402
 from local_gpu.clip import ClipScorer, ModelUnavailable  # noqa: E402
 from local_gpu.worker import Worker  # noqa: E402
 from tests import images  # noqa: E402
-from tests.fakes.horde import FakeHorde  # noqa: E402
-from tests.fakes.pictrs import validate_upload  # noqa: E402
 from tests.service import make_settings, running_service  # noqa: E402
 from tests.tiny_clip import build_tiny_clip  # noqa: E402
 
@@ -236,8 +236,8 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
             stats = await run
             await backend.aclose()
         assert result.status == 406 and result.body["label"] == "csam"
-        assert any(r.startswith("worker:gpu-1: clip") for r in result.body["reasons"])
-        assert stats.judged == 1 and pool.workers["gpu-1"].answered == 1
+        assert any(r.startswith("worker:key1/gpu-1: clip") for r in result.body["reasons"])
+        assert stats.judged == 1 and pool.workers["key1/gpu-1"].answered == 1
 
 
 def test_worker_command_reports_bad_arguments(tmp_path: Path):

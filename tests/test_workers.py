@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from horde_scanner.backends.mock import colour_marker_signals
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.verdict import Label
 from tests import images
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 KEY = "worker-secret"
@@ -36,7 +36,8 @@ def worker_settings(tmp_path: Path, **workers: Any):
 
 class PictrsSafetyWorker:
     """What fedi-safety's lemmy_safety_pictrs.py does: poll GET /api/v1/pop with an `apikey`
-    header, read the file name from Content-Disposition, judge, POST the two booleans."""
+    header, read the file name from Content-Disposition, judge, POST the two booleans.
+    (tests/test_peer_conformance.py runs its exact loop, blocking requests in threads.)"""
 
     def __init__(
         self, base: str, *, key: str = KEY, think_s: float = 0.0, answer: bool = True
@@ -53,8 +54,8 @@ class PictrsSafetyWorker:
             if resp.status == 204:
                 return None
             assert resp.status == 200, await resp.text()
-            disposition = resp.headers["Content-Disposition"]
-            filename = disposition.split("filename=")[1].strip('"')
+            # As fedi-safety parses it: everything after the first `=`, quotes and all.
+            filename = resp.headers["Content-Disposition"].split("=", 1)[1]
             data = await resp.read()
         self.taken.append(filename)
         if not self.answer:
@@ -236,7 +237,7 @@ async def test_bad_worker_requests_get_clear_errors(tmp_path: Path):
 async def test_our_worker_protocol_posts_signals(tmp_path: Path):
     """The rich variant without torch: a stand-in scorer gives CLIP-style scores and the
     service judges them with its own policy."""
-    from horde_scanner.policy import CLIP_PREFIX
+    from horde_scanner.judging.policy import CLIP_PREFIX
     from horde_scanner.verdict import Signals
     from local_gpu.worker import Worker, WorkerError
 
@@ -270,7 +271,7 @@ async def test_our_worker_protocol_posts_signals(tmp_path: Path):
         with pytest.raises(WorkerError, match="refused the worker key"):
             await Worker(svc.url, "bad", scorer, name="x").run()
     assert red.status == 406 and red.body["label"] == "csam"
-    assert any("worker:ours: clip 'a nude body'" in r for r in red.body["reasons"])
+    assert any("worker:key1/ours: clip 'a nude body'" in r for r in red.body["reasons"])
     assert green.status == 200 and green.body["label"] == "clean"
 
 

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from horde_scanner.config import HashesSettings
-from horde_scanner.hashlist_format import HashEntry, dump_json
-from horde_scanner.hashstore import HashStore
+from horde_scanner.hashlists.format import HashEntry, dump_json
+from horde_scanner.hashlists.store import HashStore
+from horde_scanner.hashlists.subscribe import Subscriber
 from horde_scanner.service.context import SERVICES
 from horde_scanner.service.errors import RequestError
-from horde_scanner.subscriptions import Subscriber
 
 
 class Publisher:

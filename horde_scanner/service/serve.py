@@ -12,7 +12,7 @@ from aiohttp import web
 
 from horde_scanner.backends.base import describe_paths
 from horde_scanner.config import Settings
-from horde_scanner.enforce import NO_PICTRS_NOTE
+from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
 from horde_scanner.service.app import build_app
 from horde_scanner.service.context import SERVICES, Services
 

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
-from horde_scanner.judging import Outcome, Route
+from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
 from horde_scanner.verdict import Label
