@@ -245,6 +245,7 @@ class Submission:
     source_chars: int
     image_size: tuple[int, int]
     image_format: str | None  # Pillow's name for the format the client sent, e.g. "WEBP"
+    body_keys: frozenset[str] = frozenset()  # every top-level key of the request body
 
 
 class _Reject(Exception):
@@ -782,6 +783,7 @@ class FakeHorde(LoopbackServer):
                 source_chars=len(body["source_image"]),
                 image_size=image.size,
                 image_format=sent_format,
+                body_keys=frozenset(body),
             )
         )
         return web.json_response({"id": rid}, status=202)
