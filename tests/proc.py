@@ -21,7 +21,6 @@ def cli_env(db: Path, horde_url: str, **extra: str) -> dict[str, str]:
             "HORDE_SCANNER_STORE__PATH": str(db),
             "HORDE_SCANNER_HORDE__URL": horde_url,
             "HORDE_SCANNER_HORDE__POLL_INTERVAL_S": "0.12",
-            "HORDE_SCANNER_HORDE__STATUS_POLLS_PER_S": "200",
             "HORDE_SCANNER_HORDE__RETRIES": "1",
             "HORDE_SCANNER_HORDE__PROBE_INTERVAL_S": "0.3",
             "HORDE_SCANNER_SCAN__CONCURRENCY": "4",
