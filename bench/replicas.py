@@ -97,7 +97,7 @@ async def split_burst(pg: PgServer, horde: FakeHorde, tmp: Path, count: int) -> 
         print(f"  AI Horde submits: {submits} (target exactly {count})")
         print(f"  all uploads answered after {answered:.1f} s; all judged after "
               + (f"{answered + took:.1f} s" if took is not None else "more than 600 s")
-              + " (the shared submit limit, 90/min for all replicas behind one address, sets the pace)")  # fmt: skip
+              + " (the shared submit limit, 90/min for both, sets the pace)")  # fmt: skip
     finally:
         for r in replicas:
             r.terminate(60)

@@ -1,10 +1,5 @@
-"""Running the service: one process, or `server.processes` of them sharing one port, and
-stopping without failing an upload.
-
-On SIGTERM (or SIGINT) a process turns /readyz to 503 at once, keeps answering for
-`server.drain_s` so that a load balancer's health check sees it go, then closes its listening
-socket, lets the uploads in flight finish (up to `server.shutdown_timeout_s`), closes the store
-and exits 0.
+"""`server.processes`: several copies of the service sharing one port (stopping each one
+without failing an upload is in serve.py).
 
 With `server.processes = N > 1` this process supervises N copies of itself, each binding the
 port with SO_REUSEPORT (the kernel spreads connections between them); a copy that dies is
@@ -13,7 +8,6 @@ started again; a SIGTERM is passed on to all of them and waited for.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,10 +16,7 @@ import subprocess
 import sys
 import time
 
-from aiohttp import web
-
 from horde_scanner.config import Settings
-from horde_scanner.service.health import DRAINING, Draining
 
 log = logging.getLogger(__name__)
 
@@ -33,35 +24,6 @@ log = logging.getLogger(__name__)
 _CHILD_ENV = "HORDE_SCANNER_SERVER__PROCESSES"
 # Outside the HORDE_SCANNER_ prefix: it is no option an admin sets.
 _REUSE_ENV = "HS_SUPERVISED_REUSE_PORT"
-
-
-async def serve_app(
-    app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool
-) -> None:
-    draining = Draining()
-    app[DRAINING] = draining
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False,
-        shutdown_timeout=settings.server.shutdown_timeout_s,
-    )  # fmt: skip
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        # A burst of federated thumbnails opens many connections at once; 128 would drop some.
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
-        await site.start()
-        log.info("listening on %s:%d (pid %d)", host, port, os.getpid())
-        await stop.wait()
-        draining.since = time.time()
-        log.info("stopping: /readyz answers 503; draining for %.1f s", settings.server.drain_s)
-        await asyncio.sleep(settings.server.drain_s)
-    finally:
-        # Closes the listener, waits for requests in flight, then closes the services.
-        await runner.cleanup()
-        log.info("stopped")
 
 
 def supervise(settings: Settings) -> int:
