@@ -315,8 +315,8 @@ async def test_changes_reach_other_replicas(pg_url: str) -> None:
 
 
 
-async def test_replicas_starting_together_apply_the_schema_once(pg_url: str) -> None:
-    stores = await asyncio.gather(*(Store.open(pg_url) for _ in range(4)))
+async def test_processes_starting_together_apply_the_schema_once(store_url: str) -> None:
+    stores = await asyncio.gather(*(Store.open(store_url) for _ in range(4)))
     try:
         rows = await stores[0].db.execute_fetchall("SELECT COUNT(*) FROM schema_migrations")
         assert rows[0][0] == len(_MIGRATIONS)

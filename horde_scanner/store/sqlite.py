@@ -508,10 +508,17 @@ class Store:
         for name, sql in _MIGRATIONS:
             if name in applied:
                 continue
-            await self._db.executescript(
-                f"BEGIN;{sql};INSERT INTO schema_migrations VALUES ('{name}', {time.time()});"
-                "COMMIT;"
-            )
+            # The step's name goes in first, under the write lock: a process opening the same
+            # new file at the same moment (server.processes) fails there, before any DDL, and
+            # skips the step the other one applied.
+            try:
+                await self._db.executescript(
+                    f"BEGIN IMMEDIATE;INSERT INTO schema_migrations VALUES ('{name}',"
+                    f" {time.time()});{sql};COMMIT;"
+                )
+            except sqlite3.IntegrityError:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
 
     async def ping(self) -> None:
         async with self._db.execute("SELECT 1") as cur:
