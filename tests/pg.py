@@ -7,6 +7,7 @@ directory, trust authentication, stopped and removed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -106,6 +107,14 @@ class PgServer:
         return self.url(name)
 
     def stop(self) -> None:
+        # pg_ctl, not a signal to our child: as root the child is runuser, which does not pass
+        # signals on, and the server would outlive the session.
+        with contextlib.suppress(PostgresMissing, OSError):
+            subprocess.run(
+                self._cmd(find_bin("pg_ctl"), "stop", "-D", str(self.dir / "data"), "-m", "fast",
+                          "-w", "-t", "20"),
+                capture_output=True, timeout=30,
+            )  # fmt: skip
         if self._proc is not None and self._proc.poll() is None:
             # SIGINT: PostgreSQL's "fast" shutdown.
             self._proc.send_signal(signal.SIGINT)
