@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,10 +17,10 @@ from horde_scanner import __version__
 from horde_scanner.cli.hashes import hashes as hashes_group
 from horde_scanner.cli.policy import policy as policy_group
 from horde_scanner.config import ConfigError, Settings, load_settings
-from horde_scanner.hashlists.store import HashStore
 from horde_scanner.judging.policy import PolicyError
 from horde_scanner.media.hashing import is_sha256_hex, sha256_hex
 from horde_scanner.store.sqlite import Store, StoredVerdict, StoreError
+from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label
 
 T = TypeVar("T")
@@ -211,12 +210,14 @@ def verdicts_list(ctx: click.Context, labels: tuple[str, ...], limit: int, as_js
 
     rows = _run(go)
     if as_json:
-        click.echo(json.dumps([_verdict_record(r) for r in rows], indent=2))
+        from horde_scanner.review.view import verdict_fields
+
+        click.echo(json.dumps([verdict_fields(r) for r in rows], indent=2))
         return
     if not rows:
         click.echo("no verdicts")
     for r in rows:
-        when = _iso(r.verdict.judged_at)
+        when = iso(r.verdict.judged_at)
         click.echo(f"{when}  {r.verdict.label.value:<10} {r.sha256}  {r.source or ''}")
 
 
@@ -230,28 +231,12 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
         raise click.BadParameter("expected 64 hex characters", param_hint="SHA256")
 
     async def go() -> dict[str, Any] | None:
-        async with await Store.open(_settings(ctx).store.path) as store:
-            stored = await store.get_verdict(sha256)
-            trail = await store.audit_trail(sha256)
-            listed = await store.list_kind(sha256)
-            pdq = await HashStore(store).pdq_of(sha256)
-        if stored is None and not trail and listed is None:
-            return None
-        record: dict[str, Any] = _verdict_record(stored) if stored else {"sha256": sha256}
-        record["list"] = listed
-        record["pdq"] = [{"frame": h.frame, "hash": h.hex, "quality": h.quality} for h in pdq]
-        record["audit"] = [
-            {
-                "ts": _iso(a.ts),
-                "event": a.event,
-                "label": a.label,
-                "action": a.action,
-                "source": a.source,
-                "detail": a.detail,
-            }
-            for a in trail
-        ]
-        return record
+        from horde_scanner.review import view
+        from horde_scanner.sweep.holder import review_for
+
+        settings = _settings(ctx)
+        async with await Store.open(settings.store.path) as store:
+            return await view.detail(store, sha256, review_for(settings, store).holders)
 
     record = _run(go)
     if record is None:
@@ -301,21 +286,6 @@ def verdicts_export(
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
     click.echo(f"wrote {len(records)} records to {output}", err=True)
-
-
-def _verdict_record(stored: StoredVerdict) -> dict[str, Any]:
-    from horde_scanner.review.decisions import verdict_dict
-
-    record = verdict_dict(stored)
-    return {
-        **record,
-        "first_seen": _iso(stored.first_seen),
-        "judged_at": _iso(stored.verdict.judged_at),
-    }
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 # -- storage sweeps ----------------------------------------------------------------------------
@@ -448,7 +418,9 @@ def apply(ctx: click.Context, action: str, since: str | None, address: str | Non
 @click.option("--note", default="", help="Why (kept with the allow-list entry and audit).")
 @click.pass_context
 def release(ctx: click.Context, target: str, note: str) -> None:
-    """Restore a quarantined file (action ID, or every one with a SHA256) and allow-list it."""
+    """Restore a quarantined file (action ID, or every one with a SHA256) and allow-list it.
+
+    This is the allow decision: every quarantined copy of those bytes goes back."""
     from horde_scanner.sweep.app import run_release
 
     if not target.isdigit() and not is_sha256_hex(target.lower()):
@@ -487,6 +459,20 @@ def _hash_of(target: str) -> str:
 _PAST = {"allow": "allowed", "deny": "denied"}
 
 
+def _quarantine_lines(detail: dict[str, Any]) -> list[str]:
+    """What a decision did to quarantined copies, one line each."""
+    released = detail.get("quarantine", {"released": [], "failed": []})
+    lines = [f"  restored {r['identifier']}" for r in released["released"]]
+    lines += [f"  NOT restored {r['identifier']}: {r['why']}" for r in released["failed"]]
+    if detail.get("quarantine_deleted"):
+        lines.append(f"  deleted {detail['quarantine_deleted']} held copy(ies) from quarantine")
+    lines += [
+        f"  kept as evidence: {c['identifier']} ({c['holder']} quarantine)"
+        for c in detail.get("quarantine_kept", [])
+    ]
+    return lines
+
+
 def _list_command(kind: str, help_text: str) -> click.Command:
     @click.command(kind, help=help_text)
     @click.argument("targets", nargs=-1, required=True)
@@ -497,27 +483,23 @@ def _list_command(kind: str, help_text: str) -> click.Command:
         hashes = [_hash_of(t) for t in targets]
 
         async def go() -> list[str]:
+            from horde_scanner.sweep.holder import review_for
+
+            settings = _settings(ctx)
             done = []
-            async with await Store.open(_settings(ctx).store.path) as store:
+            async with await Store.open(settings.store.path) as store:
+                review = review_for(settings, store)
                 for sha in hashes:
                     if remove:
-                        if await store.list_kind(sha) == kind and await store.remove_list(sha):
-                            await store.audit(
-                                f"un{kind}",
-                                sha256=sha,
-                                action=f"un{kind}",
-                                source="cli",
-                                detail={"note": note},
-                            )
+                        if await review.unlist(sha, kind, by="cli", note=note):
                             done.append(f"removed from {kind} list: {sha}")
                         else:
                             done.append(f"not on the {kind} list: {sha}")
                         continue
-                    await store.set_list(sha, kind, note=note, by="cli")
-                    await store.audit(
-                        kind, sha256=sha, action=kind, source="cli", detail={"note": note}
-                    )
+                    decide = review.allow if kind == "allow" else review.deny
+                    decided = await decide(sha, by="cli", note=note)
                     done.append(f"{_PAST[kind]} {sha}")
+                    done += _quarantine_lines(decided["audit"]["detail"])
             return done
 
         for line in _run(go):

@@ -19,11 +19,11 @@ from horde_scanner.hashlists.format import (
     ListFormatError,
     dump_csv,
     dump_json,
-    iso,
     parse,
 )
 from horde_scanner.hashlists.store import LOCAL, Flag, HashStore, SubscriptionState
 from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.timefmt import iso
 
 T = TypeVar("T")
 
