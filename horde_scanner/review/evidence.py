@@ -27,9 +27,8 @@ DECISION_EVENTS = frozenset(
 # Audit events whose `source` says where the image was met.
 _FOUND_EVENTS = frozenset({"answered", "judged", "quarantined", "late_positive", "found"})
 
-CSV_FIELDS = [
-    "sha256",
-    "pdq",
+# The verdict view's fields an evidence record carries (where it was met is `where_found`).
+_VERDICT_FIELDS = (
     "label",
     "reasons",
     "backend",
@@ -38,6 +37,12 @@ CSV_FIELDS = [
     "size",
     "first_seen",
     "judged_at",
+)
+
+CSV_FIELDS = [
+    "sha256",
+    "pdq",
+    *_VERDICT_FIELDS,
     "where_found",
     "source_instance",
     "list",
@@ -54,18 +59,6 @@ async def _pdq(store: Store, sha256: str) -> str | None:
     hashes = await HashStore(store).pdq_of(sha256)
     return " ".join(h.hex for h in hashes) or None
 
-
-# The verdict view's fields an evidence record carries (where it was met is `where_found`).
-_VERDICT_FIELDS = (
-    "label",
-    "reasons",
-    "backend",
-    "policy_version",
-    "media_type",
-    "size",
-    "first_seen",
-    "judged_at",
-)
 
 
 def _location(loc: dict[str, Any]) -> dict[str, Any]:

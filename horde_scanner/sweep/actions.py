@@ -222,6 +222,15 @@ def releasable(row: ActionRow) -> bool:
     return row.action == Action.QUARANTINE and row.state == "done" and bool(row.location)
 
 
+def check_releasable(row: ActionRow) -> str:
+    """The quarantine location of a releasable row; ItemError (saying why) for any other."""
+    if not releasable(row) or row.location is None:
+        raise ItemError(
+            f"action {row.id} is a {row.action} in state {row.state}: nothing to release"
+        )
+    return row.location
+
+
 async def release(
     store: Store,
     records: ScanRecords,
@@ -234,11 +243,8 @@ async def release(
     """Move a quarantined object back where it was found and record that. The allow-list entry
     is the caller's: the one allow decision (`review/decisions.py`) calls this through the
     sweep holder. `by` is who decided ("cli", or the admin: "api:alice", "page:bob")."""
-    if not releasable(row) or row.location is None:
-        raise ItemError(
-            f"action {row.id} is a {row.action} in state {row.state}: nothing to release"
-        )
-    await source.restore(row.location, row.identifier)
+    location = check_releasable(row)
+    await source.restore(location, row.identifier)
     await records.end_action(row.id, "released", location=None, detail={**row.detail, "note": note})
     await records.set_file_action(row.source, row.identifier, None)
     await store.audit(
@@ -249,7 +255,7 @@ async def release(
         source=row.source,
         detail={
             "identifier": row.identifier,
-            "from": row.location,
+            "from": location,
             "action_id": row.id,
             "note": note,
             "by": by,

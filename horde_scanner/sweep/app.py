@@ -29,6 +29,7 @@ from horde_scanner.sweep.actions import (
     Action,
     Actor,
     Outcome,
+    check_releasable,
     make_pictrs,
     releasable,
 )
@@ -248,10 +249,7 @@ async def run_release(
             row = await records.get_action(int(target))
             if row is None:
                 raise ItemError(f"no action #{target}")
-            if not releasable(row):
-                raise ItemError(
-                    f"action {row.id} is a {row.action} in state {row.state}: nothing to release"
-                )
+            check_releasable(row)
             sha256, ids = row.sha256, [row.id]
         else:
             sha256 = target.lower()
