@@ -136,7 +136,9 @@ async def test_rolling_restart_behind_haproxy_answers_every_upload(tmp_path, hor
         for i, old in enumerate(replicas):
             assert await loop.run_in_executor(None, old.terminate, 60) == 0
             replicas[i] = Replica(env, tmp_path / f"r{i}b", port=old.port).start()
-            await asyncio.sleep(1.5)  # rise 2 x 200 ms, then some load on the new one
+            # Ready itself, then seen so by the balancer (rise 2 x 200 ms), before the next.
+            await readyz_pids(http, replicas[i].url, 1)
+            await asyncio.sleep(1.5)
         stop.set()
         await load
     finally:
