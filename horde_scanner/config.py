@@ -58,9 +58,19 @@ class ServerSettings(Section):
     # Only requests from these addresses may set X-Forwarded-For.
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(40 * 1024 * 1024, gt=0)
-    # Upload bodies read and admitted at once; the rest wait (unread) for a slot, up to the
-    # deadline. Bounds memory in a burst to about this many bodies.
+    # Complete uploads admitted (hashed, looked up, persisted) at once; the rest wait for a
+    # slot, up to the deadline. Bodies are read before, without a slot (see below).
     max_concurrent_uploads: int = Field(128, gt=0)
+    # Reading a body: after the grace, a sender must keep up this average rate or be cut off
+    # (408); the whole body must be in by the validation deadline either way.
+    upload_min_bytes_per_s: int = Field(32 * 1024, gt=0)
+    upload_rate_grace_s: float = Field(2.0, ge=0)
+    # Bodies being read are held in memory up to this many bytes in all; past it, in
+    # temporary files (in upload_spool_dir; None: the system's temporary directory) up to
+    # upload_spool_bytes, and beyond both an upload is refused (503, recorded).
+    upload_memory_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    upload_spool_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
+    upload_spool_dir: Path | None = None
 
     @field_validator("allowed_ips", "trusted_proxies")
     @classmethod

@@ -87,6 +87,13 @@ class Metrics:
             ["label", "backend"],
             registry=self.registry,
         )
+        self.unjudged_uploads = Counter(
+            f"{PREFIX}_unjudged_uploads",
+            "Uploads answered without a verdict (body too slow, too large, overload...), by "
+            "reason; each one is also an `unjudged` audit row.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.errors: PyCounter[str] = PyCounter()
         self._hits = 0
         self._answered = 0
@@ -106,6 +113,9 @@ class Metrics:
             self._hits += 1
         if outcome.route is Route.TIMEOUT:
             self.deadline_hits.labels(on_timeout=answer).inc()
+
+    def unjudged(self, reason: str) -> None:
+        self.unjudged_uploads.labels(reason=reason).inc()
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
