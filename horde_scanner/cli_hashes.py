@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import click
 
@@ -17,10 +18,11 @@ from horde_scanner.hashlist_format import (
     SIGNALS,
     HashEntry,
     ListFormatError,
+    ParseReport,
     dump_csv,
     dump_json,
     iso,
-    parse,
+    read_entries,
 )
 from horde_scanner.hashstore import LOCAL, Flag, HashStore, SubscriptionState
 from horde_scanner.store import Store, StoreError
@@ -111,12 +113,17 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
 
     Bad rows are reported with their line numbers and skipped; the exit status is 1 when any
     row was skipped."""
+    settings = _settings(ctx).hashes
+    report = ParseReport(max_errors=settings.max_row_errors)
     try:
-        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+        # Read as a stream from the file (stdin is not seekable: it is read whole first).
+        raw: IO[bytes] = (
+            io.BytesIO(sys.stdin.buffer.read()) if str(file) == "-" else file.open("rb")
+        )
+        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+            entries = list(read_entries(text, fmt, report))
     except OSError as exc:
         raise click.ClickException(f"{file}: {exc.strerror}") from None
-    try:
-        entries, errors = parse(data, fmt)
     except ListFormatError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
     if source:
@@ -124,8 +131,11 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
             e if e.source else HashEntry(e.signal, e.value, e.label, source, e.first_seen, e.note)
             for e in entries
         ]
-    for error in errors:
+    for error in report.errors:
         click.echo(f"{file}: {error} (skipped)", err=True)
+    if report.unlisted:
+        click.echo(f"{file}: {report.unlisted} more bad rows (not listed)", err=True)
+    errors = report.skipped
 
     async def go() -> int:
         async with await Store.open(_settings(ctx).store.path) as store:
@@ -134,12 +144,12 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
                 "hashes_imported",
                 action="import",
                 source="cli",
-                detail={"file": str(file), "entries": written, "skipped": len(errors)},
+                detail={"file": str(file), "entries": written, "skipped": errors},
             )
             return written
 
     written = _run(go)
-    click.echo(f"imported {written} entries from {file}; skipped {len(errors)} rows")
+    click.echo(f"imported {written} entries from {file}; skipped {errors} rows")
     if errors:
         sys.exit(1)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -280,9 +280,15 @@ class HashSubscription(Section):
     url: str = Field(pattern=r"^https?://")
     trust: HashTrust = HashTrust.DENY
     refresh_s: float = Field(3600.0, ge=0.1)
-    # Sent as `Authorization: Bearer <token>` when the publisher requires one.
+    # Sent as `Authorization: Bearer <token>` when the publisher requires one (to the url's
+    # own origin only).
     token: str | None = None
     timeout_s: float = Field(60.0, gt=0)
+    # Redirects are followed within the url's origin only; other origins (scheme://host:port)
+    # a redirect may lead to must be listed here.
+    redirect_origins: list[Annotated[str, Field(pattern=r"^https?://[^/?#]+/?$")]] = Field(
+        default_factory=list
+    )
 
     @field_validator("name")
     @classmethod
@@ -307,8 +313,12 @@ class HashesSettings(Section):
     # `source` column of this instance's own entries in the published list and exports.
     publish_source: str = "horde-scanner"
     subscriptions: list[HashSubscription] = Field(default_factory=list)
-    # A subscribed list larger than this is refused (its last good copy is kept).
+    # A subscribed list larger than this (bytes after decompression, or rows) is refused (its
+    # last good copy is kept).
     max_list_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    max_list_rows: int = Field(1_000_000, gt=0)
+    # Bad rows of a list are all counted; this many are remembered with their line numbers.
+    max_row_errors: int = Field(100, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> HashesSettings:
