@@ -121,7 +121,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
             io.BytesIO(sys.stdin.buffer.read()) if str(file) == "-" else file.open("rb")
         )
         with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-            entries = list(read_entries(text, fmt, report))
+            entries = list(read_entries(text, fmt, report, max_rows=settings.max_list_rows))
     except OSError as exc:
         raise click.ClickException(f"{file}: {exc.strerror}") from None
     except ListFormatError as exc:
