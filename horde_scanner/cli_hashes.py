@@ -65,16 +65,27 @@ def hashes() -> None:
     help="Add the entries of subscribed lists (default: this instance's own, "
     "exactly what GET /api/v1/hashes publishes).",
 )
+@click.option(
+    "--unreviewed",
+    is_flag=True,
+    help="Add machine positives no admin has confirmed (default: hashes.publish_unreviewed).",
+)
 @click.pass_context
-def export(ctx: click.Context, fmt: str, output: Path | None, everything: bool) -> None:
-    """Write the hash list (signal, value, label, source, first seen, note; no image bytes)."""
+def export(
+    ctx: click.Context, fmt: str, output: Path | None, everything: bool, unreviewed: bool
+) -> None:
+    """Write the hash list (signal, value, label, source, first seen, note, who confirmed it
+    and when; no image bytes)."""
     settings = _settings(ctx).hashes
 
     async def go() -> list[HashEntry]:
         async with await Store.open(_settings(ctx).store.path) as store:
             hs = HashStore(store)
             entries = await hs.published(
-                settings.publish_source, settings.pdq_min_quality, settings.pdq_max_distance
+                settings.publish_source,
+                settings.pdq_min_quality,
+                settings.pdq_max_distance,
+                unreviewed=unreviewed or settings.publish_unreviewed,
             )
             if everything:
                 seen = {(e.signal, e.value) for e in entries}
@@ -139,7 +150,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
 
     async def go() -> int:
         async with await Store.open(_settings(ctx).store.path) as store:
-            written = await HashStore(store).add_entries(LOCAL, entries)
+            written = await HashStore(store).add_entries(LOCAL, entries, by="cli:import")
             await store.audit(
                 "hashes_imported",
                 action="import",

@@ -312,6 +312,9 @@ class HashesSettings(Section):
     publish_token: str | None = None
     # `source` column of this instance's own entries in the published list and exports.
     publish_source: str = "horde-scanner"
+    # Also publish machine positives no admin has confirmed (README: a false positive of a
+    # weak classifier then blocks every near copy on every subscriber, unreviewed).
+    publish_unreviewed: bool = False
     subscriptions: list[HashSubscription] = Field(default_factory=list)
     # A subscribed list larger than this (bytes after decompression, or rows) is refused (its
     # last good copy is kept).

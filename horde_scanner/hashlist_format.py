@@ -3,9 +3,9 @@
 
 One entry per row, in CSV (header required) or JSON:
 
-    signal,value,label,source,first_seen,note
-    pdq,f8f8f0ce...4e9c9b22,csam,example.social,2024-05-01T12:00:00+00:00,
-    sha256,9f86d081...b0f00a08,csam,example.social,,reported twice
+    signal,value,label,source,first_seen,note,confirmed_by,confirmed_at
+    pdq,f8f8...9b22,csam,example.social,2024-05-01T12:00:00+00:00,,api:alice,1714568400
+    sha256,9f86...0a08,csam,example.social,,reported twice,import:cli,1714640400
 
     {"format": "horde-scanner-hashes", "version": 1, "entries": [
     {"signal": "pdq", "value": "f8f8...", "label": "csam", "source": "...",
@@ -14,9 +14,11 @@ One entry per row, in CSV (header required) or JSON:
 
 A bare JSON array of entries is accepted too. `signal` is `sha256` (exact bytes) or `pdq` (256
 bit perceptual hash); `value` is 64 hex characters either way; `label` is `csam` (default) or
-`nsfw`; `first_seen` is ISO 8601 or Unix seconds, or empty. A bad row is reported with its line
-number and skipped; only an unreadable document as a whole is an error. Documents are read as
-a stream (`read_entries`), with a cap on rows and on the errors remembered.
+`nsfw`; `first_seen` is ISO 8601 or Unix seconds, or empty; `confirmed_by` and `confirmed_at`
+say which admin of the publisher confirmed the entry and when (optional; older lists lack
+them). A bad row is reported with its line number and skipped; only an unreadable document as
+a whole is an error. Documents are read as a stream (`read_entries`), with a cap on rows and
+on the errors remembered.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from horde_scanner.hashing import is_pdq_hex, is_sha256_hex
 
 FORMAT_NAME = "horde-scanner-hashes"
 FORMAT_VERSION = 1
-FIELDS = ("signal", "value", "label", "source", "first_seen", "note")
+FIELDS = (
+    "signal",
+    "value",
+    "label",
+    "source",
+    "first_seen",
+    "note",
+    "confirmed_by",
+    "confirmed_at",
+)
 SIGNALS = ("sha256", "pdq")
 LABELS = ("csam", "nsfw")
 _MAX_TEXT = 1000
@@ -49,6 +60,10 @@ class HashEntry:
     source: str = ""
     first_seen: float | None = None
     note: str = ""
+    # Who confirmed the entry at its publisher, and when (empty: an unreviewed machine verdict,
+    # published only where its admin chose hashes.publish_unreviewed).
+    confirmed_by: str = ""
+    confirmed_at: float | None = None
 
     def record(self) -> dict[str, str]:
         return {
@@ -58,6 +73,8 @@ class HashEntry:
             "source": self.source,
             "first_seen": iso(self.first_seen) if self.first_seen is not None else "",
             "note": self.note,
+            "confirmed_by": self.confirmed_by,
+            "confirmed_at": iso(self.confirmed_at) if self.confirmed_at is not None else "",
         }
 
 
@@ -77,6 +94,10 @@ class _Bad:
 
 class ListFormatError(Exception):
     """The document as a whole cannot be read as a hash list."""
+
+
+class TooManyRows(ListFormatError):
+    """The document has more rows than the reader takes (its message quotes nothing of it)."""
 
 
 def iso(ts: float) -> str:
@@ -106,6 +127,8 @@ def entry_from_fields(fields: Mapping[str, Any]) -> HashEntry:
         source=_text(fields.get("source"), "source"),
         first_seen=_time(fields.get("first_seen")),
         note=_text(fields.get("note"), "note"),
+        confirmed_by=_text(fields.get("confirmed_by"), "confirmed_by"),
+        confirmed_at=_time(fields.get("confirmed_at"), "confirmed_at"),
     )
 
 
@@ -120,15 +143,15 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-def _time(value: Any) -> float | None:
+def _time(value: Any, name: str = "first_seen") -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise ValueError("first_seen must be a date or Unix seconds")
+        raise ValueError(f"{name} must be a date or Unix seconds")
     if isinstance(value, int | float):
         return float(value)
     if not isinstance(value, str):
-        raise ValueError("first_seen must be a date or Unix seconds")
+        raise ValueError(f"{name} must be a date or Unix seconds")
     text = value.strip()
     try:
         return float(text)
@@ -137,7 +160,7 @@ def _time(value: Any) -> float | None:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"first_seen {text!r} is not an ISO 8601 date or Unix seconds") from None
+        raise ValueError(f"{name} {text!r} is not an ISO 8601 date or Unix seconds") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
@@ -199,7 +222,7 @@ def read_entries(
         for line, fields in rows:
             report.rows += 1
             if max_rows is not None and report.rows > max_rows:
-                raise ListFormatError(f"more than {max_rows} rows (hashes.max_list_rows)")
+                raise TooManyRows(f"more than {max_rows} rows (hashes.max_list_rows)")
             if isinstance(fields, _Bad):
                 report.skip(line, fields.message)
                 continue

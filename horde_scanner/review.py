@@ -232,7 +232,11 @@ class Review:
     async def allow(self, sha256: str, *, by: str, note: str = "") -> dict[str, Any]:
         previous = await self._label(sha256)
         await self.store.set_list(sha256, "allow", note=note, by=by)
-        self.judge.forget(sha256)
+        # Near copies blocked by this image's PDQ are lifted with it: the index drops the
+        # image now (not at the next sync), and cached answers for the copies go too.
+        if self.judge.hashes is not None:
+            await self.judge.hashes.reload()
+        self.judge.forget()
         released = await self._release(sha256, by, note)
         detail = {"note": note, "previous_label": previous, "quarantine": released.as_dict()}
         return await self._decided("allow", sha256, Label.CLEAN, "allow", by, detail)

@@ -238,6 +238,14 @@ _MIGRATIONS: list[tuple[str, str]] = [
     CREATE INDEX quarantine_sha ON quarantine(sha256, state);
     """,
     ),
+    (
+        # Who put an entry on the list and when: an imported entry is published with them.
+        "0710-hash-entries-added",
+        """
+    ALTER TABLE hash_entries ADD COLUMN added_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE hash_entries ADD COLUMN added_at REAL;
+    """,
+    ),
 ]
 
 

@@ -28,7 +28,13 @@ import aiohttp
 from yarl import URL
 
 from horde_scanner.config import HashesSettings, HashSubscription
-from horde_scanner.hashlist_format import HashEntry, ListFormatError, ParseReport, read_entries
+from horde_scanner.hashlist_format import (
+    HashEntry,
+    ListFormatError,
+    ParseReport,
+    TooManyRows,
+    read_entries,
+)
 from horde_scanner.hashmatch import HashMatcher
 
 log = logging.getLogger(__name__)
@@ -112,6 +118,8 @@ class Subscriber:
             entries = await loop.run_in_executor(
                 None, _read_file, fetched, fmt, report, settings.max_list_rows
             )
+        except TooManyRows as exc:
+            entries, problem = [], f"{exc} ({fetched.describe()})"
         except ListFormatError:
             # What the source sent is never echoed (logs, `hashes subscriptions`): only a
             # description that cannot carry its words.

@@ -17,6 +17,7 @@ from horde_scanner.config import ConfigError, load_settings
 from horde_scanner.hashing import pdq_hash, sha256_hex
 from horde_scanner.hashlist_format import parse
 from horde_scanner.media import DecodeLimits, decode
+from horde_scanner.store import Store
 from tests import textures
 from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
@@ -140,8 +141,16 @@ async def test_imported_pdq_rejects_copies_and_own_positives_are_exported(tmp_pa
         )
         assert judged.status == 406 and backend.calls == 1
 
+    # A machine positive travels only once an admin confirmed it (or when asked for).
+    exported = parse((await asyncio.to_thread(cli, db, "hashes", "export")).output.encode())[0]
+    assert not [e for e in exported if e.source == "horde-scanner"]
+    unreviewed = await asyncio.to_thread(cli, db, "hashes", "export", "--unreviewed")
+    assert sha256_hex(textures.encode(positive)) in unreviewed.output
+    async with await Store.open(db) as store:
+        await store.set_list(judged.body["sha256"], "deny", by="cli:test")
     exported = parse((await asyncio.to_thread(cli, db, "hashes", "export")).output.encode())[0]
     own = {(e.signal, e.value) for e in exported if e.source == "horde-scanner"}
+    assert {e.confirmed_by for e in exported if e.source == "horde-scanner"} == {"cli:test"}
     assert ("sha256", sha256_hex(textures.encode(positive))) in own
     assert any(signal == "pdq" for signal, _ in own)
     # A verdict given by a hash match is not evidence of its own: not exported.
