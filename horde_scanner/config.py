@@ -346,6 +346,10 @@ class AdminSettings(Section):
     # Secure cookie: "auto" sets it when the request came over https (or X-Forwarded-Proto).
     cookie_secure: str = Field("auto", pattern="^(auto|always|never)$")
     max_sessions: int = Field(64, gt=0)
+    # Wrong tokens (API or login form) a client may send within the window before it has to
+    # wait (429); counted per address (an IPv6 client per /64).
+    max_failures: int = Field(10, gt=0)
+    failure_window_s: float = Field(300.0, gt=0)
 
     @field_validator("token")
     @classmethod
