@@ -148,3 +148,48 @@ async def test_no_room_in_memory_or_spool_is_a_recorded_503(tmp_path: Path, http
             assert [r[0] for r in rows] == ["busy"]
             counted = await _metric(http, svc.url, "horde_scanner_unjudged_uploads_total")
             assert counted == {"busy": 1}
+
+
+async def test_a_body_not_complete_by_the_deadline_is_cut_off(tmp_path: Path, http):
+    async with FakeHorde(latency=0.1) as horde:
+        settings = make_settings(
+            tmp_path / "s.db",
+            horde.url,
+            validation={"deadline_s": 1.0},
+            server={"client_ids": [CLIENT_ID], "upload_min_bytes_per_s": 1},
+        )
+        async with running_service(settings) as svc:
+            # Fast enough for the rate (1 byte/s), never done by the deadline.
+            status, body = await _slow_sender(svc.scan_url(), drip=True)
+            assert status == 408 and body["error"] == "read_deadline"
+            counted = await _metric(http, svc.url, "horde_scanner_unjudged_uploads_total")
+            assert counted == {"read_deadline": 1}
+
+
+async def test_no_admission_slot_by_the_deadline_is_recorded(tmp_path: Path, http):
+    async with FakeHorde(latency=0.1) as horde:
+        settings = make_settings(
+            tmp_path / "s.db",
+            horde.url,
+            validation={"deadline_s": 1.0, "on_timeout": "reject"},
+            server={"client_ids": [CLIENT_ID], "max_concurrent_uploads": 1},
+        )
+        async with running_service(settings) as svc:
+            gate = svc.services.upload_gate
+            await gate.acquire()  # another upload being admitted, for longer than the deadline
+            try:
+                result = await validate_upload(
+                    http, svc.scan_url(), images.jpeg(seed=45), "image/jpeg"
+                )
+            finally:
+                gate.release()
+            assert result.status == 406 and result.body["route"] == "overload"
+            store = svc.services.store
+            await store.flush_audit()
+            rows = await store.db.execute_fetchall(
+                "SELECT action, detail FROM audit WHERE event='unjudged'"
+            )
+            assert [r[0] for r in rows] == ["overload"]
+            assert json.loads(rows[0][1])["received_bytes"] == len(images.jpeg(seed=45))
+            counted = await _metric(http, svc.url, "horde_scanner_unjudged_uploads_total")
+            assert counted == {"overload": 1}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
-from horde_scanner.hashlist_format import HashEntry, dump_json
+from horde_scanner.hashlist_format import HashEntry, dump_json, parse
 from horde_scanner.service.hashes import SUBSCRIBER
 from tests.service import make_settings, running_service
 
@@ -122,9 +122,7 @@ async def test_configured_redirect_origin_is_followed_without_the_token(tmp_path
             raise web.HTTPTemporaryRedirect(f"{mirror.url}/list")
 
         home.route("/list", away)
-        outcome, state = await _refresh(
-            tmp_path, f"{home.url}/list", redirect_origins=[mirror.url]
-        )
+        outcome, state = await _refresh(tmp_path, f"{home.url}/list", redirect_origins=[mirror.url])
         assert outcome == "changed" and state.entries == 2
         assert {h.get("Authorization") for h in home.seen} == {"Bearer list-token-1"}
         assert mirror.seen and not any("Authorization" in h for h in mirror.seen)
@@ -187,6 +185,12 @@ def test_import_lists_the_first_errors_and_counts_the_rest(tmp_path: Path):
     assert "imported 1 entries" in result.output and "skipped 150 rows" in result.output
     assert result.output.count("unknown signal type") == 100
     assert "50 more bad rows (not listed)" in result.output
+    # Published as the admin's own entry: who added it and when.
+    exported = CliRunner().invoke(
+        main, ["--db", str(tmp_path / "s.db"), "hashes", "export", "--format", "json"]
+    )
+    (entry,) = parse(exported.output)[0]
+    assert entry.confirmed_by == "cli:import" and entry.confirmed_at is not None
 
 
 def test_a_list_with_too_many_rows_is_refused(tmp_path: Path):
