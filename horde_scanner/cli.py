@@ -16,6 +16,7 @@ import click
 
 from horde_scanner import __version__
 from horde_scanner.cli_hashes import hashes as hashes_group
+from horde_scanner.cli_policy import policy as policy_group
 from horde_scanner.config import ConfigError, Settings, load_settings
 from horde_scanner.hashing import is_sha256_hex, sha256_hex
 from horde_scanner.hashstore import HashStore
@@ -531,6 +532,7 @@ main.add_command(
 )
 
 main.add_command(hashes_group)
+main.add_command(policy_group)
 
 
 # -- worker ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ listed in README.md with its default; keep the two in step.
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -48,13 +49,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# RFC 1918 ranges (and IPv6 unique-local): pictrs-safety's IPADDR accepts these.
+PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+
+
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(14051, ge=1, le=65535)
     # Ids pict-rs may put in the URL path (/api/v1/scan/<id>). Treat them as secrets.
     client_ids: list[str] = Field(default_factory=list)
-    # Extra addresses/networks accepted for the special id IPADDR (loopback always is).
-    allowed_ips: list[str] = Field(default_factory=list)
+    # Networks accepted for the special id IPADDR (loopback always is). The default is what
+    # pictrs-safety accepts: the private ranges, where pict-rs sits on a docker network.
+    allowed_ips: list[str] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
     # Only requests from these addresses may set X-Forwarded-For.
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(40 * 1024 * 1024, gt=0)
@@ -205,11 +211,15 @@ class PrescreenSettings(Section):
     second_opinion_max_pending: int = Field(100, ge=1)
 
 
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 class WorkerPoolSettings(Section):
     """Remote GPU workers pulling jobs over HTTP (pictrs-safety protocol); off without keys."""
 
-    # API keys workers send in the `apikey` header; one per worker (or shared).
-    keys: list[str] = Field(default_factory=list)
+    # API keys workers send in the `apikey` header, by name: {name = "secret"}. A plain list
+    # (the old form) names its keys key1, key2, ... Remove a name to revoke that key.
+    keys: dict[str, str] = Field(default_factory=dict)
     # A job taken by a worker that has not answered after this long goes to another worker.
     job_timeout_s: float = Field(30.0, gt=0)
     # A worker that has not polled for this long counts as gone.
@@ -218,6 +228,26 @@ class WorkerPoolSettings(Section):
     max_queue: int = Field(32, ge=1)
     # Longest long-poll a worker may ask for (`GET /api/v1/pop?wait=S`).
     max_poll_wait_s: float = Field(20.0, ge=0, le=60)
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _named_keys(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {f"key{i}": key for i, key in enumerate(value, start=1) if key}
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, secret in value.items():
+            if not _KEY_NAME.fullmatch(name):
+                raise ValueError(f"worker key name {name!r}: use letters, digits, . _ - (<= 64)")
+            if not secret:
+                raise ValueError(f"worker key {name!r} is empty")
+        secrets = list(value.values())
+        if len(secrets) != len(set(secrets)):
+            raise ValueError("two worker keys have the same secret; give each its own")
+        return value
 
 
 class S3Settings(Section):

@@ -3,13 +3,17 @@
 The verdict is always recorded (`late_positives` table, audit log), so the next storage sweep
 acts on it. When pict-rs's internal API is configured, the file is purged at once:
 sha256 -> aliases (via /internal/hashes) -> /internal/purge, which removes every alias.
+pict-rs 0.4.x has no /internal/hashes: that is found out (and said) once, at start-up or at the
+first late positive, and from then on late positives are only recorded, never retried.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
-from horde_scanner.pictrs import PictrsClient, PictrsError
+from horde_scanner.pictrs import HASHES_MISSING, PictrsClient, PictrsError, PictrsUnsupported
 from horde_scanner.store import Job, Store
 from horde_scanner.verdict import Label, Verdict
 
@@ -24,6 +28,43 @@ class LatePositiveEnforcer:
         self._pictrs = pictrs
         self._reject = reject_labels
         self.enforced = 0
+        # None: not known yet; False: pict-rs < 0.5.0, so record only.
+        self.can_purge: bool | None = None if pictrs is not None else False
+        self._probe: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Ask pict-rs once, in the background, whether it can purge by hash."""
+        if self._pictrs is not None and self._probe is None:
+            self._probe = asyncio.create_task(self._check_version(), name="pictrs-probe")
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+
+    async def _check_version(self) -> None:
+        assert self._pictrs is not None
+        try:
+            supported = await self._pictrs.supports_hashes()
+        except PictrsError as exc:
+            log.info("pict-rs API not checked at start-up (%s); will try at the first purge", exc)
+            return
+        if supported:
+            self.can_purge = True
+        else:
+            self._no_hashes()
+
+    def _no_hashes(self) -> None:
+        if self.can_purge is False:
+            return
+        self.can_purge = False
+        log.warning(
+            "%s; they are recorded and the next storage sweep acts on them "
+            "(upgrade pict-rs to 0.5 to purge at once)",
+            HASHES_MISSING,
+        )
 
     async def on_finished(self, job: Job, verdict: Verdict, answered: str | None) -> None:
         if answered != "accept" or verdict.label not in self._reject:
@@ -35,8 +76,15 @@ class LatePositiveEnforcer:
         if self._pictrs is None:
             await self._record(sha, verdict, "recorded", {"why": "pict-rs API not configured"})
             return
+        if self.can_purge is False:
+            await self._record(sha, verdict, "recorded", {"why": HASHES_MISSING})
+            return
         try:
             result = await self._pictrs.purge_sha256(sha)
+        except PictrsUnsupported:
+            self._no_hashes()
+            await self._record(sha, verdict, "recorded", {"why": HASHES_MISSING})
+            return
         except PictrsError as exc:
             log.error("late positive %s: purge failed: %s", sha[:12], exc)
             await self._record(sha, verdict, "failed", {"error": str(exc)})

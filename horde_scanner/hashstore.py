@@ -212,8 +212,8 @@ class HashStore:
             return entries
         note = "unreviewed machine verdict"
         async with self._db.execute(
-            "SELECT sha256, first_seen, backend FROM verdicts WHERE label='csam'"
-            " AND backend != ? AND sha256 NOT IN (SELECT sha256 FROM lists)",
+            "SELECT sha256, first_seen, backend FROM verdicts v WHERE label='csam'"
+            " AND backend != ? AND sha256 NOT IN (SELECT sha256 FROM lists) AND " + _EVIDENCE,
             (MATCH_BACKEND,),
         ) as cur:
             async for r in cur:
@@ -432,11 +432,13 @@ _DENIED_PDQ = (
     " FROM verdict_pdq p JOIN lists l ON l.sha256 = p.sha256 AND l.kind = 'deny'"
     " LEFT JOIN verdicts v ON v.sha256 = p.sha256 WHERE p.quality >= ?1 GROUP BY p.pdq"
 )
+# A verdict whose signals say they are no evidence for others (a remote worker's bare boolean).
+_EVIDENCE = "COALESCE(json_extract(v.signals, '$.extra.evidence'), 1) != 0"
 # PDQ of machine positives on neither list (published only with hashes.publish_unreviewed).
 _UNREVIEWED_PDQ = (
     "SELECT p.pdq, MIN(v.first_seen) FROM verdict_pdq p JOIN verdicts v ON v.sha256 = p.sha256"
     " WHERE p.quality >= ?2 AND v.label = 'csam' AND v.backend != ?1"
-    " AND p.sha256 NOT IN (SELECT sha256 FROM lists) GROUP BY p.pdq"
+    " AND p.sha256 NOT IN (SELECT sha256 FROM lists) AND " + _EVIDENCE + " GROUP BY p.pdq"
 )
 _SUBSCRIPTION_SELECT = (
     "SELECT name, url, etag, entries, skipped, last_ok, last_checked, last_status, last_error,"

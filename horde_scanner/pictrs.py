@@ -1,9 +1,12 @@
 """pict-rs internal API client: find the aliases of a stored file by its sha256, and purge.
 
-pict-rs has no lookup by hash. Its hash is sha256(stored bytes) + 8-byte size + 1 format byte,
-and `/internal/hashes` lists hashes newest first with their aliases, so the sha256 we computed
-of the bytes pict-rs sent us is the first 64 hex characters of one of those entries. A late
-positive is by nature recent, so it is found in the first pages.
+pict-rs has no lookup by hash. Its hash is sha256(stored bytes) + 6-byte big-endian size +
+1 format byte (78 hex characters), and `/internal/hashes` lists hashes newest first with their
+aliases, so the sha256 we computed of the bytes pict-rs sent us is the first 64 hex characters
+of one of those entries. A late positive is by nature recent, so it is found in the first pages.
+
+`/internal/hashes` exists from pict-rs 0.5.0: on 0.4.x there is no way from a sha256 to an
+alias, and every lookup raises PictrsUnsupported (callers fall back to recording).
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ log = logging.getLogger(__name__)
 
 class PictrsError(Exception):
     """pict-rs refused or could not be reached; the message says which."""
+
+
+class PictrsUnsupported(PictrsError):
+    """This pict-rs is too old for the call (no /internal/hashes before 0.5.0)."""
+
+
+HASHES_MISSING = (
+    "pict-rs has no /internal/hashes (it came in pict-rs 0.5.0; this looks like 0.4.x): "
+    "late positives cannot be purged through its API"
+)
 
 
 @dataclass
@@ -65,12 +78,22 @@ class PictrsClient:
                     body = None
                 if resp.status == 401:
                     raise PictrsError("pict-rs rejected the API key (invalid-api-token)")
+                if resp.status == 404 and path == "/internal/hashes":
+                    raise PictrsUnsupported(HASHES_MISSING)
                 if resp.status >= 400 or not isinstance(body, dict):
                     code = body.get("code") if isinstance(body, dict) else None
                     raise PictrsError(f"pict-rs {method} {path}: HTTP {resp.status} {code or ''}")
                 return body
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PictrsError(f"pict-rs unreachable: {type(exc).__name__} {exc}") from None
+
+    async def supports_hashes(self) -> bool:
+        """Whether this pict-rs lists hashes (0.5.0+); PictrsError when it cannot be asked."""
+        try:
+            await self._request("GET", "/internal/hashes", {"limit": "1"})
+        except PictrsUnsupported:
+            return False
+        return True
 
     async def aliases_for_sha256(self, sha256: str) -> list[str]:
         slug: str | None = None
@@ -113,13 +136,23 @@ class HashIndex:
         self._known: dict[str, list[str]] = {}
         self._slug: str | None = None
         self._exhausted = False
+        self._unsupported = False
         self._lock = asyncio.Lock()
         self.pages = 0
 
     async def aliases(self, sha256: str) -> list[str]:
         if sha256 in self._known:
             return self._known[sha256]
+        try:
+            return await self._aliases(sha256)
+        except PictrsUnsupported:
+            self._unsupported = True  # pict-rs 0.4.x: asking again cannot help
+            raise
+
+    async def _aliases(self, sha256: str) -> list[str]:
         async with self._lock:
+            if self._unsupported:
+                raise PictrsUnsupported(HASHES_MISSING)
             while sha256 not in self._known and not self._exhausted:
                 params = {"limit": str(self._client.page_size)}
                 if self._slug:

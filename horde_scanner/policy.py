@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from horde_scanner import framesignals
 from horde_scanner.verdict import Label, Signals, Verdict
@@ -19,31 +19,98 @@ class PolicyError(Exception):
 
 
 def _phrase_pattern(phrases: list[str]) -> re.Pattern[str] | None:
+    """Whole words or phrases, a trailing "s" plural allowed; the words of a phrase may be
+    parted by any run of spaces or hyphens ("little girl", "little-girl"). Matched against
+    lower-cased text: three times faster than IGNORECASE, which a dry run over a whole store
+    notices."""
     if not phrases:
         return None
-    alternatives = sorted((re.escape(p.lower()).replace(r"\ ", r"\s+") for p in phrases), key=len)
-    return re.compile(r"\b(" + "|".join(reversed(alternatives)) + r")s?\b", re.IGNORECASE)
+    alternatives = sorted(
+        (r"[\s\-]+".join(re.escape(w) for w in p.lower().split()) for p in phrases), key=len
+    )
+    # Longest first, so "little girl" wins over "girl" where both are listed.
+    return re.compile(r"\b(" + "|".join(reversed(alternatives)) + r")s?\b")
+
+
+class WordHit(NamedTuple):
+    """One listed phrase found in a text: as written there, as listed, and where."""
+
+    text: str
+    phrase: str
+    start: int
+    end: int
+
+
+_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+def _find(pattern: re.Pattern[str] | None, text: str) -> list[WordHit]:
+    if pattern is None:
+        return []
+    hits = []
+    for m in pattern.finditer(text):
+        phrase = m.group(1)
+        if _SEPARATORS.search(phrase):
+            phrase = " ".join(_SEPARATORS.split(phrase))
+        hits.append(WordHit(m.group(0), phrase, m.start(), m.end()))
+    return hits
+
+
+_HORDE_KEYS = frozenset(
+    {
+        "underage_words",
+        "weak_underage_words",
+        "sexual_words",
+        "underage_tags",
+        "sexual_tags",
+        "tag_min_confidence",
+        "trust_nsfw_flag",
+    }
+)
 
 
 @dataclass(frozen=True)
 class HordeRules:
+    # Strong cues: an underage subject on their own.
     underage_words: re.Pattern[str] | None
     sexual_words: re.Pattern[str] | None
     underage_tags: frozenset[str]
     sexual_tags: frozenset[str]
     tag_min_confidence: float
     trust_nsfw_flag: bool
+    # Weak cues: count only beside another underage cue (a second distinct weak word, a strong
+    # word, an underage tag, a CLIP underage score, a worker's is_csam).
+    weak_underage_words: re.Pattern[str] | None = None
 
     @classmethod
-    def from_table(cls, table: dict[str, Any]) -> HordeRules:
+    def from_table(cls, table: dict[str, Any], where: str = "policy [horde]") -> HordeRules:
+        _known(table, _HORDE_KEYS, where)
+        strong = _strings(table, "underage_words", where)
+        weak = _strings(table, "weak_underage_words", where)
+        both = sorted({w.lower() for w in strong} & {w.lower() for w in weak})
+        if both:
+            raise PolicyError(
+                f"{where}: `weak_underage_words` repeats {', '.join(map(repr, both))} from "
+                "`underage_words`; a word is either strong or weak"
+            )
         return cls(
-            underage_words=_phrase_pattern(list(table.get("underage_words", []))),
-            sexual_words=_phrase_pattern(list(table.get("sexual_words", []))),
-            underage_tags=frozenset(t.lower() for t in table.get("underage_tags", [])),
-            sexual_tags=frozenset(t.lower() for t in table.get("sexual_tags", [])),
-            tag_min_confidence=float(table.get("tag_min_confidence", 0.0)),
-            trust_nsfw_flag=bool(table.get("trust_nsfw_flag", True)),
+            underage_words=_phrase_pattern(strong),
+            weak_underage_words=_phrase_pattern(weak),
+            sexual_words=_phrase_pattern(_strings(table, "sexual_words", where)),
+            underage_tags=frozenset(t.lower() for t in _strings(table, "underage_tags", where)),
+            sexual_tags=frozenset(t.lower() for t in _strings(table, "sexual_tags", where)),
+            tag_min_confidence=_number(table, "tag_min_confidence", 0.0, where),
+            trust_nsfw_flag=_bool(table, "trust_nsfw_flag", True, where),
         )
+
+    def underage_in_caption(self, caption: str) -> tuple[list[WordHit], list[WordHit]]:
+        """(strong hits, weak hits) in a lower-cased caption; a weak word inside a strong
+        phrase is not counted again."""
+        strong = _find(self.underage_words, caption)
+        weak = _find(self.weak_underage_words, caption)
+        if strong and weak:
+            weak = [w for w in weak if not any(w.start < s.end and s.start < w.end for s in strong)]
+        return strong, weak
 
 
 # Signal-name prefixes in Signals.scores, one per kind of scorer.
@@ -54,7 +121,7 @@ WORKER_CSAM = "worker:is_csam"
 
 def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
     value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise PolicyError(f"{where}: `{key}` must be a list of non-empty strings")
     return list(value)
 
@@ -64,6 +131,35 @@ def _number(table: dict[str, Any], key: str, default: float, where: str) -> floa
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PolicyError(f"{where}: `{key}` must be a number")
     return float(value)
+
+
+def _bool(table: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where}: `{key}` must be true or false")
+    return value
+
+
+def _known(table: dict[str, Any], keys: frozenset[str], where: str) -> None:
+    """A misspelt key would otherwise be ignored without a word, and the rule it meant unused."""
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise PolicyError(f"{where}: unknown key `{unknown[0]}` (known: {', '.join(sorted(keys))})")
+
+
+_CLIP_KEYS = frozenset(
+    {
+        "underage_phrases",
+        "sexual_phrases",
+        "control_phrases",
+        "underage_threshold",
+        "sexual_threshold",
+        "control_margin",
+    }
+)
+_PRESCREEN_KEYS = frozenset({"sexual_classes", "threshold", "class_thresholds"})
+_WORKERS_KEYS = frozenset({"trust_is_csam"})
+_TOP_KEYS = frozenset({"version", "horde", "clip", "prescreen", "workers"})
 
 
 @dataclass(frozen=True)
@@ -79,6 +175,7 @@ class ClipRules:
 
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str) -> ClipRules:
+        _known(table, _CLIP_KEYS, where)
         return cls(
             underage_phrases=tuple(_strings(table, "underage_phrases", where)),
             sexual_phrases=tuple(_strings(table, "sexual_phrases", where)),
@@ -130,6 +227,7 @@ class PrescreenRules:
 
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str) -> PrescreenRules:
+        _known(table, _PRESCREEN_KEYS, where)
         overrides = table.get("class_thresholds", {})
         if not isinstance(overrides, dict):
             raise PolicyError(f"{where}: `class_thresholds` must be a table")
@@ -179,31 +277,39 @@ class Policy:
             else:
                 text = Path(path).read_text()
                 where = str(path)
-            raw = tomllib.loads(text)
         except OSError as exc:
             raise PolicyError(f"policy file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise PolicyError(f"policy file {path}: not UTF-8 text") from None
+        return cls.from_text(text, where)
+
+    @classmethod
+    def from_text(cls, text: str, where: str = "uploaded policy") -> Policy:
+        """Parse and compile a policy; every error names the file (`where`) and the key."""
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"policy file {where}: {exc}") from None
+        _known(raw, _TOP_KEYS, f"policy file {where}")
         version = raw.get("version")
         if not isinstance(version, str) or not version:
             raise PolicyError(f"policy file {where}: a non-empty string `version` is required")
-        horde = raw.get("horde", {})
-        if not isinstance(horde, dict):
-            raise PolicyError(f"policy file {where}: [horde] must be a table")
         tables = {}
-        for name in ("clip", "prescreen", "workers"):
+        for name in ("horde", "clip", "prescreen", "workers"):
             tables[name] = raw.get(name, {})
             if not isinstance(tables[name], dict):
                 raise PolicyError(f"policy file {where}: [{name}] must be a table")
+        workers_where = f"policy file {where} [workers]"
+        _known(tables["workers"], _WORKERS_KEYS, workers_where)
         return cls(
             version,
-            HordeRules.from_table(horde),
+            HordeRules.from_table(tables["horde"], f"policy file {where} [horde]"),
             raw,
             clip=ClipRules.from_table(tables["clip"], f"policy file {where} [clip]"),
             prescreen=PrescreenRules.from_table(
                 tables["prescreen"], f"policy file {where} [prescreen]"
             ),
-            trust_worker_csam=bool(tables["workers"].get("trust_is_csam", True)),
+            trust_worker_csam=_bool(tables["workers"], "trust_is_csam", True, workers_where),
         )
 
     def judge(self, signals: Signals) -> Verdict:
@@ -212,39 +318,50 @@ class Policy:
             return self._judge_frames(signals, parts)
         sexual: list[str] = []
         underage: list[str] = []
+        weak: dict[str, str] = {}  # distinct weak phrase -> reason
         rules = self.horde
+        backend = signals.backend
         if signals.nsfw and rules.trust_nsfw_flag:
-            sexual.append(f"{signals.backend}: nsfw form is true")
+            sexual.append(f"{backend}: nsfw form is true")
         if signals.caption:
-            sexual += _word_hits(rules.sexual_words, signals.caption, "caption", signals.backend)
-            underage += _word_hits(
-                rules.underage_words, signals.caption, "caption", signals.backend
-            )
+            caption = signals.caption.lower()
+            sexual += _word_hits(rules.sexual_words, caption, "caption", backend)
+            strong_hits, weak_hits = rules.underage_in_caption(caption)
+            underage += [
+                f"{backend}: caption word {w!r}" for w in sorted({h.text for h in strong_hits})
+            ]
+            for hit in weak_hits:
+                weak.setdefault(hit.phrase, f"{backend}: caption word {hit.text!r} (weak cue)")
         for tag, confidence in signals.tags.items():
             if confidence < rules.tag_min_confidence:
                 continue
             if tag in rules.sexual_tags:
-                sexual.append(f"{signals.backend}: tag {tag!r} ({confidence:.1f})")
+                sexual.append(f"{backend}: tag {tag!r} ({confidence:.1f})")
             if tag in rules.underage_tags:
-                underage.append(f"{signals.backend}: tag {tag!r} ({confidence:.1f})")
+                underage.append(f"{backend}: tag {tag!r} ({confidence:.1f})")
         if signals.scores:
-            clip_sexual, clip_underage = self.clip.hits(signals.scores, signals.backend)
+            clip_sexual, clip_underage = self.clip.hits(signals.scores, backend)
             sexual += clip_sexual + self.prescreen.hits(signals.scores)
             underage += clip_underage
             if self.trust_worker_csam and signals.scores.get(WORKER_CSAM, 0.0) >= 0.5:
-                sexual.append(f"{signals.backend}: worker says is_csam")
-                underage.append(f"{signals.backend}: worker says is_csam")
-        if sexual and underage:
-            label, reasons = Label.CSAM, sexual + underage
+                sexual.append(f"{backend}: worker says is_csam")
+                underage.append(f"{backend}: worker says is_csam")
+        weak_reasons = [weak[p] for p in sorted(weak)]
+        if sexual and (underage or len(weak) >= 2):
+            label, reasons = Label.CSAM, sexual + underage + weak_reasons
         elif sexual:
             label, reasons = Label.NSFW, sexual
+            if weak:
+                reasons = sexual + [
+                    f"{weak_reasons[0]} is the only underage cue: not enough for csam"
+                ]
         else:
             label, reasons = Label.CLEAN, []
         return Verdict(
             label=label,
             reasons=reasons,
             policy_version=self.version,
-            backend=signals.backend,
+            backend=backend,
             signals=signals,
         )
 
@@ -281,5 +398,5 @@ class Policy:
 def _word_hits(pattern: re.Pattern[str] | None, text: str, field: str, backend: str) -> list[str]:
     if pattern is None:
         return []
-    words = sorted({m.group(0).lower() for m in pattern.finditer(text)})
+    words = sorted({m.group(0) for m in pattern.finditer(text)})
     return [f"{backend}: {field} word {w!r}" for w in words]

@@ -182,3 +182,59 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
         assert await store.list_kind(sha) is None
         for c in (anon, ctx, replay):
             await c.close()
+
+
+async def test_policy_dry_run_page_shows_the_diff_and_changes_nothing(tmp_path: Path, browser):
+    from horde_scanner.store import Store
+    from tests.policy_history import CASES, expected_flips, fill
+
+    settings = admin_settings(tmp_path)
+    async with await Store.open(settings.store.path) as store:
+        await fill(store)
+    candidate = Path(__file__).parents[1] / "horde_scanner" / "data" / "policy.toml"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(candidate.read_text().replace("tag_min_confidence = 10.0", "tag_min = 1"))
+    async with running_service(settings, backend=MockBackend()) as svc:
+        store, running = svc.services.store, svc.services.policy.version
+        before = [(await store.get_verdict(c.sha256)).verdict for c in CASES]
+        context = await browser.new_context()
+        page = await context.new_page()
+        await _log_in(page, svc.url)
+        await page.click("header a[href='/admin/policy']")
+        assert "Nothing changes here" in await page.inner_text("main")
+
+        # A malformed file: the form comes back with the key named.
+        await page.set_input_files("input[name=policy]", str(bad))
+        await page.click("#policy-diff")
+        error = await page.inner_text("#policy-error")
+        assert "unknown key `tag_min`" in error and "[horde]" in error
+
+        await page.set_input_files("input[name=policy]", str(candidate))
+        await page.click("#policy-diff")
+        summary = await page.inner_text("#policy-summary")
+        flips = expected_flips()[("csam", "nsfw")]
+        assert f"{len(flips)} would change" in summary
+        change = page.locator("#change-csam-nsfw")
+        assert f"csam → nsfw: {len(flips)}" in await change.locator("h3").inner_text()
+        samples = change.locator("article.sample")
+        assert await samples.count() == 5
+        text = await samples.first.inner_text()
+        assert "caption" in text and "not enough for csam" in text
+        shown = {await a.inner_text() for a in await change.locator("a code").all()}
+        assert shown <= flips
+        decisions = await page.inner_text("#policy-decisions")
+        assert "agrees with 3 and disagrees with 2" in decisions
+        assert await page.locator("table.decisions tr.disagree").count() == 2
+        assert f"still judges with policy {running}" in await page.inner_text("#policy-report")
+
+        # Nothing changed: the same verdicts, the same policy.
+        assert [(await store.get_verdict(c.sha256)).verdict for c in CASES] == before
+        assert svc.services.policy.version == running
+        # The form needs this session's CSRF token like every other.
+        resp = await context.request.post(
+            f"{svc.url}/admin/policy",
+            multipart={"policy": {"name": "p.toml", "mimeType": "text/plain",
+                                  "buffer": candidate.read_bytes()}},
+        )  # fmt: skip
+        assert resp.status == 403 and (await resp.json())["error"] == "bad_csrf"
+        await context.close()

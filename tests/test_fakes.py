@@ -428,8 +428,10 @@ async def test_pictrs_hash_and_aliases() -> None:
     first = pictrs.add_image(data)
     second = pictrs.add_image(data)
     third = pictrs.add_alias(first)
-    expected = hashlib.sha256(data).digest() + len(data).to_bytes(8, "big") + b"i-webp"
+    # sha256, 6-byte big-endian size, format byte 8 (webp): 78 hex characters.
+    expected = hashlib.sha256(data).digest() + len(data).to_bytes(6, "big") + b"\x08"
     assert pictrs.hash_hex(first) == expected.hex() == pictrs_hash(data).hex()
+    assert len(pictrs.hash_hex(first)) == 78
     assert pictrs.aliases_of(third) == [first, second, third]
     assert first.endswith(".webp") and len(pictrs.images) == 3
     assert pictrs.identifier(first).count("/") == 10
@@ -500,7 +502,7 @@ async def test_pictrs_purge_auth(session: aiohttp.ClientSession) -> None:
         assert set(pictrs.images) == {other}
 
         async with session.post(url, params={"alias": alias}, headers=api()) as resp:
-            assert resp.status == 400
+            assert resp.status == 404 and (await resp.json())["code"] == "alias-not-found"
 
     keyless = FakePictrs(None)
     async with keyless:

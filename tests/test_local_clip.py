@@ -236,8 +236,8 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
             stats = await run
             await backend.aclose()
         assert result.status == 406 and result.body["label"] == "csam"
-        assert any(r.startswith("worker:gpu-1: clip") for r in result.body["reasons"])
-        assert stats.judged == 1 and pool.workers["gpu-1"].answered == 1
+        assert any(r.startswith("worker:key1/gpu-1: clip") for r in result.body["reasons"])
+        assert stats.judged == 1 and pool.workers["key1/gpu-1"].answered == 1
 
 
 def test_worker_command_reports_bad_arguments(tmp_path: Path):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.hashlist_format import parse
-from horde_scanner.verdict import Signals
+from horde_scanner.verdict import Label, Signals, Verdict
 from tests import textures
 from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
@@ -87,6 +87,15 @@ async def test_unreviewed_positives_travel_only_when_configured(tmp_path: Path, 
         assert first.body["sha256"] in [e.value for e in entries]
         assert {e.confirmed_by for e in entries} == {""}
         assert all("unreviewed" in e.note for e in entries)
+
+        # A remote worker's bare yes/no is a verdict here, never evidence for others.
+        boolean = Verdict(
+            label=Label.CSAM,
+            backend="worker:gpu-1",
+            signals=Signals(backend="worker:gpu-1", nsfw=True, extra={"evidence": False}),
+        )
+        await svc.services.store.put_verdict("ee" * 32, boolean)
+        assert "ee" * 32 not in [e.value for e in await published(http, svc)]
 
 
 async def test_an_allow_lifts_the_positive_and_its_near_copies_at_once(tmp_path: Path, http):

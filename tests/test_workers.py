@@ -36,7 +36,8 @@ def worker_settings(tmp_path: Path, **workers: Any):
 
 class PictrsSafetyWorker:
     """What fedi-safety's lemmy_safety_pictrs.py does: poll GET /api/v1/pop with an `apikey`
-    header, read the file name from Content-Disposition, judge, POST the two booleans."""
+    header, read the file name from Content-Disposition, judge, POST the two booleans.
+    (tests/test_peer_conformance.py runs its exact loop, blocking requests in threads.)"""
 
     def __init__(
         self, base: str, *, key: str = KEY, think_s: float = 0.0, answer: bool = True
@@ -53,8 +54,8 @@ class PictrsSafetyWorker:
             if resp.status == 204:
                 return None
             assert resp.status == 200, await resp.text()
-            disposition = resp.headers["Content-Disposition"]
-            filename = disposition.split("filename=")[1].strip('"')
+            # As fedi-safety parses it: everything after the first `=`, quotes and all.
+            filename = resp.headers["Content-Disposition"].split("=", 1)[1]
             data = await resp.read()
         self.taken.append(filename)
         if not self.answer:
@@ -269,5 +270,5 @@ async def test_our_worker_protocol_posts_signals(tmp_path: Path):
         with pytest.raises(WorkerError, match="refused the worker key"):
             await Worker(svc.url, "bad", scorer, name="x").run()
     assert red.status == 406 and red.body["label"] == "csam"
-    assert any("worker:ours: clip 'a nude body'" in r for r in red.body["reasons"])
+    assert any("worker:key1/ours: clip 'a nude body'" in r for r in red.body["reasons"])
     assert green.status == 200 and green.body["label"] == "clean"

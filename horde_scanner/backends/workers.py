@@ -6,6 +6,8 @@ Workers (our `horde-scanner worker`, or fedi-safety's pictrs-safety worker) poll
 - a job is handed to one worker at a time; one that has not answered `job_timeout_s` after it
   was taken goes back to the front of the queue for the next worker (its first worker may
   still answer: whichever answer comes first wins);
+- a worker is a key name plus a worker name (`X-Worker-Name`, or its address): an answer is
+  believed only from a worker the job was handed to; any other is refused and counted;
 - a worker that has not polled for `missing_after_s` is gone; with no worker left, waiting
   callers get BackendUnavailable (a router then tries another path, the job runner retries);
 - more than `max_queue` waiting jobs make the pool saturated: new images are refused at once.
@@ -16,17 +18,26 @@ Everything lives in memory: the job runner persists the work itself, so a restar
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
 from horde_scanner.config import WorkerPoolSettings
 from horde_scanner.media import PreparedImage
 from horde_scanner.verdict import Signals
+
+log = logging.getLogger(__name__)
+
+# Refused answers, or jobs taken and not answered in time, with no accepted answer since,
+# before the pool says it is stuck and stops counting as live (a hybrid router then goes
+# elsewhere). One alone is ordinary: a worker that died with a job, or a late second answer.
+_STUCK_AFTER = 2
 
 # How often a waiting caller re-checks that workers are still there.
 _TICK_S = 0.5
@@ -41,10 +52,23 @@ class PoolJob:
     taken_by: str | None = None
     taken_at: float | None = None
     handed_out: int = 0
+    # Every worker the job was handed to: only these may answer it.
+    holders: set[str] = field(default_factory=set)
 
     @property
     def filename(self) -> str:
         return f"{self.id}.webp"
+
+
+class Refusal(StrEnum):
+    """Why a worker's answer was not believed (label of the refused-answers metric)."""
+
+    UNKNOWN_JOB = "unknown_job"  # never existed, answered already, or its caller gave up
+    NOT_HOLDER = "not_holder"  # the job was handed to another worker
+
+
+def worker_id(key_name: str, name: str) -> str:
+    return f"{key_name}/{name}"
 
 
 @dataclass
@@ -66,23 +90,35 @@ class WorkerPool:
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self._keys = [k.encode() for k in settings.keys if k]
+        self._keys = [(name, secret.encode()) for name, secret in settings.keys.items()]
         self._waiting: deque[PoolJob] = deque()
         self._jobs: dict[str, PoolJob] = {}  # by filename: waiting or taken
         self.workers: dict[str, WorkerInfo] = {}
         self._work = asyncio.Event()
         self.reassigned = 0
         self.answered = 0
+        self.handed_out = 0
+        self.refused: Counter[str] = Counter()
+        self.last_refusal = ""
+        # Since the last accepted answer: jobs handed out, answers refused, jobs not answered
+        # in time. Jobs taken and nothing said about them taken: a protocol mismatch.
+        self._handed_since_accept = 0
+        self._refused_since_accept = 0
+        self._expired_since_accept = 0
 
     # -- worker side ---------------------------------------------------------------------------
 
-    def authorised(self, key: str | None) -> bool:
+    def key_name(self, key: str | None) -> str | None:
+        """The name of the configured key `key` is, or None."""
         if not key:
-            return False
+            return None
         given = key.encode()
         # Compare with every key so the time taken does not tell which one nearly matched.
-        matches = [secrets.compare_digest(given, k) for k in self._keys]
-        return any(matches)
+        matches = [name for name, k in self._keys if secrets.compare_digest(given, k)]
+        return matches[0] if matches else None
+
+    def authorised(self, key: str | None) -> bool:
+        return self.key_name(key) is not None
 
     def seen(self, worker: str) -> WorkerInfo:
         info = self.workers.get(worker)
@@ -100,6 +136,9 @@ class WorkerPool:
                 continue
             job.taken_by, job.taken_at = worker, self._clock()
             job.handed_out += 1
+            job.holders.add(worker)
+            self.handed_out += 1
+            self._handed_since_accept += 1
             info.taken += 1
             info.busy.add(job.filename)
             return job
@@ -119,21 +158,35 @@ class WorkerPool:
             except TimeoutError:
                 pass
 
-    def answer(self, filename: str, worker: str, signals: Signals | None, error: str = "") -> bool:
-        """A worker's result; False when the job is unknown or already answered."""
+    def answer(
+        self, filename: str, worker: str, signals: Signals | None, error: str = ""
+    ) -> Refusal | None:
+        """A worker's result: None when believed, else why it was refused."""
         info = self.seen(worker)
-        info.busy.discard(filename)
         job = self._jobs.get(filename)
         if job is None or job.future.done():
-            return False
+            info.busy.discard(filename)
+            return self._refuse(Refusal.UNKNOWN_JOB, filename, worker)
+        if worker not in job.holders:
+            # Never handed this job: whatever it says about the image is not believed.
+            return self._refuse(Refusal.NOT_HOLDER, filename, worker)
+        info.busy.discard(filename)
         if signals is not None:
             job.future.set_result(signals)
         else:
             job.future.set_exception(BackendFailed(f"worker {worker} could not judge: {error}"))
         info.answered += 1
         self.answered += 1
+        self._handed_since_accept = self._refused_since_accept = self._expired_since_accept = 0
         self._forget(job)
-        return True
+        return None
+
+    def _refuse(self, why: Refusal, filename: str, worker: str) -> Refusal:
+        self.refused[why.value] += 1
+        self._refused_since_accept += 1
+        self.last_refusal = f"{why.value}: {filename[:80]!r} from {worker}"
+        log.warning("worker answer refused (%s)", self.last_refusal)
+        return why
 
     def _reclaim_expired(self) -> None:
         now = self._clock()
@@ -147,6 +200,7 @@ class WorkerPool:
                     owner.reassigned_from += 1
                 job.taken_by = job.taken_at = None
                 self.reassigned += 1
+                self._expired_since_accept += 1
                 self._waiting.appendleft(job)  # it has waited longest
                 self._notify()
 
@@ -182,6 +236,21 @@ class WorkerPool:
             return Readiness(self.name, False, "no worker polled recently; " + detail)
         if self.saturated:
             return Readiness(self.name, False, "saturated; " + detail)
+        if self._handed_since_accept and self._refused_since_accept >= _STUCK_AFTER:
+            return Readiness(
+                self.name,
+                False,
+                f"workers took {self._handed_since_accept} jobs but none of their answers was "
+                f"accepted ({self._refused_since_accept} refused, last {self.last_refusal}); "
+                + detail,
+            )
+        if self._expired_since_accept >= _STUCK_AFTER:
+            return Readiness(
+                self.name,
+                False,
+                f"workers took {self._handed_since_accept} jobs but answered none of the last "
+                f"{self._expired_since_accept} within workers.job_timeout_s; " + detail,
+            )
         return Readiness(self.name, True, detail)
 
     async def judge(self, image: PreparedImage) -> Signals:

@@ -19,7 +19,13 @@ from enum import StrEnum
 from typing import Any
 
 from horde_scanner.config import Settings
-from horde_scanner.pictrs import HashIndex, PictrsClient, PictrsError
+from horde_scanner.pictrs import (
+    HASHES_MISSING,
+    HashIndex,
+    PictrsClient,
+    PictrsError,
+    PictrsUnsupported,
+)
 from horde_scanner.scan.records import ActionRow, ScanRecords
 from horde_scanner.scan.source import Denied, ItemError, Source, Vanished
 from horde_scanner.store import Store
@@ -134,11 +140,19 @@ class Actor:
         return ActResult(Outcome.DONE, "quarantined", location)
 
     async def _delete(self, row: ActionRow, resuming: bool) -> ActResult:
-        if self._index is not None and self._pictrs is not None:
-            aliases = await self._index.aliases(row.sha256)
+        index = self._index
+        if index is not None and self._pictrs is not None:
+            try:
+                aliases = await index.aliases(row.sha256)
+            except PictrsUnsupported:
+                # pict-rs 0.4.x: delete in storage, like without an API (said once).
+                if self._index is not None:
+                    log.warning("%s; deleting directly from storage instead", HASHES_MISSING)
+                self._index = None
+                aliases = []
             if aliases:
                 purged = await self._pictrs.purge(aliases[0])
-                self._index.forget(row.sha256)
+                index.forget(row.sha256)
                 return ActResult(
                     Outcome.DONE, "purged", detail={"via": "pict-rs purge", "aliases": purged}
                 )
@@ -149,7 +163,12 @@ class Actor:
                 return ActResult(Outcome.ALREADY, "deleted", detail={"via": "storage"})
             raise
         self.direct_deletes += 1
-        why = "not known to pict-rs by this hash" if self._pictrs else "pict-rs API not configured"
+        if self._pictrs is None:
+            why = "pict-rs API not configured"
+        elif self._index is None:
+            why = "pict-rs has no /internal/hashes (< 0.5.0)"
+        else:
+            why = "not known to pict-rs by this hash"
         return ActResult(Outcome.DONE, "deleted", detail={"via": "storage", "why": why})
 
     async def _finish(self, row: ActionRow, result: ActResult) -> None:

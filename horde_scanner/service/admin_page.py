@@ -66,6 +66,7 @@ def _page(title: str, body: str, session: Session | None = None, status: int = 2
         bar = (
             f'<span class="muted">signed in as {_e(session.actor)}</span>'
             '<a href="/admin">Queue</a>'
+            '<a href="/admin/policy">Policy dry run</a>'
             '<a href="/admin/export?format=csv">Export CSV</a>'
             '<a href="/admin/export?format=json">Export JSON</a>'
             f'<form method="post" action="/admin/logout">{_csrf(session)}'

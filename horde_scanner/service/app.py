@@ -9,7 +9,15 @@ from aiohttp import web
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import Settings
-from horde_scanner.service import admin_api, admin_page, hashes, health, validate, workers
+from horde_scanner.service import (
+    admin_api,
+    admin_page,
+    admin_policy,
+    hashes,
+    health,
+    validate,
+    workers,
+)
 from horde_scanner.service.admin_auth import ADMIN, AdminGate
 from horde_scanner.service.context import SERVICES, open_services
 from horde_scanner.service.errors import Handler, RequestError, json_errors
@@ -62,4 +70,5 @@ def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Appl
     app.router.add_get("/metrics", metrics)
     admin_api.add_routes(app)
     admin_page.add_routes(app)
+    admin_policy.add_routes(app)
     return app

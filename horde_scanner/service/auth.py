@@ -1,5 +1,6 @@
 """Who may ask for validation: a configured client id in the path, or the special id IPADDR
-from loopback or a configured network. X-Forwarded-For counts only from a trusted proxy."""
+from loopback or a network in `server.allowed_ips` (by default the private ranges, as
+pictrs-safety accepts). X-Forwarded-For counts only from a trusted proxy."""
 
 from __future__ import annotations
 
@@ -36,13 +37,20 @@ class ClientAuth:
             address = self.client_address(request)
             if address is None:
                 return False
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                return False
-            return ip.is_loopback or any(ip in net for net in self._allowed)
+            return ipaddr_allowed(address, self._allowed)
         # Constant-time comparison: the id is the secret.
         return any(secrets.compare_digest(client_id.encode(), i.encode()) for i in self._ids)
+
+
+def ipaddr_allowed(address: str, allowed: list[Network]) -> bool:
+    """Whether a client at `address` may use the id IPADDR."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d
+    return ip.is_loopback or any(ip in net for net in allowed)
 
 
 def _in(address: str, networks: list[Network]) -> bool:

@@ -134,6 +134,7 @@ async def open_services(
             )
         )
         await judge.start()
+        enforcer.start()
         await notifier.start()
         await watcher.start()
         try:
@@ -160,6 +161,7 @@ async def open_services(
             )
         finally:
             await watcher.stop()
+            await enforcer.stop()
             await judge.stop()
             await hashes.stop()
             await notifier.stop()

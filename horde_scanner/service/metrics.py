@@ -94,6 +94,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.worker_answers = Counter(
+            f"{PREFIX}_worker_answers",
+            "Answers posted by remote workers: accepted, or why they were refused "
+            "(unknown_job, not_holder, bad_worker_key, bad_answer).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.errors: PyCounter[str] = PyCounter()
         self._hits = 0
         self._answered = 0
@@ -116,6 +123,9 @@ class Metrics:
 
     def unjudged(self, reason: str) -> None:
         self.unjudged_uploads.labels(reason=reason).inc()
+
+    def worker_answer(self, outcome: str) -> None:
+        self.worker_answers.labels(outcome=outcome).inc()
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1

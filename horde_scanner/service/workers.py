@@ -1,10 +1,13 @@
 """The pull protocol for remote GPU workers, pictrs-safety compatible.
 
     GET  /api/v1/pop            header `apikey`; optional `?wait=S` long poll (our worker)
-         200: the image (WebP) with `Content-Disposition: attachment; filename="<job>.webp"`
+         200: the image (WebP) with `Content-Disposition: attachment; filename=<job>.webp`
+              (unquoted, as Flask's send_file writes it: fedi-safety takes everything after
+              the first `=` as the name; job names are hex, so nothing needs quoting)
          204: nothing to do
     POST /api/v1/pop            JSON {"image": "<job>.webp", "is_csam": bool, "is_nsfw": bool}
-         201: taken; 404: unknown job (answered by another worker, or its caller gave up)
+         201: taken; 404: unknown job (answered already, or its caller gave up);
+         403: the job was handed to another worker. `image` may be quoted.
          Our own worker adds "signals": a full Signals object (per-phrase CLIP scores), which
          the service judges with its own policy instead of trusting the booleans, or "error".
     GET  /api/v1/worker/policy  what our worker must score: {"version", "clip_phrases"}
@@ -15,32 +18,47 @@ fedi-safety's worker (lemmy_safety_pictrs.py) speaks the first two as they are.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from horde_scanner.backends.workers import WorkerPool
+from horde_scanner.backends.workers import Refusal, WorkerPool, worker_id
 from horde_scanner.policy import WORKER_CSAM
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
 from horde_scanner.verdict import Signals
 
+log = logging.getLogger(__name__)
+
 _MAX_ANSWER_BYTES = 1 << 20
 
 
-def _pool(request: web.Request) -> tuple[Services, WorkerPool, str]:
+def _pool(request: web.Request, *, answering: bool = False) -> tuple[Services, WorkerPool, str]:
     svc = request.app[SERVICES]
     pool = svc.workers
     if pool is None:
         raise RequestError(404, "workers_disabled", "no worker pool configured (set workers.keys)")
-    if not pool.authorised(request.headers.get("apikey")):
+    key_name = pool.key_name(request.headers.get("apikey"))
+    if key_name is None:
+        if answering:
+            svc.metrics.worker_answer("bad_worker_key")
+            log.warning("worker answer refused (bad_worker_key) from %s", request.remote)
         raise RequestError(401, "bad_worker_key", "missing or unknown `apikey` header")
     name = request.headers.get("X-Worker-Name", "").strip()[:100]
     if not name:
         # pictrs-safety workers send no name: one worker per address.
         name = request.remote or "unknown"
-    return svc, pool, name
+    return svc, pool, worker_id(key_name, name)
+
+
+def job_name(value: str) -> str:
+    """The job name a worker sent back, quoted (`"<id>.webp"`) or not."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value
 
 
 async def pop(request: web.Request) -> web.StreamResponse:
@@ -65,14 +83,34 @@ async def pop(request: web.Request) -> web.StreamResponse:
         body=job.webp,
         content_type="image/webp",
         headers={
-            "Content-Disposition": f'attachment; filename="{job.filename}"',
+            "Content-Disposition": f"attachment; filename={job.filename}",
             "X-Policy-Version": svc.policy.version,
         },
     )
 
 
 async def answer(request: web.Request) -> web.Response:
-    _, pool, worker = _pool(request)
+    svc, pool, worker = _pool(request, answering=True)
+    try:
+        filename, signals, error = await _read_answer(request, worker)
+    except RequestError as exc:
+        svc.metrics.worker_answer("bad_answer")
+        log.warning("worker answer refused (%s) from %s: %s", exc.error, worker, exc.detail[:200])
+        raise
+    refused = pool.answer(filename, worker, signals, error)
+    svc.metrics.worker_answer(refused.value if refused else "accepted")
+    if refused is Refusal.NOT_HOLDER:
+        raise RequestError(
+            403, "not_your_job", f"{filename}: this job was handed to another worker"
+        )
+    if refused is not None:
+        raise RequestError(
+            404, "unknown_job", f"{filename}: no open job (answered already, or given up)"
+        )
+    return web.json_response({"image": filename, "accepted": True}, status=201)
+
+
+async def _read_answer(request: web.Request, worker: str) -> tuple[str, Signals | None, str]:
     if request.content_length is not None and request.content_length > _MAX_ANSWER_BYTES:
         raise RequestError(413, "too_large", f"answer exceeds {_MAX_ANSWER_BYTES} bytes")
     try:
@@ -81,7 +119,7 @@ async def answer(request: web.Request) -> web.Response:
         raise RequestError(400, "bad_json", f"body is not JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("image"), str):
         raise RequestError(400, "bad_answer", "expected a JSON object with a string `image`")
-    filename = body["image"]
+    filename = job_name(body["image"])
     signals: Signals | None = None
     error = ""
     if body.get("error"):
@@ -91,7 +129,9 @@ async def answer(request: web.Request) -> web.Response:
             signals = Signals.model_validate(body["signals"])
         except ValidationError as exc:
             raise RequestError(400, "bad_signals", f"`signals` is not valid: {exc}") from None
-        signals = signals.model_copy(update={"backend": f"worker:{worker}"})
+        signals = signals.model_copy(
+            update={"backend": f"worker:{worker}", "extra": {**signals.extra, "worker": worker}}
+        )
     else:
         flags = {k: body.get(k) for k in ("is_csam", "is_nsfw")}
         if not all(isinstance(v, bool) for v in flags.values()):
@@ -100,12 +140,10 @@ async def answer(request: web.Request) -> web.Response:
             backend=f"worker:{worker}",
             nsfw=flags["is_nsfw"],
             scores={WORKER_CSAM: 1.0 if flags["is_csam"] else 0.0},
+            # A bare boolean from a remote worker: a verdict here, never evidence for others.
+            extra={"worker": worker, "answer": "boolean", "evidence": False},
         )
-    if not pool.answer(filename, worker, signals, error):
-        raise RequestError(
-            404, "unknown_job", f"{filename}: no open job (answered already, or given up)"
-        )
-    return web.json_response({"image": filename, "accepted": True}, status=201)
+    return filename, signals, error
 
 
 async def worker_policy(request: web.Request) -> web.Response:

@@ -1,20 +1,28 @@
-"""A fake pict-rs (0.5.x) over loopback HTTP, plus a client that validates like pict-rs does.
+"""A fake pict-rs (0.4.3 to 0.5.x, by ``version``) over loopback HTTP, plus a client that
+validates like pict-rs does.
 
 It follows /work/shared/reference/pict-rs.md and, where that note is silent, the pict-rs
 sources (robinst/pict-rs: ``src/lib.rs``, ``src/middleware/internal.rs``,
 ``src/repo/hash.rs``, ``src/formats.rs``, ``src/repo/{sled,postgres}.rs``). Points where the
 sources are more precise than a quick reading of the note:
 
-* The hash is ``sha256(stored bytes) || size as u64 big-endian || format tag``, and the tag is
-  a short ASCII string such as ``b"i-webp"`` or ``b"a-gif"`` (``InternalFormat::to_bytes``),
-  not a single byte. ``/internal/hashes`` shows it hex-encoded as ``hex``; page slugs
-  (``current``/``prev``/``next``/``slug=``) are the same bytes in URL-safe base64 with padding.
+* The hash is ``sha256(stored bytes) || size as 6 big-endian bytes || one format byte``
+  (``Hash::to_bytes``, ``InternalFormat::to_byte``: apng 0, animated avif 1, gif 2, animated
+  webp 3, avif 4, jpeg 5, jxl 6, png 7, webp 8, mp4 9, webm 10): 39 bytes, 78 hex characters
+  in ``/internal/hashes``. (An 8-byte size with an ASCII tag such as ``i-webp`` existed only
+  before the 0.5 pagination work.) Page slugs (``current``/``prev``/``next``/``slug=``) are
+  the same bytes in URL-safe base64 with padding.
 * With no ``server.api_key`` configured the ``/internal`` scope still answers, always with 401
   ``invalid-api-token`` (the middleware needs ``Some(api_key)`` to match).
-* Unknown aliases are not uniform: purge -> 400 ``{"msg": "No images associated with provided
-  alias"}``; delete -> 404 with an empty body; aliases -> 200 with an empty list; identifier ->
-  404 ``{"msg": "No identifiers associated with provided alias"}``; details -> 404
+* Unknown aliases depend on the version. From 0.5.7 (commit 3ecefcb) purge and identifier
+  answer 404 ``{"msg": "Requested a file that doesn't exist", "code": "alias-not-found"}``;
+  before, purge gave 400 ``{"msg": "No images associated with provided alias"}`` and
+  identifier 404 ``{"msg": "No identifiers associated with provided alias"}``. Always:
+  delete -> 404 with an empty body; aliases -> 200 with an empty list; details -> 404
   ``alias-not-found``.
+* ``version`` picks what exists: ``/internal/hashes`` and ``/internal/delete`` from 0.5.0
+  (before, 404 with no body), the external-validation timeout from 0.4.4 (0.4.3 waits for
+  ever), external validation itself from 0.4.3.
 * ``/internal/prune_missing`` answers ``{"complete", "progress", "total"}``, not ``{"msg"}``.
 
 Not modelled: variants, proxies, backgrounded uploads, metadata stripping or transcoding
@@ -45,27 +53,37 @@ from tests.fakes.server import LoopbackServer, is_loopback_host
 DEFAULT_API_KEY = "pictrs-api-key"
 PICTRS_USER_AGENT = "pict-rs v0.5.17"
 
-# extension -> (InternalFormat tag, media type, ApiFormat)
-FORMATS: dict[str, tuple[bytes, str, str]] = {
-    "jpeg": (b"i-jpeg", "image/jpeg", "Image"),
-    "png": (b"i-png", "image/png", "Image"),
-    "webp": (b"i-webp", "image/webp", "Image"),
-    "avif": (b"i-avif", "image/avif", "Image"),
-    "jxl": (b"i-jxl", "image/jxl", "Image"),
-    "gif": (b"a-gif", "image/gif", "Animation"),
-    "apng": (b"a-apng", "image/apng", "Animation"),
-    "mp4": (b"v-mp4", "video/mp4", "Video"),
-    "webm": (b"v-webm", "video/webm", "Video"),
+# extension -> (InternalFormat::to_byte, media type, ApiFormat)
+FORMATS: dict[str, tuple[int, str, str]] = {
+    "jpeg": (5, "image/jpeg", "Image"),
+    "png": (7, "image/png", "Image"),
+    "webp": (8, "image/webp", "Image"),
+    "avif": (4, "image/avif", "Image"),
+    "jxl": (6, "image/jxl", "Image"),
+    "gif": (2, "image/gif", "Animation"),
+    "apng": (0, "image/apng", "Animation"),
+    "mp4": (9, "video/mp4", "Video"),
+    "webm": (10, "video/webm", "Video"),
 }
-_ANIMATED_TAGS = {"webp": b"a-webp", "avif": b"a-avif"}
+_ANIMATED_TAGS = {"webp": 3, "avif": 1}
+
+DEFAULT_VERSION = "0.5.17"
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    parts = version.split("-", 1)[0].split(".")
+    major, minor, patch = (int(p) for p in parts[:3])
+    return major, minor, patch
+
+
 _PIL_EXT = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "AVIF": "avif"}
 
 
 def pictrs_hash(data: bytes, ext: str = "webp", *, animated: bool = False) -> bytes:
-    """pict-rs ``Hash::to_bytes``: sha256, then u64 size big-endian, then the format tag."""
+    """pict-rs ``Hash::to_bytes``: sha256, the size in 6 big-endian bytes, one format byte."""
     ext = _norm_ext(ext)
     tag = _ANIMATED_TAGS.get(ext, FORMATS[ext][0]) if animated else FORMATS[ext][0]
-    return hashlib.sha256(data).digest() + len(data).to_bytes(8, "big") + tag
+    return hashlib.sha256(data).digest() + len(data).to_bytes(6, "big") + bytes([tag])
 
 
 def hash_slug(hash_bytes: bytes) -> str:
@@ -238,11 +256,17 @@ class FakePictrs(LoopbackServer):
         external_validation: str | None = None,
         validation_timeout: float = 10.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        version: str = DEFAULT_VERSION,
     ) -> None:
+        self.version = version
+        self._v = parse_version(version)
+        if external_validation is not None and self._v < (0, 4, 3):
+            raise ValueError(f"pict-rs {version} has no media.external_validation (0.4.3+)")
         self.api_key = api_key
         self.external_validation = external_validation
         # pict-rs defaults to 30 s; 10 s is Lemmy 0.18's whole-upload budget, the tighter bound.
-        self.validation_timeout = validation_timeout
+        # 0.4.3 had no timeout option and waited for as long as the validator took.
+        self.validation_timeout: float | None = validation_timeout if self._v >= (0, 4, 4) else None
         self.clock = clock
 
         self.purged: list[str] = []
@@ -395,7 +419,20 @@ class FakePictrs(LoopbackServer):
 
     # -- internal endpoints ------------------------------------------------------------------
 
+    @property
+    def has_hashes_endpoint(self) -> bool:
+        return self._v >= (0, 5, 0)
+
+    def _alias_not_found(self, old: web.Response) -> web.Response:
+        if self._v >= (0, 5, 7):
+            return _json(
+                404, {"msg": "Requested a file that doesn't exist", "code": "alias-not-found"}
+            )
+        return old
+
     async def _hashes_page(self, request: web.Request) -> web.Response:
+        if not self.has_hashes_endpoint:
+            return web.Response(status=404)  # no such route before 0.5.0
         try:
             limit = int(request.query.get("limit", "20"))
         except ValueError:
@@ -454,12 +491,16 @@ class FakePictrs(LoopbackServer):
         self.purged.append(alias)
         key = self._alias_hash.get(alias)
         if key is None:
-            return _json(400, {"msg": "No images associated with provided alias"})
+            return self._alias_not_found(
+                _json(400, {"msg": "No images associated with provided alias"})
+            )
         removed = self._drop_hash(self._hashes[key])
         self.purged_aliases.extend(removed)
         return _json(200, {"msg": "ok", "aliases": removed})
 
     async def _delete_alias(self, request: web.Request) -> web.Response:
+        if not self.has_hashes_endpoint:
+            return web.Response(status=404)  # /internal/delete came with 0.5.0
         alias = self._alias_param(request)
         key = self._alias_hash.get(alias)
         if key is None:
@@ -487,7 +528,9 @@ class FakePictrs(LoopbackServer):
         alias = self._alias_param(request)
         key = self._alias_hash.get(alias)
         if key is None:
-            return _json(404, {"msg": "No identifiers associated with provided alias"})
+            return self._alias_not_found(
+                _json(404, {"msg": "No identifiers associated with provided alias"})
+            )
         return _json(200, {"msg": "ok", "identifier": self._hashes[key].identifier})
 
     async def _prune_missing(self, request: web.Request) -> web.Response:
