@@ -74,7 +74,7 @@ class ServerSettings(Section):
     # Bodies being read are held in memory up to this many bytes in all; past it, in
     # temporary files (in upload_spool_dir; None: the system's temporary directory) up to
     # upload_spool_bytes, and beyond both an upload is refused (503, recorded).
-    upload_memory_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    upload_memory_bytes: int = Field(64 * 1024 * 1024, gt=0)
     upload_spool_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
     upload_spool_dir: Path | None = None
 
