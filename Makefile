@@ -10,11 +10,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# pdqhash has no wheel for most machines: say up front when a compiler is needed and missing.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	@$(BIN)/python .ci/build-deps
 	$(PIP) -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	@$(BIN)/python .ci/build-deps
 	$(PIP) -e '.[test]'
 	touch $@ $(VENV)/.installed
 

@@ -23,7 +23,7 @@ import aiohttp
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import load_settings
-from horde_scanner.store import Store
+from horde_scanner.store.sqlite import Store
 from tests.service import running_service
 
 TOKEN = "bench-admin-token-0123456789"

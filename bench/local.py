@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from horde_scanner.media import DecodeLimits, PreparedImage, prepare
+from horde_scanner.media.decode import DecodeLimits, PreparedImage, prepare
 
 
 def scene(seed: int, size: int = 512) -> Image.Image:
@@ -71,7 +71,7 @@ async def bench_prescreen(n: int) -> None:
     from horde_scanner.backends.mock import MockBackend
     from horde_scanner.backends.nudenet import NudityDetector
     from horde_scanner.backends.prescreen import PrescreenBackend
-    from horde_scanner.policy import Policy
+    from horde_scanner.judging.policy import Policy
 
     detector = NudityDetector()
     limits = DecodeLimits()
@@ -101,8 +101,8 @@ async def bench_validation(n: int, concurrency: int) -> None:
     import aiohttp
 
     from horde_scanner.config import load_settings
-    from tests.fakes.horde import FakeHorde
-    from tests.fakes.pictrs import validate_upload
+    from horde_scanner.testing.horde import FakeHorde
+    from horde_scanner.testing.pictrs import validate_upload
     from tests.service import running_service
 
     bodies = [jpeg(scene(10_000 + i)) for i in range(n)]
@@ -149,7 +149,7 @@ async def bench_tiny_clip(n: int) -> None:
     except ImportError:
         print("[clip-cpu] skipped: torch not installed (extra [gpu])")
         return
-    from horde_scanner.policy import Policy
+    from horde_scanner.judging.policy import Policy
     from local_gpu.backend import LocalClipBackend
     from local_gpu.clip import ClipScorer
     from tests.tiny_clip import build_tiny_clip
@@ -205,7 +205,7 @@ async def bench_vit_l(model_dir: str | None, random_weights: bool, n: int) -> No
             "`python -m bench.local --only gpu [--random-weights]`)"
         )
         return
-    from horde_scanner.policy import Policy
+    from horde_scanner.judging.policy import Policy
     from local_gpu.backend import LocalClipBackend
     from local_gpu.clip import ClipScorer, ModelUnavailable
 

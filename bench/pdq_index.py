@@ -29,13 +29,13 @@ from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import HashesSettings
-from horde_scanner.hashing import PdqHash
-from horde_scanner.hashlist_format import HashEntry
-from horde_scanner.hashmatch import HashMatcher
-from horde_scanner.hashstore import LOCAL, HashStore
-from horde_scanner.store import Store
+from horde_scanner.hashlists.format import HashEntry
+from horde_scanner.hashlists.matcher import HashMatcher
+from horde_scanner.hashlists.store import LOCAL, HashStore
+from horde_scanner.media.hashing import PdqHash
+from horde_scanner.store.sqlite import Store
+from horde_scanner.testing.pictrs import validate_upload
 from tests import textures
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 
@@ -188,7 +188,7 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  log: %(name)s: %(message)s")
     # Index (re)loads are worth seeing: they are what competes with uploads.
-    logging.getLogger("horde_scanner.hashmatch").setLevel(logging.INFO)
+    logging.getLogger("horde_scanner.hashlists.matcher").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         await index_figures(db, args.hashes)

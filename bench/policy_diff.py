@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT
-from horde_scanner.framesignals import FRAMES_KEY
-from horde_scanner.policy import Policy
-from horde_scanner.policy_diff import run_diff
-from horde_scanner.store import Store
+from horde_scanner.judging.frames import FRAMES_KEY
+from horde_scanner.judging.policy import Policy
+from horde_scanner.judging.policy_diff import run_diff
+from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Signals
 
 OLD = ROOT / "tests" / "data" / "policy-2026.11-2.toml"

@@ -71,9 +71,9 @@ def make_gif(path: Path, count: int = 200) -> None:
 async def time_to_verdict(data: bytes, workdir: Path) -> tuple[list[float], str]:
     from horde_scanner.backends.mock import MockBackend
     from horde_scanner.config import load_settings
-    from horde_scanner.judging import build_judge
-    from horde_scanner.policy import Policy
-    from horde_scanner.store import Store
+    from horde_scanner.judging.judge import build_judge
+    from horde_scanner.judging.policy import Policy
+    from horde_scanner.store.sqlite import Store
 
     times: list[float] = []
     label = ""
@@ -117,7 +117,7 @@ def full_decode_fps(data: bytes, video: bool) -> float:
 
 
 def measure(files: list[Path]) -> None:
-    from horde_scanner.media import DecodeLimits, decode
+    from horde_scanner.media.decode import DecodeLimits, decode
 
     print(f"RSS after imports: {rss_mb(os.getpid()):.0f} MB")
     for path in files:

@@ -3,13 +3,15 @@
 Sources, highest priority first: keyword arguments, environment variables
 (`HORDE_SCANNER_` prefix, nested with `__`, e.g. `HORDE_SCANNER_HORDE__API_KEY`), a `.env` file in
 the working directory, a TOML file given with `--config`, then the defaults below. Every option is
-listed in README.md with its default; keep the two in step.
+listed in README.md with its default; keep the two in step. Keys of other programs in `.env`
+(Lemmy's) are skipped; misspelt keys of ours are refused by name (config_keys.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,11 +27,14 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from horde_scanner.config_keys import check_env, check_toml, is_ours
 from horde_scanner.verdict import Label
 
 ANONYMOUS_HORDE_KEY = "0000000000"
@@ -392,7 +397,7 @@ class AdminSettings(Section):
 
 
 class QuarantineSettings(Section):
-    # Where quarantined files are held (content-addressed; see horde_scanner/quarantine.py).
+    # Where quarantined files are held (content-addressed; see horde_scanner/review/quarantine.py).
     dir: Path = Path("quarantine")
 
 
@@ -451,7 +456,36 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, dotenv_settings)
+        return (init_settings, _EnvSource(settings_cls), _DotEnvSource(settings_cls))
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+class _EnvSource(EnvSettingsSource):
+    def __call__(self) -> dict[str, Any]:
+        _refuse(check_env(self.env_vars, self.settings_cls, "environment", cli_reads_it=True))
+        return super().__call__()
+
+
+class _DotEnvSource(DotEnvSettingsSource):
+    """The `.env` of the working directory, which is often Lemmy's: only our keys are read."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k: v for k, v in super()._load_env_vars().items() if is_ours(k)}
+
+    def __call__(self) -> dict[str, Any]:
+        _refuse(check_env(self.env_vars, self.settings_cls, ".env", cli_reads_it=False))
+        return super().__call__()
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    def __call__(self) -> dict[str, Any]:
+        problems = check_toml(self.toml_data, self.settings_cls)
+        _refuse([f"config file {self.toml_file_path}: {p}" for p in problems])
+        return super().__call__()
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -472,8 +506,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 dotenv_settings: PydanticBaseSettingsSource,
                 file_secret_settings: PydanticBaseSettingsSource,
             ) -> tuple[PydanticBaseSettingsSource, ...]:
-                toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
-                return (init_settings, env_settings, dotenv_settings, toml)
+                return (
+                    init_settings,
+                    _EnvSource(settings_cls),
+                    _DotEnvSource(settings_cls),
+                    _TomlSource(settings_cls, toml_file=path),
+                )
 
         settings_cls = FileSettings
     try:
@@ -481,7 +519,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
     except ValueError as exc:  # a TOML syntax error surfaces as tomllib's ValueError subclass
-        raise ConfigError(f"config file {config_file}: {exc}") from None
+        where = f"config file {config_file}" if config_file is not None else "configuration"
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -489,5 +528,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
         env = "HORDE_SCANNER_" + "__".join(str(p).upper() for p in err["loc"])
-        lines.append(f"{key} (env {env}): {err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "list_type":
+            msg += " (written as a JSON list in env and .env, e.g. '[\"abc\"]')"
+        lines.append(f"{key} (env {env}): {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
-from horde_scanner.media import DecodeLimits, PreparedImage, UnreadableMedia, prepare
-from horde_scanner.policy import Policy
+from horde_scanner.judging.policy import Policy
+from horde_scanner.media.decode import DecodeLimits, PreparedImage, UnreadableMedia, prepare
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)

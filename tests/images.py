@@ -1,4 +1,4 @@
-"""Test images made on the fly. Colour markers follow tests/fakes/horde.py: red is judged
+"""Test images made on the fly. Colour markers follow horde_scanner/testing/horde.py: red is judged
 csam-like, magenta nsfw, everything else clean. A seed scatters a few pixels so that every
 image has its own sha256 while keeping its mean colour."""
 

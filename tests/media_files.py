@@ -1,6 +1,7 @@
 """Animations and videos made on the fly (Pillow for animations, PyAV's encoders for video).
 
-Colour markers follow tests/fakes/horde.py and MockBackend: a red frame is judged csam-like.
+Colour markers follow horde_scanner/testing/horde.py and MockBackend: a red frame is judged
+csam-like.
 `frames("green", marker=6, count=12)` gives twelve frames of a scene with a moving square,
 frame 6 painted red all over.
 """

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from horde_scanner.framesignals import FRAMES_KEY
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.policy import Policy
-from horde_scanner.store import Store
+from horde_scanner.judging.frames import FRAMES_KEY
+from horde_scanner.judging.policy import Policy
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Signals, Verdict
 
 OLD_POLICY = Path(__file__).parent / "data" / "policy-2026.11-2.toml"

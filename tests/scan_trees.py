@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from horde_scanner.scan.layout import is_v7_identifier
+from horde_scanner.sweep.layout import is_v7_identifier
+from horde_scanner.testing.pictrs import new_identifier
 from tests import images
-from tests.fakes.pictrs import new_identifier
 
 
 @dataclass

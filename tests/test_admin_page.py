@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
 from tests.admin_helpers import TOKEN, admin_settings
-from tests.fakes.pictrs import validate_upload
 from tests.service import running_service
 
 CHROMIUM = "/usr/bin/chromium"
@@ -185,7 +185,7 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
 
 
 async def test_policy_dry_run_page_shows_the_diff_and_changes_nothing(tmp_path: Path, browser):
-    from horde_scanner.store import Store
+    from horde_scanner.store.sqlite import Store
     from tests.policy_history import CASES, expected_flips, fill
 
     settings = admin_settings(tmp_path)

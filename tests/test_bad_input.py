@@ -7,9 +7,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 

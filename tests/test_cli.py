@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.media.hashing import sha256_hex
 from tests import images
 from tests.net import free_port, wait_port
 
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def horde_url() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.horde", "--port", str(port), "--latency", "0.1"],
+        [sys.executable, "-m", "horde_scanner.testing.horde", "--port", str(port),
+         "--latency", "0.1"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

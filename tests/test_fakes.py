@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from tests.fakes.horde import (
+from horde_scanner.testing.horde import (
     ANON_APIKEY,
     INTERROGATION_LISTS,
     FakeHorde,
@@ -27,7 +27,7 @@ from tests.fakes.horde import (
     marker_b64,
     marker_image,
 )
-from tests.fakes.pictrs import FakePictrs, hash_slug, pictrs_hash, validate_upload
+from horde_scanner.testing.pictrs import FakePictrs, hash_slug, pictrs_hash, validate_upload
 
 AGENT = "horde-scanner:0.1:tests"
 HEADERS = {"apikey": ANON_APIKEY, "Client-Agent": AGENT}

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.config import ConfigError, load_settings
-from horde_scanner.hashing import pdq_hash, sha256_hex
-from horde_scanner.hashlist_format import parse
-from horde_scanner.media import DecodeLimits, decode
-from horde_scanner.store import Store
+from horde_scanner.hashlists.format import parse
+from horde_scanner.media.decode import DecodeLimits, decode
+from horde_scanner.media.hashing import pdq_hash, sha256_hex
+from horde_scanner.store.sqlite import Store
+from horde_scanner.testing.pictrs import validate_upload
 from tests import textures
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 PDQ = "f8f8f0cee0f4a84f06370a32038f67f0b36e2ed596623e1d33e6339c4e9c9b22"

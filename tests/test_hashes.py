@@ -9,16 +9,16 @@ from pathlib import Path
 from aiohttp import web
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashing import pdq_distance, pdq_hash, sha256_hex
-from horde_scanner.hashlist_format import HashEntry, dump_json, parse
-from horde_scanner.hashstore import LOCAL, HashStore
-from horde_scanner.media import DecodeLimits, decode
-from horde_scanner.pdq_index import PdqIndex, hex_to_words
+from horde_scanner.hashlists.format import HashEntry, dump_json, parse
+from horde_scanner.hashlists.index import PdqIndex, hex_to_words
+from horde_scanner.hashlists.store import LOCAL, HashStore
+from horde_scanner.media.decode import DecodeLimits, decode
+from horde_scanner.media.hashing import pdq_distance, pdq_hash, sha256_hex
 from horde_scanner.service.hashes import SUBSCRIBER
-from horde_scanner.store import Store
+from horde_scanner.store.sqlite import Store
+from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.verdict import Signals
 from tests import textures
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service, wait_for
 
 TOKEN = "s3cret-list-token"

@@ -11,9 +11,9 @@ from PIL import Image
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
 from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.config import HordeSettings
-from horde_scanner.media import DecodeLimits, prepare
+from horde_scanner.media.decode import DecodeLimits, prepare
+from horde_scanner.testing.horde import FakeHorde
 from tests import images
-from tests.fakes.horde import FakeHorde
 
 
 def settings(url: str, **overrides: object) -> HordeSettings:

@@ -21,8 +21,8 @@ import pytest
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import PRIVATE_NETWORKS
 from horde_scanner.service.auth import ipaddr_allowed
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 DEFAULT = [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS]

@@ -10,11 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
 from tests.admin_helpers import admin_settings
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 

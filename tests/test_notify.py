@@ -12,11 +12,11 @@ import aiohttp
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import NotifySettings
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.notify import Notifier, load_templates, render
+from horde_scanner.integrations.notify import Notifier, load_templates, render
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
 from tests.admin_helpers import admin_settings, webhook_sink
-from tests.fakes.pictrs import validate_upload
 from tests.service import running_service
 
 
@@ -65,7 +65,7 @@ async def test_discord_template_and_failures_are_logged_not_fatal(tmp_path: Path
     async with webhook_sink(status=500) as sink:
         settings = admin_settings(tmp_path, notify={"webhook_url": sink.url, "template": "discord"})
         async with running_service(settings, backend=MockBackend()) as svc:
-            with caplog.at_level(logging.WARNING, logger="horde_scanner.notify"):
+            with caplog.at_level(logging.WARNING, logger="horde_scanner.integrations.notify"):
                 result = await validate_upload(
                     http, svc.scan_url(), images.jpeg("magenta", seed=72), "image/jpeg"
                 )

@@ -8,7 +8,7 @@
   and posts `{"image", "is_csam", "is_nsfw": is_csam}` with the same header, never looking at
   the answer. The worker below is that sequence written from the protocol, not its code.
 - pict-rs's external validation: any 2xx accepts, anything else rejects (the fake pict-rs in
-  tests/fakes/pictrs.py does the upload and the call).
+  horde_scanner/testing/pictrs.py does the upload and the call).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from PIL import Image
 
 from horde_scanner.backends.mock import colour_marker_signals
 from horde_scanner.config import ConfigError, load_settings
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing.pictrs import FakePictrs, validate_upload
 from tests import images
-from tests.fakes.pictrs import FakePictrs, validate_upload
 from tests.service import make_settings, running_service
 
 KEY = "fedi-safety-key"

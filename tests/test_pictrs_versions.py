@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.pictrs import PictrsClient, PictrsError
-from horde_scanner.scan.actions import Action
-from horde_scanner.scan.app import run_scan
+from horde_scanner.integrations.pictrs import PictrsClient, PictrsError
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.sweep.actions import Action
+from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import FakePictrs, validate_upload
 from tests import images
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import FakePictrs, validate_upload
 from tests.scan_helpers import audit_rows, scan_settings
 from tests.service import make_settings, running_service, wait_for
 

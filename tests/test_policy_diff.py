@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from horde_scanner.cli import main
-from horde_scanner.cli_policy import _Bar
-from horde_scanner.policy import Policy, PolicyError
-from horde_scanner.store import Store
+from horde_scanner.cli.policy import _Bar
+from horde_scanner.judging.policy import Policy, PolicyError
+from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Signals
 from tests.policy_history import CASES, OLD_POLICY, expected_flips, fill
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.backends.base import BackendUnavailable
-from horde_scanner.policy import CLIP_PREFIX, PRESCREEN_PREFIX, WORKER_CSAM, Policy, PolicyError
+from horde_scanner.judging.policy import (
+    CLIP_PREFIX,
+    PRESCREEN_PREFIX,
+    WORKER_CSAM,
+    Policy,
+    PolicyError,
+)
 from horde_scanner.verdict import Label, Signals
 from local_gpu.batching import DynamicBatcher
 

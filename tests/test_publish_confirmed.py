@@ -10,10 +10,10 @@ from pathlib import Path
 from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlist_format import parse
+from horde_scanner.hashlists.format import parse
+from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.verdict import Label, Signals, Verdict
 from tests import textures
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 ADMIN = "admin-token-0123456789"

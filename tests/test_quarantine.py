@@ -7,9 +7,9 @@ import asyncio
 import stat
 from pathlib import Path
 
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.quarantine import Quarantine, QuarantineItem
-from horde_scanner.store import Store
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.review.quarantine import Quarantine, QuarantineItem
+from horde_scanner.store.sqlite import Store
 
 
 class RecordingRestorer:

@@ -16,12 +16,12 @@ from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import Settings
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.scan.actions import Action
-from horde_scanner.scan.app import run_scan
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.sweep.actions import Action
+from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
 from tests.admin_helpers import TOKEN, admin_settings, call
-from tests.fakes.pictrs import validate_upload
 from tests.service import running_service
 
 API = "/api/v1/admin"

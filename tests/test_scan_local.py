@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.scan.actions import Action
-from horde_scanner.scan.app import run_apply, run_release, run_scan
-from horde_scanner.scan.local import LocalSource
-from horde_scanner.scan.records import ScanRecords
-from horde_scanner.scan.runner import FOLLOW_SLACK_S
-from horde_scanner.scan.source import Denied, Entry, ItemError
-from horde_scanner.store import Store
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.store.sqlite import Store
+from horde_scanner.sweep.actions import Action
+from horde_scanner.sweep.app import run_apply, run_release, run_scan
+from horde_scanner.sweep.local import LocalSource
+from horde_scanner.sweep.records import ScanRecords
+from horde_scanner.sweep.runner import FOLLOW_SLACK_S
+from horde_scanner.sweep.source import Denied, Entry, ItemError
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import FakePictrs, new_identifier
 from tests import images
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import FakePictrs, new_identifier
 from tests.scan_helpers import action_rows, audit_rows, cli, cli_env, scan_settings
 from tests.scan_trees import pictrs_tree, v7_time
 
@@ -492,7 +492,7 @@ async def test_killed_sweep_resumes_and_never_acts_twice(tmp_path: Path):
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     import io
 
-    from horde_scanner.scan.progress import Counts, Progress, summary_table
+    from horde_scanner.sweep.progress import Counts, Progress, summary_table
 
     counts = Counts(listed=200, seen=50, clean=40, csam=2, judged=42)
     out = io.StringIO()
@@ -505,7 +505,7 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     assert "[" in text and "92/200 files" in text and "ETA" in text and "/s" in text
     assert "CSAM somewhere\n" in text and text.endswith("\n")
 
-    caplog.set_level("INFO", logger="horde_scanner.scan")
+    caplog.set_level("INFO", logger="horde_scanner.sweep")
     plain = Progress(io.StringIO(), tty=False, log_every_s=3600)
     plain.update(counts)
     plain.update(counts)  # within the interval: no second line
@@ -554,7 +554,7 @@ async def test_backend_outage_keeps_the_work_and_the_sweep_finishes(tmp_path: Pa
 async def test_listing_resumes_exactly_after_any_checkpoint(tmp_path: Path, root: Path, tree):
     """Both walks (the threaded local one and the async one SSH uses) yield, after any
     checkpoint, exactly the tail of the full listing: nothing skipped, nothing twice."""
-    from horde_scanner.scan.layout import walk
+    from horde_scanner.sweep.layout import walk
 
     source = LocalSource(root, tmp_path / "q")
 

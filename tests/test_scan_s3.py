@@ -24,13 +24,13 @@ pytest.importorskip("moto")
 from aiobotocore.session import get_session  # noqa: E402
 
 from horde_scanner.backends.mock import MockBackend  # noqa: E402
-from horde_scanner.scan.actions import Action  # noqa: E402
-from horde_scanner.scan.address import make_source  # noqa: E402
-from horde_scanner.scan.app import run_apply, run_release, run_scan  # noqa: E402
-from horde_scanner.scan.s3 import S3Source  # noqa: E402
-from horde_scanner.scan.source import SourceError  # noqa: E402
+from horde_scanner.sweep.actions import Action  # noqa: E402
+from horde_scanner.sweep.address import make_source  # noqa: E402
+from horde_scanner.sweep.app import run_apply, run_release, run_scan  # noqa: E402
+from horde_scanner.sweep.s3 import S3Source  # noqa: E402
+from horde_scanner.sweep.source import SourceError  # noqa: E402
+from horde_scanner.testing.pictrs import new_identifier  # noqa: E402
 from tests import images  # noqa: E402
-from tests.fakes.pictrs import new_identifier  # noqa: E402
 from tests.scan_helpers import audit_rows, scan_settings  # noqa: E402
 from tests.scan_trees import pictrs_tree  # noqa: E402
 

@@ -21,9 +21,9 @@ import pytest
 asyncssh = pytest.importorskip("asyncssh")
 
 from horde_scanner.backends.mock import MockBackend  # noqa: E402
-from horde_scanner.scan.actions import Action  # noqa: E402
-from horde_scanner.scan.app import run_apply, run_release, run_scan  # noqa: E402
-from horde_scanner.scan.source import SourceError  # noqa: E402
+from horde_scanner.sweep.actions import Action  # noqa: E402
+from horde_scanner.sweep.app import run_apply, run_release, run_scan  # noqa: E402
+from horde_scanner.sweep.source import SourceError  # noqa: E402
 from tests.scan_helpers import action_rows, audit_rows, cli, cli_env, scan_settings  # noqa: E402
 from tests.scan_trees import pictrs_tree  # noqa: E402
 
@@ -146,7 +146,7 @@ async def test_cli_over_ssh_url(tmp_path: Path, sshd: Sshd):
     tree = pictrs_tree(v04={"green": 2}, v057={"red": 1}, thumbnails=0, non_media=False)
     remote = tmp_path / "files"
     tree.write(remote)
-    from tests.fakes.horde import FakeHorde
+    from horde_scanner.testing.horde import FakeHorde
 
     async with FakeHorde(latency=0.05) as horde:
         env = cli_env(

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from tests import images
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.service import CLIENT_ID, make_settings, running_service, wait_for
 
 SLOW = 128

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
-from horde_scanner.hashlist_format import HashEntry, dump_json, parse
+from horde_scanner.hashlists.format import HashEntry, dump_json, parse
 from horde_scanner.service.hashes import SUBSCRIBER
 from tests.service import make_settings, running_service
 

@@ -13,22 +13,22 @@ import aiohttp
 import av
 import pytest
 
-from horde_scanner import framesignals
 from horde_scanner.backends.base import judge_image
 from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.backends.mock import MockBackend, colour_marker_signals
 from horde_scanner.backends.prescreen import CLEARED, PrescreenBackend
 from horde_scanner.config import HordeSettings
-from horde_scanner.hashing import sha256_hex
-from horde_scanner.media import DecodeLimits, UnreadableMedia, decode, prepare
-from horde_scanner.policy import Policy
-from horde_scanner.scan.app import run_scan
-from horde_scanner.store import Store
+from horde_scanner.judging import frames as framesignals
+from horde_scanner.judging.policy import Policy
+from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, decode, prepare
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.store.sqlite import Store
+from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.verdict import Label
 from tests import images
 from tests import media_files as mf
-from tests.fakes.horde import FakeHorde
-from tests.fakes.pictrs import validate_upload
 from tests.scan_helpers import scan_settings
 from tests.service import make_settings, running_service
 

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from horde_scanner.backends.mock import colour_marker_signals
-from horde_scanner.hashing import sha256_hex
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.verdict import Label
 from tests import images
-from tests.fakes.pictrs import validate_upload
 from tests.service import make_settings, running_service
 
 KEY = "worker-secret"
@@ -236,7 +236,7 @@ async def test_bad_worker_requests_get_clear_errors(tmp_path: Path):
 async def test_our_worker_protocol_posts_signals(tmp_path: Path):
     """The rich variant without torch: a stand-in scorer gives CLIP-style scores and the
     service judges them with its own policy."""
-    from horde_scanner.policy import CLIP_PREFIX
+    from horde_scanner.judging.policy import CLIP_PREFIX
     from horde_scanner.verdict import Signals
     from local_gpu.worker import Worker, WorkerError
 

@@ -28,8 +28,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from horde_scanner import framesignals
-from horde_scanner.media import PreparedImage
+from horde_scanner.judging import frames as framesignals
+from horde_scanner.media.decode import PreparedImage
 from horde_scanner.verdict import Signals
 
 

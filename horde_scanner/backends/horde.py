@@ -33,11 +33,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from horde_scanner import PROJECT_URL, __version__, framesignals
+from horde_scanner import PROJECT_URL, __version__
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
 from horde_scanner.backends.ratelimit import TokenBucket
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
-from horde_scanner.media import Frame, PreparedImage, encode_webp
+from horde_scanner.judging import frames as framesignals
+from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)

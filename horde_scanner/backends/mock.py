@@ -8,7 +8,7 @@ from collections.abc import Callable
 from PIL import Image, ImageStat
 
 from horde_scanner.backends.base import BackendUnavailable, Readiness
-from horde_scanner.media import PreparedImage
+from horde_scanner.media.decode import PreparedImage
 from horde_scanner.verdict import Signals
 
 

@@ -19,7 +19,6 @@ from typing import Protocol
 
 from PIL import Image
 
-from horde_scanner import framesignals
 from horde_scanner.backends.base import (
     Backend,
     BackendUnavailable,
@@ -27,8 +26,9 @@ from horde_scanner.backends.base import (
     describe_paths,
     judge_image,
 )
-from horde_scanner.media import Frame, PreparedImage
-from horde_scanner.policy import PRESCREEN_PREFIX, PrescreenRules
+from horde_scanner.judging import frames as framesignals
+from horde_scanner.judging.policy import PRESCREEN_PREFIX, PrescreenRules
+from horde_scanner.media.decode import Frame, PreparedImage
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)

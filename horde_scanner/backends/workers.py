@@ -29,7 +29,7 @@ from enum import StrEnum
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
 from horde_scanner.config import WorkerPoolSettings
-from horde_scanner.media import PreparedImage
+from horde_scanner.media.decode import PreparedImage
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)

@@ -19,20 +19,20 @@ from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
-from horde_scanner.enforce import LatePositiveEnforcer
-from horde_scanner.hashmatch import HashMatcher
-from horde_scanner.judging import Judge, build_judge
-from horde_scanner.notify import Notifier, ReadinessWatcher, backend_event
-from horde_scanner.pictrs import PictrsClient
-from horde_scanner.policy import Policy
-from horde_scanner.progress import SweepProgress
-from horde_scanner.quarantine import Quarantine
-from horde_scanner.review import Review
-from horde_scanner.scan.holder import SweepQuarantine
+from horde_scanner.hashlists.matcher import HashMatcher
+from horde_scanner.integrations.enforce import LatePositiveEnforcer
+from horde_scanner.integrations.notify import Notifier, ReadinessWatcher, backend_event
+from horde_scanner.integrations.pictrs import PictrsClient
+from horde_scanner.judging.judge import Judge, build_judge
+from horde_scanner.judging.policy import Policy
+from horde_scanner.review.decisions import Review
+from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.service.auth import ClientAuth
 from horde_scanner.service.metrics import Metrics, Sources
 from horde_scanner.service.upload_body import ByteBudget
-from horde_scanner.store import Job, Store
+from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.sweep.holder import SweepQuarantine
+from horde_scanner.sweep.metrics import SweepProgress
 from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)

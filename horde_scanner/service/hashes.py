@@ -2,7 +2,7 @@
 subscriptions to theirs, which run while the service does.
 
 Publishing is off by default. When on, the list needs `Authorization: Bearer <publish_token>`
-unless `publish_public` is set. The body is the JSON exchange format (hashlist_format.py) of
+unless `publish_public` is set. The body is the JSON exchange format (hashlists/format.py) of
 this instance's own entries only, each saying who confirmed it and when: the deny list (admin
 confirmed positives and the admin's own deny entries) and imported entries; never what it
 subscribed to, so lists do not echo around a ring of instances, and never an unreviewed
@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from horde_scanner.config import HashesSettings
-from horde_scanner.hashlist_format import HashEntry, dump_json
-from horde_scanner.hashstore import HashStore
+from horde_scanner.hashlists.format import HashEntry, dump_json
+from horde_scanner.hashlists.store import HashStore
+from horde_scanner.hashlists.subscribe import Subscriber
 from horde_scanner.service.context import SERVICES
 from horde_scanner.service.errors import RequestError
-from horde_scanner.subscriptions import Subscriber
 
 
 class Publisher:

@@ -3,7 +3,7 @@
 Counted as things happen: validation latency, answers by label/route/answer, deadline hits by
 the on_timeout taken, judgements by label and backend, errors by kind. Read at scrape time
 from the objects that hold them: Horde requests in flight and estimated kudos, jobs waiting,
-backend up, notification counters, sweep progress (horde_scanner.progress).
+backend up, notification counters, sweep progress (horde_scanner.sweep.metrics).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from horde_scanner.backends.base import Backend
-from horde_scanner.judging import Outcome, Route
-from horde_scanner.notify import Notifier
-from horde_scanner.progress import SweepProgress
+from horde_scanner.integrations.notify import Notifier
+from horde_scanner.judging.judge import Outcome, Route
+from horde_scanner.sweep.metrics import SweepProgress
 
 PREFIX = "horde_scanner"
 # Validation answers must come well under pict-rs's 10 s; buckets resolve the cached path too.

@@ -15,7 +15,7 @@ import time
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
-from horde_scanner.judging import Outcome, Route
+from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
 from horde_scanner.service.upload_body import Pace, UploadBody, UploadCut, read_body

@@ -1,0 +1,235 @@
+"""`horde-scanner hashes ...`: export and import hash lists, look at subscriptions and flags."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, TypeVar
+
+import click
+
+from horde_scanner.config import Settings
+from horde_scanner.hashlists.format import (
+    SIGNALS,
+    HashEntry,
+    ListFormatError,
+    ParseReport,
+    dump_csv,
+    dump_json,
+    iso,
+    read_entries,
+)
+from horde_scanner.hashlists.store import LOCAL, Flag, HashStore, SubscriptionState
+from horde_scanner.store.sqlite import Store, StoreError
+
+T = TypeVar("T")
+
+_FORMAT = click.Choice(["csv", "json"])
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]
+    return settings
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def hashes() -> None:
+    """Hash lists: export, import, subscriptions, review flags."""
+
+
+@hashes.command("export")
+@click.option("--format", "fmt", type=_FORMAT, default="csv", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File to write (default: standard output).",
+)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Add the entries of subscribed lists (default: this instance's own, "
+    "exactly what GET /api/v1/hashes publishes).",
+)
+@click.option(
+    "--unreviewed",
+    is_flag=True,
+    help="Add machine positives no admin has confirmed (default: hashes.publish_unreviewed).",
+)
+@click.pass_context
+def export(
+    ctx: click.Context, fmt: str, output: Path | None, everything: bool, unreviewed: bool
+) -> None:
+    """Write the hash list (signal, value, label, source, first seen, note, who confirmed it
+    and when; no image bytes)."""
+    settings = _settings(ctx).hashes
+
+    async def go() -> list[HashEntry]:
+        async with await Store.open(_settings(ctx).store.path) as store:
+            hs = HashStore(store)
+            entries = await hs.published(
+                settings.publish_source,
+                settings.pdq_min_quality,
+                settings.pdq_max_distance,
+                unreviewed=unreviewed or settings.publish_unreviewed,
+            )
+            if everything:
+                seen = {(e.signal, e.value) for e in entries}
+                for sourced in await hs.all_entries():
+                    e = sourced.entry
+                    if sourced.origin != LOCAL and (e.signal, e.value) not in seen:
+                        seen.add((e.signal, e.value))
+                        entries.append(e)
+            return entries
+
+    entries = _run(go)
+    text = dump_json(entries) if fmt == "json" else dump_csv(entries)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"{output}: {exc.strerror}") from None
+    click.echo(f"wrote {len(entries)} entries to {output}", err=True)
+
+
+@hashes.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=_FORMAT,
+    default=None,
+    help="csv or json (default: told by the content).",
+)
+@click.option("--source", default="", help="Source for rows that name none.")
+@click.pass_context
+def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> None:
+    """Add the entries of FILE to this instance's deny list (origin `local`).
+
+    Bad rows are reported with their line numbers and skipped; the exit status is 1 when any
+    row was skipped."""
+    settings = _settings(ctx).hashes
+    report = ParseReport(max_errors=settings.max_row_errors)
+    try:
+        # Read as a stream from the file (stdin is not seekable: it is read whole first).
+        raw: IO[bytes] = (
+            io.BytesIO(sys.stdin.buffer.read()) if str(file) == "-" else file.open("rb")
+        )
+        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+            entries = list(read_entries(text, fmt, report, max_rows=settings.max_list_rows))
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror}") from None
+    except ListFormatError as exc:
+        raise click.ClickException(f"{file}: {exc}") from None
+    if source:
+        entries = [
+            e if e.source else HashEntry(e.signal, e.value, e.label, source, e.first_seen, e.note)
+            for e in entries
+        ]
+    for error in report.errors:
+        click.echo(f"{file}: {error} (skipped)", err=True)
+    if report.unlisted:
+        click.echo(f"{file}: {report.unlisted} more bad rows (not listed)", err=True)
+    errors = report.skipped
+
+    async def go() -> int:
+        async with await Store.open(_settings(ctx).store.path) as store:
+            written = await HashStore(store).add_entries(LOCAL, entries, by="cli:import")
+            await store.audit(
+                "hashes_imported",
+                action="import",
+                source="cli",
+                detail={"file": str(file), "entries": written, "skipped": errors},
+            )
+            return written
+
+    written = _run(go)
+    click.echo(f"imported {written} entries from {file}; skipped {errors} rows")
+    if errors:
+        sys.exit(1)
+
+
+@hashes.command("remove")
+@click.argument("signal", type=click.Choice(SIGNALS))
+@click.argument("value")
+@click.pass_context
+def remove(ctx: click.Context, signal: str, value: str) -> None:
+    """Take an imported entry off the list (it leaves the published list too)."""
+    value = value.strip().lower()
+
+    async def go() -> bool:
+        async with await Store.open(_settings(ctx).store.path) as store:
+            removed = await HashStore(store).remove_entry(LOCAL, signal, value)
+            if removed:
+                await store.audit(
+                    "hash_removed",
+                    action="remove",
+                    source="cli",
+                    detail={"signal": signal, "value": value},
+                )
+            return removed
+
+    if not _run(go):
+        raise click.ClickException(f"no imported {signal} entry {value}")
+    click.echo(f"removed {signal}:{value}")
+
+
+@hashes.command("subscriptions")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def subscriptions(ctx: click.Context, as_json: bool) -> None:
+    """State of each subscribed list: entries held, last good copy, last problem."""
+
+    async def go() -> list[SubscriptionState]:
+        async with await Store.open(_settings(ctx).store.path) as store:
+            return await HashStore(store).subscriptions()
+
+    states = _run(go)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(s) for s in states], indent=2))
+        return
+    if not states:
+        click.echo("no subscription has been fetched yet")
+    for s in states:
+        ok = iso(s.last_ok) if s.last_ok else "never"
+        problem = f"  last problem: {s.last_error}" if s.last_error else ""
+        click.echo(
+            f"{s.name}: {s.entries} entries ({s.skipped} rows skipped), "
+            f"last good copy {ok}, last status {s.last_status}{problem}"
+        )
+
+
+@hashes.command("flagged")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.pass_context
+def flagged(ctx: click.Context, limit: int) -> None:
+    """Images that matched a `review` source: accepted, waiting for an admin's look."""
+
+    async def go() -> list[Flag]:
+        async with await Store.open(_settings(ctx).store.path) as store:
+            return await HashStore(store).flags(limit)
+
+    flags = _run(go)
+    if not flags:
+        click.echo("nothing flagged")
+    for f in flags:
+        click.echo(
+            f"{iso(f.flagged_at)}  {f.sha256}  {f.signal}:{f.value} "
+            f"(distance {f.distance}) from {f.origin}  {f.source or ''}"
+        )

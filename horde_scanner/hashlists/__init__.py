@@ -1,0 +1,1 @@
+"""Perceptual hashes: the PDQ index and matcher, hash list storage, format, subscriptions."""

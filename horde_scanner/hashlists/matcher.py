@@ -1,0 +1,320 @@
+"""Matching images against the deny lists by hash, before any backend is asked.
+
+`HashMatcher` keeps the in-memory PDQ index (horde_scanner/hashlists/index.py) of every deny entry:
+this instance's confirmed positives and deny list, imported entries, and subscribed lists. It
+is loaded at start-up and kept in step with the store: hashes of new positives are added at
+once, and any other change (an import, an allow from the CLI, a subscription refresh) bumps the
+store's hash generation, which makes the index rebuild in the background while the old one
+keeps answering.
+
+Rules: a PDQ match needs distance <= `pdq_max_distance` and quality >= `pdq_min_quality` on the
+image's side (entries of our own below that quality are never indexed). An entry from a
+`review` source never rejects: the match is flagged for an admin and the image is judged as
+usual. An admin allow removes the allowed image's own entries and every deny entry within the
+match distance of its PDQ. A near match only ever makes a verdict worse: clean verdicts are
+reused for exact sha256 matches only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from horde_scanner.config import HashesSettings, HashTrust
+from horde_scanner.hashlists.format import iso
+from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
+from horde_scanner.hashlists.store import LOCAL, MATCH_BACKEND, VERDICT, HashStore, SourcedEntry
+from horde_scanner.media.hashing import PdqHash
+from horde_scanner.store.sqlite import Store
+from horde_scanner.verdict import Label, Verdict
+
+log = logging.getLogger(__name__)
+
+_TRUST_CODE = {HashTrust.DENY: DENY, HashTrust.REVIEW: REVIEW}
+_TRUST_NAME = {DENY: HashTrust.DENY, REVIEW: HashTrust.REVIEW}
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    signal: str  # sha256 | pdq
+    value: str
+    distance: int
+    trust: HashTrust
+    origin: str
+    label: Label
+    source: str
+    first_seen: float | None
+    note: str
+    sha256: str | None = None  # our own image the entry came from, if any
+
+    @property
+    def rejects(self) -> bool:
+        return self.trust is HashTrust.DENY
+
+    def reason(self) -> str:
+        where = {
+            VERDICT: "this instance's " + (self.note or "confirmed positive"),
+            LOCAL: "imported list",
+        }.get(self.origin, f"subscribed list {self.origin!r}")
+        parts = [f"{self.label.value} by {self.signal} match"]
+        if self.signal == "pdq":
+            parts[0] += f" (distance {self.distance})"
+        parts.append(f"entry {self.signal}:{self.value} from {where}")
+        if self.sha256:
+            parts.append(f"image {self.sha256}")
+        if self.source:
+            parts.append(f"source {self.source}")
+        if self.first_seen is not None:
+            parts.append(f"first seen {iso(self.first_seen)}")
+        if self.note and self.origin != VERDICT:
+            parts.append(f"note: {self.note}")
+        return "; ".join(parts)
+
+    def verdict(self, policy_version: str) -> Verdict:
+        return Verdict(
+            label=self.label,
+            reasons=[self.reason()],
+            backend=MATCH_BACKEND,
+            policy_version=policy_version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """What worker threads search; replaced whole, never changed in place."""
+
+    index: PdqIndex
+    extra: ExtraHashes
+    generation: int
+
+
+class HashMatcher:
+    def __init__(self, store: Store, settings: HashesSettings, executor: Executor) -> None:
+        self._store = store
+        self.hashes = HashStore(store)
+        self.settings = settings
+        self._executor = executor
+        self._trust = {LOCAL: DENY, VERDICT: DENY}
+        self._trust.update({sub.name: _TRUST_CODE[sub.trust] for sub in settings.subscriptions})
+        self._snapshot = _Snapshot(PdqIndex(np.zeros((0, 4), dtype=np.uint64)), ExtraHashes(), -1)
+        self._task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self.last_load_s = 0.0
+
+    @property
+    def max_distance(self) -> int:
+        return self.settings.pdq_max_distance
+
+    @property
+    def size(self) -> int:
+        snap = self._snapshot
+        return len(snap.index) + len(snap.extra)
+
+    @property
+    def index_bytes(self) -> int:
+        snap = self._snapshot
+        return snap.index.nbytes + snap.extra.words.nbytes + snap.extra.trust.nbytes
+
+    async def start(self) -> None:
+        stale = await self.hashes.drop_origins_except(self._trust)
+        if stale:
+            log.info("dropped entries of subscriptions no longer configured: %s", stale)
+        await self.reload()
+        self._task = asyncio.create_task(self._sync_loop(), name="hash-index-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _sync_loop(self) -> None:
+        while True:
+            # A big index takes seconds to load: spend at most a tenth of the time loading.
+            await asyncio.sleep(max(self.settings.sync_interval_s, 9 * self.last_load_s))
+            try:
+                if await self.hashes.generation() != self._snapshot.generation:
+                    await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("hash index sync failed")
+
+    async def reload(self) -> None:
+        """Rebuild the index from the store (the old one answers until the new one is ready)."""
+        async with self._reload_lock:
+            started = time.monotonic()
+            generation = await self.hashes.generation()
+            # Positives noted from now on may be missing from what is read next: keep them.
+            kept_from = len(self._snapshot.extra)
+            loop = asyncio.get_running_loop()
+            words: list[np.ndarray] = []
+            trust: list[np.ndarray] = []
+            async for values, origins in self.hashes.index_rows(self.settings.pdq_min_quality):
+                w, t = await loop.run_in_executor(self._executor, self._convert, values, origins)
+                words.append(w)
+                trust.append(t)
+            allowed = await self.hashes.allowed_pdq(self.settings.pdq_min_quality)
+            index = await loop.run_in_executor(self._executor, self._build, words, trust, allowed)
+            extra = self._snapshot.extra
+            kept = ExtraHashes(extra.words[kept_from:], extra.trust[kept_from:])
+            self._snapshot = _Snapshot(index, kept, generation)
+            self.last_load_s = time.monotonic() - started
+            log.info(
+                "hash index: %d PDQ hashes (%.1f MB) loaded in %.2f s",
+                len(index),
+                index.nbytes / 1e6,
+                self.last_load_s,
+            )
+
+    def _convert(self, values: list[str], origins: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        # Origins not configured (a subscription just removed) hold nothing any more.
+        trust = np.array([self._trust.get(o, 255) for o in origins], dtype=np.uint8)
+        keep = trust != 255
+        words = hex_to_words(values)
+        return (words, trust) if keep.all() else (words[keep], trust[keep])
+
+    def _build(
+        self, words: list[np.ndarray], trust: list[np.ndarray], allowed: list[str]
+    ) -> PdqIndex:
+        index = PdqIndex.from_chunks(
+            words, np.concatenate(trust) if trust else np.zeros(0, dtype=np.uint8)
+        )
+        for value in allowed:
+            hits = index.search(value, self.max_distance)
+            index.suppress(np.array([hit.row for hit in hits], dtype=np.int64))
+        _release_free_memory()
+        return index
+
+    # -- matching ------------------------------------------------------------------------------
+
+    def search(self, hashes: Sequence[PdqHash]) -> list[Hit]:
+        """Index hits for an image's hashes. Blocking (about a millisecond): call it from the
+        worker thread that decoded the image."""
+        snap = self._snapshot
+        hits: list[Hit] = []
+        for h in hashes:
+            if h.quality < self.settings.pdq_min_quality:
+                continue
+            hits += snap.index.search(h.hex, self.max_distance)
+            hits += snap.extra.search(h.hex, self.max_distance)
+        return hits
+
+    async def resolve(self, hits: Sequence[Hit]) -> Match | None:
+        """The best hit as a Match: the nearest deny entry, else the nearest review entry."""
+        for trust in (DENY, REVIEW):
+            for hit in sorted((h for h in hits if h.trust == trust), key=lambda h: h.distance):
+                entries = await self.hashes.describe_pdq(hit.value)
+                entry = self._pick(entries, trust)
+                if entry is not None:
+                    return _match(entry, hit.distance, _TRUST_NAME[trust])
+        return None
+
+    async def match_image(self, hashes: Sequence[PdqHash]) -> Match | None:
+        if not any(h.quality >= self.settings.pdq_min_quality for h in hashes):
+            return None
+        loop = asyncio.get_running_loop()
+        hits = await loop.run_in_executor(self._executor, self.search, hashes)
+        return await self.resolve(hits)
+
+    async def match_sha256(self, sha256: str) -> Match | None:
+        """An exact sha256 entry of an imported or subscribed list (the admin's own deny list
+        is the `lists` table, answered by the Judge itself)."""
+        entries = await self.hashes.sha256_entries(sha256)
+        for trust in (DENY, REVIEW):
+            entry = self._pick(entries, trust)
+            if entry is not None:
+                return _match(entry, 0, _TRUST_NAME[trust])
+        return None
+
+    async def match_stored(self, sha256: str) -> Match | None:
+        """Match an image judged before by the PDQ kept with its verdict (no decoding)."""
+        return await self.match_image(await self.hashes.pdq_of(sha256))
+
+    def _pick(self, entries: Sequence[SourcedEntry], trust: int) -> SourcedEntry | None:
+        for entry in entries:
+            if self._trust.get(entry.origin) == trust:
+                return entry
+        return None
+
+    # -- keeping in step -----------------------------------------------------------------------
+
+    async def save(self, sha256: str, hashes: Sequence[PdqHash]) -> None:
+        await self.hashes.save_pdq(sha256, hashes)
+
+    async def note_verdict(self, sha256: str, verdict: Verdict) -> bool:
+        """A backend found a positive: its PDQ joins the index now, not at the next reload.
+        True when the index changed."""
+        if verdict.label is not Label.CSAM or verdict.backend == MATCH_BACKEND:
+            return False
+        # Of an animation or video, only the frames that carried the finding.
+        frames = set(verdict.frames) if verdict.frames else None
+        if frames is not None:
+            await self.hashes.keep_frames(sha256, sorted(frames))
+        good = [
+            h.hex
+            for h in await self.hashes.pdq_of(sha256)
+            if h.quality >= self.settings.pdq_min_quality and (frames is None or h.frame in frames)
+        ]
+        if not good:
+            return False
+        snap = self._snapshot
+        self._snapshot = _Snapshot(snap.index, snap.extra.plus(good, DENY), snap.generation)
+        return True
+
+    async def flag(self, sha256: str, match: Match, source: str | None) -> None:
+        """A review source matched: note it for an admin, once per image and entry."""
+        new = await self.hashes.flag(
+            sha256, match.origin, match.signal, match.value, match.distance, source
+        )
+        if new:
+            log.warning("review: %s matches %s", sha256[:12], match.reason())
+            await self._store.audit(
+                "hash_review",
+                sha256=sha256,
+                label=match.label.value,
+                action="flag",
+                source=source,
+                detail={
+                    "origin": match.origin,
+                    "signal": match.signal,
+                    "value": match.value,
+                    "distance": match.distance,
+                    "reason": match.reason(),
+                },
+            )
+
+
+def _release_free_memory() -> None:
+    """Hand the building's temporary arrays back to the OS (glibc keeps freed heap memory,
+    and a million-hash load frees about as much as the index itself)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the memory is reused by the next load instead
+
+
+def _match(entry: SourcedEntry, distance: int, trust: HashTrust) -> Match:
+    e = entry.entry
+    return Match(
+        signal=e.signal,
+        value=e.value,
+        distance=distance,
+        trust=trust,
+        origin=entry.origin,
+        label=Label(e.label),
+        source=e.source,
+        first_seen=e.first_seen,
+        note=e.note,
+        sha256=entry.sha256,
+    )

@@ -1,0 +1,1 @@
+"""The peers we talk to: pict-rs's internal API, webhooks, late-positive enforcement."""

@@ -1,0 +1,1 @@
+"""The Judge pipeline, persisted jobs, the policy and per-frame signals."""

@@ -1,0 +1,250 @@
+"""Background judgements that survive a restart.
+
+Every miss becomes a row in the store's `jobs` table before anything else happens, so a crash,
+a restart or a backend outage loses nothing. A fixed set of worker tasks takes rows from the
+table through a small in-memory queue: memory holds at most `2 x workers` payloads however many
+images wait, and no task is spawned per request.
+
+Whoever needs the outcome of a job (an upload waiting on its deadline, a sweep, `check`) gets
+a Future for it by sha256; identical images share one job and one Future ("single flight").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from horde_scanner.backends.base import BackendUnavailable
+from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.verdict import Label, Verdict
+
+log = logging.getLogger(__name__)
+
+Processor = Callable[[Job], Awaitable[Verdict]]
+# (job, verdict, what the validation endpoint answered before the verdict came, if anything)
+FinishedHook = Callable[[Job, Verdict, str | None], Awaitable[None]]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: Store,
+        process: Processor,
+        on_finished: FinishedHook,
+        *,
+        workers: int,
+        max_attempts: int = 50,
+        max_backoff_s: float = 300.0,
+    ) -> None:
+        self._store = store
+        self._process = process
+        self._on_finished = on_finished
+        self._workers = workers
+        self.max_attempts = max_attempts
+        self.max_backoff_s = max_backoff_s
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=workers)
+        self._futures: dict[str, asyncio.Future[Verdict]] = {}
+        # Answers given while a job was still running; read by the worker that finishes it,
+        # and saved to the job row in batches (save_answers) so that a restart keeps them.
+        self._answers: dict[str, str] = {}
+        self._unsaved_answers: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Verdicts being written: a stop must wait for these, not cut them off half-recorded.
+        self._finishing: set[asyncio.Future[None]] = set()
+        self.busy = 0
+        # Why judgements had to be tried again, by kind (read by /metrics).
+        self.failures: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._feed(), name="jobs-feeder")]
+        self._tasks += [
+            asyncio.create_task(self._work(), name=f"jobs-worker-{i}") for i in range(self._workers)
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        # Jobs claimed but not finished go back to pending in the store on the next open.
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.cancel()
+        self._futures.clear()
+
+    def future_for(self, sha256: str) -> asyncio.Future[Verdict] | None:
+        return self._futures.get(sha256)
+
+    async def submit(
+        self,
+        sha256: str,
+        payload: bytes,
+        *,
+        media_type: str | None,
+        size: int | None,
+        source: str | None,
+    ) -> asyncio.Future[Verdict]:
+        """Persist a job (unless one for this hash exists) and return its Future."""
+        fut = self._futures.get(sha256)
+        if fut is not None:
+            return fut
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[sha256] = fut
+        try:
+            await self._store.add_job(
+                sha256, payload, media_type=media_type, size=size, source=source
+            )
+        except BaseException:
+            self._futures.pop(sha256, None)
+            raise
+        self._wake.set()
+        return fut
+
+    async def run_inline(
+        self,
+        sha256: str,
+        payload: bytes,
+        *,
+        media_type: str | None,
+        size: int | None,
+        source: str | None,
+    ) -> asyncio.Future[Verdict]:
+        """Judge now, in the caller's task, without a job row: for callers that wait for the
+        verdict anyway and redo the work themselves after a crash (a sweep reads the file
+        again). Same processor, same finish and single flight as `submit`; when the backend
+        is unavailable the work becomes an ordinary persisted job, retried with backoff.
+        """
+        fut = self._futures.get(sha256)
+        if fut is not None:
+            return fut
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[sha256] = fut
+        job = Job(sha256, payload, media_type, size, source, None, 0)
+        try:
+            verdict = await self._process(job)
+        except Exception as exc:  # BackendUnavailable, or a backend bug: treated alike
+            reason = exc.reason if isinstance(exc, BackendUnavailable) else "internal error"
+            if not isinstance(exc, BackendUnavailable):
+                log.exception("job %s failed unexpectedly", sha256[:12])
+            delay = exc.retry_after_s if isinstance(exc, BackendUnavailable) else None
+            log.info("job %s: %s; persisted for retry", sha256[:12], reason)
+            await self._store.add_job(
+                sha256, payload, media_type=media_type, size=size, source=source
+            )
+            await self._store.retry_job(sha256, delay_s=delay or 1.0, error=reason)
+            self._wake.set()
+            return fut
+        except BaseException:
+            # Cancelled: whoever else waits on this hash gets an error, not a hang.
+            self._futures.pop(sha256, None)
+            if not fut.done():
+                fut.set_exception(BackendUnavailable("judgement interrupted"))
+                fut.add_done_callback(lambda f: f.exception())
+            raise
+        await self._finish(job, verdict, persisted=False)
+        return fut
+
+    def note_answer(self, sha256: str, answer: str) -> None:
+        """Record, synchronously, that an answer was given before the verdict existed."""
+        if self._answers.get(sha256) != "accept":
+            self._answers[sha256] = answer
+            self._unsaved_answers[sha256] = answer
+
+    async def save_answers(self) -> None:
+        if self._unsaved_answers:
+            answers, self._unsaved_answers = self._unsaved_answers, {}
+            await self._store.set_job_answers(answers)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._futures)
+
+    async def _feed(self) -> None:
+        while True:
+            self._wake.clear()
+            room = self._queue.maxsize - self._queue.qsize()
+            jobs = await self._store.claim_jobs(room) if room > 0 else []
+            for job in jobs:
+                await self._queue.put(job)
+            if jobs and len(jobs) == room:
+                # Queue full: wait for a worker to take one before claiming more.
+                await self._wait_wake(0.05)
+                continue
+            next_at = await self._store.next_job_time()
+            delay = 5.0 if next_at is None else min(5.0, max(0.0, next_at - time.time()))
+            await self._wait_wake(delay)
+
+    async def _wait_wake(self, wait_s: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and stop() would then wait forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._wake.wait()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            self._wake.set()  # room in the queue
+            self.busy += 1
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not kill the worker; the job is retried later
+                self.failures["internal"] += 1
+                log.exception("job %s failed unexpectedly", job.sha256[:12])
+                await self._retry(job, 60.0, "internal error")
+            finally:
+                self.busy -= 1
+
+    async def _run(self, job: Job) -> None:
+        try:
+            verdict = await self._process(job)
+        except BackendUnavailable as exc:
+            self.failures["backend_unavailable"] += 1
+            if job.attempts + 1 >= self.max_attempts:
+                verdict = Verdict(
+                    label=Label.ERROR,
+                    reasons=[f"not judged after {job.attempts + 1} attempts: {exc.reason}"],
+                    backend="runner",
+                )
+            else:
+                backoff = min(self.max_backoff_s, 2.0 ** min(job.attempts, 16))
+                await self._retry(job, max(backoff, exc.retry_after_s or 0.0), exc.reason)
+                return
+        finishing = asyncio.ensure_future(self._finish(job, verdict))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finishing.discard)
+        await asyncio.shield(finishing)
+
+    async def _retry(self, job: Job, delay_s: float, reason: str) -> None:
+        log.info("job %s: %s; retrying in %.0f s", job.sha256[:12], reason, delay_s)
+        await self._store.retry_job(job.sha256, delay_s=delay_s, error=reason)
+        self._wake.set()
+
+    async def _finish(self, job: Job, verdict: Verdict, *, persisted: bool = True) -> None:
+        await self._store.put_verdict(
+            job.sha256, verdict, media_type=job.media_type, size=job.size, source=job.source
+        )
+        # Resolve and read the early answer in one synchronous step, so that an upload timing
+        # out at this very moment either sees the verdict or leaves its answer for us.
+        fut = self._futures.pop(job.sha256, None)
+        if fut is not None and not fut.done():
+            fut.set_result(verdict)
+        answered = self._answers.pop(job.sha256, None)
+        self._unsaved_answers.pop(job.sha256, None)
+        stored = await self._store.finish_job(job.sha256) if persisted else None
+        given = {answered, stored} - {None}
+        await self._on_finished(
+            job, verdict, "accept" if "accept" in given else given.pop() if given else None
+        )

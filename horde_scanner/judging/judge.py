@@ -1,0 +1,456 @@
+"""The one pipeline every image goes through, whoever asks (upload, sweep, `check`):
+
+    bytes -> sha256 -> allow/deny list -> hash lists (exact sha256) -> cached verdict
+          (re-judged if the policy changed; re-checked against the PDQ index unless csam)
+          -> persisted job -> decode + PDQ + index search (bounded pool) -> PDQ match? -> verdict
+          -> backend -> policy -> verdict
+
+`evaluate()` returns within its timeout whatever happens; the job goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from enum import StrEnum
+
+from horde_scanner.backends.base import Backend, BackendFailed, judge_image
+from horde_scanner.backends.prescreen import CLEARED
+from horde_scanner.config import Settings
+from horde_scanner.hashlists.index import DENY, Hit
+from horde_scanner.hashlists.matcher import HashMatcher
+from horde_scanner.hashlists.store import MATCH_BACKEND
+from horde_scanner.judging.jobs import FinishedHook, JobRunner
+from horde_scanner.judging.policy import Policy
+from horde_scanner.judging.second_opinion import SecondOpinion
+from horde_scanner.media.decode import (
+    DecodedImage,
+    DecodeLimits,
+    PreparedImage,
+    UnreadableMedia,
+    decode,
+    encode_for_backend,
+    sniff,
+)
+from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
+from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.verdict import Label, Verdict
+
+log = logging.getLogger(__name__)
+
+# Hashing big bodies off the loop pays for the thread hop above this size.
+_HASH_IN_POOL_BYTES = 1 << 20
+
+
+class Route(StrEnum):
+    """How an answer was reached (for logs, audit and metrics)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    # A hash list entry (exact sha256, or PDQ within distance) answered: no backend call.
+    MATCH = "match"
+    CACHE = "cache"
+    BACKEND = "backend"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    sha256: str
+    route: Route
+    verdict: Verdict | None  # None only when the timeout came first
+    media_type: str | None = None
+    size: int | None = None
+
+    @property
+    def label(self) -> Label | None:
+        return self.verdict.label if self.verdict else None
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """What one evaluate() call knows so far, shared with its admission task."""
+
+    sha256: str | None
+    media_type: str | None
+    size: int
+    submitted: bool = False
+    answer: str | None = None
+
+    def outcome(self, route: Route, verdict: Verdict | None) -> Outcome:
+        if route is Route.BACKEND and verdict is not None and verdict.backend == MATCH_BACKEND:
+            route = Route.MATCH  # a hash-list match made in the job, before any backend call
+        return Outcome(self.sha256 or "", route, verdict, self.media_type, self.size)
+
+
+class Judge:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        backend: Backend,
+        executor: Executor,
+        *,
+        limits: DecodeLimits,
+        workers: int,
+        cache_size: int = 100_000,
+        max_attempts: int = 50,
+        on_finished: FinishedHook | None = None,
+        hashes: HashMatcher | None = None,
+        second_opinion: Backend | None = None,
+        second_opinion_max_pending: int = 100,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.backend = backend
+        self._executor = executor
+        self._limits = limits
+        self._cache: OrderedDict[str, Outcome] = OrderedDict()
+        self._cache_size = cache_size
+        self._extra_hook = on_finished
+        self.hashes = hashes
+        self.runner = JobRunner(
+            store, self._process, self._finished, workers=workers, max_attempts=max_attempts
+        )
+        self._data_version: int | None = None
+        # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
+        self._forgets = 0
+        self._sync_task: asyncio.Task[None] | None = None
+        # Images the pre-screen cleared, held from judgement to stored verdict for a second
+        # opinion (at most one per running job).
+        self.second_opinion: SecondOpinion | None = None
+        self._held: dict[str, PreparedImage] = {}
+        if second_opinion is not None:
+            self.second_opinion = SecondOpinion(
+                store,
+                policy,
+                second_opinion,
+                max_pending=second_opinion_max_pending,
+                on_worse=on_finished,
+                forget=self.forget,
+            )
+
+    async def start(self) -> None:
+        await self.runner.start()
+        self._data_version = await self.store.data_version()
+        self._sync_task = asyncio.create_task(self._sync_loop(), name="judge-sync")
+
+    async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            try:
+                await self._sync_task
+            except asyncio.CancelledError:
+                pass
+        await self.runner.stop()
+        await self.runner.save_answers()
+        if self.second_opinion is not None:
+            await self.second_opinion.stop()
+        self._held.clear()
+        await self.store.flush_audit()
+
+    async def _sync_loop(self) -> None:
+        # Another process (the CLI's `allow`, a sweep) may change lists or verdicts; drop our
+        # in-memory answers when it does. Audit rows are flushed on the same beat.
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                version = await self.store.data_version()
+                if version != self._data_version:
+                    self._data_version = version
+                    self._cache.clear()
+                await self.runner.save_answers()
+                await self.store.flush_audit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("store sync failed")
+
+    def forget(self, sha256: str | None = None) -> None:
+        """Drop cached answers (one, or all) after a list or verdict changed in-process."""
+        self._forgets += 1
+        if sha256 is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(sha256, None)
+
+    def _remember(self, outcome: Outcome) -> Outcome:
+        if self._cache_size:
+            self._cache[outcome.sha256] = outcome
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return outcome
+
+    async def sha256(self, data: bytes) -> str:
+        if len(data) > _HASH_IN_POOL_BYTES:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, sha256_hex, data)
+        return sha256_hex(data)
+
+    async def lookup(self, sha256: str) -> Outcome | None:
+        """Lists, then the verdict cache. Never calls a backend."""
+        hit = self._cache.get(sha256)
+        if hit is not None:
+            self._cache.move_to_end(sha256)
+            return hit
+        kind = await self.store.list_kind(sha256)
+        if kind == "allow":
+            verdict = Verdict(label=Label.CLEAN, reasons=["allow list"], backend="list")
+            return self._remember(Outcome(sha256, Route.ALLOW, verdict))
+        if kind == "deny":
+            verdict = Verdict(label=Label.CSAM, reasons=["deny list"], backend="list")
+            return self._remember(Outcome(sha256, Route.DENY, verdict))
+        if self.hashes is not None:
+            match = await self.hashes.match_sha256(sha256)
+            if match is not None and match.rejects:
+                verdict = match.verdict(self.policy.version)
+                return self._remember(Outcome(sha256, Route.MATCH, verdict))
+        stored = await self.store.get_verdict(sha256)
+        # Errors and unreadable results were never judgements: look again.
+        if stored is None or stored.verdict.label in (Label.ERROR, Label.UNREADABLE):
+            return None
+        verdict = stored.verdict
+        from_list = verdict.backend == MATCH_BACKEND
+        if self.hashes is not None and (verdict.label is not Label.CSAM or from_list):
+            # A deny entry may have arrived since this image was judged (its PDQ is kept).
+            match = await self.hashes.match_stored(sha256)
+            if match is not None and match.rejects:
+                verdict = match.verdict(self.policy.version)
+                outcome = Outcome(sha256, Route.MATCH, verdict, stored.media_type, stored.size)
+                return self._remember(outcome)
+            if from_list:
+                # A verdict that rested on a hash entry lasts only as long as the entry (an
+                # admin allow, or a source that dropped it): otherwise judge the image afresh.
+                return None
+        if verdict.policy_version != self.policy.version and verdict.signals is not None:
+            verdict = self.policy.judge(verdict.signals)
+            await self.store.put_verdict(sha256, verdict)
+            await self.store.audit(
+                "rejudged",
+                sha256=sha256,
+                label=verdict.label.value,
+                detail={"from": stored.verdict.label.value, "policy": self.policy.version},
+            )
+        outcome = Outcome(sha256, Route.CACHE, verdict, stored.media_type, stored.size)
+        return self._remember(outcome)
+
+    async def evaluate(
+        self,
+        data: bytes,
+        *,
+        source: str,
+        within_s: float | None,
+        sha256: str | None = None,
+        answer_if_late: str | None = None,
+        on_admitted: Callable[[], None] | None = None,
+        durable: bool = True,
+    ) -> Outcome:
+        """Judge `data`, returning within `within_s` seconds (None: as long as it takes).
+
+        When time runs out first, everything already started goes on in the background (the
+        job is persisted even if that was still under way), and `answer_if_late`, what the
+        caller answers instead, is remembered so that a late positive can be enforced.
+        `on_admitted` is called once the bytes are no longer needed (answered from the lists or
+        cache, or persisted as a job), so a caller can bound how many bodies it holds.
+
+        `durable=False` (only with `within_s=None`) is the fast path for callers that wait
+        anyway and can redo the work after a crash, like a storage sweep: a miss is judged in
+        the caller's task without a persisted job row (the rest of the pipeline is the same).
+        """
+        ticket = _Ticket(sha256=sha256, media_type=sniff(data), size=len(data))
+        if within_s is None:
+            admitted = await self._admit(data, source, ticket, on_admitted, inline=not durable)
+            if isinstance(admitted, Outcome):
+                return admitted
+            return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
+        admission = asyncio.ensure_future(self._admit(data, source, ticket, on_admitted))
+        del data  # the admission (then the job row) holds the bytes; do not keep them here
+        try:
+            async with asyncio.timeout(within_s):
+                admitted = await asyncio.shield(admission)
+                if isinstance(admitted, Outcome):
+                    return admitted
+                return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
+        except TimeoutError:
+            pass
+        # From here to the return nothing awaits: a verdict landing now is either seen here or
+        # finds the answer noted for it.
+        if admission.done() and not admission.cancelled() and admission.exception() is None:
+            admitted = admission.result()
+            if isinstance(admitted, Outcome):
+                return admitted
+            if admitted.done() and not admitted.cancelled():
+                return ticket.outcome(Route.BACKEND, admitted.result())
+        if answer_if_late is not None:
+            ticket.answer = answer_if_late
+            if ticket.submitted and ticket.sha256:
+                self.runner.note_answer(ticket.sha256, answer_if_late)
+        return ticket.outcome(Route.TIMEOUT, None)
+
+    async def _admit(
+        self,
+        data: bytes,
+        source: str,
+        ticket: _Ticket,
+        on_admitted: Callable[[], None] | None,
+        *,
+        inline: bool = False,
+    ) -> Outcome | asyncio.Future[Verdict]:
+        """Hash, look up, and if unknown persist a job: an Outcome, or the job's Future."""
+        try:
+            sha = ticket.sha256 = ticket.sha256 or await self.sha256(data)
+            known = await self.lookup(sha)
+            if known is not None:
+                return known
+            submit = self.runner.run_inline if inline else self.runner.submit
+            fut = self.runner.future_for(sha) or await submit(
+                sha, data, media_type=ticket.media_type, size=ticket.size, source=source
+            )
+        finally:
+            if on_admitted is not None:
+                on_admitted()
+        ticket.submitted = True
+        if ticket.answer is not None:
+            self.runner.note_answer(sha, ticket.answer)
+        return fut
+
+    def _decode(
+        self, payload: bytes
+    ) -> tuple[DecodedImage, PreparedImage | None, list[PdqHash], list[Hit]]:
+        """Decode once, hash the pixels, search the index, and encode for the backend unless
+        a deny entry matched (the encoding costs more than all the rest): one pool trip."""
+        decoded = decode(payload, self._limits)
+        try:
+            frames = decoded.frames or ()
+            if frames:
+                hashes = [pdq_hash(f.image, frame=f.index) for f in frames]
+            else:
+                hashes = [pdq_hash(decoded.image)]
+        except (ValueError, TypeError) as exc:  # no hash is no match, not a failed judgement
+            log.warning("no PDQ for a %s image: %s", decoded.media_type, exc)
+            hashes = []
+        hits = self.hashes.search(hashes) if self.hashes is not None else []
+        if any(hit.trust == DENY for hit in hits):
+            return decoded, None, hashes, hits
+        return decoded, encode_for_backend(decoded, payload, self._limits), hashes, hits
+
+    def _unreadable(self, exc: UnreadableMedia) -> Verdict:
+        return Verdict(
+            label=Label.UNREADABLE,
+            reasons=[exc.reason],
+            backend="decoder",
+            policy_version=self.policy.version,
+        )
+
+    async def _process(self, job: Job) -> Verdict:
+        loop = asyncio.get_running_loop()
+        try:
+            decoded, prepared, hashes, hits = await loop.run_in_executor(
+                self._executor, self._decode, job.payload
+            )
+        except UnreadableMedia as exc:
+            return self._unreadable(exc)
+        if self.hashes is not None:
+            await self.hashes.save(job.sha256, hashes)
+            matches = [await self.hashes.match_sha256(job.sha256), await self.hashes.resolve(hits)]
+            for match in matches:
+                if match is not None and match.rejects:
+                    return match.verdict(self.policy.version)
+            for match in matches:
+                if match is not None:  # from a `review` source: judge as usual, flag it
+                    await self.hashes.flag(job.sha256, match, job.source)
+        if prepared is None:
+            try:
+                prepared = await loop.run_in_executor(
+                    self._executor, encode_for_backend, decoded, job.payload, self._limits
+                )
+            except UnreadableMedia as exc:
+                return self._unreadable(exc)
+        try:
+            signals = await judge_image(self.backend, prepared)
+        except BackendFailed as exc:
+            return Verdict(
+                label=Label.ERROR,
+                reasons=[str(exc)],
+                backend=self.backend.name,
+                policy_version=self.policy.version,
+            )
+        if self.second_opinion is not None and signals.extra.get("prescreen") == CLEARED:
+            self._held[job.sha256] = prepared
+        return self.policy.judge(signals)
+
+    async def _finished(self, job: Job, verdict: Verdict, answered: str | None) -> None:
+        await self.store.audit(
+            "judged",
+            sha256=job.sha256,
+            label=verdict.label.value,
+            source=job.source,
+            detail={
+                "reasons": verdict.reasons,
+                "backend": verdict.backend,
+                "answered_before": answered,
+            },
+        )
+        if self.hashes is not None and await self.hashes.note_verdict(job.sha256, verdict):
+            # Cached answers for look-alikes of the new positive must be looked up again.
+            self.forget()
+        # An admin may list this hash while the job finishes (the upload already has its
+        # answer): a list decision must not be hidden by this verdict. No await may come
+        # between the generation check and remembering.
+        generation = self._forgets
+        if (
+            verdict.label not in (Label.ERROR, Label.UNREADABLE)
+            and await self.store.list_kind(job.sha256) is None
+            and generation == self._forgets
+        ):
+            self._remember(Outcome(job.sha256, Route.CACHE, verdict, job.media_type, job.size))
+        held = self._held.pop(job.sha256, None)
+        if held is not None and self.second_opinion is not None:
+            self.second_opinion.offer(job, held, verdict)
+        if self._extra_hook is not None:
+            await self._extra_hook(job, verdict, answered)
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(
+        max_pixels=settings.media.max_pixels,
+        backend_max_side=settings.media.backend_max_side,
+        webp_quality=settings.media.webp_quality,
+        max_frames=settings.media.max_frames,
+        max_frame_count=settings.media.max_frame_count,
+        max_total_pixels=settings.media.max_total_pixels,
+        max_decode_s=settings.media.max_decode_s,
+        near_duplicate_bits=settings.media.near_duplicate_bits,
+    )
+
+
+def build_judge(
+    settings: Settings,
+    store: Store,
+    policy: Policy,
+    backend: Backend,
+    executor: Executor,
+    *,
+    on_finished: FinishedHook | None = None,
+    hashes: HashMatcher | None = None,
+    second_opinion: Backend | None = None,
+) -> Judge:
+    """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
+    return Judge(
+        store,
+        policy,
+        backend,
+        executor,
+        limits=decode_limits(settings),
+        workers=settings.horde.max_in_flight,
+        cache_size=settings.validation.verdict_cache_size,
+        max_attempts=settings.validation.job_max_attempts,
+        on_finished=on_finished,
+        hashes=hashes,
+        second_opinion=second_opinion,
+        second_opinion_max_pending=settings.prescreen.second_opinion_max_pending,
+    )

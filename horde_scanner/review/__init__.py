@@ -1,0 +1,1 @@
+"""An admin's decisions, quarantine and evidence records."""

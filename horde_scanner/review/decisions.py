@@ -1,0 +1,367 @@
+"""An admin's decisions about flagged images, shared by the admin API and the review page.
+
+allow    allow-list the hash (always accepted from now on) and release it from every
+         quarantine holder (the admin's own and the sweeps': copies go back where found)
+confirm  deny-list the hash (always rejected) and discard the quarantined copies (the admin
+         holder deletes its copy; sweep copies stay as evidence, the decision is recorded)
+rejudge  with the current policy from the stored signals, or a fresh backend call on the
+         quarantined copy (the only bytes we keep)
+
+Every decision writes one audit record naming who made it, and is visible to the running
+Judge at once (`judge.forget`); other processes see it through the store's data version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from horde_scanner.judging.judge import Judge
+from horde_scanner.media.decode import sniff
+from horde_scanner.review.evidence import iso
+from horde_scanner.review.quarantine import HELD, Quarantine, QuarantineHolder, ReleaseResult
+from horde_scanner.store.sqlite import Store, StoredVerdict, _verdict_from_row
+from horde_scanner.verdict import Label
+
+POSITIVE = (Label.CSAM.value, Label.NSFW.value)
+UNSCANNED = (Label.UNREADABLE.value, Label.ERROR.value)
+_VERDICT_COLUMNS = (
+    "v.sha256, v.label, v.reasons, v.signals, v.backend, v.policy_version, v.media_type, v.size,"
+    " v.source, v.first_seen, v.judged_at"
+)
+
+
+class ReviewError(Exception):
+    """A decision cannot be carried out; `status` is the HTTP status that fits."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictFilter:
+    labels: tuple[str, ...] = ()
+    source: str | None = None  # prefix, e.g. "upload:" or "local:/srv/pictrs"
+    backend: str | None = None
+    since: float | None = None
+    until: float | None = None
+    undecided: bool = False  # only hashes on neither list
+    limit: int = 100
+    offset: int = 0
+
+
+def _like_prefix(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class Review:
+    def __init__(
+        self,
+        store: Store,
+        judge: Judge,
+        quarantine: Quarantine,
+        holders: Sequence[QuarantineHolder] = (),
+    ) -> None:
+        self.store = store
+        self.judge = judge
+        self.quarantine = quarantine
+        # Every decision goes to each holder in turn; the admin's own quarantine first.
+        self.holders: list[QuarantineHolder] = [quarantine, *holders]
+
+    # -- quarantine, across holders -------------------------------------------------------------
+
+    async def held_among(self, hashes: list[str]) -> set[str]:
+        held: set[str] = set()
+        for holder in self.holders:
+            held |= await holder.held_among([h for h in hashes if h not in held])
+        return held
+
+    async def held_bytes(self, sha256: str) -> bytes | None:
+        """Bytes of a held copy from the first holder that can read one here."""
+        for holder in self.holders:
+            data = await holder.held_bytes(sha256)
+            if data is not None:
+                return data
+        return None
+
+    async def _release(self, sha256: str, by: str, note: str) -> ReleaseResult:
+        result = ReleaseResult()
+        for holder in self.holders:
+            part = await holder.release(sha256, by=by, note=note)
+            result.released += part.released
+            result.failed += part.failed
+        return result
+
+    async def _discard(self, sha256: str, by: str, note: str) -> tuple[int, list[dict[str, Any]]]:
+        deleted = 0
+        for holder in self.holders:
+            deleted += await holder.discard(sha256, by=by, note=note)
+        kept = [
+            c.public() for holder in self.holders for c in await holder.copies(sha256)
+            if c.state == HELD
+        ]  # fmt: skip
+        return deleted, kept
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def search(self, f: VerdictFilter) -> list[StoredVerdict]:
+        """Newest first. With labels, one index range per label (label, judged_at) merged by
+        time: a LIMIT then stops after a page of rows instead of sorting every positive."""
+        where: list[str] = []
+        params: list[Any] = []
+        join = ""
+        if f.undecided:
+            join = " LEFT JOIN lists l ON l.sha256 = v.sha256"
+            where.append("l.sha256 IS NULL")
+        if f.source:
+            where.append("v.source LIKE ? ESCAPE '\\'")
+            params.append(_like_prefix(f.source))
+        if f.backend:
+            where.append("v.backend = ?")
+            params.append(f.backend)
+        if f.since is not None:
+            where.append("v.judged_at >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            where.append("v.judged_at < ?")
+            params.append(f.until)
+        page = f.limit + f.offset
+
+        def select(extra: list[str]) -> str:
+            conditions = where + extra
+            clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+            return f"SELECT {_VERDICT_COLUMNS} FROM verdicts v{join}{clause}"
+
+        if not f.labels:
+            query = select([]) + " ORDER BY v.judged_at DESC LIMIT ? OFFSET ?"
+            args = params + [f.limit, f.offset]
+        else:
+            parts = []
+            args = []
+            for label in f.labels:
+                parts.append(
+                    f"SELECT * FROM ({select(['v.label = ?'])} ORDER BY v.judged_at DESC LIMIT ?)"
+                )
+                args += params + [label, page]
+            query = " UNION ALL ".join(parts) + " ORDER BY 11 DESC LIMIT ? OFFSET ?"
+            args += [f.limit, f.offset]
+        async with self.store.db.execute(query, args) as cur:
+            return [_verdict_from_row(r) for r in await cur.fetchall()]
+
+    async def late_positives(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Late positives nobody has decided on yet."""
+        async with self.store.db.execute(
+            "SELECT p.sha256, p.label, p.found_at, p.enforcement FROM late_positives p"
+            " LEFT JOIN lists l ON l.sha256 = p.sha256 WHERE l.sha256 IS NULL"
+            " ORDER BY p.found_at DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            {"sha256": r[0], "label": r[1], "found_at": r[2], "enforcement": r[3]} for r in rows
+        ]
+
+    async def detail(self, sha256: str) -> dict[str, Any] | None:
+        stored = await self.store.get_verdict(sha256)
+        trail = await self.store.audit_trail(sha256)
+        listed = await self.store.list_kind(sha256)
+        copies = [c for holder in self.holders for c in await holder.copies(sha256)]
+        if stored is None and not trail and listed is None and not copies:
+            return None
+        record: dict[str, Any] = verdict_dict(stored) if stored else {"sha256": sha256}
+        record["list"] = listed
+        record["quarantine"] = [c.public() for c in copies]
+        record["in_quarantine"] = any(c.state == HELD for c in copies)
+        async with self.store.db.execute(
+            "SELECT enforcement, found_at, detail FROM late_positives WHERE sha256=?", (sha256,)
+        ) as cur:
+            late = await cur.fetchone()
+        record["late_positive"] = {"enforcement": late[0], "found_at": late[1]} if late else None
+        record["audit"] = [
+            {
+                "id": a.id,
+                "ts": a.ts,
+                "event": a.event,
+                "label": a.label,
+                "action": a.action,
+                "by": a.source,
+                "detail": a.detail,
+            }
+            for a in trail
+        ]
+        return record
+
+    async def _counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for holder in self.holders:
+            for state, n in (await holder.counts()).items():
+                total[state] = total.get(state, 0) + n
+        return total
+
+    async def stats(self) -> dict[str, Any]:
+        lists: dict[str, int] = {}
+        async with self.store.db.execute("SELECT kind, COUNT(*) FROM lists GROUP BY kind") as cur:
+            lists = {k: n for k, n in await cur.fetchall()}
+        async with self.store.db.execute(
+            "SELECT enforcement, COUNT(*) FROM late_positives GROUP BY enforcement"
+        ) as cur:
+            late = {k: n for k, n in await cur.fetchall()}
+        since = time.time() - 86400
+        async with self.store.db.execute(
+            "SELECT label, COUNT(*) FROM verdicts WHERE judged_at >= ? GROUP BY label", (since,)
+        ) as cur:
+            last_day = {k: n for k, n in await cur.fetchall()}
+        return {
+            "verdicts": await self.store.count_verdicts(),
+            "verdicts_last_24h": last_day,
+            "lists": lists,
+            "late_positives": late,
+            "quarantine": await self._counts(),
+            "jobs_waiting": await self.store.count_jobs(),
+            "policy": self.judge.policy.version,
+        }
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def allow(self, sha256: str, *, by: str, note: str = "") -> dict[str, Any]:
+        previous = await self._label(sha256)
+        await self.store.set_list(sha256, "allow", note=note, by=by)
+        # Near copies blocked by this image's PDQ are lifted with it: the index drops the
+        # image now (not at the next sync), and cached answers for the copies go too.
+        if self.judge.hashes is not None:
+            await self.judge.hashes.reload()
+        self.judge.forget()
+        released = await self._release(sha256, by, note)
+        detail = {"note": note, "previous_label": previous, "quarantine": released.as_dict()}
+        return await self._decided("allow", sha256, Label.CLEAN, "allow", by, detail)
+
+    async def confirm(self, sha256: str, *, by: str, note: str = "") -> dict[str, Any]:
+        previous = await self._label(sha256)
+        await self.store.set_list(sha256, "deny", note=note, by=by)
+        self.judge.forget(sha256)
+        deleted, kept = await self._discard(sha256, by, note)
+        detail = {
+            "note": note,
+            "previous_label": previous,
+            "quarantine_deleted": deleted,
+            "quarantine_kept": kept,
+        }
+        return await self._decided("confirm", sha256, Label.CSAM, "deny", by, detail)
+
+    async def rejudge(
+        self, sha256: str, *, by: str, mode: str = "policy", wait_s: float = 60.0
+    ) -> dict[str, Any]:
+        stored = await self.store.get_verdict(sha256)
+        before = stored.verdict.label.value if stored else None
+        if mode == "policy":
+            if stored is None or stored.verdict.signals is None:
+                raise ReviewError(
+                    409,
+                    "no_signals",
+                    f"no stored signals for {sha256}: use mode=backend on a quarantined copy",
+                )
+            verdict = self.judge.policy.judge(stored.verdict.signals)
+            await self.store.put_verdict(sha256, verdict)
+            self.judge.forget(sha256)
+        elif mode == "backend":
+            verdict_or_none = await self._fresh(sha256, by, wait_s)
+            if verdict_or_none is None:
+                record = await self._decided(
+                    "rejudge", sha256, None, "rejudge", by, {"mode": mode, "state": "pending"}
+                )
+                return {**record, "state": "pending"}
+            verdict = verdict_or_none
+        else:
+            raise ReviewError(400, "bad_mode", f"mode must be policy or backend, not {mode!r}")
+        detail = {
+            "mode": mode,
+            "from": before,
+            "reasons": verdict.reasons,
+            "policy": verdict.policy_version,
+            "backend": verdict.backend,
+        }
+        record = await self._decided("rejudged", sha256, verdict.label, "rejudge", by, detail)
+        return {**record, "state": "done"}
+
+    async def _fresh(self, sha256: str, by: str, wait_s: float) -> Any:
+        data = await self.held_bytes(sha256)
+        if data is None:
+            raise ReviewError(
+                409,
+                "no_copy",
+                f"no copy of {sha256} is held in quarantine, so it cannot be sent to a backend "
+                "again; use mode=policy, or let the next upload or sweep judge it",
+            )
+        self.judge.forget(sha256)
+        runner = self.judge.runner
+        fut = runner.future_for(sha256)
+        if fut is None:
+            fut = await runner.submit(
+                sha256, data, media_type=sniff(data), size=len(data), source=f"rejudge:{by}"
+            )
+        del data
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), wait_s)
+        except TimeoutError:
+            return None
+
+    async def _label(self, sha256: str) -> str | None:
+        stored = await self.store.get_verdict(sha256)
+        return stored.verdict.label.value if stored else None
+
+    async def _decided(
+        self,
+        event: str,
+        sha256: str,
+        label: Label | None,
+        action: str,
+        by: str,
+        detail: dict[str, Any],
+    ) -> dict[str, Any]:
+        await self.store.audit(
+            event,
+            sha256=sha256,
+            label=label.value if label else None,
+            action=action,
+            source=by,
+            detail=detail,
+        )
+        trail = await self.store.audit_trail(sha256)  # flushes, so the record is on disk now
+        last = trail[-1]
+        return {
+            "audit": {
+                "id": last.id,
+                "ts": last.ts,
+                "when": iso(last.ts),
+                "event": last.event,
+                "label": last.label,
+                "action": last.action,
+                "by": last.source,
+                "detail": last.detail,
+            },
+            "sha256": sha256,
+            "list": await self.store.list_kind(sha256),
+        }
+
+
+def verdict_dict(stored: StoredVerdict) -> dict[str, Any]:
+    v = stored.verdict
+    return {
+        "sha256": stored.sha256,
+        "label": v.label.value,
+        "reasons": v.reasons,
+        "backend": v.backend,
+        "policy_version": v.policy_version,
+        "media_type": stored.media_type,
+        "size": stored.size,
+        "source": stored.source,
+        "first_seen": stored.first_seen,
+        "judged_at": v.judged_at,
+        "signals": v.signals.model_dump() if v.signals else None,
+    }

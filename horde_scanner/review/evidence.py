@@ -1,0 +1,194 @@
+"""Evidence records: what an admin hands on to follow a positive up. Never image bytes.
+
+One record per verdict: hashes (sha256, PDQ when one was computed), the verdict and why, where
+the image was found (upload client, storage identifiers), when it was first seen, the source
+instance when a sweep recorded one, and every decision with who made it and when.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from horde_scanner.hashlists.store import HashStore
+from horde_scanner.store.sqlite import AuditRecord, Store, StoredVerdict
+from horde_scanner.sweep.records import ScanRecords
+from horde_scanner.verdict import Label
+
+# Audit events that are a person's (or an admin tool's) decision about an image.
+DECISION_EVENTS = frozenset(
+    {"allow", "deny", "confirm", "unallow", "undeny", "rejudged", "rejudge"}
+)
+# Audit events whose `source` says where the image was met.
+_FOUND_EVENTS = frozenset({"answered", "judged", "quarantined", "late_positive", "found"})
+
+CSV_FIELDS = [
+    "sha256",
+    "pdq",
+    "label",
+    "reasons",
+    "backend",
+    "policy_version",
+    "media_type",
+    "size",
+    "first_seen",
+    "judged_at",
+    "where_found",
+    "source_instance",
+    "list",
+    "quarantine",
+    "late_positive",
+    "decisions",
+    "found",
+    "actions",
+]
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+async def _pdq(store: Store, sha256: str) -> str | None:
+    """PDQ of the image (frames joined with spaces), as stored with its verdict."""
+    hashes = await HashStore(store).pdq_of(sha256)
+    return " ".join(h.hex for h in hashes) or None
+
+
+def _location(loc: dict[str, Any]) -> dict[str, Any]:
+    """Where a sweep found a file and what it did there (times as ISO)."""
+    out = dict(loc)
+    for key in ("mtime", "judged_at", "acted_at"):
+        if out.get(key) is not None:
+            out[key] = iso(out[key])
+    return out
+
+
+async def _quarantine_rows(store: Store, sha256: str) -> list[dict[str, Any]]:
+    async with store.db.execute(
+        "SELECT origin, identifier, state, quarantined_at, updated_by, detail FROM quarantine"
+        " WHERE sha256=? ORDER BY id",
+        (sha256,),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [
+        {
+            "origin": r[0],
+            "identifier": r[1],
+            "state": r[2],
+            "quarantined_at": iso(r[3]),
+            "by": r[4],
+            "instance": json.loads(r[5] or "{}").get("instance"),
+        }
+        for r in rows
+    ]
+
+
+async def _late(store: Store, sha256: str) -> str | None:
+    async with store.db.execute(
+        "SELECT enforcement FROM late_positives WHERE sha256=?", (sha256,)
+    ) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row else None
+
+
+def decisions(trail: Iterable[AuditRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "ts": iso(a.ts),
+            "decision": a.event,
+            "by": a.source or "unknown",
+            "note": a.detail.get("note", ""),
+            **({"to": a.label} if a.event in ("rejudged", "rejudge") and a.label else {}),
+        }
+        for a in trail
+        if a.event in DECISION_EVENTS
+    ]
+
+
+async def record(
+    store: Store, stored: StoredVerdict, *, swept: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The evidence record of one verdict; `swept` is where storage sweeps found it."""
+    if swept is None:
+        swept = (await ScanRecords(store).locations([stored.sha256])).get(stored.sha256, [])
+    v = stored.verdict
+    trail = await store.audit_trail(stored.sha256)
+    quarantine = await _quarantine_rows(store, stored.sha256)
+    found: list[str] = [stored.source] if stored.source else []
+    for a in trail:
+        if a.event in _FOUND_EVENTS and a.source and a.source not in found:
+            found.append(a.source)
+    for q in quarantine:
+        place = f"{q['origin']}:{q['identifier']}"
+        if place not in found:
+            found.append(place)
+    for loc in swept:
+        place = f"{loc['source'].rstrip('/')}/{loc['identifier']}"
+        if place not in found:
+            found.append(place)
+    instances = [q["instance"] for q in quarantine if q["instance"]]
+    instances += [a.detail["instance"] for a in trail if a.detail.get("instance")]
+    return {
+        "sha256": stored.sha256,
+        "pdq": await _pdq(store, stored.sha256),
+        "label": v.label.value,
+        "reasons": v.reasons,
+        "backend": v.backend,
+        "policy_version": v.policy_version,
+        "media_type": stored.media_type,
+        "size": stored.size,
+        "first_seen": iso(stored.first_seen),
+        "judged_at": iso(v.judged_at),
+        "where_found": found,
+        "source_instance": instances[0] if instances else None,
+        "list": await store.list_kind(stored.sha256),
+        "quarantine": [{k: q[k] for k in ("origin", "identifier", "state")} for q in quarantine],
+        "late_positive": await _late(store, stored.sha256),
+        "decisions": decisions(trail),
+        "found": [_location(loc) for loc in swept],
+    }
+
+
+async def records(
+    store: Store, labels: Iterable[Label] | None = None, *, since: float | None = None
+) -> list[dict[str, Any]]:
+    verdicts = [v async for v in store.iter_verdicts(labels=labels, since=since)]
+    where = await ScanRecords(store).locations([v.sha256 for v in verdicts])
+    return [await record(store, v, swept=where.get(v.sha256, [])) for v in verdicts]
+
+
+def to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """Flat CSV: lists joined with "; ", decisions as "when decision by (note)"."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(
+            {
+                **r,
+                "reasons": "; ".join(r["reasons"]),
+                "where_found": "; ".join(r["where_found"]),
+                "quarantine": "; ".join(
+                    f"{q['origin']}:{q['identifier']} ({q['state']})" for q in r["quarantine"]
+                ),
+                "decisions": "; ".join(
+                    f"{d['ts']} {d['decision']} by {d['by']}"
+                    + (f" ({d['note']})" if d["note"] else "")
+                    for d in r["decisions"]
+                ),
+                "found": "; ".join(
+                    f"{f['source'].rstrip('/')}/{f['identifier']}" for f in r["found"]
+                ),
+                "actions": "; ".join(
+                    f"#{f['action_id']} {f['action']} {f['action_state']}"
+                    + (f" {f['location']}" if f["location"] else "")
+                    for f in r["found"]
+                    if f["action_id"] is not None
+                ),
+            }
+        )
+    return out.getvalue()

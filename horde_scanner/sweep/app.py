@@ -1,0 +1,270 @@
+"""The sweep commands as functions (the CLI is a thin layer over these): scan, apply, release.
+
+Each opens the store, then the source (so that a wrong credential or host key stops before
+any work), then the same Judge the validation service builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from horde_scanner.backends.base import Backend
+from horde_scanner.backends.router import build_backend
+from horde_scanner.config import OnEvent, Settings
+from horde_scanner.hashlists.matcher import HashMatcher
+from horde_scanner.judging.judge import Judge, build_judge
+from horde_scanner.judging.policy import Policy
+from horde_scanner.store.sqlite import Store
+from horde_scanner.sweep.actions import PRUNE_REMINDER, Action, Actor, Outcome, make_pictrs, release
+from horde_scanner.sweep.address import make_source
+from horde_scanner.sweep.progress import Counts, Progress
+from horde_scanner.sweep.records import ActionRow, FileRecord, ScanRecords
+from horde_scanner.sweep.runner import Sweep
+from horde_scanner.sweep.source import ItemError, Source
+from horde_scanner.verdict import Label
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    source: str
+    action: str
+    counts: Counts
+    positives: list[tuple[str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    run_id: int | None = None
+    resumed_from: str | None = None
+
+
+@asynccontextmanager
+async def _opened(source: Source) -> AsyncIterator[Source]:
+    await source.open()
+    try:
+        yield source
+    finally:
+        await source.close()
+
+
+@asynccontextmanager
+async def _judge(
+    settings: Settings, store: Store, session: aiohttp.ClientSession, backend: Backend | None
+) -> AsyncIterator[Judge]:
+    policy = Policy.load(settings.policy.path)
+    executor = ThreadPoolExecutor(
+        max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
+    )
+    own_backend = backend is None
+    backend = backend or build_backend(settings, session, policy=policy)
+    # Sweeps match perceptual hashes against the same deny lists as uploads.
+    hashes = HashMatcher(store, settings.hashes, executor)
+    await hashes.start()
+    judge = build_judge(settings, store, policy, backend, executor, hashes=hashes)
+    await judge.start()
+    try:
+        yield judge
+    finally:
+        await judge.stop()
+        await hashes.stop()
+        if own_backend:
+            await backend.aclose()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def run_scan(
+    settings: Settings,
+    address: str,
+    *,
+    action: Action = Action.REPORT,
+    follow: bool = False,
+    interval_s: float | None = None,
+    cycles: int | None = None,
+    backend: Backend | None = None,
+    progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
+    source: Source | None = None,
+) -> Report:
+    """Sweep `address` (or an already built, unopened `source`) and act as asked."""
+    source = source or make_source(address, settings)
+    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
+        async with _opened(source), _judge(settings, store, session, backend) as judge:
+            records = ScanRecords(store)
+            actor = None
+            if action is not Action.REPORT:
+                actor = Actor(store, records, source, action, pictrs=make_pictrs(settings, session))
+            sweep = Sweep(
+                judge=judge,
+                records=records,
+                source=source,
+                action=action,
+                settings=settings.scan,
+                actor=actor,
+                progress=progress,
+                stop=stop,
+            )
+            counts = await sweep.run(follow=follow, interval_s=interval_s, cycles=cycles)
+            report = Report(
+                source.url,
+                action.value,
+                counts,
+                sweep.positives,
+                run_id=sweep.run_row.id if sweep.run_row else None,
+                resumed_from=sweep.resumed_from,
+            )
+            _add_notes(report, source, actor)
+    return report
+
+
+def _add_notes(report: Report, source: Source, actor: Actor | None) -> None:
+    if actor is not None and actor.direct_deletes:
+        report.notes.append(PRUNE_REMINDER.format(n=actor.direct_deletes))
+    if source.list_errors:
+        report.notes.append(f"{source.list_errors} director(y/ies) could not be listed (see log)")
+
+
+async def run_apply(
+    settings: Settings,
+    *,
+    action: Action,
+    since: float | None = None,
+    address: str | None = None,
+    progress: Progress | None = None,
+) -> list[Report]:
+    """Act on positives that earlier sweeps recorded (dry runs), without judging again."""
+    if action is Action.REPORT:
+        raise ValueError("apply needs --action quarantine or delete")
+    labels = {label.value for label in settings.scan.act_labels}
+    if settings.scan.on_unreadable is OnEvent.REJECT:
+        labels.add(Label.UNREADABLE.value)
+    reports: list[Report] = []
+    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
+        records = ScanRecords(store)
+        source_url = make_source(address, settings).url if address else None
+        rows = await records.unacted_positives(labels, since=since, source=source_url)
+        by_source: dict[str, list[FileRecord]] = {}
+        for row in rows:
+            by_source.setdefault(row.source, []).append(row)
+        # Open every source first: a bad credential stops us before the first action.
+        sources = {url: make_source(url, settings) for url in by_source}
+        opened: list[Source] = []
+        try:
+            for src in sources.values():
+                await src.open()
+                opened.append(src)
+            pictrs = make_pictrs(settings, session)
+            for url, pending in by_source.items():
+                src = sources[url]
+                actor = Actor(store, records, src, action, pictrs=pictrs)
+                await actor.complete_interrupted()
+                counts = Counts(listed=len(pending))
+                report = Report(url, action.value, counts)
+                for rec in pending:
+                    assert rec.sha256 is not None
+                    label = await _current_label(store, rec.sha256, rec.label)
+                    if label not in labels:
+                        counts.seen += 1
+                        continue
+                    entry = await src.stat(rec.identifier)
+                    if entry is None:
+                        counts.vanished += 1
+                        continue
+                    if entry.size != rec.size or entry.mtime != rec.mtime:
+                        counts.changed += 1
+                        if progress:
+                            progress.note(
+                                f"CHANGED    {_where(url, rec.identifier)}: scan it again"
+                            )
+                        continue
+                    report.positives.append((rec.identifier, label, rec.sha256))
+                    result = await actor.act(
+                        identifier=rec.identifier, sha256=rec.sha256, size=rec.size,
+                        mtime=rec.mtime, label=label, reasons=rec.reasons or [],
+                    )  # fmt: skip
+                    if result.outcome is Outcome.DONE:
+                        counts.acted += 1
+                        if progress:
+                            progress.note(f"{result.how:<10} {_where(url, rec.identifier)}")
+                    elif result.outcome is Outcome.ALREADY:
+                        counts.already_acted += 1
+                    elif result.outcome is Outcome.VANISHED:
+                        counts.vanished += 1
+                    else:
+                        counts.action_failed += 1
+                        if progress:
+                            progress.note(
+                                f"FAILED     {_where(url, rec.identifier)}: {result.detail}"
+                            )
+                _add_notes(report, src, actor)
+                reports.append(report)
+        finally:
+            for src in opened:
+                await src.close()
+    return reports
+
+
+def _where(url: str, identifier: str) -> str:
+    return f"{url.rstrip('/')}/{identifier}"
+
+
+async def _current_label(store: Store, sha256: str, recorded: str | None) -> str | None:
+    kind = await store.list_kind(sha256)
+    if kind == "allow":
+        return Label.CLEAN.value
+    if kind == "deny":
+        return Label.CSAM.value
+    stored = await store.get_verdict(sha256)
+    if stored is not None and stored.verdict.label not in (Label.ERROR, Label.UNREADABLE):
+        return stored.verdict.label.value
+    return recorded
+
+
+async def run_release(settings: Settings, target: str, *, note: str = "") -> list[str]:
+    """Restore quarantined objects by action id (or every one with a sha256) and allow-list."""
+    async with await Store.open(settings.store.path) as store:
+        records = ScanRecords(store)
+        rows: list[ActionRow] = []
+        if target.isdigit():
+            row = await records.get_action(int(target))
+            if row is None:
+                raise ItemError(f"no action #{target}")
+            rows = [row]
+        else:
+            rows = await records.actions_for(target.lower(), state="done")
+            rows = [r for r in rows if r.action == Action.QUARANTINE]
+            if not rows:
+                raise ItemError(f"nothing quarantined with sha256 {target}")
+        restored = []
+        for row in rows:
+            source = make_source(row.source, settings)
+            async with _opened(source):
+                restored.append(await release(store, records, row, source, note=note))
+        return restored
+
+
+def parse_since(value: str, *, now: float | None = None) -> float:
+    """`2024-05-01`, an ISO time, or a duration back from now: `90m`, `12h`, `7d`."""
+    from datetime import UTC, datetime
+
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = value.strip()
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--since {value!r}: expected a date (2024-05-01), an ISO time or a duration "
+            "(90m, 12h, 7d)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
