@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -83,6 +84,22 @@ async def _unjudged(
             "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
         },
     )
+
+
+async def _audit_by(svc: Services, deadline: float, event: str, **fields: Any) -> None:
+    """Audit without letting the store's back-pressure overrun the deadline: every 500th row
+    flushes the buffer, which waits for the database thread (busy persisting a burst's jobs).
+    The write goes on in the background when time is up; the row is not lost."""
+    write = asyncio.ensure_future(svc.store.audit(event, **fields))
+    try:
+        await asyncio.wait_for(asyncio.shield(write), max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        write.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("audit write failed: %s", task.exception())
 
 
 def _cut(exc: UploadCut) -> web.Response:
@@ -173,7 +190,9 @@ async def scan(request: web.Request) -> web.Response:
     label = outcome.label.value if outcome.label else None
     if outcome.route is not Route.CACHE or answer is OnEvent.REJECT:
         # Clean cache hits are counted, not logged one by one: they are most of the traffic.
-        await svc.store.audit(
+        await _audit_by(
+            svc,
+            started + rules.deadline_s - _RESPONSE_MARGIN_S / 2,
             "answered",
             sha256=outcome.sha256,
             label=label,
