@@ -63,6 +63,8 @@ class ServerSettings(Section):
     port: int = Field(14051, ge=1, le=65535)
     # Ids pict-rs may put in the URL path (/api/v1/scan/<id>). Treat them as secrets.
     client_ids: list[str] = Field(default_factory=list)
+    # Named ids, {name = secret}: the name is what the audit log, verdicts and exports record.
+    clients: dict[str, str] = Field(default_factory=dict)
     # Networks accepted for the special id IPADDR (loopback always is). The default is what
     # pictrs-safety accepts: the private ranges, where pict-rs sits on a docker network.
     allowed_ips: list[str] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
@@ -82,6 +84,16 @@ class ServerSettings(Section):
     upload_memory_bytes: int = Field(64 * 1024 * 1024, gt=0)
     upload_spool_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
     upload_spool_dir: Path | None = None
+
+    @field_validator("clients")
+    @classmethod
+    def _client_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            if not secret or secret == "IPADDR":
+                raise ValueError(f"client {name!r}: the id must be a non-empty secret")
+        return value
 
     @field_validator("allowed_ips", "trusted_proxies")
     @classmethod
@@ -129,16 +141,30 @@ class HordeSettings(Section):
     # The `interrogation` form adds booru-style tags (lolicon, ...) at 3 kudos instead of 1.
     interrogation: bool = False
     slow_workers: bool = True
-    max_in_flight: int = Field(40, gt=0, le=150)
+    max_in_flight: int = Field(90, gt=0, le=150)
+    # Status polls of one request: the first this soon after the submit, then at this pace
+    # while its forms wait for a worker, and faster while a worker is processing them.
+    first_poll_s: float = Field(0.15, ge=0.05)
     poll_interval_s: float = Field(1.0, ge=0.1)
-    # Our own share of the Horde's 10/s per-IP status limit, across all requests.
-    status_polls_per_s: float = Field(8.0, gt=0)
-    submits_per_min: float = Field(80.0, gt=0, le=90)
+    processing_poll_s: float = Field(0.25, ge=0.11)
+    # Our share of the Horde's status limit, 10/s for each ip + method + path (per request id).
+    status_polls_per_s: int = Field(5, ge=1, le=10)
+    # Our share of the Horde's 90 submits per minute per IP, in any 60 s (a burst goes at once).
+    submits_per_min: int = Field(80, ge=1, le=90)
+    # Read /v2/status/performance (queue length, workers) this often; 0 turns it off.
+    performance_interval_s: float = Field(60.0, ge=0)
+    # Kudos spent per UTC day at most; None: no budget. When spent, misses follow on_timeout
+    # and are judged when the budget renews.
+    max_kudos_per_day: float | None = Field(None, gt=0)
     # Give up on one request (and DELETE it) after this long.
     request_timeout_s: float = Field(600.0, gt=0)
     http_timeout_s: float = Field(20.0, gt=0)
     retries: int = Field(4, ge=0, le=10)
     maintenance_pause_s: float = Field(120.0, ge=0)
+    # Failed calls in a row (refused, DNS, timeout, 5xx) that mark the AI Horde down, and how
+    # often one heartbeat probes it while down.
+    down_after_failures: int = Field(3, ge=1, le=100)
+    probe_interval_s: float = Field(1.0, gt=0, le=300)
     # Animations and video: pack up to 4 frames into one 512 px 2x2 image (one request, a
     # quarter of the kudos) at the price of each frame being judged at 256 px.
     pack_frames: bool = False
