@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from horde_scanner.media.hashing import is_pdq_hex, is_sha256_hex
+from horde_scanner.timefmt import iso
 
 FORMAT_NAME = "horde-scanner-hashes"
 FORMAT_VERSION = 1
@@ -98,10 +99,6 @@ class ListFormatError(Exception):
 
 class TooManyRows(ListFormatError):
     """The document has more rows than the reader takes (its message quotes nothing of it)."""
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def entry_from_fields(fields: Mapping[str, Any]) -> HashEntry:
