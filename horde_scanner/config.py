@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -71,8 +71,8 @@ class ServerSettings(Section):
     # Only requests from these addresses may set X-Forwarded-For.
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(40 * 1024 * 1024, gt=0)
-    # Upload bodies read and admitted at once; the rest wait (unread) for a slot, up to the
-    # deadline. Bounds memory in a burst to about this many bodies.
+    # Complete uploads admitted (hashed, looked up, persisted) at once; the rest wait for a
+    # slot, up to the deadline. Bodies are read before, without a slot (see below).
     max_concurrent_uploads: int = Field(128, gt=0)
     # Processes sharing the port (SO_REUSEPORT) and the store, for hosts with several cores.
     processes: int = Field(1, ge=1, le=64)
@@ -80,6 +80,16 @@ class ServerSettings(Section):
     # health check see it), then how long uploads in flight may take to be answered.
     drain_s: float = Field(3.0, ge=0, le=300)
     shutdown_timeout_s: float = Field(30.0, gt=0, le=600)
+    # Reading a body: after the grace, a sender must keep up this average rate or be cut off
+    # (408); the whole body must be in by the validation deadline either way.
+    upload_min_bytes_per_s: int = Field(32 * 1024, gt=0)
+    upload_rate_grace_s: float = Field(2.0, ge=0)
+    # Bodies being read are held in memory up to this many bytes in all; past it, in
+    # temporary files (in upload_spool_dir; None: the system's temporary directory) up to
+    # upload_spool_bytes, and beyond both an upload is refused (503, recorded).
+    upload_memory_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    upload_spool_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
+    upload_spool_dir: Path | None = None
 
     @field_validator("clients")
     @classmethod
@@ -359,9 +369,15 @@ class HashSubscription(Section):
     url: str = Field(pattern=r"^https?://")
     trust: HashTrust = HashTrust.DENY
     refresh_s: float = Field(3600.0, ge=0.1)
-    # Sent as `Authorization: Bearer <token>` when the publisher requires one.
+    # Sent as `Authorization: Bearer <token>` when the publisher requires one (to the url's
+    # own origin only).
     token: str | None = None
     timeout_s: float = Field(60.0, gt=0)
+    # Redirects are followed within the url's origin only; other origins (scheme://host:port)
+    # a redirect may lead to must be listed here.
+    redirect_origins: list[Annotated[str, Field(pattern=r"^https?://[^/?#]+/?$")]] = Field(
+        default_factory=list
+    )
 
     @field_validator("name")
     @classmethod
@@ -385,9 +401,16 @@ class HashesSettings(Section):
     publish_token: str | None = None
     # `source` column of this instance's own entries in the published list and exports.
     publish_source: str = "horde-scanner"
+    # Also publish machine positives no admin has confirmed (README: a false positive of a
+    # weak classifier then blocks every near copy on every subscriber, unreviewed).
+    publish_unreviewed: bool = False
     subscriptions: list[HashSubscription] = Field(default_factory=list)
-    # A subscribed list larger than this is refused (its last good copy is kept).
+    # A subscribed list larger than this (bytes after decompression, or rows) is refused (its
+    # last good copy is kept).
     max_list_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    max_list_rows: int = Field(1_000_000, gt=0)
+    # Bad rows of a list are all counted; this many are remembered with their line numbers.
+    max_row_errors: int = Field(100, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> HashesSettings:
@@ -412,6 +435,10 @@ class AdminSettings(Section):
     # Secure cookie: "auto" sets it when the request came over https (or X-Forwarded-Proto).
     cookie_secure: str = Field("auto", pattern="^(auto|always|never)$")
     max_sessions: int = Field(64, gt=0)
+    # Wrong tokens (API or login form) a client may send within the window before it has to
+    # wait (429); counted per address (an IPv6 client per /64).
+    max_failures: int = Field(10, gt=0)
+    failure_window_s: float = Field(300.0, gt=0)
 
     @field_validator("token")
     @classmethod

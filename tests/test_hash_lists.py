@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +18,7 @@ from horde_scanner.config import ConfigError, load_settings
 from horde_scanner.hashlists.format import parse
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_hash, sha256_hex
+from horde_scanner.store.sqlite import Store
 from horde_scanner.testing.pictrs import validate_upload
 from tests import textures
 from tests.service import make_settings, running_service
@@ -71,8 +73,11 @@ def test_import_reports_bad_rows_by_line_and_keeps_the_good(tmp_path: Path):
     other = tmp_path / "other.db"
     again = cli(other, "hashes", "import", str(out))
     assert again.exit_code == 0 and "imported 2 entries" in again.output
-    assert parse(cli(other, "hashes", "export").output.encode())[0] == sorted(
-        entries, key=lambda e: (e.signal, e.value)
+    # (Each instance records its own import: by `cli:import`, at the time it imported.)
+    reexported = parse(cli(other, "hashes", "export").output.encode())[0]
+    assert all(e.confirmed_by == "cli:import" and e.confirmed_at for e in reexported)
+    assert [replace(e, confirmed_at=None) for e in reexported] == sorted(
+        (replace(e, confirmed_at=None) for e in entries), key=lambda e: (e.signal, e.value)
     )
 
     removed = cli(db, "hashes", "remove", "pdq", PDQ)
@@ -140,8 +145,16 @@ async def test_imported_pdq_rejects_copies_and_own_positives_are_exported(tmp_pa
         )
         assert judged.status == 406 and backend.calls == 1
 
+    # A machine positive travels only once an admin confirmed it (or when asked for).
+    exported = parse((await asyncio.to_thread(cli, db, "hashes", "export")).output.encode())[0]
+    assert not [e for e in exported if e.source == "horde-scanner"]
+    unreviewed = await asyncio.to_thread(cli, db, "hashes", "export", "--unreviewed")
+    assert sha256_hex(textures.encode(positive)) in unreviewed.output
+    async with await Store.open(db) as store:
+        await store.set_list(judged.body["sha256"], "deny", by="cli:test")
     exported = parse((await asyncio.to_thread(cli, db, "hashes", "export")).output.encode())[0]
     own = {(e.signal, e.value) for e in exported if e.source == "horde-scanner"}
+    assert {e.confirmed_by for e in exported if e.source == "horde-scanner"} == {"cli:test"}
     assert ("sha256", sha256_hex(textures.encode(positive))) in own
     assert any(signal == "pdq" for signal, _ in own)
     # A verdict given by a hash match is not evidence of its own: not exported.

@@ -157,8 +157,15 @@ async def test_subscribed_list_rejects_near_copy_without_backend(tmp_path: Path,
     backend_a = MockBackend(textures.red_is_csam)
     backend_b = MockBackend(always_clean)  # B's own backend would let it through
     positive = textures.textured("red", seed=21)
+    # A publishes its machine positives unreviewed here: what travels is the subject of
+    # tests/test_publish_confirmed.py, these tests are about how it travels.
     a_settings = settings_for(
-        tmp_path, "a", publish=True, publish_token=TOKEN, publish_source="a.example"
+        tmp_path,
+        "a",
+        publish=True,
+        publish_token=TOKEN,
+        publish_source="a.example",
+        publish_unreviewed=True,
     )
     async with running_service(a_settings, backend=backend_a) as a:
         first = await validate_upload(http, a.scan_url(), textures.encode(positive), "image/jpeg")
@@ -234,7 +241,9 @@ async def test_allow_overrides_subscribed_deny_and_removal_propagates(tmp_path: 
     backend_b = MockBackend(always_clean)
     positive = textures.textured("red", seed=31)
     copies = textures.variants(positive)
-    a_settings = settings_for(tmp_path, "a", publish=True, publish_public=True)
+    a_settings = settings_for(
+        tmp_path, "a", publish=True, publish_public=True, publish_unreviewed=True
+    )
     async with running_service(a_settings, backend=backend_a) as a:
         first = await validate_upload(http, a.scan_url(), textures.encode(positive), "image/jpeg")
         assert first.status == 406
@@ -286,7 +295,9 @@ async def test_review_source_accepts_and_flags(tmp_path: Path, http):
     backend_a = MockBackend(textures.red_is_csam)
     backend_b = MockBackend(always_clean)
     positive = textures.textured("red", seed=41)
-    a_settings = settings_for(tmp_path, "a", publish=True, publish_public=True)
+    a_settings = settings_for(
+        tmp_path, "a", publish=True, publish_public=True, publish_unreviewed=True
+    )
     async with running_service(a_settings, backend=backend_a) as a:
         await validate_upload(http, a.scan_url(), textures.encode(positive), "image/jpeg")
         b_settings = settings_for(

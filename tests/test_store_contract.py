@@ -155,11 +155,19 @@ async def test_hash_store(store: Store) -> None:
             zip(values, origins, strict=True)]  # fmt: skip
     assert sorted(rows) == sorted([(PDQ1, LOCAL), (PDQ2, VERDICT)])
     assert [p.quality for p in await hashes.pdq_of(A)] == [90]
-    published = await hashes.published("me", 50, 31)
-    assert {(e.signal, e.value) for e in published} >= {("sha256", A), ("pdq", PDQ2)}
+    # A machine verdict travels only when asked for; an admin's confirm makes it travel, with
+    # who confirmed it.
+    mine = {("sha256", A), ("pdq", PDQ2)}
+    assert not {(e.signal, e.value) for e in await hashes.published("me", 50, 31)} & mine
+    unreviewed = await hashes.published("me", 50, 31, unreviewed=True)
+    assert {(e.signal, e.value) for e in unreviewed} >= mine
+    await store.set_list(A, "deny", by="api:alice")
+    confirmed = {(e.signal, e.value): e for e in await hashes.published("me", 50, 31)}
+    assert {confirmed[key].confirmed_by for key in mine} == {"api:alice"}
+    g3 = await hashes.generation()
     # An admin allow overrides the positive and bumps the generation.
     await store.set_list(A, "allow")
-    assert await hashes.generation() > g2
+    assert await hashes.generation() > g3
     assert PDQ2 in await hashes.allowed_pdq(50)
     assert ("sha256", A) not in {(e.signal, e.value) for e in await hashes.published("me", 50, 31)}
     # Replacing an origin writes only the difference.

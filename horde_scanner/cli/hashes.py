@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import sys
 from pathlib import Path
+from typing import IO
 
 import click
 
@@ -14,9 +16,10 @@ from horde_scanner.hashlists.format import (
     SIGNALS,
     HashEntry,
     ListFormatError,
+    ParseReport,
     dump_csv,
     dump_json,
-    parse,
+    read_entries,
 )
 from horde_scanner.hashlists.store import LOCAL, Flag, HashStore, SubscriptionState
 from horde_scanner.store.sqlite import Store
@@ -46,16 +49,27 @@ def hashes() -> None:
     help="Add the entries of subscribed lists (default: this instance's own, "
     "exactly what GET /api/v1/hashes publishes).",
 )
+@click.option(
+    "--unreviewed",
+    is_flag=True,
+    help="Add machine positives no admin has confirmed (default: hashes.publish_unreviewed).",
+)
 @click.pass_context
-def export(ctx: click.Context, fmt: str, output: Path | None, everything: bool) -> None:
-    """Write the hash list (signal, value, label, source, first seen, note; no image bytes)."""
+def export(
+    ctx: click.Context, fmt: str, output: Path | None, everything: bool, unreviewed: bool
+) -> None:
+    """Write the hash list (signal, value, label, source, first seen, note, who confirmed it
+    and when; no image bytes)."""
     settings = settings_of(ctx).hashes
 
     async def go() -> list[HashEntry]:
         async with await Store.open(settings_of(ctx).store) as store:
             hs = HashStore(store)
             entries = await hs.published(
-                settings.publish_source, settings.pdq_min_quality, settings.pdq_max_distance
+                settings.publish_source,
+                settings.pdq_min_quality,
+                settings.pdq_max_distance,
+                unreviewed=unreviewed or settings.publish_unreviewed,
             )
             if everything:
                 seen = {(e.signal, e.value) for e in entries}
@@ -94,12 +108,17 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
 
     Bad rows are reported with their line numbers and skipped; the exit status is 1 when any
     row was skipped."""
+    settings = settings_of(ctx).hashes
+    report = ParseReport(max_errors=settings.max_row_errors)
     try:
-        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+        # Read as a stream from the file (stdin is not seekable: it is read whole first).
+        raw: IO[bytes] = (
+            io.BytesIO(sys.stdin.buffer.read()) if str(file) == "-" else file.open("rb")
+        )
+        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+            entries = list(read_entries(text, fmt, report, max_rows=settings.max_list_rows))
     except OSError as exc:
         raise click.ClickException(f"{file}: {exc.strerror}") from None
-    try:
-        entries, errors = parse(data, fmt)
     except ListFormatError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
     if source:
@@ -107,22 +126,25 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
             e if e.source else HashEntry(e.signal, e.value, e.label, source, e.first_seen, e.note)
             for e in entries
         ]
-    for error in errors:
+    for error in report.errors:
         click.echo(f"{file}: {error} (skipped)", err=True)
+    if report.unlisted:
+        click.echo(f"{file}: {report.unlisted} more bad rows (not listed)", err=True)
+    errors = report.skipped
 
     async def go() -> int:
         async with await Store.open(settings_of(ctx).store) as store:
-            written = await HashStore(store).add_entries(LOCAL, entries)
+            written = await HashStore(store).add_entries(LOCAL, entries, by="cli:import")
             await store.audit(
                 "hashes_imported",
                 action="import",
                 source="cli",
-                detail={"file": str(file), "entries": written, "skipped": len(errors)},
+                detail={"file": str(file), "entries": written, "skipped": errors},
             )
             return written
 
     written = run(go)
-    click.echo(f"imported {written} entries from {file}; skipped {len(errors)} rows")
+    click.echo(f"imported {written} entries from {file}; skipped {errors} rows")
     if errors:
         sys.exit(1)
 

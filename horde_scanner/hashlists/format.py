@@ -3,9 +3,9 @@
 
 One entry per row, in CSV (header required) or JSON:
 
-    signal,value,label,source,first_seen,note
-    pdq,f8f8f0ce...4e9c9b22,csam,example.social,2024-05-01T12:00:00+00:00,
-    sha256,9f86d081...b0f00a08,csam,example.social,,reported twice
+    signal,value,label,source,first_seen,note,confirmed_by,confirmed_at
+    pdq,f8f8...9b22,csam,example.social,2024-05-01T12:00:00+00:00,,api:alice,1714568400
+    sha256,9f86...0a08,csam,example.social,,reported twice,import:cli,1714640400
 
     {"format": "horde-scanner-hashes", "version": 1, "entries": [
     {"signal": "pdq", "value": "f8f8...", "label": "csam", "source": "...",
@@ -14,8 +14,11 @@ One entry per row, in CSV (header required) or JSON:
 
 A bare JSON array of entries is accepted too. `signal` is `sha256` (exact bytes) or `pdq` (256
 bit perceptual hash); `value` is 64 hex characters either way; `label` is `csam` (default) or
-`nsfw`; `first_seen` is ISO 8601 or Unix seconds, or empty. A bad row is reported with its line
-number and skipped; only an unreadable document as a whole is an error.
+`nsfw`; `first_seen` is ISO 8601 or Unix seconds, or empty; `confirmed_by` and `confirmed_at`
+say which admin of the publisher confirmed the entry and when (optional; older lists lack
+them). A bad row is reported with its line number and skipped; only an unreadable document as
+a whole is an error. Documents are read as a stream (`read_entries`), with a cap on rows and
+on the errors remembered.
 """
 
 from __future__ import annotations
@@ -25,16 +28,25 @@ import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from horde_scanner.media.hashing import is_pdq_hex, is_sha256_hex
 from horde_scanner.timefmt import iso
 
 FORMAT_NAME = "horde-scanner-hashes"
 FORMAT_VERSION = 1
-FIELDS = ("signal", "value", "label", "source", "first_seen", "note")
+FIELDS = (
+    "signal",
+    "value",
+    "label",
+    "source",
+    "first_seen",
+    "note",
+    "confirmed_by",
+    "confirmed_at",
+)
 SIGNALS = ("sha256", "pdq")
 LABELS = ("csam", "nsfw")
 _MAX_TEXT = 1000
@@ -49,6 +61,10 @@ class HashEntry:
     source: str = ""
     first_seen: float | None = None
     note: str = ""
+    # Who confirmed the entry at its publisher, and when (empty: an unreviewed machine verdict,
+    # published only where its admin chose hashes.publish_unreviewed).
+    confirmed_by: str = ""
+    confirmed_at: float | None = None
 
     def record(self) -> dict[str, str]:
         return {
@@ -58,6 +74,8 @@ class HashEntry:
             "source": self.source,
             "first_seen": iso(self.first_seen) if self.first_seen is not None else "",
             "note": self.note,
+            "confirmed_by": self.confirmed_by,
+            "confirmed_at": iso(self.confirmed_at) if self.confirmed_at is not None else "",
         }
 
 
@@ -77,6 +95,10 @@ class _Bad:
 
 class ListFormatError(Exception):
     """The document as a whole cannot be read as a hash list."""
+
+
+class TooManyRows(ListFormatError):
+    """The document has more rows than the reader takes (its message quotes nothing of it)."""
 
 
 def entry_from_fields(fields: Mapping[str, Any]) -> HashEntry:
@@ -102,6 +124,8 @@ def entry_from_fields(fields: Mapping[str, Any]) -> HashEntry:
         source=_text(fields.get("source"), "source"),
         first_seen=_time(fields.get("first_seen")),
         note=_text(fields.get("note"), "note"),
+        confirmed_by=_text(fields.get("confirmed_by"), "confirmed_by"),
+        confirmed_at=_time(fields.get("confirmed_at"), "confirmed_at"),
     )
 
 
@@ -116,15 +140,15 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-def _time(value: Any) -> float | None:
+def _time(value: Any, name: str = "first_seen") -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise ValueError("first_seen must be a date or Unix seconds")
+        raise ValueError(f"{name} must be a date or Unix seconds")
     if isinstance(value, int | float):
         return float(value)
     if not isinstance(value, str):
-        raise ValueError("first_seen must be a date or Unix seconds")
+        raise ValueError(f"{name} must be a date or Unix seconds")
     text = value.strip()
     try:
         return float(text)
@@ -133,49 +157,98 @@ def _time(value: Any) -> float | None:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"first_seen {text!r} is not an ISO 8601 date or Unix seconds") from None
+        raise ValueError(f"{name} {text!r} is not an ISO 8601 date or Unix seconds") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 
 # -- reading -----------------------------------------------------------------------------------
+#
+# A list is read as a stream: a row at a time from a text file, so what a read costs is the
+# entries it keeps, never the size of the document (a gzip bomb of `0`s is rows, and rows are
+# capped). Errors are counted, and only the first few are kept with their line numbers.
+
+DEFAULT_MAX_ERRORS = 100
+# One JSON value (an entry, or a top-level key's value) longer than this is not a hash entry.
+_MAX_VALUE_CHARS = 64 * 1024
+_READ_CHARS = 1 << 16
+
+
+@dataclass(slots=True)
+class ParseReport:
+    """What a read found besides its entries: rows read, rows skipped, the first errors."""
+
+    max_errors: int | None = DEFAULT_MAX_ERRORS
+    rows: int = 0
+    skipped: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    def skip(self, line: int, message: str) -> None:
+        self.skipped += 1
+        if self.max_errors is None or len(self.errors) < self.max_errors:
+            self.errors.append(RowError(line, message))
+
+    @property
+    def unlisted(self) -> int:
+        """Skipped rows whose error was counted but not kept."""
+        return self.skipped - len(self.errors)
 
 
 def parse(data: bytes | str, fmt: str | None = None) -> tuple[list[HashEntry], list[RowError]]:
-    """Entries and the rows that were skipped. `fmt`: csv, json, or None to tell by content.
-
-    Raises ListFormatError when the document is not a hash list at all."""
+    """Entries and the rows that were skipped (every one). `fmt`: csv, json, or None to tell
+    by content. Raises ListFormatError when the document is not a hash list at all."""
+    report = ParseReport(max_errors=None)
     if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise ListFormatError(f"not UTF-8 text ({exc})") from None
+        stream: TextIO = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
     else:
-        text = data
-    if fmt is None:
-        stripped = text.lstrip()
-        fmt = "json" if stripped[:1] in ("{", "[") else "csv"
-    rows = _json_rows(text) if fmt == "json" else _csv_rows(text)
-    entries: list[HashEntry] = []
-    errors: list[RowError] = []
-    for line, fields in rows:
-        if isinstance(fields, _Bad):
-            errors.append(RowError(line, fields.message))
-            continue
-        if not isinstance(fields, Mapping):
-            errors.append(RowError(line, "entry is not an object"))
-            continue
-        try:
-            entries.append(entry_from_fields(fields))
-        except ValueError as exc:
-            errors.append(RowError(line, str(exc)))
-    return entries, errors
+        stream = io.StringIO(data, newline="")
+    entries = list(read_entries(stream, fmt, report))
+    return entries, report.errors
 
 
-def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
+def read_entries(
+    stream: TextIO, fmt: str | None, report: ParseReport, *, max_rows: int | None = None
+) -> Iterator[HashEntry]:
+    """Entries of a list read from `stream` (text, newline=""), rows beyond `max_rows`
+    refused: ListFormatError, like a document that is not a hash list."""
+    try:
+        if fmt is None:
+            fmt = "json" if _first_char(stream) in ("{", "[") else "csv"
+        rows = _json_rows(stream) if fmt == "json" else _csv_rows(stream)
+        for line, fields in rows:
+            report.rows += 1
+            if max_rows is not None and report.rows > max_rows:
+                raise TooManyRows(f"more than {max_rows} rows (hashes.max_list_rows)")
+            if isinstance(fields, _Bad):
+                report.skip(line, fields.message)
+                continue
+            if not isinstance(fields, Mapping):
+                report.skip(line, "entry is not an object")
+                continue
+            try:
+                yield entry_from_fields(fields)
+            except ValueError as exc:
+                report.skip(line, str(exc))
+    except UnicodeDecodeError as exc:
+        raise ListFormatError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _first_char(stream: TextIO) -> str:
+    """The first character that is not white space, leaving the stream where it was."""
+    start = stream.tell()
+    while chunk := stream.read(_READ_CHARS):
+        stripped = chunk.lstrip()
+        if stripped:
+            stream.seek(start)
+            return stripped[0]
+    stream.seek(start)
+    return ""
+
+
+def _csv_rows(stream: TextIO) -> Iterator[tuple[int, Any]]:
     # csv.reader, not DictReader: it yields blank lines too, so line numbers stay right.
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(stream)
     try:
         header = [name.strip().lower() for name in next(reader, [])]
         if not any(header):
@@ -183,7 +256,7 @@ def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
         missing = {"signal", "value"} - set(header)
         if missing:
             raise ListFormatError(
-                f"CSV header {','.join(header)!r} lacks {', '.join(sorted(missing))} "
+                f"CSV header {','.join(header)[:200]!r} lacks {', '.join(sorted(missing))} "
                 f"(expected {','.join(FIELDS)})"
             )
         start = reader.line_num + 1
@@ -199,57 +272,138 @@ def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
         raise ListFormatError(f"line {reader.line_num}: unreadable CSV ({exc})") from None
 
 
-def _json_rows(text: str) -> Iterator[tuple[int, Any]]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ListFormatError(f"not valid JSON ({exc})") from None
-    if isinstance(doc, dict):
-        if doc.get("format", FORMAT_NAME) != FORMAT_NAME:
-            raise ListFormatError(f"format {doc.get('format')!r} is not {FORMAT_NAME!r}")
-        version = doc.get("version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ListFormatError(f"format version {version!r} is newer than this reader")
-        if not isinstance(doc.get("entries"), list):
-            raise ListFormatError("the JSON object has no `entries` array")
-    elif not isinstance(doc, list):
-        raise ListFormatError("expected a JSON object with `entries`, or an array of entries")
-    # The document is valid JSON; walk it again to know on which line each entry starts.
-    return _walk_entries(text)
+class _JsonStream:
+    """JSON values one at a time from a text stream, with the line each one starts on."""
 
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._buf = ""
+        self._pos = 0
+        self._eof = False
+        self._line = 1
+        self._counted = 0  # position in _buf up to which newlines are in _line
+        self._decoder = json.JSONDecoder()
 
-def _walk_entries(text: str) -> Iterator[tuple[int, Any]]:
-    decoder = json.JSONDecoder()
-    pos = _skip(text, 0)
-    if text[pos] == "{":
-        pos += 1
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._stream.read(_READ_CHARS)
+        if not chunk:
+            self._eof = True
+            return False
+        if self._pos > _READ_CHARS:  # drop what was consumed: memory stays one chunk or two
+            self._line += self._buf.count("\n", self._counted, self._pos)
+            self._buf = self._buf[self._pos :]
+            self._pos = self._counted = 0
+        self._buf += chunk
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ("" at the end)."""
         while True:
-            pos = _skip(text, pos)
-            key, pos = decoder.raw_decode(text, pos)
-            pos = _skip(text, pos) + 1  # ':'
-            pos = _skip(text, pos)
-            if key == "entries":
-                break
-            _, pos = decoder.raw_decode(text, pos)
-            pos = _skip(text, pos) + 1  # ','
-    pos += 1  # '['
-    line, counted = 1, 0
+            match = _WS.match(self._buf, self._pos)
+            self._pos = match.end() if match else self._pos
+            if self._pos < len(self._buf):
+                return self._buf[self._pos]
+            if not self._more():
+                return ""
+
+    def expect(self, char: str, where: str) -> None:
+        found = self.peek()
+        if found != char:
+            got = "the end of the document" if not found else "something else"
+            raise ListFormatError(f"not valid JSON: expected {char!r} {where}, found {got}")
+        self._pos += 1
+
+    def line(self) -> int:
+        self._line += self._buf.count("\n", self._counted, self._pos)
+        self._counted = self._pos
+        return self._line
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                if len(self._buf) - self._pos > _MAX_VALUE_CHARS:
+                    raise ListFormatError(
+                        f"line {self.line()}: a value longer than {_MAX_VALUE_CHARS} characters"
+                    ) from None
+                if self._more():
+                    continue
+                raise ListFormatError(f"not valid JSON ({exc.msg}, line {self.line()})") from None
+            # A number (or the end of the buffer) may go on in the next chunk: decode again.
+            if end == len(self._buf) and self._more():
+                continue
+            if end - self._pos > _MAX_VALUE_CHARS:
+                raise ListFormatError(
+                    f"line {self.line()}: a value longer than {_MAX_VALUE_CHARS} characters"
+                )
+            self._pos = end
+            return value
+
+
+def _json_rows(stream: TextIO) -> Iterator[tuple[int, Any]]:
+    doc = _JsonStream(stream)
+    first = doc.peek()
+    if first == "[":
+        yield from _json_array(doc)
+    elif first == "{":
+        yield from _json_object(doc)
+    else:
+        raise ListFormatError("expected a JSON object with `entries`, or an array of entries")
+    if doc.peek() != "":
+        raise ListFormatError("not valid JSON (extra data after the document)")
+
+
+def _json_object(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
+    doc.expect("{", "to open the document")
+    seen_entries = False
+    if doc.peek() == "}":
+        doc.expect("}", "")
+        raise ListFormatError("the JSON object has no `entries` array")
     while True:
-        pos = _skip(text, pos)
-        if text[pos] == "]":
-            return
-        line += text.count("\n", counted, pos)
-        counted = pos
-        value, pos = decoder.raw_decode(text, pos)
-        yield line, value
-        pos = _skip(text, pos)
-        if text[pos] == ",":
-            pos += 1
+        key = doc.value()
+        if not isinstance(key, str):
+            raise ListFormatError("not valid JSON (an object key is not a string)")
+        doc.expect(":", "after an object key")
+        if key == "entries":
+            if doc.peek() != "[":
+                raise ListFormatError("the JSON object has no `entries` array")
+            seen_entries = True
+            yield from _json_array(doc)
+        else:
+            value = doc.value()
+            if key == "format" and value != FORMAT_NAME:
+                raise ListFormatError(f"format {str(value)[:80]!r} is not {FORMAT_NAME!r}")
+            if key == "version" and (not isinstance(value, int) or value > FORMAT_VERSION):
+                raise ListFormatError(
+                    f"format version {str(value)[:20]!r} is newer than this reader"
+                )
+        if doc.peek() == ",":
+            doc.expect(",", "")
+            continue
+        doc.expect("}", "to close the document")
+        break
+    if not seen_entries:
+        raise ListFormatError("the JSON object has no `entries` array")
 
 
-def _skip(text: str, pos: int) -> int:
-    match = _WS.match(text, pos)
-    return match.end() if match else pos
+def _json_array(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
+    doc.expect("[", "to open the entries")
+    if doc.peek() == "]":
+        doc.expect("]", "")
+        return
+    while True:
+        doc.peek()
+        line = doc.line()
+        yield line, doc.value()
+        if doc.peek() == ",":
+            doc.expect(",", "")
+            continue
+        doc.expect("]", "after an entry")
+        return
 
 
 # -- writing -----------------------------------------------------------------------------------

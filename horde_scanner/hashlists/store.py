@@ -6,18 +6,23 @@
     hash_flags         matches against `review` sources, for an admin to look at
     hash_generation    a counter bumped by every change to what the index must hold
 
-What the index holds, and what this instance publishes, is derived from these and the core
-tables: confirmed positives (`csam` verdicts a backend gave), the admin deny list (by sha256,
-with the PDQ of the image when it was seen), and imported entries; an admin allow removes an
-image and every deny entry within the match distance of its PDQ.
+What the index holds is derived from these and the core tables: machine positives (`csam`
+verdicts a backend gave, reviewed or not), the admin deny list (by sha256, with the PDQ of the
+image when it was seen), and imported entries; an admin allow removes an image and every deny
+entry within the match distance of its PDQ. What this instance publishes is what a person
+confirmed: the deny list (an admin's confirm puts a positive there) and imported entries, each
+with who added it and when; unreviewed machine positives only with hashes.publish_unreviewed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import numpy as np
@@ -175,34 +180,62 @@ class HashStore:
 
     # -- what this instance publishes ----------------------------------------------------------
 
-    async def own_entries(self, source: str, min_quality: int) -> list[HashEntry]:
-        """Confirmed positives and the deny list (sha256 and PDQ), then imported entries."""
+    async def own_entries(
+        self, source: str, min_quality: int, *, unreviewed: bool = False
+    ) -> list[HashEntry]:
+        """What a person confirmed: the admin's deny list (sha256 and PDQ; an admin's confirm
+        puts a hash there) and imported entries, each with who added it and when. With
+        `unreviewed`, machine positives no admin has decided on too (confirmed_by empty)."""
         entries: list[HashEntry] = []
         async with self._db.execute(
-            "SELECT sha256, first_seen FROM verdicts WHERE label='csam' AND backend != ?"
-            " AND sha256 NOT IN (SELECT sha256 FROM lists WHERE kind='allow')"
-            " UNION SELECT sha256, added_at FROM lists WHERE kind='deny'",
-            (MATCH_BACKEND,),
+            "SELECT l.sha256, COALESCE(v.first_seen, l.added_at), l.added_by, l.added_at"
+            " FROM lists l LEFT JOIN verdicts v ON v.sha256 = l.sha256 WHERE l.kind='deny'"
         ) as cur:
             async for r in cur:
-                entries.append(HashEntry("sha256", r[0], "csam", source, r[1]))
-        async with self._db.execute(_OWN_PDQ_PUBLISHED, (MATCH_BACKEND, min_quality)) as cur:
+                entries.append(_confirmed("sha256", r, source))
+        async with self._db.execute(_DENIED_PDQ, (min_quality,)) as cur:
             async for r in cur:
-                entries.append(HashEntry("pdq", r[0], "csam", source, r[1]))
+                entries.append(_confirmed("pdq", r, source))
         async with self._db.execute(
-            "SELECT origin, signal, value, label, source, first_seen, note FROM hash_entries"
-            " WHERE origin=? AND NOT (signal='sha256' AND value IN"
+            "SELECT signal, value, label, source, first_seen, note, added_by, added_at"
+            " FROM hash_entries WHERE origin=? AND NOT (signal='sha256' AND value IN"
             " (SELECT sha256 FROM lists WHERE kind='allow'))",
             (LOCAL,),
         ) as cur:
-            entries.extend([_sourced(r).entry async for r in cur])
+            async for r in cur:
+                entry = _sourced((LOCAL, *r[:6])).entry
+                entries.append(
+                    dataclasses.replace(entry, confirmed_by=str(r[6] or ""), confirmed_at=r[7])
+                )
+        if not unreviewed:
+            return entries
+        note = "unreviewed machine verdict"
+        async with self._db.execute(
+            "SELECT sha256, first_seen, backend, signals FROM verdicts v WHERE label='csam'"
+            " AND backend != ? AND sha256 NOT IN (SELECT sha256 FROM lists)",
+            (MATCH_BACKEND,),
+        ) as cur:
+            async for r in cur:
+                if _is_evidence(r[3]):
+                    entries.append(
+                        HashEntry("sha256", r[0], "csam", source, r[1], f"{note} ({r[2]})")
+                    )
+        first_seen: dict[str, float] = {}
+        async with self._db.execute(_UNREVIEWED_PDQ, (MATCH_BACKEND, min_quality)) as cur:
+            async for pdq, seen, signals in cur:
+                if _is_evidence(signals):
+                    first_seen[pdq] = min(seen, first_seen.get(pdq, seen))
+        entries.extend(HashEntry("pdq", v, "csam", source, t, note) for v, t in first_seen.items())
         return entries
 
-    async def published(self, source: str, min_quality: int, max_distance: int) -> list[HashEntry]:
+    async def published(
+        self, source: str, min_quality: int, max_distance: int, *, unreviewed: bool = False
+    ) -> list[HashEntry]:
         """This instance's own entries, de-duplicated and sorted, with every entry an admin's
-        allow overrides left out: what `GET /api/v1/hashes` serves and `hashes export` writes."""
+        allow overrides left out: what `GET /api/v1/hashes` serves and `hashes export` writes.
+        A confirmed entry wins over an unreviewed one for the same value."""
         unique: dict[tuple[str, str], HashEntry] = {}
-        for entry in await self.own_entries(source, min_quality):
+        for entry in await self.own_entries(source, min_quality, unreviewed=unreviewed):
             unique.setdefault((entry.signal, entry.value), entry)
         result = sorted(unique.values(), key=lambda e: (e.signal, e.value))
         allowed = await self.allowed_pdq(min_quality)
@@ -226,10 +259,10 @@ class HashStore:
 
     # -- changing entries ----------------------------------------------------------------------
 
-    async def add_entries(self, origin: str, entries: Iterable[HashEntry]) -> int:
-        """Upsert entries under `origin` (the earliest first-seen is kept). Returns rows
-        written."""
-        return await self._bulk(origin, entries, replace=False)
+    async def add_entries(self, origin: str, entries: Iterable[HashEntry], *, by: str = "") -> int:
+        """Upsert entries under `origin` (the earliest first-seen is kept), noting who added
+        them and when. Returns rows written."""
+        return await self._bulk(origin, entries, replace=False, by=by)
 
     async def replace_origin(self, origin: str, entries: Iterable[HashEntry]) -> int:
         """Make `origin`'s entries exactly these (a subscription refresh). Returns the number
@@ -257,7 +290,9 @@ class HashStore:
             await self.bump()
         return stale
 
-    async def _bulk(self, origin: str, entries: Iterable[HashEntry], *, replace: bool) -> int:
+    async def _bulk(
+        self, origin: str, entries: Iterable[HashEntry], *, replace: bool, by: str = ""
+    ) -> int:
         """Write entries in short transactions on a connection of our own.
 
         A list can hold a million rows, and one transaction over all of them would hold the
@@ -281,7 +316,8 @@ class HashStore:
                         elif new[key] == (r[2], r[3], r[4], r[5]):
                             del new[key]  # unchanged: nothing to write
             # In key order, the B-tree grows at its end instead of splitting pages all over.
-            rows = sorted((origin, *key, *fields) for key, fields in new.items())
+            added = time.time()
+            rows = sorted((origin, *key, *fields, by, added) for key, fields in new.items())
             for start in range(0, len(stale), _ROWS_PER_BATCH):
                 await _in_transaction(
                     db,
@@ -292,7 +328,7 @@ class HashStore:
                 await _in_transaction(
                     db,
                     "INSERT INTO hash_entries (origin, signal, value, label, source,"
-                    " first_seen, note) VALUES (?,?,?,?,?,?,?)"
+                    " first_seen, note, added_by, added_at) VALUES (?,?,?,?,?,?,?,?,?)"
                     " ON CONFLICT(signal, value, origin) DO UPDATE SET label=excluded.label,"
                     " source=excluded.source, note=excluded.note,"
                     " first_seen=CASE WHEN excluded.first_seen < hash_entries.first_seen"
@@ -383,19 +419,42 @@ class HashStore:
             return [Flag(*r) async for r in cur]
 
 
-# PDQ of this instance's confirmed positives and deny-listed images, allowed images excluded.
+# PDQ of this instance's machine positives and deny-listed images, allowed images excluded:
+# what the local index holds (an unreviewed positive blocks its near copies here).
 _OWN_PDQ = (
     "SELECT p.pdq FROM verdict_pdq p WHERE p.quality >= ?2"
     " AND p.sha256 NOT IN (SELECT sha256 FROM lists WHERE kind='allow')"
     " AND (p.sha256 IN (SELECT sha256 FROM verdicts WHERE label='csam' AND backend != ?1)"
     " OR p.sha256 IN (SELECT sha256 FROM lists WHERE kind='deny'))"
 )
-_OWN_PDQ_PUBLISHED = (
-    "SELECT p.pdq, MIN(COALESCE(v.first_seen, l.added_at)) FROM verdict_pdq p"
-    " LEFT JOIN verdicts v ON v.sha256 = p.sha256 LEFT JOIN lists l ON l.sha256 = p.sha256"
-    " WHERE p.quality >= ?2 AND COALESCE(l.kind, '') != 'allow'"
-    " AND (l.kind = 'deny' OR (v.label = 'csam' AND v.backend != ?1)) GROUP BY p.pdq"
+# PDQ of deny-listed (admin-confirmed) images, with who confirmed and when (the first to).
+# (Window functions, not SQLite's bare columns beside MIN: PostgreSQL runs this too.)
+_DENIED_PDQ = (
+    "SELECT pdq, first_seen, added_by, added_at FROM ("
+    " SELECT p.pdq AS pdq, MIN(COALESCE(v.first_seen, l.added_at)) OVER w AS first_seen,"
+    " l.added_by AS added_by, l.added_at AS added_at,"
+    " ROW_NUMBER() OVER (PARTITION BY p.pdq ORDER BY l.added_at, l.sha256) AS n"
+    " FROM verdict_pdq p JOIN lists l ON l.sha256 = p.sha256 AND l.kind = 'deny'"
+    " LEFT JOIN verdicts v ON v.sha256 = p.sha256 WHERE p.quality >= ?1"
+    " WINDOW w AS (PARTITION BY p.pdq)) firsts WHERE n = 1"
 )
+# PDQ of machine positives on neither list (published only with hashes.publish_unreviewed),
+# one row per image: whether its signals are evidence is decided in Python (_is_evidence).
+_UNREVIEWED_PDQ = (
+    "SELECT p.pdq, v.first_seen, v.signals FROM verdict_pdq p JOIN verdicts v"
+    " ON v.sha256 = p.sha256 WHERE p.quality >= ?2 AND v.label = 'csam' AND v.backend != ?1"
+    " AND p.sha256 NOT IN (SELECT sha256 FROM lists)"
+)
+
+
+def _is_evidence(signals: str | None) -> bool:
+    """False for a verdict whose signals say they are no evidence for others (a remote
+    worker's bare yes/no answer: `extra.evidence = false`)."""
+    try:
+        extra = json.loads(signals or "{}").get("extra") or {}
+    except (ValueError, AttributeError):
+        return True
+    return extra.get("evidence", True) is not False
 _SUBSCRIPTION_SELECT = (
     "SELECT name, url, etag, entries, skipped, last_ok, last_checked, last_status, last_error,"
     " bytes_fetched FROM hash_subscriptions"
@@ -412,6 +471,13 @@ async def _in_transaction(
     except BaseException:
         await db.execute("ROLLBACK")
         raise
+
+
+def _confirmed(signal: str, row: Sequence[Any], source: str) -> HashEntry:
+    value, first_seen, by, at = row
+    return HashEntry(
+        signal, str(value), "csam", source, first_seen, confirmed_by=str(by or ""), confirmed_at=at
+    )
 
 
 def _sourced(row: Sequence[object]) -> SourcedEntry:

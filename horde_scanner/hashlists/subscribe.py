@@ -6,18 +6,35 @@ data. A good copy replaces the source's entries in one transaction; a source tha
 answers an error, sends more than `max_list_bytes` or sends something that is not a hash list
 keeps its last good copy, and the problem is logged and recorded (`hashes subscriptions`).
 Bad rows inside a good list are skipped and counted.
+
+A list is received into a temporary file and read from it as a stream, rows capped
+(`max_list_rows`): memory holds the entries, never the document. What a source sends is never
+echoed into logs or the recorded state, only its status, content type and size. Redirects are
+followed only within the source's origin, unless its `redirect_origins` names another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import IO
 
 import aiohttp
+from yarl import URL
 
 from horde_scanner.config import HashesSettings, HashSubscription
-from horde_scanner.hashlists.format import ListFormatError, parse
+from horde_scanner.hashlists.format import (
+    HashEntry,
+    ListFormatError,
+    ParseReport,
+    TooManyRows,
+    read_entries,
+)
 from horde_scanner.hashlists.matcher import HashMatcher
 from horde_scanner.media.hashing import sha256_hex
 
@@ -81,78 +98,182 @@ class Subscriber:
         headers = {"Accept": "application/json, text/csv;q=0.5"}
         if state is not None and state.etag and state.url == sub.url:
             headers["If-None-Match"] = state.etag
-        if sub.token:
-            headers["Authorization"] = f"Bearer {sub.token}"
         try:
-            status, body, etag, content_type = await self._fetch(sub, headers)
+            fetched = await self._fetch(sub, headers)
         except _Refused as exc:
             log.warning("hash subscription %s: %s; keeping the last good copy", sub.name, exc)
             await self._hashes.record_fetch(
                 sub.name, sub.url, status=exc.status, error=exc.reason, nbytes=exc.nbytes
             )
             return FAILED
-        if status == 304:
+        if fetched.status == 304:
             await self._hashes.record_fetch(sub.name, sub.url, status=304, error=None)
             return UNCHANGED
-        fmt = "csv" if "csv" in content_type else None
-        loop = asyncio.get_running_loop()
         try:
-            entries, errors = await loop.run_in_executor(None, parse, body, fmt)
-        except ListFormatError as exc:
-            entries, errors = [], []
-            problem: str | None = f"not a hash list: {exc}"
+            return await self._apply(sub, fetched)
+        finally:
+            fetched.close()
+
+    async def _apply(self, sub: HashSubscription, fetched: _Fetched) -> str:
+        fmt = "csv" if "csv" in fetched.content_type else None
+        loop = asyncio.get_running_loop()
+        settings = self._settings
+        report = ParseReport(max_errors=settings.max_row_errors)
+        problem: str | None = None
+        try:
+            entries = await loop.run_in_executor(
+                None, _read_file, fetched, fmt, report, settings.max_list_rows
+            )
+        except TooManyRows as exc:
+            entries, problem = [], f"{exc} ({fetched.describe()})"
+        except ListFormatError:
+            # What the source sent is never echoed (logs, `hashes subscriptions`): only a
+            # description that cannot carry its words.
+            entries, problem = [], f"not a hash list ({fetched.describe()})"
         else:
-            # Every row bad is garbage, not an empty list: keep what we had.
-            problem = f"no usable row; first: {errors[0]}" if errors and not entries else None
+            if report.skipped and not entries:
+                # Every row bad is garbage, not an empty list: keep what we had.
+                problem = f"no usable row in {report.rows} rows ({fetched.describe()})"
         if problem is not None:
             log.warning("hash subscription %s: %s; keeping the last good copy", sub.name, problem)
             await self._hashes.record_fetch(
-                sub.name, sub.url, status=status, error=problem, nbytes=len(body)
+                sub.name, sub.url, status=fetched.status, error=problem, nbytes=fetched.nbytes
             )
             return FAILED
-        if errors:
+        if report.skipped:
+            first = report.errors[0].line if report.errors else None
             log.warning(
-                "hash subscription %s: skipped %d bad rows (first: %s)",
+                "hash subscription %s: skipped %d bad rows (first at line %s)",
                 sub.name,
-                len(errors),
-                errors[0],
+                report.skipped,
+                first,
             )
         await self._hashes.replace_origin(sub.name, entries)
         await self._hashes.record_fetch(
             sub.name,
             sub.url,
-            status=status,
+            status=fetched.status,
             error=None,
-            nbytes=len(body),
-            etag=etag,
+            nbytes=fetched.nbytes,
+            etag=fetched.etag,
             entries=len(entries),
-            skipped=len(errors),
+            skipped=report.skipped,
         )
         log.info(
-            "hash subscription %s: %d entries (%d skipped)", sub.name, len(entries), len(errors)
+            "hash subscription %s: %d entries (%d skipped)", sub.name, len(entries), report.skipped
         )
         await self._matcher.reload()
         return CHANGED
 
-    async def _fetch(
-        self, sub: HashSubscription, headers: dict[str, str]
-    ) -> tuple[int, bytes, str | None, str]:
+    async def _fetch(self, sub: HashSubscription, headers: dict[str, str]) -> _Fetched:
+        """GET the list into a temporary file, following redirects only within the source's
+        origin (or to `redirect_origins`); the token goes to the source's own origin only."""
+        url = URL(sub.url)
+        home = _origin(url)
+        allowed = {home, *(_origin(URL(o)) for o in sub.redirect_origins)}
+        for _ in range(_MAX_REDIRECTS + 1):
+            sent = dict(headers)
+            if sub.token and _origin(url) == home:
+                sent["Authorization"] = f"Bearer {sub.token}"
+            try:
+                async with self._session.get(
+                    url,
+                    headers=sent,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=sub.timeout_s),
+                ) as resp:
+                    if resp.status in _REDIRECTS:
+                        url = _redirect_target(url, resp, allowed)
+                        continue
+                    return await self._receive(sub, resp)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _Refused(
+                    None, f"cannot fetch {sub.url}: {exc or type(exc).__name__}"
+                ) from None
+        raise _Refused(None, f"more than {_MAX_REDIRECTS} redirects from {sub.url}")
+
+    async def _receive(self, sub: HashSubscription, resp: aiohttp.ClientResponse) -> _Fetched:
         limit = self._settings.max_list_bytes
+        content_type = _safe_text(resp.content_type)
+        if resp.status == 304:
+            return _Fetched(304, None, 0, resp.headers.get("ETag"), "")
+        if resp.status != 200:
+            raise _Refused(resp.status, f"HTTP {resp.status} from {sub.url} ({content_type})")
+        if resp.content_length is not None and resp.content_length > limit:
+            raise _Refused(200, f"list of {resp.content_length} bytes exceeds {limit}")
+        loop = asyncio.get_running_loop()
+        file = await loop.run_in_executor(None, tempfile.TemporaryFile)
+        nbytes = 0
         try:
-            async with self._session.get(
-                sub.url, headers=headers, timeout=aiohttp.ClientTimeout(total=sub.timeout_s)
-            ) as resp:
-                if resp.status == 304:
-                    return 304, b"", resp.headers.get("ETag"), ""
-                if resp.status != 200:
-                    raise _Refused(resp.status, f"HTTP {resp.status} from {sub.url}")
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise _Refused(200, f"list of {resp.content_length} bytes exceeds {limit}")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    body += chunk
-                    if len(body) > limit:
-                        raise _Refused(200, f"list exceeds max_list_bytes ({limit})", len(body))
-                return 200, bytes(body), resp.headers.get("ETag"), resp.content_type
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Refused(None, f"cannot fetch {sub.url}: {exc or type(exc).__name__}") from None
+            # Decompressed bytes count (aiohttp undoes Content-Encoding): a small gzip of a
+            # huge document is refused at the limit, never held.
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                nbytes += len(chunk)
+                if nbytes > limit:
+                    raise _Refused(200, f"list exceeds max_list_bytes ({limit})", nbytes)
+                await loop.run_in_executor(None, file.write, chunk)
+        except BaseException:
+            file.close()
+            raise
+        return _Fetched(200, file, nbytes, resp.headers.get("ETag"), content_type)
+
+
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_UNSAFE = re.compile(r"[^A-Za-z0-9/.+;=_ -]")
+
+
+@dataclass
+class _Fetched:
+    status: int
+    file: IO[bytes] | None
+    nbytes: int
+    etag: str | None
+    content_type: str
+
+    def describe(self) -> str:
+        """Status, type and size: enough to tell an HTML error page from a list."""
+        return f"HTTP {self.status}, {self.content_type or 'no content type'}, {self.nbytes} bytes"
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _read_file(
+    fetched: _Fetched, fmt: str | None, report: ParseReport, max_rows: int
+) -> list[HashEntry]:
+    if fetched.file is None:
+        return []
+    fetched.file.seek(0)
+    text = io.TextIOWrapper(fetched.file, encoding="utf-8-sig", newline="")
+    try:
+        return list(read_entries(text, fmt, report, max_rows=max_rows))
+    finally:
+        text.detach()
+
+
+def _safe_text(value: str, limit: int = 64) -> str:
+    return _UNSAFE.sub("?", value[:limit])
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.explicit_port or url.port)
+
+
+def _redirect_target(
+    url: URL, resp: aiohttp.ClientResponse, allowed: set[tuple[str, str, int | None]]
+) -> URL:
+    location = resp.headers.get("Location")
+    if not location:
+        raise _Refused(resp.status, f"HTTP {resp.status} without a Location")
+    target = url.join(URL(location))
+    if _origin(target) not in allowed:
+        scheme, host, port = _origin(target)
+        raise _Refused(
+            resp.status,
+            f"redirect to another origin ({_safe_text(scheme)}://{_safe_text(host)}:{port}) "
+            "refused; list it in redirect_origins to follow it",
+        )
+    return target

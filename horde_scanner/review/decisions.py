@@ -209,7 +209,13 @@ class Review:
     async def allow(self, sha256: str, *, by: str, note: str = "") -> dict[str, Any]:
         previous = await self._label(sha256)
         await self.store.set_list(sha256, "allow", note=note, by=by)
-        self._forget(sha256)
+        # Near copies blocked by this image's PDQ are lifted with it: the index drops the
+        # image now (not at the next sync), and cached answers for the copies go too.
+        # (Without a Judge, from the CLI, a running service sees the change by the store.)
+        if self.judge is not None:
+            if self.judge.hashes is not None:
+                await self.judge.hashes.reload()
+            self.judge.forget()
         released = await self._release(sha256, by, note)
         detail = {"note": note, "previous_label": previous, "quarantine": released.as_dict()}
         return await self._decided("allow", sha256, Label.CLEAN, "allow", by, detail)

@@ -31,6 +31,7 @@ from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.service.auth import ClientAuth
 from horde_scanner.service.metrics import Metrics, Sources
+from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.store.sqlite import Job, Store
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.metrics import SweepProgress
@@ -57,8 +58,11 @@ class Services:
     review: Review
     # Sweeps running in this process report here; /metrics reads it.
     sweeps: SweepProgress
-    # Uploads being read and admitted at once (server.max_concurrent_uploads).
+    # Complete uploads being admitted at once (server.max_concurrent_uploads).
     upload_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    # Bytes of bodies being read, in memory and spooled to disk (service/upload_body.py).
+    upload_memory: ByteBudget = field(default_factory=lambda: ByteBudget(256 << 20))
+    upload_spool: ByteBudget = field(default_factory=lambda: ByteBudget(0))
     started_at: float = field(default_factory=time.time)
     # Answers by (route, answer), for logs now and metrics later.
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -155,6 +159,8 @@ async def open_services(
                 review_for(settings, store, judge, quarantine),
                 sweeps,
                 upload_gate=asyncio.Semaphore(settings.server.max_concurrent_uploads),
+                upload_memory=ByteBudget(settings.server.upload_memory_bytes),
+                upload_spool=ByteBudget(settings.server.upload_spool_bytes),
                 workers=pool,
             )
         finally:

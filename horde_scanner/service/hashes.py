@@ -2,9 +2,11 @@
 subscriptions to theirs, which run while the service does.
 
 Publishing is off by default. When on, the list needs `Authorization: Bearer <publish_token>`
-unless `publish_public` is set. The body is the JSON exchange format (hashlist_format.py) of
-this instance's own entries only (confirmed positives, deny list, imported entries; never what
-it subscribed to, so lists do not echo around a ring of instances). It is rendered once per
+unless `publish_public` is set. The body is the JSON exchange format (hashlists/format.py) of
+this instance's own entries only, each saying who confirmed it and when: the deny list (admin
+confirmed positives and the admin's own deny entries) and imported entries; never what it
+subscribed to, so lists do not echo around a ring of instances, and never an unreviewed
+machine verdict unless `publish_unreviewed` is set. It is rendered once per
 change of the store's hash generation and carries a strong ETag, so `If-None-Match` gets a
 304 with no body when nothing changed.
 """
@@ -44,6 +46,7 @@ class Publisher:
                     self._settings.publish_source,
                     self._settings.pdq_min_quality,
                     self._settings.pdq_max_distance,
+                    unreviewed=self._settings.publish_unreviewed,
                 )
                 loop = asyncio.get_running_loop()
                 self._body = await loop.run_in_executor(None, _render, entries)

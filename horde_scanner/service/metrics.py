@@ -88,6 +88,13 @@ class Metrics:
             ["label", "backend"],
             registry=self.registry,
         )
+        self.unjudged_uploads = Counter(
+            f"{PREFIX}_unjudged_uploads",
+            "Uploads answered without a verdict (body too slow, too large, overload...), by "
+            "reason; each one is also an `unjudged` audit row.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.worker_answers = Counter(
             f"{PREFIX}_worker_answers",
             "Answers posted by remote workers: accepted, or why they were refused "
@@ -114,6 +121,9 @@ class Metrics:
             self._hits += 1
         if outcome.route is Route.TIMEOUT:
             self.deadline_hits.labels(on_timeout=answer).inc()
+
+    def unjudged(self, reason: str) -> None:
+        self.unjudged_uploads.labels(reason=reason).inc()
 
     def worker_answer(self, outcome: str) -> None:
         self.worker_answers.labels(outcome=outcome).inc()

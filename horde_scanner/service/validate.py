@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
 from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
+from horde_scanner.service.upload_body import Pace, UploadBody, UploadCut, read_body
 from horde_scanner.verdict import Label
 
 log = logging.getLogger(__name__)
@@ -27,47 +28,6 @@ ACCEPT_STATUS = 200
 REJECT_STATUS = 406
 # Time kept back from the deadline for logging and writing the response.
 _RESPONSE_MARGIN_S = 0.25
-
-
-async def read_upload(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestError(
-            413,
-            "too_large",
-            f"body of {request.content_length} bytes exceeds server.max_body_bytes ({limit})",
-        )
-    if request.content_type == "multipart/form-data":
-        data = await _read_multipart_file(request, limit)
-    else:
-        buf = bytearray()
-        async for chunk in request.content.iter_any():
-            buf += chunk
-            if len(buf) > limit:
-                raise RequestError(
-                    413, "too_large", f"body exceeds server.max_body_bytes ({limit})"
-                )
-        data = bytes(buf)
-    if not data:
-        raise RequestError(400, "empty_body", "the request carried no image bytes")
-    return data
-
-
-async def _read_multipart_file(request: web.Request, limit: int) -> bytes:
-    try:
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, aiohttp.BodyPartReader) and part.name == "file":
-                buf = bytearray()
-                while chunk := await part.read_chunk(65536):
-                    buf += chunk
-                    if len(buf) > limit:
-                        raise RequestError(
-                            413, "too_large", f"file exceeds server.max_body_bytes ({limit})"
-                        )
-                return bytes(buf)
-    except ValueError as exc:
-        raise RequestError(400, "bad_multipart", f"cannot read multipart body: {exc}") from None
-    raise RequestError(400, "missing_file", "multipart body has no `file` field")
 
 
 def _decide(svc: Services, outcome: Outcome) -> tuple[OnEvent, str]:
@@ -92,17 +52,76 @@ def _loop_time(monotonic_deadline: float) -> float:
     return loop.time() + (monotonic_deadline - time.monotonic())
 
 
-def _overloaded(svc: Services, source: str, started: float) -> web.Response:
-    """Too many uploads at once to even read this one before the deadline."""
+async def _unjudged(
+    request: web.Request,
+    svc: Services,
+    source: str,
+    started: float,
+    *,
+    reason: str,
+    received: int,
+) -> None:
+    """An upload answered without a verdict: never silent (audit row, log line, metric)."""
+    svc.metrics.unjudged(reason)
+    declared = request.content_length
+    address = svc.auth.client_address(request)
+    log.warning(
+        "upload answered without a verdict (%s): %s from %s, %d of %s bytes, %.1f s",
+        reason,
+        source,
+        address,
+        received,
+        declared if declared is not None else "?",
+        time.monotonic() - started,
+    )
+    await svc.store.audit(
+        "unjudged",
+        action=reason,
+        source=source,
+        detail={
+            "reason": reason,
+            "address": address,
+            "received_bytes": received,
+            "declared_bytes": declared,
+            "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+
+
+async def _audit_by(svc: Services, deadline: float, event: str, **fields: Any) -> None:
+    """Audit without letting the store's back-pressure overrun the deadline: every 500th row
+    flushes the buffer, which waits for the database thread (busy persisting a burst's jobs).
+    The write goes on in the background when time is up; the row is not lost."""
+    write = asyncio.ensure_future(svc.store.audit(event, **fields))
+    try:
+        await asyncio.wait_for(asyncio.shield(write), max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        write.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("audit write failed: %s", task.exception())
+
+
+def _cut(exc: UploadCut) -> web.Response:
+    # 408 makes pict-rs reject the upload (fail closed); close the connection rather than
+    # linger reading the rest of a body nobody will use.
+    response = web.json_response({"error": exc.reason, "detail": exc.detail}, status=408)
+    response.force_close()
+    return response
+
+
+def _overloaded(svc: Services, started: float) -> web.Response:
+    """The body was read, but no admission slot came free before the deadline."""
     answer = svc.settings.validation.on_timeout
     svc.answers[("overload", answer.value)] += 1
-    log.warning("overloaded: answered %s without reading the upload (%s)", answer.value, source)
     body = {
         "sha256": None,
         "answer": answer.value,
         "label": None,
         "route": "overload",
-        "reasons": ["too many uploads at once; not read before the deadline"],
+        "reasons": ["too many uploads at once; not admitted before the deadline"],
         "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
     }
     return web.json_response(body, status=REJECT_STATUS if answer is OnEvent.REJECT else 200)
@@ -122,39 +141,60 @@ async def scan(request: web.Request) -> web.Response:
     rules = svc.settings.validation
     source = f"upload:{svc.auth.name_for(client_id)}"
     deadline = started + rules.deadline_s - _RESPONSE_MARGIN_S
-    gate = svc.upload_gate
-    # Bodies are read only while a slot is free: a burst waits in the kernel's socket buffers,
-    # not in our memory. Admission (hash, lookup, persist) takes milliseconds per upload.
+    server = svc.settings.server
+    # The body is read first, on its own pace and byte budget (upload_body.py): a slow sender
+    # holds a socket, never an admission slot. Admission (hash, lookup, persist) takes
+    # milliseconds per upload, and only complete bodies queue for it.
+    upload = UploadBody(
+        server.max_body_bytes, svc.upload_memory, svc.upload_spool, server.upload_spool_dir
+    )
     try:
-        async with asyncio.timeout_at(_loop_time(deadline)):
-            await gate.acquire()
-    except TimeoutError:
-        return _overloaded(svc, source, started)
-    released = False
+        pace = Pace(deadline, server.upload_min_bytes_per_s, server.upload_rate_grace_s)
+        try:
+            await read_body(request, upload, pace)
+        except UploadCut as exc:
+            await _unjudged(request, svc, source, started, reason=exc.reason, received=exc.received)
+            return _cut(exc)
+        except RequestError as exc:
+            await _unjudged(request, svc, source, started, reason=exc.error, received=upload.size)
+            raise
+        gate = svc.upload_gate
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                await gate.acquire()
+        except TimeoutError:
+            await _unjudged(request, svc, source, started, reason="overload", received=upload.size)
+            return _overloaded(svc, started)
+        released = False
 
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            gate.release()
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                gate.release()
+                upload.close()
 
-    try:
-        data = await read_upload(request, svc.settings.server.max_body_bytes)
-        outcome = await svc.judge.evaluate(
-            data,
-            source=source,
-            within_s=max(0.0, deadline - time.monotonic()),
-            answer_if_late=rules.on_timeout.value,
-            on_admitted=release,
-        )
-        del data
+        try:
+            data = await upload.data()
+            outcome = await svc.judge.evaluate(
+                data,
+                source=source,
+                within_s=max(0.0, deadline - time.monotonic()),
+                answer_if_late=rules.on_timeout.value,
+                on_admitted=release,
+            )
+            del data
+        finally:
+            release()
     finally:
-        release()
+        upload.close()
     answer, why = _decide(svc, outcome)
     label = outcome.label.value if outcome.label else None
     if outcome.route is not Route.CACHE or answer is OnEvent.REJECT:
         # Clean cache hits are counted, not logged one by one: they are most of the traffic.
-        await svc.store.audit(
+        await _audit_by(
+            svc,
+            started + rules.deadline_s - _RESPONSE_MARGIN_S / 2,
             "answered",
             sha256=outcome.sha256,
             label=label,

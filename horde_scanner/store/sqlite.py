@@ -250,6 +250,14 @@ _MIGRATIONS: list[tuple[str, str]] = [
     """,
     ),
     (
+        # Who put an entry on the list and when: an imported entry is published with them.
+        "0710-hash-entries-added",
+        """
+    ALTER TABLE hash_entries ADD COLUMN added_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE hash_entries ADD COLUMN added_at REAL;
+    """,
+    ),
+    (
         # The AI Horde's daily kudos budget (queries in backends/kudos.py).
         "1100-horde-kudos",
         """

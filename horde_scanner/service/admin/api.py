@@ -36,7 +36,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def admin_only(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        request.app[ADMIN].check_bearer(request)
+        address = request.app[SERVICES].auth.client_address(request)
+        try:
+            request.app[ADMIN].check_bearer(request, address)
+        except RequestError as exc:
+            if exc.status == 401:
+                request.app[SERVICES].metrics.error("admin_token_failed")
+            raise
         try:
             return await handler(request)
         except ReviewError as exc:

@@ -5,11 +5,18 @@ typed once into the login form, buys a random server-side session (cookie: HttpO
 SameSite=Strict, Path=/admin) and a per-session CSRF token every POST must carry. Sessions live
 in memory: a restart logs everyone out. Without a configured token both are off and say how
 to turn them on.
+
+Wrong tokens, on the API or the login form, are counted per client (its address; an IPv6
+client by its /64, which one host usually holds whole): past `admin.max_failures` within
+`admin.failure_window_s` that client waits (429), and no other client does. The login form
+refuses cross-site posts before it looks at the token, so a page elsewhere cannot spend an
+admin's allowance.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 import secrets
 import time
@@ -23,9 +30,8 @@ from horde_scanner.service.errors import RequestError
 
 COOKIE = "hs_admin"
 _ACTOR_RE = re.compile(r"[^A-Za-z0-9._@+-]")
-# Failed logins allowed per client address and window before it has to wait.
-_LOGIN_FAILURES = 10
-_LOGIN_WINDOW_S = 300.0
+# Clients whose failures are remembered at once (the oldest is forgotten first).
+_MAX_CLIENTS = 10_000
 
 DISABLED_DETAIL = (
     "the admin API and the review page are off: set admin.token (env "
@@ -55,7 +61,7 @@ class AdminGate:
         token = settings.token.get_secret_value() if settings.token else None
         self._token = token.encode() if token else None
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -70,30 +76,46 @@ class AdminGate:
             return False
         return hmac.compare_digest(candidate.encode(), self._token)
 
-    def check_bearer(self, request: web.Request) -> None:
+    def check_bearer(self, request: web.Request, address: str | None = None) -> None:
+        """A right bearer token, from a client that has not failed too often (else 429)."""
         self.require_enabled()
+        client = client_key(address)
+        if not self.login_allowed(client):
+            raise RequestError(
+                429,
+                "too_many_failures",
+                f"too many wrong admin tokens from this client; wait up to "
+                f"{self.settings.failure_window_s:.0f} s",
+            )
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise _unauthorised("send the admin token as `Authorization: Bearer <token>`")
         if not self.token_matches(value.strip()):
+            self.login_failed(client)
             raise _unauthorised("wrong admin token")
 
-    # -- login throttling --------------------------------------------------------------------
+    # -- failure throttling (API and login form) ----------------------------------------------
 
-    def login_allowed(self, address: str) -> bool:
-        recent = self._failures.get(address)
+    def login_allowed(self, client: str) -> bool:
+        recent = self._failures.get(client)
         if not recent:
             return True
-        cutoff = time.monotonic() - _LOGIN_WINDOW_S
+        cutoff = time.monotonic() - self.settings.failure_window_s
         while recent and recent[0] < cutoff:
             recent.popleft()
-        return len(recent) < _LOGIN_FAILURES
+        if not recent:
+            del self._failures[client]
+            return True
+        return len(recent) < self.settings.max_failures
 
-    def login_failed(self, address: str) -> None:
-        if len(self._failures) > 10_000:  # bounded, whatever an attacker sends
-            self._failures.clear()
-        self._failures.setdefault(address, deque(maxlen=_LOGIN_FAILURES)).append(time.monotonic())
+    def login_failed(self, client: str) -> None:
+        limit = self.settings.max_failures
+        recent = self._failures.pop(client, None) or deque(maxlen=limit)
+        recent.append(time.monotonic())
+        self._failures[client] = recent  # most recent last
+        while len(self._failures) > _MAX_CLIENTS:  # bounded, whatever an attacker sends
+            self._failures.popitem(last=False)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -162,6 +184,21 @@ def same_origin(request: web.Request) -> bool:
         return origin is None
     host = origin.split("://", 1)[-1]
     return host == request.host
+
+
+def client_key(address: str | None) -> str:
+    """Whose failures these are: the address, or an IPv6 address's /64 network."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _unauthorised(detail: str) -> RequestError:

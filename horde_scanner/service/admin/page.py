@@ -26,7 +26,14 @@ from horde_scanner.review import view
 from horde_scanner.review.decisions import ReviewError
 from horde_scanner.review.evidence import DECISION_EVENTS
 from horde_scanner.service.admin import api as admin_api
-from horde_scanner.service.admin.auth import ADMIN, AdminGate, Session, actor_name, same_origin
+from horde_scanner.service.admin.auth import (
+    ADMIN,
+    AdminGate,
+    Session,
+    actor_name,
+    client_key,
+    same_origin,
+)
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
 
@@ -153,17 +160,22 @@ async def login_form(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     gate = _gate(request)
     svc: Services = request.app[SERVICES]
+    # Before the token is looked at: a cross-site form must not spend this client's allowance
+    # of failures (and so lock the admin out).
+    if not same_origin(request):
+        raise RequestError(403, "bad_origin", "cross-origin form posts are refused")
     address = svc.auth.client_address(request) or "unknown"
+    client = client_key(address)
     form = await request.post()
     next_url = _safe_next(str(form.get("next") or ""))
-    if not gate.login_allowed(address):
+    if not gate.login_allowed(client):
         return _page(
             "Sign in",
             _login_body(next_url, "Too many failed attempts; wait a few minutes."),
             status=429,
         )
     if not gate.token_matches(str(form.get("token") or "")):
-        gate.login_failed(address)
+        gate.login_failed(client)
         svc.metrics.error("admin_login_failed")
         return _page("Sign in", _login_body(next_url, "Wrong admin token."), status=401)
     session = gate.open_session(actor_name("page", str(form.get("name") or "")))
