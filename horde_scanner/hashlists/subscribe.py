@@ -11,7 +11,6 @@ Bad rows inside a good list are skipped and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiohttp
@@ -19,6 +18,7 @@ import aiohttp
 from horde_scanner.config import HashesSettings, HashSubscription
 from horde_scanner.hashlists.format import ListFormatError, parse
 from horde_scanner.hashlists.matcher import HashMatcher
+from horde_scanner.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,7 @@ class Subscriber:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def _loop(self, sub: HashSubscription) -> None:

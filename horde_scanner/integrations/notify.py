@@ -9,7 +9,6 @@ Failures are logged and counted, never retried forever. Payload shapes are data
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import logging
 import time
@@ -24,6 +23,7 @@ import aiohttp
 
 from horde_scanner.backends.base import Readiness
 from horde_scanner.config import NotifySettings
+from horde_scanner.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,8 @@ class Notifier:
             self._task = asyncio.create_task(self._drain(), name="notify")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def notify(self, event: dict[str, Any]) -> None:
         """Queue an event; never waits. Dropped (and counted) when the queue is full."""
@@ -183,11 +180,8 @@ class ReadinessWatcher:
         self._task = asyncio.create_task(self._watch(), name="readiness-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def check(self) -> None:
         state = self._readiness()

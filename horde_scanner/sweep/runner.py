@@ -30,6 +30,7 @@ from horde_scanner.sweep.layout import is_v7_identifier
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.sweep.records import FINAL_STATUSES, FileRecord, Run, ScanRecords
 from horde_scanner.sweep.source import Denied, Entry, ItemError, Source, Vanished
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label
 
 log = logging.getLogger(__name__)
@@ -260,9 +261,7 @@ class Sweep:
         try:
             await classifier()
         finally:
-            list_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await list_task
+            await cancel_and_wait([list_task])
             for _ in workers:
                 await work.put(None)
             await asyncio.gather(*workers)
