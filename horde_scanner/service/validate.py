@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
+from horde_scanner.integrations.metrics import OVERLOAD
 from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
@@ -93,13 +94,13 @@ def _loop_time(monotonic_deadline: float) -> float:
 def _overloaded(svc: Services, source: str, started: float) -> web.Response:
     """Too many uploads at once to even read this one before the deadline."""
     answer = svc.settings.validation.on_timeout
-    svc.answers[("overload", answer.value)] += 1
+    svc.metrics.observe_overload(answer.value, time.monotonic() - started)
     log.warning("overloaded: answered %s without reading the upload (%s)", answer.value, source)
     body = {
         "sha256": None,
         "answer": answer.value,
         "label": None,
-        "route": "overload",
+        "route": OVERLOAD,
         "reasons": ["too many uploads at once; not read before the deadline"],
         "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
     }
@@ -164,7 +165,6 @@ async def scan(request: web.Request) -> web.Response:
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
             },
         )
-    svc.answers[(outcome.route.value, answer.value)] += 1
     svc.metrics.observe_answer(outcome, answer.value, time.monotonic() - started)
     if answer is OnEvent.REJECT:
         log.info("reject %s (%s) %s", outcome.sha256[:12], outcome.route.value, why)
