@@ -18,7 +18,7 @@ a sweep acts by its own `--action`, a report acts on nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -82,6 +82,10 @@ class Runtime:
         self._watcher: ReadinessWatcher | None = None
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
+
+    def on_close(self, close: Callable[[], Awaitable[object]]) -> None:
+        """Stop something the caller built itself (a plug-in's backend) with the rest."""
+        self._stack.push_async_callback(close)
 
     # -- plain resources -----------------------------------------------------------------------
 

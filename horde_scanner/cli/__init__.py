@@ -140,13 +140,14 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 @click.pass_context
 def check(ctx: click.Context, files: tuple[Path, ...], as_json: bool, wait: float | None) -> None:
     """Judge FILES and print their verdicts (cached verdicts are reused)."""
-    from horde_scanner.service.context import open_services
+    from horde_scanner.runtime import open_runtime
 
     settings = _settings(ctx)
 
     async def go() -> int:
         worst = 0
-        async with open_services(settings) as svc:
+        async with open_runtime(settings) as rt:
+            judge = await rt.judge()
             for path in files:
                 try:
                     data = path.read_bytes()
@@ -154,7 +155,7 @@ def check(ctx: click.Context, files: tuple[Path, ...], as_json: bool, wait: floa
                     _print_check(as_json, {"file": str(path), "error": exc.strerror or str(exc)})
                     worst = max(worst, 2)
                     continue
-                outcome = await svc.judge.evaluate(data, source=f"check:{path}", within_s=wait)
+                outcome = await judge.evaluate(data, source=f"check:{path}", within_s=wait)
                 verdict = outcome.verdict
                 row: dict[str, Any] = {
                     "file": str(path),
@@ -605,13 +606,19 @@ def worker(
         ) from None
     from horde_scanner.judging.policy import Policy
     from horde_scanner.media.decode import DecodeLimits
+    from horde_scanner.runtime import open_runtime
 
     async def go() -> None:
-        policy = Policy.load(settings.policy.path)
-        try:
-            backend = LocalClipBackend.from_settings(local, policy.clip.phrases)
-        except ModelUnavailable as exc:
-            raise click.ClickException(str(exc)) from None
+        async with open_runtime(settings) as rt:
+            policy = rt.policy()
+            try:
+                backend = LocalClipBackend.from_settings(local, policy.clip.phrases)
+            except ModelUnavailable as exc:
+                raise click.ClickException(str(exc)) from None
+            rt.on_close(backend.aclose)
+            await _work(backend, policy)
+
+    async def _work(backend: LocalClipBackend, policy: Policy) -> None:
         runner = Worker(
             server,
             key,
@@ -629,8 +636,6 @@ def worker(
             await runner.run()
         except WorkerError as exc:
             raise click.ClickException(str(exc)) from None
-        finally:
-            await backend.aclose()
 
     try:
         _run(go)

@@ -9,6 +9,7 @@ Failures are logged and counted, never retried forever. Payload shapes are data
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import time
@@ -112,6 +113,13 @@ class Notifier:
             self._task = asyncio.create_task(self._drain(), name="notify")
 
     async def stop(self) -> None:
+        """Send what is queued (for at most one webhook timeout), then stop.
+
+        A short-lived process (a sweep, `check`) often finds its positive just before it ends."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.timeout_s):
+                    await self._queue.join()
         await cancel_and_wait([self._task])
         self._task = None
 
@@ -143,6 +151,8 @@ class Notifier:
             except Exception as exc:  # the worker must outlive any one failure
                 self.failed += 1
                 log.warning("notify: webhook failed for %s: %s", event.get("event"), exc)
+            finally:
+                self._queue.task_done()
 
     async def _send(self, event: dict[str, Any]) -> None:
         url = self.settings.webhook_url

@@ -1,7 +1,8 @@
 """The sweep commands as functions (the CLI is a thin layer over these): scan, apply, release.
 
-Each opens the store, then the source (so that a wrong credential or host key stops before
-any work), then the same Judge the validation service builds.
+Each opens a runtime (horde_scanner/runtime.py) and asks it for the store, then opens the source
+(so that a wrong credential or host key stops before any work), then asks for the same Judge
+the validation service uses, with the same finish.
 """
 
 from __future__ import annotations
@@ -10,20 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from horde_scanner.backends.base import Backend
-from horde_scanner.backends.router import build_backend
 from horde_scanner.config import OnEvent, Settings
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.judging.judge import Judge, build_judge
-from horde_scanner.judging.policy import Policy
+from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.store.sqlite import Store
-from horde_scanner.sweep.actions import PRUNE_REMINDER, Action, Actor, Outcome, make_pictrs, release
+from horde_scanner.sweep.actions import PRUNE_REMINDER, Action, Actor, Outcome, release
 from horde_scanner.sweep.address import make_source
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.sweep.records import ActionRow, FileRecord, ScanRecords
@@ -55,28 +50,15 @@ async def _opened(source: Source) -> AsyncIterator[Source]:
 
 
 @asynccontextmanager
-async def _judge(
-    settings: Settings, store: Store, session: aiohttp.ClientSession, backend: Backend | None
-) -> AsyncIterator[Judge]:
-    policy = Policy.load(settings.policy.path)
-    executor = ThreadPoolExecutor(
-        max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
-    )
-    own_backend = backend is None
-    backend = backend or build_backend(settings, session, policy=policy)
-    # Sweeps match perceptual hashes against the same deny lists as uploads.
-    hashes = HashMatcher(store, settings.hashes, executor)
-    await hashes.start()
-    judge = build_judge(settings, store, policy, backend, executor, hashes=hashes)
-    await judge.start()
-    try:
-        yield judge
-    finally:
-        await judge.stop()
-        await hashes.stop()
-        if own_backend:
-            await backend.aclose()
-        executor.shutdown(wait=False, cancel_futures=True)
+async def _runtime(
+    settings: Settings, runtime: Runtime | None, backend: Backend | None
+) -> AsyncIterator[Runtime]:
+    """The caller's runtime (a sweep inside the service), or one of the sweep's own."""
+    if runtime is not None:
+        yield runtime
+        return
+    async with open_runtime(settings, backend=backend) as own:
+        yield own
 
 
 async def run_scan(
@@ -91,15 +73,22 @@ async def run_scan(
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
     source: Source | None = None,
+    runtime: Runtime | None = None,
 ) -> Report:
-    """Sweep `address` (or an already built, unopened `source`) and act as asked."""
+    """Sweep `address` (or an already built, unopened `source`) and act as asked.
+
+    With `runtime`, the sweep uses that runtime's parts (and its `backend`, not the argument);
+    otherwise it opens its own. Either way its judgements end in the runtime's finish (stored,
+    counted, notified) and its progress shows in the runtime's `sweeps`."""
     source = source or make_source(address, settings)
-    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
-        async with _opened(source), _judge(settings, store, session, backend) as judge:
+    async with _runtime(settings, runtime, backend) as rt:
+        store = await rt.store()
+        async with _opened(source):
+            judge = await rt.judge()
             records = ScanRecords(store)
             actor = None
             if action is not Action.REPORT:
-                actor = Actor(store, records, source, action, pictrs=make_pictrs(settings, session))
+                actor = Actor(store, records, source, action, pictrs=await rt.pictrs())
             sweep = Sweep(
                 judge=judge,
                 records=records,
@@ -109,6 +98,7 @@ async def run_scan(
                 actor=actor,
                 progress=progress,
                 stop=stop,
+                shown=rt.sweeps.start(source.url),
             )
             counts = await sweep.run(follow=follow, interval_s=interval_s, cycles=cycles)
             report = Report(
@@ -145,7 +135,8 @@ async def run_apply(
     if settings.scan.on_unreadable is OnEvent.REJECT:
         labels.add(Label.UNREADABLE.value)
     reports: list[Report] = []
-    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
+    async with open_runtime(settings) as rt:
+        store = await rt.store()
         records = ScanRecords(store)
         source_url = make_source(address, settings).url if address else None
         rows = await records.unacted_positives(labels, since=since, source=source_url)
@@ -159,7 +150,7 @@ async def run_apply(
             for src in sources.values():
                 await src.open()
                 opened.append(src)
-            pictrs = make_pictrs(settings, session)
+            pictrs = await rt.pictrs()
             for url, pending in by_source.items():
                 src = sources[url]
                 actor = Actor(store, records, src, action, pictrs=pictrs)
@@ -228,7 +219,8 @@ async def _current_label(store: Store, sha256: str, recorded: str | None) -> str
 
 async def run_release(settings: Settings, target: str, *, note: str = "") -> list[str]:
     """Restore quarantined objects by action id (or every one with a sha256) and allow-list."""
-    async with await Store.open(settings.store.path) as store:
+    async with open_runtime(settings) as rt:
+        store = await rt.store()
         records = ScanRecords(store)
         rows: list[ActionRow] = []
         if target.isdigit():

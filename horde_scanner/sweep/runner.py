@@ -27,6 +27,7 @@ from horde_scanner.judging.judge import Judge, Route
 from horde_scanner.media.decode import sniff
 from horde_scanner.sweep.actions import Action, Actor, Outcome
 from horde_scanner.sweep.layout import is_v7_identifier
+from horde_scanner.sweep.metrics import SweepRun
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.sweep.records import FINAL_STATUSES, FileRecord, Run, ScanRecords
 from horde_scanner.sweep.source import Denied, Entry, ItemError, Source, Vanished
@@ -65,6 +66,7 @@ class Sweep:
         actor: Actor | None = None,
         progress: Progress | None = None,
         stop: asyncio.Event | None = None,
+        shown: SweepRun | None = None,
     ) -> None:
         self.judge = judge
         self.records = records
@@ -75,6 +77,8 @@ class Sweep:
         self.actor = actor
         self.progress = progress or Progress(tty=False, log_every_s=10.0)
         self.stop = stop or asyncio.Event()
+        # Where /metrics (or anyone holding the process's SweepProgress) sees this sweep.
+        self.shown = shown
         self.counts = Counts()
         # (where, label, sha256) of every positive found or confirmed in this run.
         self.positives: list[tuple[str, str, str]] = []
@@ -140,7 +144,14 @@ class Sweep:
         finally:
             await self._save(final=True)
             self.progress.close(self.counts)
+            self._show()
+            if self.shown is not None:
+                self.shown.finish()
         return self.counts
+
+    def _show(self) -> None:
+        if self.shown is not None:
+            self.shown.show(self.counts, self.action.value, listing_done=self.progress.listing_done)
 
     async def _flush_records(self) -> None:
         records, self._unwritten = self._unwritten, []
@@ -183,6 +194,7 @@ class Sweep:
             if len(window) <= _WINDOW_MAX:
                 room.set()
             self.progress.update(self.counts)
+            self._show()
             if advanced and time.monotonic() - self._last_save >= _CHECKPOINT_EVERY_S:
                 await self._save()
 
