@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import aiohttp
 
 from horde_scanner.backends.base import Backend
+from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
 from horde_scanner.backends.workers import WorkerPool
@@ -138,10 +139,14 @@ class Runtime:
 
     async def backend(self) -> Backend:
         if self._backend is None:
+            # The store first: the backend keeps its kudos spend there until it closes.
+            store = await self.store()
             pool = await self.pool()
             session = await self.session()
-            self._backend = build_backend(self.settings, session, policy=self.policy(), pool=pool)
-            self._stack.push_async_callback(self._backend.aclose)
+            backend = build_backend(self.settings, session, policy=self.policy(), pool=pool)
+            self._stack.push_async_callback(backend.aclose)
+            await start_horde(backend, store.db)
+            self._backend = backend
         return self._backend
 
     async def hashes(self) -> HashMatcher:

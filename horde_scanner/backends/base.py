@@ -30,6 +30,7 @@ from typing import Protocol
 
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
 
@@ -73,6 +74,23 @@ def describe_paths(backend: Backend) -> list[Readiness]:
     return [backend.readiness()]
 
 
+def iter_backends(backend: Backend) -> list[Backend]:
+    """`backend` and every backend inside it (a router's members, what a pre-screen passes
+    on to), each once, outermost first."""
+    out: list[Backend] = []
+    todo: list[Backend] = [backend]
+    while todo:
+        current = todo.pop(0)
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        todo.extend(getattr(current, "members", None) or [])
+        inner = getattr(current, "next", None)
+        if inner is not None and hasattr(inner, "judge"):
+            todo.append(inner)
+    return out
+
+
 async def judge_image(backend: Backend, image: PreparedImage) -> Signals:
     """`backend.judge` for any image: frame by frame unless the backend takes frames itself.
 
@@ -84,9 +102,7 @@ async def judge_image(backend: Backend, image: PreparedImage) -> Signals:
     try:
         results = await asyncio.gather(*tasks)
     except BaseException:
-        for task in tasks:  # no frame is judged for nothing once the file cannot be
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)  # no frame is judged for nothing once the file cannot be
         raise
     return framesignals.combine(
         backend.name, [(one.frames, signals) for one, signals in zip(singles, results, strict=True)]

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.backends.base import Backend
+from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -73,6 +74,10 @@ async def open_services(
     """The runtime's parts the handlers use, plus the service's own background work."""
     async with open_runtime(settings, backend=backend, serve_workers=True) as rt:
         store = await rt.store()
+        if backend is not None:
+            # A backend handed to the service (tests, bench) runs and stops with it.
+            await start_horde(backend, store.db)
+            rt.on_close(backend.aclose)
         judge = await rt.judge()
         yield Services(
             settings,
