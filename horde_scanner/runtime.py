@@ -55,14 +55,15 @@ class Runtime:
         stack: AsyncExitStack,
         *,
         backend: Backend | None = None,
-        serve_workers: bool = False,
+        service: bool = False,
     ) -> None:
         self.settings = settings
         self._stack = stack
         # A backend handed in is the caller's to close; one built here is closed here.
         self._backend = backend
-        # Remote workers can pull jobs only from a process that serves HTTP (the service).
-        self._serve_workers = serve_workers
+        # The long-running service: remote workers can pull jobs from it (it serves HTTP), and
+        # it asks pict-rs at start-up what it can purge. A sweep or `check` does neither.
+        self._service = service
         # Sweeps of this process report here; /metrics reads it.
         self.sweeps = SweepProgress()
         self.metrics = Metrics()
@@ -132,7 +133,7 @@ class Runtime:
     async def pool(self) -> WorkerPool | None:
         if not self._pool_built:
             self._pool_built = True
-            if self._serve_workers and self.settings.workers.keys:
+            if self._service and self.settings.workers.keys:
                 self._pool = WorkerPool(self.settings.workers)
                 self._stack.push_async_callback(self._pool.aclose)
         return self._pool
@@ -170,7 +171,8 @@ class Runtime:
         if self._enforcer is None:
             reject = frozenset(self.settings.validation.reject_labels)
             enforcer = LatePositiveEnforcer(await self.store(), await self.pictrs(), reject)
-            enforcer.start()
+            if self._service:
+                enforcer.start()
             self._stack.push_async_callback(enforcer.stop)
             self._enforcer = enforcer
         return self._enforcer
@@ -264,11 +266,11 @@ class Runtime:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, backend: Backend | None = None, serve_workers: bool = False
+    settings: Settings, *, backend: Backend | None = None, service: bool = False
 ) -> AsyncIterator[Runtime]:
     """A Runtime whose parts, all of those asked for and only those, stop on exit."""
     async with AsyncExitStack() as stack:
-        yield Runtime(settings, stack, backend=backend, serve_workers=serve_workers)
+        yield Runtime(settings, stack, backend=backend, service=service)
 
 
 def _count_and_notify(

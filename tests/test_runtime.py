@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.backends.mock import MockBackend
+from horde_scanner.config import NotifySettings
+from horde_scanner.integrations.notify import Notifier
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.runtime import open_runtime
 from horde_scanner.sweep.actions import Action
@@ -160,3 +162,25 @@ async def test_the_runtime_builds_only_what_is_asked_and_stops_it_in_reverse(tmp
     with pytest.raises(ValueError, match="no active connection"):
         await store.count_jobs()
     assert judge.runner.outstanding == 0
+
+
+async def test_a_stopping_notifier_sends_what_is_queued_for_at_most_its_timeout(http):
+    async with webhook_sink(delay_s=0.1) as sink:
+        notifier = Notifier(NotifySettings(webhook_url=sink.url), http)
+        await notifier.start()
+        for n in range(3):
+            notifier.notify({"event": "positive", "sha256": f"{n:064x}"})
+        await notifier.stop()
+        assert [e["sha256"] for e in sink.events("positive")] == [f"{n:064x}" for n in range(3)]
+        assert notifier.sent == 3 and notifier.queued == 0
+
+    # A webhook slower than notify.timeout_s: the wait for the queue and the POST's own timeout
+    # end at the same moment, which makes aiohttp turn the stop's cancellation into a timeout
+    # error; the stop still ends (cancel_and_wait cancels again) instead of hanging.
+    async with webhook_sink(delay_s=3.0) as stuck:
+        notifier = Notifier(NotifySettings(webhook_url=stuck.url, timeout_s=0.3), http)
+        await notifier.start()
+        for n in range(3):
+            notifier.notify({"event": "positive", "sha256": f"{n:064x}"})
+        await notifier.stop()
+        assert notifier.sent == 0

@@ -72,7 +72,7 @@ async def open_services(
     settings: Settings, *, backend: Backend | None = None
 ) -> AsyncIterator[Services]:
     """The runtime's parts the handlers use, plus the service's own background work."""
-    async with open_runtime(settings, backend=backend, serve_workers=True) as rt:
+    async with open_runtime(settings, backend=backend, service=True) as rt:
         store = await rt.store()
         if backend is not None:
             # A backend handed to the service (tests, bench) runs and stops with it.
