@@ -43,7 +43,7 @@ from horde_scanner.judging.policy import Policy
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.store.sqlite import Job, Store
-from horde_scanner.sweep.holder import SweepQuarantine
+from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.metrics import SweepProgress
 from horde_scanner.verdict import Label, Verdict
 
@@ -231,8 +231,8 @@ class Runtime:
         """Admin decisions; copies are held in the quarantine directory or by a sweep."""
         if self._review is None:
             store = await self.store()
-            holders = [SweepQuarantine(store, self.settings)]
-            self._review = Review(store, await self.judge(), await self.quarantine(), holders)
+            judge, quarantine = await self.judge(), await self.quarantine()
+            self._review = review_for(self.settings, store, judge, quarantine)
         return self._review
 
     async def watcher(self) -> ReadinessWatcher:

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from horde_scanner.config import HashesSettings, HashTrust
-from horde_scanner.hashlists.format import iso
 from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
 from horde_scanner.hashlists.store import LOCAL, MATCH_BACKEND, VERDICT, HashStore, SourcedEntry
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
+from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
