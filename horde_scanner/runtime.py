@@ -28,6 +28,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -93,7 +94,7 @@ class Runtime:
 
     async def store(self) -> Store:
         if self._store is None:
-            self._store = await Store.open(self.settings.store.path)
+            self._store = await Store.open(self.settings.store)
             self._stack.push_async_callback(self._store.close)
         return self._store
 
@@ -147,6 +148,7 @@ class Runtime:
             backend = build_backend(self.settings, session, policy=self.policy(), pool=pool)
             self._stack.push_async_callback(backend.aclose)
             await start_horde(backend, store.db)
+            share_horde_budget(backend, store)
             self._backend = backend
         return self._backend
 

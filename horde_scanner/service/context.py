@@ -15,6 +15,7 @@ from aiohttp import web
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import start_horde
+from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -77,6 +78,7 @@ async def open_services(
         if backend is not None:
             # A backend handed to the service (tests, bench) runs and stops with it.
             await start_horde(backend, store.db)
+            share_horde_budget(backend, store)
             rt.on_close(backend.aclose)
         judge = await rt.judge()
         yield Services(

@@ -146,7 +146,7 @@ async def plan_apply(
     """What `apply` would act on, without acting: {source: {label: files}} (for the prompt)."""
     labels = _apply_labels(settings)
     plan: dict[str, dict[str, int]] = {}
-    async with await Store.open(settings.store.path) as store:
+    async with await Store.open(settings.store) as store:
         source_url = make_source(address, settings).url if address else None
         rows = await ScanRecords(store).unacted_positives(labels, since=since, source=source_url)
         for row in rows:
