@@ -10,13 +10,13 @@ next one at once, so under load batches fill without any waiting. The queue is b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from horde_scanner.backends.base import BackendUnavailable
+from horde_scanner.tasks import cancel_and_wait
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -113,10 +113,7 @@ class DynamicBatcher(Generic[In, Out]):
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             fut.cancel()

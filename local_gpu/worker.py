@@ -21,6 +21,7 @@ import aiohttp
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
 from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import DecodeLimits, PreparedImage, UnreadableMedia, prepare
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,7 @@ class Worker:
                         raise task.exception()  # type: ignore[misc]
             finally:
                 stop.set()
-                for task in loops:
-                    task.cancel()
-                for task in loops:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                await cancel_and_wait(loops)
                 self._decode.shutdown(wait=False, cancel_futures=True)
         return self.stats
 

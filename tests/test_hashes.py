@@ -14,7 +14,6 @@ from horde_scanner.hashlists.index import PdqIndex, hex_to_words
 from horde_scanner.hashlists.store import LOCAL, HashStore
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_distance, pdq_hash, sha256_hex
-from horde_scanner.service.hashes import SUBSCRIBER
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.verdict import Signals
@@ -359,7 +358,7 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
     )
     try:
         async with running_service(settings, backend=MockBackend()) as svc:
-            subscriber = svc.runner.app[SUBSCRIBER]
+            subscriber = svc.services.subscriber
             sub = settings.hashes.subscriptions[0]
             hashes = svc.services.hashes
             await wait_for(lambda: _has(hashes.size == 1))

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.hashlists.format import HashEntry, dump_json, parse
-from horde_scanner.service.hashes import SUBSCRIBER
 from tests.service import make_settings, running_service
 
 GOOD = [HashEntry("sha256", "ab" * 32), HashEntry("sha256", "cd" * 32)]
@@ -79,7 +78,7 @@ def settings(tmp_path: Path, url: str, **sub):
 async def _refresh(tmp_path: Path, url: str, **sub):
     config = settings(tmp_path, url, **sub)
     async with running_service(config, backend=MockBackend()) as svc:
-        subscriber = svc.runner.app[SUBSCRIBER]
+        subscriber = svc.services.subscriber
         outcome = await subscriber.refresh(config.hashes.subscriptions[0])
         state = await svc.services.hashes.hashes.subscription("src")
     return outcome, state

@@ -30,6 +30,7 @@ from typing import Protocol
 
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
 
@@ -101,9 +102,7 @@ async def judge_image(backend: Backend, image: PreparedImage) -> Signals:
     try:
         results = await asyncio.gather(*tasks)
     except BaseException:
-        for task in tasks:  # no frame is judged for nothing once the file cannot be
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)  # no frame is judged for nothing once the file cannot be
         raise
     return framesignals.combine(
         backend.name, [(one.frames, signals) for one, signals in zip(singles, results, strict=True)]

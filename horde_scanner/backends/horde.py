@@ -52,6 +52,7 @@ from horde_scanner.backends.reachability import Reachability
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
@@ -330,13 +331,8 @@ class HordeBackend:
             self._perf_task = asyncio.create_task(self._perf_loop(), name="horde-performance")
 
     async def aclose(self) -> None:
-        if self._perf_task is not None:
-            self._perf_task.cancel()
-            try:
-                await self._perf_task
-            except asyncio.CancelledError:
-                pass
-            self._perf_task = None
+        await cancel_and_wait([self._perf_task])
+        self._perf_task = None
         await self.client.reach.aclose()
         await self.budget.flush()
 
@@ -462,9 +458,7 @@ class HordeBackend:
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             raise
         return framesignals.combine(self.name, list(zip(groups, results, strict=True)))
 

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from horde_scanner.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -82,8 +84,5 @@ class Reachability:
                 await self._probe()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None

@@ -8,11 +8,11 @@ made due at once instead of waiting out their backoff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from horde_scanner.backends.base import Backend, describe_paths
+from horde_scanner.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,8 @@ class RecoveryWatch:
         self._task = asyncio.create_task(self._watch(), name="recovery-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     async def _watch(self) -> None:
         while True:

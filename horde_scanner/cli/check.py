@@ -42,13 +42,14 @@ def check(ctx: click.Context, files: tuple[Path, ...], as_json: bool, wait: floa
 
     Exit status: 1 a positive; else 2 a file or the configuration could not be read; else 3
     a file not judged (pending, error or unreadable); 0 every file clean."""
-    from horde_scanner.service.context import open_services
+    from horde_scanner.runtime import open_runtime
 
     settings = settings_of(ctx)
 
     async def go() -> int:
         positive = not_judged = failed = False
-        async with open_services(settings) as svc:
+        async with open_runtime(settings) as rt:
+            judge = await rt.judge()
             for path in files:
                 try:
                     data = path.read_bytes()
@@ -56,7 +57,7 @@ def check(ctx: click.Context, files: tuple[Path, ...], as_json: bool, wait: floa
                     _print_check(as_json, {"file": str(path), "error": exc.strerror or str(exc)})
                     failed = True
                     continue
-                outcome = await svc.judge.evaluate(data, source=f"check:{path}", within_s=wait)
+                outcome = await judge.evaluate(data, source=f"check:{path}", within_s=wait)
                 verdict = outcome.verdict
                 why = (
                     "no judging path is live (see /readyz); kept as a job"

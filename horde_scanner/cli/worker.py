@@ -77,13 +77,19 @@ def worker(
         ) from None
     from horde_scanner.judging.policy import Policy
     from horde_scanner.media.decode import DecodeLimits
+    from horde_scanner.runtime import open_runtime
 
     async def go() -> None:
-        policy = Policy.load(settings.policy.path)
-        try:
-            backend = LocalClipBackend.from_settings(local, policy.clip.phrases)
-        except ModelUnavailable as exc:
-            raise click.ClickException(str(exc)) from None
+        async with open_runtime(settings) as rt:
+            policy = rt.policy()
+            try:
+                backend = LocalClipBackend.from_settings(local, policy.clip.phrases)
+            except ModelUnavailable as exc:
+                raise click.ClickException(str(exc)) from None
+            rt.on_close(backend.aclose)
+            await _work(backend, policy)
+
+    async def _work(backend: LocalClipBackend, policy: Policy) -> None:
         runner = Worker(
             server,
             key,
@@ -101,8 +107,6 @@ def worker(
             await runner.run()
         except WorkerError as exc:
             raise click.ClickException(str(exc)) from None
-        finally:
-            await backend.aclose()
 
     try:
         run(go)

@@ -33,6 +33,7 @@ from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqInd
 from horde_scanner.hashlists.store import LOCAL, MATCH_BACKEND, VERDICT, HashStore, SourcedEntry
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.sqlite import Store
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Verdict
 
@@ -135,13 +136,8 @@ class HashMatcher:
         self._task = asyncio.create_task(self._sync_loop(), name="hash-index-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def _store_changed(self, kind: str, key: str) -> None:
         if kind in ("hashes", "reset"):

@@ -16,7 +16,6 @@ followed only within the source's origin, unless its `redirect_origins` names an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import re
@@ -37,6 +36,7 @@ from horde_scanner.hashlists.format import (
 )
 from horde_scanner.hashlists.matcher import HashMatcher
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ class Subscriber:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def _loop(self, sub: HashSubscription) -> None:

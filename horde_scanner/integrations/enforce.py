@@ -10,7 +10,6 @@ first late positive, and from then on late positives are only recorded, never re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from horde_scanner.integrations.pictrs import (
@@ -20,6 +19,7 @@ from horde_scanner.integrations.pictrs import (
     PictrsUnsupported,
 )
 from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,8 @@ class LatePositiveEnforcer:
             self._probe = asyncio.create_task(self._check_version(), name="pictrs-probe")
 
     async def stop(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        await cancel_and_wait([self._probe])
+        self._probe = None
 
     async def _check_version(self) -> None:
         assert self._pictrs is not None

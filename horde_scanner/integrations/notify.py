@@ -24,6 +24,7 @@ import aiohttp
 
 from horde_scanner.backends.base import Readiness
 from horde_scanner.config import NotifySettings
+from horde_scanner.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,15 @@ class Notifier:
             self._task = asyncio.create_task(self._drain(), name="notify")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Send what is queued (for at most one webhook timeout), then stop.
+
+        A short-lived process (a sweep, `check`) often finds its positive just before it ends."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.timeout_s):
+                    await self._queue.join()
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def notify(self, event: dict[str, Any]) -> None:
         """Queue an event; never waits. Dropped (and counted) when the queue is full."""
@@ -146,6 +151,8 @@ class Notifier:
             except Exception as exc:  # the worker must outlive any one failure
                 self.failed += 1
                 log.warning("notify: webhook failed for %s: %s", event.get("event"), exc)
+            finally:
+                self._queue.task_done()
 
     async def _send(self, event: dict[str, Any]) -> None:
         url = self.settings.webhook_url
@@ -183,11 +190,8 @@ class ReadinessWatcher:
         self._task = asyncio.create_task(self._watch(), name="readiness-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def check(self) -> None:
         state = self._readiness()

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from horde_scanner.backends.base import BackendUnavailable
 from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,7 @@ class JobRunner:
         self._wake.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)

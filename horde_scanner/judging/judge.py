@@ -40,6 +40,7 @@ from horde_scanner.media.decode import (
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
 from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
@@ -153,12 +154,8 @@ class Judge:
 
     async def stop(self) -> None:
         await self._recovery.stop()
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            try:
-                await self._sync_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait([self._sync_task])
+        self._sync_task = None
         await self.runner.stop()
         await self.runner.save_answers()
         if self.second_opinion is not None:

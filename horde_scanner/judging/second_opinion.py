@@ -26,6 +26,7 @@ from horde_scanner.judging.jobs import FinishedHook
 from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,4 @@ class SecondOpinion:
             await self._on_worse(job, verdict, "accept")
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))

@@ -6,57 +6,20 @@ unless `publish_public` is set. The body is the JSON exchange format (hashlists/
 this instance's own entries only, each saying who confirmed it and when: the deny list (admin
 confirmed positives and the admin's own deny entries) and imported entries; never what it
 subscribed to, so lists do not echo around a ring of instances, and never an unreviewed
-machine verdict unless `publish_unreviewed` is set. It is rendered once per
-change of the store's hash generation and carries a strong ETag, so `If-None-Match` gets a
-304 with no body when nothing changed.
+machine verdict unless `publish_unreviewed` is set. It is rendered once per change of the
+store's hash generation (hashlists/publish.py) and carries a strong ETag, so `If-None-Match`
+gets a 304 with no body when nothing changed. The subscriptions are opened by the runtime
+(horde_scanner/runtime.py) and run while the service does.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import secrets
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from horde_scanner.config import HashesSettings
-from horde_scanner.hashlists.format import HashEntry, dump_json
-from horde_scanner.hashlists.store import HashStore
-from horde_scanner.hashlists.subscribe import Subscriber
 from horde_scanner.service.context import SERVICES
 from horde_scanner.service.errors import RequestError
-
-
-class Publisher:
-    def __init__(self, hashes: HashStore, settings: HashesSettings) -> None:
-        self._hashes = hashes
-        self._settings = settings
-        self._lock = asyncio.Lock()
-        self._generation: int | None = None
-        self._body = b""
-        self._etag = ""
-
-    async def current(self) -> tuple[bytes, str]:
-        """(body, ETag) of the list as it is now."""
-        async with self._lock:
-            generation = await self._hashes.generation()
-            if generation != self._generation:
-                entries = await self._hashes.published(
-                    self._settings.publish_source,
-                    self._settings.pdq_min_quality,
-                    self._settings.pdq_max_distance,
-                    unreviewed=self._settings.publish_unreviewed,
-                )
-                loop = asyncio.get_running_loop()
-                self._body = await loop.run_in_executor(None, _render, entries)
-                self._etag = '"' + hashlib.sha256(self._body).hexdigest()[:40] + '"'
-                self._generation = generation
-            return self._body, self._etag
-
-
-def _render(entries: list[HashEntry]) -> bytes:
-    return dump_json(entries).encode()
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -66,10 +29,6 @@ def _etag_matches(header: str | None, etag: str) -> bool:
         return True
     candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
     return etag in candidates
-
-
-PUBLISHER: web.AppKey[Publisher] = web.AppKey("hash_publisher", Publisher)
-SUBSCRIBER: web.AppKey[Subscriber] = web.AppKey("hash_subscriber", Subscriber)
 
 
 async def get_hashes(request: web.Request) -> web.StreamResponse:
@@ -87,7 +46,7 @@ async def get_hashes(request: web.Request) -> web.StreamResponse:
             raise RequestError(
                 401, "unauthorized", "send Authorization: Bearer <the publisher's token>"
             )
-    body, etag = await request.app[PUBLISHER].current()
+    body, etag = await request.app[SERVICES].publisher.current()
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
@@ -98,18 +57,4 @@ async def get_hashes(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    """Add the route and the subscriptions' lifecycle (after the shared services')."""
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        svc = app[SERVICES]
-        app[PUBLISHER] = Publisher(svc.hashes.hashes, svc.settings.hashes)
-        subscriber = Subscriber(svc.hashes, svc.settings.hashes, svc.session)
-        app[SUBSCRIBER] = subscriber
-        await subscriber.start()
-        try:
-            yield
-        finally:
-            await subscriber.stop()
-
-    app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/api/v1/hashes", get_hashes)

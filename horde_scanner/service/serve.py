@@ -87,7 +87,7 @@ async def serve(
         await asyncio.sleep(settings.server.drain_s)
         log.info(
             "shutting down: %d answers since start, %d judgements waiting as jobs",
-            sum(svc.answers.values()),
+            sum(svc.metrics.answer_counts().values()),
             await svc.store.count_jobs(),
         )
     finally:

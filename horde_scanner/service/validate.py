@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
+from horde_scanner.integrations.metrics import OVERLOAD
 from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
@@ -115,12 +116,13 @@ def _cut(exc: UploadCut) -> web.Response:
 def _overloaded(svc: Services, started: float) -> web.Response:
     """The body was read, but no admission slot came free before the deadline."""
     answer = svc.settings.validation.on_timeout
-    svc.answers[("overload", answer.value)] += 1
+    svc.metrics.observe_overload(answer.value, time.monotonic() - started)
+    log.warning("overloaded: answered %s with no admission slot before the deadline", answer.value)
     body = {
         "sha256": None,
         "answer": answer.value,
         "label": None,
-        "route": "overload",
+        "route": OVERLOAD,
         "reasons": ["too many uploads at once; not admitted before the deadline"],
         "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
     }
@@ -206,7 +208,6 @@ async def scan(request: web.Request) -> web.Response:
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
             },
         )
-    svc.answers[(outcome.route.value, answer.value)] += 1
     svc.metrics.observe_answer(outcome, answer.value, time.monotonic() - started)
     if answer is OnEvent.REJECT:
         log.info("reject %s (%s) %s", outcome.sha256[:12], outcome.route.value, why)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from horde_scanner.config import Settings
 from horde_scanner.integrations.pictrs import (
     HASHES_MISSING,
     HashIndex,
@@ -204,17 +203,6 @@ class Actor:
     async def _audited(self, row: ActionRow) -> bool:
         trail = await self.store.audit_trail(row.sha256)
         return any(a.event == "scan_action" and a.detail.get("action_id") == row.id for a in trail)
-
-
-def make_pictrs(settings: Settings, session: Any) -> PictrsClient | None:
-    if settings.pictrs.url and settings.pictrs.api_key:
-        return PictrsClient(
-            settings.pictrs.url,
-            settings.pictrs.api_key,
-            session,
-            search_pages=settings.pictrs.search_pages,
-        )
-    return None
 
 
 def releasable(row: ActionRow) -> bool:

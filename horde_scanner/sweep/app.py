@@ -1,7 +1,8 @@
 """The sweep commands as functions (the CLI is a thin layer over these): scan, apply, release.
 
-Each opens the store, then the source (so that a wrong credential or host key stops before
-any work), then the same Judge the validation service builds.
+Each opens a runtime (horde_scanner/runtime.py) and asks it for the store, then opens the source
+(so that a wrong credential or host key stops before any work), then asks for the same Judge
+the validation service uses, with the same finish.
 """
 
 from __future__ import annotations
@@ -10,20 +11,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from horde_scanner.backends.base import Backend
-from horde_scanner.backends.horde import start_horde
-from horde_scanner.backends.router import build_backend
-from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.config import OnEvent, Settings
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.judging.judge import Judge, build_judge
-from horde_scanner.judging.policy import Policy
+from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import (
     PRUNE_REMINDER,
@@ -31,7 +24,6 @@ from horde_scanner.sweep.actions import (
     Actor,
     Outcome,
     check_releasable,
-    make_pictrs,
     releasable,
 )
 from horde_scanner.sweep.address import make_source
@@ -69,31 +61,15 @@ async def _opened(source: Source) -> AsyncIterator[Source]:
 
 
 @asynccontextmanager
-async def _judge(
-    settings: Settings, store: Store, session: aiohttp.ClientSession, backend: Backend | None
-) -> AsyncIterator[Judge]:
-    policy = Policy.load(settings.policy.path)
-    executor = ThreadPoolExecutor(
-        max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
-    )
-    own_backend = backend is None
-    backend = backend or build_backend(settings, session, policy=policy)
-    # Sweeps match perceptual hashes against the same deny lists as uploads.
-    hashes = HashMatcher(store, settings.hashes, executor)
-    await hashes.start()
-    judge = build_judge(settings, store, policy, backend, executor, hashes=hashes)
-    if own_backend:
-        await start_horde(backend, store.db)
-        share_horde_budget(backend, store)
-    await judge.start()
-    try:
-        yield judge
-    finally:
-        await judge.stop()
-        await hashes.stop()
-        if own_backend:
-            await backend.aclose()
-        executor.shutdown(wait=False, cancel_futures=True)
+async def _runtime(
+    settings: Settings, runtime: Runtime | None, backend: Backend | None
+) -> AsyncIterator[Runtime]:
+    """The caller's runtime (a sweep inside the service), or one of the sweep's own."""
+    if runtime is not None:
+        yield runtime
+        return
+    async with open_runtime(settings, backend=backend) as own:
+        yield own
 
 
 async def run_scan(
@@ -108,15 +84,22 @@ async def run_scan(
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
     source: Source | None = None,
+    runtime: Runtime | None = None,
 ) -> Report:
-    """Sweep `address` (or an already built, unopened `source`) and act as asked."""
+    """Sweep `address` (or an already built, unopened `source`) and act as asked.
+
+    With `runtime`, the sweep uses that runtime's parts (and its `backend`, not the argument);
+    otherwise it opens its own. Either way its judgements end in the runtime's finish (stored,
+    counted, notified) and its progress shows in the runtime's `sweeps`."""
     source = source or make_source(address, settings)
-    async with await Store.open(settings.store) as store, aiohttp.ClientSession() as session:
-        async with _opened(source), _judge(settings, store, session, backend) as judge:
+    async with _runtime(settings, runtime, backend) as rt:
+        store = await rt.store()
+        async with _opened(source):
+            judge = await rt.judge()
             records = ScanRecords(store)
             actor = None
             if action is not Action.REPORT:
-                actor = Actor(store, records, source, action, pictrs=make_pictrs(settings, session))
+                actor = Actor(store, records, source, action, pictrs=await rt.pictrs())
             sweep = Sweep(
                 judge=judge,
                 records=records,
@@ -126,6 +109,7 @@ async def run_scan(
                 actor=actor,
                 progress=progress,
                 stop=stop,
+                shown=rt.sweeps.start(source.url),
             )
             counts = await sweep.run(follow=follow, interval_s=interval_s, cycles=cycles)
             report = Report(
@@ -187,7 +171,8 @@ async def run_apply(
         raise ValueError("apply needs --action quarantine or delete")
     labels = _apply_labels(settings)
     reports: list[Report] = []
-    async with await Store.open(settings.store) as store, aiohttp.ClientSession() as session:
+    async with open_runtime(settings) as rt:
+        store = await rt.store()
         records = ScanRecords(store)
         source_url = make_source(address, settings).url if address else None
         rows = await records.unacted_positives(labels, since=since, source=source_url)
@@ -201,7 +186,7 @@ async def run_apply(
             for src in sources.values():
                 await src.open()
                 opened.append(src)
-            pictrs = make_pictrs(settings, session)
+            pictrs = await rt.pictrs()
             for url, pending in by_source.items():
                 src = sources[url]
                 actor = Actor(store, records, src, action, pictrs=pictrs)
@@ -273,7 +258,8 @@ async def run_release(
 ) -> list[str]:
     """Restore quarantined objects by action id (or every one with a sha256): the allow
     decision for that hash, which allow-lists it and releases every quarantined copy."""
-    async with await Store.open(settings.store) as store:
+    async with open_runtime(settings) as rt:
+        store = await rt.store()
         records = ScanRecords(store)
         if target.isdigit():
             row = await records.get_action(int(target))

@@ -11,7 +11,9 @@ For a sweep running in the service process (`svc.sweeps`), or any other owner of
     run.act("quarantine")                                     # per action taken
     run.finish()
 
-Nothing here knows about Prometheus, so `scan/` can use it without importing `service/`.
+A sweep (sweep/runner.py) shows its counts here through `show()`, in the service process and
+in the CLI alike: the runtime (horde_scanner/runtime.py) holds one `SweepProgress` per process.
+Nothing here knows about Prometheus, so `sweep/` can use it without importing `service/`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+
+from horde_scanner.sweep.progress import Counts
 
 
 @dataclass
@@ -49,6 +53,19 @@ class SweepRun:
 
     def finish(self) -> None:
         self.finished_at = time.time()
+
+    def show(self, counts: Counts, action: str, *, listing_done: bool) -> None:
+        """Take a running sweep's numbers as they are now (the runner calls this per file)."""
+        self.done = counts.done
+        self.skipped = counts.seen
+        self.failed = counts.errors + counts.denied
+        if listing_done:
+            self.total = counts.listed
+        for label in ("clean", "nsfw", "csam", "unreadable"):
+            if value := getattr(counts, label):
+                self.labels[label] = value
+        if counts.acted:
+            self.actions[action] = counts.acted
 
     @property
     def running(self) -> bool:

@@ -27,9 +27,11 @@ from horde_scanner.judging.judge import Judge, Route
 from horde_scanner.media.decode import sniff
 from horde_scanner.sweep.actions import Action, Actor, Outcome
 from horde_scanner.sweep.layout import is_v7_identifier
+from horde_scanner.sweep.metrics import SweepRun
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.sweep.records import FINAL_STATUSES, FileRecord, Run, ScanRecords
 from horde_scanner.sweep.source import Denied, Entry, ItemError, Source, Vanished
+from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class Sweep:
         actor: Actor | None = None,
         progress: Progress | None = None,
         stop: asyncio.Event | None = None,
+        shown: SweepRun | None = None,
     ) -> None:
         self.judge = judge
         self.records = records
@@ -80,6 +83,8 @@ class Sweep:
         self.actor = actor
         self.progress = progress or Progress(tty=False, log_every_s=10.0)
         self.stop = stop or asyncio.Event()
+        # Where /metrics (or anyone holding the process's SweepProgress) sees this sweep.
+        self.shown = shown
         self.counts = Counts()
         # (where, label, sha256) of every positive found or confirmed in this run.
         self.positives: list[tuple[str, str, str]] = []
@@ -147,7 +152,14 @@ class Sweep:
         finally:
             await self._save(final=True)
             self.progress.close(self.counts)
+            self._show()
+            if self.shown is not None:
+                self.shown.finish()
         return self.counts
+
+    def _show(self) -> None:
+        if self.shown is not None:
+            self.shown.show(self.counts, self.action.value, listing_done=self.progress.listing_done)
 
     async def _flush_records(self) -> None:
         records, self._unwritten = self._unwritten, []
@@ -188,6 +200,7 @@ class Sweep:
             if len(window) <= _WINDOW_MAX:
                 room.set()
             self.progress.update(self.counts)
+            self._show()
             if advanced and time.monotonic() - self._last_save >= _CHECKPOINT_EVERY_S:
                 await self._save()
 
@@ -281,10 +294,7 @@ class Sweep:
             await self._unless_stopped(asyncio.create_task(classifier()), stopped)
             await self._unless_stopped(asyncio.create_task(drain()), stopped)
         finally:
-            for task in (list_task, tick_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait([list_task, tick_task])
             if self.stop.is_set():
                 await self._stop_workers(workers, work)
             stopped.cancel()
@@ -294,10 +304,10 @@ class Sweep:
     async def _unless_stopped(task: asyncio.Task[None], stopped: asyncio.Task[bool]) -> None:
         """Await `task`, but give it up (cancelled) as soon as a stop is asked for."""
         await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task.done():
+            task.result()  # its failure is the sweep's
+        else:
+            await cancel_and_wait([task])
 
     async def _stop_workers(
         self, workers: list[asyncio.Task[None]], work: asyncio.Queue[_WorkItem | None]
@@ -309,10 +319,8 @@ class Sweep:
             if not task.done():
                 work.put_nowait(None)
         _, pending = await asyncio.wait(workers, timeout=STOP_GRACE_S)
-        for task in pending:
-            task.cancel()
         self.interrupted += len(pending)
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(pending)
 
     # -- one file ------------------------------------------------------------------------------
 

@@ -236,13 +236,10 @@ async def stats(request: web.Request) -> web.Response:
 async def stats_data(svc: Services) -> dict[str, Any]:
     body = await svc.review.stats()
     readiness = svc.backend.readiness()
-    answers: dict[str, int] = {}
-    for (route, answer), n in svc.answers.items():
-        answers[f"{route}:{answer}"] = n
     body.update(
         {
             "backend": {"name": readiness.name, "live": readiness.live, "detail": readiness.detail},
-            "answers_since_start": answers,
+            "answers_since_start": svc.metrics.answer_counts(),
             "cache_hit_ratio": round(svc.metrics.cache_hit_ratio, 4),
             "kudos_estimate": getattr(svc.backend, "kudos_estimate", None),
             "uptime_s": round(time.time() - svc.started_at, 1),

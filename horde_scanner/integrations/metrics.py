@@ -39,6 +39,8 @@ BACKEND_ROUTES = {
     "worker": "local",
 }
 _LIST_ROUTES = {Route.ALLOW: "list", Route.DENY: "list"}
+# The route of an upload answered without being read (too many at once).
+OVERLOAD = "overload"
 
 
 def route_name(outcome: Outcome) -> str:
@@ -114,9 +116,7 @@ class Metrics:
     def observe_answer(self, outcome: Outcome, answer: str, elapsed_s: float) -> None:
         route = route_name(outcome)
         label = outcome.label.value if outcome.label else "none"
-        self.latency.observe(elapsed_s)
-        self.answers.labels(label=label, route=route, answer=answer).inc()
-        self._answered += 1
+        self._count_answer(label, route, answer, elapsed_s)
         if route in ("cache", "list"):
             self._hits += 1
         if outcome.route is Route.TIMEOUT:
@@ -124,6 +124,26 @@ class Metrics:
 
     def unjudged(self, reason: str) -> None:
         self.unjudged_uploads.labels(reason=reason).inc()
+
+    def observe_overload(self, answer: str, elapsed_s: float) -> None:
+        """An upload answered by on_timeout before it could even be read."""
+        self._count_answer("none", OVERLOAD, answer, elapsed_s)
+
+    def _count_answer(self, label: str, route: str, answer: str, elapsed_s: float) -> None:
+        # The one count of validation answers: /metrics and the admin stats both read it.
+        self.latency.observe(elapsed_s)
+        self.answers.labels(label=label, route=route, answer=answer).inc()
+        self._answered += 1
+
+    def answer_counts(self) -> dict[str, int]:
+        """Answers so far by "route:answer" (all labels together), for the admin stats."""
+        counts: PyCounter[str] = PyCounter()
+        for family in self.answers.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = f"{sample.labels['route']}:{sample.labels['answer']}"
+                    counts[key] += int(sample.value)
+        return dict(counts)
 
     def worker_answer(self, outcome: str) -> None:
         self.worker_answers.labels(outcome=outcome).inc()

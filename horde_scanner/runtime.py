@@ -1,0 +1,297 @@
+"""The one composition root: the service, `check`, the sweeps and the worker each open a
+Runtime and ask it for the parts they need.
+
+    async with open_runtime(settings) as rt:
+        judge = await rt.judge()          # and with it the store, backend, hash matcher ...
+
+Each part is built once, on first ask, after the parts it needs; its stop goes on the
+runtime's one AsyncExitStack at that moment, so parts stop in the reverse order of their start
+(a judge stops before the notifier it reports to, the store closes last), whoever asked.
+Ask from one task (at start-up): two first asks of the same part at once would build it twice.
+
+Every judgement ends in `finish` (store first, in the Judge; then the late-positive purge,
+metrics and notifications), whichever entry point asked for it, so a positive a sweep finds is
+counted and notified like an upload's. What else is done about a verdict is the entry point's:
+an upload's late positive is purged here (the enforcer acts only on jobs answered "accept"),
+a sweep acts by its own `--action`, a report acts on nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import aiohttp
+
+from horde_scanner.backends.base import Backend
+from horde_scanner.backends.horde import start_horde
+from horde_scanner.backends.prescreen import PrescreenBackend
+from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.shared_submits import share_horde_budget
+from horde_scanner.backends.workers import WorkerPool
+from horde_scanner.config import Settings
+from horde_scanner.hashlists.matcher import HashMatcher
+from horde_scanner.hashlists.publish import Publisher
+from horde_scanner.hashlists.subscribe import Subscriber
+from horde_scanner.integrations.enforce import LatePositiveEnforcer
+from horde_scanner.integrations.metrics import Metrics, Sources
+from horde_scanner.integrations.notify import Notifier, ReadinessWatcher, backend_event
+from horde_scanner.integrations.pictrs import PictrsClient
+from horde_scanner.judging.jobs import FinishedHook
+from horde_scanner.judging.judge import Judge, build_judge
+from horde_scanner.judging.policy import Policy
+from horde_scanner.review.decisions import Review
+from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.sweep.holder import review_for
+from horde_scanner.sweep.metrics import SweepProgress
+from horde_scanner.verdict import Label, Verdict
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        stack: AsyncExitStack,
+        *,
+        backend: Backend | None = None,
+        service: bool = False,
+    ) -> None:
+        self.settings = settings
+        self._stack = stack
+        # A backend handed in is the caller's to close; one built here is closed here.
+        self._backend = backend
+        # The long-running service: remote workers can pull jobs from it (it serves HTTP), and
+        # it asks pict-rs at start-up what it can purge. A sweep or `check` does neither.
+        self._service = service
+        # Sweeps of this process report here; /metrics reads it.
+        self.sweeps = SweepProgress()
+        self.metrics = Metrics()
+        self._store: Store | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._policy: Policy | None = None
+        self._pool: WorkerPool | None = None
+        self._pool_built = False
+        self._pictrs: PictrsClient | None = None
+        self._pictrs_built = False
+        self._notifier: Notifier | None = None
+        self._enforcer: LatePositiveEnforcer | None = None
+        self._hashes: HashMatcher | None = None
+        self._judge: Judge | None = None
+        self._quarantine: Quarantine | None = None
+        self._review: Review | None = None
+        self._watcher: ReadinessWatcher | None = None
+        self._publisher: Publisher | None = None
+        self._subscriber: Subscriber | None = None
+
+    def on_close(self, close: Callable[[], Awaitable[object]]) -> None:
+        """Stop something the caller built itself (a plug-in's backend) with the rest."""
+        self._stack.push_async_callback(close)
+
+    # -- plain resources -----------------------------------------------------------------------
+
+    async def store(self) -> Store:
+        if self._store is None:
+            self._store = await Store.open(self.settings.store)
+            self._stack.push_async_callback(self._store.close)
+        return self._store
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+            self._stack.push_async_callback(self._session.close)
+        return self._session
+
+    def executor(self) -> ThreadPoolExecutor:
+        """The bounded pool for decoding and hashing (validation.max_decoding threads)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.settings.validation.max_decoding, thread_name_prefix="decode"
+            )
+            self._stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
+        return self._executor
+
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = Policy.load(self.settings.policy.path)
+        return self._policy
+
+    async def pictrs(self) -> PictrsClient | None:
+        """pict-rs's internal API, when pictrs.url and pictrs.api_key are both set."""
+        if not self._pictrs_built:
+            self._pictrs_built = True
+            cfg = self.settings.pictrs
+            if cfg.url and cfg.api_key:
+                self._pictrs = PictrsClient(
+                    cfg.url, cfg.api_key, await self.session(), search_pages=cfg.search_pages
+                )
+        return self._pictrs
+
+    # -- judging -------------------------------------------------------------------------------
+
+    async def pool(self) -> WorkerPool | None:
+        if not self._pool_built:
+            self._pool_built = True
+            if self._service and self.settings.workers.keys:
+                self._pool = WorkerPool(self.settings.workers)
+                self._stack.push_async_callback(self._pool.aclose)
+        return self._pool
+
+    async def backend(self) -> Backend:
+        if self._backend is None:
+            # The store first: the backend keeps its kudos spend there until it closes.
+            store = await self.store()
+            pool = await self.pool()
+            session = await self.session()
+            backend = build_backend(self.settings, session, policy=self.policy(), pool=pool)
+            self._stack.push_async_callback(backend.aclose)
+            await start_horde(backend, store.db)
+            share_horde_budget(backend, store)
+            self._backend = backend
+        return self._backend
+
+    async def hashes(self) -> HashMatcher:
+        """Uploads and sweeps match perceptual hashes against the same lists."""
+        if self._hashes is None:
+            matcher = HashMatcher(await self.store(), self.settings.hashes, self.executor())
+            await matcher.start()
+            self._stack.push_async_callback(matcher.stop)
+            self._hashes = matcher
+        return self._hashes
+
+    async def notifier(self) -> Notifier:
+        if self._notifier is None:
+            notifier = Notifier(self.settings.notify, await self.session())
+            await notifier.start()
+            self._stack.push_async_callback(notifier.stop)
+            self._notifier = notifier
+        return self._notifier
+
+    async def enforcer(self) -> LatePositiveEnforcer:
+        if self._enforcer is None:
+            reject = frozenset(self.settings.validation.reject_labels)
+            enforcer = LatePositiveEnforcer(await self.store(), await self.pictrs(), reject)
+            if self._service:
+                enforcer.start()
+            self._stack.push_async_callback(enforcer.stop)
+            self._enforcer = enforcer
+        return self._enforcer
+
+    async def finish(self) -> FinishedHook:
+        """Where every judgement ends, once the Judge has stored it."""
+        enforcer = await self.enforcer()
+        notifier = await self.notifier()
+        metrics = self.metrics
+
+        async def finished(job: Job, verdict: Verdict, answered: str | None) -> None:
+            await enforcer.on_finished(job, verdict, answered)
+            _count_and_notify(metrics, notifier, job, verdict, answered)
+
+        return finished
+
+    async def judge(self) -> Judge:
+        if self._judge is None:
+            backend = await self.backend()
+            second = None
+            if self.settings.prescreen.second_opinion and isinstance(backend, PrescreenBackend):
+                second = backend.next
+            judge = build_judge(
+                self.settings,
+                await self.store(),
+                self.policy(),
+                backend,
+                self.executor(),
+                on_finished=await self.finish(),
+                hashes=await self.hashes(),
+                second_opinion=second,
+            )
+            await judge.start()
+            self._stack.push_async_callback(judge.stop)
+            self._judge = judge
+            self.metrics.bind(
+                Sources(
+                    backend=backend,
+                    job_failures=lambda: judge.runner.failures,
+                    jobs_outstanding=lambda: judge.runner.outstanding,
+                    backend_live=lambda: backend.readiness().live,
+                    notifier=self._notifier,
+                    sweeps=self.sweeps,
+                )
+            )
+        return self._judge
+
+    # -- review and the service's background work ----------------------------------------------
+
+    async def quarantine(self) -> Quarantine:
+        if self._quarantine is None:
+            self._quarantine = Quarantine(await self.store(), self.settings.quarantine.dir)
+        return self._quarantine
+
+    async def review(self) -> Review:
+        """Admin decisions; copies are held in the quarantine directory or by a sweep."""
+        if self._review is None:
+            store = await self.store()
+            judge, quarantine = await self.judge(), await self.quarantine()
+            self._review = review_for(self.settings, store, judge, quarantine)
+        return self._review
+
+    async def watcher(self) -> ReadinessWatcher:
+        """Notifies when the backend goes down and comes back (a long-running process's job)."""
+        if self._watcher is None:
+            notifier = await self.notifier()
+            watcher = ReadinessWatcher(
+                (await self.backend()).readiness,
+                self.settings.notify.readiness_interval_s,
+                lambda state: notifier.notify(backend_event(state)),
+            )
+            await watcher.start()
+            self._stack.push_async_callback(watcher.stop)
+            self._watcher = watcher
+        return self._watcher
+
+    async def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher((await self.hashes()).hashes, self.settings.hashes)
+        return self._publisher
+
+    async def subscriber(self) -> Subscriber:
+        """The hash-list subscriptions, refreshed in the background while the runtime is open."""
+        if self._subscriber is None:
+            subscriber = Subscriber(await self.hashes(), self.settings.hashes, await self.session())
+            await subscriber.start()
+            self._stack.push_async_callback(subscriber.stop)
+            self._subscriber = subscriber
+        return self._subscriber
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, backend: Backend | None = None, service: bool = False
+) -> AsyncIterator[Runtime]:
+    """A Runtime whose parts, all of those asked for and only those, stop on exit."""
+    async with AsyncExitStack() as stack:
+        yield Runtime(settings, stack, backend=backend, service=service)
+
+
+def _count_and_notify(
+    metrics: Metrics, notifier: Notifier, job: Job, verdict: Verdict, answered: str | None
+) -> None:
+    metrics.judged.labels(label=verdict.label.value, backend=verdict.backend or "none").inc()
+    if verdict.label is Label.ERROR:
+        metrics.error("backend_failed")
+    elif verdict.label is Label.UNREADABLE:
+        metrics.error("unreadable")
+    if verdict.is_positive:
+        notifier.notify(
+            {
+                "event": "positive",
+                "sha256": job.sha256,
+                "label": verdict.label.value,
+                "reasons": verdict.reasons,
+                "source": job.source,
+                "backend": verdict.backend,
+                "late": answered == "accept",
+            }
+        )
