@@ -15,9 +15,9 @@ from PIL import Image
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import running_service
 from tests import images
 from tests.admin_helpers import TOKEN, admin_settings
-from tests.service import running_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -9,8 +9,8 @@ import pytest
 
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service
 from tests import images
-from tests.service import make_settings, running_service
 
 
 @pytest.fixture

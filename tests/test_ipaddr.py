@@ -22,8 +22,8 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import PRIVATE_NETWORKS
 from horde_scanner.service.auth import ipaddr_allowed
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service
 from tests import images
-from tests.service import make_settings, running_service
 
 DEFAULT = [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS]
 

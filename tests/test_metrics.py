@@ -13,9 +13,9 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service
 from tests import images
 from tests.admin_helpers import admin_settings
-from tests.service import make_settings, running_service
 
 
 async def scrape(http: aiohttp.ClientSession, base: str, token: str | None = None) -> dict:

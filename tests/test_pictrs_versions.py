@@ -18,9 +18,9 @@ from horde_scanner.sweep.actions import Action
 from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
+from horde_scanner.testing.service import make_settings, running_service, wait_for
 from tests import images
 from tests.scan_helpers import audit_rows, scan_settings
-from tests.service import make_settings, running_service, wait_for
 
 OLD_PICTRS = "pict-rs has no /internal/hashes"
 

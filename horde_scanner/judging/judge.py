@@ -415,19 +415,6 @@ class Judge:
             await self._extra_hook(job, verdict, answered)
 
 
-def decode_limits(settings: Settings) -> DecodeLimits:
-    return DecodeLimits(
-        max_pixels=settings.media.max_pixels,
-        backend_max_side=settings.media.backend_max_side,
-        webp_quality=settings.media.webp_quality,
-        max_frames=settings.media.max_frames,
-        max_frame_count=settings.media.max_frame_count,
-        max_total_pixels=settings.media.max_total_pixels,
-        max_decode_s=settings.media.max_decode_s,
-        near_duplicate_bits=settings.media.near_duplicate_bits,
-    )
-
-
 def build_judge(
     settings: Settings,
     store: Store,
@@ -445,7 +432,7 @@ def build_judge(
         policy,
         backend,
         executor,
-        limits=decode_limits(settings),
+        limits=settings.media.limits(),
         workers=settings.horde.max_in_flight,
         cache_size=settings.validation.verdict_cache_size,
         max_attempts=settings.validation.job_max_attempts,
