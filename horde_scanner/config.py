@@ -127,11 +127,21 @@ class HordeSettings(Section):
     # The `interrogation` form adds booru-style tags (lolicon, ...) at 3 kudos instead of 1.
     interrogation: bool = False
     slow_workers: bool = True
-    max_in_flight: int = Field(40, gt=0, le=150)
+    max_in_flight: int = Field(90, gt=0, le=150)
+    # Status polls of one request: the first this soon after the submit, then at this pace
+    # while its forms wait for a worker, and faster while a worker is processing them.
+    first_poll_s: float = Field(0.15, ge=0.05)
     poll_interval_s: float = Field(1.0, ge=0.1)
-    # Our own share of the Horde's 10/s per-IP status limit, across all requests.
-    status_polls_per_s: float = Field(8.0, gt=0)
-    submits_per_min: float = Field(80.0, gt=0, le=90)
+    processing_poll_s: float = Field(0.25, ge=0.11)
+    # Our share of the Horde's status limit, 10/s for each ip + method + path (per request id).
+    status_polls_per_s: int = Field(5, ge=1, le=10)
+    # Our share of the Horde's 90 submits per minute per IP, in any 60 s (a burst goes at once).
+    submits_per_min: int = Field(80, ge=1, le=90)
+    # Read /v2/status/performance (queue length, workers) this often; 0 turns it off.
+    performance_interval_s: float = Field(60.0, ge=0)
+    # Kudos spent per UTC day at most; None: no budget. When spent, misses follow on_timeout
+    # and are judged when the budget renews.
+    max_kudos_per_day: float | None = Field(None, gt=0)
     # Give up on one request (and DELETE it) after this long.
     request_timeout_s: float = Field(600.0, gt=0)
     http_timeout_s: float = Field(20.0, gt=0)

@@ -23,7 +23,6 @@ def scan_settings(db: Path, *, horde_url: str = "http://127.0.0.1:9", **sections
         "horde": {
             "url": horde_url,
             "poll_interval_s": 0.12,
-            "status_polls_per_s": 200.0,
             "retries": 2,
             "http_timeout_s": 5.0,
         },
@@ -42,7 +41,6 @@ def cli_env(db: Path, horde_url: str, **extra: str) -> dict[str, str]:
         "HORDE_SCANNER_STORE__PATH": str(db),
         "HORDE_SCANNER_HORDE__URL": horde_url,
         "HORDE_SCANNER_HORDE__POLL_INTERVAL_S": "0.12",
-        "HORDE_SCANNER_HORDE__STATUS_POLLS_PER_S": "200",
         "HORDE_SCANNER_SCAN__CONCURRENCY": "4",
     }
     env.update(extra)

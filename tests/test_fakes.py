@@ -201,10 +201,10 @@ async def test_overall_state_rules(session: aiohttp.ClientSession, clock: FakeCl
         assert horde.kudos_spent[ANON_APIKEY] == 6.0
 
 
-async def test_delete_cancels_then_removes(
+async def test_delete_cancels_but_keeps_the_request(
     session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
-    async with FakeHorde(latency=2.0, clock=clock) as horde:
+    async with FakeHorde(latency=2.0, clock=clock, expire_after=60.0) as horde:
         _, body = await submit(session, horde, ("caption", "vectorize"))
         rid = body["id"]
         clock.advance(2.0)
@@ -212,14 +212,27 @@ async def test_delete_cancels_then_removes(
         assert code == 200 and body["state"] == "partial"
         assert form_states(body) == {"caption": "done", "vectorize": "cancelled"}
         assert body["forms"][0]["result"] == {"caption": "a photo of a landscape with trees"}
+        # The request stays: a later GET still answers, with the same forms.
+        code, later = await status(session, horde, rid)
+        assert code == 200 and later == body
+        # Only the delivered caption is charged (1 + burn 2); the waiting vectorize is free.
+        assert horde.deletes == 1 and horde.kudos_spent[ANON_APIKEY] == 3.0
+        clock.advance(61.0)
         code, body = await status(session, horde, rid)
         assert code == 404 and body["rc"] == "RequestNotFound"
-        assert horde.deletes == 1 and horde.kudos_spent[ANON_APIKEY] == 3.0
 
+        # A form cancelled while a worker processes it is charged like a delivery.
         _, body = await submit(session, horde, ("nsfw",))
         clock.advance(1.5)
         _, body = await status(session, horde, body["id"], "DELETE")
         assert body == {"state": "partial", "forms": [{"form": "nsfw", "state": "cancelled"}]}
+        assert horde.kudos_spent[ANON_APIKEY] == 6.0
+        # One cancelled while still waiting costs nothing.
+        _, body = await submit(session, horde, ("nsfw",))
+        clock.advance(0.5)
+        _, body = await status(session, horde, body["id"], "DELETE")
+        assert form_states(body) == {"nsfw": "cancelled"}
+        assert horde.kudos_spent[ANON_APIKEY] == 6.0
 
 
 async def test_expiry_counts_from_creation_by_default(
@@ -349,18 +362,40 @@ async def test_rate_limits_have_no_rc(session: aiohttp.ClientSession, clock: Fak
         code, body = await submit(session, horde, ("caption",))
         assert code == 429 and body == {"message": "3 per 1 minute"}
 
-        # GET and DELETE on one id share the per-IP, per-path bucket.
+        # The status key is ip + method + path: GET and DELETE on one id count apart...
         assert (await status(session, horde, rid))[0] == 200
-        assert (await status(session, horde, rid, "DELETE"))[0] == 200
+        assert (await status(session, horde, rid))[0] == 200
         code, body = await status(session, horde, rid)
         assert code == 429 and body == {"message": "2 per 1 second"}
-        clock.advance(1.0)
-        assert (await status(session, horde, rid))[0] == 404
+        assert (await status(session, horde, rid, "DELETE"))[0] == 200
+        # ...and another request id has its own budget.
+        other = horde.submissions[0].id
+        assert (await status(session, horde, other))[0] == 200
         assert horde.rate_limited == 2
 
+        clock.advance(1.0)
+        assert (await status(session, horde, rid))[0] == 200
         clock.advance(61.0)
         code, _ = await submit(session, horde, ("caption",))
         assert code == 202
+
+
+async def test_submit_limit_is_a_fixed_window(
+    session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """A window opens at its first request: a full burst passes at once, and a client that
+    sends its next burst right as the window ends is let through again."""
+    async with FakeHorde(clock=clock, post_rate_per_min=90) as horde:
+        for _ in range(90):
+            assert (await submit(session, horde, ("nsfw",)))[0] == 202
+        assert (await submit(session, horde, ("nsfw",)))[0] == 429
+        clock.advance(59.9)
+        assert (await submit(session, horde, ("nsfw",)))[0] == 429
+        clock.advance(0.1)
+        for _ in range(90):
+            assert (await submit(session, horde, ("nsfw",)))[0] == 202
+        assert (await submit(session, horde, ("nsfw",)))[0] == 429
+        assert horde.rate_limited == 3 and len(horde.submissions) == 180
 
 
 async def test_too_many_prompts(session: aiohttp.ClientSession, clock: FakeClock) -> None:
@@ -413,6 +448,15 @@ async def test_performance(session: aiohttp.ClientSession, clock: FakeClock) -> 
         async with session.get(f"{horde.url}/v2/status/performance") as resp:
             body = await resp.json()
         assert body["queued_forms"] == 3 and body["interrogator_count"] == 7
+        # Processing forms count too (count_totals: waiting or processing).
+        clock.advance(1.0)
+        horde.extra_queued_forms = 40
+        async with session.get(f"{horde.url}/v2/status/performance") as resp:
+            body = await resp.json()
+        assert body["queued_forms"] == 43
+        clock.advance(1.0)
+        async with session.get(f"{horde.url}/v2/status/performance") as resp:
+            assert (await resp.json())["queued_forms"] == 40
 
 
 # --- pict-rs ---------------------------------------------------------------------------------

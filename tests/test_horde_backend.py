@@ -20,7 +20,6 @@ def settings(url: str, **overrides: object) -> HordeSettings:
     values: dict[str, object] = {
         "url": url,
         "poll_interval_s": 0.12,
-        "status_polls_per_s": 100.0,
         "retries": 2,
         "http_timeout_s": 2.0,
         "maintenance_pause_s": 30.0,

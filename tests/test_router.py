@@ -66,7 +66,8 @@ async def test_kinds_resolve_at_start_up(tmp_path: Path):
 
 async def test_hybrid_prefers_live_workers_and_falls_back_to_the_horde(tmp_path: Path):
     limits = DecodeLimits()
-    async with FakeHorde(latency=0.2) as horde:
+    # The Horde slower than a worker's typical second, so a live worker comes first.
+    async with FakeHorde(latency=1.5) as horde:
         settings = settings_for(
             tmp_path,
             horde.url,
@@ -142,7 +143,7 @@ async def test_horde_down_falls_back_to_a_local_path():
                 HordeSettings(url=horde.url, poll_interval_s=0.1, retries=0), session
             )
             router = RoutedBackend("hybrid", [local, horde_backend], budget_s=5.0)
-            router.latency_s["horde"] = 2.0  # as measured: the Horde has been quick today
+            horde_backend.latency.observe(2.0)  # as measured: the Horde has been quick today
             assert [p.name for p in router.order()] == ["horde", "clip"]
             assert (await router.judge(image)).backend == "horde"
             # ... until the Horde goes into maintenance: then local answers.

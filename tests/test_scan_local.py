@@ -541,7 +541,10 @@ async def test_backend_outage_keeps_the_work_and_the_sweep_finishes(tmp_path: Pa
 
     def pending_jobs() -> int:
         with sqlite3.connect(db) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+            try:
+                return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+            except sqlite3.OperationalError:  # the file exists, its schema not yet
+                return 0
 
     await _until(lambda: db.exists() and pending_jobs() == 2)
     assert not task.done()

@@ -141,7 +141,6 @@ async def test_horde_packs_four_frames_per_request():
         settings = HordeSettings(
             url=horde.url,
             poll_interval_s=0.1,
-            status_polls_per_s=100,
             pack_frames=True,
             api_key="0000000000",
         )

@@ -73,6 +73,23 @@ def describe_paths(backend: Backend) -> list[Readiness]:
     return [backend.readiness()]
 
 
+def iter_backends(backend: Backend) -> list[Backend]:
+    """`backend` and every backend inside it (a router's members, what a pre-screen passes
+    on to), each once, outermost first."""
+    out: list[Backend] = []
+    todo: list[Backend] = [backend]
+    while todo:
+        current = todo.pop(0)
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        todo.extend(getattr(current, "members", None) or [])
+        inner = getattr(current, "next", None)
+        if inner is not None and hasattr(inner, "judge"):
+            todo.append(inner)
+    return out
+
+
 async def judge_image(backend: Backend, image: PreparedImage) -> Signals:
     """`backend.judge` for any image: frame by frame unless the backend takes frames itself.
 

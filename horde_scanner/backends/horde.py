@@ -21,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import aiohttp
 from PIL import Image, ImageOps
@@ -34,8 +37,16 @@ from tenacity import (
 )
 
 from horde_scanner import PROJECT_URL, __version__
-from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
-from horde_scanner.backends.ratelimit import TokenBucket
+from horde_scanner.backends.base import (
+    Backend,
+    BackendFailed,
+    BackendUnavailable,
+    Readiness,
+    iter_backends,
+)
+from horde_scanner.backends.horde_perf import HordeLoad, LatencyEstimate
+from horde_scanner.backends.kudos import KudosBudget
+from horde_scanner.backends.ratelimit import PathLimiter, SubmitBudget, SubmitWindow
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
@@ -59,22 +70,45 @@ class _FormsFaulted(Exception):
     pass
 
 
-class HordeClient:
-    """HTTP calls to the AI Horde, with our side of its rate limits applied."""
+class StatusLimiter(Protocol):
+    def slot(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
-    def __init__(self, settings: HordeSettings, session: aiohttp.ClientSession) -> None:
+
+class HordeClient:
+    """HTTP calls to the AI Horde, with our side of its rate limits applied (ratelimit.py).
+
+    Every attempt, retries included, takes its own slot: the server counts each one."""
+
+    def __init__(
+        self,
+        settings: HordeSettings,
+        session: aiohttp.ClientSession,
+        *,
+        submits: SubmitBudget | None = None,
+        status_limiter: StatusLimiter | None = None,
+    ) -> None:
         self.settings = settings
         self._session = session
         self._base = settings.url.rstrip("/")
         self._headers = {
             "Client-Agent": f"horde-scanner:{__version__}:{settings.contact_url or PROJECT_URL}",
         }
-        self._submits = TokenBucket(settings.submits_per_min / 60.0, burst=5)
-        self._polls = TokenBucket(settings.status_polls_per_s)
+        self.submits: SubmitBudget = submits or SubmitWindow(settings.submits_per_min, 60.0)
+        self.status_limiter: StatusLimiter = status_limiter or PathLimiter(
+            settings.status_polls_per_s, 1.0
+        )
         self._timeout = aiohttp.ClientTimeout(total=settings.http_timeout_s)
+        # 429s from the Horde's rate limiter (no rc): should stay 0.
+        self.rate_limited = 0
 
     async def _call(
-        self, method: str, path: str, *, json_body: Any = None, with_key: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        with_key: bool = False,
+        slot: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     ) -> tuple[int, Any]:
         headers = dict(self._headers)
         if with_key:
@@ -88,7 +122,10 @@ class HordeClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(method, path, headers, json_body)
+                    if slot is None:
+                        return await self._once(method, path, headers, json_body)
+                    async with slot():
+                        return await self._once(method, path, headers, json_body)
         except _Transient as exc:
             raise BackendUnavailable(f"AI Horde unreachable: {exc}", retry_after_s=30) from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -106,39 +143,61 @@ class HordeClient:
                     body = await resp.json(content_type=None)
                 except ValueError:
                     body = None
+                if resp.status == 429 and not (isinstance(body, dict) and body.get("rc")):
+                    self.rate_limited += 1
+                    log.warning("AI Horde rate limiter answered 429 to %s %s", method, path)
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _Transient(f"{method} {path}: {type(exc).__name__} {exc}".strip()) from None
 
-    async def submit(self, source_image_b64: str, forms: list[str]) -> str:
+    async def submit(self, source_image_b64: str, forms: list[str], priority: float = 0.0) -> str:
         body = {
             "source_image": source_image_b64,
             "forms": [{"name": f} for f in forms],
             "slow_workers": self.settings.slow_workers,
         }
-        await self._submits.acquire()
         status, reply = await self._call(
-            "POST", "/v2/interrogate/async", json_body=body, with_key=True
+            "POST",
+            "/v2/interrogate/async",
+            json_body=body,
+            with_key=True,
+            slot=lambda: self.submits.slot(priority),
         )
         if status in (200, 201, 202) and isinstance(reply, dict) and reply.get("id"):
             return str(reply["id"])
         raise _classify(status, reply)
 
+    def _status_call(self, method: str, request_id: str) -> Any:
+        path = f"/v2/interrogate/status/{request_id}"
+        # The Horde keys this limit on ip + method + path: GET and DELETE count apart.
+        return self._call(method, path, slot=lambda: self.status_limiter.slot(f"{method} {path}"))
+
     async def status(self, request_id: str) -> dict[str, Any]:
-        await self._polls.acquire()
-        status, reply = await self._call("GET", f"/v2/interrogate/status/{request_id}")
+        status, reply = await self._status_call("GET", request_id)
         if status == 200 and isinstance(reply, dict):
             return reply
         if status == 404:
             raise _RequestExpired(request_id)
         raise _classify(status, reply)
 
-    async def cancel(self, request_id: str) -> None:
-        await self._call("DELETE", f"/v2/interrogate/status/{request_id}")
+    async def cancel(self, request_id: str) -> dict[str, Any] | None:
+        """DELETE: the forms not done are cancelled; the request stays until it expires."""
+        status, reply = await self._status_call("DELETE", request_id)
+        return reply if status == 200 and isinstance(reply, dict) else None
 
     async def heartbeat(self) -> bool:
         status, _ = await self._call("GET", "/v2/status/heartbeat")
         return status == 200
+
+    async def performance(self) -> Any:
+        # One try: the next reading comes soon enough, and start-up must not wait on retries.
+        try:
+            status, reply = await self._once(
+                "GET", "/v2/status/performance", dict(self._headers), None
+            )
+        except _Transient as exc:
+            raise BackendUnavailable(f"AI Horde unreachable: {exc}") from None
+        return reply if status == 200 else None
 
 
 class _HordeRefused(Exception):
@@ -166,6 +225,26 @@ def _classify(status: int, reply: Any) -> _HordeRefused:
     return _HordeRefused(status, str(reply.get("rc") or ""), str(reply.get("message") or ""))
 
 
+# Before anything is known about the Horde's load (seconds); anonymous and low-kudos users
+# often wait tens of seconds.
+_PRIOR_LATENCY_S = 20.0
+# A Horde queue this long (expected seconds per image) is worth a warning at start-up.
+_LONG_QUEUE_S = 60.0
+
+
+class _Request:
+    """One interrogation request of ours: what it reserved and what it has cost so far."""
+
+    __slots__ = ("id", "reserved", "charged", "seen")
+
+    def __init__(self, request_id: str, reserved: float) -> None:
+        self.id = request_id
+        self.reserved = reserved
+        self.charged: set[str] = set()
+        # Form states at the last poll (a cancelled form is charged if it was processing).
+        self.seen: dict[str, str] = {}
+
+
 class HordeBackend:
     """Judges an image with the `nsfw` and `caption` forms (and `interrogation` if enabled)."""
 
@@ -173,15 +252,24 @@ class HordeBackend:
     # Frames are sent one request each, or packed four to a 2x2 image (horde.pack_frames).
     takes_frames = True
 
-    def __init__(self, settings: HordeSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: HordeSettings,
+        session: aiohttp.ClientSession,
+        *,
+        client: HordeClient | None = None,
+    ) -> None:
         self.settings = settings
         self.pack_side = 512
-        self.client = HordeClient(settings, session)
+        self.client = client or HordeClient(settings, session)
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._paused_until = 0.0
         self._pause_reason = ""
         self._fatal: str | None = None
         self.kudos_estimate = 0.0
+        self.budget = KudosBudget(settings.max_kudos_per_day)
+        self.latency = LatencyEstimate(_PRIOR_LATENCY_S)
+        self._perf_task: asyncio.Task[None] | None = None
         self.requests_sent = 0
         self.in_flight = 0
         if settings.api_key == ANONYMOUS_HORDE_KEY:
@@ -198,16 +286,127 @@ class HordeBackend:
             forms.append("interrogation")
         return forms
 
+    def _form_cost(self, name: str) -> float:
+        burn = 2 if self.settings.slow_workers else 1
+        return _FORM_PRICE.get(name, 1) + burn
+
+    @property
+    def request_cost(self) -> float:
+        return sum(self._form_cost(name) for name in self.forms)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, db: Any = None) -> None:
+        """Load today's kudos spend from the store (`db`) and begin reading the Horde's load."""
+        if db is not None:
+            await self.budget.attach(db)
+        if self.settings.performance_interval_s > 0 and self._perf_task is None:
+            self._perf_task = asyncio.create_task(self._perf_loop(), name="horde-performance")
+
+    async def aclose(self) -> None:
+        if self._perf_task is not None:
+            self._perf_task.cancel()
+            try:
+                await self._perf_task
+            except asyncio.CancelledError:
+                pass
+            self._perf_task = None
+        await self.budget.flush()
+
+    async def _perf_loop(self) -> None:
+        await self.read_performance(at_start=True)
+        while True:
+            await asyncio.sleep(self.settings.performance_interval_s)
+            await self.read_performance()
+
+    async def read_performance(self, *, at_start: bool = False) -> HordeLoad | None:
+        try:
+            body = await self.client.performance()
+        except BackendUnavailable as exc:
+            log.log(logging.WARNING if at_start else logging.DEBUG, "AI Horde load: %s", exc)
+            return None
+        load = HordeLoad.from_body(body, time.monotonic())
+        if load is None:
+            return None
+        self.latency.load = load
+        if at_start:
+            self._log_load(load)
+        return load
+
+    def _log_load(self, load: HordeLoad) -> None:
+        expected = load.queue_latency_s(len(self.forms))
+        if load.interrogators == 0:
+            log.warning(
+                "AI Horde: no interrogation workers online (%.0f forms queued): misses will "
+                "be answered by validation.on_timeout and judged when workers return",
+                load.queued_forms,
+            )
+        elif expected >= _LONG_QUEUE_S:
+            log.warning(
+                "AI Horde queue is long: %.0f forms for %d interrogation workers, about %.1f "
+                "min per image; most misses will be answered by validation.on_timeout and "
+                "judged late. A registered key with kudos gets priority; a local path "
+                "(backend.kind=hybrid) answers sooner",
+                load.queued_forms,
+                load.interrogators,
+                expected / 60,
+            )
+        else:
+            log.info(
+                "AI Horde: %.0f forms queued, %d interrogation workers, about %.1f s per image",
+                load.queued_forms,
+                load.interrogators,
+                expected,
+            )
+
+    # -- state -------------------------------------------------------------------------------
+
+    def live_latency_s(self) -> float:
+        """Seconds a new image is expected to take (for hybrid routing, /readyz, /metrics)."""
+        return self.latency.expected_s(len(self.forms))
+
+    def describe(self) -> dict[str, Any]:
+        expected = self.live_latency_s()
+        load = self.latency.load
+        out: dict[str, Any] = {
+            "expected_latency_s": None if math.isinf(expected) else round(expected, 2),
+            "latency_from": self.latency.source(),
+            "in_flight": self.in_flight,
+            "submits_waiting": self.client.submits.waiting,
+            "rate_limited": self.client.rate_limited,
+        }
+        if load is not None:
+            out["queue"] = {
+                "queued_forms": load.queued_forms,
+                "interrogators": load.interrogators,
+                "read_s_ago": round(time.monotonic() - load.read_at),
+            }
+        if self.budget.limit is not None:
+            out["kudos"] = self.budget.describe()
+        return out
+
     def readiness(self) -> Readiness:
         if self._fatal:
             return Readiness(self.name, False, self._fatal)
         if time.monotonic() < self._paused_until:
             left = self._paused_until - time.monotonic()
             return Readiness(self.name, False, f"{self._pause_reason} (retry in {left:.0f} s)")
-        return Readiness(self.name, True, f"{self.in_flight} requests in flight")
+        if not self.budget.can_afford(self.request_cost):
+            return Readiness(self.name, False, self._budget_reason())
+        expected = self.live_latency_s()
+        shown = "unknown (no workers)" if math.isinf(expected) else f"{expected:.1f} s"
+        detail = f"{self.in_flight} requests in flight; expected latency {shown}"
+        waiting = self.client.submits.waiting
+        if waiting:
+            detail += f"; {waiting} waiting for the submit limit"
+        return Readiness(self.name, True, detail)
 
-    async def aclose(self) -> None:
-        return None
+    def _budget_reason(self) -> str:
+        b = self.budget
+        return (
+            f"daily kudos budget spent ({b.spent:.0f} of {b.limit or 0:.0f}, {b.reserved:.0f} "
+            f"reserved); renews in {b.renews_in_s() / 3600:.1f} h (UTC midnight)"
+        )
 
     def _check_sendable(self) -> None:
         if self._fatal:
@@ -216,15 +415,19 @@ class HordeBackend:
         if left > 0:
             raise BackendUnavailable(self._pause_reason, retry_after_s=left)
 
-    async def judge(self, image: PreparedImage) -> Signals:
-        if image.animated:
-            return await self._judge_frames(image)
-        return await self._judge_webp(image.webp)
+    # -- judging -----------------------------------------------------------------------------
 
-    async def _judge_frames(self, image: PreparedImage) -> Signals:
+    async def judge(self, image: PreparedImage) -> Signals:
+        # Arrival time orders a burst beyond the submit limit: oldest image first.
+        arrived = time.monotonic()
+        if image.animated:
+            return await self._judge_frames(image, arrived)
+        return await self._judge_webp(image.webp, arrived)
+
+    async def _judge_frames(self, image: PreparedImage, arrived: float) -> Signals:
         size = 4 if self.settings.pack_frames else 1
         groups = [list(image.frames[i : i + size]) for i in range(0, len(image.frames), size)]
-        tasks = [asyncio.ensure_future(self._judge_group(group)) for group in groups]
+        tasks = [asyncio.ensure_future(self._judge_group(group, arrived)) for group in groups]
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
@@ -234,30 +437,39 @@ class HordeBackend:
             raise
         return framesignals.combine(self.name, list(zip(groups, results, strict=True)))
 
-    async def _judge_group(self, frames: list[Frame]) -> Signals:
+    async def _judge_group(self, frames: list[Frame], arrived: float) -> Signals:
         if len(frames) == 1 and frames[0].webp:
-            return await self._judge_webp(frames[0].webp)
+            return await self._judge_webp(frames[0].webp, arrived)
         webp = await asyncio.to_thread(pack_frames, frames, self.pack_side)
-        return await self._judge_webp(webp)
+        return await self._judge_webp(webp, arrived)
 
-    async def _judge_webp(self, webp: bytes) -> Signals:
+    async def _judge_webp(self, webp: bytes, arrived: float) -> Signals:
         self._check_sendable()
         payload = base64.b64encode(webp).decode("ascii")
         async with self._in_flight:
             self.in_flight += 1
             try:
-                return await self._judge_encoded(payload)
+                return await self._judge_encoded(payload, arrived)
             finally:
                 self.in_flight -= 1
 
-    async def _judge_encoded(self, payload: str) -> Signals:
+    async def _judge_encoded(self, payload: str, arrived: float) -> Signals:
         deadline = time.monotonic() + self.settings.request_timeout_s
         last_problem = ""
         # One resubmission is allowed for an expired request or faulted forms (reference §4).
         for attempt in range(2):
-            request_id = await self._submit(payload, deadline)
+            cost = self.request_cost
+            if not self.budget.reserve(cost):
+                raise BackendUnavailable(self._budget_reason(), self.budget.renews_in_s())
             try:
-                results = await self._wait(request_id, deadline)
+                request_id = await self._submit(payload, deadline, arrived)
+            except BaseException:
+                self.budget.settle(cost, 0.0)
+                raise
+            req = _Request(request_id, cost)
+            sent_at = time.monotonic()
+            try:
+                results = await self._wait(req, deadline)
             except _RequestExpired:
                 last_problem = "request expired on the AI Horde"
                 log.warning(
@@ -265,25 +477,28 @@ class HordeBackend:
                     request_id,
                     "resubmitting" if attempt == 0 else "giving up",
                 )
+                self._settle(req)
                 continue
             except _FormsFaulted as exc:
                 last_problem = f"forms faulted on the AI Horde: {exc}"
                 log.warning("AI Horde request %s: %s", request_id, last_problem)
-                await self._cancel_quietly(request_id)
+                await self._cancel_quietly(req)
                 continue
             except BaseException:
                 # Cancelled by a caller, our own timeout, or an error: never leave work behind.
-                await self._cancel_quietly(request_id)
+                await self._cancel_quietly(req)
                 raise
+            self.latency.observe(time.monotonic() - sent_at)
+            self._settle(req)
             return self._signals(results)
         raise BackendUnavailable(last_problem, retry_after_s=60)
 
-    async def _submit(self, payload: str, deadline: float) -> str:
+    async def _submit(self, payload: str, deadline: float, arrived: float) -> str:
         backoff = 2.0
         while True:
             self._check_sendable()
             try:
-                request_id = await self.client.submit(payload, self.forms)
+                request_id = await self.client.submit(payload, self.forms, arrived)
                 self.requests_sent += 1
                 return request_id
             except _HordeRefused as exc:
@@ -320,41 +535,64 @@ class HordeBackend:
         self._pause_reason = reason
         log.warning("%s; not sending for %.0f s", reason, seconds)
 
-    async def _wait(self, request_id: str, deadline: float) -> dict[str, Any]:
+    def next_poll_s(self, state: str | None) -> float:
+        """Seconds to the next status poll: `state` is the request's state at the last poll
+        (None before the first). Faster while a worker is processing it."""
+        if state is None:
+            return self.settings.first_poll_s
+        if state == "processing":
+            return self.settings.processing_poll_s
+        return self.settings.poll_interval_s
+
+    async def _wait(self, req: _Request, deadline: float) -> dict[str, Any]:
+        overall: str | None = None
         while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.sleep(self.next_poll_s(overall))
             if time.monotonic() > deadline:
                 raise BackendUnavailable(
                     f"AI Horde did not answer within {self.settings.request_timeout_s:.0f} s",
                     retry_after_s=60,
                 )
             try:
-                state = await self.client.status(request_id)
+                state = await self.client.status(req.id)
             except _HordeRefused as exc:
                 if exc.status == 429:
                     continue
                 raise self._refusal(exc) from None
-            overall = state.get("state")
+            overall = str(state.get("state") or "")
             forms = {str(f.get("form")): f for f in state.get("forms", []) if isinstance(f, dict)}
+            req.seen = {name: str(f.get("state")) for name, f in forms.items()}
+            done = {n: f for n, f in forms.items() if f.get("state") == "done"}
+            self._charge(req, done)
             if overall in ("done", "faulted", "partial"):
-                missing = [
-                    name for name in self.forms if forms.get(name, {}).get("state") != "done"
-                ]
-                done = {n: f for n, f in forms.items() if f.get("state") == "done"}
-                self._count_kudos(done)
+                missing = [name for name in self.forms if name not in done]
                 if missing:
                     raise _FormsFaulted(", ".join(missing))
                 return {name: f.get("result") or {} for name, f in done.items()}
 
-    def _count_kudos(self, done: dict[str, Any]) -> None:
-        burn = 2 if self.settings.slow_workers else 1
-        self.kudos_estimate += sum(_FORM_PRICE.get(name, 1) + burn for name in done)
+    def _charge(self, req: _Request, names: Any) -> None:
+        for name in names:
+            if name not in req.charged:
+                req.charged.add(name)
+                self.kudos_estimate += self._form_cost(name)
 
-    async def _cancel_quietly(self, request_id: str) -> None:
+    def _settle(self, req: _Request) -> None:
+        self.budget.settle(req.reserved, sum(self._form_cost(n) for n in req.charged))
+
+    async def _cancel_quietly(self, req: _Request) -> None:
+        # The Horde charges a form cancelled while a worker processes it, as if delivered;
+        # one still waiting is free. A form we never saw waiting is counted as charged.
         try:
-            await asyncio.shield(self.client.cancel(request_id))
+            reply = await asyncio.shield(self.client.cancel(req.id))
         except (BackendUnavailable, asyncio.CancelledError, Exception) as exc:
-            log.debug("AI Horde cancel of %s failed: %s", request_id, exc)
+            log.debug("AI Horde cancel of %s failed: %s", req.id, exc)
+            reply = None
+        if isinstance(reply, dict):
+            for form in reply.get("forms", []):
+                if isinstance(form, dict) and form.get("state") == "done":
+                    self._charge(req, [str(form.get("form"))])
+        self._charge(req, [n for n in self.forms if req.seen.get(n) not in ("waiting", "faulted")])
+        self._settle(req)
 
     def _signals(self, results: dict[str, Any]) -> Signals:
         nsfw = results.get("nsfw", {}).get("nsfw")
@@ -372,3 +610,14 @@ class HordeBackend:
             caption=str(caption) if caption is not None else None,
             tags=tags,
         )
+
+
+def horde_paths(backend: Backend) -> list[HordeBackend]:
+    """The AI Horde paths inside a backend (itself, a router's member, behind a pre-screen)."""
+    return [b for b in iter_backends(backend) if isinstance(b, HordeBackend)]
+
+
+async def start_horde(backend: Backend, db: Any = None) -> None:
+    """Start every AI Horde path: today's kudos spend from the store, the load reader."""
+    for horde in horde_paths(backend):
+        await horde.start(db)

@@ -61,8 +61,16 @@ class RoutedBackend:
         self.routed: dict[str, int] = {p.name: 0 for p in paths}
         self.fallbacks = 0
 
+    def _refresh(self) -> None:
+        # A path that knows its own expected latency (the AI Horde reads its queue) says so.
+        for p in self.members:
+            live_latency = getattr(p, "live_latency_s", None)
+            if callable(live_latency):
+                self.latency_s[p.name] = float(live_latency())
+
     def order(self) -> list[Backend]:
         """Live paths: those expected within the budget first, fastest first; then the rest."""
+        self._refresh()
         live = [p for p in self.members if p.readiness().live]
         return sorted(
             live,
@@ -108,6 +116,7 @@ class RoutedBackend:
         return Readiness(self.name, bool(live), detail)
 
     def paths(self) -> list[Readiness]:
+        self._refresh()
         out: list[Readiness] = []
         for member in self.members:
             for r in describe_paths(member):

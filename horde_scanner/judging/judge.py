@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from horde_scanner.backends.base import Backend, BackendFailed, judge_image
+from horde_scanner.backends.horde import horde_paths
 from horde_scanner.backends.prescreen import CLEARED
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.index import DENY, Hit
@@ -415,6 +416,19 @@ class Judge:
             await self._extra_hook(job, verdict, answered)
 
 
+# Background judgements at once when no AI Horde path is configured: local paths queue
+# their own work (a worker pool refuses new images beyond workers.max_queue).
+_LOCAL_JOB_WORKERS = 40
+
+
+def job_workers(settings: Settings, backend: Backend) -> int:
+    """Jobs judged at once: enough to keep `horde.max_in_flight` Horde requests going (a
+    burst of new images all in flight before the deadline), fewer for local paths only."""
+    if horde_paths(backend):
+        return settings.horde.max_in_flight
+    return min(settings.horde.max_in_flight, _LOCAL_JOB_WORKERS)
+
+
 def build_judge(
     settings: Settings,
     store: Store,
@@ -433,7 +447,7 @@ def build_judge(
         backend,
         executor,
         limits=settings.media.limits(),
-        workers=settings.horde.max_in_flight,
+        workers=job_workers(settings, backend),
         cache_size=settings.validation.verdict_cache_size,
         max_attempts=settings.validation.job_max_attempts,
         on_finished=on_finished,

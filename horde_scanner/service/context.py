@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.backends.base import Backend
+from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
 from horde_scanner.backends.workers import WorkerPool
@@ -129,6 +130,7 @@ async def open_services(
                 sweeps=sweeps,
             )
         )
+        await start_horde(backend, store.db)
         await judge.start()
         enforcer.start()
         await notifier.start()

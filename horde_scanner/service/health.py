@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from horde_scanner.backends.base import describe_paths
+from horde_scanner.backends.horde import horde_paths
 from horde_scanner.service.context import SERVICES
 
 
@@ -32,6 +33,9 @@ async def readyz(request: web.Request) -> web.Response:
         "jobs_waiting": svc.judge.runner.outstanding,
         "policy": svc.policy.version,
     }
+    for horde in horde_paths(svc.backend)[:1]:
+        # Expected latency, the Horde's queue, our submit limit, the kudos budget.
+        body["horde"] = horde.describe()
     if not backend.live:
         # Still able to answer (cache, lists, on_timeout), so not a 503.
         body["why"] = (

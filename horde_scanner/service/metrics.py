@@ -20,6 +20,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from horde_scanner.backends.base import Backend
+from horde_scanner.backends.horde import HordeBackend, horde_paths
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.sweep.metrics import SweepProgress
@@ -169,16 +170,57 @@ def _backend_metrics(src: Sources) -> Iterator[Metric]:
     yield _gauge(
         "jobs_outstanding", "Judgements waiting or running in this process.", src.jobs_outstanding()
     )
-    in_flight = getattr(src.backend, "in_flight", None)
-    if isinstance(in_flight, int | float):
-        yield _gauge("horde_in_flight", "AI Horde requests in flight.", in_flight)
-    kudos = getattr(src.backend, "kudos_estimate", None)
-    if isinstance(kudos, int | float):
-        family = CounterMetricFamily(
-            f"{PREFIX}_horde_kudos_estimated", "Kudos spent on the AI Horde (estimated)."
+    for horde in horde_paths(src.backend)[:1]:
+        yield from _horde_metrics(horde)
+
+
+def _counter(name: str, doc: str, value: float) -> Metric:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
+    family.add_metric([], value)
+    return family
+
+
+def _horde_metrics(horde: HordeBackend) -> Iterator[Metric]:
+    yield _gauge("horde_in_flight", "AI Horde requests in flight.", horde.in_flight)
+    yield _counter(
+        "horde_kudos_estimated", "Kudos spent on the AI Horde (estimated).", horde.kudos_estimate
+    )
+    yield _gauge(
+        "horde_expected_latency_seconds",
+        "Seconds a new image is expected to take on the AI Horde (+Inf: no workers).",
+        horde.live_latency_s(),
+    )
+    yield _gauge(
+        "horde_submits_waiting",
+        "Images waiting for our share of the AI Horde's submit limit.",
+        horde.client.submits.waiting,
+    )
+    yield _counter(
+        "horde_rate_limited",
+        "429 answers from the AI Horde's rate limiter (should stay 0).",
+        horde.client.rate_limited,
+    )
+    load = horde.latency.load
+    if load is not None:
+        yield _gauge(
+            "horde_queued_forms",
+            "Interrogation forms waiting or processing on the whole AI Horde.",
+            load.queued_forms,
         )
-        family.add_metric([], kudos)
-        yield family
+        yield _gauge(
+            "horde_interrogators", "Interrogation workers on the AI Horde.", load.interrogators
+        )
+    budget = horde.budget
+    if budget.limit is not None:
+        yield _gauge("horde_kudos_budget", "horde.max_kudos_per_day.", budget.limit)
+        yield _gauge(
+            "horde_kudos_spent_today", "Kudos charged this UTC day (estimated).", budget.spent
+        )
+        yield _counter(
+            "horde_budget_refused",
+            "Misses not sent to the AI Horde because the day's kudos budget was spent.",
+            budget.refused,
+        )
 
 
 def _notify_metrics(notifier: Notifier | None) -> Iterator[Metric]:

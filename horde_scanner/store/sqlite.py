@@ -238,6 +238,17 @@ _MIGRATIONS: list[tuple[str, str]] = [
     CREATE INDEX quarantine_sha ON quarantine(sha256, state);
     """,
     ),
+    (
+        # The AI Horde's daily kudos budget (queries in backends/kudos.py).
+        "1100-horde-kudos",
+        """
+    CREATE TABLE horde_kudos (
+        day TEXT PRIMARY KEY,
+        spent REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    ),
 ]
 
 

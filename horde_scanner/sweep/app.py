@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from horde_scanner.backends.base import Backend
+from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.router import build_backend
 from horde_scanner.config import OnEvent, Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -68,6 +69,8 @@ async def _judge(
     hashes = HashMatcher(store, settings.hashes, executor)
     await hashes.start()
     judge = build_judge(settings, store, policy, backend, executor, hashes=hashes)
+    if own_backend:
+        await start_horde(backend, store.db)
     await judge.start()
     try:
         yield judge

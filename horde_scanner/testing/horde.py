@@ -20,7 +20,14 @@ second-hand, the AI Horde sources it cites (``horde/apis/v2/stable.py``, ``horde
 * The order of the POST checks is the server's: limiter, payload schema, header schema,
   maintenance, webhook, API key, TooManyPrompts (raw form count, before duplicates are
   dropped), raid-mode IP check, then the image.
-* The status limiter is a Resource-level decorator, so GET and DELETE on one id share a bucket.
+* Rate limits are flask-limiter fixed windows (``horde/limiter.py``): a window opens at the
+  first request and lasts its period, so a burst up to the limit passes at once. Submits: 90 a
+  minute per IP (the limiter's default; ``Interrogate`` has no decorator of its own). Status:
+  10 a second keyed on ip + method + path (``limiter_api.get_request_path``), so every request
+  id has its own budget and GET and DELETE on it count apart.
+* DELETE cancels every form not done and keeps the request (a later GET is still 200 until it
+  expires); a form cancelled while processing is charged like a delivery, a waiting one is
+  free (``horde/classes/stable/interrogation.py``).
 
 A request expires ``expire_after`` seconds after creation by default; ``expiry_refresh=True``
 gives the server's rule, where each pop (processing) and delivery (done) restarts the timer.
@@ -30,7 +37,8 @@ fake can't leak tasks and tests can inject a clock. Forms no public worker serve
 (``vectorize``, ``palette``, ``describe``, ``aesthetic`` and the newer upscalers) stay
 ``waiting`` until the request expires, as they would on the real horde.
 
-Run ``python -m horde_scanner.testing.horde --port 7001 --latency 2.0`` for a demo server.
+Run ``python -m horde_scanner.testing.horde --port 7001 --latency 2.0`` for a demo server
+(``--latency-range 2.8 5.2`` draws each request's latency uniformly instead).
 """
 
 from __future__ import annotations
@@ -41,9 +49,10 @@ import base64
 import binascii
 import io
 import json
+import random
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -294,6 +303,7 @@ class FakeHorde(LoopbackServer):
         expire_after: float = DEFAULT_EXPIRE_AFTER_S,
         expiry_refresh: bool = False,
         post_rate_per_min: int | None = 90,
+        post_window_s: float = 60.0,
         status_rate_per_s: int | None = 10,
         max_forms_per_user: int = 300,
         max_forms_anonymous: int = 5000,
@@ -309,12 +319,16 @@ class FakeHorde(LoopbackServer):
         self.expire_after = expire_after
         self.expiry_refresh = expiry_refresh
         self.post_rate_per_min = post_rate_per_min
+        # The submit limit's period; tests shorten it to see several windows quickly.
+        self.post_window_s = post_window_s
         self.status_rate_per_s = status_rate_per_s
         self.max_forms_per_user = max_forms_per_user
         self.max_forms_anonymous = max_forms_anonymous
         self.unserved_forms: set[str] = set(unserved_forms)
         self.reencode_webp = reencode_webp
         self.interrogator_count = interrogator_count
+        # Forms of other users in the queue, as /v2/status/performance reports them.
+        self.extra_queued_forms = 0
         self.version = version
         self.clock: Clock = clock
 
@@ -338,12 +352,13 @@ class FakeHorde(LoopbackServer):
         self.posts = 0
         self.status_calls = 0
         self.deletes = 0
+        self.performance_calls = 0
         self.rate_limited = 0
         self.dropped = 0
 
         self.interrogations: dict[str, InterrogationRecord] = {}
         self._kudos: dict[str, float] = {}
-        self._windows: dict[tuple[str, ...], deque[float]] = {}
+        self._windows: dict[tuple[str, ...], tuple[float, int]] = {}
         self._r2: dict[str, bytes] = {}
         self._origin = ""
 
@@ -400,15 +415,17 @@ class FakeHorde(LoopbackServer):
         return response
 
     def _limited(self, key: tuple[str, ...], limit: int | None, window: float, now: float) -> bool:
+        # flask-limiter's "fixed-window" strategy (limits' storage): a counter that starts
+        # with the first hit after the last window expired and lives `window` seconds; every
+        # hit counts, refused ones too. A burst of `limit` at once passes.
         if limit is None:
             return False
-        hits = self._windows.setdefault(key, deque())
-        while hits and now - hits[0] >= window:
-            hits.popleft()
-        if len(hits) >= limit:
-            return True
-        hits.append(now)
-        return False
+        opened, count = self._windows.get(key, (now, 0))
+        if now - opened >= window:
+            opened, count = now, 0
+        count += 1
+        self._windows[key] = (opened, count)
+        return count > limit
 
     def _rate_limited_response(self, description: str) -> web.Response:
         # flask-limiter's 429 carries only the limit description, never an rc.
@@ -461,6 +478,9 @@ class FakeHorde(LoopbackServer):
             return
         form.state = "done"
         form.result = self._result(req, form)
+        self._charge(req, form)
+
+    def _charge(self, req: InterrogationRecord, form: FormRecord) -> None:
         price = 3 * req.tiles if form.name in POST_PROCESSORS else 1
         if form.name == "interrogation":
             price = 3
@@ -649,7 +669,7 @@ class FakeHorde(LoopbackServer):
         self.posts += 1
         now = self.clock()
         ip = request.remote or "unknown"
-        if self._limited(("post", ip), self.post_rate_per_min, 60.0, now):
+        if self._limited(("post", ip), self.post_rate_per_min, self.post_window_s, now):
             return self._rate_limited_response(f"{self.post_rate_per_min} per 1 minute")
         raw = await request.read()
         if b"\\u0000" in raw or b"\x00" in raw:
@@ -789,8 +809,11 @@ class FakeHorde(LoopbackServer):
         return web.json_response({"id": rid}, status=202)
 
     def _status_limited(self, request: web.Request, now: float) -> web.Response | None:
+        # lim.get_request_path: the key is ip + method + path, so each request id has its own
+        # budget, and GET and DELETE on one id count apart.
         ip = request.remote or "unknown"
-        if self._limited(("status", ip, request.path), self.status_rate_per_s, 1.0, now):
+        key = ("status", ip, request.method, request.path)
+        if self._limited(key, self.status_rate_per_s, 1.0, now):
             return self._rate_limited_response(f"{self.status_rate_per_s} per 1 second")
         return None
 
@@ -819,22 +842,33 @@ class FakeHorde(LoopbackServer):
         req = self._status_target(request)
         if isinstance(req, web.Response):
             return req
+        # InterrogationForms.cancel: every form not done becomes cancelled (a faulted one
+        # too); one a worker was processing is charged as if delivered, a waiting one is
+        # free. The request itself stays: a later GET still answers until it expires.
         for form in req.forms:
-            if form.state in ACTIVE_STATES:
-                form.state = "cancelled"
-        del self.interrogations[req.id]
+            if form.state == "done":
+                continue
+            if form.state == "processing":
+                self._charge(req, form)
+            form.state = "cancelled"
         return web.json_response(self._status_body(req))
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         return web.json_response({"message": "OK", "version": self.version})
 
     async def _performance(self, request: web.Request) -> web.Response:
-        self._sweep(self.clock())
-        queued = sum(
+        now = self.clock()
+        # No decorator on HordeLoad: the limiter's default, 90 per minute per IP and route.
+        if self._limited(("performance", request.remote or "unknown"), 90, 60.0, now):
+            return self._rate_limited_response("90 per 1 minute")
+        self.performance_calls += 1
+        self._sweep(now)
+        # count_totals: forms waiting or processing, over the whole horde.
+        queued = self.extra_queued_forms + sum(
             1
             for req in self.interrogations.values()
             for form in req.forms
-            if form.state == "waiting"
+            if form.state in ACTIVE_STATES
         )
         return web.json_response(
             {
@@ -865,13 +899,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fake AI Horde interrogation API (loopback)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7001)
-    parser.add_argument("--latency", type=float, default=2.0, help="seconds per form")
+    parser.add_argument("--latency", type=float, default=2.0, help="seconds per request")
+    parser.add_argument(
+        "--latency-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="draw each request's latency uniformly from LOW..HIGH seconds",
+    )
+    parser.add_argument(
+        "--queued-forms", type=int, default=0, help="other users' forms in the queue"
+    )
+    parser.add_argument("--interrogators", type=int, default=4)
     parser.add_argument("--expire-after", type=float, default=DEFAULT_EXPIRE_AFTER_S)
     parser.add_argument("--key", action="append", default=[], help="extra valid API key")
     args = parser.parse_args(argv)
     if not is_loopback_host(args.host):
         parser.error("--host must be a loopback address")
-    horde = FakeHorde(latency=args.latency, expire_after=args.expire_after, valid_keys=args.key)
+    latency: LatencySpec = args.latency
+    if args.latency_range:
+        low, high = sorted(args.latency_range)
+        rng = random.Random()
+        latency = lambda: rng.uniform(low, high)  # noqa: E731
+    horde = FakeHorde(
+        latency=latency,
+        expire_after=args.expire_after,
+        valid_keys=args.key,
+        interrogator_count=args.interrogators,
+    )
+    horde.extra_queued_forms = args.queued_forms
     print(f"fake horde on http://{args.host}:{args.port}/api (Ctrl-C stops)", flush=True)
     web.run_app(horde.app(), host=args.host, port=args.port, print=None, access_log=None)
 

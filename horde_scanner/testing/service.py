@@ -26,7 +26,6 @@ def make_settings(db: Path, horde_url: str, **sections: dict[str, Any]) -> Setti
         "horde": {
             "url": horde_url,
             "poll_interval_s": 0.12,
-            "status_polls_per_s": 200.0,
             "api_key": "0000000000",
             "retries": 2,
             "http_timeout_s": 5.0,
