@@ -265,3 +265,51 @@ def test_worker_command_reports_bad_arguments(tmp_path: Path):
         ],
     )
     assert result.exit_code == 1 and "not a directory" in result.output
+
+
+async def test_the_worker_command_decodes_with_the_configured_media_limits(
+    tmp_path: Path, tiny_model: Path
+):
+    """`horde-scanner worker` takes every [media] limit from its config (MediaSettings.limits),
+    not defaults: a job over its own pixel limit is answered as an error naming that limit."""
+    import os
+    import subprocess
+    import sys
+
+    settings = make_settings(
+        tmp_path / "s.db",
+        "http://127.0.0.1:9/api",
+        backend={"kind": "local"},
+        local={"in_process": False},
+        workers={"keys": ["gpu-key"]},
+        validation={"deadline_s": 20.0},
+    )
+    env = {
+        **os.environ,
+        "HORDE_SCANNER_MEDIA__MAX_PIXELS": "1000",
+        "HORDE_SCANNER_STORE__PATH": str(tmp_path / "worker.db"),
+    }
+    async with running_service(settings) as svc, aiohttp.ClientSession() as http:
+        command = [
+            sys.executable, "-m", "horde_scanner.cli", "worker", "--server", svc.url,
+            "--key", "gpu-key", "--name", "limits", "--model-dir", str(tiny_model),
+            "--device", "cpu", "--poll-wait", "0.5",
+        ]  # fmt: skip
+        worker = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            pool = svc.services.workers
+            async with asyncio.timeout(120):
+                while not pool.live_workers():
+                    assert worker.returncode is None
+                    await asyncio.sleep(0.1)
+            result = await validate_upload(
+                http, svc.scan_url(), images.jpeg(size=(300, 200), seed=9), "image/jpeg"
+            )
+        finally:
+            worker.terminate()
+            await worker.wait()
+    assert result.body["label"] == "error", result.body
+    (reason,) = result.body["reasons"]
+    assert "could not judge" in reason and "limit of 1000 pixels" in reason
