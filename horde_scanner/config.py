@@ -65,6 +65,8 @@ class ServerSettings(Section):
     port: int = Field(14051, ge=1, le=65535)
     # Ids pict-rs may put in the URL path (/api/v1/scan/<id>). Treat them as secrets.
     client_ids: list[str] = Field(default_factory=list)
+    # Named ids, {name = secret}: the name is what the audit log, verdicts and exports record.
+    clients: dict[str, str] = Field(default_factory=dict)
     # Networks accepted for the special id IPADDR (loopback always is). The default is what
     # pictrs-safety accepts: the private ranges, where pict-rs sits on a docker network.
     allowed_ips: list[str] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
@@ -74,6 +76,16 @@ class ServerSettings(Section):
     # Upload bodies read and admitted at once; the rest wait (unread) for a slot, up to the
     # deadline. Bounds memory in a burst to about this many bodies.
     max_concurrent_uploads: int = Field(128, gt=0)
+
+    @field_validator("clients")
+    @classmethod
+    def _client_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            if not secret or secret == "IPADDR":
+                raise ValueError(f"client {name!r}: the id must be a non-empty secret")
+        return value
 
     @field_validator("allowed_ips", "trusted_proxies")
     @classmethod
@@ -147,6 +159,10 @@ class HordeSettings(Section):
     http_timeout_s: float = Field(20.0, gt=0)
     retries: int = Field(4, ge=0, le=10)
     maintenance_pause_s: float = Field(120.0, ge=0)
+    # Failed calls in a row (refused, DNS, timeout, 5xx) that mark the AI Horde down, and how
+    # often one heartbeat probes it while down.
+    down_after_failures: int = Field(3, ge=1, le=100)
+    probe_interval_s: float = Field(1.0, gt=0, le=300)
     # Animations and video: pack up to 4 frames into one 512 px 2x2 image (one request, a
     # quarter of the kudos) at the price of each frame being judged at 256 px.
     pack_frames: bool = False

@@ -15,8 +15,9 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.config import ConfigError
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.service.auth import client_tag
 from horde_scanner.testing.pictrs import validate_upload
-from horde_scanner.testing.service import make_settings, running_service
+from horde_scanner.testing.service import CLIENT_ID, make_settings, running_service
 from horde_scanner.verdict import Label, Signals, Verdict
 from tests import images
 from tests.admin_helpers import TOKEN, admin_settings, call
@@ -282,7 +283,7 @@ async def test_queue_stats_and_evidence_export(tmp_path: Path, http):
         assert status == 200
         (row,) = rows
         assert row["sha256"] == sha256_hex(red) and row["label"] == "csam"
-        assert "pdq" in row and row["where_found"] == ["upload:test-pictrs"]
+        assert "pdq" in row and row["where_found"] == [f"upload:{client_tag(CLIENT_ID)}"]
         assert row["first_seen"].endswith("+00:00")
         assert row["decisions"] == [
             {

@@ -14,8 +14,9 @@ from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.service.auth import client_tag
 from horde_scanner.testing.pictrs import validate_upload
-from horde_scanner.testing.service import running_service
+from horde_scanner.testing.service import CLIENT_ID, running_service
 from tests import images
 from tests.admin_helpers import TOKEN, admin_settings
 
@@ -82,7 +83,7 @@ async def test_review_flow_log_in_reveal_preview_allow_then_upload_accepted(
         item = page.locator(f"#positives #item-{sha}")
         assert await item.count() == 1
         text = await item.inner_text()
-        assert "csam" in text and "upload:test-pictrs" in text and "young girl" in text
+        assert "csam" in text and f"upload:{client_tag(CLIENT_ID)}" in text and "young girl" in text
         assert "held" in text
         # Previews are off until the admin turns them on; no image on the page at all.
         assert await page.locator("img").count() == 0

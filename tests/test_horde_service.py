@@ -102,9 +102,15 @@ async def test_daily_kudos_budget_defers_misses_and_survives_a_restart(
             first = await validate_upload(http, svc.scan_url(), png(1), "image/png")
             assert first.body["route"] == "backend"
             second = await validate_upload(http, svc.scan_url(), png(2), "image/png")
-            # Not sent: answered by on_timeout (accept), judged when the budget renews.
-            assert (second.status, second.body["route"]) == (200, "timeout")
+            # Not sent: answered by on_timeout (accept) at once, as no path can judge it now;
+            # judged when the budget renews.
+            assert (second.status, second.body["route"]) == (200, "unavailable")
             assert len(horde.submissions) == 1
+
+            async def tried() -> bool:  # the job's own attempt, in the background
+                return (await readyz(http, svc.url))["horde"]["kudos"]["refused"] >= 1
+
+            await wait_for(tried, timeout=10)
             body = await readyz(http, svc.url)
             assert body["status"] == "degraded"
             assert not body["paths"]["horde"]["live"]
@@ -157,7 +163,7 @@ async def test_judged_late_when_the_budget_renews(tmp_path: Path, http: aiohttp.
         async with running_service(tight) as svc:
             await validate_upload(http, svc.scan_url(), png(1), "image/png")
             late = await validate_upload(http, svc.scan_url(), png(2), "image/png")
-            assert late.body["route"] == "timeout"
+            assert late.body["route"] == "unavailable"  # budget spent: no live path
             await svc.services.store.db.execute("UPDATE jobs SET not_before=0")
         roomy = make_settings(tmp_path / "s.db", horde.url, horde={"max_kudos_per_day": 60}, **base)
         async with running_service(roomy) as svc:

@@ -14,8 +14,9 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import NotifySettings
 from horde_scanner.integrations.notify import Notifier, load_templates, render
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.service.auth import client_tag
 from horde_scanner.testing.pictrs import validate_upload
-from horde_scanner.testing.service import running_service
+from horde_scanner.testing.service import CLIENT_ID, running_service
 from tests import images
 from tests.admin_helpers import admin_settings, webhook_sink
 
@@ -53,7 +54,7 @@ async def test_positive_and_backend_down_up_are_posted(tmp_path: Path, http):
 
     (positive,) = sink.events("positive")
     assert positive["sha256"] == sha256_hex(red) and positive["label"] == "csam"
-    assert positive["source"] == "upload:test-pictrs" and positive["late"] is False
+    assert positive["source"] == f"upload:{client_tag(CLIENT_ID)}" and positive["late"] is False
     assert positive["link"] == f"https://scanner.example/admin/item/{sha256_hex(red)}"
     assert any("young girl" in r for r in positive["reasons"])
     assert len(sink.events("backend_down")) == 1 and len(sink.events("backend_up")) == 1

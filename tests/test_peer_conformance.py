@@ -302,7 +302,8 @@ async def test_readyz_says_when_workers_take_jobs_but_no_answer_is_accepted(tmp_
     assert "none of their answers was accepted" in workers["detail"]
     assert "unknown_job" in workers["detail"]
     assert unknown == 2.0
-    assert result.body["route"] == "timeout"
+    # Answered by on_timeout: at the deadline, or at once when the pool went down first.
+    assert result.body["route"] in ("timeout", "unavailable")
 
 
 async def test_pictrs_reads_any_2xx_as_accept_and_anything_else_as_reject(tmp_path: Path, http):
@@ -365,4 +366,5 @@ async def test_readyz_says_when_workers_take_jobs_and_never_answer(tmp_path: Pat
     assert re.search(
         r"answered none of the last \d+ within workers.job_timeout_s", workers["detail"]
     )
-    assert result.body["route"] == "timeout"
+    # Answered by on_timeout: at the deadline, or at once when the pool went down first.
+    assert result.body["route"] in ("timeout", "unavailable")

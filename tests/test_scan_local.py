@@ -85,7 +85,7 @@ async def test_cli_quarantine_release_and_export(tmp_path: Path, tree, root: Pat
     async with FakeHorde(latency=0.05) as horde:
         env = cli_env(db, horde.url, HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(qdir))
         result = await cli(["scan", str(root), "--action", "quarantine"], env)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # positives were found
         assert "skipped as seen" in result.output and "csam" in result.output
     reds = tree.with_label("csam")
     assert stat.S_IMODE(qdir.stat().st_mode) == 0o700
@@ -233,7 +233,7 @@ async def test_apply_since_and_cli_errors(tmp_path: Path, root: Path):
     env = cli_env(db, "http://127.0.0.1:9")
     bad = await cli(["apply", "--action", "delete", "--since", "last tuesday"], env)
     assert bad.exit_code == 2 and "--since" in bad.output
-    out = await cli(["apply", "--action", "delete", "--since", "1h"], env)
+    out = await cli(["apply", "--action", "delete", "--since", "1h", "--yes"], env)
     assert out.exit_code == 0, out.output
     assert "acted" in out.output
     assert len(audit_rows(db, "scan_action")) == 2
@@ -479,7 +479,7 @@ async def test_killed_sweep_resumes_and_never_acts_twice(tmp_path: Path):
             ["scan", str(files), "--action", "quarantine"],
             cli_env(db, horde.url, HORDE_SCANNER_SCAN__QUARANTINE_PATH=str(tmp_path / "q")),
         )
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output
         assert "resumed after" in result.output
         # Judged files were not sent again; only those in flight at the kill may have been.
         assert horde.posts <= len(tree.media) + 2

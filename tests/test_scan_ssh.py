@@ -157,7 +157,7 @@ async def test_cli_over_ssh_url(tmp_path: Path, sshd: Sshd):
             HORDE_SCANNER_SCAN__SSH__QUARANTINE_PATH=str(tmp_path / "rq"),
         )
         result = await cli(["scan", sshd.url(remote), "--action", "quarantine"], env)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{remote}" in result.output
     assert not (remote / tree.with_label("csam")[0]).exists()
     assert len(list((tmp_path / "rq").iterdir())) == 1

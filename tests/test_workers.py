@@ -179,7 +179,8 @@ async def test_when_every_worker_is_gone_the_job_waits_for_later(tmp_path: Path)
         await gone.poll_once(http)
         await asyncio.sleep(0.4)  # it stops polling: gone
         result = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
-        assert result.body["route"] == "timeout" and result.status == 200
+        # No worker live: answered at once by on_timeout, not after the deadline.
+        assert result.body["route"] == "unavailable" and result.status == 200
         assert await svc.services.store.count_jobs() == 1  # kept for a worker to come back
         async with http.get(f"{svc.url}/readyz") as resp:
             ready = await resp.json()
@@ -272,3 +273,40 @@ async def test_our_worker_protocol_posts_signals(tmp_path: Path):
     assert red.status == 406 and red.body["label"] == "csam"
     assert any("worker:key1/ours: clip 'a nude body'" in r for r in red.body["reasons"])
     assert green.status == 200 and green.body["label"] == "clean"
+
+
+async def test_jobs_waiting_for_workers_resume_as_soon_as_one_polls_again(tmp_path: Path, http):
+    """The worker outage of issue 12: while no worker is live, uploads are answered by
+    on_timeout at once and kept; the backlog is judged right after a worker polls again,
+    not after the jobs' retry backoff (which had grown to tens of seconds)."""
+    async with running_service(worker_settings(tmp_path, missing_after_s=1.0)) as svc:
+        first = PictrsSafetyWorker(svc.url)
+        await first.poll_once(http)  # a worker was there, then it went away
+        await wait_until(lambda: not svc.services.workers.readiness().live, timeout=5)
+        new = [images.encode(images.image("red", seed=s), "PNG") for s in (61, 62, 63)]
+        for data in new:
+            answer = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
+            assert answer.status == 200 and answer.body["route"] == "unavailable"
+        store = svc.services.store
+        assert await store.count_jobs() == len(new)
+        await asyncio.sleep(3.0)  # the jobs' backoff grows meanwhile
+        stop = asyncio.Event()
+        back_at = time.monotonic()
+        worker = asyncio.create_task(PictrsSafetyWorker(svc.url).run(http, stop))
+        try:
+
+            async def all_judged() -> bool:
+                got = [await store.get_verdict(sha256_hex(d)) for d in new]
+                return all(v is not None for v in got)
+
+            deadline = time.monotonic() + 10
+            while not await all_judged():
+                assert time.monotonic() < deadline, "backlog not judged after the worker came back"
+                await asyncio.sleep(0.05)
+            print(f"backlog judged {time.monotonic() - back_at:.1f} s after a worker came back")
+        finally:
+            stop.set()
+            await worker
+        for data in new:
+            stored = await store.get_verdict(sha256_hex(data))
+            assert stored is not None and stored.verdict.label is Label.CSAM

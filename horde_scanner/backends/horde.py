@@ -35,6 +35,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from horde_scanner import PROJECT_URL, __version__
 from horde_scanner.backends.base import (
@@ -47,6 +48,7 @@ from horde_scanner.backends.base import (
 from horde_scanner.backends.horde_perf import HordeLoad, LatencyEstimate
 from horde_scanner.backends.kudos import KudosBudget
 from horde_scanner.backends.ratelimit import PathLimiter, SubmitBudget, SubmitWindow
+from horde_scanner.backends.reachability import Reachability
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
@@ -60,6 +62,16 @@ _FORM_PRICE = {"caption": 1, "nsfw": 1, "interrogation": 3}
 
 class _Transient(Exception):
     """A failure worth retrying at once (connection, timeout, 5xx)."""
+
+
+class _WhenDown(stop_base):
+    """Stop retrying once the AI Horde is known down."""
+
+    def __init__(self, reach: Reachability) -> None:
+        self._reach = reach
+
+    def __call__(self, retry_state: object) -> bool:
+        return self._reach.down
 
 
 class _RequestExpired(Exception):
@@ -100,6 +112,15 @@ class HordeClient:
         self._timeout = aiohttp.ClientTimeout(total=settings.http_timeout_s)
         # 429s from the Horde's rate limiter (no rc): should stay 0.
         self.rate_limited = 0
+        self.reach = Reachability(
+            "AI Horde",
+            self._probe,
+            down_after=settings.down_after_failures,
+            probe_interval_s=settings.probe_interval_s,
+        )
+
+    async def _probe(self) -> None:
+        await self._once("GET", "/v2/status/heartbeat", dict(self._headers), None)
 
     async def _call(
         self,
@@ -115,7 +136,8 @@ class HordeClient:
             headers["apikey"] = self.settings.api_key
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(self.settings.retries + 1),
+            # Known down: no point retrying; jobs are woken when the probe sees it back.
+            stop=stop_after_attempt(self.settings.retries + 1) | _WhenDown(self.reach),
             wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
             reraise=True,
         )
@@ -127,6 +149,7 @@ class HordeClient:
                     async with slot():
                         return await self._once(method, path, headers, json_body)
         except _Transient as exc:
+            self.reach.failed(str(exc), gave_up=True)
             raise BackendUnavailable(f"AI Horde unreachable: {exc}", retry_after_s=30) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -138,7 +161,9 @@ class HordeClient:
                 method, self._base + path, json=json_body, headers=headers, timeout=self._timeout
             ) as resp:
                 if resp.status >= 500:
+                    self.reach.failed(f"HTTP {resp.status}")
                     raise _Transient(f"{method} {path}: HTTP {resp.status}")
+                self.reach.ok()
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
@@ -148,6 +173,7 @@ class HordeClient:
                     log.warning("AI Horde rate limiter answered 429 to %s %s", method, path)
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.reach.failed(f"{type(exc).__name__} {exc}".strip())
             raise _Transient(f"{method} {path}: {type(exc).__name__} {exc}".strip()) from None
 
     async def submit(self, source_image_b64: str, forms: list[str], priority: float = 0.0) -> str:
@@ -313,6 +339,7 @@ class HordeBackend:
             except asyncio.CancelledError:
                 pass
             self._perf_task = None
+        await self.client.reach.aclose()
         await self.budget.flush()
 
     async def _perf_loop(self) -> None:
@@ -390,6 +417,8 @@ class HordeBackend:
     def readiness(self) -> Readiness:
         if self._fatal:
             return Readiness(self.name, False, self._fatal)
+        if self.client.reach.down:
+            return Readiness(self.name, False, self.client.reach.detail())
         if time.monotonic() < self._paused_until:
             left = self._paused_until - time.monotonic()
             return Readiness(self.name, False, f"{self._pause_reason} (retry in {left:.0f} s)")
@@ -413,6 +442,8 @@ class HordeBackend:
     def _check_sendable(self) -> None:
         if self._fatal:
             raise BackendUnavailable(self._fatal, retry_after_s=300)
+        if self.client.reach.down:
+            raise BackendUnavailable(self.client.reach.detail(), retry_after_s=60)
         left = self._paused_until - time.monotonic()
         if left > 0:
             raise BackendUnavailable(self._pause_reason, retry_after_s=left)

@@ -79,30 +79,22 @@ def main(ctx: click.Context, config_file: Path | None, db: Path | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the validation service for pict-rs."""
-    from aiohttp import web
-
-    from horde_scanner.service.app import build_app
+    from horde_scanner.service.serve import ListenError
+    from horde_scanner.service.serve import serve as serve_forever
 
     settings = _settings(ctx)
     _return_big_buffers_to_the_os()
-    host = host or settings.server.host
-    port = port or settings.server.port
+    host = host if host is not None else settings.server.host
+    port = port if port is not None else settings.server.port
+    loop = _new_event_loop()
     try:
-        app = build_app(settings)
-        # A burst of federated thumbnails opens many connections at once; 128 would drop some.
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            print=None,
-            access_log=None,
-            backlog=1024,
-            loop=_new_event_loop(),
-        )
-    except (ConfigError, PolicyError, StoreError) as exc:
+        loop.run_until_complete(serve_forever(settings, host, port))
+    except (ConfigError, PolicyError, StoreError, ListenError) as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def _return_big_buffers_to_the_os() -> None:
@@ -128,47 +120,74 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+# `check` exit codes (README: Command line). ClickException's own 1 would read as "positive".
+EXIT_CLEAN, EXIT_POSITIVE, EXIT_ERROR, EXIT_NOT_JUDGED = 0, 1, 2, 3
+_NOT_JUDGED = ("pending", Label.ERROR.value, Label.UNREADABLE.value)
+
+
+class _CheckError(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 @click.option(
     "--wait",
-    type=float,
-    default=None,
-    help="Seconds to wait per file for a backend (default: as long as it takes).",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait per file for a backend; then `pending` (exit 3), judged later.",
 )
 @click.pass_context
-def check(ctx: click.Context, files: tuple[Path, ...], as_json: bool, wait: float | None) -> None:
-    """Judge FILES and print their verdicts (cached verdicts are reused)."""
+def check(ctx: click.Context, files: tuple[Path, ...], as_json: bool, wait: float) -> None:
+    """Judge FILES and print their verdicts (cached verdicts are reused).
+
+    Exit status: 1 a positive; else 2 a file or the configuration could not be read; else 3
+    a file not judged (pending, error or unreadable); 0 every file clean."""
     from horde_scanner.service.context import open_services
 
     settings = _settings(ctx)
 
     async def go() -> int:
-        worst = 0
+        positive = not_judged = failed = False
         async with open_services(settings) as svc:
             for path in files:
                 try:
                     data = path.read_bytes()
                 except OSError as exc:
                     _print_check(as_json, {"file": str(path), "error": exc.strerror or str(exc)})
-                    worst = max(worst, 2)
+                    failed = True
                     continue
                 outcome = await svc.judge.evaluate(data, source=f"check:{path}", within_s=wait)
                 verdict = outcome.verdict
+                why = (
+                    "no judging path is live (see /readyz); kept as a job"
+                    if outcome.route.value == "unavailable"
+                    else f"not judged within {wait:g} s; kept as a job"
+                )
                 row: dict[str, Any] = {
                     "file": str(path),
                     "sha256": outcome.sha256,
                     "label": verdict.label.value if verdict else "pending",
                     "route": outcome.route.value,
-                    "reasons": verdict.reasons if verdict else ["still being judged"],
+                    "reasons": verdict.reasons if verdict else [why],
                 }
                 if verdict and verdict.is_positive:
-                    worst = max(worst, 1)
+                    positive = True
+                elif row["label"] in _NOT_JUDGED:
+                    not_judged = True
                 _print_check(as_json, row)
-        return worst
+        if positive:
+            return EXIT_POSITIVE
+        if failed:
+            return EXIT_ERROR
+        return EXIT_NOT_JUDGED if not_judged else EXIT_CLEAN
 
-    code = _run(go)
+    try:
+        code = _run(go)
+    except click.ClickException as exc:
+        raise _CheckError(exc.message) from None
     sys.exit(code)
 
 
@@ -179,7 +198,28 @@ def _print_check(as_json: bool, row: dict[str, Any]) -> None:
         click.echo(f"{row['file']}: error: {row['error']}", err=True)
     else:
         reasons = "; ".join(row["reasons"])
-        click.echo(f"{row['label']:<10} {row['sha256'][:16]}  {row['file']}  {reasons}")
+        click.echo(f"{row['label']:<10} {row['sha256']}  {row['file']}  {reasons}")
+
+
+async def _resolve_sha256(store: Store, value: str) -> str:
+    """A full sha256, or the one known sha256 that a shorter hex prefix names."""
+    value = value.lower()
+    if is_sha256_hex(value):
+        return value
+    if len(value) < 6 or any(c not in "0123456789abcdef" for c in value):
+        raise click.BadParameter(
+            "expected a sha256 (64 hex characters) or a unique prefix of at least 6",
+            param_hint="SHA256",
+        )
+    found = await store.sha256_by_prefix(value, limit=3)
+    if not found:
+        raise click.ClickException(f"no known sha256 starts with {value}")
+    if len(found) > 1:
+        listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+        raise click.ClickException(
+            f"sha256 prefix {value} is ambiguous ({listed}); give more characters"
+        )
+    return found[0]
 
 
 # -- verdicts ----------------------------------------------------------------------------------
@@ -224,13 +264,12 @@ def verdicts_list(ctx: click.Context, labels: tuple[str, ...], limit: int, as_js
 @click.argument("sha256")
 @click.pass_context
 def verdicts_show(ctx: click.Context, sha256: str) -> None:
-    """One verdict with its signals and audit trail."""
-    sha256 = sha256.lower()
-    if not is_sha256_hex(sha256):
-        raise click.BadParameter("expected 64 hex characters", param_hint="SHA256")
+    """One verdict with its signals and audit trail (SHA256 may be a unique prefix)."""
 
     async def go() -> dict[str, Any] | None:
+        nonlocal sha256
         async with await Store.open(_settings(ctx).store.path) as store:
+            sha256 = await _resolve_sha256(store, sha256)
             stored = await store.get_verdict(sha256)
             trail = await store.audit_trail(sha256)
             listed = await store.list_kind(sha256)
@@ -326,10 +365,21 @@ _ACTIONS = ["report", "quarantine", "delete"]
 def _stop_on_signals(stop: asyncio.Event) -> None:
     import signal
 
+    from horde_scanner.sweep.runner import STOP_GRACE_S
+
+    def on_signal(name: str) -> None:
+        if not stop.is_set():
+            click.echo(
+                f"\n{name}: stopping (files being judged get {STOP_GRACE_S:g} s; the rest "
+                "stay queued as jobs)",
+                err=True,
+            )
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig.name)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
             pass
 
@@ -404,7 +454,18 @@ def scan(
     title = f"{report.source}: {report.action}"
     if report.resumed_from:
         title += f" (resumed after {report.resumed_from})"
+    if report.stopped:
+        title += " (stopped)"
     _print_report(report, title=title)
+    if report.stopped:
+        click.echo(
+            f"stopped before the end: {report.interrupted} file(s) still waiting on the backend "
+            "are kept as jobs and the checkpoint is saved; run the same command again to "
+            "resume",
+            err=True,
+        )
+    # Like `check`: 1 when positives were found, 3 when stopped before judging everything.
+    sys.exit(EXIT_POSITIVE if report.positives else EXIT_NOT_JUDGED if report.stopped else 0)
 
 
 @main.command()
@@ -418,11 +479,14 @@ def scan(
     "--since", default=None, help="Only positives recorded since: 2024-05-01, ISO time, 12h, 7d."
 )
 @click.option("--source", "address", default=None, help="Only this source.")
+@click.option("--yes", is_flag=True, help="Delete without asking (needed without a terminal).")
 @click.pass_context
-def apply(ctx: click.Context, action: str, since: str | None, address: str | None) -> None:
+def apply(
+    ctx: click.Context, action: str, since: str | None, address: str | None, yes: bool
+) -> None:
     """Act on positives recorded by earlier `scan` dry runs, without judging again."""
     from horde_scanner.sweep.actions import Action
-    from horde_scanner.sweep.app import parse_since, run_apply
+    from horde_scanner.sweep.app import parse_since, plan_apply, run_apply
     from horde_scanner.sweep.progress import Progress
 
     try:
@@ -430,6 +494,12 @@ def apply(ctx: click.Context, action: str, since: str | None, address: str | Non
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     settings = _settings(ctx)
+    if action == "delete" and not yes:
+        plan = _run(lambda: plan_apply(settings, since=since_ts, address=address))
+        if not plan:
+            click.echo("nothing to apply: no recorded positive without an action")
+            return
+        _confirm_delete(plan)
 
     async def go() -> Any:
         return await run_apply(
@@ -441,6 +511,23 @@ def apply(ctx: click.Context, action: str, since: str | None, address: str | Non
         click.echo("nothing to apply: no recorded positive without an action")
     for report in reports:
         _print_report(report, title=f"{report.source}: apply {report.action}")
+
+
+def _confirm_delete(plan: dict[str, dict[str, int]]) -> None:
+    """Deleting cannot be undone: say what goes, and ask (or refuse without a terminal)."""
+    total = sum(sum(by_label.values()) for by_label in plan.values())
+    lines = [f"apply --action delete will delete {total} file(s):"]
+    for source, by_label in plan.items():
+        labels = ", ".join(f"{n} {label}" for label, n in sorted(by_label.items()))
+        lines.append(f"  {source}: {labels}")
+    summary = "\n".join(lines)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise click.ClickException(
+            f"{summary}\nrefusing without a terminal to confirm: add --yes to delete them"
+        )
+    click.echo(summary)
+    if not click.confirm("Delete them? This cannot be undone", default=False):
+        raise click.ClickException("nothing deleted")
 
 
 @main.command()
@@ -468,7 +555,8 @@ def release(ctx: click.Context, target: str, note: str) -> None:
 # -- allow / deny ------------------------------------------------------------------------------
 
 
-def _hash_of(target: str) -> str:
+def _hash_of(target: str) -> str | None:
+    """The sha256 of a file or a full sha256; None for what may be a sha256 prefix."""
     candidate = target.lower()
     if is_sha256_hex(candidate):
         return candidate
@@ -478,8 +566,11 @@ def _hash_of(target: str) -> str:
             return sha256_hex(path.read_bytes())
         except OSError as exc:
             raise click.ClickException(f"{target}: {exc.strerror}") from None
+    if len(candidate) >= 6 and all(c in "0123456789abcdef" for c in candidate):
+        return None
     raise click.BadParameter(
-        f"{target!r} is neither a sha256 (64 hex characters) nor a readable file",
+        f"{target!r} is neither a sha256 (64 hex characters, or a unique prefix of at least "
+        "6) nor a readable file",
         param_hint="TARGET",
     )
 
@@ -494,11 +585,12 @@ def _list_command(kind: str, help_text: str) -> click.Command:
     @click.option("--remove", is_flag=True, help=f"Take the hashes off the {kind} list.")
     @click.pass_context
     def command(ctx: click.Context, targets: tuple[str, ...], note: str, remove: bool) -> None:
-        hashes = [_hash_of(t) for t in targets]
+        given = [(t, _hash_of(t)) for t in targets]
 
         async def go() -> list[str]:
             done = []
             async with await Store.open(_settings(ctx).store.path) as store:
+                hashes = [h or await _resolve_sha256(store, t) for t, h in given]
                 for sha in hashes:
                     if remove:
                         if await store.list_kind(sha) == kind and await store.remove_list(sha):

@@ -24,6 +24,12 @@ from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
 
+# Said at start-up and on the admin page when no pict-rs API is configured.
+NO_PICTRS_NOTE = (
+    "no pict-rs API (pictrs.url + pictrs.api_key): late positives stay served until a "
+    "storage sweep acts on them"
+)
+
 
 class LatePositiveEnforcer:
     def __init__(
@@ -70,6 +76,11 @@ class LatePositiveEnforcer:
             "(upgrade pict-rs to 0.5 to purge at once)",
             HASHES_MISSING,
         )
+
+    @property
+    def purges(self) -> bool:
+        """Whether late positives are purged through pict-rs at once (else: at the next sweep)."""
+        return self._pictrs is not None
 
     async def on_finished(self, job: Job, verdict: Verdict, answered: str | None) -> None:
         if answered != "accept" or verdict.label not in self._reject:

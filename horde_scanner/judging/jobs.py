@@ -24,6 +24,9 @@ from horde_scanner.verdict import Label, Verdict
 
 log = logging.getLogger(__name__)
 
+# Retry delay of a job that failed while a path came back (it failed on the old state).
+_AFTER_RESUME_S = 0.2
+
 Processor = Callable[[Job], Awaitable[Verdict]]
 # (job, verdict, what the validation endpoint answered before the verdict came, if anything)
 FinishedHook = Callable[[Job, Verdict, str | None], Awaitable[None]]
@@ -57,6 +60,8 @@ class JobRunner:
         # Verdicts being written: a stop must wait for these, not cut them off half-recorded.
         self._finishing: set[asyncio.Future[None]] = set()
         self.busy = 0
+        # Bumped by resume(): a job that failed while a path came back is retried at once.
+        self._resumes = 0
         # Why judgements had to be tried again, by kind (read by /metrics).
         self.failures: Counter[str] = Counter()
 
@@ -81,6 +86,14 @@ class JobRunner:
             if not fut.done():
                 fut.cancel()
         self._futures.clear()
+
+    async def resume(self, why: str) -> None:
+        """Make every waiting job due now (a path came back) and wake the feeder."""
+        self._resumes += 1
+        woken = await self._store.wake_jobs()
+        if woken:
+            log.info("%s: %d waiting jobs resumed", why, woken)
+        self._wake.set()
 
     def future_for(self, sha256: str) -> asyncio.Future[Verdict] | None:
         return self._futures.get(sha256)
@@ -130,6 +143,7 @@ class JobRunner:
         fut = asyncio.get_running_loop().create_future()
         self._futures[sha256] = fut
         job = Job(sha256, payload, media_type, size, source, None, 0)
+        resumes = self._resumes
         try:
             verdict = await self._process(job)
         except Exception as exc:  # BackendUnavailable, or a backend bug: treated alike
@@ -137,6 +151,8 @@ class JobRunner:
             if not isinstance(exc, BackendUnavailable):
                 log.exception("job %s failed unexpectedly", sha256[:12])
             delay = exc.retry_after_s if isinstance(exc, BackendUnavailable) else None
+            if resumes != self._resumes:
+                delay = _AFTER_RESUME_S
             log.info("job %s: %s; persisted for retry", sha256[:12], reason)
             await self._store.add_job(
                 sha256, payload, media_type=media_type, size=size, source=source
@@ -145,13 +161,21 @@ class JobRunner:
             self._wake.set()
             return fut
         except BaseException:
-            # Cancelled: whoever else waits on this hash gets an error, not a hang.
+            # Cancelled (a sweep stopped by a signal): the work is kept as a job, and whoever
+            # else waits on this hash gets an error, not a hang.
             self._futures.pop(sha256, None)
             if not fut.done():
                 fut.set_exception(BackendUnavailable("judgement interrupted"))
                 fut.add_done_callback(lambda f: f.exception())
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._store.add_job(
+                        sha256, payload, media_type=media_type, size=size, source=source
+                    )
+                )
             raise
-        await self._finish(job, verdict, persisted=False)
+        # A job row may exist for this hash (kept by an interrupted sweep): finish it too.
+        await self._finish(job, verdict)
         return fut
 
     def note_answer(self, sha256: str, answer: str) -> None:
@@ -208,6 +232,7 @@ class JobRunner:
                 self.busy -= 1
 
     async def _run(self, job: Job) -> None:
+        resumes = self._resumes
         try:
             verdict = await self._process(job)
         except BackendUnavailable as exc:
@@ -220,7 +245,10 @@ class JobRunner:
                 )
             else:
                 backoff = min(self.max_backoff_s, 2.0 ** min(job.attempts, 16))
-                await self._retry(job, max(backoff, exc.retry_after_s or 0.0), exc.reason)
+                delay = max(backoff, exc.retry_after_s or 0.0)
+                if resumes != self._resumes:  # a path came back while this one failed
+                    delay = _AFTER_RESUME_S
+                await self._retry(job, delay, exc.reason)
                 return
         finishing = asyncio.ensure_future(self._finish(job, verdict))
         self._finishing.add(finishing)

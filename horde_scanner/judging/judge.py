@@ -18,7 +18,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 
-from horde_scanner.backends.base import Backend, BackendFailed, cleared, concurrency, judge_image
+from horde_scanner.backends.base import (
+    Backend,
+    BackendFailed,
+    cleared,
+    concurrency,
+    describe_paths,
+    judge_image,
+)
+from horde_scanner.backends.recovery import RecoveryWatch
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.index import Hit
 from horde_scanner.hashlists.matcher import HashMatcher, denies, is_match
@@ -42,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Hashing big bodies off the loop pays for the thread hop above this size.
 _HASH_IN_POOL_BYTES = 1 << 20
+# How often an answer waiting on a backend looks whether any path is still live.
+_LIVENESS_CHECK_S = 0.25
 
 
 class Route(StrEnum):
@@ -54,6 +64,8 @@ class Route(StrEnum):
     CACHE = "cache"
     BACKEND = "backend"
     TIMEOUT = "timeout"
+    # No judging path was live (e.g. the AI Horde unreachable): answered at once, job kept.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +130,7 @@ class Judge:
         # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
         self._forgets = 0
         self._sync_task: asyncio.Task[None] | None = None
+        self._recovery = RecoveryWatch(backend, self._recovered)
         # Images the pre-screen cleared, held from judgement to stored verdict for a second
         # opinion (at most one per running job).
         self.second_opinion: SecondOpinion | None = None
@@ -136,8 +149,13 @@ class Judge:
         await self.runner.start()
         self._data_version = await self.store.data_version()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="judge-sync")
+        await self._recovery.start()
+
+    async def _recovered(self, paths: list[str]) -> None:
+        await self.runner.resume(f"{', '.join(paths)} live again")
 
     async def stop(self) -> None:
+        await self._recovery.stop()
         if self._sync_task is not None:
             self._sync_task.cancel()
             try:
@@ -264,12 +282,20 @@ class Judge:
             return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
         admission = asyncio.ensure_future(self._admit(data, source, ticket, on_admitted))
         del data  # the admission (then the job row) holds the bytes; do not keep them here
+        route = Route.TIMEOUT
         try:
             async with asyncio.timeout(within_s):
                 admitted = await asyncio.shield(admission)
                 if isinstance(admitted, Outcome):
                     return admitted
-                return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
+                # Waiting for the deadline when nothing can judge (e.g. the AI Horde found
+                # unreachable, now or while we wait) only delays the same on_timeout answer.
+                # The job is persisted and resumes when a path is back.
+                while not admitted.done() and self.can_judge_now():
+                    await asyncio.wait([admitted], timeout=_LIVENESS_CHECK_S)
+                if admitted.done():
+                    return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
+                route = Route.UNAVAILABLE
         except TimeoutError:
             pass
         # From here to the return nothing awaits: a verdict landing now is either seen here or
@@ -284,7 +310,11 @@ class Judge:
             ticket.answer = answer_if_late
             if ticket.submitted and ticket.sha256:
                 self.runner.note_answer(ticket.sha256, answer_if_late)
-        return ticket.outcome(Route.TIMEOUT, None)
+        return ticket.outcome(route, None)
+
+    def can_judge_now(self) -> bool:
+        """Whether any judging path (pre-screen, CLIP, workers, AI Horde) is live."""
+        return any(r.live for r in describe_paths(self.backend))
 
     async def _admit(
         self,

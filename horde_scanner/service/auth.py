@@ -4,6 +4,7 @@ pictrs-safety accepts). X-Forwarded-For counts only from a trusted proxy."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import secrets
 
@@ -18,7 +19,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class ClientAuth:
     def __init__(self, settings: ServerSettings) -> None:
-        self._ids = [i for i in settings.client_ids if i and i != IPADDR]
+        # (name, secret): what is recorded is the name, never the secret in the URL.
+        self._named = [(client_tag(i), i) for i in settings.client_ids if i and i != IPADDR]
+        self._named += list(settings.clients.items())
+        self._ids = [secret for _, secret in self._named]
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_ips]
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
 
@@ -40,6 +44,24 @@ class ClientAuth:
             return ipaddr_allowed(address, self._allowed)
         # Constant-time comparison: the id is the secret.
         return any(secrets.compare_digest(client_id.encode(), i.encode()) for i in self._ids)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self._named]
+
+    def name_for(self, client_id: str) -> str:
+        """What to record for an allowed client id: its configured name, a short tag of an
+        unnamed one (first 8 hex of its sha256: not reversible), or IPADDR."""
+        found = IPADDR
+        for name, secret in self._named:
+            # Every entry is compared, in constant time: the id is the secret.
+            if secrets.compare_digest(client_id.encode(), secret.encode()):
+                found = name
+        return found
+
+
+def client_tag(client_id: str) -> str:
+    return "id-" + hashlib.sha256(client_id.encode()).hexdigest()[:8]
 
 
 def ipaddr_allowed(address: str, allowed: list[Network]) -> bool:

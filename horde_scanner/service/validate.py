@@ -74,6 +74,8 @@ def _decide(svc: Services, outcome: Outcome) -> tuple[OnEvent, str]:
     """(accept or reject, why) for an outcome."""
     rules = svc.settings.validation
     verdict = outcome.verdict
+    if verdict is None and outcome.route is Route.UNAVAILABLE:
+        return rules.on_timeout, "no judging path is live; judged when one is back"
     if verdict is None:
         return rules.on_timeout, "deadline reached before a verdict"
     if verdict.label is Label.UNREADABLE:
@@ -114,11 +116,11 @@ async def scan(request: web.Request) -> web.Response:
         raise RequestError(
             401,
             "unknown_client",
-            "client id not configured (server.client_ids), or IPADDR from an "
+            "client id not configured (server.clients, server.client_ids), or IPADDR from an "
             "address that is not allowed",
         )
     rules = svc.settings.validation
-    source = f"upload:{client_id}"
+    source = f"upload:{svc.auth.name_for(client_id)}"
     deadline = started + rules.deadline_s - _RESPONSE_MARGIN_S
     gate = svc.upload_gate
     # Bodies are read only while a slot is free: a burst waits in the kernel's socket buffers,

@@ -19,7 +19,9 @@ A job row holds everything needed to judge again, so a restart loses no work: ro
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -317,6 +319,13 @@ class StoreError(Exception):
     """The database cannot be opened or is not ours."""
 
 
+def _probe_open(path: Path) -> None:
+    try:
+        sqlite3.connect(str(path)).close()
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from None
+
+
 class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
@@ -329,9 +338,21 @@ class Store:
     async def open(cls, path: Path | str) -> Store:
         path = Path(path)
         if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the directory of store {path}: {exc.strerror or exc}"
+                ) from None
+            # Opened once without aiosqlite first: when aiosqlite's own connect fails, its
+            # thread reports to the event loop later, after asyncio.run closed it (a traceback
+            # after the right message).
+            await asyncio.to_thread(_probe_open, path)
         try:
             db = await aiosqlite.connect(str(path), isolation_level=None)
+        except (aiosqlite.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+        try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA busy_timeout=5000")
@@ -340,7 +361,11 @@ class Store:
             # A process that died mid-judgement left these; they are work to do, not work done.
             await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
         except aiosqlite.DatabaseError as exc:
+            await db.close()
             raise StoreError(f"cannot open store {path}: {exc}") from None
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -590,6 +615,26 @@ class Store:
             " WHERE sha256=?",
             (time.time() + delay_s, error, sha256),
         )
+
+    async def sha256_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Known sha256 values (verdicts, lists, audit) starting with a hex `prefix`."""
+        bound = prefix + "g"  # just past every hex continuation: an index range scan
+        found: set[str] = set()
+        for table in ("verdicts", "lists", "audit"):
+            async with self._db.execute(
+                f"SELECT DISTINCT sha256 FROM {table} WHERE sha256 >= ? AND sha256 < ? LIMIT ?",
+                (prefix, bound, limit),
+            ) as cur:
+                found.update([row[0] async for row in cur])
+        return sorted(found)[:limit]
+
+    async def wake_jobs(self) -> int:
+        """Make every pending job due now; returns how many were waiting for later."""
+        cur = await self._db.execute(
+            "UPDATE jobs SET not_before=0 WHERE state='pending' AND not_before > ?",
+            (time.time(),),
+        )
+        return max(0, cur.rowcount)
 
     async def count_jobs(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM jobs") as cur:

@@ -44,6 +44,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     run_id: int | None = None
     resumed_from: str | None = None
+    # Stopped by a signal before the end; files whose judgement was cut off (kept as jobs).
+    stopped: bool = False
+    interrupted: int = 0
 
 
 @asynccontextmanager
@@ -121,6 +124,8 @@ async def run_scan(
                 sweep.positives,
                 run_id=sweep.run_row.id if sweep.run_row else None,
                 resumed_from=sweep.resumed_from,
+                stopped=sweep.stop.is_set(),
+                interrupted=sweep.interrupted,
             )
             _add_notes(report, source, actor)
     return report
@@ -131,6 +136,31 @@ def _add_notes(report: Report, source: Source, actor: Actor | None) -> None:
         report.notes.append(PRUNE_REMINDER.format(n=actor.direct_deletes))
     if source.list_errors:
         report.notes.append(f"{source.list_errors} director(y/ies) could not be listed (see log)")
+
+
+def _apply_labels(settings: Settings) -> set[str]:
+    labels = {label.value for label in settings.scan.act_labels}
+    if settings.scan.on_unreadable is OnEvent.REJECT:
+        labels.add(Label.UNREADABLE.value)
+    return labels
+
+
+async def plan_apply(
+    settings: Settings, *, since: float | None = None, address: str | None = None
+) -> dict[str, dict[str, int]]:
+    """What `apply` would act on, without acting: {source: {label: files}} (for the prompt)."""
+    labels = _apply_labels(settings)
+    plan: dict[str, dict[str, int]] = {}
+    async with await Store.open(settings.store.path) as store:
+        source_url = make_source(address, settings).url if address else None
+        rows = await ScanRecords(store).unacted_positives(labels, since=since, source=source_url)
+        for row in rows:
+            assert row.sha256 is not None
+            label = await _current_label(store, row.sha256, row.label)
+            if label in labels:
+                by_label = plan.setdefault(row.source, {})
+                by_label[label] = by_label.get(label, 0) + 1
+    return plan
 
 
 async def run_apply(
@@ -144,9 +174,7 @@ async def run_apply(
     """Act on positives that earlier sweeps recorded (dry runs), without judging again."""
     if action is Action.REPORT:
         raise ValueError("apply needs --action quarantine or delete")
-    labels = {label.value for label in settings.scan.act_labels}
-    if settings.scan.on_unreadable is OnEvent.REJECT:
-        labels.add(Label.UNREADABLE.value)
+    labels = _apply_labels(settings)
     reports: list[Report] = []
     async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
         records = ScanRecords(store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -86,6 +87,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+# No file finished for this long: the ETA says "stalled" instead of a figure (a rate
+# averaged over the run would promise an end that is not coming).
+STALLED_AFTER_S = 5.0
+
+
+class _ClearingStream:
+    """The log handler's stream while a bar is drawn on the same terminal: each log line
+    first clears the bar's line, and the bar is drawn again below it on the next update."""
+
+    def __init__(self, progress: Progress, stream: TextIO) -> None:
+        self._progress = progress
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self._progress.clear_line()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 class Progress:
     """Redraws one status line on a terminal; logs a line every `log_every_s` otherwise."""
 
@@ -99,6 +121,23 @@ class Progress:
         self._last = float("-inf")
         self.listing_done = False
         self._drawn = False
+        self._last_done = -1
+        self._done_changed = time.monotonic()
+        self._handlers: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
+        if self.tty:
+            self._share_terminal_with_logging()
+
+    def _share_terminal_with_logging(self) -> None:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                handler.setStream(_ClearingStream(self, self.stream))  # type: ignore[arg-type]
+                self._handlers.append((handler, self.stream))
+
+    def clear_line(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self._drawn = False
+            self._last = float("-inf")  # draw again at the next update
 
     def restart(self) -> None:
         self.started = time.monotonic()
@@ -109,9 +148,17 @@ class Progress:
         done = c.done
         rate = done / elapsed
         total = f"{c.listed:,}" if self.listing_done else f"{c.listed:,}+"
+        now = time.monotonic()
+        if done != self._last_done:
+            self._last_done, self._done_changed = done, now
+        left = max(0, c.listed - done)
         eta = "?"
-        if self.listing_done and rate > 0:
-            eta = _duration(max(0, c.listed - done) / rate)
+        if self.listing_done and not left:
+            eta = "-"  # finished
+        elif left and now - self._done_changed >= STALLED_AFTER_S:
+            eta = f"? (stalled {_duration(now - self._done_changed)})"
+        elif self.listing_done and rate > 0:
+            eta = _duration(max(1, math.ceil(left / rate)))
         return (
             f"{done:,}/{total} files  {rate:,.1f}/s  ETA {eta}  seen {c.seen:,}  "
             f"judged {c.judged + c.cached:,}  csam {c.csam}  nsfw {c.nsfw}  "
@@ -138,7 +185,8 @@ class Progress:
     def note(self, message: str) -> None:
         """A line that stays (a positive found, a problem), printed above the bar."""
         if self.tty:
-            self.stream.write("\r\x1b[K" + message + "\n")
+            self.clear_line()
+            self.stream.write(message + "\n")
             self.stream.flush()
         else:
             log.warning("%s", message)
@@ -148,3 +196,7 @@ class Progress:
         if self.tty and self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+            self._drawn = False
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        self._handlers = []

@@ -50,6 +50,12 @@ _CHECKPOINT_EVERY_S = 2.0
 # Positives kept for the end-of-run list (a follow run can last months; counts keep totals).
 _POSITIVES_KEPT = 1000
 _RECORDS_PER_WRITE = 64
+# After a stop (Ctrl-C, SIGTERM), files still being judged get this long to finish; the rest
+# are cut off (their judgements stay persisted as jobs; the checkpoint does not pass them).
+STOP_GRACE_S = 2.0
+
+
+_WorkItem = tuple[int, Entry, FileRecord | None]
 
 
 class Sweep:
@@ -82,6 +88,8 @@ class Sweep:
             self.act_labels.add(Label.UNREADABLE.value)
         self.run_row: Run | None = None
         self.resumed_from: str | None = None
+        # Files cut off by a stop while their judgement waited (kept as jobs).
+        self.interrupted = 0
         self._deny: set[str] = set()
         self._last_save = 0.0
         # File records are written in batches (one statement each); always before the
@@ -159,9 +167,7 @@ class Sweep:
         assert self.run_row is not None
         run = self.run_row
         listing: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=_LISTING_BUFFER)
-        work: asyncio.Queue[tuple[int, Entry, FileRecord | None] | None] = asyncio.Queue(
-            maxsize=self.settings.concurrency * 2
-        )
+        work: asyncio.Queue[_WorkItem | None] = asyncio.Queue(maxsize=self.settings.concurrency * 2)
         window: deque[int] = deque()
         finished: set[int] = set()
         names: dict[int, str] = {}
@@ -255,17 +261,58 @@ class Sweep:
                     self.counts.errors += 1
                 await complete(seq)
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.settings.concurrency)]
-        list_task = asyncio.create_task(lister())
-        try:
-            await classifier()
-        finally:
-            list_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await list_task
+        async def drain() -> None:
             for _ in workers:
                 await work.put(None)
-            await asyncio.gather(*workers)
+            # wait, not gather: giving this up on a stop must not cancel the workers too.
+            await asyncio.wait(workers)
+
+        async def ticker() -> None:
+            # Redrawn even when nothing finishes: a stall must show as one (ETA "stalled").
+            while True:
+                await asyncio.sleep(1.0)
+                self.progress.update(self.counts)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.settings.concurrency)]
+        list_task = asyncio.create_task(lister())
+        tick_task = asyncio.create_task(ticker())
+        stopped = asyncio.create_task(self.stop.wait())
+        try:
+            await self._unless_stopped(asyncio.create_task(classifier()), stopped)
+            await self._unless_stopped(asyncio.create_task(drain()), stopped)
+        finally:
+            for task in (list_task, tick_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.stop.is_set():
+                await self._stop_workers(workers, work)
+            stopped.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    @staticmethod
+    async def _unless_stopped(task: asyncio.Task[None], stopped: asyncio.Task[bool]) -> None:
+        """Await `task`, but give it up (cancelled) as soon as a stop is asked for."""
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _stop_workers(
+        self, workers: list[asyncio.Task[None]], work: asyncio.Queue[_WorkItem | None]
+    ) -> None:
+        # Files not started are left for the next run; those being judged get a short grace.
+        while not work.empty():
+            work.get_nowait()
+        for task in workers:
+            if not task.done():
+                work.put_nowait(None)
+        _, pending = await asyncio.wait(workers, timeout=STOP_GRACE_S)
+        for task in pending:
+            task.cancel()
+        self.interrupted += len(pending)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- one file ------------------------------------------------------------------------------
 

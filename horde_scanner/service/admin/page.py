@@ -20,6 +20,7 @@ from urllib.parse import quote
 from aiohttp import web
 from PIL import Image, ImageFilter
 
+from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
 from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, prepare
 from horde_scanner.review.decisions import ReviewError, verdict_dict
 from horde_scanner.review.evidence import DECISION_EVENTS
@@ -269,6 +270,8 @@ async def queue_page(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     data = await admin_api.queue_data(svc, 100)
     parts = [_previews_control(svc, session)]
+    if not svc.enforcer.purges:
+        parts.append(f'<p class="muted" id="no-pictrs-api">Note: {_e(NO_PICTRS_NOTE)}.</p>')
     sections = (
         ("positives", "Positives waiting for a decision", data["positives"]),
         ("unscanned", "Unscanned (unreadable or not judged)", data["unscanned"]),

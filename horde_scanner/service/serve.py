@@ -1,0 +1,79 @@
+"""`horde-scanner serve`: run the app until SIGINT/SIGTERM, saying where it listens and what
+is on, and turning the errors an admin can cause (store, port) into one clear message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from horde_scanner.backends.base import describe_paths
+from horde_scanner.config import Settings
+from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
+from horde_scanner.service.app import build_app
+from horde_scanner.service.context import SERVICES, Services
+
+log = logging.getLogger("horde_scanner.serve")
+
+
+class ListenError(Exception):
+    """The address cannot be bound."""
+
+
+def enforcement_note(svc: Services) -> str | None:
+    if not svc.enforcer.purges:
+        return NO_PICTRS_NOTE
+    return None
+
+
+def summary(svc: Services) -> str:
+    """One line: the backend and its paths, pict-rs API or not, clients, workers."""
+    paths = ", ".join(
+        f"{r.name} ({'live' if r.live else 'down'})" for r in describe_paths(svc.backend)
+    )
+    s = svc.settings
+    parts = [
+        f"backend {svc.backend.name}: {paths}",
+        f"deadline {s.validation.deadline_s:g} s, on_timeout={s.validation.on_timeout.value}",
+        f"clients: {', '.join(svc.auth.names) or 'none (only IPADDR from allowed addresses)'}",
+        f"pict-rs API: {'on' if svc.enforcer.purges else 'off'}",
+    ]
+    if svc.workers is not None:
+        parts.append("remote workers: on")
+    return "; ".join(parts)
+
+
+async def serve(settings: Settings, host: str, port: int, backlog: int = 1024) -> None:
+    """Serve until a signal; raises the store/config errors of start-up and ListenError."""
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()  # opens the store and the backend: StoreError etc. come from here
+    try:
+        site = web.TCPSite(runner, host, port, backlog=backlog)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        svc: Services = app[SERVICES]
+        bound = runner.addresses[0][1] if runner.addresses else port
+        log.info("listening on http://%s:%s; %s", host, bound, summary(svc))
+        note = enforcement_note(svc)
+        if note:
+            log.warning("%s", note)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info(
+            "shutting down: %d answers since start, %d judgements waiting as jobs",
+            sum(svc.answers.values()),
+            await svc.store.count_jobs(),
+        )
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
