@@ -194,7 +194,7 @@ def test_the_scanner_service(merged: dict[str, Any]):
     assert test[0] == "CMD" and test[1] == "python" and "/readyz" in test[-1]
     assert any(str(v).split(":")[1] == "/data" for v in scanner["volumes"])
     env = scanner["environment"]
-    assert json.loads(env["HORDE_SCANNER_SERVER__CLIENT_IDS"]) == [VARS["SCANNER_CLIENT_ID"]]
+    assert json.loads(env["HORDE_SCANNER_SERVER__CLIENTS"]) == {"pictrs": VARS["SCANNER_CLIENT_ID"]}
     assert env["HORDE_SCANNER_HORDE__API_KEY"] == VARS["AI_HORDE_API_KEY"]
     assert env["HORDE_SCANNER_PICTRS__URL"] == "http://pictrs:8080"
     # Other services are untouched.
@@ -332,9 +332,9 @@ def test_the_readme_steps_work_on_lemmys_layout(tmp_path: Path):
     pictrs_env = _env_map(services["pictrs"]["environment"])
     assert pictrs_env["PICTRS__MEDIA__EXTERNAL_VALIDATION"].endswith(dotenv["SCANNER_CLIENT_ID"])
     scanner_env = _env_map(services["horde-scanner"]["environment"])
-    assert json.loads(scanner_env["HORDE_SCANNER_SERVER__CLIENT_IDS"]) == [
-        dotenv["SCANNER_CLIENT_ID"]
-    ]
+    assert json.loads(scanner_env["HORDE_SCANNER_SERVER__CLIENTS"]) == {
+        "pictrs": dotenv["SCANNER_CLIENT_ID"]
+    }
     assert scanner_env["HORDE_SCANNER_PICTRS__API_KEY"] == dotenv["PICTRS_API_KEY"]
     # And horde-scanner's own CLI, run in that directory, is not upset by that .env.
     proc = subprocess.run(

@@ -23,8 +23,18 @@ PACKAGES = ("horde_scanner", "local_gpu", "bench", "tests")
 # of a room with a lower level. A module belongs to the room of its longest matching prefix (a
 # name without a dot is that module alone).
 ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
-    # Plain data every room reads: what a verdict is, what media decoding takes and gives.
-    ("base", 0, ("horde_scanner", "horde_scanner.verdict", "horde_scanner.config_keys")),
+    # Plain data every room reads: what a verdict is, how times are written, what media
+    # decoding takes and gives.
+    (
+        "base",
+        0,
+        (
+            "horde_scanner",
+            "horde_scanner.verdict",
+            "horde_scanner.config_keys",
+            "horde_scanner.timefmt",
+        ),
+    ),
     ("media", 0, ("horde_scanner.media",)),
     ("config", 1, ("horde_scanner.config",)),
     # The rules every backend reads (which phrases, how frames are kept): below the backends.

@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import click
 
-from horde_scanner.config import Settings
+from horde_scanner.cli.common import run, settings_of
 from horde_scanner.hashlists.format import (
     SIGNALS,
     HashEntry,
     ListFormatError,
     dump_csv,
     dump_json,
-    iso,
     parse,
 )
 from horde_scanner.hashlists.store import LOCAL, Flag, HashStore, SubscriptionState
-from horde_scanner.store.sqlite import Store, StoreError
-
-T = TypeVar("T")
+from horde_scanner.store.sqlite import Store
+from horde_scanner.timefmt import iso
 
 _FORMAT = click.Choice(["csv", "json"])
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.obj["settings"]
-    return settings
-
-
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -66,10 +49,10 @@ def hashes() -> None:
 @click.pass_context
 def export(ctx: click.Context, fmt: str, output: Path | None, everything: bool) -> None:
     """Write the hash list (signal, value, label, source, first seen, note; no image bytes)."""
-    settings = _settings(ctx).hashes
+    settings = settings_of(ctx).hashes
 
     async def go() -> list[HashEntry]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store.path) as store:
             hs = HashStore(store)
             entries = await hs.published(
                 settings.publish_source, settings.pdq_min_quality, settings.pdq_max_distance
@@ -83,7 +66,7 @@ def export(ctx: click.Context, fmt: str, output: Path | None, everything: bool) 
                         entries.append(e)
             return entries
 
-    entries = _run(go)
+    entries = run(go)
     text = dump_json(entries) if fmt == "json" else dump_csv(entries)
     if output is None:
         sys.stdout.write(text)
@@ -128,7 +111,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
         click.echo(f"{file}: {error} (skipped)", err=True)
 
     async def go() -> int:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store.path) as store:
             written = await HashStore(store).add_entries(LOCAL, entries)
             await store.audit(
                 "hashes_imported",
@@ -138,7 +121,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
             )
             return written
 
-    written = _run(go)
+    written = run(go)
     click.echo(f"imported {written} entries from {file}; skipped {len(errors)} rows")
     if errors:
         sys.exit(1)
@@ -153,7 +136,7 @@ def remove(ctx: click.Context, signal: str, value: str) -> None:
     value = value.strip().lower()
 
     async def go() -> bool:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store.path) as store:
             removed = await HashStore(store).remove_entry(LOCAL, signal, value)
             if removed:
                 await store.audit(
@@ -164,7 +147,7 @@ def remove(ctx: click.Context, signal: str, value: str) -> None:
                 )
             return removed
 
-    if not _run(go):
+    if not run(go):
         raise click.ClickException(f"no imported {signal} entry {value}")
     click.echo(f"removed {signal}:{value}")
 
@@ -176,10 +159,10 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
     """State of each subscribed list: entries held, last good copy, last problem."""
 
     async def go() -> list[SubscriptionState]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store.path) as store:
             return await HashStore(store).subscriptions()
 
-    states = _run(go)
+    states = run(go)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(s) for s in states], indent=2))
         return
@@ -201,10 +184,10 @@ def flagged(ctx: click.Context, limit: int) -> None:
     """Images that matched a `review` source: accepted, waiting for an admin's look."""
 
     async def go() -> list[Flag]:
-        async with await Store.open(_settings(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store.path) as store:
             return await HashStore(store).flags(limit)
 
-    flags = _run(go)
+    flags = run(go)
     if not flags:
         click.echo("nothing flagged")
     for f in flags:

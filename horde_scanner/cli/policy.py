@@ -11,18 +11,10 @@ from typing import TextIO
 
 import click
 
-from horde_scanner.config import Settings
+from horde_scanner.cli.common import LABEL_CHOICE, settings_of
 from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.judging.policy_diff import DiffReport, format_text, run_diff
 from horde_scanner.store.sqlite import Store, StoreError
-from horde_scanner.verdict import Label
-
-_LABEL_CHOICE = click.Choice([label.value for label in Label])
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.obj["settings"]
-    return settings
 
 
 def _load(path: Path) -> Policy:
@@ -95,7 +87,7 @@ class _Bar:
     "--label",
     "labels",
     multiple=True,
-    type=_LABEL_CHOICE,
+    type=LABEL_CHOICE,
     help="Only verdicts that are, or would become, this label (repeatable).",
 )
 @click.option(
@@ -132,7 +124,7 @@ def diff(
         raise click.BadParameter(str(exc), param_hint="--since") from None
     candidate = _load(file)
     baseline = _load(against) if against is not None else None
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if not Path(settings.store.path).exists():
         raise click.ClickException(f"no store at {settings.store.path} (store.path or --db)")
     bar = _Bar(sys.stderr)

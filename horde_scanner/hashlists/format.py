@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from horde_scanner.media.hashing import is_pdq_hex, is_sha256_hex
+from horde_scanner.timefmt import iso
 
 FORMAT_NAME = "horde-scanner-hashes"
 FORMAT_VERSION = 1
@@ -76,10 +77,6 @@ class _Bad:
 
 class ListFormatError(Exception):
     """The document as a whole cannot be read as a hash list."""
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def entry_from_fields(fields: Mapping[str, Any]) -> HashEntry:

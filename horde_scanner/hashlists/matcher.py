@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from horde_scanner.config import HashesSettings, HashTrust
-from horde_scanner.hashlists.format import iso
 from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
 from horde_scanner.hashlists.store import LOCAL, MATCH_BACKEND, VERDICT, HashStore, SourcedEntry
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.sqlite import Store
+from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
 log = logging.getLogger(__name__)

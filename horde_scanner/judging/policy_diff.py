@@ -20,12 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.judging.policy import Policy
 from horde_scanner.store.sqlite import Store
+from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 # Rows fetched and judged per trip: large enough that the thread hops cost nothing, small
@@ -72,7 +72,7 @@ class DiffReport:
             "candidate": {"version": self.candidate_version},
             "baseline": self.baseline,
             "filter": {
-                "since": _iso(self.since) if self.since is not None else None,
+                "since": iso(self.since),
                 "labels": list(self.labels),
             },
             "examined": self.examined,
@@ -97,10 +97,6 @@ class DiffReport:
             },
             "elapsed_s": round(self.elapsed_s, 3),
         }
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _agrees(decision: str, label: str, reject: Sequence[str]) -> bool:
@@ -318,7 +314,7 @@ def format_text(report: DiffReport) -> str:
         + f" ({report.elapsed_s:.1f} s)",
     ]  # fmt: skip
     if report.since is not None:
-        lines.append(f"judged since {_iso(report.since)}")
+        lines.append(f"judged since {iso(report.since)}")
     for why, n in sorted(report.skipped.items()):
         lines.append(f"not re-judged: {n:,} {why}")
     lines.append(

@@ -1,14 +1,19 @@
-"""An admin's decisions about flagged images, shared by the admin API and the review page.
+"""An admin's decisions about images: the one implementation that the CLI, the admin API and
+the review page all call.
 
 allow    allow-list the hash (always accepted from now on) and release it from every
-         quarantine holder (the admin's own and the sweeps': copies go back where found)
+         quarantine holder (the admin's own and the sweeps': copies go back where found).
+         `horde-scanner allow` and `horde-scanner release` are this decision too.
 confirm  deny-list the hash (always rejected) and discard the quarantined copies (the admin
-         holder deletes its copy; sweep copies stay as evidence, the decision is recorded)
+         holder deletes its copy; sweep copies stay as evidence, the decision is recorded).
+         `horde-scanner deny` is the same decision, recorded as "deny".
+unlist   take a hash off the allow or deny list (`horde-scanner allow|deny --remove`)
 rejudge  with the current policy from the stored signals, or a fresh backend call on the
-         quarantined copy (the only bytes we keep)
+         quarantined copy (the only bytes we keep); needs the running Judge
 
-Every decision writes one audit record naming who made it, and is visible to the running
-Judge at once (`judge.forget`); other processes see it through the store's data version.
+Every decision writes one audit record naming who made it, and is visible to a Judge in this
+process at once (`judge.forget`); other processes see it through the store's data version, so
+the CLI decides without a Judge.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from horde_scanner.judging.judge import Judge
 from horde_scanner.media.decode import sniff
-from horde_scanner.review.evidence import iso
+from horde_scanner.review import view
 from horde_scanner.review.quarantine import HELD, Quarantine, QuarantineHolder, ReleaseResult
 from horde_scanner.store.sqlite import Store, StoredVerdict, _verdict_from_row
 from horde_scanner.verdict import Label
@@ -64,7 +69,7 @@ class Review:
     def __init__(
         self,
         store: Store,
-        judge: Judge,
+        judge: Judge | None,
         quarantine: Quarantine,
         holders: Sequence[QuarantineHolder] = (),
     ) -> None:
@@ -163,39 +168,10 @@ class Review:
             (limit,),
         ) as cur:
             rows = await cur.fetchall()
-        return [
-            {"sha256": r[0], "label": r[1], "found_at": r[2], "enforcement": r[3]} for r in rows
-        ]
+        return [view.late_entry(*r) for r in rows]
 
     async def detail(self, sha256: str) -> dict[str, Any] | None:
-        stored = await self.store.get_verdict(sha256)
-        trail = await self.store.audit_trail(sha256)
-        listed = await self.store.list_kind(sha256)
-        copies = [c for holder in self.holders for c in await holder.copies(sha256)]
-        if stored is None and not trail and listed is None and not copies:
-            return None
-        record: dict[str, Any] = verdict_dict(stored) if stored else {"sha256": sha256}
-        record["list"] = listed
-        record["quarantine"] = [c.public() for c in copies]
-        record["in_quarantine"] = any(c.state == HELD for c in copies)
-        async with self.store.db.execute(
-            "SELECT enforcement, found_at, detail FROM late_positives WHERE sha256=?", (sha256,)
-        ) as cur:
-            late = await cur.fetchone()
-        record["late_positive"] = {"enforcement": late[0], "found_at": late[1]} if late else None
-        record["audit"] = [
-            {
-                "id": a.id,
-                "ts": a.ts,
-                "event": a.event,
-                "label": a.label,
-                "action": a.action,
-                "by": a.source,
-                "detail": a.detail,
-            }
-            for a in trail
-        ]
-        return record
+        return await view.detail(self.store, sha256, self.holders)
 
     async def _counts(self) -> dict[str, int]:
         total: dict[str, int] = {}
@@ -224,7 +200,7 @@ class Review:
             "late_positives": late,
             "quarantine": await self._counts(),
             "jobs_waiting": await self.store.count_jobs(),
-            "policy": self.judge.policy.version,
+            "policy": self.judge.policy.version if self.judge else None,
         }
 
     # -- decisions ---------------------------------------------------------------------------
@@ -232,15 +208,22 @@ class Review:
     async def allow(self, sha256: str, *, by: str, note: str = "") -> dict[str, Any]:
         previous = await self._label(sha256)
         await self.store.set_list(sha256, "allow", note=note, by=by)
-        self.judge.forget(sha256)
+        self._forget(sha256)
         released = await self._release(sha256, by, note)
         detail = {"note": note, "previous_label": previous, "quarantine": released.as_dict()}
         return await self._decided("allow", sha256, Label.CLEAN, "allow", by, detail)
 
     async def confirm(self, sha256: str, *, by: str, note: str = "") -> dict[str, Any]:
+        return await self._deny("confirm", sha256, by=by, note=note)
+
+    async def deny(self, sha256: str, *, by: str, note: str = "") -> dict[str, Any]:
+        """A deny-list entry made without a machine verdict to confirm (the CLI's `deny`)."""
+        return await self._deny("deny", sha256, by=by, note=note)
+
+    async def _deny(self, event: str, sha256: str, *, by: str, note: str) -> dict[str, Any]:
         previous = await self._label(sha256)
         await self.store.set_list(sha256, "deny", note=note, by=by)
-        self.judge.forget(sha256)
+        self._forget(sha256)
         deleted, kept = await self._discard(sha256, by, note)
         detail = {
             "note": note,
@@ -248,11 +231,21 @@ class Review:
             "quarantine_deleted": deleted,
             "quarantine_kept": kept,
         }
-        return await self._decided("confirm", sha256, Label.CSAM, "deny", by, detail)
+        return await self._decided(event, sha256, Label.CSAM, "deny", by, detail)
+
+    async def unlist(self, sha256: str, kind: str, *, by: str, note: str = "") -> bool:
+        """Take `sha256` off the `kind` list ("allow" or "deny"); False when it was not on it.
+        Released or discarded copies stay as they are: the next judgement decides anew."""
+        if await self.store.list_kind(sha256) != kind or not await self.store.remove_list(sha256):
+            return False
+        self._forget(sha256)
+        await self._decided(f"un{kind}", sha256, None, f"un{kind}", by, {"note": note})
+        return True
 
     async def rejudge(
         self, sha256: str, *, by: str, mode: str = "policy", wait_s: float = 60.0
     ) -> dict[str, Any]:
+        judge = self._judge()
         stored = await self.store.get_verdict(sha256)
         before = stored.verdict.label.value if stored else None
         if mode == "policy":
@@ -262,9 +255,9 @@ class Review:
                     "no_signals",
                     f"no stored signals for {sha256}: use mode=backend on a quarantined copy",
                 )
-            verdict = self.judge.policy.judge(stored.verdict.signals)
+            verdict = judge.policy.judge(stored.verdict.signals)
             await self.store.put_verdict(sha256, verdict)
-            self.judge.forget(sha256)
+            judge.forget(sha256)
         elif mode == "backend":
             verdict_or_none = await self._fresh(sha256, by, wait_s)
             if verdict_or_none is None:
@@ -294,8 +287,9 @@ class Review:
                 f"no copy of {sha256} is held in quarantine, so it cannot be sent to a backend "
                 "again; use mode=policy, or let the next upload or sweep judge it",
             )
-        self.judge.forget(sha256)
-        runner = self.judge.runner
+        judge = self._judge()
+        judge.forget(sha256)
+        runner = judge.runner
         fut = runner.future_for(sha256)
         if fut is None:
             fut = await runner.submit(
@@ -306,6 +300,15 @@ class Review:
             return await asyncio.wait_for(asyncio.shield(fut), wait_s)
         except TimeoutError:
             return None
+
+    def _judge(self) -> Judge:
+        if self.judge is None:
+            raise ReviewError(503, "no_judge", "re-judging needs the running service")
+        return self.judge
+
+    def _forget(self, sha256: str) -> None:
+        if self.judge is not None:
+            self.judge.forget(sha256)
 
     async def _label(self, sha256: str) -> str | None:
         stored = await self.store.get_verdict(sha256)
@@ -329,35 +332,8 @@ class Review:
             detail=detail,
         )
         trail = await self.store.audit_trail(sha256)  # flushes, so the record is on disk now
-        last = trail[-1]
         return {
-            "audit": {
-                "id": last.id,
-                "ts": last.ts,
-                "when": iso(last.ts),
-                "event": last.event,
-                "label": last.label,
-                "action": last.action,
-                "by": last.source,
-                "detail": last.detail,
-            },
+            "audit": view.audit_entry(trail[-1]),
             "sha256": sha256,
             "list": await self.store.list_kind(sha256),
         }
-
-
-def verdict_dict(stored: StoredVerdict) -> dict[str, Any]:
-    v = stored.verdict
-    return {
-        "sha256": stored.sha256,
-        "label": v.label.value,
-        "reasons": v.reasons,
-        "backend": v.backend,
-        "policy_version": v.policy_version,
-        "media_type": stored.media_type,
-        "size": stored.size,
-        "source": stored.source,
-        "first_seen": stored.first_seen,
-        "judged_at": v.judged_at,
-        "signals": v.signals.model_dump() if v.signals else None,
-    }

@@ -11,12 +11,13 @@ import csv
 import io
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from horde_scanner.hashlists.store import HashStore
+from horde_scanner.review import view
 from horde_scanner.store.sqlite import AuditRecord, Store, StoredVerdict
 from horde_scanner.sweep.records import ScanRecords
+from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label
 
 # Audit events that are a person's (or an admin tool's) decision about an image.
@@ -26,9 +27,8 @@ DECISION_EVENTS = frozenset(
 # Audit events whose `source` says where the image was met.
 _FOUND_EVENTS = frozenset({"answered", "judged", "quarantined", "late_positive", "found"})
 
-CSV_FIELDS = [
-    "sha256",
-    "pdq",
+# The verdict view's fields an evidence record carries (where it was met is `where_found`).
+_VERDICT_FIELDS = (
     "label",
     "reasons",
     "backend",
@@ -37,6 +37,12 @@ CSV_FIELDS = [
     "size",
     "first_seen",
     "judged_at",
+)
+
+CSV_FIELDS = [
+    "sha256",
+    "pdq",
+    *_VERDICT_FIELDS,
     "where_found",
     "source_instance",
     "list",
@@ -48,14 +54,11 @@ CSV_FIELDS = [
 ]
 
 
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
-
-
 async def _pdq(store: Store, sha256: str) -> str | None:
     """PDQ of the image (frames joined with spaces), as stored with its verdict."""
     hashes = await HashStore(store).pdq_of(sha256)
     return " ".join(h.hex for h in hashes) or None
+
 
 
 def _location(loc: dict[str, Any]) -> dict[str, Any]:
@@ -87,14 +90,6 @@ async def _quarantine_rows(store: Store, sha256: str) -> list[dict[str, Any]]:
     ]
 
 
-async def _late(store: Store, sha256: str) -> str | None:
-    async with store.db.execute(
-        "SELECT enforcement FROM late_positives WHERE sha256=?", (sha256,)
-    ) as cur:
-        row = await cur.fetchone()
-    return str(row[0]) if row else None
-
-
 def decisions(trail: Iterable[AuditRecord]) -> list[dict[str, Any]]:
     return [
         {
@@ -115,7 +110,6 @@ async def record(
     """The evidence record of one verdict; `swept` is where storage sweeps found it."""
     if swept is None:
         swept = (await ScanRecords(store).locations([stored.sha256])).get(stored.sha256, [])
-    v = stored.verdict
     trail = await store.audit_trail(stored.sha256)
     quarantine = await _quarantine_rows(store, stored.sha256)
     found: list[str] = [stored.source] if stored.source else []
@@ -132,22 +126,17 @@ async def record(
             found.append(place)
     instances = [q["instance"] for q in quarantine if q["instance"]]
     instances += [a.detail["instance"] for a in trail if a.detail.get("instance")]
+    fields = view.verdict_fields(stored, signals=False)
+    late = await view.late_positive(store, stored.sha256)
     return {
         "sha256": stored.sha256,
         "pdq": await _pdq(store, stored.sha256),
-        "label": v.label.value,
-        "reasons": v.reasons,
-        "backend": v.backend,
-        "policy_version": v.policy_version,
-        "media_type": stored.media_type,
-        "size": stored.size,
-        "first_seen": iso(stored.first_seen),
-        "judged_at": iso(v.judged_at),
+        **{k: fields[k] for k in _VERDICT_FIELDS},
         "where_found": found,
         "source_instance": instances[0] if instances else None,
         "list": await store.list_kind(stored.sha256),
         "quarantine": [{k: q[k] for k in ("origin", "identifier", "state")} for q in quarantine],
-        "late_positive": await _late(store, stored.sha256),
+        "late_positive": late["enforcement"] if late else None,
         "decisions": decisions(trail),
         "found": [_location(loc) for loc in swept],
     }

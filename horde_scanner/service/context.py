@@ -31,7 +31,7 @@ from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.service.auth import ClientAuth
 from horde_scanner.service.metrics import Metrics, Sources
 from horde_scanner.store.sqlite import Job, Store
-from horde_scanner.sweep.holder import SweepQuarantine
+from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.metrics import SweepProgress
 from horde_scanner.verdict import Label, Verdict
 
@@ -150,7 +150,7 @@ async def open_services(
                 notifier,
                 watcher,
                 quarantine,
-                Review(store, judge, quarantine, [SweepQuarantine(store, settings)]),
+                review_for(settings, store, judge, quarantine),
                 sweeps,
                 upload_gate=asyncio.Semaphore(settings.server.max_concurrent_uploads),
                 workers=pool,

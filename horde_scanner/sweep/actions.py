@@ -217,6 +217,20 @@ def make_pictrs(settings: Settings, session: Any) -> PictrsClient | None:
     return None
 
 
+def releasable(row: ActionRow) -> bool:
+    """A quarantine that is done (the object is in the sweep's quarantine now)."""
+    return row.action == Action.QUARANTINE and row.state == "done" and bool(row.location)
+
+
+def check_releasable(row: ActionRow) -> str:
+    """The quarantine location of a releasable row; ItemError (saying why) for any other."""
+    if not releasable(row) or row.location is None:
+        raise ItemError(
+            f"action {row.id} is a {row.action} in state {row.state}: nothing to release"
+        )
+    return row.location
+
+
 async def release(
     store: Store,
     records: ScanRecords,
@@ -226,18 +240,13 @@ async def release(
     note: str = "",
     by: str = "cli",
 ) -> str:
-    """Move a quarantined object back where it was found and allow-list its hash. `by` is who
-    decided ("cli", or the admin: "api:alice", "page:bob")."""
-    if row.action != Action.QUARANTINE or row.state != "done" or not row.location:
-        raise ItemError(
-            f"action {row.id} is a {row.action} in state {row.state}: nothing to release"
-        )
-    await source.restore(row.location, row.identifier)
+    """Move a quarantined object back where it was found and record that. The allow-list entry
+    is the caller's: the one allow decision (`review/decisions.py`) calls this through the
+    sweep holder. `by` is who decided ("cli", or the admin: "api:alice", "page:bob")."""
+    location = check_releasable(row)
+    await source.restore(location, row.identifier)
     await records.end_action(row.id, "released", location=None, detail={**row.detail, "note": note})
     await records.set_file_action(row.source, row.identifier, None)
-    await store.set_list(
-        row.sha256, "allow", note=note or f"released from quarantine #{row.id}", by=by
-    )
     await store.audit(
         "released",
         sha256=row.sha256,
@@ -246,7 +255,7 @@ async def release(
         source=row.source,
         detail={
             "identifier": row.identifier,
-            "from": row.location,
+            "from": location,
             "action_id": row.id,
             "note": note,
             "by": by,

@@ -24,10 +24,19 @@ from horde_scanner.hashlists.matcher import HashMatcher
 from horde_scanner.judging.judge import Judge, build_judge
 from horde_scanner.judging.policy import Policy
 from horde_scanner.store.sqlite import Store
-from horde_scanner.sweep.actions import PRUNE_REMINDER, Action, Actor, Outcome, make_pictrs, release
+from horde_scanner.sweep.actions import (
+    PRUNE_REMINDER,
+    Action,
+    Actor,
+    Outcome,
+    check_releasable,
+    make_pictrs,
+    releasable,
+)
 from horde_scanner.sweep.address import make_source
+from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.progress import Counts, Progress
-from horde_scanner.sweep.records import ActionRow, FileRecord, ScanRecords
+from horde_scanner.sweep.records import FileRecord, ScanRecords
 from horde_scanner.sweep.runner import Sweep
 from horde_scanner.sweep.source import ItemError, Source
 from horde_scanner.verdict import Label
@@ -257,27 +266,34 @@ async def _current_label(store: Store, sha256: str, recorded: str | None) -> str
     return recorded
 
 
-async def run_release(settings: Settings, target: str, *, note: str = "") -> list[str]:
-    """Restore quarantined objects by action id (or every one with a sha256) and allow-list."""
+async def run_release(
+    settings: Settings, target: str, *, note: str = "", by: str = "cli"
+) -> list[str]:
+    """Restore quarantined objects by action id (or every one with a sha256): the allow
+    decision for that hash, which allow-lists it and releases every quarantined copy."""
     async with await Store.open(settings.store.path) as store:
         records = ScanRecords(store)
-        rows: list[ActionRow] = []
         if target.isdigit():
             row = await records.get_action(int(target))
             if row is None:
                 raise ItemError(f"no action #{target}")
-            rows = [row]
+            check_releasable(row)
+            sha256, ids = row.sha256, [row.id]
         else:
-            rows = await records.actions_for(target.lower(), state="done")
-            rows = [r for r in rows if r.action == Action.QUARANTINE]
+            sha256 = target.lower()
+            rows = [r for r in await records.actions_for(sha256, state="done") if releasable(r)]
             if not rows:
                 raise ItemError(f"nothing quarantined with sha256 {target}")
-        restored = []
-        for row in rows:
-            source = make_source(row.source, settings)
-            async with _opened(source):
-                restored.append(await release(store, records, row, source, note=note))
-        return restored
+            ids = [r.id for r in rows]
+        note = note or "released from quarantine " + ", ".join(f"#{i}" for i in ids)
+        decided = await review_for(settings, store).allow(sha256, by=by, note=note)
+    outcome = decided["audit"]["detail"]["quarantine"]
+    restored = [str(r["identifier"]) for r in outcome["released"]]
+    if outcome["failed"]:
+        failed = "; ".join(f"{f['identifier']}: {f['why']}" for f in outcome["failed"])
+        done = f" (restored: {', '.join(restored)})" if restored else ""
+        raise ItemError(f"allow-listed {sha256}, but could not restore {failed}{done}")
+    return restored
 
 
 def parse_since(value: str, *, now: float | None = None) -> float:

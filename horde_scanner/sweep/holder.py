@@ -22,8 +22,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from horde_scanner.config import Settings
+from horde_scanner.judging.judge import Judge
 from horde_scanner.media.hashing import sha256_hex
-from horde_scanner.review.quarantine import HELD, HeldCopy, ReleaseResult
+from horde_scanner.review.decisions import Review
+from horde_scanner.review.quarantine import HELD, HeldCopy, Quarantine, ReleaseResult
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action, release
 from horde_scanner.sweep.address import make_source
@@ -133,6 +135,18 @@ class SweepQuarantine:
         if "done" in counts:
             counts[HELD] = counts.pop("done")
         return counts
+
+
+def review_for(
+    settings: Settings,
+    store: Store,
+    judge: Judge | None = None,
+    quarantine: Quarantine | None = None,
+) -> Review:
+    """The decisions over every holder this installation has: the admin's quarantine first,
+    then the sweeps'. The service passes its Judge; the CLI decides without one."""
+    quarantine = quarantine or Quarantine(store, settings.quarantine.dir)
+    return Review(store, judge, quarantine, [SweepQuarantine(store, settings)])
 
 
 def _read_if_same(path: Path, sha256: str) -> bytes | None:

@@ -21,14 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from horde_scanner.media.hashing import is_sha256_hex
-from horde_scanner.review import evidence
-from horde_scanner.review.decisions import (
-    POSITIVE,
-    UNSCANNED,
-    ReviewError,
-    VerdictFilter,
-    verdict_dict,
-)
+from horde_scanner.review import evidence, view
+from horde_scanner.review.decisions import POSITIVE, UNSCANNED, ReviewError, VerdictFilter
 from horde_scanner.service.admin.auth import ADMIN, actor_name
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
@@ -154,13 +148,9 @@ async def list_verdicts(request: web.Request) -> web.Response:
             "count": len(rows),
             "limit": f.limit,
             "offset": f.offset,
-            "verdicts": [_without_signals(verdict_dict(r)) for r in rows],
+            "verdicts": [view.verdict_fields(r, signals=False) for r in rows],
         }
     )
-
-
-def _without_signals(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "signals"}
 
 
 @admin_only
@@ -222,9 +212,13 @@ async def queue_data(svc: Services, limit: int) -> dict[str, Any]:
     shas = [v.sha256 for v in positives + unscanned] + [p["sha256"] for p in late]
     held = await svc.review.held_among(shas)
     return {
-        "positives": [{**verdict_dict(v), "in_quarantine": v.sha256 in held} for v in positives],
+        "positives": [
+            {**view.verdict_fields(v), "in_quarantine": v.sha256 in held} for v in positives
+        ],
         "late_positives": [{**p, "in_quarantine": p["sha256"] in held} for p in late],
-        "unscanned": [{**verdict_dict(v), "in_quarantine": v.sha256 in held} for v in unscanned],
+        "unscanned": [
+            {**view.verdict_fields(v), "in_quarantine": v.sha256 in held} for v in unscanned
+        ],
     }
 
 

@@ -22,7 +22,8 @@ from PIL import Image, ImageFilter
 
 from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
 from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, prepare
-from horde_scanner.review.decisions import ReviewError, verdict_dict
+from horde_scanner.review import view
+from horde_scanner.review.decisions import ReviewError
 from horde_scanner.review.evidence import DECISION_EVENTS
 from horde_scanner.service.admin import api as admin_api
 from horde_scanner.service.admin.auth import ADMIN, AdminGate, Session, actor_name, same_origin
@@ -48,10 +49,11 @@ def _e(value: Any) -> str:
     return "" if value is None else html.escape(str(value), quote=True)
 
 
-def _when(ts: float | None) -> str:
-    if not ts:
+def _when(stamp: str | None) -> str:
+    """The verdict view's ISO time, written the way people read it."""
+    if not stamp:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _page(title: str, body: str, session: Session | None = None, status: int = 200) -> web.Response:
@@ -280,7 +282,9 @@ async def queue_page(request: web.Request) -> web.Response:
     for late in data["late_positives"]:
         stored = await svc.store.get_verdict(late["sha256"])
         item = (
-            verdict_dict(stored) if stored else {"sha256": late["sha256"], "label": late["label"]}
+            view.verdict_fields(stored)
+            if stored
+            else {"sha256": late["sha256"], "label": late["label"]}
         )
         item["in_quarantine"] = late["in_quarantine"]
         note = (

@@ -1,0 +1,64 @@
+"""What the command modules share: running a coroutine, the settings, labels,
+sha256 prefixes, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+
+from horde_scanner.config import ConfigError, Settings
+from horde_scanner.judging.policy import PolicyError
+from horde_scanner.media.hashing import is_sha256_hex
+from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.verdict import Label
+
+T = TypeVar("T")
+
+# `check` and `scan` exit codes (README: Command line). ClickException's own 1 would read as
+# "positive".
+EXIT_CLEAN, EXIT_POSITIVE, EXIT_ERROR, EXIT_NOT_JUDGED = 0, 1, 2, 3
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    from horde_scanner.sweep.source import ItemError, SourceError
+
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except (ConfigError, PolicyError, StoreError, SourceError, ItemError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]
+    return settings
+
+
+async def resolve_sha256(store: Store, value: str) -> str:
+    """A full sha256, or the one known sha256 that a shorter hex prefix names."""
+    value = value.lower()
+    if is_sha256_hex(value):
+        return value
+    if len(value) < 6 or any(c not in "0123456789abcdef" for c in value):
+        raise click.BadParameter(
+            "expected a sha256 (64 hex characters) or a unique prefix of at least 6",
+            param_hint="SHA256",
+        )
+    found = await store.sha256_by_prefix(value, limit=3)
+    if not found:
+        raise click.ClickException(f"no known sha256 starts with {value}")
+    if len(found) > 1:
+        listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+        raise click.ClickException(
+            f"sha256 prefix {value} is ambiguous ({listed}); give more characters"
+        )
+    return found[0]
+
+
+def labels_of(values: tuple[str, ...]) -> list[Label]:
+    return [Label(v) for v in values]
+
+
+LABEL_CHOICE = click.Choice([label.value for label in Label])

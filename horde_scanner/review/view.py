@@ -1,0 +1,109 @@
+"""The verdict view: how one image's record is written out, the same for every reader.
+
+`horde-scanner verdicts show`, the admin API (`GET verdicts/{sha256}`, the lists, the queue),
+the review page and the evidence export all start from these pieces, so a key means one thing
+everywhere and every time is ISO 8601 in UTC to the second (`horde_scanner.timefmt.iso`).
+
+- `verdict_fields(stored)`: the verdict itself (label, reasons, backend, policy, media, where
+  first met, when), with or without the raw signals.
+- `audit_entry(record)`: one audit row; `by` is its source (who decided, or where it was met).
+- `detail(store, sha256, holders)`: the whole record of one image: the verdict, list entry,
+  PDQ hashes, quarantine copies in every holder, late-positive state and the audit trail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from horde_scanner.hashlists.store import HashStore
+from horde_scanner.review.quarantine import HELD, HeldCopy, QuarantineHolder
+from horde_scanner.store.sqlite import AuditRecord, Store, StoredVerdict
+from horde_scanner.timefmt import iso
+
+
+def verdict_fields(stored: StoredVerdict, *, signals: bool = True) -> dict[str, Any]:
+    v = stored.verdict
+    record: dict[str, Any] = {
+        "sha256": stored.sha256,
+        "label": v.label.value,
+        "reasons": v.reasons,
+        "backend": v.backend,
+        "policy_version": v.policy_version,
+        "media_type": stored.media_type,
+        "size": stored.size,
+        "source": stored.source,
+        "first_seen": iso(stored.first_seen),
+        "judged_at": iso(v.judged_at),
+    }
+    if signals:
+        record["signals"] = v.signals.model_dump() if v.signals else None
+    return record
+
+
+def audit_entry(a: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "ts": iso(a.ts),
+        "event": a.event,
+        "label": a.label,
+        "action": a.action,
+        "by": a.source,
+        "detail": a.detail,
+    }
+
+
+def copy_entry(c: HeldCopy) -> dict[str, Any]:
+    """A quarantined copy as an admin may see it (no bytes), times as ISO."""
+    return {
+        **c.public(),
+        "quarantined_at": iso(c.quarantined_at),
+        "updated_at": iso(c.updated_at),
+    }
+
+
+def late_entry(sha256: str, label: str, found_at: float, enforcement: str) -> dict[str, Any]:
+    return {"sha256": sha256, "label": label, "found_at": iso(found_at), "enforcement": enforcement}
+
+
+async def late_positive(store: Store, sha256: str) -> dict[str, Any] | None:
+    """The late-positive record of one image (accepted before its verdict), or None."""
+    async with store.db.execute(
+        "SELECT label, found_at, enforcement FROM late_positives WHERE sha256=?", (sha256,)
+    ) as cur:
+        row = await cur.fetchone()
+    return late_entry(sha256, row[0], row[1], row[2]) if row else None
+
+
+async def copies(holders: Sequence[QuarantineHolder], sha256: str) -> list[HeldCopy]:
+    return [c for holder in holders for c in await holder.copies(sha256)]
+
+
+async def detail(
+    store: Store, sha256: str, holders: Sequence[QuarantineHolder]
+) -> dict[str, Any] | None:
+    """Everything known about one image; None when nothing is."""
+    stored = await store.get_verdict(sha256)
+    trail = await store.audit_trail(sha256)
+    listed = await store.list_kind(sha256)
+    held = await copies(holders, sha256)
+    if stored is None and not trail and listed is None and not held:
+        return None
+    record: dict[str, Any] = verdict_fields(stored) if stored else {"sha256": sha256}
+    pdq = await HashStore(store).pdq_of(sha256)
+    late = await late_positive(store, sha256)
+    record.update(
+        {
+            "list": listed,
+            "pdq": [{"frame": h.frame, "hash": h.hex, "quality": h.quality} for h in pdq],
+            "quarantine": [copy_entry(c) for c in held],
+            "in_quarantine": any(c.state == HELD for c in held),
+            "late_positive": (
+                {"enforcement": late["enforcement"], "found_at": late["found_at"]}
+                if late
+                else None
+            ),
+            "audit": [audit_entry(a) for a in trail],
+        }
+    )
+    return record
