@@ -1,13 +1,13 @@
 # syntax=docker/dockerfile:1
 # Two stages: pdqhash ships only a source distribution (a C++/Cython extension), so the builder
 # compiles every wheel, and the runtime image installs them offline, with no compiler in it.
-# Extras to install: s3, ssh, video, prescreen (NudeNet on CPU), gpu (torch; use a CUDA base image).
+# Extras to install: s3, ssh, video, postgres, prescreen (NudeNet on CPU), gpu (torch; use a CUDA base image).
 # tests/test_docker_image.py runs the RUN steps below outside Docker; keep each pip step a RUN of
 # its own.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
-ARG EXTRAS=s3,ssh,video
+ARG EXTRAS=s3,ssh,video,postgres
 # The official Python images carry Python's headers; only the compiler is missing.
 RUN apt-get update && apt-get install -y --no-install-recommends g++ \
     && rm -rf /var/lib/apt/lists/*
@@ -20,7 +20,7 @@ RUN pip wheel --wheel-dir /wheels -c constraints.txt ".[${EXTRAS}]" \
     && cp constraints.txt /wheels/constraints.txt
 
 FROM ${PYTHON_IMAGE}
-ARG EXTRAS=s3,ssh,video
+ARG EXTRAS=s3,ssh,video,postgres
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --only-binary=:all: --find-links /wheels \

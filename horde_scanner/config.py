@@ -76,6 +76,12 @@ class ServerSettings(Section):
     # Upload bodies read and admitted at once; the rest wait (unread) for a slot, up to the
     # deadline. Bounds memory in a burst to about this many bodies.
     max_concurrent_uploads: int = Field(128, gt=0)
+    # Processes sharing the port (SO_REUSEPORT) and the store, for hosts with several cores.
+    processes: int = Field(1, ge=1, le=64)
+    # On SIGTERM: how long /readyz answers 503 before the listener closes (let a balancer's
+    # health check see it), then how long uploads in flight may take to be answered.
+    drain_s: float = Field(3.0, ge=0, le=300)
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=600)
 
     @field_validator("clients")
     @classmethod
@@ -170,6 +176,28 @@ class HordeSettings(Section):
 
 class StoreSettings(Section):
     path: Path = Path("horde-scanner.db")
+    # sqlite:///path (the default: `path` above) or postgresql://user:pass@host:port/db.
+    url: str | None = None
+    # PostgreSQL: how long a claimed job stays with the replica that took it without word
+    # from it (renewed every third of this while judged); a dead replica's jobs wait this long.
+    job_lease_s: float = Field(30.0, ge=1.0, le=3600.0)
+    # PostgreSQL: connections per process.
+    pool_size: int = Field(10, ge=2, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value == "":
+            return None  # unset, e.g. an empty compose variable: SQLite at `path`
+        if value is not None and not value.startswith(
+            ("sqlite:///", "postgresql://", "postgres://")
+        ):
+            raise ValueError("want sqlite:///path or postgresql://user:password@host:port/db")
+        return value
+
+    @property
+    def target(self) -> str:
+        return self.url or f"sqlite:///{self.path}"
 
 
 class PictrsSettings(Section):

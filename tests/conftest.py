@@ -11,3 +11,19 @@ async def http():
     """A client session for talking to services on loopback."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (CI installs it: a missing one fails loudly)."""
+    from horde_scanner.testing.pg import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return pg_server.new_database()

@@ -15,9 +15,9 @@ from PIL import Image
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.service.auth import client_tag
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import CLIENT_ID, running_service
-from tests import images
 from tests.admin_helpers import TOKEN, admin_settings
 
 CHROMIUM = "/usr/bin/chromium"

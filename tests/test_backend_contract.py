@@ -14,8 +14,8 @@ from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import DecodeLimits, PreparedImage
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import images
 from horde_scanner.verdict import Label, Signals
-from tests import images
 
 
 class QuickLook:

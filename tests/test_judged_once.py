@@ -8,10 +8,10 @@ from pathlib import Path
 
 import aiohttp
 
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import make_settings, running_service, wait_for
-from tests import images
 from tests.test_workers import PictrsSafetyWorker, worker_settings
 
 

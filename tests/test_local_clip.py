@@ -19,6 +19,7 @@ from horde_scanner.backends.router import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
 from horde_scanner.judging.policy import CLIP_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
+from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.horde import FakeHorde  # noqa: E402
 from horde_scanner.testing.pictrs import validate_upload  # noqa: E402
 from horde_scanner.testing.service import make_settings, running_service  # noqa: E402
@@ -26,7 +27,6 @@ from horde_scanner.testing.tiny_clip import build_tiny_clip  # noqa: E402
 from local_gpu.backend import LocalClipBackend  # noqa: E402
 from local_gpu.clip import ClipScorer, ModelUnavailable  # noqa: E402
 from local_gpu.worker import Worker  # noqa: E402
-from tests import images  # noqa: E402
 
 PHRASES = ["a photo of a child", "a nude body", "a photo of an adult woman", "a tree"]
 

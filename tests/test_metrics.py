@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import make_settings, running_service
-from tests import images
 from tests.admin_helpers import admin_settings
 
 

@@ -31,9 +31,9 @@ from PIL import Image
 from horde_scanner.backends.mock import colour_marker_signals
 from horde_scanner.config import ConfigError, load_settings
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
 from horde_scanner.testing.service import make_settings, running_service
-from tests import images
 
 KEY = "fedi-safety-key"
 NO_HORDE = "http://127.0.0.1:9/api"  # never contacted with backend.kind=local

@@ -8,6 +8,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from horde_scanner.hashlists.store import HashStore
 from horde_scanner.store import sqlite as store_module
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
@@ -64,3 +67,31 @@ async def test_upgrade_marks_old_hash_match_verdicts_and_triggers_read_the_route
     async with await Store.open(path) as store:
         again = await store.get_verdict("a" * 64)
         assert again is not None and again.verdict.route is VerdictRoute.MATCH
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+async def test_both_stores_keep_the_route_and_their_triggers_read_it(store_url: str):
+    """The same schema step on SQLite and PostgreSQL (its triggers in store/postgres.py)."""
+    store = await Store.open(store_url)
+    try:
+        hashes = HashStore(store)
+        start = await hashes.generation()
+        match = Verdict(label=Label.CSAM, backend="anything", route=VerdictRoute.MATCH)
+        await store.put_verdict("c" * 64, match)
+        assert await hashes.generation() == start
+        stored = await store.get_verdict("c" * 64)
+        assert stored is not None and stored.verdict.route is VerdictRoute.MATCH
+        await store.put_verdict("d" * 64, Verdict(label=Label.CSAM, backend="hashlist"))
+        assert await hashes.generation() == start + 1
+        await store.put_verdict("c" * 64, Verdict(label=Label.CSAM, backend="horde"))
+        assert await hashes.generation() == start + 2
+        stored = await store.get_verdict("c" * 64)
+        assert stored is not None and stored.verdict.route is VerdictRoute.JUDGED
+    finally:
+        await store.close()

@@ -98,7 +98,7 @@ class KudosBudget:
         try:
             await self._db.execute(
                 "INSERT INTO horde_kudos (day, spent, updated_at) VALUES (?,?,?)"
-                " ON CONFLICT(day) DO UPDATE SET spent=max(spent, excluded.spent),"
+                " ON CONFLICT(day) DO UPDATE SET spent=max(horde_kudos.spent, excluded.spent),"
                 " updated_at=excluded.updated_at",
                 (day, spent, time.time()),
             )

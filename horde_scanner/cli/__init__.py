@@ -8,12 +8,14 @@ import logging
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from horde_scanner import __version__
 from horde_scanner.cli import check, lists, serve, sweep, verdicts, worker
 from horde_scanner.cli.hashes import hashes as hashes_group
 from horde_scanner.cli.policy import policy as policy_group
-from horde_scanner.config import ConfigError, load_settings
+from horde_scanner.cli.store import store as store_group
+from horde_scanner.config import ConfigError, StoreSettings, load_settings
 
 
 @click.group()
@@ -28,19 +30,26 @@ from horde_scanner.config import ConfigError, load_settings
 )
 @click.option(
     "--db",
-    type=click.Path(path_type=Path),
     default=None,
-    help="SQLite store (overrides store.path).",
+    help="Store: a SQLite file path or a store URL (overrides store.path / store.url).",
 )
 @click.pass_context
-def main(ctx: click.Context, config_file: Path | None, db: Path | None) -> None:
+def main(ctx: click.Context, config_file: Path | None, db: str | None) -> None:
     """Keep CSAM (and optionally NSFW media) out of pict-rs storage, without a GPU."""
     try:
         settings = load_settings(config_file)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if db is not None:
-        settings.store.path = db
+        if "://" in db:
+            try:
+                settings.store = StoreSettings.model_validate(
+                    {**settings.store.model_dump(), "url": db}
+                )
+            except ValidationError as exc:
+                raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--db") from None
+        else:
+            settings.store.path, settings.store.url = Path(db), None
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -58,6 +67,7 @@ main.add_command(sweep.apply)
 main.add_command(sweep.release)
 main.add_command(hashes_group)
 main.add_command(policy_group)
+main.add_command(store_group)
 main.add_command(worker.worker)
 
 

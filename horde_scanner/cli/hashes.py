@@ -52,7 +52,7 @@ def export(ctx: click.Context, fmt: str, output: Path | None, everything: bool) 
     settings = settings_of(ctx).hashes
 
     async def go() -> list[HashEntry]:
-        async with await Store.open(settings_of(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store) as store:
             hs = HashStore(store)
             entries = await hs.published(
                 settings.publish_source, settings.pdq_min_quality, settings.pdq_max_distance
@@ -111,7 +111,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
         click.echo(f"{file}: {error} (skipped)", err=True)
 
     async def go() -> int:
-        async with await Store.open(settings_of(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store) as store:
             written = await HashStore(store).add_entries(LOCAL, entries)
             await store.audit(
                 "hashes_imported",
@@ -136,7 +136,7 @@ def remove(ctx: click.Context, signal: str, value: str) -> None:
     value = value.strip().lower()
 
     async def go() -> bool:
-        async with await Store.open(settings_of(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store) as store:
             removed = await HashStore(store).remove_entry(LOCAL, signal, value)
             if removed:
                 await store.audit(
@@ -159,7 +159,7 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
     """State of each subscribed list: entries held, last good copy, last problem."""
 
     async def go() -> list[SubscriptionState]:
-        async with await Store.open(settings_of(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store) as store:
             return await HashStore(store).subscriptions()
 
     states = run(go)
@@ -184,7 +184,7 @@ def flagged(ctx: click.Context, limit: int) -> None:
     """Images that matched a `review` source: accepted, waiting for an admin's look."""
 
     async def go() -> list[Flag]:
-        async with await Store.open(settings_of(ctx).store.path) as store:
+        async with await Store.open(settings_of(ctx).store) as store:
             return await HashStore(store).flags(limit)
 
     flags = run(go)

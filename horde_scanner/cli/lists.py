@@ -63,7 +63,7 @@ def _list_command(kind: str, help_text: str) -> click.Command:
 
             settings = settings_of(ctx)
             done = []
-            async with await Store.open(settings.store.path) as store:
+            async with await Store.open(settings.store) as store:
                 hashes = [h or await resolve_sha256(store, t) for t, h in given]
                 review = review_for(settings, store)
                 for sha in hashes:

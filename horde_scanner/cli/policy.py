@@ -125,12 +125,12 @@ def diff(
     candidate = _load(file)
     baseline = _load(against) if against is not None else None
     settings = settings_of(ctx)
-    if not Path(settings.store.path).exists():
+    if settings.store.url is None and not Path(settings.store.path).exists():
         raise click.ClickException(f"no store at {settings.store.path} (store.path or --db)")
     bar = _Bar(sys.stderr)
 
     async def go() -> DiffReport:
-        async with await Store.open(settings.store.path) as store:
+        async with await Store.open(settings.store) as store:
             return await run_diff(
                 store,
                 candidate,

@@ -22,14 +22,17 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the validation service for pict-rs."""
     from horde_scanner.service.serve import ListenError
     from horde_scanner.service.serve import serve as serve_forever
+    from horde_scanner.service.serving import is_child, supervise
 
     settings = settings_of(ctx)
     _return_big_buffers_to_the_os()
     host = host if host is not None else settings.server.host
     port = port if port is not None else settings.server.port
+    if settings.server.processes > 1:
+        sys.exit(supervise(settings))
     loop = _new_event_loop()
     try:
-        loop.run_until_complete(serve_forever(settings, host, port))
+        loop.run_until_complete(serve_forever(settings, host, port, reuse_port=is_child()))
     except (ConfigError, PolicyError, StoreError, ListenError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:

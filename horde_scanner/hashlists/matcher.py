@@ -18,6 +18,7 @@ reused for exact sha256 matches only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import time
@@ -109,6 +110,7 @@ class _Snapshot:
 class HashMatcher:
     def __init__(self, store: Store, settings: HashesSettings, executor: Executor) -> None:
         self._store = store
+        self.store = store
         self.hashes = HashStore(store)
         self.settings = settings
         self._executor = executor
@@ -118,6 +120,8 @@ class HashMatcher:
         self._task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self.last_load_s = 0.0
+        # Set when another replica changed what the index holds (PostgreSQL notifications).
+        self._changed = asyncio.Event()
 
     @property
     def max_distance(self) -> int:
@@ -137,6 +141,7 @@ class HashMatcher:
         stale = await self.hashes.drop_origins_except(self._trust)
         if stale:
             log.info("dropped entries of subscriptions no longer configured: %s", stale)
+        self._store.subscribe(self._store_changed)
         await self.reload()
         self._task = asyncio.create_task(self._sync_loop(), name="hash-index-sync")
 
@@ -149,10 +154,18 @@ class HashMatcher:
                 pass
             self._task = None
 
+    def _store_changed(self, kind: str, key: str) -> None:
+        if kind in ("hashes", "reset"):
+            self._changed.set()
+
     async def _sync_loop(self) -> None:
         while True:
             # A big index takes seconds to load: spend at most a tenth of the time loading.
-            await asyncio.sleep(max(self.settings.sync_interval_s, 9 * self.last_load_s))
+            pause = max(self.settings.sync_interval_s, 9 * self.last_load_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._changed.wait()
+            self._changed.clear()
             try:
                 if await self.hashes.generation() != self._snapshot.generation:
                     await self.reload()

@@ -97,8 +97,10 @@ class HashStore:
         if not hashes:
             return
         await self._db.execute(
-            "INSERT OR REPLACE INTO verdict_pdq (sha256, frame, pdq, quality) VALUES "
-            + ",".join(["(?,?,?,?)"] * len(hashes)),
+            "INSERT INTO verdict_pdq (sha256, frame, pdq, quality) VALUES "
+            + ",".join(["(?,?,?,?)"] * len(hashes))
+            + " ON CONFLICT (sha256, frame) DO UPDATE SET pdq=excluded.pdq,"
+            " quality=excluded.quality",
             [v for h in hashes for v in (sha256, h.frame, h.hex, h.quality)],
         )
 
@@ -115,9 +117,7 @@ class HashStore:
         chunks: a million Python strings at once would double the memory a load needs."""
         # Read on a connection (and so a thread) of our own: a million rows take seconds, and
         # the shared connection must keep answering uploads meanwhile.
-        db = await aiosqlite.connect(str(self._store.path))
-        try:
-            await db.execute("PRAGMA busy_timeout=10000")
+        async with self._store.aside() as db:
             query = "SELECT value, origin FROM hash_entries WHERE signal='pdq'"
             async with db.execute(query) as cur:
                 while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
@@ -126,8 +126,6 @@ class HashStore:
                 while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
                     values = [r[0] for r in rows]
                     yield values, [VERDICT] * len(values)
-        finally:
-            await db.close()
 
     async def keep_frames(self, sha256: str, frames: Sequence[int]) -> None:
         """Drop the PDQ of an animation's other frames: a positive's harmless frames must not
@@ -270,11 +268,8 @@ class HashStore:
         replacement writes only the difference to what the origin holds (usually small), in
         batches; readers see each entry either as it was or as it is now."""
         new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
-        db = await aiosqlite.connect(str(self._store.path), isolation_level=None)
-        try:
-            await db.execute("PRAGMA busy_timeout=10000")
+        async with self._store.aside() as db:
             await db.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
-            await db.execute("PRAGMA synchronous=NORMAL")  # as the shared connection (WAL)
             stale: list[tuple[str, str]] = []
             if replace:
                 async with db.execute(
@@ -303,14 +298,13 @@ class HashStore:
                     " first_seen, note) VALUES (?,?,?,?,?,?,?)"
                     " ON CONFLICT(signal, value, origin) DO UPDATE SET label=excluded.label,"
                     " source=excluded.source, note=excluded.note,"
-                    " first_seen=COALESCE(MIN(hash_entries.first_seen, excluded.first_seen),"
-                    " hash_entries.first_seen, excluded.first_seen)",
+                    " first_seen=CASE WHEN excluded.first_seen < hash_entries.first_seen"
+                    " THEN excluded.first_seen"
+                    " ELSE COALESCE(hash_entries.first_seen, excluded.first_seen) END",
                     rows[start : start + _ROWS_PER_BATCH],
                 )
             if stale or rows:
                 await db.execute("UPDATE hash_generation SET n = n + 1 WHERE id=1")
-        finally:
-            await db.close()
         return len(rows) + len(stale)
 
     # -- subscriptions -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import aiohttp
 from horde_scanner.config import HashesSettings, HashSubscription
 from horde_scanner.hashlists.format import ListFormatError, parse
 from horde_scanner.hashlists.matcher import HashMatcher
+from horde_scanner.media.hashing import sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,14 @@ class Subscriber:
         self._tasks = []
 
     async def _loop(self, sub: HashSubscription) -> None:
+        store = self._matcher.store
         while True:
             try:
-                await self.refresh(sub)
+                # Replicas on one database: one of them refreshes per period, the others
+                # see the entries in the shared tables (and reload on the notification).
+                turn = f"subscription:{sub.name}:{sha256_hex(sub.url.encode())[:16]}"
+                if await store.take_turn(turn, sub.refresh_s * 0.9):
+                    await self.refresh(sub)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not end the subscription

@@ -60,13 +60,24 @@ class JobRunner:
         # Verdicts being written: a stop must wait for these, not cut them off half-recorded.
         self._finishing: set[asyncio.Future[None]] = set()
         self.busy = 0
+        # Jobs this process claimed and has not finished: their leases are renewed (replicas),
+        # and a stop hands them back.
+        self._held: set[str] = set()
+        # Verdicts another replica wrote for jobs waited on here, to be read and delivered.
+        self._remote: set[asyncio.Task[None]] = set()
+        # Hashes waited on here whose job row another process made (SQLite has no
+        # notifications: looked at when the store says another connection wrote).
+        self._theirs: set[str] = set()
         # Bumped by resume(): a job that failed while a path came back is retried at once.
         self._resumes = 0
         # Why judgements had to be tried again, by kind (read by /metrics).
         self.failures: Counter[str] = Counter()
 
     async def start(self) -> None:
+        self._store.subscribe(self._store_changed)
         self._tasks = [asyncio.create_task(self._feed(), name="jobs-feeder")]
+        if self._store.job_lease_s > 0:
+            self._tasks.append(asyncio.create_task(self._renew(), name="jobs-lease"))
         self._tasks += [
             asyncio.create_task(self._work(), name=f"jobs-worker-{i}") for i in range(self._workers)
         ]
@@ -81,6 +92,13 @@ class JobRunner:
         self._tasks = []
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
+        for task in list(self._remote):
+            task.cancel()
+        if self._held:
+            # Replicas: hand them over now rather than when the lease lapses.
+            with contextlib.suppress(Exception):
+                await self._store.release_jobs(self._held)
+            self._held.clear()
         # Jobs claimed but not finished go back to pending in the store on the next open.
         for fut in self._futures.values():
             if not fut.done():
@@ -114,14 +132,79 @@ class JobRunner:
         fut = asyncio.get_running_loop().create_future()
         self._futures[sha256] = fut
         try:
-            await self._store.add_job(
+            created = await self._store.add_job(
                 sha256, payload, media_type=media_type, size=size, source=source
             )
+            if self._store.shared:
+                # Another replica may have written the verdict just before our job row went
+                # in (or while its own row stood): take it rather than judge again.
+                stored = await self._store.get_verdict(sha256)
+                if stored is not None and sha256 not in self._held:
+                    if created:
+                        await self._store.finish_job(sha256)
+                    self._resolve(sha256, stored.verdict)
+                    return fut
+            elif not created:
+                self._theirs.add(sha256)
         except BaseException:
             self._futures.pop(sha256, None)
             raise
         self._wake.set()
         return fut
+
+    async def check_others(self) -> None:
+        """Deliver verdicts other processes wrote for hashes waited on here (SQLite)."""
+        for sha256 in list(self._theirs):
+            if sha256 not in self._futures or sha256 in self._held:
+                self._theirs.discard(sha256)
+                continue
+            stored = await self._store.get_verdict(sha256)
+            if stored is not None:
+                self._theirs.discard(sha256)
+                self._resolve(sha256, stored.verdict)
+
+    def _resolve(self, sha256: str, verdict: Verdict) -> None:
+        fut = self._futures.pop(sha256, None)
+        self._answers.pop(sha256, None)
+        self._unsaved_answers.pop(sha256, None)
+        if fut is not None and not fut.done():
+            fut.set_result(verdict)
+
+    def _store_changed(self, kind: str, sha256: str) -> None:
+        # Another replica on the same database (PostgreSQL notifications).
+        if kind == "job":
+            self._wake.set()
+        elif kind == "verdict" and sha256 in self._futures and sha256 not in self._held:
+            self._spawn_remote([sha256])
+        elif kind == "reset":
+            self._wake.set()
+            self._spawn_remote([s for s in self._futures if s not in self._held])
+
+    def _spawn_remote(self, sha256s: list[str]) -> None:
+        if sha256s:
+            task = asyncio.get_running_loop().create_task(self._take_remote(sha256s))
+            self._remote.add(task)
+            task.add_done_callback(self._remote.discard)
+
+    async def _take_remote(self, sha256s: list[str]) -> None:
+        for sha256 in sha256s:
+            try:
+                stored = await self._store.get_verdict(sha256)
+            except Exception:
+                log.exception("reading %s's verdict failed", sha256[:12])
+                continue
+            if stored is not None and sha256 not in self._held:
+                self._resolve(sha256, stored.verdict)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._store.job_lease_s / 3)
+            try:
+                await self._store.renew_jobs(list(self._held))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing job leases failed")
 
     async def run_inline(
         self,
@@ -183,6 +266,14 @@ class JobRunner:
         if self._answers.get(sha256) != "accept":
             self._answers[sha256] = answer
             self._unsaved_answers[sha256] = answer
+            if self._store.shared and sha256 not in self._held:
+                # Another replica may be judging it: it reads the answer from the job row.
+                self._spawn_save()
+
+    def _spawn_save(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.save_answers())
+        self._remote.add(task)
+        task.add_done_callback(self._remote.discard)
 
     async def save_answers(self) -> None:
         if self._unsaved_answers:
@@ -199,6 +290,7 @@ class JobRunner:
             room = self._queue.maxsize - self._queue.qsize()
             jobs = await self._store.claim_jobs(room) if room > 0 else []
             for job in jobs:
+                self._held.add(job.sha256)
                 await self._queue.put(job)
             if jobs and len(jobs) == room:
                 # Queue full: wait for a worker to take one before claiming more.
@@ -258,6 +350,7 @@ class JobRunner:
     async def _retry(self, job: Job, delay_s: float, reason: str) -> None:
         log.info("job %s: %s; retrying in %.0f s", job.sha256[:12], reason, delay_s)
         await self._store.retry_job(job.sha256, delay_s=delay_s, error=reason)
+        self._held.discard(job.sha256)
         self._wake.set()
 
     async def _finish(self, job: Job, verdict: Verdict, *, persisted: bool = True) -> None:
@@ -272,6 +365,7 @@ class JobRunner:
         answered = self._answers.pop(job.sha256, None)
         self._unsaved_answers.pop(job.sha256, None)
         stored = await self._store.finish_job(job.sha256) if persisted else None
+        self._held.discard(job.sha256)
         given = {answered, stored} - {None}
         await self._on_finished(
             job, verdict, "accept" if "accept" in given else given.pop() if given else None

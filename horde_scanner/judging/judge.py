@@ -146,6 +146,7 @@ class Judge:
             )
 
     async def start(self) -> None:
+        self.store.subscribe(self._store_changed)
         await self.runner.start()
         self._data_version = await self.store.data_version()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="judge-sync")
@@ -179,12 +180,22 @@ class Judge:
                 if version != self._data_version:
                     self._data_version = version
                     self._cache.clear()
+                    await self.runner.check_others()
                 await self.runner.save_answers()
                 await self.store.flush_audit()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("store sync failed")
+
+    def _store_changed(self, kind: str, sha256: str) -> None:
+        # Another replica wrote a verdict or a list decision (PostgreSQL notifications).
+        if kind == "list":
+            self.forget(sha256)
+        elif kind == "verdict":
+            self._cache.pop(sha256, None)
+        elif kind == "reset":
+            self.forget()
 
     def forget(self, sha256: str | None = None) -> None:
         """Drop cached answers (one, or all) after a list or verdict changed in-process."""

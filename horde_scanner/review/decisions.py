@@ -152,6 +152,7 @@ class Review:
             for label in f.labels:
                 parts.append(
                     f"SELECT * FROM ({select(['v.label = ?'])} ORDER BY v.judged_at DESC LIMIT ?)"
+                    " AS part"
                 )
                 args += params + [label, page]
             query = " UNION ALL ".join(parts) + " ORDER BY 11 DESC LIMIT ? OFFSET ?"

@@ -18,6 +18,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.prescreen import PrescreenBackend
 from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -74,7 +75,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open the store, the backend and the job runner; close them all on exit."""
     policy = Policy.load(settings.policy.path)
-    store = await Store.open(settings.store.path)
+    store = await Store.open(settings.store)
     session = aiohttp.ClientSession()
     executor = ThreadPoolExecutor(
         max_workers=settings.validation.max_decoding, thread_name_prefix="decode"
@@ -131,6 +132,7 @@ async def open_services(
             )
         )
         await start_horde(backend, store.db)
+        share_horde_budget(backend, store)
         await judge.start()
         enforcer.start()
         await notifier.start()

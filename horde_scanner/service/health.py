@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from horde_scanner.backends.base import describe_paths
@@ -9,28 +12,46 @@ from horde_scanner.backends.horde import horde_paths
 from horde_scanner.service.context import SERVICES
 
 
+@dataclass(slots=True)
+class Draining:
+    """Set when the process was told to stop: /readyz turns 503 so balancers move away."""
+
+    since: float | None = None
+
+
+DRAINING = web.AppKey("draining", Draining)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    draining = request.app.get(DRAINING)
+    if draining is not None and draining.since is not None:
+        return web.json_response(
+            {"status": "draining", "why": "shutting down; uploads in flight are answered"},
+            status=503,
+        )
     svc = request.app[SERVICES]
     try:
         await svc.store.ping()
     except Exception as exc:
         return web.json_response(
-            {"status": "unready", "why": f"store {svc.store.path}: {exc}"}, status=503
+            {"status": "unready", "why": f"store {svc.store.where}: {exc}"}, status=503
         )
     backend = svc.backend.readiness()
     body = {
         "status": "ready" if backend.live else "degraded",
-        "store": str(svc.store.path),
+        "store": svc.store.where,
         "backend": {"name": backend.name, "live": backend.live, "detail": backend.detail},
         # Every judging path behind the backend (pre-screen, CLIP, workers, Horde).
         "paths": {
             r.name: {"live": r.live, "detail": r.detail} for r in describe_paths(svc.backend)
         },
         "jobs_waiting": svc.judge.runner.outstanding,
+        # Which of several processes on the port answered (server.processes).
+        "pid": os.getpid(),
         "policy": svc.policy.version,
     }
     for horde in horde_paths(svc.backend)[:1]:

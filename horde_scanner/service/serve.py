@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from aiohttp import web
 
@@ -15,6 +16,7 @@ from horde_scanner.config import Settings
 from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
 from horde_scanner.service.app import build_app
 from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.service.health import DRAINING, Draining
 
 log = logging.getLogger("horde_scanner.serve")
 
@@ -46,13 +48,24 @@ def summary(svc: Services) -> str:
     return "; ".join(parts)
 
 
-async def serve(settings: Settings, host: str, port: int, backlog: int = 1024) -> None:
-    """Serve until a signal; raises the store/config errors of start-up and ListenError."""
+async def serve(
+    settings: Settings, host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False
+) -> None:
+    """Serve until a signal; raises the store/config errors of start-up and ListenError.
+
+    On the signal /readyz turns 503 at once and the port stays open `server.drain_s` longer,
+    so that a load balancer moves away; then the uploads in flight are answered (up to
+    `server.shutdown_timeout_s`) before the services close."""
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    draining = Draining()
+    app[DRAINING] = draining
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout_s
+    )
     await runner.setup()  # opens the store and the backend: StoreError etc. come from here
     try:
-        site = web.TCPSite(runner, host, port, backlog=backlog)
+        # reuse_port: one of `server.processes` copies sharing the port (SO_REUSEPORT).
+        site = web.TCPSite(runner, host, port, backlog=backlog, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:
@@ -69,6 +82,9 @@ async def serve(settings: Settings, host: str, port: int, backlog: int = 1024) -
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        draining.since = time.time()
+        log.info("stopping: /readyz answers 503; draining for %.1f s", settings.server.drain_s)
+        await asyncio.sleep(settings.server.drain_s)
         log.info(
             "shutting down: %d answers since start, %d judgements waiting as jobs",
             sum(svc.answers.values()),

@@ -1,4 +1,5 @@
-"""The one SQLite file that remembers everything (aiosqlite, WAL).
+"""The store that remembers everything: one SQLite file (aiosqlite, WAL) by default, or a
+PostgreSQL database shared by replicas (store/postgres.py, same interface and schema steps).
 
 Data lifecycle:
 
@@ -14,23 +15,31 @@ Data lifecycle:
                                  audit (every decision and action, append-only)
 
 A job row holds everything needed to judge again, so a restart loses no work: rows left
-`running` by a dead process are set back to `pending` when the store opens.
+`running` by a dead process are set back to `pending` when the store opens (SQLite), or are
+claimed again once their lease lapses (PostgreSQL, where other replicas may be running them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import os
+import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from horde_scanner.config import StoreSettings
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
+
+log = logging.getLogger(__name__)
 
 # Named schema steps, applied once each in this order. A concern that needs tables of its own
 # appends a step here with a new name and keeps the queries in its own module (see `db`).
@@ -275,6 +284,29 @@ _MIGRATIONS: list[tuple[str, str]] = [
         BEGIN UPDATE hash_generation SET n = n + 1; END;
     """,
     ),
+    (
+        # Replicas on one PostgreSQL database: a claimed job is held until `lease_until`
+        # (renewed while judged); a dead replica's jobs are taken over when it lapses.
+        # PostgreSQL also gets change notifications here (store/postgres.py PG_EXTRA).
+        "1500-replicas",
+        """
+    ALTER TABLE jobs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
+    -- Periodic work done once per cluster, not once per process: whoever takes the turn.
+    CREATE TABLE cluster_turns (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        taken_at REAL NOT NULL,
+        until REAL NOT NULL
+    );
+    -- The AI Horde submit budget of all replicas behind one address (backends/shared_submits.py).
+    CREATE TABLE horde_submits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        holder TEXT NOT NULL,
+        taken_at REAL NOT NULL,
+        done_at REAL
+    );
+    """,
+    ),
 ]
 
 
@@ -319,6 +351,21 @@ class StoreError(Exception):
     """The database cannot be opened or is not ours."""
 
 
+# What another process changed: ("verdict" | "list", sha256), ("hashes", ""), ("job", sha256),
+# or ("reset", "") when changes may have been missed (a lost connection).
+ChangeListener = Callable[[str, str], None]
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///relative.db` or `sqlite:////absolute/path.db` (as SQLAlchemy writes them)."""
+    if not url.startswith("sqlite:///"):
+        raise StoreError(f"not a SQLite store URL (want sqlite:///path): {url}")
+    rest = url[len("sqlite:///") :]
+    if not rest:
+        raise StoreError(f"SQLite store URL without a path: {url}")
+    return Path(rest)
+
+
 def _probe_open(path: Path) -> None:
     try:
         sqlite3.connect(str(path)).close()
@@ -327,16 +374,47 @@ def _probe_open(path: Path) -> None:
 
 
 class Store:
+    """The SQLite store; `store.postgres.PgStore` is the PostgreSQL one (same interface)."""
+
+    dialect = "sqlite"
+    # Several replicas share this store's jobs and caches (PostgreSQL).
+    shared = False
+    # Claimed jobs are leased only where replicas share them (0: no lease to renew).
+    job_lease_s = 0.0
+
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        self.where = str(path)  # for messages: never holds a password
         # Audit rows are buffered and written in one transaction per flush: one commit per
         # validation answer would cost more than the answer itself.
         self._audit_buffer: list[tuple[Any, ...]] = []
+        self._listeners: list[ChangeListener] = []
+        # Names this process in cluster_turns (host and pid: what an admin can look up).
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
-    async def open(cls, path: Path | str) -> Store:
-        path = Path(path)
+    async def open(cls, target: Path | str | StoreSettings) -> Store:
+        """`target`: the store settings, a path, `sqlite:///path` or `postgresql://...`."""
+        settings = target if isinstance(target, StoreSettings) else StoreSettings()
+        text = target.target if isinstance(target, StoreSettings) else str(target)
+        if text.startswith(("postgresql://", "postgres://")):
+            from horde_scanner.store.postgres import PgStore
+
+            return await PgStore.connect(
+                text, job_lease_s=settings.job_lease_s, pool_size=settings.pool_size
+            )
+        if "://" in text:
+            if not text.startswith("sqlite:"):
+                raise StoreError(
+                    f"unknown store URL scheme in {text.split('://')[0]}://"
+                    " (want sqlite:///path or postgresql://...)"
+                )
+            return await cls._open_sqlite(sqlite_path(text))
+        return await cls._open_sqlite(Path(text))
+
+    @classmethod
+    async def _open_sqlite(cls, path: Path) -> Store:
         if str(path) != ":memory:":
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,9 +435,13 @@ class Store:
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA busy_timeout=5000")
             store = cls(db, path)
-            await store._migrate()
-            # A process that died mid-judgement left these; they are work to do, not work done.
-            await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+            try:
+                await store._migrate()
+                # A process that died mid-judgement left these: work to do, not work done.
+                await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+            except BaseException:
+                await db.close()
+                raise
         except aiosqlite.DatabaseError as exc:
             await db.close()
             raise StoreError(f"cannot open store {path}: {exc}") from None
@@ -380,8 +462,60 @@ class Store:
 
     @property
     def db(self) -> aiosqlite.Connection:
-        """The shared connection, for modules that keep their own tables in this file."""
+        """The shared connection, for modules that keep their own tables in this store. On
+        PostgreSQL an object with the same methods (store.postgres.PgDatabase): write portable SQL
+        (`?` placeholders, `ON CONFLICT`, no SQLite-only functions)."""
         return self._db
+
+    @contextlib.asynccontextmanager
+    async def aside(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A connection of its own, for long reads and batched transactions that must not hold
+        up the shared one (`BEGIN IMMEDIATE` / `COMMIT` work on both stores)."""
+        db = await aiosqlite.connect(str(self.path), isolation_level=None)
+        try:
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute("PRAGMA synchronous=NORMAL")  # as the shared connection (WAL)
+            yield db
+        finally:
+            await db.close()
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Hear of changes other processes make (PostgreSQL: LISTEN/NOTIFY). SQLite has no such
+        channel: its users watch `data_version` instead."""
+        self._listeners.append(listener)
+
+    def _changed(self, kind: str, key: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(kind, key)
+            except Exception:
+                log.exception("store change listener failed")
+
+    async def take_turn(self, name: str, period_s: float) -> bool:
+        """True for exactly one process sharing this store per `period_s` (for work such as
+        a subscription refresh that every replica would otherwise repeat)."""
+        now = time.time()
+        cur = await self._db.execute(
+            "INSERT INTO cluster_turns (name, holder, taken_at, until) VALUES (?,?,?,?)"
+            " ON CONFLICT(name) DO UPDATE SET holder=excluded.holder,"
+            " taken_at=excluded.taken_at, until=excluded.until WHERE cluster_turns.until <= ?",
+            (name, self.holder, now, now + period_s, now),
+        )
+        return cur.rowcount > 0
+
+    async def renew_jobs(self, sha256s: Iterable[str]) -> None:
+        """Extend the lease of jobs this process is judging (only replicas need leases)."""
+
+    async def release_jobs(self, sha256s: Iterable[str]) -> None:
+        """Hand back jobs claimed but not judged (a stopping process), for anyone to take."""
+        held = list(sha256s)
+        for start in range(0, len(held), 500):
+            chunk = held[start : start + 500]
+            await self._db.execute(
+                "UPDATE jobs SET state='pending', lease_until=0 WHERE state='running'"
+                f" AND sha256 IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
 
     async def _migrate(self) -> None:
         await self._db.execute(
@@ -398,10 +532,17 @@ class Store:
         for name, sql in _MIGRATIONS:
             if name in applied:
                 continue
-            await self._db.executescript(
-                f"BEGIN;{sql};INSERT INTO schema_migrations VALUES ('{name}', {time.time()});"
-                "COMMIT;"
-            )
+            # The step's name goes in first, under the write lock: a process opening the same
+            # new file at the same moment (server.processes) fails there, before any DDL, and
+            # skips the step the other one applied.
+            try:
+                await self._db.executescript(
+                    f"BEGIN IMMEDIATE;INSERT INTO schema_migrations VALUES ('{name}',"
+                    f" {time.time()});{sql};COMMIT;"
+                )
+            except sqlite3.IntegrityError:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
 
     async def ping(self) -> None:
         async with self._db.execute("SELECT 1") as cur:
@@ -577,8 +718,8 @@ class Store:
     ) -> bool:
         """Persist a judgement to do; False when one for this hash is already pending."""
         cur = await self._db.execute(
-            "INSERT OR IGNORE INTO jobs (sha256, payload, media_type, size, source, created_at)"
-            " VALUES (?,?,?,?,?,?)",
+            "INSERT INTO jobs (sha256, payload, media_type, size, source, created_at)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             (sha256, payload, media_type, size, source, time.time()),
         )
         return cur.rowcount > 0
@@ -586,7 +727,8 @@ class Store:
     async def set_job_answers(self, answers: dict[str, str]) -> None:
         """Record what was answered for jobs still running ('accept' is never overwritten)."""
         await self._db.executemany(
-            "UPDATE jobs SET answered=? WHERE sha256=? AND answered IS NOT 'accept'",
+            "UPDATE jobs SET answered=? WHERE sha256=?"
+            " AND (answered IS NULL OR answered != 'accept')",
             [(answer, sha) for sha, answer in answers.items()],
         )
 

@@ -19,6 +19,7 @@ import aiohttp
 from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.router import build_backend
+from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.config import OnEvent, Settings
 from horde_scanner.hashlists.matcher import HashMatcher
 from horde_scanner.judging.judge import Judge, build_judge
@@ -83,6 +84,7 @@ async def _judge(
     judge = build_judge(settings, store, policy, backend, executor, hashes=hashes)
     if own_backend:
         await start_horde(backend, store.db)
+        share_horde_budget(backend, store)
     await judge.start()
     try:
         yield judge
@@ -109,7 +111,7 @@ async def run_scan(
 ) -> Report:
     """Sweep `address` (or an already built, unopened `source`) and act as asked."""
     source = source or make_source(address, settings)
-    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
+    async with await Store.open(settings.store) as store, aiohttp.ClientSession() as session:
         async with _opened(source), _judge(settings, store, session, backend) as judge:
             records = ScanRecords(store)
             actor = None
@@ -160,7 +162,7 @@ async def plan_apply(
     """What `apply` would act on, without acting: {source: {label: files}} (for the prompt)."""
     labels = _apply_labels(settings)
     plan: dict[str, dict[str, int]] = {}
-    async with await Store.open(settings.store.path) as store:
+    async with await Store.open(settings.store) as store:
         source_url = make_source(address, settings).url if address else None
         rows = await ScanRecords(store).unacted_positives(labels, since=since, source=source_url)
         for row in rows:
@@ -185,7 +187,7 @@ async def run_apply(
         raise ValueError("apply needs --action quarantine or delete")
     labels = _apply_labels(settings)
     reports: list[Report] = []
-    async with await Store.open(settings.store.path) as store, aiohttp.ClientSession() as session:
+    async with await Store.open(settings.store) as store, aiohttp.ClientSession() as session:
         records = ScanRecords(store)
         source_url = make_source(address, settings).url if address else None
         rows = await records.unacted_positives(labels, since=since, source=source_url)
@@ -271,7 +273,7 @@ async def run_release(
 ) -> list[str]:
     """Restore quarantined objects by action id (or every one with a sha256): the allow
     decision for that hash, which allow-lists it and releases every quarantined copy."""
-    async with await Store.open(settings.store.path) as store:
+    async with await Store.open(settings.store) as store:
         records = ScanRecords(store)
         if target.isdigit():
             row = await records.get_action(int(target))

@@ -1,0 +1,150 @@
+"""Stopping without failing an upload: SIGTERM, `server.processes`, a rolling restart."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.replicas import Replica, replica_env
+from tests.test_replicas import distinct_png
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def horde():
+    fake = FakeHorde(
+        latency=1.5, post_rate_per_min=None, status_rate_per_s=None, interrogator_count=32
+    )
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+async def test_sigterm_answers_uploads_in_flight_and_turns_readyz_away(tmp_path, horde, http):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    env = replica_env(store, horde.url, validation__deadline_s="20", server__drain_s="1.5")
+    replica = Replica(env, tmp_path / "r").start()
+    async with http.get(f"{replica.url}/readyz") as resp:
+        assert resp.status == 200
+    uploads = [
+        asyncio.ensure_future(
+            validate_upload(http, replica.scan_url(), distinct_png(6000 + i), "image/png")
+        )
+        for i in range(6)
+    ]
+    await asyncio.sleep(0.5)  # in flight: the fake Horde takes 1.5 s per form
+    assert replica.proc is not None
+    replica.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    async with http.get(f"{replica.url}/readyz") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["status"] == "draining"
+    results = await asyncio.gather(*uploads)
+    assert [r.status for r in results] == [200] * len(uploads)
+    assert results[0].body is not None
+    code = await asyncio.get_running_loop().run_in_executor(None, replica.proc.wait, 60)
+    assert code == 0
+    assert "Traceback" not in replica.log.read_text()
+
+
+async def readyz_pids(http, url: str, want: int, timeout: float = 30.0) -> set[int]:
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < want and time.monotonic() < deadline:
+        # Fresh connections are spread by the kernel; /readyz names the process.
+        try:
+            async with http.get(f"{url}/readyz", headers={"Connection": "close"}) as resp:
+                body = await resp.json()
+                if resp.status == 200:
+                    pids.add(body["pid"])
+        except OSError:
+            await asyncio.sleep(0.1)
+    return pids
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_processes_share_the_port_and_the_work(kind, tmp_path, horde, http, request):
+    import os
+
+    store = (f"sqlite:///{tmp_path / 'store.db'}" if kind == "sqlite"
+             else request.getfixturevalue("pg_url"))  # fmt: skip
+    horde.latency = 0.3
+    env = replica_env(store, horde.url, server__processes="2", validation__deadline_s="15",
+                      validation__on_timeout="reject")  # fmt: skip
+    replica = Replica(env, tmp_path / "r").start()
+    try:
+        pids = await readyz_pids(http, replica.url, 2)
+        assert len(pids) == 2
+        # Each image several times at once, on fresh connections (so on both processes):
+        # every copy is answered with the one judgement, none waits in vain (reject).
+        distinct = [distinct_png(7000 + i) for i in range(8)]
+        results = await asyncio.gather(*(
+            validate_upload(http, replica.scan_url(), data, "image/png")
+            for data in distinct for _ in range(4)
+        ))  # fmt: skip
+        assert [r.status for r in results] == [200] * len(results)
+        assert len(horde.submissions) == len(distinct)
+        # A process that dies is replaced.
+        victim = next(iter(pids))
+        os.kill(victim, 9)
+        await asyncio.sleep(1.0)
+        again = await readyz_pids(http, replica.url, 2)
+        assert len(again) == 2 and victim not in again
+    finally:
+        code = replica.terminate(60)
+    assert code == 0
+
+
+async def test_rolling_restart_behind_haproxy_answers_every_upload(tmp_path, horde, http, pg_url):
+    from horde_scanner.testing.balancer import Haproxy
+
+    horde.latency = 0.2
+    env = replica_env(pg_url, horde.url, validation__deadline_s="20", server__drain_s="1")
+    replicas = [Replica(env, tmp_path / f"r{i}").start() for i in range(2)]
+    balancer = Haproxy([r.port for r in replicas]).start()
+    scan = f"{balancer.url}/api/v1/scan/test-pictrs"
+    statuses: list[int | str] = []
+    stop = asyncio.Event()
+
+    async def steady(rate: float) -> None:
+        sent, started = 0, time.monotonic()
+        pending = []
+        while not stop.is_set():
+            data = distinct_png(8000 + sent % 40)  # a mix of new images and cache hits
+            pending.append(asyncio.ensure_future(upload(data)))
+            sent += 1
+            await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+        await asyncio.gather(*pending)
+
+    async def upload(data: bytes) -> None:
+        try:
+            statuses.append((await validate_upload(http, scan, data, "image/png")).status)
+        except Exception as exc:  # a refused or reset connection is a failed upload
+            statuses.append(type(exc).__name__)
+
+    try:
+        await asyncio.sleep(1.0)  # both healthy
+        load = asyncio.ensure_future(steady(20.0))
+        await asyncio.sleep(1.0)
+        loop = asyncio.get_running_loop()
+        for i, old in enumerate(replicas):
+            assert await loop.run_in_executor(None, old.terminate, 60) == 0
+            replicas[i] = Replica(env, tmp_path / f"r{i}b", port=old.port).start()
+            # Ready itself, then seen so by the balancer (rise 2 x 200 ms), before the next.
+            await readyz_pids(http, replicas[i].url, 1)
+            await asyncio.sleep(1.5)
+        stop.set()
+        await load
+    finally:
+        balancer.stop()
+        for r in replicas:
+            r.kill()
+    assert len(statuses) > 60
+    failed = [s for s in statuses if s != 200]
+    assert failed == []

@@ -1,0 +1,432 @@
+"""The store contract: every store implementation (SQLite file, PostgreSQL server) behaves the
+same through the store interface and through the modules that keep tables in it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from horde_scanner.hashlists.format import HashEntry
+from horde_scanner.hashlists.store import LOCAL, VERDICT, HashStore
+from horde_scanner.media.hashing import PdqHash
+from horde_scanner.review.decisions import Review, VerdictFilter
+from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.store.sqlite import _MIGRATIONS, Store, StoreError
+from horde_scanner.sweep.records import FileRecord, ScanRecords
+from horde_scanner.verdict import Label, Verdict
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+PDQ1 = "f" * 64
+PDQ2 = "0" * 63 + "1"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def store(store_url):
+    s = await Store.open(store_url)
+    yield s
+    await s.close()
+
+
+def verdict(label: Label = Label.CLEAN, backend: str = "mock", **kw) -> Verdict:
+    return Verdict(label=label, reasons=[f"{label.value} because"], backend=backend, **kw)
+
+
+async def test_verdicts_round_trip_and_upsert(store: Store) -> None:
+    assert await store.get_verdict(A) is None
+    await store.put_verdict(A, verdict(), media_type="image/png", size=10, source="upload:x")
+    await store.put_verdict(A, verdict(Label.NSFW), size=None, source="sweep:y")
+    got = await store.get_verdict(A)
+    assert got is not None
+    assert got.verdict.label is Label.NSFW
+    assert got.verdict.reasons == ["nsfw because"]
+    # Known facts are kept when a later write lacks them; the first source stays.
+    assert (got.media_type, got.size, got.source) == ("image/png", 10, "upload:x")
+    await store.put_verdict(B, verdict(Label.CSAM))
+    assert await store.count_verdicts() == {"nsfw": 1, "csam": 1}
+    only_csam = [v.sha256 async for v in store.iter_verdicts(labels=[Label.CSAM])]
+    assert only_csam == [B]
+    newest = [v.sha256 async for v in store.iter_verdicts(limit=1)]
+    assert newest == [B]
+    assert [v async for v in store.iter_verdicts(since=time.time() + 60)] == []
+
+
+async def test_lists(store: Store) -> None:
+    await store.set_list(A, "allow", note="fp", by="admin")
+    await store.set_list(B, "deny")
+    await store.set_list(A, "deny", note="changed my mind", by="admin2")
+    assert await store.list_kind(A) == "deny"
+    assert [row[0] async for row in store.iter_list("deny")] == [B, A]
+    assert await store.remove_list(A) is True
+    assert await store.remove_list(A) is False
+    assert await store.list_kind(A) is None
+
+
+async def test_audit_is_buffered_then_kept_in_order(store: Store) -> None:
+    for i in range(3):
+        await store.audit("judged", sha256=A, label="clean", detail={"i": i})
+    trail = await store.audit_trail(A)
+    assert [r.detail["i"] for r in trail] == [0, 1, 2]
+    assert trail[0].id < trail[1].id < trail[2].id
+
+
+async def test_jobs_lifecycle(store: Store) -> None:
+    assert await store.add_job(A, b"\x00bytes", media_type="image/png", size=6, source="s")
+    assert not await store.add_job(A, b"other", media_type=None, size=None, source=None)
+    assert await store.count_jobs() == 1
+    await store.set_job_answers({A: "accept"})
+    await store.set_job_answers({A: "reject"})  # an accept is never overwritten
+    claimed = await store.claim_jobs(10)
+    assert [(j.sha256, j.payload, j.answered) for j in claimed] == [(A, b"\x00bytes", "accept")]
+    assert await store.claim_jobs(10) == []
+    await store.retry_job(A, delay_s=60, error="busy")
+    assert await store.claim_jobs(10) == []
+    next_at = await store.next_job_time()
+    assert next_at is not None and next_at > time.time() + 30
+    assert await store.finish_job(A) == "accept"
+    assert await store.count_jobs() == 0
+    assert await store.finish_job(A) is None
+
+
+async def test_released_jobs_can_be_claimed_again(store: Store) -> None:
+    await store.add_job(A, b"x", media_type=None, size=None, source=None)
+    assert len(await store.claim_jobs(1)) == 1
+    await store.release_jobs([A])
+    again = await store.claim_jobs(1)
+    assert [j.sha256 for j in again] == [A]
+
+
+async def test_late_positives(store: Store) -> None:
+    await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "no api key"})
+    await store.record_late_positive(A, Label.CSAM, "purged", {"aliases": 2})
+    [row] = await store.late_positives()
+    assert (row["sha256"], row["enforcement"], row["detail"]) == (A, "purged", {"aliases": 2})
+
+
+async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
+    async with await Store.open(store_url) as s:
+        await s.put_verdict(A, verdict())
+    async with await Store.open(store_url) as s:
+        assert (await s.get_verdict(A)) is not None
+        rows = await s.db.execute_fetchall("SELECT name FROM schema_migrations ORDER BY name")
+        assert [r[0] for r in rows] == sorted(name for name, _ in _MIGRATIONS)
+
+
+async def test_newer_schema_is_refused(store_url: str) -> None:
+    async with await Store.open(store_url) as s:
+        await s.db.execute("INSERT INTO schema_migrations VALUES ('9999-future', 0)")
+    with pytest.raises(StoreError, match="newer horde-scanner"):
+        await Store.open(store_url)
+
+
+# -- modules that keep tables in the store ------------------------------------------------------
+
+
+async def test_hash_store(store: Store) -> None:
+    hashes = HashStore(store)
+    g0 = await hashes.generation()
+    added = await hashes.add_entries(
+        LOCAL,
+        [HashEntry("pdq", PDQ1, first_seen=50.0), HashEntry("sha256", C, first_seen=None)],
+    )
+    assert added == 2
+    await hashes.add_entries(LOCAL, [HashEntry("pdq", PDQ1, first_seen=20.0, note="older")])
+    [entry] = [e for e in await hashes.all_entries() if e.entry.signal == "pdq"]
+    assert (entry.entry.first_seen, entry.entry.note) == (20.0, "older")
+    g1 = await hashes.generation()
+    assert g1 > g0
+    # A positive a backend gave bumps the generation (trigger) and joins the index.
+    await hashes.save_pdq(A, [PdqHash(PDQ2, 100, 0)])
+    await hashes.save_pdq(A, [PdqHash(PDQ2, 90, 0)])  # same frame: replaced
+    await store.put_verdict(A, verdict(Label.CSAM, backend="horde"))
+    g2 = await hashes.generation()
+    assert g2 > g1
+    rows = [(v, o) async for values, origins in hashes.index_rows(50) for v, o in
+            zip(values, origins, strict=True)]  # fmt: skip
+    assert sorted(rows) == sorted([(PDQ1, LOCAL), (PDQ2, VERDICT)])
+    assert [p.quality for p in await hashes.pdq_of(A)] == [90]
+    published = await hashes.published("me", 50, 31)
+    assert {(e.signal, e.value) for e in published} >= {("sha256", A), ("pdq", PDQ2)}
+    # An admin allow overrides the positive and bumps the generation.
+    await store.set_list(A, "allow")
+    assert await hashes.generation() > g2
+    assert PDQ2 in await hashes.allowed_pdq(50)
+    assert ("sha256", A) not in {(e.signal, e.value) for e in await hashes.published("me", 50, 31)}
+    # Replacing an origin writes only the difference.
+    assert await hashes.replace_origin(LOCAL, [HashEntry("sha256", C)]) == 1
+    assert await hashes.remove_entry(LOCAL, "sha256", C) is True
+    assert await hashes.flag(B, "sub", "pdq", PDQ1, 3, "upload") is True
+    assert await hashes.flag(B, "sub", "pdq", PDQ1, 3, "upload") is False
+    assert [f.sha256 for f in await hashes.flags(limit=5)] == [B]
+    await hashes.record_fetch("sub", "http://127.0.0.1/x", status=200, error=None, etag="e1",
+                              entries=5, skipped=1, nbytes=10)  # fmt: skip
+    await hashes.record_fetch("sub", "http://127.0.0.1/x", status=500, error="boom", nbytes=3)
+    sub = await hashes.subscription("sub")
+    assert sub is not None
+    assert (sub.etag, sub.entries, sub.last_status, sub.bytes_fetched) == ("e1", 5, 500, 13)
+
+
+async def test_scan_records(store: Store) -> None:
+    records = ScanRecords(store)
+    await records.put_files(
+        [FileRecord("local:/srv", f"f{i}", 10 + i, 1.5, "judged", A if i == 0 else B,
+                    "image/png", "csam" if i == 0 else "clean", ["r"], 2.0) for i in range(3)]
+    )  # fmt: skip
+    got = await records.get_files("local:/srv", ["f0", "f1", "missing"])
+    assert sorted(got) == ["f0", "f1"] and got["f0"].reasons == ["r"]
+    assert [r.identifier for r in await records.unacted_positives(["csam"], since=None,
+                                                                   source=None)] == ["f0"]
+    run = await records.start_run("local:/srv", "report", follow=False)
+    run.cursor = "f1"
+    await records.save_run(run, {"judged": 2})
+    again = await records.unfinished_run("local:/srv")
+    assert again is not None and again.cursor == "f1"
+    row, fresh = await records.begin_action(
+        source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
+        action="quarantine", label="csam", reasons=["r"],
+    )  # fmt: skip
+    assert fresh
+    _, fresh_again = await records.begin_action(
+        source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
+        action="quarantine", label="csam", reasons=["r"],
+    )  # fmt: skip
+    assert not fresh_again  # started: a run that died mid-action completes it
+    await records.end_action(row.id, "done", location="q/f0", detail={})
+    assert await records.quarantined_among([A, B]) == {A}
+    assert await records.quarantine_counts() == {"done": 1}
+    where = await records.locations([A])
+    assert where[A][0]["location"] == "q/f0"
+
+
+async def test_quarantine_and_review(store: Store, tmp_path) -> None:
+    quarantine = Quarantine(store, tmp_path / "q")
+    item = await quarantine.admit_bytes(A, b"held bytes", origin="upload", identifier="x")
+    assert item.id > 0
+    assert await quarantine.held_among([A, B]) == {A}
+    assert await quarantine.counts() == {"held": 1}
+    for sha, label in ((A, Label.CSAM), (B, Label.NSFW), (C, Label.CLEAN)):
+        await store.put_verdict(sha, verdict(label), source="upload:Case")
+    judge = SimpleNamespace(policy=SimpleNamespace(version="test"))
+    review = Review(store, judge=judge, quarantine=quarantine)  # type: ignore[arg-type]
+    found = await review.search(VerdictFilter(labels=("csam", "nsfw"), limit=10))
+    assert sorted(v.sha256 for v in found) == [A, B]
+    # Prefix match ignores ASCII case on both stores (SQLite's LIKE does).
+    by_source = await review.search(VerdictFilter(source="upload:case"))
+    assert len(by_source) == 3
+    stats = await review.stats()
+    assert stats["verdicts"] == {"csam": 1, "nsfw": 1, "clean": 1}
+
+
+async def test_bad_store_urls(tmp_path) -> None:
+    with pytest.raises(StoreError, match="unknown store URL scheme"):
+        await Store.open("mysql://127.0.0.1/x")
+    with pytest.raises(StoreError, match="without a path"):
+        await Store.open("sqlite:///")
+
+
+async def test_unreachable_postgresql_is_a_clear_error() -> None:
+    from horde_scanner.testing.net import free_port
+
+    url = f"postgresql://u:secret@127.0.0.1:{free_port()}/db"
+    with pytest.raises(StoreError) as err:
+        await Store.open(url)
+    assert "cannot open store" in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+# -- PostgreSQL: what replicas on one database rely on -------------------------------------------
+
+
+async def test_replicas_claim_disjoint_jobs(pg_url: str) -> None:
+    one, two = await Store.open(pg_url), await Store.open(pg_url)
+    try:
+        for i in range(200):
+            await one.add_job(f"{i:064x}", b"x", media_type=None, size=None, source=None)
+
+        async def drain(s: Store) -> list[str]:
+            taken: list[str] = []
+            while batch := await s.claim_jobs(7):
+                taken += [j.sha256 for j in batch]
+            return taken
+
+        a, b = await asyncio.gather(drain(one), drain(two))
+        assert len(a) + len(b) == 200
+        assert set(a).isdisjoint(b)
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_lapsed_lease_is_taken_over(pg_server) -> None:
+    from horde_scanner.config import StoreSettings
+
+    settings = StoreSettings(url=pg_server.new_database(), job_lease_s=1.0)
+    dead, alive = await Store.open(settings), await Store.open(settings)
+    try:
+        await dead.add_job(A, b"x", media_type=None, size=None, source=None)
+        assert [j.sha256 for j in await dead.claim_jobs(5)] == [A]
+        assert await alive.claim_jobs(5) == []
+        await dead.renew_jobs([A])
+        await asyncio.sleep(0.6)
+        assert await alive.claim_jobs(5) == []  # renewed: still held
+        await asyncio.sleep(1.0)
+        assert [j.sha256 for j in await alive.claim_jobs(5)] == [A]
+    finally:
+        await dead.close()
+        await alive.close()
+
+
+async def test_changes_reach_other_replicas(pg_url: str) -> None:
+    writer, reader = await Store.open(pg_url), await Store.open(pg_url)
+    heard: list[tuple[str, str]] = []
+    mine: list[tuple[str, str]] = []
+    got = asyncio.Event()
+
+    def listen(kind: str, key: str) -> None:
+        heard.append((kind, key))
+        got.set()
+
+    reader.subscribe(listen)
+    writer.subscribe(lambda kind, key: mine.append((kind, key)))
+    try:
+        await writer.set_list(A, "allow")
+        await writer.put_verdict(B, verdict(Label.CSAM, backend="horde"))
+        await writer.add_job(C, b"x", media_type=None, size=None, source=None)
+        deadline = time.monotonic() + 5
+        while len(heard) < 4 and time.monotonic() < deadline:
+            got.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(got.wait(), 1.0)
+        assert {("list", A), ("verdict", B), ("job", C), ("hashes", "")} <= set(heard)
+        assert mine == []  # a process does not hear its own changes
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+
+async def test_processes_starting_together_apply_the_schema_once(store_url: str) -> None:
+    stores = await asyncio.gather(*(Store.open(store_url) for _ in range(4)))
+    try:
+        rows = await stores[0].db.execute_fetchall("SELECT COUNT(*) FROM schema_migrations")
+        assert rows[0][0] == len(_MIGRATIONS)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_turn_goes_to_one_process_per_period(store_url: str) -> None:
+    one, two = await Store.open(store_url), await Store.open(store_url)
+    try:
+        two.holder = "other:1"
+        taken = await asyncio.gather(*(s.take_turn("refresh:x", 0.5) for s in (one, two, one)))
+        assert sorted(taken) == [False, False, True]
+        assert await two.take_turn("refresh:y", 0.5)  # another name, another turn
+        await asyncio.sleep(0.6)
+        assert await two.take_turn("refresh:x", 0.5)  # the period is over
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import aiohttp
+    from aiohttp import web
+
+    from horde_scanner.config import HashesSettings
+    from horde_scanner.hashlists.matcher import HashMatcher
+    from horde_scanner.hashlists.subscribe import Subscriber
+
+    fetches = 0
+
+    async def serve_list(request: web.Request) -> web.Response:
+        nonlocal fetches
+        fetches += 1
+        return web.json_response({"entries": [{"signal": "sha256", "value": A, "label": "csam"}]})
+
+    app = web.Application()
+    app.router.add_get("/list", serve_list)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    settings = HashesSettings(
+        subscriptions=[{"name": "src", "url": f"http://127.0.0.1:{port}/list", "refresh_s": 30}]
+    )
+    stores = [await Store.open(pg_url) for _ in range(3)]
+    executor = ThreadPoolExecutor(2)
+    subscribers = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for s in stores:
+                matcher = HashMatcher(s, settings, executor)
+                subscriber = Subscriber(matcher, settings, session)
+                await subscriber.start()
+                subscribers.append(subscriber)
+            deadline = time.monotonic() + 10
+            hashes = HashStore(stores[0])
+            while not await hashes.sha256_entries(A) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            for subscriber in subscribers:
+                await subscriber.stop()
+        assert [e.origin for e in await hashes.sha256_entries(A)] == ["src"]
+        assert fetches == 1
+    finally:
+        for s in stores:
+            await s.close()
+        executor.shutdown()
+        await runner.cleanup()
+
+
+async def test_own_role_and_database_as_the_readme_creates_them(pg_server) -> None:
+    import subprocess
+
+    from horde_scanner.testing.pg import find_bin
+
+    # The README's one-liner, run against this server instead of Lemmy's container.
+    await asyncio.to_thread(
+        subprocess.run,
+        [find_bin("psql"), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "postgres",
+         "-v", "ON_ERROR_STOP=1",
+         "-c", "CREATE ROLE scanner LOGIN PASSWORD 'change-me'",
+         "-c", "CREATE DATABASE scanner OWNER scanner"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    url = f"postgresql://scanner:change-me@127.0.0.1:{pg_server.port}/scanner"
+    async with await Store.open(url) as store:
+        rows = await store.db.execute_fetchall(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        assert rows[0][0] is False  # the schema steps need no superuser
+        await store.put_verdict(A, verdict(Label.CSAM, backend="horde"))
+        assert await HashStore(store).generation() > 0  # triggers and functions work
+
+
+async def test_kudos_spend_is_kept(store_url: str) -> None:
+    from horde_scanner.backends.kudos import KudosBudget
+
+    async with await Store.open(store_url) as s:
+        budget = KudosBudget(100.0)
+        await budget.attach(s.db)
+        budget.settle(0.0, 12.5)
+        await budget.flush()
+        budget.settle(0.0, 2.5)
+        await budget.flush()
+    async with await Store.open(store_url) as s:
+        again = KudosBudget(100.0)
+        await again.attach(s.db)
+        assert again.spent == 15.0
