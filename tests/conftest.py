@@ -27,3 +27,11 @@ def pg_server():
 def pg_url(pg_server) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return pg_server.new_database()
+
+
+@pytest.fixture
+def readme_role(pg_server):
+    """The README's one-liner makes the role and database `scanner` with fixed names; drop both
+    after the test, so the next test that runs it on this session's server can."""
+    yield "scanner"
+    pg_server.drop_role("scanner")

@@ -392,7 +392,7 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
         await runner.cleanup()
 
 
-async def test_own_role_and_database_as_the_readme_creates_them(pg_server) -> None:
+async def test_own_role_and_database_as_the_readme_creates_them(pg_server, readme_role) -> None:
     import subprocess
 
     from horde_scanner.testing.pg import find_bin

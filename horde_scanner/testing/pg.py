@@ -106,6 +106,12 @@ class PgServer:
         self.psql(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def drop_role(self, name: str) -> None:
+        """Drop a role and the database of the same name: the README's one-liner makes both
+        with fixed names, and more than one test runs it on this session's server."""
+        self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.psql(f"DROP ROLE IF EXISTS {name}")
+
     def stop(self) -> None:
         # pg_ctl, not a signal to our child: as root the child is runuser, which does not pass
         # signals on, and the server would outlive the session.
