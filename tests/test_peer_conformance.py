@@ -51,7 +51,7 @@ def pool_settings(tmp_path: Path, keys: Any = (KEY,), **sections: Any):
 
 
 def marker_is_csam(image: Image.Image) -> bool:
-    """The stand-in for fedi-safety's check_image (CLIP): the colour markers of horde_scanner/testing/images."""
+    """The stand-in for fedi-safety's check_image (CLIP): the colour markers of testing/images.py."""
     signals = colour_marker_signals(image)
     return bool(signals.nsfw and signals.caption and "young" in signals.caption)
 
