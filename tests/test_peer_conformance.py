@@ -51,7 +51,7 @@ def pool_settings(tmp_path: Path, keys: Any = (KEY,), **sections: Any):
 
 
 def marker_is_csam(image: Image.Image) -> bool:
-    """The stand-in for fedi-safety's check_image (CLIP): the colour markers of testing/images.py."""
+    """The stand-in for fedi-safety's check_image (CLIP): testing/images.py's colour markers."""
     signals = colour_marker_signals(image)
     return bool(signals.nsfw and signals.caption and "young" in signals.caption)
 
