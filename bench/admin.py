@@ -24,7 +24,7 @@ import aiohttp
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import load_settings
 from horde_scanner.store.sqlite import Store
-from tests.service import running_service
+from horde_scanner.testing.service import running_service
 
 TOKEN = "bench-admin-token-0123456789"
 LABELS = ["clean"] * 90 + ["nsfw"] * 6 + ["csam"] * 1 + ["unreadable"] * 2 + ["error"] * 1

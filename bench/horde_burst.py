@@ -33,7 +33,7 @@ import aiohttp
 import numpy as np
 
 from bench.common import noisy_jpeg, spawn
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 
 CLIENT = "bench"
 DEADLINE_S = 8.0

@@ -103,7 +103,7 @@ async def bench_validation(n: int, concurrency: int) -> None:
     from horde_scanner.config import load_settings
     from horde_scanner.testing.horde import FakeHorde
     from horde_scanner.testing.pictrs import validate_upload
-    from tests.service import running_service
+    from horde_scanner.testing.service import running_service
 
     bodies = [jpeg(scene(10_000 + i)) for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,9 +150,9 @@ async def bench_tiny_clip(n: int) -> None:
         print("[clip-cpu] skipped: torch not installed (extra [gpu])")
         return
     from horde_scanner.judging.policy import Policy
+    from horde_scanner.testing.tiny_clip import build_tiny_clip
     from local_gpu.backend import LocalClipBackend
     from local_gpu.clip import ClipScorer
-    from tests.tiny_clip import build_tiny_clip
 
     # One intra-op thread: torch's default pool thrashes on a small, shared CPU, and the
     # comparison below needs the same setting on both sides.
@@ -254,8 +254,8 @@ def _random_vit_l(torch):  # type: ignore[no-untyped-def]
     """openai/clip-vit-large-patch14's architecture with random weights and tokenizer."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+    from horde_scanner.testing.tiny_clip import write_tokenizer_files
     from local_gpu.clip import ClipScorer, read_preprocess
-    from tests.tiny_clip import write_tokenizer_files
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab, merges, size = write_tokenizer_files(Path(tmp))

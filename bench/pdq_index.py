@@ -34,9 +34,9 @@ from horde_scanner.hashlists.matcher import HashMatcher
 from horde_scanner.hashlists.store import LOCAL, HashStore
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
-from tests import textures
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 
 def rss_mb() -> float:

@@ -21,12 +21,12 @@ import aiohttp
 from bench.common import noisy_jpeg
 from bench.validate import closed_loop
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing.balancer import Haproxy
 from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.images import distinct_png
+from horde_scanner.testing.pg import PgServer
 from horde_scanner.testing.pictrs import validate_upload
-from tests.balancer import Haproxy
-from tests.pg import PgServer
-from tests.replicas import Replica, replica_env
-from tests.test_replicas import distinct_png
+from horde_scanner.testing.replicas import Replica, replica_env
 
 FAST = {"horde__submits_per_min": "90", "validation__deadline_s": "8"}
 

@@ -34,7 +34,7 @@ from bench.common import (
     rss_mb,
     spawn,
 )
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 
 CLIENT = "bench"
 DEADLINE_S = 8.0

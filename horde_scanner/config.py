@@ -9,6 +9,7 @@ listed in README.md with its default; keep the two in step. Keys of other progra
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from pydantic_settings import (
 )
 
 from horde_scanner.config_keys import check_env, check_toml, is_ours
+from horde_scanner.media.types import DecodeLimits
 from horde_scanner.verdict import Label
 
 ANONYMOUS_HORDE_KEY = "0000000000"
@@ -138,6 +140,12 @@ class MediaSettings(Section):
     max_decode_s: float = Field(5.0, gt=0)
     # Frames this close (difference hash bits of 64, and mean colour) count as one.
     near_duplicate_bits: int = Field(4, ge=0, le=32)
+
+    def limits(self, **override: Any) -> DecodeLimits:
+        """The decoder's limits: every field of this section (DecodeLimits has the same names),
+        with `override` for a caller that needs a different size (the review page's preview)."""
+        names = {f.name for f in dataclasses.fields(DecodeLimits)}
+        return DecodeLimits(**{**{n: getattr(self, n) for n in names}, **override})
 
 
 class HordeSettings(Section):

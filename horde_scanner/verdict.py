@@ -43,11 +43,23 @@ class Signals(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class VerdictRoute(StrEnum):
+    """What a verdict rests on. The store keeps it with the verdict; the hash-list rules read it
+    (a verdict from a hash match never becomes a hash entry itself, and lasts only as long as
+    the entry it rests on)."""
+
+    # A backend's signals through the policy (or a decoder's or a backend's failure).
+    JUDGED = "judged"
+    # A hash-list entry (exact sha256 or PDQ) matched: no backend was asked.
+    MATCH = "match"
+
+
 class Verdict(BaseModel):
     label: Label
     reasons: list[str] = Field(default_factory=list)
     policy_version: str = ""
     backend: str = ""
+    route: VerdictRoute = VerdictRoute.JUDGED
     signals: Signals | None = None
     # Animation or video: the frames whose judgement gave `label` (None for a still image).
     frames: list[int] | None = None

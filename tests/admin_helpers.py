@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.config import Settings
-from tests.service import make_settings
+from horde_scanner.testing.service import make_settings
 
 TOKEN = "test-admin-token-0123456789abcdef"
 # The AI Horde is never contacted in these tests (MockBackend judges); this port refuses.

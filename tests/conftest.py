@@ -16,7 +16,7 @@ async def http():
 @pytest.fixture(scope="session")
 def pg_server():
     """One PostgreSQL server for the session (CI installs it: a missing one fails loudly)."""
-    from tests.pg import PgServer
+    from horde_scanner.testing.pg import PgServer
 
     server = PgServer().start()
     yield server

@@ -12,7 +12,7 @@ import io
 
 from PIL import Image, ImageDraw
 
-from tests.images import COLOURS
+from horde_scanner.testing.images import COLOURS
 
 # Encoders present in PyAV's wheels (checked by tests/test_video.py).
 VIDEO_CODECS = {

@@ -15,7 +15,7 @@ from horde_scanner.judging.frames import FRAMES_KEY
 from horde_scanner.judging.policy import Policy
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
-from horde_scanner.verdict import Label, Signals, Verdict
+from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 OLD_POLICY = Path(__file__).parent / "data" / "policy-2026.11-2.toml"
 DAY = 86400.0
@@ -122,7 +122,9 @@ async def fill(store: Store, old_policy: Policy | None = None) -> dict[str, Case
             await store.audit(case.decision, sha256=case.sha256, action="deny", source=by)
     failed = Verdict(label=Label.ERROR, reasons=["horde: faulted"], backend="horde")
     await store.put_verdict(sha256_hex(b"error"), failed, source="upload:lemmy")
-    matched = Verdict(label=Label.CSAM, reasons=["hash list 'x'"], backend="hashlist")
+    matched = Verdict(
+        label=Label.CSAM, reasons=["hash list 'x'"], backend="hashlist", route=VerdictRoute.MATCH
+    )
     await store.put_verdict(sha256_hex(b"match"), matched, source="upload:lemmy")
     await store.flush_audit()
     return {case.name: case for case in CASES}

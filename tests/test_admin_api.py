@@ -16,11 +16,11 @@ from horde_scanner.cli import main
 from horde_scanner.config import ConfigError
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.service.auth import client_tag
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import CLIENT_ID, make_settings, running_service
 from horde_scanner.verdict import Label, Signals, Verdict
-from tests import images
 from tests.admin_helpers import TOKEN, admin_settings, call
-from tests.service import CLIENT_ID, make_settings, running_service
 
 API = "/api/v1/admin"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from horde_scanner.backends.mock import MockBackend
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 TOKEN = "admin-token-0123456789"
 

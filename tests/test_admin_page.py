@@ -15,10 +15,10 @@ from PIL import Image
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.service.auth import client_tag
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import CLIENT_ID, running_service
 from tests.admin_helpers import TOKEN, admin_settings
-from tests.service import CLIENT_ID, running_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

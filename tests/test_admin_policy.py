@@ -11,12 +11,12 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.judging.policy import Policy
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import running_service
 from horde_scanner.verdict import Signals
-from tests import images
 from tests.admin_helpers import TOKEN, admin_settings, call
 from tests.policy_history import CASES, OLD_POLICY, expected_flips, fill
-from tests.service import running_service
 
 API = "/api/v1/admin"
 BUNDLED = Path(__file__).parents[1] / "horde_scanner" / "data" / "policy.toml"

@@ -7,10 +7,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 
 @pytest.fixture

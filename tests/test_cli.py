@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.media.hashing import sha256_hex
-from tests import images
-from tests.net import free_port, wait_port
+from horde_scanner.testing import images
+from horde_scanner.testing.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,11 +19,11 @@ from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action
 from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import running_service
 from tests.admin_helpers import admin_settings, call
 from tests.scan_helpers import audit_rows, cli, cli_env
-from tests.service import running_service
 
 
 def _paths(tmp_path: Path) -> dict[str, Path]:

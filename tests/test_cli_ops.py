@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
-from tests import images
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 from tests.proc import OnTerminal, cli_env, run
 
 NEVER = 10_000.0  # seconds per form: a Horde that never finishes within a test

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import running_service
 from tests.admin_helpers import TOKEN, admin_settings, call
-from tests.service import running_service
 
 NAMED = "named-secret-Zq81xPq0vLw3"
 UNNAMED = "unnamed-secret-Hh27sWq9Kd1"

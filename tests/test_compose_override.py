@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDE = ROOT / "docker-compose.horde-scanner.yml"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
-from tests import images
-from tests.net import free_port, wait_port
-from tests.pg import find_bin
+from horde_scanner.testing import images
+from horde_scanner.testing.net import free_port, wait_port
+from horde_scanner.testing.pg import find_bin
 from tests.test_compose_override import LEMMY, OVERRIDE, VARS, load, merge
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 import yaml
 
+from horde_scanner.testing import images
+from horde_scanner.testing.net import free_port, wait_port
 from horde_scanner.testing.pictrs import ValidationResult, validate_upload
-from tests import images
-from tests.net import free_port, wait_port
 from tests.test_compose_override import OVERRIDE, VARS, _env_map, load
 
 ROOT = Path(__file__).resolve().parent.parent

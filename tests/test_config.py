@@ -118,3 +118,33 @@ def test_tags_below_confidence_are_ignored():
     strong = Signals(backend="horde", nsfw=True, caption="a drawing", tags={"lolicon": 40.0})
     assert policy.judge(weak).label is Label.NSFW
     assert policy.judge(strong).label is Label.CSAM
+
+
+def test_every_media_option_reaches_the_decoder_s_limits(tmp_path: Path):
+    """[media] and the decoder's limits are one set of names: a TOML value for each option
+    comes out of MediaSettings.limits() (the worker, the preview and the Judge all use it)."""
+    import dataclasses
+
+    from horde_scanner.config import MediaSettings
+    from horde_scanner.media.decode import DecodeLimits
+
+    names = {f.name for f in dataclasses.fields(DecodeLimits)}
+    assert names == set(MediaSettings.model_fields)
+    values = {
+        "max_pixels": 1234567,
+        "backend_max_side": 384,
+        "webp_quality": 61,
+        "max_frames": 5,
+        "max_frame_count": 77,
+        "max_total_pixels": 7654321,
+        "max_decode_s": 2.5,
+        "near_duplicate_bits": 9,
+    }
+    assert set(values) == names
+    toml = tmp_path / "c.toml"
+    toml.write_text("[media]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    limits = load_settings(toml).media.limits()
+    assert dataclasses.asdict(limits) == values
+    # A caller's own size (the review page's preview) overrides one field, keeps the rest.
+    preview = load_settings(toml).media.limits(backend_max_side=256)
+    assert dataclasses.asdict(preview) == {**values, "backend_max_side": 256}

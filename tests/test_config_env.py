@@ -19,7 +19,7 @@ import pytest
 
 from horde_scanner.cli import main as cli_main
 from horde_scanner.config_keys import CLI_ENV_VARS
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 
 CLI = str(Path(sys.executable).with_name("horde-scanner"))
 

@@ -19,9 +19,9 @@ from horde_scanner.hashlists.format import parse
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_hash, sha256_hex
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
-from tests import textures
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 PDQ = "f8f8f0cee0f4a84f06370a32038f67f0b36e2ed596623e1d33e6339c4e9c9b22"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

@@ -15,10 +15,10 @@ from horde_scanner.hashlists.store import LOCAL, HashStore
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_distance, pdq_hash, sha256_hex
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service, wait_for
 from horde_scanner.verdict import Signals
-from tests import textures
-from tests.service import make_settings, running_service, wait_for
 
 TOKEN = "s3cret-list-token"
 

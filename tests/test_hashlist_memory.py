@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20

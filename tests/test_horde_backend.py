@@ -12,8 +12,8 @@ from horde_scanner.backends.base import BackendFailed, BackendUnavailable
 from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.config import HordeSettings
 from horde_scanner.media.decode import DecodeLimits, prepare
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
-from tests import images
 
 
 def settings(url: str, **overrides: object) -> HordeSettings:

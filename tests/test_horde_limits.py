@@ -14,8 +14,8 @@ from horde_scanner.backends.horde import HordeBackend, HordeClient
 from horde_scanner.backends.ratelimit import PathLimiter, SubmitWindow
 from horde_scanner.config import HordeSettings
 from horde_scanner.media.decode import DecodeLimits, prepare
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import ANON_APIKEY, FakeHorde
-from tests import images
 
 
 def settings(url: str, **overrides: object) -> HordeSettings:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.net import free_port
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import make_settings, running_service, wait_for
 from tests.admin_helpers import webhook_sink
-from tests.net import free_port
-from tests.service import make_settings, running_service, wait_for
 from tests.test_metrics import scrape, value
 
 

@@ -13,10 +13,10 @@ from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.backends.kudos import KudosBudget, utc_day
 from horde_scanner.config import HordeSettings
 from horde_scanner.media.decode import DecodeLimits, prepare
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
-from tests.service import make_settings, running_service, wait_for
+from horde_scanner.testing.service import make_settings, running_service, wait_for
 from tests.test_metrics import scrape, value
 
 

@@ -21,9 +21,9 @@ import pytest
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import PRIVATE_NETWORKS
 from horde_scanner.service.auth import ipaddr_allowed
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 DEFAULT = [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import aiohttp
 
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
-from tests.service import make_settings, running_service, wait_for
+from horde_scanner.testing.service import make_settings, running_service, wait_for
 from tests.test_workers import PictrsSafetyWorker, worker_settings
 
 
@@ -82,13 +82,18 @@ async def test_uploads_past_the_deadline_keep_their_horde_request(tmp_path: Path
 
 async def test_background_judgements_at_once(tmp_path: Path):
     """Enough job workers for a burst to be in flight on the Horde at once; local paths
-    alone keep the smaller number they queue well with."""
+    alone keep the smaller number they queue well with. Each backend says so in its contract
+    (backends/base.py `concurrency`), also from inside a router or behind a pre-screen."""
+    from horde_scanner.backends.base import concurrency
     from horde_scanner.backends.horde import HordeBackend
+    from horde_scanner.backends.router import RoutedBackend
     from horde_scanner.backends.workers import WorkerPool
-    from horde_scanner.judging.judge import job_workers
 
     settings = make_settings(tmp_path / "s.db", "http://127.0.0.1:9/api")
-    async with aiohttp.ClientSession() as http:
-        assert job_workers(settings, HordeBackend(settings.horde, http)) == 90
     pool_settings = worker_settings(tmp_path)
-    assert job_workers(pool_settings, WorkerPool(pool_settings.workers)) == 40
+    async with aiohttp.ClientSession() as http:
+        horde = HordeBackend(settings.horde, http)
+        assert concurrency(horde) == 90
+        pool = WorkerPool(pool_settings.workers)
+        assert concurrency(RoutedBackend("hybrid", [pool, horde], 8.0)) == 90
+    assert concurrency(WorkerPool(pool_settings.workers)) == 40

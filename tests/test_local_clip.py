@@ -19,14 +19,14 @@ from horde_scanner.backends.router import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
 from horde_scanner.judging.policy import CLIP_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
+from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.horde import FakeHorde  # noqa: E402
 from horde_scanner.testing.pictrs import validate_upload  # noqa: E402
+from horde_scanner.testing.service import make_settings, running_service  # noqa: E402
+from horde_scanner.testing.tiny_clip import build_tiny_clip  # noqa: E402
 from local_gpu.backend import LocalClipBackend  # noqa: E402
 from local_gpu.clip import ClipScorer, ModelUnavailable  # noqa: E402
 from local_gpu.worker import Worker  # noqa: E402
-from tests import images  # noqa: E402
-from tests.service import make_settings, running_service  # noqa: E402
-from tests.tiny_clip import build_tiny_clip  # noqa: E402
 
 PHRASES = ["a photo of a child", "a nude body", "a photo of an adult woman", "a tree"]
 
@@ -265,3 +265,51 @@ def test_worker_command_reports_bad_arguments(tmp_path: Path):
         ],
     )
     assert result.exit_code == 1 and "not a directory" in result.output
+
+
+async def test_the_worker_command_decodes_with_the_configured_media_limits(
+    tmp_path: Path, tiny_model: Path
+):
+    """`horde-scanner worker` takes every [media] limit from its config (MediaSettings.limits),
+    not defaults: a job over its own pixel limit is answered as an error naming that limit."""
+    import os
+    import subprocess
+    import sys
+
+    settings = make_settings(
+        tmp_path / "s.db",
+        "http://127.0.0.1:9/api",
+        backend={"kind": "local"},
+        local={"in_process": False},
+        workers={"keys": ["gpu-key"]},
+        validation={"deadline_s": 20.0},
+    )
+    env = {
+        **os.environ,
+        "HORDE_SCANNER_MEDIA__MAX_PIXELS": "1000",
+        "HORDE_SCANNER_STORE__PATH": str(tmp_path / "worker.db"),
+    }
+    async with running_service(settings) as svc, aiohttp.ClientSession() as http:
+        command = [
+            sys.executable, "-m", "horde_scanner.cli", "worker", "--server", svc.url,
+            "--key", "gpu-key", "--name", "limits", "--model-dir", str(tiny_model),
+            "--device", "cpu", "--poll-wait", "0.5",
+        ]  # fmt: skip
+        worker = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            pool = svc.services.workers
+            async with asyncio.timeout(120):
+                while not pool.live_workers():
+                    assert worker.returncode is None
+                    await asyncio.sleep(0.1)
+            result = await validate_upload(
+                http, svc.scan_url(), images.jpeg(size=(300, 200), seed=9), "image/jpeg"
+            )
+        finally:
+            worker.terminate()
+            await worker.wait()
+    assert result.body["label"] == "error", result.body
+    (reason,) = result.body["reasons"]
+    assert "could not judge" in reason and "limit of 1000 pixels" in reason

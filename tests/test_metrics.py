@@ -11,11 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import make_settings, running_service
 from tests.admin_helpers import admin_settings
-from tests.service import make_settings, running_service
 
 
 async def scrape(http: aiohttp.ClientSession, base: str, token: str | None = None) -> dict:

@@ -15,10 +15,10 @@ from horde_scanner.config import NotifySettings
 from horde_scanner.integrations.notify import Notifier, load_templates, render
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.service.auth import client_tag
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import CLIENT_ID, running_service
 from tests.admin_helpers import admin_settings, webhook_sink
-from tests.service import CLIENT_ID, running_service
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:

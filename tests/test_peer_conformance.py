@@ -31,9 +31,9 @@ from PIL import Image
 from horde_scanner.backends.mock import colour_marker_signals
 from horde_scanner.config import ConfigError, load_settings
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
-from tests import images
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 KEY = "fedi-safety-key"
 NO_HORDE = "http://127.0.0.1:9/api"  # never contacted with backend.kind=local
@@ -51,7 +51,7 @@ def pool_settings(tmp_path: Path, keys: Any = (KEY,), **sections: Any):
 
 
 def marker_is_csam(image: Image.Image) -> bool:
-    """The stand-in for fedi-safety's check_image (CLIP): the colour markers of tests/images."""
+    """The stand-in for fedi-safety's check_image (CLIP): testing/images.py's colour markers."""
     signals = colour_marker_signals(image)
     return bool(signals.nsfw and signals.caption and "young" in signals.caption)
 

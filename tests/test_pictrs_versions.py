@@ -16,11 +16,11 @@ from horde_scanner.integrations.pictrs import PictrsClient, PictrsError
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.sweep.actions import Action
 from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
-from tests import images
+from horde_scanner.testing.service import make_settings, running_service, wait_for
 from tests.scan_helpers import audit_rows, scan_settings
-from tests.service import make_settings, running_service, wait_for
 
 OLD_PICTRS = "pict-rs has no /internal/hashes"
 

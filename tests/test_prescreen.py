@@ -22,11 +22,11 @@ from horde_scanner.config import ConfigError  # noqa: E402
 from horde_scanner.judging.policy import PRESCREEN_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
 from horde_scanner.media.hashing import sha256_hex  # noqa: E402
+from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.horde import FakeHorde  # noqa: E402
 from horde_scanner.testing.pictrs import validate_upload  # noqa: E402
+from horde_scanner.testing.service import make_settings, running_service  # noqa: E402
 from horde_scanner.verdict import Label  # noqa: E402
-from tests import images  # noqa: E402
-from tests.service import make_settings, running_service  # noqa: E402
 
 
 @pytest.fixture(scope="module")

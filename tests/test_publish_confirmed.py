@@ -11,10 +11,10 @@ from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.hashlists.format import parse
+from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service
 from horde_scanner.verdict import Label, Signals, Verdict
-from tests import textures
-from tests.service import make_settings, running_service
 
 ADMIN = "admin-token-0123456789"
 LIST_TOKEN = "list-token-0123456789"

@@ -19,10 +19,10 @@ from horde_scanner.config import Settings
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.sweep.actions import Action
 from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import running_service
 from tests.admin_helpers import TOKEN, admin_settings, call
-from tests.service import running_service
 
 API = "/api/v1/admin"
 
@@ -33,13 +33,15 @@ async def http():
         yield session
 
 
-async def _swept(tmp_path: Path, **admin: Any) -> tuple[Settings, Path, bytes, str, Path]:
+async def _swept(
+    tmp_path: Path, red: bytes | None = None, **admin: Any
+) -> tuple[Settings, Path, bytes, str, Path]:
     """A pict-rs-like tree with one red positive and one clean file, swept with quarantine."""
     settings = admin_settings(
         tmp_path, admin=admin, scan={"quarantine_path": tmp_path / "sweep-q", "concurrency": 2}
     )
     files = tmp_path / "pictrs" / "files"
-    red = images.jpeg("red", size=(300, 200), seed=70)
+    red = red or images.jpeg("red", size=(300, 200), seed=70)
     original = files / "ab" / "cd" / "red.jpg"
     original.parent.mkdir(parents=True)
     original.write_bytes(red)
@@ -151,3 +153,35 @@ async def test_page_preview_of_a_local_sweep_quarantined_file(tmp_path: Path):
         async with page.get(f"{svc.url}/admin/preview/{sha}") as resp:
             assert resp.status == 404
             assert (await resp.json())["error"] == "not_in_quarantine"
+
+
+async def test_page_preview_decodes_with_every_media_limit(tmp_path: Path):
+    """The preview decodes a held file under all of [media]'s limits, not just two: an
+    animation with more frames than media.max_frame_count is refused, as a sweep would."""
+    from tests import media_files as mf
+
+    gif = mf.animation(mf.frames("red", count=6))
+    settings, _, _, sha, _ = await _swept(tmp_path, gif, previews=True)
+    strict = settings.model_copy(
+        update={"media": settings.media.model_copy(update={"max_frame_count": 3})}
+    )
+    for config, status in ((settings, 200), (strict, 422)):
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with (
+            running_service(config, backend=MockBackend()) as svc,
+            aiohttp.ClientSession(cookie_jar=jar) as page,
+        ):
+            async with page.post(f"{svc.url}/admin/login",
+                                 data={"token": TOKEN, "name": "carol"}) as resp:  # fmt: skip
+                html = await resp.text()
+            match = re.search(r'name="csrf" value="([^"]+)"', html)
+            assert match
+            async with page.post(f"{svc.url}/admin/previews",
+                                 data={"csrf": match.group(1), "on": "1"}) as resp:  # fmt: skip
+                assert resp.status == 200
+            async with page.get(f"{svc.url}/admin/preview/{sha}") as resp:
+                assert resp.status == status
+                if status == 422:
+                    body = await resp.json()
+                    assert body["error"] == "unreadable"
+                    assert "6 frames exceed the limit of 3" in body["detail"]

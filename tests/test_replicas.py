@@ -9,10 +9,11 @@ import pytest
 
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.images import distinct_png
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
-from tests.replicas import ADMIN_TOKEN, Replica, replica_env
+from horde_scanner.testing.replicas import ADMIN_TOKEN, Replica, replica_env
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,11 +41,6 @@ def replicas(tmp_path, pg_url, horde):
     yield start
     for replica in started:
         replica.kill()
-
-
-def distinct_png(seed: int) -> bytes:
-    # PNG: JPEG's chroma subsampling can make a few changed pixels vanish (equal bytes).
-    return images.encode(images.image("green", seed=seed), "PNG")
 
 
 async def verdict_count(pg_url: str) -> tuple[int, int]:

@@ -15,11 +15,11 @@ from horde_scanner.backends.router import RoutedBackend, build_backend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import ConfigError
 from horde_scanner.media.decode import DecodeLimits, prepare
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service
 from horde_scanner.verdict import Signals
-from tests import images
-from tests.service import make_settings, running_service
 
 KEY = "k"
 

@@ -17,13 +17,13 @@ from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.runtime import open_runtime
 from horde_scanner.sweep.actions import Action
 from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
+from horde_scanner.testing.service import running_service
 from tests.admin_helpers import admin_settings, call, webhook_sink
 from tests.scan_helpers import cli, cli_env
 from tests.scan_trees import pictrs_tree
-from tests.service import running_service
 from tests.test_metrics import scrape, value
 
 API = "/api/v1/admin"

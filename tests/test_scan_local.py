@@ -24,9 +24,9 @@ from horde_scanner.sweep.local import LocalSource
 from horde_scanner.sweep.records import ScanRecords
 from horde_scanner.sweep.runner import FOLLOW_SLACK_S
 from horde_scanner.sweep.source import Denied, Entry, ItemError
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, new_identifier
-from tests import images
 from tests.scan_helpers import action_rows, audit_rows, cli, cli_env, scan_settings
 from tests.scan_trees import pictrs_tree, v7_time
 

@@ -10,7 +10,7 @@ import pytest
 
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests.replicas import Replica, replica_env
+from horde_scanner.testing.replicas import Replica, replica_env
 from tests.test_replicas import distinct_png
 
 pytestmark = pytest.mark.timeout(180)
@@ -102,7 +102,7 @@ async def test_processes_share_the_port_and_the_work(kind, tmp_path, horde, http
 
 
 async def test_rolling_restart_behind_haproxy_answers_every_upload(tmp_path, horde, http, pg_url):
-    from tests.balancer import Haproxy
+    from horde_scanner.testing.balancer import Haproxy
 
     horde.latency = 0.2
     env = replica_env(pg_url, horde.url, validation__deadline_s="20", server__drain_s="1")

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
-from tests.service import CLIENT_ID, make_settings, running_service, wait_for
+from horde_scanner.testing.service import CLIENT_ID, make_settings, running_service, wait_for
 
 SLOW = 128
 

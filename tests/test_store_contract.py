@@ -243,7 +243,7 @@ async def test_bad_store_urls(tmp_path) -> None:
 
 
 async def test_unreachable_postgresql_is_a_clear_error() -> None:
-    from tests.net import free_port
+    from horde_scanner.testing.net import free_port
 
     url = f"postgresql://u:secret@127.0.0.1:{free_port()}/db"
     with pytest.raises(StoreError) as err:
@@ -403,7 +403,7 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
 async def test_own_role_and_database_as_the_readme_creates_them(pg_server, readme_role) -> None:
     import subprocess
 
-    from tests.pg import find_bin
+    from horde_scanner.testing.pg import find_bin
 
     # The README's one-liner, run against this server instead of Lemmy's container.
     await asyncio.to_thread(

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.hashlists.format import HashEntry, dump_json, parse
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 GOOD = [HashEntry("sha256", "ab" * 32), HashEntry("sha256", "cd" * 32)]
 SECRET = "hunter2-words-of-the-source"

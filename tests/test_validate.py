@@ -10,11 +10,11 @@ import pytest
 
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
+from horde_scanner.testing.service import make_settings, running_service, wait_for
 from horde_scanner.verdict import Label, Signals, Verdict
-from tests import images
-from tests.service import make_settings, running_service, wait_for
 
 
 @pytest.fixture

@@ -24,13 +24,13 @@ from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, decode, pr
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.app import run_scan
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service
 from horde_scanner.verdict import Label
-from tests import images
 from tests import media_files as mf
 from tests.scan_helpers import scan_settings
-from tests.service import make_settings, running_service
 
 MARKED = 6  # the one red frame of twelve
 

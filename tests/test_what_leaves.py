@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
-from tests import images
-from tests.service import make_settings, running_service
+from horde_scanner.testing.service import make_settings, running_service
 
 
 async def test_only_a_512px_webp_and_the_forms_go_to_the_horde(tmp_path: Path, http):

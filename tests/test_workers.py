@@ -15,10 +15,10 @@ from PIL import Image
 
 from horde_scanner.backends.mock import colour_marker_signals
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.service import make_settings, running_service
 from horde_scanner.verdict import Label
-from tests import images
-from tests.service import make_settings, running_service
 
 KEY = "worker-secret"
 NO_HORDE = "http://127.0.0.1:9/api"  # never contacted with backend.kind=local

@@ -18,6 +18,12 @@ A Backend turns one decoded image into Signals. Its contract:
   of frames. Any other backend sees one frame per `judge` call: callers go through
   `judge_image()`, which splits a multi-frame image and combines the answers.
 - `readiness()` answers quickly, without sending work, whether the backend can take work.
+- `concurrency` (optional attribute): how many `judge` calls it keeps busy at once. The Judge
+  runs as many background judgements as the largest number declared by the paths inside its
+  backend (`concurrency()`); a backend that queues its own work need not declare one.
+- A backend that cleared an image cheaply (without its full judgement, like the CPU
+  pre-screen) marks its Signals with `mark_screen(..., CLEARED)`; callers ask `cleared()` to
+  decide on a second opinion, whoever set it.
 
 `MockBackend` (mock.py) is the in-process implementation for tests and benchmarks.
 """
@@ -32,6 +38,14 @@ from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
+
+# Judgements at once when no path inside a backend declares `concurrency`: local paths queue
+# their own work (a worker pool refuses new images beyond workers.max_queue).
+DEFAULT_CONCURRENCY = 40
+# Signals.extra[SCREEN_KEY]: what a cheap screening path did with the image.
+SCREEN_KEY = "prescreen"
+CLEARED = "cleared"
+PASSED_ON = "passed_on"
 
 
 class BackendUnavailable(Exception):
@@ -63,6 +77,26 @@ class Backend(Protocol):
     def readiness(self) -> Readiness: ...
 
     async def aclose(self) -> None: ...
+
+
+def concurrency(backend: Backend) -> int:
+    """Judgements worth running at once behind `backend`: the most any of its paths declares."""
+    declared = [
+        value
+        for b in iter_backends(backend)
+        if isinstance(value := getattr(b, "concurrency", None), int) and value > 0
+    ]
+    return max(declared, default=DEFAULT_CONCURRENCY)
+
+
+def mark_screen(signals: Signals, outcome: str) -> Signals:
+    """`signals` marked with what a screening path did (CLEARED or PASSED_ON)."""
+    return signals.model_copy(update={"extra": {**signals.extra, SCREEN_KEY: outcome}})
+
+
+def cleared(signals: Signals) -> bool:
+    """A screening path cleared the image without the full judgement."""
+    return signals.extra.get(SCREEN_KEY) == CLEARED
 
 
 def describe_paths(backend: Backend) -> list[Readiness]:

@@ -290,6 +290,8 @@ class HordeBackend:
         self.pack_side = 512
         self.client = client or HordeClient(settings, session)
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
+        # The contract's concurrency (base.py): a burst of new images all in flight at once.
+        self.concurrency = settings.max_in_flight
         self._paused_until = 0.0
         self._pause_reason = ""
         self._fatal: str | None = None

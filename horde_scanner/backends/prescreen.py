@@ -20,11 +20,15 @@ from typing import Protocol
 from PIL import Image
 
 from horde_scanner.backends.base import (
+    CLEARED,
+    PASSED_ON,
+    SCREEN_KEY,
     Backend,
     BackendUnavailable,
     Readiness,
     describe_paths,
     judge_image,
+    mark_screen,
 )
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.judging.policy import PRESCREEN_PREFIX, PrescreenRules
@@ -33,9 +37,8 @@ from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
 
-# Signals.extra["prescreen"]: what the pre-screen did with the image.
-CLEARED = "cleared"
-PASSED_ON = "passed_on"
+# What the pre-screen did with an image is marked as the backend contract says (base.py):
+# CLEARED (a second opinion may be asked) or PASSED_ON.
 
 
 class Detector(Protocol):
@@ -108,18 +111,18 @@ class PrescreenBackend:
                 flagged.append((frame, scores))
             else:
                 cleared = Signals(
-                    backend=self.name, nsfw=False, scores=scores, extra={"prescreen": CLEARED}
+                    backend=self.name, nsfw=False, scores=scores, extra={SCREEN_KEY: CLEARED}
                 )
                 parts.append(([frame], cleared))
         if not flagged:
             self.cleared += 1
             combined = framesignals.combine(self.name, parts)
-            return combined.model_copy(update={"extra": {**combined.extra, "prescreen": CLEARED}})
+            return mark_screen(combined, CLEARED)
         self.passed_on += 1
         scores_of = {frame.index: scores for frame, scores in flagged}
         if self.next is None:
             parts += [
-                ([f], Signals(backend=self.name, scores=s, extra={"prescreen": PASSED_ON}))
+                ([f], Signals(backend=self.name, scores=s, extra={SCREEN_KEY: PASSED_ON}))
                 for f, s in flagged
             ]
         else:
@@ -135,7 +138,7 @@ class PrescreenBackend:
                         merged[name] = max(value, merged.get(name, 0.0))
                 parts.append((frames, merge_prescreen(signals, merged)))
         combined = framesignals.combine(self.name, parts)
-        return combined.model_copy(update={"extra": {**combined.extra, "prescreen": PASSED_ON}})
+        return mark_screen(combined, PASSED_ON)
 
     async def judge(self, image: PreparedImage) -> Signals:
         if image.animated:
@@ -144,14 +147,14 @@ class PrescreenBackend:
         if scores is not None and not self.rules.hits(scores):
             self.cleared += 1
             return Signals(
-                backend=self.name, nsfw=False, scores=scores, extra={"prescreen": CLEARED}
+                backend=self.name, nsfw=False, scores=scores, extra={SCREEN_KEY: CLEARED}
             )
         if self.next is None:
             if scores is None:
                 raise BackendUnavailable("pre-screen saturated", retry_after_s=1.0)
             # Nothing to ask: the detector's hits alone make it sexual content (never CSAM).
             self.passed_on += 1
-            return Signals(backend=self.name, scores=scores, extra={"prescreen": PASSED_ON})
+            return Signals(backend=self.name, scores=scores, extra={SCREEN_KEY: PASSED_ON})
         self.passed_on += 1
         signals = await judge_image(self.next, image)
         return merge_prescreen(signals, scores)
@@ -186,6 +189,6 @@ def merge_prescreen(signals: Signals, scores: dict[str, float] | None) -> Signal
     return signals.model_copy(
         update={
             "scores": {**scores, **signals.scores},
-            "extra": {**signals.extra, "prescreen": PASSED_ON},
+            "extra": {**signals.extra, SCREEN_KEY: PASSED_ON},
         }
     )

@@ -6,7 +6,7 @@
     auto    `local` when this process sees a CUDA GPU or a worker pool is configured, else `horde`
 
 With `prescreen.enabled`, the CPU nudity pre-screen sits in front of whatever was chosen.
-local_gpu/ (torch) is imported only when in-process CLIP is wanted.
+local_gpu/ (torch) is loaded, through plugins.py, only when in-process CLIP is wanted.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 
 import aiohttp
 
+from horde_scanner.backends import plugins
 from horde_scanner.backends.base import (
     Backend,
     BackendFailed,
@@ -133,23 +134,18 @@ def _clip_wanted(settings: Settings, kind: BackendKind, pool: WorkerPool | None)
     wanted = settings.local.in_process
     if wanted is not None:
         return wanted
-    import local_gpu
-
-    if not local_gpu.torch_installed():
+    if not plugins.torch_installed():
         return False
-    if local_gpu.cuda_available():
+    if plugins.cuda_available():
         return True
     # No GPU: CPU inference only when the admin asked for local judging and nothing else can.
     return kind is BackendKind.LOCAL and pool is None
 
 
 def _clip_backend(settings: Settings, policy: Policy) -> Backend:
-    from local_gpu.backend import LocalClipBackend
-    from local_gpu.clip import ModelUnavailable
-
     try:
-        return LocalClipBackend.from_settings(settings.local, policy.clip.phrases)
-    except ModelUnavailable as exc:
+        return plugins.local_clip_backend(settings.local, policy.clip.phrases)
+    except plugins.PluginUnavailable as exc:
         raise ConfigError(f"local: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"policy [clip]: {exc}") from None

@@ -66,46 +66,34 @@ def worker(
     local = settings.local.model_copy(
         update={k: v for k, v in {"model_dir": model_dir, "device": device}.items() if v}
     )
-    try:
-        from local_gpu.backend import LocalClipBackend
-        from local_gpu.clip import ModelUnavailable
-        from local_gpu.worker import Worker, WorkerError
-    except ImportError as exc:
-        raise click.ClickException(
-            f"the worker needs the [gpu] extra ({exc.name} is missing): "
-            "pip install -c constraints.txt 'horde-scanner[gpu]'"
-        ) from None
+    from horde_scanner.backends import plugins
+    from horde_scanner.backends.base import Backend
     from horde_scanner.judging.policy import Policy
-    from horde_scanner.media.decode import DecodeLimits
     from horde_scanner.runtime import open_runtime
 
     async def go() -> None:
         async with open_runtime(settings) as rt:
             policy = rt.policy()
             try:
-                backend = LocalClipBackend.from_settings(local, policy.clip.phrases)
-            except ModelUnavailable as exc:
+                backend = plugins.local_clip_backend(local, policy.clip.phrases)
+            except plugins.PluginUnavailable as exc:
                 raise click.ClickException(str(exc)) from None
             rt.on_close(backend.aclose)
             await _work(backend, policy)
 
-    async def _work(backend: LocalClipBackend, policy: Policy) -> None:
-        runner = Worker(
-            server,
-            key,
-            backend,
-            name=name or socket.gethostname(),
-            concurrency=concurrency or local.batch_size,
-            poll_wait_s=poll_wait,
-            limits=DecodeLimits(
-                max_pixels=settings.media.max_pixels,
-                backend_max_side=settings.media.backend_max_side,
-            ),
-            policy=policy,
-        )
+    async def _work(backend: Backend, policy: Policy) -> None:
         try:
-            await runner.run()
-        except WorkerError as exc:
+            await plugins.run_worker(
+                server,
+                key,
+                backend,
+                name=name or socket.gethostname(),
+                concurrency=concurrency or local.batch_size,
+                poll_wait_s=poll_wait,
+                limits=settings.media.limits(),
+                policy=policy,
+            )
+        except plugins.WorkerStopped as exc:
             raise click.ClickException(str(exc)) from None
 
     try:

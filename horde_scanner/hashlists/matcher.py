@@ -35,7 +35,7 @@ from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.timefmt import iso
-from horde_scanner.verdict import Label, Verdict
+from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,19 @@ class Match:
             label=self.label,
             reasons=[self.reason()],
             backend=MATCH_BACKEND,
+            route=VerdictRoute.MATCH,
             policy_version=policy_version,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """What the lists say now about a verdict stored earlier."""
+
+    # A deny entry matches the image now: this verdict replaces the stored one.
+    verdict: Verdict | None = None
+    # The stored verdict rested on a hash entry that is gone: judge the image afresh.
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +261,39 @@ class HashMatcher:
         """Match an image judged before by the PDQ kept with its verdict (no decoding)."""
         return await self.match_image(await self.hashes.pdq_of(sha256))
 
+    async def recheck(self, sha256: str, verdict: Verdict, policy_version: str) -> Recheck:
+        """A stored verdict against today's lists. A deny entry may have arrived since the
+        image was judged (its PDQ is kept); a verdict that rested on a hash entry lasts only
+        as long as the entry (an admin allow, or a source that dropped it). A csam verdict a
+        backend gave needs no look."""
+        from_list = is_match(verdict)
+        if verdict.label is Label.CSAM and not from_list:
+            return Recheck()
+        match = await self.match_stored(sha256)
+        if match is not None and match.rejects:
+            return Recheck(verdict=match.verdict(policy_version))
+        return Recheck(stale=from_list)
+
+    async def judge_hashes(
+        self,
+        sha256: str,
+        hashes: Sequence[PdqHash],
+        hits: Sequence[Hit],
+        source: str | None,
+        policy_version: str,
+    ) -> Verdict | None:
+        """A newly decoded image: keep its PDQ, then the verdict a deny entry (exact sha256 or
+        PDQ hit) gives it, or None to judge it as usual (a review source's match is flagged)."""
+        await self.save(sha256, hashes)
+        matches = [await self.match_sha256(sha256), await self.resolve(hits)]
+        for match in matches:
+            if match is not None and match.rejects:
+                return match.verdict(policy_version)
+        for match in matches:
+            if match is not None:
+                await self.flag(sha256, match, source)
+        return None
+
     def _pick(self, entries: Sequence[SourcedEntry], trust: int) -> SourcedEntry | None:
         for entry in entries:
             if self._trust.get(entry.origin) == trust:
@@ -264,7 +308,7 @@ class HashMatcher:
     async def note_verdict(self, sha256: str, verdict: Verdict) -> bool:
         """A backend found a positive: its PDQ joins the index now, not at the next reload.
         True when the index changed."""
-        if verdict.label is not Label.CSAM or verdict.backend == MATCH_BACKEND:
+        if verdict.label is not Label.CSAM or is_match(verdict):
             return False
         # Of an animation or video, only the frames that carried the finding.
         frames = set(verdict.frames) if verdict.frames else None
@@ -302,6 +346,16 @@ class HashMatcher:
                     "reason": match.reason(),
                 },
             )
+
+
+def is_match(verdict: Verdict) -> bool:
+    """The verdict rests on a hash-list entry, not on a judgement."""
+    return verdict.route is VerdictRoute.MATCH
+
+
+def denies(hits: Sequence[Hit]) -> bool:
+    """A hit of a deny entry among `hits`: the image needs no backend (nor its encoding)."""
+    return any(hit.trust == DENY for hit in hits)
 
 
 def _release_free_memory() -> None:

@@ -31,11 +31,13 @@ from horde_scanner.hashlists.format import HashEntry
 from horde_scanner.hashlists.index import hex_to_words
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.sqlite import Store
+from horde_scanner.verdict import VerdictRoute
 
 LOCAL = "local"  # entries an admin imported
 VERDICT = "verdict"  # this instance's own confirmed positives and deny list
 # Verdicts given by a hash-list match: never evidence on their own (a chain of near-copies
 # would drift away from the original), so they are neither indexed nor published.
+# The backend name a hash-match verdict shows (what it rests on is its route, VerdictRoute.MATCH).
 MATCH_BACKEND = "hashlist"
 _ROWS_PER_BATCH = 5000
 _BULK_CACHE_KIB = 128 * 1024
@@ -125,7 +127,7 @@ class HashStore:
             async with db.execute(query) as cur:
                 while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
                     yield [r[0] for r in rows], [r[1] for r in rows]
-            async with db.execute(_OWN_PDQ, (MATCH_BACKEND, min_quality)) as cur:
+            async with db.execute(_OWN_PDQ, (VerdictRoute.MATCH.value, min_quality)) as cur:
                 while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
                     values = [r[0] for r in rows]
                     yield values, [VERDICT] * len(values)
@@ -169,9 +171,9 @@ class HashStore:
             " CASE WHEN l.kind = 'deny' THEN 'deny list' ELSE 'confirmed positive' END"
             " FROM verdict_pdq p LEFT JOIN verdicts v ON v.sha256 = p.sha256"
             " LEFT JOIN lists l ON l.sha256 = p.sha256 WHERE p.pdq = ?"
-            " AND (l.kind = 'deny' OR (v.label = 'csam' AND v.backend != ?))"
+            " AND (l.kind = 'deny' OR (v.label = 'csam' AND v.route != ?))"
             " AND COALESCE(l.kind, '') != 'allow'",
-            (value, MATCH_BACKEND),
+            (value, VerdictRoute.MATCH.value),
         ) as cur:
             async for r in cur:
                 entry = HashEntry("pdq", value, "csam", "", r[1], r[2])
@@ -212,8 +214,8 @@ class HashStore:
         note = "unreviewed machine verdict"
         async with self._db.execute(
             "SELECT sha256, first_seen, backend, signals FROM verdicts v WHERE label='csam'"
-            " AND backend != ? AND sha256 NOT IN (SELECT sha256 FROM lists)",
-            (MATCH_BACKEND,),
+            " AND route != ? AND sha256 NOT IN (SELECT sha256 FROM lists)",
+            (VerdictRoute.MATCH.value,),
         ) as cur:
             async for r in cur:
                 if _is_evidence(r[3]):
@@ -221,7 +223,8 @@ class HashStore:
                         HashEntry("sha256", r[0], "csam", source, r[1], f"{note} ({r[2]})")
                     )
         first_seen: dict[str, float] = {}
-        async with self._db.execute(_UNREVIEWED_PDQ, (MATCH_BACKEND, min_quality)) as cur:
+        params = (VerdictRoute.MATCH.value, min_quality)
+        async with self._db.execute(_UNREVIEWED_PDQ, params) as cur:
             async for pdq, seen, signals in cur:
                 if _is_evidence(signals):
                     first_seen[pdq] = min(seen, first_seen.get(pdq, seen))
@@ -424,7 +427,7 @@ class HashStore:
 _OWN_PDQ = (
     "SELECT p.pdq FROM verdict_pdq p WHERE p.quality >= ?2"
     " AND p.sha256 NOT IN (SELECT sha256 FROM lists WHERE kind='allow')"
-    " AND (p.sha256 IN (SELECT sha256 FROM verdicts WHERE label='csam' AND backend != ?1)"
+    " AND (p.sha256 IN (SELECT sha256 FROM verdicts WHERE label='csam' AND route != ?1)"
     " OR p.sha256 IN (SELECT sha256 FROM lists WHERE kind='deny'))"
 )
 # PDQ of deny-listed (admin-confirmed) images, with who confirmed and when (the first to).
@@ -442,7 +445,7 @@ _DENIED_PDQ = (
 # one row per image: whether its signals are evidence is decided in Python (_is_evidence).
 _UNREVIEWED_PDQ = (
     "SELECT p.pdq, v.first_seen, v.signals FROM verdict_pdq p JOIN verdicts v"
-    " ON v.sha256 = p.sha256 WHERE p.quality >= ?2 AND v.label = 'csam' AND v.backend != ?1"
+    " ON v.sha256 = p.sha256 WHERE p.quality >= ?2 AND v.label = 'csam' AND v.route != ?1"
     " AND p.sha256 NOT IN (SELECT sha256 FROM lists)"
 )
 

@@ -18,14 +18,18 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 
-from horde_scanner.backends.base import Backend, BackendFailed, describe_paths, judge_image
-from horde_scanner.backends.horde import horde_paths
-from horde_scanner.backends.prescreen import CLEARED
+from horde_scanner.backends.base import (
+    Backend,
+    BackendFailed,
+    cleared,
+    concurrency,
+    describe_paths,
+    judge_image,
+)
 from horde_scanner.backends.recovery import RecoveryWatch
 from horde_scanner.config import Settings
-from horde_scanner.hashlists.index import DENY, Hit
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.hashlists.store import MATCH_BACKEND
+from horde_scanner.hashlists.index import Hit
+from horde_scanner.hashlists.matcher import HashMatcher, denies, is_match
 from horde_scanner.judging.jobs import FinishedHook, JobRunner
 from horde_scanner.judging.policy import Policy
 from horde_scanner.judging.second_opinion import SecondOpinion
@@ -89,7 +93,7 @@ class _Ticket:
     answer: str | None = None
 
     def outcome(self, route: Route, verdict: Verdict | None) -> Outcome:
-        if route is Route.BACKEND and verdict is not None and verdict.backend == MATCH_BACKEND:
+        if route is Route.BACKEND and verdict is not None and is_match(verdict):
             route = Route.MATCH  # a hash-list match made in the job, before any backend call
         return Outcome(self.sha256 or "", route, verdict, self.media_type, self.size)
 
@@ -234,17 +238,14 @@ class Judge:
         if stored is None or stored.verdict.label in (Label.ERROR, Label.UNREADABLE):
             return None
         verdict = stored.verdict
-        from_list = verdict.backend == MATCH_BACKEND
-        if self.hashes is not None and (verdict.label is not Label.CSAM or from_list):
-            # A deny entry may have arrived since this image was judged (its PDQ is kept).
-            match = await self.hashes.match_stored(sha256)
-            if match is not None and match.rejects:
-                verdict = match.verdict(self.policy.version)
-                outcome = Outcome(sha256, Route.MATCH, verdict, stored.media_type, stored.size)
+        if self.hashes is not None:
+            recheck = await self.hashes.recheck(sha256, verdict, self.policy.version)
+            if recheck.verdict is not None:
+                outcome = Outcome(
+                    sha256, Route.MATCH, recheck.verdict, stored.media_type, stored.size
+                )
                 return self._remember(outcome)
-            if from_list:
-                # A verdict that rested on a hash entry lasts only as long as the entry (an
-                # admin allow, or a source that dropped it): otherwise judge the image afresh.
+            if recheck.stale:
                 return None
         if verdict.policy_version != self.policy.version and verdict.signals is not None:
             verdict = self.policy.judge(verdict.signals)
@@ -366,7 +367,7 @@ class Judge:
             log.warning("no PDQ for a %s image: %s", decoded.media_type, exc)
             hashes = []
         hits = self.hashes.search(hashes) if self.hashes is not None else []
-        if any(hit.trust == DENY for hit in hits):
+        if denies(hits):
             return decoded, None, hashes, hits
         return decoded, encode_for_backend(decoded, payload, self._limits), hashes, hits
 
@@ -387,14 +388,11 @@ class Judge:
         except UnreadableMedia as exc:
             return self._unreadable(exc)
         if self.hashes is not None:
-            await self.hashes.save(job.sha256, hashes)
-            matches = [await self.hashes.match_sha256(job.sha256), await self.hashes.resolve(hits)]
-            for match in matches:
-                if match is not None and match.rejects:
-                    return match.verdict(self.policy.version)
-            for match in matches:
-                if match is not None:  # from a `review` source: judge as usual, flag it
-                    await self.hashes.flag(job.sha256, match, job.source)
+            listed = await self.hashes.judge_hashes(
+                job.sha256, hashes, hits, job.source, self.policy.version
+            )
+            if listed is not None:
+                return listed
         if prepared is None:
             try:
                 prepared = await loop.run_in_executor(
@@ -411,7 +409,7 @@ class Judge:
                 backend=self.backend.name,
                 policy_version=self.policy.version,
             )
-        if self.second_opinion is not None and signals.extra.get("prescreen") == CLEARED:
+        if self.second_opinion is not None and cleared(signals):
             self._held[job.sha256] = prepared
         return self.policy.judge(signals)
 
@@ -447,32 +445,6 @@ class Judge:
             await self._extra_hook(job, verdict, answered)
 
 
-def decode_limits(settings: Settings) -> DecodeLimits:
-    return DecodeLimits(
-        max_pixels=settings.media.max_pixels,
-        backend_max_side=settings.media.backend_max_side,
-        webp_quality=settings.media.webp_quality,
-        max_frames=settings.media.max_frames,
-        max_frame_count=settings.media.max_frame_count,
-        max_total_pixels=settings.media.max_total_pixels,
-        max_decode_s=settings.media.max_decode_s,
-        near_duplicate_bits=settings.media.near_duplicate_bits,
-    )
-
-
-# Background judgements at once when no AI Horde path is configured: local paths queue
-# their own work (a worker pool refuses new images beyond workers.max_queue).
-_LOCAL_JOB_WORKERS = 40
-
-
-def job_workers(settings: Settings, backend: Backend) -> int:
-    """Jobs judged at once: enough to keep `horde.max_in_flight` Horde requests going (a
-    burst of new images all in flight before the deadline), fewer for local paths only."""
-    if horde_paths(backend):
-        return settings.horde.max_in_flight
-    return min(settings.horde.max_in_flight, _LOCAL_JOB_WORKERS)
-
-
 def build_judge(
     settings: Settings,
     store: Store,
@@ -490,8 +462,9 @@ def build_judge(
         policy,
         backend,
         executor,
-        limits=decode_limits(settings),
-        workers=job_workers(settings, backend),
+        limits=settings.media.limits(),
+        # Enough for every path behind the backend to be kept busy (its contract says).
+        workers=concurrency(backend),
         cache_size=settings.validation.verdict_cache_size,
         max_attempts=settings.validation.job_max_attempts,
         on_finished=on_finished,

@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from horde_scanner.hashlists.store import MATCH_BACKEND
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.judging.policy import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.timefmt import iso
-from horde_scanner.verdict import Label, Signals, Verdict
+from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 # Rows fetched and judged per trip: large enough that the thread hops cost nothing, small
 # enough that a batch is a few tens of milliseconds of work.
@@ -146,9 +145,9 @@ class _Accumulator:
 
     def add(self, rows: Iterable[Any]) -> None:
         report = self.report
-        for sha, label, reasons_json, signals_json, backend, policy_version, kind, by in rows:
+        for sha, label, reasons_json, signals_json, route, policy_version, kind, by in rows:
             report.examined += 1
-            if backend == MATCH_BACKEND:
+            if route == VerdictRoute.MATCH.value:
                 report.skipped[_SKIP_HASH_LIST] += 1
                 continue
             if not signals_json or label in (Label.UNREADABLE.value, Label.ERROR.value):
@@ -260,7 +259,7 @@ async def run_diff(
         total = int(row[0]) if row else 0
         progress(0, total)
     async with db.execute(
-        "SELECT v.sha256, v.label, v.reasons, v.signals, v.backend, v.policy_version,"
+        "SELECT v.sha256, v.label, v.reasons, v.signals, v.route, v.policy_version,"
         f" l.kind, l.added_by FROM verdicts v LEFT JOIN lists l ON l.sha256 = v.sha256 {where}"
         " ORDER BY v.judged_at DESC",
         params,

@@ -8,12 +8,37 @@ pixels than allowed, before any pixel is decompressed, so a decompression bomb c
 from __future__ import annotations
 
 import io
-import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from PIL import Image, UnidentifiedImageError
+
+from horde_scanner.media.sampling import DecodeBudget, FrameSample, candidate_positions
+from horde_scanner.media.types import (
+    DecodedImage,
+    DecodeLimits,
+    Frame,
+    PreparedImage,
+    UnreadableMedia,
+)
+
+# The types live in types.py (so that video.py needs nothing from here); callers keep
+# importing them from the module that decodes.
+__all__ = [
+    "IMAGE_TYPES",
+    "VIDEO_TYPES",
+    "DecodeLimits",
+    "DecodedImage",
+    "Frame",
+    "PreparedImage",
+    "UnreadableMedia",
+    "candidate_positions",
+    "decode",
+    "encode_for_backend",
+    "encode_webp",
+    "prepare",
+    "sniff",
+]
 
 IMAGE_TYPES = frozenset(
     {
@@ -32,14 +57,6 @@ VIDEO_TYPES = frozenset({"video/mp4", "video/webm", "video/x-matroska", "video/q
 
 _ISO_BMFF_IMAGE_BRANDS = {b"avif", b"avis"}
 _ISO_BMFF_QUICKTIME = {b"qt  "}
-
-
-class UnreadableMedia(Exception):
-    """The bytes cannot be judged (unknown type, corrupt, or over a decode limit)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def sniff(data: bytes) -> str | None:
@@ -72,88 +89,6 @@ def sniff(data: bytes) -> str | None:
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "image/tiff"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeLimits:
-    max_pixels: int = 64_000_000
-    backend_max_side: int = 512
-    webp_quality: int = 85
-    # Frames of an animation or video judged: the first, then spread over the duration.
-    max_frames: int = 8
-    # An animation announcing more frames than this is unreadable (each must be decoded).
-    max_frame_count: int = 5_000
-    # Pixels decoded over all frames of one file (animations decode every frame).
-    max_total_pixels: int = 1_000_000_000
-    # Wall-clock bound on decoding one file, checked between frames.
-    max_decode_s: float = 5.0
-    # Frames whose difference hash differs in at most this many of 64 bits count as the same.
-    near_duplicate_bits: int = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One sampled frame: where it is in the file and its pixels (RGB, <= backend side)."""
-
-    index: int
-    # Presentation time in seconds (None for a still image).
-    time_s: float | None
-    image: Image.Image
-    # The frame as WebP (what the AI Horde is sent); empty until encode_for_backend.
-    webp: bytes = b""
-
-    def label(self) -> str:
-        if self.time_s is None:
-            return f"frame {self.index}"
-        return f"frame {self.index} at {self.time_s:.2f} s"
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedImage:
-    """An image decoded once and reduced to what a backend needs."""
-
-    media_type: str
-    width: int
-    height: int
-    # Frames in the file (1 for a still image; an estimate for some videos).
-    frame_count: int
-    # RGB, longest side <= backend_max_side: the first frame.
-    image: Image.Image
-    # The same pixels as WebP: what a pending job persists and what the AI Horde is sent.
-    webp: bytes
-    # The sample to judge, in file order (one entry for a still image).
-    frames: tuple[Frame, ...] = ()
-
-    @property
-    def animated(self) -> bool:
-        """From an animation or a video (even when one frame is left to judge)."""
-        return bool(self.frames) and self.frames[0].time_s is not None
-
-    def subset(self, frames: Sequence[Frame]) -> PreparedImage:
-        """The same file reduced to some of its sampled frames (the first of them leads)."""
-        first = frames[0]
-        return PreparedImage(
-            self.media_type,
-            self.width,
-            self.height,
-            self.frame_count,
-            first.image,
-            first.webp or self.webp,
-            tuple(frames),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedImage:
-    """Decoded and downscaled, not yet encoded for a backend (enough for hashing)."""
-
-    media_type: str
-    width: int
-    height: int
-    frame_count: int
-    # RGB, longest side <= backend_max_side: the first frame.
-    image: Image.Image
-    frames: tuple[Frame, ...] = ()
 
 
 def prepare(data: bytes, limits: DecodeLimits) -> PreparedImage:
@@ -281,83 +216,6 @@ def _animation_frames(
             sample.offer(index, elapsed_ms / 1000.0, _small(img, limits))
         elapsed_ms += float(img.info.get("duration") or 0)
     return sample.result()
-
-
-def candidate_positions(count: int, max_frames: int) -> list[int]:
-    """Frame numbers worth decoding: evenly spread, first included, four times as many as will
-    be kept so that near-duplicates can be dropped without leaving the sample short."""
-    n = min(count, max(1, max_frames) * 4)
-    if n <= 1:
-        return [0]
-    return sorted({round(i * (count - 1) / (n - 1)) for i in range(n)})
-
-
-class DecodeBudget:
-    """Decode time, checked between frames (one frame is bounded by max_pixels)."""
-
-    def __init__(self, limits: DecodeLimits, media_type: str) -> None:
-        self._limit = limits.max_decode_s
-        self._media_type = media_type
-        self._started = time.monotonic()
-
-    def check(self, index: int) -> None:
-        if time.monotonic() - self._started > self._limit:
-            raise UnreadableMedia(
-                f"{self._media_type}: decoding took longer than {self._limit:g} s "
-                f"(stopped at frame {index})"
-            )
-
-
-class FrameSample:
-    """Candidate frames in file order -> at most max_frames distinct ones, evenly spread."""
-
-    def __init__(self, limits: DecodeLimits) -> None:
-        self._limits = limits
-        self._frames: list[Frame] = []
-        self._sigs: list[tuple[int, tuple[int, ...]]] = []
-
-    def offer(self, index: int, time_s: float | None, image: Image.Image) -> None:
-        sig = signature(image)
-        if any(_near(sig, other, self._limits.near_duplicate_bits) for other in self._sigs):
-            return
-        self._sigs.append(sig)
-        self._frames.append(Frame(index, time_s, image))
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def result(self) -> tuple[Frame, ...]:
-        frames, k = self._frames, max(1, self._limits.max_frames)
-        if len(frames) <= k:
-            return tuple(frames)
-        if k == 1:
-            return (frames[0],)
-        picks = sorted({round(i * (len(frames) - 1) / (k - 1)) for i in range(k)})
-        return tuple(frames[i] for i in picks)
-
-
-# Mean colour may differ this much per channel (0-255) between near-identical frames.
-_COLOUR_TOLERANCE = 12
-
-
-def signature(image: Image.Image) -> tuple[int, tuple[int, ...]]:
-    """A 64-bit difference hash plus the mean colour: the hash alone sees structure only, and
-    would take a red frame for the green one before it."""
-    small = image.convert("RGB").resize((9, 8), Image.Resampling.BILINEAR)
-    px = small.convert("L").tobytes()
-    bits = 0
-    for row in range(8):
-        for col in range(8):
-            bits = (bits << 1) | (px[row * 9 + col] > px[row * 9 + col + 1])
-    rgb = small.tobytes()
-    mean = tuple(sum(rgb[c::3]) // 72 for c in range(3))
-    return bits, mean
-
-
-def _near(a: tuple[int, tuple[int, ...]], b: tuple[int, tuple[int, ...]], bits: int) -> bool:
-    if (a[0] ^ b[0]).bit_count() > bits:
-        return False
-    return all(abs(x - y) <= _COLOUR_TOLERANCE for x, y in zip(a[1], b[1], strict=True))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -16,13 +16,8 @@ import io
 from fractions import Fraction
 from typing import Any
 
-from horde_scanner.media.decode import (
-    DecodeBudget,
-    DecodedImage,
-    DecodeLimits,
-    FrameSample,
-    UnreadableMedia,
-)
+from horde_scanner.media.sampling import DecodeBudget, FrameSample
+from horde_scanner.media.types import DecodedImage, DecodeLimits, UnreadableMedia
 
 # Decoded frames allowed between a keyframe and a sample time (3 s of 30 fps video), and in
 # all for one file: once spent, samples snap to the keyframe before them. About 0.3 s of 720p

@@ -35,7 +35,7 @@ POSITIVE = (Label.CSAM.value, Label.NSFW.value)
 UNSCANNED = (Label.UNREADABLE.value, Label.ERROR.value)
 _VERDICT_COLUMNS = (
     "v.sha256, v.label, v.reasons, v.signals, v.backend, v.policy_version, v.media_type, v.size,"
-    " v.source, v.first_seen, v.judged_at"
+    " v.source, v.first_seen, v.judged_at, v.route"
 )
 
 

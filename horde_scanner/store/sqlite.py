@@ -37,7 +37,7 @@ from typing import Any
 import aiosqlite
 
 from horde_scanner.config import StoreSettings
-from horde_scanner.verdict import Label, Signals, Verdict
+from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,30 @@ _MIGRATIONS: list[tuple[str, str]] = [
         spent REAL NOT NULL,
         updated_at REAL NOT NULL
     );
+    """,
+    ),
+    (
+        # What a verdict rests on (verdict.VerdictRoute) gets a column of its own: hash-list
+        # matches were told apart by their backend name. Rows from a match are marked, and the
+        # triggers of 0500-hashes read the column.
+        "1300-verdict-route",
+        """
+    ALTER TABLE verdicts ADD COLUMN route TEXT NOT NULL DEFAULT 'judged';
+    UPDATE verdicts SET route = 'match' WHERE backend = 'hashlist';
+    DROP TRIGGER hashgen_verdicts_insert;
+    DROP TRIGGER hashgen_verdicts_update;
+    DROP TRIGGER hashgen_verdicts_delete;
+    -- Verdicts given by a hash-list match never enter the index.
+    CREATE TRIGGER hashgen_verdicts_insert AFTER INSERT ON verdicts
+        WHEN NEW.label = 'csam' AND NEW.route != 'match'
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    CREATE TRIGGER hashgen_verdicts_update AFTER UPDATE OF label, route ON verdicts
+        WHEN (OLD.label = 'csam' AND OLD.route != 'match')
+          OR (NEW.label = 'csam' AND NEW.route != 'match')
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
+    CREATE TRIGGER hashgen_verdicts_delete AFTER DELETE ON verdicts
+        WHEN OLD.label = 'csam' AND OLD.route != 'match'
+        BEGIN UPDATE hash_generation SET n = n + 1; END;
     """,
     ),
     (
@@ -544,7 +568,7 @@ class Store:
         # execute_fetchall: one hop to the database thread instead of three (hot path).
         rows = await self._db.execute_fetchall(
             "SELECT sha256, label, reasons, signals, backend, policy_version, media_type, size,"
-            " source, first_seen, judged_at FROM verdicts WHERE sha256=?",
+            " source, first_seen, judged_at, route FROM verdicts WHERE sha256=?",
             (sha256,),
         )
         return _verdict_from_row(next(iter(rows))) if rows else None
@@ -562,9 +586,11 @@ class Store:
         signals = verdict.signals.model_dump_json() if verdict.signals else None
         await self._db.execute(
             "INSERT INTO verdicts (sha256, label, reasons, signals, backend, policy_version,"
-            " media_type, size, source, first_seen, judged_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " media_type, size, source, first_seen, judged_at, route)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(sha256) DO UPDATE SET label=excluded.label, reasons=excluded.reasons,"
             " signals=COALESCE(excluded.signals, verdicts.signals), backend=excluded.backend,"
+            " route=excluded.route,"
             " policy_version=excluded.policy_version,"
             " media_type=COALESCE(excluded.media_type, verdicts.media_type),"
             " size=COALESCE(excluded.size, verdicts.size),"
@@ -581,6 +607,7 @@ class Store:
                 source,
                 now,
                 verdict.judged_at,
+                verdict.route.value,
             ),
         )
 
@@ -593,7 +620,7 @@ class Store:
     ) -> AsyncIterator[StoredVerdict]:
         query = (
             "SELECT sha256, label, reasons, signals, backend, policy_version, media_type, size,"
-            " source, first_seen, judged_at FROM verdicts WHERE 1=1"
+            " source, first_seen, judged_at, route FROM verdicts WHERE 1=1"
         )
         params: list[Any] = []
         label_list = [label.value for label in labels] if labels else []
@@ -811,6 +838,7 @@ def _verdict_from_row(row: Any) -> StoredVerdict:
         reasons=json.loads(row[2]),
         signals=signals,
         backend=row[4],
+        route=VerdictRoute(row[11]),
         policy_version=row[5],
         judged_at=row[10],
     )

@@ -426,9 +426,9 @@ async def preview(request: web.Request) -> web.Response:
         jpeg = await asyncio.to_thread(
             render_preview,
             data,
-            settings.preview_max_side,
+            # Every decode limit of [media] holds here too: a held file is untrusted bytes.
+            svc.settings.media.limits(backend_max_side=settings.preview_max_side),
             settings.preview_blur_radius,
-            svc.settings.media.max_pixels,
         )
     except UnreadableMedia as exc:
         raise RequestError(422, "unreadable", exc.reason) from None
@@ -436,9 +436,10 @@ async def preview(request: web.Request) -> web.Response:
     return web.Response(body=jpeg, content_type="image/jpeg", headers=_HEADERS)
 
 
-def render_preview(data: bytes, max_side: int, blur_radius: float, max_pixels: int) -> bytes:
+def render_preview(data: bytes, limits: DecodeLimits, blur_radius: float) -> bytes:
     """Small, greyscale, blurred JPEG of the first frame. Blocking: run in a thread."""
-    prepared = prepare(data, DecodeLimits(max_pixels=max_pixels, backend_max_side=max_side))
+    max_side = limits.backend_max_side
+    prepared = prepare(data, limits)
     image: Image.Image = prepared.image.convert("L")
     image.thumbnail((max_side, max_side))
     image = image.filter(ImageFilter.GaussianBlur(blur_radius))

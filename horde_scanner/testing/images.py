@@ -54,3 +54,9 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1024)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def distinct_png(seed: int) -> bytes:
+    """A clean image of its own per seed (different bytes, same verdict)."""
+    # PNG: JPEG's chroma subsampling can make a few changed pixels vanish (equal bytes).
+    return encode(image("green", seed=seed), "PNG")

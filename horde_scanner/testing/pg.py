@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 
 
 class PostgresMissing(RuntimeError):

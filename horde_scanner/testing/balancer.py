@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.net import free_port, wait_port
+from horde_scanner.testing.net import free_port, wait_port
 
 _CONFIG = """
 global

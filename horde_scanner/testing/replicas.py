@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.net import free_port, wait_port
-from tests.service import CLIENT_ID
+from horde_scanner.testing.net import free_port, wait_port
+from horde_scanner.testing.service import CLIENT_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "replica-admin-token-0123456789abcdef"

@@ -1,6 +1,6 @@
 """Textured test images for perceptual hashing.
 
-PDQ needs structure: a flat colour marker (tests/images.py) hashes with quality 0. These are
+PDQ needs structure: a flat colour marker (testing/images.py) hashes with quality 0. These are
 1/f ("pink") noise fields, the spectrum of natural photographs, reproducible by seed, in a
 palette that makes the picture clearly red, green or blue on average. `red_is_csam` is a
 backend judge for MockBackend that follows the marker convention for such pictures."""
