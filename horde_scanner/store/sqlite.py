@@ -40,6 +40,9 @@ from horde_scanner.config import StoreSettings
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 log = logging.getLogger(__name__)
+# How long a SQLite statement waits for another process's lock: at start-up, and once open.
+STARTUP_BUSY_S = 60.0
+OPEN_BUSY_MS = 5000
 
 # Named schema steps, applied once each in this order. A concern that needs tables of its own
 # appends a step here with a new name and keeps the queries in its own module (see `db`).
@@ -435,18 +438,21 @@ class Store:
             # after the right message).
             await asyncio.to_thread(_probe_open, path)
         try:
-            db = await aiosqlite.connect(str(path), isolation_level=None)
+            # Processes starting together (server.processes) wait for each other's WAL switch
+            # and schema steps, which take a while on a loaded machine; once open, a query
+            # waits at most OPEN_BUSY_MS for a lock.
+            db = await aiosqlite.connect(str(path), isolation_level=None, timeout=STARTUP_BUSY_S)
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=5000")
             store = cls(db, path)
             try:
                 await store._migrate()
                 # A process that died mid-judgement left these: work to do, not work done.
                 await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+                await db.execute(f"PRAGMA busy_timeout={OPEN_BUSY_MS}")
             except BaseException:
                 await db.close()
                 raise
