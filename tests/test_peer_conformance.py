@@ -127,6 +127,16 @@ async def pictrs_upload(http: aiohttp.ClientSession, pictrs: FakePictrs, data: b
         return resp.status, await resp.json()
 
 
+async def pop_job_name(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
+    """Pop until a job comes, and take its name the way fedi-safety does: everything after the
+    first `=` of Content-Disposition, unparsed."""
+    while True:
+        async with http.get(f"{url}/api/v1/pop", headers=headers) as resp:
+            if resp.status == 200:
+                return resp.headers["Content-Disposition"].split("=", 1)[1]
+        await asyncio.sleep(0.05)
+
+
 async def test_fedi_safety_worker_judges_pictrs_uploads_end_to_end(tmp_path: Path, http):
     """pict-rs -> horde-scanner (IPADDR) -> fedi-safety's worker -> its boolean -> pict-rs."""
     async with running_service(pool_settings(tmp_path)) as svc:
@@ -168,12 +178,7 @@ async def test_a_quoted_job_name_is_accepted_too(tmp_path: Path, http):
             validate_upload(http, svc.scan_url(), images.jpeg("red", seed=3), "image/jpeg")
         )
         headers = {"apikey": KEY}
-        name = None
-        while name is None:
-            async with http.get(f"{svc.url}/api/v1/pop", headers=headers) as resp:
-                if resp.status == 200:
-                    name = resp.headers["Content-Disposition"].split("=", 1)[1]
-            await asyncio.sleep(0.05)
+        name = await pop_job_name(http, svc.url, headers)
         body = {"image": f'"{name}"', "is_csam": True, "is_nsfw": True}
         async with http.post(f"{svc.url}/api/v1/pop", headers=headers, json=body) as resp:
             answered = resp.status, await resp.json()
@@ -199,12 +204,7 @@ async def test_only_the_worker_holding_a_job_is_believed(tmp_path: Path, http, c
         red = images.jpeg("red", seed=4)
         upload = asyncio.create_task(validate_upload(http, svc.scan_url(), red, "image/jpeg"))
         a = {"apikey": keys["alice"], "X-Worker-Name": "gpu-a"}
-        name = None
-        while name is None:
-            async with http.get(f"{svc.url}/api/v1/pop", headers=a) as resp:
-                if resp.status == 200:
-                    name = resp.headers["Content-Disposition"].split("=", 1)[1]
-            await asyncio.sleep(0.05)
+        name = await pop_job_name(http, svc.url, a)
         lie = {"image": name, "is_csam": False, "is_nsfw": False}
         impostors = [
             {"apikey": keys["alice"], "X-Worker-Name": "gpu-b"},  # same key, other worker
@@ -278,12 +278,7 @@ async def test_readyz_says_when_workers_take_jobs_but_no_answer_is_accepted(tmp_
             validate_upload(http, svc.scan_url(), images.jpeg("red", seed=5), "image/jpeg")
         )
         headers = {"apikey": KEY}
-        name = None
-        while name is None:
-            async with http.get(f"{svc.url}/api/v1/pop", headers=headers) as resp:
-                if resp.status == 200:
-                    name = resp.headers["Content-Disposition"].split("=", 1)[1]
-            await asyncio.sleep(0.05)
+        name = await pop_job_name(http, svc.url, headers)
         statuses, states = [], []
         for mangled in (f"{name}; size=1", f"attachment; filename={name}"):
             body = {"image": mangled, "is_csam": True, "is_nsfw": True}
