@@ -4,14 +4,20 @@ test's event loop keeps serving its fakes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pty
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from horde_scanner.testing.net import wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).with_name("horde-scanner"))
 
 
 def cli_env(db: Path, horde_url: str, **extra: str) -> dict[str, str]:
@@ -133,3 +139,24 @@ class OnTerminal:
         self._drain()
         os.close(self._master)
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], port: int, *, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`horde-scanner serve` (the installed command) as a child process, listening on `port`:
+    a server that does not come up fails the test with what it wrote to stderr."""
+    proc = subprocess.Popen([CLI, "serve"], cwd=cwd, env=env, stderr=subprocess.PIPE)
+    try:
+        try:
+            wait_port(port, timeout=30)
+        except RuntimeError:
+            proc.kill()
+            raise AssertionError(
+                f"serve did not start: {proc.communicate()[1].decode()}"
+            ) from None
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        if proc.stderr:
+            proc.stderr.close()

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from horde_scanner.testing.net import free_port, wait_port
+from horde_scanner.testing.net import free_port
+from tests.proc import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDE = ROOT / "docker-compose.horde-scanner.yml"
@@ -232,13 +233,7 @@ def test_the_merged_scanner_env_runs_and_agrees_with_pictrs(merged: dict[str, An
         "HORDE_SCANNER_HORDE__URL": f"http://127.0.0.1:{free_port()}/api",
         "HORDE_SCANNER_PICTRS__URL": f"http://127.0.0.1:{free_port()}",
     }
-    proc = subprocess.Popen([CLI, "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-    try:
-        try:
-            wait_port(port, timeout=30)
-        except RuntimeError:
-            proc.kill()
-            raise AssertionError(proc.communicate()[1]) from None
+    with serving(env, port, cwd=tmp_path):
         url = merged["services"]["pictrs"]["environment"]["PICTRS__MEDIA__EXTERNAL_VALIDATION"]
         url = url.replace("http://horde-scanner:14051", f"http://127.0.0.1:{port}")
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -250,11 +245,6 @@ def test_the_merged_scanner_env_runs_and_agrees_with_pictrs(merged: dict[str, An
                 urllib.request.Request(wrong, data=b"x", method="POST"), timeout=10
             )
         assert err.value.code == 401
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_compose_itself_merges_it_the_same_way(merged: dict[str, Any], tmp_path: Path):

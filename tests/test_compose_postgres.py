@@ -12,12 +12,12 @@ from pathlib import Path
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
-from horde_scanner.testing.net import free_port, wait_port
+from horde_scanner.testing.net import free_port
 from horde_scanner.testing.pg import find_bin
+from tests.proc import serving
 from tests.test_compose_override import LEMMY, OVERRIDE, VARS, load, merge
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).with_name("horde-scanner"))
 
 
 def _one_liner_sql() -> list[str]:
@@ -53,14 +53,8 @@ def test_the_database_url_variant_runs_on_lemmys_postgresql(
         "HORDE_SCANNER_PICTRS__URL": f"http://127.0.0.1:{free_port()}",
         "HORDE_SCANNER_VALIDATION__DEADLINE_S": "1",
     }
-    proc = subprocess.Popen([CLI, "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
     data = images.jpeg("green", seed=9100)
-    try:
-        try:
-            wait_port(port, timeout=30)
-        except RuntimeError:
-            proc.kill()
-            raise AssertionError(proc.communicate()[1]) from None
+    with serving(env, port, cwd=tmp_path):
         import urllib.request
 
         scan = merged["services"]["pictrs"]["environment"]["PICTRS__MEDIA__EXTERNAL_VALIDATION"]
@@ -69,11 +63,6 @@ def test_the_database_url_variant_runs_on_lemmys_postgresql(
                                          headers={"Content-Type": "image/jpeg"})  # fmt: skip
         with urllib.request.urlopen(request, timeout=20) as resp:
             assert resp.status == 200  # no Horde here: on_timeout accept
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        if proc.stderr:
-            proc.stderr.close()
 
     async def trail() -> list[str]:
         async with await Store.open(here) as store:

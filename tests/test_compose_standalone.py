@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 
 from horde_scanner.testing import images
 from horde_scanner.testing.net import free_port, wait_port
 from horde_scanner.testing.pictrs import ValidationResult, validate_upload
+from tests.proc import serving
 from tests.test_compose_override import OVERRIDE, VARS, _env_map, load
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDALONE = ROOT / "docker-compose.yml"
-CLI = str(Path(sys.executable).with_name("horde-scanner"))
 DEMO_HORDE = "http://127.0.0.1:7001/api"
 
 
@@ -99,24 +98,15 @@ def test_the_demo_profile_judges_an_upload(tmp_path: Path):
         "7001", str(horde_port)
     )
     env["HORDE_SCANNER_PICTRS__URL"] = f"http://127.0.0.1:{free_port()}"
-    scanner = subprocess.Popen([CLI, "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
     try:
         wait_port(horde_port, timeout=30)
-        try:
-            wait_port(port, timeout=30)
-        except RuntimeError:
-            scanner.kill()
-            pytest.fail(scanner.communicate()[1].decode())
-        url = f"http://127.0.0.1:{port}/api/v1/scan/{VARS['SCANNER_CLIENT_ID']}"
-        red, green = asyncio.run(
-            _upload(url, images.jpeg("red", seed=7), images.jpeg("green", seed=8))
-        )
-        assert (red.status, red.body["label"], red.body["route"]) == (406, "csam", "backend"), red
-        assert (green.status, green.body["label"]) == (200, "clean")
+        with serving(env, port, cwd=tmp_path):
+            url = f"http://127.0.0.1:{port}/api/v1/scan/{VARS['SCANNER_CLIENT_ID']}"
+            red, green = asyncio.run(
+                _upload(url, images.jpeg("red", seed=7), images.jpeg("green", seed=8))
+            )
     finally:
-        scanner.terminate()
         horde.terminate()
-        scanner.wait(timeout=30)
         horde.wait(timeout=30)
-        if scanner.stderr:
-            scanner.stderr.close()
+    assert (red.status, red.body["label"], red.body["route"]) == (406, "csam", "backend"), red
+    assert (green.status, green.body["label"]) == (200, "clean")
