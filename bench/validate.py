@@ -44,8 +44,14 @@ DEADLINE_S = 8.0
 def stack(horde_latency: float, db: Path) -> Iterator[tuple[str, int]]:
     horde_port, port = free_port(), free_port()
     horde = spawn(
-        ["-m", "horde_scanner.testing.horde", "--port", str(horde_port),
-         "--latency", str(horde_latency)]
+        [
+            "-m",
+            "horde_scanner.testing.horde",
+            "--port",
+            str(horde_port),
+            "--latency",
+            str(horde_latency),
+        ]
     )
     env = {
         "HORDE_SCANNER_STORE__PATH": str(db),

@@ -86,6 +86,9 @@ class ServerSettings(Section):
     # (408); the whole body must be in by the validation deadline either way.
     upload_min_bytes_per_s: int = Field(32 * 1024, gt=0)
     upload_rate_grace_s: float = Field(2.0, ge=0)
+    # After an upload is refused before its body was read (408 too slow, 413 too large), how
+    # long what the sender still sends is read and dropped before the socket closes.
+    linger_s: float = Field(2.0, ge=0, le=60)
     # Bodies being read are held in memory up to this many bytes in all; past it, in
     # temporary files (in upload_spool_dir; None: the system's temporary directory) up to
     # upload_spool_bytes, and beyond both an upload is refused (503, recorded).

@@ -151,9 +151,7 @@ def serving(env: dict[str, str], port: int, *, cwd: Path) -> Iterator[subprocess
             wait_port(port, timeout=30)
         except RuntimeError:
             proc.kill()
-            raise AssertionError(
-                f"serve did not start: {proc.communicate()[1].decode()}"
-            ) from None
+            raise AssertionError(f"serve did not start: {proc.communicate()[1].decode()}") from None
         yield proc
     finally:
         proc.terminate()

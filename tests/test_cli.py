@@ -24,8 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def horde_url() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "horde_scanner.testing.horde", "--port", str(port),
-         "--latency", "0.1"],
+        [
+            sys.executable,
+            "-m",
+            "horde_scanner.testing.horde",
+            "--port",
+            str(port),
+            "--latency",
+            "0.1",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -28,9 +28,7 @@ def _one_liner_sql() -> list[str]:
     return re.findall(r'-c "([^"]+)"', line)
 
 
-def test_the_database_url_variant_runs_on_lemmys_postgresql(
-    pg_server, readme_role, tmp_path: Path
-):
+def test_the_database_url_variant_runs_on_lemmys_postgresql(pg_server, readme_role, tmp_path: Path):
     sql = _one_liner_sql()
     assert len(sql) == 2
     psql = [find_bin("psql"), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "postgres"]

@@ -117,7 +117,6 @@ async def test_an_allow_on_one_replica_is_honoured_by_the_other(replicas, http):
     assert statuses[-1] == 200, statuses
 
 
-
 async def test_the_store_password_stays_out_of_readyz_and_logs(tmp_path, pg_url, horde, http):
     # The test server trusts loopback, so any password is accepted: it must still not show.
     url = pg_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2-secret@")
@@ -132,7 +131,6 @@ async def test_the_store_password_stays_out_of_readyz_and_logs(tmp_path, pg_url,
     finally:
         replica.terminate()
     assert "hunter2" not in replica.log.read_text()
-
 
 
 async def test_replicas_share_one_horde_submit_budget(replicas, horde, http):

@@ -193,3 +193,61 @@ async def test_no_admission_slot_by_the_deadline_is_recorded(tmp_path: Path, htt
             assert json.loads(rows[0][1])["received_bytes"] == len(images.jpeg(seed=45))
             counted = await _metric(http, svc.url, "horde_scanner_unjudged_uploads_total")
             assert counted == {"overload": 1}
+
+
+async def test_a_cut_off_sender_that_keeps_sending_gets_its_whole_answer_and_the_end(
+    tmp_path: Path, http
+):
+    """Lingering close: the 408 is followed by our FIN at once (not after server.linger_s), and
+    bytes the sender is still pushing are read and dropped rather than answered by a reset,
+    which would take the 408 with it."""
+    async with FakeHorde(latency=0.1) as horde:
+        settings = make_settings(
+            tmp_path / "s.db",
+            horde.url,
+            server={
+                "client_ids": [CLIENT_ID],
+                "upload_rate_grace_s": 0.2,
+                "linger_s": 30.0,
+                # A connection still lingering when the test ends is not waited for.
+                "shutdown_timeout_s": 1.0,
+            },
+        )
+        async with running_service(settings) as svc:
+            parts = urlsplit(svc.scan_url())
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            writer.write(
+                (
+                    f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                    "Content-Type: image/jpeg\r\nContent-Length: 10000000\r\n\r\n"
+                ).encode()
+                + b"\xff"
+            )
+            answered = asyncio.Event()
+
+            async def pushing() -> int:
+                sent = 0
+                while not answered.is_set():  # too slow: a byte every 50 ms
+                    await asyncio.sleep(0.05)
+                    writer.write(b"\x00")
+                    sent += 1
+                for _ in range(64):  # then, after the 408, a burst the server never reads
+                    writer.write(b"\x00" * 16384)
+                    await writer.drain()
+                    sent += 16384
+                return sent
+
+            pusher = asyncio.create_task(pushing())
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+                answered.set()
+                # The end of the answer comes long before the 30 s linger is over.
+                rest = await asyncio.wait_for(reader.read(), 10.0)
+                sent = await asyncio.wait_for(pusher, 10.0)
+            finally:
+                pusher.cancel()
+                writer.close()
+            assert head.startswith(b"HTTP/1.1 408 ")
+            assert b"Connection: close" in head
+            assert json.loads(rest)["error"] == "too_slow"
+            assert sent > 64 * 16384  # the burst was taken, not reset

@@ -192,8 +192,9 @@ async def test_scan_records(store: Store) -> None:
     )  # fmt: skip
     got = await records.get_files("local:/srv", ["f0", "f1", "missing"])
     assert sorted(got) == ["f0", "f1"] and got["f0"].reasons == ["r"]
-    assert [r.identifier for r in await records.unacted_positives(["csam"], since=None,
-                                                                   source=None)] == ["f0"]
+    assert [
+        r.identifier for r in await records.unacted_positives(["csam"], since=None, source=None)
+    ] == ["f0"]
     run = await records.start_run("local:/srv", "report", follow=False)
     run.cursor = "f1"
     await records.save_run(run, {"judged": 2})
@@ -320,7 +321,6 @@ async def test_changes_reach_other_replicas(pg_url: str) -> None:
     finally:
         await writer.close()
         await reader.close()
-
 
 
 async def test_processes_starting_together_apply_the_schema_once(store_url: str) -> None:

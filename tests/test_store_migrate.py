@@ -48,8 +48,16 @@ async def populate(path: Path, tmp_path: Path) -> None:
         records = ScanRecords(store)
         await records.put_files([FileRecord("local:/s", "f", 1, 2.0, "judged", A)])
         await records.start_run("local:/s", "report", follow=False)
-        await records.begin_action(source="local:/s", identifier="f", sha256=A, size=1,
-                                   mtime=2.0, action="quarantine", label="csam", reasons=["r"])
+        await records.begin_action(
+            source="local:/s",
+            identifier="f",
+            sha256=A,
+            size=1,
+            mtime=2.0,
+            action="quarantine",
+            label="csam",
+            reasons=["r"],
+        )
         await Quarantine(store, tmp_path / "q").admit_bytes(A, b"x", origin="u", identifier="i")
         await store.take_turn("subscription:sub", 60)
 
@@ -78,9 +86,21 @@ def test_migrate_copies_every_table(tmp_path: Path, pg_url: str) -> None:
         async with await Store.open(db) as src, await Store.open(pg_url) as dst:
             tables = list(printed)
             assert await table_counts(dst, tables) == await table_counts(src, tables) == printed
-            for name in ("verdicts", "lists", "jobs", "late_positives", "hash_entries",
-                         "verdict_pdq", "hash_subscriptions", "hash_flags", "scan_files",
-                         "scan_runs", "scan_actions", "quarantine", "cluster_turns"):
+            for name in (
+                "verdicts",
+                "lists",
+                "jobs",
+                "late_positives",
+                "hash_entries",
+                "verdict_pdq",
+                "hash_subscriptions",
+                "hash_flags",
+                "scan_files",
+                "scan_runs",
+                "scan_actions",
+                "quarantine",
+                "cluster_turns",
+            ):
                 assert printed[name] >= 1, name  # fmt: skip
             stored = await dst.get_verdict(f"{0:064x}")
             assert stored is not None and stored.verdict.label is Label.CSAM

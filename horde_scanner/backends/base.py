@@ -66,6 +66,9 @@ class Readiness:
     name: str
     live: bool
     detail: str = ""
+    # How many times this path has come back after being unreachable. Watchers compare
+    # counts, not `live` alone: an outage shorter than their polling interval is still seen.
+    recoveries: int = 0
 
 
 class Backend(Protocol):

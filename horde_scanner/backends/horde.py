@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -411,6 +412,9 @@ class HordeBackend:
         return out
 
     def readiness(self) -> Readiness:
+        return replace(self._readiness(), recoveries=self.client.reach.recoveries)
+
+    def _readiness(self) -> Readiness:
         if self._fatal:
             return Readiness(self.name, False, self._fatal)
         if self.client.reach.down:

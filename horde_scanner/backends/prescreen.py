@@ -162,8 +162,7 @@ class PrescreenBackend:
     def readiness(self) -> Readiness:
         if self.next is None:
             return self._own_readiness()
-        inner = self.next.readiness()
-        return Readiness(inner.name, inner.live, inner.detail)
+        return self.next.readiness()
 
     def _own_readiness(self) -> Readiness:
         detail = (

@@ -36,6 +36,7 @@ class Reachability:
         self.failures = 0
         self.down_since: float | None = None
         self.last_error = ""
+        self.recoveries = 0  # times it came back (see Readiness.recoveries)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -54,6 +55,7 @@ class Reachability:
         if self.down_since is not None:
             log.warning("%s reachable again after %.0f s", self.name, time.time() - self.down_since)
             self.down_since = None
+            self.recoveries += 1
 
     def failed(self, error: str, *, gave_up: bool = False) -> None:
         """One failed call; `gave_up`: a call failed after all its retries (down at once)."""

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from horde_scanner.backends.base import Backend, describe_paths
+from horde_scanner.backends.base import Backend, Readiness, describe_paths
 from horde_scanner.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -28,21 +28,28 @@ class RecoveryWatch:
         self._backend = backend
         self._on_recovered = on_recovered
         self._interval = interval_s
-        self._live: dict[str, bool] = {}
+        self._seen: dict[str, Readiness] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def _states(self) -> dict[str, bool]:
-        return {r.name: r.live for r in describe_paths(self._backend)}
+    def _states(self) -> dict[str, Readiness]:
+        return {r.name: r for r in describe_paths(self._backend)}
 
     def check(self) -> list[str]:
-        """Paths that turned live since the last check."""
+        """Paths that turned live since the last check, including those that went down and
+        came back in between (seen by their recovery count)."""
         now = self._states()
-        back = [name for name, live in now.items() if live and self._live.get(name) is False]
-        self._live = now
+        back = []
+        for name, state in now.items():
+            before = self._seen.get(name)
+            if before is None or not state.live:
+                continue
+            if not before.live or state.recoveries > before.recoveries:
+                back.append(name)
+        self._seen = now
         return back
 
     async def start(self) -> None:
-        self._live = self._states()
+        self._seen = self._states()
         self._task = asyncio.create_task(self._watch(), name="recovery-watch")
 
     async def stop(self) -> None:

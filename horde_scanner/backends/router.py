@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import aiohttp
 
@@ -122,7 +123,7 @@ class RoutedBackend:
             for r in describe_paths(member):
                 typical = self.latency_s.get(r.name)
                 extra = f"; typical {typical:.2f} s" if typical is not None else ""
-                out.append(Readiness(r.name, r.live, r.detail + extra))
+                out.append(replace(r, detail=r.detail + extra))
         return out
 
     async def aclose(self) -> None:

@@ -458,6 +458,8 @@ def _is_evidence(signals: str | None) -> bool:
     except (ValueError, AttributeError):
         return True
     return extra.get("evidence", True) is not False
+
+
 _SUBSCRIPTION_SELECT = (
     "SELECT name, url, etag, entries, skipped, last_ok, last_checked, last_status, last_error,"
     " bytes_fetched FROM hash_subscriptions"

@@ -142,7 +142,15 @@ class JobRunner:
                     self._resolve(sha256, stored.verdict)
                     return fut
             elif not created:
+                # Another process's row (SQLite): its verdict is looked for when the store
+                # says another connection wrote. It may have been written before we started
+                # watching, so look once now too, or this upload would wait in vain.
                 self._theirs.add(sha256)
+                stored = await self._store.get_verdict(sha256)
+                if stored is not None and sha256 not in self._held:
+                    self._theirs.discard(sha256)
+                    self._resolve(sha256, stored.verdict)
+                    return fut
         except BaseException:
             self._futures.pop(sha256, None)
             raise

@@ -60,7 +60,6 @@ async def _pdq(store: Store, sha256: str) -> str | None:
     return " ".join(h.hex for h in hashes) or None
 
 
-
 def _location(loc: dict[str, Any]) -> dict[str, Any]:
     """Where a sweep found a file and what it did there (times as ISO)."""
     out = dict(loc)

@@ -99,9 +99,7 @@ async def detail(
             "quarantine": [copy_entry(c) for c in held],
             "in_quarantine": any(c.state == HELD for c in held),
             "late_positive": (
-                {"enforcement": late["enforcement"], "found_at": late["found_at"]}
-                if late
-                else None
+                {"enforcement": late["enforcement"], "found_at": late["found_at"]} if late else None
             ),
             "audit": [audit_entry(a) for a in trail],
         }

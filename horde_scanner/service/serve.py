@@ -48,6 +48,16 @@ def summary(svc: Services) -> str:
     return "; ".join(parts)
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The one way the app is put on a socket (`serve` and the test harness alike)."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        lingering_time=settings.server.linger_s,
+    )
+
+
 async def serve(
     settings: Settings, host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False
 ) -> None:
@@ -59,9 +69,7 @@ async def serve(
     app = build_app(settings)
     draining = Draining()
     app[DRAINING] = draining
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout_s
-    )
+    runner = make_runner(app, settings)
     await runner.setup()  # opens the store and the backend: StoreError etc. come from here
     try:
         # reuse_port: one of `server.processes` copies sharing the port (SO_REUSEPORT).

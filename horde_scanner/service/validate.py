@@ -105,11 +105,20 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.error("audit write failed: %s", task.exception())
 
 
-def _cut(exc: UploadCut) -> web.Response:
-    # 408 makes pict-rs reject the upload (fail closed); close the connection rather than
-    # linger reading the rest of a body nobody will use.
+async def _cut(request: web.Request, exc: UploadCut) -> web.StreamResponse:
+    """408 makes pict-rs reject the upload (fail closed).
+
+    A lingering close, as HTTP servers do it: the answer goes out, our side of the connection
+    is shut at once (FIN, so the sender sees a complete answer now), and what it still sends is
+    read and dropped for at most `server.linger_s`. Closing a socket with unread bytes in it
+    resets the connection, and a reset can take the answer with it."""
     response = web.json_response({"error": exc.reason, "detail": exc.detail}, status=408)
-    response.force_close()
+    response.force_close()  # "Connection: close": this connection takes no further request
+    await response.prepare(request)
+    await response.write_eof()
+    transport = request.transport
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
     return response
 
 
@@ -129,7 +138,7 @@ def _overloaded(svc: Services, started: float) -> web.Response:
     return web.json_response(body, status=REJECT_STATUS if answer is OnEvent.REJECT else 200)
 
 
-async def scan(request: web.Request) -> web.Response:
+async def scan(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     svc: Services = request.app[SERVICES]
     client_id = request.match_info["client_id"]
@@ -156,7 +165,7 @@ async def scan(request: web.Request) -> web.Response:
             await read_body(request, upload, pace)
         except UploadCut as exc:
             await _unjudged(request, svc, source, started, reason=exc.reason, received=exc.received)
-            return _cut(exc)
+            return await _cut(request, exc)
         except RequestError as exc:
             await _unjudged(request, svc, source, started, reason=exc.error, received=upload.size)
             raise

@@ -73,9 +73,7 @@ async def migrate(
                     str(r[1]) for r in await src.execute_fetchall(f'PRAGMA table_info("{table}")')
                 ]
                 names = ", ".join(f'"{c}"' for c in columns)
-                insert = (
-                    f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(columns))})'
-                )
+                insert = f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(columns))})'
                 copied = 0
                 async with src.execute(f'SELECT {names} FROM "{table}"') as cur:
                     while rows := list(await cur.fetchmany(_BATCH)):
@@ -88,9 +86,7 @@ async def migrate(
                         f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                         f' COALESCE((SELECT MAX(id) FROM "{table}"), 0) + 1, false)'
                     )
-                copies.append(
-                    TableCopy(table, await _count(src, table), await _count(dst, table))
-                )
+                copies.append(TableCopy(table, await _count(src, table), await _count(dst, table)))
             wrong = [c for c in copies if c.source != c.target]
             if wrong:
                 raise StoreError(

@@ -15,6 +15,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.config import Settings, load_settings
 from horde_scanner.service.app import build_app
 from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.service.serve import make_runner
 
 CLIENT_ID = "test-pictrs"
 
@@ -55,7 +56,7 @@ class RunningService:
 async def running_service(
     settings: Settings, *, backend: Backend | None = None
 ) -> AsyncIterator[RunningService]:
-    runner = web.AppRunner(build_app(settings, backend=backend))
+    runner = make_runner(build_app(settings, backend=backend), settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
