@@ -43,7 +43,8 @@ from horde_scanner.judging.judge import Judge, build_judge
 from horde_scanner.judging.policy import Policy
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
-from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.store.jobs import Job
+from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.metrics import SweepProgress
 from horde_scanner.verdict import Label, Verdict

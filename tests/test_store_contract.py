@@ -15,7 +15,8 @@ from horde_scanner.hashlists.store import LOCAL, VERDICT, HashStore
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.decisions import Review, VerdictFilter
 from horde_scanner.review.quarantine import Quarantine
-from horde_scanner.store.sqlite import _MIGRATIONS, Store, StoreError
+from horde_scanner.store.schema import schema_steps
+from horde_scanner.store.sqlite import Store, StoreError
 from horde_scanner.sweep.records import FileRecord, ScanRecords
 from horde_scanner.verdict import Label, Verdict
 
@@ -119,7 +120,7 @@ async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
     async with await Store.open(store_url) as s:
         assert (await s.get_verdict(A)) is not None
         rows = await s.db.execute_fetchall("SELECT name FROM schema_migrations ORDER BY name")
-        assert [r[0] for r in rows] == sorted(name for name, _ in _MIGRATIONS)
+        assert [r[0] for r in rows] == sorted(step.name for step in schema_steps())
 
 
 async def test_newer_schema_is_refused(store_url: str) -> None:
@@ -327,7 +328,7 @@ async def test_processes_starting_together_apply_the_schema_once(store_url: str)
     stores = await asyncio.gather(*(Store.open(store_url) for _ in range(4)))
     try:
         rows = await stores[0].db.execute_fetchall("SELECT COUNT(*) FROM schema_migrations")
-        assert rows[0][0] == len(_MIGRATIONS)
+        assert rows[0][0] == len(schema_steps())
     finally:
         for s in stores:
             await s.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.hashlists.store import HashStore
-from horde_scanner.store import sqlite as store_module
+from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
@@ -20,7 +20,7 @@ STEP = "1300-verdict-route"
 
 def _old_store(path: Path) -> None:
     """A store as the release before the step wrote it, with one verdict of each kind."""
-    steps = [(n, sql) for n, sql in store_module._MIGRATIONS]
+    steps = [(step.name, step.sql) for step in schema_steps()]
     before = steps[: [n for n, _ in steps].index(STEP)]
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)")

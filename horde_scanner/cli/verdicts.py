@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from horde_scanner.cli.common import LABEL_CHOICE, labels_of, resolve_sha256, run, settings_of
-from horde_scanner.store.sqlite import Store, StoredVerdict
+from horde_scanner.store.sqlite import Store
+from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label
 

@@ -18,7 +18,8 @@ from horde_scanner.integrations.pictrs import (
     PictrsError,
     PictrsUnsupported,
 )
-from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.store.jobs import Job
+from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict
 

@@ -19,7 +19,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from horde_scanner.backends.base import BackendUnavailable
-from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.store.jobs import Job
+from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict
 

@@ -43,7 +43,8 @@ from horde_scanner.media.decode import (
     sniff,
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
-from horde_scanner.store.sqlite import Job, Store
+from horde_scanner.store.jobs import Job
+from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict
 

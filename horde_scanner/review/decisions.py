@@ -28,7 +28,8 @@ from horde_scanner.judging.judge import Judge
 from horde_scanner.media.decode import sniff
 from horde_scanner.review import view
 from horde_scanner.review.quarantine import HELD, Quarantine, QuarantineHolder, ReleaseResult
-from horde_scanner.store.sqlite import Store, StoredVerdict, _verdict_from_row
+from horde_scanner.store.sqlite import Store
+from horde_scanner.store.verdicts import StoredVerdict, verdict_from_row
 from horde_scanner.verdict import Label
 
 POSITIVE = (Label.CSAM.value, Label.NSFW.value)
@@ -158,7 +159,7 @@ class Review:
             query = " UNION ALL ".join(parts) + " ORDER BY 11 DESC LIMIT ? OFFSET ?"
             args += [f.limit, f.offset]
         async with self.store.db.execute(query, args) as cur:
-            return [_verdict_from_row(r) for r in await cur.fetchall()]
+            return [verdict_from_row(r) for r in await cur.fetchall()]
 
     async def late_positives(self, limit: int = 100) -> list[dict[str, Any]]:
         """Late positives nobody has decided on yet."""

@@ -18,7 +18,9 @@ from typing import Any
 
 from horde_scanner.hashlists.store import HashStore
 from horde_scanner.review.quarantine import HELD, HeldCopy, QuarantineHolder
-from horde_scanner.store.sqlite import AuditRecord, Store, StoredVerdict
+from horde_scanner.store.audit import AuditRecord
+from horde_scanner.store.sqlite import Store
+from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.timefmt import iso
 
 

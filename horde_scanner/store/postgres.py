@@ -14,7 +14,7 @@ the part of aiosqlite's Connection they use (`execute` awaited or as a context m
     PRAGMA ...         ->  nothing
 
 Schema steps are translated the same way (`translate_ddl`): types to PostgreSQL's, SQLite
-triggers dropped (a step that needs them gives PostgreSQL ones in `PG_EXTRA`).
+triggers dropped (a step that needs them gives PostgreSQL ones in `SchemaStep.postgres`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 
-from horde_scanner.store.sqlite import _MIGRATIONS as MIGRATIONS
-from horde_scanner.store.sqlite import Job, Store, StoreError
+from horde_scanner.store.jobs import Job
+from horde_scanner.store.schema import schema_steps
+from horde_scanner.store.sqlite import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def _outside_literals(sql: str, fn: Any) -> str:
 
 
 _TRIGGER = re.compile(r"CREATE\s+TRIGGER\b.*?\bEND\s*;", re.IGNORECASE | re.DOTALL)
-# SQLite's DROP TRIGGER names no table; PostgreSQL's must (PG_EXTRA drops its own).
+# SQLite's DROP TRIGGER names no table; PostgreSQL's must (a step's `postgres` part drops its own).
 _DROP_TRIGGER = re.compile(r"DROP\s+TRIGGER\b[^;]*;", re.IGNORECASE)
 _DDL_TYPES = [
     (re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", re.I),
@@ -142,63 +143,6 @@ def translate_ddl(sql: str) -> str:
         return part
 
     return _outside_literals(out, types)
-
-
-# PostgreSQL pieces of schema steps that SQLite writes with triggers or not at all.
-PG_EXTRA: dict[str, str] = {
-    "0500-hashes": """
-    CREATE FUNCTION hs_hashgen_bump() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN UPDATE hash_generation SET n = n + 1; RETURN NULL; END $$;
-    CREATE FUNCTION hs_hashgen_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_notify('horde_scanner', 'hashes:'); RETURN NULL; END $$;
-    CREATE TRIGGER hashgen_notify AFTER UPDATE ON hash_generation
-        FOR EACH STATEMENT EXECUTE FUNCTION hs_hashgen_notify();
-    CREATE TRIGGER hashgen_lists AFTER INSERT OR UPDATE OR DELETE ON lists
-        FOR EACH ROW EXECUTE FUNCTION hs_hashgen_bump();
-    CREATE TRIGGER hashgen_verdicts_insert AFTER INSERT ON verdicts FOR EACH ROW
-        WHEN (NEW.label = 'csam' AND NEW.backend != 'hashlist')
-        EXECUTE FUNCTION hs_hashgen_bump();
-    CREATE TRIGGER hashgen_verdicts_update AFTER UPDATE OF label, backend ON verdicts FOR EACH ROW
-        WHEN ((OLD.label = 'csam' AND OLD.backend != 'hashlist')
-          OR (NEW.label = 'csam' AND NEW.backend != 'hashlist'))
-        EXECUTE FUNCTION hs_hashgen_bump();
-    CREATE TRIGGER hashgen_verdicts_delete AFTER DELETE ON verdicts FOR EACH ROW
-        WHEN (OLD.label = 'csam' AND OLD.backend != 'hashlist')
-        EXECUTE FUNCTION hs_hashgen_bump();
-    """,
-    # What a verdict rests on is its route column, not its backend's name.
-    "1300-verdict-route": """
-    DROP TRIGGER hashgen_verdicts_insert ON verdicts;
-    DROP TRIGGER hashgen_verdicts_update ON verdicts;
-    DROP TRIGGER hashgen_verdicts_delete ON verdicts;
-    CREATE TRIGGER hashgen_verdicts_insert AFTER INSERT ON verdicts FOR EACH ROW
-        WHEN (NEW.label = 'csam' AND NEW.route != 'match')
-        EXECUTE FUNCTION hs_hashgen_bump();
-    CREATE TRIGGER hashgen_verdicts_update AFTER UPDATE OF label, route ON verdicts FOR EACH ROW
-        WHEN ((OLD.label = 'csam' AND OLD.route != 'match')
-          OR (NEW.label = 'csam' AND NEW.route != 'match'))
-        EXECUTE FUNCTION hs_hashgen_bump();
-    CREATE TRIGGER hashgen_verdicts_delete AFTER DELETE ON verdicts FOR EACH ROW
-        WHEN (OLD.label = 'csam' AND OLD.route != 'match')
-        EXECUTE FUNCTION hs_hashgen_bump();
-    """,
-    # Every replica's verdict cache and waiting uploads hear of changes made by the others.
-    "1500-replicas": """
-    CREATE FUNCTION hs_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE sha TEXT;
-    BEGIN
-        IF TG_OP = 'DELETE' THEN sha := OLD.sha256; ELSE sha := NEW.sha256; END IF;
-        PERFORM pg_notify('horde_scanner', TG_ARGV[0] || ':' || sha);
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER notify_verdicts AFTER INSERT OR UPDATE OR DELETE ON verdicts
-        FOR EACH ROW EXECUTE FUNCTION hs_notify_row('verdict');
-    CREATE TRIGGER notify_lists AFTER INSERT OR UPDATE OR DELETE ON lists
-        FOR EACH ROW EXECUTE FUNCTION hs_notify_row('list');
-    CREATE TRIGGER notify_jobs AFTER INSERT ON jobs
-        FOR EACH ROW EXECUTE FUNCTION hs_notify_row('job');
-    """,
-}
 
 
 def _rowcount(status: str) -> int:
@@ -396,18 +340,19 @@ class PgStore(Store):
                 " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
             )
             applied = {r[0] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-            known = {name for name, _ in MIGRATIONS}
+            steps = schema_steps()
+            known = {step.name for step in steps}
             if applied - known:
                 raise StoreError(
                     f"store {self.where} was written by a newer horde-scanner (schema steps "
                     f"{', '.join(sorted(applied - known))}); upgrade horde-scanner"
                 )
-            for name, sql in MIGRATIONS:
-                if name in applied:
+            for step in steps:
+                if step.name in applied:
                     continue
-                await conn.execute(translate_ddl(sql) + PG_EXTRA.get(name, ""))
+                await conn.execute(translate_ddl(step.sql) + step.postgres)
                 await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2)", name, time.time()
+                    "INSERT INTO schema_migrations VALUES ($1, $2)", step.name, time.time()
                 )
 
     # -- notifications ---------------------------------------------------------------------

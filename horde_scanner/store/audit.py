@@ -1,0 +1,77 @@
+"""The audit log: every decision and action, append-only, buffered and written in batches
+(one commit per validation answer would cost more than the answer itself)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from horde_scanner.store.tables import Tables
+
+# The table itself came with step 0001-core (store/verdicts.py).
+STEPS: list = []
+# 7 columns x 500 rows stays under SQLite's 32766 bound variables.
+_AUDIT_ROWS_PER_INSERT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    ts: float
+    sha256: str | None
+    event: str
+    label: str | None
+    action: str | None
+    source: str | None
+    detail: dict[str, Any]
+
+
+class AuditTables(Tables):
+    _audit_buffer: list[tuple[Any, ...]]
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def audit(
+        self,
+        event: str,
+        *,
+        sha256: str | None = None,
+        label: str | None = None,
+        action: str | None = None,
+        source: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self._audit_buffer.append(
+            (time.time(), sha256, event, label, action, source, json.dumps(detail or {}))
+        )
+        if len(self._audit_buffer) >= 500:
+            await self.flush_audit()
+
+    async def flush_audit(self) -> None:
+        if not self._audit_buffer:
+            return
+        rows, self._audit_buffer = self._audit_buffer, []
+        # One multi-row INSERT is one atomic statement: no BEGIN/COMMIT pair that other
+        # coroutines' statements could slip into while we await.
+        for start in range(0, len(rows), _AUDIT_ROWS_PER_INSERT):
+            batch = rows[start : start + _AUDIT_ROWS_PER_INSERT]
+            await self._db.execute(
+                "INSERT INTO audit (ts, sha256, event, label, action, source, detail) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?)"] * len(batch)),
+                [value for row in batch for value in row],
+            )
+
+    async def audit_trail(self, sha256: str) -> list[AuditRecord]:
+        await self.flush_audit()
+        async with self._db.execute(
+            "SELECT id, ts, sha256, event, label, action, source, detail FROM audit"
+            " WHERE sha256=? ORDER BY id",
+            (sha256,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
+            for r in rows
+        ]

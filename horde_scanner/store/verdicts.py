@@ -1,0 +1,265 @@
+"""Verdicts by sha256, the allow / deny lists, and late positives.
+
+Data lifecycle:
+
+    upload / file ──sha256──► lists (allow | deny) ──hit──► answer, audit
+                                   │ miss
+                                   ▼
+                               verdicts (by sha256, with raw signals and policy version)
+                                   │ miss
+                                   ▼
+                    jobs (store/jobs.py) ──judged──► verdicts
+                                                 └─► late_positives (enforced or not)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
+
+STEPS = [
+    # The first release's tables: this part's, and those of store/jobs.py and store/audit.py.
+    SchemaStep(
+        "0001-core",
+        """
+    CREATE TABLE verdicts (
+        sha256 TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        signals TEXT,
+        backend TEXT NOT NULL,
+        policy_version TEXT NOT NULL,
+        media_type TEXT,
+        size INTEGER,
+        source TEXT,
+        first_seen REAL NOT NULL,
+        judged_at REAL NOT NULL
+    );
+    CREATE INDEX verdicts_label ON verdicts(label, judged_at);
+    CREATE TABLE lists (
+        sha256 TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('allow', 'deny')),
+        note TEXT,
+        added_by TEXT,
+        added_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        sha256 TEXT,
+        event TEXT NOT NULL,
+        label TEXT,
+        action TEXT,
+        source TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_sha ON audit(sha256);
+    CREATE TABLE jobs (
+        sha256 TEXT PRIMARY KEY,
+        payload BLOB NOT NULL,
+        media_type TEXT,
+        size INTEGER,
+        source TEXT,
+        answered TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_ready ON jobs(state, not_before, created_at);
+    CREATE TABLE late_positives (
+        sha256 TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        found_at REAL NOT NULL,
+        enforcement TEXT NOT NULL,
+        detail TEXT,
+        updated_at REAL NOT NULL
+    );
+    """,
+    ),
+]
+
+# The columns verdict_from_row reads, in its order.
+VERDICT_COLUMNS = (
+    "sha256, label, reasons, signals, backend, policy_version, media_type, size,"
+    " source, first_seen, judged_at, route"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVerdict:
+    sha256: str
+    verdict: Verdict
+    media_type: str | None
+    size: int | None
+    source: str | None
+    first_seen: float
+
+
+class VerdictTables(Tables):
+    # -- verdicts --------------------------------------------------------------------------
+
+    async def get_verdict(self, sha256: str) -> StoredVerdict | None:
+        # execute_fetchall: one hop to the database thread instead of three (hot path).
+        rows = await self._db.execute_fetchall(
+            f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE sha256=?",
+            (sha256,),
+        )
+        return verdict_from_row(next(iter(rows))) if rows else None
+
+    async def put_verdict(
+        self,
+        sha256: str,
+        verdict: Verdict,
+        *,
+        media_type: str | None = None,
+        size: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        now = time.time()
+        signals = verdict.signals.model_dump_json() if verdict.signals else None
+        await self._db.execute(
+            "INSERT INTO verdicts (sha256, label, reasons, signals, backend, policy_version,"
+            " media_type, size, source, first_seen, judged_at, route)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(sha256) DO UPDATE SET label=excluded.label, reasons=excluded.reasons,"
+            " signals=COALESCE(excluded.signals, verdicts.signals), backend=excluded.backend,"
+            " route=excluded.route,"
+            " policy_version=excluded.policy_version,"
+            " media_type=COALESCE(excluded.media_type, verdicts.media_type),"
+            " size=COALESCE(excluded.size, verdicts.size),"
+            " source=COALESCE(verdicts.source, excluded.source), judged_at=excluded.judged_at",
+            (
+                sha256,
+                verdict.label.value,
+                json.dumps(verdict.reasons),
+                signals,
+                verdict.backend,
+                verdict.policy_version,
+                media_type,
+                size,
+                source,
+                now,
+                verdict.judged_at,
+                verdict.route.value,
+            ),
+        )
+
+    async def iter_verdicts(
+        self,
+        *,
+        labels: Iterable[Label] | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[StoredVerdict]:
+        query = f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE 1=1"
+        params: list[Any] = []
+        label_list = [label.value for label in labels] if labels else []
+        if label_list:
+            query += f" AND label IN ({','.join('?' * len(label_list))})"
+            params += label_list
+        if since is not None:
+            query += " AND judged_at >= ?"
+            params.append(since)
+        query += " ORDER BY judged_at DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        async with self._db.execute(query, params) as cur:
+            async for row in cur:
+                yield verdict_from_row(row)
+
+    async def count_verdicts(self) -> dict[str, int]:
+        async with self._db.execute("SELECT label, COUNT(*) FROM verdicts GROUP BY label") as cur:
+            return {label: n async for label, n in cur}
+
+    # -- allow / deny lists ----------------------------------------------------------------
+
+    async def list_kind(self, sha256: str) -> str | None:
+        rows = await self._db.execute_fetchall("SELECT kind FROM lists WHERE sha256=?", (sha256,))
+        return str(next(iter(rows))[0]) if rows else None
+
+    async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
+        await self._db.execute(
+            "INSERT INTO lists (sha256, kind, note, added_by, added_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(sha256) DO UPDATE SET kind=excluded.kind, note=excluded.note,"
+            " added_by=excluded.added_by, added_at=excluded.added_at",
+            (sha256, kind, note, by, time.time()),
+        )
+
+    async def remove_list(self, sha256: str) -> bool:
+        cur = await self._db.execute("DELETE FROM lists WHERE sha256=?", (sha256,))
+        return cur.rowcount > 0
+
+    async def iter_list(self, kind: str) -> AsyncIterator[tuple[str, str, str, float]]:
+        async with self._db.execute(
+            "SELECT sha256, note, added_by, added_at FROM lists WHERE kind=? ORDER BY added_at",
+            (kind,),
+        ) as cur:
+            async for row in cur:
+                yield row[0], row[1] or "", row[2] or "", row[3]
+
+    async def sha256_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Known sha256 values (verdicts, lists, audit) starting with a hex `prefix`."""
+        bound = prefix + "g"  # just past every hex continuation: an index range scan
+        found: set[str] = set()
+        for table in ("verdicts", "lists", "audit"):
+            async with self._db.execute(
+                f"SELECT DISTINCT sha256 FROM {table} WHERE sha256 >= ? AND sha256 < ? LIMIT ?",
+                (prefix, bound, limit),
+            ) as cur:
+                found.update([row[0] async for row in cur])
+        return sorted(found)[:limit]
+
+    # -- late positives --------------------------------------------------------------------
+
+    async def record_late_positive(
+        self, sha256: str, label: Label, enforcement: str, detail: dict[str, Any]
+    ) -> None:
+        now = time.time()
+        await self._db.execute(
+            "INSERT INTO late_positives (sha256, label, found_at, enforcement, detail, updated_at)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET"
+            " enforcement=excluded.enforcement, detail=excluded.detail,"
+            " updated_at=excluded.updated_at",
+            (sha256, label.value, now, enforcement, json.dumps(detail), now),
+        )
+
+    async def late_positives(self) -> list[dict[str, Any]]:
+        async with self._db.execute(
+            "SELECT sha256, label, found_at, enforcement, detail, updated_at FROM late_positives"
+            " ORDER BY found_at DESC"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            {
+                "sha256": r[0],
+                "label": r[1],
+                "found_at": r[2],
+                "enforcement": r[3],
+                "detail": json.loads(r[4] or "{}"),
+                "updated_at": r[5],
+            }
+            for r in rows
+        ]
+
+
+def verdict_from_row(row: Any) -> StoredVerdict:
+    signals = Signals.model_validate_json(row[3]) if row[3] else None
+    verdict = Verdict(
+        label=Label(row[1]),
+        reasons=json.loads(row[2]),
+        signals=signals,
+        backend=row[4],
+        route=VerdictRoute(row[11]),
+        policy_version=row[5],
+        judged_at=row[10],
+    )
+    return StoredVerdict(row[0], verdict, row[6], row[7], row[8], row[9])
