@@ -34,7 +34,7 @@ import aiosqlite
 
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.schema import schema_steps
-from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.store.sqlite import Store, StoreError, setting_up
 
 log = logging.getLogger(__name__)
 
@@ -311,15 +311,9 @@ class PgStore(Store):
             raise StoreError(f"cannot open store {redact(url)}: {exc}") from None
         store = cls(pool, url, job_lease_s)
         store._own_pids = own
-        try:
+        async with setting_up(redact(url), pool.close, (OSError, asyncpg.PostgresError)):
             await store._migrate()
             await store._listen()
-        except (OSError, asyncpg.PostgresError) as exc:
-            await pool.close()
-            raise StoreError(f"cannot open store {redact(url)}: {exc}") from None
-        except BaseException:
-            await pool.close()
-            raise
         return store
 
     async def close(self) -> None:

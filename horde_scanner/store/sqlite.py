@@ -15,7 +15,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,23 @@ OPEN_BUSY_MS = 5000
 
 class StoreError(Exception):
     """The database cannot be opened or is not ours."""
+
+
+@contextlib.asynccontextmanager
+async def setting_up(
+    where: object, close: Callable[[], Awaitable[None]], errors: tuple[type[Exception], ...]
+) -> AsyncIterator[None]:
+    """A store's first steps on a new connection (settings, schema steps): whatever fails
+    closes the connection again, and the database's own errors (`errors`) become a
+    StoreError naming the store."""
+    try:
+        yield
+    except errors as exc:
+        await close()
+        raise StoreError(f"cannot open store {where}: {exc}") from None
+    except BaseException:
+        await close()
+        raise
 
 
 def sqlite_path(url: str) -> Path:
@@ -129,24 +146,14 @@ class Store(
             db = await aiosqlite.connect(str(path), isolation_level=None, timeout=STARTUP_BUSY_S)
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
-        try:
+        async with setting_up(path, db.close, (aiosqlite.DatabaseError,)):
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             store = cls(db, path)
-            try:
-                await store._migrate()
-                # A process that died mid-judgement left these: work to do, not work done.
-                await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
-                await db.execute(f"PRAGMA busy_timeout={OPEN_BUSY_MS}")
-            except BaseException:
-                await db.close()
-                raise
-        except aiosqlite.DatabaseError as exc:
-            await db.close()
-            raise StoreError(f"cannot open store {path}: {exc}") from None
-        except BaseException:
-            await db.close()
-            raise
+            await store._migrate()
+            # A process that died mid-judgement left these: work to do, not work done.
+            await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+            await db.execute(f"PRAGMA busy_timeout={OPEN_BUSY_MS}")
         return store
 
     async def close(self) -> None:
