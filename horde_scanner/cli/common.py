@@ -73,8 +73,9 @@ OUTPUT_OPTION = click.option(
 )
 
 
-def write_output(output: Path | None, text: str) -> None:
-    """`--output`: the file named, or standard output."""
+def write_output(output: Path | None, text: str, what: str) -> None:
+    """`--output`: standard output, or the file named, and then `wrote WHAT to FILE` on
+    standard error."""
     if output is None:
         click.echo(text, nl=False)
         return
@@ -82,6 +83,7 @@ def write_output(output: Path | None, text: str) -> None:
         output.write_text(text)
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"wrote {what} to {output}", err=True)
 
 
 def since_of(value: str | None) -> float | None:

@@ -75,9 +75,8 @@ def export(
             return entries
 
     entries = run(go)
-    write_output(output, dump_json(entries) if fmt == "json" else dump_csv(entries))
-    if output is not None:
-        click.echo(f"wrote {len(entries)} entries to {output}", err=True)
+    text = dump_json(entries) if fmt == "json" else dump_csv(entries)
+    write_output(output, text, f"{len(entries)} entries")
 
 
 @hashes.command("import")

@@ -103,5 +103,4 @@ def verdicts_export(
 
     records = run(go)
     text = json.dumps(records, indent=2) + "\n" if fmt == "json" else evidence.to_csv(records)
-    write_output(output, text)
-    click.echo(f"wrote {len(records)} records to {output}", err=True)
+    write_output(output, text, f"{len(records)} records")

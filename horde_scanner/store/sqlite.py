@@ -30,7 +30,7 @@ from horde_scanner.store.kudos import KudosTables
 from horde_scanner.store.review import ReviewTables
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sweeps import SweepTables
-from horde_scanner.store.tables import ChangeListener
+from horde_scanner.store.tables import ChangeListener, SchemaStep
 from horde_scanner.store.verdicts import VerdictTables
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,19 @@ OPEN_BUSY_MS = 5000
 
 class StoreError(Exception):
     """The database cannot be opened or is not ours."""
+
+
+def missing_steps(applied: set[str], where: object) -> list[SchemaStep]:
+    """The schema steps a store has yet to apply, in order. A store with steps this version
+    does not know was written by a newer horde-scanner, and is refused."""
+    steps = schema_steps()
+    unknown = applied - {step.name for step in steps}
+    if unknown:
+        raise StoreError(
+            f"store {where} was written by a newer horde-scanner (schema steps "
+            f"{', '.join(sorted(unknown))}); upgrade horde-scanner"
+        )
+    return [step for step in steps if step.name not in applied]
 
 
 @contextlib.asynccontextmanager
@@ -203,17 +216,8 @@ class Store(
         )
         async with self._db.execute("SELECT name FROM schema_migrations") as cur:
             applied = {row[0] async for row in cur}
-        steps = schema_steps()
-        known = {step.name for step in steps}
-        if applied - known:
-            raise StoreError(
-                f"store {self.path} was written by a newer horde-scanner (schema steps "
-                f"{', '.join(sorted(applied - known))}); upgrade horde-scanner"
-            )
-        for step in steps:
+        for step in missing_steps(applied, self.path):
             name, sql = step.name, step.sql
-            if name in applied:
-                continue
             # The step's name goes in first, under the write lock: a process opening the same
             # new file at the same moment (server.processes) fails there, before any DDL, and
             # skips the step the other one applied.
