@@ -2,34 +2,38 @@
 
 A file, one `scan_files` row per (source, identifier):
 
-    listed ──same size + mtime, final status──► skipped: no byte read
+    listed ──same size + mtime, final status──► seen: no byte read
        │ new or changed
        ▼
     read, sniffed, hashed, judged ──put_scan_files──► status judged | not_media | unreadable
-       │                              (batched; always before       | error (read again)
-       │ positive                      the checkpoint covering it)
+       │                      (batched; always before the    (final) | error (read again)
+       │                       checkpoint that covers it)
+       │ positive: now (the sweep's --action), or later (`apply`, a run with --action)
        ▼
-    begin_scan_action ──► `scan_actions` row `started` (the quarantine location noted before
-       │                  the move) ──end_scan_action──► `done` (scan_files.action = how:
-       │                                                 quarantined | purged | deleted)
-       │                                              └─► `failed`
-       └─ a row that exists: `done` is acted before (nothing to do), `started` died mid-action
-          (completed, not redone); `failed` and `released` start again. A `done` quarantine
-          goes back with a release: `released`, and scan_files.action forgets it.
+    begin_scan_action ──► `scan_actions` row `started` (unique per source, identifier,
+       │                  sha256; a move notes its location first) ──end_scan_action──►
+       │                  `done` (scan_files.action = quarantined | purged | deleted) | `failed`
+       ├─ the row exists: `done` = acted before (nothing to do); `started` = a run died
+       │  mid-action (completed, never done twice); `failed` / `released` start again
+       └─ a `done` quarantine released: `released`, and scan_files.action forgets it
 
 A run, one `scan_runs` row per sweep of a source:
 
-    start_scan_run (the source's other `running` run: `abandoned`, its checkpoint no longer holds)
+    start_scan_run (the source's other `running` run: `abandoned`; its checkpoint no
+       │            longer holds)
        ▼
-    running, phase `sweep`: cursor = the last identifier, in listing order, before which every
-       │  file is recorded (save_scan_run); a killed run resumes from it
-       │  listing done
-       ├── no follow ──► done
-       └── follow ──► phase `follow`: cursor cleared; watermark = newest mtime seen,
-                      time_ordered once a UUIDv7 name was seen; runs until stopped
+    running, phase `sweep` ──save_scan_run every few seconds──► cursor = the last identifier,
+       │  in listing order, before which every file is recorded; watermark = the newest mtime
+       │  seen; time_ordered once a UUIDv7 name is seen. Killed: the next run with the same
+       │  action and follow resumes from the cursor
+       │ listing done
+       ├── without follow ──► `done`
+       └── with follow ──► phase `follow` (cursor cleared): lists what is newer than the
+                           watermark, until stopped
 
-Every statement goes to the shared connection, as one atomic statement each (multi-row
-INSERTs, never executemany: the sqlite3 module will not interleave that with other cursors).
+Every query runs on the shared connection without BEGIN / COMMIT around it (other
+coroutines' statements could slip in between): batches are multi-row INSERTs, never
+executemany, which the sqlite3 module will not interleave with other cursors.
 """
 
 from __future__ import annotations
