@@ -333,6 +333,20 @@ async def test_processes_starting_together_apply_the_schema_once(store_url: str)
             await s.close()
 
 
+async def test_many_processes_opening_a_new_sqlite_file_together_all_open(tmp_path) -> None:
+    """The WAL switch answers "database is locked" at once, not after the busy timeout,
+    while another connection opens the same new file; every opener must still get in."""
+    for round_ in range(30):
+        path = tmp_path / f"new{round_}.db"
+        stores = await asyncio.gather(*(Store.open(path) for _ in range(6)))
+        try:
+            modes = [await s.db.execute_fetchall("PRAGMA journal_mode") for s in stores]
+            assert {m[0][0] for m in modes} == {"wal"}
+        finally:
+            for s in stores:
+                await s.close()
+
+
 async def test_a_turn_goes_to_one_process_per_period(store_url: str) -> None:
     one, two = await Store.open(store_url), await Store.open(store_url)
     try:
