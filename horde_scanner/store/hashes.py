@@ -9,15 +9,18 @@ confirmed verdicts, imports, subscriptions), subscription state, and near-match 
 
 Data lifecycle:
 
-    decoded image ──save_pdq──► verdict_pdq ──a positive's other frames: keep_frames──┐
-    hashes import ──add_hash_entries──► hash_entries (local) ─────────────────────────┤
-    subscription refresh ──replace_hash_origin──► hash_entries (its name) ────────────┤
-                         └─record_hash_fetch──► hash_subscriptions                    ▼
-    lists, verdicts (store/verdicts.py) ──────────────► hash_index_rows, allowed_pdq,
-                                                        describe_pdq (the matcher's index)
-                                                    ──► own_hash_entries (what is published)
-    a review source's match ──flag_hash──► hash_flags ──► `hashes flagged`
-    a subscription gone from the config ──drop_hash_origins_except──► its rows removed
+    decoded image ──save_pdq──────────────────► verdict_pdq (of a positive, only the frames
+                                                 that carried it: keep_frames)
+    hashes import ──add_hash_entries──────────► hash_entries, origin `local`
+    subscription refresh ──replace_hash_origin► hash_entries, origin = its name
+                        └──record_hash_fetch──► hash_subscriptions
+    subscription gone from the config ──drop_hash_origins_except──► its entries and state go
+
+    verdict_pdq, hash_entries, lists, verdicts ──hash_index_rows, allowed_pdq──► the index
+        a hit ──describe_pdq, sha256_entries──► HashRow (hashlists/matcher.py: a Match)
+        ──own_hash_entries──► what this instance publishes (hashlists/publish.py)
+    a review source's hit ──flag_hash──► hash_flags ──hash_flags──► `hashes flagged`
+    every write here, and triggers on lists and verdicts ──► hash_generation + 1
 
 What the index holds is derived from these and the core tables: machine positives (`csam`
 verdicts a backend gave, reviewed or not), the admin deny list (by sha256, with the PDQ of the
