@@ -111,7 +111,7 @@ async def test_late_positives(store: Store) -> None:
     await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "no api key"})
     await store.record_late_positive(A, Label.CSAM, "purged", {"aliases": 2})
     [row] = await store.late_positives()
-    assert (row["sha256"], row["enforcement"], row["detail"]) == (A, "purged", {"aliases": 2})
+    assert (row.sha256, row.enforcement, row.detail) == (A, "purged", {"aliases": 2})
 
 
 async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
@@ -430,12 +430,12 @@ async def test_kudos_spend_is_kept(store_url: str) -> None:
 
     async with await Store.open(store_url) as s:
         budget = KudosBudget(100.0)
-        await budget.attach(s.db)
+        await budget.attach(s)
         budget.settle(0.0, 12.5)
         await budget.flush()
         budget.settle(0.0, 2.5)
         await budget.flush()
     async with await Store.open(store_url) as s:
         again = KudosBudget(100.0)
-        await again.attach(s.db)
+        await again.attach(s)
         assert again.spent == 15.0

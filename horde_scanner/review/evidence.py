@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,22 +71,16 @@ def _location(loc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _quarantine_rows(store: Store, sha256: str) -> list[dict[str, Any]]:
-    async with store.db.execute(
-        "SELECT origin, identifier, state, quarantined_at, updated_by, detail FROM quarantine"
-        " WHERE sha256=? ORDER BY id",
-        (sha256,),
-    ) as cur:
-        rows = await cur.fetchall()
     return [
         {
-            "origin": r[0],
-            "identifier": r[1],
-            "state": r[2],
-            "quarantined_at": iso(r[3]),
-            "by": r[4],
-            "instance": json.loads(r[5] or "{}").get("instance"),
+            "origin": q.origin,
+            "identifier": q.identifier,
+            "state": q.state,
+            "quarantined_at": iso(q.quarantined_at),
+            "by": q.updated_by,
+            "instance": q.detail.get("instance"),
         }
-        for r in rows
+        for q in await store.quarantine_items(sha256)
     ]
 
 
@@ -128,7 +121,7 @@ async def record(
     instances = [q["instance"] for q in quarantine if q["instance"]]
     instances += [a.detail["instance"] for a in trail if a.detail.get("instance")]
     fields = view.verdict_fields(stored, signals=False)
-    late = await view.late_positive(store, stored.sha256)
+    late = await store.late_positive(stored.sha256)
     return {
         "sha256": stored.sha256,
         "pdq": await _pdq(store, stored.sha256),
@@ -137,7 +130,7 @@ async def record(
         "source_instance": instances[0] if instances else None,
         "list": await store.list_kind(stored.sha256),
         "quarantine": [{k: q[k] for k in ("origin", "identifier", "state")} for q in quarantine],
-        "late_positive": late["enforcement"] if late else None,
+        "late_positive": late.enforcement if late else None,
         "decisions": decisions(trail),
         "found": [_location(loc) for loc in swept],
     }
