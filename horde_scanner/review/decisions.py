@@ -103,8 +103,7 @@ class Review:
     async def late_positives(self, limit: int = 100) -> list[dict[str, Any]]:
         """Late positives nobody has decided on yet."""
         return [
-            view.late_entry(p)
-            for p in await self.store.late_positives(undecided=True, limit=limit)
+            view.late_entry(p) for p in await self.store.late_positives(undecided=True, limit=limit)
         ]
 
     async def detail(self, sha256: str) -> dict[str, Any] | None:

@@ -115,7 +115,7 @@ async def record(
         if place not in found:
             found.append(place)
     for loc in swept:
-        place = f"{loc['source'].rstrip('/')}/{loc['identifier']}"
+        place = _swept_at(loc)
         if place not in found:
             found.append(place)
     instances = [q["instance"] for q in quarantine if q["instance"]]
@@ -144,34 +144,47 @@ async def records(
     return [await record(store, v, swept=where.get(v.sha256, [])) for v in verdicts]
 
 
+def _swept_at(loc: dict[str, Any]) -> str:
+    """Where a sweep found a file: its source and identifier as one path."""
+    return f"{loc['source'].rstrip('/')}/{loc['identifier']}"
+
+
+def _cell(items: Iterable[str]) -> str:
+    """A list in one CSV cell."""
+    return "; ".join(items)
+
+
+def _and(text: str, extra: str | None, form: str = " {}") -> str:
+    """`text`, with `extra` in `form` after it when there is one."""
+    return text + form.format(extra) if extra else text
+
+
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
     """Flat CSV: lists joined with "; ", decisions as "when decision by (note)"."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
+        decided = (
+            _and(f"{d['ts']} {d['decision']} by {d['by']}", d["note"], " ({})")
+            for d in r["decisions"]
+        )
+        acted = (
+            _and(f"#{f['action_id']} {f['action']} {f['action_state']}", f["location"])
+            for f in r["found"]
+            if f["action_id"] is not None
+        )
         writer.writerow(
             {
                 **r,
-                "reasons": "; ".join(r["reasons"]),
-                "where_found": "; ".join(r["where_found"]),
-                "quarantine": "; ".join(
+                "reasons": _cell(r["reasons"]),
+                "where_found": _cell(r["where_found"]),
+                "quarantine": _cell(
                     f"{q['origin']}:{q['identifier']} ({q['state']})" for q in r["quarantine"]
                 ),
-                "decisions": "; ".join(
-                    f"{d['ts']} {d['decision']} by {d['by']}"
-                    + (f" ({d['note']})" if d["note"] else "")
-                    for d in r["decisions"]
-                ),
-                "found": "; ".join(
-                    f"{f['source'].rstrip('/')}/{f['identifier']}" for f in r["found"]
-                ),
-                "actions": "; ".join(
-                    f"#{f['action_id']} {f['action']} {f['action_state']}"
-                    + (f" {f['location']}" if f["location"] else "")
-                    for f in r["found"]
-                    if f["action_id"] is not None
-                ),
+                "decisions": _cell(decided),
+                "found": _cell(_swept_at(f) for f in r["found"]),
+                "actions": _cell(acted),
             }
         )
     return out.getvalue()

@@ -188,7 +188,11 @@ class Quarantine:
     ) -> QuarantineItem:
         path = self.held_path(sha256)
         await asyncio.to_thread(_write_private, path, data)
-        return await self._record(sha256, path, len(data), origin, identifier, by, detail)
+        return await self._admitted(
+            await self._store.add_quarantined(
+                sha256, path, len(data), origin=origin, identifier=identifier, by=by, detail=detail
+            )
+        )
 
     async def admit_file(
         self,
@@ -203,27 +207,25 @@ class Quarantine:
         """Move a local file into quarantine (copy + unlink across file systems)."""
         path = self.held_path(sha256)
         size = await asyncio.to_thread(_move_private, Path(source), path)
-        return await self._record(sha256, path, size, origin, identifier or str(source), by, detail)
-
-    async def _record(
-        self,
-        sha256: str,
-        path: Path,
-        size: int,
-        origin: str,
-        identifier: str,
-        by: str,
-        detail: dict[str, Any] | None,
-    ) -> QuarantineItem:
-        item = await self._store.add_quarantined(
-            sha256, path, size, origin=origin, identifier=identifier, by=by, detail=detail
+        return await self._admitted(
+            await self._store.add_quarantined(
+                sha256,
+                path,
+                size,
+                origin=origin,
+                identifier=identifier or str(source),
+                by=by,
+                detail=detail,
+            )
         )
+
+    async def _admitted(self, item: QuarantineItem) -> QuarantineItem:
         await self._store.audit(
             "quarantined",
-            sha256=sha256,
+            sha256=item.sha256,
             action="quarantine",
-            source=by,
-            detail={"origin": origin, "identifier": identifier},
+            source=item.updated_by,
+            detail={"origin": item.origin, "identifier": item.identifier},
         )
         return item
 
@@ -295,7 +297,6 @@ class Quarantine:
         if held:
             await asyncio.to_thread(_unlink, self.held_path(sha256))
         return len(held)
-
 
 
 def _private_dir(path: Path) -> None:

@@ -64,19 +64,6 @@ class QuarantineItem:
     updated_by: str | None
     detail: dict[str, Any]
 
-    def public(self) -> dict[str, Any]:
-        """What an admin may see (no file contents)."""
-        return {
-            "origin": self.origin,
-            "identifier": self.identifier,
-            "state": self.state,
-            "size": self.size,
-            "quarantined_at": self.quarantined_at,
-            "updated_at": self.updated_at,
-            "updated_by": self.updated_by,
-            "detail": self.detail,
-        }
-
 
 class ReviewTables(Tables):
     # -- quarantine ------------------------------------------------------------------------
@@ -135,9 +122,7 @@ class ReviewTables(Tables):
 
     async def count_quarantine(self) -> dict[str, int]:
         """{state: n}."""
-        async with self._db.execute(
-            "SELECT state, COUNT(*) FROM quarantine GROUP BY state"
-        ) as cur:
+        async with self._db.execute("SELECT state, COUNT(*) FROM quarantine GROUP BY state") as cur:
             return {state: n for state, n in await cur.fetchall()}
 
     async def set_quarantine_state(self, item_id: int, state: str, by: str) -> None:
