@@ -4,6 +4,7 @@ judges them as soon as the Horde is back on the same port."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
@@ -168,3 +169,39 @@ async def test_down_after_a_few_failed_calls_in_a_row(tmp_path: Path, http):
             assert answer.body["route"] == "unavailable"
             detail = (await _readyz(http, svc.url))["paths"]["horde"]["detail"]
             assert "(2 failed calls in a row" in detail
+
+
+async def test_a_name_that_does_not_resolve_marks_the_horde_down(tmp_path: Path, http, monkeypatch):
+    """DNS failure: the resolver says the AI Horde's name does not exist. The event loop's
+    getaddrinfo answers in-process and refuses every name but loopback's, so no query can
+    leave the machine; aiohttp's own resolver and error path are the real ones."""
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    async with webhook_sink() as sink:
+        settings = _settings(tmp_path, "http://aihorde.invalid/api", sink.url)
+        async with running_service(settings) as svc:
+            first = await validate_upload(
+                http, svc.scan_url(), images.jpeg("green", seed=11), "image/jpeg"
+            )
+            assert first.status == 200 and first.body["label"] is None
+
+            async def down() -> bool:
+                return (await _readyz(http, svc.url))["status"] == "degraded"
+
+            await wait_for(down, timeout=10)
+            detail = (await _readyz(http, svc.url))["paths"]["horde"]["detail"]
+            assert "unreachable" in detail and "aihorde.invalid" in detail
+            assert "DNS" in detail  # aiohttp's ClientConnectorDNSError, named for the admin
+            answer = await validate_upload(
+                http, svc.scan_url(), images.jpeg("green", seed=12), "image/jpeg"
+            )
+            assert answer.body["route"] == "unavailable"
+            await wait_for(_posted(sink, "backend_down"), timeout=5)
+            assert await svc.services.store.count_jobs() == 2  # kept, to judge when it resolves

@@ -52,3 +52,42 @@ async def test_a_verdict_written_after_the_wait_is_delivered_by_check_others(tmp
         await first.put_verdict(sha, Verdict(label=Label.NSFW, backend="horde"))
         await runner.check_others()  # what the judge's store-sync beat calls on a change
         assert (await asyncio.wait_for(fut, 2.0)).label is Label.NSFW
+
+
+async def test_a_job_the_other_process_already_finished_is_not_judged_again(tmp_path: Path):
+    """The other process wrote the verdict and removed its row between this one's cache miss
+    and its job row: the new row is dropped and the verdict taken, not a second judgement."""
+    sha = "ef" * 32
+    async with (
+        await Store.open(tmp_path / "s.db") as first,
+        await Store.open(tmp_path / "s.db") as second,
+    ):
+        await first.put_verdict(sha, Verdict(label=Label.CLEAN, backend="horde"))
+        runner = JobRunner(second, _never, _nothing, workers=1)
+        fut = await runner.submit(sha, b"x", media_type="image/png", size=1, source="upload")
+        assert (await asyncio.wait_for(fut, 2.0)).label is Label.CLEAN
+        assert await second.count_jobs() == 0
+
+
+async def test_a_fresh_rejudge_is_judged_although_a_verdict_is_stored(tmp_path: Path):
+    sha = "0f" * 32
+    judged: list[str] = []
+
+    async def judge(job: Job) -> Verdict:
+        judged.append(job.sha256)
+        return Verdict(label=Label.NSFW, backend="horde")
+
+    async with await Store.open(tmp_path / "s.db") as store:
+        await store.put_verdict(sha, Verdict(label=Label.CLEAN, backend="horde"))
+        runner = JobRunner(store, judge, _nothing, workers=1)
+        await runner.start()
+        try:
+            fut = await runner.submit(
+                sha, b"x", media_type="image/png", size=1, source="rejudge:admin", fresh=True
+            )
+            assert (await asyncio.wait_for(fut, 5.0)).label is Label.NSFW
+        finally:
+            await runner.stop()
+        assert judged == [sha]
+        stored = await store.get_verdict(sha)
+        assert stored is not None and stored.verdict.label is Label.NSFW

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
@@ -190,9 +191,54 @@ async def test_no_admission_slot_by_the_deadline_is_recorded(tmp_path: Path, htt
                 "SELECT action, detail FROM audit WHERE event='unjudged'"
             )
             assert [r[0] for r in rows] == ["overload"]
-            assert json.loads(rows[0][1])["received_bytes"] == len(images.jpeg(seed=45))
+            detail = json.loads(rows[0][1])
+            assert detail["received_bytes"] == len(images.jpeg(seed=45))
+            assert detail["judged_later"] is True
             counted = await _metric(http, svc.url, "horde_scanner_unjudged_uploads_total")
             assert counted == {"overload": 1}
+
+            # Answered, but not dropped: judged once the slot is free.
+            async def judged():
+                return await store.get_verdict(sha256_hex(images.jpeg(seed=45)))
+
+            stored = await wait_for(judged)
+            assert stored.verdict.label.value == "clean" and stored.source.startswith("upload:")
+            assert svc.services.late_admissions.admitted == 1
+            assert svc.services.upload_memory.used == 0
+
+
+async def test_a_positive_answered_while_overloaded_is_found_and_enforced_later(
+    tmp_path: Path, http
+):
+    """on_timeout=accept lets an upload in when no slot came free: it must not slip through
+    unjudged. Its body waits for a slot, is judged, and the positive is a late positive
+    (purged through the pict-rs API when configured, here recorded for enforcement)."""
+    async with FakeHorde(latency=0.1) as horde:
+        settings = make_settings(
+            tmp_path / "s.db",
+            horde.url,
+            validation={"deadline_s": 1.0, "on_timeout": "accept"},
+            server={"client_ids": [CLIENT_ID], "max_concurrent_uploads": 1},
+        )
+        async with running_service(settings) as svc:
+            red = images.jpeg("red", seed=46)
+            gate = svc.services.upload_gate
+            await gate.acquire()
+            try:
+                result = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
+            finally:
+                gate.release()
+            assert result.status == 200 and result.body["route"] == "overload"
+            store = svc.services.store
+
+            async def late():
+                rows = await store.late_positives()
+                return [r for r in rows if r["sha256"] == sha256_hex(red)]
+
+            (row,) = await wait_for(late)
+            assert row["label"] == "csam"
+            stored = await store.get_verdict(sha256_hex(red))
+            assert stored is not None and stored.verdict.label.value == "csam"
 
 
 async def test_a_cut_off_sender_that_keeps_sending_gets_its_whole_answer_and_the_end(

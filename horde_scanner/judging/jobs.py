@@ -122,8 +122,14 @@ class JobRunner:
         media_type: str | None,
         size: int | None,
         source: str | None,
+        fresh: bool = False,
     ) -> asyncio.Future[Verdict]:
-        """Persist a job (unless one for this hash exists) and return its Future."""
+        """Persist a job (unless one for this hash exists) and return its Future.
+
+        Another process on the same store (a replica, or one of `server.processes`) may have
+        written the verdict just before our job row went in, or may hold the row itself: its
+        verdict is taken rather than judged again. `fresh`: judge even though a verdict is
+        stored (an admin's re-judge)."""
         fut = self._futures.get(sha256)
         if fut is not None:
             return fut
@@ -133,25 +139,18 @@ class JobRunner:
             created = await self._store.add_job(
                 sha256, payload, media_type=media_type, size=size, source=source
             )
-            if self._store.shared:
-                # Another replica may have written the verdict just before our job row went
-                # in (or while its own row stood): take it rather than judge again.
-                stored = await self._store.get_verdict(sha256)
-                if stored is not None and sha256 not in self._held:
-                    if created:
-                        await self._store.finish_job(sha256)
-                    self._resolve(sha256, stored.verdict)
-                    return fut
-            elif not created:
+            if not created and not self._store.shared:
                 # Another process's row (SQLite): its verdict is looked for when the store
-                # says another connection wrote. It may have been written before we started
-                # watching, so look once now too, or this upload would wait in vain.
+                # says another connection wrote (check_others). Watch before looking, so a
+                # verdict written in between is seen by one or the other.
                 self._theirs.add(sha256)
-                stored = await self._store.get_verdict(sha256)
-                if stored is not None and sha256 not in self._held:
-                    self._theirs.discard(sha256)
-                    self._resolve(sha256, stored.verdict)
-                    return fut
+            stored = None if fresh else await self._store.get_verdict(sha256)
+            if stored is not None and sha256 not in self._held:
+                self._theirs.discard(sha256)
+                if created:
+                    await self._store.finish_job(sha256)
+                self._resolve(sha256, stored.verdict)
+                return fut
         except BaseException:
             self._futures.pop(sha256, None)
             raise

@@ -223,7 +223,12 @@ class Review:
         fut = runner.future_for(sha256)
         if fut is None:
             fut = await runner.submit(
-                sha256, data, media_type=sniff(data), size=len(data), source=f"rejudge:{by}"
+                sha256,
+                data,
+                media_type=sniff(data),
+                size=len(data),
+                source=f"rejudge:{by}",
+                fresh=True,
             )
         del data
         try:

@@ -29,6 +29,7 @@ from horde_scanner.judging.policy import Policy
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.runtime import Runtime, open_runtime
+from horde_scanner.service.admission import LateAdmissions
 from horde_scanner.service.auth import ClientAuth
 from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.store.sqlite import Store
@@ -59,6 +60,8 @@ class Services:
     subscriber: Subscriber
     # The parts above come from here; a sweep run inside the service opens nothing of its own.
     runtime: Runtime
+    # Uploads answered before they got an admission slot, waiting for one (service/admission.py).
+    late_admissions: LateAdmissions
     # Complete uploads being admitted at once (server.max_concurrent_uploads).
     upload_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     # Bytes of bodies being read, in memory and spooled to disk (service/upload_body.py).
@@ -85,6 +88,9 @@ async def open_services(
             share_horde_budget(backend, store)
             rt.on_close(backend.aclose)
         judge = await rt.judge()
+        gate = asyncio.Semaphore(settings.server.max_concurrent_uploads)
+        late = LateAdmissions(gate, judge)
+        rt.on_close(late.aclose)  # before the judge stops: they still need it
         yield Services(
             settings,
             store,
@@ -104,7 +110,8 @@ async def open_services(
             await rt.publisher(),
             await rt.subscriber(),
             rt,
-            upload_gate=asyncio.Semaphore(settings.server.max_concurrent_uploads),
+            late,
+            upload_gate=gate,
             upload_memory=ByteBudget(settings.server.upload_memory_bytes),
             upload_spool=ByteBudget(settings.server.upload_spool_bytes),
             workers=await rt.pool(),

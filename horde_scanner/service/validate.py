@@ -18,6 +18,7 @@ from aiohttp import web
 from horde_scanner.config import OnEvent
 from horde_scanner.integrations.metrics import OVERLOAD
 from horde_scanner.judging.judge import Outcome, Route
+from horde_scanner.service.admission import Slot
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
 from horde_scanner.service.upload_body import Pace, UploadBody, UploadCut, read_body
@@ -61,8 +62,10 @@ async def _unjudged(
     *,
     reason: str,
     received: int,
+    later: bool = False,
 ) -> None:
-    """An upload answered without a verdict: never silent (audit row, log line, metric)."""
+    """An upload answered without a verdict: never silent (audit row, log line, metric).
+    `later`: its body was kept and will be judged (service/admission.py)."""
     svc.metrics.unjudged(reason)
     declared = request.content_length
     address = svc.auth.client_address(request)
@@ -85,6 +88,7 @@ async def _unjudged(
             "received_bytes": received,
             "declared_bytes": declared,
             "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+            "judged_later": later,
         },
     )
 
@@ -159,6 +163,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
     upload = UploadBody(
         server.max_body_bytes, svc.upload_memory, svc.upload_spool, server.upload_spool_dir
     )
+    owned: UploadBody | None = upload  # None once handed to the late admissions
     try:
         pace = Pace(deadline, server.upload_min_bytes_per_s, server.upload_rate_grace_s)
         try:
@@ -169,21 +174,15 @@ async def scan(request: web.Request) -> web.StreamResponse:
         except RequestError as exc:
             await _unjudged(request, svc, source, started, reason=exc.error, received=upload.size)
             raise
-        gate = svc.upload_gate
-        try:
-            async with asyncio.timeout_at(_loop_time(deadline)):
-                await gate.acquire()
-        except TimeoutError:
-            await _unjudged(request, svc, source, started, reason="overload", received=upload.size)
+        slot = Slot(svc.upload_gate, upload)
+        if not await slot.acquire(_loop_time(deadline)):
+            await _unjudged(
+                request, svc, source, started, reason="overload", received=upload.size, later=True
+            )
+            # Answered now, judged once a slot is free (a late positive is enforced then).
+            svc.late_admissions.take(upload, source=source, answered=rules.on_timeout.value)
+            owned = None
             return _overloaded(svc, started)
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                gate.release()
-                upload.close()
 
         try:
             data = await upload.data()
@@ -192,13 +191,14 @@ async def scan(request: web.Request) -> web.StreamResponse:
                 source=source,
                 within_s=max(0.0, deadline - time.monotonic()),
                 answer_if_late=rules.on_timeout.value,
-                on_admitted=release,
+                on_admitted=slot.release,
             )
             del data
         finally:
-            release()
+            slot.release()
     finally:
-        upload.close()
+        if owned is not None:
+            owned.close()
     answer, why = _decide(svc, outcome)
     label = outcome.label.value if outcome.label else None
     if outcome.route is not Route.CACHE or answer is OnEvent.REJECT:
