@@ -21,7 +21,6 @@ from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action
 from horde_scanner.sweep.app import run_apply, run_release, run_scan
 from horde_scanner.sweep.local import LocalSource
-from horde_scanner.sweep.records import ScanRecords
 from horde_scanner.sweep.runner import FOLLOW_SLACK_S
 from horde_scanner.sweep.source import Denied, Entry, ItemError
 from horde_scanner.testing import images
@@ -327,9 +326,8 @@ async def test_interrupted_action_is_completed_not_repeated(tmp_path: Path, root
     sha = sha256_hex((root / red).read_bytes())
     # A run that died right after moving the file, before marking the action done:
     async with await Store.open(db) as store:
-        records = ScanRecords(store)
         st = (root / red).stat()
-        row, fresh = await records.begin_action(
+        row, fresh = await store.begin_scan_action(
             source=LocalSource(root, qdir).url,
             identifier=red,
             sha256=sha,
@@ -342,7 +340,7 @@ async def test_interrupted_action_is_completed_not_repeated(tmp_path: Path, root
         assert fresh
         qdir.mkdir(mode=0o700)
         location = qdir / f"{row.id:08d}-{sha}"
-        await records.set_action_location(row.id, str(location))
+        await store.set_scan_action_location(row.id, str(location))
         os.replace(root / red, location)
 
     report = await run_scan(settings, str(root), action=Action.QUARANTINE, backend=MockBackend())

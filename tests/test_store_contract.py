@@ -17,7 +17,7 @@ from horde_scanner.review.decisions import Review, VerdictFilter
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sqlite import Store, StoreError
-from horde_scanner.sweep.records import FileRecord, ScanRecords
+from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.verdict import Label, Verdict
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -186,35 +186,34 @@ async def test_hash_store(store: Store) -> None:
 
 
 async def test_scan_records(store: Store) -> None:
-    records = ScanRecords(store)
-    await records.put_files(
-        [FileRecord("local:/srv", f"f{i}", 10 + i, 1.5, "judged", A if i == 0 else B,
-                    "image/png", "csam" if i == 0 else "clean", ["r"], 2.0) for i in range(3)]
+    await store.put_scan_files(
+        [ScanFile("local:/srv", f"f{i}", 10 + i, 1.5, "judged", A if i == 0 else B,
+                  "image/png", "csam" if i == 0 else "clean", ["r"], 2.0) for i in range(3)]
     )  # fmt: skip
-    got = await records.get_files("local:/srv", ["f0", "f1", "missing"])
+    got = await store.get_scan_files("local:/srv", ["f0", "f1", "missing"])
     assert sorted(got) == ["f0", "f1"] and got["f0"].reasons == ["r"]
     assert [
-        r.identifier for r in await records.unacted_positives(["csam"], since=None, source=None)
+        r.identifier for r in await store.unacted_scan_positives(["csam"], since=None, source=None)
     ] == ["f0"]
-    run = await records.start_run("local:/srv", "report", follow=False)
+    run = await store.start_scan_run("local:/srv", "report", follow=False)
     run.cursor = "f1"
-    await records.save_run(run, {"judged": 2})
-    again = await records.unfinished_run("local:/srv")
+    await store.save_scan_run(run, {"judged": 2})
+    again = await store.unfinished_scan_run("local:/srv")
     assert again is not None and again.cursor == "f1"
-    row, fresh = await records.begin_action(
+    row, fresh = await store.begin_scan_action(
         source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
         action="quarantine", label="csam", reasons=["r"],
     )  # fmt: skip
     assert fresh
-    _, fresh_again = await records.begin_action(
+    _, fresh_again = await store.begin_scan_action(
         source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
         action="quarantine", label="csam", reasons=["r"],
     )  # fmt: skip
     assert not fresh_again  # started: a run that died mid-action completes it
-    await records.end_action(row.id, "done", location="q/f0", detail={})
-    assert await records.quarantined_among([A, B]) == {A}
-    assert await records.quarantine_counts() == {"done": 1}
-    where = await records.locations([A])
+    await store.end_scan_action(row.id, "done", location="q/f0", detail={})
+    assert await store.scan_quarantined_among([A, B]) == {A}
+    assert await store.scan_quarantine_counts() == {"done": 1}
+    where = await store.sweep_locations([A])
     assert where[A][0]["location"] == "q/f0"
 
 

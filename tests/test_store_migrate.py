@@ -13,7 +13,7 @@ from horde_scanner.hashlists.store import LOCAL, HashStore
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.store.sqlite import Store
-from horde_scanner.sweep.records import FileRecord, ScanRecords
+from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.verdict import Label, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,10 +45,9 @@ async def populate(path: Path, tmp_path: Path) -> None:
         await hashes.flag(B, "sub", "pdq", "f" * 64, 3, "upload")
         await hashes.record_fetch("sub", "http://127.0.0.1/x", status=200, error=None,
                                   etag="e", entries=1, skipped=0)  # fmt: skip
-        records = ScanRecords(store)
-        await records.put_files([FileRecord("local:/s", "f", 1, 2.0, "judged", A)])
-        await records.start_run("local:/s", "report", follow=False)
-        await records.begin_action(
+        await store.put_scan_files([ScanFile("local:/s", "f", 1, 2.0, "judged", A)])
+        await store.start_scan_run("local:/s", "report", follow=False)
+        await store.begin_scan_action(
             source="local:/s",
             identifier="f",
             sha256=A,

@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable
 from horde_scanner.backends.base import BackendUnavailable
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
+from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.tasks import cancel_and_wait
-from horde_scanner.verdict import Label, Verdict
+from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class JobRunner:
                 # verdict written in between is seen by one or the other.
                 self._theirs.add(sha256)
             stored = None if fresh else await self._store.get_verdict(sha256)
-            if stored is not None and sha256 not in self._held:
+            if stored is not None and _judgement(stored) and sha256 not in self._held:
                 self._theirs.discard(sha256)
                 if created:
                     await self._store.finish_job(sha256)
@@ -375,3 +376,14 @@ class JobRunner:
         await self._on_finished(
             job, verdict, "accept" if "accept" in given else given.pop() if given else None
         )
+
+
+def _judgement(stored: StoredVerdict) -> bool:
+    """A verdict another process just wrote, as the caller's lookup would have taken it: a
+    backend's judgement. Errors are looked at again, and a verdict resting on a hash-list
+    entry may be the stale one the lookup set aside (the entry since lifted)."""
+    verdict = stored.verdict
+    return verdict.route is VerdictRoute.JUDGED and verdict.label not in (
+        Label.ERROR,
+        Label.UNREADABLE,
+    )

@@ -26,7 +26,7 @@ from horde_scanner.integrations.pictrs import (
     PictrsUnsupported,
 )
 from horde_scanner.store.sqlite import Store
-from horde_scanner.sweep.records import ActionRow, ScanRecords
+from horde_scanner.store.sweeps import ScanAction
 from horde_scanner.sweep.source import Denied, ItemError, Source, Vanished
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ class Actor:
     def __init__(
         self,
         store: Store,
-        records: ScanRecords,
         source: Source,
         action: Action,
         *,
@@ -74,7 +73,6 @@ class Actor:
         if action is Action.REPORT:
             raise ValueError("report does not act")
         self.store = store
-        self.records = records
         self.source = source
         self.action = action
         self._pictrs = pictrs
@@ -91,7 +89,7 @@ class Actor:
         label: str | None,
         reasons: list[str],
     ) -> ActResult:
-        row, fresh = await self.records.begin_action(
+        row, fresh = await self.store.begin_scan_action(
             source=self.source.url,
             identifier=identifier,
             sha256=sha256,
@@ -107,13 +105,13 @@ class Actor:
 
     async def complete_interrupted(self) -> int:
         """Finish actions a killed run left `started`; returns how many."""
-        rows = await self.records.started_actions(self.source.url)
+        rows = await self.store.started_scan_actions(self.source.url)
         for row in rows:
             log.info("completing interrupted %s of %s", row.action, row.identifier)
             await self._perform(row, resuming=True)
         return len(rows)
 
-    async def _perform(self, row: ActionRow, *, resuming: bool) -> ActResult:
+    async def _perform(self, row: ScanAction, *, resuming: bool) -> ActResult:
         try:
             if row.action == Action.QUARANTINE:
                 result = await self._quarantine(row, resuming)
@@ -128,17 +126,17 @@ class Actor:
         await self._finish(row, result)
         return result
 
-    async def _quarantine(self, row: ActionRow, resuming: bool) -> ActResult:
+    async def _quarantine(self, row: ScanAction, resuming: bool) -> ActResult:
         name = f"{row.id:08d}-{row.sha256}"
         location = self.source.quarantine_location(name)
         if resuming and await self.source.stat(row.identifier) is None:
             # The move happened before the run died: the object is where we said it would go.
             return ActResult(Outcome.ALREADY, "quarantined", row.location or location)
-        await self.records.set_action_location(row.id, location)
+        await self.store.set_scan_action_location(row.id, location)
         location = await self.source.quarantine(row.identifier, name)
         return ActResult(Outcome.DONE, "quarantined", location)
 
-    async def _delete(self, row: ActionRow, resuming: bool) -> ActResult:
+    async def _delete(self, row: ScanAction, resuming: bool) -> ActResult:
         index = self._index
         if index is not None and self._pictrs is not None:
             try:
@@ -170,7 +168,7 @@ class Actor:
             why = "not known to pict-rs by this hash"
         return ActResult(Outcome.DONE, "deleted", detail={"via": "storage", "why": why})
 
-    async def _finish(self, row: ActionRow, result: ActResult) -> None:
+    async def _finish(self, row: ScanAction, result: ActResult) -> None:
         ok = result.outcome in (Outcome.DONE, Outcome.ALREADY)
         # Audit first, flushed at once: a run killed right after acting must not lose the
         # record. If it dies before the row is marked done, the next run completes the row
@@ -194,23 +192,23 @@ class Actor:
                 },
             )
             await self.store.flush_audit()
-        await self.records.end_action(
+        await self.store.end_scan_action(
             row.id, "done" if ok else "failed", location=result.location, detail=result.detail
         )
         if ok:
-            await self.records.set_file_action(self.source.url, row.identifier, result.how)
+            await self.store.set_scan_file_action(self.source.url, row.identifier, result.how)
 
-    async def _audited(self, row: ActionRow) -> bool:
+    async def _audited(self, row: ScanAction) -> bool:
         trail = await self.store.audit_trail(row.sha256)
         return any(a.event == "scan_action" and a.detail.get("action_id") == row.id for a in trail)
 
 
-def releasable(row: ActionRow) -> bool:
+def releasable(row: ScanAction) -> bool:
     """A quarantine that is done (the object is in the sweep's quarantine now)."""
     return row.action == Action.QUARANTINE and row.state == "done" and bool(row.location)
 
 
-def check_releasable(row: ActionRow) -> str:
+def check_releasable(row: ScanAction) -> str:
     """The quarantine location of a releasable row; ItemError (saying why) for any other."""
     if not releasable(row) or row.location is None:
         raise ItemError(
@@ -221,8 +219,7 @@ def check_releasable(row: ActionRow) -> str:
 
 async def release(
     store: Store,
-    records: ScanRecords,
-    row: ActionRow,
+    row: ScanAction,
     source: Source,
     *,
     note: str = "",
@@ -233,8 +230,10 @@ async def release(
     sweep holder. `by` is who decided ("cli", or the admin: "api:alice", "page:bob")."""
     location = check_releasable(row)
     await source.restore(location, row.identifier)
-    await records.end_action(row.id, "released", location=None, detail={**row.detail, "note": note})
-    await records.set_file_action(row.source, row.identifier, None)
+    await store.end_scan_action(
+        row.id, "released", location=None, detail={**row.detail, "note": note}
+    )
+    await store.set_scan_file_action(row.source, row.identifier, None)
     await store.audit(
         "released",
         sha256=row.sha256,

@@ -18,6 +18,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.config import OnEvent, Settings
 from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.store.sqlite import Store
+from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.sweep.actions import (
     PRUNE_REMINDER,
     Action,
@@ -29,7 +30,6 @@ from horde_scanner.sweep.actions import (
 from horde_scanner.sweep.address import make_source
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.progress import Counts, Progress
-from horde_scanner.sweep.records import FileRecord, ScanRecords
 from horde_scanner.sweep.runner import Sweep
 from horde_scanner.sweep.source import ItemError, Source
 from horde_scanner.verdict import Label
@@ -96,13 +96,12 @@ async def run_scan(
         store = await rt.store()
         async with _opened(source):
             judge = await rt.judge()
-            records = ScanRecords(store)
             actor = None
             if action is not Action.REPORT:
-                actor = Actor(store, records, source, action, pictrs=await rt.pictrs())
+                actor = Actor(store, source, action, pictrs=await rt.pictrs())
             sweep = Sweep(
                 judge=judge,
-                records=records,
+                store=store,
                 source=source,
                 action=action,
                 settings=settings.scan,
@@ -148,7 +147,7 @@ async def plan_apply(
     plan: dict[str, dict[str, int]] = {}
     async with await Store.open(settings.store) as store:
         source_url = make_source(address, settings).url if address else None
-        rows = await ScanRecords(store).unacted_positives(labels, since=since, source=source_url)
+        rows = await store.unacted_scan_positives(labels, since=since, source=source_url)
         for row in rows:
             assert row.sha256 is not None
             label = await _current_label(store, row.sha256, row.label)
@@ -173,10 +172,9 @@ async def run_apply(
     reports: list[Report] = []
     async with open_runtime(settings) as rt:
         store = await rt.store()
-        records = ScanRecords(store)
         source_url = make_source(address, settings).url if address else None
-        rows = await records.unacted_positives(labels, since=since, source=source_url)
-        by_source: dict[str, list[FileRecord]] = {}
+        rows = await store.unacted_scan_positives(labels, since=since, source=source_url)
+        by_source: dict[str, list[ScanFile]] = {}
         for row in rows:
             by_source.setdefault(row.source, []).append(row)
         # Open every source first: a bad credential stops us before the first action.
@@ -189,7 +187,7 @@ async def run_apply(
             pictrs = await rt.pictrs()
             for url, pending in by_source.items():
                 src = sources[url]
-                actor = Actor(store, records, src, action, pictrs=pictrs)
+                actor = Actor(store, src, action, pictrs=pictrs)
                 await actor.complete_interrupted()
                 counts = Counts(listed=len(pending))
                 report = Report(url, action.value, counts)
@@ -260,16 +258,15 @@ async def run_release(
     decision for that hash, which allow-lists it and releases every quarantined copy."""
     async with open_runtime(settings) as rt:
         store = await rt.store()
-        records = ScanRecords(store)
         if target.isdigit():
-            row = await records.get_action(int(target))
+            row = await store.get_scan_action(int(target))
             if row is None:
                 raise ItemError(f"no action #{target}")
             check_releasable(row)
             sha256, ids = row.sha256, [row.id]
         else:
             sha256 = target.lower()
-            rows = [r for r in await records.actions_for(sha256, state="done") if releasable(r)]
+            rows = [r for r in await store.scan_actions_for(sha256, state="done") if releasable(r)]
             if not rows:
                 raise ItemError(f"nothing quarantined with sha256 {target}")
             ids = [r.id for r in rows]

@@ -27,9 +27,9 @@ from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import HELD, HeldCopy, Quarantine, ReleaseResult
 from horde_scanner.store.sqlite import Store
+from horde_scanner.store.sweeps import ScanAction
 from horde_scanner.sweep.actions import Action, release
 from horde_scanner.sweep.address import make_source
-from horde_scanner.sweep.records import ActionRow, ScanRecords
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,9 @@ class SweepQuarantine:
     def __init__(self, store: Store, settings: Settings) -> None:
         self._store = store
         self._settings = settings
-        self._records = ScanRecords(store)
 
-    async def _rows(self, sha256: str, state: str | None = None) -> list[ActionRow]:
-        rows = await self._records.actions_for(sha256, state=state)
+    async def _rows(self, sha256: str, state: str | None = None) -> list[ScanAction]:
+        rows = await self._store.scan_actions_for(sha256, state=state)
         return [r for r in rows if r.action == Action.QUARANTINE]
 
     async def copies(self, sha256: str) -> list[HeldCopy]:
@@ -71,7 +70,7 @@ class SweepQuarantine:
         ]
 
     async def held_among(self, hashes: list[str]) -> set[str]:
-        return await self._records.quarantined_among(hashes)
+        return await self._store.scan_quarantined_among(hashes)
 
     async def held_bytes(self, sha256: str) -> bytes | None:
         for row in await self._rows(sha256, state="done"):
@@ -90,9 +89,7 @@ class SweepQuarantine:
                 source = make_source(row.source, self._settings)
                 await source.open()
                 try:
-                    restored = await release(
-                        self._store, self._records, row, source, note=note, by=by
-                    )
+                    restored = await release(self._store, row, source, note=note, by=by)
                 finally:
                     await source.close()
             except Exception as exc:  # one failed copy must not block the others
@@ -112,7 +109,7 @@ class SweepQuarantine:
         now = time.time()
         for row in await self._rows(sha256, state="done"):
             decision = {"decision": "confirm", "decided_by": by, "decided_at": now, "note": note}
-            await self._records.set_action_detail(row.id, {**row.detail, **decision})
+            await self._store.set_scan_action_detail(row.id, {**row.detail, **decision})
             await self._store.audit(
                 "quarantine_kept",
                 sha256=sha256,
@@ -131,7 +128,7 @@ class SweepQuarantine:
         return 0
 
     async def counts(self) -> dict[str, int]:
-        counts = await self._records.quarantine_counts()
+        counts = await self._store.scan_quarantine_counts()
         if "done" in counts:
             counts[HELD] = counts.pop("done")
         return counts

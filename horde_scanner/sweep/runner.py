@@ -25,11 +25,12 @@ from collections.abc import AsyncIterator
 from horde_scanner.config import OnEvent, ScanSettings
 from horde_scanner.judging.judge import Judge, Route
 from horde_scanner.media.decode import sniff
+from horde_scanner.store.sqlite import Store
+from horde_scanner.store.sweeps import FINAL_STATUSES, ScanFile, ScanRun
 from horde_scanner.sweep.actions import Action, Actor, Outcome
 from horde_scanner.sweep.layout import is_v7_identifier
 from horde_scanner.sweep.metrics import SweepRun
 from horde_scanner.sweep.progress import Counts, Progress
-from horde_scanner.sweep.records import FINAL_STATUSES, FileRecord, Run, ScanRecords
 from horde_scanner.sweep.source import Denied, Entry, ItemError, Source, Vanished
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label
@@ -57,7 +58,7 @@ _RECORDS_PER_WRITE = 64
 STOP_GRACE_S = 2.0
 
 
-_WorkItem = tuple[int, Entry, FileRecord | None]
+_WorkItem = tuple[int, Entry, ScanFile | None]
 
 
 class Sweep:
@@ -65,7 +66,7 @@ class Sweep:
         self,
         *,
         judge: Judge,
-        records: ScanRecords,
+        store: Store,
         source: Source,
         action: Action,
         settings: ScanSettings,
@@ -75,8 +76,7 @@ class Sweep:
         shown: SweepRun | None = None,
     ) -> None:
         self.judge = judge
-        self.records = records
-        self.store = records.store
+        self.store = store
         self.source = source
         self.action = action
         self.settings = settings
@@ -91,7 +91,7 @@ class Sweep:
         self.act_labels = {label.value for label in settings.act_labels}
         if settings.on_unreadable is OnEvent.REJECT:
             self.act_labels.add(Label.UNREADABLE.value)
-        self.run_row: Run | None = None
+        self.run_row: ScanRun | None = None
         self.resumed_from: str | None = None
         # Files cut off by a stop while their judgement waited (kept as jobs).
         self.interrupted = 0
@@ -99,7 +99,7 @@ class Sweep:
         self._last_save = 0.0
         # File records are written in batches (one statement each); always before the
         # checkpoint that covers them and before any action on one of them.
-        self._unwritten: list[FileRecord] = []
+        self._unwritten: list[ScanFile] = []
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class Sweep:
         self, *, follow: bool = False, interval_s: float | None = None, cycles: int | None = None
     ) -> Counts:
         self._deny = {sha async for sha, *_ in self.store.iter_list("deny")}
-        run = await self.records.unfinished_run(self.source.url)
+        run = await self.store.unfinished_scan_run(self.source.url)
         if run is not None and run.action == self.action.value and run.follow == follow:
             self.resumed_from = run.cursor
             log.info(
@@ -117,7 +117,7 @@ class Sweep:
                 run.cursor or f"its {run.phase} phase",
             )
         else:
-            run = await self.records.start_run(self.source.url, self.action.value, follow)
+            run = await self.store.start_scan_run(self.source.url, self.action.value, follow)
         self.run_row = run
         if self.actor is not None:
             await self.actor.complete_interrupted()
@@ -162,15 +162,15 @@ class Sweep:
             self.shown.show(self.counts, self.action.value, listing_done=self.progress.listing_done)
 
     async def _flush_records(self) -> None:
-        records, self._unwritten = self._unwritten, []
-        await self.records.put_files(records)
+        files, self._unwritten = self._unwritten, []
+        await self.store.put_scan_files(files)
 
     async def _save(self, *, final: bool = False) -> None:
         if self.run_row is None:
             return
         self._last_save = time.monotonic()
         await self._flush_records()
-        await self.records.save_run(self.run_row, self.counts.as_dict() if final else None)
+        await self.store.save_scan_run(self.run_row, self.counts.as_dict() if final else None)
         await self.store.flush_audit()
 
     # -- one pass over a listing ---------------------------------------------------------------
@@ -229,7 +229,9 @@ class Sweep:
                         ended = True
                         break
                     batch.append(item)
-                known = await self.records.get_files(self.source.url, [e.identifier for e in batch])
+                known = await self.store.get_scan_files(
+                    self.source.url, [e.identifier for e in batch]
+                )
                 for entry in batch:
                     if self.stop.is_set():
                         break
@@ -324,12 +326,12 @@ class Sweep:
 
     # -- one file ------------------------------------------------------------------------------
 
-    def _seen_needs_action(self, rec: FileRecord) -> bool:
+    def _seen_needs_action(self, rec: ScanFile) -> bool:
         if self.actor is None or rec.action is not None or not rec.sha256:
             return False
         return rec.label in self.act_labels or rec.sha256 in self._deny
 
-    async def _act_on_seen(self, entry: Entry, rec: FileRecord) -> None:
+    async def _act_on_seen(self, entry: Entry, rec: ScanFile) -> None:
         """A file judged positive before (e.g. by a dry run): act without reading it."""
         assert rec.sha256 is not None
         label, reasons = rec.label, rec.reasons or []
@@ -425,7 +427,7 @@ class Sweep:
         reasons: list[str] | None,
     ) -> None:
         self._unwritten.append(
-            FileRecord(
+            ScanFile(
                 self.source.url, entry.identifier, entry.size, entry.mtime, status,
                 sha, media_type, label, reasons, time.time(),
             )
