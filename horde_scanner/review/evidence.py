@@ -17,7 +17,6 @@ from horde_scanner.review import view
 from horde_scanner.store.audit import AuditRecord
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.verdicts import StoredVerdict
-from horde_scanner.sweep.records import ScanRecords
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label
 
@@ -103,7 +102,7 @@ async def record(
 ) -> dict[str, Any]:
     """The evidence record of one verdict; `swept` is where storage sweeps found it."""
     if swept is None:
-        swept = (await ScanRecords(store).locations([stored.sha256])).get(stored.sha256, [])
+        swept = (await store.sweep_locations([stored.sha256])).get(stored.sha256, [])
     trail = await store.audit_trail(stored.sha256)
     quarantine = await _quarantine_rows(store, stored.sha256)
     found: list[str] = [stored.source] if stored.source else []
@@ -140,7 +139,7 @@ async def records(
     store: Store, labels: Iterable[Label] | None = None, *, since: float | None = None
 ) -> list[dict[str, Any]]:
     verdicts = [v async for v in store.iter_verdicts(labels=labels, since=since)]
-    where = await ScanRecords(store).locations([v.sha256 for v in verdicts])
+    where = await store.sweep_locations([v.sha256 for v in verdicts])
     return [await record(store, v, swept=where.get(v.sha256, [])) for v in verdicts]
 
 
