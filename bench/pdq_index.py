@@ -31,8 +31,8 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import HashesSettings
 from horde_scanner.hashlists.format import HashEntry
 from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.hashlists.store import LOCAL, HashStore
 from horde_scanner.media.hashing import PdqHash
+from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
@@ -64,7 +64,7 @@ async def index_figures(db: Path, count: int) -> list[str]:
     entries = [HashEntry("pdq", v, "csam", "bench") for v in values]
     async with await Store.open(db) as store:
         started = time.perf_counter()
-        await HashStore(store).add_entries(LOCAL, entries)
+        await store.add_hash_entries(LOCAL, entries)
         print(f"import of {count:,} entries into the store: {time.perf_counter() - started:.1f} s")
     del entries, raw
     gc.collect()

@@ -254,7 +254,7 @@ class Runtime:
 
     async def publisher(self) -> Publisher:
         if self._publisher is None:
-            self._publisher = Publisher((await self.hashes()).hashes, self.settings.hashes)
+            self._publisher = Publisher(await self.store(), self.settings.hashes)
         return self._publisher
 
     async def subscriber(self) -> Subscriber:

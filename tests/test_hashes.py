@@ -11,9 +11,9 @@ from aiohttp import web
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.hashlists.format import HashEntry, dump_json, parse
 from horde_scanner.hashlists.index import PdqIndex, hex_to_words
-from horde_scanner.hashlists.store import LOCAL, HashStore
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_distance, pdq_hash, sha256_hex
+from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
@@ -90,7 +90,7 @@ async def test_near_copy_of_positive_is_rejected_without_backend(tmp_path: Path,
         first = await validate_upload(http, svc.scan_url(), textures.encode(positive), "image/jpeg")
         assert first.status == 406 and first.body["route"] == "backend"
         calls = backend.calls
-        original_pdq = (await svc.services.hashes.hashes.pdq_of(first.body["sha256"]))[0]
+        original_pdq = (await svc.services.hashes.store.pdq_of(first.body["sha256"]))[0]
         for kind, data in textures.variants(positive).items():
             result = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
             assert result.status == 406, kind
@@ -129,7 +129,7 @@ async def test_deny_entry_arriving_later_beats_a_cached_clean_verdict(tmp_path: 
         # Another process (an admin's import) adds a look-alike's PDQ to the deny list.
         reported = pdq_of(textures.variants(picture)["webp-thumbnail"]).hex
         async with await Store.open(tmp_path / "late.db") as admin:
-            await HashStore(admin).add_entries(LOCAL, [HashEntry("pdq", reported, note="#12")])
+            await admin.add_hash_entries(LOCAL, [HashEntry("pdq", reported, note="#12")])
         result = await wait_for(lambda: _upload_rejected(http, svc.scan_url(), data))
         assert result.body["route"] == "match" and "note: #12" in result.body["reasons"][0]
         assert backend.calls == 1
@@ -202,11 +202,11 @@ async def test_subscribed_list_rejects_near_copy_without_backend(tmp_path: Path,
             assert judged.status == 200 and backend_b.calls == 1
 
             # ETag: further refreshes are 304s and move no list data.
-            state = await hashes_b.hashes.subscription("a")
+            state = await hashes_b.store.hash_subscription("a")
             assert state is not None and state.etag
             fetched = state.bytes_fetched
             await wait_for(lambda: _status_is(hashes_b, "a", 304))
-            state = await hashes_b.hashes.subscription("a")
+            state = await hashes_b.store.hash_subscription("a")
             assert state.bytes_fetched == fetched and state.entries == 2
 
         async with http.get(
@@ -317,7 +317,7 @@ async def test_review_source_accepts_and_flags(tmp_path: Path, http):
             result = await validate_upload(http, b.scan_url(), copy, "image/jpeg")
             assert result.status == 200 and result.body["route"] == "backend"
             assert backend_b.calls == 1
-            flags = await b.services.hashes.hashes.flags()
+            flags = await b.services.hashes.store.hash_flags()
             assert [(f.sha256, f.origin, f.signal) for f in flags] == [
                 (result.body["sha256"], "maybe", "pdq")
             ]
@@ -367,10 +367,10 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
                 if failure == "down":
                     await runner.cleanup()
                 assert await subscriber.refresh(sub) == "failed"
-                state = await hashes.hashes.subscription("src")
+                state = await hashes.store.hash_subscription("src")
                 assert state.entries == 2 and state.last_error, failure
                 assert hashes.size == 1
-                assert len(await hashes.hashes.sha256_entries("ab" * 32)) == 1
+                assert len(await hashes.store.sha256_entries("ab" * 32)) == 1
             # The service still answers.
             result = await validate_upload(
                 http, svc.scan_url(), textures.encode(textures.textured("blue")), "image/jpeg"
@@ -385,7 +385,7 @@ async def _has(value: bool) -> bool:
 
 
 async def _status_is(matcher, name: str, status: int) -> bool:
-    state = await matcher.hashes.subscription(name)
+    state = await matcher.store.hash_subscription(name)
     return state is not None and state.last_status == status
 
 

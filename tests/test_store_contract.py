@@ -11,10 +11,11 @@ from types import SimpleNamespace
 import pytest
 
 from horde_scanner.hashlists.format import HashEntry
-from horde_scanner.hashlists.store import LOCAL, VERDICT, HashStore
+from horde_scanner.hashlists.publish import published
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.decisions import Review, VerdictFilter
 from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.store.hashes import LOCAL, VERDICT
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sqlite import Store, StoreError
 from horde_scanner.store.sweeps import ScanFile
@@ -134,53 +135,52 @@ async def test_newer_schema_is_refused(store_url: str) -> None:
 
 
 async def test_hash_store(store: Store) -> None:
-    hashes = HashStore(store)
-    g0 = await hashes.generation()
-    added = await hashes.add_entries(
+    g0 = await store.hash_generation()
+    added = await store.add_hash_entries(
         LOCAL,
         [HashEntry("pdq", PDQ1, first_seen=50.0), HashEntry("sha256", C, first_seen=None)],
     )
     assert added == 2
-    await hashes.add_entries(LOCAL, [HashEntry("pdq", PDQ1, first_seen=20.0, note="older")])
-    [entry] = [e for e in await hashes.all_entries() if e.entry.signal == "pdq"]
-    assert (entry.entry.first_seen, entry.entry.note) == (20.0, "older")
-    g1 = await hashes.generation()
+    await store.add_hash_entries(LOCAL, [HashEntry("pdq", PDQ1, first_seen=20.0, note="older")])
+    [entry] = [e for e in await store.hash_entries() if e.signal == "pdq"]
+    assert (entry.first_seen, entry.note) == (20.0, "older")
+    g1 = await store.hash_generation()
     assert g1 > g0
     # A positive a backend gave bumps the generation (trigger) and joins the index.
-    await hashes.save_pdq(A, [PdqHash(PDQ2, 100, 0)])
-    await hashes.save_pdq(A, [PdqHash(PDQ2, 90, 0)])  # same frame: replaced
+    await store.save_pdq(A, [PdqHash(PDQ2, 100, 0)])
+    await store.save_pdq(A, [PdqHash(PDQ2, 90, 0)])  # same frame: replaced
     await store.put_verdict(A, verdict(Label.CSAM, backend="horde"))
-    g2 = await hashes.generation()
+    g2 = await store.hash_generation()
     assert g2 > g1
-    rows = [(v, o) async for values, origins in hashes.index_rows(50) for v, o in
+    rows = [(v, o) async for values, origins in store.hash_index_rows(50) for v, o in
             zip(values, origins, strict=True)]  # fmt: skip
     assert sorted(rows) == sorted([(PDQ1, LOCAL), (PDQ2, VERDICT)])
-    assert [p.quality for p in await hashes.pdq_of(A)] == [90]
+    assert [p.quality for p in await store.pdq_of(A)] == [90]
     # A machine verdict travels only when asked for; an admin's confirm makes it travel, with
     # who confirmed it.
     mine = {("sha256", A), ("pdq", PDQ2)}
-    assert not {(e.signal, e.value) for e in await hashes.published("me", 50, 31)} & mine
-    unreviewed = await hashes.published("me", 50, 31, unreviewed=True)
+    assert not {(e.signal, e.value) for e in await published(store, "me", 50, 31)} & mine
+    unreviewed = await published(store, "me", 50, 31, unreviewed=True)
     assert {(e.signal, e.value) for e in unreviewed} >= mine
     await store.set_list(A, "deny", by="api:alice")
-    confirmed = {(e.signal, e.value): e for e in await hashes.published("me", 50, 31)}
+    confirmed = {(e.signal, e.value): e for e in await published(store, "me", 50, 31)}
     assert {confirmed[key].confirmed_by for key in mine} == {"api:alice"}
-    g3 = await hashes.generation()
+    g3 = await store.hash_generation()
     # An admin allow overrides the positive and bumps the generation.
     await store.set_list(A, "allow")
-    assert await hashes.generation() > g3
-    assert PDQ2 in await hashes.allowed_pdq(50)
-    assert ("sha256", A) not in {(e.signal, e.value) for e in await hashes.published("me", 50, 31)}
+    assert await store.hash_generation() > g3
+    assert PDQ2 in await store.allowed_pdq(50)
+    assert ("sha256", A) not in {(e.signal, e.value) for e in await published(store, "me", 50, 31)}
     # Replacing an origin writes only the difference.
-    assert await hashes.replace_origin(LOCAL, [HashEntry("sha256", C)]) == 1
-    assert await hashes.remove_entry(LOCAL, "sha256", C) is True
-    assert await hashes.flag(B, "sub", "pdq", PDQ1, 3, "upload") is True
-    assert await hashes.flag(B, "sub", "pdq", PDQ1, 3, "upload") is False
-    assert [f.sha256 for f in await hashes.flags(limit=5)] == [B]
-    await hashes.record_fetch("sub", "http://127.0.0.1/x", status=200, error=None, etag="e1",
-                              entries=5, skipped=1, nbytes=10)  # fmt: skip
-    await hashes.record_fetch("sub", "http://127.0.0.1/x", status=500, error="boom", nbytes=3)
-    sub = await hashes.subscription("sub")
+    assert await store.replace_hash_origin(LOCAL, [HashEntry("sha256", C)]) == 1
+    assert await store.remove_hash_entry(LOCAL, "sha256", C) is True
+    assert await store.flag_hash(B, "sub", "pdq", PDQ1, 3, "upload") is True
+    assert await store.flag_hash(B, "sub", "pdq", PDQ1, 3, "upload") is False
+    assert [f.sha256 for f in await store.hash_flags(limit=5)] == [B]
+    await store.record_hash_fetch("sub", "http://127.0.0.1/x", status=200, error=None,
+                                  etag="e1", entries=5, skipped=1, nbytes=10)  # fmt: skip
+    await store.record_hash_fetch("sub", "http://127.0.0.1/x", status=500, error="boom", nbytes=3)
+    sub = await store.hash_subscription("sub")
     assert sub is not None
     assert (sub.etag, sub.entries, sub.last_status, sub.bytes_fetched) == ("e1", 5, 500, 13)
 
@@ -373,6 +373,20 @@ async def test_processes_starting_together_apply_the_schema_once(store_url: str)
             await s.close()
 
 
+async def test_many_processes_opening_a_new_sqlite_file_together_all_open(tmp_path) -> None:
+    """The WAL switch answers "database is locked" at once, not after the busy timeout,
+    while another connection opens the same new file; every opener must still get in."""
+    for round_ in range(30):
+        path = tmp_path / f"new{round_}.db"
+        stores = await asyncio.gather(*(Store.open(path) for _ in range(6)))
+        try:
+            modes = [await s.db.execute_fetchall("PRAGMA journal_mode") for s in stores]
+            assert {m[0][0] for m in modes} == {"wal"}
+        finally:
+            for s in stores:
+                await s.close()
+
+
 async def test_a_turn_goes_to_one_process_per_period(store_url: str) -> None:
     one, two = await Store.open(store_url), await Store.open(store_url)
     try:
@@ -425,13 +439,12 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
                 await subscriber.start()
                 subscribers.append(subscriber)
             deadline = time.monotonic() + 10
-            hashes = HashStore(stores[0])
-            while not await hashes.sha256_entries(A) and time.monotonic() < deadline:
+            while not await stores[0].sha256_entries(A) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)
             for subscriber in subscribers:
                 await subscriber.stop()
-        assert [e.origin for e in await hashes.sha256_entries(A)] == ["src"]
+        assert [e.origin for e in await stores[0].sha256_entries(A)] == ["src"]
         assert fetches == 1
     finally:
         for s in stores:
@@ -461,7 +474,7 @@ async def test_own_role_and_database_as_the_readme_creates_them(pg_server, readm
         )
         assert rows[0][0] is False  # the schema steps need no superuser
         await store.put_verdict(A, verdict(Label.CSAM, backend="horde"))
-        assert await HashStore(store).generation() > 0  # triggers and functions work
+        assert await store.hash_generation() > 0  # triggers and functions work
 
 
 async def test_kudos_spend_is_kept(store_url: str) -> None:

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from horde_scanner.hashlists.format import HashEntry
-from horde_scanner.hashlists.store import LOCAL, HashStore
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.verdict import Label, Verdict
@@ -39,12 +39,11 @@ async def populate(path: Path, tmp_path: Path) -> None:
         await store.set_list(B, "deny")
         await store.add_job(B, b"\x00\x01payload\xff", media_type="image/png", size=9, source="u")
         await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "no key"})
-        hashes = HashStore(store)
-        await hashes.save_pdq(A, [PdqHash("f" * 64, 100, 0)])
-        await hashes.add_entries(LOCAL, [HashEntry("sha256", B, first_seen=5.0)])
-        await hashes.flag(B, "sub", "pdq", "f" * 64, 3, "upload")
-        await hashes.record_fetch("sub", "http://127.0.0.1/x", status=200, error=None,
-                                  etag="e", entries=1, skipped=0)  # fmt: skip
+        await store.save_pdq(A, [PdqHash("f" * 64, 100, 0)])
+        await store.add_hash_entries(LOCAL, [HashEntry("sha256", B, first_seen=5.0)])
+        await store.flag_hash(B, "sub", "pdq", "f" * 64, 3, "upload")
+        await store.record_hash_fetch("sub", "http://127.0.0.1/x", status=200, error=None,
+                                      etag="e", entries=1, skipped=0)  # fmt: skip
         await store.put_scan_files([ScanFile("local:/s", "f", 1, 2.0, "judged", A)])
         await store.start_scan_run("local:/s", "report", follow=False)
         await store.begin_scan_action(

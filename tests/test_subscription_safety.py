@@ -80,7 +80,7 @@ async def _refresh(tmp_path: Path, url: str, **sub):
     async with running_service(config, backend=MockBackend()) as svc:
         subscriber = svc.services.subscriber
         outcome = await subscriber.refresh(config.hashes.subscriptions[0])
-        state = await svc.services.hashes.hashes.subscription("src")
+        state = await svc.services.hashes.store.hash_subscription("src")
     return outcome, state
 
 

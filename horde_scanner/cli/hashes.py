@@ -21,7 +21,8 @@ from horde_scanner.hashlists.format import (
     dump_json,
     read_entries,
 )
-from horde_scanner.hashlists.store import LOCAL, Flag, HashStore, SubscriptionState
+from horde_scanner.hashlists.publish import entry_of, published
+from horde_scanner.store.hashes import LOCAL, HashFlag, SubscriptionState
 from horde_scanner.store.sqlite import Store
 from horde_scanner.timefmt import iso
 
@@ -64,8 +65,8 @@ def export(
 
     async def go() -> list[HashEntry]:
         async with await Store.open(settings_of(ctx).store) as store:
-            hs = HashStore(store)
-            entries = await hs.published(
+            entries = await published(
+                store,
                 settings.publish_source,
                 settings.pdq_min_quality,
                 settings.pdq_max_distance,
@@ -73,11 +74,10 @@ def export(
             )
             if everything:
                 seen = {(e.signal, e.value) for e in entries}
-                for sourced in await hs.all_entries():
-                    e = sourced.entry
-                    if sourced.origin != LOCAL and (e.signal, e.value) not in seen:
-                        seen.add((e.signal, e.value))
-                        entries.append(e)
+                for row in await store.hash_entries():
+                    if row.origin != LOCAL and (row.signal, row.value) not in seen:
+                        seen.add((row.signal, row.value))
+                        entries.append(entry_of(row))
             return entries
 
     entries = run(go)
@@ -134,7 +134,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
 
     async def go() -> int:
         async with await Store.open(settings_of(ctx).store) as store:
-            written = await HashStore(store).add_entries(LOCAL, entries, by="cli:import")
+            written = await store.add_hash_entries(LOCAL, entries, by="cli:import")
             await store.audit(
                 "hashes_imported",
                 action="import",
@@ -159,7 +159,7 @@ def remove(ctx: click.Context, signal: str, value: str) -> None:
 
     async def go() -> bool:
         async with await Store.open(settings_of(ctx).store) as store:
-            removed = await HashStore(store).remove_entry(LOCAL, signal, value)
+            removed = await store.remove_hash_entry(LOCAL, signal, value)
             if removed:
                 await store.audit(
                     "hash_removed",
@@ -182,7 +182,7 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
 
     async def go() -> list[SubscriptionState]:
         async with await Store.open(settings_of(ctx).store) as store:
-            return await HashStore(store).subscriptions()
+            return await store.hash_subscriptions()
 
     states = run(go)
     if as_json:
@@ -205,9 +205,9 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
 def flagged(ctx: click.Context, limit: int) -> None:
     """Images that matched a `review` source: accepted, waiting for an admin's look."""
 
-    async def go() -> list[Flag]:
+    async def go() -> list[HashFlag]:
         async with await Store.open(settings_of(ctx).store) as store:
-            return await HashStore(store).flags(limit)
+            return await store.hash_flags(limit)
 
     flags = run(go)
     if not flags:

@@ -30,8 +30,8 @@ import numpy as np
 
 from horde_scanner.config import HashesSettings, HashTrust
 from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
-from horde_scanner.hashlists.store import LOCAL, MATCH_BACKEND, VERDICT, HashStore, SourcedEntry
 from horde_scanner.media.hashing import PdqHash
+from horde_scanner.store.hashes import LOCAL, VERDICT, HashRow
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.timefmt import iso
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _TRUST_CODE = {HashTrust.DENY: DENY, HashTrust.REVIEW: REVIEW}
 _TRUST_NAME = {DENY: HashTrust.DENY, REVIEW: HashTrust.REVIEW}
+# The backend name a hash-match verdict shows (what it rests on is its route, VerdictRoute.MATCH).
+MATCH_BACKEND = "hashlist"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,6 @@ class HashMatcher:
     def __init__(self, store: Store, settings: HashesSettings, executor: Executor) -> None:
         self._store = store
         self.store = store
-        self.hashes = HashStore(store)
         self.settings = settings
         self._executor = executor
         self._trust = {LOCAL: DENY, VERDICT: DENY}
@@ -139,7 +140,7 @@ class HashMatcher:
         return snap.index.nbytes + snap.extra.words.nbytes + snap.extra.trust.nbytes
 
     async def start(self) -> None:
-        stale = await self.hashes.drop_origins_except(self._trust)
+        stale = await self._store.drop_hash_origins_except(self._trust)
         if stale:
             log.info("dropped entries of subscriptions no longer configured: %s", stale)
         self._store.subscribe(self._store_changed)
@@ -163,7 +164,7 @@ class HashMatcher:
                     await self._changed.wait()
             self._changed.clear()
             try:
-                if await self.hashes.generation() != self._snapshot.generation:
+                if await self._store.hash_generation() != self._snapshot.generation:
                     await self.reload()
             except asyncio.CancelledError:
                 raise
@@ -174,17 +175,17 @@ class HashMatcher:
         """Rebuild the index from the store (the old one answers until the new one is ready)."""
         async with self._reload_lock:
             started = time.monotonic()
-            generation = await self.hashes.generation()
+            generation = await self._store.hash_generation()
             # Positives noted from now on may be missing from what is read next: keep them.
             kept_from = len(self._snapshot.extra)
             loop = asyncio.get_running_loop()
             words: list[np.ndarray] = []
             trust: list[np.ndarray] = []
-            async for values, origins in self.hashes.index_rows(self.settings.pdq_min_quality):
+            async for values, origins in self._store.hash_index_rows(self.settings.pdq_min_quality):
                 w, t = await loop.run_in_executor(self._executor, self._convert, values, origins)
                 words.append(w)
                 trust.append(t)
-            allowed = await self.hashes.allowed_pdq(self.settings.pdq_min_quality)
+            allowed = await self._store.allowed_pdq(self.settings.pdq_min_quality)
             index = await loop.run_in_executor(self._executor, self._build, words, trust, allowed)
             extra = self._snapshot.extra
             kept = ExtraHashes(extra.words[kept_from:], extra.trust[kept_from:])
@@ -234,7 +235,7 @@ class HashMatcher:
         """The best hit as a Match: the nearest deny entry, else the nearest review entry."""
         for trust in (DENY, REVIEW):
             for hit in sorted((h for h in hits if h.trust == trust), key=lambda h: h.distance):
-                entries = await self.hashes.describe_pdq(hit.value)
+                entries = await self._store.describe_pdq(hit.value)
                 entry = self._pick(entries, trust)
                 if entry is not None:
                     return _match(entry, hit.distance, _TRUST_NAME[trust])
@@ -250,7 +251,7 @@ class HashMatcher:
     async def match_sha256(self, sha256: str) -> Match | None:
         """An exact sha256 entry of an imported or subscribed list (the admin's own deny list
         is the `lists` table, answered by the Judge itself)."""
-        entries = await self.hashes.sha256_entries(sha256)
+        entries = await self._store.sha256_entries(sha256)
         for trust in (DENY, REVIEW):
             entry = self._pick(entries, trust)
             if entry is not None:
@@ -259,7 +260,7 @@ class HashMatcher:
 
     async def match_stored(self, sha256: str) -> Match | None:
         """Match an image judged before by the PDQ kept with its verdict (no decoding)."""
-        return await self.match_image(await self.hashes.pdq_of(sha256))
+        return await self.match_image(await self._store.pdq_of(sha256))
 
     async def recheck(self, sha256: str, verdict: Verdict, policy_version: str) -> Recheck:
         """A stored verdict against today's lists. A deny entry may have arrived since the
@@ -294,7 +295,7 @@ class HashMatcher:
                 await self.flag(sha256, match, source)
         return None
 
-    def _pick(self, entries: Sequence[SourcedEntry], trust: int) -> SourcedEntry | None:
+    def _pick(self, entries: Sequence[HashRow], trust: int) -> HashRow | None:
         for entry in entries:
             if self._trust.get(entry.origin) == trust:
                 return entry
@@ -303,7 +304,7 @@ class HashMatcher:
     # -- keeping in step -----------------------------------------------------------------------
 
     async def save(self, sha256: str, hashes: Sequence[PdqHash]) -> None:
-        await self.hashes.save_pdq(sha256, hashes)
+        await self._store.save_pdq(sha256, hashes)
 
     async def note_verdict(self, sha256: str, verdict: Verdict) -> bool:
         """A backend found a positive: its PDQ joins the index now, not at the next reload.
@@ -313,10 +314,10 @@ class HashMatcher:
         # Of an animation or video, only the frames that carried the finding.
         frames = set(verdict.frames) if verdict.frames else None
         if frames is not None:
-            await self.hashes.keep_frames(sha256, sorted(frames))
+            await self._store.keep_frames(sha256, sorted(frames))
         good = [
             h.hex
-            for h in await self.hashes.pdq_of(sha256)
+            for h in await self._store.pdq_of(sha256)
             if h.quality >= self.settings.pdq_min_quality and (frames is None or h.frame in frames)
         ]
         if not good:
@@ -327,7 +328,7 @@ class HashMatcher:
 
     async def flag(self, sha256: str, match: Match, source: str | None) -> None:
         """A review source matched: note it for an admin, once per image and entry."""
-        new = await self.hashes.flag(
+        new = await self._store.flag_hash(
             sha256, match.origin, match.signal, match.value, match.distance, source
         )
         if new:
@@ -367,17 +368,16 @@ def _release_free_memory() -> None:
         pass  # not glibc: the memory is reused by the next load instead
 
 
-def _match(entry: SourcedEntry, distance: int, trust: HashTrust) -> Match:
-    e = entry.entry
+def _match(entry: HashRow, distance: int, trust: HashTrust) -> Match:
     return Match(
-        signal=e.signal,
-        value=e.value,
+        signal=entry.signal,
+        value=entry.value,
         distance=distance,
         trust=trust,
         origin=entry.origin,
-        label=Label(e.label),
-        source=e.source,
-        first_seen=e.first_seen,
-        note=e.note,
+        label=Label(entry.label),
+        source=entry.source,
+        first_seen=entry.first_seen,
+        note=entry.note,
         sha256=entry.sha256,
     )

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import numpy as np
+
 from horde_scanner.config import HashesSettings
 from horde_scanner.hashlists.format import HashEntry, dump_json
-from horde_scanner.hashlists.store import HashStore
+from horde_scanner.hashlists.index import hex_to_words
+from horde_scanner.store.hashes import HashRow
+from horde_scanner.store.sqlite import Store
 
 
 class Publisher:
-    def __init__(self, hashes: HashStore, settings: HashesSettings) -> None:
-        self._hashes = hashes
+    def __init__(self, store: Store, settings: HashesSettings) -> None:
+        self._store = store
         self._settings = settings
         self._lock = asyncio.Lock()
         self._generation: int | None = None
@@ -27,9 +31,10 @@ class Publisher:
     async def current(self) -> tuple[bytes, str]:
         """(body, ETag) of the list as it is now."""
         async with self._lock:
-            generation = await self._hashes.generation()
+            generation = await self._store.hash_generation()
             if generation != self._generation:
-                entries = await self._hashes.published(
+                entries = await published(
+                    self._store,
                     self._settings.publish_source,
                     self._settings.pdq_min_quality,
                     self._settings.pdq_max_distance,
@@ -40,6 +45,43 @@ class Publisher:
                 self._etag = '"' + hashlib.sha256(self._body).hexdigest()[:40] + '"'
                 self._generation = generation
             return self._body, self._etag
+
+
+async def published(
+    store: Store, source: str, min_quality: int, max_distance: int, *, unreviewed: bool = False
+) -> list[HashEntry]:
+    """This instance's own entries, de-duplicated and sorted, with every entry an admin's
+    allow overrides left out: what `GET /api/v1/hashes` serves and `hashes export` writes.
+    A confirmed entry wins over an unreviewed one for the same value."""
+    unique: dict[tuple[str, str], HashEntry] = {}
+    for row in await store.own_hash_entries(source, min_quality, unreviewed=unreviewed):
+        unique.setdefault((row.signal, row.value), entry_of(row))
+    result = sorted(unique.values(), key=lambda e: (e.signal, e.value))
+    allowed = await store.allowed_pdq(min_quality)
+    if not allowed:
+        return result
+    pdq = [i for i, e in enumerate(result) if e.signal == "pdq"]
+    words = hex_to_words([result[i].value for i in pdq])
+    near = np.zeros(len(pdq), dtype=bool)
+    for value in allowed:
+        distances = np.bitwise_count(words ^ hex_to_words([value])[0]).sum(axis=1)
+        near |= distances <= max_distance
+    dropped = {pdq[i] for i in np.flatnonzero(near)}
+    return [e for i, e in enumerate(result) if i not in dropped]
+
+
+def entry_of(row: HashRow) -> HashEntry:
+    """A stored entry as the exchange format writes it (who added it: who confirmed it)."""
+    return HashEntry(
+        row.signal,
+        row.value,
+        row.label,
+        row.source,
+        row.first_seen,
+        row.note,
+        confirmed_by=row.added_by,
+        confirmed_at=row.added_at,
+    )
 
 
 def _render(entries: list[HashEntry]) -> bytes:

@@ -58,7 +58,7 @@ class Subscriber:
         self, matcher: HashMatcher, settings: HashesSettings, session: aiohttp.ClientSession
     ) -> None:
         self._matcher = matcher
-        self._hashes = matcher.hashes
+        self._store = matcher.store
         self._settings = settings
         self._session = session
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,13 +74,12 @@ class Subscriber:
         self._tasks = []
 
     async def _loop(self, sub: HashSubscription) -> None:
-        store = self._matcher.store
         while True:
             try:
                 # Replicas on one database: one of them refreshes per period, the others
                 # see the entries in the shared tables (and reload on the notification).
                 turn = f"subscription:{sub.name}:{sha256_hex(sub.url.encode())[:16]}"
-                if await store.take_turn(turn, sub.refresh_s * 0.9):
+                if await self._store.take_turn(turn, sub.refresh_s * 0.9):
                     await self.refresh(sub)
             except asyncio.CancelledError:
                 raise
@@ -90,7 +89,7 @@ class Subscriber:
 
     async def refresh(self, sub: HashSubscription) -> str:
         """Fetch one source once: CHANGED, UNCHANGED (304) or FAILED (last copy kept)."""
-        state = await self._hashes.subscription(sub.name)
+        state = await self._store.hash_subscription(sub.name)
         headers = {"Accept": "application/json, text/csv;q=0.5"}
         if state is not None and state.etag and state.url == sub.url:
             headers["If-None-Match"] = state.etag
@@ -98,12 +97,12 @@ class Subscriber:
             fetched = await self._fetch(sub, headers)
         except _Refused as exc:
             log.warning("hash subscription %s: %s; keeping the last good copy", sub.name, exc)
-            await self._hashes.record_fetch(
+            await self._store.record_hash_fetch(
                 sub.name, sub.url, status=exc.status, error=exc.reason, nbytes=exc.nbytes
             )
             return FAILED
         if fetched.status == 304:
-            await self._hashes.record_fetch(sub.name, sub.url, status=304, error=None)
+            await self._store.record_hash_fetch(sub.name, sub.url, status=304, error=None)
             return UNCHANGED
         try:
             return await self._apply(sub, fetched)
@@ -132,7 +131,7 @@ class Subscriber:
                 problem = f"no usable row in {report.rows} rows ({fetched.describe()})"
         if problem is not None:
             log.warning("hash subscription %s: %s; keeping the last good copy", sub.name, problem)
-            await self._hashes.record_fetch(
+            await self._store.record_hash_fetch(
                 sub.name, sub.url, status=fetched.status, error=problem, nbytes=fetched.nbytes
             )
             return FAILED
@@ -144,8 +143,8 @@ class Subscriber:
                 report.skipped,
                 first,
             )
-        await self._hashes.replace_origin(sub.name, entries)
-        await self._hashes.record_fetch(
+        await self._store.replace_hash_origin(sub.name, entries)
+        await self._store.record_hash_fetch(
             sub.name,
             sub.url,
             status=fetched.status,

@@ -12,7 +12,6 @@ import io
 from collections.abc import Iterable
 from typing import Any
 
-from horde_scanner.hashlists.store import HashStore
 from horde_scanner.review import view
 from horde_scanner.store.audit import AuditRecord
 from horde_scanner.store.sqlite import Store
@@ -56,7 +55,7 @@ CSV_FIELDS = [
 
 async def _pdq(store: Store, sha256: str) -> str | None:
     """PDQ of the image (frames joined with spaces), as stored with its verdict."""
-    hashes = await HashStore(store).pdq_of(sha256)
+    hashes = await store.pdq_of(sha256)
     return " ".join(h.hex for h in hashes) or None
 
 

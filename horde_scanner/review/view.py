@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from horde_scanner.hashlists.store import HashStore
 from horde_scanner.review.quarantine import HELD, HeldCopy, QuarantineHolder
 from horde_scanner.store.audit import AuditRecord
 from horde_scanner.store.sqlite import Store
@@ -89,7 +88,7 @@ async def detail(
     if stored is None and not trail and listed is None and not held:
         return None
     record: dict[str, Any] = verdict_fields(stored) if stored else {"sha256": sha256}
-    pdq = await HashStore(store).pdq_of(sha256)
+    pdq = await store.pdq_of(sha256)
     late = await store.late_positive(sha256)
     record.update(
         {

@@ -53,6 +53,25 @@ def sqlite_path(url: str) -> Path:
     return Path(rest)
 
 
+async def _switch_to_wal(db: aiosqlite.Connection) -> None:
+    """`PRAGMA journal_mode=WAL`, waiting for other processes opening the same file.
+
+    The switch answers "database is locked" at once, without the busy timeout, while another
+    connection is switching or reading it (processes starting together, server.processes):
+    try again, for up to STARTUP_BUSY_S."""
+    deadline = time.monotonic() + STARTUP_BUSY_S
+    pause = 0.01
+    while True:
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
 def _probe_open(path: Path) -> None:
     try:
         sqlite3.connect(str(path)).close()
@@ -130,7 +149,7 @@ class Store(
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
+            await _switch_to_wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
             store = cls(db, path)
             try:
