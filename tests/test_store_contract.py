@@ -491,3 +491,37 @@ async def test_kudos_spend_is_kept(store_url: str) -> None:
         again = KudosBudget(100.0)
         await again.attach(s)
         assert again.spent == 15.0
+
+
+async def test_a_long_read_on_a_connection_of_its_own_streams(store_url: str) -> None:
+    """`async with db.execute(query) as cur` on `aside()`: rows come in batches as asked for
+    (on PostgreSQL through a server-side cursor, not the whole result at once), in order,
+    inside the caller's transaction when there is one, and the connection is usable after."""
+    async with await Store.open(store_url) as store, store.aside() as db:
+        await db.execute("CREATE TEMP TABLE numbers (n INTEGER PRIMARY KEY)")
+        await db.executemany("INSERT INTO numbers (n) VALUES (?)", [(i,) for i in range(2500)])
+        async with db.execute("SELECT n FROM numbers WHERE n >= ? ORDER BY n", (0,)) as cur:
+            batches = []
+            while rows := await cur.fetchmany(1000):
+                batches.append(len(rows))
+        assert batches == [1000, 1000, 500]
+        if store.dialect == "postgresql":
+            from horde_scanner.store.postgres import PgStream
+
+            async with db.execute("SELECT n FROM numbers") as cur:
+                assert isinstance(cur, PgStream)
+        async with db.execute("SELECT n FROM numbers ORDER BY n") as cur:
+            assert [r[0] async for r in cur] == list(range(2500))
+        # The read's own transaction is over: a write on the same connection commits.
+        await db.execute("INSERT INTO numbers (n) VALUES (?)", (9999,))
+        await db.execute("BEGIN IMMEDIATE")
+        async with db.execute("SELECT COUNT(*) FROM numbers") as cur:
+            assert (await cur.fetchone())[0] == 2501
+        await db.execute("DELETE FROM numbers WHERE n >= ?", (2000,))
+        await db.execute("COMMIT")  # the caller's transaction, not the cursor's
+        async with db.execute("SELECT COUNT(*) FROM numbers") as cur:
+            assert (await cur.fetchall()) == [(2000,)]
+        with pytest.raises(Exception, match="no_such_column"):
+            async with db.execute("SELECT no_such_column FROM numbers") as cur:
+                await cur.fetchall()
+        await db.execute("INSERT INTO numbers (n) VALUES (?)", (5000,))  # still usable
