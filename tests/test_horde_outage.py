@@ -103,7 +103,7 @@ async def test_horde_stopped_then_started_on_the_same_port(tmp_path: Path, http)
             assert value(samples, "horde_scanner_backend_up", backend="horde") == 1
             await wait_for(_posted(sink, "backend_up"), timeout=5)
             # Late positives accepted while down are recorded for enforcement.
-            late = {row["sha256"] for row in await store.late_positives()}
+            late = {row.sha256 for row in await store.late_positives()}
             assert {sha256_hex(d) for d in new} <= late
     await horde.stop()
     assert len(sink.events("backend_down")) == 1 and len(sink.events("backend_up")) == 1

@@ -112,7 +112,7 @@ async def test_late_positives(store: Store) -> None:
     await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "no api key"})
     await store.record_late_positive(A, Label.CSAM, "purged", {"aliases": 2})
     [row] = await store.late_positives()
-    assert (row["sha256"], row["enforcement"], row["detail"]) == (A, "purged", {"aliases": 2})
+    assert (row.sha256, row.enforcement, row.detail) == (A, "purged", {"aliases": 2})
 
 
 async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
@@ -234,6 +234,46 @@ async def test_quarantine_and_review(store: Store, tmp_path) -> None:
     assert len(by_source) == 3
     stats = await review.stats()
     assert stats["verdicts"] == {"csam": 1, "nsfw": 1, "clean": 1}
+
+
+async def test_review_parts_read_and_count(store: Store, tmp_path) -> None:
+    """The part methods review/, the dry run and the stats page read, on both stores."""
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.put_verdict(B, verdict(Label.NSFW, judged_at=time.time() - 3 * 86400))
+    assert await store.count_verdicts(since=time.time() - 86400) == {"csam": 1}
+    await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "x"})
+    await store.record_late_positive(B, Label.NSFW, "purged", {})
+    await store.set_list(B, "deny", by="t")
+    assert await store.count_lists() == {"deny": 1}
+    assert await store.count_late_positives() == {"recorded": 1, "purged": 1}
+    [undecided] = await store.late_positives(undecided=True, limit=10)
+    assert (undecided.sha256, undecided.enforcement, undecided.detail) == (
+        A,
+        "recorded",
+        {"why": "x"},
+    )
+    one = await store.late_positive(B)
+    assert one is not None and (one.label, one.enforcement) == ("nsfw", "purged")
+    assert await store.late_positive(C) is None
+    # The dry run's batches: every verdict with its list entry, newest first.
+    batches = [rows async for rows in store.signal_batches(batch_rows=1)]
+    assert [[r[0], r[6]] for rows in batches for r in rows] == [[A, None], [B, "deny"]]
+    # The latest of the asked-for events per hash (the buffer is flushed first).
+    await store.audit("deny", sha256=B, source="cli:x")
+    await store.audit("confirm", sha256=B, source="api:y")
+    await store.audit("judged", sha256=B, source="upload:z")
+    assert await store.last_events([A, B], ("deny", "confirm")) == {B: ("confirm", "api:y")}
+    # Quarantine rows: held -> released, with who moved them.
+    item = await store.add_quarantined(
+        A, tmp_path / "f", 3, origin="local", identifier="/x", by="sweep", detail={"k": 1}
+    )
+    assert (item.state, item.path, item.detail) == ("held", tmp_path / "f", {"k": 1})
+    assert await store.quarantine_held_among([A, B]) == {A}
+    await store.set_quarantine_state(item.id, "released", "api:alice")
+    [after] = await store.quarantine_items(A)
+    assert (after.state, after.updated_by) == ("released", "api:alice")
+    assert await store.quarantine_held_among([A]) == set()
+    assert await store.count_quarantine() == {"released": 1}
 
 
 async def test_bad_store_urls(tmp_path) -> None:
@@ -442,14 +482,14 @@ async def test_kudos_spend_is_kept(store_url: str) -> None:
 
     async with await Store.open(store_url) as s:
         budget = KudosBudget(100.0)
-        await budget.attach(s.db)
+        await budget.attach(s)
         budget.settle(0.0, 12.5)
         await budget.flush()
         budget.settle(0.0, 2.5)
         await budget.flush()
     async with await Store.open(store_url) as s:
         again = KudosBudget(100.0)
-        await again.attach(s.db)
+        await again.attach(s)
         assert again.spent == 15.0
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from horde_scanner.store.kudos import KudosTables
+
 log = logging.getLogger(__name__)
 
 WallClock = Callable[[], float]
@@ -43,16 +45,15 @@ class KudosBudget:
         self.reserved = 0.0
         # Misses refused because the day's budget was spent (read by /metrics).
         self.refused = 0
-        self._db: Any = None
+        self._store: KudosTables | None = None
         self._saving: set[asyncio.Future[None]] = set()
 
-    async def attach(self, db: Any) -> None:
-        """Keep the day's spend in the store (an aiosqlite connection with our table)."""
-        self._db = db
-        async with db.execute("SELECT spent FROM horde_kudos WHERE day=?", (self.day,)) as cur:
-            row = await cur.fetchone()
-        if row is not None:
-            self.spent = max(self.spent, float(row[0]))
+    async def attach(self, store: KudosTables) -> None:
+        """Keep the day's spend in the store."""
+        self._store = store
+        spent = await store.kudos_spent(self.day)
+        if spent is not None:
+            self.spent = max(self.spent, spent)
             if self.limit is not None:
                 log.info(
                     "AI Horde kudos budget: %.0f of %.0f already spent today (UTC)",
@@ -89,19 +90,15 @@ class KudosBudget:
         if charged <= 0:
             return
         self.spent += charged
-        if self._db is not None and self.limit is not None:
-            task = asyncio.ensure_future(self._save(self.day, self.spent))
+        if self._store is not None and self.limit is not None:
+            task = asyncio.ensure_future(self._save(self._store, self.day, self.spent))
             self._saving.add(task)
             task.add_done_callback(self._saving.discard)
 
-    async def _save(self, day: str, spent: float) -> None:
+    @staticmethod
+    async def _save(store: KudosTables, day: str, spent: float) -> None:
         try:
-            await self._db.execute(
-                "INSERT INTO horde_kudos (day, spent, updated_at) VALUES (?,?,?)"
-                " ON CONFLICT(day) DO UPDATE SET spent=max(horde_kudos.spent, excluded.spent),"
-                " updated_at=excluded.updated_at",
-                (day, spent, time.time()),
-            )
+            await store.save_kudos_spent(day, spent)
         except Exception as exc:  # the spend is still counted in memory
             log.warning("could not save the day's kudos spend: %s", exc)
 

@@ -1,6 +1,13 @@
-"""The AI Horde's daily kudos budget."""
+"""The AI Horde's daily kudos budget (backends/kudos.py): what was spent on each UTC day, so a
+restart does not hand out the day's budget again.
+
+Data lifecycle: one row per day, written as kudos are charged; the spend only grows (a
+save never lowers it). Old days' rows are kept and never read.
+"""
 
 from __future__ import annotations
+
+import time
 
 from horde_scanner.store.tables import SchemaStep, Tables
 
@@ -19,4 +26,16 @@ STEPS = [
 
 
 class KudosTables(Tables):
-    pass
+    async def kudos_spent(self, day: str) -> float | None:
+        """What was spent on `day` (YYYY-MM-DD, UTC); None when nothing was recorded."""
+        async with self._db.execute("SELECT spent FROM horde_kudos WHERE day=?", (day,)) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row is not None else None
+
+    async def save_kudos_spent(self, day: str, spent: float) -> None:
+        await self._db.execute(
+            "INSERT INTO horde_kudos (day, spent, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT(day) DO UPDATE SET spent=max(horde_kudos.spent, excluded.spent),"
+            " updated_at=excluded.updated_at",
+            (day, spent, time.time()),
+        )
