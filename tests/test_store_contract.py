@@ -493,6 +493,32 @@ async def test_kudos_spend_is_kept(store_url: str) -> None:
         assert again.spent == 15.0
 
 
+async def test_replicas_book_into_one_days_kudos_total(store_url: str) -> None:
+    """Two processes on one store (replicas): each booking adds to the day's one total, and
+    each budget learns the other's spend with its own bookings."""
+    from horde_scanner.backends.kudos import KudosBudget
+
+    async with await Store.open(store_url) as a, await Store.open(store_url) as b:
+        one, two = KudosBudget(100.0), KudosBudget(100.0)
+        await one.attach(a)
+        await two.attach(b)
+        one.settle(0.0, 40.0)
+        await one.flush()
+        two.settle(0.0, 30.0)
+        await two.flush()
+        assert two.spent == 70.0
+        one.settle(0.0, 1.0)
+        await one.flush()
+        assert one.spent == 71.0
+        assert one.can_afford(29.0) and not one.can_afford(30.0)
+        # Bookings at the same moment from both are all counted, none overwritten.
+        for _ in range(20):
+            one.settle(0.0, 0.5)
+            two.settle(0.0, 0.25)
+        await asyncio.gather(one.flush(), two.flush())
+        assert await a.kudos_spent(one.day) == 71.0 + 20 * 0.75
+
+
 async def test_a_long_read_on_a_connection_of_its_own_streams(store_url: str) -> None:
     """`async with db.execute(query) as cur` on `aside()`: rows come in batches as asked for
     (on PostgreSQL through a server-side cursor, not the whole result at once), in order,

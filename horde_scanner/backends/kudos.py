@@ -5,7 +5,9 @@ was processing it; a form cancelled while waiting, or faulted, is free
 (`horde/classes/stable/interrogation.py`). We reserve a request's full price before sending it,
 so that requests in flight can never take the day past the budget, and settle what was charged
 when it ends. Days are UTC days. What was spent today is kept in the store, so a restart does
-not hand out the day's budget again.
+not hand out the day's budget again, and replicas sharing a store book into one day's total:
+each learns the others' spend with its own bookings (it may overshoot by what the others have
+in flight at that moment, at most their reservations).
 """
 
 from __future__ import annotations
@@ -91,16 +93,19 @@ class KudosBudget:
             return
         self.spent += charged
         if self._store is not None and self.limit is not None:
-            task = asyncio.ensure_future(self._save(self._store, self.day, self.spent))
+            task = asyncio.ensure_future(self._book(self._store, self.day, charged))
             self._saving.add(task)
             task.add_done_callback(self._saving.discard)
 
-    @staticmethod
-    async def _save(store: KudosTables, day: str, spent: float) -> None:
+    async def _book(self, store: KudosTables, day: str, charged: float) -> None:
         try:
-            await store.save_kudos_spent(day, spent)
+            total = await store.add_kudos_spent(day, charged)
         except Exception as exc:  # the spend is still counted in memory
             log.warning("could not save the day's kudos spend: %s", exc)
+            return
+        if day == self.day:
+            # What the other replicas spent comes back with our own booking.
+            self.spent = max(self.spent, total)
 
     async def flush(self) -> None:
         if self._saving:
