@@ -148,7 +148,7 @@ class Runtime:
             session = await self.session()
             backend = build_backend(self.settings, session, policy=self.policy(), pool=pool)
             self._stack.push_async_callback(backend.aclose)
-            await start_horde(backend, store.db)
+            await start_horde(backend, store)
             share_horde_budget(backend, store)
             self._backend = backend
         return self._backend

@@ -26,6 +26,15 @@ async def _readyz(http, base: str) -> dict:
         return await resp.json()
 
 
+async def _degraded(http, base: str, *, timeout: float) -> None:
+    """Wait until /readyz says the service is degraded (the Horde path marked down)."""
+
+    async def down() -> bool:
+        return (await _readyz(http, base))["status"] == "degraded"
+
+    await wait_for(down, timeout=timeout)
+
+
 def _posted(sink, kind: str):
     async def predicate() -> bool:
         return bool(sink.events(kind))
@@ -62,10 +71,7 @@ async def test_horde_stopped_then_started_on_the_same_port(tmp_path: Path, http)
             )
             assert probe.status == 200 and probe.body["label"] is None
 
-            async def down() -> bool:
-                return (await _readyz(http, svc.url))["status"] == "degraded"
-
-            await wait_for(down, timeout=10)
+            await _degraded(http, svc.url, timeout=10)
             ready = await _readyz(http, svc.url)
             assert ready["paths"]["horde"]["live"] is False
             assert "unreachable" in ready["paths"]["horde"]["detail"]
@@ -103,7 +109,7 @@ async def test_horde_stopped_then_started_on_the_same_port(tmp_path: Path, http)
             assert value(samples, "horde_scanner_backend_up", backend="horde") == 1
             await wait_for(_posted(sink, "backend_up"), timeout=5)
             # Late positives accepted while down are recorded for enforcement.
-            late = {row["sha256"] for row in await store.late_positives()}
+            late = {row.sha256 for row in await store.late_positives()}
             assert {sha256_hex(d) for d in new} <= late
     await horde.stop()
     assert len(sink.events("backend_down")) == 1 and len(sink.events("backend_up")) == 1
@@ -115,10 +121,7 @@ async def test_refused_port_marks_the_horde_down(tmp_path: Path, http):
         async with running_service(_settings(tmp_path, url, sink.url)) as svc:
             await validate_upload(http, svc.scan_url(), images.jpeg("green", seed=7), "image/jpeg")
 
-            async def down() -> bool:
-                return (await _readyz(http, svc.url))["status"] == "degraded"
-
-            await wait_for(down, timeout=10)
+            await _degraded(http, svc.url, timeout=10)
             started = time.monotonic()
             answer = await validate_upload(
                 http, svc.scan_url(), images.jpeg("green", seed=8), "image/jpeg"
@@ -145,10 +148,7 @@ async def test_a_horde_that_never_answers_times_out_into_down(tmp_path: Path, ht
                     http, svc.scan_url(), images.jpeg("green", seed=9), "image/jpeg"
                 )
 
-                async def down() -> bool:
-                    return (await _readyz(http, svc.url))["status"] == "degraded"
-
-                await wait_for(down, timeout=15)
+                await _degraded(http, svc.url, timeout=15)
                 detail = (await _readyz(http, svc.url))["paths"]["horde"]["detail"]
                 assert "Timeout" in detail
     finally:
@@ -192,10 +192,7 @@ async def test_a_name_that_does_not_resolve_marks_the_horde_down(tmp_path: Path,
             )
             assert first.status == 200 and first.body["label"] is None
 
-            async def down() -> bool:
-                return (await _readyz(http, svc.url))["status"] == "degraded"
-
-            await wait_for(down, timeout=10)
+            await _degraded(http, svc.url, timeout=10)
             detail = (await _readyz(http, svc.url))["paths"]["horde"]["detail"]
             assert "unreachable" in detail and "aihorde.invalid" in detail
             assert "DNS" in detail  # aiohttp's ClientConnectorDNSError, named for the admin

@@ -10,6 +10,7 @@ functions too) is parsed and checked against the rooms table below.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -346,3 +347,51 @@ def test_nothing_outside_tests_imports_tests():
         for imp in IMPORTS
         if imp.source.startswith(("horde_scanner", "local_gpu")) and imp.target.startswith("bench")
     ] == []
+
+
+# What only the store may do: write SQL, or reach its connection. The fakes and test helpers
+# (horde_scanner/testing) read tables the way tests do.
+_SQL = re.compile(
+    r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA|BEGIN|COMMIT|WITH)\s", re.M
+)
+_CONNECTION = ("db", "aside", "_db")
+
+
+def _sql_uses(path: Path) -> Iterator[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _SQL.search(node.value):
+                yield f"{name}:{node.lineno}: SQL {node.value.strip()[:40]!r}"
+        elif isinstance(node, ast.Attribute) and node.attr in _CONNECTION:
+            if isinstance(node.value, ast.Name | ast.Attribute):
+                yield f"{name}:{node.lineno}: the store's connection (.{node.attr})"
+
+
+def test_the_store_is_the_only_door_to_sql():
+    """Each part's tables are queried by the part's own methods in horde_scanner/store/;
+    nothing else in the package writes SQL or takes the store's connection."""
+    found = [
+        use
+        for path in sorted((ROOT / "horde_scanner").rglob("*.py"))
+        if path.relative_to(ROOT).parts[1] not in ("store", "testing")
+        for use in _sql_uses(path)
+    ]
+    assert found == []
+
+
+def test_the_door_check_sees_sql_and_connections(tmp_path: Path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "async def f(store):\n"
+        "    await store.db.execute('SELECT 1')\n"
+        "    async with store.aside() as db:\n"
+        "        pass\n"
+        "    text = 'Selected images'  # prose is not SQL\n"
+    )
+    assert sorted(_sql_uses(sample)) == [
+        "sample.py:2: SQL 'SELECT 1'",
+        "sample.py:2: the store's connection (.db)",
+        "sample.py:3: the store's connection (.aside)",
+    ]

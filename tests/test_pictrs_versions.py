@@ -60,9 +60,9 @@ async def test_on_pictrs_04_late_positives_are_recorded_said_once_and_swept(
             path.write_bytes(red)
         sweep = scan_settings(tmp_path / "s.db", pictrs=pictrs_section(pictrs))
         report = await run_scan(sweep, str(files), action=Action.DELETE, backend=MockBackend())
-    assert {p["enforcement"] for p in late} == {"recorded"}
-    assert all("0.5.0" in p["detail"]["why"] for p in late)
-    assert {p["sha256"] for p in late} == {sha256_hex(r) for r in reds}
+    assert {p.enforcement for p in late} == {"recorded"}
+    assert all("0.5.0" in p.detail["why"] for p in late)
+    assert {p.sha256 for p in late} == {sha256_hex(r) for r in reds}
     # Asked once (the start-up probe), never a purge, never retried.
     assert pictrs.requests["/internal/hashes"] == 1 + 1  # + the sweep's own look, below
     assert pictrs.requests["/internal/purge"] == 0
@@ -91,7 +91,7 @@ async def test_on_pictrs_05_nothing_is_said_and_late_positives_are_purged(
             await wait_for(probed)
             await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             late = await wait_for(svc.services.store.late_positives)
-    assert late[0]["enforcement"] == "purged" and pictrs.purged == [alias]
+    assert late[0].enforcement == "purged" and pictrs.purged == [alias]
     assert _said(caplog) == []
 
 

@@ -189,7 +189,7 @@ async def test_second_opinion_overrules_a_clear_in_the_background(tmp_path: Path
             stored = await store.get_verdict(sha256_hex(red))
             again = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             trail = [a.event for a in await store.audit_trail(sha256_hex(red))]
-    assert late and late[0]["label"] == "csam"
+    assert late and late[0].label == "csam"
     assert stored.verdict.label is Label.CSAM
     assert again.status == 406 and again.body["route"] == "cache"
     assert "second_opinion" in trail and horde.posts == 1

@@ -230,10 +230,10 @@ async def test_a_positive_answered_while_overloaded_is_found_and_enforced_later(
 
         async def late():
             rows = await store.late_positives()
-            return [r for r in rows if r["sha256"] == sha256_hex(red)]
+            return [r for r in rows if r.sha256 == sha256_hex(red)]
 
         (row,) = await wait_for(late)
-        assert row["label"] == "csam"
+        assert row.label == "csam"
         stored = await store.get_verdict(sha256_hex(red))
         assert stored is not None and stored.verdict.label.value == "csam"
 

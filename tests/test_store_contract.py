@@ -112,7 +112,7 @@ async def test_late_positives(store: Store) -> None:
     await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "no api key"})
     await store.record_late_positive(A, Label.CSAM, "purged", {"aliases": 2})
     [row] = await store.late_positives()
-    assert (row["sha256"], row["enforcement"], row["detail"]) == (A, "purged", {"aliases": 2})
+    assert (row.sha256, row.enforcement, row.detail) == (A, "purged", {"aliases": 2})
 
 
 async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
@@ -234,6 +234,46 @@ async def test_quarantine_and_review(store: Store, tmp_path) -> None:
     assert len(by_source) == 3
     stats = await review.stats()
     assert stats["verdicts"] == {"csam": 1, "nsfw": 1, "clean": 1}
+
+
+async def test_review_parts_read_and_count(store: Store, tmp_path) -> None:
+    """The part methods review/, the dry run and the stats page read, on both stores."""
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.put_verdict(B, verdict(Label.NSFW, judged_at=time.time() - 3 * 86400))
+    assert await store.count_verdicts(since=time.time() - 86400) == {"csam": 1}
+    await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "x"})
+    await store.record_late_positive(B, Label.NSFW, "purged", {})
+    await store.set_list(B, "deny", by="t")
+    assert await store.count_lists() == {"deny": 1}
+    assert await store.count_late_positives() == {"recorded": 1, "purged": 1}
+    [undecided] = await store.late_positives(undecided=True, limit=10)
+    assert (undecided.sha256, undecided.enforcement, undecided.detail) == (
+        A,
+        "recorded",
+        {"why": "x"},
+    )
+    one = await store.late_positive(B)
+    assert one is not None and (one.label, one.enforcement) == ("nsfw", "purged")
+    assert await store.late_positive(C) is None
+    # The dry run's batches: every verdict with its list entry, newest first.
+    batches = [rows async for rows in store.signal_batches(batch_rows=1)]
+    assert [[r[0], r[6]] for rows in batches for r in rows] == [[A, None], [B, "deny"]]
+    # The latest of the asked-for events per hash (the buffer is flushed first).
+    await store.audit("deny", sha256=B, source="cli:x")
+    await store.audit("confirm", sha256=B, source="api:y")
+    await store.audit("judged", sha256=B, source="upload:z")
+    assert await store.last_events([A, B], ("deny", "confirm")) == {B: ("confirm", "api:y")}
+    # Quarantine rows: held -> released, with who moved them.
+    item = await store.add_quarantined(
+        A, tmp_path / "f", 3, origin="local", identifier="/x", by="sweep", detail={"k": 1}
+    )
+    assert (item.state, item.path, item.detail) == ("held", tmp_path / "f", {"k": 1})
+    assert await store.quarantine_held_among([A, B]) == {A}
+    await store.set_quarantine_state(item.id, "released", "api:alice")
+    [after] = await store.quarantine_items(A)
+    assert (after.state, after.updated_by) == ("released", "api:alice")
+    assert await store.quarantine_held_among([A]) == set()
+    assert await store.count_quarantine() == {"released": 1}
 
 
 async def test_bad_store_urls(tmp_path) -> None:
@@ -438,12 +478,72 @@ async def test_kudos_spend_is_kept(store_url: str) -> None:
 
     async with await Store.open(store_url) as s:
         budget = KudosBudget(100.0)
-        await budget.attach(s.db)
+        await budget.attach(s)
         budget.settle(0.0, 12.5)
         await budget.flush()
         budget.settle(0.0, 2.5)
         await budget.flush()
     async with await Store.open(store_url) as s:
         again = KudosBudget(100.0)
-        await again.attach(s.db)
+        await again.attach(s)
         assert again.spent == 15.0
+
+
+async def test_replicas_book_into_one_days_kudos_total(store_url: str) -> None:
+    """Two processes on one store (replicas): each booking adds to the day's one total, and
+    each budget learns the other's spend with its own bookings."""
+    from horde_scanner.backends.kudos import KudosBudget
+
+    async with await Store.open(store_url) as a, await Store.open(store_url) as b:
+        one, two = KudosBudget(100.0), KudosBudget(100.0)
+        await one.attach(a)
+        await two.attach(b)
+        one.settle(0.0, 40.0)
+        await one.flush()
+        two.settle(0.0, 30.0)
+        await two.flush()
+        assert two.spent == 70.0
+        one.settle(0.0, 1.0)
+        await one.flush()
+        assert one.spent == 71.0
+        assert one.can_afford(29.0) and not one.can_afford(30.0)
+        # Bookings at the same moment from both are all counted, none overwritten.
+        for _ in range(20):
+            one.settle(0.0, 0.5)
+            two.settle(0.0, 0.25)
+        await asyncio.gather(one.flush(), two.flush())
+        assert await a.kudos_spent(one.day) == 71.0 + 20 * 0.75
+
+
+async def test_a_long_read_on_a_connection_of_its_own_streams(store_url: str) -> None:
+    """`async with db.execute(query) as cur` on `aside()`: rows come in batches as asked for
+    (on PostgreSQL through a server-side cursor, not the whole result at once), in order,
+    inside the caller's transaction when there is one, and the connection is usable after."""
+    async with await Store.open(store_url) as store, store.aside() as db:
+        await db.execute("CREATE TEMP TABLE numbers (n INTEGER PRIMARY KEY)")
+        await db.executemany("INSERT INTO numbers (n) VALUES (?)", [(i,) for i in range(2500)])
+        async with db.execute("SELECT n FROM numbers WHERE n >= ? ORDER BY n", (0,)) as cur:
+            batches = []
+            while rows := await cur.fetchmany(1000):
+                batches.append(len(rows))
+        assert batches == [1000, 1000, 500]
+        if store.dialect == "postgresql":
+            from horde_scanner.store.postgres import PgStream
+
+            async with db.execute("SELECT n FROM numbers") as cur:
+                assert isinstance(cur, PgStream)
+        async with db.execute("SELECT n FROM numbers ORDER BY n") as cur:
+            assert [r[0] async for r in cur] == list(range(2500))
+        # The read's own transaction is over: a write on the same connection commits.
+        await db.execute("INSERT INTO numbers (n) VALUES (?)", (9999,))
+        await db.execute("BEGIN IMMEDIATE")
+        async with db.execute("SELECT COUNT(*) FROM numbers") as cur:
+            assert (await cur.fetchone())[0] == 2501
+        await db.execute("DELETE FROM numbers WHERE n >= ?", (2000,))
+        await db.execute("COMMIT")  # the caller's transaction, not the cursor's
+        async with db.execute("SELECT COUNT(*) FROM numbers") as cur:
+            assert (await cur.fetchall()) == [(2000,)]
+        with pytest.raises(Exception, match="no_such_column"):
+            async with db.execute("SELECT no_such_column FROM numbers") as cur:
+                await cur.fetchall()
+        await db.execute("INSERT INTO numbers (n) VALUES (?)", (5000,))  # still usable

@@ -101,11 +101,11 @@ async def test_late_positive_is_purged_through_pictrs(tmp_path: Path, http):
             store = svc.services.store
 
             async def purged():
-                return [p for p in await store.late_positives() if p["enforcement"] == "purged"]
+                return [p for p in await store.late_positives() if p.enforcement == "purged"]
 
             late = await wait_for(purged)
-            assert late[0]["sha256"] == sha256_hex(red)
-            assert set(late[0]["detail"]["aliases"]) == {alias, extra}
+            assert late[0].sha256 == sha256_hex(red)
+            assert set(late[0].detail["aliases"]) == {alias, extra}
             assert alias in pictrs.purged
             trail = await store.audit_trail(sha256_hex(red))
             assert [a.event for a in trail].count("late_positive") == 1
@@ -122,7 +122,7 @@ async def test_late_positive_without_pictrs_is_recorded_for_a_sweep(tmp_path: Pa
             await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             store = svc.services.store
             late = await wait_for(store.late_positives)
-            assert late[0]["enforcement"] == "recorded"
+            assert late[0].enforcement == "recorded"
             stored = await store.get_verdict(sha256_hex(red))
             assert stored is not None and stored.verdict.label is Label.CSAM
 
@@ -156,7 +156,7 @@ async def test_background_judgement_survives_a_restart(tmp_path: Path, http):
             assert await wait_for(no_jobs_left)
             # It was accepted before the restart, so it is a late positive now.
             late = await wait_for(store.late_positives)
-            assert late[0]["sha256"] == sha
+            assert late[0].sha256 == sha
 
 
 async def test_policy_change_rejudges_from_stored_signals(tmp_path: Path, horde, http):

@@ -53,6 +53,7 @@ from horde_scanner.backends.reachability import Reachability
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
+from horde_scanner.store.kudos import KudosTables
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
@@ -326,10 +327,10 @@ class HordeBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, db: Any = None) -> None:
-        """Load today's kudos spend from the store (`db`) and begin reading the Horde's load."""
-        if db is not None:
-            await self.budget.attach(db)
+    async def start(self, store: KudosTables | None = None) -> None:
+        """Load today's kudos spend from the store and begin reading the Horde's load."""
+        if store is not None:
+            await self.budget.attach(store)
         if self.settings.performance_interval_s > 0 and self._perf_task is None:
             self._perf_task = asyncio.create_task(self._perf_loop(), name="horde-performance")
 
@@ -648,7 +649,7 @@ def horde_paths(backend: Backend) -> list[HordeBackend]:
     return [b for b in iter_backends(backend) if isinstance(b, HordeBackend)]
 
 
-async def start_horde(backend: Backend, db: Any = None) -> None:
+async def start_horde(backend: Backend, store: KudosTables | None = None) -> None:
     """Start every AI Horde path: today's kudos spend from the store, the load reader."""
     for horde in horde_paths(backend):
-        await horde.start(db)
+        await horde.start(store)

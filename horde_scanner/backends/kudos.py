@@ -5,7 +5,9 @@ was processing it; a form cancelled while waiting, or faulted, is free
 (`horde/classes/stable/interrogation.py`). We reserve a request's full price before sending it,
 so that requests in flight can never take the day past the budget, and settle what was charged
 when it ends. Days are UTC days. What was spent today is kept in the store, so a restart does
-not hand out the day's budget again.
+not hand out the day's budget again, and replicas sharing a store book into one day's total:
+each learns the others' spend with its own bookings (it may overshoot by what the others have
+in flight at that moment, at most their reservations).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from horde_scanner.store.kudos import KudosTables
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +47,15 @@ class KudosBudget:
         self.reserved = 0.0
         # Misses refused because the day's budget was spent (read by /metrics).
         self.refused = 0
-        self._db: Any = None
+        self._store: KudosTables | None = None
         self._saving: set[asyncio.Future[None]] = set()
 
-    async def attach(self, db: Any) -> None:
-        """Keep the day's spend in the store (an aiosqlite connection with our table)."""
-        self._db = db
-        async with db.execute("SELECT spent FROM horde_kudos WHERE day=?", (self.day,)) as cur:
-            row = await cur.fetchone()
-        if row is not None:
-            self.spent = max(self.spent, float(row[0]))
+    async def attach(self, store: KudosTables) -> None:
+        """Keep the day's spend in the store."""
+        self._store = store
+        spent = await store.kudos_spent(self.day)
+        if spent is not None:
+            self.spent = max(self.spent, spent)
             if self.limit is not None:
                 log.info(
                     "AI Horde kudos budget: %.0f of %.0f already spent today (UTC)",
@@ -89,21 +92,20 @@ class KudosBudget:
         if charged <= 0:
             return
         self.spent += charged
-        if self._db is not None and self.limit is not None:
-            task = asyncio.ensure_future(self._save(self.day, self.spent))
+        if self._store is not None and self.limit is not None:
+            task = asyncio.ensure_future(self._book(self._store, self.day, charged))
             self._saving.add(task)
             task.add_done_callback(self._saving.discard)
 
-    async def _save(self, day: str, spent: float) -> None:
+    async def _book(self, store: KudosTables, day: str, charged: float) -> None:
         try:
-            await self._db.execute(
-                "INSERT INTO horde_kudos (day, spent, updated_at) VALUES (?,?,?)"
-                " ON CONFLICT(day) DO UPDATE SET spent=max(horde_kudos.spent, excluded.spent),"
-                " updated_at=excluded.updated_at",
-                (day, spent, time.time()),
-            )
+            total = await store.add_kudos_spent(day, charged)
         except Exception as exc:  # the spend is still counted in memory
             log.warning("could not save the day's kudos spend: %s", exc)
+            return
+        if day == self.day:
+            # What the other replicas spent comes back with our own booking.
+            self.spent = max(self.spent, total)
 
     async def flush(self) -> None:
         if self._saving:

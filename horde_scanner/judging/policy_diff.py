@@ -15,6 +15,7 @@ The store is read in batches, newest first; each batch is parsed and judged in a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from typing import Any
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.judging.policy import Policy
 from horde_scanner.store.sqlite import Store
+from horde_scanner.store.verdicts import SignalsRow
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
@@ -143,7 +145,7 @@ class _Accumulator:
         self.wanted = frozenset(report.labels)
         self.reject = tuple(report.reject_labels)
 
-    def add(self, rows: Iterable[Any]) -> None:
+    def add(self, rows: Iterable[SignalsRow]) -> None:
         report = self.report
         for sha, label, reasons_json, signals_json, route, policy_version, kind, by in rows:
             report.examined += 1
@@ -250,21 +252,13 @@ async def run_diff(
         sample_size=sample_size,
     )
     acc = _Accumulator(candidate, baseline, report)
-    where, params = ("WHERE v.judged_at >= ?", [since]) if since is not None else ("", [])
-    db = store.db
     total = 0
     if progress is not None:
-        async with db.execute(f"SELECT COUNT(*) FROM verdicts v {where}", params) as cur:
-            row = await cur.fetchone()
-        total = int(row[0]) if row else 0
+        total = sum((await store.count_verdicts(since=since)).values())
         progress(0, total)
-    async with db.execute(
-        "SELECT v.sha256, v.label, v.reasons, v.signals, v.route, v.policy_version,"
-        f" l.kind, l.added_by FROM verdicts v LEFT JOIN lists l ON l.sha256 = v.sha256 {where}"
-        " ORDER BY v.judged_at DESC",
-        params,
-    ) as cur:
-        while rows := await cur.fetchmany(batch_rows):
+    batches = store.signal_batches(since=since, batch_rows=batch_rows)
+    async with contextlib.aclosing(batches):
+        async for rows in batches:
             await asyncio.to_thread(acc.add, rows)
             if progress is not None:
                 progress(report.examined, max(total, report.examined))
@@ -278,18 +272,7 @@ async def _refine_decisions(store: Store, report: DiffReport) -> None:
     shas = [d["sha256"] for d in report.decisions]
     if not shas:
         return
-    await store.flush_audit()
-    latest: dict[str, tuple[str, str | None]] = {}
-    marks = ",".join("?" * len(_DECISION_EVENTS))
-    for start in range(0, len(shas), 500):
-        chunk = shas[start : start + 500]
-        async with store.db.execute(
-            f"SELECT sha256, event, source FROM audit WHERE event IN ({marks})"
-            f" AND sha256 IN ({','.join('?' * len(chunk))}) ORDER BY id",
-            [*_DECISION_EVENTS, *chunk],
-        ) as cur:
-            async for sha, event, source in cur:
-                latest[sha] = (event, source)
+    latest = await store.last_events(shas, _DECISION_EVENTS)
     for item in report.decisions:
         event, source = latest.get(item["sha256"], (None, None))
         if event == "confirm" and item["decision"] == "deny":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from horde_scanner.judging.judge import Judge
@@ -29,15 +28,12 @@ from horde_scanner.media.decode import sniff
 from horde_scanner.review import view
 from horde_scanner.review.quarantine import HELD, Quarantine, QuarantineHolder, ReleaseResult
 from horde_scanner.store.sqlite import Store
-from horde_scanner.store.verdicts import StoredVerdict, verdict_from_row
+from horde_scanner.store.verdicts import StoredVerdict
+from horde_scanner.store.verdicts import VerdictFilter as VerdictFilter  # the search's filter
 from horde_scanner.verdict import Label
 
 POSITIVE = (Label.CSAM.value, Label.NSFW.value)
 UNSCANNED = (Label.UNREADABLE.value, Label.ERROR.value)
-_VERDICT_COLUMNS = (
-    "v.sha256, v.label, v.reasons, v.signals, v.backend, v.policy_version, v.media_type, v.size,"
-    " v.source, v.first_seen, v.judged_at, v.route"
-)
 
 
 class ReviewError(Exception):
@@ -48,22 +44,6 @@ class ReviewError(Exception):
         self.status = status
         self.error = error
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class VerdictFilter:
-    labels: tuple[str, ...] = ()
-    source: str | None = None  # prefix, e.g. "upload:" or "local:/srv/pictrs"
-    backend: str | None = None
-    since: float | None = None
-    until: float | None = None
-    undecided: bool = False  # only hashes on neither list
-    limit: int = 100
-    offset: int = 0
-
-
-def _like_prefix(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class Review:
@@ -117,60 +97,14 @@ class Review:
     # -- reading -----------------------------------------------------------------------------
 
     async def search(self, f: VerdictFilter) -> list[StoredVerdict]:
-        """Newest first. With labels, one index range per label (label, judged_at) merged by
-        time: a LIMIT then stops after a page of rows instead of sorting every positive."""
-        where: list[str] = []
-        params: list[Any] = []
-        join = ""
-        if f.undecided:
-            join = " LEFT JOIN lists l ON l.sha256 = v.sha256"
-            where.append("l.sha256 IS NULL")
-        if f.source:
-            where.append("v.source LIKE ? ESCAPE '\\'")
-            params.append(_like_prefix(f.source))
-        if f.backend:
-            where.append("v.backend = ?")
-            params.append(f.backend)
-        if f.since is not None:
-            where.append("v.judged_at >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            where.append("v.judged_at < ?")
-            params.append(f.until)
-        page = f.limit + f.offset
-
-        def select(extra: list[str]) -> str:
-            conditions = where + extra
-            clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
-            return f"SELECT {_VERDICT_COLUMNS} FROM verdicts v{join}{clause}"
-
-        if not f.labels:
-            query = select([]) + " ORDER BY v.judged_at DESC LIMIT ? OFFSET ?"
-            args = params + [f.limit, f.offset]
-        else:
-            parts = []
-            args = []
-            for label in f.labels:
-                parts.append(
-                    f"SELECT * FROM ({select(['v.label = ?'])} ORDER BY v.judged_at DESC LIMIT ?)"
-                    " AS part"
-                )
-                args += params + [label, page]
-            query = " UNION ALL ".join(parts) + " ORDER BY 11 DESC LIMIT ? OFFSET ?"
-            args += [f.limit, f.offset]
-        async with self.store.db.execute(query, args) as cur:
-            return [verdict_from_row(r) for r in await cur.fetchall()]
+        """Newest first (store.verdicts.VerdictTables.search_verdicts)."""
+        return await self.store.search_verdicts(f)
 
     async def late_positives(self, limit: int = 100) -> list[dict[str, Any]]:
         """Late positives nobody has decided on yet."""
-        async with self.store.db.execute(
-            "SELECT p.sha256, p.label, p.found_at, p.enforcement FROM late_positives p"
-            " LEFT JOIN lists l ON l.sha256 = p.sha256 WHERE l.sha256 IS NULL"
-            " ORDER BY p.found_at DESC LIMIT ?",
-            (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
-        return [view.late_entry(*r) for r in rows]
+        return [
+            view.late_entry(p) for p in await self.store.late_positives(undecided=True, limit=limit)
+        ]
 
     async def detail(self, sha256: str) -> dict[str, Any] | None:
         return await view.detail(self.store, sha256, self.holders)
@@ -183,23 +117,11 @@ class Review:
         return total
 
     async def stats(self) -> dict[str, Any]:
-        lists: dict[str, int] = {}
-        async with self.store.db.execute("SELECT kind, COUNT(*) FROM lists GROUP BY kind") as cur:
-            lists = {k: n for k, n in await cur.fetchall()}
-        async with self.store.db.execute(
-            "SELECT enforcement, COUNT(*) FROM late_positives GROUP BY enforcement"
-        ) as cur:
-            late = {k: n for k, n in await cur.fetchall()}
-        since = time.time() - 86400
-        async with self.store.db.execute(
-            "SELECT label, COUNT(*) FROM verdicts WHERE judged_at >= ? GROUP BY label", (since,)
-        ) as cur:
-            last_day = {k: n for k, n in await cur.fetchall()}
         return {
             "verdicts": await self.store.count_verdicts(),
-            "verdicts_last_24h": last_day,
-            "lists": lists,
-            "late_positives": late,
+            "verdicts_last_24h": await self.store.count_verdicts(since=time.time() - 86400),
+            "lists": await self.store.count_lists(),
+            "late_positives": await self.store.count_late_positives(),
             "quarantine": await self._counts(),
             "jobs_waiting": await self.store.count_jobs(),
             "policy": self.judge.policy.version if self.judge else None,

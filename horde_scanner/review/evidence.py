@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +16,6 @@ from horde_scanner.review import view
 from horde_scanner.store.audit import AuditRecord
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.verdicts import StoredVerdict
-from horde_scanner.sweep.records import ScanRecords
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label
 
@@ -71,22 +69,16 @@ def _location(loc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _quarantine_rows(store: Store, sha256: str) -> list[dict[str, Any]]:
-    async with store.db.execute(
-        "SELECT origin, identifier, state, quarantined_at, updated_by, detail FROM quarantine"
-        " WHERE sha256=? ORDER BY id",
-        (sha256,),
-    ) as cur:
-        rows = await cur.fetchall()
     return [
         {
-            "origin": r[0],
-            "identifier": r[1],
-            "state": r[2],
-            "quarantined_at": iso(r[3]),
-            "by": r[4],
-            "instance": json.loads(r[5] or "{}").get("instance"),
+            "origin": q.origin,
+            "identifier": q.identifier,
+            "state": q.state,
+            "quarantined_at": iso(q.quarantined_at),
+            "by": q.updated_by,
+            "instance": q.detail.get("instance"),
         }
-        for r in rows
+        for q in await store.quarantine_items(sha256)
     ]
 
 
@@ -109,7 +101,7 @@ async def record(
 ) -> dict[str, Any]:
     """The evidence record of one verdict; `swept` is where storage sweeps found it."""
     if swept is None:
-        swept = (await ScanRecords(store).locations([stored.sha256])).get(stored.sha256, [])
+        swept = (await store.sweep_locations([stored.sha256])).get(stored.sha256, [])
     trail = await store.audit_trail(stored.sha256)
     quarantine = await _quarantine_rows(store, stored.sha256)
     found: list[str] = [stored.source] if stored.source else []
@@ -121,13 +113,13 @@ async def record(
         if place not in found:
             found.append(place)
     for loc in swept:
-        place = f"{loc['source'].rstrip('/')}/{loc['identifier']}"
+        place = _swept_at(loc)
         if place not in found:
             found.append(place)
     instances = [q["instance"] for q in quarantine if q["instance"]]
     instances += [a.detail["instance"] for a in trail if a.detail.get("instance")]
     fields = view.verdict_fields(stored, signals=False)
-    late = await view.late_positive(store, stored.sha256)
+    late = await store.late_positive(stored.sha256)
     return {
         "sha256": stored.sha256,
         "pdq": await _pdq(store, stored.sha256),
@@ -136,7 +128,7 @@ async def record(
         "source_instance": instances[0] if instances else None,
         "list": await store.list_kind(stored.sha256),
         "quarantine": [{k: q[k] for k in ("origin", "identifier", "state")} for q in quarantine],
-        "late_positive": late["enforcement"] if late else None,
+        "late_positive": late.enforcement if late else None,
         "decisions": decisions(trail),
         "found": [_location(loc) for loc in swept],
     }
@@ -146,8 +138,23 @@ async def records(
     store: Store, labels: Iterable[Label] | None = None, *, since: float | None = None
 ) -> list[dict[str, Any]]:
     verdicts = [v async for v in store.iter_verdicts(labels=labels, since=since)]
-    where = await ScanRecords(store).locations([v.sha256 for v in verdicts])
+    where = await store.sweep_locations([v.sha256 for v in verdicts])
     return [await record(store, v, swept=where.get(v.sha256, [])) for v in verdicts]
+
+
+def _swept_at(loc: dict[str, Any]) -> str:
+    """Where a sweep found a file: its source and identifier as one path."""
+    return f"{loc['source'].rstrip('/')}/{loc['identifier']}"
+
+
+def _cell(items: Iterable[str]) -> str:
+    """A list in one CSV cell."""
+    return "; ".join(items)
+
+
+def _and(text: str, extra: str | None, form: str = " {}") -> str:
+    """`text`, with `extra` in `form` after it when there is one."""
+    return text + form.format(extra) if extra else text
 
 
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
@@ -156,28 +163,26 @@ def to_csv(rows: Iterable[dict[str, Any]]) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
+        decided = (
+            _and(f"{d['ts']} {d['decision']} by {d['by']}", d["note"], " ({})")
+            for d in r["decisions"]
+        )
+        acted = (
+            _and(f"#{f['action_id']} {f['action']} {f['action_state']}", f["location"])
+            for f in r["found"]
+            if f["action_id"] is not None
+        )
         writer.writerow(
             {
                 **r,
-                "reasons": "; ".join(r["reasons"]),
-                "where_found": "; ".join(r["where_found"]),
-                "quarantine": "; ".join(
+                "reasons": _cell(r["reasons"]),
+                "where_found": _cell(r["where_found"]),
+                "quarantine": _cell(
                     f"{q['origin']}:{q['identifier']} ({q['state']})" for q in r["quarantine"]
                 ),
-                "decisions": "; ".join(
-                    f"{d['ts']} {d['decision']} by {d['by']}"
-                    + (f" ({d['note']})" if d["note"] else "")
-                    for d in r["decisions"]
-                ),
-                "found": "; ".join(
-                    f"{f['source'].rstrip('/')}/{f['identifier']}" for f in r["found"]
-                ),
-                "actions": "; ".join(
-                    f"#{f['action_id']} {f['action']} {f['action_state']}"
-                    + (f" {f['location']}" if f["location"] else "")
-                    for f in r["found"]
-                    if f["action_id"] is not None
-                ),
+                "decisions": _cell(decided),
+                "found": _cell(_swept_at(f) for f in r["found"]),
+                "actions": _cell(acted),
             }
         )
     return out.getvalue()

@@ -5,10 +5,11 @@ The contract, for sweeps and anything else that quarantines:
 - Quarantined files live in ONE local directory (`quarantine.dir`), content-addressed as
   `<dir>/<sha256[:2]>/<sha256>` (mode 0600, directories 0700). Identical bytes found in two
   places are held once.
-- The `quarantine` table records each place a file came from: `origin` is the kind of storage
-  ("local", "s3", "ssh", ...; free text, it selects the Restorer) and `identifier` is the file's
-  original identifier there (an absolute path for "local", a bucket/key for "s3",
-  "host:/path" for "ssh"). `detail` is free JSON (e.g. {"instance": "lemmy.example"}).
+- The `quarantine` table (store/review.py) records each place a file came from: `origin` is
+  the kind of storage ("local", "s3", "ssh", ...; free text, it selects the Restorer) and
+  `identifier` is the file's original identifier there (an absolute path for "local", a
+  bucket/key for "s3", "host:/path" for "ssh"). `detail` is free JSON (e.g.
+  {"instance": "lemmy.example"}).
 - To quarantine, move the bytes into the directory and record them in one call:
   `await quarantine.admit_file(sha, path, origin="local", identifier=str(path))` moves a local
   file; `await quarantine.admit_bytes(sha, data, origin="s3", identifier="bucket/key")` writes
@@ -49,54 +50,22 @@ the sweep's own quarantine area next to the storage, recorded in `scan_actions`)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+# The quarantine table's states and rows (store/review.py), for this module's users too.
+from horde_scanner.store.review import DELETED as DELETED
+from horde_scanner.store.review import HELD as HELD
+from horde_scanner.store.review import RELEASED as RELEASED
+from horde_scanner.store.review import QuarantineItem as QuarantineItem
 from horde_scanner.store.sqlite import Store
 
 log = logging.getLogger(__name__)
-
-HELD, RELEASED, DELETED = "held", "released", "deleted"
-
-_COLUMNS = (
-    "id, sha256, origin, identifier, path, size, state, quarantined_at, updated_at, updated_by,"
-    " detail"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineItem:
-    id: int
-    sha256: str
-    origin: str
-    identifier: str
-    path: Path
-    size: int | None
-    state: str
-    quarantined_at: float
-    updated_at: float
-    updated_by: str | None
-    detail: dict[str, Any]
-
-    def public(self) -> dict[str, Any]:
-        """What an admin may see (no file contents)."""
-        return {
-            "origin": self.origin,
-            "identifier": self.identifier,
-            "state": self.state,
-            "size": self.size,
-            "quarantined_at": self.quarantined_at,
-            "updated_at": self.updated_at,
-            "updated_by": self.updated_by,
-            "detail": self.detail,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +188,11 @@ class Quarantine:
     ) -> QuarantineItem:
         path = self.held_path(sha256)
         await asyncio.to_thread(_write_private, path, data)
-        return await self._record(sha256, path, len(data), origin, identifier, by, detail)
+        return await self._admitted(
+            await self._store.add_quarantined(
+                sha256, path, len(data), origin=origin, identifier=identifier, by=by, detail=detail
+            )
+        )
 
     async def admit_file(
         self,
@@ -234,54 +207,32 @@ class Quarantine:
         """Move a local file into quarantine (copy + unlink across file systems)."""
         path = self.held_path(sha256)
         size = await asyncio.to_thread(_move_private, Path(source), path)
-        return await self._record(sha256, path, size, origin, identifier or str(source), by, detail)
-
-    async def _record(
-        self,
-        sha256: str,
-        path: Path,
-        size: int,
-        origin: str,
-        identifier: str,
-        by: str,
-        detail: dict[str, Any] | None,
-    ) -> QuarantineItem:
-        now = time.time()
-        async with self._store.db.execute(
-            f"INSERT INTO quarantine (sha256, origin, identifier, path, size, state,"
-            f" quarantined_at, updated_at, updated_by, detail) VALUES (?,?,?,?,?,?,?,?,?,?)"
-            f" RETURNING {_COLUMNS}",
-            (
+        return await self._admitted(
+            await self._store.add_quarantined(
                 sha256,
-                origin,
-                identifier,
-                str(path),
+                path,
                 size,
-                HELD,
-                now,
-                now,
-                by,
-                json.dumps(detail or {}),
-            ),
-        ) as cur:
-            row = await cur.fetchone()
+                origin=origin,
+                identifier=identifier or str(source),
+                by=by,
+                detail=detail,
+            )
+        )
+
+    async def _admitted(self, item: QuarantineItem) -> QuarantineItem:
         await self._store.audit(
             "quarantined",
-            sha256=sha256,
+            sha256=item.sha256,
             action="quarantine",
-            source=by,
-            detail={"origin": origin, "identifier": identifier},
+            source=item.updated_by,
+            detail={"origin": item.origin, "identifier": item.identifier},
         )
-        assert row is not None
-        return _item(row)
+        return item
 
     # -- reading ---------------------------------------------------------------------------------
 
     async def items(self, sha256: str) -> list[QuarantineItem]:
-        async with self._store.db.execute(
-            f"SELECT {_COLUMNS} FROM quarantine WHERE sha256=? ORDER BY id", (sha256,)
-        ) as cur:
-            return [_item(r) for r in await cur.fetchall()]
+        return await self._store.quarantine_items(sha256)
 
     async def copies(self, sha256: str) -> list[HeldCopy]:
         return [
@@ -297,14 +248,7 @@ class Quarantine:
 
     async def held_among(self, hashes: list[str]) -> set[str]:
         """Which of `hashes` have a copy held (one query for a page of items)."""
-        if not hashes:
-            return set()
-        marks = ",".join("?" * len(hashes))
-        async with self._store.db.execute(
-            f"SELECT DISTINCT sha256 FROM quarantine WHERE state='held' AND sha256 IN ({marks})",
-            hashes,
-        ) as cur:
-            return {r[0] for r in await cur.fetchall()}
+        return await self._store.quarantine_held_among(hashes)
 
     async def held_bytes(self, sha256: str) -> bytes | None:
         """The held file's bytes, only while the item is in quarantine."""
@@ -317,10 +261,7 @@ class Quarantine:
             return None
 
     async def counts(self) -> dict[str, int]:
-        async with self._store.db.execute(
-            "SELECT state, COUNT(*) FROM quarantine GROUP BY state"
-        ) as cur:
-            return {state: n for state, n in await cur.fetchall()}
+        return await self._store.count_quarantine()
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -334,7 +275,7 @@ class Quarantine:
             if restorer is None:
                 what = f"no restorer for origin {item.origin!r}; file kept at {held_file}"
                 result.failed.append({"identifier": item.identifier, "why": what})
-                await self._set_state(item.id, RELEASED, by)
+                await self._store.set_quarantine_state(item.id, RELEASED, by)
                 continue
             try:
                 what = await restorer.restore(item, held_file)
@@ -342,7 +283,7 @@ class Quarantine:
                 log.error("quarantine release of %s failed: %s", item.identifier, exc)
                 result.failed.append({"identifier": item.identifier, "why": str(exc)})
                 continue
-            await self._set_state(item.id, RELEASED, by)
+            await self._store.set_quarantine_state(item.id, RELEASED, by)
             result.released.append({"identifier": item.identifier, "what": what})
         if held and not result.failed:
             await asyncio.to_thread(_unlink, held_file)
@@ -352,32 +293,10 @@ class Quarantine:
         """Delete the held file of a confirmed positive; returns the copies it stood for."""
         held = await self.held(sha256)
         for item in held:
-            await self._set_state(item.id, DELETED, by)
+            await self._store.set_quarantine_state(item.id, DELETED, by)
         if held:
             await asyncio.to_thread(_unlink, self.held_path(sha256))
         return len(held)
-
-    async def _set_state(self, item_id: int, state: str, by: str) -> None:
-        await self._store.db.execute(
-            "UPDATE quarantine SET state=?, updated_at=?, updated_by=? WHERE id=?",
-            (state, time.time(), by, item_id),
-        )
-
-
-def _item(row: Any) -> QuarantineItem:
-    return QuarantineItem(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        Path(row[4]),
-        row[5],
-        row[6],
-        row[7],
-        row[8],
-        row[9],
-        json.loads(row[10] or "{}"),
-    )
 
 
 def _private_dir(path: Path) -> None:

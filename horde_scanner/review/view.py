@@ -19,7 +19,7 @@ from typing import Any
 from horde_scanner.review.quarantine import HELD, HeldCopy, QuarantineHolder
 from horde_scanner.store.audit import AuditRecord
 from horde_scanner.store.sqlite import Store
-from horde_scanner.store.verdicts import StoredVerdict
+from horde_scanner.store.verdicts import LatePositive, StoredVerdict
 from horde_scanner.timefmt import iso
 
 
@@ -63,17 +63,14 @@ def copy_entry(c: HeldCopy) -> dict[str, Any]:
     }
 
 
-def late_entry(sha256: str, label: str, found_at: float, enforcement: str) -> dict[str, Any]:
-    return {"sha256": sha256, "label": label, "found_at": iso(found_at), "enforcement": enforcement}
-
-
-async def late_positive(store: Store, sha256: str) -> dict[str, Any] | None:
-    """The late-positive record of one image (accepted before its verdict), or None."""
-    async with store.db.execute(
-        "SELECT label, found_at, enforcement FROM late_positives WHERE sha256=?", (sha256,)
-    ) as cur:
-        row = await cur.fetchone()
-    return late_entry(sha256, row[0], row[1], row[2]) if row else None
+def late_entry(p: LatePositive) -> dict[str, Any]:
+    """A late positive (accepted before its verdict) as the lists and records show it."""
+    return {
+        "sha256": p.sha256,
+        "label": p.label,
+        "found_at": iso(p.found_at),
+        "enforcement": p.enforcement,
+    }
 
 
 async def copies(holders: Sequence[QuarantineHolder], sha256: str) -> list[HeldCopy]:
@@ -92,7 +89,7 @@ async def detail(
         return None
     record: dict[str, Any] = verdict_fields(stored) if stored else {"sha256": sha256}
     pdq = await store.pdq_of(sha256)
-    late = await late_positive(store, sha256)
+    late = await store.late_positive(sha256)
     record.update(
         {
             "list": listed,
@@ -100,7 +97,7 @@ async def detail(
             "quarantine": [copy_entry(c) for c in held],
             "in_quarantine": any(c.state == HELD for c in held),
             "late_positive": (
-                {"enforcement": late["enforcement"], "found_at": late["found_at"]} if late else None
+                {"enforcement": late.enforcement, "found_at": iso(late.found_at)} if late else None
             ),
             "audit": [audit_entry(a) for a in trail],
         }

@@ -84,7 +84,7 @@ async def open_services(
         store = await rt.store()
         if backend is not None:
             # A backend handed to the service (tests, bench) runs and stops with it.
-            await start_horde(backend, store.db)
+            await start_horde(backend, store)
             share_horde_budget(backend, store)
             rt.on_close(backend.aclose)
         judge = await rt.judge()

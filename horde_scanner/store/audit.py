@@ -1,5 +1,9 @@
 """The audit log: every decision and action, append-only, buffered and written in batches
-(one commit per validation answer would cost more than the answer itself)."""
+(one commit per validation answer would cost more than the answer itself).
+
+Data lifecycle: `audit()` buffers a row -> `flush_audit()` (every 500 rows, before every read,
+and on close) writes it -> it stays for good; rows are never updated or deleted.
+"""
 
 from __future__ import annotations
 
@@ -75,3 +79,21 @@ class AuditTables(Tables):
             AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
             for r in rows
         ]
+
+    async def last_events(
+        self, sha256s: list[str], events: tuple[str, ...]
+    ) -> dict[str, tuple[str, str | None]]:
+        """{sha256: (event, source)} of the latest of `events` recorded for each hash."""
+        await self.flush_audit()
+        latest: dict[str, tuple[str, str | None]] = {}
+        marks = ",".join("?" * len(events))
+        for start in range(0, len(sha256s), 500):
+            chunk = sha256s[start : start + 500]
+            async with self._db.execute(
+                f"SELECT sha256, event, source FROM audit WHERE event IN ({marks})"
+                f" AND sha256 IN ({','.join('?' * len(chunk))}) ORDER BY id",
+                [*events, *chunk],
+            ) as cur:
+                async for sha, event, source in cur:
+                    latest[sha] = (event, source)
+        return latest

@@ -13,6 +13,9 @@ the part of aiosqlite's Connection they use (`execute` awaited or as a context m
     BEGIN IMMEDIATE    ->  BEGIN
     PRAGMA ...         ->  nothing
 
+On a connection of its own (`Store.aside()`), a query used as `async with db.execute(...)`
+streams through a server-side cursor (`PgStream`), so a long read holds one batch at a time.
+
 Schema steps are translated the same way (`translate_ddl`): types to PostgreSQL's, SQLite
 triggers dropped (a step that needs them gives PostgreSQL ones in `SchemaStep.postgres`).
 """
@@ -43,6 +46,8 @@ _TOKEN = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
 _RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 _LIKE = re.compile(r"\bLIKE\b", re.IGNORECASE)
+# Rows a server-side cursor hands over at a time.
+_STREAM_BATCH = 1000
 _ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES)\b", re.IGNORECASE)
 
 
@@ -186,20 +191,87 @@ class PgCursor:
         pass
 
 
+class PgStream:
+    """The rows of one query on a connection of its own (`Store.aside()`), read as they are
+    asked for through a server-side cursor: a long read (the hash index, an export) holds
+    one batch in memory, not the whole result. Outside a transaction of the caller's, the
+    cursor gets a read-only one of its own, ended when the `async with` block ends."""
+
+    rowcount = -1
+    lastrowid: int | None = None
+
+    def __init__(self, cursor: Any, transaction: Any) -> None:
+        self._cursor = cursor
+        self._transaction = transaction
+
+    @classmethod
+    async def open(cls, conn: Any, statement: str, params: Sequence[Any]) -> PgStream:
+        transaction = None
+        if not conn.is_in_transaction():
+            transaction = conn.transaction(readonly=True)
+            await transaction.start()
+        try:
+            cursor = await conn.cursor(statement, *params)
+        except BaseException:
+            if transaction is not None:
+                await transaction.rollback()
+            raise
+        return cls(cursor, transaction)
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        row = await self._cursor.fetchrow()
+        return tuple(row) if row is not None else None
+
+    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._cursor.fetch(size)]
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        while batch := await self.fetchmany(_STREAM_BATCH):
+            rows += batch
+        return rows
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
+        while batch := await self.fetchmany(_STREAM_BATCH):
+            for row in batch:
+                yield row
+
+    async def close(self) -> None:
+        if self._transaction is not None:
+            transaction, self._transaction = self._transaction, None
+            await transaction.commit()
+
+
 class _Pending:
-    """What `execute` returns: awaitable, or usable as `async with ... as cur`."""
+    """What `execute` returns: awaitable, or usable as `async with ... as cur` (a query on a
+    held connection then streams: PgStream)."""
 
     def __init__(self, db: PgDatabase, sql: str, params: Sequence[Any]) -> None:
         self._db, self._sql, self._params = db, sql, params
+        self._stream: PgStream | None = None
 
     def __await__(self) -> Any:
         return self._db._run(self._sql, self._params).__await__()
 
-    async def __aenter__(self) -> PgCursor:
+    async def __aenter__(self) -> PgCursor | PgStream:
+        conn = self._db.held
+        statement = translate(self._sql)
+        if (
+            conn is not None
+            and statement is not None
+            and _ROWS.match(statement)
+            and not _RETURNING.search(statement)
+        ):
+            self._stream = await PgStream.open(conn, statement, self._params)
+            return self._stream
         return await self._db._run(self._sql, self._params)
 
     async def __aexit__(self, *exc: object) -> None:
-        pass
+        if self._stream is not None:
+            await self._stream.close()
 
 
 class PgDatabase:
@@ -209,6 +281,11 @@ class PgDatabase:
     def __init__(self, pool: Any, conn: Any = None) -> None:
         self._pool = pool
         self._conn = conn
+
+    @property
+    def held(self) -> Any:
+        """The connection this one holds (`Store.aside()`), or None (the pool's)."""
+        return self._conn
 
     def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> _Pending:
         return _Pending(self, sql, tuple(parameters or ()))

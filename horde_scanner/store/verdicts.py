@@ -10,15 +10,19 @@ Data lifecycle:
                                    ▼
                     jobs (store/jobs.py) ──judged──► verdicts
                                                  └─► late_positives (enforced or not)
+
+A verdict is replaced when judged again (re-judging keeps first_seen and source); a list entry
+lasts until an admin takes it off; a late positive is kept, its enforcement updated, and is
+"undecided" while its hash is on neither list.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from horde_scanner.store.tables import SchemaStep, Tables
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
@@ -91,6 +95,42 @@ VERDICT_COLUMNS = (
     "sha256, label, reasons, signals, backend, policy_version, media_type, size,"
     " source, first_seen, judged_at, route"
 )
+# The same, of `verdicts v` in a join.
+_V_COLUMNS = ", ".join(f"v.{c.strip()}" for c in VERDICT_COLUMNS.split(","))
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictFilter:
+    """Which verdicts a search returns (the admin's lists and queue)."""
+
+    labels: tuple[str, ...] = ()
+    source: str | None = None  # prefix, e.g. "upload:" or "local:/srv/pictrs"
+    backend: str | None = None
+    since: float | None = None
+    until: float | None = None
+    undecided: bool = False  # only hashes on neither list
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LatePositive:
+    """A positive found after the upload was accepted, and what was done about it."""
+
+    sha256: str
+    label: str
+    found_at: float
+    enforcement: str
+    detail: dict[str, Any]
+    updated_at: float
+
+
+# What a policy dry run reads of each verdict, undecoded (it parses them in a worker thread):
+# (sha256, label, reasons JSON, signals JSON or None, route, policy_version,
+#  list kind or None, list added_by or None).
+SignalsRow = tuple[str, str, str, str | None, str, str, str | None, str | None]
+
+_LATE_COLUMNS = "p.sha256, p.label, p.found_at, p.enforcement, p.detail, p.updated_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +216,75 @@ class VerdictTables(Tables):
             async for row in cur:
                 yield verdict_from_row(row)
 
-    async def count_verdicts(self) -> dict[str, int]:
-        async with self._db.execute("SELECT label, COUNT(*) FROM verdicts GROUP BY label") as cur:
+    async def count_verdicts(self, *, since: float | None = None) -> dict[str, int]:
+        """{label: n}, of those judged since `since` when given."""
+        query = "SELECT label, COUNT(*) FROM verdicts"
+        params: list[Any] = []
+        if since is not None:
+            query += " WHERE judged_at >= ?"
+            params.append(since)
+        async with self._db.execute(query + " GROUP BY label", params) as cur:
             return {label: n async for label, n in cur}
+
+    async def search_verdicts(self, f: VerdictFilter) -> list[StoredVerdict]:
+        """Newest first. With labels, one index range per label (label, judged_at) merged by
+        time: a LIMIT then stops after a page of rows instead of sorting every positive."""
+        where: list[str] = []
+        params: list[Any] = []
+        join = ""
+        if f.undecided:
+            join = " LEFT JOIN lists l ON l.sha256 = v.sha256"
+            where.append("l.sha256 IS NULL")
+        if f.source:
+            where.append("v.source LIKE ? ESCAPE '\\'")
+            params.append(_like_prefix(f.source))
+        if f.backend:
+            where.append("v.backend = ?")
+            params.append(f.backend)
+        if f.since is not None:
+            where.append("v.judged_at >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            where.append("v.judged_at < ?")
+            params.append(f.until)
+        page = f.limit + f.offset
+
+        def select(extra: list[str]) -> str:
+            conditions = where + extra
+            clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+            return f"SELECT {_V_COLUMNS} FROM verdicts v{join}{clause}"
+
+        if not f.labels:
+            query = select([]) + " ORDER BY v.judged_at DESC LIMIT ? OFFSET ?"
+            args = params + [f.limit, f.offset]
+        else:
+            parts = []
+            args = []
+            for label in f.labels:
+                parts.append(
+                    f"SELECT * FROM ({select(['v.label = ?'])} ORDER BY v.judged_at DESC LIMIT ?)"
+                    " AS part"
+                )
+                args += params + [label, page]
+            query = " UNION ALL ".join(parts) + " ORDER BY 11 DESC LIMIT ? OFFSET ?"
+            args += [f.limit, f.offset]
+        async with self._db.execute(query, args) as cur:
+            return [verdict_from_row(r) for r in await cur.fetchall()]
+
+    async def signal_batches(
+        self, *, since: float | None = None, batch_rows: int
+    ) -> AsyncGenerator[list[SignalsRow]]:
+        """Every verdict (judged since `since`) with its list entry, newest first, in batches
+        (for a policy dry run; close it with `contextlib.aclosing`)."""
+        where, params = ("WHERE v.judged_at >= ?", [since]) if since is not None else ("", [])
+        async with self._db.execute(
+            "SELECT v.sha256, v.label, v.reasons, v.signals, v.route, v.policy_version,"
+            f" l.kind, l.added_by FROM verdicts v LEFT JOIN lists l ON l.sha256 = v.sha256 {where}"
+            " ORDER BY v.judged_at DESC",
+            params,
+        ) as cur:
+            while rows := await cur.fetchmany(batch_rows):
+                yield cast(list[SignalsRow], rows)
 
     # -- allow / deny lists ----------------------------------------------------------------
 
@@ -206,6 +312,11 @@ class VerdictTables(Tables):
             async for row in cur:
                 yield row[0], row[1] or "", row[2] or "", row[3]
 
+    async def count_lists(self) -> dict[str, int]:
+        """{kind: n} of the allow and deny lists."""
+        async with self._db.execute("SELECT kind, COUNT(*) FROM lists GROUP BY kind") as cur:
+            return {kind: n for kind, n in await cur.fetchall()}
+
     async def sha256_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         """Known sha256 values (verdicts, lists, audit) starting with a hex `prefix`."""
         bound = prefix + "g"  # just past every hex continuation: an index range scan
@@ -232,23 +343,42 @@ class VerdictTables(Tables):
             (sha256, label.value, now, enforcement, json.dumps(detail), now),
         )
 
-    async def late_positives(self) -> list[dict[str, Any]]:
+    async def late_positives(
+        self, *, undecided: bool = False, limit: int | None = None
+    ) -> list[LatePositive]:
+        """Newest first; `undecided`: only those whose hash is on neither list."""
+        query = f"SELECT {_LATE_COLUMNS} FROM late_positives p"
+        params: list[Any] = []
+        if undecided:
+            query += " LEFT JOIN lists l ON l.sha256 = p.sha256 WHERE l.sha256 IS NULL"
+        query += " ORDER BY p.found_at DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        async with self._db.execute(query, params) as cur:
+            return [_late_from_row(r) for r in await cur.fetchall()]
+
+    async def late_positive(self, sha256: str) -> LatePositive | None:
         async with self._db.execute(
-            "SELECT sha256, label, found_at, enforcement, detail, updated_at FROM late_positives"
-            " ORDER BY found_at DESC"
+            f"SELECT {_LATE_COLUMNS} FROM late_positives p WHERE p.sha256=?", (sha256,)
         ) as cur:
-            rows = await cur.fetchall()
-        return [
-            {
-                "sha256": r[0],
-                "label": r[1],
-                "found_at": r[2],
-                "enforcement": r[3],
-                "detail": json.loads(r[4] or "{}"),
-                "updated_at": r[5],
-            }
-            for r in rows
-        ]
+            row = await cur.fetchone()
+        return _late_from_row(row) if row else None
+
+    async def count_late_positives(self) -> dict[str, int]:
+        """{enforcement: n}."""
+        async with self._db.execute(
+            "SELECT enforcement, COUNT(*) FROM late_positives GROUP BY enforcement"
+        ) as cur:
+            return {k: n for k, n in await cur.fetchall()}
+
+
+def _like_prefix(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _late_from_row(r: Any) -> LatePositive:
+    return LatePositive(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), r[5])
 
 
 def verdict_from_row(row: Any) -> StoredVerdict:
