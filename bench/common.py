@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from horde_scanner.testing.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +26,40 @@ def spawn(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def horde_and_service(
+    horde_args: Sequence[str],
+    service_args: Callable[[int], list[str]],
+    db: Path,
+    *,
+    client: str,
+    deadline_s: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The fake AI Horde (with `horde_args`) and the service (python `service_args(port)`)
+    as processes on free loopback ports, the service's store at `db` and `env` added to its
+    environment; yields the service's port and process once both listen."""
+    horde_port, port = free_port(), free_port()
+    horde = spawn(["-m", "horde_scanner.testing.horde", "--port", str(horde_port), *horde_args])
+    service_env = {
+        "HORDE_SCANNER_STORE__PATH": str(db),
+        "HORDE_SCANNER_HORDE__URL": f"http://127.0.0.1:{horde_port}/api",
+        "HORDE_SCANNER_SERVER__CLIENT_IDS": f'["{client}"]',
+        "HORDE_SCANNER_VALIDATION__DEADLINE_S": str(deadline_s),
+        "HORDE_SCANNER_LOG_LEVEL": "ERROR",
+        **(env or {}),
+    }
+    service = spawn(service_args(port), service_env)
+    try:
+        wait_port(horde_port)
+        wait_port(port)
+        yield port, service
+    finally:
+        for proc in (service, horde):
+            proc.terminate()
+            proc.wait(30)
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -32,8 +32,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from bench.common import noisy_jpeg, spawn
-from horde_scanner.testing.net import free_port, wait_port
+from bench.common import horde_and_service, noisy_jpeg
 
 CLIENT = "bench"
 DEADLINE_S = 8.0
@@ -100,27 +99,15 @@ async def serve(port: int, old: bool) -> None:
 
 @contextlib.contextmanager
 def stack(horde_args: list[str], db: Path, old: bool) -> Iterator[str]:
-    horde_port, port = free_port(), free_port()
-    horde = spawn(["-m", "horde_scanner.testing.horde", "--port", str(horde_port), *horde_args])
-    env = {
-        "HORDE_SCANNER_STORE__PATH": str(db),
-        "HORDE_SCANNER_HORDE__URL": f"http://127.0.0.1:{horde_port}/api",
-        "HORDE_SCANNER_SERVER__CLIENT_IDS": f'["{CLIENT}"]',
-        "HORDE_SCANNER_VALIDATION__DEADLINE_S": str(DEADLINE_S),
-        "HORDE_SCANNER_LOG_LEVEL": "ERROR",
-    }
-    if old:
-        env["HORDE_SCANNER_HORDE__MAX_IN_FLIGHT"] = str(OLD_IN_FLIGHT)
-    args = ["-m", "bench.horde_burst", "--serve", str(port)] + (["--old"] if old else [])
-    service = spawn(args, env)
-    try:
-        wait_port(horde_port)
-        wait_port(port)
+    env = {"HORDE_SCANNER_HORDE__MAX_IN_FLIGHT": str(OLD_IN_FLIGHT)} if old else {}
+
+    def service(port: int) -> list[str]:
+        return ["-m", "bench.horde_burst", "--serve", str(port)] + (["--old"] if old else [])
+
+    with horde_and_service(
+        horde_args, service, db, client=CLIENT, deadline_s=DEADLINE_S, env=env
+    ) as (port, _):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        for proc in (service, horde):
-            proc.terminate()
-            proc.wait(30)
 
 
 async def readyz(session: aiohttp.ClientSession, base: str) -> dict:

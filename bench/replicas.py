@@ -26,7 +26,13 @@ from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.images import distinct_png
 from horde_scanner.testing.pg import PgServer
 from horde_scanner.testing.pictrs import validate_upload
-from horde_scanner.testing.replicas import Replica, replica_env
+from horde_scanner.testing.replicas import (
+    Replica,
+    SteadyUploads,
+    replica_env,
+    replica_horde,
+    restart_each,
+)
 
 FAST = {"horde__submits_per_min": "90", "validation__deadline_s": "8"}
 
@@ -109,43 +115,22 @@ async def rolling_restart(pg: PgServer, horde: FakeHorde, tmp: Path, rate: float
     replicas = [Replica(env, tmp / f"roll-{i}").start() for i in range(2)]
     balancer = Haproxy([r.port for r in replicas]).start()
     scan = f"{balancer.url}/api/v1/scan/test-pictrs"
-    statuses: list[int | str] = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     pool = [distinct_png(200_000 + i) for i in range(100)]
     async with aiohttp.ClientSession() as http:
-
-        async def upload(data: bytes) -> None:
-            try:
-                statuses.append((await validate_upload(http, scan, data, "image/png")).status)
-            except Exception as exc:
-                statuses.append(type(exc).__name__)
-
-        async def steady() -> None:
-            sent, started, pending = 0, time.monotonic(), []
-            while not stop.is_set():
-                pending.append(asyncio.ensure_future(upload(pool[sent % len(pool)])))
-                sent += 1
-                await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
-            await asyncio.gather(*pending)
-
+        load = SteadyUploads(http, scan, lambda n: pool[n % len(pool)], rate)
         try:
             await asyncio.sleep(1.0)
-            load = asyncio.ensure_future(steady())
-            await asyncio.sleep(3.0)
-            started = time.monotonic()
-            for i, old in enumerate(replicas):
-                await loop.run_in_executor(None, old.terminate, 60)
-                replicas[i] = Replica(env, tmp / f"roll-{i}b", port=old.port).start()
+            async with load:
+                await asyncio.sleep(3.0)
+                started = time.monotonic()
+                await restart_each(replicas, lambda _: asyncio.sleep(2.0))
+                restart_s = time.monotonic() - started
                 await asyncio.sleep(2.0)
-            restart_s = time.monotonic() - started
-            await asyncio.sleep(2.0)
-            stop.set()
-            await load
         finally:
             balancer.stop()
             for r in replicas:
                 r.kill()
+    statuses = load.statuses
     failed = [s for s in statuses if s != 200]
     print(f"\nrolling restart of 2 replicas behind HAProxy at {rate:.0f} uploads/s "
           f"({restart_s:.1f} s for both):")  # fmt: skip
@@ -155,8 +140,7 @@ async def rolling_restart(pg: PgServer, horde: FakeHorde, tmp: Path, rate: float
 
 async def main(quick: bool) -> None:
     pg = PgServer().start()
-    horde = FakeHorde(latency=0.5, post_rate_per_min=None, status_rate_per_s=None,
-                      interrogator_count=64)  # fmt: skip
+    horde = replica_horde(latency=0.5, interrogators=64)
     await horde.start()
     tmp = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     try:

@@ -28,13 +28,12 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import (
+    horde_and_service,
     noisy_jpeg,
     peak_rss_mb,
     percentiles,
     rss_mb,
-    spawn,
 )
-from horde_scanner.testing.net import free_port, wait_port
 
 CLIENT = "bench"
 DEADLINE_S = 8.0
@@ -42,33 +41,14 @@ DEADLINE_S = 8.0
 
 @contextlib.contextmanager
 def stack(horde_latency: float, db: Path) -> Iterator[tuple[str, int]]:
-    horde_port, port = free_port(), free_port()
-    horde = spawn(
-        [
-            "-m",
-            "horde_scanner.testing.horde",
-            "--port",
-            str(horde_port),
-            "--latency",
-            str(horde_latency),
-        ]
-    )
-    env = {
-        "HORDE_SCANNER_STORE__PATH": str(db),
-        "HORDE_SCANNER_HORDE__URL": f"http://127.0.0.1:{horde_port}/api",
-        "HORDE_SCANNER_SERVER__CLIENT_IDS": f'["{CLIENT}"]',
-        "HORDE_SCANNER_VALIDATION__DEADLINE_S": str(DEADLINE_S),
-        "HORDE_SCANNER_LOG_LEVEL": "ERROR",
-    }
-    service = spawn(["-m", "horde_scanner.cli", "serve", "--port", str(port)], env)
-    try:
-        wait_port(horde_port)
-        wait_port(port)
+    with horde_and_service(
+        ["--latency", str(horde_latency)],
+        lambda port: ["-m", "horde_scanner.cli", "serve", "--port", str(port)],
+        db,
+        client=CLIENT,
+        deadline_s=DEADLINE_S,
+    ) as (port, service):
         yield f"http://127.0.0.1:{port}/api/v1/scan/{CLIENT}", service.pid
-    finally:
-        for proc in (service, horde):
-            proc.terminate()
-            proc.wait(30)
 
 
 async def post(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[float, int]:

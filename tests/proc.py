@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from horde_scanner.testing.net import wait_port
 
@@ -44,13 +45,20 @@ class Done:
     stderr: str
 
 
+async def start_cli(
+    args: list[str], env: dict[str, str], *, cwd: Path, **streams: Any
+) -> asyncio.subprocess.Process:
+    """`python -m horde_scanner.cli ARGS` as a child of the test's event loop; `streams` are
+    the stdin/stdout/stderr (and other) keywords of `asyncio.create_subprocess_exec`."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "horde_scanner.cli", *args, env=env, cwd=cwd, **streams
+    )
+
+
 async def run(args: list[str], env: dict[str, str], *, cwd: Path, timeout: float = 120) -> Done:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "horde_scanner.cli",
-        *args,
-        env=env,
+    proc = await start_cli(
+        args,
+        env,
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -78,12 +86,9 @@ class OnTerminal:
         master, slave = pty.openpty()
         self._master = master
         os.set_blocking(master, False)
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "horde_scanner.cli",
-            *self.args,
-            env={**self.env, "TERM": "xterm", "COLUMNS": "300"},
+        self.proc = await start_cli(
+            self.args,
+            {**self.env, "TERM": "xterm", "COLUMNS": "300"},
             cwd=self.cwd,
             stdin=slave,
             stdout=slave,

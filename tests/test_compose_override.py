@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,31 +100,41 @@ def _volume_target(volume: Any) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
+def _merge_depends(base: Any, over: Any) -> dict[str, dict[str, Any]]:
+    merged = _depends_map(base)
+    for name, spec in _depends_map(over).items():
+        merged[name] = {**merged.get(name, {}), **spec}
+    return merged
+
+
+def _merge_volumes(base: Any, over: Any) -> list[Any]:
+    by_target = {_volume_target(v): v for v in base or []}
+    by_target.update({_volume_target(v): v for v in over})
+    return list(by_target.values())
+
+
+Rule = Callable[[Any, Any], Any]
+
+# The keys of a service that merge by key or by container path, not as plain mappings.
+_SERVICE_RULES: dict[str, Rule] = {
+    "environment": lambda base, over: {**_env_map(base), **_env_map(over)},
+    "depends_on": _merge_depends,
+    "volumes": _merge_volumes,
+}
+
+
 def _merge_service(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if key == "environment":
-            out[key] = {**_env_map(base.get(key)), **_env_map(value)}
-        elif key == "depends_on":
-            merged = _depends_map(base.get(key))
-            for name, spec in _depends_map(value).items():
-                merged[name] = {**merged.get(name, {}), **spec}
-            out[key] = merged
-        elif key == "volumes":
-            by_target = {_volume_target(v): v for v in base.get(key, [])}
-            by_target.update({_volume_target(v): v for v in value})
-            out[key] = list(by_target.values())
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            out[key] = _merge_mapping(base[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    return _merge_mapping(base, over, _SERVICE_RULES)
 
 
-def _merge_mapping(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _merge_mapping(
+    base: dict[str, Any], over: dict[str, Any], rules: dict[str, Rule] | None = None
+) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if rules and key in rules:
+            out[key] = rules[key](base.get(key), value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge_mapping(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

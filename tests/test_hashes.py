@@ -17,6 +17,7 @@ from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
+from horde_scanner.testing.server import AppServer
 from horde_scanner.testing.service import make_settings, running_service, wait_for
 from horde_scanner.verdict import Signals
 
@@ -348,11 +349,8 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
 
     source = web.Application()
     source.router.add_get("/list", serve)
-    runner = web.AppRunner(source)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/list"
+    server = AppServer(source)
+    url = f"{await server.start()}/list"
     settings = settings_for(
         tmp_path, "sub", subscriptions=[{"name": "src", "url": url, "refresh_s": 3600}]
     )
@@ -365,7 +363,7 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
             for failure in ("error", "garbage", "bad-rows", "down"):
                 mode["now"] = failure
                 if failure == "down":
-                    await runner.cleanup()
+                    await server.stop()
                 assert await subscriber.refresh(sub) == "failed"
                 state = await hashes.store.hash_subscription("src")
                 assert state.entries == 2 and state.last_error, failure
@@ -377,7 +375,7 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
             )
             assert result.status == 200
     finally:
-        await runner.cleanup()
+        await server.stop()
 
 
 async def _has(value: bool) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 from aiohttp import web
 
 from horde_scanner.testing.net import free_port, wait_port
+from horde_scanner.testing.server import AppServer
+from tests.proc import start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -78,11 +80,8 @@ async def test_hostile_lists_keep_the_service_small(tmp_path: Path):
 
     source = web.Application()
     source.router.add_get("/{name}", serve)
-    runner = web.AppRunner(source)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    server = AppServer(source)
+    base = await server.start()
     port = free_port()
     db = tmp_path / "s.db"
     config = tmp_path / "scanner.toml"
@@ -95,13 +94,10 @@ async def test_hostile_lists_keep_the_service_small(tmp_path: Path):
         f'[horde]\nurl = "http://127.0.0.1:{free_port()}/api"\n{subs}'
     )
     env = {**os.environ, "HORDE_SCANNER_CONFIG": str(config)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "horde_scanner.cli",
-        "serve",
+    proc = await start_cli(
+        ["serve"],
+        env,
         cwd=tmp_path,
-        env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -156,5 +152,5 @@ async def test_hostile_lists_keep_the_service_small(tmp_path: Path):
             proc.kill()
             await proc.wait()
         err = await log
-        await runner.cleanup()
+        await server.stop()
     assert b"junk.example" not in err and b"yesterday" not in err  # nor in the log

@@ -40,12 +40,17 @@ NO_HORDE = "http://127.0.0.1:9/api"  # never contacted with backend.kind=local
 
 
 def pool_settings(tmp_path: Path, keys: Any = (KEY,), **sections: Any):
+    workers = {
+        "keys": keys if isinstance(keys, dict) else list(keys),
+        "missing_after_s": 3.0,
+        **sections.pop("workers", {}),
+    }
     return make_settings(
         tmp_path / "s.db",
         NO_HORDE,
         backend={"kind": "local"},
         local={"in_process": False},
-        workers={"keys": keys if isinstance(keys, dict) else list(keys), "missing_after_s": 3.0},
+        workers=workers,
         **sections,
     )
 
@@ -335,12 +340,9 @@ def test_fake_pictrs_versions_know_their_features(version: str):
 
 async def test_readyz_says_when_workers_take_jobs_and_never_answer(tmp_path: Path, http):
     """A worker that takes jobs and dies on each (never posting) is also a stuck pool."""
-    settings = make_settings(
-        tmp_path / "s.db",
-        NO_HORDE,
-        backend={"kind": "local"},
-        local={"in_process": False},
-        workers={"keys": [KEY], "missing_after_s": 5.0, "job_timeout_s": 0.2},
+    settings = pool_settings(
+        tmp_path,
+        workers={"missing_after_s": 5.0, "job_timeout_s": 0.2},
         validation={"deadline_s": 3.0},
     )
     async with running_service(settings) as svc:

@@ -20,6 +20,7 @@ from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
 from horde_scanner.testing.service import make_settings, running_service, wait_for
+from tests.pictrs_helpers import pictrs_section, service_with_pictrs
 from tests.scan_helpers import audit_rows, scan_settings
 
 OLD_PICTRS = "pict-rs has no /internal/hashes"
@@ -36,13 +37,7 @@ async def test_on_pictrs_04_late_positives_are_recorded_said_once_and_swept(
     files = tmp_path / "files"
     caplog.set_level(logging.INFO, logger="horde_scanner")
     async with FakeHorde(latency=1.0) as horde, FakePictrs("secret", version="0.4.8") as pictrs:
-        settings = make_settings(
-            tmp_path / "s.db",
-            horde.url,
-            validation={"deadline_s": 0.3},
-            pictrs={"url": pictrs.url, "api_key": "secret"},
-        )
-        async with running_service(settings) as svc:
+        async with service_with_pictrs(tmp_path, horde.url, pictrs, deadline_s=0.3) as svc:
             # Said at start-up, before any upload.
             async def said() -> bool:
                 return bool(_said(caplog))
@@ -63,7 +58,7 @@ async def test_on_pictrs_04_late_positives_are_recorded_said_once_and_swept(
             path = files / "ab" / "cd" / f"0000000{i}-aaaa-4bbb-8ccc-dddddddddddd"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(red)
-        sweep = scan_settings(tmp_path / "s.db", pictrs={"url": pictrs.url, "api_key": "secret"})
+        sweep = scan_settings(tmp_path / "s.db", pictrs=pictrs_section(pictrs))
         report = await run_scan(sweep, str(files), action=Action.DELETE, backend=MockBackend())
     assert {p.enforcement for p in late} == {"recorded"}
     assert all("0.5.0" in p.detail["why"] for p in late)
@@ -88,13 +83,7 @@ async def test_on_pictrs_05_nothing_is_said_and_late_positives_are_purged(
     caplog.set_level(logging.INFO, logger="horde_scanner")
     async with FakeHorde(latency=1.0) as horde, FakePictrs("secret", version="0.5.0") as pictrs:
         alias = pictrs.add_image(red, "jpeg")
-        settings = make_settings(
-            tmp_path / "s.db",
-            horde.url,
-            validation={"deadline_s": 0.3},
-            pictrs={"url": pictrs.url, "api_key": "secret"},
-        )
-        async with running_service(settings) as svc:
+        async with service_with_pictrs(tmp_path, horde.url, pictrs, deadline_s=0.3) as svc:
 
             async def probed() -> bool:
                 return svc.services.enforcer.can_purge is True

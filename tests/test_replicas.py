@@ -10,22 +10,17 @@ import pytest
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
-from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.images import distinct_png
 from horde_scanner.testing.pictrs import validate_upload
-from horde_scanner.testing.replicas import ADMIN_TOKEN, Replica, replica_env
+from horde_scanner.testing.replicas import ADMIN_TOKEN, Replica, replica_env, replica_horde
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 async def horde():
-    fake = FakeHorde(
-        latency=0.3, post_rate_per_min=None, status_rate_per_s=None, interrogator_count=32
-    )
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with replica_horde(latency=0.3) as fake:
+        yield fake
 
 
 @pytest.fixture

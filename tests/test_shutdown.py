@@ -8,22 +8,23 @@ import time
 
 import pytest
 
-from horde_scanner.testing.horde import FakeHorde
+from horde_scanner.testing.images import distinct_png
 from horde_scanner.testing.pictrs import validate_upload
-from horde_scanner.testing.replicas import Replica, replica_env
-from tests.test_replicas import distinct_png
+from horde_scanner.testing.replicas import (
+    Replica,
+    SteadyUploads,
+    replica_env,
+    replica_horde,
+    restart_each,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 async def horde():
-    fake = FakeHorde(
-        latency=1.5, post_rate_per_min=None, status_rate_per_s=None, interrogator_count=32
-    )
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with replica_horde(latency=1.5) as fake:
+        yield fake
 
 
 async def test_sigterm_answers_uploads_in_flight_and_turns_readyz_away(tmp_path, horde, http):
@@ -109,42 +110,24 @@ async def test_rolling_restart_behind_haproxy_answers_every_upload(tmp_path, hor
     replicas = [Replica(env, tmp_path / f"r{i}").start() for i in range(2)]
     balancer = Haproxy([r.port for r in replicas]).start()
     scan = f"{balancer.url}/api/v1/scan/test-pictrs"
-    statuses: list[int | str] = []
-    stop = asyncio.Event()
+    # A mix of new images and cache hits.
+    load = SteadyUploads(http, scan, lambda n: distinct_png(8000 + n % 40), rate=20.0)
 
-    async def steady(rate: float) -> None:
-        sent, started = 0, time.monotonic()
-        pending = []
-        while not stop.is_set():
-            data = distinct_png(8000 + sent % 40)  # a mix of new images and cache hits
-            pending.append(asyncio.ensure_future(upload(data)))
-            sent += 1
-            await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
-        await asyncio.gather(*pending)
-
-    async def upload(data: bytes) -> None:
-        try:
-            statuses.append((await validate_upload(http, scan, data, "image/png")).status)
-        except Exception as exc:  # a refused or reset connection is a failed upload
-            statuses.append(type(exc).__name__)
+    async def seen_ready(replica: Replica) -> None:
+        # Ready itself, then seen so by the balancer (rise 2 x 200 ms), before the next.
+        await readyz_pids(http, replica.url, 1)
+        await asyncio.sleep(1.5)
 
     try:
         await asyncio.sleep(1.0)  # both healthy
-        load = asyncio.ensure_future(steady(20.0))
-        await asyncio.sleep(1.0)
-        loop = asyncio.get_running_loop()
-        for i, old in enumerate(replicas):
-            assert await loop.run_in_executor(None, old.terminate, 60) == 0
-            replicas[i] = Replica(env, tmp_path / f"r{i}b", port=old.port).start()
-            # Ready itself, then seen so by the balancer (rise 2 x 200 ms), before the next.
-            await readyz_pids(http, replicas[i].url, 1)
-            await asyncio.sleep(1.5)
-        stop.set()
-        await load
+        async with load:
+            await asyncio.sleep(1.0)
+            codes = await restart_each(replicas, seen_ready)
     finally:
         balancer.stop()
         for r in replicas:
             r.kill()
-    assert len(statuses) > 60
-    failed = [s for s in statuses if s != 200]
+    assert codes == [0, 0]
+    assert len(load.statuses) > 60
+    failed = [s for s in load.statuses if s != 200]
     assert failed == []

@@ -410,6 +410,7 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
     from horde_scanner.config import HashesSettings
     from horde_scanner.hashlists.matcher import HashMatcher
     from horde_scanner.hashlists.subscribe import Subscriber
+    from horde_scanner.testing.server import AppServer
 
     fetches = 0
 
@@ -420,14 +421,9 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
 
     app = web.Application()
     app.router.add_get("/list", serve_list)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    settings = HashesSettings(
-        subscriptions=[{"name": "src", "url": f"http://127.0.0.1:{port}/list", "refresh_s": 30}]
-    )
+    server = AppServer(app)
+    url = f"{await server.start()}/list"
+    settings = HashesSettings(subscriptions=[{"name": "src", "url": url, "refresh_s": 30}])
     stores = [await Store.open(pg_url) for _ in range(3)]
     executor = ThreadPoolExecutor(2)
     subscribers = []
@@ -450,7 +446,7 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
         for s in stores:
             await s.close()
         executor.shutdown()
-        await runner.cleanup()
+        await server.stop()
 
 
 async def test_own_role_and_database_as_the_readme_creates_them(pg_server, readme_role) -> None:

@@ -14,21 +14,19 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.hashlists.format import HashEntry, dump_json, parse
+from horde_scanner.testing.server import AppServer
 from horde_scanner.testing.service import make_settings, running_service
 
 GOOD = [HashEntry("sha256", "ab" * 32), HashEntry("sha256", "cd" * 32)]
 SECRET = "hunter2-words-of-the-source"
 
 
-class Source:
+class Source(AppServer):
     """A list server on loopback; each instance is its own origin (its own port)."""
 
     def __init__(self) -> None:
-        self.app = web.Application()
         self.seen: list[dict[str, str]] = []
         self.routes: dict[str, object] = {}
-        self.runner: web.AppRunner | None = None
-        self.url = ""
 
         async def dispatch(request: web.Request) -> web.StreamResponse:
             self.seen.append(dict(request.headers))
@@ -37,22 +35,20 @@ class Source:
                 raise web.HTTPNotFound()
             return await handler(request)  # type: ignore[operator]
 
-        self.app.router.add_get("/{tail:.*}", dispatch)
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", dispatch)
+        super().__init__(app)
 
     def route(self, path: str, handler) -> None:
         self.routes[path] = handler
 
-    async def __aenter__(self) -> Source:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
+    def redirect(self, path: str, kind: type[web.HTTPRedirection], location: str) -> None:
+        """`path` answers with a redirect (of that kind) to `location`."""
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
+        async def away(request: web.Request) -> web.Response:
+            raise kind(location)
+
+        self.route(path, away)
 
 
 def _list(request: web.Request) -> web.Response:
@@ -87,11 +83,7 @@ async def _refresh(tmp_path: Path, url: str, **sub):
 async def test_redirect_to_another_origin_is_refused(tmp_path: Path):
     async with Source() as home, Source() as elsewhere:
         elsewhere.route("/list", _good)
-
-        async def away(request: web.Request) -> web.Response:
-            raise web.HTTPFound(f"{elsewhere.url}/list")
-
-        home.route("/list", away)
+        home.redirect("/list", web.HTTPFound, f"{elsewhere.url}/list")
         outcome, state = await _refresh(tmp_path, f"{home.url}/list")
         assert outcome == "failed" and state.entries == 0
         assert "redirect to another origin" in state.last_error
@@ -101,11 +93,7 @@ async def test_redirect_to_another_origin_is_refused(tmp_path: Path):
 async def test_redirect_within_the_origin_is_followed(tmp_path: Path):
     async with Source() as home:
         home.route("/new", _good)
-
-        async def moved(request: web.Request) -> web.Response:
-            raise web.HTTPMovedPermanently("/new")
-
-        home.route("/list", moved)
+        home.redirect("/list", web.HTTPMovedPermanently, "/new")
         outcome, state = await _refresh(tmp_path, f"{home.url}/list")
         assert outcome == "changed" and state.entries == 2
         # (The service's own first refresh asks too: each refresh is two requests.)
@@ -116,11 +104,7 @@ async def test_redirect_within_the_origin_is_followed(tmp_path: Path):
 async def test_configured_redirect_origin_is_followed_without_the_token(tmp_path: Path):
     async with Source() as home, Source() as mirror:
         mirror.route("/list", _good)
-
-        async def away(request: web.Request) -> web.Response:
-            raise web.HTTPTemporaryRedirect(f"{mirror.url}/list")
-
-        home.route("/list", away)
+        home.redirect("/list", web.HTTPTemporaryRedirect, f"{mirror.url}/list")
         outcome, state = await _refresh(tmp_path, f"{home.url}/list", redirect_origins=[mirror.url])
         assert outcome == "changed" and state.entries == 2
         assert {h.get("Authorization") for h in home.seen} == {"Bearer list-token-1"}

@@ -15,6 +15,7 @@ from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
 from horde_scanner.testing.service import make_settings, running_service, wait_for
 from horde_scanner.verdict import Label, Signals, Verdict
+from tests.pictrs_helpers import service_with_pictrs
 
 
 @pytest.fixture
@@ -94,13 +95,7 @@ async def test_late_positive_is_purged_through_pictrs(tmp_path: Path, http):
     async with FakeHorde(latency=1.5) as horde, FakePictrs(api_key="secret") as pictrs:
         alias = pictrs.add_image(red, "jpeg")
         extra = pictrs.add_alias(alias)
-        settings = make_settings(
-            tmp_path / "s.db",
-            horde.url,
-            validation={"deadline_s": 0.5},
-            pictrs={"url": pictrs.url, "api_key": "secret"},
-        )
-        async with running_service(settings) as svc:
+        async with service_with_pictrs(tmp_path, horde.url, pictrs, deadline_s=0.5) as svc:
             result = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             assert result.status == 200 and result.body["route"] == "timeout"
             store = svc.services.store

@@ -24,13 +24,14 @@ KEY = "worker-secret"
 NO_HORDE = "http://127.0.0.1:9/api"  # never contacted with backend.kind=local
 
 
-def worker_settings(tmp_path: Path, **workers: Any):
+def worker_settings(tmp_path: Path, *, deadline_s: float = 3.0, **workers: Any):
     return make_settings(
         tmp_path / "s.db",
         NO_HORDE,
         backend={"kind": "local"},
         local={"in_process": False},
         workers={"keys": [KEY], "missing_after_s": 2.0, **workers},
+        validation={"deadline_s": deadline_s},
     )
 
 
@@ -165,14 +166,7 @@ async def test_job_of_a_vanished_worker_goes_to_another(tmp_path: Path):
 
 
 async def test_when_every_worker_is_gone_the_job_waits_for_later(tmp_path: Path):
-    settings = make_settings(
-        tmp_path / "s.db",
-        NO_HORDE,
-        backend={"kind": "local"},
-        local={"in_process": False},
-        workers={"keys": [KEY], "missing_after_s": 0.3, "job_timeout_s": 0.3},
-        validation={"deadline_s": 1.5},
-    )
+    settings = worker_settings(tmp_path, deadline_s=1.5, missing_after_s=0.3, job_timeout_s=0.3)
     data = images.jpeg("red", seed=30)
     async with running_service(settings) as svc, aiohttp.ClientSession() as http:
         gone = PictrsSafetyWorker(svc.url, answer=False)

@@ -1,10 +1,11 @@
 """What the command modules share: running a coroutine, the settings, labels,
-sha256 prefixes, exit codes."""
+sha256 prefixes, `--since`, `--output`, exit codes."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -62,3 +63,34 @@ def labels_of(values: tuple[str, ...]) -> list[Label]:
 
 
 LABEL_CHOICE = click.Choice([label.value for label in Label])
+
+OUTPUT_OPTION = click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File to write (default: standard output).",
+)
+
+
+def write_output(output: Path | None, text: str, what: str) -> None:
+    """`--output`: standard output, or the file named, and then `wrote WHAT to FILE` on
+    standard error."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"wrote {what} to {output}", err=True)
+
+
+def since_of(value: str | None) -> float | None:
+    """`--since` (2024-05-01, ISO time, 12h, 30d) as Unix seconds."""
+    from horde_scanner.sweep.app import parse_since
+
+    try:
+        return parse_since(value) if value else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None

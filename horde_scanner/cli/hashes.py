@@ -11,7 +11,7 @@ from typing import IO
 
 import click
 
-from horde_scanner.cli.common import run, settings_of
+from horde_scanner.cli.common import OUTPUT_OPTION, run, settings_of, write_output
 from horde_scanner.hashlists.format import (
     SIGNALS,
     HashEntry,
@@ -36,13 +36,7 @@ def hashes() -> None:
 
 @hashes.command("export")
 @click.option("--format", "fmt", type=_FORMAT, default="csv", show_default=True)
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="File to write (default: standard output).",
-)
+@OUTPUT_OPTION
 @click.option(
     "--all",
     "everything",
@@ -82,14 +76,7 @@ def export(
 
     entries = run(go)
     text = dump_json(entries) if fmt == "json" else dump_csv(entries)
-    if output is None:
-        sys.stdout.write(text)
-        return
-    try:
-        output.write_text(text)
-    except OSError as exc:
-        raise click.ClickException(f"{output}: {exc.strerror}") from None
-    click.echo(f"wrote {len(entries)} entries to {output}", err=True)
+    write_output(output, text, f"{len(entries)} entries")
 
 
 @hashes.command("import")

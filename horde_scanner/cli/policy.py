@@ -11,7 +11,7 @@ from typing import TextIO
 
 import click
 
-from horde_scanner.cli.common import LABEL_CHOICE, settings_of
+from horde_scanner.cli.common import LABEL_CHOICE, settings_of, since_of
 from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.judging.policy_diff import DiffReport, format_text, run_diff
 from horde_scanner.store.sqlite import Store, StoreError
@@ -116,12 +116,7 @@ def diff(
     as_json: bool,
 ) -> None:
     """Re-judge every stored verdict's signals under policy FILE, offline; change nothing."""
-    from horde_scanner.sweep.app import parse_since
-
-    try:
-        since_ts = parse_since(since) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+    since_ts = since_of(since)
     candidate = _load(file)
     baseline = _load(against) if against is not None else None
     settings = settings_of(ctx)

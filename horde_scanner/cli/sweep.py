@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from horde_scanner.cli.common import EXIT_NOT_JUDGED, EXIT_POSITIVE, run, settings_of
+from horde_scanner.cli.common import EXIT_NOT_JUDGED, EXIT_POSITIVE, run, settings_of, since_of
 from horde_scanner.media.hashing import is_sha256_hex
 
 _ACTIONS = ["report", "quarantine", "delete"]
@@ -138,13 +138,10 @@ def apply(
 ) -> None:
     """Act on positives recorded by earlier `scan` dry runs, without judging again."""
     from horde_scanner.sweep.actions import Action
-    from horde_scanner.sweep.app import parse_since, plan_apply, run_apply
+    from horde_scanner.sweep.app import plan_apply, run_apply
     from horde_scanner.sweep.progress import Progress
 
-    try:
-        since_ts = parse_since(since) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+    since_ts = since_of(since)
     settings = settings_of(ctx)
     if action == "delete" and not yes:
         plan = run(lambda: plan_apply(settings, since=since_ts, address=address))

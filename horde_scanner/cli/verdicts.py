@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from horde_scanner.cli.common import LABEL_CHOICE, labels_of, resolve_sha256, run, settings_of
+from horde_scanner.cli.common import (
+    LABEL_CHOICE,
+    OUTPUT_OPTION,
+    labels_of,
+    resolve_sha256,
+    run,
+    settings_of,
+    write_output,
+)
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.timefmt import iso
@@ -78,13 +86,7 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="File to write (default: standard output).",
-)
+@OUTPUT_OPTION
 @click.pass_context
 def verdicts_export(
     ctx: click.Context, labels: tuple[str, ...], fmt: str, output: Path | None
@@ -101,11 +103,4 @@ def verdicts_export(
 
     records = run(go)
     text = json.dumps(records, indent=2) + "\n" if fmt == "json" else evidence.to_csv(records)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        output.write_text(text)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
-    click.echo(f"wrote {len(records)} records to {output}", err=True)
+    write_output(output, text, f"{len(records)} records")

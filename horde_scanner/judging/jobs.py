@@ -115,6 +115,16 @@ class JobRunner:
     def future_for(self, sha256: str) -> asyncio.Future[Verdict] | None:
         return self._futures.get(sha256)
 
+    def _single_flight(self, sha256: str) -> tuple[asyncio.Future[Verdict], bool]:
+        """The Future every caller for this hash waits on, and whether this call made it (and
+        so must see the work done)."""
+        fut = self._futures.get(sha256)
+        if fut is not None:
+            return fut, False
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[sha256] = fut
+        return fut, True
+
     async def submit(
         self,
         sha256: str,
@@ -131,11 +141,9 @@ class JobRunner:
         written the verdict just before our job row went in, or may hold the row itself: its
         verdict is taken rather than judged again. `fresh`: judge even though a verdict is
         stored (an admin's re-judge)."""
-        fut = self._futures.get(sha256)
-        if fut is not None:
+        fut, first = self._single_flight(sha256)
+        if not first:
             return fut
-        fut = asyncio.get_running_loop().create_future()
-        self._futures[sha256] = fut
         try:
             created = await self._store.add_job(
                 sha256, payload, media_type=media_type, size=size, source=source
@@ -226,11 +234,9 @@ class JobRunner:
         again). Same processor, same finish and single flight as `submit`; when the backend
         is unavailable the work becomes an ordinary persisted job, retried with backoff.
         """
-        fut = self._futures.get(sha256)
-        if fut is not None:
+        fut, first = self._single_flight(sha256)
+        if not first:
             return fut
-        fut = asyncio.get_running_loop().create_future()
-        self._futures[sha256] = fut
         job = Job(sha256, payload, media_type, size, source, None, 0)
         resumes = self._resumes
         try:

@@ -36,8 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiosqlite
 
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.schema import schema_steps
-from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.store.sqlite import Store, StoreError, missing_steps, setting_up
 
 log = logging.getLogger(__name__)
 
@@ -388,15 +387,9 @@ class PgStore(Store):
             raise StoreError(f"cannot open store {redact(url)}: {exc}") from None
         store = cls(pool, url, job_lease_s)
         store._own_pids = own
-        try:
+        async with setting_up(redact(url), pool.close, (OSError, asyncpg.PostgresError)):
             await store._migrate()
             await store._listen()
-        except (OSError, asyncpg.PostgresError) as exc:
-            await pool.close()
-            raise StoreError(f"cannot open store {redact(url)}: {exc}") from None
-        except BaseException:
-            await pool.close()
-            raise
         return store
 
     async def close(self) -> None:
@@ -417,16 +410,7 @@ class PgStore(Store):
                 " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
             )
             applied = {r[0] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-            steps = schema_steps()
-            known = {step.name for step in steps}
-            if applied - known:
-                raise StoreError(
-                    f"store {self.where} was written by a newer horde-scanner (schema steps "
-                    f"{', '.join(sorted(applied - known))}); upgrade horde-scanner"
-                )
-            for step in steps:
-                if step.name in applied:
-                    continue
+            for step in missing_steps(applied, self.where):
                 await conn.execute(translate_ddl(step.sql) + step.postgres)
                 await conn.execute(
                     "INSERT INTO schema_migrations VALUES ($1, $2)", step.name, time.time()

@@ -15,7 +15,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from horde_scanner.store.kudos import KudosTables
 from horde_scanner.store.review import ReviewTables
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sweeps import SweepTables
-from horde_scanner.store.tables import ChangeListener
+from horde_scanner.store.tables import ChangeListener, SchemaStep
 from horde_scanner.store.verdicts import VerdictTables
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,36 @@ OPEN_BUSY_MS = 5000
 
 class StoreError(Exception):
     """The database cannot be opened or is not ours."""
+
+
+def missing_steps(applied: set[str], where: object) -> list[SchemaStep]:
+    """The schema steps a store has yet to apply, in order. A store with steps this version
+    does not know was written by a newer horde-scanner, and is refused."""
+    steps = schema_steps()
+    unknown = applied - {step.name for step in steps}
+    if unknown:
+        raise StoreError(
+            f"store {where} was written by a newer horde-scanner (schema steps "
+            f"{', '.join(sorted(unknown))}); upgrade horde-scanner"
+        )
+    return [step for step in steps if step.name not in applied]
+
+
+@contextlib.asynccontextmanager
+async def setting_up(
+    where: object, close: Callable[[], Awaitable[None]], errors: tuple[type[Exception], ...]
+) -> AsyncIterator[None]:
+    """A store's first steps on a new connection (settings, schema steps): whatever fails
+    closes the connection again, and the database's own errors (`errors`) become a
+    StoreError naming the store."""
+    try:
+        yield
+    except errors as exc:
+        await close()
+        raise StoreError(f"cannot open store {where}: {exc}") from None
+    except BaseException:
+        await close()
+        raise
 
 
 def sqlite_path(url: str) -> Path:
@@ -148,24 +178,14 @@ class Store(
             db = await aiosqlite.connect(str(path), isolation_level=None, timeout=STARTUP_BUSY_S)
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
-        try:
+        async with setting_up(path, db.close, (aiosqlite.DatabaseError,)):
             await _switch_to_wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
             store = cls(db, path)
-            try:
-                await store._migrate()
-                # A process that died mid-judgement left these: work to do, not work done.
-                await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
-                await db.execute(f"PRAGMA busy_timeout={OPEN_BUSY_MS}")
-            except BaseException:
-                await db.close()
-                raise
-        except aiosqlite.DatabaseError as exc:
-            await db.close()
-            raise StoreError(f"cannot open store {path}: {exc}") from None
-        except BaseException:
-            await db.close()
-            raise
+            await store._migrate()
+            # A process that died mid-judgement left these: work to do, not work done.
+            await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+            await db.execute(f"PRAGMA busy_timeout={OPEN_BUSY_MS}")
         return store
 
     async def close(self) -> None:
@@ -215,17 +235,8 @@ class Store(
         )
         async with self._db.execute("SELECT name FROM schema_migrations") as cur:
             applied = {row[0] async for row in cur}
-        steps = schema_steps()
-        known = {step.name for step in steps}
-        if applied - known:
-            raise StoreError(
-                f"store {self.path} was written by a newer horde-scanner (schema steps "
-                f"{', '.join(sorted(applied - known))}); upgrade horde-scanner"
-            )
-        for step in steps:
+        for step in missing_steps(applied, self.path):
             name, sql = step.name, step.sql
-            if name in applied:
-                continue
             # The step's name goes in first, under the write lock: a process opening the same
             # new file at the same moment (server.processes) fails there, before any DDL, and
             # skips the step the other one applied.

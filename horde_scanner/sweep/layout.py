@@ -10,7 +10,7 @@ Older layouts (0.4: UUIDv4 names without extension) carry no time; there only mt
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import NamedTuple
 
 from horde_scanner.sweep.source import Entry
@@ -124,6 +124,40 @@ def _time_dir(name: str, depth: int, v7: bool) -> bool:
     return v7 and depth < _TIME_LEVELS and bool(_HEX2_RE.match(name))
 
 
+class _NewWalk:
+    """The walk of `walk_new` without the listing itself, so that one walk serves the async
+    and the blocking lister: `wanted` is the directory to list next (None once done), `give`
+    hands over its listing, and `found` then holds the files, newest first."""
+
+    def __init__(self, since: float, time_ordered: bool, skip: Callable[[str], bool]) -> None:
+        self.found: list[Entry] = []
+        self._since, self._floor = since, v7_time_prefix(since)
+        self._time_ordered, self._skip = time_ordered, skip
+        self._steps = self._visit("", 0, True)
+        self.wanted: str | None = next(self._steps)
+
+    def give(self, listing: list[DirItem]) -> None:
+        try:
+            self.wanted = self._steps.send(listing)
+        except StopIteration:
+            self.wanted = None
+            self.found.sort(key=lambda e: e.mtime, reverse=True)
+
+    def _visit(self, rel: str, depth: int, v7: bool) -> Generator[str, list[DirItem], None]:
+        listing = yield rel
+        for item in sorted(listing, key=lambda item: item.name, reverse=True):
+            path = _join(rel, item.name)
+            if self._skip(path):
+                continue
+            if item.is_dir:
+                timed = _time_dir(item.name, depth, v7)
+                if self._time_ordered and timed and _prune(path, self._floor):
+                    break  # reverse order: every later sibling is older still
+                yield from self._visit(path, depth + 1, v7 and bool(_HEX2_RE.match(item.name)))
+            elif item.mtime >= self._since:
+                self.found.append(Entry(path, item.size, item.mtime))
+
+
 async def walk_new(
     listdir: Lister, since: float, time_ordered: bool, skip: Callable[[str], bool]
 ) -> list[Entry]:
@@ -132,47 +166,17 @@ async def walk_new(
     With `time_ordered`, UUIDv7 directories older than `since` are not listed at all; other
     directories are walked and filtered by mtime.
     """
-    floor = v7_time_prefix(since)
-    found: list[Entry] = []
-
-    async def visit(rel: str, depth: int, v7: bool) -> None:
-        for item in sorted(await listdir(rel), key=lambda item: item.name, reverse=True):
-            path = _join(rel, item.name)
-            if skip(path):
-                continue
-            if item.is_dir:
-                timed = _time_dir(item.name, depth, v7)
-                if time_ordered and timed and _prune(path, floor):
-                    break  # reverse order: every later sibling is older still
-                await visit(path, depth + 1, v7 and bool(_HEX2_RE.match(item.name)))
-            elif item.mtime >= since:
-                found.append(Entry(path, item.size, item.mtime))
-
-    await visit("", 0, True)
-    found.sort(key=lambda e: e.mtime, reverse=True)
-    return found
+    walk = _NewWalk(since, time_ordered, skip)
+    while walk.wanted is not None:
+        walk.give(await listdir(walk.wanted))
+    return walk.found
 
 
 def walk_new_sync(
     listdir: SyncLister, since: float, time_ordered: bool, skip: Callable[[str], bool]
 ) -> list[Entry]:
     """`walk_new` for a blocking lister."""
-    floor = v7_time_prefix(since)
-    found: list[Entry] = []
-
-    def visit(rel: str, depth: int, v7: bool) -> None:
-        for item in sorted(listdir(rel), key=lambda item: item.name, reverse=True):
-            path = _join(rel, item.name)
-            if skip(path):
-                continue
-            if item.is_dir:
-                timed = _time_dir(item.name, depth, v7)
-                if time_ordered and timed and _prune(path, floor):
-                    break
-                visit(path, depth + 1, v7 and bool(_HEX2_RE.match(item.name)))
-            elif item.mtime >= since:
-                found.append(Entry(path, item.size, item.mtime))
-
-    visit("", 0, True)
-    found.sort(key=lambda e: e.mtime, reverse=True)
-    return found
+    walk = _NewWalk(since, time_ordered, skip)
+    while walk.wanted is not None:
+        walk.give(listdir(walk.wanted))
+    return walk.found

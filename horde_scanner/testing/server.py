@@ -1,4 +1,5 @@
-"""What every fake shares: serving its aiohttp app on a loopback port, as a context manager."""
+"""What every fake shares: serving its aiohttp app on a loopback port, as a context manager
+(and the same for a test's own small app)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,14 @@ class LoopbackServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class AppServer(LoopbackServer):
+    """A test's own aiohttp app on a loopback port: `async with AppServer(app) as server`, or
+    `await server.start()` (the base URL) and `await server.stop()` to take it away mid-test."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def app(self) -> web.Application:
+        return self._app

@@ -22,7 +22,13 @@ from aiohttp import web
 
 from horde_scanner.media.hashing import is_sha256_hex
 from horde_scanner.review import evidence, view
-from horde_scanner.review.decisions import POSITIVE, UNSCANNED, ReviewError, VerdictFilter
+from horde_scanner.review.decisions import (
+    POSITIVE,
+    UNSCANNED,
+    Review,
+    ReviewError,
+    VerdictFilter,
+)
 from horde_scanner.service.admin.auth import ADMIN, actor_name
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
@@ -169,23 +175,27 @@ async def show_verdict(request: web.Request) -> web.Response:
     return web.json_response(record)
 
 
-@admin_only
-async def allow(request: web.Request) -> web.Response:
+async def _decide(
+    request: web.Request, decide: Callable[..., Awaitable[dict[str, Any]]]
+) -> web.Response:
+    """One review decision (a `Review` method) on the path's sha256, by the body's actor,
+    with its note."""
     svc: Services = request.app[SERVICES]
     sha = sha_param(request)
     body = await json_body(request)
     return web.json_response(
-        await svc.review.allow(sha, by=_actor(request, body), note=_note(body))
+        await decide(svc.review, sha, by=_actor(request, body), note=_note(body))
     )
 
 
 @admin_only
+async def allow(request: web.Request) -> web.Response:
+    return await _decide(request, Review.allow)
+
+
+@admin_only
 async def confirm(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
-    sha = sha_param(request)
-    body = await json_body(request)
-    result = await svc.review.confirm(sha, by=_actor(request, body), note=_note(body))
-    return web.json_response(result)
+    return await _decide(request, Review.confirm)
 
 
 @admin_only
