@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import running_service
+from horde_scanner.verdict import Label, Verdict
 from tests.admin_helpers import TOKEN, admin_settings, call
 
 NAMED = "named-secret-Zq81xPq0vLw3"
@@ -83,3 +85,38 @@ async def test_client_secrets_are_never_recorded(tmp_path: Path, http):
 def _store_bytes(folder: Path) -> bytes:
     """The SQLite file and its WAL, as bytes."""
     return b"".join(p.read_bytes() for p in sorted(folder.glob("s.db*")))
+
+
+async def test_rows_an_older_release_wrote_with_the_secret_name_the_client_after_a_start(
+    tmp_path: Path, http
+):
+    """Releases before clients were recorded by name wrote `upload:<secret>`: the service
+    rewrites those rows at start-up, so the admin export and page show the name instead."""
+    settings = admin_settings(
+        tmp_path, server={"clients": {"lemmy": NAMED}, "client_ids": [UNNAMED]}
+    )
+    tag = "id-" + hashlib.sha256(UNNAMED.encode()).hexdigest()[:8]
+    old, other = "a" * 64, "b" * 64
+    async with await Store.open(settings.store.path) as store:  # as an older release left it
+        await store.put_verdict(
+            old, Verdict(label=Label.NSFW, backend="horde"), source=f"upload:{NAMED}"
+        )
+        await store.audit("answered", sha256=old, source=f"upload:{NAMED}")
+        await store.audit("answered", sha256=other, source=f"upload:{UNNAMED}")
+        await store.add_job(other, b"x", media_type=None, size=None, source=f"upload:{UNNAMED}")
+        await store.audit("answered", sha256=other, source="upload:IPADDR")  # not a secret
+    async with running_service(settings, backend=MockBackend()) as svc:
+        store = svc.services.store
+        await store.flush_audit()
+        sources = {
+            str(row[0])
+            for table in ("audit", "verdicts", "jobs")
+            for row in await store.db.execute_fetchall(f"SELECT source FROM {table}")
+        }
+        assert {"upload:lemmy", f"upload:{tag}", "upload:IPADDR"} <= sources
+        status, export = await call(http, "GET", f"{svc.url}{API}/export?format=json")
+        assert status == 200
+    text = json.dumps(export) + "\n".join(sources)
+    assert "upload:lemmy" in text
+    for secret in (NAMED, UNNAMED):
+        assert secret not in text

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import secrets
 
 from aiohttp import web
 
 from horde_scanner.config import ServerSettings
+from horde_scanner.store.audit import AuditTables
 
 IPADDR = "IPADDR"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+log = logging.getLogger(__name__)
 
 
 class ClientAuth:
@@ -49,6 +53,11 @@ class ClientAuth:
     def names(self) -> list[str]:
         return [name for name, _ in self._named]
 
+    def recorded_as(self) -> list[tuple[str, str]]:
+        """(secret, name) of every configured client: what to rewrite in rows from releases
+        that recorded the secret itself."""
+        return [(secret, name) for name, secret in self._named]
+
     def name_for(self, client_id: str) -> str:
         """What to record for an allowed client id: its configured name, a short tag of an
         unnamed one (first 8 hex of its sha256: not reversible), or IPADDR."""
@@ -81,3 +90,18 @@ def _in(address: str, networks: list[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+async def forget_raw_ids(auth: ClientAuth, store: AuditTables) -> int:
+    """Rows written before clients were recorded by name hold `upload:<secret>`: rewrite them
+    to the name now recorded (an export or the admin page would otherwise show the secret)."""
+    changed = 0
+    for secret, name in auth.recorded_as():
+        changed += await store.rename_source(f"upload:{secret}", f"upload:{name}")
+    if changed:
+        log.warning(
+            "%d stored rows named a client by its secret id (an older release); they now name "
+            "it as new rows do",
+            changed,
+        )
+    return changed

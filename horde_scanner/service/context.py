@@ -30,7 +30,7 @@ from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.service.admission import LateAdmissions
-from horde_scanner.service.auth import ClientAuth
+from horde_scanner.service.auth import ClientAuth, forget_raw_ids
 from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.metrics import SweepProgress
@@ -87,6 +87,8 @@ async def open_services(
             await start_horde(backend, store)
             share_horde_budget(backend, store)
             rt.on_close(backend.aclose)
+        auth = ClientAuth(settings.server)
+        await forget_raw_ids(auth, store)
         judge = await rt.judge()
         gate = asyncio.Semaphore(settings.server.max_concurrent_uploads)
         late = LateAdmissions(gate, judge)
@@ -98,7 +100,7 @@ async def open_services(
             await rt.backend(),
             judge,
             await rt.enforcer(),
-            ClientAuth(settings.server),
+            auth,
             await rt.session(),
             await rt.hashes(),
             rt.metrics,

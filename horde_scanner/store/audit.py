@@ -97,3 +97,12 @@ class AuditTables(Tables):
                 async for sha, event, source in cur:
                     latest[sha] = (event, source)
         return latest
+
+    async def rename_source(self, old: str, new: str) -> int:
+        """Record `new` wherever rows (audit, verdicts, jobs) recorded the source `old`; how
+        many rows changed. For sources that must not stay written (a client's secret id)."""
+        changed = 0
+        for table in ("audit", "verdicts", "jobs"):
+            cur = await self._db.execute(f"UPDATE {table} SET source=? WHERE source=?", (new, old))
+            changed += max(0, cur.rowcount)
+        return changed
