@@ -99,3 +99,36 @@ async def test_a_fresh_rejudge_is_judged_although_a_verdict_is_stored(tmp_path: 
         assert judged == [sha]
         stored = await store.get_verdict(sha)
         assert stored is not None and stored.verdict.label is Label.NSFW
+
+
+async def test_our_own_job_claimed_and_judged_by_the_other_process_is_delivered(tmp_path: Path):
+    """This process made the job row, but the other process's feeder claimed it first and
+    judged it: the upload waiting here gets that verdict at the next look, not its deadline."""
+    sha = "12" * 32
+    async with (
+        await Store.open(tmp_path / "s.db") as first,
+        await Store.open(tmp_path / "s.db") as second,
+    ):
+        runner = JobRunner(second, _never, _nothing, workers=1)
+        fut = await _upload(runner, sha)  # our row, not yet claimed here
+        claimed = await first.claim_jobs(10)  # the other process's feeder is quicker
+        assert [job.sha256 for job in claimed] == [sha]
+        await first.put_verdict(sha, Verdict(label=Label.CLEAN, backend="horde"))
+        await first.finish_job(sha)
+        await runner.check_others()
+        assert (await asyncio.wait_for(fut, 2.0)).label is Label.CLEAN
+
+
+async def test_a_fresh_rejudge_is_not_answered_by_the_verdict_it_replaces(tmp_path: Path):
+    sha = "34" * 32
+    async with await Store.open(tmp_path / "s.db") as store:
+        await store.put_verdict(sha, Verdict(label=Label.CLEAN, backend="horde", judged_at=1.0))
+        runner = JobRunner(store, _never, _nothing, workers=1)
+        fut = await runner.submit(
+            sha, b"x", media_type="image/png", size=1, source="rejudge:admin", fresh=True
+        )
+        await runner.check_others()
+        assert not fut.done()
+        await store.put_verdict(sha, Verdict(label=Label.NSFW, backend="horde"))
+        await runner.check_others()
+        assert (await asyncio.wait_for(fut, 2.0)).label is Label.NSFW

@@ -89,7 +89,8 @@ async def test_processes_share_the_port_and_the_work(kind, tmp_path, horde, http
             validate_upload(http, replica.scan_url(), data, "image/png")
             for data in distinct for _ in range(4)
         ))  # fmt: skip
-        assert [r.status for r in results] == [200] * len(results)
+        refused = [r.body for r in results if r.status != 200]
+        assert [r.status for r in results] == [200] * len(results), refused
         assert len(horde.submissions) == len(distinct)
         # A process that dies is replaced.
         victim = next(iter(pids))

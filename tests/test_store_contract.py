@@ -550,3 +550,21 @@ async def test_a_long_read_on_a_connection_of_its_own_streams(store_url: str) ->
             async with db.execute("SELECT no_such_column FROM numbers") as cur:
                 await cur.fetchall()
         await db.execute("INSERT INTO numbers (n) VALUES (?)", (5000,))  # still usable
+
+
+async def test_a_write_while_a_read_is_consumed_on_the_shared_connection(tmp_path) -> None:
+    """Two processes on one SQLite file. A read on the shared connection is done when its
+    `execute` returns, so a write another coroutine sends while the rows are still being
+    consumed does not run on an old snapshot (SQLite would refuse it at once with "database
+    is locked" when the other process committed in between)."""
+    path = tmp_path / "s.db"
+    async with await Store.open(path) as here, await Store.open(path) as other:
+        for i in range(50):
+            await here.put_verdict(f"{i:064x}", verdict(Label.CLEAN))
+        async with here.db.execute("SELECT sha256 FROM verdicts ORDER BY sha256") as cur:
+            first = await cur.fetchone()
+            await other.put_verdict("f" * 64, verdict(Label.NSFW))  # commits meanwhile
+            assert await here.add_job("e" * 64, b"x", media_type=None, size=None, source=None)
+            rest = await cur.fetchall()
+        assert first is not None and len(rest) == 49
+        assert await here.count_jobs() == 1

@@ -71,6 +71,9 @@ class JobRunner:
         # Hashes waited on here whose job row another process made (SQLite has no
         # notifications: looked at when the store says another connection wrote).
         self._theirs: set[str] = set()
+        # Fresh re-judges waited on here, with when they were asked for: a verdict stored
+        # before that is the one being replaced, not their answer.
+        self._fresh: dict[str, float] = {}
         # Bumped by resume(): a job that failed while a path came back is retried at once.
         self._resumes = 0
         # Why judgements had to be tried again, by kind (read by /metrics).
@@ -144,6 +147,8 @@ class JobRunner:
         fut, first = self._single_flight(sha256)
         if not first:
             return fut
+        if fresh:
+            self._fresh[sha256] = time.time()
         try:
             created = await self._store.add_job(
                 sha256, payload, media_type=media_type, size=size, source=source
@@ -167,17 +172,26 @@ class JobRunner:
         return fut
 
     async def check_others(self) -> None:
-        """Deliver verdicts other processes wrote for hashes waited on here (SQLite)."""
-        for sha256 in list(self._theirs):
-            if sha256 not in self._futures or sha256 in self._held:
-                self._theirs.discard(sha256)
+        """Deliver verdicts other processes wrote for hashes waited on here (SQLite has no
+        notifications: called when the store says another connection wrote). Any hash not
+        being judged here may have one: a job row another process made, or our own row that
+        another process's feeder claimed first."""
+        waiting = [sha256 for sha256 in self._futures if sha256 not in self._held]
+        if not waiting:
+            return
+        for sha256, stored in (await self._store.get_verdicts(waiting)).items():
+            if sha256 in self._held or not (sha256 in self._theirs or _judgement(stored)):
                 continue
-            stored = await self._store.get_verdict(sha256)
-            if stored is not None:
-                self._theirs.discard(sha256)
-                self._resolve(sha256, stored.verdict)
+            if stored.verdict.judged_at < self._fresh.get(sha256, 0.0):
+                continue  # the verdict a fresh re-judge replaces
+            self._theirs.discard(sha256)
+            self._resolve(sha256, stored.verdict)
+        self._theirs.intersection_update(self._futures)
+        for sha256 in [s for s in self._fresh if s not in self._futures]:
+            del self._fresh[sha256]
 
     def _resolve(self, sha256: str, verdict: Verdict) -> None:
+        self._fresh.pop(sha256, None)
         fut = self._futures.pop(sha256, None)
         self._answers.pop(sha256, None)
         self._unsaved_answers.pop(sha256, None)
@@ -371,6 +385,7 @@ class JobRunner:
         )
         # Resolve and read the early answer in one synchronous step, so that an upload timing
         # out at this very moment either sees the verdict or leaves its answer for us.
+        self._fresh.pop(job.sha256, None)
         fut = self._futures.pop(job.sha256, None)
         if fut is not None and not fut.done():
             fut.set_result(verdict)

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-import aiosqlite
-
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store, StoreError, missing_steps, setting_up
+from horde_scanner.store.tables import Database, Rows
 
 log = logging.getLogger(__name__)
 
@@ -155,42 +154,6 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else -1
 
 
-class PgCursor:
-    """The rows of one statement, already fetched (asyncpg returns them whole)."""
-
-    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
-        self._rows = rows
-        self._at = 0
-        self.rowcount = rowcount
-        self.lastrowid: int | None = None
-
-    async def fetchone(self) -> tuple[Any, ...] | None:
-        if self._at >= len(self._rows):
-            return None
-        self._at += 1
-        return self._rows[self._at - 1]
-
-    async def fetchall(self) -> list[tuple[Any, ...]]:
-        rows, self._at = self._rows[self._at :], len(self._rows)
-        return rows
-
-    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        rows = self._rows[self._at : self._at + size]
-        self._at += len(rows)
-        return rows
-
-    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
-        while self._at < len(self._rows):
-            self._at += 1
-            yield self._rows[self._at - 1]
-
-    async def close(self) -> None:
-        pass
-
-
 class PgStream:
     """The rows of one query on a connection of its own (`Store.aside()`), read as they are
     asked for through a server-side cursor: a long read (the hash index, an export) holds
@@ -256,7 +219,7 @@ class _Pending:
     def __await__(self) -> Any:
         return self._db._run(self._sql, self._params).__await__()
 
-    async def __aenter__(self) -> PgCursor | PgStream:
+    async def __aenter__(self) -> Rows | PgStream:
         conn = self._db.held
         statement = translate(self._sql)
         if (
@@ -319,26 +282,26 @@ class PgDatabase:
     async def commit(self) -> None:
         """Statements commit as they run (autocommit), as on the SQLite connection."""
 
-    async def _run(self, sql: str, params: Sequence[Any]) -> PgCursor:
+    async def _run(self, sql: str, params: Sequence[Any]) -> Rows:
         statement = translate(sql)
         if statement is None:
-            return PgCursor([], -1)
+            return Rows([], -1)
         if self._conn is not None:
             return await self._on(self._conn, statement, params)
         async with self._pool.acquire() as conn:
             return await self._on(conn, statement, params)
 
     @staticmethod
-    async def _on(conn: Any, statement: str, params: Sequence[Any]) -> PgCursor:
+    async def _on(conn: Any, statement: str, params: Sequence[Any]) -> Rows:
         if _ROWS.match(statement) or _RETURNING.search(statement):
             records = await conn.fetch(statement, *params)
             rows = [tuple(r) for r in records]
-            return PgCursor(rows, len(rows))
+            return Rows(rows, len(rows))
         if statement == "BEGIN" or not params:
             status = await conn.execute(statement)
         else:
             status = await conn.execute(statement, *params)
-        return PgCursor([], _rowcount(status))
+        return Rows([], _rowcount(status))
 
 
 class PgStore(Store):
@@ -355,7 +318,7 @@ class PgStore(Store):
     def __init__(self, pool: Any, url: str, job_lease_s: float) -> None:
         self._pg = PgDatabase(pool)
         # The modules' queries go through the seam as if it were the SQLite connection.
-        super().__init__(cast(aiosqlite.Connection, self._pg), Path("postgresql"))
+        super().__init__(cast(Database, self._pg), Path("postgresql"))
         self._pool = pool
         self._url = url
         self.where = redact(url)

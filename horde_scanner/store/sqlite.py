@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from horde_scanner.store.kudos import KudosTables
 from horde_scanner.store.review import ReviewTables
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sweeps import SweepTables
-from horde_scanner.store.tables import ChangeListener, SchemaStep
+from horde_scanner.store.tables import ChangeListener, Database, Rows, SchemaStep
 from horde_scanner.store.verdicts import VerdictTables
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,67 @@ async def setting_up(
     except BaseException:
         await close()
         raise
+
+
+_RETURNS_ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES|PRAGMA)\b|\sRETURNING\s", re.IGNORECASE)
+
+
+class _Statement:
+    """What `SharedConnection.execute` returns: awaited, or used as `async with ... as cur`."""
+
+    def __init__(self, run: Awaitable[Rows]) -> None:
+        self._run = run
+
+    def __await__(self) -> Generator[Any, None, Rows]:
+        return self._run.__await__()
+
+    async def __aenter__(self) -> Rows:
+        return await self._run
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+class SharedConnection:
+    """The one aiosqlite connection every coroutine of a process shares, as the parts see it:
+    each statement runs to its end in one trip to the database thread, its rows fetched then.
+
+    A statement left open between trips (a cursor read row by row) keeps a read transaction
+    open on the connection; a write another coroutine sends meanwhile then runs on that old
+    snapshot, and if another process (server.processes) has committed since, SQLite refuses
+    it at once with "database is locked" (SQLITE_BUSY_SNAPSHOT: the busy timeout does not
+    cover it). Long reads take a connection of their own (`Store.aside()`)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, parameters: Iterable[Any] = ()) -> _Statement:
+        return _Statement(self._run(sql, tuple(parameters)))
+
+    async def _run(self, sql: str, parameters: tuple[Any, ...]) -> Rows:
+        if _RETURNS_ROWS.search(sql):
+            rows = [tuple(r) for r in await self._db.execute_fetchall(sql, parameters)]
+            returning = not re.match(r"\s*(SELECT|WITH|VALUES|PRAGMA)\b", sql, re.IGNORECASE)
+            return Rows(rows, len(rows) if returning else -1)
+        cur = await self._db.execute(sql, parameters)
+        try:
+            return Rows([], cur.rowcount, cur.lastrowid)
+        finally:
+            await cur.close()
+
+    async def execute_fetchall(self, sql: str, parameters: Iterable[Any] = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, tuple(parameters)))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        cur = await self._db.executemany(sql, rows)
+        await cur.close()
+
+    async def executescript(self, sql: str) -> None:
+        cur = await self._db.executescript(sql)
+        await cur.close()
+
+    async def close(self) -> None:
+        await self._db.close()
 
 
 def sqlite_path(url: str) -> Path:
@@ -127,7 +189,7 @@ class Store(
     # Claimed jobs are leased only where replicas share them (0: no lease to renew).
     job_lease_s = 0.0
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: Database, path: Path) -> None:
         self._db = db
         self.path = path
         self.where = str(path)  # for messages: never holds a password
@@ -181,7 +243,7 @@ class Store(
         async with setting_up(path, db.close, (aiosqlite.DatabaseError,)):
             await _switch_to_wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
-            store = cls(db, path)
+            store = cls(SharedConnection(db), path)
             await store._migrate()
             # A process that died mid-judgement left these: work to do, not work done.
             await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
@@ -199,10 +261,9 @@ class Store(
         await self.close()
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        """The shared connection, for modules that keep their own tables in this store. On
-        PostgreSQL an object with the same methods (store.postgres.PgDatabase): write portable SQL
-        (`?` placeholders, `ON CONFLICT`, no SQLite-only functions)."""
+    def db(self) -> Database:
+        """The shared connection (SharedConnection; on PostgreSQL store.postgres.PgDatabase),
+        for tests and store/migrate.py: the rest of the code calls the parts' methods."""
         return self._db
 
     @contextlib.asynccontextmanager

@@ -14,11 +14,9 @@ Queries are written once, in the portable subset `store.postgres.PgDatabase` tra
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiosqlite
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +36,65 @@ class SchemaStep:
 ChangeListener = Callable[[str, str], None]
 
 
+class Database(Protocol):
+    """The shared connection the parts' queries go to: SQLite's (sqlite.SharedConnection) or
+    PostgreSQL's (postgres.PgDatabase). `execute` is awaited, or used as `async with ... as
+    cur`; either way the statement has run to its end and `cur` holds its rows (`Rows`)."""
+
+    def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Any: ...
+
+    async def execute_fetchall(self, sql: str, parameters: Iterable[Any] = ()) -> Any: ...
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
+
+    async def executescript(self, sql: str) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class Rows:
+    """The rows of one statement, already fetched: what the shared connection of either store
+    gives back (sqlite.SharedConnection, postgres.PgDatabase), with a cursor's methods."""
+
+    def __init__(
+        self, rows: list[tuple[Any, ...]], rowcount: int, lastrowid: int | None = None
+    ) -> None:
+        self._rows = rows
+        self._at = 0
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        if self._at >= len(self._rows):
+            return None
+        self._at += 1
+        return self._rows[self._at - 1]
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        rows, self._at = self._rows[self._at :], len(self._rows)
+        return rows
+
+    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        rows = self._rows[self._at : self._at + size]
+        self._at += len(rows)
+        return rows
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
+        while self._at < len(self._rows):
+            self._at += 1
+            yield self._rows[self._at - 1]
+
+    async def close(self) -> None:
+        pass
+
+
 class Tables:
     """The base of every part: the shared connection, and what the composed store provides."""
 
-    _db: aiosqlite.Connection
+    _db: Database
     holder: str  # names this process (host:pid) in rows other processes read
     dialect: str
 

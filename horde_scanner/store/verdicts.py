@@ -90,6 +90,8 @@ STEPS = [
     ),
 ]
 
+# Hashes looked up in one statement (SQLite binds at most 32766 variables).
+_LOOKUP_CHUNK = 500
 # The columns verdict_from_row reads, in its order.
 VERDICT_COLUMNS = (
     "sha256, label, reasons, signals, backend, policy_version, media_type, size,"
@@ -153,6 +155,23 @@ class VerdictTables(Tables):
             (sha256,),
         )
         return verdict_from_row(next(iter(rows))) if rows else None
+
+    async def get_verdicts(self, sha256s: Iterable[str]) -> dict[str, StoredVerdict]:
+        """The stored verdicts among `sha256s` (in chunks that stay under SQLite's bound
+        variables), by sha256; hashes without one are left out."""
+        wanted = list(sha256s)
+        found: dict[str, StoredVerdict] = {}
+        for start in range(0, len(wanted), _LOOKUP_CHUNK):
+            chunk = wanted[start : start + _LOOKUP_CHUNK]
+            rows = await self._db.execute_fetchall(
+                f"SELECT {VERDICT_COLUMNS} FROM verdicts"
+                f" WHERE sha256 IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                stored = verdict_from_row(row)
+                found[stored.sha256] = stored
+        return found
 
     async def put_verdict(
         self,
@@ -277,14 +296,19 @@ class VerdictTables(Tables):
         """Every verdict (judged since `since`) with its list entry, newest first, in batches
         (for a policy dry run; close it with `contextlib.aclosing`)."""
         where, params = ("WHERE v.judged_at >= ?", [since]) if since is not None else ("", [])
-        async with self._db.execute(
-            "SELECT v.sha256, v.label, v.reasons, v.signals, v.route, v.policy_version,"
-            f" l.kind, l.added_by FROM verdicts v LEFT JOIN lists l ON l.sha256 = v.sha256 {where}"
-            " ORDER BY v.judged_at DESC",
-            params,
-        ) as cur:
+        # A long read: on a connection of its own, streamed (the shared one fetches whole).
+        async with (
+            self.aside() as db,
+            db.execute(
+                "SELECT v.sha256, v.label, v.reasons, v.signals, v.route, v.policy_version,"
+                " l.kind, l.added_by FROM verdicts v LEFT JOIN lists l ON l.sha256 = v.sha256"
+                f" {where}"
+                " ORDER BY v.judged_at DESC",
+                params,
+            ) as cur,
+        ):
             while rows := await cur.fetchmany(batch_rows):
-                yield cast(list[SignalsRow], rows)
+                yield cast(list[SignalsRow], [tuple(r) for r in rows])
 
     # -- allow / deny lists ----------------------------------------------------------------
 
