@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.store.tables import SchemaStep, Tables, rows_in
 
 STEPS = [
     SchemaStep(
@@ -107,8 +107,6 @@ STEPS = [
 
 # Statuses a file keeps until it changes: it is not read again.
 FINAL_STATUSES = frozenset({"judged", "not_media", "unreadable"})
-# Bound variables per `IN (...)` lookup.
-_LOOKUP_CHUNK = 500
 # 12 columns x 200 rows, well under SQLite's bound-variable limit.
 _ROWS_PER_INSERT = 200
 
@@ -198,17 +196,9 @@ class SweepTables(Tables):
     # -- files ---------------------------------------------------------------------------------
 
     async def get_scan_files(self, source: str, identifiers: Sequence[str]) -> dict[str, ScanFile]:
-        found: dict[str, ScanFile] = {}
-        for start in range(0, len(identifiers), _LOOKUP_CHUNK):
-            chunk = identifiers[start : start + _LOOKUP_CHUNK]
-            rows = await self._db.execute_fetchall(
-                f"SELECT {_FILE_COLS} FROM scan_files WHERE source=? AND identifier IN"
-                f" ({','.join('?' * len(chunk))})",
-                [source, *chunk],
-            )
-            for row in rows:
-                found[row[1]] = _file(row)
-        return found
+        query = f"SELECT {_FILE_COLS} FROM scan_files WHERE source=? AND identifier IN ({{in}})"
+        rows = await rows_in(self._db, query, identifiers, before=[source])
+        return {row[1]: _file(row) for row in rows}
 
     async def put_scan_files(self, files: Iterable[ScanFile]) -> None:
         now = time.time()
@@ -266,36 +256,34 @@ class SweepTables(Tables):
     async def sweep_locations(self, sha256s: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Where each hash was found by sweeps, with what was done there (for exports)."""
         found: dict[str, list[dict[str, Any]]] = {}
-        for start in range(0, len(sha256s), _LOOKUP_CHUNK):
-            chunk = list(sha256s[start : start + _LOOKUP_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
-                "SELECT f.sha256, f.source, f.identifier, f.size, f.mtime, f.judged_at,"
-                " a.id, a.action, a.state, a.location, a.updated_at FROM scan_files f"
-                " LEFT JOIN scan_actions a ON a.source=f.source AND a.identifier=f.identifier"
-                f" AND a.sha256=f.sha256 WHERE f.sha256 IN ({marks})"
-                " UNION ALL SELECT a.sha256, a.source, a.identifier, a.size, a.mtime, NULL,"
-                " a.id, a.action, a.state, a.location, a.updated_at FROM scan_actions a"
-                " WHERE a.sha256 IN (" + marks + ") AND NOT EXISTS (SELECT 1 FROM scan_files f"
-                " WHERE f.source=a.source AND f.identifier=a.identifier AND f.sha256=a.sha256)"
-                " ORDER BY 2, 3",
-                chunk + chunk,
-            ) as cur:
-                async for row in cur:
-                    found.setdefault(row[0], []).append(
-                        {
-                            "source": row[1],
-                            "identifier": row[2],
-                            "size": row[3],
-                            "mtime": row[4],
-                            "judged_at": row[5],
-                            "action_id": row[6],
-                            "action": row[7],
-                            "action_state": row[8],
-                            "location": row[9],
-                            "acted_at": row[10],
-                        }
-                    )
+        rows = await rows_in(
+            self._db,
+            "SELECT f.sha256, f.source, f.identifier, f.size, f.mtime, f.judged_at,"
+            " a.id, a.action, a.state, a.location, a.updated_at FROM scan_files f"
+            " LEFT JOIN scan_actions a ON a.source=f.source AND a.identifier=f.identifier"
+            " AND a.sha256=f.sha256 WHERE f.sha256 IN ({in})"
+            " UNION ALL SELECT a.sha256, a.source, a.identifier, a.size, a.mtime, NULL,"
+            " a.id, a.action, a.state, a.location, a.updated_at FROM scan_actions a"
+            " WHERE a.sha256 IN ({in}) AND NOT EXISTS (SELECT 1 FROM scan_files f"
+            " WHERE f.source=a.source AND f.identifier=a.identifier AND f.sha256=a.sha256)"
+            " ORDER BY 2, 3",
+            sha256s,
+        )
+        for row in rows:
+            found.setdefault(row[0], []).append(
+                {
+                    "source": row[1],
+                    "identifier": row[2],
+                    "size": row[3],
+                    "mtime": row[4],
+                    "judged_at": row[5],
+                    "action_id": row[6],
+                    "action": row[7],
+                    "action_state": row[8],
+                    "location": row[9],
+                    "acted_at": row[10],
+                }
+            )
         return found
 
     # -- runs ----------------------------------------------------------------------------------
@@ -429,16 +417,13 @@ class SweepTables(Tables):
 
     async def scan_quarantined_among(self, sha256s: Sequence[str]) -> set[str]:
         """Which of `sha256s` have a sweep-quarantined object now (action done, not released)."""
-        found: set[str] = set()
-        for start in range(0, len(sha256s), _LOOKUP_CHUNK):
-            chunk = list(sha256s[start : start + _LOOKUP_CHUNK])
-            async with self._db.execute(
-                "SELECT DISTINCT sha256 FROM scan_actions WHERE action='quarantine'"
-                f" AND state='done' AND sha256 IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ) as cur:
-                found |= {row[0] async for row in cur}
-        return found
+        rows = await rows_in(
+            self._db,
+            "SELECT DISTINCT sha256 FROM scan_actions WHERE action='quarantine'"
+            " AND state='done' AND sha256 IN ({in})",
+            sha256s,
+        )
+        return {row[0] for row in rows}
 
     async def scan_quarantine_counts(self) -> dict[str, int]:
         """Sweep quarantines by the state of their action (`done` is held)."""

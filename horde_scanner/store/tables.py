@@ -104,3 +104,20 @@ class Tables:
 
     async def flush_audit(self) -> None:
         raise NotImplementedError
+
+
+# Values bound per `IN (...)` lookup: well under SQLite's bound-variable limit (32766).
+IN_CHUNK = 500
+
+
+async def rows_in(
+    db: Database, query: str, values: Sequence[Any], *, before: Sequence[Any] = ()
+) -> list[Any]:
+    """Rows of `query` for all of `values`, looked up a chunk at a time: each `{in}` in the
+    query stands for one chunk's placeholders, bound (after `before`) once per `{in}`."""
+    found: list[Any] = []
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = list(values[start : start + IN_CHUNK])
+        sql = query.replace("{in}", ",".join("?" * len(chunk)))
+        found += await db.execute_fetchall(sql, [*before, *(chunk * query.count("{in}"))])
+    return found

@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.store.tables import SchemaStep, Tables, rows_in
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 STEPS = [
@@ -90,8 +90,6 @@ STEPS = [
     ),
 ]
 
-# Hashes looked up in one statement (SQLite binds at most 32766 variables).
-_LOOKUP_CHUNK = 500
 # The columns verdict_from_row reads, in its order.
 VERDICT_COLUMNS = (
     "sha256, label, reasons, signals, backend, policy_version, media_type, size,"
@@ -157,20 +155,12 @@ class VerdictTables(Tables):
         return verdict_from_row(next(iter(rows))) if rows else None
 
     async def get_verdicts(self, sha256s: Iterable[str]) -> dict[str, StoredVerdict]:
-        """The stored verdicts among `sha256s` (in chunks that stay under SQLite's bound
-        variables), by sha256; hashes without one are left out."""
-        wanted = list(sha256s)
+        """The stored verdicts among `sha256s`, by sha256; hashes without one are left out."""
         found: dict[str, StoredVerdict] = {}
-        for start in range(0, len(wanted), _LOOKUP_CHUNK):
-            chunk = wanted[start : start + _LOOKUP_CHUNK]
-            rows = await self._db.execute_fetchall(
-                f"SELECT {VERDICT_COLUMNS} FROM verdicts"
-                f" WHERE sha256 IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            for row in rows:
-                stored = verdict_from_row(row)
-                found[stored.sha256] = stored
+        query = f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE sha256 IN ({{in}})"
+        for row in await rows_in(self._db, query, list(sha256s)):
+            stored = verdict_from_row(row)
+            found[stored.sha256] = stored
         return found
 
     async def put_verdict(
