@@ -568,3 +568,20 @@ async def test_a_write_while_a_read_is_consumed_on_the_shared_connection(tmp_pat
             rest = await cur.fetchall()
         assert first is not None and len(rest) == 49
         assert await here.count_jobs() == 1
+
+
+async def test_sources_are_renamed_in_every_table_that_records_one(store) -> None:
+    await store.put_verdict(A, verdict(Label.CLEAN), source="upload:SECRET")
+    await store.add_job(B, b"x", media_type=None, size=None, source="upload:SECRET")
+    await store.audit("answered", sha256=A, source="upload:SECRET")
+    await store.audit("answered", sha256=C, source="upload:other")
+    await store.flush_audit()
+    renamed = await store.rename_sources({"upload:SECRET": "upload:lemmy", "upload:X": "upload:y"})
+    assert renamed == 3
+    sources = {
+        str(row[0])
+        for table in ("audit", "verdicts", "jobs")
+        for row in await store.db.execute_fetchall(f"SELECT source FROM {table}")
+    }
+    assert sources == {"upload:lemmy", "upload:other"}
+    assert await store.rename_sources({}) == 0

@@ -95,9 +95,9 @@ def _in(address: str, networks: list[Network]) -> bool:
 async def forget_raw_ids(auth: ClientAuth, store: AuditTables) -> int:
     """Rows written before clients were recorded by name hold `upload:<secret>`: rewrite them
     to the name now recorded (an export or the admin page would otherwise show the secret)."""
-    changed = 0
-    for secret, name in auth.recorded_as():
-        changed += await store.rename_source(f"upload:{secret}", f"upload:{name}")
+    changed = await store.rename_sources(
+        {f"upload:{secret}": f"upload:{name}" for secret, name in auth.recorded_as()}
+    )
     if changed:
         log.warning(
             "%d stored rows named a client by its secret id (an older release); they now name "

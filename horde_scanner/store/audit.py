@@ -98,11 +98,20 @@ class AuditTables(Tables):
                     latest[sha] = (event, source)
         return latest
 
-    async def rename_source(self, old: str, new: str) -> int:
-        """Record `new` wherever rows (audit, verdicts, jobs) recorded the source `old`; how
-        many rows changed. For sources that must not stay written (a client's secret id)."""
+    async def rename_sources(self, renames: dict[str, str]) -> int:
+        """Record the new source wherever rows (audit, verdicts, jobs) recorded an old one
+        (`{old: new}`), one pass over each table; how many rows changed. For sources that
+        must not stay written (a client's secret id)."""
+        if not renames:
+            return 0
+        cases = " ".join("WHEN ? THEN ?" for _ in renames)
+        marks = ",".join("?" * len(renames))
+        params = [v for pair in renames.items() for v in pair] + list(renames)
         changed = 0
         for table in ("audit", "verdicts", "jobs"):
-            cur = await self._db.execute(f"UPDATE {table} SET source=? WHERE source=?", (new, old))
+            cur = await self._db.execute(
+                f"UPDATE {table} SET source = CASE source {cases} END WHERE source IN ({marks})",
+                params,
+            )
             changed += max(0, cur.rowcount)
         return changed
