@@ -164,7 +164,15 @@ async def test_judged_late_when_the_budget_renews(tmp_path: Path, http: aiohttp.
             await validate_upload(http, svc.scan_url(), png(1), "image/png")
             late = await validate_upload(http, svc.scan_url(), png(2), "image/png")
             assert late.body["route"] == "unavailable"  # budget spent: no live path
-            await svc.services.store.db.execute("UPDATE jobs SET not_before=0")
+            store = svc.services.store
+
+            async def deferred() -> bool:
+                # Its attempt was refused and it waits for the new day (the answer came first).
+                rows = await store.db.execute_fetchall("SELECT attempts, state FROM jobs")
+                return bool(rows) and rows[0][0] >= 1 and rows[0][1] == "pending"
+
+            await wait_for(deferred)
+            await store.db.execute("UPDATE jobs SET not_before=0")
         roomy = make_settings(tmp_path / "s.db", horde.url, horde={"max_kudos_per_day": 60}, **base)
         async with running_service(roomy) as svc:
 
