@@ -106,6 +106,7 @@ class JobRunner:
             if not fut.done():
                 fut.cancel()
         self._futures.clear()
+        self._fresh.clear()
 
     async def resume(self, why: str) -> None:
         """Make every waiting job due now (a path came back) and wake the feeder."""
@@ -167,6 +168,7 @@ class JobRunner:
                 return fut
         except BaseException:
             self._futures.pop(sha256, None)
+            self._fresh.pop(sha256, None)
             raise
         self._wake.set()
         return fut
@@ -187,8 +189,6 @@ class JobRunner:
             self._theirs.discard(sha256)
             self._resolve(sha256, stored.verdict)
         self._theirs.intersection_update(self._futures)
-        for sha256 in [s for s in self._fresh if s not in self._futures]:
-            del self._fresh[sha256]
 
     def _resolve(self, sha256: str, verdict: Verdict) -> None:
         self._fresh.pop(sha256, None)

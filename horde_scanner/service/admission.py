@@ -33,10 +33,6 @@ class LateAdmissions:
         self._tasks: set[asyncio.Task[None]] = set()
         self.admitted = 0  # read by tests and logs
 
-    @property
-    def waiting(self) -> int:
-        return len(self._tasks)
-
     def take(self, upload: UploadBody, *, source: str, answered: str) -> None:
         """Own `upload` from now on (the caller must not close it) and admit it when a slot
         comes free; `answered` is what the caller answered, for late-positive enforcement."""

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store, StoreError, missing_steps, setting_up
-from horde_scanner.store.tables import Database, Rows
+from horde_scanner.store.tables import QUERY, RETURNING, Database, Rows
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,9 @@ CHANNEL = "horde_scanner"
 
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
-_RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 _LIKE = re.compile(r"\bLIKE\b", re.IGNORECASE)
 # Rows a server-side cursor hands over at a time.
 _STREAM_BATCH = 1000
-_ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES)\b", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
@@ -86,7 +84,7 @@ def translate(sql: str) -> str | None:
     out = _outside_literals(out, lambda s: _scalar_minmax(_LIKE.sub("ILIKE", s)))
     if _INSERT_OR_IGNORE.match(out):
         out = _INSERT_OR_IGNORE.sub("INSERT INTO", out, count=1)
-        ret = _RETURNING.search(out)
+        ret = RETURNING.search(out)
         if ret:
             out = out[: ret.start()] + " ON CONFLICT DO NOTHING" + out[ret.start() :]
         else:
@@ -225,8 +223,8 @@ class _Pending:
         if (
             conn is not None
             and statement is not None
-            and _ROWS.match(statement)
-            and not _RETURNING.search(statement)
+            and QUERY.match(statement)
+            and not RETURNING.search(statement)
         ):
             self._stream = await PgStream.open(conn, statement, self._params)
             return self._stream
@@ -293,7 +291,7 @@ class PgDatabase:
 
     @staticmethod
     async def _on(conn: Any, statement: str, params: Sequence[Any]) -> Rows:
-        if _ROWS.match(statement) or _RETURNING.search(statement):
+        if QUERY.match(statement) or RETURNING.search(statement):
             records = await conn.fetch(statement, *params)
             rows = [tuple(r) for r in records]
             return Rows(rows, len(rows))

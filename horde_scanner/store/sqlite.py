@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import socket
 import sqlite3
 import time
@@ -31,7 +30,7 @@ from horde_scanner.store.kudos import KudosTables
 from horde_scanner.store.review import ReviewTables
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sweeps import SweepTables
-from horde_scanner.store.tables import ChangeListener, Database, Rows, SchemaStep
+from horde_scanner.store.tables import QUERY, RETURNING, ChangeListener, Database, Rows, SchemaStep
 from horde_scanner.store.verdicts import VerdictTables
 
 log = logging.getLogger(__name__)
@@ -74,9 +73,6 @@ async def setting_up(
         raise
 
 
-_RETURNS_ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES|PRAGMA)\b|\sRETURNING\s", re.IGNORECASE)
-
-
 class _Statement:
     """What `SharedConnection.execute` returns: awaited, or used as `async with ... as cur`."""
 
@@ -110,10 +106,10 @@ class SharedConnection:
         return _Statement(self._run(sql, tuple(parameters)))
 
     async def _run(self, sql: str, parameters: tuple[Any, ...]) -> Rows:
-        if _RETURNS_ROWS.search(sql):
+        query = QUERY.match(sql) is not None
+        if query or RETURNING.search(sql):
             rows = [tuple(r) for r in await self._db.execute_fetchall(sql, parameters)]
-            returning = not re.match(r"\s*(SELECT|WITH|VALUES|PRAGMA)\b", sql, re.IGNORECASE)
-            return Rows(rows, len(rows) if returning else -1)
+            return Rows(rows, -1 if query else len(rows))
         cur = await self._db.execute(sql, parameters)
         try:
             return Rows([], cur.rowcount, cur.lastrowid)

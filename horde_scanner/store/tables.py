@@ -14,6 +14,7 @@ Queries are written once, in the portable subset `store.postgres.PgDatabase` tra
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +35,11 @@ class SchemaStep:
 # What another process changed: ("verdict" | "list", sha256), ("hashes", ""), ("job", sha256),
 # or ("reset", "") when changes may have been missed (a lost connection).
 ChangeListener = Callable[[str, str], None]
+
+
+# A statement that gives rows: a query (PRAGMA included, on SQLite), or a write RETURNING them.
+QUERY = re.compile(r"^\s*(SELECT|WITH|VALUES|PRAGMA)\b", re.IGNORECASE)
+RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 
 
 class Database(Protocol):
@@ -96,13 +102,9 @@ class Tables:
 
     _db: Database
     holder: str  # names this process (host:pid) in rows other processes read
-    dialect: str
 
     def aside(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A connection of its own (the composed store implements it)."""
-        raise NotImplementedError
-
-    async def flush_audit(self) -> None:
         raise NotImplementedError
 
 
