@@ -196,6 +196,18 @@ class StoreSettings(Section):
     job_lease_s: float = Field(30.0, ge=1.0, le=3600.0)
     # PostgreSQL: connections per process.
     pool_size: int = Field(10, ge=2, le=200)
+    outage_upload_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="While the store is away: bytes of uploads held in memory to be looked up "
+        "and judged when it is back (past this, answered by on_timeout and not judged).",
+    )
+    outage_verdicts: int = Field(
+        10_000,
+        ge=0,
+        description="While the store is away: verdicts kept in memory to be written when it is "
+        "back (past this, judging waits for the store).",
+    )
 
     @field_validator("url")
     @classmethod

@@ -219,6 +219,10 @@ class Runtime:
                     backend_live=lambda: backend.readiness().live,
                     notifier=self._notifier,
                     sweeps=self.sweeps,
+                    store=judge.store.health,
+                    store_kept=lambda: judge.runner.kept,
+                    store_waiting=lambda: judge.store_waiting,
+                    store_refused=lambda: judge.store_refused,
                 )
             )
         return self._judge

@@ -168,8 +168,9 @@ class HashMatcher:
                     await self.reload()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("hash index sync failed")
+            except Exception as exc:
+                if not self._store.health.failed(exc):  # an outage is said once, by the store
+                    log.exception("hash index sync failed")
 
     async def reload(self) -> None:
         """Rebuild the index from the store (the old one answers until the new one is ready)."""

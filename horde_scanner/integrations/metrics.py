@@ -3,11 +3,13 @@
 Counted as things happen: validation latency, answers by label/route/answer, deadline hits by
 the on_timeout taken, judgements by label and backend, errors by kind. Read at scrape time
 from the objects that hold them: Horde requests in flight and estimated kudos, jobs waiting,
-backend up, notification counters, sweep progress (horde_scanner.sweep.metrics).
+backend up, the store up or away (and what waits in memory for it), notification counters,
+sweep progress (horde_scanner.sweep.metrics).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter as PyCounter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import HordeBackend, horde_paths
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.judging.judge import Outcome, Route
+from horde_scanner.store.outage import StoreHealth
 from horde_scanner.sweep.metrics import SweepProgress
 
 PREFIX = "horde_scanner"
@@ -61,6 +64,11 @@ class Sources:
     backend_live: Callable[[], bool]
     notifier: Notifier | None
     sweeps: SweepProgress
+    # The store's health (store/outage.py) and what waits in memory for it.
+    store: StoreHealth | None = None
+    store_kept: Callable[[], int] = lambda: 0
+    store_waiting: Callable[[], int] = lambda: 0
+    store_refused: Callable[[], int] = lambda: 0
 
 
 class Metrics:
@@ -179,6 +187,7 @@ class Metrics:
         if src is None:
             return
         yield from _backend_metrics(src)
+        yield from _store_metrics(src)
         yield from _notify_metrics(src.notifier)
         yield from _sweep_metrics(src.sweeps)
 
@@ -202,6 +211,35 @@ def _backend_metrics(src: Sources) -> Iterator[Metric]:
     )
     for horde in horde_paths(src.backend)[:1]:
         yield from _horde_metrics(horde)
+
+
+def _store_metrics(src: Sources) -> Iterator[Metric]:
+    health = src.store
+    if health is None:
+        return
+    yield _gauge("store_up", "1 while the store answers (0: away, answering from memory).",
+                 float(health.available))  # fmt: skip
+    yield _counter("store_outages", "Times the store went away.", health.outages)
+    away = health.away_seconds
+    if health.away_since is not None:
+        away += max(0.0, time.time() - health.away_since)
+    yield _counter("store_away_seconds", "Seconds the store was away, in all.", away)
+    yield _gauge(
+        "store_kept_verdicts",
+        "Verdicts reached while the store was away, kept in memory until it is back.",
+        src.store_kept(),
+    )
+    yield _gauge(
+        "store_waiting_uploads",
+        "Uploads held in memory until the store is back, to be looked up and judged.",
+        src.store_waiting(),
+    )
+    yield _counter(
+        "store_refused_uploads",
+        "Uploads answered by on_timeout and never judged: the store was away and "
+        "store.outage_upload_bytes full.",
+        src.store_refused(),
+    )
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:

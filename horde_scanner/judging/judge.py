@@ -6,17 +6,25 @@
           -> backend -> policy -> verdict
 
 `evaluate()` returns within its timeout whatever happens; the job goes on without it.
+
+While the store is away (store/outage.py), answers come from memory: the recent verdicts
+cached here and those the job runner keeps until the store is back. An upload that memory
+cannot answer waits for the store (its bytes held, within `store.outage_upload_bytes` for all
+of them), and the caller's deadline answers it meanwhile; once the store is back it is looked
+up and judged like any other (lists first, a stored verdict is never judged again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from horde_scanner.backends.base import (
     Backend,
@@ -54,6 +62,8 @@ log = logging.getLogger(__name__)
 _HASH_IN_POOL_BYTES = 1 << 20
 # How often an answer waiting on a backend looks whether any path is still live.
 _LIVENESS_CHECK_S = 0.25
+# Cached verdicts read again at once after another replica replaced them, at most.
+_MAX_REFRESHING = 64
 
 
 class Route(StrEnum):
@@ -68,6 +78,9 @@ class Route(StrEnum):
     TIMEOUT = "timeout"
     # No judging path was live (e.g. the AI Horde unreachable): answered at once, job kept.
     UNAVAILABLE = "unavailable"
+    # The store was away and memory had no answer: answered by on_timeout; the upload waits
+    # for the store in memory (judged when it is back), unless that memory was full.
+    STORE = "store_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +105,9 @@ class _Ticket:
     size: int
     submitted: bool = False
     answer: str | None = None
+    # Waiting for the store to come back (held in memory), or refused that room.
+    store_wait: bool = False
+    store_refused: bool = False
 
     def outcome(self, route: Route, verdict: Verdict | None) -> Outcome:
         if route is Route.BACKEND and verdict is not None and is_match(verdict):
@@ -111,6 +127,8 @@ class Judge:
         workers: int,
         cache_size: int = 100_000,
         max_attempts: int = 50,
+        outage_upload_bytes: int = 64 << 20,
+        outage_verdicts: int = 10_000,
         on_finished: FinishedHook | None = None,
         hashes: HashMatcher | None = None,
         second_opinion: Backend | None = None,
@@ -126,12 +144,24 @@ class Judge:
         self._extra_hook = on_finished
         self.hashes = hashes
         self.runner = JobRunner(
-            store, self._process, self._finished, workers=workers, max_attempts=max_attempts
+            store,
+            self._process,
+            self._finished,
+            workers=workers,
+            max_attempts=max_attempts,
+            max_kept=outage_verdicts,
         )
+        # Bytes of uploads waiting for the store to come back, and the most there may be.
+        self.store_waiting_bytes = 0
+        self.store_waiting = 0
+        self._outage_upload_bytes = outage_upload_bytes
+        # Uploads refused that room (answered by on_timeout, recorded, never judged).
+        self.store_refused = 0
         self._data_version: int | None = None
         # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
         self._forgets = 0
         self._sync_task: asyncio.Task[None] | None = None
+        self._refreshing: set[asyncio.Task[None]] = set()
         self._recovery = RecoveryWatch(backend, self._recovered)
         # Images the pre-screen cleared, held from judgement to stored verdict for a second
         # opinion (at most one per running job).
@@ -159,7 +189,7 @@ class Judge:
 
     async def stop(self) -> None:
         await self._recovery.stop()
-        await cancel_and_wait([self._sync_task])
+        await cancel_and_wait([self._sync_task, *self._refreshing])
         self._sync_task = None
         await self.runner.stop()
         await self.runner.save_answers()
@@ -183,17 +213,35 @@ class Judge:
                 await self.store.flush_audit()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("store sync failed")
+            except Exception as exc:
+                if not self.store.health.failed(exc):  # an outage is said once, by the store
+                    log.exception("store sync failed")
 
     def _store_changed(self, kind: str, sha256: str) -> None:
         # Another replica wrote a verdict or a list decision (PostgreSQL notifications).
         if kind == "list":
             self.forget(sha256)
         elif kind == "verdict":
-            self._cache.pop(sha256, None)
+            # Cached here, or waited for here (another replica judged our upload): read it,
+            # so that this replica answers it from memory too, even while the store is away.
+            cached = self._cache.pop(sha256, None) is not None
+            if cached or self.runner.future_for(sha256) is not None:
+                self._refresh(sha256)
         elif kind == "reset":
             self.forget()
+
+    def _refresh(self, sha256: str) -> None:
+        """Read, in the background, a verdict another replica wrote for an image cached or
+        waited for here: the memory that answers while the store is away stays full."""
+        if len(self._refreshing) >= _MAX_REFRESHING:
+            return
+        task = asyncio.get_running_loop().create_task(self._quiet_lookup(sha256))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _quiet_lookup(self, sha256: str) -> None:
+        with contextlib.suppress(Exception):  # only a warm-up: the next upload looks it up
+            await self.lookup(sha256)
 
     def forget(self, sha256: str | None = None) -> None:
         """Drop cached answers (one, or all) after a list or verdict changed in-process."""
@@ -222,6 +270,9 @@ class Judge:
         if hit is not None:
             self._cache.move_to_end(sha256)
             return hit
+        kept = self.runner.kept_verdict(sha256)
+        if kept is not None:  # judged while the store was away, not written yet
+            return Outcome(sha256, Route.CACHE, kept)
         kind = await self.store.list_kind(sha256)
         if kind == "allow":
             verdict = Verdict(label=Label.CLEAN, reasons=["allow list"], backend="list")
@@ -290,11 +341,15 @@ class Judge:
                 return admitted
             return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
         admission = asyncio.ensure_future(self._admit(data, source, ticket, on_admitted))
+        admission.add_done_callback(_log_failed_admission)
         del data  # the admission (then the job row) holds the bytes; do not keep them here
         route = Route.TIMEOUT
         try:
             async with asyncio.timeout(within_s):
-                admitted = await asyncio.shield(admission)
+                try:
+                    admitted = await asyncio.shield(admission)
+                except StoreAway:
+                    return ticket.outcome(Route.STORE, None)
                 if isinstance(admitted, Outcome):
                     return admitted
                 # Waiting for the deadline when nothing can judge (e.g. the AI Horde found
@@ -302,18 +357,21 @@ class Judge:
                 # The job is persisted and resumes when a path is back.
                 while not admitted.done() and self.can_judge_now():
                     await asyncio.wait([admitted], timeout=_LIVENESS_CHECK_S)
-                if admitted.done():
+                if admitted.done() and admitted.exception() is None:
                     return ticket.outcome(Route.BACKEND, await asyncio.shield(admitted))
-                route = Route.UNAVAILABLE
+                # (A job that could not be written fails its Future: the admission that made
+                # it is waiting for the store to write it again.)
+                route = Route.STORE if admitted.done() else Route.UNAVAILABLE
         except TimeoutError:
-            pass
+            if ticket.store_wait:
+                route = Route.STORE
         # From here to the return nothing awaits: a verdict landing now is either seen here or
         # finds the answer noted for it.
         if admission.done() and not admission.cancelled() and admission.exception() is None:
             admitted = admission.result()
             if isinstance(admitted, Outcome):
                 return admitted
-            if admitted.done() and not admitted.cancelled():
+            if admitted.done() and not admitted.cancelled() and admitted.exception() is None:
                 return ticket.outcome(Route.BACKEND, admitted.result())
         if answer_if_late is not None:
             ticket.answer = answer_if_late
@@ -334,17 +392,47 @@ class Judge:
         *,
         inline: bool = False,
     ) -> Outcome | asyncio.Future[Verdict]:
-        """Hash, look up, and if unknown persist a job: an Outcome, or the job's Future."""
+        """Hash, look up, and if unknown persist a job: an Outcome, or the job's Future.
+
+        While the store is away the bytes wait here for its return (within the room
+        `store.outage_upload_bytes` gives all of them; without room: StoreAway)."""
+        held = 0
         try:
             sha = ticket.sha256 = ticket.sha256 or await self.sha256(data)
-            known = await self.lookup(sha)
-            if known is not None:
-                return known
-            submit = self.runner.run_inline if inline else self.runner.submit
-            fut = self.runner.future_for(sha) or await submit(
-                sha, data, media_type=ticket.media_type, size=ticket.size, source=source
-            )
+            while True:
+                try:
+                    known = await self.lookup(sha)
+                    if known is not None:
+                        return known
+                    submit = self.runner.run_inline if inline else self.runner.submit
+                    fut = self.runner.future_for(sha) or await submit(
+                        sha, data, media_type=ticket.media_type, size=ticket.size, source=source
+                    )
+                    if fut.done() and fut.exception() is not None:  # a joined flight that failed
+                        raise fut.exception()  # type: ignore[misc]
+                    break
+                except Exception as exc:
+                    if not self.store.health.failed(exc):
+                        raise
+                    if not held:
+                        if self.store_waiting_bytes + len(data) > self._outage_upload_bytes:
+                            self.store_refused += 1
+                            ticket.store_refused = True
+                            log.error(
+                                "store unavailable and %d uploads (%d bytes) already wait for "
+                                "it: %s is answered without being judged",
+                                self.store_waiting, self.store_waiting_bytes, sha[:12],
+                            )  # fmt: skip
+                            raise StoreAway(str(exc)) from None
+                        held = max(1, len(data))
+                        self.store_waiting_bytes += held
+                        self.store_waiting += 1
+                        ticket.store_wait = True
+                await self.store.health.back()
         finally:
+            if held:
+                self.store_waiting_bytes -= held
+                self.store_waiting -= 1
             if on_admitted is not None:
                 on_admitted()
         ticket.submitted = True
@@ -446,6 +534,18 @@ class Judge:
             await self._extra_hook(job, verdict, answered)
 
 
+class StoreAway(Exception):
+    """The store is away and no more uploads may wait for it in memory."""
+
+
+def _log_failed_admission(task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, StoreAway):
+        log.error("admitting an upload failed: %r", exc)
+
+
 def build_judge(
     settings: Settings,
     store: Store,
@@ -468,6 +568,8 @@ def build_judge(
         workers=concurrency(backend),
         cache_size=settings.validation.verdict_cache_size,
         max_attempts=settings.validation.job_max_attempts,
+        outage_upload_bytes=settings.store.outage_upload_bytes,
+        outage_verdicts=settings.store.outage_verdicts,
         on_finished=on_finished,
         hashes=hashes,
         second_opinion=second_opinion,

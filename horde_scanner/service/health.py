@@ -1,4 +1,6 @@
-"""/healthz: the process answers. /readyz: the store works and which judging paths are live."""
+"""/healthz: the process answers. /readyz: whether the store is there and which judging paths
+are live. A store that is away (store/outage.py) makes it `degraded`, not a 503: uploads are
+still answered (from memory, or by on_timeout)."""
 
 from __future__ import annotations
 
@@ -34,16 +36,27 @@ async def readyz(request: web.Request) -> web.Response:
             status=503,
         )
     svc = request.app[SERVICES]
+    health = svc.store.health
     try:
         await svc.store.ping()
     except Exception as exc:
-        return web.json_response(
-            {"status": "unready", "why": f"store {svc.store.where}: {exc}"}, status=503
-        )
+        # Away for now (a restart, a fail-over): still answering, so degraded, not a 503.
+        if not health.failed(exc, write=False):
+            return web.json_response(
+                {"status": "unready", "why": f"store {svc.store.where}: {exc}"}, status=503
+            )
     backend = svc.backend.readiness()
+    store_up = health.available
     body = {
-        "status": "ready" if backend.live else "degraded",
+        "status": "ready" if backend.live and store_up else "degraded",
         "store": svc.store.where,
+        "store_health": {
+            "available": store_up,
+            "away_since": health.away_since,
+            "why": health.why,
+            "verdicts_kept": svc.judge.runner.kept,
+            "uploads_waiting": svc.judge.store_waiting,
+        },
         "backend": {"name": backend.name, "live": backend.live, "detail": backend.detail},
         # Every judging path behind the backend (pre-screen, CLIP, workers, Horde).
         "paths": {
@@ -57,10 +70,18 @@ async def readyz(request: web.Request) -> web.Response:
     for horde in horde_paths(svc.backend)[:1]:
         # Expected latency, the Horde's queue, our submit limit, the kudos budget.
         body["horde"] = horde.describe()
+    whys = []
+    if not store_up:
+        whys.append(
+            f"store {svc.store.where} unavailable ({health.why}); answering from memory, "
+            "the rest by on_timeout and judged when it is back"
+        )
     if not backend.live:
         # Still able to answer (cache, lists, on_timeout), so not a 503.
-        body["why"] = (
+        whys.append(
             f"{backend.name}: {backend.detail}; misses are answered by on_timeout="
             f"{svc.settings.validation.on_timeout.value}"
         )
+    if whys:
+        body["why"] = "; ".join(whys)
     return web.json_response(body)

@@ -38,6 +38,8 @@ def _decide(svc: Services, outcome: Outcome) -> tuple[OnEvent, str]:
     verdict = outcome.verdict
     if verdict is None and outcome.route is Route.UNAVAILABLE:
         return rules.on_timeout, "no judging path is live; judged when one is back"
+    if verdict is None and outcome.route is Route.STORE:
+        return rules.on_timeout, "the store is unavailable; judged when it is back"
     if verdict is None:
         return rules.on_timeout, "deadline reached before a verdict"
     if verdict.label is Label.UNREADABLE:

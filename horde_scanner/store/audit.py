@@ -8,16 +8,22 @@ and on close) writes it -> it stays for good; rows are never updated or deleted.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from horde_scanner.store.tables import Tables
 
+log = logging.getLogger(__name__)
+
 # The table itself came with step 0001-core (store/verdicts.py).
 STEPS: list = []
 # 7 columns x 500 rows stays under SQLite's 32766 bound variables.
 _AUDIT_ROWS_PER_INSERT = 500
+# Rows kept while the store is away (store/outage.py); past this the oldest are dropped, and
+# counted (`audit_dropped`), each drop also a log line: the trace of last resort.
+AUDIT_KEPT_ROWS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,7 @@ class AuditRecord:
 
 class AuditTables(Tables):
     _audit_buffer: list[tuple[Any, ...]]
+    audit_dropped: int = 0
 
     # -- audit -----------------------------------------------------------------------------
 
@@ -50,8 +57,14 @@ class AuditTables(Tables):
         self._audit_buffer.append(
             (time.time(), sha256, event, label, action, source, json.dumps(detail or {}))
         )
-        if len(self._audit_buffer) >= 500:
-            await self.flush_audit()
+        if len(self._audit_buffer) >= 500 and self.health.available:
+            try:
+                await self.flush_audit()
+            except Exception as exc:
+                # Away (a restart, a full disk): the rows stay buffered and are written when it
+                # is back; the event being recorded never fails for it.
+                if not self.health.failed(exc):
+                    raise
 
     async def flush_audit(self) -> None:
         if not self._audit_buffer:
@@ -61,11 +74,26 @@ class AuditTables(Tables):
         # coroutines' statements could slip into while we await.
         for start in range(0, len(rows), _AUDIT_ROWS_PER_INSERT):
             batch = rows[start : start + _AUDIT_ROWS_PER_INSERT]
-            await self._db.execute(
-                "INSERT INTO audit (ts, sha256, event, label, action, source, detail) VALUES "
-                + ",".join(["(?,?,?,?,?,?,?)"] * len(batch)),
-                [value for row in batch for value in row],
-            )
+            try:
+                await self._db.execute(
+                    "INSERT INTO audit (ts, sha256, event, label, action, source, detail)"
+                    " VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * len(batch)),
+                    [value for row in batch for value in row],
+                )
+            except BaseException:
+                self._keep_audit(rows[start:])
+                raise
+
+    def _keep_audit(self, rows: list[tuple[Any, ...]]) -> None:
+        """Put back rows a flush could not write, before those buffered since (bounded)."""
+        kept = rows + self._audit_buffer
+        over = len(kept) - AUDIT_KEPT_ROWS
+        if over > 0:
+            self.audit_dropped += over
+            for row in kept[:over]:
+                log.error("audit row dropped (store away too long): %s %s", row[2], row[1])
+            kept = kept[over:]
+        self._audit_buffer = kept
 
     async def audit_trail(self, sha256: str) -> list[AuditRecord]:
         await self.flush_audit()

@@ -34,6 +34,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from horde_scanner.store.jobs import Job
+from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.sqlite import Store, StoreError, missing_steps, setting_up
 from horde_scanner.store.tables import QUERY, RETURNING, Database, Rows
 
@@ -239,9 +240,12 @@ class PgDatabase:
     """aiosqlite-shaped access to a pool (each statement on any free connection, autocommit)
     or to one connection held for a transaction (`conn` given)."""
 
-    def __init__(self, pool: Any, conn: Any = None) -> None:
+    def __init__(self, pool: Any, conn: Any = None, health: StoreHealth | None = None) -> None:
         self._pool = pool
         self._conn = conn
+        # Told of statements that fail for want of the database, and while it is away, of
+        # those that work (store/outage.py).
+        self.health = health or StoreHealth("postgresql")
 
     @property
     def held(self) -> Any:
@@ -264,11 +268,17 @@ class PgDatabase:
         rows = [tuple(r) for r in rows]
         if not rows:
             return
-        if self._conn is not None:
-            await self._conn.executemany(statement, rows)
-        else:
-            async with self._pool.acquire() as conn:
-                await conn.executemany(statement, rows)
+        try:
+            if self._conn is not None:
+                await self._conn.executemany(statement, rows)
+            else:
+                async with self._pool.acquire() as conn:
+                    await conn.executemany(statement, rows)
+        except Exception as exc:
+            self.health.failed(exc)
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=True)
 
     async def executescript(self, sql: str) -> None:
         if self._conn is not None:
@@ -284,10 +294,18 @@ class PgDatabase:
         statement = translate(sql)
         if statement is None:
             return Rows([], -1)
-        if self._conn is not None:
-            return await self._on(self._conn, statement, params)
-        async with self._pool.acquire() as conn:
-            return await self._on(conn, statement, params)
+        try:
+            if self._conn is not None:
+                rows = await self._on(self._conn, statement, params)
+            else:
+                async with self._pool.acquire() as conn:
+                    rows = await self._on(conn, statement, params)
+        except Exception as exc:
+            self.health.failed(exc, write=QUERY.match(statement) is None)
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=QUERY.match(statement) is None)
+        return rows
 
     @staticmethod
     async def _on(conn: Any, statement: str, params: Sequence[Any]) -> Rows:
@@ -314,9 +332,10 @@ class PgStore(Store):
     shared = True
 
     def __init__(self, pool: Any, url: str, job_lease_s: float) -> None:
-        self._pg = PgDatabase(pool)
+        health = StoreHealth(redact(url))
+        self._pg = PgDatabase(pool, health=health)
         # The modules' queries go through the seam as if it were the SQLite connection.
-        super().__init__(cast(Database, self._pg), Path("postgresql"))
+        super().__init__(cast(Database, self._pg), Path("postgresql"), health)
         self._pool = pool
         self._url = url
         self.where = redact(url)
@@ -355,7 +374,9 @@ class PgStore(Store):
 
     async def close(self) -> None:
         self._closing = True
-        await self.flush_audit()
+        await self.health.close()
+        with contextlib.suppress(Exception):  # a store that is away keeps what it could not write
+            await self.flush_audit()
         if self._reconnect is not None:
             self._reconnect.cancel()
         if self._listener is not None and not self._listener.is_closed():
@@ -397,14 +418,17 @@ class PgStore(Store):
             self._reconnect = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
-        delay = 0.5
+        delay = 0.25
         while not self._closing:
             try:
                 await self._listen()
             except Exception as exc:
-                log.warning("store notifications lost (%s); retrying in %.0f s", exc, delay)
+                # A restart or a fail-over: as soon as it is back (the store's probe paces
+                # itself the same way), so that replicas hear each other again within seconds.
+                self.health.failed(exc, write=False)
+                log.warning("store notifications lost (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 2.0)
                 continue
             # What was said while nobody listened is gone: everyone starts afresh.
             self._resets += 1
@@ -416,6 +440,12 @@ class PgStore(Store):
 
     async def ping(self) -> None:
         await self._db.execute_fetchall("SELECT 1")
+
+    async def probe(self) -> None:
+        """One small write through the pool: whether the store can write right now."""
+        await self._pg.execute(
+            "UPDATE schema_migrations SET applied_at = applied_at WHERE name = '0001-core'"
+        )
 
     @contextlib.asynccontextmanager
     async def aside(self) -> AsyncIterator[Any]:
@@ -490,9 +520,17 @@ class PgStore(Store):
             return None, done[used - limit] + period_s - now
 
     async def finish_submit(self, slot: int | None) -> None:
-        if slot is not None:
+        if slot is None:
+            return
+        try:
             await self._pg.execute(
                 "UPDATE horde_submits SET done_at = extract(epoch FROM clock_timestamp())"
                 " WHERE id = ?",
                 (slot,),
             )
+        except Exception as exc:
+            # Called as the Horde's answer comes in: a store that is away must not take the
+            # answer with it. The slot counts until it is stale (backends/shared_submits.py).
+            if not self.health.failed(exc):
+                raise
+            log.warning("AI Horde submit slot %s left open (store unavailable)", slot)

@@ -27,6 +27,7 @@ from horde_scanner.store.cluster import ClusterTables
 from horde_scanner.store.hashes import HashTables
 from horde_scanner.store.jobs import JobTables
 from horde_scanner.store.kudos import KudosTables
+from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.review import ReviewTables
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sweeps import SweepTables
@@ -99,29 +100,53 @@ class SharedConnection:
     it at once with "database is locked" (SQLITE_BUSY_SNAPSHOT: the busy timeout does not
     cover it). Long reads take a connection of their own (`Store.aside()`)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, health: StoreHealth | None = None) -> None:
         self._db = db
+        # Told of every statement that fails for want of the database (locked, disk full),
+        # and, while it is away, of those that work (store/outage.py).
+        self.health = health or StoreHealth("sqlite")
 
     def execute(self, sql: str, parameters: Iterable[Any] = ()) -> _Statement:
         return _Statement(self._run(sql, tuple(parameters)))
 
     async def _run(self, sql: str, parameters: tuple[Any, ...]) -> Rows:
         query = QUERY.match(sql) is not None
-        if query or RETURNING.search(sql):
-            rows = [tuple(r) for r in await self._db.execute_fetchall(sql, parameters)]
-            return Rows(rows, -1 if query else len(rows))
-        cur = await self._db.execute(sql, parameters)
         try:
-            return Rows([], cur.rowcount, cur.lastrowid)
-        finally:
-            await cur.close()
+            if query or RETURNING.search(sql):
+                rows = [tuple(r) for r in await self._db.execute_fetchall(sql, parameters)]
+                result = Rows(rows, -1 if query else len(rows))
+            else:
+                cur = await self._db.execute(sql, parameters)
+                try:
+                    result = Rows([], cur.rowcount, cur.lastrowid)
+                finally:
+                    await cur.close()
+        except sqlite3.Error as exc:
+            self.health.failed(exc, write=not query)
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=not query)
+        return result
 
     async def execute_fetchall(self, sql: str, parameters: Iterable[Any] = ()) -> list[Any]:
-        return list(await self._db.execute_fetchall(sql, tuple(parameters)))
+        try:
+            rows = list(await self._db.execute_fetchall(sql, tuple(parameters)))
+        except sqlite3.Error as exc:
+            self.health.failed(exc, write=False)
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=False)
+        return rows
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        cur = await self._db.executemany(sql, rows)
+        try:
+            cur = await self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            self.health.failed(exc)
+            raise
         await cur.close()
+        if not self.health.available:
+            self.health.succeeded(write=True)
 
     async def executescript(self, sql: str) -> None:
         cur = await self._db.executescript(sql)
@@ -160,6 +185,16 @@ async def _switch_to_wal(db: aiosqlite.Connection) -> None:
         pause = min(pause * 2, 0.5)
 
 
+def _probe_write(path: Path) -> None:
+    db = sqlite3.connect(str(path), timeout=0.1, isolation_level=None)
+    try:
+        db.execute(
+            "UPDATE schema_migrations SET applied_at = applied_at WHERE name = '0001-core'"
+        )
+    finally:
+        db.close()
+
+
 def _probe_open(path: Path) -> None:
     try:
         sqlite3.connect(str(path)).close()
@@ -185,10 +220,13 @@ class Store(
     # Claimed jobs are leased only where replicas share them (0: no lease to renew).
     job_lease_s = 0.0
 
-    def __init__(self, db: Database, path: Path) -> None:
+    def __init__(self, db: Database, path: Path, health: StoreHealth | None = None) -> None:
         self._db = db
         self.path = path
         self.where = str(path)  # for messages: never holds a password
+        # Away or not (a restart, a full disk, a lock): the connection reports to it.
+        self.health = health or StoreHealth(self.where)
+        self.health.bind(self.probe)
         # Audit rows are buffered and written in one transaction per flush: one commit per
         # validation answer would cost more than the answer itself.
         self._audit_buffer: list[tuple[Any, ...]] = []
@@ -239,7 +277,8 @@ class Store(
         async with setting_up(path, db.close, (aiosqlite.DatabaseError,)):
             await _switch_to_wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
-            store = cls(SharedConnection(db), path)
+            health = StoreHealth(str(path))
+            store = cls(SharedConnection(db, health), path, health)
             await store._migrate()
             # A process that died mid-judgement left these: work to do, not work done.
             await db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
@@ -247,7 +286,9 @@ class Store(
         return store
 
     async def close(self) -> None:
-        await self.flush_audit()
+        await self.health.close()
+        with contextlib.suppress(Exception):  # a store that is away keeps what it could not write
+            await self.flush_audit()
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -309,6 +350,12 @@ class Store(
     async def ping(self) -> None:
         async with self._db.execute("SELECT 1") as cur:
             await cur.fetchone()
+
+    async def probe(self) -> None:
+        """One small committed write, on a connection of its own that waits for no lock (the
+        shared one would queue every other statement behind a locked write): whether the
+        store can write right now (store/outage.py)."""
+        await asyncio.to_thread(_probe_write, self.path)
 
     async def data_version(self) -> int:
         """Changes whenever another connection (another process) commits."""

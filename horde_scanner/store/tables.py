@@ -17,7 +17,10 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from horde_scanner.store.outage import StoreHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ class Tables:
 
     _db: Database
     holder: str  # names this process (host:pid) in rows other processes read
+    health: StoreHealth  # away or not (store/outage.py)
 
     def aside(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A connection of its own (the composed store implements it)."""

@@ -49,7 +49,7 @@ class PgServer:
         return ["runuser", "-u", "postgres", "--", *args] if self._as_root else list(args)
 
     def start(self) -> PgServer:
-        initdb, postgres = find_bin("initdb"), find_bin("postgres")
+        initdb = find_bin("initdb")
         data = self.dir / "data"
         if self._as_root:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -58,23 +58,50 @@ class PgServer:
                       "--no-sync"),
             check=True, capture_output=True,
         )  # fmt: skip
-        log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+        try:
+            self._launch()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self) -> None:
+        log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
         self._proc = subprocess.Popen(
             self._cmd(
-                postgres, "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
+                find_bin("postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                "-k", str(self.dir),
                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                 "-c", "max_connections=300",
             ),
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        try:
-            wait_port(self.port, timeout=30)
-            self._wait_ready()
-        except Exception:
-            self.stop()
-            raise
-        return self
+        log.close()
+        wait_port(self.port, timeout=30)
+        self._wait_ready()
+
+    def crash(self) -> None:
+        """Stop the server as `pg_ctl stop -m immediate` does: every backend killed at once,
+        no checkpoint (recovery runs at the next start). Clients see their connections
+        dropped, then refused."""
+        subprocess.run(
+            self._cmd(find_bin("pg_ctl"), "stop", "-D", str(self.dir / "data"), "-m",
+                      "immediate", "-w", "-t", "20"),
+            capture_output=True, timeout=30, check=True,
+        )  # fmt: skip
+        if self._proc is not None:
+            self._proc.wait(timeout=20)
+
+    def start_again(self) -> None:
+        """Start the server crashed by `crash()` on the same port and data (crash recovery)."""
+        self._launch()
+
+    def restart(self, down_s: float) -> None:
+        """An immediate stop, `down_s` seconds down, then the same server again."""
+        self.crash()
+        time.sleep(down_s)
+        self.start_again()
 
     def _wait_ready(self) -> None:
         psql = find_bin("psql")
