@@ -2,9 +2,11 @@
 
 Sources, highest priority first: keyword arguments, environment variables
 (`HORDE_SCANNER_` prefix, nested with `__`, e.g. `HORDE_SCANNER_HORDE__API_KEY`), a `.env` file in
-the working directory, a TOML file given with `--config`, then the defaults below. Every option is
-listed in README.md with its default; keep the two in step. Keys of other programs in `.env`
-(Lemmy's) are skipped; misspelt keys of ours are refused by name (config_keys.py).
+the working directory, a TOML file given with `--config`, then the defaults below. Every option has
+a `Field(description=...)`: docs/reference/configuration.md is generated from them
+(config_reference.py; a test fails when one is missing or the page is stale). Keys of other
+programs in `.env` (Lemmy's) are skipped; misspelt keys of ours are refused by name
+(config_keys.py).
 """
 
 from __future__ import annotations
@@ -412,7 +414,7 @@ class HashesSettings(Section):
     publish_token: str | None = None
     # `source` column of this instance's own entries in the published list and exports.
     publish_source: str = "horde-scanner"
-    # Also publish machine positives no admin has confirmed (README: a false positive of a
+    # Also publish machine positives no admin has confirmed (docs/trust.md: a false positive of a
     # weak classifier then blocks every near copy on every subscriber, unreviewed).
     publish_unreviewed: bool = False
     subscriptions: list[HashSubscription] = Field(default_factory=list)
@@ -600,3 +602,44 @@ def describe_validation_error(exc: ValidationError) -> str:
             msg += " (written as a JSON list in env and .env, e.g. '[\"abc\"]')"
         lines.append(f"{key} (env {env}): {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def value_sources(config_file: Path | None = None) -> dict[tuple[str, ...], str]:
+    """Where each option that is not at its default was set: for each leaf key (a path of
+    field names), the highest-priority source that holds it: `env HORDE_SCANNER_...`, `.env`
+    or `config file PATH`. Raises ConfigError as load_settings does."""
+    sources: list[tuple[str, PydanticBaseSettingsSource]] = [
+        ("env", _EnvSource(Settings)),
+        (".env", _DotEnvSource(Settings)),
+    ]
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        sources.append((f"config file {path}", _TomlSource(Settings, toml_file=path)))
+    found: dict[tuple[str, ...], str] = {}
+    for name, source in reversed(sources):  # lowest priority first; higher ones overwrite
+        try:
+            data = source()
+        except ValueError as exc:  # a TOML syntax error
+            raise ConfigError(f"{name}: {exc}") from None
+        for key in _leaf_keys(Settings, data):
+            if name == "env":
+                found[key] = "env HORDE_SCANNER_" + "__".join(p.upper() for p in key)
+            else:
+                found[key] = name
+    return found
+
+
+def _leaf_keys(model: type[BaseModel], data: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    keys: list[tuple[str, ...]] = []
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(value, Mapping):
+            keys += [(name, *k) for k in _leaf_keys(sub, value)]
+        else:
+            keys.append((name,))
+    return keys
