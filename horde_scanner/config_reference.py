@@ -191,16 +191,21 @@ def _choices(annotation: Any) -> list[str] | None:
 
 
 def _bounds(info: FieldInfo) -> str:
+    low = high = None
     parts = []
     for meta in info.metadata:
         if isinstance(meta, annotated_types.Ge):
+            low = meta.ge
             parts.append(f">= {meta.ge}")
         elif isinstance(meta, annotated_types.Gt):
             parts.append(f"> {meta.gt}")
         elif isinstance(meta, annotated_types.Le):
+            high = meta.le
             parts.append(f"<= {meta.le}")
         elif isinstance(meta, annotated_types.Lt):
             parts.append(f"< {meta.lt}")
+    if low is not None and high is not None and len(parts) == 2:
+        return f"{low} to {high}"
     return ", ".join(parts)
 
 
@@ -240,7 +245,11 @@ def type_name(annotation: Any, info: FieldInfo | None = None) -> str:
         if item_model is not None:
             text = "list of tables"
         else:
-            text = "list of " + type_name(item).replace("one of", "each one of")
+            inner_name = type_name(item)
+            if inner_name.startswith("one of"):
+                text = "list, each " + inner_name
+            else:
+                text = "list of " + inner_name + "s"
     elif get_origin(inner) is dict:
         _, value = get_args(inner)
         text = "table of " + type_name(value) + "s"
@@ -258,14 +267,15 @@ def type_name(annotation: Any, info: FieldInfo | None = None) -> str:
 
 
 def missing_descriptions(root: type[BaseModel]) -> list[str]:
-    """Keys of options (and tables) that have no description."""
+    """Keys of options, tables and table classes that have no description."""
     missing = [o.key for o in all_options(root) if not (o.info.description or "").strip()]
-    for name, info in root.model_fields.items():
-        if _model(info.annotation) is not None and not (info.description or "").strip():
-            missing.append(name)
     for path, model in sections(root):
+        key = ".".join(path).replace(".[]", "[]")
         if path and not (model.__doc__ or "").strip():
-            missing.append(".".join(path).replace(".[]", "[]") + " (class docstring)")
+            missing.append(key + " (class docstring)")
+        for name, info in model.model_fields.items():
+            if _model(info.annotation) is not None and not (info.description or "").strip():
+                missing.append(f"{key}.{name}" if key else name)
     return missing
 
 
@@ -322,6 +332,10 @@ def render(root: type[BaseModel]) -> str:
 
 
 def _anchor(key: str) -> str:
+    """The id of a key's heading: the key itself (`validation.on_timeout`); a list of tables is
+    `hashes.subscriptions.item`, so it differs from the option that holds the list."""
+    if key.endswith("[]"):
+        return key[:-2] + ".item"
     return key.replace("[]", "")
 
 
