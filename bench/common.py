@@ -18,10 +18,14 @@ from horde_scanner.testing.net import free_port, wait_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def spawn(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """`python ARGS` in `cwd` (another checkout's directory runs that checkout's code: the
+    current directory comes first on the module path)."""
     return subprocess.Popen(
         [sys.executable, *args],
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -37,10 +41,11 @@ def horde_and_service(
     client: str,
     deadline_s: float,
     env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """The fake AI Horde (with `horde_args`) and the service (python `service_args(port)`)
-    as processes on free loopback ports, the service's store at `db` and `env` added to its
-    environment; yields the service's port and process once both listen."""
+    """The fake AI Horde (with `horde_args`) and the service (python `service_args(port)`, run
+    in `cwd`) as processes on free loopback ports, the service's store at `db` and `env` added
+    to its environment; yields the service's port and process once both listen."""
     horde_port, port = free_port(), free_port()
     horde = spawn(["-m", "horde_scanner.testing.horde", "--port", str(horde_port), *horde_args])
     service_env = {
@@ -51,7 +56,7 @@ def horde_and_service(
         "HORDE_SCANNER_LOG_LEVEL": "ERROR",
         **(env or {}),
     }
-    service = spawn(service_args(port), service_env)
+    service = spawn(service_args(port), service_env, cwd)
     try:
         wait_port(horde_port)
         wait_port(port)

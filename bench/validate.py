@@ -4,7 +4,11 @@ The real service (`horde-scanner serve`) and the fake AI Horde run as their own 
 loopback; this process is the load generator, on the same 2-core machine. Figures:
 
   cache hits, closed loop, 64 clients       requests/s            (target >= 1,500)
-  cache hits, open loop at 200 requests/s   p50 / p99 latency     (target p99 <= 10 ms)
+      the previous release (a git worktree of PREVIOUS), this checkout, and a bare aiohttp
+      handler that only reads and hashes the body (bench/bare_hash.py), interleaved in
+      rounds; medians and ratios (this checkout >= 0.95 x previous; aim >= 0.8 x bare)
+  cache hits, open loop at 200 requests/s   p50 / p99 latency     (target p99 <= 10 ms;
+      previous release and this checkout interleaved, median p99 of the rounds)
   cache hits, one client alone              p99 latency           (target <= 5 ms)
   misses, Horde latency 2 s                 max answer time       (must be < deadline)
   misses, Horde latency 30 s, 1000 at once  max answer time, peak service RSS (target <= 400 MB)
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -28,27 +33,61 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import (
+    ROOT,
     horde_and_service,
     noisy_jpeg,
     peak_rss_mb,
     percentiles,
     rss_mb,
+    spawn,
 )
+from horde_scanner.testing.net import free_port, wait_port
 
 CLIENT = "bench"
 DEADLINE_S = 8.0
+# The release cache-hit throughput is compared with (issue 20).
+PREVIOUS = "3579f71"
 
 
 @contextlib.contextmanager
-def stack(horde_latency: float, db: Path) -> Iterator[tuple[str, int]]:
+def stack(horde_latency: float, db: Path, cwd: Path = ROOT) -> Iterator[tuple[str, int]]:
     with horde_and_service(
         ["--latency", str(horde_latency)],
         lambda port: ["-m", "horde_scanner.cli", "serve", "--port", str(port)],
         db,
         client=CLIENT,
         deadline_s=DEADLINE_S,
+        cwd=cwd,
     ) as (port, service):
         yield f"http://127.0.0.1:{port}/api/v1/scan/{CLIENT}", service.pid
+
+
+@contextlib.contextmanager
+def previous_release(commit: str) -> Iterator[Path]:
+    """A git worktree of `commit`, removed afterwards."""
+    tree = Path(tempfile.mkdtemp(prefix="hs-previous-"))
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--force", str(tree), commit],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def bare_handler() -> Iterator[str]:
+    port = free_port()
+    proc = spawn(["-m", "bench.bare_hash", "--port", str(port)])
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}/api/v1/scan/{CLIENT}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 async def post(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[float, int]:
@@ -166,24 +205,75 @@ async def prime(url: str, images: list[bytes]) -> None:
     raise RuntimeError("cache did not fill")
 
 
-async def main(quick: bool) -> None:
+async def cache_hits(hits: list[bytes], seconds: float, rounds: int, tmp: Path) -> None:
+    """Closed-loop and open-loop cache hits: the previous release, this checkout and the bare
+    handler, interleaved (the order turns each round), so the machine's noise hits all alike."""
+    with (
+        previous_release(PREVIOUS) as old_tree,
+        stack(0.2, tmp / "hits-old.db", cwd=old_tree) as (old_url, _),
+        stack(0.2, tmp / "hits.db") as (url, pid),
+        bare_handler() as bare_url,
+    ):
+        await prime(old_url, hits)
+        await prime(url, hits)
+        targets = {
+            f"previous ({PREVIOUS})": old_url,
+            "this checkout": url,
+            "bare handler": bare_url,
+        }
+        rps: dict[str, list[float]] = {name: [] for name in targets}
+        p99: dict[str, list[float]] = {name: [] for name in list(targets)[:2]}
+        names = list(targets)
+        for r in range(rounds):
+            order = names[r % 3 :] + names[: r % 3]
+            for name in order:
+                rps[name].append(await closed_loop(targets[name], hits, 64, seconds))
+            for name in order:
+                if name in p99:
+                    lat = await open_loop(targets[name], hits, 200, seconds)
+                    p99[name].append(float(sorted(lat)[int(0.99 * (len(lat) - 1))]) * 1000)
+            print(
+                f"  round {r + 1}: "
+                + ", ".join(f"{n} {rps[n][-1]:,.0f}/s" for n in names)
+                + "; open-loop p99 "
+                + ", ".join(f"{n} {p99[n][-1]:.2f} ms" for n in p99),
+                flush=True,
+            )
+        med = {n: statistics.median(v) for n, v in rps.items()}
+        prev, mine, bare = (med[n] for n in names)
+        print(
+            f"cache hits, closed loop, 64 clients (median of {rounds} interleaved rounds): "
+            f"{mine:,.0f} requests/s  (target >= 1,500); previous release {prev:,.0f}, "
+            f"bare handler {bare:,.0f}"
+        )
+        print(
+            f"  this checkout / previous release: {mine / prev:.2f}  (must be >= 0.95);  "
+            f"/ bare handler: {mine / bare:.2f}  (aim >= 0.8)"
+        )
+        print(
+            "cache hits, open loop 200 req/s, median p99: "
+            + ", ".join(f"{n} {statistics.median(v):.2f} ms" for n, v in p99.items())
+            + "  (target p99 <= 10 ms; must not regress)"
+        )
+        wrk_rps = wrk_closed_loop(url, hits[0], 64, seconds)
+        if wrk_rps is not None:
+            print(f"  same, load from wrk instead:      {wrk_rps:,.0f} requests/s")
+        lat = await open_loop(url, hits, 200, seconds)
+        print(f"cache hits, open loop 200 req/s:     {percentiles(lat)}  (target p99 <= 10 ms)")
+        lat = await sequential(url, hits, 1000)
+        print(f"cache hits, one client:              {percentiles(lat)}  (target p99 <= 5 ms)")
+        print(f"service peak RSS: {peak_rss_mb(pid):.0f} MB")
+
+
+async def main(quick: bool, rounds: int, hits_only: bool) -> None:
     seconds = 4.0 if quick else 10.0
     print("generating 200 KB JPEGs ...", flush=True)
     hits = [noisy_jpeg(seed) for seed in range(16)]
     print(f"  image size {len(hits[0]) / 1000:.0f} KB")
     with tempfile.TemporaryDirectory() as tmp:
-        with stack(0.2, Path(tmp) / "hits.db") as (url, pid):
-            await prime(url, hits)
-            rps = await closed_loop(url, hits, 64, seconds)
-            print(f"cache hits, closed loop, 64 clients: {rps:,.0f} requests/s  (target >= 1,500)")
-            wrk_rps = wrk_closed_loop(url, hits[0], 64, seconds)
-            if wrk_rps is not None:
-                print(f"  same, load from wrk instead:      {wrk_rps:,.0f} requests/s")
-            lat = await open_loop(url, hits, 200, seconds)
-            print(f"cache hits, open loop 200 req/s:     {percentiles(lat)}  (target p99 <= 10 ms)")
-            lat = await sequential(url, hits, 1000 if not quick else 300)
-            print(f"cache hits, one client:              {percentiles(lat)}  (target p99 <= 5 ms)")
-            print(f"service peak RSS: {peak_rss_mb(pid):.0f} MB")
+        await cache_hits(hits, seconds, rounds, Path(tmp))
+        if hits_only:
+            return
 
         with stack(2.0, Path(tmp) / "m2.db") as (url, pid):
             count = 20 if quick else 60
@@ -212,10 +302,12 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved cache-hit rounds")
+    parser.add_argument("--hits-only", action="store_true", help="only the cache-hit figures")
     args = parser.parse_args()
     try:
         import uvloop
 
-        uvloop.run(main(args.quick))
+        uvloop.run(main(args.quick, args.rounds, args.hits_only))
     except ImportError:
-        asyncio.run(main(args.quick))
+        asyncio.run(main(args.quick, args.rounds, args.hits_only))

@@ -113,6 +113,7 @@ class Metrics:
             registry=self.registry,
         )
         self.errors: PyCounter[str] = PyCounter()
+        self._answer_children: dict[tuple[str, str, str], Any] = {}
         self._hits = 0
         self._answered = 0
         self._sources: Sources | None = None
@@ -140,7 +141,13 @@ class Metrics:
     def _count_answer(self, label: str, route: str, answer: str, elapsed_s: float) -> None:
         # The one count of validation answers: /metrics and the admin stats both read it.
         self.latency.observe(elapsed_s)
-        self.answers.labels(label=label, route=route, answer=answer).inc()
+        key = (label, route, answer)
+        child = self._answer_children.get(key)
+        if child is None:  # labels() takes a lock and builds a key each time: once per kind
+            child = self._answer_children[key] = self.answers.labels(
+                label=label, route=route, answer=answer
+            )
+        child.inc()
         self._answered += 1
 
     def answer_counts(self) -> dict[str, int]:

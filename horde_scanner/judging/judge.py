@@ -264,8 +264,9 @@ class Judge:
             return await loop.run_in_executor(self._executor, sha256_hex, data)
         return sha256_hex(data)
 
-    async def lookup(self, sha256: str) -> Outcome | None:
-        """Lists, then the verdict cache. Never calls a backend."""
+    def cached(self, sha256: str) -> Outcome | None:
+        """The answer memory holds for this hash, if any (no store, no await): the cache of
+        recent answers, then verdicts kept while the store is away. `lookup` begins here."""
         hit = self._cache.get(sha256)
         if hit is not None:
             self._cache.move_to_end(sha256)
@@ -273,6 +274,13 @@ class Judge:
         kept = self.runner.kept_verdict(sha256)
         if kept is not None:  # judged while the store was away, not written yet
             return Outcome(sha256, Route.CACHE, kept)
+        return None
+
+    async def lookup(self, sha256: str) -> Outcome | None:
+        """Lists, then the verdict cache. Never calls a backend."""
+        hit = self.cached(sha256)
+        if hit is not None:
+            return hit
         kind = await self.store.list_kind(sha256)
         if kind == "allow":
             verdict = Verdict(label=Label.CLEAN, reasons=["allow list"], backend="list")

@@ -49,6 +49,7 @@ class LateAdmissions:
             data = await upload.data()
             await self._judge.evaluate(
                 data,
+                sha256=upload.sha256,
                 source=source,
                 within_s=0.0,
                 answer_if_late=answered,

@@ -176,6 +176,11 @@ async def scan(request: web.Request) -> web.StreamResponse:
         except RequestError as exc:
             await _unjudged(request, svc, source, started, reason=exc.error, received=upload.size)
             raise
+        # A cache hit needs nothing but the hash taken while reading: no admission slot, no
+        # joined bytes, no store (most uploads are hits: this is their whole path).
+        hit = svc.judge.cached(upload.sha256)
+        if hit is not None:
+            return _answer(svc, source, started, hit)
         slot = Slot(svc.upload_gate, upload)
         if not await slot.acquire(_loop_time(deadline)):
             await _unjudged(
@@ -190,6 +195,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
             data = await upload.data()
             outcome = await svc.judge.evaluate(
                 data,
+                sha256=upload.sha256,
                 source=source,
                 within_s=max(0.0, deadline - time.monotonic()),
                 answer_if_late=rules.on_timeout.value,
@@ -201,6 +207,8 @@ async def scan(request: web.Request) -> web.StreamResponse:
     finally:
         if owned is not None:
             owned.close()
+    if outcome.route is Route.CACHE:
+        return _answer(svc, source, started, outcome)
     answer, why = _decide(svc, outcome)
     label = outcome.label.value if outcome.label else None
     if outcome.route is not Route.CACHE or answer is OnEvent.REJECT:
@@ -232,3 +240,36 @@ async def scan(request: web.Request) -> web.StreamResponse:
     }
     status = REJECT_STATUS if answer is OnEvent.REJECT else ACCEPT_STATUS
     return web.json_response(body, status=status)
+
+
+def _answer(svc: Services, source: str, started: float, outcome: Outcome) -> web.Response:
+    """A cache hit's answer: counted, not audited one by one when clean (most of the traffic),
+    audited when rejected (in the background: the rows are buffered anyway)."""
+    answer, why = _decide(svc, outcome)
+    label = outcome.label.value if outcome.label else None
+    elapsed = time.monotonic() - started
+    if answer is OnEvent.REJECT:
+        task = asyncio.ensure_future(
+            svc.store.audit(
+                "answered",
+                sha256=outcome.sha256,
+                label=label,
+                action=answer.value,
+                source=source,
+                detail={"route": outcome.route.value, "why": why,
+                        "elapsed_ms": round(elapsed * 1000, 1)},
+            )
+        )  # fmt: skip
+        task.add_done_callback(_log_failure)
+        log.info("reject %s (%s) %s", outcome.sha256[:12], outcome.route.value, why)
+    svc.metrics.observe_answer(outcome, answer.value, elapsed)
+    verdict = outcome.verdict
+    body = {
+        "sha256": outcome.sha256,
+        "answer": answer.value,
+        "label": label,
+        "route": outcome.route.value,
+        "reasons": verdict.reasons if verdict else [why],
+        "elapsed_ms": round(elapsed * 1000, 1),
+    }
+    return web.json_response(body, status=REJECT_STATUS if answer is OnEvent.REJECT else 200)
