@@ -159,6 +159,9 @@ async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http):
                 for data in cached:
                     result = await validate_upload(http, svc.scan_url(), data, "image/png")
                     assert result.status == 200 and result.body["route"] == "backend"
+                for data in cached:  # in memory from now on
+                    result = await validate_upload(http, svc.scan_url(), data, "image/png")
+                    assert result.body["route"] == "cache"
                 # A miss whose verdict arrives once the disk is full...
                 racing = distinct_png(70_100)
                 first = asyncio.ensure_future(
@@ -212,6 +215,14 @@ async def test_sqlite_locked_by_another_program_keeps_answering(tmp_path, http):
             for data in cached:
                 result = await validate_upload(http, svc.scan_url(), data, "image/png")
                 assert result.status == 200
+
+            async def finished():
+                return await svc.services.store.count_jobs() == 0
+
+            await wait_for(finished)  # the verdicts are written
+            for data in cached:  # and answered from memory from now on
+                result = await validate_upload(http, svc.scan_url(), data, "image/png")
+                assert result.body["route"] == "cache"
 
             # Another program takes the write lock and holds it past the busy timeout (5 s).
             taken, release = threading.Event(), threading.Event()

@@ -207,7 +207,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
     finally:
         if owned is not None:
             owned.close()
-    if outcome.route is Route.CACHE:
+    if outcome.route in (Route.CACHE, Route.ALLOW, Route.DENY):
         return _answer(svc, source, started, outcome)
     answer, why = _decide(svc, outcome)
     label = outcome.label.value if outcome.label else None
@@ -243,12 +243,12 @@ async def scan(request: web.Request) -> web.StreamResponse:
 
 
 def _answer(svc: Services, source: str, started: float, outcome: Outcome) -> web.Response:
-    """A cache hit's answer: counted, not audited one by one when clean (most of the traffic),
-    audited when rejected (in the background: the rows are buffered anyway)."""
+    """An answer from memory (the cache, the lists): counted; audited like any answer, except
+    clean cache hits (most of the traffic), without waiting (the rows are buffered anyway)."""
     answer, why = _decide(svc, outcome)
     label = outcome.label.value if outcome.label else None
     elapsed = time.monotonic() - started
-    if answer is OnEvent.REJECT:
+    if outcome.route is not Route.CACHE or answer is OnEvent.REJECT:
         task = asyncio.ensure_future(
             svc.store.audit(
                 "answered",
@@ -261,6 +261,7 @@ def _answer(svc: Services, source: str, started: float, outcome: Outcome) -> web
             )
         )  # fmt: skip
         task.add_done_callback(_log_failure)
+    if answer is OnEvent.REJECT:
         log.info("reject %s (%s) %s", outcome.sha256[:12], outcome.route.value, why)
     svc.metrics.observe_answer(outcome, answer.value, elapsed)
     verdict = outcome.verdict
