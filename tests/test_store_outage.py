@@ -63,9 +63,7 @@ async def test_postgres_restart_mid_burst_costs_seconds(tmp_path, pg_server, pg_
             horde.latency = 3.0
             burst = [distinct_png(60_000 + i) for i in range(80)]
             uploads = [
-                asyncio.ensure_future(
-                    validate_upload(http, replica.scan_url(), data, "image/png")
-                )
+                asyncio.ensure_future(validate_upload(http, replica.scan_url(), data, "image/png"))
                 for data in burst
                 for replica in (one, two)
             ]

@@ -54,11 +54,15 @@ def is_outage(exc: BaseException) -> bool:
             return True
         # The client's side: a connection closed under a statement, a pool that lost its
         # connections while the server restarted.
-        return type(exc).__name__ in (
-            "InterfaceError",
-            "ConnectionDoesNotExistError",
-            "InternalClientError",
-        ) or "connection" in str(exc).lower()
+        return (
+            type(exc).__name__
+            in (
+                "InterfaceError",
+                "ConnectionDoesNotExistError",
+                "InternalClientError",
+            )
+            or "connection" in str(exc).lower()
+        )
     return False
 
 
@@ -108,9 +112,7 @@ class StoreHealth:
         if self.away_since is None or (self._write_failed and not write):
             return
         self.away_seconds += time.time() - self.away_since
-        log.warning(
-            "store %s is back after %.1f s", self.where, time.time() - self.away_since
-        )
+        log.warning("store %s is back after %.1f s", self.where, time.time() - self.away_since)
         self.away_since = None
         self.why = None
         self._write_failed = False

@@ -188,9 +188,7 @@ async def _switch_to_wal(db: aiosqlite.Connection) -> None:
 def _probe_write(path: Path) -> None:
     db = sqlite3.connect(str(path), timeout=0.1, isolation_level=None)
     try:
-        db.execute(
-            "UPDATE schema_migrations SET applied_at = applied_at WHERE name = '0001-core'"
-        )
+        db.execute("UPDATE schema_migrations SET applied_at = applied_at WHERE name = '0001-core'")
     finally:
         db.close()
 
