@@ -148,10 +148,21 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http):
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {},
+        # No room for kept verdicts: the worker waits for the store, its upload times out.
+        {"outage_verdicts": 0},
+        # No room for uploads waiting: answered at once by on_timeout, never judged.
+        {"outage_upload_bytes": 0},
+    ],
+    ids=["defaults", "no-kept-verdicts", "no-waiting-uploads"],
+)
+async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http, bounds):
     async with FakeHorde(latency=1.0) as horde:
         with small_disk(tmp_path / "disk") as disk:
-            settings = make_settings(disk / "s.db", horde.url)
+            settings = make_settings(disk / "s.db", horde.url, store=bounds)
             async with running_service(settings) as svc:
                 cached = [distinct_png(70_000 + i) for i in range(3)]
                 for data in cached:
@@ -180,18 +191,29 @@ async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http):
                     ready = await resp.json()
                 racing_result = await first
                 answered_in_time([*results, *hits, racing_result], 3.0)
-                # The waiting upload got its verdict (kept in memory, not yet written).
-                assert racing_result.body["route"] == "backend", racing_result.body
+                kept = svc.services.judge.runner.kept
+                if bounds.get("outage_verdicts") == 0:
+                    assert racing_result.body["route"] == "timeout", racing_result.body
+                    assert kept == 0
+                else:
+                    # The waiting upload got its verdict (kept in memory, not yet written).
+                    assert racing_result.body["route"] == "backend", racing_result.body
+                    assert kept == 1
                 assert {r.body["route"] for r in hits} == {"cache"}
                 assert {r.body["route"] for r in results} == {"store_unavailable"}
                 assert ready["status"] == "degraded"
                 assert "full" in ready["store_health"]["why"], ready
                 assert "full" in ready["why"]
-                kept = svc.services.judge.runner.kept
-                assert kept == 1
+                async with http.get(f"{svc.url}/metrics") as resp:
+                    metrics = await resp.text()
+                assert "horde_scanner_store_up 0.0" in metrics
 
                 filler.unlink()
                 shas = [sha256_hex(d) for d in [*cached, racing, *later]]
+                if bounds.get("outage_upload_bytes") == 0:
+                    # Refused, counted, and never judged (their bytes were not kept).
+                    assert svc.services.judge.store_refused == len(later)
+                    shas = shas[: -len(later)]
 
                 async def all_judged():
                     found = await svc.services.store.get_verdicts(shas)
@@ -202,6 +224,12 @@ async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http):
                 assert horde.posts == len(shas)
                 async with http.get(f"{svc.url}/readyz") as resp:
                     assert (await resp.json())["store_health"]["available"] is True
+                if bounds.get("outage_upload_bytes") == 0:
+                    never = await svc.services.store.get_verdicts(sha256_hex(d) for d in later)
+                    assert never == {}
+                    async with http.get(f"{svc.url}/metrics") as resp:
+                        metrics = await resp.text()
+                    assert f"horde_scanner_store_refused_uploads_total {len(later)}.0" in metrics
 
 
 async def test_sqlite_locked_by_another_program_keeps_answering(tmp_path, http):

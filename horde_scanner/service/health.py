@@ -37,14 +37,16 @@ async def readyz(request: web.Request) -> web.Response:
         )
     svc = request.app[SERVICES]
     health = svc.store.health
-    try:
-        await svc.store.ping()
-    except Exception as exc:
-        # Away for now (a restart, a fail-over): still answering, so degraded, not a 503.
-        if not health.failed(exc, write=False):
-            return web.json_response(
-                {"status": "unready", "why": f"store {svc.store.where}: {exc}"}, status=503
-            )
+    # Known to be away: its probe says when it is back (a ping could wait out a lock).
+    if health.available:
+        try:
+            await svc.store.ping()
+        except Exception as exc:
+            # Away for now (a restart, a fail-over): still answering, so degraded, not a 503.
+            if not health.failed(exc, write=False):
+                return web.json_response(
+                    {"status": "unready", "why": f"store {svc.store.where}: {exc}"}, status=503
+                )
     backend = svc.backend.readiness()
     store_up = health.available
     body = {
