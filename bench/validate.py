@@ -34,6 +34,7 @@ import aiohttp
 
 from bench.common import (
     ROOT,
+    cpu_s,
     horde_and_service,
     noisy_jpeg,
     peak_rss_mb,
@@ -79,12 +80,12 @@ def previous_release(commit: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def bare_handler() -> Iterator[str]:
+def bare_handler() -> Iterator[tuple[str, int]]:
     port = free_port()
     proc = spawn(["-m", "bench.bare_hash", "--port", str(port)])
     try:
         wait_port(port)
-        yield f"http://127.0.0.1:{port}/api/v1/scan/{CLIENT}"
+        yield f"http://127.0.0.1:{port}/api/v1/scan/{CLIENT}", proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -98,6 +99,13 @@ async def post(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[f
 
 
 async def closed_loop(url: str, images: list[bytes], clients: int, seconds: float) -> float:
+    return (await counted_closed_loop(url, images, clients, seconds))[0]
+
+
+async def counted_closed_loop(
+    url: str, images: list[bytes], clients: int, seconds: float
+) -> tuple[float, int]:
+    """(requests/s, requests answered) of `clients` clients posting back to back."""
     done = 0
     stop = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
@@ -113,7 +121,7 @@ async def closed_loop(url: str, images: list[bytes], clients: int, seconds: floa
 
         started = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(clients)))
-        return done / (time.perf_counter() - started)
+        return done / (time.perf_counter() - started), done
 
 
 def wrk_closed_loop(url: str, body: bytes, clients: int, seconds: float) -> float | None:
@@ -210,9 +218,9 @@ async def cache_hits(hits: list[bytes], seconds: float, rounds: int, tmp: Path) 
     handler, interleaved (the order turns each round), so the machine's noise hits all alike."""
     with (
         previous_release(PREVIOUS) as old_tree,
-        stack(0.2, tmp / "hits-old.db", cwd=old_tree) as (old_url, _),
+        stack(0.2, tmp / "hits-old.db", cwd=old_tree) as (old_url, old_pid),
         stack(0.2, tmp / "hits.db") as (url, pid),
-        bare_handler() as bare_url,
+        bare_handler() as (bare_url, bare_pid),
     ):
         await prime(old_url, hits)
         await prime(url, hits)
@@ -221,20 +229,25 @@ async def cache_hits(hits: list[bytes], seconds: float, rounds: int, tmp: Path) 
             "this checkout": url,
             "bare handler": bare_url,
         }
+        pids = dict(zip(targets, (old_pid, pid, bare_pid), strict=True))
         rps: dict[str, list[float]] = {name: [] for name in targets}
+        cpu_us: dict[str, list[float]] = {name: [] for name in targets}
         p99: dict[str, list[float]] = {name: [] for name in list(targets)[:2]}
         names = list(targets)
         for r in range(rounds):
             order = names[r % 3 :] + names[: r % 3]
             for name in order:
-                rps[name].append(await closed_loop(targets[name], hits, 64, seconds))
+                used = cpu_s(pids[name])
+                rate, done = await counted_closed_loop(targets[name], hits, 64, seconds)
+                rps[name].append(rate)
+                cpu_us[name].append((cpu_s(pids[name]) - used) / done * 1e6)
             for name in order:
                 if name in p99:
                     lat = await open_loop(targets[name], hits, 200, seconds)
                     p99[name].append(float(sorted(lat)[int(0.99 * (len(lat) - 1))]) * 1000)
             print(
                 f"  round {r + 1}: "
-                + ", ".join(f"{n} {rps[n][-1]:,.0f}/s" for n in names)
+                + ", ".join(f"{n} {rps[n][-1]:,.0f}/s ({cpu_us[n][-1]:.0f} us CPU)" for n in names)
                 + "; open-loop p99 "
                 + ", ".join(f"{n} {p99[n][-1]:.2f} ms" for n in p99),
                 flush=True,
@@ -249,6 +262,15 @@ async def cache_hits(hits: list[bytes], seconds: float, rounds: int, tmp: Path) 
         print(
             f"  this checkout / previous release: {mine / prev:.2f}  (must be >= 0.95);  "
             f"/ bare handler: {mine / bare:.2f}  (aim >= 0.8)"
+        )
+        cpu = {n: statistics.median(v) for n, v in cpu_us.items()}
+        print(
+            "  service CPU per cache hit (median; less disturbed by other load than "
+            "throughput): " + ", ".join(f"{n} {cpu[n]:.0f} us" for n in names)
+        )
+        print(
+            f"  bare handler CPU / this checkout's: {cpu[names[2]] / cpu[names[1]]:.2f};  "
+            f"previous release's / this checkout's: {cpu[names[0]] / cpu[names[1]]:.2f}"
         )
         print(
             "cache hits, open loop 200 req/s, median p99: "

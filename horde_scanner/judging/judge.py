@@ -105,9 +105,8 @@ class _Ticket:
     size: int
     submitted: bool = False
     answer: str | None = None
-    # Waiting for the store to come back (held in memory), or refused that room.
+    # Waiting for the store to come back (held in memory).
     store_wait: bool = False
-    store_refused: bool = False
 
     def outcome(self, route: Route, verdict: Verdict | None) -> Outcome:
         if route is Route.BACKEND and verdict is not None and is_match(verdict):
@@ -416,8 +415,9 @@ class Judge:
                     fut = self.runner.future_for(sha) or await submit(
                         sha, data, media_type=ticket.media_type, size=ticket.size, source=source
                     )
-                    if fut.done() and fut.exception() is not None:  # a joined flight that failed
-                        raise fut.exception()  # type: ignore[misc]
+                    failed = fut.done() and not fut.cancelled() and fut.exception()
+                    if failed:  # a joined flight whose job could not be written
+                        raise failed
                     break
                 except Exception as exc:
                     if not self.store.health.failed(exc):
@@ -425,7 +425,6 @@ class Judge:
                     if not held:
                         if self.store_waiting_bytes + len(data) > self._outage_upload_bytes:
                             self.store_refused += 1
-                            ticket.store_refused = True
                             log.error(
                                 "store unavailable and %d uploads (%d bytes) already wait for "
                                 "it: %s is answered without being judged",
