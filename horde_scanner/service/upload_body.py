@@ -11,8 +11,8 @@ holds nothing that a real upload needs.
 The pace is kept by one timer per body, not one per chunk: it fires when the bytes received
 so far say the sender must have sent more, and either sets itself again for the next such
 moment or cuts the read off (cancelling it, answered 408). Most bodies end before it fires
-once. The body is hashed (sha256) as it arrives and kept as the chunks it came in, joined only
-when the bytes are needed: a cache hit needs only the hash.
+once. The body is hashed (sha256) as it arrives, so a cache hit needs nothing more: its bytes
+are copied out of the buffer (`data()`) only for an upload that must be judged.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class UploadBody:
         self._memory = memory
         self._spool = spool
         self._spool_dir = spool_dir
-        self._chunks: list[bytes] = []  # as they came (joined once, when the bytes are needed)
+        self._buf = bytearray()
         self._sha = hashlib.sha256()
         self._in_memory = 0  # bytes reserved from the memory budget
         self._on_disk = 0  # bytes reserved from the spool budget
@@ -156,13 +156,11 @@ class UploadBody:
             raise RequestError(
                 413, "too_large", f"body exceeds server.max_body_bytes ({self.limit})"
             )
-        if type(chunk) is not bytes:  # kept as it is: no buffer the reader may reuse
-            chunk = bytes(chunk)
         # Slices of at most a read's size: none holds the event loop for long.
         self._sha.update(chunk)
         if self._file is None and self._memory.take(len(chunk)):
             self._in_memory += len(chunk)
-            self._chunks.append(chunk)
+            self._buf += chunk
             return
         if not self._spool.take(len(chunk) + self._in_memory):
             raise RequestError(
@@ -177,9 +175,8 @@ class UploadBody:
         # grew the process by more than the budget saved, in a burst of 1,000 uploads).
         if self._file is None:
             self._file = self._open()
-            for held in self._chunks:
-                self._file.write(held)
-            self._chunks = []
+            self._file.write(self._buf)
+            self._buf = bytearray()
             self._memory.give(self._in_memory)
             self._in_memory = 0
         self._file.write(chunk)
@@ -190,8 +187,9 @@ class UploadBody:
     async def data(self) -> bytes:
         """The whole body in memory (a spooled one is read back and counted again)."""
         if self._file is None:
-            chunks, self._chunks = self._chunks, []
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            data = bytes(self._buf)
+            self._buf = bytearray()
+            return data
         self._memory.force(self.size)
         self._in_memory += self.size
         self._file.seek(0)
@@ -199,7 +197,7 @@ class UploadBody:
 
     def close(self) -> None:
         """Give back what this body holds; safe to call more than once."""
-        self._chunks = []
+        self._buf = bytearray()
         self._memory.give(self._in_memory)
         self._in_memory = 0
         self._spool.give(self._on_disk)
