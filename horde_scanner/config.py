@@ -143,6 +143,14 @@ class MediaSettings(Section):
     max_decode_s: float = Field(5.0, gt=0)
     # Frames this close (difference hash bits of 64, and mean colour) count as one.
     near_duplicate_bits: int = Field(4, ge=0, le=32)
+    decode_memory_bytes: int = Field(
+        320 << 20,
+        ge=64 << 20,
+        description=(
+            "Bytes all decodes of this process may hold at once (estimated from each file's "
+            "header); a decode that does not fit waits, one that never could is unreadable"
+        ),
+    )
 
     def limits(self, **override: Any) -> DecodeLimits:
         """The decoder's limits: every field of this section (DecodeLimits has the same names),

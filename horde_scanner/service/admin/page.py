@@ -21,7 +21,12 @@ from aiohttp import web
 from PIL import Image, ImageFilter
 
 from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
-from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, prepare
+from horde_scanner.media.decode import (
+    DecodeLimits,
+    PreparedImage,
+    UnreadableMedia,
+    prepare_within,
+)
 from horde_scanner.review import view
 from horde_scanner.review.decisions import ReviewError
 from horde_scanner.review.evidence import DECISION_EVENTS
@@ -422,13 +427,13 @@ async def preview(request: web.Request) -> web.Response:
     if data is None:
         raise RequestError(404, "not_in_quarantine", "previews exist only for quarantined items")
     settings = svc.settings.admin
+    # Every decode limit of [media] holds here too, and the memory budget: a held file is
+    # untrusted bytes.
+    limits = svc.settings.media.limits(backend_max_side=settings.preview_max_side)
     try:
+        prepared = await prepare_within(data, limits, svc.judge.memory)
         jpeg = await asyncio.to_thread(
-            render_preview,
-            data,
-            # Every decode limit of [media] holds here too: a held file is untrusted bytes.
-            svc.settings.media.limits(backend_max_side=settings.preview_max_side),
-            settings.preview_blur_radius,
+            render_preview, prepared, limits, settings.preview_blur_radius
         )
     except UnreadableMedia as exc:
         raise RequestError(422, "unreadable", exc.reason) from None
@@ -436,10 +441,9 @@ async def preview(request: web.Request) -> web.Response:
     return web.Response(body=jpeg, content_type="image/jpeg", headers=_HEADERS)
 
 
-def render_preview(data: bytes, limits: DecodeLimits, blur_radius: float) -> bytes:
+def render_preview(prepared: PreparedImage, limits: DecodeLimits, blur_radius: float) -> bytes:
     """Small, greyscale, blurred JPEG of the first frame. Blocking: run in a thread."""
     max_side = limits.backend_max_side
-    prepared = prepare(data, limits)
     image: Image.Image = prepared.image.convert("L")
     image.thumbnail((max_side, max_side))
     image = image.filter(ImageFilter.GaussianBlur(blur_radius))
