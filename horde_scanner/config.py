@@ -95,6 +95,49 @@ class ServerSettings(Section):
     upload_memory_bytes: int = Field(64 * 1024 * 1024, gt=0)
     upload_spool_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
     upload_spool_dir: Path | None = None
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "A request's line and headers must arrive within this (from the connection, or "
+            "from its first byte on a kept-alive one); else 408 and the connection closes"
+        ),
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Bodies of every route but the scan route must arrive whole within this; else 408"
+        ),
+    )
+    form_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest body of a form or JSON route (admin login and actions, admin API); "
+            "chunked or not; larger is 413"
+        ),
+    )
+    worker_answer_max_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest body of a worker's answer (POST /api/v1/pop), chunked or not",
+    )
+    auth_max_failures: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Wrong client ids, worker keys, publish or metrics tokens one client may send "
+            "within auth_failure_window_s before it waits (429); each kind counted apart"
+        ),
+    )
+    auth_failure_window_s: float = Field(
+        300.0, gt=0, description="The window auth_max_failures counts failures in (seconds)"
+    )
 
     @field_validator("clients")
     @classmethod

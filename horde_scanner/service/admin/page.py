@@ -135,7 +135,13 @@ async def _checked_post(request: web.Request) -> tuple[Session, Any]:
 
 
 def _safe_next(value: str | None) -> str:
-    if value and value.startswith("/admin") and not value.startswith("//"):
+    """Only our own pages, and nothing that could end a header (CR, LF, other controls)."""
+    if (
+        value
+        and value.startswith("/admin")
+        and not value.startswith("//")
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value)
+    ):
         return value
     return "/admin"
 
