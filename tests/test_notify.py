@@ -91,7 +91,7 @@ def test_templates_are_data_for_matrix_discord_slack_and_plain_json():
     )
     assert "&lt;soon&gt;" in matrix["html"] and matrix["username"] == "horde-scanner"
     assert render(templates["slack"], event) == {
-        "text": "horde-scanner: backend \u201chorde\u201d is DOWN: \u201cmaintenance &lt;soon&gt;\u201d"
+        "text": down + "\u201cmaintenance &lt;soon&gt;\u201d"
     }
     assert render(templates["discord"], event)["content"] == (
         "horde-scanner: backend \u201chorde\u201d is DOWN: \u201cmaintenance \\<soon\\>\u201d"
