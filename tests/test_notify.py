@@ -85,16 +85,14 @@ def test_templates_are_data_for_matrix_discord_slack_and_plain_json():
     assert render(templates["json"], event) == event
     matrix = render(templates["matrix"], event)
     # Text from outside (here the upstream's own words) is quoted, and escaped per target.
-    assert (
-        matrix["text"]
-        == "horde-scanner: backend \u201chorde\u201d is DOWN: \u201cmaintenance <soon>\u201d"
-    )
+    down = "horde-scanner: backend \u201chorde\u201d is DOWN: "
+    assert matrix["text"] == down + "\u201cmaintenance <soon>\u201d"
     assert "&lt;soon&gt;" in matrix["html"] and matrix["username"] == "horde-scanner"
     assert render(templates["slack"], event) == {
         "text": down + "\u201cmaintenance &lt;soon&gt;\u201d"
     }
     assert render(templates["discord"], event)["content"] == (
-        "horde-scanner: backend \u201chorde\u201d is DOWN: \u201cmaintenance \\<soon\\>\u201d"
+        down + "\u201cmaintenance \\<soon\\>\u201d"
     )
 
 
