@@ -198,11 +198,12 @@ _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16
 # What reducing one frame costs beyond the frame itself: a few bands of rows in RGB(A), the
 # reduced copy and its bilinear result, PDQ and the sample's signature.
 _WORK_BYTES = 24 << 20
-# Full-size buffers an animation holds while it is walked: the composed frame, the previous
-# one (disposal) and the format's own canvas (libwebp's, or a GIF/APNG frame being pasted).
-_ANIMATION_COPIES = 3
-# A WebP still goes through libwebp's decoder too: its canvas, the bytes handed over, the frame.
-_WEBP_COPIES = 3
+# Bytes per pixel of the frame size that walking an animation holds, measured with Pillow:
+# the composed frame, the previous one (disposal) and the frame being pasted (APNG); GIF adds
+# its palette frame; libwebp's animation decoder keeps its own canvas and previous canvas
+# beside the bytes handed over and Pillow's frame (a WebP still goes through it too).
+_ANIMATION_BYTES = {"PNG": 12, "GIF": 16}
+_WEBP_BYTES = 18
 
 
 def decode_cost(data: bytes, limits: DecodeLimits) -> int:
@@ -225,10 +226,10 @@ def decode_cost(data: bytes, limits: DecodeLimits) -> int:
             animated = bool(getattr(img, "is_animated", False))
             per_pixel = _PIXEL_BYTES.get(img.mode, 4)
             extra = 0
-            if animated:
-                per_pixel = 4 * _ANIMATION_COPIES
-            elif img.format == "WEBP":
-                per_pixel = 4 * _WEBP_COPIES
+            if img.format == "WEBP":
+                per_pixel = _WEBP_BYTES
+            elif animated:
+                per_pixel = _ANIMATION_BYTES.get(str(img.format), _WEBP_BYTES)
             elif img.format == "JPEG":
                 extra = _jpeg_coefficients(img)
                 img.draft("RGB", (limits.backend_max_side, limits.backend_max_side))
