@@ -3,6 +3,7 @@ each backend kind, this tree against the previous release in the same run; and c
 throughput against the previous release, interleaved.
 
 Run: .venv/bin/python -m bench.hostile [--kinds horde,prescreen,workers] [--no-baseline]
+     (--kinds '' runs only the cache-hit comparison)
      [--baseline-commit 3579f71] [--hits-seconds 5] [--hits-rounds 3]
 
 Each run starts the service as a `horde-scanner serve` process on default settings (only the
@@ -324,8 +325,10 @@ async def cache_hits(tree: Path, seconds: float, rounds: int) -> None:
                                 break
                             await asyncio.sleep(0.5)
                 rates: dict[str, list[float]] = {"this tree": [], BASELINE: []}
-                for _ in range(rounds):
-                    for name, svc in (("this tree", new), (BASELINE, old)):
+                pair = [("this tree", new), (BASELINE, old)]
+                for i in range(rounds):
+                    # Each goes first in every other round: the machine's load drifts.
+                    for name, svc in pair if i % 2 == 0 else pair[::-1]:
                         rates[name].append(await closed_loop(svc.scan_url(), images, 32, seconds))
             finally:
                 new.terminate(60)
@@ -345,6 +348,10 @@ async def cache_hits(tree: Path, seconds: float, rounds: int) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     tree = None if args.no_baseline else baseline_tree(args.baseline_commit)
+    if not args.kinds:
+        if tree is not None:
+            await cache_hits(tree, args.hits_seconds, args.hits_rounds)
+        return
     print("making the files...", flush=True)
     files = bombs()
     sizes = sorted({len(d) // 1024 for d in files.values()})
@@ -353,7 +360,7 @@ async def main(args: argparse.Namespace) -> None:
         f"\n{'backend':<10} {'release':<10} {'idle':>7} {'peak RSS':>9} {'judged':>7} "
         f"{'max answer':>10}  logins (20 x 5 MiB) / worker answers (5 x 4 MB chunked) / slow heads"
     )
-    for kind in args.kinds.split(","):
+    for kind in [k for k in args.kinds.split(",") if k]:
         releases: list[tuple[str, Path | None]] = [("this tree", None)]
         if tree is not None:
             releases.append((args.baseline_commit, tree))
@@ -377,6 +384,6 @@ if __name__ == "__main__":
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--baseline-commit", default=BASELINE)
     parser.add_argument("--hits-seconds", type=float, default=5.0)
-    parser.add_argument("--hits-rounds", type=int, default=3)
+    parser.add_argument("--hits-rounds", type=int, default=6)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     asyncio.run(main(parser.parse_args()))

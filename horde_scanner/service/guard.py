@@ -101,10 +101,10 @@ def _client(request: web.Request) -> str:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     gate = request.app[GUARD]
     kind = _kind(request)
-    client = _client(request)
     if kind is not None:
         throttle = gate.throttle(request, kind)
-        if not throttle.allowed(client):
+        # (No failure anywhere, as on a busy scan route: no client address to work out.)
+        if throttle.any_failures and not throttle.allowed(_client(request)):
             if SERVICES in request.app:
                 request.app[SERVICES].metrics.error("too_many_failures")
             raise RequestError(
@@ -118,10 +118,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except RequestError as exc:
-        if kind is not None and exc.status == 401 and exc.error in _WRONG:
-            # The admin API's bearer check counts its own failures (auth.py).
-            if kind != "admin token":
-                gate.throttle(request, kind).failed(client)
+        # The admin token's failures are counted where it is compared (admin/auth.py, the
+        # login form); the others' here, from the handlers' own answers.
+        if kind not in (None, "admin token") and exc.status == 401 and exc.error in _WRONG:
+            gate.throttle(request, kind).failed(_client(request))
         raise
     except web.HTTPException as exc:
         _check_headers(request, exc)
@@ -172,6 +172,8 @@ async def _read_whole(request: web.Request, limits: _Limits) -> None:
 
 
 def _check_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if not _CONTROL.search("".join(response.headers.values())):
+        return
     for name, value in response.headers.items():
         if _CONTROL.search(value):
             log.warning(

@@ -22,6 +22,10 @@ class FailureThrottle:
         self.window_s = window_s
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
+    @property
+    def any_failures(self) -> bool:
+        return bool(self._failures)
+
     def allowed(self, client: str) -> bool:
         recent = self._failures.get(client)
         if not recent:
