@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import replace
 
@@ -318,8 +319,8 @@ def _fitted(width: int, height: int, side: int) -> tuple[int, int]:
     aspect = width / height
     x, y = side, side
 
-    def round_aspect(number: float, key: object) -> int:
-        return max(min(int(number), int(number) + 1, key=key), 1)  # type: ignore[arg-type]
+    def round_aspect(number: float, key: Callable[[int], float]) -> int:
+        return max(min(int(number), int(number) + 1, key=key), 1)
 
     if x / y >= aspect:
         x = round_aspect(y * aspect, key=lambda n: abs(aspect - n / y))
