@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import aiohttp
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
-from horde_scanner.config import MediaSettings
 from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import (
     DecodeLimits,
@@ -80,7 +79,7 @@ class Worker:
         self._phrases_lock = asyncio.Lock()
         self._decode = ThreadPoolExecutor(max_workers=2, thread_name_prefix="worker-decode")
         # What the service sends is untrusted bytes too: the same decode budget as the service.
-        self.memory = memory or DecodeMemory(MediaSettings().decode_memory_bytes)
+        self.memory = memory or DecodeMemory(self.limits.decode_memory_bytes)
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
         stop = stop or asyncio.Event()

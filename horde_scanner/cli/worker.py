@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from horde_scanner.cli.common import run, settings_of
-from horde_scanner.media.memory import DecodeMemory
 
 
 @click.command()
@@ -93,7 +92,6 @@ def worker(
                 poll_wait_s=poll_wait,
                 limits=settings.media.limits(),
                 policy=policy,
-                memory=DecodeMemory(settings.media.decode_memory_bytes),
             )
         except plugins.WorkerStopped as exc:
             raise click.ClickException(str(exc)) from None

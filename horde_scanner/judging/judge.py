@@ -27,7 +27,7 @@ from horde_scanner.backends.base import (
     judge_image,
 )
 from horde_scanner.backends.recovery import RecoveryWatch
-from horde_scanner.config import MediaSettings, Settings
+from horde_scanner.config import Settings
 from horde_scanner.hashlists.index import Hit
 from horde_scanner.hashlists.matcher import HashMatcher, denies, is_match
 from horde_scanner.judging.jobs import FinishedHook, JobRunner
@@ -121,7 +121,7 @@ class Judge:
     ) -> None:
         self.store = store
         # Every decode holds its estimated bytes from this budget (shared by the process).
-        self.memory = memory or DecodeMemory(MediaSettings().decode_memory_bytes)
+        self.memory = memory or DecodeMemory(limits.decode_memory_bytes)
         self.policy = policy
         self.backend = backend
         self._executor = executor

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import replace
+from types import ModuleType
 
 from PIL import Image, UnidentifiedImageError
 
@@ -161,9 +162,7 @@ def decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     if media_type is None:
         raise UnreadableMedia("not a known image or video type (magic bytes)")
     if media_type in VIDEO_TYPES:
-        from horde_scanner.media.video import decode_video  # PyAV only when a video comes
-
-        return decode_video(data, media_type, limits)
+        return _video().decode_video(data, media_type, limits)
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; Pillow's warning would only be noise.
@@ -207,6 +206,12 @@ _ANIMATION_BYTES = {"PNG": 12, "GIF": 16}
 _WEBP_BYTES = 18
 
 
+def _video() -> ModuleType:
+    from horde_scanner.media import video  # PyAV only when a video comes
+
+    return video
+
+
 def decode_cost(data: bytes, limits: DecodeLimits) -> int:
     """About how many bytes decoding `data` holds at its peak, from the header alone (cheap:
     nothing is decompressed). Raises UnreadableMedia where `decode` would refuse at once.
@@ -215,9 +220,7 @@ def decode_cost(data: bytes, limits: DecodeLimits) -> int:
     if media_type is None:
         raise UnreadableMedia("not a known image or video type (magic bytes)")
     if media_type in VIDEO_TYPES:
-        from horde_scanner.media.video import video_cost
-
-        return video_cost(data, media_type, limits)
+        return _video().video_cost(data, media_type, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
