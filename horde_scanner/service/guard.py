@@ -25,6 +25,7 @@ from aiohttp.streams import StreamReader
 
 from horde_scanner.config import ServerSettings
 from horde_scanner.service.admin.auth import ADMIN, client_key
+from horde_scanner.service.admin.page import locked_out
 from horde_scanner.service.context import SERVICES
 from horde_scanner.service.errors import Handler, RequestError
 from horde_scanner.service.throttle import FailureThrottle
@@ -107,6 +108,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if throttle.any_failures and not throttle.allowed(_client(request)):
             if SERVICES in request.app:
                 request.app[SERVICES].metrics.error("too_many_failures")
+            if request.path == "/admin/login":
+                return locked_out()  # a person at a browser: the page, not JSON
             raise RequestError(
                 429,
                 "too_many_failures",

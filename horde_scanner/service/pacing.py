@@ -42,8 +42,12 @@ class PacedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != count:
             self._stop_head_clock()  # a head is complete
-        elif not self._request_in_progress and not self._messages:
+        elif not self._busy() and not self._messages:
             self._start_head_clock()  # bytes of a next request's head
+
+    def _busy(self) -> bool:
+        """A handler is running (its body's bytes are not a next request's head)."""
+        return bool(getattr(self, "_request_in_progress", False))
 
     def _start_head_clock(self) -> None:
         if self._head_timer is None:
@@ -58,7 +62,7 @@ class PacedHandler(RequestHandler):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         transport = self.transport
-        if self._request_in_progress or self._messages or transport is None:
+        if self._busy() or self._messages or transport is None:
             return
         if transport.is_closing():
             return

@@ -160,6 +160,13 @@ def _login_body(next_url: str, error: str = "") -> str:
     )
 
 
+def locked_out() -> web.Response:
+    """The sign-in page for a client that failed too often (answered before its form is read,
+    so it goes back to the queue page once signed in)."""
+    body = _login_body("/admin", "Too many failed attempts; wait a few minutes.")
+    return _page("Sign in", body, status=429)
+
+
 async def login_form(request: web.Request) -> web.Response:
     gate = _gate(request)
     next_url = _safe_next(request.query.get("next"))
