@@ -80,7 +80,12 @@ async def _unjudged(
         declared if declared is not None else "?",
         time.monotonic() - started,
     )
-    await svc.store.audit(
+    # Bounded like the other answers' audit rows: a flush behind a burst's job writes must
+    # not carry the answer past the deadline (the row is still written).
+    deadline = started + svc.settings.validation.deadline_s - _RESPONSE_MARGIN_S / 2
+    await _audit_by(
+        svc,
+        deadline,
         "unjudged",
         action=reason,
         source=source,
