@@ -178,3 +178,17 @@ def test_config_check_starts_nothing_even_with_a_broken_environment(tmp_path: Pa
     assert "did you mean HORDE_SCANNER_SERVER__PORT" in proc.stderr
     missing = _run("config", "check", str(tmp_path / "nope.toml"), cwd=tmp_path)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "page", sorted(p.name for p in (ROOT / "docs").glob("*.md") if "```toml" in p.read_text())
+)
+def test_every_toml_example_in_the_docs_is_a_valid_configuration(page: str, tmp_path: Path):
+    import re
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+    for number, block in enumerate(blocks):
+        toml = tmp_path / f"example{number}.toml"
+        toml.write_text(block)
+        proc = _run("config", "check", str(toml), cwd=tmp_path)
+        assert proc.returncode == 0, f"{page}, TOML example {number + 1}: {proc.stderr}"
