@@ -51,6 +51,11 @@ docs-build: install-test
 config-reference: install
 	$(BIN)/horde-scanner config reference -o docs/reference/configuration.md
 
+# The docs' pictures (docs/images/): the review page, the policy dry run and the dashboard,
+# taken by the suite's Chromium (and a real Prometheus); never edited by hand.
+screenshots: install-test system-deps
+	$(BIN)/python -m tests.screenshots docs/images
+
 bench: install-test
 	$(BIN)/python -m bench.validate
 

@@ -65,7 +65,8 @@ async def test_sqlite_online_backup_while_the_service_answers(tmp_path: Path, ht
         await uploading
     # The backup holds every verdict written before it began, read by horde-scanner itself.
     assert {sha256_hex(d) for d in uploads} <= _listed(str(backup), tmp_path)
-    check = subprocess.run(
+    check = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", f"import sqlite3; print(sqlite3.connect('{backup}')"
          ".execute('PRAGMA integrity_check').fetchone()[0])"],
         capture_output=True, text=True, check=True,
@@ -90,11 +91,10 @@ async def test_pg_dump_and_restore_of_a_postgresql_store(
         for data in uploads:
             assert (await validate_upload(http, svc.scan_url(), data, "image/jpeg")).status
         # Taken while the service runs, as the page says.
-        subprocess.run([find_bin("pg_dump"), *conn, "-Fc", database, "-f", str(dump)],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
+        dump_cmd = [find_bin("pg_dump"), *conn, "-Fc", database, "-f", str(dump)]
+        await asyncio.to_thread(subprocess.run, dump_cmd, check=True, capture_output=True)
     restored = pg_server.new_database()
-    subprocess.run(
-        [find_bin("pg_restore"), *conn, "-d", restored.rsplit("/", 1)[1], "--no-owner", str(dump)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    restore_cmd = [find_bin("pg_restore"), *conn, "-d", restored.rsplit("/", 1)[1], "--no-owner",
+                   str(dump)]  # fmt: skip
+    await asyncio.to_thread(subprocess.run, restore_cmd, check=True, capture_output=True)
     assert {sha256_hex(d) for d in uploads} <= _listed(restored, tmp_path)
