@@ -68,3 +68,39 @@ def test_every_picture_the_docs_show_is_there():
             shown.append(target)
             assert (page.parent / target).is_file(), f"{page.relative_to(ROOT)}: {target}"
     assert shown
+
+
+def test_make_docs_serves_the_site_on_loopback(tmp_path: Path):
+    """`make docs` runs `mkdocs serve -a 127.0.0.1:8000`; the same command on a free port."""
+    import time
+    import urllib.request
+
+    from horde_scanner.testing.net import free_port
+
+    recipe = (ROOT / "Makefile").read_text().split("\ndocs:", 1)[1].split("\n\n", 1)[0]
+    assert "mkdocs serve -a 127.0.0.1:8000" in recipe
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mkdocs", "serve", "--no-livereload", "-a", f"127.0.0.1:{port}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+                    page = resp.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mkdocs serve did not answer"
+                assert proc.poll() is None, "mkdocs serve exited"
+                time.sleep(0.5)
+        assert "<title>horde-scanner</title>" in page
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/reference/configuration/", timeout=10
+        ) as resp:
+            assert "HORDE_SCANNER_VALIDATION__ON_TIMEOUT" in resp.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
