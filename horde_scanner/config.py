@@ -1013,8 +1013,11 @@ class NotifySettings(Section):
     """Webhook notifications of new positives and backend down/up."""
 
     # Webhook for new positives and backend down/up; unset: no notifications.
+    # Masked by `config show`: Discord's and Slack's webhook URLs carry their token.
     webhook_url: str | None = Field(
-        None, description="Webhook for new positives and backend down/up; unset: no notifications."
+        None,
+        description="Webhook for new positives and backend down/up; unset: no notifications.",
+        json_schema_extra={"secret": True},
     )
     # Payload template (horde_scanner/data/webhook_templates.toml): json, matrix, discord, slack.
     template: str = Field(

@@ -355,7 +355,7 @@ def _render_option(opt: Option) -> list[str]:
     name = opt.path[-1]
     lines.append(f"- TOML: `{name}` in `{opt.table}`" if opt.table else f"- TOML: `{name}`")
     if opt.secret:
-        lines.append("- secret: never logged; `config show` masks it")
+        lines.append("- secret: `config show` masks it")
     lines.append("")
     return lines
 

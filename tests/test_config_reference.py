@@ -103,12 +103,13 @@ def test_config_show_says_where_each_value_came_from_and_masks_secrets(tmp_path:
     env = {
         "HORDE_SCANNER_HORDE__API_KEY": "horde-key-secret",
         "HORDE_SCANNER_SERVER__CLIENTS": '{"lemmy": "client-id-secret"}',
+        "HORDE_SCANNER_NOTIFY__WEBHOOK_URL": "https://discord.example/api/webhooks/1/hook-token",
     }
     proc = _run("--config", str(toml), "config", "show", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     secrets = ("horde-key-secret", "client-id-secret", "db-password-1", "publish-token-secret",
-               "subscription-token-secret")  # fmt: skip
+               "subscription-token-secret", "hook-token")  # fmt: skip
     for secret in secrets:
         assert secret not in out
     assert '"name" = "friend"' in out and '"token" = "********"' in out
