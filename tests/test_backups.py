@@ -79,7 +79,8 @@ async def test_pg_dump_and_restore_of_a_postgresql_store(
 ):
     dump_line = _documented(r"pg_dump ")
     restore_line = _documented(r"pg_restore ")
-    assert "-Fc" in dump_line and "--no-owner" in restore_line
+    assert "exec -T" in dump_line and "-Fc" in dump_line  # a binary dump through a pipe
+    assert "exec -T" in restore_line and "--no-owner" in restore_line
     settings = make_settings(
         tmp_path / "unused.db", "http://127.0.0.1:9/api", store={"url": pg_url}
     )
