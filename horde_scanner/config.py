@@ -479,6 +479,88 @@ class NotifySettings(Section):
     admin_url: str | None = None
 
 
+class LemmyAction(StrEnum):
+    """What may be done through Lemmy's API about a positive image (moderation/actions.py)."""
+
+    REMOVE = "remove"  # remove the posts and comments that use the image (soft, reversible)
+    PURGE = "purge"  # purge those posts and comments (gone from Lemmy's database)
+    BAN = "ban"  # ban the uploader from the site, removing their content
+    DELETE_IMAGE = "delete_image"  # delete the image through Lemmy
+    REPORT = "report"  # report the posts to their communities' moderators
+
+
+class LemmySettings(Section):
+    """Lemmy's database (read-only: who uploaded a positive, where it is used) and, for admin
+    actions only, Lemmy's HTTP API with an admin account. Unset: both are off."""
+
+    database_url: SecretStr | None = Field(
+        None,
+        description="read-only PostgreSQL URL of Lemmy's database (a role granted only the "
+        "columns provenance reads); unset: provenance is off",
+    )
+    hostname: str | None = Field(
+        None,
+        description="Lemmy's own host name as in its image links; unset: read from Lemmy's "
+        "database (local_site)",
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="seconds to connect to Lemmy's database"
+    )
+    query_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="statement_timeout of each provenance query"
+    )
+    retry_s: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="seconds between tries while Lemmy's database is unreachable",
+    )
+    usage_window_days: float | None = Field(
+        90.0,
+        gt=0,
+        description="comments, post bodies and messages are searched for the image from its "
+        "upload (or first sighting) to this many days after; unset: all of them",
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Lemmy's URL for admin actions, e.g. https://lemmy.example; unset: no actions",
+    )
+    username: str | None = Field(None, description="admin account that actions log in as")
+    password: SecretStr | None = Field(
+        None, description="that account's password (or password_file)"
+    )
+    password_file: Path | None = Field(
+        None, description="file holding that account's password (read at each login)"
+    )
+    totp_2fa_token_file: Path | None = Field(
+        None, description="file holding the account's current TOTP code, when 2FA is on"
+    )
+    api_version: Literal["auto", "0.18", "0.19", "1.0"] = Field(
+        "auto",
+        description="API form used for actions; auto: from the database schema, else 0.19",
+    )
+    api_timeout_s: float = Field(15.0, gt=0, le=300, description="seconds per Lemmy API call")
+    reason: str = Field(
+        "Confirmed positive image (horde-scanner)",
+        max_length=1000,
+        description="reason sent with removals, purges, bans and reports",
+    )
+    auto_actions: list[LemmyAction] = Field(
+        default_factory=list,
+        description="actions applied without asking to admin-confirmed positives and deny-list "
+        "matches only (never to a machine verdict); empty: none",
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> LemmySettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set lemmy.password or lemmy.password_file, not both")
+        if self.auto_actions and not self.url:
+            raise ValueError("lemmy.auto_actions needs lemmy.url and an admin account")
+        return self
+
+
 class MetricsSettings(Section):
     enabled: bool = True
     # Optional bearer token for /metrics (unset: open, like most exporters; bind to loopback).
@@ -510,6 +592,7 @@ class Settings(BaseSettings):
     quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    lemmy: LemmySettings = Field(default_factory=LemmySettings)
     log_level: str = "INFO"
 
     @classmethod

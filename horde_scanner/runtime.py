@@ -41,6 +41,7 @@ from horde_scanner.integrations.pictrs import PictrsClient
 from horde_scanner.judging.jobs import FinishedHook
 from horde_scanner.judging.judge import Judge, build_judge
 from horde_scanner.judging.policy import Policy
+from horde_scanner.moderation.provenance import ProvenanceResolver
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.store.jobs import Job
@@ -86,6 +87,7 @@ class Runtime:
         self._watcher: ReadinessWatcher | None = None
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
+        self._provenance: ProvenanceResolver | None = None
 
     def on_close(self, close: Callable[[], Awaitable[object]]) -> None:
         """Stop something the caller built itself (a plug-in's backend) with the rest."""
@@ -265,6 +267,22 @@ class Runtime:
             self._stack.push_async_callback(subscriber.stop)
             self._subscriber = subscriber
         return self._subscriber
+
+    async def provenance(self) -> ProvenanceResolver:
+        """Who uploaded stored positives and where Lemmy uses them (lemmy.database_url); the
+        service resolves in the background, a CLI command asks once."""
+        if self._provenance is None:
+            resolver = ProvenanceResolver(
+                await self.store(),
+                self.settings.lemmy,
+                await self.pictrs(),
+                await self.notifier() if self._service else None,
+            )
+            if self._service:
+                await resolver.start()
+            self._stack.push_async_callback(resolver.stop)
+            self._provenance = resolver
+        return self._provenance
 
 
 @asynccontextmanager
