@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from horde_scanner.config import LemmySettings
@@ -67,6 +68,8 @@ class ProvenanceResolver:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.resolved = 0
+        # Called with the sha256 of each image resolved (lemmy.auto_actions).
+        self.on_resolved: Callable[[str], Awaitable[object]] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -210,6 +213,11 @@ class ProvenanceResolver:
         self.resolved += 1
         if self._notifier is not None:
             self._notifier.notify(notification(row.sha256, record))
+        if self.on_resolved is not None:
+            try:
+                await self.on_resolved(row.sha256)
+            except Exception:  # an action's failure is recorded there; never stop the loop
+                log.exception("automatic Lemmy actions for %s failed", row.sha256[:12])
         return True
 
 

@@ -26,6 +26,7 @@ from horde_scanner.integrations.metrics import Metrics
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher
 from horde_scanner.judging.judge import Judge
 from horde_scanner.judging.policy import Policy
+from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
@@ -73,6 +74,8 @@ class Services:
     workers: WorkerPool | None = None
     # Provenance of stored positives from Lemmy's database (off when lemmy.database_url is unset).
     provenance: ProvenanceResolver | None = None
+    # Admin actions through Lemmy's API (off when lemmy.url is unset).
+    moderator: Moderator | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -121,4 +124,5 @@ async def open_services(
             upload_spool=ByteBudget(settings.server.upload_spool_bytes),
             workers=await rt.pool(),
             provenance=await rt.provenance(),
+            moderator=await rt.moderator(),
         )
