@@ -22,10 +22,12 @@ from PIL import Image, ImageFilter
 
 from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
 from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, prepare
+from horde_scanner.moderation.actions import ActionError
 from horde_scanner.review import view
 from horde_scanner.review.decisions import ReviewError
 from horde_scanner.review.evidence import DECISION_EVENTS
 from horde_scanner.service.admin import api as admin_api
+from horde_scanner.service.admin import lemmy_page
 from horde_scanner.service.admin.auth import (
     ADMIN,
     AdminGate,
@@ -360,8 +362,11 @@ async def item_page(request: web.Request) -> web.Response:
         )
         or "<li>never quarantined</li>"
     )
+    lemmy = lemmy_page.provenance_html(
+        svc, session, sha, record["provenance"]
+    ) + lemmy_page.actions_html(svc, session, sha, record["provenance"], record["lemmy_actions"])
     body = (
-        f"{banner}{listed}{card}{rejudge}<h2>Quarantine</h2><ul>{quarantine}</ul>"
+        f"{banner}{listed}{card}{rejudge}{lemmy}<h2>Quarantine</h2><ul>{quarantine}</ul>"
         '<h2>Audit trail</h2><table class="audit"><thead><tr><th>#</th><th>when</th>'
         "<th>event</th><th>label</th><th>action</th><th>by</th><th>detail</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
@@ -385,13 +390,22 @@ async def decide(request: web.Request) -> web.Response:
             await svc.review.allow(sha, by=session.actor, note=note)
         elif action == "confirm":
             await svc.review.confirm(sha, by=session.actor, note=note)
+            await admin_api.after_confirm(svc, sha)
+        elif action == "provenance":
+            await _refresh_provenance(svc, sha)
+            raise web.HTTPSeeOther(f"/admin/item/{sha}#provenance")
+        elif action == "lemmy":
+            page = await lemmy_page.lemmy_form(svc, session, sha, form)
+            if page is not None:
+                return _page(page[0], page[1], session)
+            raise web.HTTPSeeOther(f"/admin/item/{sha}#lemmy-actions")
         elif action == "rejudge":
             await svc.review.rejudge(
                 sha, by=session.actor, mode=str(form.get("mode") or "policy"), wait_s=30.0
             )
         else:
             raise RequestError(404, "not_found", f"no action {action!r}")
-    except ReviewError as exc:
+    except (ReviewError, ActionError) as exc:
         return _page(
             "Could not do that",
             f'<p class="error">{_e(exc.detail)}</p><p><a href="/admin/item/{sha}">Back</a></p>',
@@ -399,6 +413,30 @@ async def decide(request: web.Request) -> web.Response:
             status=exc.status,
         )
     raise web.HTTPSeeOther(f"/admin/item/{sha}#decision")
+
+
+async def _refresh_provenance(svc: Services, sha: str) -> None:
+    if not await svc.store.refresh_provenance(sha):
+        stored = await svc.store.get_verdict(sha)
+        await svc.store.want_provenance(sha, "admin", seen_at=stored.first_seen if stored else None)
+    if svc.provenance is not None:
+        svc.provenance.wake()
+
+
+async def lemmy_retry(request: web.Request) -> web.Response:
+    session, _ = await _checked_post(request)
+    svc: Services = request.app[SERVICES]
+    sha = admin_api.sha_param(request)
+    try:
+        await lemmy_page.retry(svc, session, request.match_info["id"])
+    except ActionError as exc:
+        return _page(
+            "Could not do that",
+            f'<p class="error">{_e(exc.detail)}</p><p><a href="/admin/item/{sha}">Back</a></p>',
+            session,
+            status=exc.status,
+        )
+    raise web.HTTPSeeOther(f"/admin/item/{sha}#lemmy-actions")
 
 
 async def previews(request: web.Request) -> web.Response:
@@ -478,6 +516,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/admin/logout", logout)
     r.add_get("/admin/item/{sha256}", item_page)
     r.add_post("/admin/item/{sha256}/{action}", decide)
+    r.add_post("/admin/item/{sha256}/lemmy-retry/{id}", lemmy_retry)
     r.add_post("/admin/previews", previews)
     r.add_get("/admin/preview/{sha256}", preview)
     r.add_get("/admin/export", export)
