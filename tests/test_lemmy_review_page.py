@@ -33,9 +33,9 @@ API_OF = {"0.19.3": "0.19", "0.19.4": "0.19", "1.0": "1.0"}
 async def test_positives_show_who_and_where_and_ban_and_purge_from_the_page(
     tmp_path: Path,
     pg_url,
-    browser,
+    browser,  # noqa: F811 - pytest fixture
     http,
-    version,  # noqa: F811 - pytest fixture
+    version,
 ):
     await L.create_lemmy(pg_url, version)
     swept = images.jpeg("red", seed=71)  # bob's upload, found by a storage sweep
