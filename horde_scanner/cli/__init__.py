@@ -1,5 +1,5 @@
 """`horde-scanner`: the click entry point. Each command group lives in a module of its own
-(serve, check, verdicts, sweep, lists, hashes, policy, worker); this one holds the
+(serve, check, verdicts, sweep, lists, hashes, policy, worker, lemmy); this one holds the
 global options and puts the groups together."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from horde_scanner import __version__
 from horde_scanner.cli import check, lists, serve, sweep, verdicts, worker
 from horde_scanner.cli.hashes import hashes as hashes_group
+from horde_scanner.cli.lemmy import access_log_cmd, evidence
+from horde_scanner.cli.lemmy import lemmy as lemmy_group
 from horde_scanner.cli.policy import policy as policy_group
 from horde_scanner.cli.store import store as store_group
 from horde_scanner.config import ConfigError, StoreSettings, load_settings
@@ -69,6 +71,9 @@ main.add_command(hashes_group)
 main.add_command(policy_group)
 main.add_command(store_group)
 main.add_command(worker.worker)
+main.add_command(lemmy_group)
+main.add_command(evidence)
+main.add_command(access_log_cmd)
 
 
 if __name__ == "__main__":

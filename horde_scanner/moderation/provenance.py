@@ -152,6 +152,13 @@ class ProvenanceResolver:
                 break
         return True
 
+    async def resolve_one(self, row: Provenance) -> bool:
+        """Resolve this row now (the CLI's `lemmy provenance --now`); False when Lemmy's
+        database cannot be asked (`detail` says why)."""
+        if self.lemmy is None or not await self._ready():
+            return False
+        return await self.resolve(row)
+
     async def _postpone(self, row: Provenance, error: str) -> None:
         await self._store.settle_provenance(
             row.sha256,

@@ -80,6 +80,19 @@ class Provenance:
 
 
 @dataclass(frozen=True, slots=True)
+class RejectedUpload:
+    """An upload refused at validation, as the audit trail recorded it."""
+
+    received_at: float  # when its request began (answered_at less the time it took)
+    answered_at: float
+    sha256: str
+    client: str | None  # which pict-rs (the configured client's name)
+    label: str | None
+    size: int | None
+    media_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class LemmyActionRow:
     id: int
     sha256: str
@@ -211,6 +224,33 @@ class ProvenanceTables(Tables):
             (PENDING, now, now, sha256),
         )
         return bool(cur.rowcount)
+
+    async def resolved_provenance(self) -> list[Provenance]:
+        """Every resolved row (for the record an origin instance's admins get)."""
+        async with self._db.execute(
+            f"SELECT {_P_COLUMNS} FROM provenance WHERE state=? ORDER BY created_at", (RESOLVED,)
+        ) as cur:
+            return [_provenance(r) for r in await cur.fetchall()]
+
+    async def rejected_uploads(
+        self, since: float | None, until: float | None, limit: int
+    ) -> list[RejectedUpload]:
+        """Uploads answered "reject" at validation (audit `answered`/`reject`), oldest first,
+        with what was stored of their bytes: pict-rs deletes them, Lemmy records nothing."""
+        async with self._db.execute(
+            "SELECT a.ts, a.sha256, a.source, a.label, a.detail, v.size, v.media_type"
+            " FROM audit a LEFT JOIN verdicts v ON v.sha256 = a.sha256"
+            " WHERE a.event = 'answered' AND a.action = 'reject' AND a.ts >= ? AND a.ts <= ?"
+            " ORDER BY a.ts LIMIT ?",
+            (since or 0.0, until if until is not None else 1e18, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        out = []
+        for ts, sha, source, label, detail, size, media_type in rows:
+            info = json.loads(detail or "{}")
+            elapsed = float(info.get("elapsed_ms") or 0.0) / 1000
+            out.append(RejectedUpload(ts - elapsed, ts, sha, source, label, size, media_type))
+        return out
 
     # -- actions -------------------------------------------------------------------------------
 
