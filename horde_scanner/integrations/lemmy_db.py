@@ -315,6 +315,16 @@ class LemmyDb:
         self.schema = schema
         return schema
 
+    async def uploads(self, aliases: list[str]) -> list[dict[str, Any]]:
+        """The upload rows of these aliases: uploader, time, or "generated thumbnail"."""
+        if self.schema is None:
+            await self.check()
+        assert self.schema is not None
+        if self.schema.uploads is None:
+            return []
+        rows = await self._fetch(self._queries["uploads"], aliases)
+        return [self._upload(row) | {"_published": row[1]} for row in rows]
+
     async def lookup(self, aliases: list[str], seen_at: float | None) -> Lookup:
         """Uploads and usages of these aliases. `seen_at`: when the scanner first met the
         bytes (bounds the body scans when Lemmy recorded no upload time)."""
@@ -331,10 +341,10 @@ class LemmyDb:
         uploaded: list[datetime] = []
         recorded: set[str] = set()
         if schema.uploads is not None:
-            for row in await self._fetch(q["uploads"], aliases):
-                recorded.add(row[0])
-                uploaded.append(row[1])
-                found.uploads.append(self._upload(row))
+            for up in await self.uploads(aliases):
+                recorded.add(up["alias"])
+                uploaded.append(up.pop("_published"))
+                found.uploads.append(up)
         else:
             found.notes.append(
                 "Lemmy 0.18 records no uploads: the uploader cannot be read from its database"
