@@ -1131,6 +1131,17 @@ class LemmySettings(Section):
         ),
     )
 
+    @field_validator("database_url", "password")
+    @classmethod
+    def _empty_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty environment variable (a compose file's `${VAR:-}`) means "not set".
+        return None if value is not None and value.get_secret_value() == "" else value
+
+    @field_validator("url", "username", "hostname", mode="before")
+    @classmethod
+    def _empty_text_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _one_password(self) -> LemmySettings:
         if self.password is not None and self.password_file is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
@@ -172,3 +174,52 @@ async def test_access_log_lists_candidates_for_a_rejected_upload(tmp_path: Path,
     assert found["candidates"][0]["status"] == 400
     out = await cli(["access-log", str(tmp_path / "missing.log")], env)
     assert out.exit_code == 2 and "does not exist" in out.output
+
+
+async def test_the_documented_role_steps_make_a_role_that_reads_no_secrets(
+    tmp_path: Path, pg_server
+):
+    """docs/moderation.md: `horde-scanner lemmy role-sql > lemmy-readonly-role.sql`, then
+    `psql -U lemmy -d lemmy -v pw='...' -f lemmy-readonly-role.sql` as Lemmy's owner."""
+    import subprocess
+
+    from horde_scanner.testing.pg import find_bin
+
+    # The postgres image makes POSTGRES_USER (lemmy-ansible: lemmy) its superuser.
+    pg_server.psql("CREATE ROLE lemmy LOGIN SUPERUSER")
+    pg_server.psql("CREATE DATABASE lemmy OWNER lemmy")
+    try:
+        owner_url = f"postgresql://lemmy@127.0.0.1:{pg_server.port}/lemmy"
+        await L.create_lemmy(owner_url, "1.0")
+        env = _env(tmp_path / "s.db")
+        out = await cli(["lemmy", "role-sql"], env)
+        script = tmp_path / "lemmy-readonly-role.sql"
+        script.write_text(out.output)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [find_bin("psql"), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "lemmy",
+             "-d", "lemmy", "-v", "ON_ERROR_STOP=1", "-v", "pw=a long random password",
+             "-f", str(script)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        ro_url = (
+            "postgresql://horde_scanner_ro:a%20long%20random%20password"
+            f"@127.0.0.1:{pg_server.port}/lemmy"
+        )
+        out = await cli(["lemmy", "check"], _env(tmp_path / "s.db", database_url=ro_url))
+        assert out.exit_code == 0, out.output
+        assert "Lemmy 1.0 database" in out.output and "random" not in out.output
+        conn = await asyncpg.connect(ro_url)
+        try:
+            for secret in ("password_encrypted", "email", "totp_2fa_secret"):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.fetch(f"SELECT {secret} FROM local_user")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetch("SELECT private_key FROM person")
+        finally:
+            await conn.close()
+    finally:
+        pg_server.psql("DROP DATABASE IF EXISTS lemmy WITH (FORCE)")
+        pg_server.psql("DROP ROLE IF EXISTS horde_scanner_ro")
+        pg_server.psql("DROP ROLE IF EXISTS lemmy")

@@ -27,6 +27,16 @@ def _need_db(ctx: click.Context) -> None:
         raise click.ClickException("lemmy.database_url is not set (see the Lemmy docs page)")
 
 
+@lemmy.command("role-sql")
+def role_sql() -> None:
+    """Print the SQL that makes the read-only role provenance needs (run it with psql as
+    Lemmy's database owner, the password in psql's variable `pw`)."""
+    from importlib import resources
+
+    text = resources.files("horde_scanner.data").joinpath("lemmy_readonly_role.sql").read_text()
+    click.echo(text, nl=False)
+
+
 @lemmy.command("check")
 @click.pass_context
 def check(ctx: click.Context) -> None:

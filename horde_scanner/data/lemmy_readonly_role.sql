@@ -1,12 +1,13 @@
 -- A read-only role for horde-scanner's provenance (lemmy.database_url). Run it as Lemmy's
--- database owner (lemmy-ansible: user "lemmy"), e.g.
---   docker compose exec -T postgres psql -U lemmy -d lemmy -v pw="'a long random password'" -f - < this file
+-- database owner (lemmy-ansible: user "lemmy", database "lemmy"), the password in psql's
+-- variable pw:
+--   psql -U lemmy -d lemmy -v pw='a long random password' -f lemmy-readonly-role.sql
 -- It can read what provenance shows and nothing else: no password hashes, e-mail addresses,
 -- TOTP secrets, private keys or delete tokens (column grants: a table-wide SELECT would
 -- include them). It cannot write. Tables it is not granted (e.g. image_upload on 0.19.3, or
 -- local_image on 0.19.4+) are skipped below; `person`'s column list is the same on 0.19 and
 -- 1.0 except actor_id (0.19) / ap_id (1.0), so both are tried.
-CREATE ROLE horde_scanner_ro LOGIN PASSWORD :pw;
+CREATE ROLE horde_scanner_ro LOGIN PASSWORD :'pw';
 ALTER ROLE horde_scanner_ro SET default_transaction_read_only = on;
 GRANT CONNECT ON DATABASE lemmy TO horde_scanner_ro;
 GRANT USAGE ON SCHEMA public TO horde_scanner_ro;

@@ -74,5 +74,5 @@ def role_sql(password: str, *, database: str = "lemmy", role: str = "horde_scann
     where psql's `-v pw=...` would put it (and, for tests sharing one server, another database
     and role name)."""
     text = resources.files("horde_scanner.data").joinpath("lemmy_readonly_role.sql").read_text()
-    text = text.replace(":pw", "'" + password.replace("'", "''") + "'")
+    text = text.replace(":'pw'", "'" + password.replace("'", "''") + "'")
     return text.replace("DATABASE lemmy", f"DATABASE {database}").replace("horde_scanner_ro", role)
