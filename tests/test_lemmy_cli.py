@@ -223,3 +223,11 @@ async def test_the_documented_role_steps_make_a_role_that_reads_no_secrets(
         pg_server.psql("DROP DATABASE IF EXISTS lemmy WITH (FORCE)")
         pg_server.psql("DROP ROLE IF EXISTS horde_scanner_ro")
         pg_server.psql("DROP ROLE IF EXISTS lemmy")
+
+
+def test_the_docs_show_the_role_sql_that_runs():
+    from importlib import resources
+
+    text = resources.files("horde_scanner.data").joinpath("lemmy_readonly_role.sql").read_text()
+    page = (Path(__file__).resolve().parent.parent / "docs" / "moderation.md").read_text()
+    assert f"```sql\n{text}```" in page
