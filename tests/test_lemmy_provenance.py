@@ -290,3 +290,40 @@ async def test_service_wrong_password_uploads_unaffected_readyz_names_it(
         status, detail = await call(http, "GET", f"{svc.url}/api/v1/admin/verdicts/{SHA}")
         assert status == 200 and detail["provenance"]["state"] == "pending"
         assert TOKEN not in str(detail)
+
+
+async def test_usages_are_bounded_in_count_and_time(pg_url):
+    """At most MAX_USAGES of a kind are listed (and the cut is said); comments outside the
+    window after the upload are not searched."""
+    from horde_scanner.integrations.lemmy_db import MAX_USAGES
+
+    await L.create_lemmy(pg_url, "0.19.4")
+    conn = await asyncpg.connect(pg_url)
+    link = f"https://lemmy.local/pictrs/image/{L.UPLOAD_ALIAS}"
+    await conn.execute(
+        "INSERT INTO comment (creator_id, post_id, content, published, ap_id, local)"
+        f" SELECT 3, 2, '![]({link})', now() - interval '10 minutes',"
+        " 'https://remote.example/comment/x' || g, false"
+        f" FROM generate_series(1, {MAX_USAGES + 9}) g"
+    )
+    # One in a comment written 400 days after the upload: outside the default 90-day window.
+    await conn.execute(
+        "INSERT INTO comment (creator_id, post_id, content, published, ap_id, local)"
+        f" VALUES (3, 2, '![]({link})', now() + interval '400 days',"
+        " 'https://r.example/late', false)"
+    )
+    await conn.close()
+    db = LemmyDb(LemmySettings(database_url=pg_url))
+    try:
+        record = (await db.lookup([L.UPLOAD_ALIAS], None)).as_dict()
+        unbounded = LemmyDb(LemmySettings(database_url=pg_url, usage_window_days=None))
+        everything = (await unbounded.lookup([L.UPLOAD_ALIAS], None)).as_dict()
+        await unbounded.close()
+    finally:
+        await db.close()
+    comments = [u for u in record["usages"] if u["kind"] == "comment"]
+    assert len(comments) == MAX_USAGES
+    assert any("the list is cut" in n for n in record["notes"])
+    assert record["searched"]["bounded"] is True
+    assert "https://r.example/late" not in {u["url"] for u in comments}
+    assert everything["searched"]["bounded"] is False
