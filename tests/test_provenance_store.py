@@ -95,3 +95,18 @@ async def test_rejected_uploads_come_from_the_audit_trail(store: Store) -> None:
     )
     assert r.answered_at - r.received_at == pytest.approx(1.5)
     assert await store.rejected_uploads(time.time() + 60, None, 10) == []
+
+
+async def test_one_process_holds_the_provenance_turn(store_url: str) -> None:
+    one, two = await Store.open(store_url), await Store.open(store_url)
+    try:
+        two.holder = one.holder + "-other"
+        assert await one.hold_provenance_turn(30)
+        assert await one.hold_provenance_turn(30)  # renewed by its holder
+        assert not await two.hold_provenance_turn(30)
+        assert await one.hold_provenance_turn(0)  # lapses at once
+        assert await two.hold_provenance_turn(30)
+        assert not await one.hold_provenance_turn(30)
+    finally:
+        await one.close()
+        await two.close()

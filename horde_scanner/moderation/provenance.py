@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # Rows looked at per pass; passes run every POLL_S while there is work.
 BATCH = 20
 POLL_S = 1.0
+# How long the resolving process's turn lasts unless renewed (a dead one's lapses).
+TURN_S = 30.0
 NO_PICTRS = (
     "no pict-rs API (pictrs.url + pictrs.api_key) and no alias recorded: the image cannot be "
     "matched to Lemmy's links"
@@ -62,7 +64,7 @@ class ProvenanceResolver:
         self.lemmy = (
             lemmy if lemmy is not None else (LemmyDb(settings) if settings.database_url else None)
         )
-        # off | starting | ok | unreachable | error; `detail` says why in the admin's words.
+        # off | starting | standby | ok | unreachable | error; `detail` says why.
         self.state = "off" if self.lemmy is None else "starting"
         self.detail = "lemmy.database_url not set" if self.lemmy is None else ""
         self._task: asyncio.Task[None] | None = None
@@ -136,6 +138,10 @@ class ProvenanceResolver:
     async def run_once(self, now: float | None = None) -> bool:
         """One pass: ask about new positives, resolve what is due. True when work was done."""
         if self.lemmy is None or self.state == "off":
+            return False
+        if not await self._store.hold_provenance_turn(TURN_S):
+            # Another process sharing the store resolves.
+            self._set("standby", "another process sharing the store resolves", logging.DEBUG)
             return False
         for sha, seen, why in await self._store.positives_without_provenance(BATCH):
             await self._store.want_provenance(sha, why, seen_at=seen)

@@ -141,6 +141,21 @@ class ProvenanceTables(Tables):
                 (json.dumps(merged), PENDING, now, now, sha256),
             )
 
+    async def hold_provenance_turn(self, period_s: float) -> bool:
+        """Whether this process resolves provenance now: one process of those sharing the
+        store holds the turn (cluster_turns, store/cluster.py) and renews it while it lives;
+        another takes it over once it lapses. Keeps replicas and server.processes from each
+        notifying, and each running auto_actions, for the same image."""
+        now = time.time()
+        cur = await self._db.execute(
+            "INSERT INTO cluster_turns (name, holder, taken_at, until) VALUES (?,?,?,?)"
+            " ON CONFLICT(name) DO UPDATE SET holder=excluded.holder,"
+            " taken_at=excluded.taken_at, until=excluded.until"
+            " WHERE cluster_turns.until <= ? OR cluster_turns.holder = excluded.holder",
+            ("provenance", self.holder, now, now + period_s, now),
+        )
+        return bool(cur.rowcount)
+
     async def positives_without_provenance(self, limit: int) -> list[tuple[str, float, str]]:
         """Stored positives (a positive verdict, or a deny-list entry) not yet asked about and
         not allowed since: (sha256, first seen, why), newest first."""
