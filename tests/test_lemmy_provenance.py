@@ -327,3 +327,27 @@ async def test_usages_are_bounded_in_count_and_time(pg_url):
     assert record["searched"]["bounded"] is True
     assert "https://r.example/late" not in {u["url"] for u in comments}
     assert everything["searched"]["bounded"] is False
+
+
+@pytest.mark.parametrize("pictrs_version", ["0.4.7", "0.5.16"])
+async def test_without_an_alias_it_says_why(pg_url, tmp_path, pictrs_version):
+    """pict-rs 0.4 cannot map a sha256 to an alias; on 0.5 the bytes may simply not be stored
+    (rejected at upload, or purged): either way the record says so instead of guessing."""
+    await L.create_lemmy(pg_url, "0.19.4")
+    pictrs = FakePictrs(version=pictrs_version)
+    await pictrs.start()
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PictrsClient(pictrs.url, DEFAULT_API_KEY, session)
+            resolver = ProvenanceResolver(store, LemmySettings(database_url=pg_url), client)
+            await store.put_verdict(SHA, Verdict(label=Label.CSAM), source="upload:pictrs")
+            await resolver.run_once()
+            prov = await store.provenance(SHA)
+            assert prov is not None and prov.state == "no_alias"
+            expected = "0.5.0" if pictrs_version.startswith("0.4") else "holds no file"
+            assert expected in (prov.error or "")
+            await resolver.stop()
+    finally:
+        await store.close()
+        await pictrs.stop()

@@ -24,7 +24,7 @@ from typing import Any
 from horde_scanner.config import LemmySettings
 from horde_scanner.integrations.lemmy_db import LemmyDb, LemmyDbError, UnknownSchema
 from horde_scanner.integrations.notify import Notifier
-from horde_scanner.integrations.pictrs import PictrsClient, PictrsError
+from horde_scanner.integrations.pictrs import PictrsClient, PictrsError, PictrsUnsupported
 from horde_scanner.store.provenance import NO_ALIAS, PENDING, RESOLVED, Provenance
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
@@ -185,6 +185,12 @@ class ProvenanceResolver:
             return list(dict.fromkeys(known))
         try:
             return await self._pictrs.aliases_for_sha256(row.sha256)
+        except PictrsUnsupported as exc:
+            # pict-rs 0.4: no way from a sha256 to an alias; asking again cannot help.
+            await self._store.settle_provenance(
+                row.sha256, NO_ALIAS, aliases=[], record=None, error=str(exc), next_try=0
+            )
+            return None
         except PictrsError as exc:
             await self._postpone(row, f"pict-rs: {exc}")
             return None

@@ -52,6 +52,7 @@ CSV_FIELDS = [
     "actions",
     "provenance",
     "uploaders",
+    "thumbnail_of_posts",
     "uploaded_at",
     "usages",
     "communities",
@@ -64,7 +65,16 @@ def provenance_fields(prov: dict[str, Any] | None) -> dict[str, Any]:
     """Who and where, as the export carries it: names, actor and object URLs, ids, times;
     never message or comment text."""
     if prov is None:
-        return {"provenance": None, "uploaders": [], "uploaded_at": [], "usages": []}
+        return {
+            "provenance": None,
+            "uploaders": [],
+            "thumbnail_of_posts": [],
+            "uploaded_at": [],
+            "usages": [],
+            "communities": [],
+            "origin_instances": [],
+            "provenance_note": None,
+        }
     uploads = prov.get("uploads") or []
     usages = [
         {
@@ -237,6 +247,7 @@ def to_csv(rows: Iterable[dict[str, Any]]) -> str:
                 "found": _cell(_swept_at(f) for f in r["found"]),
                 "actions": _cell(acted),
                 "uploaders": _cell(f"{u['name']} {u['actor_url']}" for u in r["uploaders"]),
+                "thumbnail_of_posts": _cell(f"post {p}" for p in r["thumbnail_of_posts"]),
                 "uploaded_at": _cell(r["uploaded_at"]),
                 "usages": _cell(_and(f"{u['kind']}", u.get("url")) for u in r["usages"]),
                 "communities": _cell(r.get("communities") or []),
