@@ -248,10 +248,17 @@ async def test_a_lemmy_that_times_out_is_reported_not_waited_on(tmp_path, pg_url
     ):
         await moderator.act(SHA, [LemmyAction.REPORT], by="alice", dry_run=False)  # logged in
         lemmy.delay_s = 2.0
-        result = await moderator.act(SHA, [LemmyAction.BAN], by="alice", dry_run=False)
-        assert result["calls"][0]["state"] == "failed"
-        assert result["calls"][0]["status"] is None
-        assert result["calls"][0]["answer"]["error"] == "timeout"
+        calls_before = len(lemmy.calls)
+        actions = [LemmyAction.BAN, LemmyAction.PURGE]
+        result = await moderator.act(SHA, actions, by="alice", dry_run=False)
+        # One timeout, not one per call: the rest are recorded as not sent, to retry.
+        assert len(lemmy.calls) == calls_before + 1  # only the first was sent
+        first, *rest = result["calls"]
+        assert first["state"] == "failed" and first["status"] is None
+        assert first["answer"]["error"] == "timeout"
+        assert [c["answer"]["error"] for c in rest] == ["not_sent", "not_sent"]
+        rows = [r for r in await store.lemmy_actions(SHA) if not r.action.startswith("report")]
+        assert [r.state for r in rows] == ["failed"] * 3
 
 
 async def test_lemmy_018_gets_the_jwt_in_the_body(tmp_path, pg_url):

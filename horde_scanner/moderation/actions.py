@@ -228,9 +228,21 @@ class Moderator:
             ]
             return out
         client = self._client() if plan.calls else None
+        gave_up: Answer | None = None
         for call in plan.calls:
             assert client is not None
-            answer = await self._send(client, call)
+            if gave_up is None:
+                answer = await self._send(client, call)
+                if answer.status is None:
+                    # No answer (timeout, unreachable, login refused): the rest are recorded
+                    # failed without waiting on each, and can be retried.
+                    gave_up = answer
+            else:
+                answer = Answer(
+                    False,
+                    None,
+                    {"error": "not_sent", "detail": "Lemmy did not answer an earlier call"},
+                )
             row = await self._store.add_lemmy_action(
                 sha256,
                 call.action,

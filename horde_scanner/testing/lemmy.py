@@ -14,7 +14,8 @@ It follows upstream (LemmyNet/lemmy 0.18.5, 0.19.x, main = 1.0):
   `remove_or_restore_data`; 0.19 `remove_data`.
 
 Every call is recorded (method, path, JSON body, whether a JWT came and how) so a test can
-assert exactly what was sent. `delay_s` stalls every answer (a Lemmy that times out).
+assert exactly what was sent. `delay_s` holds every answer back after the work is done (a
+Lemmy that times out).
 """
 
 from __future__ import annotations
@@ -106,9 +107,10 @@ class FakeLemmy(LoopbackServer):
         return app
 
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
         response: web.StreamResponse = await handler(request)
+        if self.delay_s:
+            # Lemmy did the work; its answer is late (the client may have given up by then).
+            await asyncio.sleep(self.delay_s)
         return response
 
     def _error(self, status: int, kind: str, message: str | None = None) -> web.Response:
