@@ -384,3 +384,61 @@ def _secret(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "lemmy-password"
     path.write_text(text + "\n")
     return path
+
+
+async def test_auto_actions_run_on_an_admin_confirm_and_on_a_deny_list_match(
+    tmp_path, pg_url, http
+):
+    """lemmy.auto_actions through the service: nothing for the machine's positive until an
+    admin confirms it; a deny-list match is acted on as soon as its provenance is known."""
+    await L.create_lemmy(pg_url, "0.19.4")
+    matched = b"RIFF\x00\x00\x00\x00WEBPVP8 deny-list-match" + bytes(64)
+    matched_sha = hashlib.sha256(matched).hexdigest()
+    pictrs = FakePictrs()
+    await pictrs.start()
+    pictrs.add_image(IMAGE, "webp", alias=L.UPLOAD_ALIAS)
+    pictrs.add_image(matched, "webp", alias=L.OTHER_ALIAS)
+    try:
+        async with fake_lemmy("0.19") as lemmy:
+            settings = admin_settings(
+                tmp_path,
+                pictrs={"url": pictrs.url, "api_key": DEFAULT_API_KEY},
+                lemmy={
+                    "database_url": pg_url,
+                    "url": lemmy.url,
+                    "username": "admin",
+                    "password": "admin-password",
+                    "auto_actions": ["report"],
+                },
+            )
+            async with running_service(settings, backend=MockBackend()) as svc:
+                store = svc.services.store
+                await store.put_verdict(SHA, Verdict(label=Label.CSAM), source="sweep:local:/x")
+
+                async def resolved(sha: str):
+                    row = await store.provenance(sha)
+                    return row is not None and row.state == "resolved"
+
+                await wait_for(lambda: resolved(SHA))
+                assert lemmy.sent() == []  # a machine verdict alone: nothing
+                status, _ = await call(
+                    http, "POST", f"{svc.url}/api/v1/admin/verdicts/{SHA}/confirm", json={}
+                )
+                assert status == 200
+                assert [p for _, p, _ in lemmy.sent()] == [
+                    "/api/v3/post/report",
+                    "/api/v3/comment/report",
+                    "/api/v3/private_message/report",
+                ]
+                assert {a.requested_by for a in await store.lemmy_actions(SHA)} == {"auto"}
+                # A deny-list match (its verdict rests on a list entry): acted on once resolved.
+                await store.put_verdict(
+                    matched_sha,
+                    Verdict(label=Label.CSAM, route=VerdictRoute.MATCH),
+                    source="sweep:local:/y",
+                )
+                await wait_for(lambda: resolved(matched_sha))
+                rows = await wait_for(lambda: store.lemmy_actions(matched_sha))
+                assert [(r.action, r.target) for r in rows] == [("report_post", "post:4")]
+    finally:
+        await pictrs.stop()
