@@ -170,6 +170,7 @@ async def test_access_log_lists_candidates_for_a_rejected_upload(tmp_path: Path,
     out = await cli(["access-log", str(log), "--json"], env)
     (found,) = json.loads(out.output)
     assert found["sha256"] == sha and found["client"] is not None
+    assert len(found["pdq"]) == 1 and len(found["pdq"][0]) == 64  # the hashes known of it
     assert [c["address"] for c in found["candidates"]] == ["203.0.113.7"]
     assert found["candidates"][0]["status"] == 400
     out = await cli(["access-log", str(tmp_path / "missing.log")], env)

@@ -292,11 +292,14 @@ def access_log_cmd(
     combined format): candidate addresses and user agents, by time."""
     settings = settings_of(ctx)
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[Any], dict[str, list[str]]]:
         async with open_runtime(settings) as rt:
-            return await (await rt.store()).rejected_uploads(since_of(since), None, 10_000)
+            store = await rt.store()
+            rows = await store.rejected_uploads(since_of(since), None, 10_000)
+            pdq = {r.sha256: [h.hex for h in await store.pdq_of(r.sha256)] for r in rows}
+            return rows, pdq
 
-    rejected = run(go)
+    rejected, pdq = run(go)
     try:
         with logfile.open(encoding="utf-8", errors="replace") as f:
             found = access_log.match(
@@ -304,6 +307,8 @@ def access_log_cmd(
             )
     except OSError as exc:
         raise click.ClickException(f"cannot read {logfile}: {exc.strerror}") from None
+    for entry in found:
+        entry["pdq"] = pdq.get(entry["sha256"], [])
     if as_json:
         click.echo(json.dumps(found, indent=2))
     else:
