@@ -82,6 +82,11 @@ async def test_positives_show_who_and_where_and_ban_and_purge_from_the_page(
                 ctx = await browser.new_context()
                 page = await ctx.new_page()
                 await _log_in(page, svc.url)
+                # The queue says who and where on each card.
+                card = await page.locator(f"#item-{sweep_sha}").first.inner_text()
+                assert "bob; used in 5 places; origin lemmy.local, remote.example" in card
+                card = await page.locator(f"#late #item-{late_sha}").inner_text()
+                assert "thumbnail of post 3; used in 1 places; origin remote.example" in card
                 # The sweep positive: bob's upload and everywhere it is used.
                 await page.goto(f"{svc.url}/admin/item/{sweep_sha}")
                 uploader = await page.inner_text("#uploader")

@@ -43,6 +43,25 @@ def _who(person: dict[str, Any] | None) -> str:
     return f"<b>{_e(person.get('name'))}</b> ({_link(person.get('actor_url'))}, {where})"
 
 
+def summary(prov: dict[str, Any] | None) -> str | None:
+    """One line for a queue card: who uploaded it, how many usages, from where."""
+    if prov is None:
+        return None
+    if prov["state"] != "resolved":
+        return f"provenance {prov['state']}"
+    who = [
+        up["uploader"]["name"]
+        if up.get("uploader")
+        else f"thumbnail of post {up.get('thumbnail_for_post')}"
+        for up in prov.get("uploads") or []
+    ]
+    origins = ", ".join(prov.get("origin_instances") or []) or "-"
+    return (
+        f"{'; '.join(who) or 'no upload record'}; used in {len(prov.get('usages') or [])} "
+        f"places; origin {origins}"
+    )
+
+
 def provenance_html(svc: Services, session: Session, sha: str, prov: dict[str, Any] | None) -> str:
     """The "Who and where" section of an item."""
     if svc.provenance is None or svc.provenance.lemmy is None:

@@ -256,6 +256,8 @@ def _card(svc: Services, session: Session, item: dict[str, Any], extra: str = ""
         ("scores", _signals_html(item.get("signals"))),
         ("quarantine", "held" if item.get("in_quarantine") else "not held"),
     ]
+    if item.get("who"):
+        rows.append(("who, where", _e(item["who"])))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     return (
         f'<article class="item" id="item-{sha}" data-sha="{sha}"><div>'
@@ -292,6 +294,13 @@ async def queue_page(request: web.Request) -> web.Response:
         ("positives", "Positives waiting for a decision", data["positives"]),
         ("unscanned", "Unscanned (unreadable or not judged)", data["unscanned"]),
     )
+    shas = [i["sha256"] for i in data["positives"]] + [p["sha256"] for p in data["late_positives"]]
+    who = {
+        sha: lemmy_page.summary(view.provenance_entry(row))
+        for sha, row in (await svc.store.provenance_of(shas)).items()
+    }
+    for item in data["positives"]:
+        item["who"] = who.get(item["sha256"])
     late_cards = []
     for late in data["late_positives"]:
         stored = await svc.store.get_verdict(late["sha256"])
@@ -301,6 +310,7 @@ async def queue_page(request: web.Request) -> web.Response:
             else {"sha256": late["sha256"], "label": late["label"]}
         )
         item["in_quarantine"] = late["in_quarantine"]
+        item["who"] = who.get(late["sha256"])
         note = (
             f' <span class="muted">late positive, found {_e(_when(late["found_at"]))}, '
             f"{_e(late['enforcement'])}</span>"
