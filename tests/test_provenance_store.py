@@ -33,8 +33,13 @@ async def test_positives_are_asked_about_once_and_settle(store: Store) -> None:
     await store.set_list(C, "allow", note="", by="alice")  # allowed since: not asked about
     await store.set_list(D, "deny", note="", by="alice")
     wanted = await store.positives_without_provenance(10)
-    assert sorted((sha, why) for sha, _, why in wanted) == [(A, "verdict"), (D, "deny")]
-    for sha, seen, why in wanted:
+    assert sorted((sha, why) for sha, _, why, _ in wanted) == [(A, "verdict"), (D, "deny")]
+    # Only what was judged (listed) at or after the marks is read.
+    later = max(mark for *_, mark in wanted) + 1
+    assert (
+        await store.positives_without_provenance(10, verdicts_since=later, lists_since=later) == []
+    )
+    for sha, seen, why, _ in wanted:
         await store.want_provenance(sha, why, seen_at=seen)
     assert await store.positives_without_provenance(10) == []
     due = await store.due_provenance(time.time() + 1, 10)

@@ -36,6 +36,10 @@ BATCH = 20
 POLL_S = 1.0
 # How long the resolving process's turn lasts unless renewed (a dead one's lapses).
 TURN_S = 30.0
+# New positives are read from a little before the last one seen (writes of other processes land
+# out of order), and from the start once an hour.
+MARK_LAG_S = 300.0
+CATCH_UP_S = 3600.0
 NO_PICTRS = (
     "no pict-rs API (pictrs.url + pictrs.api_key) and no alias recorded: the image cannot be "
     "matched to Lemmy's links"
@@ -70,6 +74,10 @@ class ProvenanceResolver:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.resolved = 0
+        # How far the stored positives have been read (judged_at, added_at): each pass reads
+        # only what is new. From 0 at start-up: what was stored before is caught up once.
+        self._marks = {"verdict": 0.0, "deny": 0.0}
+        self._caught_up_at = time.monotonic()
         # Called with the sha256 of each image resolved (lemmy.auto_actions).
         self.on_resolved: Callable[[str], Awaitable[object]] | None = None
 
@@ -143,8 +151,7 @@ class ProvenanceResolver:
             # Another process sharing the store resolves.
             self._set("standby", "another process sharing the store resolves", logging.DEBUG)
             return False
-        for sha, seen, why in await self._store.positives_without_provenance(BATCH):
-            await self._store.want_provenance(sha, why, seen_at=seen)
+        await self._ask_about_new_positives()
         now = time.time() if now is None else now
         due = await self._store.due_provenance(now, BATCH)
         if not due:
@@ -157,6 +164,22 @@ class ProvenanceResolver:
             if not await self.resolve(row):
                 break
         return True
+
+    async def _ask_about_new_positives(self) -> None:
+        now = time.monotonic()
+        if now - self._caught_up_at > CATCH_UP_S:
+            # Once in a while from the start again (a verdict written late by another process
+            # with an earlier time than the mark, a clock that stepped back).
+            self._marks = {"verdict": 0.0, "deny": 0.0}
+            self._caught_up_at = now
+        found = await self._store.positives_without_provenance(
+            BATCH,
+            verdicts_since=max(0.0, self._marks["verdict"] - MARK_LAG_S),
+            lists_since=max(0.0, self._marks["deny"] - MARK_LAG_S),
+        )
+        for sha, seen, why, mark in found:
+            await self._store.want_provenance(sha, why, seen_at=seen)
+            self._marks[why] = max(self._marks[why], mark)
 
     async def resolve_one(self, row: Provenance) -> bool:
         """Resolve this row now (the CLI's `lemmy provenance --now`); False when Lemmy's

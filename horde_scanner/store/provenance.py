@@ -156,28 +156,37 @@ class ProvenanceTables(Tables):
         )
         return bool(cur.rowcount)
 
-    async def positives_without_provenance(self, limit: int) -> list[tuple[str, float, str]]:
+    async def positives_without_provenance(
+        self, limit: int, *, verdicts_since: float = 0.0, lists_since: float = 0.0
+    ) -> list[tuple[str, float, str, float]]:
         """Stored positives (a positive verdict, or a deny-list entry) not yet asked about and
-        not allowed since: (sha256, first seen, why), newest first."""
+        not allowed since, judged (listed) at or after the marks, oldest first:
+        (sha256, first seen, why, mark). The caller keeps the last mark of each kind, so a pass
+        reads only what is new (on the verdicts_label and lists' own order), not every
+        positive ever stored."""
         async with self._db.execute(
-            "SELECT v.sha256, v.first_seen, 'verdict' FROM verdicts v"
-            " WHERE v.label IN ('csam', 'nsfw')"
+            "SELECT v.sha256, v.first_seen, v.judged_at FROM verdicts v"
+            " WHERE v.label IN ('csam', 'nsfw') AND v.judged_at >= ?"
             " AND NOT EXISTS (SELECT 1 FROM provenance p WHERE p.sha256 = v.sha256)"
             " AND NOT EXISTS (SELECT 1 FROM lists l WHERE l.sha256 = v.sha256"
             " AND l.kind = 'allow')"
-            " ORDER BY v.judged_at DESC LIMIT ?",
-            (limit,),
+            " ORDER BY v.judged_at LIMIT ?",
+            (verdicts_since, limit),
         ) as cur:
-            found = [(r[0], float(r[1]), r[2]) for r in await cur.fetchall()]
+            found = [(r[0], float(r[1]), "verdict", float(r[2])) for r in await cur.fetchall()]
         async with self._db.execute(
-            "SELECT l.sha256, l.added_at, 'deny' FROM lists l WHERE l.kind = 'deny'"
+            "SELECT l.sha256, l.added_at FROM lists l WHERE l.kind = 'deny' AND l.added_at >= ?"
             " AND NOT EXISTS (SELECT 1 FROM provenance p WHERE p.sha256 = l.sha256)"
-            " ORDER BY l.added_at DESC LIMIT ?",
-            (limit,),
+            " ORDER BY l.added_at LIMIT ?",
+            (lists_since, limit),
         ) as cur:
             seen = {f[0] for f in found}
-            found += [(r[0], float(r[1]), r[2]) for r in await cur.fetchall() if r[0] not in seen]
-        return found[:limit]
+            found += [
+                (r[0], float(r[1]), "deny", float(r[1]))
+                for r in await cur.fetchall()
+                if r[0] not in seen
+            ]
+        return found
 
     async def provenance(self, sha256: str) -> Provenance | None:
         async with self._db.execute(
