@@ -32,6 +32,8 @@ def _csrf(session: Session) -> str:
 def _link(url: str | None) -> str:
     if not url:
         return "-"
+    if not url.startswith(("https://", "http://")):
+        return _e(url)  # text from another instance's database: only web links are links
     # Links to the object on its own instance; never fetched by this page.
     return f'<a href="{_e(url)}" rel="noreferrer noopener" target="_blank">{_e(url)}</a>'
 
