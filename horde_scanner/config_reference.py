@@ -44,6 +44,7 @@ SECTION_PAGES = {
     "quarantine": ("../review.md", "Review page and decisions"),
     "notify": ("../operations.md", "Operations"),
     "metrics": ("../operations.md", "Operations"),
+    "lemmy": ("../moderation.md", "Evidence and Lemmy moderation"),
 }
 
 # Names that hold credentials even when their type is a plain string: `config show` masks them.

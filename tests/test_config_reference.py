@@ -32,6 +32,14 @@ def test_every_option_has_a_description():
     assert reference.missing_descriptions(Settings) == []
 
 
+def test_every_section_links_to_the_page_that_explains_it():
+    """A new `[section]` needs its page in config_reference.SECTION_PAGES."""
+    sections = {path[0] for path, _ in reference.sections(Settings) if len(path) == 1}
+    assert sections <= set(reference.SECTION_PAGES), sections - set(reference.SECTION_PAGES)
+    for page, _title in reference.SECTION_PAGES.values():
+        assert (PAGE.parent / page).resolve().is_file(), page
+
+
 def test_the_generated_page_is_up_to_date():
     assert PAGE.read_text() == reference.render(Settings), (
         "docs/reference/configuration.md is stale: run `make config-reference`"
