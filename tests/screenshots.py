@@ -38,18 +38,9 @@ from horde_scanner.testing.prometheus import (
     wait_for_scrapes,
 )
 from horde_scanner.testing.service import make_settings, running_service
-from tests.admin_helpers import TOKEN, admin_settings
+from tests.admin_helpers import admin_settings
+from tests.test_admin_page import CHROMIUM, CHROMIUM_ARGS, _log_in
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VIEWPORT = {"width": 1280, "height": 900}
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("review.png", "policy-dry-run.png", "metrics.png")
@@ -65,13 +56,6 @@ async def chromium() -> AsyncIterator[Any]:
             yield browser
         finally:
             await browser.close()
-
-
-async def _log_in(page: Any, base: str, name: str = "alice") -> None:
-    await page.goto(f"{base}/admin")
-    await page.fill("input[name=token]", TOKEN)
-    await page.fill("input[name=name]", name)
-    await page.click("form.login button[type=submit]")
 
 
 async def review_page(browser: Any, workdir: Path, out: Path) -> Path:
