@@ -123,9 +123,20 @@ class ValidationSettings(Section):
     # Misses being decoded at once (each holds its upload's bytes until downscaled).
     max_decoding: int = Field(4, gt=0)
     verdict_cache_size: int = Field(100_000, ge=0)
-    # A background judgement that keeps failing (backend down) becomes an `error` verdict
-    # after this many tries (backoff doubles up to 5 minutes: about four hours in all).
+    # A background judgement that keeps failing becomes an `error` verdict after this many
+    # tries. Tries while a path is down wait 5 minutes each (and are woken the moment it is
+    # back): about four hours of outage in all.
     job_max_attempts: int = Field(50, gt=0)
+    job_max_backoff_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description=(
+            "Longest wait before a failed background judgement is tried again (the wait doubles "
+            "from 1 s up to this); a backend that names a later time (maintenance, kudos "
+            "budget, path down) is believed"
+        ),
+    )
 
 
 class MediaSettings(Section):

@@ -111,6 +111,7 @@ class Judge:
         workers: int,
         cache_size: int = 100_000,
         max_attempts: int = 50,
+        max_backoff_s: float = 60.0,
         on_finished: FinishedHook | None = None,
         hashes: HashMatcher | None = None,
         second_opinion: Backend | None = None,
@@ -126,7 +127,12 @@ class Judge:
         self._extra_hook = on_finished
         self.hashes = hashes
         self.runner = JobRunner(
-            store, self._process, self._finished, workers=workers, max_attempts=max_attempts
+            store,
+            self._process,
+            self._finished,
+            workers=workers,
+            max_attempts=max_attempts,
+            max_backoff_s=max_backoff_s,
         )
         self._data_version: int | None = None
         # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
@@ -468,6 +474,7 @@ def build_judge(
         workers=concurrency(backend),
         cache_size=settings.validation.verdict_cache_size,
         max_attempts=settings.validation.job_max_attempts,
+        max_backoff_s=settings.validation.job_max_backoff_s,
         on_finished=on_finished,
         hashes=hashes,
         second_opinion=second_opinion,
