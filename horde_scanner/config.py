@@ -179,6 +179,15 @@ class HordeSettings(Section):
     status_polls_per_s: int = Field(5, ge=1, le=10)
     # Our share of the Horde's 90 submits per minute per IP, in any 60 s (a burst goes at once).
     submits_per_min: int = Field(80, ge=1, le=90)
+    submit_window_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description=(
+            "The window of the AI Horde's submit limit, in seconds: submits_per_min counts "
+            "submits in any window this long (60 on aihorde.net; other Hordes may differ)"
+        ),
+    )
     # Read /v2/status/performance (queue length, workers) this often; 0 turns it off.
     performance_interval_s: float = Field(60.0, ge=0)
     # Kudos spent per UTC day at most; None: no budget. When spent, misses follow on_timeout

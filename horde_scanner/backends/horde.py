@@ -127,7 +127,9 @@ class HordeClient:
         self._headers = {
             "Client-Agent": f"horde-scanner:{__version__}:{settings.contact_url or PROJECT_URL}",
         }
-        self.submits: SubmitBudget = submits or SubmitWindow(settings.submits_per_min, 60.0)
+        self.submits: SubmitBudget = submits or SubmitWindow(
+            settings.submits_per_min, settings.submit_window_s
+        )
         self.status_limiter: StatusLimiter = status_limiter or PathLimiter(
             settings.status_polls_per_s, 1.0
         )

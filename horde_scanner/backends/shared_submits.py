@@ -88,5 +88,13 @@ def share_horde_budget(backend: Any, store: Any) -> None:
     from horde_scanner.backends.horde import horde_paths
 
     for horde in horde_paths(backend):
-        limit = int(horde.client.settings.submits_per_min)
-        horde.client.submits = SharedSubmitWindow(store, limit, 60.0)
+        settings = horde.client.settings
+        window = float(settings.submit_window_s)
+        # An unanswered slot of a killed process: its POST reached the server within one
+        # HTTP timeout of being sent, and counts there for one window after that.
+        horde.client.submits = SharedSubmitWindow(
+            store,
+            int(settings.submits_per_min),
+            window,
+            stale_s=float(settings.http_timeout_s) + window,
+        )

@@ -350,6 +350,7 @@ class FakeHorde(LoopbackServer):
         # `waiting` until they expire), and the share of new requests whose forms all fault.
         self.error_rate = 0.0
         self.error_statuses: tuple[int, ...] = (500, 502, 503)
+        self.error_methods: frozenset[str] = frozenset({"GET", "POST", "DELETE"})
         self.never_finish_rate = 0.0
         self.fault_rate = 0.0
         self.rng = random.Random()
@@ -367,6 +368,7 @@ class FakeHorde(LoopbackServer):
         self.rate_limited = 0
         self.dropped = 0
         self.injected_errors = 0
+        self.posts_rate_limited = 0  # POSTs the per-IP submit limiter answered 429
         # Ids of requests created never to finish, or to fault (chaos knobs above).
         self.never_finishing: set[str] = set()
         self.faulting: set[str] = set()
@@ -416,7 +418,11 @@ class FakeHorde(LoopbackServer):
         self._origin = f"{request.scheme}://{request.host}"
         if self.delay_responses > 0:
             await asyncio.sleep(self.delay_responses)
-        if self.error_rate > 0 and self.rng.random() < self.error_rate:
+        if (
+            self.error_rate > 0
+            and request.method in self.error_methods
+            and self.rng.random() < self.error_rate
+        ):
             # What a proxy in front of a failing backend answers: no JSON, no rc, nothing done.
             self.injected_errors += 1
             status = self.rng.choice(self.error_statuses)
@@ -705,6 +711,7 @@ class FakeHorde(LoopbackServer):
         key = ("post", ip)
         if self._limited(key, self.post_rate_per_min, self.post_window_s, now):
             assert self.post_rate_per_min is not None
+            self.posts_rate_limited += 1
             return self._rate_limited_response(
                 f"{self.post_rate_per_min} per 1 minute", key, self.post_rate_per_min,
                 self.post_window_s,
