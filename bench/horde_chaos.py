@@ -133,7 +133,11 @@ if __name__ == "__main__":
     plan = ChaosPlan()
     if args.quick:
         plan = replace(
-            plan, distinct=40, uploads=800, request_timeout_s=20.0, settle_s=180.0,
+            plan,
+            distinct=40,
+            uploads=800,
+            request_timeout_s=20.0,
+            settle_s=180.0,
             sample_every_s=15.0,
         )
     if args.settle is not None:

@@ -131,7 +131,8 @@ async def test_5xx_to_everything_is_down_at_once_and_back_at_once(tmp_path: Path
             validation={"deadline_s": 2.0},
         )
         async with running_service(cfg) as svc:
-            ok = await validate_upload(http, svc.scan_url(), images.jpeg("green", seed=1), "image/jpeg")
+            green = images.jpeg("green", seed=1)
+            ok = await validate_upload(http, svc.scan_url(), green, "image/jpeg")
             assert ok.body["route"] == "backend"
             horde.error_rate = 1.0
             started = time.monotonic()
@@ -230,6 +231,7 @@ async def test_the_job_backoff_is_capped(tmp_path: Path):
         runner = JobRunner(store, fail, finished, workers=1, max_backoff_s=5.0)  # type: ignore[arg-type]
         await runner.start()
         try:
+
             async def retried() -> bool:
                 return runner.failures["backend_unavailable"] >= 1
 

@@ -47,7 +47,9 @@ class HordeRequestTables(Tables):
             row = await cur.fetchone()
         return (str(row[0]), float(row[1])) if row is not None else None
 
-    async def hold_horde_request(self, image_key: str, request_id: str, submitted_at: float) -> None:
+    async def hold_horde_request(
+        self, image_key: str, request_id: str, submitted_at: float
+    ) -> None:
         await self._db.execute(
             "INSERT INTO horde_requests (image_key, request_id, submitted_at, holder)"
             " VALUES (?,?,?,?) ON CONFLICT(image_key) DO UPDATE SET"

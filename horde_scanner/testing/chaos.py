@@ -199,7 +199,7 @@ async def run_chaos(
     order = [i % plan.distinct for i in range(plan.uploads)]
     random.Random(plan.seed + 2).shuffle(order)
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     db = workdir / "chaos.db"
     port = free_port()
     url = await horde.start()

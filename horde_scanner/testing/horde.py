@@ -713,7 +713,9 @@ class FakeHorde(LoopbackServer):
             assert self.post_rate_per_min is not None
             self.posts_rate_limited += 1
             return self._rate_limited_response(
-                f"{self.post_rate_per_min} per 1 minute", key, self.post_rate_per_min,
+                f"{self.post_rate_per_min} per 1 minute",
+                key,
+                self.post_rate_per_min,
                 self.post_window_s,
             )
         raw = await request.read()
