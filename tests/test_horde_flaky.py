@@ -60,6 +60,9 @@ async def test_failed_status_polls_never_abandon_the_live_request(http):
     assert signals.nsfw is True
     assert len(horde.submissions) == 1 and horde.deletes == 0
     assert horde.injected_errors > 0 and backend.failed_polls > 0
+    shown = backend.describe()  # what /readyz shows under `horde`
+    assert shown["failed_polls"] == backend.failed_polls and shown["requests_sent"] == 1
+    assert shown["expired"] == shown["faulted"] == shown["timed_out"] == shown["resumed"] == 0
 
 
 async def test_time_in_our_own_submit_queue_is_not_the_hordes(http):
@@ -118,6 +121,16 @@ async def test_a_horde_failing_some_calls_is_not_down_one_failing_all_is():
             assert healthy.down is (i == 3)
         healthy.ok()
         await healthy.aclose()
+        # The documented steps: 6 in a row at 10 % failed calls, 12 (4 x 3) at 50 % or more.
+        for share, needed in ((0.1, 6), (0.5, 12), (0.9, 12), (0.0, 3)):
+            path = Reachability("AI Horde", _probe, down_after=3, probe_interval_s=3600)
+            for i in range(200):
+                if i % 10 < share * 10:
+                    path.failed("HTTP 500")
+                else:
+                    path.ok()
+            assert path.needed() == needed, share
+            await path.aclose()
     finally:
         await reach.aclose()
 
