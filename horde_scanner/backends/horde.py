@@ -597,7 +597,13 @@ class HordeBackend:
             if held is not None:
                 request_id, submitted_at = held
                 self.resumed += 1
-                log.info("AI Horde request %s from before a restart: polling it again", request_id)
+                # Left by a process killed before a restart (or sent for an identical image
+                # being judged now): the Horde still holds it, so poll it, never pay twice.
+                log.info(
+                    "AI Horde request %s from before a restart (or for an identical image): "
+                    "polling it again",
+                    request_id,
+                )
                 return request_id, time.monotonic() - max(0.0, time.time() - submitted_at)
         request_id = await self._submit(payload, arrived)
         sent_at = time.monotonic()
