@@ -54,6 +54,7 @@ from horde_scanner.backends.base import (
     BackendUnavailable,
     Readiness,
     iter_backends,
+    judging_sha256,
 )
 from horde_scanner.backends.horde_perf import HordeLoad, LatencyEstimate
 from horde_scanner.backends.kudos import KudosBudget
@@ -580,8 +581,11 @@ class HordeBackend:
         raise BackendUnavailable(last_problem)
 
     def _image_key(self, payload: str) -> str:
-        """What identifies one image's request across a restart: what is sent for it."""
-        digest = hashlib.sha256(payload.encode("ascii"))
+        """What identifies one request across a restart: the file being judged (its sha256,
+        so that two files sending the same pixels are still judged apart) and what is sent
+        for it (one file may send several frames)."""
+        digest = hashlib.sha256((judging_sha256.get() or "").encode("ascii"))
+        digest.update(payload.encode("ascii"))
         digest.update(",".join(self.forms).encode("ascii"))
         return digest.hexdigest()
 
@@ -597,12 +601,10 @@ class HordeBackend:
             if held is not None:
                 request_id, submitted_at = held
                 self.resumed += 1
-                # Left by a process killed before a restart (or sent for an identical image
-                # being judged now): the Horde still holds it, so poll it, never pay twice.
+                # Left by a process killed before a restart (or by a replica whose lease on
+                # this job lapsed): the Horde still holds it, so poll it, never pay twice.
                 log.info(
-                    "AI Horde request %s from before a restart (or for an identical image): "
-                    "polling it again",
-                    request_id,
+                    "AI Horde request %s from before a restart: polling it again", request_id
                 )
                 return request_id, time.monotonic() - max(0.0, time.time() - submitted_at)
         request_id = await self._submit(payload, arrived)

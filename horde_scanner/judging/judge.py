@@ -408,7 +408,7 @@ class Judge:
             except UnreadableMedia as exc:
                 return self._unreadable(exc)
         try:
-            signals = await judge_image(self.backend, prepared)
+            signals = await judge_image(self.backend, prepared, sha256=job.sha256)
         except BackendFailed as exc:
             return Verdict(
                 label=Label.ERROR,
