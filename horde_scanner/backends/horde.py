@@ -603,9 +603,7 @@ class HordeBackend:
                 self.resumed += 1
                 # Left by a process killed before a restart (or by a replica whose lease on
                 # this job lapsed): the Horde still holds it, so poll it, never pay twice.
-                log.info(
-                    "AI Horde request %s from before a restart: polling it again", request_id
-                )
+                log.info("AI Horde request %s from before a restart: polling it again", request_id)
                 return request_id, time.monotonic() - max(0.0, time.time() - submitted_at)
         request_id = await self._submit(payload, arrived)
         sent_at = time.monotonic()
