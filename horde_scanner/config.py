@@ -182,6 +182,51 @@ class ServerSettings(Section):
         None,
         description="Directory for those temporary files; unset: the system's temporary directory.",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "A request's line and headers must arrive within this, seconds, from the connection "
+            "(or from the first byte of a next request on a kept-alive one); else 408 and the "
+            "connection closes."
+        ),
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Bodies of every route but the scan route must arrive whole within this, seconds; "
+            "else 408."
+        ),
+    )
+    form_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest body of a form or JSON route (admin login, page actions, admin API), "
+            "chunked or not (64 KiB); larger is 413, before it is parsed."
+        ),
+    )
+    worker_answer_max_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest body of a worker's answer (POST /api/v1/pop), chunked or not (1 MiB).",
+    )
+    auth_max_failures: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Wrong client ids, worker keys, publish or metrics tokens one client may send within "
+            "auth_failure_window_s before it waits (429); each kind counted apart."
+        ),
+    )
+    auth_failure_window_s: float = Field(
+        300.0, gt=0, description="The window auth_max_failures counts failures in, seconds."
+    )
 
     @field_validator("clients")
     @classmethod
@@ -312,6 +357,15 @@ class MediaSettings(Section):
         description=(
             "Frames within this difference-hash distance (of 64 bits, with a similar mean colour) "
             "count as one."
+        ),
+    )
+    decode_memory_bytes: int = Field(
+        320 << 20,
+        ge=64 << 20,
+        description=(
+            "Bytes all decodes of this process may hold at once (320 MiB), each estimated from "
+            "its file's header; a decode that does not fit waits, one that never could is "
+            "unreadable."
         ),
     )
 

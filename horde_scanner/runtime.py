@@ -41,6 +41,7 @@ from horde_scanner.integrations.pictrs import PictrsClient
 from horde_scanner.judging.jobs import FinishedHook
 from horde_scanner.judging.judge import Judge, build_judge
 from horde_scanner.judging.policy import Policy
+from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.store.jobs import Job
@@ -72,6 +73,8 @@ class Runtime:
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # The one decode memory budget of this process (media.decode_memory_bytes).
+        self.decode_memory = DecodeMemory(settings.media.decode_memory_bytes)
         self._policy: Policy | None = None
         self._pool: WorkerPool | None = None
         self._pool_built = False
@@ -207,6 +210,7 @@ class Runtime:
                 on_finished=await self.finish(),
                 hashes=await self.hashes(),
                 second_opinion=second,
+                memory=self.decode_memory,
             )
             await judge.start()
             self._stack.push_async_callback(judge.stop)

@@ -39,10 +39,12 @@ from horde_scanner.media.decode import (
     PreparedImage,
     UnreadableMedia,
     decode,
+    decode_cost,
     encode_for_backend,
     sniff,
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
+from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
@@ -116,8 +118,11 @@ class Judge:
         hashes: HashMatcher | None = None,
         second_opinion: Backend | None = None,
         second_opinion_max_pending: int = 100,
+        memory: DecodeMemory | None = None,
     ) -> None:
         self.store = store
+        # Every decode holds its estimated bytes from this budget (shared by the process).
+        self.memory = memory or DecodeMemory(limits.decode_memory_bytes)
         self.policy = policy
         self.backend = backend
         self._executor = executor
@@ -389,9 +394,15 @@ class Judge:
     async def _process(self, job: Job) -> Verdict:
         loop = asyncio.get_running_loop()
         try:
-            decoded, prepared, hashes, hits = await loop.run_in_executor(
-                self._executor, self._decode, job.payload
+            cost = await loop.run_in_executor(
+                self._executor, decode_cost, job.payload, self._limits
             )
+            # Waits (here, not in a pool thread) while other decodes hold the budget; the
+            # upload's deadline meanwhile answers it by on_timeout.
+            async with self.memory.hold(cost, job.media_type or "file"):
+                decoded, prepared, hashes, hits = await loop.run_in_executor(
+                    self._executor, self._decode, job.payload
+                )
         except UnreadableMedia as exc:
             return self._unreadable(exc)
         if self.hashes is not None:
@@ -462,6 +473,7 @@ def build_judge(
     on_finished: FinishedHook | None = None,
     hashes: HashMatcher | None = None,
     second_opinion: Backend | None = None,
+    memory: DecodeMemory | None = None,
 ) -> Judge:
     """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
     return Judge(
@@ -479,4 +491,5 @@ def build_judge(
         hashes=hashes,
         second_opinion=second_opinion,
         second_opinion_max_pending=settings.prescreen.second_opinion_max_pending,
+        memory=memory or DecodeMemory(settings.media.decode_memory_bytes),
     )

@@ -21,7 +21,12 @@ from aiohttp import web
 from PIL import Image, ImageFilter
 
 from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
-from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, prepare
+from horde_scanner.media.decode import (
+    DecodeLimits,
+    PreparedImage,
+    UnreadableMedia,
+    prepare_within,
+)
 from horde_scanner.review import view
 from horde_scanner.review.decisions import ReviewError
 from horde_scanner.review.evidence import DECISION_EVENTS
@@ -130,7 +135,13 @@ async def _checked_post(request: web.Request) -> tuple[Session, Any]:
 
 
 def _safe_next(value: str | None) -> str:
-    if value and value.startswith("/admin") and not value.startswith("//"):
+    """Only our own pages, and nothing that could end a header (CR, LF, other controls)."""
+    if (
+        value
+        and value.startswith("/admin")
+        and not value.startswith("//")
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value)
+    ):
         return value
     return "/admin"
 
@@ -147,6 +158,13 @@ def _login_body(next_url: str, error: str = "") -> str:
         "</label>"
         '<button type="submit">Sign in</button></form>'
     )
+
+
+def locked_out() -> web.Response:
+    """The sign-in page for a client that failed too often (answered before its form is read,
+    so it goes back to the queue page once signed in)."""
+    body = _login_body("/admin", "Too many failed attempts; wait a few minutes.")
+    return _page("Sign in", body, status=429)
 
 
 async def login_form(request: web.Request) -> web.Response:
@@ -422,13 +440,13 @@ async def preview(request: web.Request) -> web.Response:
     if data is None:
         raise RequestError(404, "not_in_quarantine", "previews exist only for quarantined items")
     settings = svc.settings.admin
+    # Every decode limit of [media] holds here too, and the memory budget: a held file is
+    # untrusted bytes.
+    limits = svc.settings.media.limits(backend_max_side=settings.preview_max_side)
     try:
+        prepared = await prepare_within(data, limits, svc.judge.memory)
         jpeg = await asyncio.to_thread(
-            render_preview,
-            data,
-            # Every decode limit of [media] holds here too: a held file is untrusted bytes.
-            svc.settings.media.limits(backend_max_side=settings.preview_max_side),
-            settings.preview_blur_radius,
+            render_preview, prepared, limits, settings.preview_blur_radius
         )
     except UnreadableMedia as exc:
         raise RequestError(422, "unreadable", exc.reason) from None
@@ -436,10 +454,9 @@ async def preview(request: web.Request) -> web.Response:
     return web.Response(body=jpeg, content_type="image/jpeg", headers=_HEADERS)
 
 
-def render_preview(data: bytes, limits: DecodeLimits, blur_radius: float) -> bytes:
+def render_preview(prepared: PreparedImage, limits: DecodeLimits, blur_radius: float) -> bytes:
     """Small, greyscale, blurred JPEG of the first frame. Blocking: run in a thread."""
     max_side = limits.backend_max_side
-    prepared = prepare(data, limits)
     image: Image.Image = prepared.image.convert("L")
     image.thumbnail((max_side, max_side))
     image = image.filter(ImageFilter.GaussianBlur(blur_radius))
