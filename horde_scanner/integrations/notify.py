@@ -126,6 +126,15 @@ def summarise(event: dict[str, Any], quote: Callable[[str], str] | None = None) 
             f"backend: {q(str(event.get('backend')))}\n"
             f"why: {reasons}"
         )
+    elif kind == "provenance":
+        # Names and links only: who uploaded it, where it is used, which instances it came from.
+        lines = [f"horde-scanner: provenance of {event.get('sha256')}"]
+        lines += [f"uploaded by {u}" for u in event.get("uploaders") or []]
+        lines += [f"thumbnail of {t}" for t in event.get("thumbnail_of") or []]
+        lines += [f"used in {u}" for u in (event.get("used_in") or [])[:10]]
+        if event.get("origin_instances"):
+            lines.append("origin: " + ", ".join(event["origin_instances"]))
+        text = "\n".join(lines)
     elif kind == "backend_down":
         text = (
             f"horde-scanner: backend {q(str(event.get('backend')))} is DOWN: "

@@ -26,6 +26,8 @@ from horde_scanner.integrations.metrics import Metrics
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher
 from horde_scanner.judging.judge import Judge
 from horde_scanner.judging.policy import Policy
+from horde_scanner.moderation.actions import Moderator
+from horde_scanner.moderation.provenance import ProvenanceResolver
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.runtime import Runtime, open_runtime
@@ -70,6 +72,10 @@ class Services:
     started_at: float = field(default_factory=time.time)
     # Remote workers pulling jobs (service/workers.py); None when workers.keys is empty.
     workers: WorkerPool | None = None
+    # Provenance of stored positives from Lemmy's database (off when lemmy.database_url is unset).
+    provenance: ProvenanceResolver | None = None
+    # Admin actions through Lemmy's API (off when lemmy.url is unset).
+    moderator: Moderator | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -117,4 +123,6 @@ async def open_services(
             upload_memory=ByteBudget(settings.server.upload_memory_bytes),
             upload_spool=ByteBudget(settings.server.upload_spool_bytes),
             workers=await rt.pool(),
+            provenance=await rt.provenance(),
+            moderator=await rt.moderator(),
         )

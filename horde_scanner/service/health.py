@@ -54,6 +54,9 @@ async def readyz(request: web.Request) -> web.Response:
         "pid": os.getpid(),
         "policy": svc.policy.version,
     }
+    if svc.provenance is not None and svc.provenance.lemmy is not None:
+        # Lemmy's database (provenance only): never makes the service unready.
+        body["lemmy"] = svc.provenance.describe()
     for horde in horde_paths(svc.backend)[:1]:
         # Expected latency, the Horde's queue, our submit limit, the kudos budget.
         body["horde"] = horde.describe()

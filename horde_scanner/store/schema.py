@@ -9,13 +9,25 @@ from horde_scanner.store import (
     horde_requests,
     jobs,
     kudos,
+    provenance,
     review,
     sweeps,
     verdicts,
 )
 from horde_scanner.store.tables import SchemaStep
 
-_PARTS = (verdicts, jobs, audit, sweeps, hashes, review, kudos, cluster, horde_requests)
+_PARTS = (
+    verdicts,
+    jobs,
+    audit,
+    sweeps,
+    hashes,
+    review,
+    kudos,
+    cluster,
+    provenance,
+    horde_requests,
+)
 
 
 def schema_steps() -> list[SchemaStep]:
