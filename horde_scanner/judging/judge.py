@@ -130,6 +130,7 @@ class Judge:
         max_attempts: int = 50,
         outage_upload_bytes: int = 64 << 20,
         outage_verdicts: int = 10_000,
+        max_backoff_s: float = 60.0,
         on_finished: FinishedHook | None = None,
         hashes: HashMatcher | None = None,
         second_opinion: Backend | None = None,
@@ -154,6 +155,7 @@ class Judge:
             workers=workers,
             max_attempts=max_attempts,
             max_kept=outage_verdicts,
+            max_backoff_s=max_backoff_s,
         )
         # Bytes of uploads waiting for the store to come back, and the most there may be.
         self.store_waiting_bytes = 0
@@ -508,7 +510,7 @@ class Judge:
             except UnreadableMedia as exc:
                 return self._unreadable(exc)
         try:
-            signals = await judge_image(self.backend, prepared)
+            signals = await judge_image(self.backend, prepared, sha256=job.sha256)
         except BackendFailed as exc:
             return Verdict(
                 label=Label.ERROR,
@@ -589,6 +591,7 @@ def build_judge(
         max_attempts=settings.validation.job_max_attempts,
         outage_upload_bytes=settings.store.outage_upload_bytes,
         outage_verdicts=settings.store.outage_verdicts,
+        max_backoff_s=settings.validation.job_max_backoff_s,
         on_finished=on_finished,
         hashes=hashes,
         second_opinion=second_opinion,

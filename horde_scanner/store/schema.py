@@ -6,6 +6,7 @@ from horde_scanner.store import (
     audit,
     cluster,
     hashes,
+    horde_requests,
     jobs,
     kudos,
     provenance,
@@ -15,7 +16,18 @@ from horde_scanner.store import (
 )
 from horde_scanner.store.tables import SchemaStep
 
-_PARTS = (verdicts, jobs, audit, sweeps, hashes, review, kudos, cluster, provenance)
+_PARTS = (
+    verdicts,
+    jobs,
+    audit,
+    sweeps,
+    hashes,
+    review,
+    kudos,
+    cluster,
+    provenance,
+    horde_requests,
+)
 
 
 def schema_steps() -> list[SchemaStep]:
