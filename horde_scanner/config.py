@@ -435,6 +435,102 @@ class HashesSettings(Section):
         return self
 
 
+class EmbeddingSubscription(HashSubscription):
+    """A subscribed embedding list (GET /api/v1/embeddings of another instance)."""
+
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="cosine similarity at or above which this list's entries match (unset:"
+        " embeddings.threshold)",
+    )
+
+
+# HMA's CLIP signal (tx-extension-clip): OpenCLIP's xlm-roberta-base-ViT-B-32 image tower,
+# laion5b_s13b_b90k weights, L2-normalised; its version string names the model.
+DEFAULT_EMBEDDING_MODEL = "xlm-roberta-base-ViT-B-32-laion5b_s13b_b90k-normalized"
+# OpenCLIP's image transform for that model: shorter side to 224 (bicubic), centre crop,
+# CLIP's mean and standard deviation.
+DEFAULT_PREPROCESS = "resize224-bicubic-centercrop-clipnorm"
+
+
+class EmbeddingsSettings(Section):
+    """CLIP-family image embeddings of every miss, matched against confirmed positives."""
+
+    model_path: Path = Field(
+        Path("models/xlm-roberta-base-ViT-B-32-laion5b_s13b_b90k.onnx"),
+        description="ONNX image encoder; while the file is missing the feature is off",
+    )
+    model_id: str = Field(
+        DEFAULT_EMBEDDING_MODEL,
+        min_length=1,
+        max_length=200,
+        description="names the model in lists: a list made with another model is refused",
+    )
+    preprocess: str = Field(
+        DEFAULT_PREPROCESS,
+        pattern=r"^resize(\d+)-(bicubic|bilinear)-centercrop-(clipnorm|none)$",
+        description="the encoder's input transform: resize<side>-<filter>-centercrop-<norm>",
+    )
+    dim: int = Field(512, ge=8, le=4096, description="dimensions of the model's embeddings")
+    threshold: float = Field(
+        0.90,
+        ge=0.0,
+        le=1.0,
+        description="cosine similarity at or above which an entry matches (HMA's default)",
+    )
+    threads: int = Field(
+        1, ge=1, le=64, description="images encoded at once (each run uses intra_op_threads)"
+    )
+    intra_op_threads: int = Field(
+        1, ge=1, le=64, description="ONNX Runtime threads per encoding"
+    )
+    max_queue: int = Field(
+        16,
+        ge=0,
+        description="images waiting for the encoder beyond this are judged without an embedding",
+    )
+    index_dir: Path = Field(
+        Path("embeddings-index"),
+        description="where the HNSW index is saved, so a restart maps it instead of rebuilding",
+    )
+    index_dtype: str = Field(
+        "i8", pattern="^(i8|f16)$", description="how the index stores vectors: i8 or f16"
+    )
+    index_connectivity: int = Field(32, ge=4, le=64, description="HNSW links per node (M)")
+    index_expansion_add: int = Field(
+        64, ge=8, le=1024, description="HNSW candidate list while adding (efConstruction)"
+    )
+    index_expansion_search: int = Field(
+        128, ge=8, le=1024, description="HNSW candidate list while searching (efSearch)"
+    )
+    subscriptions: list[EmbeddingSubscription] = Field(
+        default_factory=list, description="embedding lists of other instances to match against"
+    )
+    max_list_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="a subscribed list larger than this (after decompression) is refused",
+    )
+    max_list_rows: int = Field(
+        100_000, gt=0, description="a subscribed list with more rows than this is refused"
+    )
+    max_row_errors: int = Field(
+        100, ge=0, description="bad rows of a list remembered with their line numbers"
+    )
+    sync_interval_s: float = Field(
+        1.0, gt=0, description="how often the index checks the store for others' changes"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbeddingsSettings:
+        names = [sub.name for sub in self.subscriptions]
+        if len(names) != len(set(names)):
+            raise ValueError(f"subscription names must be unique: {names}")
+        return self
+
+
 class AdminSettings(Section):
     # Bearer token for /api/v1/admin/ and the login of /admin. Unset: both are off.
     token: SecretStr | None = None
@@ -503,6 +599,10 @@ class Settings(BaseSettings):
     backend: BackendSettings = Field(default_factory=BackendSettings)
     scan: ScanSettings = Field(default_factory=ScanSettings)
     hashes: HashesSettings = Field(default_factory=HashesSettings)
+    embeddings: EmbeddingsSettings = Field(
+        default_factory=EmbeddingsSettings,
+        description="image embeddings matched against shared confirmed positives",
+    )
     local: LocalSettings = Field(default_factory=LocalSettings)
     prescreen: PrescreenSettings = Field(default_factory=PrescreenSettings)
     workers: WorkerPoolSettings = Field(default_factory=WorkerPoolSettings)
@@ -511,6 +611,18 @@ class Settings(BaseSettings):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _one_state_per_subscription(self) -> Settings:
+        # Hash and embedding subscriptions keep their fetch state in one table, by name.
+        both = {s.name for s in self.hashes.subscriptions} & {
+            s.name for s in self.embeddings.subscriptions
+        }
+        if both:
+            raise ValueError(
+                f"hashes and embeddings subscriptions must have different names: {sorted(both)}"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -3,7 +3,8 @@
     bytes -> sha256 -> allow/deny list -> hash lists (exact sha256) -> cached verdict
           (re-judged if the policy changed; re-checked against the PDQ index unless csam)
           -> persisted job -> decode + PDQ + index search (bounded pool) -> PDQ match? -> verdict
-          -> backend -> policy -> verdict
+          -> backend, and beside it the image's embedding (encoder pool) -> embedding match?
+          -> verdict; else policy -> verdict
 
 `evaluate()` returns within its timeout whatever happens; the job goes on without it.
 """
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
+
+import numpy as np
 
 from horde_scanner.backends.base import (
     Backend,
@@ -43,10 +46,11 @@ from horde_scanner.media.decode import (
     sniff,
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
+from horde_scanner.signals.embeddings import EmbeddingMatch, EmbeddingMatcher, is_embedding_match
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
-from horde_scanner.verdict import Label, Verdict
+from horde_scanner.verdict import Label, Signals, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,7 @@ class Judge:
         hashes: HashMatcher | None = None,
         second_opinion: Backend | None = None,
         second_opinion_max_pending: int = 100,
+        embeddings: EmbeddingMatcher | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -125,6 +130,8 @@ class Judge:
         self._cache_size = cache_size
         self._extra_hook = on_finished
         self.hashes = hashes
+        # Off (None, or not enabled) until an image encoder is configured.
+        self.embeddings = embeddings if embeddings is not None and embeddings.enabled else None
         self.runner = JobRunner(
             store, self._process, self._finished, workers=workers, max_attempts=max_attempts
         )
@@ -239,6 +246,15 @@ class Judge:
         if stored is None or stored.verdict.label in (Label.ERROR, Label.UNREADABLE):
             return None
         verdict = stored.verdict
+        if self.embeddings is not None and is_embedding_match(verdict):
+            # It lasts as long as its entry does (an allow, a list that dropped it).
+            still = await self.embeddings.recheck(sha256)
+            if still is None:
+                return None
+            again = still.verdict(self.policy.version)
+            return self._remember(
+                Outcome(sha256, Route.MATCH, again, stored.media_type, stored.size)
+            )
         if self.hashes is not None:
             recheck = await self.hashes.recheck(sha256, verdict, self.policy.version)
             if recheck.verdict is not None:
@@ -402,7 +418,13 @@ class Judge:
             except UnreadableMedia as exc:
                 return self._unreadable(exc)
         try:
-            signals = await judge_image(self.backend, prepared)
+            if self.embeddings is None:
+                signals = await judge_image(self.backend, prepared)
+            else:
+                judged = await self._judge_with_embedding(job, decoded, prepared)
+                if isinstance(judged, Verdict):
+                    return judged
+                signals = judged
         except BackendFailed as exc:
             return Verdict(
                 label=Label.ERROR,
@@ -413,6 +435,39 @@ class Judge:
         if self.second_opinion is not None and cleared(signals):
             self._held[job.sha256] = prepared
         return self.policy.judge(signals)
+
+    async def _judge_with_embedding(
+        self, job: Job, decoded: DecodedImage, prepared: PreparedImage
+    ) -> Signals | Verdict:
+        """The backend's signals, with the image's embedding computed beside them (encoder
+        pool); a deny entry's match is the verdict, without waiting for the backend."""
+        assert self.embeddings is not None
+        embedding = asyncio.ensure_future(self.embeddings.embed(decoded.image))
+        judging = asyncio.ensure_future(judge_image(self.backend, prepared))
+        try:
+            vector = await embedding
+            match = await self._embedding_match(job, vector)
+            if match is not None and match.rejects:
+                return match.verdict(self.policy.version)
+            signals = await judging
+        finally:
+            await cancel_and_wait([embedding, judging])
+        if vector is None:
+            # No embedding of our own (the encoder busy): one the backend sent counts the same.
+            match = await self._embedding_match(job, self.embeddings.from_signals(signals))
+            if match is not None and match.rejects:
+                return match.verdict(self.policy.version)
+        return signals
+
+    async def _embedding_match(self, job: Job, vector: np.ndarray | None) -> EmbeddingMatch | None:
+        """Keep the image's embedding, and match it; a review source's match is flagged."""
+        if self.embeddings is None or vector is None:
+            return None
+        await self.embeddings.keep(job.sha256, vector)
+        match = await self.embeddings.match(vector)
+        if match is not None and not match.rejects:
+            await self.embeddings.flag(job.sha256, match, job.source)
+        return match
 
     async def _finished(self, job: Job, verdict: Verdict, answered: str | None) -> None:
         await self.store.audit(
@@ -429,6 +484,8 @@ class Judge:
         if self.hashes is not None and await self.hashes.note_verdict(job.sha256, verdict):
             # Cached answers for look-alikes of the new positive must be looked up again.
             self.forget()
+        if self.embeddings is not None:
+            await self.embeddings.note_verdict(job.sha256, verdict)
         # An admin may list this hash while the job finishes (the upload already has its
         # answer): a list decision must not be hidden by this verdict. No await may come
         # between the generation check and remembering.
@@ -456,6 +513,7 @@ def build_judge(
     on_finished: FinishedHook | None = None,
     hashes: HashMatcher | None = None,
     second_opinion: Backend | None = None,
+    embeddings: EmbeddingMatcher | None = None,
 ) -> Judge:
     """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
     return Judge(
@@ -472,4 +530,5 @@ def build_judge(
         hashes=hashes,
         second_opinion=second_opinion,
         second_opinion_max_pending=settings.prescreen.second_opinion_max_pending,
+        embeddings=embeddings,
     )

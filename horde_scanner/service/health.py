@@ -54,6 +54,13 @@ async def readyz(request: web.Request) -> web.Response:
         "pid": os.getpid(),
         "policy": svc.policy.version,
     }
+    if svc.embeddings is not None:
+        # One line: on (model, entries) or off and why (e.g. no model file yet).
+        body["embeddings"] = {
+            "enabled": svc.embeddings.enabled,
+            "detail": svc.embeddings.status
+            + (f"; {svc.embeddings.size} entries indexed" if svc.embeddings.enabled else ""),
+        }
     for horde in horde_paths(svc.backend)[:1]:
         # Expected latency, the Horde's queue, our submit limit, the kudos budget.
         body["horde"] = horde.describe()

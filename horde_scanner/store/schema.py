@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from horde_scanner.store import audit, cluster, hashes, jobs, kudos, review, sweeps, verdicts
+from horde_scanner.store import (
+    audit,
+    cluster,
+    embeddings,
+    hashes,
+    jobs,
+    kudos,
+    review,
+    sweeps,
+    verdicts,
+)
 from horde_scanner.store.tables import SchemaStep
 
-_PARTS = (verdicts, jobs, audit, sweeps, hashes, review, kudos, cluster)
+_PARTS = (verdicts, jobs, audit, sweeps, hashes, embeddings, review, kudos, cluster)
 
 
 def schema_steps() -> list[SchemaStep]:

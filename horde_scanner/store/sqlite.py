@@ -24,6 +24,7 @@ import aiosqlite
 from horde_scanner.config import StoreSettings
 from horde_scanner.store.audit import AuditTables
 from horde_scanner.store.cluster import ClusterTables
+from horde_scanner.store.embeddings import EmbeddingTables
 from horde_scanner.store.hashes import HashTables
 from horde_scanner.store.jobs import JobTables
 from horde_scanner.store.kudos import KudosTables
@@ -173,6 +174,7 @@ class Store(
     AuditTables,
     SweepTables,
     HashTables,
+    EmbeddingTables,
     ReviewTables,
     KudosTables,
     ClusterTables,
