@@ -94,16 +94,14 @@ def bench_index(n: int, tmp: Path) -> None:
     )
     queries = 300
     picks = rng.integers(0, n, queries)
-    near = exact[picks] + 0.02 * rng.standard_normal(
-        (queries, DIM), dtype=np.float32
-    )
+    near = exact[picks] + 0.02 * rng.standard_normal((queries, DIM), dtype=np.float32)
     near /= np.linalg.norm(near, axis=1, keepdims=True)
     far = unit(rng, queries)
     for name, qs in (("near-copy", near), ("random", far)):
         lat: list[float] = []
         exact_lat: list[float] = []
         agree = 0
-        for i, q in enumerate(qs):
+        for q in qs:
             t = time.perf_counter()
             loaded.search(q, 0.9)  # what a miss does: graph, then trust and threshold
             lat.append(time.perf_counter() - t)
@@ -116,8 +114,7 @@ def bench_index(n: int, tmp: Path) -> None:
         print(f"  {name:9} recall@1 vs exact: {agree / queries:.3f}", flush=True)
         if name == "near-copy":
             print(
-                f"  exact one-by-one (numpy matrix x vector over {n:,}): "
-                f"{percentiles(exact_lat)}",
+                f"  exact one-by-one (numpy matrix x vector over {n:,}): {percentiles(exact_lat)}",
                 flush=True,
             )
     del loaded, exact
@@ -171,12 +168,12 @@ def bench_encoder(model: Path) -> None:
 
 
 async def _answers(model: Path | None, delay_s: float, deadline_s: float, count: int, seed: int):
+    import aiohttp
+
     from horde_scanner.backends.mock import MockBackend
     from horde_scanner.testing import textures
     from horde_scanner.testing.pictrs import validate_upload
     from horde_scanner.testing.service import make_settings, running_service
-
-    import aiohttp
 
     with tempfile.TemporaryDirectory() as tmp:
         emb = {"model_path": model or Path(tmp) / "none.onnx", "index_dir": Path(tmp) / "ix"}
@@ -188,7 +185,10 @@ async def _answers(model: Path | None, delay_s: float, deadline_s: float, count:
         )
         backend = MockBackend(textures.red_is_csam, delay_s=delay_s)
         lat = []
-        async with running_service(settings, backend=backend) as svc, aiohttp.ClientSession() as http:
+        async with (
+            running_service(settings, backend=backend) as svc,
+            aiohttp.ClientSession() as http,
+        ):
             for i in range(count):
                 data = textures.encode(textures.textured("green", seed=seed + i, size=(640, 480)))
                 result = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
