@@ -17,6 +17,7 @@ about a search running beside an add, and a search costs a millisecond.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -97,8 +98,7 @@ def _empty_meta() -> _Meta:
 
 class EmbeddingIndex:
     def __init__(self, shape: IndexShape, expansion_search: int, graph: Any = None) -> None:
-        from usearch.index import Index
-
+        Index = usearch_index()
         self.shape = shape
         self._graph = graph or Index(
             ndim=shape.dim,
@@ -251,8 +251,7 @@ class EmbeddingIndex:
         if saved != shape.record():
             log.info("saved embedding index %s was built differently: rebuilding", directory)
             return None
-        from usearch.index import Index
-
+        Index = usearch_index()
         try:
             graph = Index.restore(str(directory / _GRAPH), view=False)
             with np.load(directory / _KEYS) as arrays:
@@ -269,6 +268,18 @@ class EmbeddingIndex:
         index.set_meta(keys[held], trust[held], threshold[held], suppressed)
         index.generation = int(generation)
         return index
+
+
+def usearch_index() -> Any:
+    """usearch's Index class. Once usearch's native module is loaded, importing onnxruntime
+    (the encoder; also nudenet's pre-screen) crashes the process: a clash of the native
+    libraries the two wheels bring, like FAISS's with torch. Loaded the other way round, both
+    work: so onnxruntime goes first, where it is installed."""
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
+    from usearch.index import Index
+
+    return Index
 
 
 def _contains(sorted_keys: np.ndarray, key: int) -> bool:
