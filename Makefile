@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: serve test install install-test system-deps lint bench clean
+.PHONY: serve test install install-test system-deps lint bench clean docs docs-build config-reference screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,21 @@ lint: install-test
 	$(BIN)/ruff check horde_scanner local_gpu tests bench
 	$(BIN)/mypy horde_scanner local_gpu
 
+# The docs site on http://127.0.0.1:8000 (mkdocs and the Material theme: the `docs` extra, also
+# in `test`). The suite builds it with --strict (tests/test_docs.py).
+docs: install-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: install-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# docs/reference/configuration.md is generated from horde_scanner/config.py; a test fails when
+# it is stale, and this target writes it again.
+config-reference: install
+	$(BIN)/horde-scanner config reference -o docs/reference/configuration.md
+
 bench: install-test
 	$(BIN)/python -m bench.validate
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build site *.egg-info

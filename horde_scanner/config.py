@@ -2,9 +2,11 @@
 
 Sources, highest priority first: keyword arguments, environment variables
 (`HORDE_SCANNER_` prefix, nested with `__`, e.g. `HORDE_SCANNER_HORDE__API_KEY`), a `.env` file in
-the working directory, a TOML file given with `--config`, then the defaults below. Every option is
-listed in README.md with its default; keep the two in step. Keys of other programs in `.env`
-(Lemmy's) are skipped; misspelt keys of ours are refused by name (config_keys.py).
+the working directory, a TOML file given with `--config`, then the defaults below. Every option has
+a `Field(description=...)`: docs/reference/configuration.md is generated from them
+(config_reference.py; a test fails when one is missing or the page is stale). Keys of other
+programs in `.env` (Lemmy's) are skipped; misspelt keys of ours are refused by name
+(config_keys.py).
 """
 
 from __future__ import annotations
@@ -61,40 +63,125 @@ PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
 
 class ServerSettings(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(14051, ge=1, le=65535)
+    """The HTTP service pict-rs calls: where it listens, who may call it, and the bounds on every
+    upload's body."""
+
+    host: str = Field(
+        "127.0.0.1", description="Bind address (`0.0.0.0` in containers; the image sets it)."
+    )
+    port: int = Field(14051, ge=1, le=65535, description="Port (14051, as pictrs-safety).")
     # Ids pict-rs may put in the URL path (/api/v1/scan/<id>). Treat them as secrets.
-    client_ids: list[str] = Field(default_factory=list)
+    client_ids: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Unnamed client ids (secrets), recorded as `upload:id-` plus the first 8 hex of the "
+            "id's sha256; rows an older release wrote with the id itself are rewritten this way at"
+            " start-up."
+        ),
+    )
     # Named ids, {name = secret}: the name is what the audit log, verdicts and exports record.
-    clients: dict[str, str] = Field(default_factory=dict)
+    clients: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Named client ids, `{name = "id"}`: the ids accepted in `/api/v1/scan/<id>` (secrets);'
+            " uploads are recorded as `upload:<name>`, never with the id."
+        ),
+    )
     # Networks accepted for the special id IPADDR (loopback always is). The default is what
     # pictrs-safety accepts: the private ranges, where pict-rs sits on a docker network.
-    allowed_ips: list[str] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
+    allowed_ips: list[str] = Field(
+        default_factory=lambda: list(PRIVATE_NETWORKS),
+        description=(
+            "Networks accepted for the id `IPADDR` (loopback always is); replace the list to "
+            "narrow or widen it."
+        ),
+    )
     # Only requests from these addresses may set X-Forwarded-For.
-    trusted_proxies: list[str] = Field(default_factory=list)
-    max_body_bytes: int = Field(40 * 1024 * 1024, gt=0)
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Peers whose `X-Forwarded-For` is believed."
+    )
+    max_body_bytes: int = Field(
+        40 * 1024 * 1024, gt=0, description="Largest upload read (40 MiB); a larger one gets 413."
+    )
     # Complete uploads admitted (hashed, looked up, persisted) at once; the rest wait for a
     # slot, up to the deadline. Bodies are read before, without a slot (see below).
-    max_concurrent_uploads: int = Field(128, gt=0)
+    max_concurrent_uploads: int = Field(
+        128,
+        gt=0,
+        description=(
+            "Complete uploads admitted (hashed, looked up, persisted) at once; the rest wait for a"
+            " slot, up to the deadline."
+        ),
+    )
     # Processes sharing the port (SO_REUSEPORT) and the store, for hosts with several cores.
-    processes: int = Field(1, ge=1, le=64)
+    processes: int = Field(
+        1, ge=1, le=64, description="Processes sharing the port (SO_REUSEPORT) and the store."
+    )
     # On SIGTERM: how long /readyz answers 503 before the listener closes (let a balancer's
     # health check see it), then how long uploads in flight may take to be answered.
-    drain_s: float = Field(3.0, ge=0, le=300)
-    shutdown_timeout_s: float = Field(30.0, gt=0, le=600)
+    drain_s: float = Field(
+        3.0,
+        ge=0,
+        le=300,
+        description="After SIGTERM, seconds `/readyz` answers 503 before the port closes.",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="After the drain, the longest an upload in flight may take to be answered.",
+    )
     # Reading a body: after the grace, a sender must keep up this average rate or be cut off
     # (408); the whole body must be in by the validation deadline either way.
-    upload_min_bytes_per_s: int = Field(32 * 1024, gt=0)
-    upload_rate_grace_s: float = Field(2.0, ge=0)
+    upload_min_bytes_per_s: int = Field(
+        32 * 1024,
+        gt=0,
+        description=(
+            "After the grace, a body arriving slower than this on average is cut off (408)."
+        ),
+    )
+    upload_rate_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "Seconds a sender has before the rate counts (the whole body is due by the deadline "
+            "anyway)."
+        ),
+    )
     # After an upload is refused before its body was read (408 too slow, 413 too large), how
     # long what the sender still sends is read and dropped before the socket closes.
-    linger_s: float = Field(2.0, ge=0, le=60)
+    linger_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description=(
+            "After a 408 or 413, seconds what the sender still sends is read and dropped before "
+            "the socket closes."
+        ),
+    )
     # Bodies being read are held in memory up to this many bytes in all; past it, in
     # temporary files (in upload_spool_dir; None: the system's temporary directory) up to
     # upload_spool_bytes, and beyond both an upload is refused (503, recorded).
-    upload_memory_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    upload_spool_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
-    upload_spool_dir: Path | None = None
+    upload_memory_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Bytes of bodies being read held in memory, all uploads together (64 MiB); past it, "
+            "bodies go to temporary files."
+        ),
+    )
+    upload_spool_bytes: int = Field(
+        2 * 1024 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Bytes of bodies in temporary files (2 GiB); past both budgets an upload gets 503, "
+            "recorded."
+        ),
+    )
+    upload_spool_dir: Path | None = Field(
+        None,
+        description="Directory for those temporary files; unset: the system's temporary directory.",
+    )
 
     @field_validator("clients")
     @classmethod
@@ -115,34 +202,107 @@ class ServerSettings(Section):
 
 
 class ValidationSettings(Section):
+    """How an upload is answered: the deadline, what happens when no verdict comes in time, which
+    labels are rejected."""
+
     # pict-rs gives thumbnails 10 s in total; answer well before that.
-    deadline_s: float = Field(8.0, gt=0, le=120)
-    on_timeout: OnEvent = OnEvent.ACCEPT
-    on_unreadable: OnEvent = OnEvent.ACCEPT
-    reject_labels: list[Label] = Field(default_factory=lambda: [Label.CSAM])
+    deadline_s: float = Field(
+        8.0,
+        gt=0,
+        le=120,
+        description="Answer pict-rs within this many seconds (under Lemmy's 10 s for thumbnails).",
+    )
+    on_timeout: OnEvent = Field(
+        OnEvent.ACCEPT,
+        description=(
+            "Answer when no verdict came by the deadline (or the backend failed for good): "
+            "`accept` (fail open) or `reject` (fail closed)."
+        ),
+    )
+    on_unreadable: OnEvent = Field(
+        OnEvent.ACCEPT,
+        description=(
+            "Answer for bytes that cannot be decoded: `accept` (recorded as `unreadable`) or "
+            "`reject`."
+        ),
+    )
+    reject_labels: list[Label] = Field(
+        default_factory=lambda: [Label.CSAM],
+        description="Labels answered with 406 (pict-rs then deletes the file).",
+    )
     # Misses being decoded at once (each holds its upload's bytes until downscaled).
-    max_decoding: int = Field(4, gt=0)
-    verdict_cache_size: int = Field(100_000, ge=0)
+    max_decoding: int = Field(
+        4,
+        gt=0,
+        description=(
+            "Decode threads: misses decoded at once (each holds its upload's bytes until "
+            "downscaled)."
+        ),
+    )
+    verdict_cache_size: int = Field(
+        100_000, ge=0, description="Answers kept in memory (the store keeps all)."
+    )
     # A background judgement that keeps failing (backend down) becomes an `error` verdict
     # after this many tries (backoff doubles up to 5 minutes: about four hours in all).
-    job_max_attempts: int = Field(50, gt=0)
+    job_max_attempts: int = Field(
+        50,
+        gt=0,
+        description=(
+            "Tries before a background judgement becomes an `error` verdict (backoff doubles up to"
+            " 5 min)."
+        ),
+    )
 
 
 class MediaSettings(Section):
-    max_pixels: int = Field(64_000_000, gt=0)
+    """Decoding limits (every file, wherever it is decoded) and the image sent to backends."""
+
+    max_pixels: int = Field(
+        64_000_000,
+        gt=0,
+        description="Larger images are refused from their header (decompression bombs).",
+    )
     # Longest side sent to a backend: 512 px is one AI Horde tile.
-    backend_max_side: int = Field(512, ge=64, le=3072)
-    webp_quality: int = Field(85, ge=1, le=100)
+    backend_max_side: int = Field(
+        512,
+        ge=64,
+        le=3072,
+        description="Longest side sent to a backend, px (512: one AI Horde tile).",
+    )
+    webp_quality: int = Field(85, ge=1, le=100, description="Quality of the WebP sent to backends.")
     # Animations and video: frames judged per file (the first, then spread over the duration).
-    max_frames: int = Field(8, ge=1, le=64)
+    max_frames: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description=(
+            "Frames judged per animation or video (the first, then spread over the duration)."
+        ),
+    )
     # An animation with more frames is unreadable (every frame of a GIF must be decoded).
-    max_frame_count: int = Field(5_000, ge=1)
+    max_frame_count: int = Field(
+        5_000, ge=1, description="An animation with more frames is unreadable."
+    )
     # Pixels decoded over all frames of one file.
-    max_total_pixels: int = Field(1_000_000_000, gt=0)
+    max_total_pixels: int = Field(
+        1_000_000_000,
+        gt=0,
+        description="Pixels decoded over all frames of one file; more makes it unreadable.",
+    )
     # Decoding one file longer than this makes it unreadable.
-    max_decode_s: float = Field(5.0, gt=0)
+    max_decode_s: float = Field(
+        5.0, gt=0, description="Decoding one file longer than this makes it unreadable."
+    )
     # Frames this close (difference hash bits of 64, and mean colour) count as one.
-    near_duplicate_bits: int = Field(4, ge=0, le=32)
+    near_duplicate_bits: int = Field(
+        4,
+        ge=0,
+        le=32,
+        description=(
+            "Frames within this difference-hash distance (of 64 bits, with a similar mean colour) "
+            "count as one."
+        ),
+    )
 
     def limits(self, **override: Any) -> DecodeLimits:
         """The decoder's limits: every field of this section (DecodeLimits has the same names),
@@ -152,50 +312,168 @@ class MediaSettings(Section):
 
 
 class HordeSettings(Section):
-    url: str = "https://aihorde.net/api"
-    api_key: str = ANONYMOUS_HORDE_KEY
-    contact_url: str = "https://github.com/horde-scanner/horde-scanner"
+    """The AI Horde client: key, rate limits, polling, failures and a kudos budget."""
+
+    url: str = Field("https://aihorde.net/api", description="AI Horde base URL.")
+    api_key: str = Field(
+        ANONYMOUS_HORDE_KEY,
+        description=(
+            "Your AI Horde API key; the anonymous key by default (lowest priority; a warning is "
+            "logged)."
+        ),
+    )
+    contact_url: str = Field(
+        "https://github.com/horde-scanner/horde-scanner",
+        description="Third part of the `Client-Agent` header sent to the AI Horde.",
+    )
     # The `interrogation` form adds booru-style tags (lolicon, ...) at 3 kudos instead of 1.
-    interrogation: bool = False
-    slow_workers: bool = True
-    max_in_flight: int = Field(90, gt=0, le=150)
+    interrogation: bool = Field(
+        False,
+        description=(
+            "Also ask for booru-style tags (the `interrogation` form: 3 kudos more per image)."
+        ),
+    )
+    slow_workers: bool = Field(
+        True, description="Allow slow workers (more capacity; burn 2 kudos instead of 1)."
+    )
+    max_in_flight: int = Field(
+        90,
+        gt=0,
+        le=150,
+        description=(
+            "AI Horde requests at once, and background judgements at once (at most 40 when no AI "
+            "Horde path is configured)."
+        ),
+    )
     # Status polls of one request: the first this soon after the submit, then at this pace
     # while its forms wait for a worker, and faster while a worker is processing them.
-    first_poll_s: float = Field(0.15, ge=0.05)
-    poll_interval_s: float = Field(1.0, ge=0.1)
-    processing_poll_s: float = Field(0.25, ge=0.11)
+    first_poll_s: float = Field(
+        0.15, ge=0.05, description="First status poll this soon after a submit."
+    )
+    poll_interval_s: float = Field(
+        1.0,
+        ge=0.1,
+        description="Status poll interval per request while its forms wait for a worker.",
+    )
+    processing_poll_s: float = Field(
+        0.25, ge=0.11, description="Status poll interval per request while a worker processes it."
+    )
     # Our share of the Horde's status limit, 10/s for each ip + method + path (per request id).
-    status_polls_per_s: int = Field(5, ge=1, le=10)
+    status_polls_per_s: int = Field(
+        5,
+        ge=1,
+        le=10,
+        description=(
+            "Our share (1-10) of the 10/s status limit the Horde keeps for each request id (GET "
+            "and DELETE apart)."
+        ),
+    )
     # Our share of the Horde's 90 submits per minute per IP, in any 60 s (a burst goes at once).
-    submits_per_min: int = Field(80, ge=1, le=90)
+    submits_per_min: int = Field(
+        80,
+        ge=1,
+        le=90,
+        description=(
+            "Our share (1-90) of the Horde's 90 submits per minute per IP: never more in any 60 s;"
+            " a burst goes at once."
+        ),
+    )
     # Read /v2/status/performance (queue length, workers) this often; 0 turns it off.
-    performance_interval_s: float = Field(60.0, ge=0)
+    performance_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "Read `/v2/status/performance` (the Horde's queue and workers) this often; 0: never."
+        ),
+    )
     # Kudos spent per UTC day at most; None: no budget. When spent, misses follow on_timeout
     # and are judged when the budget renews.
-    max_kudos_per_day: float | None = Field(None, gt=0)
+    max_kudos_per_day: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Kudos spent per UTC day at most; unset: no budget. When spent, misses follow "
+            "`on_timeout` and are judged when it renews."
+        ),
+    )
     # Give up on one request (and DELETE it) after this long.
-    request_timeout_s: float = Field(600.0, gt=0)
-    http_timeout_s: float = Field(20.0, gt=0)
-    retries: int = Field(4, ge=0, le=10)
-    maintenance_pause_s: float = Field(120.0, ge=0)
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Give up on (and DELETE) one AI Horde request after this long."
+    )
+    http_timeout_s: float = Field(
+        20.0, gt=0, description="Time limit of one HTTP call to the AI Horde."
+    )
+    retries: int = Field(
+        4,
+        ge=0,
+        le=10,
+        description=(
+            "Retries of connection errors, timeouts and 5xx (exponential backoff with jitter)."
+        ),
+    )
+    maintenance_pause_s: float = Field(
+        120.0,
+        ge=0,
+        description="Stop sending this long after `MaintenanceMode` or `UntrustedUnsafeIP`.",
+    )
     # Failed calls in a row (refused, DNS, timeout, 5xx) that mark the AI Horde down, and how
     # often one heartbeat probes it while down.
-    down_after_failures: int = Field(3, ge=1, le=100)
-    probe_interval_s: float = Field(1.0, gt=0, le=300)
+    down_after_failures: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description=(
+            "Failed calls in a row (refused, DNS, timeout, 5xx) that mark the AI Horde down."
+        ),
+    )
+    probe_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=300,
+        description=(
+            "While the AI Horde is down, one heartbeat this often; the first success marks it up."
+        ),
+    )
     # Animations and video: pack up to 4 frames into one 512 px 2x2 image (one request, a
     # quarter of the kudos) at the price of each frame being judged at 256 px.
-    pack_frames: bool = False
+    pack_frames: bool = Field(
+        False,
+        description=(
+            "Pack up to 4 frames of an animation or video into one 512 px 2x2 image: a quarter of "
+            "the requests and kudos, but each frame judged at 256 px among others."
+        ),
+    )
 
 
 class StoreSettings(Section):
-    path: Path = Path("horde-scanner.db")
+    """The store: a SQLite file (default) or PostgreSQL, for replicas sharing one database."""
+
+    path: Path = Field(
+        Path("horde-scanner.db"),
+        description="The SQLite file (WAL), used when `store.url` is unset.",
+    )
     # sqlite:///path (the default: `path` above) or postgresql://user:pass@host:port/db.
-    url: str | None = None
+    url: str | None = Field(
+        None,
+        description=(
+            "`sqlite:///relative.db`, `sqlite:////absolute.db` or "
+            "`postgresql://user:password@host:port/db`; unset: SQLite at `store.path`."
+        ),
+    )
     # PostgreSQL: how long a claimed job stays with the replica that took it without word
     # from it (renewed every third of this while judged); a dead replica's jobs wait this long.
-    job_lease_s: float = Field(30.0, ge=1.0, le=3600.0)
+    job_lease_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description=(
+            "PostgreSQL: how long a claimed job stays with the replica that took it without word "
+            "from it (renewed every third of this); a dead replica's jobs are taken over after "
+            "this."
+        ),
+    )
     # PostgreSQL: connections per process.
-    pool_size: int = Field(10, ge=2, le=200)
+    pool_size: int = Field(10, ge=2, le=200, description="PostgreSQL: connections per process.")
 
     @field_validator("url")
     @classmethod
@@ -214,15 +492,36 @@ class StoreSettings(Section):
 
 
 class PictrsSettings(Section):
-    url: str | None = None
-    api_key: str | None = None
+    """pict-rs's internal API: purging late positives and deleting through pict-rs in sweeps."""
+
+    url: str | None = Field(
+        None,
+        description=(
+            "pict-rs base URL for its internal API (late positives purged at once, sweep deletes "
+            "through pict-rs); unset: no API."
+        ),
+    )
+    api_key: str | None = Field(
+        None, description="pict-rs `server.api_key`, sent as `X-Api-Token`."
+    )
     # Pages of /internal/hashes (newest first) searched for a late positive's hash.
-    search_pages: int = Field(20, gt=0)
+    search_pages: int = Field(
+        20,
+        gt=0,
+        description=(
+            "Pages of `/internal/hashes` (newest first) searched for a late positive's hash."
+        ),
+    )
 
 
 class PolicySettings(Section):
+    """The policy file: thresholds and word lists that turn signals into a verdict."""
+
     # A TOML policy file replacing the bundled one (horde_scanner/data/policy.toml).
-    path: Path | None = None
+    path: Path | None = Field(
+        None,
+        description="Your policy TOML file; unset: the bundled `horde_scanner/data/policy.toml`.",
+    )
 
 
 class BackendKind(StrEnum):
@@ -233,12 +532,24 @@ class BackendKind(StrEnum):
 
 
 class BackendSettings(Section):
+    """Which path judges a miss, and how `hybrid` chooses between them."""
+
     # auto: local when a CUDA GPU (with the [gpu] extra) or a worker pool is configured, else
     # the AI Horde. hybrid: the fastest live path, falling back between local and the Horde.
-    kind: BackendKind = BackendKind.AUTO
+    kind: BackendKind = Field(
+        BackendKind.AUTO,
+        description="Which backend judges a miss: `auto`, `horde`, `local` or `hybrid`.",
+    )
     # hybrid: a path whose typical latency exceeds this is only used when nothing faster is
     # live (default: validation.deadline_s).
-    hybrid_budget_s: float | None = Field(None, gt=0)
+    hybrid_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "`hybrid`: paths expected slower than this are tried last; unset: "
+            "`validation.deadline_s`."
+        ),
+    )
 
 
 class LocalSettings(Section):
@@ -248,37 +559,86 @@ class LocalSettings(Section):
     # Load CLIP in the service process. None (auto): when torch sees a CUDA GPU, or when
     # backend.kind is `local` and no worker pool is configured (CPU fallback: slow, seconds per
     # image for ViT-L/14). false: judge locally only through remote workers.
-    in_process: bool | None = None
+    in_process: bool | None = Field(
+        None,
+        description=(
+            "Load CLIP in this process; unset (auto): with a CUDA GPU, or for `backend.kind = "
+            '"local"` without workers (CPU, slow); `false`: workers only.'
+        ),
+    )
     # Hub name (looked up in the Hugging Face cache, downloaded unless `offline`) ...
-    model: str = "openai/clip-vit-large-patch14"
+    model: str = Field(
+        "openai/clip-vit-large-patch14",
+        description="Hugging Face model name, from the cache (downloaded unless `local.offline`).",
+    )
     # ... or a directory holding a saved CLIP model and its tokenizer (wins over `model`).
-    model_dir: Path | None = None
-    cache_dir: Path | None = None
-    offline: bool = False
+    model_dir: Path | None = Field(
+        None,
+        description=(
+            "Directory with a saved CLIP model and tokenizer (`save_pretrained`); wins over "
+            "`local.model`."
+        ),
+    )
+    cache_dir: Path | None = Field(
+        None, description="Hugging Face cache directory; unset: its default."
+    )
+    offline: bool = Field(False, description="Never download a model.")
     # auto: CUDA when torch sees a GPU, else CPU. "cpu" forces CPU; "cuda" fails without one.
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    fp16: bool = True
-    batch_size: int = Field(16, ge=1, le=256)
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="`auto` (CUDA when torch sees a GPU, else CPU), `cpu`, `cuda` or `cuda:N`.",
+    )
+    fp16: bool = Field(True, description="Half precision on CUDA.")
+    batch_size: int = Field(
+        16, ge=1, le=256, description="Largest batch (also the worker's default concurrency)."
+    )
     # How long the first request of a batch waits for company before the batch runs.
-    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="How long the first image of a batch waits for company before the batch runs.",
+    )
     # Requests waiting for the model beyond this count are refused (back-pressure).
-    max_queue: int = Field(256, ge=1)
+    max_queue: int = Field(
+        256,
+        ge=1,
+        description="Images waiting for the model beyond this are refused (back-pressure).",
+    )
 
 
 class PrescreenSettings(Section):
     """CPU nudity pre-screen (extra [prescreen]): NudeNet's bundled ONNX detector."""
 
-    enabled: bool = False
+    enabled: bool = Field(
+        False, description="Run the CPU pre-screen (NudeNet) first on every miss."
+    )
     # An ONNX model with NudeNet's 18 classes; default: the one shipped in the nudenet wheel.
-    model_path: Path | None = None
-    resolution: int = Field(320, ge=64, le=1280)
+    model_path: Path | None = Field(
+        None,
+        description=(
+            "Another NudeNet ONNX model (18 classes); unset: the `320n.onnx` in the nudenet wheel."
+        ),
+    )
+    resolution: int = Field(320, ge=64, le=1280, description="Model input size, px.")
     # Threads running the detector (each uses one core); more waiting images are refused.
-    threads: int = Field(2, ge=1, le=64)
-    max_queue: int = Field(64, ge=1)
+    threads: int = Field(2, ge=1, le=64, description="Detector threads (one core each).")
+    max_queue: int = Field(
+        64, ge=1, description="Beyond this many waiting, images skip the pre-screen."
+    )
     # Send images the pre-screen judged clean to the next backend too, in the background; a
     # positive second opinion becomes a late positive.
-    second_opinion: bool = False
-    second_opinion_max_pending: int = Field(100, ge=1)
+    second_opinion: bool = Field(
+        False,
+        description=(
+            "Also send images the pre-screen cleared to the next backend, in the background; a "
+            "worse answer becomes a late positive."
+        ),
+    )
+    second_opinion_max_pending: int = Field(
+        100, ge=1, description="Second opinions in flight at most."
+    )
 
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -289,15 +649,29 @@ class WorkerPoolSettings(Section):
 
     # API keys workers send in the `apikey` header, by name: {name = "secret"}. A plain list
     # (the old form) names its keys key1, key2, ... Remove a name to revoke that key.
-    keys: dict[str, str] = Field(default_factory=dict)
+    keys: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Worker API keys by name (`{name = "secret"}`; a plain list names them `key1`...); '
+            "empty: no worker endpoints."
+        ),
+    )
     # A job taken by a worker that has not answered after this long goes to another worker.
-    job_timeout_s: float = Field(30.0, gt=0)
+    job_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Reassign a taken job to another worker after this long without an answer.",
+    )
     # A worker that has not polled for this long counts as gone.
-    missing_after_s: float = Field(10.0, gt=0)
+    missing_after_s: float = Field(10.0, gt=0, description="A worker silent this long is gone.")
     # Jobs waiting for a worker beyond this count make the pool "saturated".
-    max_queue: int = Field(32, ge=1)
+    max_queue: int = Field(
+        32, ge=1, description="Queued jobs beyond this mean the pool is saturated."
+    )
     # Longest long-poll a worker may ask for (`GET /api/v1/pop?wait=S`).
-    max_poll_wait_s: float = Field(20.0, ge=0, le=60)
+    max_poll_wait_s: float = Field(
+        20.0, ge=0, le=60, description="Longest `GET /api/v1/pop?wait=S` long poll."
+    )
 
     @field_validator("keys", mode="before")
     @classmethod
@@ -321,46 +695,109 @@ class WorkerPoolSettings(Section):
 
 
 class S3Settings(Section):
+    """S3-compatible storage for `s3://` sources; unset values fall back to the usual AWS
+    variables and files."""
+
     # None: the usual AWS variables and files (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID...).
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint; unset: `AWS_ENDPOINT_URL`, else AWS."
+    )
+    region: str | None = Field(
+        None, description="Region used for signing; unset: `AWS_REGION`, else `us-east-1`."
+    )
+    access_key_id: str | None = Field(
+        None, description="Access key; unset: `AWS_ACCESS_KEY_ID` or the AWS profiles."
+    )
+    secret_access_key: str | None = Field(
+        None, description="Secret key; unset: `AWS_SECRET_ACCESS_KEY` or the AWS profiles."
+    )
     # Quarantined objects go to this bucket (None: the scanned bucket) under this prefix.
-    quarantine_bucket: str | None = None
-    quarantine_prefix: str = "horde-scanner-quarantine/"
+    quarantine_bucket: str | None = Field(
+        None, description="Bucket for quarantined objects; unset: the scanned bucket."
+    )
+    quarantine_prefix: str = Field(
+        "horde-scanner-quarantine/",
+        description="Key prefix for quarantined objects (never scanned).",
+    )
     # "path" for servers without per-bucket host names (MinIO, Garage behind one name).
-    addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    timeout_s: float = Field(30.0, gt=0)
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="`path` for MinIO/Garage-style endpoints without per-bucket host names."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Connect and read timeout per S3 request.")
 
 
 class SSHSettings(Section):
+    """Remote hosts over SSH (SFTP) for `ssh://` sources."""
+
     # None: the SSH agent and the default keys in ~/.ssh.
-    key_path: Path | None = None
-    passphrase: str | None = None
+    key_path: Path | None = Field(
+        None, description="Private key file; unset: the SSH agent and the keys in `~/.ssh`."
+    )
+    passphrase: str | None = Field(None, description="Passphrase of that key.")
     # None: ~/.ssh/known_hosts. Host keys are always checked unless check_host_key is false.
-    known_hosts: Path | None = None
-    check_host_key: bool = True
+    known_hosts: Path | None = Field(
+        None, description="known_hosts file; unset: `~/.ssh/known_hosts`."
+    )
+    check_host_key: bool = Field(True, description="`false` skips host key checking (logged).")
     # On the remote host; a relative path is under the login directory.
-    quarantine_path: str = ".horde-scanner-quarantine"
-    connect_timeout_s: float = Field(15.0, gt=0)
+    quarantine_path: str = Field(
+        ".horde-scanner-quarantine",
+        description=(
+            "Remote quarantine directory (0700), relative to the login directory unless absolute."
+        ),
+    )
+    connect_timeout_s: float = Field(15.0, gt=0, description="Connection and login timeout.")
 
 
 class ScanSettings(Section):
+    """Storage sweeps (`horde-scanner scan`, `apply`): concurrency, what is acted on, the
+    quarantine."""
+
     # Files read and judged at once (each holds its bytes until judged). The AI Horde takes
     # seconds per image: a sweep it judges needs many in flight (its own cap: max_in_flight).
-    concurrency: int = Field(32, gt=0, le=256)
+    concurrency: int = Field(
+        32,
+        gt=0,
+        le=256,
+        description=(
+            "Files read and judged at once by a sweep (the AI Horde needs many in flight; decoding"
+            " is bounded by `validation.max_decoding`)."
+        ),
+    )
     # Verdicts a quarantine/delete sweep acts on.
-    act_labels: list[Label] = Field(default_factory=lambda: [Label.CSAM])
+    act_labels: list[Label] = Field(
+        default_factory=lambda: [Label.CSAM],
+        description="Verdicts that `--action quarantine|delete` act on.",
+    )
     # accept: leave unreadable files alone (reported); reject: act on them like positives.
-    on_unreadable: OnEvent = OnEvent.ACCEPT
+    on_unreadable: OnEvent = Field(
+        OnEvent.ACCEPT,
+        description=(
+            "`accept`: leave unreadable files in place (reported); `reject`: act on them like "
+            "positives."
+        ),
+    )
     # Local quarantine directory (0700). None: "quarantine" next to the store file.
-    quarantine_path: Path | None = None
+    quarantine_path: Path | None = Field(
+        None,
+        description=(
+            "Local quarantine directory (0700); unset: `quarantine/` next to the store file."
+        ),
+    )
     # Bigger files are recorded as unreadable without being read.
-    max_file_bytes: int = Field(100 * 1024 * 1024, gt=0)
-    follow_interval_s: float = Field(60.0, gt=0)
-    s3: S3Settings = Field(default_factory=S3Settings)
-    ssh: SSHSettings = Field(default_factory=SSHSettings)
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024,
+        gt=0,
+        description="Bigger files are recorded as unreadable without being read.",
+    )
+    follow_interval_s: float = Field(60.0, gt=0, description="Seconds between `--follow` cycles.")
+    s3: S3Settings = Field(
+        default_factory=S3Settings, description="S3-compatible storage, for `s3://` sources."
+    )
+    ssh: SSHSettings = Field(
+        default_factory=SSHSettings,
+        description="Remote hosts over SSH (SFTP), for `ssh://` sources.",
+    )
 
 
 class HashTrust(StrEnum):
@@ -375,19 +812,41 @@ RESERVED_ORIGINS = frozenset({"local", "verdict"})
 
 
 class HashSubscription(Section):
+    """One subscribed hash list (a `[[hashes.subscriptions]]` table)."""
+
     # Short name: written as the origin of its entries, in logs and in `hashes flagged`.
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    url: str = Field(pattern=r"^https?://")
-    trust: HashTrust = HashTrust.DENY
-    refresh_s: float = Field(3600.0, ge=0.1)
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description=(
+            "Short name (letters, digits, `.`, `_`, `-`; not `local` or `verdict`): the origin of "
+            "its entries in logs and `hashes flagged`."
+        ),
+    )
+    url: str = Field(
+        pattern=r"^https?://", description="The other instance's `/api/v1/hashes` (http or https)."
+    )
+    trust: HashTrust = Field(
+        HashTrust.DENY,
+        description=(
+            "`deny`: a match rejects at once; `review`: a match is accepted, judged as usual and "
+            "flagged for an admin."
+        ),
+    )
+    refresh_s: float = Field(3600.0, ge=0.1, description="Seconds between refreshes.")
     # Sent as `Authorization: Bearer <token>` when the publisher requires one (to the url's
     # own origin only).
-    token: str | None = None
-    timeout_s: float = Field(60.0, gt=0)
+    token: str | None = Field(
+        None, description="Sent as `Authorization: Bearer`, to the url's own origin only."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="One fetch's time limit.")
     # Redirects are followed within the url's origin only; other origins (scheme://host:port)
     # a redirect may lead to must be listed here.
     redirect_origins: list[Annotated[str, Field(pattern=r"^https?://[^/?#]+/?$")]] = Field(
-        default_factory=list
+        default_factory=list,
+        description=(
+            "Other origins (`https://host[:port]`) a redirect may lead to; redirects elsewhere are"
+            " refused."
+        ),
     )
 
     @field_validator("name")
@@ -399,29 +858,79 @@ class HashSubscription(Section):
 
 
 class HashesSettings(Section):
+    """Perceptual hashes (PDQ) and hash lists: matching, publishing, subscriptions."""
+
     # PDQ hashes within this Hamming distance (of 256 bits) match; 31 is Meta's recommendation.
-    pdq_max_distance: int = Field(31, ge=0, le=128)
+    pdq_max_distance: int = Field(
+        31,
+        ge=0,
+        le=128,
+        description=(
+            "PDQ Hamming distance (0-128 of 256 bits) that counts as a match (31: Meta's "
+            "recommendation)."
+        ),
+    )
     # PDQ quality (0-100) below which a hash never matches, on either side.
-    pdq_min_quality: int = Field(50, ge=0, le=100)
+    pdq_min_quality: int = Field(
+        50, ge=0, le=100, description="PDQ quality (0-100) below which a hash never matches."
+    )
     # How often the in-memory index checks the store for changes made by other processes.
-    sync_interval_s: float = Field(1.0, gt=0)
+    sync_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the in-memory index looks for changes made by other processes.",
+    )
     # Serve this instance's list at GET /api/v1/hashes.
-    publish: bool = False
+    publish: bool = Field(False, description="Serve this instance's list at `GET /api/v1/hashes`.")
     # Without a token, publishing must be made public explicitly.
-    publish_public: bool = False
-    publish_token: str | None = None
+    publish_public: bool = Field(
+        False, description="Serve it without a token (needed when `publish` has no token)."
+    )
+    publish_token: str | None = Field(None, description="Bearer token subscribers must send.")
     # `source` column of this instance's own entries in the published list and exports.
-    publish_source: str = "horde-scanner"
-    # Also publish machine positives no admin has confirmed (README: a false positive of a
+    publish_source: str = Field(
+        "horde-scanner",
+        description="`source` of this instance's own entries in the published list and exports.",
+    )
+    # Also publish machine positives no admin has confirmed (docs/trust.md: a false positive of a
     # weak classifier then blocks every near copy on every subscriber, unreviewed).
-    publish_unreviewed: bool = False
-    subscriptions: list[HashSubscription] = Field(default_factory=list)
+    publish_unreviewed: bool = Field(
+        False,
+        description=(
+            "Also publish machine positives no admin confirmed (risky: see Trust boundaries)."
+        ),
+    )
+    subscriptions: list[HashSubscription] = Field(
+        default_factory=list,
+        description=(
+            "Lists of other instances to subscribe to, `[[hashes.subscriptions]]` tables (keys "
+            "below)."
+        ),
+    )
     # A subscribed list larger than this (bytes after decompression, or rows) is refused (its
     # last good copy is kept).
-    max_list_bytes: int = Field(256 * 1024 * 1024, gt=0)
-    max_list_rows: int = Field(1_000_000, gt=0)
+    max_list_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Largest subscribed list accepted (256 MiB, after decompression); a larger one is "
+            "refused and its last good copy kept."
+        ),
+    )
+    max_list_rows: int = Field(
+        1_000_000,
+        gt=0,
+        description=(
+            "Most rows (good and bad) a list may have; more refuses it whole (subscriptions and "
+            "`hashes import`)."
+        ),
+    )
     # Bad rows of a list are all counted; this many are remembered with their line numbers.
-    max_row_errors: int = Field(100, ge=0)
+    max_row_errors: int = Field(
+        100,
+        ge=0,
+        description="Bad rows remembered with their line numbers; the rest are only counted.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HashesSettings:
@@ -532,20 +1041,49 @@ class EmbeddingsSettings(Section):
 
 
 class AdminSettings(Section):
+    """The admin API (`/api/v1/admin/`) and review page (`/admin`)."""
+
     # Bearer token for /api/v1/admin/ and the login of /admin. Unset: both are off.
-    token: SecretStr | None = None
+    token: SecretStr | None = Field(
+        None,
+        description=(
+            "Admin API and review page token (at least 16 characters); unset turns both off."
+        ),
+    )
     # Whether an admin may turn on (blurred, greyscale, small) previews of quarantined items.
-    previews: bool = False
-    preview_max_side: int = Field(160, ge=32, le=512)
-    preview_blur_radius: float = Field(6.0, ge=2.0, le=50.0)
-    session_ttl_s: float = Field(8 * 3600.0, gt=0)
+    previews: bool = Field(
+        False,
+        description=(
+            "Allow admins to turn on previews (blurred, greyscale, small) of quarantined items."
+        ),
+    )
+    preview_max_side: int = Field(160, ge=32, le=512, description="Longest side of a preview, px.")
+    preview_blur_radius: float = Field(
+        6.0, ge=2.0, le=50.0, description="Gaussian blur radius of previews."
+    )
+    session_ttl_s: float = Field(
+        8 * 3600.0, gt=0, description="Review page session lifetime, seconds."
+    )
     # Secure cookie: "auto" sets it when the request came over https (or X-Forwarded-Proto).
-    cookie_secure: str = Field("auto", pattern="^(auto|always|never)$")
-    max_sessions: int = Field(64, gt=0)
+    cookie_secure: str = Field(
+        "auto",
+        pattern="^(auto|always|never)$",
+        description=(
+            "`Secure` cookie: `auto` (https or `X-Forwarded-Proto: https`), `always` or `never`."
+        ),
+    )
+    max_sessions: int = Field(64, gt=0, description="Sessions kept; the oldest go first.")
     # Wrong tokens (API or login form) a client may send within the window before it has to
     # wait (429); counted per address (an IPv6 client per /64).
-    max_failures: int = Field(10, gt=0)
-    failure_window_s: float = Field(300.0, gt=0)
+    max_failures: int = Field(
+        10,
+        gt=0,
+        description=(
+            "Wrong tokens (API and login form together) one client may send per window before it "
+            "gets 429."
+        ),
+    )
+    failure_window_s: float = Field(300.0, gt=0, description="That window, seconds.")
 
     @field_validator("token")
     @classmethod
@@ -558,27 +1096,60 @@ class AdminSettings(Section):
 
 
 class QuarantineSettings(Section):
+    """The admin quarantine, where held files wait for a decision."""
+
     # Where quarantined files are held (content-addressed; see horde_scanner/review/quarantine.py).
-    dir: Path = Path("quarantine")
+    dir: Path = Field(
+        Path("quarantine"),
+        description="Where the admin quarantine holds files (content-addressed).",
+    )
 
 
 class NotifySettings(Section):
+    """Webhook notifications of new positives and backend down/up."""
+
     # Webhook for new positives and backend down/up; unset: no notifications.
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(
+        None, description="Webhook for new positives and backend down/up; unset: no notifications."
+    )
     # Payload template (horde_scanner/data/webhook_templates.toml): json, matrix, discord, slack.
-    template: str = Field("json", pattern="^(json|matrix|discord|slack)$")
-    queue_size: int = Field(1000, gt=0)
-    timeout_s: float = Field(10.0, gt=0)
+    template: str = Field(
+        "json",
+        pattern="^(json|matrix|discord|slack)$",
+        description="Payload template: `json`, `matrix`, `discord` or `slack`.",
+    )
+    queue_size: int = Field(
+        1000, gt=0, description="Events waiting to be sent before new ones are dropped (counted)."
+    )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Per POST; also the longest a stopping process waits to send what is still queued."
+        ),
+    )
     # How often backend.readiness() is looked at for down/up transitions.
-    readiness_interval_s: float = Field(15.0, gt=0)
+    readiness_interval_s: float = Field(
+        15.0, gt=0, description="How often backend readiness is checked for down/up events."
+    )
     # Link to the review page put into messages, e.g. https://scanner.example/admin.
-    admin_url: str | None = None
+    admin_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of `/admin`, e.g. `https://scanner.example/admin`: adds a review `link` to "
+            "events."
+        ),
+    )
 
 
 class MetricsSettings(Section):
-    enabled: bool = True
+    """The Prometheus endpoint `/metrics`."""
+
+    enabled: bool = Field(True, description="Serve `/metrics` (Prometheus text format).")
     # Optional bearer token for /metrics (unset: open, like most exporters; bind to loopback).
-    token: SecretStr | None = None
+    token: SecretStr | None = Field(
+        None, description="If set, `/metrics` needs `Authorization: Bearer <token>`."
+    )
 
 
 class Settings(BaseSettings):
@@ -589,28 +1160,63 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    validation: ValidationSettings = Field(default_factory=ValidationSettings)
-    media: MediaSettings = Field(default_factory=MediaSettings)
-    horde: HordeSettings = Field(default_factory=HordeSettings)
-    store: StoreSettings = Field(default_factory=StoreSettings)
-    pictrs: PictrsSettings = Field(default_factory=PictrsSettings)
-    policy: PolicySettings = Field(default_factory=PolicySettings)
-    backend: BackendSettings = Field(default_factory=BackendSettings)
-    scan: ScanSettings = Field(default_factory=ScanSettings)
-    hashes: HashesSettings = Field(default_factory=HashesSettings)
+    server: ServerSettings = Field(
+        default_factory=ServerSettings, description="The HTTP service pict-rs calls."
+    )
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings, description="How an upload is answered."
+    )
+    media: MediaSettings = Field(
+        default_factory=MediaSettings, description="Decoding limits and what is sent to backends."
+    )
+    horde: HordeSettings = Field(default_factory=HordeSettings, description="The AI Horde client.")
+    store: StoreSettings = Field(
+        default_factory=StoreSettings,
+        description="Where verdicts, jobs and the audit log are kept.",
+    )
+    pictrs: PictrsSettings = Field(
+        default_factory=PictrsSettings, description="pict-rs's internal API."
+    )
+    policy: PolicySettings = Field(
+        default_factory=PolicySettings, description="The rules that turn signals into verdicts."
+    )
+    backend: BackendSettings = Field(
+        default_factory=BackendSettings, description="Which path judges a miss."
+    )
+    scan: ScanSettings = Field(
+        default_factory=ScanSettings, description="Storage sweeps (`horde-scanner scan`)."
+    )
+    hashes: HashesSettings = Field(
+        default_factory=HashesSettings, description="Perceptual hashes and shared hash lists."
+    )
     embeddings: EmbeddingsSettings = Field(
         default_factory=EmbeddingsSettings,
-        description="image embeddings matched against shared confirmed positives",
+        description="Image embeddings of misses, matched against shared confirmed positives.",
     )
-    local: LocalSettings = Field(default_factory=LocalSettings)
-    prescreen: PrescreenSettings = Field(default_factory=PrescreenSettings)
-    workers: WorkerPoolSettings = Field(default_factory=WorkerPoolSettings)
-    admin: AdminSettings = Field(default_factory=AdminSettings)
-    quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
-    notify: NotifySettings = Field(default_factory=NotifySettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    log_level: str = "INFO"
+    local: LocalSettings = Field(
+        default_factory=LocalSettings, description="CLIP in this process (extra `[gpu]`)."
+    )
+    prescreen: PrescreenSettings = Field(
+        default_factory=PrescreenSettings, description="The CPU pre-screen (extra `[prescreen]`)."
+    )
+    workers: WorkerPoolSettings = Field(
+        default_factory=WorkerPoolSettings, description="Remote GPU workers."
+    )
+    admin: AdminSettings = Field(
+        default_factory=AdminSettings, description="The admin API and review page."
+    )
+    quarantine: QuarantineSettings = Field(
+        default_factory=QuarantineSettings, description="The admin quarantine."
+    )
+    notify: NotifySettings = Field(
+        default_factory=NotifySettings, description="Webhook notifications."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="The Prometheus endpoint."
+    )
+    log_level: str = Field(
+        "INFO", description="Standard logging level: DEBUG, INFO, WARNING, ERROR."
+    )
 
     @model_validator(mode="after")
     def _one_state_per_subscription(self) -> Settings:
@@ -712,3 +1318,44 @@ def describe_validation_error(exc: ValidationError) -> str:
             msg += " (written as a JSON list in env and .env, e.g. '[\"abc\"]')"
         lines.append(f"{key} (env {env}): {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def value_sources(config_file: Path | None = None) -> dict[tuple[str, ...], str]:
+    """Where each option that is not at its default was set: for each leaf key (a path of
+    field names), the highest-priority source that holds it: `env HORDE_SCANNER_...`, `.env`
+    or `config file PATH`. Raises ConfigError as load_settings does."""
+    sources: list[tuple[str, PydanticBaseSettingsSource]] = [
+        ("env", _EnvSource(Settings)),
+        (".env", _DotEnvSource(Settings)),
+    ]
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        sources.append((f"config file {path}", _TomlSource(Settings, toml_file=path)))
+    found: dict[tuple[str, ...], str] = {}
+    for name, source in reversed(sources):  # lowest priority first; higher ones overwrite
+        try:
+            data = source()
+        except ValueError as exc:  # a TOML syntax error
+            raise ConfigError(f"{name}: {exc}") from None
+        for key in _leaf_keys(Settings, data):
+            if name == "env":
+                found[key] = "env HORDE_SCANNER_" + "__".join(p.upper() for p in key)
+            else:
+                found[key] = name
+    return found
+
+
+def _leaf_keys(model: type[BaseModel], data: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    keys: list[tuple[str, ...]] = []
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(value, Mapping):
+            keys += [(name, *k) for k in _leaf_keys(sub, value)]
+        else:
+            keys.append((name,))
+    return keys

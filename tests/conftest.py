@@ -31,7 +31,7 @@ def pg_url(pg_server) -> str:
 
 @pytest.fixture
 def readme_role(pg_server):
-    """The README's one-liner makes the role and database `scanner` with fixed names; drop both
-    after the test, so the next test that runs it on this session's server can."""
+    """The one-liner of docs/scaling.md makes the role and database `scanner` with fixed names;
+    drop both after the test, so the next test that runs it on this session's server can."""
     yield "scanner"
     pg_server.drop_role("scanner")

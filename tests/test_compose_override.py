@@ -225,8 +225,9 @@ def test_the_volume_ownership_step_matches_the_images_user():
     uid = re.search(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile").read_text(), re.M)
     assert uid is not None
     assert f"chown -R {uid[1]}:{uid[2]} volumes/horde-scanner" in text
-    readme = (ROOT / "README.md").read_text()
-    assert f"chown -R {uid[1]}:{uid[2]} volumes/horde-scanner" in readme
+    for doc in DOCS_WITH_STEPS:
+        text = (ROOT / doc).read_text()
+        assert f"chown -R {uid[1]}:{uid[2]} volumes/horde-scanner" in text, doc
 
 
 def test_the_merged_scanner_env_runs_and_agrees_with_pictrs(merged: dict[str, Any], tmp_path: Path):
@@ -289,32 +290,47 @@ def test_compose_itself_merges_it_the_same_way(merged: dict[str, Any], tmp_path:
     assert real["horde-scanner"]["restart"] == "always"
 
 
-# --- the README's steps, as written ---
+# --- the documented steps, as written (the README's shortest path and the install page) ---
+
+# Both show the same steps under this heading; the install page adds lemmy-ansible's variant.
+DOCS_WITH_STEPS = ("README.md", "docs/install.md")
+STEPS_HEADING = "## Beside Lemmy, with Docker Compose"
 
 
-def _readme_blocks(language: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Beside Lemmy, with Docker Compose") :]
-    section = section[: section.index("\n### ", 1)]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+def _section(doc: str, heading: str) -> str:
+    text = (ROOT / doc).read_text()
+    section = text[text.index(heading + "\n") :]
+    end = section.find("\n## ", 1)
+    return section if end < 0 else section[:end]
 
 
-def _readme_dotenv() -> dict[str, str]:
-    (steps,) = _readme_blocks("sh")
+def _doc_blocks(doc: str, language: str, heading: str = STEPS_HEADING) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", _section(doc, heading), re.S)
+
+
+def _doc_dotenv(doc: str) -> dict[str, str]:
+    (steps,) = _doc_blocks(doc, "sh")
     body = re.search(r"cat >> \.env <<(\w+)\n(.*?)\n\1\n", steps, re.S)
-    assert body, "the README's steps write .env with a heredoc"
+    assert body, f"the steps in {doc} write .env with a heredoc"
     lines = dict(line.split("=", 1) for line in body[2].splitlines())
     assert lines["SCANNER_CLIENT_ID"] == "$(openssl rand -hex 32)"
     lines["SCANNER_CLIENT_ID"] = "0123456789abcdef" * 4  # what openssl prints: 64 hex digits
     return lines
 
 
-def test_the_readme_steps_work_on_lemmys_layout(tmp_path: Path):
-    (steps,) = _readme_blocks("sh")
+def test_the_front_page_and_the_install_page_show_the_same_steps():
+    (front,) = _doc_blocks("README.md", "sh")
+    (page,) = _doc_blocks("docs/install.md", "sh")
+    assert front == page
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_STEPS)
+def test_the_documented_steps_work_on_lemmys_layout(doc: str, tmp_path: Path):
+    (steps,) = _doc_blocks(doc, "sh")
     assert f"cp horde-scanner/{OVERRIDE.name} ." in steps
     up = "docker compose -f docker-compose.yml -f docker-compose.horde-scanner.yml up -d"
     assert up in steps and up in OVERRIDE.read_text()
-    dotenv = _readme_dotenv()
+    dotenv = _doc_dotenv(doc)
     # Lemmy's directory: its compose file, a .env (with keys of its own), our override.
     (tmp_path / "docker-compose.yml").write_text(LEMMY.read_text())
     (tmp_path / OVERRIDE.name).write_text(OVERRIDE.read_text())
@@ -349,8 +365,8 @@ def test_the_readme_steps_work_on_lemmys_layout(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_the_readme_lemmy_ansible_variant_matches_the_override():
-    (block,) = _readme_blocks("yaml")
+def test_the_documented_lemmy_ansible_variant_matches_the_override():
+    (block,) = _doc_blocks("docs/install.md", "yaml", "## With lemmy-ansible")
     entries = yaml.safe_load(block)["pictrs_env_vars"]
     # lemmy-ansible's template writes each single-key entry as `- KEY=VALUE` under pictrs.
     rendered = {key: str(value) for item in entries for key, value in item.items()}

@@ -1,5 +1,5 @@
 """The compose override's PostgreSQL variant: SCANNER_DATABASE_URL points the scanner at a
-database in Lemmy's PostgreSQL (role and database made by the README's one-liner)."""
+database in Lemmy's PostgreSQL (role and database made by the one-liner in docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _one_liner_sql() -> list[str]:
-    """The two statements of the documented one-liner (the README and the override agree)."""
-    readme = (ROOT / "README.md").read_text()
-    line = next(ln for ln in readme.splitlines() if "CREATE ROLE scanner" in ln)
+    """The two statements of the documented one-liner (the scaling page and the override agree)."""
+    page = (ROOT / "docs" / "scaling.md").read_text()
+    line = next(ln for ln in page.splitlines() if "CREATE ROLE scanner" in ln)
     assert line.strip() in OVERRIDE.read_text()
     return re.findall(r'-c "([^"]+)"', line)
 

@@ -38,7 +38,8 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
         ),
     ),
     ("media", 0, ("horde_scanner.media",)),
-    ("config", 1, ("horde_scanner.config",)),
+    # The Settings tree, and what is generated from it (the reference page, `config show`).
+    ("config", 1, ("horde_scanner.config", "horde_scanner.config_reference")),
     # The rules every backend reads (which phrases, how frames are kept): below the backends.
     ("frames", 2, ("horde_scanner.judging.frames",)),
     ("policy", 3, ("horde_scanner.judging.policy",)),

@@ -1,4 +1,4 @@
-"""What each pict-rs version gets (README, Compatibility), against the fake pict-rs in the mode
+"""What each pict-rs version gets (docs/pictrs.md), against the fake pict-rs in the mode
 of that version: 0.5.0+ purges late positives and deletes through its API; 0.4.x (no
 /internal/hashes) gets late positives recorded, said once at start-up, never retried, and
 enforced by the next sweep; 0.5.7+ answers an unknown alias with 404 alias-not-found."""

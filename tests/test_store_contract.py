@@ -457,7 +457,7 @@ async def test_own_role_and_database_as_the_readme_creates_them(pg_server, readm
 
     from horde_scanner.testing.pg import find_bin
 
-    # The README's one-liner, run against this server instead of Lemmy's container.
+    # The one-liner of docs/scaling.md, run against this server instead of Lemmy's container.
     await asyncio.to_thread(
         subprocess.run,
         [find_bin("psql"), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "postgres",

@@ -1,4 +1,5 @@
-"""What the README says leaves the server for the AI Horde: one small WebP, nothing else."""
+"""What the docs (README, docs/uploads.md) say leaves the server for the AI Horde: one small WebP,
+nothing else."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`horde-scanner`: the click entry point. Each command group lives in a module of its own
-(serve, check, verdicts, sweep, lists, hashes, embeddings, models, policy, worker); this one
-holds the global options and puts the groups together."""
+(serve, check, verdicts, sweep, lists, hashes, embeddings, models, policy, worker, config);
+this one holds the global options and puts the groups together."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from horde_scanner import __version__
 from horde_scanner.cli import check, lists, serve, sweep, verdicts, worker
+from horde_scanner.cli.config import config as config_group
 from horde_scanner.cli.embeddings import embeddings as embeddings_group
 from horde_scanner.cli.embeddings import models as models_group
 from horde_scanner.cli.hashes import hashes as hashes_group
@@ -38,6 +39,11 @@ from horde_scanner.config import ConfigError, StoreSettings, load_settings
 @click.pass_context
 def main(ctx: click.Context, config_file: Path | None, db: str | None) -> None:
     """Keep CSAM (and optionally NSFW media) out of pict-rs storage, without a GPU."""
+    if ctx.invoked_subcommand == "config":
+        # `config show|check` load the settings themselves (and say where each value came
+        # from); a broken configuration is what they are there to report.
+        ctx.obj = {"config_file": config_file, "db": db}
+        return
     try:
         settings = load_settings(config_file)
     except ConfigError as exc:
@@ -73,6 +79,7 @@ main.add_command(models_group)
 main.add_command(policy_group)
 main.add_command(store_group)
 main.add_command(worker.worker)
+main.add_command(config_group)
 
 
 if __name__ == "__main__":

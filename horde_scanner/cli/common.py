@@ -18,7 +18,7 @@ from horde_scanner.verdict import Label
 
 T = TypeVar("T")
 
-# `check` and `scan` exit codes (README: Command line). ClickException's own 1 would read as
+# `check` and `scan` exit codes (docs/cli.md). ClickException's own 1 would read as
 # "positive".
 EXIT_CLEAN, EXIT_POSITIVE, EXIT_ERROR, EXIT_NOT_JUDGED = 0, 1, 2, 3
 

@@ -107,8 +107,8 @@ class PgServer:
         return self.url(name)
 
     def drop_role(self, name: str) -> None:
-        """Drop a role and the database of the same name: the README's one-liner makes both
-        with fixed names, and more than one test runs it on this session's server."""
+        """Drop a role and the database of the same name: the one-liner in docs/scaling.md makes
+        both with fixed names, and more than one test runs it on this session's server."""
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         self.psql(f"DROP ROLE IF EXISTS {name}")
 
