@@ -945,14 +945,19 @@ class HashesSettings(Section):
 
 
 class EmbeddingSubscription(HashSubscription):
-    """A subscribed embedding list (GET /api/v1/embeddings of another instance)."""
+    """A subscribed embedding list (an `[[embeddings.subscriptions]]` table)."""
+
+    url: str = Field(
+        pattern=r"^https?://",
+        description="The other instance's `/api/v1/embeddings` (http or https).",
+    )
 
     threshold: float | None = Field(
         None,
         ge=0.0,
         le=1.0,
-        description="cosine similarity at or above which this list's entries match (unset:"
-        " embeddings.threshold)",
+        description="Cosine similarity at or above which this list's entries match (unset:"
+        " `embeddings.threshold`).",
     )
 
 
@@ -969,67 +974,65 @@ class EmbeddingsSettings(Section):
 
     model_path: Path = Field(
         Path("models/xlm-roberta-base-ViT-B-32-laion5b_s13b_b90k.onnx"),
-        description="ONNX image encoder; while the file is missing the feature is off",
+        description="ONNX image encoder; while the file is missing the feature is off.",
     )
     model_id: str = Field(
         DEFAULT_EMBEDDING_MODEL,
         min_length=1,
         max_length=200,
-        description="names the model in lists: a list made with another model is refused",
+        description="Names the model in lists: a list made with another model is refused.",
     )
     preprocess: str = Field(
         DEFAULT_PREPROCESS,
         pattern=r"^resize(\d+)-(bicubic|bilinear)-centercrop-(clipnorm|none)$",
-        description="the encoder's input transform: resize<side>-<filter>-centercrop-<norm>",
+        description="The encoder's input transform: resize<side>-<filter>-centercrop-<norm>.",
     )
-    dim: int = Field(512, ge=8, le=4096, description="dimensions of the model's embeddings")
+    dim: int = Field(512, ge=8, le=4096, description="Dimensions of the model's embeddings.")
     threshold: float = Field(
         0.90,
         ge=0.0,
         le=1.0,
-        description="cosine similarity at or above which an entry matches (HMA's default)",
+        description="Cosine similarity at or above which an entry matches (HMA's default).",
     )
     threads: int = Field(
-        1, ge=1, le=64, description="images encoded at once (each run uses intra_op_threads)"
+        1, ge=1, le=64, description="Images encoded at once (each run uses intra_op_threads)."
     )
-    intra_op_threads: int = Field(
-        1, ge=1, le=64, description="ONNX Runtime threads per encoding"
-    )
+    intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per encoding.")
     max_queue: int = Field(
         16,
         ge=0,
-        description="images waiting for the encoder beyond this are judged without an embedding",
+        description="Images waiting for the encoder beyond this are judged without an embedding.",
     )
     index_dir: Path = Field(
         Path("embeddings-index"),
-        description="where the HNSW index is saved, so a restart maps it instead of rebuilding",
+        description="Where the HNSW index is saved, so a restart loads it instead of rebuilding.",
     )
     index_dtype: str = Field(
-        "i8", pattern="^(i8|f16)$", description="how the index stores vectors: i8 or f16"
+        "i8", pattern="^(i8|f16)$", description="How the index stores vectors: i8 or f16."
     )
-    index_connectivity: int = Field(32, ge=4, le=64, description="HNSW links per node (M)")
+    index_connectivity: int = Field(32, ge=4, le=64, description="HNSW links per node (M).")
     index_expansion_add: int = Field(
-        64, ge=8, le=1024, description="HNSW candidate list while adding (efConstruction)"
+        64, ge=8, le=1024, description="HNSW candidate list while adding (efConstruction)."
     )
     index_expansion_search: int = Field(
-        128, ge=8, le=1024, description="HNSW candidate list while searching (efSearch)"
+        128, ge=8, le=1024, description="HNSW candidate list while searching (efSearch)."
     )
     subscriptions: list[EmbeddingSubscription] = Field(
-        default_factory=list, description="embedding lists of other instances to match against"
+        default_factory=list, description="Embedding lists of other instances to match against."
     )
     max_list_bytes: int = Field(
         512 * 1024 * 1024,
         gt=0,
-        description="a subscribed list larger than this (after decompression) is refused",
+        description="A subscribed list larger than this (after decompression) is refused.",
     )
     max_list_rows: int = Field(
-        100_000, gt=0, description="a subscribed list with more rows than this is refused"
+        100_000, gt=0, description="A subscribed list with more rows than this is refused."
     )
     max_row_errors: int = Field(
-        100, ge=0, description="bad rows of a list remembered with their line numbers"
+        100, ge=0, description="Bad rows of a list remembered with their line numbers."
     )
     sync_interval_s: float = Field(
-        1.0, gt=0, description="how often the index checks the store for others' changes"
+        1.0, gt=0, description="How often the index checks the store for others' changes."
     )
 
     @model_validator(mode="after")
