@@ -57,7 +57,8 @@ async def test_an_imported_entry_reaches_every_replica(tmp_path: Path, pg_url, h
         listed = tmp_path / "list.txt"
         listed.write_text(dump_hma([EmbeddingEntry(vector)]))
         started = time.monotonic()
-        imported = subprocess.run(
+        imported = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "horde_scanner.cli", "--db", pg_url, "embeddings",
              "import", str(listed), "--model", MODEL_ID],
             env={**os.environ, "HORDE_SCANNER_EMBEDDINGS__MODEL_ID": MODEL_ID},
