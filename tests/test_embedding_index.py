@@ -77,7 +77,10 @@ async def test_a_restart_loads_the_saved_index_and_applies_only_the_difference(t
         # While it was down: 100 entries come, one goes.
         await store.add_embedding_entries(LOCAL, MODEL, [EmbeddingEntry(v) for v in vectors[200:]])
         async with store.aside() as db:
-            await db.execute("DELETE FROM embedding_entries WHERE id = 8")
+            await db.execute(
+                "DELETE FROM embedding_entries WHERE digest = ?",
+                (EmbeddingEntry(vectors[7]).digest,),
+            )
         await store.bump_hash_generation()
 
         counting = Counting(store)
