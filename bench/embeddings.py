@@ -71,6 +71,12 @@ def bench_index(n: int, tmp: Path) -> None:
         exact[start : start + len(x)] = x
         keys = np.arange(start, start + len(x), dtype=np.uint64) * 2
         index.add(keys, x, threads=os.cpu_count() or 1)
+        if n >= 500_000 and (start + len(x)) % 100_000 == 0:
+            print(
+                f"  ... {start + len(x):,} added in {time.perf_counter() - started:.0f} s,"
+                f" graph {index._graph.memory_usage / 2**20:.0f} MiB",
+                flush=True,
+            )
     keys = np.arange(n, dtype=np.uint64) * 2
     index.set_meta(keys, np.zeros(n, np.uint8), np.full(n, 0.9, np.float32))
     build = time.perf_counter() - started

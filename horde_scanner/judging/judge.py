@@ -410,18 +410,24 @@ class Judge:
             )
             if listed is not None:
                 return listed
-        if prepared is None:
-            try:
-                prepared = await loop.run_in_executor(
-                    self._executor, encode_for_backend, decoded, job.payload, self._limits
-                )
-            except UnreadableMedia as exc:
-                return self._unreadable(exc)
+        # The embedding starts first: it runs beside the encoding and the backend's call.
+        embedding = (
+            asyncio.create_task(self.embeddings.embed(decoded.image))
+            if self.embeddings is not None
+            else None
+        )
         try:
-            if self.embeddings is None:
+            if prepared is None:
+                try:
+                    prepared = await loop.run_in_executor(
+                        self._executor, encode_for_backend, decoded, job.payload, self._limits
+                    )
+                except UnreadableMedia as exc:
+                    return self._unreadable(exc)
+            if embedding is None:
                 signals = await judge_image(self.backend, prepared)
             else:
-                judged = await self._judge_with_embedding(job, decoded, prepared)
+                judged = await self._judge_with_embedding(job, embedding, prepared)
                 if isinstance(judged, Verdict):
                     return judged
                 signals = judged
@@ -432,18 +438,20 @@ class Judge:
                 backend=self.backend.name,
                 policy_version=self.policy.version,
             )
+        finally:
+            if embedding is not None:
+                await cancel_and_wait([embedding])
         if self.second_opinion is not None and cleared(signals):
             self._held[job.sha256] = prepared
         return self.policy.judge(signals)
 
     async def _judge_with_embedding(
-        self, job: Job, decoded: DecodedImage, prepared: PreparedImage
+        self, job: Job, embedding: asyncio.Task[np.ndarray | None], prepared: PreparedImage
     ) -> Signals | Verdict:
         """The backend's signals, with the image's embedding computed beside them (encoder
         pool); a deny entry's match is the verdict, without waiting for the backend."""
         assert self.embeddings is not None
-        embedding = asyncio.ensure_future(self.embeddings.embed(decoded.image))
-        judging = asyncio.ensure_future(judge_image(self.backend, prepared))
+        judging = asyncio.create_task(judge_image(self.backend, prepared))
         try:
             vector = await embedding
             match = await self._embedding_match(job, vector)

@@ -42,33 +42,49 @@ def tiny_encoder(dim: int = 512, seed: int = 0) -> Any:
 def vit_b32(dim: int = 512, side: int = 224) -> Any:
     import torch
 
+    width, heads, patch = 768, 12, 32
+
+    class Block(torch.nn.Module):
+        """A pre-norm transformer block, written out (torch's fused encoder layer does not
+        export to ONNX)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1 = torch.nn.LayerNorm(width)
+            self.qkv = torch.nn.Linear(width, 3 * width)
+            self.out = torch.nn.Linear(width, width)
+            self.ln_2 = torch.nn.LayerNorm(width)
+            self.fc = torch.nn.Linear(width, 4 * width)
+            self.proj = torch.nn.Linear(4 * width, width)
+
+        def forward(self, x: Any) -> Any:
+            b, n, _ = x.shape
+            q, k, v = (
+                self.qkv(self.ln_1(x))
+                .reshape(b, n, 3, heads, width // heads)
+                .permute(2, 0, 3, 1, 4)
+            )
+            attn = torch.softmax(q @ k.transpose(-2, -1) * (width // heads) ** -0.5, dim=-1)
+            x = x + self.out((attn @ v).transpose(1, 2).reshape(b, n, width))
+            return x + self.proj(torch.nn.functional.gelu(self.fc(self.ln_2(x))))
+
     class ViT(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            width, patch = 768, 32
             self.patch = torch.nn.Conv2d(3, width, patch, patch, bias=False)
             tokens = (side // patch) ** 2 + 1
             self.cls = torch.nn.Parameter(torch.randn(1, 1, width) * 0.02)
             self.pos = torch.nn.Parameter(torch.randn(1, tokens, width) * 0.02)
             self.ln_pre = torch.nn.LayerNorm(width)
-            layer = torch.nn.TransformerEncoderLayer(
-                width,
-                12,
-                4 * width,
-                dropout=0.0,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            self.blocks = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False)
+            self.blocks = torch.nn.Sequential(*(Block() for _ in range(12)))
             self.ln_post = torch.nn.LayerNorm(width)
-            self.proj = torch.nn.Linear(width, dim, bias=False)
+            self.head = torch.nn.Linear(width, dim, bias=False)
 
         def forward(self, pixels: Any) -> Any:
             x = self.patch(pixels).flatten(2).transpose(1, 2)
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
             x = self.blocks(self.ln_pre(x))
-            return self.proj(self.ln_post(x[:, 0]))
+            return self.head(self.ln_post(x[:, 0]))
 
     return ViT().eval()
 
