@@ -202,3 +202,38 @@ async def test_without_a_model_file_the_feature_is_off_and_says_so(tmp_path: Pat
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_embedding_a_backend_sends_counts_when_the_encoder_gives_none(
+    tmp_path: Path, http, encoder: Path
+):
+    from horde_scanner.signals.encoder import ImageEncoder
+    from horde_scanner.signals.vectors import to_hex
+
+    listed = textures.textured("red", seed=76)
+    vector = ImageEncoder(encoder, PREPROCESS, 512).encode(listed)
+
+    def worker_like(image: Image.Image) -> Signals:
+        # A remote worker or the local GPU backend computing the same model's embedding.
+        sent = {"model": MODEL_ID, "preprocess": PREPROCESS, "vector": to_hex(vector)}
+        return Signals(backend="mock", nsfw=False, caption="a wall", extra={"embedding": sent})
+
+    async with running_service(
+        instance(tmp_path, "a", encoder), backend=MockBackend(worker_like)
+    ) as svc:
+        matcher = svc.services.embeddings
+        assert matcher is not None and matcher.pool is not None
+        from horde_scanner.signals.embedding_list import EmbeddingEntry
+        from horde_scanner.store.hashes import LOCAL
+
+        await svc.services.store.add_embedding_entries(LOCAL, MODEL_ID, [EmbeddingEntry(vector)])
+        await matcher.sync()
+
+        async def busy(image):
+            return None  # the encoder's queue full
+
+        matcher.pool.encode = busy  # type: ignore[method-assign]
+        other = textures.encode(textures.textured("green", seed=77))
+        held = await validate_upload(http, svc.scan_url(), other, "image/jpeg")
+        assert held.status == 406 and held.body["route"] == "match", held.body
+        assert "imported list" in " ".join(held.body["reasons"])
