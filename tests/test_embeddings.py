@@ -237,3 +237,27 @@ async def test_an_embedding_a_backend_sends_counts_when_the_encoder_gives_none(
         held = await validate_upload(http, svc.scan_url(), other, "image/jpeg")
         assert held.status == 406 and held.body["route"] == "match", held.body
         assert "imported list" in " ".join(held.body["reasons"])
+
+
+async def test_without_usearch_the_feature_is_off_and_says_so(
+    tmp_path: Path, http, encoder: Path, monkeypatch
+):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "usearch" else found(name, *a)
+    )
+    async with running_service(
+        instance(tmp_path, "a", encoder), backend=MockBackend(always_clean)
+    ) as svc:
+        async with http.get(f"{svc.url}/readyz") as resp:
+            body = await resp.json()
+        assert body["embeddings"] == {
+            "enabled": False,
+            "detail": "off: embeddings need usearch: pip install 'horde-scanner[embeddings]'",
+        }
+        result = await validate_upload(
+            http, svc.scan_url(), textures.encode(textures.textured("red", seed=2)), "image/jpeg"
+        )
+        assert result.status == 200

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import time
 from concurrent.futures import Executor
@@ -149,7 +150,8 @@ class EmbeddingMatcher:
             settings.index_connectivity,
             settings.index_expansion_add,
         )
-        self.index = EmbeddingIndex(self.shape, settings.index_expansion_search)
+        # Made at start, when on: the base install has no usearch.
+        self._index: EmbeddingIndex | None = None
         self._task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -172,6 +174,9 @@ class EmbeddingMatcher:
         except EncoderUnavailable as exc:
             matcher.status = f"off: {exc}"
             return matcher
+        if importlib.util.find_spec("usearch") is None:
+            matcher.status = "off: embeddings need usearch: pip install 'horde-scanner[embeddings]'"
+            return matcher
         matcher.pool = EncoderPool(encoder, settings.threads, settings.max_queue)
         matcher.status = f"on: {settings.model_id} ({settings.model_path})"
         return matcher
@@ -182,7 +187,13 @@ class EmbeddingMatcher:
 
     @property
     def size(self) -> int:
-        return len(self.index)
+        return len(self._index) if self._index is not None else 0
+
+    @property
+    def index(self) -> EmbeddingIndex:
+        if self._index is None:
+            self._index = EmbeddingIndex(self.shape, self.settings.index_expansion_search)
+        return self._index
 
     async def start(self) -> None:
         if not self.enabled:
@@ -201,7 +212,7 @@ class EmbeddingMatcher:
             self.settings.index_expansion_search,
         )
         if saved is not None:
-            self.index = saved
+            self._index = saved
             log.info("embedding index: %d entries loaded from %s", len(saved), self._index_dir)
         self.store.subscribe(self._store_changed)
         await self.sync()
@@ -281,7 +292,7 @@ class EmbeddingMatcher:
             index.set_meta(keys[held], trust[held], threshold[held])
             await self._suppress_allowed(index)
             index.generation = generation
-            self.index = index
+            self._index = index
             if len(to_add) or len(to_remove) or not (self._index_dir / "meta.json").exists():
                 await loop.run_in_executor(self._executor, index.save, self._index_dir)
             self.last_sync_s = time.monotonic() - started

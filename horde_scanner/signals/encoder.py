@@ -76,14 +76,14 @@ class ImageEncoder:
     def __init__(
         self, model_path: Path, preprocess: str, dim: int, *, intra_op_threads: int = 1
     ) -> None:
+        if not model_path.is_file():
+            raise EncoderUnavailable(f"embeddings.model_path {model_path}: no such file")
         try:
             import onnxruntime as ort
         except ImportError:
             raise EncoderUnavailable(
                 "embeddings need onnxruntime: pip install 'horde-scanner[embeddings]'"
             ) from None
-        if not model_path.is_file():
-            raise EncoderUnavailable(f"embeddings.model_path {model_path}: no such file")
         self.preprocess = Preprocess.parse(preprocess)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
