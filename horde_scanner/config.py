@@ -182,6 +182,51 @@ class ServerSettings(Section):
         None,
         description="Directory for those temporary files; unset: the system's temporary directory.",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "A request's line and headers must arrive within this, seconds, from the connection "
+            "(or from the first byte of a next request on a kept-alive one); else 408 and the "
+            "connection closes."
+        ),
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Bodies of every route but the scan route must arrive whole within this, seconds; "
+            "else 408."
+        ),
+    )
+    form_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest body of a form or JSON route (admin login, page actions, admin API), "
+            "chunked or not (64 KiB); larger is 413, before it is parsed."
+        ),
+    )
+    worker_answer_max_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest body of a worker's answer (POST /api/v1/pop), chunked or not (1 MiB).",
+    )
+    auth_max_failures: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Wrong client ids, worker keys, publish or metrics tokens one client may send within "
+            "auth_failure_window_s before it waits (429); each kind counted apart."
+        ),
+    )
+    auth_failure_window_s: float = Field(
+        300.0, gt=0, description="The window auth_max_failures counts failures in, seconds."
+    )
 
     @field_validator("clients")
     @classmethod
@@ -301,6 +346,15 @@ class MediaSettings(Section):
         description=(
             "Frames within this difference-hash distance (of 64 bits, with a similar mean colour) "
             "count as one."
+        ),
+    )
+    decode_memory_bytes: int = Field(
+        320 << 20,
+        ge=64 << 20,
+        description=(
+            "Bytes all decodes of this process may hold at once (320 MiB), each estimated from "
+            "its file's header; a decode that does not fit waits, one that never could is "
+            "unreadable."
         ),
     )
 
@@ -1145,6 +1199,111 @@ class NotifySettings(Section):
     )
 
 
+class LemmyAction(StrEnum):
+    """What may be done through Lemmy's API about a positive image (moderation/actions.py)."""
+
+    REMOVE = "remove"  # remove the posts and comments that use the image (soft, reversible)
+    PURGE = "purge"  # purge those posts and comments (gone from Lemmy's database)
+    BAN = "ban"  # ban the uploader from the site, removing their content
+    DELETE_IMAGE = "delete_image"  # delete the image through Lemmy
+    REPORT = "report"  # report the posts to their communities' moderators
+
+
+class LemmySettings(Section):
+    """Lemmy's database, read-only (who uploaded a positive, where it is used, which instance it
+    came from) and, for admin actions only, Lemmy's HTTP API as an admin account. Unset: both
+    are off. See the Moderation page for the read-only role's SQL."""
+
+    database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "Read-only PostgreSQL URL of Lemmy's database (a role granted only the columns "
+            "provenance reads). Unset: provenance is off."
+        ),
+    )
+    hostname: str | None = Field(
+        None,
+        description=(
+            "Lemmy's own host name as in its image links. Unset: read from Lemmy's database "
+            "(`local_site`)."
+        ),
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Seconds to connect to Lemmy's database."
+    )
+    query_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="`statement_timeout` of each provenance query, seconds."
+    )
+    retry_s: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="Seconds between tries while Lemmy's database cannot be asked.",
+    )
+    usage_window_days: float | None = Field(
+        90.0,
+        gt=0,
+        description=(
+            "Posts, comments and messages are searched for the image from its upload (or first "
+            "sighting) to this many days after. Unset: all of them (slow on a big instance)."
+        ),
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description=(
+            "Lemmy's URL for admin actions, e.g. `https://lemmy.example`. Unset: no actions."
+        ),
+    )
+    username: str | None = Field(None, description="The admin account actions log in as.")
+    password: SecretStr | None = Field(
+        None, description="That account's password (or `password_file`)."
+    )
+    password_file: Path | None = Field(
+        None, description="A file holding that account's password, read at each login."
+    )
+    totp_2fa_token_file: Path | None = Field(
+        None, description="A file holding the account's current TOTP code, when 2FA is on."
+    )
+    api_version: Literal["auto", "0.18", "0.19", "1.0"] = Field(
+        "auto",
+        description="API form of the actions. `auto`: from the database's schema, else 0.19.",
+    )
+    api_timeout_s: float = Field(15.0, gt=0, le=300, description="Seconds per Lemmy API call.")
+    reason: str = Field(
+        "Confirmed positive image (horde-scanner)",
+        max_length=1000,
+        description="The reason sent with removals, purges, bans and reports.",
+    )
+    auto_actions: list[LemmyAction] = Field(
+        default_factory=list,
+        description=(
+            "Actions (`report`, `remove`, `ban`, `purge`, `delete_image`) applied without asking, "
+            "to admin-confirmed positives and deny-list matches only, never to a machine verdict. "
+            "Empty: none."
+        ),
+    )
+
+    @field_validator("database_url", "password")
+    @classmethod
+    def _empty_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty environment variable (a compose file's `${VAR:-}`) means "not set".
+        return None if value is not None and value.get_secret_value() == "" else value
+
+    @field_validator("url", "username", "hostname", mode="before")
+    @classmethod
+    def _empty_text_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> LemmySettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set lemmy.password or lemmy.password_file, not both")
+        if self.auto_actions and not self.url:
+            raise ValueError("lemmy.auto_actions needs lemmy.url and an admin account")
+        return self
+
+
 class MetricsSettings(Section):
     """The Prometheus endpoint `/metrics`."""
 
@@ -1216,6 +1375,10 @@ class Settings(BaseSettings):
     )
     metrics: MetricsSettings = Field(
         default_factory=MetricsSettings, description="The Prometheus endpoint."
+    )
+    lemmy: LemmySettings = Field(
+        default_factory=LemmySettings,
+        description="Lemmy's database (provenance) and API (admin actions).",
     )
     log_level: str = Field(
         "INFO", description="Standard logging level: DEBUG, INFO, WARNING, ERROR."

@@ -103,9 +103,7 @@ def _strip_optional(annotation: Any) -> Any:
 
 
 def _is_optional(annotation: Any) -> bool:
-    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(
-        annotation
-    )
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
 
 def _model(annotation: Any) -> type[BaseModel] | None:

@@ -41,6 +41,9 @@ from horde_scanner.integrations.pictrs import PictrsClient
 from horde_scanner.judging.jobs import FinishedHook
 from horde_scanner.judging.judge import Judge, build_judge
 from horde_scanner.judging.policy import Policy
+from horde_scanner.media.memory import DecodeMemory
+from horde_scanner.moderation.actions import Moderator
+from horde_scanner.moderation.provenance import ProvenanceResolver
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
@@ -74,6 +77,8 @@ class Runtime:
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # The one decode memory budget of this process (media.decode_memory_bytes).
+        self.decode_memory = DecodeMemory(settings.media.decode_memory_bytes)
         self._policy: Policy | None = None
         self._pool: WorkerPool | None = None
         self._pool_built = False
@@ -91,6 +96,8 @@ class Runtime:
         self._embeddings: EmbeddingMatcher | None = None
         self._embedding_publisher: EmbeddingPublisher | None = None
         self._embedding_subscriber: EmbeddingSubscriber | None = None
+        self._provenance: ProvenanceResolver | None = None
+        self._moderator: Moderator | None = None
 
     def on_close(self, close: Callable[[], Awaitable[object]]) -> None:
         """Stop something the caller built itself (a plug-in's backend) with the rest."""
@@ -225,6 +232,7 @@ class Runtime:
                 hashes=await self.hashes(),
                 second_opinion=second,
                 embeddings=await self.embeddings(),
+                memory=self.decode_memory,
             )
             await judge.start()
             self._stack.push_async_callback(judge.stop)
@@ -284,6 +292,36 @@ class Runtime:
             self._subscriber = subscriber
         return self._subscriber
 
+    async def provenance(self) -> ProvenanceResolver:
+        """Who uploaded stored positives and where Lemmy uses them (lemmy.database_url); the
+        service resolves in the background, a CLI command asks once."""
+        if self._provenance is None:
+            resolver = ProvenanceResolver(
+                await self.store(),
+                self.settings.lemmy,
+                await self.pictrs(),
+                await self.notifier() if self._service else None,
+            )
+            # lemmy.auto_actions, for images a person or a deny list vouched for.
+            resolver.on_resolved = (await self.moderator()).auto
+            if self._service:
+                await resolver.start()
+            self._stack.push_async_callback(resolver.stop)
+            self._provenance = resolver
+        return self._provenance
+
+    async def moderator(self) -> Moderator:
+        """Admin actions through Lemmy's API, in the form of the Lemmy provenance detected."""
+        if self._moderator is None:
+
+            def schema_api() -> str | None:
+                lemmy = self._provenance.lemmy if self._provenance is not None else None
+                return lemmy.schema.api if lemmy is not None and lemmy.schema else None
+
+            self._moderator = Moderator(
+                await self.store(), self.settings.lemmy, await self.session(), schema_api
+            )
+        return self._moderator
 
     async def embedding_publisher(self) -> EmbeddingPublisher:
         if self._embedding_publisher is None:

@@ -79,8 +79,9 @@ def read_preprocess(config_json: dict[str, Any] | None, image_size: int) -> Prep
 
 
 class ClipScorer:
-    def __init__(self, model: Any, tokenizer: Any, preprocess: Preprocess, device: str,
-                 dtype: Any, name: str) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, preprocess: Preprocess, device: str, dtype: Any, name: str
+    ) -> None:
         import torch
 
         self._torch = torch
@@ -130,8 +131,9 @@ class ClipScorer:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
             hint = (
-                "" if model_dir is not None else
-                " (not in the Hugging Face cache and not downloadable: set local.model_dir to "
+                ""
+                if model_dir is not None
+                else " (not in the Hugging Face cache and not downloadable: set local.model_dir to "
                 "a directory with the model, or unset local.offline)"
             )
             raise ModelUnavailable(f"cannot load CLIP model {source}: {exc}{hint}") from None
@@ -143,7 +145,10 @@ class ClipScorer:
         scorer = cls(clip, tokenizer, preprocess, device, dtype, source)
         log.info(
             "CLIP %s loaded on %s (%s) in %.1f s; %s",
-            source, device, str(dtype).removeprefix("torch."), time.monotonic() - started,
+            source,
+            device,
+            str(dtype).removeprefix("torch."),
+            time.monotonic() - started,
             scorer.memory,
         )
         return scorer
@@ -181,9 +186,7 @@ class ClipScorer:
                 self._text_cache[phrase] = vec
         self._phrases = tuple(dict.fromkeys(phrases))
         if self._phrases:
-            self._matrix = torch.stack([self._text_cache[p] for p in self._phrases]).to(
-                self.device
-            )
+            self._matrix = torch.stack([self._text_cache[p] for p in self._phrases]).to(self.device)
         else:
             self._matrix = None
 
@@ -210,8 +213,7 @@ class ClipScorer:
             raise ValueError("no phrases set")
         sims = (self.image_embeddings(images) @ self._matrix.T).cpu().numpy()
         return [
-            {p: round(float(s), 5) for p, s in zip(self._phrases, row, strict=True)}
-            for row in sims
+            {p: round(float(s), 5) for p, s in zip(self._phrases, row, strict=True)} for row in sims
         ]
 
 
@@ -222,7 +224,9 @@ def _preprocessor_config(source: str, kwargs: dict[str, Any]) -> dict[str, Any] 
             from transformers.utils import cached_file
 
             found = cached_file(
-                source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
+                source,
+                "preprocessor_config.json",
+                _raise_exceptions_for_missing_entries=False,
                 **kwargs,
             )
         except (OSError, ValueError, TypeError):

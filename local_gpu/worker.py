@@ -20,7 +20,13 @@ import aiohttp
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
 from horde_scanner.judging.policy import Policy
-from horde_scanner.media.decode import DecodeLimits, PreparedImage, UnreadableMedia, prepare
+from horde_scanner.media.decode import (
+    DecodeLimits,
+    PreparedImage,
+    UnreadableMedia,
+    prepare_within,
+)
+from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
@@ -57,6 +63,7 @@ class Worker:
         poll_wait_s: float = 10.0,
         limits: DecodeLimits | None = None,
         policy: Policy | None = None,
+        memory: DecodeMemory | None = None,
     ) -> None:
         self.base = server.rstrip("/")
         self._headers = {"apikey": key, "X-Worker-Name": name}
@@ -71,6 +78,8 @@ class Worker:
         self.stats = WorkerStats()
         self._phrases_lock = asyncio.Lock()
         self._decode = ThreadPoolExecutor(max_workers=2, thread_name_prefix="worker-decode")
+        # What the service sends is untrusted bytes too: the same decode budget as the service.
+        self.memory = memory or DecodeMemory(self.limits.decode_memory_bytes)
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
         stop = stop or asyncio.Event()
@@ -109,7 +118,9 @@ class Worker:
             self.policy_version = str(body.get("version"))
             log.info(
                 "worker %s: scoring %d phrases of policy %s",
-                self.name, len(phrases), self.policy_version,
+                self.name,
+                len(phrases),
+                self.policy_version,
             )
 
     async def _get_json(
@@ -141,8 +152,13 @@ class Worker:
         self, exc: BaseException, backoff: float, stop: asyncio.Event
     ) -> float:
         self.stats.connection_errors += 1
-        log.warning("worker %s: %s unreachable (%s); retrying in %.0f s",
-                    self.name, self.base, exc or type(exc).__name__, backoff)
+        log.warning(
+            "worker %s: %s unreachable (%s); retrying in %.0f s",
+            self.name,
+            self.base,
+            exc or type(exc).__name__,
+            backoff,
+        )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(backoff):
                 await stop.wait()
@@ -163,8 +179,9 @@ class Worker:
                             resp.request_info, (), status=resp.status, message="unexpected"
                         )
                     data = await resp.read()
-                    filename = resp.content_disposition.filename if resp.content_disposition \
-                        else None
+                    filename = (
+                        resp.content_disposition.filename if resp.content_disposition else None
+                    )
                     version = resp.headers.get("X-Policy-Version")
                 backoff = 1.0
                 if not filename:
@@ -180,8 +197,7 @@ class Worker:
     ) -> None:
         body: dict[str, Any] = {"image": filename, "is_csam": False, "is_nsfw": False}
         try:
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self._decode, prepare, data, self.limits)
+            prepared = await prepare_within(data, self.limits, self.memory, self._decode)
             signals = await self.scorer.judge(prepared)
         except BackendUnavailable as exc:
             # Not ours to fail: the service hands the job to another worker after its timeout.
@@ -203,5 +219,6 @@ class Worker:
             if resp.status != 201:
                 # Someone else answered first (we were slow and the job was handed on).
                 self.stats.refused_answers += 1
-                log.info("worker %s: answer for %s not taken (HTTP %d)",
-                         self.name, filename, resp.status)
+                log.info(
+                    "worker %s: answer for %s not taken (HTTP %d)", self.name, filename, resp.status
+                )

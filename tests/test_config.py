@@ -139,6 +139,7 @@ def test_every_media_option_reaches_the_decoder_s_limits(tmp_path: Path):
         "max_total_pixels": 7654321,
         "max_decode_s": 2.5,
         "near_duplicate_bits": 9,
+        "decode_memory_bytes": 100 * 1024 * 1024,
     }
     assert set(values) == names
     toml = tmp_path / "c.toml"

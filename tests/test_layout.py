@@ -72,6 +72,9 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
         ),
     ),
     ("review", 6, ("horde_scanner.review",)),
+    # Who uploaded a positive and where Lemmy uses it; admin actions through Lemmy's API
+    # (above review: the record for another instance reads its decisions).
+    ("moderation", 7, ("horde_scanner.moderation",)),
     # Acting on a sweep's positive, and the sweeps' quarantine as a holder the admin's
     # decisions reach: parts the runtime composes (they use review's quarantine contract).
     ("sweep-actions", 7, ("horde_scanner.sweep.actions", "horde_scanner.sweep.holder")),

@@ -84,10 +84,47 @@ def test_templates_are_data_for_matrix_discord_slack_and_plain_json():
     event = {"event": "backend_down", "backend": "horde", "detail": "maintenance <soon>"}
     assert render(templates["json"], event) == event
     matrix = render(templates["matrix"], event)
-    assert matrix["text"] == "horde-scanner: backend horde is DOWN: maintenance <soon>"
+    # Text from outside (here the upstream's own words) is quoted, and escaped per target.
+    down = "horde-scanner: backend \u201chorde\u201d is DOWN: "
+    assert matrix["text"] == down + "\u201cmaintenance <soon>\u201d"
     assert "&lt;soon&gt;" in matrix["html"] and matrix["username"] == "horde-scanner"
-    assert render(templates["slack"], event) == {"text": matrix["text"]}
-    assert render(templates["discord"], event)["content"] == matrix["text"]
+    assert render(templates["slack"], event) == {
+        "text": down + "\u201cmaintenance &lt;soon&gt;\u201d"
+    }
+    assert render(templates["discord"], event)["content"] == (
+        down + "\u201cmaintenance \\<soon\\>\u201d"
+    )
+
+
+HOSTILE = {
+    "event": "positive",
+    "label": "csam",
+    "sha256": "ab" * 32,
+    "source": "list:[verify your account](https://evil.example/login) @everyone",
+    "backend": "worker:gpu/@everyone",
+    "reasons": ["caption: <@123> <!channel> <https://evil.example|click> @room\nhorde-scanner: ok"],
+    "link": "https://scanner.example/admin/item/" + "ab" * 32,
+}
+
+
+def test_remote_text_cannot_ping_or_phish_a_moderators_channel():
+    templates = load_templates()
+    discord = render(templates["discord"], HOSTILE)["content"]
+    slack = render(templates["slack"], HOSTILE)["text"]
+    matrix = render(templates["matrix"], HOSTILE)
+    for text in (discord, slack, matrix["text"], matrix["html"]):
+        # No mention survives: @ is followed by a zero-width space wherever it came from outside.
+        assert "@everyone" not in text and "@room" not in text and "@123" not in text
+        # No link is made from remote text; our own review link stays whole.
+        assert "https://evil" not in text and "https://scanner.example/admin/item/" in text
+        # A forged second line stays on the quoted line it came in.
+        assert "\nhorde-scanner: ok" not in text
+    assert "[verify your account]" not in discord and "\\[verify your account\\]" in discord
+    assert "\\<@" in discord and "<!channel>" not in discord
+    assert "<!channel>" not in slack and "&lt;!channel&gt;" in slack and "<https" not in slack
+    assert "<@" not in matrix["html"] and "&lt;" in matrix["html"]
+    # Remote text is clearly quoted.
+    assert "\u201clist:" in matrix["text"] and "\u201cworker:gpu/@" in matrix["text"]
 
 
 async def test_a_stuck_webhook_never_blocks_and_the_queue_is_bounded():

@@ -1,6 +1,6 @@
 """`horde-scanner`: the click entry point. Each command group lives in a module of its own
-(serve, check, verdicts, sweep, lists, hashes, embeddings, models, policy, worker, config);
-this one holds the global options and puts the groups together."""
+(serve, check, verdicts, sweep, lists, hashes, embeddings, models, policy, worker, config,
+lemmy); this one holds the global options and puts the groups together."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from horde_scanner.cli.config import config as config_group
 from horde_scanner.cli.embeddings import embeddings as embeddings_group
 from horde_scanner.cli.embeddings import models as models_group
 from horde_scanner.cli.hashes import hashes as hashes_group
+from horde_scanner.cli.lemmy import access_log_cmd, evidence
+from horde_scanner.cli.lemmy import lemmy as lemmy_group
 from horde_scanner.cli.policy import policy as policy_group
 from horde_scanner.cli.store import store as store_group
 from horde_scanner.config import ConfigError, StoreSettings, load_settings
@@ -80,6 +82,9 @@ main.add_command(policy_group)
 main.add_command(store_group)
 main.add_command(worker.worker)
 main.add_command(config_group)
+main.add_command(lemmy_group)
+main.add_command(evidence)
+main.add_command(access_log_cmd)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import re
 import time
 import tomllib
 from collections.abc import Callable
@@ -41,7 +42,7 @@ def render(template: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     """The payload for one event: the event itself for a raw template, else filled strings."""
     if template.get("raw"):
         return event
-    values = _values(event)
+    values = _values(event, str(template.get("escape", "plain")))
 
     def fill(value: Any) -> Any:
         if isinstance(value, str):
@@ -52,41 +53,97 @@ def render(template: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
             return [fill(v) for v in value]
         return value
 
-    return {k: fill(v) for k, v in template.items()}
+    return {k: fill(v) for k, v in template.items() if k != "escape"}
 
 
-def _values(event: dict[str, Any]) -> dict[str, str]:
-    summary = summarise(event)
+# Text from outside (a worker's name, caption or error, a hash list's source or note, an
+# upstream's error) is shown quoted, on one line, at most this long.
+_REMOTE_MAX = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Discord's markdown: emphasis, code, spoilers, block quotes, masked links, and
+# <@user> / <#channel> / <:emoji:> tags.
+_DISCORD_SPECIAL = re.compile(r"([\\*_~`|>\[\]()<])")
+_ZWSP = "\u200b"
+
+
+def _flat(text: str) -> str:
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= _REMOTE_MAX else text[: _REMOTE_MAX - 1] + "\u2026"
+
+
+def _defang(text: str) -> str:
+    """No mention (@everyone, @here, @room, @user) and no link a chat service would make."""
+    text = text.replace("@", "@" + _ZWSP)
+    return re.sub(r"(?i)([a-z][a-z0-9+.-]*)(:/)", r"\1" + _ZWSP + r"\2", text)
+
+
+def quote_remote(text: str, style: str) -> str:
+    """Remote text, escaped for the target (`escape` of the template table) and quoted."""
+    text = _flat(text)
+    if style == "discord":
+        text = _DISCORD_SPECIAL.sub(r"\\\1", _defang(text))
+    elif style == "slack":
+        # Slack's control characters; <!everyone>, <@U..> and <url|text> all need a `<`.
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        text = _defang(text)
+    elif style == "matrix":
+        text = _defang(text)  # the HTML body is escaped as a whole (summary_html)
+    return f"\u201c{text}\u201d"
+
+
+def _values(event: dict[str, Any], style: str = "plain") -> dict[str, str]:
+    def q(value: Any) -> str:
+        return quote_remote(str(value), style) if value else ""
+
+    summary = summarise(event, lambda text: quote_remote(text, style))
     return {
         "summary": summary,
         "summary_html": html.escape(summary).replace("\n", "<br>"),
         "event": str(event.get("event", "")),
         "sha256": str(event.get("sha256", "")),
         "label": str(event.get("label", "")),
-        "reasons": "; ".join(event.get("reasons") or []),
-        "source": str(event.get("source") or ""),
-        "backend": str(event.get("backend") or ""),
-        "detail": str(event.get("detail") or ""),
+        "reasons": "; ".join(q(r) for r in event.get("reasons") or []),
+        "source": q(event.get("source")),
+        "backend": q(event.get("backend")),
+        "detail": q(event.get("detail")),
         "link": str(event.get("link") or ""),
     }
 
 
-def summarise(event: dict[str, Any]) -> str:
+def summarise(event: dict[str, Any], quote: Callable[[str], str] | None = None) -> str:
+    """One message for people. `quote` escapes and quotes text that came from outside (see
+    quote_remote); without it, such text is still put on one line and quoted."""
+    q = quote or (lambda text: quote_remote(text, "plain"))
     kind = event.get("event")
+    source = event.get("source")
     if kind == "positive":
         late = " (late: the upload was accepted before the verdict)" if event.get("late") else ""
+        reasons = "; ".join(q(str(r)) for r in event.get("reasons") or []) or "-"
         text = (
             f"horde-scanner: new {event.get('label')} verdict{late}\n"
             f"sha256 {event.get('sha256')}\n"
-            f"found: {event.get('source') or 'unknown'}; backend: {event.get('backend')}\n"
-            f"why: {'; '.join(event.get('reasons') or []) or '-'}"
+            f"found: {q(str(source)) if source else 'unknown'}; "
+            f"backend: {q(str(event.get('backend')))}\n"
+            f"why: {reasons}"
         )
+    elif kind == "provenance":
+        # Names and links only: who uploaded it, where it is used, which instances it came from.
+        lines = [f"horde-scanner: provenance of {event.get('sha256')}"]
+        lines += [f"uploaded by {u}" for u in event.get("uploaders") or []]
+        lines += [f"thumbnail of {t}" for t in event.get("thumbnail_of") or []]
+        lines += [f"used in {u}" for u in (event.get("used_in") or [])[:10]]
+        if event.get("origin_instances"):
+            lines.append("origin: " + ", ".join(event["origin_instances"]))
+        text = "\n".join(lines)
     elif kind == "backend_down":
-        text = f"horde-scanner: backend {event.get('backend')} is DOWN: {event.get('detail')}"
+        text = (
+            f"horde-scanner: backend {q(str(event.get('backend')))} is DOWN: "
+            f"{q(str(event.get('detail')))}"
+        )
     elif kind == "backend_up":
-        text = f"horde-scanner: backend {event.get('backend')} is back up"
+        text = f"horde-scanner: backend {q(str(event.get('backend')))} is back up"
     else:
-        text = f"horde-scanner: {kind}"
+        text = f"horde-scanner: {q(str(kind))}"
     if event.get("link"):
         text += f"\nreview: {event['link']}"
     return text[:_SUMMARY_MAX]

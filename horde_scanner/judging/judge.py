@@ -42,10 +42,12 @@ from horde_scanner.media.decode import (
     PreparedImage,
     UnreadableMedia,
     decode,
+    decode_cost,
     encode_for_backend,
     sniff,
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
+from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.signals.embeddings import EmbeddingMatch, EmbeddingMatcher, is_embedding_match
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
@@ -120,8 +122,11 @@ class Judge:
         second_opinion: Backend | None = None,
         second_opinion_max_pending: int = 100,
         embeddings: EmbeddingMatcher | None = None,
+        memory: DecodeMemory | None = None,
     ) -> None:
         self.store = store
+        # Every decode holds its estimated bytes from this budget (shared by the process).
+        self.memory = memory or DecodeMemory(limits.decode_memory_bytes)
         self.policy = policy
         self.backend = backend
         self._executor = executor
@@ -399,9 +404,15 @@ class Judge:
     async def _process(self, job: Job) -> Verdict:
         loop = asyncio.get_running_loop()
         try:
-            decoded, prepared, hashes, hits = await loop.run_in_executor(
-                self._executor, self._decode, job.payload
+            cost = await loop.run_in_executor(
+                self._executor, decode_cost, job.payload, self._limits
             )
+            # Waits (here, not in a pool thread) while other decodes hold the budget; the
+            # upload's deadline meanwhile answers it by on_timeout.
+            async with self.memory.hold(cost, job.media_type or "file"):
+                decoded, prepared, hashes, hits = await loop.run_in_executor(
+                    self._executor, self._decode, job.payload
+                )
         except UnreadableMedia as exc:
             return self._unreadable(exc)
         if self.hashes is not None:
@@ -522,6 +533,7 @@ def build_judge(
     hashes: HashMatcher | None = None,
     second_opinion: Backend | None = None,
     embeddings: EmbeddingMatcher | None = None,
+    memory: DecodeMemory | None = None,
 ) -> Judge:
     """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
     return Judge(
@@ -539,4 +551,5 @@ def build_judge(
         second_opinion=second_opinion,
         second_opinion_max_pending=settings.prescreen.second_opinion_max_pending,
         embeddings=embeddings,
+        memory=memory or DecodeMemory(settings.media.decode_memory_bytes),
     )

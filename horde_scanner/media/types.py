@@ -34,6 +34,8 @@ class DecodeLimits:
     max_decode_s: float = 5.0
     # Frames whose difference hash differs in at most this many of 64 bits count as the same.
     near_duplicate_bits: int = 4
+    # Bytes all decodes of a process may hold at once (media/memory.py holds the count).
+    decode_memory_bytes: int = 320 << 20
 
 
 @dataclass(frozen=True, slots=True)

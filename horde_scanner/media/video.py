@@ -26,10 +26,41 @@ _MAX_FORWARD_FRAMES = 90
 _FORWARD_BUDGET = 120
 # Sample times tried per frame kept, so that near-duplicates can be dropped.
 _CANDIDATES_PER_FRAME = 2
+# Decoding threads per video: each holds frames of its own, so their number bounds memory.
+_THREADS = 2
 
 
-def decode_video(data: bytes, media_type: str, limits: DecodeLimits) -> DecodedImage:
-    """Sample frames of a video. Blocking: call from a worker thread."""
+# Decoded pictures FFmpeg may hold at once: up to 16 reference frames (H.264/HEVC), the frame
+# being decoded and one per decoding thread.
+_FRAME_BUFFERS = 16 + 2 + _THREADS
+# Pixel formats by bytes per pixel (planar 4:2:0 8-bit is 1.5); 10/12-bit ones take twice that.
+_HALF_PLANES = {"420": 1.5, "422": 2.0, "444": 3.0}
+
+
+def video_cost(data: bytes, media_type: str, limits: DecodeLimits) -> int:
+    """About how many bytes sampling this video holds at its peak, from its header."""
+    av = _import_av(media_type)
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            streams = container.streams.video
+            if not streams:
+                raise UnreadableMedia(f"{media_type}: no video frames (no readable video stream)")
+            ctx = streams[0].codec_context
+            width, height = ctx.width or 0, ctx.height or 0
+            _check_size(width, height, media_type, limits)
+            fmt = str(getattr(ctx, "pix_fmt", None) or "yuv420p")
+    except UnreadableMedia:
+        raise
+    except (av.FFmpegError, OSError, ValueError, EOFError, IndexError, RuntimeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise UnreadableMedia(f"{media_type}: cannot decode ({why})") from None
+    per_pixel = next((v for k, v in _HALF_PLANES.items() if k in fmt), 4.0)
+    if any(depth in fmt for depth in ("p10", "p12", "p16")):
+        per_pixel *= 2
+    return int(max(width * height, 1) * per_pixel * _FRAME_BUFFERS) + (16 << 20)
+
+
+def _import_av(media_type: str) -> Any:
     try:
         import av
     except ImportError:
@@ -37,6 +68,12 @@ def decode_video(data: bytes, media_type: str, limits: DecodeLimits) -> DecodedI
             f"{media_type}: reading video needs the [video] extra "
             "(pip install 'horde-scanner[video]')"
         ) from None
+    return av
+
+
+def decode_video(data: bytes, media_type: str, limits: DecodeLimits) -> DecodedImage:
+    """Sample frames of a video. Blocking: call from a worker thread."""
+    av = _import_av(media_type)
     errors: tuple[type[BaseException], ...] = (
         av.FFmpegError,
         OSError,
@@ -91,6 +128,7 @@ def _sample(container: Any, media_type: str, limits: DecodeLimits) -> DecodedIma
     targets = sorted({first + (span * i) // max(1, n - 1) for i in range(n)})
 
     ctx.thread_type = "AUTO"
+    ctx.thread_count = _THREADS
     sample = FrameSample(limits)
     decoded_pixels = 0
     frames_iter = None

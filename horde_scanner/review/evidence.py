@@ -50,7 +50,65 @@ CSV_FIELDS = [
     "decisions",
     "found",
     "actions",
+    "provenance",
+    "uploaders",
+    "thumbnail_of_posts",
+    "uploaded_at",
+    "usages",
+    "communities",
+    "origin_instances",
+    "lemmy_actions",
 ]
+
+
+def provenance_fields(prov: dict[str, Any] | None) -> dict[str, Any]:
+    """Who and where, as the export carries it: names, actor and object URLs, ids, times;
+    never message or comment text."""
+    if prov is None:
+        return {
+            "provenance": None,
+            "uploaders": [],
+            "thumbnail_of_posts": [],
+            "uploaded_at": [],
+            "usages": [],
+            "communities": [],
+            "origin_instances": [],
+            "provenance_note": None,
+        }
+    uploads = prov.get("uploads") or []
+    usages = [
+        {
+            k: u.get(k)
+            for k in ("kind", "url", "post_id", "comment_id", "private_message_id", "published")
+            if u.get(k) is not None
+        }
+        | {
+            "community": (u.get("community") or {}).get("actor_url"),
+            "creator": (u.get("creator") or u.get("person") or {}).get("actor_url"),
+            "origin_instance": u.get("origin_instance"),
+        }
+        for u in prov.get("usages") or []
+    ]
+    return {
+        "provenance": prov["state"],
+        "uploaders": [
+            {
+                "name": up["uploader"]["name"],
+                "actor_url": up["uploader"]["actor_url"],
+                "local": up["uploader"]["local"],
+            }
+            for up in uploads
+            if up.get("uploader")
+        ],
+        "thumbnail_of_posts": [
+            up["thumbnail_for_post"] for up in uploads if up.get("thumbnail_for_post")
+        ],
+        "uploaded_at": [up["uploaded_at"] for up in uploads if up.get("uploaded_at")],
+        "usages": usages,
+        "communities": sorted({u["community"] for u in usages if u["community"]}),
+        "origin_instances": prov.get("origin_instances") or [],
+        "provenance_note": prov.get("error") or "; ".join(prov.get("notes") or []) or None,
+    }
 
 
 async def _pdq(store: Store, sha256: str) -> str | None:
@@ -131,6 +189,11 @@ async def record(
         "late_positive": late.enforcement if late else None,
         "decisions": decisions(trail),
         "found": [_location(loc) for loc in swept],
+        **provenance_fields(view.provenance_entry(await store.provenance(stored.sha256))),
+        "lemmy_actions": [
+            {k: a[k] for k in ("action", "target", "state", "status", "by", "requested_at")}
+            for a in map(view.action_entry, await store.lemmy_actions(stored.sha256))
+        ],
     }
 
 
@@ -183,6 +246,16 @@ def to_csv(rows: Iterable[dict[str, Any]]) -> str:
                 "decisions": _cell(decided),
                 "found": _cell(_swept_at(f) for f in r["found"]),
                 "actions": _cell(acted),
+                "uploaders": _cell(f"{u['name']} {u['actor_url']}" for u in r["uploaders"]),
+                "thumbnail_of_posts": _cell(f"post {p}" for p in r["thumbnail_of_posts"]),
+                "uploaded_at": _cell(r["uploaded_at"]),
+                "usages": _cell(_and(f"{u['kind']}", u.get("url")) for u in r["usages"]),
+                "communities": _cell(r.get("communities") or []),
+                "origin_instances": _cell(r.get("origin_instances") or []),
+                "lemmy_actions": _cell(
+                    f"{a['requested_at']} {a['action']} {a['target']} {a['state']} by {a['by']}"
+                    for a in r["lemmy_actions"]
+                ),
             }
         )
     return out.getvalue()

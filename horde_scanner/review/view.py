@@ -18,6 +18,7 @@ from typing import Any
 
 from horde_scanner.review.quarantine import HELD, HeldCopy, QuarantineHolder
 from horde_scanner.store.audit import AuditRecord
+from horde_scanner.store.provenance import LemmyActionRow, Provenance
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.verdicts import LatePositive, StoredVerdict
 from horde_scanner.timefmt import iso
@@ -73,6 +74,44 @@ def late_entry(p: LatePositive) -> dict[str, Any]:
     }
 
 
+def provenance_entry(row: Provenance | None) -> dict[str, Any] | None:
+    """Who uploaded the image and where Lemmy uses it (moderation/provenance.py), or why that
+    is not known yet (`pending` with the error, `no_alias`)."""
+    if row is None:
+        return None
+    out: dict[str, Any] = {
+        "state": row.state,
+        "why": row.why,
+        "aliases": row.aliases,
+        "error": row.error,
+        "tries": row.tries,
+        "updated_at": iso(row.updated_at),
+    }
+    if row.record is not None:
+        rec = dict(row.record)
+        if isinstance(rec.get("resolved_at"), int | float):
+            rec["resolved_at"] = iso(rec["resolved_at"])
+        out.update(rec)
+    return out
+
+
+def action_entry(a: LemmyActionRow) -> dict[str, Any]:
+    """One call made through Lemmy's API for an admin, and what Lemmy answered."""
+    return {
+        "id": a.id,
+        "action": a.action,
+        "target": a.target,
+        "request": a.request,
+        "state": a.state,
+        "status": a.status,
+        "answer": a.answer,
+        "by": a.requested_by,
+        "requested_at": iso(a.requested_at),
+        "attempts": a.attempts,
+        "updated_at": iso(a.updated_at),
+    }
+
+
 async def copies(holders: Sequence[QuarantineHolder], sha256: str) -> list[HeldCopy]:
     return [c for holder in holders for c in await holder.copies(sha256)]
 
@@ -100,6 +139,8 @@ async def detail(
                 {"enforcement": late.enforcement, "found_at": iso(late.found_at)} if late else None
             ),
             "audit": [audit_entry(a) for a in trail],
+            "provenance": provenance_entry(await store.provenance(sha256)),
+            "lemmy_actions": [action_entry(a) for a in await store.lemmy_actions(sha256)],
         }
     )
     return record

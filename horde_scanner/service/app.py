@@ -17,6 +17,7 @@ from horde_scanner.service.admin import policy as admin_policy
 from horde_scanner.service.admin.auth import ADMIN, AdminGate
 from horde_scanner.service.context import SERVICES, open_services
 from horde_scanner.service.errors import Handler, RequestError, json_errors
+from horde_scanner.service.guard import GUARD, Guard, guard
 
 
 @web.middleware
@@ -46,7 +47,7 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
     # Multipart framing adds a little on top of the file itself.
     app = web.Application(
-        middlewares=[json_errors, count_errors],
+        middlewares=[json_errors, count_errors, guard],
         client_max_size=settings.server.max_body_bytes + 65536,
     )
 
@@ -57,6 +58,7 @@ def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Appl
 
     app.cleanup_ctx.append(lifecycle)
     app[ADMIN] = AdminGate(settings.admin)
+    app[GUARD] = Guard(settings.server)
     app.router.add_post("/api/v1/scan/{client_id}", validate.scan)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)

@@ -26,6 +26,8 @@ from horde_scanner.integrations.metrics import Metrics
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher
 from horde_scanner.judging.judge import Judge
 from horde_scanner.judging.policy import Policy
+from horde_scanner.moderation.actions import Moderator
+from horde_scanner.moderation.provenance import ProvenanceResolver
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.runtime import Runtime, open_runtime
@@ -76,6 +78,10 @@ class Services:
     embeddings: EmbeddingMatcher | None = None
     embedding_publisher: EmbeddingPublisher | None = None
     embedding_subscriber: EmbeddingSubscriber | None = None
+    # Provenance of stored positives from Lemmy's database (off when lemmy.database_url is unset).
+    provenance: ProvenanceResolver | None = None
+    # Admin actions through Lemmy's API (off when lemmy.url is unset).
+    moderator: Moderator | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -126,4 +132,6 @@ async def open_services(
             embeddings=await rt.embeddings(),
             embedding_publisher=await rt.embedding_publisher(),
             embedding_subscriber=await rt.embedding_subscriber(),
+            provenance=await rt.provenance(),
+            moderator=await rt.moderator(),
         )

@@ -61,6 +61,9 @@ async def readyz(request: web.Request) -> web.Response:
             "detail": svc.embeddings.status
             + (f"; {svc.embeddings.size} entries indexed" if svc.embeddings.enabled else ""),
         }
+    if svc.provenance is not None and svc.provenance.lemmy is not None:
+        # Lemmy's database (provenance only): never makes the service unready.
+        body["lemmy"] = svc.provenance.describe()
     for horde in horde_paths(svc.backend)[:1]:
         # Expected latency, the Horde's queue, our submit limit, the kudos budget.
         body["horde"] = horde.describe()

@@ -17,6 +17,7 @@ from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
 from horde_scanner.service.app import build_app
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.health import DRAINING, Draining
+from horde_scanner.service.pacing import PacedRunner
 
 log = logging.getLogger("horde_scanner.serve")
 
@@ -50,8 +51,9 @@ def summary(svc: Services) -> str:
 
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     """The one way the app is put on a socket (`serve` and the test harness alike)."""
-    return web.AppRunner(
+    return PacedRunner(
         app,
+        head_timeout_s=settings.server.header_timeout_s,
         access_log=None,
         shutdown_timeout=settings.server.shutdown_timeout_s,
         lingering_time=settings.server.linger_s,

@@ -32,8 +32,6 @@ from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
 
-_MAX_ANSWER_BYTES = 1 << 20
-
 
 def _pool(request: web.Request, *, answering: bool = False) -> tuple[Services, WorkerPool, str]:
     svc = request.app[SERVICES]
@@ -111,8 +109,8 @@ async def answer(request: web.Request) -> web.Response:
 
 
 async def _read_answer(request: web.Request, worker: str) -> tuple[str, Signals | None, str]:
-    if request.content_length is not None and request.content_length > _MAX_ANSWER_BYTES:
-        raise RequestError(413, "too_large", f"answer exceeds {_MAX_ANSWER_BYTES} bytes")
+    # guard.py has read the body already, chunked or not, within
+    # server.worker_answer_max_bytes and server.body_timeout_s.
     try:
         body: Any = json.loads(await request.read())
     except ValueError as exc:

@@ -9,13 +9,14 @@ from horde_scanner.store import (
     hashes,
     jobs,
     kudos,
+    provenance,
     review,
     sweeps,
     verdicts,
 )
 from horde_scanner.store.tables import SchemaStep
 
-_PARTS = (verdicts, jobs, audit, sweeps, hashes, embeddings, review, kudos, cluster)
+_PARTS = (verdicts, jobs, audit, sweeps, hashes, embeddings, review, kudos, cluster, provenance)
 
 
 def schema_steps() -> list[SchemaStep]:

@@ -28,6 +28,7 @@ from horde_scanner.store.embeddings import EmbeddingTables
 from horde_scanner.store.hashes import HashTables
 from horde_scanner.store.jobs import JobTables
 from horde_scanner.store.kudos import KudosTables
+from horde_scanner.store.provenance import ProvenanceTables
 from horde_scanner.store.review import ReviewTables
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sweeps import SweepTables
@@ -178,6 +179,7 @@ class Store(
     ReviewTables,
     KudosTables,
     ClusterTables,
+    ProvenanceTables,
 ):
     """The SQLite store; `store.postgres.PgStore` is the PostgreSQL one (same parts)."""
 

@@ -293,9 +293,15 @@ class FakePictrs(LoopbackServer):
         }
 
     def add_image(
-        self, data: bytes, ext: str = "webp", *, created_at: datetime | None = None
+        self,
+        data: bytes,
+        ext: str = "webp",
+        *,
+        created_at: datetime | None = None,
+        alias: str | None = None,
     ) -> str:
-        """Store ``data`` as pict-rs would after ingest and return a new alias for it.
+        """Store ``data`` as pict-rs would after ingest and return a new alias for it (or
+        `alias`, to match rows a test wrote elsewhere, e.g. in Lemmy's database).
 
         Identical bytes share one hash (pict-rs deduplicates), so a second call adds an alias.
         """
@@ -323,7 +329,7 @@ class FakePictrs(LoopbackServer):
                 frames=frames,
             )
             self._hashes[key] = stored
-        return self._new_alias(stored)
+        return self._new_alias(stored, alias)
 
     def add_alias(self, existing_alias: str) -> str:
         """Another alias for the same hash, as a duplicate upload would create."""
@@ -348,8 +354,8 @@ class FakePictrs(LoopbackServer):
     def _stored(self, alias: str) -> StoredHash:
         return self._hashes[self._alias_hash[alias]]
 
-    def _new_alias(self, stored: StoredHash) -> str:
-        alias = f"{uuid.uuid4()}.{stored.ext}"
+    def _new_alias(self, stored: StoredHash, alias: str | None = None) -> str:
+        alias = alias or f"{uuid.uuid4()}.{stored.ext}"
         stored.aliases.append(alias)
         stored.delete_tokens[alias] = str(uuid.uuid4())
         self._alias_hash[alias] = stored.hash

@@ -8,6 +8,10 @@ POST verdicts/{sha256}/rejudge         {"mode": "policy" | "backend", "wait_s": 
 GET  queue                             undecided positives, late positives, unscanned items
 GET  stats
 GET  export?format=json|csv&label=...  evidence records (never image bytes)
+GET  verdicts/{sha256}/provenance      who uploaded it, where Lemmy uses it (or why not known)
+POST verdicts/{sha256}/provenance      ask Lemmy's database again now
+POST verdicts/{sha256}/lemmy           {"actions": ["ban", "purge", ...], "dry_run": true, "by"}
+POST lemmy/actions/{id}/retry          send a failed Lemmy call again
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from horde_scanner.media.hashing import is_sha256_hex
+from horde_scanner.moderation.actions import ActionError, parse_actions
 from horde_scanner.review import evidence, view
 from horde_scanner.review.decisions import (
     POSITIVE,
@@ -51,7 +56,7 @@ def admin_only(handler: Handler) -> Handler:
             raise
         try:
             return await handler(request)
-        except ReviewError as exc:
+        except (ReviewError, ActionError) as exc:
             raise RequestError(exc.status, exc.error, exc.detail) from None
 
     return guarded
@@ -195,7 +200,102 @@ async def allow(request: web.Request) -> web.Response:
 
 @admin_only
 async def confirm(request: web.Request) -> web.Response:
-    return await _decide(request, Review.confirm)
+    response = await _decide(request, Review.confirm)
+    await after_confirm(request.app[SERVICES], sha_param(request))
+    return response
+
+
+async def after_confirm(svc: Services, sha256: str) -> None:
+    """An admin vouched for the positive: lemmy.auto_actions may now run on it (when its
+    provenance is resolved; else when it is)."""
+    if svc.moderator is not None:
+        try:
+            await svc.moderator.auto(sha256)
+        except ActionError:
+            pass  # not resolved yet: the resolver runs them when it is
+
+
+@admin_only
+async def provenance(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    sha = sha_param(request)
+    return web.json_response(await provenance_data(svc, sha))
+
+
+async def provenance_data(svc: Services, sha256: str) -> dict[str, Any]:
+    row = view.provenance_entry(await svc.store.provenance(sha256))
+    return {
+        "sha256": sha256,
+        "lemmy": svc.provenance.describe() if svc.provenance is not None else {"state": "off"},
+        "provenance": row,
+        "lemmy_actions": [view.action_entry(a) for a in await svc.store.lemmy_actions(sha256)],
+    }
+
+
+@admin_only
+async def refresh_provenance(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    sha = sha_param(request)
+    if not await svc.store.refresh_provenance(sha):
+        stored = await svc.store.get_verdict(sha)
+        if stored is None:
+            raise RequestError(404, "not_found", f"nothing is known about {sha}")
+        await svc.store.want_provenance(sha, "admin", seen_at=stored.first_seen)
+    if svc.provenance is not None:
+        svc.provenance.wake()
+    return web.json_response(await provenance_data(svc, sha), status=202)
+
+
+@admin_only
+async def lemmy_act(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    sha = sha_param(request)
+    body = await json_body(request)
+    raw = body.get("actions")
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise RequestError(400, "bad_actions", 'actions must be a list, e.g. ["ban", "purge"]')
+    dry_run = body.get("dry_run", True)
+    if not isinstance(dry_run, bool):
+        raise RequestError(400, "bad_dry_run", "dry_run must be true or false")
+    return await act_response(svc, sha, raw, by=_actor(request, body), dry_run=dry_run)
+
+
+async def act_response(
+    svc: Services, sha256: str, actions: list[str], *, by: str, dry_run: bool
+) -> web.Response:
+    if svc.moderator is None or not svc.moderator.enabled:
+        raise RequestError(409, "lemmy_not_configured", "Lemmy actions need lemmy.url")
+    result = await svc.moderator.act(sha256, parse_actions(actions), by=by, dry_run=dry_run)
+    if result.get("failed"):
+        # Lemmy refused or did not answer some calls: each is recorded failed, retryable.
+        return web.json_response(
+            {
+                "error": "lemmy_refused",
+                "detail": f"{result['failed']} of {len(result['calls'])} calls failed",
+                **result,
+            },
+            status=502,
+        )
+    return web.json_response(result)
+
+
+@admin_only
+async def lemmy_retry(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    body = await json_body(request)
+    try:
+        action_id = int(request.match_info["id"])
+    except ValueError:
+        raise RequestError(400, "bad_id", "expected a numeric action id") from None
+    if svc.moderator is None or not svc.moderator.enabled:
+        raise RequestError(409, "lemmy_not_configured", "Lemmy actions need lemmy.url")
+    result = await svc.moderator.retry(action_id, by=_actor(request, body))
+    if result["state"] != "done":
+        return web.json_response(
+            {"error": "lemmy_refused", "detail": f"Lemmy answered {result['status']}", **result},
+            status=502,
+        )
+    return web.json_response(result)
 
 
 @admin_only
@@ -294,3 +394,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/queue", queue)
     r.add_get(f"{PREFIX}/stats", stats)
     r.add_get(f"{PREFIX}/export", export)
+    r.add_get(f"{PREFIX}/verdicts/{{sha256}}/provenance", provenance)
+    r.add_post(f"{PREFIX}/verdicts/{{sha256}}/provenance", refresh_provenance)
+    r.add_post(f"{PREFIX}/verdicts/{{sha256}}/lemmy", lemmy_act)
+    r.add_post(f"{PREFIX}/lemmy/actions/{{id}}/retry", lemmy_retry)

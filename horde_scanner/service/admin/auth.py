@@ -20,18 +20,17 @@ import ipaddress
 import re
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from horde_scanner.config import AdminSettings
 from horde_scanner.service.errors import RequestError
+from horde_scanner.service.throttle import FailureThrottle
 
 COOKIE = "hs_admin"
 _ACTOR_RE = re.compile(r"[^A-Za-z0-9._@+-]")
-# Clients whose failures are remembered at once (the oldest is forgotten first).
-_MAX_CLIENTS = 10_000
 
 DISABLED_DETAIL = (
     "the admin API and the review page are off: set admin.token (env "
@@ -61,7 +60,7 @@ class AdminGate:
         token = settings.token.get_secret_value() if settings.token else None
         self._token = token.encode() if token else None
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.failures = FailureThrottle(settings.max_failures, settings.failure_window_s)
 
     @property
     def enabled(self) -> bool:
@@ -98,24 +97,10 @@ class AdminGate:
     # -- failure throttling (API and login form) ----------------------------------------------
 
     def login_allowed(self, client: str) -> bool:
-        recent = self._failures.get(client)
-        if not recent:
-            return True
-        cutoff = time.monotonic() - self.settings.failure_window_s
-        while recent and recent[0] < cutoff:
-            recent.popleft()
-        if not recent:
-            del self._failures[client]
-            return True
-        return len(recent) < self.settings.max_failures
+        return self.failures.allowed(client)
 
     def login_failed(self, client: str) -> None:
-        limit = self.settings.max_failures
-        recent = self._failures.pop(client, None) or deque(maxlen=limit)
-        recent.append(time.monotonic())
-        self._failures[client] = recent  # most recent last
-        while len(self._failures) > _MAX_CLIENTS:  # bounded, whatever an attacker sends
-            self._failures.popitem(last=False)
+        self.failures.failed(client)
 
     # -- sessions ----------------------------------------------------------------------------
 

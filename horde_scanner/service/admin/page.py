@@ -21,11 +21,18 @@ from aiohttp import web
 from PIL import Image, ImageFilter
 
 from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
-from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, prepare
+from horde_scanner.media.decode import (
+    DecodeLimits,
+    PreparedImage,
+    UnreadableMedia,
+    prepare_within,
+)
+from horde_scanner.moderation.actions import ActionError
 from horde_scanner.review import view
 from horde_scanner.review.decisions import ReviewError
 from horde_scanner.review.evidence import DECISION_EVENTS
 from horde_scanner.service.admin import api as admin_api
+from horde_scanner.service.admin import lemmy_page
 from horde_scanner.service.admin.auth import (
     ADMIN,
     AdminGate,
@@ -130,7 +137,13 @@ async def _checked_post(request: web.Request) -> tuple[Session, Any]:
 
 
 def _safe_next(value: str | None) -> str:
-    if value and value.startswith("/admin") and not value.startswith("//"):
+    """Only our own pages, and nothing that could end a header (CR, LF, other controls)."""
+    if (
+        value
+        and value.startswith("/admin")
+        and not value.startswith("//")
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value)
+    ):
         return value
     return "/admin"
 
@@ -147,6 +160,13 @@ def _login_body(next_url: str, error: str = "") -> str:
         "</label>"
         '<button type="submit">Sign in</button></form>'
     )
+
+
+def locked_out() -> web.Response:
+    """The sign-in page for a client that failed too often (answered before its form is read,
+    so it goes back to the queue page once signed in)."""
+    body = _login_body("/admin", "Too many failed attempts; wait a few minutes.")
+    return _page("Sign in", body, status=429)
 
 
 async def login_form(request: web.Request) -> web.Response:
@@ -254,6 +274,8 @@ def _card(svc: Services, session: Session, item: dict[str, Any], extra: str = ""
         ("scores", _signals_html(item.get("signals"))),
         ("quarantine", "held" if item.get("in_quarantine") else "not held"),
     ]
+    if item.get("who"):
+        rows.append(("who, where", _e(item["who"])))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     return (
         f'<article class="item" id="item-{sha}" data-sha="{sha}"><div>'
@@ -290,6 +312,13 @@ async def queue_page(request: web.Request) -> web.Response:
         ("positives", "Positives waiting for a decision", data["positives"]),
         ("unscanned", "Unscanned (unreadable or not judged)", data["unscanned"]),
     )
+    shas = [i["sha256"] for i in data["positives"]] + [p["sha256"] for p in data["late_positives"]]
+    who = {
+        sha: lemmy_page.summary(view.provenance_entry(row))
+        for sha, row in (await svc.store.provenance_of(shas)).items()
+    }
+    for item in data["positives"]:
+        item["who"] = who.get(item["sha256"])
     late_cards = []
     for late in data["late_positives"]:
         stored = await svc.store.get_verdict(late["sha256"])
@@ -299,6 +328,7 @@ async def queue_page(request: web.Request) -> web.Response:
             else {"sha256": late["sha256"], "label": late["label"]}
         )
         item["in_quarantine"] = late["in_quarantine"]
+        item["who"] = who.get(late["sha256"])
         note = (
             f' <span class="muted">late positive, found {_e(_when(late["found_at"]))}, '
             f"{_e(late['enforcement'])}</span>"
@@ -360,8 +390,11 @@ async def item_page(request: web.Request) -> web.Response:
         )
         or "<li>never quarantined</li>"
     )
+    lemmy = lemmy_page.provenance_html(
+        svc, session, sha, record["provenance"]
+    ) + lemmy_page.actions_html(svc, session, sha, record["provenance"], record["lemmy_actions"])
     body = (
-        f"{banner}{listed}{card}{rejudge}<h2>Quarantine</h2><ul>{quarantine}</ul>"
+        f"{banner}{listed}{card}{rejudge}{lemmy}<h2>Quarantine</h2><ul>{quarantine}</ul>"
         '<h2>Audit trail</h2><table class="audit"><thead><tr><th>#</th><th>when</th>'
         "<th>event</th><th>label</th><th>action</th><th>by</th><th>detail</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
@@ -385,13 +418,22 @@ async def decide(request: web.Request) -> web.Response:
             await svc.review.allow(sha, by=session.actor, note=note)
         elif action == "confirm":
             await svc.review.confirm(sha, by=session.actor, note=note)
+            await admin_api.after_confirm(svc, sha)
+        elif action == "provenance":
+            await _refresh_provenance(svc, sha)
+            raise web.HTTPSeeOther(f"/admin/item/{sha}#provenance")
+        elif action == "lemmy":
+            page = await lemmy_page.lemmy_form(svc, session, sha, form)
+            if page is not None:
+                return _page(page[0], page[1], session)
+            raise web.HTTPSeeOther(f"/admin/item/{sha}#lemmy-actions")
         elif action == "rejudge":
             await svc.review.rejudge(
                 sha, by=session.actor, mode=str(form.get("mode") or "policy"), wait_s=30.0
             )
         else:
             raise RequestError(404, "not_found", f"no action {action!r}")
-    except ReviewError as exc:
+    except (ReviewError, ActionError) as exc:
         return _page(
             "Could not do that",
             f'<p class="error">{_e(exc.detail)}</p><p><a href="/admin/item/{sha}">Back</a></p>',
@@ -399,6 +441,30 @@ async def decide(request: web.Request) -> web.Response:
             status=exc.status,
         )
     raise web.HTTPSeeOther(f"/admin/item/{sha}#decision")
+
+
+async def _refresh_provenance(svc: Services, sha: str) -> None:
+    if not await svc.store.refresh_provenance(sha):
+        stored = await svc.store.get_verdict(sha)
+        await svc.store.want_provenance(sha, "admin", seen_at=stored.first_seen if stored else None)
+    if svc.provenance is not None:
+        svc.provenance.wake()
+
+
+async def lemmy_retry(request: web.Request) -> web.Response:
+    session, _ = await _checked_post(request)
+    svc: Services = request.app[SERVICES]
+    sha = admin_api.sha_param(request)
+    try:
+        await lemmy_page.retry(svc, session, request.match_info["id"])
+    except ActionError as exc:
+        return _page(
+            "Could not do that",
+            f'<p class="error">{_e(exc.detail)}</p><p><a href="/admin/item/{sha}">Back</a></p>',
+            session,
+            status=exc.status,
+        )
+    raise web.HTTPSeeOther(f"/admin/item/{sha}#lemmy-actions")
 
 
 async def previews(request: web.Request) -> web.Response:
@@ -422,13 +488,13 @@ async def preview(request: web.Request) -> web.Response:
     if data is None:
         raise RequestError(404, "not_in_quarantine", "previews exist only for quarantined items")
     settings = svc.settings.admin
+    # Every decode limit of [media] holds here too, and the memory budget: a held file is
+    # untrusted bytes.
+    limits = svc.settings.media.limits(backend_max_side=settings.preview_max_side)
     try:
+        prepared = await prepare_within(data, limits, svc.judge.memory)
         jpeg = await asyncio.to_thread(
-            render_preview,
-            data,
-            # Every decode limit of [media] holds here too: a held file is untrusted bytes.
-            svc.settings.media.limits(backend_max_side=settings.preview_max_side),
-            settings.preview_blur_radius,
+            render_preview, prepared, limits, settings.preview_blur_radius
         )
     except UnreadableMedia as exc:
         raise RequestError(422, "unreadable", exc.reason) from None
@@ -436,10 +502,9 @@ async def preview(request: web.Request) -> web.Response:
     return web.Response(body=jpeg, content_type="image/jpeg", headers=_HEADERS)
 
 
-def render_preview(data: bytes, limits: DecodeLimits, blur_radius: float) -> bytes:
+def render_preview(prepared: PreparedImage, limits: DecodeLimits, blur_radius: float) -> bytes:
     """Small, greyscale, blurred JPEG of the first frame. Blocking: run in a thread."""
     max_side = limits.backend_max_side
-    prepared = prepare(data, limits)
     image: Image.Image = prepared.image.convert("L")
     image.thumbnail((max_side, max_side))
     image = image.filter(ImageFilter.GaussianBlur(blur_radius))
@@ -478,6 +543,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/admin/logout", logout)
     r.add_get("/admin/item/{sha256}", item_page)
     r.add_post("/admin/item/{sha256}/{action}", decide)
+    r.add_post("/admin/item/{sha256}/lemmy-retry/{id}", lemmy_retry)
     r.add_post("/admin/previews", previews)
     r.add_get("/admin/preview/{sha256}", preview)
     r.add_get("/admin/export", export)

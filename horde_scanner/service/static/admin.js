@@ -12,6 +12,9 @@ document.addEventListener("click", function (event) {
   link.replaceWith(img);
 });
 document.addEventListener("submit", function (event) {
-  var question = event.target.getAttribute("data-ask");
+  // The button pressed may ask its own question (a dry run asks nothing, "Do it" does).
+  var question =
+    (event.submitter && event.submitter.getAttribute("data-ask")) ||
+    event.target.getAttribute("data-ask");
   if (question && !window.confirm(question)) event.preventDefault();
 });
