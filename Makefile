@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	@$(BIN)/python .ci/build-deps
 	$(PIP) -e '.[test]'
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-docs
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -40,16 +40,26 @@ lint: install-test
 
 # The docs site on http://127.0.0.1:8000 (mkdocs and the Material theme: the `docs` extra, also
 # in `test`). The suite builds it with --strict (tests/test_docs.py).
-docs: install-test
+$(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python
+	@$(BIN)/python .ci/build-deps
+	$(PIP) -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
-docs-build: install-test
+docs-build: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # docs/reference/configuration.md is generated from horde_scanner/config.py; a test fails when
 # it is stale, and this target writes it again.
 config-reference: install
 	$(BIN)/horde-scanner config reference -o docs/reference/configuration.md
+
+# The docs' pictures (docs/images/): the review page, the policy dry run and the dashboard,
+# taken by the suite's Chromium (and a real Prometheus); never edited by hand.
+screenshots: install-test system-deps
+	$(BIN)/python -m tests.screenshots docs/images
 
 bench: install-test
 	$(BIN)/python -m bench.validate

@@ -287,14 +287,25 @@ class ValidationSettings(Section):
     verdict_cache_size: int = Field(
         100_000, ge=0, description="Answers kept in memory (the store keeps all)."
     )
-    # A background judgement that keeps failing (backend down) becomes an `error` verdict
-    # after this many tries (backoff doubles up to 5 minutes: about four hours in all).
+    # A background judgement that keeps failing becomes an `error` verdict after this many
+    # tries. Tries while a path is down wait 5 minutes each (and are woken the moment it is
+    # back): about four hours of outage in all.
     job_max_attempts: int = Field(
         50,
         gt=0,
         description=(
-            "Tries before a background judgement becomes an `error` verdict (backoff doubles up to"
-            " 5 min)."
+            "Tries before a background judgement becomes an `error` verdict (while a path is "
+            "down a try waits 5 min and is woken when it returns: about four hours of outage)."
+        ),
+    )
+    job_max_backoff_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description=(
+            "Longest wait before a failed background judgement is tried again (the wait doubles "
+            "from 1 s up to this); a backend that names a later time (maintenance, kudos "
+            "budget, path down) is believed."
         ),
     )
 
@@ -428,8 +439,18 @@ class HordeSettings(Section):
         ge=1,
         le=90,
         description=(
-            "Our share (1-90) of the Horde's 90 submits per minute per IP: never more in any 60 s;"
-            " a burst goes at once."
+            "Our share (1-90) of the Horde's 90 submits per minute per IP: never more in any "
+            "`submit_window_s`; a burst goes at once. Kept in the store, so a restart does not "
+            "empty it."
+        ),
+    )
+    submit_window_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description=(
+            "The window of the AI Horde's submit limit, in seconds: `submits_per_min` counts "
+            "submits in any window this long (60 on aihorde.net; other Hordes may differ)."
         ),
     )
     # Read /v2/status/performance (queue length, workers) this often; 0 turns it off.
@@ -452,7 +473,12 @@ class HordeSettings(Section):
     )
     # Give up on one request (and DELETE it) after this long.
     request_timeout_s: float = Field(
-        600.0, gt=0, description="Give up on (and DELETE) one AI Horde request after this long."
+        600.0,
+        gt=0,
+        description=(
+            "Give up on (and DELETE) one AI Horde request after this long of the Horde's time "
+            "(from its answer to the submit; waiting for our own submit window does not count)."
+        ),
     )
     http_timeout_s: float = Field(
         20.0, gt=0, description="Time limit of one HTTP call to the AI Horde."
@@ -477,7 +503,8 @@ class HordeSettings(Section):
         ge=1,
         le=100,
         description=(
-            "Failed calls in a row (refused, DNS, timeout, 5xx) that mark the AI Horde down."
+            "Failed calls in a row (refused, DNS, timeout, 5xx) that mark a healthy AI Horde "
+            "down; after recent failures at random, more (up to 4 times this)."
         ),
     )
     probe_interval_s: float = Field(
@@ -1166,8 +1193,11 @@ class NotifySettings(Section):
     """Webhook notifications of new positives and backend down/up."""
 
     # Webhook for new positives and backend down/up; unset: no notifications.
+    # Masked by `config show`: Discord's and Slack's webhook URLs carry their token.
     webhook_url: str | None = Field(
-        None, description="Webhook for new positives and backend down/up; unset: no notifications."
+        None,
+        description="Webhook for new positives and backend down/up; unset: no notifications.",
+        json_schema_extra={"secret": True},
     )
     # Payload template (horde_scanner/data/webhook_templates.toml): json, matrix, discord, slack.
     template: str = Field(

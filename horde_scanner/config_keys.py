@@ -31,7 +31,7 @@ def is_ours(env_name: str) -> bool:
     return env_name.upper().startswith(ENV_PREFIX)
 
 
-def _strip_optional(annotation: Any) -> Any:
+def strip_optional(annotation: Any) -> Any:
     if get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         if len(args) == 1:
@@ -39,8 +39,8 @@ def _strip_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _model(annotation: Any) -> type[BaseModel] | None:
-    annotation = _strip_optional(annotation)
+def model_of(annotation: Any) -> type[BaseModel] | None:
+    annotation = strip_optional(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
@@ -48,11 +48,11 @@ def _model(annotation: Any) -> type[BaseModel] | None:
 
 def _json_kind(annotation: Any) -> str | None:
     """What a plain-text value of this type must be written as: 'list', 'object' or None."""
-    annotation = _strip_optional(annotation)
+    annotation = strip_optional(annotation)
     origin = get_origin(annotation)
     if origin in _LIST_ORIGINS or annotation in _LIST_ORIGINS:
         return "list"
-    if origin is dict or annotation is dict or _model(annotation) is not None:
+    if origin is dict or annotation is dict or model_of(annotation) is not None:
         return "object"
     return None
 
@@ -121,7 +121,7 @@ def _check_path(path: list[str], value: str | None, root: type[BaseModel]) -> st
                 )
             return f"unknown key: [{'.'.join(known)}] has no option {part!r}{mean}"
         annotation = fields[part].annotation
-        model = _model(annotation)
+        model = model_of(annotation)
     kind = _json_kind(annotation)
     if kind is not None and value is not None:
         try:
@@ -141,7 +141,7 @@ def _check_path(path: list[str], value: str | None, root: type[BaseModel]) -> st
 def _one_underscore(part: str, root: type[BaseModel], otherwise: str) -> str:
     """HORDE_SCANNER_SERVER_PORT: one underscore where two separate the section and the key."""
     for name, field in root.model_fields.items():
-        section = _model(field.annotation)
+        section = model_of(field.annotation)
         rest = part[len(name) + 1 :]
         if section is not None and part.startswith(name + "_") and rest in section.model_fields:
             return f"; did you mean {_env_name([name, rest])}? (two underscores before the key)"
@@ -166,6 +166,6 @@ def _walk_toml(
                 f"unknown key {'.'.join([*path, key])!r} ({where}){_suggest(key, fields)}"
             )
             continue
-        sub = _model(fields[key].annotation)
+        sub = model_of(fields[key].annotation)
         if sub is not None and isinstance(value, Mapping):
             _walk_toml(value, sub, [*path, key], problems)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from horde_scanner.config_keys import ENV_PREFIX, NESTED
+from horde_scanner.config_keys import ENV_PREFIX, NESTED, model_of, strip_optional
 
 # The page of the docs that explains what a section is for (relative to docs/reference/).
 SECTION_PAGES = {
@@ -44,6 +44,7 @@ SECTION_PAGES = {
     "quarantine": ("../review.md", "Review page and decisions"),
     "notify": ("../operations.md", "Operations"),
     "metrics": ("../operations.md", "Operations"),
+    "lemmy": ("../moderation.md", "Evidence and Lemmy moderation"),
 }
 
 # Names that hold credentials even when their type is a plain string: `config show` masks them.
@@ -83,7 +84,7 @@ class Option:
     def secret(self) -> bool:
         extra = self.info.json_schema_extra
         return (
-            _strip_optional(self.annotation) is SecretStr
+            strip_optional(self.annotation) is SecretStr
             or secret_name(self.path[-1])
             or (isinstance(extra, dict) and bool(extra.get("secret")))
         )
@@ -94,30 +95,15 @@ def secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name)) or name in _SECRET_FIELDS
 
 
-def _strip_optional(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
 def _is_optional(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
 
-def _model(annotation: Any) -> type[BaseModel] | None:
-    annotation = _strip_optional(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return None
-
-
 def _item_model(annotation: Any) -> type[BaseModel] | None:
-    annotation = _strip_optional(annotation)
+    annotation = strip_optional(annotation)
     if get_origin(annotation) is list:
         (item,) = get_args(annotation) or (None,)
-        return _model(item)
+        return model_of(item)
     return None
 
 
@@ -125,7 +111,7 @@ def sections(root: type[BaseModel]) -> list[tuple[tuple[str, ...], type[BaseMode
     """Every table of the tree, depth first, with its path (the root is `()`)."""
     found: list[tuple[tuple[str, ...], type[BaseModel]]] = [((), root)]
     for name, info in root.model_fields.items():
-        sub = _model(info.annotation)
+        sub = model_of(info.annotation)
         items = _item_model(info.annotation)
         if sub is not None:
             found += [((name, *p), m) for p, m in sections(sub)]
@@ -138,7 +124,7 @@ def options(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[Op
     """The leaf options of one table, in declaration order (a list of tables is one leaf: its
     items' keys are a table of their own, `[[...]]`)."""
     for name, info in model.model_fields.items():
-        if _model(info.annotation) is None:
+        if model_of(info.annotation) is None:
             yield Option((*prefix, name), info, info.annotation)
 
 
@@ -180,7 +166,7 @@ def toml_value(value: Any) -> str:
 
 
 def _choices(annotation: Any) -> list[str] | None:
-    annotation = _strip_optional(annotation)
+    annotation = strip_optional(annotation)
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return [str(m.value) for m in annotation]
     if get_origin(annotation) is Literal:
@@ -218,7 +204,7 @@ def _pattern(info: FieldInfo) -> str | None:
 def type_name(annotation: Any, info: FieldInfo | None = None) -> str:
     """A short, human name of an option's type, with its bounds and choices."""
     optional = _is_optional(annotation)
-    inner = _strip_optional(annotation)
+    inner = strip_optional(annotation)
     choices = _choices(inner)
     pattern = _pattern(info) if info is not None else None
     if choices is not None:
@@ -239,7 +225,7 @@ def type_name(annotation: Any, info: FieldInfo | None = None) -> str:
         text = "string"
     elif get_origin(inner) is list:
         (item,) = get_args(inner)
-        item_model = _model(item)
+        item_model = model_of(item)
         if item_model is not None:
             text = "list of tables"
         else:
@@ -272,7 +258,7 @@ def missing_descriptions(root: type[BaseModel]) -> list[str]:
         if path and not (model.__doc__ or "").strip():
             missing.append(key + " (class docstring)")
         for name, info in model.model_fields.items():
-            if _model(info.annotation) is not None and not (info.description or "").strip():
+            if model_of(info.annotation) is not None and not (info.description or "").strip():
                 missing.append(f"{key}.{name}" if key else name)
     return missing
 
@@ -355,7 +341,7 @@ def _render_option(opt: Option) -> list[str]:
     name = opt.path[-1]
     lines.append(f"- TOML: `{name}` in `{opt.table}`" if opt.table else f"- TOML: `{name}`")
     if opt.secret:
-        lines.append("- secret: never logged; `config show` masks it")
+        lines.append("- secret: `config show` masks it")
     lines.append("")
     return lines
 

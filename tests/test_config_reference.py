@@ -32,6 +32,14 @@ def test_every_option_has_a_description():
     assert reference.missing_descriptions(Settings) == []
 
 
+def test_every_section_links_to_the_page_that_explains_it():
+    """A new `[section]` needs its page in config_reference.SECTION_PAGES."""
+    sections = {path[0] for path, _ in reference.sections(Settings) if len(path) == 1}
+    assert sections <= set(reference.SECTION_PAGES), sections - set(reference.SECTION_PAGES)
+    for page, _title in reference.SECTION_PAGES.values():
+        assert (PAGE.parent / page).resolve().is_file(), page
+
+
 def test_the_generated_page_is_up_to_date():
     assert PAGE.read_text() == reference.render(Settings), (
         "docs/reference/configuration.md is stale: run `make config-reference`"
@@ -103,12 +111,13 @@ def test_config_show_says_where_each_value_came_from_and_masks_secrets(tmp_path:
     env = {
         "HORDE_SCANNER_HORDE__API_KEY": "horde-key-secret",
         "HORDE_SCANNER_SERVER__CLIENTS": '{"lemmy": "client-id-secret"}',
+        "HORDE_SCANNER_NOTIFY__WEBHOOK_URL": "https://discord.example/api/webhooks/1/hook-token",
     }
     proc = _run("--config", str(toml), "config", "show", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     secrets = ("horde-key-secret", "client-id-secret", "db-password-1", "publish-token-secret",
-               "subscription-token-secret")  # fmt: skip
+               "subscription-token-secret", "hook-token")  # fmt: skip
     for secret in secrets:
         assert secret not in out
     assert '"name" = "friend"' in out and '"token" = "********"' in out
@@ -178,3 +187,17 @@ def test_config_check_starts_nothing_even_with_a_broken_environment(tmp_path: Pa
     assert "did you mean HORDE_SCANNER_SERVER__PORT" in proc.stderr
     missing = _run("config", "check", str(tmp_path / "nope.toml"), cwd=tmp_path)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "page", sorted(p.name for p in (ROOT / "docs").glob("*.md") if "```toml" in p.read_text())
+)
+def test_every_toml_example_in_the_docs_is_a_valid_configuration(page: str, tmp_path: Path):
+    import re
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+    for number, block in enumerate(blocks):
+        toml = tmp_path / f"example{number}.toml"
+        toml.write_text(block)
+        proc = _run("config", "check", str(toml), cwd=tmp_path)
+        assert proc.returncode == 0, f"{page}, TOML example {number + 1}: {proc.stderr}"

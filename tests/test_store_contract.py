@@ -585,3 +585,37 @@ async def test_sources_are_renamed_in_every_table_that_records_one(store) -> Non
     }
     assert sources == {"upload:lemmy", "upload:other"}
     assert await store.rename_sources({}) == 0
+
+
+async def test_live_horde_requests_are_held_until_dropped(store: Store) -> None:
+    """backends/horde.py keeps a submitted request's id here, so a restarted process polls it
+    again instead of submitting the image twice; store/horde_requests.py."""
+    assert await store.live_horde_request("k1") is None
+    await store.hold_horde_request("k1", "req-1", time.time())
+    await store.hold_horde_request("k2", "req-2", time.time() - 3600)  # surely expired there
+    held = await store.live_horde_request("k1")
+    assert held is not None and held[0] == "req-1" and abs(held[1] - time.time()) < 60
+    assert await store.live_horde_request("k2") is None  # dropped, not handed out
+    await store.drop_horde_request("k1", "other-request")  # only the request named
+    assert await store.live_horde_request("k1") is not None
+    await store.drop_horde_request("k1", "req-1")
+    assert await store.live_horde_request("k1") is None
+
+
+async def test_the_submit_window_counts_across_connections(store_url: str) -> None:
+    """The AI Horde submit budget in the store: a second process (or the next one after a
+    restart) sees the slots the first took, on both stores."""
+    first = await Store.open(store_url)
+    try:
+        slots = [await first.take_submit(2, 60.0, 80.0) for _ in range(2)]
+        assert all(slot is not None for slot, _ in slots)
+        for slot, _ in slots:
+            await first.finish_submit(slot)
+        second = await Store.open(store_url)
+        try:
+            slot, retry_in = await second.take_submit(2, 60.0, 80.0)
+            assert slot is None and 50.0 < retry_in <= 60.0
+        finally:
+            await second.close()
+    finally:
+        await first.close()

@@ -1,4 +1,4 @@
-"""What the docs (README, docs/uploads.md) say leaves the server for the AI Horde: one small WebP,
+"""What the docs (README, docs/trust.md) say leaves the server for the AI Horde: one small WebP,
 nothing else."""
 
 from __future__ import annotations

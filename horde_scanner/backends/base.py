@@ -31,6 +31,7 @@ A Backend turns one decoded image into Signals. Its contract:
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,10 +129,29 @@ def iter_backends(backend: Backend) -> list[Backend]:
     return out
 
 
-async def judge_image(backend: Backend, image: PreparedImage) -> Signals:
+# The content hash (sha256) of the file being judged, while a backend judges it: a backend
+# that keeps work across a restart files it under this (backends/horde.py keeps the id of each
+# live AI Horde request, so the process after a crash polls it instead of submitting again).
+judging_sha256: ContextVar[str | None] = ContextVar("judging_sha256", default=None)
+
+
+async def judge_image(
+    backend: Backend, image: PreparedImage, *, sha256: str | None = None
+) -> Signals:
     """`backend.judge` for any image: frame by frame unless the backend takes frames itself.
+    `sha256`: the file's content hash, for the backend's use (`judging_sha256`).
 
     A frame that fails for good fails the whole file (its verdict would be incomplete)."""
+    if sha256 is None:  # a path inside a backend (router, pre-screen): the caller's file
+        return await _judge_image(backend, image)
+    token = judging_sha256.set(sha256)
+    try:
+        return await _judge_image(backend, image)
+    finally:
+        judging_sha256.reset(token)
+
+
+async def _judge_image(backend: Backend, image: PreparedImage) -> Signals:
     if not image.animated or getattr(backend, "takes_frames", False):
         return await backend.judge(image)
     singles = [image.subset([frame]) for frame in image.frames]

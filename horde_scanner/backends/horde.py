@@ -13,13 +13,22 @@ What this client does about each failure:
   404 on status (request expired)      submit once more, then BackendUnavailable
   faulted forms                        submit once more, then BackendUnavailable
   connection errors, timeouts, 5xx     tenacity: bounded retries with exponential backoff + jitter
+  a status poll failing all the same   poll the live request again (it is the Horde's, not lost);
+                                       while the path is down, wait for it to come back
   our own request timeout              DELETE the request, BackendUnavailable
+
+Flaky is not down. A submitted request is polled until it ends or `request_timeout_s` of the
+Horde's own time has passed (counted from the Horde's answer to the submit: time waiting for
+our own submit window is ours, not the Horde's), whatever single polls fail. Its id is kept in
+the store (store/horde_requests.py) until it ends, so a process killed meanwhile polls it again
+after the restart instead of submitting the image twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import math
 import time
@@ -45,6 +54,7 @@ from horde_scanner.backends.base import (
     BackendUnavailable,
     Readiness,
     iter_backends,
+    judging_sha256,
 )
 from horde_scanner.backends.horde_perf import HordeLoad, LatencyEstimate
 from horde_scanner.backends.kudos import KudosBudget
@@ -53,6 +63,7 @@ from horde_scanner.backends.reachability import Reachability
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
+from horde_scanner.store.horde_requests import HordeRequestTables
 from horde_scanner.store.kudos import KudosTables
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
@@ -85,6 +96,15 @@ class _FormsFaulted(Exception):
     pass
 
 
+class _TimedOut(Exception):
+    """A live request that did not end within `request_timeout_s` of the Horde's time."""
+
+
+# A BackendUnavailable while the path is known down: jobs wait this long at most, and are
+# woken the moment the path is back (backends/recovery.py), so a long wait costs nothing.
+_DOWN_RETRY_S = 300.0
+
+
 class StatusLimiter(Protocol):
     def slot(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
@@ -108,7 +128,9 @@ class HordeClient:
         self._headers = {
             "Client-Agent": f"horde-scanner:{__version__}:{settings.contact_url or PROJECT_URL}",
         }
-        self.submits: SubmitBudget = submits or SubmitWindow(settings.submits_per_min, 60.0)
+        self.submits: SubmitBudget = submits or SubmitWindow(
+            settings.submits_per_min, settings.submit_window_s
+        )
         self.status_limiter: StatusLimiter = status_limiter or PathLimiter(
             settings.status_polls_per_s, 1.0
         )
@@ -153,7 +175,9 @@ class HordeClient:
                         return await self._once(method, path, headers, json_body)
         except _Transient as exc:
             self.reach.failed(str(exc), gave_up=True)
-            raise BackendUnavailable(f"AI Horde unreachable: {exc}", retry_after_s=30) from None
+            # Down: woken when it is back. A flaky path: the job's own backoff.
+            hint = _DOWN_RETRY_S if self.reach.down else None
+            raise BackendUnavailable(f"AI Horde unreachable: {exc}", retry_after_s=hint) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
@@ -303,6 +327,15 @@ class HordeBackend:
         self._perf_task: asyncio.Task[None] | None = None
         self.requests_sent = 0
         self.in_flight = 0
+        # Requests that ended without a judgement (each may be submitted once more), requests
+        # picked up again after a restart, and status polls that failed (and were repeated).
+        self.expired = 0
+        self.faulted = 0
+        self.timed_out = 0
+        self.resumed = 0
+        self.failed_polls = 0
+        # Where live requests are kept across a restart (the store; None: not kept).
+        self._requests: HordeRequestTables | None = None
         if settings.api_key == ANONYMOUS_HORDE_KEY:
             log.warning(
                 "AI Horde: using the anonymous API key; anonymous requests get the lowest "
@@ -328,9 +361,12 @@ class HordeBackend:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, store: KudosTables | None = None) -> None:
-        """Load today's kudos spend from the store and begin reading the Horde's load."""
+        """Load today's kudos spend from the store and begin reading the Horde's load; live
+        requests are kept in the store from now on."""
         if store is not None:
             await self.budget.attach(store)
+            if isinstance(store, HordeRequestTables):
+                self._requests = store
         if self.settings.performance_interval_s > 0 and self._perf_task is None:
             self._perf_task = asyncio.create_task(self._perf_loop(), name="horde-performance")
 
@@ -401,6 +437,12 @@ class HordeBackend:
             "in_flight": self.in_flight,
             "submits_waiting": self.client.submits.waiting,
             "rate_limited": self.client.rate_limited,
+            "requests_sent": self.requests_sent,
+            "expired": self.expired,
+            "faulted": self.faulted,
+            "timed_out": self.timed_out,
+            "resumed": self.resumed,
+            "failed_polls": self.failed_polls,
         }
         if load is not None:
             out["queue"] = {
@@ -444,7 +486,7 @@ class HordeBackend:
         if self._fatal:
             raise BackendUnavailable(self._fatal, retry_after_s=300)
         if self.client.reach.down:
-            raise BackendUnavailable(self.client.reach.detail(), retry_after_s=60)
+            raise BackendUnavailable(self.client.reach.detail(), retry_after_s=_DOWN_RETRY_S)
         left = self._paused_until - time.monotonic()
         if left > 0:
             raise BackendUnavailable(self._pause_reason, retry_after_s=left)
@@ -486,47 +528,106 @@ class HordeBackend:
                 self.in_flight -= 1
 
     async def _judge_encoded(self, payload: str, arrived: float) -> Signals:
-        deadline = time.monotonic() + self.settings.request_timeout_s
+        key = self._image_key(payload)
         last_problem = ""
-        # One resubmission is allowed for an expired request or faulted forms (reference §4).
+        # One resubmission is allowed for a request that expired or faulted (reference §4);
+        # a live one is polled until it ends or outlives request_timeout_s.
         for attempt in range(2):
             cost = self.request_cost
             if not self.budget.reserve(cost):
                 raise BackendUnavailable(self._budget_reason(), self.budget.renews_in_s())
             try:
-                request_id = await self._submit(payload, deadline, arrived)
+                request_id, sent_at = await self._live_or_submit(key, payload, arrived)
             except BaseException:
                 self.budget.settle(cost, 0.0)
                 raise
             req = _Request(request_id, cost)
-            sent_at = time.monotonic()
+            # The Horde's time only: from its answer to the submit, never our queueing before.
+            deadline = sent_at + self.settings.request_timeout_s
+            again = "resubmitting" if attempt == 0 else "giving up"
             try:
                 results = await self._wait(req, deadline)
             except _RequestExpired:
+                self.expired += 1
                 last_problem = "request expired on the AI Horde"
-                log.warning(
-                    "AI Horde request %s expired; %s",
-                    request_id,
-                    "resubmitting" if attempt == 0 else "giving up",
-                )
+                log.warning("AI Horde request %s expired; %s", request_id, again)
+                await self._forget(key, req)
                 self._settle(req)
                 continue
             except _FormsFaulted as exc:
+                self.faulted += 1
                 last_problem = f"forms faulted on the AI Horde: {exc}"
-                log.warning("AI Horde request %s: %s", request_id, last_problem)
+                log.warning("AI Horde request %s: %s; %s", request_id, last_problem, again)
                 await self._cancel_quietly(req)
+                await self._forget(key, req)
                 continue
-            except BaseException:
-                # Cancelled by a caller, our own timeout, or an error: never leave work behind.
+            except _TimedOut:
+                # Given up (and cancelled): the job tries again after its backoff.
+                self.timed_out += 1
+                problem = f"AI Horde did not answer within {self.settings.request_timeout_s:g} s"
+                log.warning("AI Horde request %s: %s; cancelled", request_id, problem)
                 await self._cancel_quietly(req)
+                await self._forget(key, req)
+                raise BackendUnavailable(problem) from None
+            except BaseException:
+                # Cancelled by a caller, or a refusal: never leave work behind.
+                await self._cancel_quietly(req)
+                await self._forget(key, req)
                 raise
             self.latency.observe(time.monotonic() - sent_at)
             self._settle(req)
+            await self._forget(key, req)
             return self._signals(results)
-        raise BackendUnavailable(last_problem, retry_after_s=60)
+        raise BackendUnavailable(last_problem)
 
-    async def _submit(self, payload: str, deadline: float, arrived: float) -> str:
+    def _image_key(self, payload: str) -> str:
+        """What identifies one request across a restart: the file being judged (its sha256,
+        so that two files sending the same pixels are still judged apart) and what is sent
+        for it (one file may send several frames)."""
+        digest = hashlib.sha256((judging_sha256.get() or "").encode("ascii"))
+        digest.update(payload.encode("ascii"))
+        digest.update(",".join(self.forms).encode("ascii"))
+        return digest.hexdigest()
+
+    async def _live_or_submit(self, key: str, payload: str, arrived: float) -> tuple[str, float]:
+        """(request id, monotonic time the Horde accepted it): the request a process before a
+        restart left live for this image, else a new submission (remembered in the store)."""
+        if self._requests is not None:
+            try:
+                held = await self._requests.live_horde_request(key)
+            except Exception as exc:  # the store is away: submit as if nothing were held
+                log.warning("AI Horde requests held in the store unreadable: %s", exc)
+                held = None
+            if held is not None:
+                request_id, submitted_at = held
+                self.resumed += 1
+                # Left by a process killed before a restart (or by a replica whose lease on
+                # this job lapsed): the Horde still holds it, so poll it, never pay twice.
+                log.info("AI Horde request %s from before a restart: polling it again", request_id)
+                return request_id, time.monotonic() - max(0.0, time.time() - submitted_at)
+        request_id = await self._submit(payload, arrived)
+        sent_at = time.monotonic()
+        if self._requests is not None:
+            try:
+                await self._requests.hold_horde_request(key, request_id, time.time())
+            except Exception as exc:
+                log.warning("AI Horde request %s not kept in the store: %s", request_id, exc)
+        return request_id, sent_at
+
+    async def _forget(self, key: str, req: _Request) -> None:
+        if self._requests is None:
+            return
+        try:
+            await asyncio.shield(self._requests.drop_horde_request(key, req.id))
+        except (asyncio.CancelledError, Exception) as exc:
+            # Left behind, it is dropped when it must have expired on the Horde anyway.
+            log.debug("AI Horde request %s not dropped from the store: %s", req.id, exc)
+
+    async def _submit(self, payload: str, arrived: float) -> str:
         backoff = 2.0
+        # Waiting for our own submit window is not bounded here (the image is queued, not
+        # failing); only a Horde that keeps answering 429 for request_timeout_s is given up.
+        refused_since: float | None = None
         while True:
             self._check_sendable()
             try:
@@ -536,7 +637,9 @@ class HordeBackend:
             except _HordeRefused as exc:
                 if exc.status == 429:
                     # Too many prompts or the per-IP limiter: wait our turn, keep the image.
-                    if time.monotonic() + backoff > deadline:
+                    now = time.monotonic()
+                    refused_since = now if refused_since is None else refused_since
+                    if now + backoff - refused_since > self.settings.request_timeout_s:
                         raise BackendUnavailable("AI Horde keeps answering 429", 60) from None
                     log.info("AI Horde 429 (%s); waiting %.0f s", exc.rc or "rate limit", backoff)
                     await asyncio.sleep(backoff)
@@ -577,16 +680,23 @@ class HordeBackend:
         return self.settings.poll_interval_s
 
     async def _wait(self, req: _Request, deadline: float) -> dict[str, Any]:
+        """Poll a live request until it ends (done, faulted, expired: 404) or outlives
+        `deadline` (_TimedOut). A poll that fails (5xx, a connection error, after its retries)
+        loses nothing: the request lives on the Horde, so it is polled again; while the path
+        is down, the next poll waits for it to come back."""
         overall: str | None = None
         while True:
             await asyncio.sleep(self.next_poll_s(overall))
+            if self.client.reach.down:
+                await self.client.reach.wait_up(deadline - time.monotonic())
             if time.monotonic() > deadline:
-                raise BackendUnavailable(
-                    f"AI Horde did not answer within {self.settings.request_timeout_s:.0f} s",
-                    retry_after_s=60,
-                )
+                raise _TimedOut(req.id)
             try:
                 state = await self.client.status(req.id)
+            except BackendUnavailable as exc:
+                self.failed_polls += 1
+                log.debug("AI Horde status of %s failed (%s); polling again", req.id, exc)
+                continue
             except _HordeRefused as exc:
                 if exc.status == 429:
                     continue

@@ -1,11 +1,15 @@
-"""The AI Horde submit budget shared by every replica on one PostgreSQL store.
+"""The AI Horde submit budget, kept in the store: shared by every replica on one PostgreSQL
+store, by the processes of one host on one SQLite file, and by a process and the one that
+replaces it after a restart.
 
-The Horde limits submits per IP address; replicas behind one address must draw from one
-budget, not one each. Slots live in the store's `horde_submits` table, taken under an advisory
-lock, by the database's clock; the rule is `SubmitWindow`'s (at most `limit` requests in any
-`period_s`, a slot counting from when it is taken until `period_s` after its answer), now
-across processes. A replica killed mid-request leaves an open slot, counted until `stale_s`.
-Within one process waiters still go oldest image first.
+The Horde limits submits per IP address and keeps counting them when we restart: a new process
+that started with an empty window would send a full burst into a window the Horde still counts
+as full, and get 429s. So the window lives in the store's `horde_submits` table (PostgreSQL:
+taken under an advisory lock, by the database's clock; SQLite: by one statement, by the host's
+clock); the rule is `SubmitWindow`'s (at most `limit` requests in any `period_s`, a slot
+counting from when it is taken until `period_s` after its answer), now across processes and
+restarts. A process killed mid-request leaves an open slot, counted until `stale_s`. Within
+one process waiters still go oldest image first.
 """
 
 from __future__ import annotations
@@ -77,11 +81,20 @@ class SharedSubmitWindow:
 
 
 def share_horde_budget(backend: Any, store: Any) -> None:
-    """Replicas on one PostgreSQL store: their AI Horde paths draw from one submit budget."""
-    if not getattr(store, "shared", False):
+    """The AI Horde paths draw from the submit budget kept in the store: one for all replicas
+    and processes on it, and one that a restart does not empty."""
+    if not hasattr(store, "take_submit"):
         return
     from horde_scanner.backends.horde import horde_paths
 
     for horde in horde_paths(backend):
-        limit = int(horde.client.settings.submits_per_min)
-        horde.client.submits = SharedSubmitWindow(store, limit, 60.0)
+        settings = horde.client.settings
+        window = float(settings.submit_window_s)
+        # An unanswered slot of a killed process: its POST reached the server within one
+        # HTTP timeout of being sent, and counts there for one window after that.
+        horde.client.submits = SharedSubmitWindow(
+            store,
+            int(settings.submits_per_min),
+            window,
+            stale_s=float(settings.http_timeout_s) + window,
+        )

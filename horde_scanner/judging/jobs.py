@@ -44,7 +44,8 @@ class JobRunner:
         *,
         workers: int,
         max_attempts: int = 50,
-        max_backoff_s: float = 300.0,
+        # validation.job_max_backoff_s: the cap of the doubling wait after a failure.
+        max_backoff_s: float = 60.0,
     ) -> None:
         self._store = store
         self._process = process

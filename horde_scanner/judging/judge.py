@@ -117,6 +117,7 @@ class Judge:
         workers: int,
         cache_size: int = 100_000,
         max_attempts: int = 50,
+        max_backoff_s: float = 60.0,
         on_finished: FinishedHook | None = None,
         hashes: HashMatcher | None = None,
         second_opinion: Backend | None = None,
@@ -138,7 +139,12 @@ class Judge:
         # Off (None, or not enabled) until an image encoder is configured.
         self.embeddings = embeddings if embeddings is not None and embeddings.enabled else None
         self.runner = JobRunner(
-            store, self._process, self._finished, workers=workers, max_attempts=max_attempts
+            store,
+            self._process,
+            self._finished,
+            workers=workers,
+            max_attempts=max_attempts,
+            max_backoff_s=max_backoff_s,
         )
         self._data_version: int | None = None
         # Bumped by forget(), so a judgement finishing meanwhile does not re-cache stale news.
@@ -436,7 +442,7 @@ class Judge:
                 except UnreadableMedia as exc:
                     return self._unreadable(exc)
             if embedding is None:
-                signals = await judge_image(self.backend, prepared)
+                signals = await judge_image(self.backend, prepared, sha256=job.sha256)
             else:
                 judged = await self._judge_with_embedding(job, embedding, prepared)
                 if isinstance(judged, Verdict):
@@ -462,7 +468,7 @@ class Judge:
         """The backend's signals, with the image's embedding computed beside them (encoder
         pool); a deny entry's match is the verdict, without waiting for the backend."""
         assert self.embeddings is not None
-        judging = asyncio.create_task(judge_image(self.backend, prepared))
+        judging = asyncio.create_task(judge_image(self.backend, prepared, sha256=job.sha256))
         try:
             vector = await embedding
             match = await self._embedding_match(job, vector)
@@ -546,6 +552,7 @@ def build_judge(
         workers=concurrency(backend),
         cache_size=settings.validation.verdict_cache_size,
         max_attempts=settings.validation.job_max_attempts,
+        max_backoff_s=settings.validation.job_max_backoff_s,
         on_finished=on_finished,
         hashes=hashes,
         second_opinion=second_opinion,

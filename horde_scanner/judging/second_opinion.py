@@ -71,7 +71,7 @@ class SecondOpinion:
 
     async def _ask(self, job: Job, image: PreparedImage, first: Verdict) -> None:
         try:
-            signals = await judge_image(self._backend, image)
+            signals = await judge_image(self._backend, image, sha256=job.sha256)
         except (BackendUnavailable, BackendFailed) as exc:
             log.info("second opinion on %s not had: %s", job.sha256[:12], exc)
             return

@@ -1,6 +1,13 @@
 """What processes sharing one store coordinate through it: job leases (store/jobs.py uses
-them), turns for work done once per cluster, and the AI Horde submit budget of all replicas
-behind one address (backends/shared_submits.py; PostgreSQL only, see store/postgres.py)."""
+them), turns for work done once per cluster, and the AI Horde submit budget of every process
+behind one address (backends/shared_submits.py): replicas on PostgreSQL (store/postgres.py
+takes slots under an advisory lock, by the database's clock), and on SQLite the processes of
+one host (`server.processes`) and the process after a restart, which must not submit what the
+Horde still counts from the one before.
+
+Data lifecycle of `horde_submits`: a row per submit, deleted once it no longer counts
+(`period_s` after its answer; an unanswered one of a killed process after `stale_s`), so the
+table holds at most the window's `limit` rows."""
 
 from __future__ import annotations
 
@@ -62,3 +69,38 @@ class ClusterTables(Tables):
             (name, self.holder, now, now + period_s, now),
         )
         return cur.rowcount > 0
+
+    # -- the AI Horde submit budget (backends/shared_submits.py) -------------------------------
+
+    async def take_submit(
+        self, limit: int, period_s: float, stale_s: float
+    ) -> tuple[int | None, float]:
+        """A slot id, or None and how long until one may free up. SQLite: the processes of
+        one host share its clock; the slot is taken by one statement, so two processes never
+        both take the last one."""
+        now = time.time()
+        await self._db.execute(
+            "DELETE FROM horde_submits WHERE done_at <= ? OR (done_at IS NULL AND taken_at <= ?)",
+            (now - period_s, now - stale_s),
+        )
+        rows = await self._db.execute_fetchall(
+            "INSERT INTO horde_submits (holder, taken_at) SELECT ?, ?"
+            " WHERE (SELECT COUNT(*) FROM horde_submits) < ? RETURNING id",
+            (self.holder, now, limit),
+        )
+        taken = list(rows)
+        if taken:
+            return int(taken[0][0]), 0.0
+        found = await self._db.execute_fetchall("SELECT done_at FROM horde_submits")
+        done = sorted(float(r[0]) for r in found if r[0] is not None)
+        used = len(list(found))
+        if used - len(done) >= limit or not done:
+            return None, 1.0  # all in flight: wait for an answer
+        excess = max(0, used - limit)
+        return None, max(0.0, done[min(excess, len(done) - 1)] + period_s - now)
+
+    async def finish_submit(self, slot: int | None) -> None:
+        if slot is not None:
+            await self._db.execute(
+                "UPDATE horde_submits SET done_at=? WHERE id=?", (time.time(), slot)
+            )

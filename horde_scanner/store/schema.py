@@ -7,6 +7,7 @@ from horde_scanner.store import (
     cluster,
     embeddings,
     hashes,
+    horde_requests,
     jobs,
     kudos,
     provenance,
@@ -16,7 +17,19 @@ from horde_scanner.store import (
 )
 from horde_scanner.store.tables import SchemaStep
 
-_PARTS = (verdicts, jobs, audit, sweeps, hashes, embeddings, review, kudos, cluster, provenance)
+_PARTS = (
+    verdicts,
+    jobs,
+    audit,
+    sweeps,
+    hashes,
+    embeddings,
+    review,
+    kudos,
+    cluster,
+    provenance,
+    horde_requests,
+)
 
 
 def schema_steps() -> list[SchemaStep]:

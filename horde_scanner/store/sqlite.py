@@ -26,6 +26,7 @@ from horde_scanner.store.audit import AuditTables
 from horde_scanner.store.cluster import ClusterTables
 from horde_scanner.store.embeddings import EmbeddingTables
 from horde_scanner.store.hashes import HashTables
+from horde_scanner.store.horde_requests import HordeRequestTables
 from horde_scanner.store.jobs import JobTables
 from horde_scanner.store.kudos import KudosTables
 from horde_scanner.store.provenance import ProvenanceTables
@@ -179,6 +180,7 @@ class Store(
     ReviewTables,
     KudosTables,
     ClusterTables,
+    HordeRequestTables,
     ProvenanceTables,
 ):
     """The SQLite store; `store.postgres.PgStore` is the PostgreSQL one (same parts)."""

@@ -49,6 +49,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import random
 import time
 import uuid
@@ -342,6 +343,17 @@ class FakeHorde(LoopbackServer):
         self.drop_connections = 0
         self.drop_after_handling = False
         self.delay_responses = 0.0
+        # Chaos, drawn per call / per request from `rng` (seeded for repeatable runs):
+        # the share of calls of every kind answered 5xx before anything is done (the real
+        # server behind a failing proxy or worker process: nothing happens, so a failed POST
+        # creates no request), the share of new requests no worker ever picks up (they stay
+        # `waiting` until they expire), and the share of new requests whose forms all fault.
+        self.error_rate = 0.0
+        self.error_statuses: tuple[int, ...] = (500, 502, 503)
+        self.error_methods: frozenset[str] = frozenset({"GET", "POST", "DELETE"})
+        self.never_finish_rate = 0.0
+        self.fault_rate = 0.0
+        self.rng = random.Random()
 
         # Observations.
         self.client_agents: list[str | None] = []
@@ -355,6 +367,11 @@ class FakeHorde(LoopbackServer):
         self.performance_calls = 0
         self.rate_limited = 0
         self.dropped = 0
+        self.injected_errors = 0
+        self.posts_rate_limited = 0  # POSTs the per-IP submit limiter answered 429
+        # Ids of requests created never to finish, or to fault (chaos knobs above).
+        self.never_finishing: set[str] = set()
+        self.faulting: set[str] = set()
 
         self.interrogations: dict[str, InterrogationRecord] = {}
         self._kudos: dict[str, float] = {}
@@ -401,6 +418,16 @@ class FakeHorde(LoopbackServer):
         self._origin = f"{request.scheme}://{request.host}"
         if self.delay_responses > 0:
             await asyncio.sleep(self.delay_responses)
+        if (
+            self.error_rate > 0
+            and request.method in self.error_methods
+            and self.rng.random() < self.error_rate
+        ):
+            # What a proxy in front of a failing backend answers: no JSON, no rc, nothing done.
+            self.injected_errors += 1
+            status = self.rng.choice(self.error_statuses)
+            self.errors[f"HTTP{status}"] += 1
+            return web.Response(status=status, text=f"{status} injected error")
         if self.drop_connections > 0:
             self.drop_connections -= 1
             self.dropped += 1
@@ -427,11 +454,23 @@ class FakeHorde(LoopbackServer):
         self._windows[key] = (opened, count)
         return count > limit
 
-    def _rate_limited_response(self, description: str) -> web.Response:
-        # flask-limiter's 429 carries only the limit description, never an rc.
+    def _rate_limited_response(
+        self, description: str, key: tuple[str, ...], limit: int, window: float
+    ) -> web.Response:
+        # flask-limiter's 429 carries only the limit description, never an rc (flask-restx
+        # renders it as {"message": ...}). The server's limiter has headers_enabled=True
+        # (horde/limiter.py), so the answer also says when the window resets.
         self.rate_limited += 1
         self.errors["RateLimited"] += 1
-        return web.json_response({"message": description}, status=429)
+        opened, _ = self._windows[key]
+        reset_in = max(0.0, opened + window - self.clock())
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(time.time() + reset_in)),
+            "Retry-After": str(math.ceil(reset_in)),
+        }
+        return web.json_response({"message": description}, status=429, headers=headers)
 
     def _fail(self, status: int, message: str, rc: str | None = None) -> web.Response:
         self.errors[rc or f"HTTP{status}"] += 1
@@ -669,8 +708,16 @@ class FakeHorde(LoopbackServer):
         self.posts += 1
         now = self.clock()
         ip = request.remote or "unknown"
-        if self._limited(("post", ip), self.post_rate_per_min, self.post_window_s, now):
-            return self._rate_limited_response(f"{self.post_rate_per_min} per 1 minute")
+        key = ("post", ip)
+        if self._limited(key, self.post_rate_per_min, self.post_window_s, now):
+            assert self.post_rate_per_min is not None
+            self.posts_rate_limited += 1
+            return self._rate_limited_response(
+                f"{self.post_rate_per_min} per 1 minute",
+                key,
+                self.post_rate_per_min,
+                self.post_window_s,
+            )
         raw = await request.read()
         if b"\\u0000" in raw or b"\x00" in raw:
             return self._fail(400, "Null bytes are not allowed in payloads", "NulByteInPayload")
@@ -756,12 +803,20 @@ class FakeHorde(LoopbackServer):
         fault_all = self.fault_next > 0
         if fault_all:
             self.fault_next -= 1
+        never = self.never_finish_rate > 0 and self.rng.random() < self.never_finish_rate
+        if not fault_all and self.fault_rate > 0 and self.rng.random() < self.fault_rate:
+            fault_all = True
+        rid = str(uuid.uuid4())
+        if never:
+            self.never_finishing.add(rid)
+        elif fault_all:
+            self.faulting.add(rid)
         forms: list[FormRecord] = []
         for item in raw_forms:
             name = item["name"]
             if any(form.name == name for form in forms):
                 continue
-            served = not self.stalled and name not in self.unserved_forms
+            served = not self.stalled and not never and name not in self.unserved_forms
             forms.append(
                 FormRecord(
                     name=name,
@@ -772,7 +827,6 @@ class FakeHorde(LoopbackServer):
                     fault=fault_all or name in self.fault_forms,
                 )
             )
-        rid = str(uuid.uuid4())
         slow_workers = bool(body.get("slow_workers", True))
         trusted_workers = bool(body.get("trusted_workers", False))
         self.interrogations[rid] = InterrogationRecord(
@@ -814,7 +868,10 @@ class FakeHorde(LoopbackServer):
         ip = request.remote or "unknown"
         key = ("status", ip, request.method, request.path)
         if self._limited(key, self.status_rate_per_s, 1.0, now):
-            return self._rate_limited_response(f"{self.status_rate_per_s} per 1 second")
+            assert self.status_rate_per_s is not None
+            return self._rate_limited_response(
+                f"{self.status_rate_per_s} per 1 second", key, self.status_rate_per_s, 1.0
+            )
         return None
 
     def _not_found(self, rid: str) -> web.Response:
@@ -859,8 +916,9 @@ class FakeHorde(LoopbackServer):
     async def _performance(self, request: web.Request) -> web.Response:
         now = self.clock()
         # No decorator on HordeLoad: the limiter's default, 90 per minute per IP and route.
-        if self._limited(("performance", request.remote or "unknown"), 90, 60.0, now):
-            return self._rate_limited_response("90 per 1 minute")
+        key = ("performance", request.remote or "unknown")
+        if self._limited(key, 90, 60.0, now):
+            return self._rate_limited_response("90 per 1 minute", key, 90, 60.0)
         self.performance_calls += 1
         self._sweep(now)
         # count_totals: forms waiting or processing, over the whole horde.
