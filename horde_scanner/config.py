@@ -1037,6 +1037,105 @@ class HashesSettings(Section):
         return self
 
 
+class EmbeddingSubscription(HashSubscription):
+    """A subscribed embedding list (an `[[embeddings.subscriptions]]` table)."""
+
+    url: str = Field(
+        pattern=r"^https?://",
+        description="The other instance's `/api/v1/embeddings` (http or https).",
+    )
+
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Cosine similarity at or above which this list's entries match (unset:"
+        " `embeddings.threshold`).",
+    )
+
+
+# HMA's CLIP signal (tx-extension-clip): OpenCLIP's xlm-roberta-base-ViT-B-32 image tower,
+# laion5b_s13b_b90k weights, L2-normalised; its version string names the model.
+DEFAULT_EMBEDDING_MODEL = "xlm-roberta-base-ViT-B-32-laion5b_s13b_b90k-normalized"
+# OpenCLIP's image transform for that model: shorter side to 224 (bicubic), centre crop,
+# CLIP's mean and standard deviation.
+DEFAULT_PREPROCESS = "resize224-bicubic-centercrop-clipnorm"
+
+
+class EmbeddingsSettings(Section):
+    """CLIP-family image embeddings of every miss, matched against confirmed positives."""
+
+    model_path: Path = Field(
+        Path("models/xlm-roberta-base-ViT-B-32-laion5b_s13b_b90k.onnx"),
+        description="ONNX image encoder; while the file is missing the feature is off.",
+    )
+    model_id: str = Field(
+        DEFAULT_EMBEDDING_MODEL,
+        min_length=1,
+        max_length=200,
+        description="Names the model in lists: a list made with another model is refused.",
+    )
+    preprocess: str = Field(
+        DEFAULT_PREPROCESS,
+        pattern=r"^resize(\d+)-(bicubic|bilinear)-centercrop-(clipnorm|none)$",
+        description="The encoder's input transform: resize<side>-<filter>-centercrop-<norm>.",
+    )
+    dim: int = Field(512, ge=8, le=4096, description="Dimensions of the model's embeddings.")
+    threshold: float = Field(
+        0.90,
+        ge=0.0,
+        le=1.0,
+        description="Cosine similarity at or above which an entry matches (HMA's default).",
+    )
+    threads: int = Field(
+        1, ge=1, le=64, description="Images encoded at once (each run uses intra_op_threads)."
+    )
+    intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per encoding.")
+    max_queue: int = Field(
+        16,
+        ge=0,
+        description="Images waiting for the encoder beyond this are judged without an embedding.",
+    )
+    index_dir: Path = Field(
+        Path("embeddings-index"),
+        description="Where the HNSW index is saved, so a restart loads it instead of rebuilding.",
+    )
+    index_dtype: str = Field(
+        "i8", pattern="^(i8|f16)$", description="How the index stores vectors: i8 or f16."
+    )
+    index_connectivity: int = Field(32, ge=4, le=64, description="HNSW links per node (M).")
+    index_expansion_add: int = Field(
+        64, ge=8, le=1024, description="HNSW candidate list while adding (efConstruction)."
+    )
+    index_expansion_search: int = Field(
+        128, ge=8, le=1024, description="HNSW candidate list while searching (efSearch)."
+    )
+    subscriptions: list[EmbeddingSubscription] = Field(
+        default_factory=list, description="Embedding lists of other instances to match against."
+    )
+    max_list_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="A subscribed list larger than this (after decompression) is refused.",
+    )
+    max_list_rows: int = Field(
+        100_000, gt=0, description="A subscribed list with more rows than this is refused."
+    )
+    max_row_errors: int = Field(
+        100, ge=0, description="Bad rows of a list remembered with their line numbers."
+    )
+    sync_interval_s: float = Field(
+        1.0, gt=0, description="How often the index checks the store for others' changes."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbeddingsSettings:
+        names = [sub.name for sub in self.subscriptions]
+        if len(names) != len(set(names)):
+            raise ValueError(f"subscription names must be unique: {names}")
+        return self
+
+
 class AdminSettings(Section):
     """The admin API (`/api/v1/admin/`) and review page (`/admin`)."""
 
@@ -1294,6 +1393,10 @@ class Settings(BaseSettings):
     hashes: HashesSettings = Field(
         default_factory=HashesSettings, description="Perceptual hashes and shared hash lists."
     )
+    embeddings: EmbeddingsSettings = Field(
+        default_factory=EmbeddingsSettings,
+        description="Image embeddings of misses, matched against shared confirmed positives.",
+    )
     local: LocalSettings = Field(
         default_factory=LocalSettings, description="CLIP in this process (extra `[gpu]`)."
     )
@@ -1322,6 +1425,18 @@ class Settings(BaseSettings):
     log_level: str = Field(
         "INFO", description="Standard logging level: DEBUG, INFO, WARNING, ERROR."
     )
+
+    @model_validator(mode="after")
+    def _one_state_per_subscription(self) -> Settings:
+        # Hash and embedding subscriptions keep their fetch state in one table, by name.
+        both = {s.name for s in self.hashes.subscriptions} & {
+            s.name for s in self.embeddings.subscriptions
+        }
+        if both:
+            raise ValueError(
+                f"hashes and embeddings subscriptions must have different names: {sorted(both)}"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

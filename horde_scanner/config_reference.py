@@ -37,6 +37,7 @@ SECTION_PAGES = {
     "backend": ("../backends.md", "Choosing a backend"),
     "scan": ("../sweeps.md", "Storage sweeps"),
     "hashes": ("../hash-lists.md", "Hash lists and sharing"),
+    "embeddings": ("../embeddings.md", "Embeddings"),
     "local": ("../backends.md", "Choosing a backend"),
     "prescreen": ("../backends.md", "Choosing a backend"),
     "workers": ("../backends.md", "Choosing a backend"),

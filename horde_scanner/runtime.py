@@ -46,6 +46,8 @@ from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
+from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.holder import review_for
@@ -91,6 +93,9 @@ class Runtime:
         self._watcher: ReadinessWatcher | None = None
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
+        self._embeddings: EmbeddingMatcher | None = None
+        self._embedding_publisher: EmbeddingPublisher | None = None
+        self._embedding_subscriber: EmbeddingSubscriber | None = None
         self._provenance: ProvenanceResolver | None = None
         self._moderator: Moderator | None = None
 
@@ -169,6 +174,18 @@ class Runtime:
             self._hashes = matcher
         return self._hashes
 
+    async def embeddings(self) -> EmbeddingMatcher:
+        """Image embeddings matched against shared positives; off (saying why in its
+        `status`) until an image encoder's file is there."""
+        if self._embeddings is None:
+            matcher = EmbeddingMatcher.open(
+                await self.store(), self.settings.embeddings, self.executor()
+            )
+            await matcher.start()
+            self._stack.push_async_callback(matcher.stop)
+            self._embeddings = matcher
+        return self._embeddings
+
     async def notifier(self) -> Notifier:
         if self._notifier is None:
             notifier = Notifier(self.settings.notify, await self.session())
@@ -214,6 +231,7 @@ class Runtime:
                 on_finished=await self.finish(),
                 hashes=await self.hashes(),
                 second_opinion=second,
+                embeddings=await self.embeddings(),
                 memory=self.decode_memory,
             )
             await judge.start()
@@ -308,6 +326,24 @@ class Runtime:
                 await self.store(), self.settings.lemmy, await self.session(), schema_api
             )
         return self._moderator
+
+    async def embedding_publisher(self) -> EmbeddingPublisher:
+        if self._embedding_publisher is None:
+            self._embedding_publisher = EmbeddingPublisher(
+                await self.store(), self.settings.embeddings, self.settings.hashes.publish_source
+            )
+        return self._embedding_publisher
+
+    async def embedding_subscriber(self) -> EmbeddingSubscriber:
+        """The embedding-list subscriptions, refreshed in the background (when on)."""
+        if self._embedding_subscriber is None:
+            subscriber = EmbeddingSubscriber(
+                await self.embeddings(), self.settings.embeddings, await self.session()
+            )
+            await subscriber.start()
+            self._stack.push_async_callback(subscriber.stop)
+            self._embedding_subscriber = subscriber
+        return self._embedding_subscriber
 
 
 @asynccontextmanager

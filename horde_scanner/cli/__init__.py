@@ -1,6 +1,6 @@
 """`horde-scanner`: the click entry point. Each command group lives in a module of its own
-(serve, check, verdicts, sweep, lists, hashes, policy, worker, config, lemmy); this one holds
-the global options and puts the groups together."""
+(serve, check, verdicts, sweep, lists, hashes, embeddings, models, policy, worker, config,
+lemmy); this one holds the global options and puts the groups together."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from horde_scanner import __version__
 from horde_scanner.cli import check, lists, serve, sweep, verdicts, worker
 from horde_scanner.cli.config import config as config_group
+from horde_scanner.cli.embeddings import embeddings as embeddings_group
+from horde_scanner.cli.embeddings import models as models_group
 from horde_scanner.cli.hashes import hashes as hashes_group
 from horde_scanner.cli.lemmy import access_log_cmd, evidence
 from horde_scanner.cli.lemmy import lemmy as lemmy_group
@@ -74,6 +76,8 @@ main.add_command(sweep.scan)
 main.add_command(sweep.apply)
 main.add_command(sweep.release)
 main.add_command(hashes_group)
+main.add_command(embeddings_group)
+main.add_command(models_group)
 main.add_command(policy_group)
 main.add_command(store_group)
 main.add_command(worker.worker)

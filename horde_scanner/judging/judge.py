@@ -3,7 +3,8 @@
     bytes -> sha256 -> allow/deny list -> hash lists (exact sha256) -> cached verdict
           (re-judged if the policy changed; re-checked against the PDQ index unless csam)
           -> persisted job -> decode + PDQ + index search (bounded pool) -> PDQ match? -> verdict
-          -> backend -> policy -> verdict
+          -> backend, and beside it the image's embedding (encoder pool) -> embedding match?
+          -> verdict; else policy -> verdict
 
 `evaluate()` returns within its timeout whatever happens; the job goes on without it.
 
@@ -25,6 +26,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import numpy as np
 
 from horde_scanner.backends.base import (
     Backend,
@@ -53,10 +56,11 @@ from horde_scanner.media.decode import (
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
 from horde_scanner.media.memory import DecodeMemory
+from horde_scanner.signals.embeddings import EmbeddingMatch, EmbeddingMatcher, is_embedding_match
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
-from horde_scanner.verdict import Label, Verdict
+from horde_scanner.verdict import Label, Signals, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +139,7 @@ class Judge:
         hashes: HashMatcher | None = None,
         second_opinion: Backend | None = None,
         second_opinion_max_pending: int = 100,
+        embeddings: EmbeddingMatcher | None = None,
         memory: DecodeMemory | None = None,
     ) -> None:
         self.store = store
@@ -148,6 +153,8 @@ class Judge:
         self._cache_size = cache_size
         self._extra_hook = on_finished
         self.hashes = hashes
+        # Off (None, or not enabled) until an image encoder is configured.
+        self.embeddings = embeddings if embeddings is not None and embeddings.enabled else None
         self.runner = JobRunner(
             store,
             self._process,
@@ -304,6 +311,15 @@ class Judge:
         if stored is None or stored.verdict.label in (Label.ERROR, Label.UNREADABLE):
             return None
         verdict = stored.verdict
+        if self.embeddings is not None and is_embedding_match(verdict):
+            # It lasts as long as its entry does (an allow, a list that dropped it).
+            still = await self.embeddings.recheck(sha256)
+            if still is None:
+                return None
+            again = still.verdict(self.policy.version)
+            return self._remember(
+                Outcome(sha256, Route.MATCH, again, stored.media_type, stored.size)
+            )
         if self.hashes is not None:
             recheck = await self.hashes.recheck(sha256, verdict, self.policy.version)
             if recheck.verdict is not None:
@@ -502,15 +518,27 @@ class Judge:
             )
             if listed is not None:
                 return listed
-        if prepared is None:
-            try:
-                prepared = await loop.run_in_executor(
-                    self._executor, encode_for_backend, decoded, job.payload, self._limits
-                )
-            except UnreadableMedia as exc:
-                return self._unreadable(exc)
+        # The embedding starts first: it runs beside the encoding and the backend's call.
+        embedding = (
+            asyncio.create_task(self.embeddings.embed(decoded.image))
+            if self.embeddings is not None
+            else None
+        )
         try:
-            signals = await judge_image(self.backend, prepared, sha256=job.sha256)
+            if prepared is None:
+                try:
+                    prepared = await loop.run_in_executor(
+                        self._executor, encode_for_backend, decoded, job.payload, self._limits
+                    )
+                except UnreadableMedia as exc:
+                    return self._unreadable(exc)
+            if embedding is None:
+                signals = await judge_image(self.backend, prepared, sha256=job.sha256)
+            else:
+                judged = await self._judge_with_embedding(job, embedding, prepared)
+                if isinstance(judged, Verdict):
+                    return judged
+                signals = judged
         except BackendFailed as exc:
             return Verdict(
                 label=Label.ERROR,
@@ -518,9 +546,44 @@ class Judge:
                 backend=self.backend.name,
                 policy_version=self.policy.version,
             )
+        finally:
+            if embedding is not None:
+                await cancel_and_wait([embedding])
         if self.second_opinion is not None and cleared(signals):
             self._held[job.sha256] = prepared
         return self.policy.judge(signals)
+
+    async def _judge_with_embedding(
+        self, job: Job, embedding: asyncio.Task[np.ndarray | None], prepared: PreparedImage
+    ) -> Signals | Verdict:
+        """The backend's signals, with the image's embedding computed beside them (encoder
+        pool); a deny entry's match is the verdict, without waiting for the backend."""
+        assert self.embeddings is not None
+        judging = asyncio.create_task(judge_image(self.backend, prepared, sha256=job.sha256))
+        try:
+            vector = await embedding
+            match = await self._embedding_match(job, vector)
+            if match is not None and match.rejects:
+                return match.verdict(self.policy.version)
+            signals = await judging
+        finally:
+            await cancel_and_wait([embedding, judging])
+        if vector is None:
+            # No embedding of our own (the encoder busy): one the backend sent counts the same.
+            match = await self._embedding_match(job, self.embeddings.from_signals(signals))
+            if match is not None and match.rejects:
+                return match.verdict(self.policy.version)
+        return signals
+
+    async def _embedding_match(self, job: Job, vector: np.ndarray | None) -> EmbeddingMatch | None:
+        """Keep the image's embedding, and match it; a review source's match is flagged."""
+        if self.embeddings is None or vector is None:
+            return None
+        await self.embeddings.keep(job.sha256, vector)
+        match = await self.embeddings.match(vector)
+        if match is not None and not match.rejects:
+            await self.embeddings.flag(job.sha256, match, job.source)
+        return match
 
     async def _finished(self, job: Job, verdict: Verdict, answered: str | None) -> None:
         await self.store.audit(
@@ -537,6 +600,8 @@ class Judge:
         if self.hashes is not None and await self.hashes.note_verdict(job.sha256, verdict):
             # Cached answers for look-alikes of the new positive must be looked up again.
             self.forget()
+        if self.embeddings is not None:
+            await self.embeddings.note_verdict(job.sha256, verdict)
         # An admin may list this hash while the job finishes (the upload already has its
         # answer): a list decision must not be hidden by this verdict. No await may come
         # between the generation check and remembering.
@@ -576,6 +641,7 @@ def build_judge(
     on_finished: FinishedHook | None = None,
     hashes: HashMatcher | None = None,
     second_opinion: Backend | None = None,
+    embeddings: EmbeddingMatcher | None = None,
     memory: DecodeMemory | None = None,
 ) -> Judge:
     """The Judge as the service builds it; the CLI's sweeps build theirs the same way."""
@@ -596,5 +662,6 @@ def build_judge(
         hashes=hashes,
         second_opinion=second_opinion,
         second_opinion_max_pending=settings.prescreen.second_opinion_max_pending,
+        embeddings=embeddings,
         memory=memory or DecodeMemory(settings.media.decode_memory_bytes),
     )

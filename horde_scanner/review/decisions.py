@@ -138,6 +138,8 @@ class Review:
         if self.judge is not None:
             if self.judge.hashes is not None:
                 await self.judge.hashes.reload()
+            if self.judge.embeddings is not None:
+                await self.judge.embeddings.sync()  # and near copies by embedding
             self.judge.forget()
         released = await self._release(sha256, by, note)
         detail = {"note": note, "previous_label": previous, "quarantine": released.as_dict()}

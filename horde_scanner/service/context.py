@@ -34,6 +34,8 @@ from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.service.admission import LateAdmissions
 from horde_scanner.service.auth import ClientAuth, forget_raw_ids
 from horde_scanner.service.upload_body import ByteBudget
+from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
+from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.metrics import SweepProgress
 
@@ -72,6 +74,10 @@ class Services:
     started_at: float = field(default_factory=time.time)
     # Remote workers pulling jobs (service/workers.py); None when workers.keys is empty.
     workers: WorkerPool | None = None
+    # Image embeddings (signals/embeddings.py): their matcher, list and subscriptions.
+    embeddings: EmbeddingMatcher | None = None
+    embedding_publisher: EmbeddingPublisher | None = None
+    embedding_subscriber: EmbeddingSubscriber | None = None
     # Provenance of stored positives from Lemmy's database (off when lemmy.database_url is unset).
     provenance: ProvenanceResolver | None = None
     # Admin actions through Lemmy's API (off when lemmy.url is unset).
@@ -123,6 +129,9 @@ async def open_services(
             upload_memory=ByteBudget(settings.server.upload_memory_bytes),
             upload_spool=ByteBudget(settings.server.upload_spool_bytes),
             workers=await rt.pool(),
+            embeddings=await rt.embeddings(),
+            embedding_publisher=await rt.embedding_publisher(),
+            embedding_subscriber=await rt.embedding_subscriber(),
             provenance=await rt.provenance(),
             moderator=await rt.moderator(),
         )

@@ -31,11 +31,11 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return etag in candidates
 
 
-async def get_hashes(request: web.Request) -> web.StreamResponse:
+def _authorise(request: web.Request, what: str) -> None:
     settings = request.app[SERVICES].settings.hashes
     if not settings.publish:
         raise RequestError(
-            404, "not_published", "this instance does not publish its hash list (hashes.publish)"
+            404, "not_published", f"this instance does not publish its {what} (hashes.publish)"
         )
     if not settings.publish_public:
         header = request.headers.get("Authorization", "")
@@ -46,7 +46,30 @@ async def get_hashes(request: web.Request) -> web.StreamResponse:
             raise RequestError(
                 401, "unauthorized", "send Authorization: Bearer <the publisher's token>"
             )
+
+
+async def get_hashes(request: web.Request) -> web.StreamResponse:
+    _authorise(request, "hash list")
     body, etag = await request.app[SERVICES].publisher.current()
+    return _list_response(request, body, etag)
+
+
+async def get_embeddings(request: web.Request) -> web.StreamResponse:
+    """This instance's embedding list (signals/embedding_exchange.py), published with the
+    hash list, under the same token."""
+    _authorise(request, "embedding list")
+    svc = request.app[SERVICES]
+    if svc.embedding_publisher is None or svc.embeddings is None or not svc.embeddings.enabled:
+        raise RequestError(
+            404,
+            "not_published",
+            "this instance computes no embeddings (embeddings.model_path has no model)",
+        )
+    body, etag = await svc.embedding_publisher.current()
+    return _list_response(request, body, etag)
+
+
+def _list_response(request: web.Request, body: bytes, etag: str) -> web.StreamResponse:
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
@@ -58,3 +81,4 @@ async def get_hashes(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/hashes", get_hashes)
+    app.router.add_get("/api/v1/embeddings", get_embeddings)

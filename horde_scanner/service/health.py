@@ -69,6 +69,13 @@ async def readyz(request: web.Request) -> web.Response:
         "pid": os.getpid(),
         "policy": svc.policy.version,
     }
+    if svc.embeddings is not None:
+        # One line: on (model, entries) or off and why (e.g. no model file yet).
+        body["embeddings"] = {
+            "enabled": svc.embeddings.enabled,
+            "detail": svc.embeddings.status
+            + (f"; {svc.embeddings.size} entries indexed" if svc.embeddings.enabled else ""),
+        }
     if svc.provenance is not None and svc.provenance.lemmy is not None:
         # Lemmy's database (provenance only): never makes the service unready.
         body["lemmy"] = svc.provenance.describe()

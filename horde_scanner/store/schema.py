@@ -5,6 +5,7 @@ from __future__ import annotations
 from horde_scanner.store import (
     audit,
     cluster,
+    embeddings,
     hashes,
     horde_requests,
     jobs,
@@ -22,6 +23,7 @@ _PARTS = (
     audit,
     sweeps,
     hashes,
+    embeddings,
     review,
     kudos,
     cluster,

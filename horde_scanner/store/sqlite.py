@@ -24,6 +24,7 @@ import aiosqlite
 from horde_scanner.config import StoreSettings
 from horde_scanner.store.audit import AuditTables
 from horde_scanner.store.cluster import ClusterTables
+from horde_scanner.store.embeddings import EmbeddingTables
 from horde_scanner.store.hashes import HashTables
 from horde_scanner.store.horde_requests import HordeRequestTables
 from horde_scanner.store.jobs import JobTables
@@ -208,6 +209,7 @@ class Store(
     AuditTables,
     SweepTables,
     HashTables,
+    EmbeddingTables,
     ReviewTables,
     KudosTables,
     ClusterTables,

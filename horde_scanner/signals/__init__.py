@@ -1,0 +1,2 @@
+"""Shared signals beyond the hash lists (hashlists/): image embeddings, their index, their
+list format, publishing and subscriptions."""
