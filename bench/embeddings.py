@@ -50,7 +50,7 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 # -- the index -------------------------------------------------------------------------------
 
 
-def bench_index(n: int, tmp: Path) -> None:
+def bench_index(n: int, tmp: Path, search_lists: list[int]) -> None:
     from horde_scanner.config import EmbeddingsSettings
     from horde_scanner.signals.embedding_index import EmbeddingIndex, IndexShape
 
@@ -64,7 +64,7 @@ def bench_index(n: int, tmp: Path) -> None:
     exact = np.empty((n, DIM), np.float32)
     index = EmbeddingIndex(shape, cfg.index_expansion_search)
     before = rss_mb(pid)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     chunk = 50_000
     for start in range(0, n, chunk):
         x = unit(rng, min(chunk, n - start))
@@ -80,7 +80,13 @@ def bench_index(n: int, tmp: Path) -> None:
     keys = np.arange(n, dtype=np.uint64) * 2
     index.set_meta(keys, np.zeros(n, np.uint8), np.full(n, 0.9, np.float32))
     build = time.perf_counter() - started
+    build_cpu = time.process_time() - cpu
     grown = rss_mb(pid) - before - exact.nbytes / 2**20  # the exact copy is not the index
+    queries = 300
+    picks = rng.integers(0, n, queries)
+    near = exact[picks] + 0.02 * rng.standard_normal((queries, DIM), dtype=np.float32)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    far = unit(rng, queries)
     directory = tmp / f"index-{n}"
     started = time.perf_counter()
     index.save(directory)
@@ -88,42 +94,50 @@ def bench_index(n: int, tmp: Path) -> None:
     size_mb = sum(f.stat().st_size for f in directory.iterdir()) / 1e6
     del index
     gc.collect()
+    before = rss_mb(pid)
     started = time.perf_counter()
     loaded = EmbeddingIndex.load(directory, shape, cfg.index_expansion_search)
     restart = time.perf_counter() - started
+    loaded_mb = rss_mb(pid) - before
     assert loaded is not None and len(loaded) == n
     print(
-        f"index {n:>9,}: build {build:7.1f} s  memory {loaded.nbytes / 2**20:7.1f} MiB"
-        f" (RSS growth {grown:7.1f} MiB)  file {size_mb:7.1f} MB  save {save:5.2f} s"
-        f"  restart {restart:5.2f} s",
+        f"index {n:>9,} (M={cfg.index_connectivity}, ef_add={cfg.index_expansion_add},"
+        f" {cfg.index_dtype}): build {build:7.1f} s ({n / build:.0f} vectors/s;"
+        f" {n / max(build_cpu, 1e-9):.0f} per CPU-second)  memory {loaded.nbytes / 2**20:7.1f} MiB"
+        f" (RSS growth {grown:7.1f} MiB building, {loaded_mb:7.1f} MiB loaded)"
+        f"  file {size_mb:7.1f} MB  save {save:5.2f} s  restart {restart:5.2f} s",
         flush=True,
     )
-    queries = 300
-    picks = rng.integers(0, n, queries)
-    near = exact[picks] + 0.02 * rng.standard_normal((queries, DIM), dtype=np.float32)
-    near /= np.linalg.norm(near, axis=1, keepdims=True)
-    far = unit(rng, queries)
+    # The exact answers, once (a million-row search per query), timed: the seed's brute force.
+    truth: dict[str, list[int]] = {}
+    exact_lat: list[float] = []
     for name, qs in (("near-copy", near), ("random", far)):
-        lat: list[float] = []
-        exact_lat: list[float] = []
-        agree = 0
+        truth[name] = []
         for q in qs:
             t = time.perf_counter()
-            loaded.search(q, 0.9)  # what a miss does: graph, then trust and threshold
-            lat.append(time.perf_counter() - t)
-            found = loaded._graph.search(q, 1, threads=1)
-            t = time.perf_counter()
-            want = _exact_best(exact, q)
+            truth[name].append(_exact_best(exact, q))
             exact_lat.append(time.perf_counter() - t)
-            agree += int(found.keys[0]) // 2 == want
-        print(f"  {name:9} lookup (index, one query): {percentiles(lat)}", flush=True)
-        print(f"  {name:9} recall@1 vs exact: {agree / queries:.3f}", flush=True)
-        if name == "near-copy":
-            print(
-                f"  exact one-by-one (numpy matrix x vector over {n:,}): {percentiles(exact_lat)}",
-                flush=True,
-            )
-    del loaded, exact
+    print(
+        f"  exact one-by-one (numpy matrix x vector over {n:,}): {percentiles(exact_lat)}",
+        flush=True,
+    )
+    del exact
+    gc.collect()
+    for ef in [cfg.index_expansion_search, *search_lists]:
+        loaded._graph.expansion_search = ef
+        print(f"  search list (ef_search) {ef}:", flush=True)
+        for name, qs in (("near-copy", near), ("random", far)):
+            lat: list[float] = []
+            agree = 0
+            for q, want in zip(qs, truth[name], strict=True):
+                t = time.perf_counter()
+                loaded.search(q, 0.9)  # what a miss does: graph, then trust and threshold
+                lat.append(time.perf_counter() - t)
+                found = loaded._graph.search(q, 1, threads=1)
+                agree += int(found.keys[0]) // 2 == want
+            print(f"    {name:9} lookup (index, one query): {percentiles(lat)}", flush=True)
+            print(f"    {name:9} recall@1 vs exact: {agree / len(qs):.3f}", flush=True)
+    del loaded
     gc.collect()
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -281,6 +295,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--parts", default="index,encoder,miss,hits")
+    parser.add_argument(
+        "--search-lists", default="", help="more ef_search values to measure, e.g. 256,512"
+    )
     parser.add_argument("--hit-seconds", type=float, default=8.0)
     parser.add_argument("--hit-rounds", type=int, default=3)
     args = parser.parse_args()
@@ -290,7 +307,7 @@ def main() -> None:
         tmp = Path(name)
         if "index" in parts:
             for n in (int(s) for s in args.sizes.split(",")):
-                bench_index(n, tmp)
+                bench_index(n, tmp, [int(v) for v in args.search_lists.split(",") if v])
         model = write_vit(tmp) if parts & {"encoder", "miss", "hits"} else None
         if model is not None and "encoder" in parts:
             bench_encoder(model)

@@ -1103,12 +1103,20 @@ class EmbeddingsSettings(Section):
     index_dtype: str = Field(
         "i8", pattern="^(i8|f16)$", description="How the index stores vectors: i8 or f16."
     )
-    index_connectivity: int = Field(32, ge=4, le=64, description="HNSW links per node (M).")
+    index_connectivity: int = Field(
+        24,
+        ge=4,
+        le=64,
+        description="HNSW links per node (M): more is better recall, more memory, slower adds.",
+    )
     index_expansion_add: int = Field(
         64, ge=8, le=1024, description="HNSW candidate list while adding (efConstruction)."
     )
     index_expansion_search: int = Field(
-        128, ge=8, le=1024, description="HNSW candidate list while searching (efSearch)."
+        256,
+        ge=8,
+        le=1024,
+        description="HNSW candidate list while searching (efSearch): recall for lookup time.",
     )
     subscriptions: list[EmbeddingSubscription] = Field(
         default_factory=list, description="Embedding lists of other instances to match against."
