@@ -1113,7 +1113,7 @@ class EmbeddingsSettings(Section):
         64, ge=8, le=1024, description="HNSW candidate list while adding (efConstruction)."
     )
     index_expansion_search: int = Field(
-        256,
+        512,
         ge=8,
         le=1024,
         description="HNSW candidate list while searching (efSearch): recall for lookup time.",

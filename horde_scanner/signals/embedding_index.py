@@ -2,8 +2,10 @@
 
 Why usearch: it has wheels for this machine, adds and removes entries in place (FAISS's HNSW
 cannot remove), stores vectors as int8 or float16, and saves and restores a file in one call.
-Measured on this 2-core machine (bench/embeddings.py prints the figures at 1 M): with int8
-vectors, 32 links per node and a search list of 128, a lookup takes about a millisecond.
+The default settings (int8 vectors, 24 links per node, a search list of 512) were chosen by
+bench/embedding_grid.py on this 2-core machine: fewer links or a shorter search list lose
+near-copy recall as the index grows; float16 vectors double the memory and halve the build
+rate; bench/embeddings.py prints the figures at the large sizes.
 
 Keys are the store's: `2 * id` for a list entry (embedding_entries), `2 * id + 1` for one of
 this instance's own images (verdict_embeddings). What each key is trusted for (deny, review)
