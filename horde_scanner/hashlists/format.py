@@ -27,7 +27,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -350,15 +350,24 @@ def _json_rows(stream: TextIO) -> Iterator[tuple[int, Any]]:
     if first == "[":
         yield from _json_array(doc)
     elif first == "{":
-        yield from _json_object(doc)
+        yield from _json_object(doc, on_value=_check_format)
     else:
         raise ListFormatError("expected a JSON object with `entries`, or an array of entries")
     if doc.peek() != "":
         raise ListFormatError("not valid JSON (extra data after the document)")
 
 
-def _json_object(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
-    doc.expect("{", "to open the document")
+def _json_object(
+    doc: _JsonStream,
+    *,
+    opening: str = "to open the document",
+    on_value: Callable[[str, Any], None] | None = None,
+    before_entries: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """The rows of a list document `{"key": value, ..., "entries": [...]}`: every other key's
+    value goes to `on_value` as it is read (it raises ListFormatError to refuse the list),
+    and `before_entries` runs before the first row (the header is read by then)."""
+    doc.expect("{", opening)
     seen_entries = False
     if doc.peek() == "}":
         doc.expect("}", "")
@@ -369,18 +378,16 @@ def _json_object(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
             raise ListFormatError("not valid JSON (an object key is not a string)")
         doc.expect(":", "after an object key")
         if key == "entries":
+            if before_entries is not None:
+                before_entries()
             if doc.peek() != "[":
                 raise ListFormatError("the JSON object has no `entries` array")
             seen_entries = True
             yield from _json_array(doc)
         else:
             value = doc.value()
-            if key == "format" and value != FORMAT_NAME:
-                raise ListFormatError(f"format {str(value)[:80]!r} is not {FORMAT_NAME!r}")
-            if key == "version" and (not isinstance(value, int) or value > FORMAT_VERSION):
-                raise ListFormatError(
-                    f"format version {str(value)[:20]!r} is newer than this reader"
-                )
+            if on_value is not None:
+                on_value(key, value)
         if doc.peek() == ",":
             doc.expect(",", "")
             continue
@@ -388,6 +395,14 @@ def _json_object(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
         break
     if not seen_entries:
         raise ListFormatError("the JSON object has no `entries` array")
+
+
+def _check_format(key: str, value: Any) -> None:
+    """A hash list's header, checked as each key is read."""
+    if key == "format" and value != FORMAT_NAME:
+        raise ListFormatError(f"format {str(value)[:80]!r} is not {FORMAT_NAME!r}")
+    if key == "version" and (not isinstance(value, int) or value > FORMAT_VERSION):
+        raise ListFormatError(f"format version {str(value)[:20]!r} is newer than this reader")
 
 
 def _json_array(doc: _JsonStream) -> Iterator[tuple[int, Any]]:

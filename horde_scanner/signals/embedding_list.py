@@ -39,6 +39,7 @@ from horde_scanner.hashlists.format import (
     ParseReport,
     TooManyRows,
     _first_char,
+    _json_object,
     _JsonStream,
     _text,
     _time,
@@ -152,31 +153,13 @@ def read_entries(
 
 def _json_rows(stream: TextIO, expected: Model) -> Iterator[tuple[int, Any]]:
     doc = _JsonStream(stream)
-    doc.expect("{", "to open the document (an object with a header and `entries`)")
     header: dict[str, Any] = {}
-    seen_entries = False
-    if doc.peek() == "}":
-        raise ListFormatError("the JSON object has no `entries` array")
-    while True:
-        key = doc.value()
-        if not isinstance(key, str):
-            raise ListFormatError("not valid JSON (an object key is not a string)")
-        doc.expect(":", "after an object key")
-        if key == "entries":
-            _check_header(header, expected)
-            if doc.peek() != "[":
-                raise ListFormatError("the JSON object has no `entries` array")
-            seen_entries = True
-            yield from _json_array(doc)
-        else:
-            header[key] = doc.value()
-        if doc.peek() == ",":
-            doc.expect(",", "")
-            continue
-        doc.expect("}", "to close the document")
-        break
-    if not seen_entries:
-        raise ListFormatError("the JSON object has no `entries` array")
+    yield from _json_object(
+        doc,
+        opening="to open the document (an object with a header and `entries`)",
+        on_value=header.__setitem__,
+        before_entries=lambda: _check_header(header, expected),
+    )
     if doc.peek() != "":
         raise ListFormatError("not valid JSON (extra data after the document)")
 
@@ -211,22 +194,6 @@ def _shown(value: Any) -> str:
     """A header value as it may appear in a message: what a source sends is never echoed
     beyond a short name of safe characters."""
     return re.sub(r"[^A-Za-z0-9._:/+-]", "?", str(value)[:120])
-
-
-def _json_array(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
-    doc.expect("[", "to open the entries")
-    if doc.peek() == "]":
-        doc.expect("]", "")
-        return
-    while True:
-        doc.peek()
-        line = doc.line()
-        yield line, doc.value()
-        if doc.peek() == ",":
-            doc.expect(",", "")
-            continue
-        doc.expect("]", "after an entry")
-        return
 
 
 def _hma_rows(stream: TextIO) -> Iterator[tuple[int, Any]]:
