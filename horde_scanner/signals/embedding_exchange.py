@@ -16,7 +16,6 @@ name, keeping the last good copy.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import logging
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from horde_scanner.config import EmbeddingsSettings, HashSubscription
 from horde_scanner.hashlists.format import ListFormatError, ParseReport, TooManyRows
+from horde_scanner.hashlists.publish import RenderedList
 from horde_scanner.hashlists.subscribe import CHANGED, FAILED, Subscriber, _Fetched
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
@@ -69,31 +69,17 @@ async def published(
     return [e for e, drop in zip(entries, near, strict=True) if not drop]
 
 
-class EmbeddingPublisher:
+class EmbeddingPublisher(RenderedList):
     def __init__(self, store: Store, settings: EmbeddingsSettings, source: str) -> None:
-        self._store = store
+        super().__init__(store)
         self._settings = settings
         self._source = source
         self._model = Model(settings.model_id, settings.preprocess, settings.dim)
-        self._lock = asyncio.Lock()
-        self._generation: int | None = None
-        self._body = b""
-        self._etag = ""
 
-    async def current(self) -> tuple[bytes, str]:
-        async with self._lock:
-            generation = await self._store.hash_generation()
-            if generation != self._generation:
-                entries = await published(
-                    self._store, self._model, self._source, self._settings.threshold
-                )
-                loop = asyncio.get_running_loop()
-                self._body = await loop.run_in_executor(
-                    None, lambda: dump_json(self._model, entries).encode()
-                )
-                self._etag = '"' + hashlib.sha256(self._body).hexdigest()[:40] + '"'
-                self._generation = generation
-            return self._body, self._etag
+    async def _render(self) -> bytes:
+        entries = await published(self._store, self._model, self._source, self._settings.threshold)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: dump_json(self._model, entries).encode())
 
 
 class EmbeddingSubscriber(Subscriber):
