@@ -7,6 +7,7 @@ import asyncio
 import binascii
 import io
 import json
+import logging
 import tracemalloc
 from pathlib import Path
 
@@ -170,7 +171,7 @@ async def endless_rows(request: web.Request) -> web.StreamResponse:
 
 
 async def test_lists_over_their_caps_are_refused_and_the_last_good_copy_kept(
-    tmp_path: Path, encoder: Path
+    tmp_path: Path, encoder: Path, caplog: pytest.LogCaptureFixture
 ):
     server = ListServer()
     app = web.Application()
@@ -235,5 +236,18 @@ async def test_lists_over_their_caps_are_refused_and_the_last_good_copy_kept(
             server.body = dump_json(Model("other", MODEL.preprocess, 512), good[:1]).encode()
             assert await subscriber.refresh(config) == FAILED
             assert matcher.size == 2
+
+            # Bad rows are skipped and said by their line only: what the source sent in them
+            # is never echoed into the log.
+            secret = "not-a-label-a1b2c3"
+            records = [e.record() for e in good]
+            records[0]["label"] = secret
+            head = dump_json(MODEL, [])[:-4]
+            server.body = (head + "\n" + ",\n".join(map(json.dumps, records)) + "]}\n").encode()
+            with caplog.at_level(logging.INFO):
+                assert await subscriber.refresh(config) == CHANGED
+            assert matcher.size == 1
+            assert "skipped 1 bad rows (first at line 2)" in caplog.text
+            assert secret not in caplog.text
     finally:
         await runner.cleanup()

@@ -16,16 +16,14 @@ name, keeping the last good copy.
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 
 import aiohttp
 import numpy as np
 
 from horde_scanner.config import EmbeddingsSettings, HashSubscription
-from horde_scanner.hashlists.format import ListFormatError, ParseReport, TooManyRows
+from horde_scanner.hashlists.format import ParseReport, TooManyRows
 from horde_scanner.hashlists.publish import RenderedList
-from horde_scanner.hashlists.subscribe import CHANGED, FAILED, Subscriber, _Fetched
+from horde_scanner.hashlists.subscribe import Subscriber, _Fetched
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
     Model,
@@ -36,8 +34,6 @@ from horde_scanner.signals.embedding_list import (
 from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.signals.vectors import from_blob
 from horde_scanner.store.sqlite import Store
-
-log = logging.getLogger(__name__)
 
 
 async def published(
@@ -85,6 +81,10 @@ class EmbeddingPublisher(RenderedList):
 class EmbeddingSubscriber(Subscriber):
     """Hash-list subscriptions' fetching, with the embedding list's reading and storing."""
 
+    _what = "embedding subscription"
+    _a_list = "an embedding list"
+    _refusals = (TooManyRows, OtherModel)
+
     def __init__(
         self,
         matcher: EmbeddingMatcher,
@@ -101,64 +101,13 @@ class EmbeddingSubscriber(Subscriber):
             return  # lists of vectors nothing here can compare with
         await super().start()
 
-    async def _apply(self, sub: HashSubscription, fetched: _Fetched) -> str:
-        loop = asyncio.get_running_loop()
-        settings = self._settings
-        report = ParseReport(max_errors=settings.max_row_errors)
-        problem: str | None = None
-        try:
-            entries = await loop.run_in_executor(
-                None, self._read, fetched, report, settings.max_list_rows
-            )
-        except (TooManyRows, OtherModel) as exc:
-            entries, problem = [], f"{exc} ({fetched.describe()})"
-        except ListFormatError:
-            entries, problem = [], f"not an embedding list ({fetched.describe()})"
-        else:
-            if report.skipped and not entries:
-                problem = f"no usable row in {report.rows} rows ({fetched.describe()})"
-        if problem is not None:
-            log.warning(
-                "embedding subscription %s: %s; keeping the last good copy", sub.name, problem
-            )
-            await self._store.record_hash_fetch(
-                sub.name, sub.url, status=fetched.status, error=problem, nbytes=fetched.nbytes
-            )
-            return FAILED
-        if report.skipped:
-            first = report.errors[0] if report.errors else None
-            log.warning(
-                "embedding subscription %s: skipped %d bad rows (first: %s)",
-                sub.name,
-                report.skipped,
-                first,
-            )
+    async def _replace(self, sub: HashSubscription, entries: list[EmbeddingEntry]) -> None:
         await self._store.replace_embedding_origin(sub.name, self._model.model, entries)
-        await self._store.record_hash_fetch(
-            sub.name,
-            sub.url,
-            status=fetched.status,
-            error=None,
-            nbytes=fetched.nbytes,
-            etag=fetched.etag,
-            entries=len(entries),
-            skipped=report.skipped,
-        )
-        log.info(
-            "embedding subscription %s: %d entries (%d skipped)",
-            sub.name,
-            len(entries),
-            report.skipped,
-        )
+
+    async def _reload(self) -> None:
         await self._embeddings.sync()
-        return CHANGED
 
     def _read(self, fetched: _Fetched, report: ParseReport, max_rows: int) -> list[EmbeddingEntry]:
-        if fetched.file is None:
-            return []
-        fetched.file.seek(0)
-        text = io.TextIOWrapper(fetched.file, encoding="utf-8-sig", newline="")
-        try:
-            return list(read_entries(text, "json", self._model, report, max_rows=max_rows))
-        finally:
-            text.detach()
+        return fetched.entries(
+            lambda text: read_entries(text, "json", self._model, report, max_rows=max_rows)
+        )
