@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    """The tiny test encoder's ONNX file (horde_scanner/testing/tiny_encoder.py), one per
+    module."""
+    from horde_scanner.testing.tiny_encoder import write_tiny_encoder
+
+    return write_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny.onnx")
 
 
 @pytest.fixture

@@ -28,15 +28,10 @@ from horde_scanner.signals.embedding_list import (
 )
 from horde_scanner.signals.vectors import BadVector, from_hex, to_hex
 from horde_scanner.testing.service import make_settings, running_service
-from horde_scanner.testing.tiny_encoder import write_tiny_encoder
 from horde_scanner.verdict import Signals
+from tests.embedding_helpers import MODEL_ID, PREPROCESS, unit_vectors
 
-MODEL = Model("tiny-test-encoder-v1", "resize224-bicubic-centercrop-clipnorm", 512)
-
-
-def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, 512)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+MODEL = Model(MODEL_ID, PREPROCESS, 512)
 
 
 def read(text: str, fmt: str | None = None, model: Model = MODEL, **kw):
@@ -128,11 +123,6 @@ def test_a_list_of_another_model_is_refused_by_name():
 
 
 # -- subscriptions over their caps ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny.onnx")
 
 
 class ListServer:

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from horde_scanner.media.hashing import sha256_hex
@@ -26,7 +25,7 @@ from horde_scanner.testing.images import distinct_png
 from horde_scanner.testing.pictrs import ValidationResult, validate_upload
 from horde_scanner.testing.replicas import Replica, replica_env, replica_horde
 from horde_scanner.testing.service import make_settings, running_service, wait_for
-from horde_scanner.testing.tiny_encoder import write_tiny_encoder
+from tests.embedding_helpers import MODEL_ID, unit_vectors
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -300,12 +299,11 @@ async def test_sqlite_locked_by_another_program_keeps_answering(tmp_path, http):
 
 
 async def test_index_syncs_outlive_a_postgres_restart_and_say_it_once(
-    tmp_path, pg_server, pg_url, caplog
+    tmp_path, pg_server, pg_url, caplog, encoder
 ):
     """The PDQ and embedding indexes poll the store's generation every 0.1 s: while PostgreSQL
     is down each try fails, and the outage is said once (by the store), not as a traceback per
     try; once it is back, a change another process makes reaches the index."""
-    encoder = write_tiny_encoder(tmp_path / "tiny.onnx")
     settings = make_settings(
         tmp_path / "unused.db",
         "http://127.0.0.1:9/api",
@@ -313,7 +311,7 @@ async def test_index_syncs_outlive_a_postgres_restart_and_say_it_once(
         hashes={"sync_interval_s": 0.1},
         embeddings={
             "model_path": encoder,
-            "model_id": "tiny-test-encoder-v1",
+            "model_id": MODEL_ID,
             "index_dir": tmp_path / "index",
             "sync_interval_s": 0.1,
         },
@@ -333,9 +331,8 @@ async def test_index_syncs_outlive_a_postgres_restart_and_say_it_once(
             await loop.run_in_executor(None, pg_server.start_again)
 
         async with await Store.open(pg_url) as other:
-            vector = np.random.default_rng(7).standard_normal(512).astype(np.float32)
-            entry = EmbeddingEntry(vector / np.linalg.norm(vector))
-            await other.add_embedding_entries(LOCAL, "tiny-test-encoder-v1", [entry])
+            entry = EmbeddingEntry(unit_vectors(1, seed=7)[0])
+            await other.add_embedding_entries(LOCAL, MODEL_ID, [entry])
 
         async def synced() -> bool:
             return matcher.size == 1
