@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from horde_scanner.media.hashing import is_pdq_hex, is_sha256_hex
 from horde_scanner.timefmt import iso
@@ -67,16 +67,7 @@ class HashEntry:
     confirmed_at: float | None = None
 
     def record(self) -> dict[str, str]:
-        return {
-            "signal": self.signal,
-            "value": self.value,
-            "label": self.label,
-            "source": self.source,
-            "first_seen": iso(self.first_seen) if self.first_seen is not None else "",
-            "note": self.note,
-            "confirmed_by": self.confirmed_by,
-            "confirmed_at": iso(self.confirmed_at) if self.confirmed_at is not None else "",
-        }
+        return {"signal": self.signal, "value": self.value, **description_record(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +105,52 @@ def entry_from_fields(fields: Mapping[str, Any]) -> HashEntry:
             if len(value) != 64
             else f"{signal} value is not hexadecimal"
         )
+    return HashEntry(signal, value, **described(fields))
+
+
+def described(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What an entry of any list (hashes, embeddings) says about itself besides its signal:
+    label, source, first seen, note, who confirmed it and when; ValueError when it is bad."""
     label = _text(fields.get("label"), "label").lower() or "csam"
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r} (expected csam or nsfw)")
-    return HashEntry(
-        signal=signal,
-        value=value,
-        label=label,
-        source=_text(fields.get("source"), "source"),
-        first_seen=_time(fields.get("first_seen")),
-        note=_text(fields.get("note"), "note"),
-        confirmed_by=_text(fields.get("confirmed_by"), "confirmed_by"),
-        confirmed_at=_time(fields.get("confirmed_at"), "confirmed_at"),
-    )
+    return {
+        "label": label,
+        "source": _text(fields.get("source"), "source"),
+        "first_seen": _time(fields.get("first_seen")),
+        "note": _text(fields.get("note"), "note"),
+        "confirmed_by": _text(fields.get("confirmed_by"), "confirmed_by"),
+        "confirmed_at": _time(fields.get("confirmed_at"), "confirmed_at"),
+    }
+
+
+class Described(Protocol):
+    """An entry's description (HashEntry, EmbeddingEntry)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def first_seen(self) -> float | None: ...
+    @property
+    def note(self) -> str: ...
+    @property
+    def confirmed_by(self) -> str: ...
+    @property
+    def confirmed_at(self) -> float | None: ...
+
+
+def description_record(entry: Described) -> dict[str, str]:
+    """The description as the exchange formats write it (times in ISO 8601, or empty)."""
+    return {
+        "label": entry.label,
+        "source": entry.source,
+        "first_seen": iso(entry.first_seen) if entry.first_seen is not None else "",
+        "note": entry.note,
+        "confirmed_by": entry.confirmed_by,
+        "confirmed_at": iso(entry.confirmed_at) if entry.confirmed_at is not None else "",
+    }
 
 
 def _text(value: Any, name: str) -> str:

@@ -34,18 +34,16 @@ from typing import Any, TextIO
 import numpy as np
 
 from horde_scanner.hashlists.format import (
-    LABELS,
     ListFormatError,
     ParseReport,
     TooManyRows,
     _first_char,
     _json_object,
     _JsonStream,
-    _text,
-    _time,
+    described,
+    description_record,
 )
 from horde_scanner.signals.vectors import BadVector, digest, from_hex, to_blob, to_hex
-from horde_scanner.timefmt import iso
 
 FORMAT_NAME = "horde-scanner-embeddings"
 FORMAT_VERSION = 1
@@ -88,32 +86,13 @@ class EmbeddingEntry:
         return to_hex(self.vector)
 
     def record(self) -> dict[str, str]:
-        return {
-            "embedding": self.hex,
-            "label": self.label,
-            "source": self.source,
-            "first_seen": iso(self.first_seen) if self.first_seen is not None else "",
-            "note": self.note,
-            "confirmed_by": self.confirmed_by,
-            "confirmed_at": iso(self.confirmed_at) if self.confirmed_at is not None else "",
-        }
+        return {"embedding": self.hex, **description_record(self)}
 
 
 def entry_from_fields(fields: Mapping[str, Any], dim: int) -> EmbeddingEntry:
     """One entry; ValueError (BadVector among them) with a readable message when it is bad."""
     vector = from_hex(fields.get("embedding"), dim)  # type: ignore[arg-type]
-    label = _text(fields.get("label"), "label").lower() or "csam"
-    if label not in LABELS:
-        raise ValueError(f"unknown label {label!r} (expected csam or nsfw)")
-    return EmbeddingEntry(
-        vector=vector,
-        label=label,
-        source=_text(fields.get("source"), "source"),
-        first_seen=_time(fields.get("first_seen")),
-        note=_text(fields.get("note"), "note"),
-        confirmed_by=_text(fields.get("confirmed_by"), "confirmed_by"),
-        confirmed_at=_time(fields.get("confirmed_at"), "confirmed_at"),
-    )
+    return EmbeddingEntry(vector, **described(fields))
 
 
 # -- reading -----------------------------------------------------------------------------------
