@@ -62,22 +62,15 @@ class Match:
         return self.trust is HashTrust.DENY
 
     def reason(self) -> str:
-        where = {
-            VERDICT: "this instance's " + (self.note or "confirmed positive"),
-            LOCAL: "imported list",
-        }.get(self.origin, f"subscribed list {self.origin!r}")
         parts = [f"{self.label.value} by {self.signal} match"]
         if self.signal == "pdq":
             parts[0] += f" (distance {self.distance})"
-        parts.append(f"entry {self.signal}:{self.value} from {where}")
+        parts.append(
+            f"entry {self.signal}:{self.value} from {list_of_origin(self.origin, self.note)}"
+        )
         if self.sha256:
             parts.append(f"image {self.sha256}")
-        if self.source:
-            parts.append(f"source {self.source}")
-        if self.first_seen is not None:
-            parts.append(f"first seen {iso(self.first_seen)}")
-        if self.note and self.origin != VERDICT:
-            parts.append(f"note: {self.note}")
+        parts += entry_facts(self.origin, self.source, self.first_seen, self.note)
         return "; ".join(parts)
 
     def verdict(self, policy_version: str) -> Verdict:
@@ -328,6 +321,26 @@ class HashMatcher:
                     "reason": match.reason(),
                 },
             )
+
+
+def list_of_origin(origin: str, note: str) -> str:
+    """The list an entry of `origin` is on, as a match's reason names it."""
+    return {
+        VERDICT: "this instance's " + (note or "confirmed positive"),
+        LOCAL: "imported list",
+    }.get(origin, f"subscribed list {origin!r}")
+
+
+def entry_facts(origin: str, source: str, first_seen: float | None, note: str) -> list[str]:
+    """What a match's reason tells of the entry: its source, first sighting and note."""
+    facts = []
+    if source:
+        facts.append(f"source {source}")
+    if first_seen is not None:
+        facts.append(f"first seen {iso(first_seen)}")
+    if note and origin != VERDICT:
+        facts.append(f"note: {note}")
+    return facts
 
 
 def is_match(verdict: Verdict) -> bool:

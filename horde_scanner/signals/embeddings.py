@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from horde_scanner.config import EmbeddingsSettings, HashTrust
+from horde_scanner.hashlists.matcher import entry_facts, list_of_origin
 from horde_scanner.hashlists.sync import IndexSync
 from horde_scanner.signals.embedding_index import (
     DENY,
@@ -52,7 +53,6 @@ from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_he
 from horde_scanner.store.embeddings import EmbeddingRow
 from horde_scanner.store.hashes import LOCAL, VERDICT
 from horde_scanner.store.sqlite import Store
-from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 log = logging.getLogger(__name__)
@@ -94,21 +94,12 @@ class EmbeddingMatch:
 
     def reason(self) -> str:
         entry = self.entry
-        where = {
-            VERDICT: "this instance's " + (entry.note or "confirmed positive"),
-            LOCAL: "imported list",
-        }.get(entry.origin, f"subscribed list {entry.origin!r}")
         parts = [
             f"{self.label.value} by embedding match (cosine {self.similarity:.3f}"
             f" >= {self.threshold:.2f}, model {self.model})",
-            f"{self.value} from {where}",
+            f"{self.value} from {list_of_origin(entry.origin, entry.note)}",
         ]
-        if entry.source:
-            parts.append(f"source {entry.source}")
-        if entry.first_seen is not None:
-            parts.append(f"first seen {iso(entry.first_seen)}")
-        if entry.note and entry.origin != VERDICT:
-            parts.append(f"note: {entry.note}")
+        parts += entry_facts(entry.origin, entry.source, entry.first_seen, entry.note)
         return "; ".join(parts)
 
     def verdict(self, policy_version: str) -> Verdict:
