@@ -2,8 +2,37 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty store of each kind in turn: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def store(store_url):
+    """The store at `store_url`, open for one test."""
+    from horde_scanner.store.sqlite import Store
+
+    s = await Store.open(store_url)
+    yield s
+    await s.close()
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    """The tiny test encoder's ONNX file (horde_scanner/testing/tiny_encoder.py), one per
+    module."""
+    from horde_scanner.testing.tiny_encoder import write_tiny_encoder
+
+    return write_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny.onnx")
 
 
 @pytest.fixture

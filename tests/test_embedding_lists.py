@@ -7,6 +7,7 @@ import asyncio
 import binascii
 import io
 import json
+import logging
 import tracemalloc
 from pathlib import Path
 
@@ -27,15 +28,10 @@ from horde_scanner.signals.embedding_list import (
 )
 from horde_scanner.signals.vectors import BadVector, from_hex, to_hex
 from horde_scanner.testing.service import make_settings, running_service
-from horde_scanner.testing.tiny_encoder import write_tiny_encoder
 from horde_scanner.verdict import Signals
+from tests.embedding_helpers import MODEL_ID, PREPROCESS, unit_vectors
 
-MODEL = Model("tiny-test-encoder-v1", "resize224-bicubic-centercrop-clipnorm", 512)
-
-
-def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, 512)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+MODEL = Model(MODEL_ID, PREPROCESS, 512)
 
 
 def read(text: str, fmt: str | None = None, model: Model = MODEL, **kw):
@@ -129,11 +125,6 @@ def test_a_list_of_another_model_is_refused_by_name():
 # -- subscriptions over their caps ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny.onnx")
-
-
 class ListServer:
     """Serves whatever `body` is now: bytes, or a callable writing a streamed response."""
 
@@ -170,7 +161,7 @@ async def endless_rows(request: web.Request) -> web.StreamResponse:
 
 
 async def test_lists_over_their_caps_are_refused_and_the_last_good_copy_kept(
-    tmp_path: Path, encoder: Path
+    tmp_path: Path, encoder: Path, caplog: pytest.LogCaptureFixture
 ):
     server = ListServer()
     app = web.Application()
@@ -235,5 +226,18 @@ async def test_lists_over_their_caps_are_refused_and_the_last_good_copy_kept(
             server.body = dump_json(Model("other", MODEL.preprocess, 512), good[:1]).encode()
             assert await subscriber.refresh(config) == FAILED
             assert matcher.size == 2
+
+            # Bad rows are skipped and said by their line only: what the source sent in them
+            # is never echoed into the log.
+            secret = "not-a-label-a1b2c3"
+            records = [e.record() for e in good]
+            records[0]["label"] = secret
+            head = dump_json(MODEL, [])[:-4]
+            server.body = (head + "\n" + ",\n".join(map(json.dumps, records)) + "]}\n").encode()
+            with caplog.at_level(logging.INFO):
+                assert await subscriber.refresh(config) == CHANGED
+            assert matcher.size == 1
+            assert "skipped 1 bad rows (first at line 2)" in caplog.text
+            assert secret not in caplog.text
     finally:
         await runner.cleanup()

@@ -18,21 +18,14 @@ from horde_scanner.signals.embedding_list import Model, read_entries
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import make_settings, running_service, wait_for
-from horde_scanner.testing.tiny_encoder import write_tiny_encoder
 from horde_scanner.verdict import Signals
+from tests.embedding_helpers import MODEL_ID, PREPROCESS
 
 ADMIN = "admin-token-0123456789"
 LIST_TOKEN = "list-token-0123456789"
 API = {"Authorization": f"Bearer {ADMIN}"}
-MODEL_ID = "tiny-test-encoder-v1"
-PREPROCESS = "resize224-bicubic-centercrop-clipnorm"
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny.onnx")
 
 
 def always_clean(image: Image.Image) -> Signals:

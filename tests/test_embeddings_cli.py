@@ -18,15 +18,9 @@ from horde_scanner.signals.export import export_encoder
 from horde_scanner.signals.vectors import to_hex
 from horde_scanner.testing import textures
 from horde_scanner.testing.tiny_encoder import tiny_encoder, write_tiny_encoder
+from tests.embedding_helpers import MODEL_ID, PREPROCESS, unit_vectors
 
-MODEL_ID = "tiny-test-encoder-v1"
-PREPROCESS = "resize224-bicubic-centercrop-clipnorm"
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny.onnx")
 
 
 @pytest.fixture
@@ -49,11 +43,6 @@ def cli(tmp_path: Path, encoder: Path):
         )
 
     return run
-
-
-def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, 512)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def test_the_exported_encoder_gives_the_torch_models_embedding(tmp_path: Path):

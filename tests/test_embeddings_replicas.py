@@ -18,10 +18,9 @@ from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.replicas import Replica, replica_env, replica_horde
 from horde_scanner.testing.tiny_encoder import write_tiny_encoder
+from tests.embedding_helpers import MODEL_ID, PREPROCESS
 
 pytestmark = pytest.mark.timeout(180)
-MODEL_ID = "tiny-test-encoder-v1"
-PREPROCESS = "resize224-bicubic-centercrop-clipnorm"
 # Far longer than the test waits: what reaches a replica came by notification.
 POLL_S = 600
 

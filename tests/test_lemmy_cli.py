@@ -7,7 +7,6 @@ import asyncio
 import json
 import sqlite3
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,19 +28,6 @@ from tests.test_lemmy_actions import IMAGE, SHA, fake_lemmy
 UNUSED_HORDE = "http://127.0.0.1:9/api"
 
 
-async def _role_url(pg_url: str, pg_server, revoke: str = "") -> str:
-    role = "ro_" + uuid.uuid4().hex[:8]
-    database = pg_url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(L.role_sql("pw-" + role, database=database, role=role))
-        if revoke:
-            await conn.execute(revoke.replace("ROLE", role))
-    finally:
-        await conn.close()
-    return f"postgresql://{role}:pw-{role}@127.0.0.1:{pg_server.port}/{database}"
-
-
 def _env(db: Path, **lemmy: str) -> dict[str, str]:
     env = {"HORDE_SCANNER_STORE__PATH": str(db), "HORDE_SCANNER_HORDE__URL": UNUSED_HORDE}
     env.update({f"HORDE_SCANNER_LEMMY__{k.upper()}": v for k, v in lemmy.items()})
@@ -52,7 +38,7 @@ async def test_check_provenance_act_retry_and_the_record_for_an_instance(
     tmp_path: Path, pg_url, pg_server
 ):
     await L.create_lemmy(pg_url, "0.19.4")
-    ro_url = await _role_url(pg_url, pg_server)
+    ro_url = await L.readonly_role_url(pg_url, pg_server.port)
     db = tmp_path / "s.db"
     store = await Store.open(db)
     await store.put_verdict(SHA, Verdict(label=Label.CSAM), source="sweep:local:/x")
@@ -132,7 +118,9 @@ async def test_check_provenance_act_retry_and_the_record_for_an_instance(
 
 async def test_check_names_a_missing_grant(tmp_path: Path, pg_url, pg_server):
     await L.create_lemmy(pg_url, "1.0")
-    ro_url = await _role_url(pg_url, pg_server, "REVOKE SELECT ON private_message FROM ROLE")
+    ro_url = await L.readonly_role_url(
+        pg_url, pg_server.port, revoke="REVOKE SELECT ON private_message FROM ROLE"
+    )
     out = await cli(["lemmy", "check"], _env(tmp_path / "s.db", database_url=ro_url))
     assert out.exit_code == 1
     assert "no SELECT on table private_message" in out.output

@@ -84,23 +84,10 @@ async def test_each_schema_gives_uploader_usages_and_origin(pg_url, version):
     assert thumb["origin_instances"] == ["remote.example"]
 
 
-async def _role(pg_url: str, pg_server, *, revoke: str = "") -> str:
-    role = "ro_" + uuid.uuid4().hex[:8]
-    database = pg_url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(L.role_sql("pw-" + role, database=database, role=role))
-        if revoke:
-            await conn.execute(revoke.replace("ROLE", role))
-    finally:
-        await conn.close()
-    return f"postgresql://{role}:pw-{role}@127.0.0.1:{pg_server.port}/{database}"
-
-
 @pytest.mark.parametrize("version", SCHEMAS)
 async def test_the_documented_role_reads_provenance_but_no_secrets(pg_url, pg_server, version):
     await L.create_lemmy(pg_url, version)
-    ro_url = await _role(pg_url, pg_server)
+    ro_url = await L.readonly_role_url(pg_url, pg_server.port)
     db = LemmyDb(LemmySettings(database_url=ro_url))
     try:
         await db.check()
@@ -129,7 +116,9 @@ async def test_the_documented_role_reads_provenance_but_no_secrets(pg_url, pg_se
 
 async def test_a_missing_grant_names_the_table(pg_url, pg_server):
     await L.create_lemmy(pg_url, "0.19.4")
-    ro_url = await _role(pg_url, pg_server, revoke="REVOKE SELECT ON comment FROM ROLE")
+    ro_url = await L.readonly_role_url(
+        pg_url, pg_server.port, revoke="REVOKE SELECT ON comment FROM ROLE"
+    )
     db = LemmyDb(LemmySettings(database_url=ro_url))
     try:
         with pytest.raises(LemmyDbError, match=r"no SELECT on table comment \(columns") as exc:
@@ -265,7 +254,7 @@ async def test_service_wrong_password_uploads_unaffected_readyz_names_it(
     pg_url, pg_server, tmp_path, http
 ):
     await L.create_lemmy(pg_url, "0.19.4")
-    ro_url = await _role(pg_url, pg_server)
+    ro_url = await L.readonly_role_url(pg_url, pg_server.port)
     # The suite's server trusts every password; a login it refuses is a role it does not know.
     wrong = ro_url.replace("://ro_", "://nobody_").replace(":pw-", ":wrong-")
     settings = admin_settings(tmp_path, lemmy={"database_url": wrong, "retry_s": 0.2})

@@ -12,20 +12,6 @@ from horde_scanner.verdict import Label, Verdict
 A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-async def store(store_url):
-    s = await Store.open(store_url)
-    yield s
-    await s.close()
-
-
 async def test_positives_are_asked_about_once_and_settle(store: Store) -> None:
     await store.put_verdict(A, Verdict(label=Label.CSAM), source="sweep:x")
     await store.put_verdict(B, Verdict(label=Label.CLEAN), source="sweep:x")

@@ -26,20 +26,6 @@ PDQ1 = "f" * 64
 PDQ2 = "0" * 63 + "1"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-async def store(store_url):
-    s = await Store.open(store_url)
-    yield s
-    await s.close()
-
-
 def verdict(label: Label = Label.CLEAN, backend: str = "mock", **kw) -> Verdict:
     return Verdict(label=label, reasons=[f"{label.value} because"], backend=backend, **kw)
 

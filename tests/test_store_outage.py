@@ -17,12 +17,15 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.signals.embedding_list import EmbeddingEntry
+from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.images import distinct_png
 from horde_scanner.testing.pictrs import ValidationResult, validate_upload
 from horde_scanner.testing.replicas import Replica, replica_env, replica_horde
 from horde_scanner.testing.service import make_settings, running_service, wait_for
+from tests.embedding_helpers import MODEL_ID, unit_vectors
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -293,3 +296,54 @@ async def test_sqlite_locked_by_another_program_keeps_answering(tmp_path, http):
 
             await wait_for(all_judged, timeout=30)
             assert horde.posts == len(shas)
+
+
+async def test_index_syncs_outlive_a_postgres_restart_and_say_it_once(
+    tmp_path, pg_server, pg_url, caplog, encoder
+):
+    """The PDQ and embedding indexes poll the store's generation every 0.1 s: while PostgreSQL
+    is down each try fails, and the outage is said by the store (once as it goes away), not as a
+    traceback per try; once it is back, a change another process makes reaches the index."""
+    settings = make_settings(
+        tmp_path / "unused.db",
+        "http://127.0.0.1:9/api",
+        store={"url": pg_url},
+        hashes={"sync_interval_s": 0.1},
+        embeddings={
+            "model_path": encoder,
+            "model_id": MODEL_ID,
+            "index_dir": tmp_path / "index",
+            "sync_interval_s": 0.1,
+        },
+    )
+    async with running_service(settings) as svc:
+        matcher = svc.services.embeddings
+        assert matcher is not None and matcher.enabled and matcher.size == 0
+        caplog.clear()
+        loop = asyncio.get_running_loop()
+        # The suite's server commits asynchronously: the schema just made survives the crash
+        # only once it is on disk.
+        await loop.run_in_executor(None, pg_server.psql, "CHECKPOINT")
+        await loop.run_in_executor(None, pg_server.crash)
+        try:
+            await asyncio.sleep(2.0)  # about 20 failed tries of each index's sync
+        finally:
+            await loop.run_in_executor(None, pg_server.start_again)
+
+        async with await Store.open(pg_url) as other:
+            entry = EmbeddingEntry(unit_vectors(1, seed=7)[0])
+            await other.add_embedding_entries(LOCAL, MODEL_ID, [entry])
+
+        async def synced() -> bool:
+            return matcher.size == 1
+
+        await wait_for(synced, timeout=30)
+
+    failed = [r for r in caplog.records if "index sync failed" in r.getMessage()]
+    assert failed == [], [r.getMessage() for r in failed]
+    said = [
+        r
+        for r in caplog.records
+        if r.name == "horde_scanner.store.outage" and "unavailable" in r.getMessage()
+    ]
+    assert said  # the tries did meet the outage

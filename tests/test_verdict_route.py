@@ -8,8 +8,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
-
 from horde_scanner.store.schema import schema_steps
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
@@ -66,13 +64,6 @@ async def test_upgrade_marks_old_hash_match_verdicts_and_triggers_read_the_route
     async with await Store.open(path) as store:
         again = await store.get_verdict("a" * 64)
         assert again is not None and again.verdict.route is VerdictRoute.MATCH
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return request.getfixturevalue("pg_url")
 
 
 async def test_both_stores_keep_the_route_and_their_triggers_read_it(store_url: str):

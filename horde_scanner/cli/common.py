@@ -1,16 +1,19 @@
 """What the command modules share: running a coroutine, the settings, labels,
-sha256 prefixes, `--since`, `--output`, exit codes."""
+sha256 prefixes, `--since`, `--output`, reading and importing a list FILE, exit codes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import io
+import sys
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TextIO, TypeVar
 
 import click
 
 from horde_scanner.config import ConfigError, Settings
+from horde_scanner.hashlists.format import ListFormatError, ParseReport
 from horde_scanner.judging.policy import PolicyError
 from horde_scanner.media.hashing import is_sha256_hex
 from horde_scanner.store.sqlite import Store, StoreError
@@ -84,6 +87,40 @@ def write_output(output: Path | None, text: str, what: str) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
     click.echo(f"wrote {what} to {output}", err=True)
+
+
+def open_input(file: Path) -> IO[bytes]:
+    """FILE's bytes, or standard input's for `-` (read whole first: it is not seekable)."""
+    try:
+        return io.BytesIO(sys.stdin.buffer.read()) if str(file) == "-" else file.open("rb")
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror}") from None
+
+
+def read_list(file: Path, raw: IO[bytes], read: Callable[[TextIO], Iterable[T]]) -> list[T]:
+    """The entries `read` finds in `raw` (FILE's bytes, UTF-8), read as a stream; a read
+    error or a document that is not a list is a message naming FILE. Closes `raw`."""
+    try:
+        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+            return list(read(text))
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror}") from None
+    except ListFormatError as exc:
+        raise click.ClickException(f"{file}: {exc}") from None
+
+
+def import_list(file: Path, report: ParseReport, write: Callable[[], Awaitable[int]]) -> None:
+    """The end of `hashes import` and `embeddings import`: the skipped rows listed (the first
+    ones), the good ones written (`write` returns how many), a summary; exit 1 when any row
+    was skipped."""
+    for error in report.errors:
+        click.echo(f"{file}: {error} (skipped)", err=True)
+    if report.unlisted:
+        click.echo(f"{file}: {report.unlisted} more bad rows (not listed)", err=True)
+    written = run(write)
+    click.echo(f"imported {written} entries from {file}; skipped {report.skipped} rows")
+    if report.skipped:
+        sys.exit(1)
 
 
 def since_of(value: str | None) -> float | None:

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
-import io
-import sys
 from pathlib import Path
 from typing import IO
 
 import click
 from PIL import Image, UnidentifiedImageError
 
-from horde_scanner.cli.common import OUTPUT_OPTION, run, settings_of, write_output
-from horde_scanner.hashlists.format import ListFormatError, ParseReport
+from horde_scanner.cli.common import (
+    OUTPUT_OPTION,
+    import_list,
+    open_input,
+    read_list,
+    run,
+    settings_of,
+    write_output,
+)
+from horde_scanner.hashlists.format import ParseReport
 from horde_scanner.signals.embedding_exchange import published
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
@@ -88,37 +94,23 @@ def import_(
             " (embeddings.model_id), whose vectors do not compare"
         )
     report = ParseReport(max_errors=settings.max_row_errors)
-    try:
-        raw: IO[bytes] = (
-            io.BytesIO(sys.stdin.buffer.read()) if str(file) == "-" else file.open("rb")
-        )
-    except OSError as exc:
-        raise click.ClickException(f"{file}: {exc.strerror}") from None
-    with raw:
+    with open_input(file) as raw:
         if fmt is None:
             fmt = "json" if _starts_json(raw) else "hma"
         if fmt == "hma" and model_id is None:
             raise click.ClickException(
                 f"{file}: an HMA list has no header: say which model made it with --model"
             )
-        try:
-            with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-                entries = list(
-                    read_entries(text, fmt, model, report, max_rows=settings.max_list_rows)
-                )
-        except OSError as exc:
-            raise click.ClickException(f"{file}: {exc.strerror}") from None
-        except ListFormatError as exc:
-            raise click.ClickException(f"{file}: {exc}") from None
+        entries = read_list(
+            file,
+            raw,
+            lambda text: read_entries(text, fmt, model, report, max_rows=settings.max_list_rows),
+        )
     if source:
         entries = [
             e if e.source else EmbeddingEntry(e.vector, e.label, source, e.first_seen, e.note)
             for e in entries
         ]
-    for error in report.errors:
-        click.echo(f"{file}: {error} (skipped)", err=True)
-    if report.unlisted:
-        click.echo(f"{file}: {report.unlisted} more bad rows (not listed)", err=True)
 
     async def go() -> int:
         async with await Store.open(settings_of(ctx).store) as store:
@@ -133,10 +125,7 @@ def import_(
             )
             return written
 
-    written = run(go)
-    click.echo(f"imported {written} entries from {file}; skipped {report.skipped} rows")
-    if report.skipped:
-        sys.exit(1)
+    import_list(file, report, go)
 
 
 def _starts_json(raw: IO[bytes]) -> bool:

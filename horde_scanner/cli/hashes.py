@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import sys
 from pathlib import Path
-from typing import IO
 
 import click
 
-from horde_scanner.cli.common import OUTPUT_OPTION, run, settings_of, write_output
+from horde_scanner.cli.common import (
+    OUTPUT_OPTION,
+    import_list,
+    open_input,
+    read_list,
+    run,
+    settings_of,
+    write_output,
+)
 from horde_scanner.hashlists.format import (
     SIGNALS,
     HashEntry,
-    ListFormatError,
     ParseReport,
     dump_csv,
     dump_json,
@@ -97,27 +101,16 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
     row was skipped."""
     settings = settings_of(ctx).hashes
     report = ParseReport(max_errors=settings.max_row_errors)
-    try:
-        # Read as a stream from the file (stdin is not seekable: it is read whole first).
-        raw: IO[bytes] = (
-            io.BytesIO(sys.stdin.buffer.read()) if str(file) == "-" else file.open("rb")
-        )
-        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-            entries = list(read_entries(text, fmt, report, max_rows=settings.max_list_rows))
-    except OSError as exc:
-        raise click.ClickException(f"{file}: {exc.strerror}") from None
-    except ListFormatError as exc:
-        raise click.ClickException(f"{file}: {exc}") from None
+    entries = read_list(
+        file,
+        open_input(file),
+        lambda text: read_entries(text, fmt, report, max_rows=settings.max_list_rows),
+    )
     if source:
         entries = [
             e if e.source else HashEntry(e.signal, e.value, e.label, source, e.first_seen, e.note)
             for e in entries
         ]
-    for error in report.errors:
-        click.echo(f"{file}: {error} (skipped)", err=True)
-    if report.unlisted:
-        click.echo(f"{file}: {report.unlisted} more bad rows (not listed)", err=True)
-    errors = report.skipped
 
     async def go() -> int:
         async with await Store.open(settings_of(ctx).store) as store:
@@ -126,14 +119,11 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
                 "hashes_imported",
                 action="import",
                 source="cli",
-                detail={"file": str(file), "entries": written, "skipped": errors},
+                detail={"file": str(file), "entries": written, "skipped": report.skipped},
             )
             return written
 
-    written = run(go)
-    click.echo(f"imported {written} entries from {file}; skipped {errors} rows")
-    if errors:
-        sys.exit(1)
+    import_list(file, report, go)
 
 
 @hashes.command("remove")

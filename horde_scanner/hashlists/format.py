@@ -27,10 +27,10 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from horde_scanner.media.hashing import is_pdq_hex, is_sha256_hex
 from horde_scanner.timefmt import iso
@@ -67,16 +67,7 @@ class HashEntry:
     confirmed_at: float | None = None
 
     def record(self) -> dict[str, str]:
-        return {
-            "signal": self.signal,
-            "value": self.value,
-            "label": self.label,
-            "source": self.source,
-            "first_seen": iso(self.first_seen) if self.first_seen is not None else "",
-            "note": self.note,
-            "confirmed_by": self.confirmed_by,
-            "confirmed_at": iso(self.confirmed_at) if self.confirmed_at is not None else "",
-        }
+        return {"signal": self.signal, "value": self.value, **description_record(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +105,52 @@ def entry_from_fields(fields: Mapping[str, Any]) -> HashEntry:
             if len(value) != 64
             else f"{signal} value is not hexadecimal"
         )
+    return HashEntry(signal, value, **described(fields))
+
+
+def described(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What an entry of any list (hashes, embeddings) says about itself besides its signal:
+    label, source, first seen, note, who confirmed it and when; ValueError when it is bad."""
     label = _text(fields.get("label"), "label").lower() or "csam"
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r} (expected csam or nsfw)")
-    return HashEntry(
-        signal=signal,
-        value=value,
-        label=label,
-        source=_text(fields.get("source"), "source"),
-        first_seen=_time(fields.get("first_seen")),
-        note=_text(fields.get("note"), "note"),
-        confirmed_by=_text(fields.get("confirmed_by"), "confirmed_by"),
-        confirmed_at=_time(fields.get("confirmed_at"), "confirmed_at"),
-    )
+    return {
+        "label": label,
+        "source": _text(fields.get("source"), "source"),
+        "first_seen": _time(fields.get("first_seen")),
+        "note": _text(fields.get("note"), "note"),
+        "confirmed_by": _text(fields.get("confirmed_by"), "confirmed_by"),
+        "confirmed_at": _time(fields.get("confirmed_at"), "confirmed_at"),
+    }
+
+
+class Described(Protocol):
+    """An entry's description (HashEntry, EmbeddingEntry)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def first_seen(self) -> float | None: ...
+    @property
+    def note(self) -> str: ...
+    @property
+    def confirmed_by(self) -> str: ...
+    @property
+    def confirmed_at(self) -> float | None: ...
+
+
+def description_record(entry: Described) -> dict[str, str]:
+    """The description as the exchange formats write it (times in ISO 8601, or empty)."""
+    return {
+        "label": entry.label,
+        "source": entry.source,
+        "first_seen": iso(entry.first_seen) if entry.first_seen is not None else "",
+        "note": entry.note,
+        "confirmed_by": entry.confirmed_by,
+        "confirmed_at": iso(entry.confirmed_at) if entry.confirmed_at is not None else "",
+    }
 
 
 def _text(value: Any, name: str) -> str:
@@ -350,15 +374,24 @@ def _json_rows(stream: TextIO) -> Iterator[tuple[int, Any]]:
     if first == "[":
         yield from _json_array(doc)
     elif first == "{":
-        yield from _json_object(doc)
+        yield from _json_object(doc, on_value=_check_format)
     else:
         raise ListFormatError("expected a JSON object with `entries`, or an array of entries")
     if doc.peek() != "":
         raise ListFormatError("not valid JSON (extra data after the document)")
 
 
-def _json_object(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
-    doc.expect("{", "to open the document")
+def _json_object(
+    doc: _JsonStream,
+    *,
+    opening: str = "to open the document",
+    on_value: Callable[[str, Any], None] | None = None,
+    before_entries: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """The rows of a list document `{"key": value, ..., "entries": [...]}`: every other key's
+    value goes to `on_value` as it is read (it raises ListFormatError to refuse the list),
+    and `before_entries` runs before the first row (the header is read by then)."""
+    doc.expect("{", opening)
     seen_entries = False
     if doc.peek() == "}":
         doc.expect("}", "")
@@ -369,18 +402,16 @@ def _json_object(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
             raise ListFormatError("not valid JSON (an object key is not a string)")
         doc.expect(":", "after an object key")
         if key == "entries":
+            if before_entries is not None:
+                before_entries()
             if doc.peek() != "[":
                 raise ListFormatError("the JSON object has no `entries` array")
             seen_entries = True
             yield from _json_array(doc)
         else:
             value = doc.value()
-            if key == "format" and value != FORMAT_NAME:
-                raise ListFormatError(f"format {str(value)[:80]!r} is not {FORMAT_NAME!r}")
-            if key == "version" and (not isinstance(value, int) or value > FORMAT_VERSION):
-                raise ListFormatError(
-                    f"format version {str(value)[:20]!r} is newer than this reader"
-                )
+            if on_value is not None:
+                on_value(key, value)
         if doc.peek() == ",":
             doc.expect(",", "")
             continue
@@ -388,6 +419,14 @@ def _json_object(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
         break
     if not seen_entries:
         raise ListFormatError("the JSON object has no `entries` array")
+
+
+def _check_format(key: str, value: Any) -> None:
+    """A hash list's header, checked as each key is read."""
+    if key == "format" and value != FORMAT_NAME:
+        raise ListFormatError(f"format {str(value)[:80]!r} is not {FORMAT_NAME!r}")
+    if key == "version" and (not isinstance(value, int) or value > FORMAT_VERSION):
+        raise ListFormatError(f"format version {str(value)[:20]!r} is newer than this reader")
 
 
 def _json_array(doc: _JsonStream) -> Iterator[tuple[int, Any]]:

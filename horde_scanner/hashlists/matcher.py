@@ -18,7 +18,6 @@ reused for exact sha256 matches only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import time
@@ -30,10 +29,10 @@ import numpy as np
 
 from horde_scanner.config import HashesSettings, HashTrust
 from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
+from horde_scanner.hashlists.sync import IndexSync
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.hashes import LOCAL, VERDICT, HashRow
 from horde_scanner.store.sqlite import Store
-from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
@@ -63,22 +62,15 @@ class Match:
         return self.trust is HashTrust.DENY
 
     def reason(self) -> str:
-        where = {
-            VERDICT: "this instance's " + (self.note or "confirmed positive"),
-            LOCAL: "imported list",
-        }.get(self.origin, f"subscribed list {self.origin!r}")
         parts = [f"{self.label.value} by {self.signal} match"]
         if self.signal == "pdq":
             parts[0] += f" (distance {self.distance})"
-        parts.append(f"entry {self.signal}:{self.value} from {where}")
+        parts.append(
+            f"entry {self.signal}:{self.value} from {list_of_origin(self.origin, self.note)}"
+        )
         if self.sha256:
             parts.append(f"image {self.sha256}")
-        if self.source:
-            parts.append(f"source {self.source}")
-        if self.first_seen is not None:
-            parts.append(f"first seen {iso(self.first_seen)}")
-        if self.note and self.origin != VERDICT:
-            parts.append(f"note: {self.note}")
+        parts += entry_facts(self.origin, self.source, self.first_seen, self.note)
         return "; ".join(parts)
 
     def verdict(self, policy_version: str) -> Verdict:
@@ -119,11 +111,16 @@ class HashMatcher:
         self._trust = {LOCAL: DENY, VERDICT: DENY}
         self._trust.update({sub.name: _TRUST_CODE[sub.trust] for sub in settings.subscriptions})
         self._snapshot = _Snapshot(PdqIndex(np.zeros((0, 4), dtype=np.uint64)), ExtraHashes(), -1)
-        self._task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self.last_load_s = 0.0
-        # Set when another replica changed what the index holds (PostgreSQL notifications).
-        self._changed = asyncio.Event()
+        self._index_sync = IndexSync(
+            store,
+            "hash index",
+            interval_s=settings.sync_interval_s,
+            generation=lambda: self._snapshot.generation,
+            reload=self.reload,
+            last_load_s=lambda: self.last_load_s,
+        )
 
     @property
     def max_distance(self) -> int:
@@ -143,34 +140,10 @@ class HashMatcher:
         stale = await self._store.drop_hash_origins_except(self._trust)
         if stale:
             log.info("dropped entries of subscriptions no longer configured: %s", stale)
-        self._store.subscribe(self._store_changed)
-        await self.reload()
-        self._task = asyncio.create_task(self._sync_loop(), name="hash-index-sync")
+        await self._index_sync.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._task])
-        self._task = None
-
-    def _store_changed(self, kind: str, key: str) -> None:
-        if kind in ("hashes", "reset"):
-            self._changed.set()
-
-    async def _sync_loop(self) -> None:
-        while True:
-            # A big index takes seconds to load: spend at most a tenth of the time loading.
-            pause = max(self.settings.sync_interval_s, 9 * self.last_load_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._changed.wait()
-            self._changed.clear()
-            try:
-                if await self._store.hash_generation() != self._snapshot.generation:
-                    await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self._store.health.failed(exc):  # an outage is said once, by the store
-                    log.exception("hash index sync failed")
+        await self._index_sync.stop()
 
     async def reload(self) -> None:
         """Rebuild the index from the store (the old one answers until the new one is ready)."""
@@ -348,6 +321,26 @@ class HashMatcher:
                     "reason": match.reason(),
                 },
             )
+
+
+def list_of_origin(origin: str, note: str) -> str:
+    """The list an entry of `origin` is on, as a match's reason names it."""
+    return {
+        VERDICT: "this instance's " + (note or "confirmed positive"),
+        LOCAL: "imported list",
+    }.get(origin, f"subscribed list {origin!r}")
+
+
+def entry_facts(origin: str, source: str, first_seen: float | None, note: str) -> list[str]:
+    """What a match's reason tells of the entry: its source, first sighting and note."""
+    facts = []
+    if source:
+        facts.append(f"source {source}")
+    if first_seen is not None:
+        facts.append(f"first seen {iso(first_seen)}")
+    if note and origin != VERDICT:
+        facts.append(f"note: {note}")
+    return facts
 
 
 def is_match(verdict: Verdict) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from abc import ABC, abstractmethod
 
 import numpy as np
 
@@ -19,10 +20,13 @@ from horde_scanner.store.hashes import HashRow
 from horde_scanner.store.sqlite import Store
 
 
-class Publisher:
-    def __init__(self, store: Store, settings: HashesSettings) -> None:
+class RenderedList(ABC):
+    """A list body rendered once per change of the store's hash generation, with a strong
+    ETag (an unchanged list costs a subscriber a 304). Hash and embedding lists render their
+    own entries (`_render`)."""
+
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._settings = settings
         self._lock = asyncio.Lock()
         self._generation: int | None = None
         self._body = b""
@@ -33,18 +37,31 @@ class Publisher:
         async with self._lock:
             generation = await self._store.hash_generation()
             if generation != self._generation:
-                entries = await published(
-                    self._store,
-                    self._settings.publish_source,
-                    self._settings.pdq_min_quality,
-                    self._settings.pdq_max_distance,
-                    unreviewed=self._settings.publish_unreviewed,
-                )
-                loop = asyncio.get_running_loop()
-                self._body = await loop.run_in_executor(None, _render, entries)
+                self._body = await self._render()
                 self._etag = '"' + hashlib.sha256(self._body).hexdigest()[:40] + '"'
                 self._generation = generation
             return self._body, self._etag
+
+    @abstractmethod
+    async def _render(self) -> bytes:
+        """The list's body as it is now."""
+
+
+class Publisher(RenderedList):
+    def __init__(self, store: Store, settings: HashesSettings) -> None:
+        super().__init__(store)
+        self._settings = settings
+
+    async def _render(self) -> bytes:
+        entries = await published(
+            self._store,
+            self._settings.publish_source,
+            self._settings.pdq_min_quality,
+            self._settings.pdq_max_distance,
+            unreviewed=self._settings.publish_unreviewed,
+        )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, _render, entries)
 
 
 async def published(

@@ -20,15 +20,15 @@ import io
 import logging
 import re
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any, TextIO, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from horde_scanner.config import HashesSettings, HashSubscription
 from horde_scanner.hashlists.format import (
-    HashEntry,
     ListFormatError,
     ParseReport,
     TooManyRows,
@@ -44,6 +44,8 @@ CHANGED = "changed"
 UNCHANGED = "unchanged"
 FAILED = "failed"
 
+T = TypeVar("T")
+
 
 class _Refused(Exception):
     def __init__(self, status: int | None, reason: str, nbytes: int = 0) -> None:
@@ -54,6 +56,12 @@ class _Refused(Exception):
 
 
 class Subscriber:
+    # Names in logs and in the recorded problem.
+    _what = "hash subscription"
+    _a_list = "a hash list"
+    # Refusals whose message is ours and safe to record (not the source's words).
+    _refusals: tuple[type[ListFormatError], ...] = (TooManyRows,)
+
     def __init__(
         self, matcher: HashMatcher, settings: HashesSettings, session: aiohttp.ClientSession
     ) -> None:
@@ -110,27 +118,26 @@ class Subscriber:
             fetched.close()
 
     async def _apply(self, sub: HashSubscription, fetched: _Fetched) -> str:
-        fmt = "csv" if "csv" in fetched.content_type else None
         loop = asyncio.get_running_loop()
         settings = self._settings
         report = ParseReport(max_errors=settings.max_row_errors)
         problem: str | None = None
         try:
             entries = await loop.run_in_executor(
-                None, _read_file, fetched, fmt, report, settings.max_list_rows
+                None, self._read, fetched, report, settings.max_list_rows
             )
-        except TooManyRows as exc:
+        except self._refusals as exc:
             entries, problem = [], f"{exc} ({fetched.describe()})"
         except ListFormatError:
             # What the source sent is never echoed (logs, `hashes subscriptions`): only a
             # description that cannot carry its words.
-            entries, problem = [], f"not a hash list ({fetched.describe()})"
+            entries, problem = [], f"not {self._a_list} ({fetched.describe()})"
         else:
             if report.skipped and not entries:
                 # Every row bad is garbage, not an empty list: keep what we had.
                 problem = f"no usable row in {report.rows} rows ({fetched.describe()})"
         if problem is not None:
-            log.warning("hash subscription %s: %s; keeping the last good copy", sub.name, problem)
+            log.warning("%s %s: %s; keeping the last good copy", self._what, sub.name, problem)
             await self._store.record_hash_fetch(
                 sub.name, sub.url, status=fetched.status, error=problem, nbytes=fetched.nbytes
             )
@@ -138,12 +145,13 @@ class Subscriber:
         if report.skipped:
             first = report.errors[0].line if report.errors else None
             log.warning(
-                "hash subscription %s: skipped %d bad rows (first at line %s)",
+                "%s %s: skipped %d bad rows (first at line %s)",
+                self._what,
                 sub.name,
                 report.skipped,
                 first,
             )
-        await self._store.replace_hash_origin(sub.name, entries)
+        await self._replace(sub, entries)
         await self._store.record_hash_fetch(
             sub.name,
             sub.url,
@@ -155,10 +163,22 @@ class Subscriber:
             skipped=report.skipped,
         )
         log.info(
-            "hash subscription %s: %d entries (%d skipped)", sub.name, len(entries), report.skipped
+            "%s %s: %d entries (%d skipped)", self._what, sub.name, len(entries), report.skipped
         )
-        await self._matcher.reload()
+        await self._reload()
         return CHANGED
+
+    # What a list of another kind (embeddings) changes: how it is read, stored and loaded.
+    def _read(self, fetched: _Fetched, report: ParseReport, max_rows: int) -> list[Any]:
+        """The entries of the received list (blocking: run in a worker thread)."""
+        fmt = "csv" if "csv" in fetched.content_type else None
+        return fetched.entries(lambda text: read_entries(text, fmt, report, max_rows=max_rows))
+
+    async def _replace(self, sub: HashSubscription, entries: list[Any]) -> None:
+        await self._store.replace_hash_origin(sub.name, entries)
+
+    async def _reload(self) -> None:
+        await self._matcher.reload()
 
     async def _fetch(self, sub: HashSubscription, headers: dict[str, str]) -> _Fetched:
         """GET the list into a temporary file, following redirects only within the source's
@@ -230,23 +250,21 @@ class _Fetched:
         """Status, type and size: enough to tell an HTML error page from a list."""
         return f"HTTP {self.status}, {self.content_type or 'no content type'}, {self.nbytes} bytes"
 
+    def entries(self, read: Callable[[TextIO], Iterable[T]]) -> list[T]:
+        """What `read` finds in the received list, read as UTF-8 text (blocking)."""
+        if self.file is None:
+            return []
+        self.file.seek(0)
+        text = io.TextIOWrapper(self.file, encoding="utf-8-sig", newline="")
+        try:
+            return list(read(text))
+        finally:
+            text.detach()
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
-
-
-def _read_file(
-    fetched: _Fetched, fmt: str | None, report: ParseReport, max_rows: int
-) -> list[HashEntry]:
-    if fetched.file is None:
-        return []
-    fetched.file.seek(0)
-    text = io.TextIOWrapper(fetched.file, encoding="utf-8-sig", newline="")
-    try:
-        return list(read_entries(text, fmt, report, max_rows=max_rows))
-    finally:
-        text.detach()
 
 
 def _safe_text(value: str, limit: int = 64) -> str:

@@ -16,16 +16,14 @@ name, keeping the last good copy.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
-import logging
 
 import aiohttp
 import numpy as np
 
 from horde_scanner.config import EmbeddingsSettings, HashSubscription
-from horde_scanner.hashlists.format import ListFormatError, ParseReport, TooManyRows
-from horde_scanner.hashlists.subscribe import CHANGED, FAILED, Subscriber, _Fetched
+from horde_scanner.hashlists.format import ParseReport, TooManyRows
+from horde_scanner.hashlists.publish import RenderedList
+from horde_scanner.hashlists.subscribe import Subscriber, _Fetched
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
     Model,
@@ -36,8 +34,6 @@ from horde_scanner.signals.embedding_list import (
 from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.signals.vectors import from_blob
 from horde_scanner.store.sqlite import Store
-
-log = logging.getLogger(__name__)
 
 
 async def published(
@@ -69,35 +65,25 @@ async def published(
     return [e for e, drop in zip(entries, near, strict=True) if not drop]
 
 
-class EmbeddingPublisher:
+class EmbeddingPublisher(RenderedList):
     def __init__(self, store: Store, settings: EmbeddingsSettings, source: str) -> None:
-        self._store = store
+        super().__init__(store)
         self._settings = settings
         self._source = source
         self._model = Model(settings.model_id, settings.preprocess, settings.dim)
-        self._lock = asyncio.Lock()
-        self._generation: int | None = None
-        self._body = b""
-        self._etag = ""
 
-    async def current(self) -> tuple[bytes, str]:
-        async with self._lock:
-            generation = await self._store.hash_generation()
-            if generation != self._generation:
-                entries = await published(
-                    self._store, self._model, self._source, self._settings.threshold
-                )
-                loop = asyncio.get_running_loop()
-                self._body = await loop.run_in_executor(
-                    None, lambda: dump_json(self._model, entries).encode()
-                )
-                self._etag = '"' + hashlib.sha256(self._body).hexdigest()[:40] + '"'
-                self._generation = generation
-            return self._body, self._etag
+    async def _render(self) -> bytes:
+        entries = await published(self._store, self._model, self._source, self._settings.threshold)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: dump_json(self._model, entries).encode())
 
 
 class EmbeddingSubscriber(Subscriber):
     """Hash-list subscriptions' fetching, with the embedding list's reading and storing."""
+
+    _what = "embedding subscription"
+    _a_list = "an embedding list"
+    _refusals = (TooManyRows, OtherModel)
 
     def __init__(
         self,
@@ -115,64 +101,13 @@ class EmbeddingSubscriber(Subscriber):
             return  # lists of vectors nothing here can compare with
         await super().start()
 
-    async def _apply(self, sub: HashSubscription, fetched: _Fetched) -> str:
-        loop = asyncio.get_running_loop()
-        settings = self._settings
-        report = ParseReport(max_errors=settings.max_row_errors)
-        problem: str | None = None
-        try:
-            entries = await loop.run_in_executor(
-                None, self._read, fetched, report, settings.max_list_rows
-            )
-        except (TooManyRows, OtherModel) as exc:
-            entries, problem = [], f"{exc} ({fetched.describe()})"
-        except ListFormatError:
-            entries, problem = [], f"not an embedding list ({fetched.describe()})"
-        else:
-            if report.skipped and not entries:
-                problem = f"no usable row in {report.rows} rows ({fetched.describe()})"
-        if problem is not None:
-            log.warning(
-                "embedding subscription %s: %s; keeping the last good copy", sub.name, problem
-            )
-            await self._store.record_hash_fetch(
-                sub.name, sub.url, status=fetched.status, error=problem, nbytes=fetched.nbytes
-            )
-            return FAILED
-        if report.skipped:
-            first = report.errors[0] if report.errors else None
-            log.warning(
-                "embedding subscription %s: skipped %d bad rows (first: %s)",
-                sub.name,
-                report.skipped,
-                first,
-            )
+    async def _replace(self, sub: HashSubscription, entries: list[EmbeddingEntry]) -> None:
         await self._store.replace_embedding_origin(sub.name, self._model.model, entries)
-        await self._store.record_hash_fetch(
-            sub.name,
-            sub.url,
-            status=fetched.status,
-            error=None,
-            nbytes=fetched.nbytes,
-            etag=fetched.etag,
-            entries=len(entries),
-            skipped=report.skipped,
-        )
-        log.info(
-            "embedding subscription %s: %d entries (%d skipped)",
-            sub.name,
-            len(entries),
-            report.skipped,
-        )
+
+    async def _reload(self) -> None:
         await self._embeddings.sync()
-        return CHANGED
 
     def _read(self, fetched: _Fetched, report: ParseReport, max_rows: int) -> list[EmbeddingEntry]:
-        if fetched.file is None:
-            return []
-        fetched.file.seek(0)
-        text = io.TextIOWrapper(fetched.file, encoding="utf-8-sig", newline="")
-        try:
-            return list(read_entries(text, "json", self._model, report, max_rows=max_rows))
-        finally:
-            text.detach()
+        return fetched.entries(
+            lambda text: read_entries(text, "json", self._model, report, max_rows=max_rows)
+        )

@@ -34,17 +34,16 @@ from typing import Any, TextIO
 import numpy as np
 
 from horde_scanner.hashlists.format import (
-    LABELS,
     ListFormatError,
     ParseReport,
     TooManyRows,
     _first_char,
+    _json_object,
     _JsonStream,
-    _text,
-    _time,
+    described,
+    description_record,
 )
 from horde_scanner.signals.vectors import BadVector, digest, from_hex, to_blob, to_hex
-from horde_scanner.timefmt import iso
 
 FORMAT_NAME = "horde-scanner-embeddings"
 FORMAT_VERSION = 1
@@ -87,32 +86,13 @@ class EmbeddingEntry:
         return to_hex(self.vector)
 
     def record(self) -> dict[str, str]:
-        return {
-            "embedding": self.hex,
-            "label": self.label,
-            "source": self.source,
-            "first_seen": iso(self.first_seen) if self.first_seen is not None else "",
-            "note": self.note,
-            "confirmed_by": self.confirmed_by,
-            "confirmed_at": iso(self.confirmed_at) if self.confirmed_at is not None else "",
-        }
+        return {"embedding": self.hex, **description_record(self)}
 
 
 def entry_from_fields(fields: Mapping[str, Any], dim: int) -> EmbeddingEntry:
     """One entry; ValueError (BadVector among them) with a readable message when it is bad."""
     vector = from_hex(fields.get("embedding"), dim)  # type: ignore[arg-type]
-    label = _text(fields.get("label"), "label").lower() or "csam"
-    if label not in LABELS:
-        raise ValueError(f"unknown label {label!r} (expected csam or nsfw)")
-    return EmbeddingEntry(
-        vector=vector,
-        label=label,
-        source=_text(fields.get("source"), "source"),
-        first_seen=_time(fields.get("first_seen")),
-        note=_text(fields.get("note"), "note"),
-        confirmed_by=_text(fields.get("confirmed_by"), "confirmed_by"),
-        confirmed_at=_time(fields.get("confirmed_at"), "confirmed_at"),
-    )
+    return EmbeddingEntry(vector, **described(fields))
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -152,31 +132,13 @@ def read_entries(
 
 def _json_rows(stream: TextIO, expected: Model) -> Iterator[tuple[int, Any]]:
     doc = _JsonStream(stream)
-    doc.expect("{", "to open the document (an object with a header and `entries`)")
     header: dict[str, Any] = {}
-    seen_entries = False
-    if doc.peek() == "}":
-        raise ListFormatError("the JSON object has no `entries` array")
-    while True:
-        key = doc.value()
-        if not isinstance(key, str):
-            raise ListFormatError("not valid JSON (an object key is not a string)")
-        doc.expect(":", "after an object key")
-        if key == "entries":
-            _check_header(header, expected)
-            if doc.peek() != "[":
-                raise ListFormatError("the JSON object has no `entries` array")
-            seen_entries = True
-            yield from _json_array(doc)
-        else:
-            header[key] = doc.value()
-        if doc.peek() == ",":
-            doc.expect(",", "")
-            continue
-        doc.expect("}", "to close the document")
-        break
-    if not seen_entries:
-        raise ListFormatError("the JSON object has no `entries` array")
+    yield from _json_object(
+        doc,
+        opening="to open the document (an object with a header and `entries`)",
+        on_value=header.__setitem__,
+        before_entries=lambda: _check_header(header, expected),
+    )
     if doc.peek() != "":
         raise ListFormatError("not valid JSON (extra data after the document)")
 
@@ -211,22 +173,6 @@ def _shown(value: Any) -> str:
     """A header value as it may appear in a message: what a source sends is never echoed
     beyond a short name of safe characters."""
     return re.sub(r"[^A-Za-z0-9._:/+-]", "?", str(value)[:120])
-
-
-def _json_array(doc: _JsonStream) -> Iterator[tuple[int, Any]]:
-    doc.expect("[", "to open the entries")
-    if doc.peek() == "]":
-        doc.expect("]", "")
-        return
-    while True:
-        doc.peek()
-        line = doc.line()
-        yield line, doc.value()
-        if doc.peek() == ",":
-            doc.expect(",", "")
-            continue
-        doc.expect("]", "after an entry")
-        return
 
 
 def _hma_rows(stream: TextIO) -> Iterator[tuple[int, Any]]:

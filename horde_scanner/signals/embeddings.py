@@ -25,7 +25,6 @@ Until the model file exists the feature is off, and `status` says so in one line
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
 import time
@@ -37,6 +36,8 @@ import numpy as np
 from PIL import Image
 
 from horde_scanner.config import EmbeddingsSettings, HashTrust
+from horde_scanner.hashlists.matcher import entry_facts, list_of_origin
+from horde_scanner.hashlists.sync import IndexSync
 from horde_scanner.signals.embedding_index import (
     DENY,
     OWN,
@@ -52,8 +53,6 @@ from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_he
 from horde_scanner.store.embeddings import EmbeddingRow
 from horde_scanner.store.hashes import LOCAL, VERDICT
 from horde_scanner.store.sqlite import Store
-from horde_scanner.tasks import cancel_and_wait
-from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 log = logging.getLogger(__name__)
@@ -95,21 +94,12 @@ class EmbeddingMatch:
 
     def reason(self) -> str:
         entry = self.entry
-        where = {
-            VERDICT: "this instance's " + (entry.note or "confirmed positive"),
-            LOCAL: "imported list",
-        }.get(entry.origin, f"subscribed list {entry.origin!r}")
         parts = [
             f"{self.label.value} by embedding match (cosine {self.similarity:.3f}"
             f" >= {self.threshold:.2f}, model {self.model})",
-            f"{self.value} from {where}",
+            f"{self.value} from {list_of_origin(entry.origin, entry.note)}",
         ]
-        if entry.source:
-            parts.append(f"source {entry.source}")
-        if entry.first_seen is not None:
-            parts.append(f"first seen {iso(entry.first_seen)}")
-        if entry.note and entry.origin != VERDICT:
-            parts.append(f"note: {entry.note}")
+        parts += entry_facts(entry.origin, entry.source, entry.first_seen, entry.note)
         return "; ".join(parts)
 
     def verdict(self, policy_version: str) -> Verdict:
@@ -152,10 +142,16 @@ class EmbeddingMatcher:
         )
         # Made at start, when on: the base install has no usearch.
         self._index: EmbeddingIndex | None = None
-        self._task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
         self.last_sync_s = 0.0
+        self._index_sync = IndexSync(
+            store,
+            "embedding index",
+            interval_s=settings.sync_interval_s,
+            generation=lambda: self.index.generation,
+            reload=self.sync,
+            last_load_s=lambda: self.last_sync_s,
+        )
         self.status = "off"
 
     @classmethod
@@ -214,13 +210,10 @@ class EmbeddingMatcher:
         if saved is not None:
             self._index = saved
             log.info("embedding index: %d entries loaded from %s", len(saved), self._index_dir)
-        self.store.subscribe(self._store_changed)
-        await self.sync()
-        self._task = asyncio.create_task(self._sync_loop(), name="embedding-index-sync")
+        await self._index_sync.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._task])
-        self._task = None
+        await self._index_sync.stop()
         if self.pool is not None:
             self.pool.close()
 
@@ -230,25 +223,6 @@ class EmbeddingMatcher:
         return self.settings.index_dir / slug[:120]
 
     # -- keeping in step -----------------------------------------------------------------------
-
-    def _store_changed(self, kind: str, key: str) -> None:
-        if kind in ("hashes", "reset"):
-            self._changed.set()
-
-    async def _sync_loop(self) -> None:
-        while True:
-            pause = max(self.settings.sync_interval_s, 9 * self.last_sync_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._changed.wait()
-            self._changed.clear()
-            try:
-                if await self.store.hash_generation() != self.index.generation:
-                    await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("embedding index sync failed")
 
     async def sync(self) -> None:
         """Bring the index to what the store says it must hold, then save it."""

@@ -31,8 +31,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from horde_scanner.store.hashes import LOCAL, VERDICT
-from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.store.hashes import BUMP_HASH_GENERATION, LOCAL, VERDICT
+from horde_scanner.store.tables import SchemaStep, Tables, write_in_batches
 from horde_scanner.verdict import VerdictRoute
 
 _ROWS_PER_BATCH = 2000
@@ -256,7 +256,7 @@ class EmbeddingTables(Tables):
             await self._db.execute("DELETE FROM embedding_entries WHERE origin=?", (origin,))
             await self._db.execute("DELETE FROM hash_subscriptions WHERE name=?", (origin,))
         if stale:
-            await self._db.execute(_BUMP)
+            await self._db.execute(BUMP_HASH_GENERATION)
         return stale
 
     async def _bulk_embeddings(
@@ -292,28 +292,27 @@ class EmbeddingTables(Tables):
                 for d, e in sorted(new.items())
                 if d not in unchanged
             ]
-            for start in range(0, len(stale), _ROWS_PER_BATCH):
-                await _in_transaction(
-                    db,
-                    "DELETE FROM embedding_entries WHERE origin=? AND model=? AND digest=?",
-                    [(origin, model, d) for d in stale[start : start + _ROWS_PER_BATCH]],
-                )
-            for start in range(0, len(rows), _ROWS_PER_BATCH):
-                await _in_transaction(
-                    db,
-                    "INSERT INTO embedding_entries (origin, model, digest, vector, label, source,"
-                    " first_seen, note, added_by, added_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (origin, model, digest) DO UPDATE SET label=excluded.label,"
-                    " source=excluded.source, note=excluded.note,"
-                    " first_seen=excluded.first_seen",
-                    rows[start : start + _ROWS_PER_BATCH],
-                )
+            await write_in_batches(
+                db,
+                "DELETE FROM embedding_entries WHERE origin=? AND model=? AND digest=?",
+                [(origin, model, d) for d in stale],
+                _ROWS_PER_BATCH,
+            )
+            await write_in_batches(
+                db,
+                "INSERT INTO embedding_entries (origin, model, digest, vector, label, source,"
+                " first_seen, note, added_by, added_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (origin, model, digest) DO UPDATE SET label=excluded.label,"
+                " source=excluded.source, note=excluded.note,"
+                " first_seen=excluded.first_seen",
+                rows,
+                _ROWS_PER_BATCH,
+            )
             if stale or rows:
-                await db.execute(_BUMP)
+                await db.execute(BUMP_HASH_GENERATION)
         return len(rows) + len(stale)
 
 
-_BUMP = "UPDATE hash_generation SET n = n + 1 WHERE id=1"
 _ENTRY_COLUMNS = "origin, vector, label, source, first_seen, note, added_by, added_at, digest"
 # This instance's machine positives and deny-listed images, allowed images excluded.
 _OWN = (
@@ -337,13 +336,3 @@ def _entry(row: Sequence[Any]) -> EmbeddingRow:
         at,
         digest=str(digest),
     )
-
-
-async def _in_transaction(db: Any, statement: str, rows: Sequence[Sequence[object]]) -> None:
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.executemany(statement, rows)
-        await db.execute("COMMIT")
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise

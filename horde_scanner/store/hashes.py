@@ -45,10 +45,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiosqlite
-
 from horde_scanner.media.hashing import PdqHash
-from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.store.tables import SchemaStep, Tables, write_in_batches
 from horde_scanner.verdict import VerdictRoute
 
 LOCAL = "local"  # the origin of entries an admin imported
@@ -257,7 +255,7 @@ class HashTables(Tables):
         return int(row[0]) if row else 0
 
     async def bump_hash_generation(self) -> None:
-        await self._db.execute(_BUMP)
+        await self._db.execute(BUMP_HASH_GENERATION)
 
     # -- PDQ of judged images ----------------------------------------------------------------
 
@@ -457,26 +455,26 @@ class HashTables(Tables):
             # In key order, the B-tree grows at its end instead of splitting pages all over.
             added = time.time()
             rows = sorted((origin, *key, *fields, by, added) for key, fields in new.items())
-            for start in range(0, len(stale), _ROWS_PER_BATCH):
-                await _in_transaction(
-                    db,
-                    "DELETE FROM hash_entries WHERE origin=? AND signal=? AND value=?",
-                    [(origin, *key) for key in stale[start : start + _ROWS_PER_BATCH]],
-                )
-            for start in range(0, len(rows), _ROWS_PER_BATCH):
-                await _in_transaction(
-                    db,
-                    "INSERT INTO hash_entries (origin, signal, value, label, source,"
-                    " first_seen, note, added_by, added_at) VALUES (?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT(signal, value, origin) DO UPDATE SET label=excluded.label,"
-                    " source=excluded.source, note=excluded.note,"
-                    " first_seen=CASE WHEN excluded.first_seen < hash_entries.first_seen"
-                    " THEN excluded.first_seen"
-                    " ELSE COALESCE(hash_entries.first_seen, excluded.first_seen) END",
-                    rows[start : start + _ROWS_PER_BATCH],
-                )
+            await write_in_batches(
+                db,
+                "DELETE FROM hash_entries WHERE origin=? AND signal=? AND value=?",
+                [(origin, *key) for key in stale],
+                _ROWS_PER_BATCH,
+            )
+            await write_in_batches(
+                db,
+                "INSERT INTO hash_entries (origin, signal, value, label, source,"
+                " first_seen, note, added_by, added_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(signal, value, origin) DO UPDATE SET label=excluded.label,"
+                " source=excluded.source, note=excluded.note,"
+                " first_seen=CASE WHEN excluded.first_seen < hash_entries.first_seen"
+                " THEN excluded.first_seen"
+                " ELSE COALESCE(hash_entries.first_seen, excluded.first_seen) END",
+                rows,
+                _ROWS_PER_BATCH,
+            )
             if stale or rows:
-                await db.execute(_BUMP)
+                await db.execute(BUMP_HASH_GENERATION)
         return len(rows) + len(stale)
 
     # -- subscriptions -------------------------------------------------------------------------
@@ -560,7 +558,7 @@ class HashTables(Tables):
             return [HashFlag(*r) async for r in cur]
 
 
-_BUMP = "UPDATE hash_generation SET n = n + 1 WHERE id=1"
+BUMP_HASH_GENERATION = "UPDATE hash_generation SET n = n + 1 WHERE id=1"
 # An entry's columns, in _entry's order (added_by, added_at may follow).
 _ENTRY_COLUMNS = "origin, signal, value, label, source, first_seen, note"
 _ENTRY_SELECT = f"SELECT {_ENTRY_COLUMNS} FROM hash_entries"
@@ -604,18 +602,6 @@ def _is_evidence(signals: str | None) -> bool:
     except (ValueError, AttributeError):
         return True
     return extra.get("evidence", True) is not False
-
-
-async def _in_transaction(
-    db: aiosqlite.Connection, statement: str, rows: Sequence[Sequence[object]]
-) -> None:
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.executemany(statement, rows)
-        await db.execute("COMMIT")
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
 
 
 def _confirmed(signal: str, row: Sequence[Any], source: str) -> HashRow:

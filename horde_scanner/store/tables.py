@@ -127,3 +127,18 @@ async def rows_in(
         sql = query.replace("{in}", ",".join("?" * len(chunk)))
         found += await db.execute_fetchall(sql, [*before, *(chunk * query.count("{in}"))])
     return found
+
+
+async def write_in_batches(
+    db: Database, statement: str, rows: Sequence[Sequence[object]], per_batch: int
+) -> None:
+    """`statement` for each of `rows`, `per_batch` rows to a transaction: a list of a million
+    entries never holds the write lock for long (uploads wait on it to record verdicts)."""
+    for start in range(0, len(rows), per_batch):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.executemany(statement, rows[start : start + per_batch])
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise

@@ -4,6 +4,7 @@ defines them (lemmy_schemas/v*.sql) and, optionally, rows as Lemmy writes them
 
 from __future__ import annotations
 
+import uuid
 from importlib import resources
 from string import Template
 
@@ -76,3 +77,20 @@ def role_sql(password: str, *, database: str = "lemmy", role: str = "horde_scann
     text = resources.files("horde_scanner.data").joinpath("lemmy_readonly_role.sql").read_text()
     text = text.replace(":'pw'", "'" + password.replace("'", "''") + "'")
     return text.replace("DATABASE lemmy", f"DATABASE {database}").replace("horde_scanner_ro", role)
+
+
+async def readonly_role_url(url: str, port: int, *, revoke: str = "") -> str:
+    """A new role made by the docs' read-only role script in the database at `url` (then
+    `revoke`, its `ROLE` standing for the role's name, if given): its own URL on `port`."""
+    import asyncpg
+
+    role = "ro_" + uuid.uuid4().hex[:8]
+    database = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(role_sql("pw-" + role, database=database, role=role))
+        if revoke:
+            await conn.execute(revoke.replace("ROLE", role))
+    finally:
+        await conn.close()
+    return f"postgresql://{role}:pw-{role}@127.0.0.1:{port}/{database}"
