@@ -25,10 +25,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import aiohttp
 
 from horde_scanner.backends.base import Backend
-from horde_scanner.backends.horde import start_horde
-from horde_scanner.backends.prescreen import PrescreenBackend
-from horde_scanner.backends.router import build_backend
-from horde_scanner.backends.shared_submits import share_horde_budget
+from horde_scanner.backends.kinds import build_backend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -159,9 +156,8 @@ class Runtime:
             pool = await self.pool()
             session = await self.session()
             backend = build_backend(self.settings, session, policy=self.policy(), pool=pool)
-            self._stack.push_async_callback(backend.aclose)
-            await start_horde(backend, store)
-            share_horde_budget(backend, store)
+            self._stack.push_async_callback(backend.close)
+            await backend.start(store)
             self._backend = backend
         return self._backend
 
@@ -219,9 +215,8 @@ class Runtime:
     async def judge(self) -> Judge:
         if self._judge is None:
             backend = await self.backend()
-            second = None
-            if self.settings.prescreen.second_opinion and isinstance(backend, PrescreenBackend):
-                second = backend.next
+            # What a cheap screen (the pre-screen) passes on to gives the second opinions.
+            second = backend.passes_on() if self.settings.prescreen.second_opinion else None
             judge = build_judge(
                 self.settings,
                 await self.store(),

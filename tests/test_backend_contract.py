@@ -7,7 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from horde_scanner.backends.base import CLEARED, Readiness, cleared, mark_screen
+from horde_scanner.backends.base import CLEARED, Backend, Readiness, cleared, mark_screen
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.judging.judge import Judge
 from horde_scanner.judging.policy import Policy
@@ -18,7 +18,7 @@ from horde_scanner.testing import images
 from horde_scanner.verdict import Label, Signals
 
 
-class QuickLook:
+class QuickLook(Backend):
     """A made-up cheap path (not the pre-screen) that clears everything it sees."""
 
     name = "quick"

@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 
 from horde_scanner.backends.base import BackendUnavailable
-from horde_scanner.backends.horde import HordeBackend
+from horde_scanner.backends.horde import HordeBackend, share_horde_budget
 from horde_scanner.backends.reachability import Reachability
-from horde_scanner.backends.shared_submits import SharedSubmitWindow, share_horde_budget
+from horde_scanner.backends.shared_submits import SharedSubmitWindow
 from horde_scanner.config import HordeSettings
 from horde_scanner.judging.jobs import JobRunner
 from horde_scanner.media.decode import DecodeLimits, prepare

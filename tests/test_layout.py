@@ -24,6 +24,8 @@ PACKAGES = ("horde_scanner", "local_gpu", "bench", "tests")
 # of a room with a lower level. A module belongs to the room of its longest matching prefix (a
 # name without a dot is that module alone).
 ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
+    # The exception root, which every room's errors derive from: below everything.
+    ("errors", -1, ("horde_scanner.errors",)),
     # Plain data every room reads: what a verdict is, how times are written, what media
     # decoding takes and gives; and how any room stops its background tasks.
     (
@@ -39,7 +41,17 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
     ),
     ("media", 0, ("horde_scanner.media",)),
     # The Settings tree, and what is generated from it (the reference page, `config show`).
-    ("config", 1, ("horde_scanner.config", "horde_scanner.config_reference")),
+    # The backend registry: which names `backend.kind` takes (backends are imported by name, when
+    # built), read by the configuration.
+    (
+        "config",
+        1,
+        (
+            "horde_scanner.config",
+            "horde_scanner.config_reference",
+            "horde_scanner.backends.registry",
+        ),
+    ),
     # The rules every backend reads (which phrases, how frames are kept): below the backends.
     ("frames", 2, ("horde_scanner.judging.frames",)),
     ("policy", 3, ("horde_scanner.judging.policy",)),
@@ -93,6 +105,7 @@ LEVEL = {name: level for name, level, _ in ROOMS}
 # The optional torch backend knows only these rooms of horde_scanner.
 LOCAL_GPU_MAY_IMPORT = (
     "horde_scanner.verdict",
+    "horde_scanner.errors",
     "horde_scanner.tasks",
     "horde_scanner.config",
     "horde_scanner.media",

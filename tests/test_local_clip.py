@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from horde_scanner.backends.router import build_backend  # noqa: E402
+from horde_scanner.backends.kinds import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
 from horde_scanner.judging.policy import CLIP_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402

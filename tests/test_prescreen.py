@@ -14,10 +14,10 @@ from PIL import Image, ImageDraw
 pytest.importorskip("onnxruntime")
 pytest.importorskip("nudenet")
 
+from horde_scanner.backends.kinds import build_backend  # noqa: E402
 from horde_scanner.backends.mock import MockBackend  # noqa: E402
 from horde_scanner.backends.nudenet import NudityDetector, nudenet_classes  # noqa: E402
 from horde_scanner.backends.prescreen import CLEARED, PrescreenBackend  # noqa: E402
-from horde_scanner.backends.router import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
 from horde_scanner.judging.policy import PRESCREEN_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402

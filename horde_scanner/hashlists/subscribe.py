@@ -28,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from horde_scanner.config import HashesSettings, HashSubscription
+from horde_scanner.errors import FinalError
 from horde_scanner.hashlists.format import (
     ListFormatError,
     ParseReport,
@@ -47,7 +48,7 @@ FAILED = "failed"
 T = TypeVar("T")
 
 
-class _Refused(Exception):
+class _Refused(FinalError):
     def __init__(self, status: int | None, reason: str, nbytes: int = 0) -> None:
         super().__init__(reason)
         self.status = status

@@ -39,6 +39,7 @@ from horde_scanner.backends.base import (
 )
 from horde_scanner.backends.recovery import RecoveryWatch
 from horde_scanner.config import Settings
+from horde_scanner.errors import RetryLater
 from horde_scanner.hashlists.index import Hit
 from horde_scanner.hashlists.matcher import HashMatcher, denies, is_match
 from horde_scanner.judging.jobs import FinishedHook, JobRunner
@@ -619,7 +620,7 @@ class Judge:
             await self._extra_hook(job, verdict, answered)
 
 
-class StoreAway(Exception):
+class StoreAway(RetryLater):
     """The store is away and no more uploads may wait for it in memory."""
 
 

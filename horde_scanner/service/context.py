@@ -14,8 +14,6 @@ import aiohttp
 from aiohttp import web
 
 from horde_scanner.backends.base import Backend
-from horde_scanner.backends.horde import start_horde
-from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
 from horde_scanner.hashlists.matcher import HashMatcher
@@ -96,9 +94,8 @@ async def open_services(
         store = await rt.store()
         if backend is not None:
             # A backend handed to the service (tests, bench) runs and stops with it.
-            await start_horde(backend, store)
-            share_horde_budget(backend, store)
-            rt.on_close(backend.aclose)
+            await backend.start(store)
+            rt.on_close(backend.close)
         auth = ClientAuth(settings.server)
         await forget_raw_ids(auth, store)
         judge = await rt.judge()

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from horde_scanner.backends.base import describe_paths
-from horde_scanner.backends.horde import horde_paths
+from horde_scanner.backends.base import describe_paths, iter_backends
 from horde_scanner.service.context import SERVICES
 
 
@@ -79,9 +78,12 @@ async def readyz(request: web.Request) -> web.Response:
     if svc.provenance is not None and svc.provenance.lemmy is not None:
         # Lemmy's database (provenance only): never makes the service unready.
         body["lemmy"] = svc.provenance.describe()
-    for horde in horde_paths(svc.backend)[:1]:
-        # Expected latency, the Horde's queue, our submit limit, the kudos budget.
-        body["horde"] = horde.describe()
+    for inner in iter_backends(svc.backend):
+        # Each backend's own details under its name (the AI Horde's: expected latency, its
+        # queue, our submit limit, the kudos budget); never over a key of this body.
+        details = inner.describe()
+        if details and inner.name not in body and inner.name != "why":
+            body[inner.name] = details
     whys = []
     if not store_up:
         whys.append(

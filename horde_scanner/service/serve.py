@@ -13,6 +13,7 @@ from aiohttp import web
 
 from horde_scanner.backends.base import describe_paths
 from horde_scanner.config import Settings
+from horde_scanner.errors import FinalError
 from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
 from horde_scanner.service.app import build_app
 from horde_scanner.service.context import SERVICES, Services
@@ -22,7 +23,7 @@ from horde_scanner.service.pacing import PacedRunner
 log = logging.getLogger("horde_scanner.serve")
 
 
-class ListenError(Exception):
+class ListenError(FinalError):
     """The address cannot be bound."""
 
 

@@ -351,7 +351,8 @@ async def stats_data(svc: Services) -> dict[str, Any]:
             "backend": {"name": readiness.name, "live": readiness.live, "detail": readiness.detail},
             "answers_since_start": svc.metrics.answer_counts(),
             "cache_hit_ratio": round(svc.metrics.cache_hit_ratio, 4),
-            "kudos_estimate": getattr(svc.backend, "kudos_estimate", None),
+            # The backend's own figure, when it spends kudos (the AI Horde's describe()).
+            "kudos_estimate": svc.backend.describe().get("kudos_estimated"),
             "uptime_s": round(time.time() - svc.started_at, 1),
         }
     )
