@@ -40,10 +40,10 @@ from horde_scanner.integrations.notify import Notifier, ReadinessWatcher, backen
 from horde_scanner.integrations.pictrs import PictrsClient
 from horde_scanner.judging.jobs import FinishedHook
 from horde_scanner.judging.judge import Judge, build_judge
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
+from horde_scanner.policy.rules import Policy
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber

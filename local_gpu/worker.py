@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import aiohttp
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import (
     DecodeLimits,
     PreparedImage,
@@ -27,6 +26,7 @@ from horde_scanner.media.decode import (
     prepare_within,
 )
 from horde_scanner.media.memory import DecodeMemory
+from horde_scanner.policy.rules import Policy
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 

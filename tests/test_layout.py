@@ -41,8 +41,7 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
     # The Settings tree, and what is generated from it (the reference page, `config show`).
     ("config", 1, ("horde_scanner.config", "horde_scanner.config_reference")),
     # The rules every backend reads (which phrases, how frames are kept): below the backends.
-    ("frames", 2, ("horde_scanner.judging.frames",)),
-    ("policy", 3, ("horde_scanner.judging.policy",)),
+    ("policy", 2, ("horde_scanner.policy",)),
     ("store", 2, ("horde_scanner.store",)),
     # The parts.
     ("backends", 4, ("horde_scanner.backends",)),
@@ -96,8 +95,7 @@ LOCAL_GPU_MAY_IMPORT = (
     "horde_scanner.tasks",
     "horde_scanner.config",
     "horde_scanner.media",
-    "horde_scanner.judging.frames",
-    "horde_scanner.judging.policy",
+    "horde_scanner.policy",
     "horde_scanner.backends.base",
 )
 # The one module of horde_scanner that loads local_gpu (lazily, by name).

@@ -35,8 +35,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.policy import frames as framesignals
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 

@@ -29,8 +29,8 @@ from horde_scanner.backends.base import (
 from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import BackendKind, ConfigError, Settings
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.policy.rules import Policy
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from horde_scanner.integrations.enforce import LatePositiveEnforcer
 from horde_scanner.integrations.metrics import Metrics
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher
 from horde_scanner.judging.judge import Judge
-from horde_scanner.judging.policy import Policy
 from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
+from horde_scanner.policy.rules import Policy
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.runtime import Runtime, open_runtime
