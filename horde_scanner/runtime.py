@@ -31,9 +31,6 @@ from horde_scanner.backends.router import build_backend
 from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.hashlists.publish import Publisher
-from horde_scanner.hashlists.subscribe import Subscriber
 from horde_scanner.integrations.enforce import LatePositiveEnforcer
 from horde_scanner.integrations.metrics import Metrics, Sources
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher, backend_event
@@ -48,6 +45,9 @@ from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
 from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.signals.hash_matcher import HashMatcher
+from horde_scanner.signals.hash_publish import Publisher
+from horde_scanner.signals.hash_subscribe import Subscriber
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.holder import review_for

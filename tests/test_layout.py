@@ -45,9 +45,8 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
     ("store", 2, ("horde_scanner.store",)),
     # The parts.
     ("backends", 4, ("horde_scanner.backends",)),
-    # Shared signals (DESIGN.md's signals/): the hash lists, and the embeddings beside them
-    # (signals/ reads the lists' format and fetching).
-    ("hashlists", 4, ("horde_scanner.hashlists", "horde_scanner.signals")),
+    # Shared signals: the PDQ and embedding indexes, the list formats, publishing, subscriptions.
+    ("signals", 4, ("horde_scanner.signals",)),
     ("judging", 5, ("horde_scanner.judging",)),
     ("integrations", 5, ("horde_scanner.integrations",)),
     # A sweep's sources, its records and its progress numbers are parts; the sweep runner uses

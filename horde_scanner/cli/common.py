@@ -13,9 +13,9 @@ from typing import IO, TextIO, TypeVar
 import click
 
 from horde_scanner.config import ConfigError, Settings
-from horde_scanner.hashlists.format import ListFormatError, ParseReport
 from horde_scanner.media.hashing import is_sha256_hex
 from horde_scanner.policy.rules import PolicyError
+from horde_scanner.signals.hash_list import ListFormatError, ParseReport
 from horde_scanner.store.sqlite import Store, StoreError
 from horde_scanner.verdict import Label
 

@@ -18,9 +18,6 @@ from horde_scanner.backends.horde import start_horde
 from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.hashlists.publish import Publisher
-from horde_scanner.hashlists.subscribe import Subscriber
 from horde_scanner.integrations.enforce import LatePositiveEnforcer
 from horde_scanner.integrations.metrics import Metrics
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher
@@ -36,6 +33,9 @@ from horde_scanner.service.auth import ClientAuth, forget_raw_ids
 from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
 from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.signals.hash_matcher import HashMatcher
+from horde_scanner.signals.hash_publish import Publisher
+from horde_scanner.signals.hash_subscribe import Subscriber
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.metrics import SweepProgress
 
