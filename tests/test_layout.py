@@ -49,25 +49,13 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
     ("signals", 4, ("horde_scanner.signals",)),
     ("judging", 5, ("horde_scanner.judging",)),
     ("integrations", 5, ("horde_scanner.integrations",)),
-    # A sweep's sources, its records and its progress numbers are parts; the sweep runner uses
-    # the parts.
+    # Storage a sweep walks (local disk, S3, SSH).
+    ("sources", 2, ("horde_scanner.sources",)),
+    # A sweep's records and its progress numbers are parts; the sweep runner uses the parts.
     (
-        "sources",
+        "sweep-parts",
         5,
-        tuple(
-            f"horde_scanner.sweep.{m}"
-            for m in (
-                "source",
-                "layout",
-                "local",
-                "s3",
-                "ssh",
-                "address",
-                "records",
-                "metrics",
-                "progress",
-            )
-        ),
+        tuple(f"horde_scanner.sweep.{m}" for m in ("records", "metrics", "progress")),
     ),
     ("review", 6, ("horde_scanner.review",)),
     # Who uploaded a positive and where Lemmy uses it; admin actions through Lemmy's API

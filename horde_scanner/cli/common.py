@@ -27,7 +27,7 @@ EXIT_CLEAN, EXIT_POSITIVE, EXIT_ERROR, EXIT_NOT_JUDGED = 0, 1, 2, 3
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    from horde_scanner.sweep.source import ItemError, SourceError
+    from horde_scanner.sources.source import ItemError, SourceError
 
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
