@@ -64,8 +64,6 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
     # Acting on a sweep's positive, and the sweeps' quarantine as a holder the admin's
     # decisions reach: parts the runtime composes (they use review's quarantine contract).
     ("sweep-actions", 7, ("horde_scanner.sweep.actions", "horde_scanner.sweep.holder")),
-    # /metrics reads the judging paths and the sweeps' progress numbers: above both.
-    ("metrics", 6, ("horde_scanner.integrations.metrics",)),
     # Who uses the parts.
     ("runtime", 8, ("horde_scanner.runtime",)),
     ("sweep", 9, ("horde_scanner.sweep",)),
