@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from horde_scanner.backends.base import Backend, BackendFailed, Readiness
 from horde_scanner.config import LocalSettings
-from horde_scanner.judging import frames as framesignals
-from horde_scanner.judging.policy import CLIP_PREFIX
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.policy import frames as framesignals
+from horde_scanner.policy.rules import CLIP_PREFIX
 from horde_scanner.verdict import Signals
 from local_gpu.batching import DynamicBatcher
 from local_gpu.clip import ClipScorer

@@ -20,7 +20,6 @@ import aiohttp
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
 from horde_scanner.errors import FinalError
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import (
     DecodeLimits,
     PreparedImage,
@@ -28,6 +27,7 @@ from horde_scanner.media.decode import (
     prepare_within,
 )
 from horde_scanner.media.memory import DecodeMemory
+from horde_scanner.policy.rules import Policy
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 

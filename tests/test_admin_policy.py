@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload

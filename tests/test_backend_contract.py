@@ -10,9 +10,9 @@ from pathlib import Path
 from horde_scanner.backends.base import CLEARED, Backend, Readiness, cleared, mark_screen
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.judging.judge import Judge
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import DecodeLimits, PreparedImage
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
 from horde_scanner.verdict import Label, Signals

@@ -16,8 +16,6 @@ import pytest
 from aiohttp import web
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import ListFormatError, ParseReport
-from horde_scanner.hashlists.subscribe import CHANGED, FAILED
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
     Model,
@@ -26,6 +24,8 @@ from horde_scanner.signals.embedding_list import (
     dump_json,
     read_entries,
 )
+from horde_scanner.signals.hash_list import ListFormatError, ParseReport
+from horde_scanner.signals.hash_subscribe import CHANGED, FAILED
 from horde_scanner.signals.vectors import BadVector, from_hex, to_hex
 from horde_scanner.testing.service import make_settings, running_service
 from horde_scanner.verdict import Signals

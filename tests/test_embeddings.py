@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import ParseReport
 from horde_scanner.signals.embedding_list import Model, read_entries
+from horde_scanner.signals.hash_list import ParseReport
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import make_settings, running_service, wait_for

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.config import ConfigError, load_settings
-from horde_scanner.hashlists.format import parse
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_hash, sha256_hex
+from horde_scanner.signals.hash_list import parse
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload

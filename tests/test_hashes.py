@@ -9,10 +9,10 @@ from pathlib import Path
 from aiohttp import web
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import HashEntry, dump_json, parse
-from horde_scanner.hashlists.index import PdqIndex, hex_to_words
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_distance, pdq_hash, sha256_hex
+from horde_scanner.signals.hash_index import PdqIndex, hex_to_words
+from horde_scanner.signals.hash_list import HashEntry, dump_json, parse
 from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures

@@ -53,35 +53,21 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
         ),
     ),
     # The rules every backend reads (which phrases, how frames are kept): below the backends.
-    ("frames", 2, ("horde_scanner.judging.frames",)),
-    ("policy", 3, ("horde_scanner.judging.policy",)),
+    ("policy", 2, ("horde_scanner.policy",)),
     ("store", 2, ("horde_scanner.store",)),
     # The parts.
     ("backends", 4, ("horde_scanner.backends",)),
-    # Shared signals (DESIGN.md's signals/): the hash lists, and the embeddings beside them
-    # (signals/ reads the lists' format and fetching).
-    ("hashlists", 4, ("horde_scanner.hashlists", "horde_scanner.signals")),
+    # Shared signals: the PDQ and embedding indexes, the list formats, publishing, subscriptions.
+    ("signals", 4, ("horde_scanner.signals",)),
     ("judging", 5, ("horde_scanner.judging",)),
     ("integrations", 5, ("horde_scanner.integrations",)),
-    # A sweep's sources, its records and its progress numbers are parts; the sweep runner uses
-    # the parts.
+    # Storage a sweep walks (local disk, S3, SSH).
+    ("sources", 2, ("horde_scanner.sources",)),
+    # A sweep's records and its progress numbers are parts; the sweep runner uses the parts.
     (
-        "sources",
+        "sweep-parts",
         5,
-        tuple(
-            f"horde_scanner.sweep.{m}"
-            for m in (
-                "source",
-                "layout",
-                "local",
-                "s3",
-                "ssh",
-                "address",
-                "records",
-                "metrics",
-                "progress",
-            )
-        ),
+        tuple(f"horde_scanner.sweep.{m}" for m in ("records", "metrics", "progress")),
     ),
     ("review", 6, ("horde_scanner.review",)),
     # Who uploaded a positive and where Lemmy uses it; admin actions through Lemmy's API
@@ -90,8 +76,6 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
     # Acting on a sweep's positive, and the sweeps' quarantine as a holder the admin's
     # decisions reach: parts the runtime composes (they use review's quarantine contract).
     ("sweep-actions", 7, ("horde_scanner.sweep.actions", "horde_scanner.sweep.holder")),
-    # /metrics reads the judging paths and the sweeps' progress numbers: above both.
-    ("metrics", 6, ("horde_scanner.integrations.metrics",)),
     # Who uses the parts.
     ("runtime", 8, ("horde_scanner.runtime",)),
     ("sweep", 9, ("horde_scanner.sweep",)),
@@ -109,8 +93,7 @@ LOCAL_GPU_MAY_IMPORT = (
     "horde_scanner.tasks",
     "horde_scanner.config",
     "horde_scanner.media",
-    "horde_scanner.judging.frames",
-    "horde_scanner.judging.policy",
+    "horde_scanner.policy",
     "horde_scanner.backends.base",
 )
 # The one module of horde_scanner that loads local_gpu (lazily, by name).

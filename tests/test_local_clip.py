@@ -17,8 +17,8 @@ pytest.importorskip("transformers")
 
 from horde_scanner.backends.kinds import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
-from horde_scanner.judging.policy import CLIP_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
+from horde_scanner.policy.rules import CLIP_PREFIX, Policy  # noqa: E402
 from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.horde import FakeHorde  # noqa: E402
 from horde_scanner.testing.pictrs import validate_upload  # noqa: E402

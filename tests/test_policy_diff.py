@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from horde_scanner.cli import main
 from horde_scanner.cli.policy import _Bar
-from horde_scanner.judging.policy import Policy, PolicyError
+from horde_scanner.policy.rules import Policy, PolicyError
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Signals
 from tests.policy_history import CASES, OLD_POLICY, expected_flips, fill

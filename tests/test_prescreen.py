@@ -19,9 +19,9 @@ from horde_scanner.backends.mock import MockBackend  # noqa: E402
 from horde_scanner.backends.nudenet import NudityDetector, nudenet_classes  # noqa: E402
 from horde_scanner.backends.prescreen import CLEARED, PrescreenBackend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
-from horde_scanner.judging.policy import PRESCREEN_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
 from horde_scanner.media.hashing import sha256_hex  # noqa: E402
+from horde_scanner.policy.rules import PRESCREEN_PREFIX, Policy  # noqa: E402
 from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.horde import FakeHorde  # noqa: E402
 from horde_scanner.testing.pictrs import validate_upload  # noqa: E402

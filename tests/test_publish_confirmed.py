@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import parse
+from horde_scanner.signals.hash_list import parse
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import make_settings, running_service

@@ -17,12 +17,12 @@ import pytest
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.sources.local import LocalSource
+from horde_scanner.sources.source import Denied, Entry, ItemError
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action
 from horde_scanner.sweep.app import run_apply, run_release, run_scan
-from horde_scanner.sweep.local import LocalSource
 from horde_scanner.sweep.runner import FOLLOW_SLACK_S
-from horde_scanner.sweep.source import Denied, Entry, ItemError
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, new_identifier
@@ -555,7 +555,7 @@ async def test_backend_outage_keeps_the_work_and_the_sweep_finishes(tmp_path: Pa
 async def test_listing_resumes_exactly_after_any_checkpoint(tmp_path: Path, root: Path, tree):
     """Both walks (the threaded local one and the async one SSH uses) yield, after any
     checkpoint, exactly the tail of the full listing: nothing skipped, nothing twice."""
-    from horde_scanner.sweep.layout import walk
+    from horde_scanner.sources.layout import walk
 
     source = LocalSource(root, tmp_path / "q")
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
-from horde_scanner.hashlists.format import HashEntry, dump_json, parse
+from horde_scanner.signals.hash_list import HashEntry, dump_json, parse
 from horde_scanner.testing.server import AppServer
 from horde_scanner.testing.service import make_settings, running_service
 

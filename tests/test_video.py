@@ -18,10 +18,10 @@ from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.backends.mock import MockBackend, colour_marker_signals
 from horde_scanner.backends.prescreen import CLEARED, PrescreenBackend
 from horde_scanner.config import HordeSettings
-from horde_scanner.judging import frames as framesignals
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, decode, prepare
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.policy import frames as framesignals
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images

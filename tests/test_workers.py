@@ -231,7 +231,7 @@ async def test_bad_worker_requests_get_clear_errors(tmp_path: Path):
 async def test_our_worker_protocol_posts_signals(tmp_path: Path):
     """The rich variant without torch: a stand-in scorer gives CLIP-style scores and the
     service judges them with its own policy."""
-    from horde_scanner.judging.policy import CLIP_PREFIX
+    from horde_scanner.policy.rules import CLIP_PREFIX
     from horde_scanner.verdict import Signals
     from local_gpu.worker import Worker, WorkerError
 

@@ -49,8 +49,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from horde_scanner.errors import FinalError, RetryLater
-from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.policy import frames as framesignals
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 

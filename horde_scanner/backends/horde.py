@@ -66,8 +66,8 @@ from horde_scanner.backends.reachability import Reachability
 from horde_scanner.backends.shared_submits import SharedSubmitWindow, SubmitTables
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.errors import FinalError, RetryLater
-from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
+from horde_scanner.policy import frames as framesignals
 from horde_scanner.store.horde_requests import HordeRequestTables
 from horde_scanner.store.kudos import KudosTables
 from horde_scanner.tasks import cancel_and_wait

@@ -24,7 +24,7 @@ from horde_scanner.backends.registry import backend_kind
 from horde_scanner.backends.router import RoutedBackend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import ConfigError, Settings
-from horde_scanner.judging.policy import Policy
+from horde_scanner.policy.rules import Policy
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, cast
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import LocalSettings
 from horde_scanner.errors import FinalError, RetryLater
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.types import DecodeLimits
+from horde_scanner.policy.rules import Policy
 
 PLUGIN = "local_gpu"
 INSTALL_HINT = "pip install -c constraints.txt 'horde-scanner[gpu]'"

@@ -30,9 +30,9 @@ from horde_scanner.backends.base import (
     judge_image,
     mark_screen,
 )
-from horde_scanner.judging import frames as framesignals
-from horde_scanner.judging.policy import PRESCREEN_PREFIX, PrescreenRules
 from horde_scanner.media.decode import Frame, PreparedImage
+from horde_scanner.policy import frames as framesignals
+from horde_scanner.policy.rules import PRESCREEN_PREFIX, PrescreenRules
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)

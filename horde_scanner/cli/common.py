@@ -13,9 +13,9 @@ from typing import IO, TextIO, TypeVar
 import click
 
 from horde_scanner.config import ConfigError, Settings
-from horde_scanner.hashlists.format import ListFormatError, ParseReport
-from horde_scanner.judging.policy import PolicyError
 from horde_scanner.media.hashing import is_sha256_hex
+from horde_scanner.policy.rules import PolicyError
+from horde_scanner.signals.hash_list import ListFormatError, ParseReport
 from horde_scanner.store.sqlite import Store, StoreError
 from horde_scanner.verdict import Label
 
@@ -27,7 +27,7 @@ EXIT_CLEAN, EXIT_POSITIVE, EXIT_ERROR, EXIT_NOT_JUDGED = 0, 1, 2, 3
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    from horde_scanner.sweep.source import ItemError, SourceError
+    from horde_scanner.sources.source import ItemError, SourceError
 
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]

@@ -124,7 +124,7 @@ def _referenced_files(settings: Settings) -> list[str]:
     """Files the configuration names that start-up reads: checked here too."""
     problems = []
     if settings.policy.path is not None:
-        from horde_scanner.judging.policy import Policy, PolicyError
+        from horde_scanner.policy.rules import Policy, PolicyError
 
         try:
             Policy.load(settings.policy.path)

@@ -18,7 +18,6 @@ from horde_scanner.cli.common import (
     settings_of,
     write_output,
 )
-from horde_scanner.hashlists.format import ParseReport
 from horde_scanner.signals.embedding_exchange import published
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
@@ -27,6 +26,7 @@ from horde_scanner.signals.embedding_list import (
     dump_json,
     read_entries,
 )
+from horde_scanner.signals.hash_list import ParseReport
 from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 

@@ -12,8 +12,8 @@ from typing import TextIO
 import click
 
 from horde_scanner.cli.common import LABEL_CHOICE, settings_of, since_of
-from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.judging.policy_diff import DiffReport, format_text, run_diff
+from horde_scanner.policy.rules import Policy, PolicyError
 from horde_scanner.store.sqlite import Store, StoreError
 
 

@@ -10,7 +10,7 @@ import click
 
 from horde_scanner.cli.common import settings_of
 from horde_scanner.config import ConfigError
-from horde_scanner.judging.policy import PolicyError
+from horde_scanner.policy.rules import PolicyError
 from horde_scanner.store.sqlite import StoreError
 
 

@@ -68,7 +68,7 @@ def worker(
     )
     from horde_scanner.backends import plugins
     from horde_scanner.backends.base import Backend
-    from horde_scanner.judging.policy import Policy
+    from horde_scanner.policy.rules import Policy
     from horde_scanner.runtime import open_runtime
 
     async def go() -> None:

@@ -9,7 +9,6 @@ from aiohttp import web
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import Settings
-from horde_scanner.integrations.metrics import exposition
 from horde_scanner.service import hashes, health, validate, workers
 from horde_scanner.service.admin import api as admin_api
 from horde_scanner.service.admin import page as admin_page
@@ -18,6 +17,7 @@ from horde_scanner.service.admin.auth import ADMIN, AdminGate
 from horde_scanner.service.context import SERVICES, open_services
 from horde_scanner.service.errors import Handler, RequestError, json_errors
 from horde_scanner.service.guard import GUARD, Guard, guard
+from horde_scanner.service.metrics import exposition
 
 
 @web.middleware

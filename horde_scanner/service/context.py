@@ -16,24 +16,24 @@ from aiohttp import web
 from horde_scanner.backends.base import Backend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.hashlists.publish import Publisher
-from horde_scanner.hashlists.subscribe import Subscriber
 from horde_scanner.integrations.enforce import LatePositiveEnforcer
-from horde_scanner.integrations.metrics import Metrics
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher
 from horde_scanner.judging.judge import Judge
-from horde_scanner.judging.policy import Policy
 from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
+from horde_scanner.policy.rules import Policy
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.service.admission import LateAdmissions
 from horde_scanner.service.auth import ClientAuth, forget_raw_ids
+from horde_scanner.service.metrics import Metrics, Sources
 from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
 from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.signals.hash_matcher import HashMatcher
+from horde_scanner.signals.hash_publish import Publisher
+from horde_scanner.signals.hash_subscribe import Subscriber
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.metrics import SweepProgress
 
@@ -98,7 +98,11 @@ async def open_services(
             rt.on_close(backend.close)
         auth = ClientAuth(settings.server)
         await forget_raw_ids(auth, store)
+        # /metrics counts every judgement this process finishes (uploads' and sweeps' alike).
+        metrics = Metrics()
+        rt.on_judged(metrics.count_judgement)
         judge = await rt.judge()
+        metrics.bind(_scrape_sources(judge, await rt.backend(), await rt.notifier(), rt.sweeps))
         gate = asyncio.Semaphore(settings.server.max_concurrent_uploads)
         late = LateAdmissions(gate, judge)
         rt.on_close(late.aclose)  # before the judge stops: they still need it
@@ -112,7 +116,7 @@ async def open_services(
             auth,
             await rt.session(),
             await rt.hashes(),
-            rt.metrics,
+            metrics,
             await rt.notifier(),
             await rt.watcher(),
             await rt.quarantine(),
@@ -132,3 +136,21 @@ async def open_services(
             provenance=await rt.provenance(),
             moderator=await rt.moderator(),
         )
+
+
+def _scrape_sources(
+    judge: Judge, backend: Backend, notifier: Notifier, sweeps: SweepProgress
+) -> Sources:
+    """What /metrics reads at scrape time."""
+    return Sources(
+        backend=backend,
+        job_failures=lambda: judge.runner.failures,
+        jobs_outstanding=lambda: judge.runner.outstanding,
+        backend_live=lambda: backend.readiness().live,
+        notifier=notifier,
+        sweeps=sweeps,
+        store=judge.store.health,
+        store_kept=lambda: judge.runner.kept,
+        store_waiting=lambda: judge.store_waiting,
+        store_refused=lambda: judge.store_refused,
+    )

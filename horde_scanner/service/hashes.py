@@ -2,12 +2,12 @@
 subscriptions to theirs, which run while the service does.
 
 Publishing is off by default. When on, the list needs `Authorization: Bearer <publish_token>`
-unless `publish_public` is set. The body is the JSON exchange format (hashlists/format.py) of
+unless `publish_public` is set. The body is the JSON exchange format (signals/hash_list.py) of
 this instance's own entries only, each saying who confirmed it and when: the deny list (admin
 confirmed positives and the admin's own deny entries) and imported entries; never what it
 subscribed to, so lists do not echo around a ring of instances, and never an unreviewed
 machine verdict unless `publish_unreviewed` is set. It is rendered once per change of the
-store's hash generation (hashlists/publish.py) and carries a strong ETag, so `If-None-Match`
+store's hash generation (signals/hash_publish.py) and carries a strong ETag, so `If-None-Match`
 gets a 304 with no body when nothing changed. The subscriptions are opened by the runtime
 (horde_scanner/runtime.py) and run while the service does.
 """

@@ -16,11 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
-from horde_scanner.integrations.metrics import OVERLOAD
 from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.service.admission import Slot
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
+from horde_scanner.service.metrics import OVERLOAD
 from horde_scanner.service.upload_body import Pace, UploadBody, UploadCut, read_body
 from horde_scanner.verdict import Label
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from horde_scanner.backends.workers import Refusal, WorkerPool, worker_id
-from horde_scanner.judging.policy import WORKER_CSAM
+from horde_scanner.policy.rules import WORKER_CSAM
 from horde_scanner.service.context import SERVICES, Services
 from horde_scanner.service.errors import RequestError
 from horde_scanner.verdict import Signals

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import OnEvent, Settings
 from horde_scanner.runtime import Runtime, open_runtime
+from horde_scanner.sources.address import make_source
+from horde_scanner.sources.source import ItemError, Source
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.sweep.actions import (
@@ -27,11 +29,9 @@ from horde_scanner.sweep.actions import (
     check_releasable,
     releasable,
 )
-from horde_scanner.sweep.address import make_source
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.sweep.runner import Sweep
-from horde_scanner.sweep.source import ItemError, Source
 from horde_scanner.verdict import Label
 
 log = logging.getLogger(__name__)

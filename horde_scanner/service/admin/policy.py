@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.judging.policy_diff import DiffReport, run_diff
+from horde_scanner.policy.rules import Policy, PolicyError
 from horde_scanner.service.admin import api as admin_api
 from horde_scanner.service.admin.auth import actor_name
 from horde_scanner.service.admin.page import _checked_post, _csrf, _page, _session_or_login

@@ -24,8 +24,10 @@ from prometheus_client.registry import Collector
 from horde_scanner.backends.base import Backend, iter_backends
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.judging.judge import Outcome, Route
+from horde_scanner.store.jobs import Job
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.sweep.metrics import SweepProgress
+from horde_scanner.verdict import Label, Verdict
 
 PREFIX = "horde_scanner"
 # Validation answers must come well under pict-rs's 10 s; buckets resolve the cached path too.
@@ -158,6 +160,14 @@ class Metrics:
                     key = f"{sample.labels['route']}:{sample.labels['answer']}"
                     counts[key] += int(sample.value)
         return dict(counts)
+
+    def count_judgement(self, job: Job, verdict: Verdict, answered: str | None) -> None:
+        """A judgement finished (the runtime's `on_judged`), from any entry point."""
+        self.judged.labels(label=verdict.label.value, backend=verdict.backend or "none").inc()
+        if verdict.label is Label.ERROR:
+            self.error("backend_failed")
+        elif verdict.label is Label.UNREADABLE:
+            self.error("unreadable")
 
     def worker_answer(self, outcome: str) -> None:
         self.worker_answers.labels(outcome=outcome).inc()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from horde_scanner.errors import InvalidInput
-from horde_scanner.judging import frames as framesignals
+from horde_scanner.policy import frames as framesignals
 from horde_scanner.verdict import Label, Signals, Verdict
 
 
