@@ -63,11 +63,8 @@ def show(ctx: click.Context, as_json: bool) -> None:
     (default, config file, .env, env, command line)."""
     config_file: Path | None = ctx.obj["config_file"]
     db: str | None = ctx.obj["db"]
-    try:
-        settings = load_settings(config_file, **_db_override(db))
-        origins = value_sources(config_file)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = load_settings(config_file, **_db_override(db))
+    origins = value_sources(config_file)
     if db is not None:
         origins[("store", "url")] = origins[("store", "path")] = "command line --db"
     section = None

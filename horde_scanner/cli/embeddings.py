@@ -151,16 +151,13 @@ def calibrate_(ctx: click.Context, directory: Path, index_size: int | None, limi
     of unrelated pairs among benign images in DIRECTORY, and the false-match rate each
     threshold would give at the index's size."""
     from horde_scanner.signals.calibrate import calibrate, report
-    from horde_scanner.signals.encoder import EncoderUnavailable, ImageEncoder
+    from horde_scanner.signals.encoder import ImageEncoder
 
     settings = settings_of(ctx)
     cfg = settings.embeddings
-    try:
-        encoder = ImageEncoder(
-            cfg.model_path, cfg.preprocess, cfg.dim, intra_op_threads=cfg.intra_op_threads
-        )
-    except EncoderUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+    encoder = ImageEncoder(
+        cfg.model_path, cfg.preprocess, cfg.dim, intra_op_threads=cfg.intra_op_threads
+    )
     files = sorted(
         p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
     )[:limit]
@@ -204,15 +201,9 @@ def export_model(
     from horde_scanner.signals.export import (
         OPENCLIP_MODEL,
         OPENCLIP_PRETRAINED,
-        ExportUnavailable,
         export_openclip,
     )
 
     target = output or settings_of(ctx).embeddings.model_path
-    try:
-        path = export_openclip(
-            target, model_name or OPENCLIP_MODEL, pretrained or OPENCLIP_PRETRAINED
-        )
-    except ExportUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+    path = export_openclip(target, model_name or OPENCLIP_MODEL, pretrained or OPENCLIP_PRETRAINED)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)")

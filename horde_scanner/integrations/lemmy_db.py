@@ -46,6 +46,8 @@ class LemmyDbError(HordeScannerError):
     def __init__(self, message: str, *, retry: bool) -> None:
         super().__init__(message)
         self.retry = retry
+        # Which branch of errors.py it is on depends on the cause (a restart, or a refusal).
+        self.retry_later = retry
 
 
 @dataclass(frozen=True, slots=True)
