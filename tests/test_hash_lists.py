@@ -92,9 +92,9 @@ def test_unreadable_list_is_refused_with_a_reason(tmp_path: Path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "horde-scanner-hashes", "entries": [')
     result = cli(db, "hashes", "import", str(bad))
-    assert result.exit_code == 1 and "not valid JSON" in result.output
+    assert result.exit_code == 2 and "not valid JSON" in result.output
     result = cli(db, "hashes", "import", "-", stdin="hello,world\n1,2\n")
-    assert result.exit_code == 1 and "lacks signal, value" in result.output
+    assert result.exit_code == 2 and "lacks signal, value" in result.output
     rows = json.dumps(
         {
             "format": "horde-scanner-hashes",

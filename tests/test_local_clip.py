@@ -264,7 +264,7 @@ def test_worker_command_reports_bad_arguments(tmp_path: Path):
             "cpu",
         ],
     )
-    assert result.exit_code == 1 and "not a directory" in result.output
+    assert result.exit_code == 4 and "not a directory" in result.output
 
 
 async def test_the_worker_command_decodes_with_the_configured_media_limits(

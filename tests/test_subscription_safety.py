@@ -184,4 +184,4 @@ def test_a_list_with_too_many_rows_is_refused(tmp_path: Path):
         ["--db", str(tmp_path / "s.db"), "hashes", "import", str(listing)],
         env={"HORDE_SCANNER_HASHES__MAX_LIST_ROWS": "10"},
     )
-    assert result.exit_code == 1 and "more than 10 rows" in result.output
+    assert result.exit_code == 2 and "more than 10 rows" in result.output

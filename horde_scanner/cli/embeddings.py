@@ -22,6 +22,7 @@ from horde_scanner.signals.embedding_exchange import published
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
     Model,
+    OtherModel,
     dump_hma,
     dump_json,
     read_entries,
@@ -89,7 +90,7 @@ def import_(
     settings = settings_of(ctx).embeddings
     model = _model(ctx)
     if model_id is not None and model_id != model.model:
-        raise click.ClickException(
+        raise OtherModel(
             f"{file}: made with model {model_id!r}; this instance uses {model.model!r}"
             " (embeddings.model_id), whose vectors do not compare"
         )
@@ -98,7 +99,7 @@ def import_(
         if fmt is None:
             fmt = "json" if _starts_json(raw) else "hma"
         if fmt == "hma" and model_id is None:
-            raise click.ClickException(
+            raise click.UsageError(
                 f"{file}: an HMA list has no header: say which model made it with --model"
             )
         entries = read_list(
