@@ -51,22 +51,15 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
     ("integrations", 5, ("horde_scanner.integrations",)),
     # Storage a sweep walks (local disk, S3, SSH).
     ("sources", 2, ("horde_scanner.sources",)),
-    # A sweep's records and its progress numbers are parts; the sweep runner uses the parts.
-    (
-        "sweep-parts",
-        5,
-        tuple(f"horde_scanner.sweep.{m}" for m in ("records", "metrics", "progress")),
-    ),
     ("review", 6, ("horde_scanner.review",)),
     # Who uploaded a positive and where Lemmy uses it; admin actions through Lemmy's API
     # (above review: the record for another instance reads its decisions).
     ("moderation", 7, ("horde_scanner.moderation",)),
-    # Acting on a sweep's positive, and the sweeps' quarantine as a holder the admin's
-    # decisions reach: parts the runtime composes (they use review's quarantine contract).
-    ("sweep-actions", 7, ("horde_scanner.sweep.actions", "horde_scanner.sweep.holder")),
+    # A sweep of a source: its runner, its actions, its progress; and the sweeps' quarantine as
+    # a holder the admin's decisions reach.
+    ("sweep", 7, ("horde_scanner.sweep",)),
     # Who uses the parts.
     ("runtime", 8, ("horde_scanner.runtime",)),
-    ("sweep", 9, ("horde_scanner.sweep",)),
     ("service", 10, ("horde_scanner.service",)),
     ("cli", 11, ("horde_scanner.cli",)),
     # Fakes and a running service for tests and benchmarks: nothing in the product uses them.

@@ -13,7 +13,7 @@ import pytest
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
-from horde_scanner.sweep.app import run_scan
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing import lemmy_db as L
 from horde_scanner.testing.pictrs import DEFAULT_API_KEY, FakePictrs, validate_upload

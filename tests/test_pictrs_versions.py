@@ -14,8 +14,8 @@ import pytest
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.integrations.pictrs import PictrsClient, PictrsError
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload

@@ -1,4 +1,4 @@
-"""The one composition root (horde_scanner/runtime.py) and the one finish every judgement ends
+"""The one composition root (horde_scanner/runtime/) and the one finish every judgement ends
 in: a sweep's positive is notified and counted like an upload's (in the service process and from
 the CLI), real sweeps feed the sweep progress /metrics shows, an answer is counted once (the
 overload path too), and the runtime stops what it started, in reverse order, and nothing else."""
@@ -15,8 +15,8 @@ from horde_scanner.config import NotifySettings
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.runtime import open_runtime
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload

@@ -22,8 +22,8 @@ from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, decode, pr
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.policy import frames as framesignals
 from horde_scanner.policy.rules import Policy
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.store.sqlite import Store
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload

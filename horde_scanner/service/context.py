@@ -1,4 +1,4 @@
-"""Everything the handlers share: the runtime's parts (horde_scanner/runtime.py), opened at
+"""Everything the handlers share: the runtime's parts (horde_scanner/runtime/), opened at
 start-up and stopped at exit (never at import)."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ subscribed to, so lists do not echo around a ring of instances, and never an unr
 machine verdict unless `publish_unreviewed` is set. It is rendered once per change of the
 store's hash generation (signals/hash_publish.py) and carries a strong ETag, so `If-None-Match`
 gets a 304 with no body when nothing changed. The subscriptions are opened by the runtime
-(horde_scanner/runtime.py) and run while the service does.
+(horde_scanner/runtime/) and run while the service does.
 """
 
 from __future__ import annotations

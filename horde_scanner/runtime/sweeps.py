@@ -1,8 +1,8 @@
 """The sweep commands as functions (the CLI is a thin layer over these): scan, apply, release.
 
-Each opens a runtime (horde_scanner/runtime.py) and asks it for the store, then opens the source
-(so that a wrong credential or host key stops before any work), then asks for the same Judge
-the validation service uses, with the same finish.
+Each opens a runtime (runtime/__init__.py), or uses the caller's, and asks it for the store,
+then opens the source (so that a wrong credential or host key stops before any work), then asks
+for the same Judge the validation service uses, with the same finish.
 """
 
 from __future__ import annotations
