@@ -41,7 +41,7 @@ async def test_a_sweep_in_the_service_is_notified_counted_and_shown_like_an_uplo
             upload = images.jpeg("red", seed=90)
             assert (await validate_upload(http, svc.scan_url(), upload, "image/jpeg")).status == 406
             report = await run_scan(
-                settings, str(root), action=Action.DELETE, runtime=svc.services.runtime
+                settings, str(root), action=Action.DELETE, runtime=svc.parts.runtime
             )
             m = await scrape(http, svc.url)
             # The service's own notifier sends the sweep's news too.
@@ -98,7 +98,7 @@ async def test_an_answer_is_counted_once_including_overload(tmp_path: Path, http
         tmp_path, server={"max_concurrent_uploads": 1}, validation={"deadline_s": 1.0}
     )
     async with running_service(settings, backend=MockBackend()) as svc:
-        gate = svc.services.upload_gate
+        gate = svc.parts.upload_gate
         await gate.acquire()  # another upload being admitted, for longer than the deadline
         try:
             overloaded = await validate_upload(

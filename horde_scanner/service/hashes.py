@@ -18,7 +18,7 @@ import secrets
 
 from aiohttp import web
 
-from horde_scanner.service.context import SERVICES
+from horde_scanner.service.context import HASHES
 from horde_scanner.service.errors import RequestError
 
 
@@ -32,7 +32,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def _authorise(request: web.Request, what: str) -> None:
-    settings = request.app[SERVICES].settings.hashes
+    settings = request.app[HASHES].settings
     if not settings.publish:
         raise RequestError(
             404, "not_published", f"this instance does not publish its {what} (hashes.publish)"
@@ -50,7 +50,7 @@ def _authorise(request: web.Request, what: str) -> None:
 
 async def get_hashes(request: web.Request) -> web.StreamResponse:
     _authorise(request, "hash list")
-    body, etag = await request.app[SERVICES].publisher.current()
+    body, etag = await request.app[HASHES].publisher.current()
     return _list_response(request, body, etag)
 
 
@@ -58,7 +58,7 @@ async def get_embeddings(request: web.Request) -> web.StreamResponse:
     """This instance's embedding list (signals/embedding_exchange.py), published with the
     hash list, under the same token."""
     _authorise(request, "embedding list")
-    svc = request.app[SERVICES]
+    svc = request.app[HASHES]
     if svc.embedding_publisher is None or svc.embeddings is None or not svc.embeddings.enabled:
         raise RequestError(
             404,
