@@ -62,7 +62,7 @@ async def _body_policy(request: web.Request) -> Policy:
 
 def _since(value: str | None) -> float | None:
     """Unix seconds, ISO 8601, or a duration back from now (90m, 12h, 30d)."""
-    from horde_scanner.runtime.sweeps import parse_since
+    from horde_scanner.timefmt import parse_since
 
     if not value:
         return None
