@@ -421,3 +421,41 @@ def test_the_door_check_sees_sql_and_connections(tmp_path: Path):
         "sample.py:2: the store's connection (.db)",
         "sample.py:3: the store's connection (.aside)",
     ]
+
+
+def drawn_layers(text: str) -> dict[int, set[str]]:
+    """The layers a page draws: the code block whose lines are `LEVEL name/ name.py ... words`."""
+    drawn: dict[int, set[str]] = {}
+    for line in text.splitlines():
+        tokens = line.split()
+        if len(tokens) < 2 or not tokens[0].isdigit() or not tokens[1].endswith(("/", ".py")):
+            continue
+        names = set()
+        for token in tokens[1:]:
+            if not token.endswith(("/", ".py")):
+                break
+            names.add(token)
+        drawn[int(tokens[0])] = names
+    return drawn
+
+
+def rooms_as_drawn() -> dict[int, set[str]]:
+    layers: dict[int, set[str]] = {}
+    for _, level, prefixes in ROOMS:
+        for prefix in prefixes:
+            if prefix == "horde_scanner":
+                continue
+            name = prefix.split(".")[1]
+            package = (ROOT / "horde_scanner" / name / "__init__.py").exists()
+            layers.setdefault(level, set()).add(f"{name}/" if package else f"{name}.py")
+    return layers
+
+
+def test_the_docs_draw_the_rooms_as_they_are():
+    """The README's Development section and the development page draw this table."""
+    expected = rooms_as_drawn()
+    assert drawn_layers((ROOT / "README.md").read_text()) == expected
+    assert drawn_layers((ROOT / "docs" / "development.md").read_text()) == expected
+    # And the reader sees a wrong drawing: a package one line too high is caught.
+    wrong = (ROOT / "README.md").read_text().replace(" 5 review/", " 6 review/")
+    assert drawn_layers(wrong) != expected
