@@ -37,7 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from horde_scanner.backends import registry as backend_registry
+from horde_scanner import backend_registry
 from horde_scanner.config_keys import OpenSection, check_env, check_toml, is_ours
 from horde_scanner.errors import InvalidInput
 from horde_scanner.media.types import DecodeLimits
@@ -621,7 +621,7 @@ class PolicySettings(Section):
 
 class BackendSettings(Section, OpenSection):
     """Which path judges a miss, how `hybrid` chooses between them, and the options of a
-    registered backend kind (`[backend.<kind>]`, backends/registry.py)."""
+    registered backend kind (`[backend.<kind>]`, backend_registry.py)."""
 
     # The registered kinds' sections are the extra keys (checked in `_kind_sections`).
     model_config = ConfigDict(extra="allow")

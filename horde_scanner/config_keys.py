@@ -41,7 +41,7 @@ def strip_optional(annotation: Any) -> Any:
 
 class OpenSection:
     """A section whose sub-sections are named at run time: `[backend.<kind>]` for each backend
-    kind that registered a settings section (backends/registry.py)."""
+    kind that registered a settings section (backend_registry.py)."""
 
     @classmethod
     def open_sections(cls) -> dict[str, type[BaseModel]]:

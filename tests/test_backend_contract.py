@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from horde_scanner.backend_registry import (
+    backend_kind,
+    backend_kinds,
+    register_backend,
+    unregister_backend,
+)
 from horde_scanner.backends.base import (
     CLEARED,
     DEFAULT_CONCURRENCY,
@@ -23,12 +29,6 @@ from horde_scanner.backends.base import (
     mark_screen,
 )
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.backends.registry import (
-    backend_kind,
-    backend_kinds,
-    register_backend,
-    unregister_backend,
-)
 from horde_scanner.judging.judge import Judge
 from horde_scanner.media.decode import DecodeLimits, PreparedImage, prepare
 from horde_scanner.media.hashing import sha256_hex

@@ -16,9 +16,9 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 
+from horde_scanner.backend_registry import register_backend, unregister_backend
 from horde_scanner.backends.base import Backend, Readiness, gauge
 from horde_scanner.backends.kinds import BuildContext
-from horde_scanner.backends.registry import register_backend, unregister_backend
 from horde_scanner.config import ConfigError, Section, load_settings
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.testing import images
@@ -117,7 +117,7 @@ async def test_a_backend_of_one_module_runs_through_the_service(
     async with running_service(settings) as svc:
         (backend,) = BUILT
         assert backend.settings.red_above == 180  # read from [backend.tint]
-        assert backend.started_with is svc.services.store
+        assert backend.started_with is svc.parts.store
         red = images.jpeg("red", seed=71)
         green = images.jpeg("green", seed=72)
         rejected = await validate_upload(http, svc.scan_url(), red, "image/jpeg")

@@ -16,9 +16,9 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import Settings
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import running_service

@@ -126,7 +126,7 @@ def test_5_try_again_later(tmp_path: Path):
 def test_70_a_bug_is_one_line_not_a_traceback(tmp_path: Path):
     # A backend module whose factory has a bug, registered before the CLI runs.
     script = (
-        "from horde_scanner.backends.registry import register_backend\n"
+        "from horde_scanner.backend_registry import register_backend\n"
         "def build(ctx):\n"
         "    raise ZeroDivisionError('the factory divided by zero')\n"
         "register_backend('buggy', build)\n"

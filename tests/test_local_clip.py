@@ -226,7 +226,7 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
             )
             stop = asyncio.Event()
             run = asyncio.create_task(worker.run(stop))
-            pool = svc.services.workers
+            pool = svc.parts.workers
             while not pool.live_workers():
                 await asyncio.sleep(0.02)
             # It scores the service's phrases, not its own bundled ones.
@@ -299,7 +299,7 @@ async def test_the_worker_command_decodes_with_the_configured_media_limits(
             *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         try:
-            pool = svc.services.workers
+            pool = svc.parts.workers
             async with asyncio.timeout(120):
                 while not pool.live_workers():
                     assert worker.returncode is None

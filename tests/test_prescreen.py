@@ -180,7 +180,7 @@ async def test_second_opinion_overrules_a_clear_in_the_background(tmp_path: Path
         async with running_service(settings) as svc:
             first = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             assert first.status == 200 and first.body["label"] == "clean"
-            store = svc.services.store
+            store = svc.parts.store
             for _ in range(100):
                 late = await store.late_positives()
                 if late:

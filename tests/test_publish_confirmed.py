@@ -94,7 +94,7 @@ async def test_unreviewed_positives_travel_only_when_configured(tmp_path: Path, 
             backend="worker:gpu-1",
             signals=Signals(backend="worker:gpu-1", nsfw=True, extra={"evidence": False}),
         )
-        await svc.services.store.put_verdict("ee" * 32, boolean)
+        await svc.parts.store.put_verdict("ee" * 32, boolean)
         assert "ee" * 32 not in [e.value for e in await published(http, svc)]
 
 

@@ -1,4 +1,4 @@
-"""The one composition root (horde_scanner/runtime.py) and the one finish every judgement ends
+"""The one composition root (horde_scanner/runtime/) and the one finish every judgement ends
 in: a sweep's positive is notified and counted like an upload's (in the service process and from
 the CLI), real sweeps feed the sweep progress /metrics shows, an answer is counted once (the
 overload path too), and the runtime stops what it started, in reverse order, and nothing else."""
@@ -15,8 +15,8 @@ from horde_scanner.config import NotifySettings
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.runtime import open_runtime
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
@@ -41,7 +41,7 @@ async def test_a_sweep_in_the_service_is_notified_counted_and_shown_like_an_uplo
             upload = images.jpeg("red", seed=90)
             assert (await validate_upload(http, svc.scan_url(), upload, "image/jpeg")).status == 406
             report = await run_scan(
-                settings, str(root), action=Action.DELETE, runtime=svc.services.runtime
+                settings, str(root), action=Action.DELETE, runtime=svc.parts.runtime
             )
             m = await scrape(http, svc.url)
             # The service's own notifier sends the sweep's news too.
@@ -98,7 +98,7 @@ async def test_an_answer_is_counted_once_including_overload(tmp_path: Path, http
         tmp_path, server={"max_concurrent_uploads": 1}, validation={"deadline_s": 1.0}
     )
     async with running_service(settings, backend=MockBackend()) as svc:
-        gate = svc.services.upload_gate
+        gate = svc.parts.upload_gate
         await gate.acquire()  # another upload being admitted, for longer than the deadline
         try:
             overloaded = await validate_upload(

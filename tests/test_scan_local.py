@@ -17,11 +17,11 @@ import pytest
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.runtime.sweeps import run_apply, run_release, run_scan
 from horde_scanner.sources.local import LocalSource
 from horde_scanner.sources.source import Denied, Entry, ItemError
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_apply, run_release, run_scan
 from horde_scanner.sweep.runner import FOLLOW_SLACK_S
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde

@@ -74,9 +74,9 @@ def settings(tmp_path: Path, url: str, **sub):
 async def _refresh(tmp_path: Path, url: str, **sub):
     config = settings(tmp_path, url, **sub)
     async with running_service(config, backend=MockBackend()) as svc:
-        subscriber = svc.services.subscriber
+        subscriber = svc.parts.subscriber
         outcome = await subscriber.refresh(config.hashes.subscriptions[0])
-        state = await svc.services.hashes.store.hash_subscription("src")
+        state = await svc.parts.hashes.store.hash_subscription("src")
     return outcome, state
 
 

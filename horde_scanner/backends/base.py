@@ -33,7 +33,7 @@ A Backend turns one decoded image into Signals. Its contract:
 
 Every capability has a default on the base class `Backend`, so a backend overrides only what
 it has, and callers never probe. Which backend `backend.kind` names is the registry's
-(backends/registry.py); adding one is a module with a `Backend` subclass and its settings.
+(backend_registry.py); adding one is a module with a `Backend` subclass and its settings.
 
 `MockBackend` (mock.py) is the in-process implementation for tests and benchmarks.
 """

@@ -1,4 +1,4 @@
-"""What each built-in `backend.kind` builds (the registry, backends/registry.py, names them):
+"""What each built-in `backend.kind` builds (the registry, backend_registry.py, names them):
 
     horde   the AI Horde only
     local   local paths only: CLIP in this process (extra [gpu]) and/or remote GPU workers
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import aiohttp
 from pydantic import BaseModel
 
+from horde_scanner.backend_registry import backend_kind
 from horde_scanner.backends import plugins
 from horde_scanner.backends.base import Backend
 from horde_scanner.backends.horde import HordeBackend
-from horde_scanner.backends.registry import backend_kind
 from horde_scanner.backends.router import RoutedBackend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import ConfigError, Settings

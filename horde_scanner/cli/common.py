@@ -176,7 +176,7 @@ def import_list(file: Path, report: ParseReport, write: Callable[[], Awaitable[i
 
 def since_of(value: str | None) -> float | None:
     """`--since` (2024-05-01, ISO time, 12h, 30d) as Unix seconds."""
-    from horde_scanner.sweep.app import parse_since
+    from horde_scanner.timefmt import parse_since
 
     try:
         return parse_since(value) if value else None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from horde_scanner.backends.base import describe_paths, iter_backends
-from horde_scanner.service.context import SERVICES
+from horde_scanner.service.context import HEALTH
 
 
 @dataclass(slots=True)
@@ -34,7 +34,7 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "draining", "why": "shutting down; uploads in flight are answered"},
             status=503,
         )
-    svc = request.app[SERVICES]
+    svc = request.app[HEALTH]
     health = svc.store.health
     # Known to be away: its probe says when it is back (a ping could wait out a lock).
     if health.available:
@@ -94,7 +94,7 @@ async def readyz(request: web.Request) -> web.Response:
         # Still able to answer (cache, lists, on_timeout), so not a 503.
         whys.append(
             f"{backend.name}: {backend.detail}; misses are answered by on_timeout="
-            f"{svc.settings.validation.on_timeout.value}"
+            f"{svc.validation.on_timeout.value}"
         )
     if whys:
         body["why"] = "; ".join(whys)
