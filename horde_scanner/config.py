@@ -38,7 +38,7 @@ from pydantic_settings import (
 )
 
 from horde_scanner import backend_registry
-from horde_scanner.config_keys import OpenSection, check_env, check_toml, is_ours
+from horde_scanner.config_keys import OpenSection, check_env, check_toml, fields_of, is_ours
 from horde_scanner.errors import InvalidInput
 from horde_scanner.media.types import DecodeLimits
 from horde_scanner.verdict import Label
@@ -1601,11 +1601,11 @@ def value_sources(config_file: Path | None = None) -> dict[tuple[str, ...], str]
 
 def _leaf_keys(model: type[BaseModel], data: Mapping[str, Any]) -> list[tuple[str, ...]]:
     keys: list[tuple[str, ...]] = []
+    fields = fields_of(model)  # open sections too: [backend.<kind>]
     for name, value in data.items():
-        field = model.model_fields.get(name)
-        if field is None:
+        if name not in fields:
             continue
-        sub = field.annotation
+        sub = fields[name]
         if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(value, Mapping):
             keys += [(name, *k) for k in _leaf_keys(sub, value)]
         else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 from PIL import ImageStat
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +20,7 @@ from pydantic import Field
 from horde_scanner.backend_registry import register_backend, unregister_backend
 from horde_scanner.backends.base import Backend, Readiness, gauge
 from horde_scanner.backends.kinds import BuildContext
+from horde_scanner.cli import main
 from horde_scanner.config import ConfigError, Section, load_settings
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.testing import images
@@ -168,3 +170,15 @@ def test_an_unregistered_kind_is_refused_naming_the_known_ones(tmp_path: Path):
     # Its section is unknown too while the kind is not registered.
     with pytest.raises(ConfigError, match=r"unknown key 'backend\.tint'"):
         load_settings(_config(tmp_path, "red_above = 180\n"))
+
+
+def test_config_show_and_check_see_its_section(tmp_path: Path, tint_registered: None):
+    config = _config(tmp_path, "red_above = 180\n")
+    runner = CliRunner()
+    shown = runner.invoke(main, ["--config", str(config), "config", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert f"[backend.{KIND}]\nred_above = 180  # config file {config}" in shown.output
+    assert 'caption = "a photo of a young girl in a bedroom"  # default' in shown.output
+    checked = runner.invoke(main, ["config", "check", str(config)])
+    assert checked.exit_code == 0, checked.output
+    assert "valid (5 options set in the file" in checked.output
