@@ -186,7 +186,7 @@ def test_every_built_in_backend_is_a_backend():
 def test_no_backend_capability_is_probed_by_name():
     """Capabilities are methods and attributes of the base class: nothing asks whether a
     backend has one (getattr/hasattr) anywhere in the backends or where they are read."""
-    root = Path(__file__).resolve().parent.parent / "horde_scanner"
+    root = Path(__file__).resolve().parents[3] / "horde_scanner"
     wrong = []
     for path in [*(root / "backends").glob("*.py"), *(root / "service").rglob("*.py")]:
         tree = ast.parse(path.read_text())

@@ -27,7 +27,7 @@ from horde_scanner.integrations.lemmy_db import LemmyDbError
 from horde_scanner.testing import images
 from horde_scanner.testing.net import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def horde_scanner(
