@@ -287,9 +287,7 @@ class MemoryStore:
         self, *, undecided: bool = False, limit: int | None = None
     ) -> list[LatePositive]:
         self._open()
-        rows = [
-            p for p in self._t.late.values() if not undecided or p.sha256 not in self._t.lists
-        ]
+        rows = [p for p in self._t.late.values() if not undecided or p.sha256 not in self._t.lists]
         rows.sort(key=lambda p: p.found_at, reverse=True)
         return rows[:limit] if limit is not None else rows
 
