@@ -48,8 +48,9 @@ from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
 from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.store.factory import open_store
+from horde_scanner.store.interfaces import UnifiedStore
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.metrics import SweepProgress
 from horde_scanner.verdict import Label, Verdict
@@ -74,7 +75,7 @@ class Runtime:
         # Sweeps of this process report here; /metrics reads it.
         self.sweeps = SweepProgress()
         self.metrics = Metrics()
-        self._store: Store | None = None
+        self._store: UnifiedStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
         # The one decode memory budget of this process (media.decode_memory_bytes).
@@ -105,9 +106,9 @@ class Runtime:
 
     # -- plain resources -----------------------------------------------------------------------
 
-    async def store(self) -> Store:
+    async def store(self) -> UnifiedStore:
         if self._store is None:
-            self._store = await Store.open(self.settings.store)
+            self._store = await open_store(self.settings.store)
             self._stack.push_async_callback(self._store.close)
         return self._store
 

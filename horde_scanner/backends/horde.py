@@ -63,8 +63,7 @@ from horde_scanner.backends.reachability import Reachability
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.judging import frames as framesignals
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
-from horde_scanner.store.horde_requests import HordeRequestTables
-from horde_scanner.store.kudos import KudosTables
+from horde_scanner.store.interfaces import HordeRequestStore, KudosStore
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
@@ -335,7 +334,7 @@ class HordeBackend:
         self.resumed = 0
         self.failed_polls = 0
         # Where live requests are kept across a restart (the store; None: not kept).
-        self._requests: HordeRequestTables | None = None
+        self._requests: HordeRequestStore | None = None
         if settings.api_key == ANONYMOUS_HORDE_KEY:
             log.warning(
                 "AI Horde: using the anonymous API key; anonymous requests get the lowest "
@@ -360,12 +359,12 @@ class HordeBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, store: KudosTables | None = None) -> None:
+    async def start(self, store: KudosStore | None = None) -> None:
         """Load today's kudos spend from the store and begin reading the Horde's load; live
         requests are kept in the store from now on."""
         if store is not None:
             await self.budget.attach(store)
-            if isinstance(store, HordeRequestTables):
+            if isinstance(store, HordeRequestStore):
                 self._requests = store
         if self.settings.performance_interval_s > 0 and self._perf_task is None:
             self._perf_task = asyncio.create_task(self._perf_loop(), name="horde-performance")
@@ -759,7 +758,7 @@ def horde_paths(backend: Backend) -> list[HordeBackend]:
     return [b for b in iter_backends(backend) if isinstance(b, HordeBackend)]
 
 
-async def start_horde(backend: Backend, store: KudosTables | None = None) -> None:
+async def start_horde(backend: Backend, store: KudosStore | None = None) -> None:
     """Start every AI Horde path: today's kudos spend from the store, the load reader."""
     for horde in horde_paths(backend):
         await horde.start(store)

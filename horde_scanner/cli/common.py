@@ -16,7 +16,8 @@ from horde_scanner.config import ConfigError, Settings
 from horde_scanner.hashlists.format import ListFormatError, ParseReport
 from horde_scanner.judging.policy import PolicyError
 from horde_scanner.media.hashing import is_sha256_hex
-from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.store.factory import StoreError
+from horde_scanner.store.interfaces import VerdictStore
 from horde_scanner.verdict import Label
 
 T = TypeVar("T")
@@ -40,7 +41,7 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
-async def resolve_sha256(store: Store, value: str) -> str:
+async def resolve_sha256(store: VerdictStore, value: str) -> str:
     """A full sha256, or the one known sha256 that a shorter hex prefix names."""
     value = value.lower()
     if is_sha256_hex(value):

@@ -11,7 +11,7 @@ import click
 from horde_scanner.cli.common import settings_of
 from horde_scanner.config import ConfigError
 from horde_scanner.judging.policy import PolicyError
-from horde_scanner.store.sqlite import StoreError
+from horde_scanner.store.factory import StoreError
 
 
 @click.command()

@@ -36,7 +36,7 @@ from horde_scanner.service.auth import ClientAuth, forget_raw_ids
 from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
 from horde_scanner.signals.embeddings import EmbeddingMatcher
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import UnifiedStore
 from horde_scanner.sweep.metrics import SweepProgress
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     settings: Settings
-    store: Store
+    store: UnifiedStore
     policy: Policy
     backend: Backend
     judge: Judge

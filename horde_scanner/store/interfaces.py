@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from horde_scanner.media.hashing import PdqHash
@@ -357,6 +357,7 @@ class ClusterStore(Protocol):
     async def finish_submit(self, slot: int | None) -> None: ...
 
 
+@runtime_checkable
 class HordeRequestStore(Protocol):
     """AI Horde requests still live on the Horde, by image key (a digest of what was sent), so
     that a process killed while it waited polls the same request after a restart instead of
@@ -367,6 +368,8 @@ class HordeRequestStore(Protocol):
       Horde: rows older than 30 minutes are forgotten.
     - `drop_horde_request(key, id)` deletes the row only if it still holds that request id (a
       newer request for the same image is kept); dropping twice is harmless.
+    A store may lack this concern (`isinstance(store, HordeRequestStore)` tells): requests
+    are then not kept across a restart.
     """
 
     async def live_horde_request(self, image_key: str) -> tuple[str, float] | None: ...
