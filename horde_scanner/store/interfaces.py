@@ -70,10 +70,10 @@ class StoreLifecycle(Protocol):
     Changes: `subscribe(listener)` calls `listener(kind, key)` in this process for each change
     another process commits, where the store has such a channel (`shared`: PostgreSQL's
     LISTEN/NOTIFY): ("verdict" | "list" | "job", sha256), ("hashes", "") and ("reset", "")
-    when changes may have been missed (a lost connection). Changes this process made itself
-    are not promised. A listener that raises is logged and kept. Where there is no channel
-    (SQLite) callers poll `data_version()`, which changes whenever another connection
-    commits and stays put otherwise.
+    when changes may have been missed (a lost connection); the store's own changes are not
+    reported to it. A listener that raises is logged and kept. Where there is no channel
+    (SQLite) callers poll `data_version()`, which changes whenever another connection commits
+    and stays put for the store's own writes; on PostgreSQL it changes with each "reset".
     """
 
     @property
@@ -125,7 +125,8 @@ class VerdictStore(Protocol):
       `get_verdicts` leaves out hashes without a verdict.
     - Order: `iter_verdicts` and `search_verdicts` give newest `judged_at` first;
       `iter_verdicts` filters by labels, `since` (inclusive) and `limit`; `search_verdicts`
-      pages with `VerdictFilter` (`source` is a prefix taken literally, `%` and `_` included;
+      pages with `VerdictFilter` (`source` is a prefix, ASCII case ignored, `%` and `_` taken
+      literally;
       `undecided`: only hashes on neither list). `signal_batches` gives every verdict with its
       list entry, newest first, in batches of at most `batch_rows`, on a connection of its own
       (close it with `contextlib.aclosing`).
@@ -223,8 +224,9 @@ class JobStore(Protocol):
 
     - `add_job` is idempotent per sha256: False (and nothing changed) while a job for the hash
       exists in any state.
-    - `claim_jobs(limit)` takes up to `limit` pending jobs whose time has come, oldest
-      `add_job` first, and marks them running in one statement: two processes (or replicas)
+    - `claim_jobs(limit)` takes up to `limit` pending jobs whose time has come, the oldest
+      `add_job`s first (the list itself in no particular order), and marks them running in
+      one statement: two processes (or replicas)
       claiming at once never get the same job. A running job is not claimed again until it is
       retried or released; where `job_lease_s` > 0 (replicas) also once its lease lapses, which
       `renew_jobs` extends (a no-op without leases).
@@ -285,7 +287,7 @@ class AuditStore(Protocol):
       increase); `last_events` gives, per hash, the latest of `events`.
     - `rename_sources({old: new})` rewrites a source wherever audit, verdicts or jobs recorded
       it (for sources that must not stay written); returns how many rows changed; renaming
-      again changes nothing.
+      again changes nothing. Audit rows still buffered are not renamed: flush first.
     Rows are never updated otherwise, nor deleted.
     """
 

@@ -83,6 +83,20 @@ class MemoryStore:
     dialect = "memory"
     shared = False
     job_lease_s = 0.0
+    # The interfaces of store/interfaces.py it implements (store/conformance.py proves it).
+    CONCERNS = (
+        "StoreLifecycle",
+        "VerdictStore",
+        "ListStore",
+        "LatePositiveStore",
+        "JobStore",
+        "AuditStore",
+        "KudosStore",
+        "ClusterStore",
+        "HordeRequestStore",
+        "ReviewStore",
+        "LemmyActionStore",
+    )
 
     def __init__(self, *, holder: str | None = None) -> None:
         self.where = ":memory:"
@@ -198,7 +212,7 @@ class MemoryStore:
             v
             for v in self._t.verdicts.values()
             if (not f.labels or v.verdict.label.value in f.labels)
-            and (not f.source or (v.source or "").startswith(f.source))
+            and (not f.source or (v.source or "").lower().startswith(f.source.lower()))
             and (not f.backend or v.verdict.backend == f.backend)
             and (f.since is None or v.verdict.judged_at >= f.since)
             and (f.until is None or v.verdict.judged_at < f.until)
@@ -422,8 +436,7 @@ class MemoryStore:
         return latest
 
     async def rename_sources(self, renames: dict[str, str]) -> int:
-        self._open()
-        await self.flush_audit()
+        self._open()  # as the databases: rows still buffered are left as they are
         changed = 0
         for i, r in enumerate(self._t.audit):
             if r.source in renames:
