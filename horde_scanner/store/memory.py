@@ -144,11 +144,12 @@ class MemoryStore:
 
     async def get_verdict(self, sha256: str) -> StoredVerdict | None:
         self._open()
-        return self._t.verdicts.get(sha256)
+        stored = self._t.verdicts.get(sha256)
+        return _copied(stored) if stored is not None else None
 
     async def get_verdicts(self, sha256s: Iterable[str]) -> dict[str, StoredVerdict]:
         self._open()
-        return {s: self._t.verdicts[s] for s in sha256s if s in self._t.verdicts}
+        return {s: _copied(self._t.verdicts[s]) for s in sha256s if s in self._t.verdicts}
 
     async def put_verdict(
         self,
@@ -196,7 +197,7 @@ class MemoryStore:
         ]
         rows.sort(key=lambda v: v.verdict.judged_at, reverse=True)
         for v in rows[:limit] if limit is not None else rows:
-            yield v
+            yield _copied(v)
 
     async def count_verdicts(self, *, since: float | None = None) -> dict[str, int]:
         self._open()
@@ -219,7 +220,7 @@ class MemoryStore:
             and (not f.undecided or v.sha256 not in self._t.lists)
         ]
         rows.sort(key=lambda v: v.verdict.judged_at, reverse=True)
-        return rows[f.offset : f.offset + f.limit]
+        return [_copied(v) for v in rows[f.offset : f.offset + f.limit]]
 
     async def signal_batches(
         self, *, since: float | None = None, batch_rows: int
@@ -634,6 +635,11 @@ class MemoryStore:
     async def lemmy_actions(self, sha256: str) -> list[LemmyActionRow]:
         self._open()
         return [r for r in self._t.lemmy_actions.values() if r.sha256 == sha256]
+
+
+def _copied(stored: StoredVerdict) -> StoredVerdict:
+    """A verdict as a database hands it out: a new object each time."""
+    return replace(stored, verdict=stored.verdict.model_copy(deep=True))
 
 
 def _copy(value: Any) -> Any:
