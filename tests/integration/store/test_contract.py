@@ -623,3 +623,28 @@ async def test_the_submit_window_counts_across_connections(store_url: str) -> No
             await second.close()
     finally:
         await first.close()
+
+
+async def test_a_listener_that_raises_is_kept_and_the_others_still_hear(pg_url: str) -> None:
+    writer, reader = await Store.open(pg_url), await Store.open(pg_url)
+    good: list[tuple[str, str]] = []
+    failures = 0
+
+    def bad(kind: str, key: str) -> None:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("a listener's bug")
+
+    reader.subscribe(bad)
+    reader.subscribe(lambda kind, key: good.append((kind, key)))
+    try:
+        await writer.set_list(A, "deny")
+        await writer.set_list(B, "deny")
+        deadline = time.monotonic() + 10
+        while {("list", A), ("list", B)} - set(good) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert {("list", A), ("list", B)} <= set(good)
+        assert failures >= 2  # called again after it raised: kept
+    finally:
+        await writer.close()
+        await reader.close()
