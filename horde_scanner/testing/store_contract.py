@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,22 @@ from horde_scanner.hashlists.format import HashEntry
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.signals.embedding_list import EmbeddingEntry
 from horde_scanner.store.hashes import LOCAL
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    ClusterStore,
+    EmbeddingStore,
+    HashBankStore,
+    HordeRequestStore,
+    JobStore,
+    KudosStore,
+    LatePositiveStore,
+    LemmyActionStore,
+    ListStore,
+    ProvenanceStore,
+    ReviewStore,
+    SweepStore,
+    VerdictStore,
+)
 from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.store.verdicts import VerdictFilter
 from horde_scanner.verdict import Label, Signals, Verdict
@@ -51,6 +67,28 @@ def clause(concern: str) -> Callable[[Clause], Clause]:
     return register
 
 
+# Clauses that need a second concern to set up or observe the first.
+class _VerdictsAndLists(VerdictStore, ListStore, Protocol): ...
+
+
+class _VerdictsListsAudit(VerdictStore, ListStore, AuditStore, Protocol): ...
+
+
+class _LatePositivesAndLists(LatePositiveStore, ListStore, Protocol): ...
+
+
+class _AuditAndVerdicts(AuditStore, VerdictStore, Protocol): ...
+
+
+class _AuditVerdictsJobs(AuditStore, VerdictStore, JobStore, Protocol): ...
+
+
+class _HashBankVerdictsLists(HashBankStore, VerdictStore, ListStore, Protocol): ...
+
+
+class _EmbeddingsAndHashBank(EmbeddingStore, HashBankStore, Protocol): ...
+
+
 def verdict(label: Label = Label.CLEAN, backend: str = "mock", **kw: Any) -> Verdict:
     return Verdict(label=label, reasons=[f"{label.value} because"], backend=backend, **kw)
 
@@ -59,7 +97,9 @@ def verdict(label: Label = Label.CLEAN, backend: str = "mock", **kw: Any) -> Ver
 
 
 @clause("VerdictStore")
-async def put_verdict_is_an_upsert_keeping_first_source_and_known_facts(store: Any) -> None:
+async def put_verdict_is_an_upsert_keeping_first_source_and_known_facts(
+    store: VerdictStore,
+) -> None:
     assert await store.get_verdict(A) is None
     signals = Signals(backend="mock", nsfw=True, scores={"nsfw": 0.25})
     first = verdict(signals=signals, judged_at=100.0)
@@ -80,7 +120,7 @@ async def put_verdict_is_an_upsert_keeping_first_source_and_known_facts(store: A
 
 
 @clause("VerdictStore")
-async def get_verdicts_leaves_out_hashes_without_one(store: Any) -> None:
+async def get_verdicts_leaves_out_hashes_without_one(store: VerdictStore) -> None:
     await store.put_verdict(A, verdict())
     await store.put_verdict(B, verdict(Label.CSAM))
     got = await store.get_verdicts([A, B, C])
@@ -89,7 +129,7 @@ async def get_verdicts_leaves_out_hashes_without_one(store: Any) -> None:
 
 
 @clause("VerdictStore")
-async def iter_verdicts_is_newest_first_with_labels_since_and_limit(store: Any) -> None:
+async def iter_verdicts_is_newest_first_with_labels_since_and_limit(store: VerdictStore) -> None:
     now = time.time()
     await store.put_verdict(A, verdict(judged_at=now - 30))
     await store.put_verdict(B, verdict(Label.CSAM, judged_at=now - 10))
@@ -104,7 +144,7 @@ async def iter_verdicts_is_newest_first_with_labels_since_and_limit(store: Any) 
 
 
 @clause("VerdictStore")
-async def search_verdicts_pages_newest_first_with_every_filter(store: Any) -> None:
+async def search_verdicts_pages_newest_first_with_every_filter(store: _VerdictsAndLists) -> None:
     now = time.time()
     for i, (sha, label) in enumerate(((A, Label.CSAM), (B, Label.NSFW), (C, Label.CSAM))):
         await store.put_verdict(
@@ -129,7 +169,9 @@ async def search_verdicts_pages_newest_first_with_every_filter(store: Any) -> No
 
 
 @clause("VerdictStore")
-async def signal_batches_give_every_verdict_with_its_list_entry_newest_first(store: Any) -> None:
+async def signal_batches_give_every_verdict_with_its_list_entry_newest_first(
+    store: _VerdictsAndLists,
+) -> None:
     now = time.time()
     for i, sha in enumerate((A, B, C)):
         await store.put_verdict(sha, verdict(Label.NSFW, judged_at=now - i))
@@ -148,7 +190,9 @@ async def signal_batches_give_every_verdict_with_its_list_entry_newest_first(sto
 
 
 @clause("VerdictStore")
-async def sha256_by_prefix_finds_verdicts_lists_and_audit_sorted(store: Any) -> None:
+async def sha256_by_prefix_finds_verdicts_lists_and_audit_sorted(
+    store: _VerdictsListsAudit,
+) -> None:
     v, listed, audited = "abc1" + "0" * 60, "abc2" + "0" * 60, "abc3" + "0" * 60
     await store.put_verdict(v, verdict())
     await store.set_list(listed, "deny")
@@ -164,7 +208,7 @@ async def sha256_by_prefix_finds_verdicts_lists_and_audit_sorted(store: Any) -> 
 
 
 @clause("ListStore")
-async def set_list_is_an_upsert_and_remove_says_whether_one_was_there(store: Any) -> None:
+async def set_list_is_an_upsert_and_remove_says_whether_one_was_there(store: ListStore) -> None:
     await store.set_list(A, "allow", note="fp", by="admin")
     await store.set_list(A, "allow", note="fp", by="admin")
     assert await store.count_lists() == {"allow": 1}
@@ -178,7 +222,9 @@ async def set_list_is_an_upsert_and_remove_says_whether_one_was_there(store: Any
 
 
 @clause("ListStore")
-async def iter_list_is_oldest_first_with_empty_strings_for_what_was_not_given(store: Any) -> None:
+async def iter_list_is_oldest_first_with_empty_strings_for_what_was_not_given(
+    store: ListStore,
+) -> None:
     await store.set_list(B, "deny")
     await store.set_list(C, "allow")
     await store.set_list(A, "deny", note="n", by="who")
@@ -192,7 +238,9 @@ async def iter_list_is_oldest_first_with_empty_strings_for_what_was_not_given(st
 
 
 @clause("LatePositiveStore")
-async def record_late_positive_keeps_when_and_what_and_updates_enforcement(store: Any) -> None:
+async def record_late_positive_keeps_when_and_what_and_updates_enforcement(
+    store: LatePositiveStore,
+) -> None:
     await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "x"})
     first = await store.late_positive(A)
     assert first is not None
@@ -207,7 +255,9 @@ async def record_late_positive_keeps_when_and_what_and_updates_enforcement(store
 
 
 @clause("LatePositiveStore")
-async def late_positives_are_newest_first_and_undecided_leaves_listed_out(store: Any) -> None:
+async def late_positives_are_newest_first_and_undecided_leaves_listed_out(
+    store: _LatePositivesAndLists,
+) -> None:
     for sha in (A, B, C):
         await store.record_late_positive(sha, Label.CSAM, "recorded", {})
     newest = [p.sha256 for p in await store.late_positives()]
@@ -223,13 +273,13 @@ async def late_positives_are_newest_first_and_undecided_leaves_listed_out(store:
 # -- JobStore ------------------------------------------------------------------------------
 
 
-async def _add(store: Any, sha256: str, payload: bytes = b"bytes") -> bool:
+async def _add(store: JobStore, sha256: str, payload: bytes = b"bytes") -> bool:
     added: bool = await store.add_job(sha256, payload, media_type="image/png", size=5, source="s")
     return added
 
 
 @clause("JobStore")
-async def add_job_is_idempotent_per_hash_in_every_state(store: Any) -> None:
+async def add_job_is_idempotent_per_hash_in_every_state(store: JobStore) -> None:
     assert await _add(store, A, b"\x00first")
     assert not await _add(store, A, b"other")
     [job] = await store.claim_jobs(5)
@@ -246,7 +296,7 @@ async def add_job_is_idempotent_per_hash_in_every_state(store: Any) -> None:
 
 
 @clause("JobStore")
-async def claim_jobs_takes_oldest_first_up_to_limit_and_never_twice(store: Any) -> None:
+async def claim_jobs_takes_oldest_first_up_to_limit_and_never_twice(store: JobStore) -> None:
     for sha in (A, B, C):
         assert await _add(store, sha)
     # The oldest two, handed back in no particular order (PostgreSQL's RETURNING has none).
@@ -258,7 +308,7 @@ async def claim_jobs_takes_oldest_first_up_to_limit_and_never_twice(store: Any) 
 
 
 @clause("JobStore")
-async def an_accept_answer_is_never_overwritten_and_finish_returns_it(store: Any) -> None:
+async def an_accept_answer_is_never_overwritten_and_finish_returns_it(store: JobStore) -> None:
     await _add(store, A)
     await _add(store, B)
     await store.claim_jobs(5)
@@ -272,7 +322,7 @@ async def an_accept_answer_is_never_overwritten_and_finish_returns_it(store: Any
 
 
 @clause("JobStore")
-async def retry_job_waits_counts_attempts_and_wake_makes_it_due(store: Any) -> None:
+async def retry_job_waits_counts_attempts_and_wake_makes_it_due(store: JobStore) -> None:
     await _add(store, A)
     await store.claim_jobs(1)
     before = time.time()
@@ -290,7 +340,7 @@ async def retry_job_waits_counts_attempts_and_wake_makes_it_due(store: Any) -> N
 
 
 @clause("JobStore")
-async def next_job_time_is_that_of_pending_jobs_only(store: Any) -> None:
+async def next_job_time_is_that_of_pending_jobs_only(store: JobStore) -> None:
     assert await store.next_job_time() is None
     await _add(store, A)
     pending = await store.next_job_time()
@@ -301,7 +351,7 @@ async def next_job_time_is_that_of_pending_jobs_only(store: Any) -> None:
 
 
 @clause("JobStore")
-async def released_jobs_can_be_claimed_again_and_renew_is_harmless(store: Any) -> None:
+async def released_jobs_can_be_claimed_again_and_renew_is_harmless(store: JobStore) -> None:
     await _add(store, A)
     await _add(store, B)
     claimed = [j.sha256 for j in await store.claim_jobs(5)]
@@ -317,7 +367,7 @@ async def released_jobs_can_be_claimed_again_and_renew_is_harmless(store: Any) -
 
 
 @clause("AuditStore")
-async def audit_rows_are_read_back_in_the_order_recorded(store: Any) -> None:
+async def audit_rows_are_read_back_in_the_order_recorded(store: AuditStore) -> None:
     for i in range(3):
         await store.audit("judged", sha256=A, label="clean", source="upload:x", detail={"i": i})
     await store.audit("allow", sha256=B, action="allow")
@@ -334,7 +384,7 @@ async def audit_rows_are_read_back_in_the_order_recorded(store: Any) -> None:
 
 
 @clause("AuditStore")
-async def a_buffer_over_500_rows_is_written_without_asking(store: Any) -> None:
+async def a_buffer_over_500_rows_is_written_without_asking(store: _AuditAndVerdicts) -> None:
     for i in range(501):
         await store.audit("judged", sha256=A, detail={"i": i})
     # Written by the 500th row's flush: another reader than audit_trail (which would flush
@@ -344,7 +394,7 @@ async def a_buffer_over_500_rows_is_written_without_asking(store: Any) -> None:
 
 
 @clause("AuditStore")
-async def last_events_gives_the_latest_of_the_asked_for_events(store: Any) -> None:
+async def last_events_gives_the_latest_of_the_asked_for_events(store: AuditStore) -> None:
     await store.audit("deny", sha256=B, source="cli:x")
     await store.audit("confirm", sha256=B, source="api:y")
     await store.audit("judged", sha256=B, source="upload:z")
@@ -355,7 +405,7 @@ async def last_events_gives_the_latest_of_the_asked_for_events(store: Any) -> No
 
 
 @clause("AuditStore")
-async def rename_sources_rewrites_audit_verdicts_and_jobs_once(store: Any) -> None:
+async def rename_sources_rewrites_audit_verdicts_and_jobs_once(store: _AuditVerdictsJobs) -> None:
     await store.audit("judged", sha256=A, source="client:secret")
     await store.put_verdict(A, verdict(), source="client:secret")
     await store.add_job(B, b"x", media_type=None, size=None, source="client:secret")
@@ -378,7 +428,7 @@ async def rename_sources_rewrites_audit_verdicts_and_jobs_once(store: Any) -> No
 
 
 @clause("KudosStore")
-async def kudos_add_up_per_day_and_are_not_idempotent(store: Any) -> None:
+async def kudos_add_up_per_day_and_are_not_idempotent(store: KudosStore) -> None:
     assert await store.kudos_spent("2026-01-01") is None
     assert await store.add_kudos_spent("2026-01-01", 10.5) == 10.5
     assert await store.add_kudos_spent("2026-01-01", 10.5) == 21.0  # booked twice: counted twice
@@ -391,7 +441,7 @@ async def kudos_add_up_per_day_and_are_not_idempotent(store: Any) -> None:
 
 
 @clause("ClusterStore")
-async def a_turn_is_taken_once_per_period_by_its_holder_too(store: Any) -> None:
+async def a_turn_is_taken_once_per_period_by_its_holder_too(store: ClusterStore) -> None:
     assert await store.take_turn("refresh", 60) is True
     assert await store.take_turn("refresh", 60) is False  # the holder's own second ask
     assert await store.take_turn("other", 60) is True  # names are independent
@@ -400,7 +450,7 @@ async def a_turn_is_taken_once_per_period_by_its_holder_too(store: Any) -> None:
 
 
 @clause("ClusterStore")
-async def submit_slots_are_limited_and_free_up_after_their_period(store: Any) -> None:
+async def submit_slots_are_limited_and_free_up_after_their_period(store: ClusterStore) -> None:
     first, wait = await store.take_submit(2, 60, 180)
     second, _ = await store.take_submit(2, 60, 180)
     assert first is not None and second is not None and first != second and wait == 0.0
@@ -420,7 +470,7 @@ async def submit_slots_are_limited_and_free_up_after_their_period(store: Any) ->
 
 
 @clause("HordeRequestStore")
-async def a_held_request_is_live_until_dropped_by_its_own_id(store: Any) -> None:
+async def a_held_request_is_live_until_dropped_by_its_own_id(store: HordeRequestStore) -> None:
     now = time.time()
     assert await store.live_horde_request("img") is None
     await store.hold_horde_request("img", "req-1", now - 5)
@@ -435,7 +485,7 @@ async def a_held_request_is_live_until_dropped_by_its_own_id(store: Any) -> None
 
 
 @clause("HordeRequestStore")
-async def a_request_older_than_the_horde_keeps_one_is_forgotten(store: Any) -> None:
+async def a_request_older_than_the_horde_keeps_one_is_forgotten(store: HordeRequestStore) -> None:
     await store.hold_horde_request("old", "req-old", time.time() - 31 * 60)
     await store.hold_horde_request("new", "req-new", time.time() - 29 * 60)
     assert await store.live_horde_request("old") is None
@@ -446,7 +496,7 @@ async def a_request_older_than_the_horde_keeps_one_is_forgotten(store: Any) -> N
 
 
 @clause("ReviewStore")
-async def quarantine_rows_are_added_held_and_moved_with_who_and_when(store: Any) -> None:
+async def quarantine_rows_are_added_held_and_moved_with_who_and_when(store: ReviewStore) -> None:
     path = Path("/var/lib/horde-scanner/quarantine/f")
     one = await store.add_quarantined(
         A, path, 3, origin="local", identifier="/x", by="sweep", detail={"k": 1}
@@ -478,7 +528,9 @@ async def quarantine_rows_are_added_held_and_moved_with_who_and_when(store: Any)
 
 
 @clause("LemmyActionStore")
-async def lemmy_actions_are_rows_of_their_own_and_retries_update_them(store: Any) -> None:
+async def lemmy_actions_are_rows_of_their_own_and_retries_update_them(
+    store: LemmyActionStore,
+) -> None:
     request = {"method": "POST", "path": "/api/v3/admin/purge/post", "body": {"post_id": 1}}
     first = await store.add_lemmy_action(
         A, "purge_post", "post:1", request, state="failed", status=502, answer="down", by="me"
@@ -502,7 +554,7 @@ async def lemmy_actions_are_rows_of_their_own_and_retries_update_them(store: Any
 
 
 @clause("HashBankStore")
-async def every_hash_bank_write_moves_the_generation_forward(store: Any) -> None:
+async def every_hash_bank_write_moves_the_generation_forward(store: _HashBankVerdictsLists) -> None:
     seen = [await store.hash_generation()]
 
     async def moved() -> None:
@@ -528,7 +580,7 @@ async def every_hash_bank_write_moves_the_generation_forward(store: Any) -> None
 
 
 @clause("HashBankStore")
-async def hash_entries_upsert_keeping_the_earliest_first_seen(store: Any) -> None:
+async def hash_entries_upsert_keeping_the_earliest_first_seen(store: HashBankStore) -> None:
     rows = [HashEntry("pdq", PDQ1, first_seen=50.0), HashEntry("sha256", C)]
     assert await store.add_hash_entries(LOCAL, rows, by="cli:alice") == 2
     await store.add_hash_entries(LOCAL, [HashEntry("pdq", PDQ1, first_seen=80.0, note="n")])
@@ -543,7 +595,9 @@ async def hash_entries_upsert_keeping_the_earliest_first_seen(store: Any) -> Non
 
 
 @clause("HashBankStore")
-async def replacing_an_origin_makes_it_exactly_these_and_counts_the_change(store: Any) -> None:
+async def replacing_an_origin_makes_it_exactly_these_and_counts_the_change(
+    store: HashBankStore,
+) -> None:
     ab = [HashEntry("sha256", A), HashEntry("sha256", B)]
     assert await store.replace_hash_origin("sub", ab) == 2
     assert await store.replace_hash_origin("sub", ab) == 0  # unchanged: nothing rewritten
@@ -559,7 +613,7 @@ async def replacing_an_origin_makes_it_exactly_these_and_counts_the_change(store
 
 
 @clause("HashBankStore")
-async def pdq_is_replaced_per_image_and_keep_frames_keeps_only_those(store: Any) -> None:
+async def pdq_is_replaced_per_image_and_keep_frames_keeps_only_those(store: HashBankStore) -> None:
     await store.save_pdq(A, [PdqHash(PDQ1, 100, 0), PdqHash(PDQ2, 90, 1)])
     await store.save_pdq(A, [PdqHash(PDQ1, 95, 0), PdqHash(PDQ2, 90, 1)])
     assert sorted((p.frame, p.quality) for p in await store.pdq_of(A)) == [(0, 95), (1, 90)]
@@ -569,7 +623,7 @@ async def pdq_is_replaced_per_image_and_keep_frames_keeps_only_those(store: Any)
 
 
 @clause("HashBankStore")
-async def subscription_state_and_flags(store: Any) -> None:
+async def subscription_state_and_flags(store: HashBankStore) -> None:
     url = "http://127.0.0.1/list"
     await store.record_hash_fetch("sub", url, status=200, error=None, etag="e1", entries=5,
                                   skipped=1, nbytes=10)  # fmt: skip
@@ -598,7 +652,7 @@ def _vector(seed: int, dim: int = 8) -> np.ndarray:
 
 
 @clause("EmbeddingStore")
-async def an_images_embedding_keeps_its_row_id(store: Any) -> None:
+async def an_images_embedding_keeps_its_row_id(store: EmbeddingStore) -> None:
     blob = _vector(1).tobytes()
     row = await store.save_embedding(A, "m", blob)
     assert await store.embedding_of(A, "m") == (row, blob)
@@ -610,7 +664,9 @@ async def an_images_embedding_keeps_its_row_id(store: Any) -> None:
 
 
 @clause("EmbeddingStore")
-async def embedding_entries_by_origin_and_model_move_the_generation(store: Any) -> None:
+async def embedding_entries_by_origin_and_model_move_the_generation(
+    store: _EmbeddingsAndHashBank,
+) -> None:
     g0 = await store.hash_generation()
     entries = [EmbeddingEntry(_vector(i)) for i in range(3)]
     assert await store.add_embedding_entries(LOCAL, "m", entries, by="cli:a") == 3
@@ -634,7 +690,7 @@ def _file(i: int, sha256: str, label: str) -> ScanFile:
 
 
 @clause("SweepStore")
-async def scan_files_are_upserted_by_source_and_identifier(store: Any) -> None:
+async def scan_files_are_upserted_by_source_and_identifier(store: SweepStore) -> None:
     await store.put_scan_files([_file(0, A, "csam"), _file(1, B, "clean")])
     await store.put_scan_files([_file(1, C, "nsfw")])
     got = await store.get_scan_files("local:/srv", ["f0", "f1", "missing"])
@@ -649,7 +705,7 @@ async def scan_files_are_upserted_by_source_and_identifier(store: Any) -> None:
 
 
 @clause("SweepStore")
-async def a_run_resumes_from_its_checkpoint_until_another_starts(store: Any) -> None:
+async def a_run_resumes_from_its_checkpoint_until_another_starts(store: SweepStore) -> None:
     assert await store.unfinished_scan_run("local:/srv") is None
     run = await store.start_scan_run("local:/srv", "report", follow=False)
     run.cursor = "f1"
@@ -662,8 +718,8 @@ async def a_run_resumes_from_its_checkpoint_until_another_starts(store: Any) -> 
 
 
 @clause("SweepStore")
-async def an_action_is_done_at_most_once(store: Any) -> None:
-    what = dict(source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
+async def an_action_is_done_at_most_once(store: SweepStore) -> None:
+    what: dict[str, Any] = dict(source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
                 action="quarantine", label="csam", reasons=["r"])  # fmt: skip
     row, fresh = await store.begin_scan_action(**what)
     assert fresh and row.state == "started"
@@ -690,7 +746,7 @@ async def an_action_is_done_at_most_once(store: Any) -> None:
 
 
 @clause("ProvenanceStore")
-async def wanting_provenance_twice_keeps_one_row_and_every_alias(store: Any) -> None:
+async def wanting_provenance_twice_keeps_one_row_and_every_alias(store: ProvenanceStore) -> None:
     await store.want_provenance(A, "late_positive", aliases=["one.png"], seen_at=5.0)
     await store.want_provenance(A, "sweep", aliases=["two.png"], seen_at=None)
     await store.want_provenance(A, "sweep", seen_at=None)
@@ -703,7 +759,7 @@ async def wanting_provenance_twice_keeps_one_row_and_every_alias(store: Any) -> 
 
 
 @clause("ProvenanceStore")
-async def a_settled_row_leaves_the_due_list_until_refreshed(store: Any) -> None:
+async def a_settled_row_leaves_the_due_list_until_refreshed(store: ProvenanceStore) -> None:
     await store.want_provenance(A, "deny", seen_at=None)
     await store.settle_provenance(A, "resolved", aliases=["x.png"], record={"post": 1},
                                   error=None, next_try=0.0)  # fmt: skip
@@ -720,6 +776,6 @@ async def a_settled_row_leaves_the_due_list_until_refreshed(store: Any) -> None:
 
 
 @clause("ProvenanceStore")
-async def the_provenance_turn_is_held_by_one_holder_and_renewed(store: Any) -> None:
+async def the_provenance_turn_is_held_by_one_holder_and_renewed(store: ProvenanceStore) -> None:
     assert await store.hold_provenance_turn(60) is True
     assert await store.hold_provenance_turn(60) is True  # its holder renews it
