@@ -425,7 +425,8 @@ class HashBankStore(Protocol):
     - `hash_generation()` changes (only grows) with every write that can alter what the hash
       index must hold: the writes here, list entries, and verdicts that feed the index. A
       process reloads its index when it changes (other processes' writes included).
-    - `save_pdq` replaces an image's PDQ; `keep_frames` keeps only the listed frames.
+    - `save_pdq` upserts by (sha256, frame): a frame saved again is replaced, frames not
+      given stay; `pdq_of` gives them by frame; `keep_frames` keeps only the listed frames.
     - `add_hash_entries(origin, ...)` upserts by (origin, signal, value), keeping the earliest
       first-seen; returns rows written. `replace_hash_origin` makes an origin's entries exactly
       these (a subscription refresh; unchanged entries are not rewritten) and returns how many

@@ -615,7 +615,7 @@ async def replacing_an_origin_makes_it_exactly_these_and_counts_the_change(
 @clause("HashBankStore")
 async def pdq_is_replaced_per_image_and_keep_frames_keeps_only_those(store: HashBankStore) -> None:
     await store.save_pdq(A, [PdqHash(PDQ1, 100, 0), PdqHash(PDQ2, 90, 1)])
-    await store.save_pdq(A, [PdqHash(PDQ1, 95, 0), PdqHash(PDQ2, 90, 1)])
+    await store.save_pdq(A, [PdqHash(PDQ1, 95, 0)])  # frame 1 not given: it stays
     assert sorted((p.frame, p.quality) for p in await store.pdq_of(A)) == [(0, 95), (1, 90)]
     await store.keep_frames(A, [1])
     assert [(p.hex, p.frame) for p in await store.pdq_of(A)] == [(PDQ2, 1)]
