@@ -318,6 +318,7 @@ class AuditStore(Protocol):
     async def rename_sources(self, renames: dict[str, str]) -> int: ...
 
 
+@runtime_checkable
 class KudosStore(Protocol):
     """The AI Horde's daily kudos budget: what was spent on each UTC day (YYYY-MM-DD).
 
@@ -334,6 +335,7 @@ class KudosStore(Protocol):
     async def add_kudos_spent(self, day: str, charged: float) -> float: ...
 
 
+@runtime_checkable
 class ClusterStore(Protocol):
     """What processes sharing the store coordinate through it.
 
