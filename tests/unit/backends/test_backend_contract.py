@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from horde_scanner.backends.base import CLEARED, Readiness, cleared, mark_screen
 from horde_scanner.backends.mock import MockBackend
@@ -13,7 +12,7 @@ from horde_scanner.judging.judge import Judge
 from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import DecodeLimits, PreparedImage
 from horde_scanner.media.hashing import sha256_hex
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.memory import MemoryStore
 from horde_scanner.testing import images
 from horde_scanner.verdict import Label, Signals
 
@@ -33,11 +32,11 @@ class QuickLook:
         pass
 
 
-async def test_any_backend_s_cheap_clear_gets_a_second_opinion(tmp_path: Path):
+async def test_any_backend_s_cheap_clear_gets_a_second_opinion() -> None:
     red = images.jpeg("red", seed=5)
     policy = Policy.load()
     with ThreadPoolExecutor(2) as pool:
-        async with await Store.open(tmp_path / "s.db") as store:
+        async with MemoryStore() as store:  # the verdict and audit rows: bookkeeping
             judge = Judge(
                 store,
                 policy,
