@@ -120,7 +120,8 @@ async def test_rolling_restart_behind_haproxy_answers_every_upload(tmp_path, hor
         await asyncio.sleep(1.5)
 
     try:
-        await asyncio.sleep(1.0)  # both healthy
+        for replica in replicas:  # both healthy, and seen so by the balancer
+            await seen_ready(replica)
         async with load:
             await asyncio.sleep(1.0)
             codes = await restart_each(replicas, seen_ready)

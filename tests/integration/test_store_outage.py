@@ -98,10 +98,11 @@ async def test_postgres_restart_mid_burst_costs_seconds(tmp_path, pg_server, pg_
             assert ready["store_health"]["why"]
             answered_in_time(await asyncio.gather(*uploads), DEADLINE_S)
 
-            # Every image judged within a minute of the return, each submitted once: no Horde
-            # answer was thrown away and judged again.
+            # Every image judged after the return, each submitted once: no Horde answer was
+            # thrown away and judged again. (A liveness bound, not a timing claim: a loaded
+            # machine took 60 s; the benchmark measures how fast.)
             shas = [sha256_hex(d) for d in cached + burst]
-            deadline = back_at + 60
+            deadline = back_at + 180
             while (counts := await judged(pg_url, shas)) != (len(shas), 0):
                 assert time.monotonic() < deadline, counts
                 await asyncio.sleep(0.5)
