@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from horde_scanner.errors import FinalError
 from horde_scanner.store.interfaces import AuditStore, ReviewStore
 
 # The quarantine table's states and rows (store/review.py), for this module's users too.
@@ -151,7 +152,7 @@ def _copy_back(held_file: Path, target: Path) -> str:
     return f"restored to {target}"
 
 
-class QuarantineError(Exception):
+class QuarantineError(FinalError):
     """A quarantine operation failed; the message says which file and why."""
 
 

@@ -33,10 +33,10 @@ from horde_scanner.review.quarantine import (
     QuarantineStore,
     ReleaseResult,
 )
+from horde_scanner.sources.address import make_source
 from horde_scanner.store.interfaces import SweepStore
 from horde_scanner.store.sweeps import ScanAction
 from horde_scanner.sweep.actions import Action, release
-from horde_scanner.sweep.address import make_source
 
 
 class SweepHolderStore(SweepStore, QuarantineStore, DecisionStore, Protocol):
