@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from horde_scanner.hashlists.format import HashEntry
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.signals.embedding_list import EmbeddingEntry
+from horde_scanner.signals.hash_list import HashEntry
 from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.interfaces import (
     AuditStore,
