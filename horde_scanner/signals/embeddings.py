@@ -1,7 +1,8 @@
 """Matching a miss's image embedding against confirmed positives, with PDQ's trust rules.
 
 `EmbeddingMatcher` encodes an image (signals/encoder.py, bounded pool), keeps the vector with
-the image's verdict, and searches the HNSW index (signals/embedding_index.py) of what the
+the image's verdict, and searches the index (signals/lsh_index.py by default, or the HNSW graph
+of signals/embedding_index.py: `embeddings.index_kind`) of what the
 store says it must hold: this instance's machine positives and deny-listed images, imported
 entries, and the lists of subscriptions. Rules, as for PDQ (hashlists/matcher.py):
 
@@ -48,6 +49,7 @@ from horde_scanner.signals.embedding_index import (
     own_key,
 )
 from horde_scanner.signals.embedding_list import Model
+from horde_scanner.signals.lsh_index import LshIndex, LshShape, recall_at
 from horde_scanner.signals.encoder import EncoderPool, EncoderUnavailable, ImageEncoder
 from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_hex, to_blob
 from horde_scanner.store.embeddings import EmbeddingRow
@@ -66,6 +68,10 @@ _TRUST_NAME = {DENY: HashTrust.DENY, REVIEW: HashTrust.REVIEW}
 _REBUILD_SHARE = 0.2
 _REBUILD_MIN = 20_000
 _VECTORS_PER_FETCH = 20_000
+# The cosines the start-up log states the LSH index's recall at.
+_STATED_COSINES = (0.95, 0.90, 0.85, 0.80)
+
+AnyIndex = EmbeddingIndex | LshIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +139,25 @@ class EmbeddingMatcher:
             self._threshold[sub.name] = (
                 sub.threshold if sub.threshold is not None else settings.threshold
             )
-        self.shape = IndexShape(
-            settings.model_id,
-            settings.dim,
-            settings.index_dtype,
-            settings.index_connectivity,
-            settings.index_expansion_add,
-        )
-        # Made at start, when on: the base install has no usearch.
-        self._index: EmbeddingIndex | None = None
+        self.shape: IndexShape | LshShape
+        if settings.index_kind == "lsh":
+            self.shape = LshShape(
+                settings.model_id,
+                settings.dim,
+                settings.index_dtype,
+                settings.index_bits,
+                settings.index_tables,
+            )
+        else:
+            self.shape = IndexShape(
+                settings.model_id,
+                settings.dim,
+                settings.index_dtype,
+                settings.index_connectivity,
+                settings.index_expansion_add,
+            )
+        # Made at start, when on: the base install has no usearch (the graph index needs it).
+        self._index: AnyIndex | None = None
         self._sync_lock = asyncio.Lock()
         self.last_sync_s = 0.0
         self._index_sync = IndexSync(
@@ -170,7 +186,7 @@ class EmbeddingMatcher:
         except EncoderUnavailable as exc:
             matcher.status = f"off: {exc}"
             return matcher
-        if importlib.util.find_spec("usearch") is None:
+        if settings.index_kind == "hnsw" and importlib.util.find_spec("usearch") is None:
             matcher.status = "off: embeddings need usearch: pip install 'horde-scanner[embeddings]'"
             return matcher
         matcher.pool = EncoderPool(encoder, settings.threads, settings.max_queue)
@@ -186,27 +202,51 @@ class EmbeddingMatcher:
         return len(self._index) if self._index is not None else 0
 
     @property
-    def index(self) -> EmbeddingIndex:
+    def index(self) -> AnyIndex:
         if self._index is None:
-            self._index = EmbeddingIndex(self.shape, self.settings.index_expansion_search)
+            self._index = self._new_index()
         return self._index
+
+    def _new_index(self) -> AnyIndex:
+        if isinstance(self.shape, LshShape):
+            return LshIndex(self.shape, self.settings.index_probe_radius)
+        return EmbeddingIndex(self.shape, self.settings.index_expansion_search)
+
+    def _load_index(self) -> AnyIndex | None:
+        if isinstance(self.shape, LshShape):
+            return LshIndex.load(self._index_dir, self.shape, self.settings.index_probe_radius)
+        return EmbeddingIndex.load(
+            self._index_dir, self.shape, self.settings.index_expansion_search
+        )
+
+    def describe_index(self) -> str:
+        """One line: the index's kind and, for LSH, the recall its settings guarantee."""
+        s = self.settings
+        if s.index_kind == "hnsw":
+            return (
+                f"HNSW graph (usearch, {s.index_dtype}, {s.index_connectivity} links, search"
+                f" list {s.index_expansion_search}): recall measured, not guaranteed"
+            )
+        stated = ", ".join(
+            f"cos {c:.2f}: {recall_at(c, s.index_bits, s.index_tables, s.index_probe_radius):.4f}"
+            for c in sorted({*_STATED_COSINES, *self._threshold.values()}, reverse=True)
+        )
+        return (
+            f"LSH ({s.index_bits} bits x {s.index_tables} tables, probe radius"
+            f" {s.index_probe_radius}, {s.index_dtype}); chance a stored vector is found: {stated}"
+        )
 
     async def start(self) -> None:
         if not self.enabled:
             log.warning("embeddings %s", self.status)
             return
         log.info("embeddings %s", self.status)
+        log.info("embedding index: %s", self.describe_index())
         stale = await self.store.drop_embedding_origins_except(self._trust)
         if stale:
             log.info("dropped embedding entries of subscriptions no longer configured: %s", stale)
         loop = asyncio.get_running_loop()
-        saved = await loop.run_in_executor(
-            self._executor,
-            EmbeddingIndex.load,
-            self._index_dir,
-            self.shape,
-            self.settings.index_expansion_search,
-        )
+        saved = await loop.run_in_executor(self._executor, self._load_index)
         if saved is not None:
             self._index = saved
             log.info("embedding index: %d entries loaded from %s", len(saved), self._index_dir)
@@ -256,10 +296,11 @@ class EmbeddingMatcher:
             index = self.index
             if len(to_add) + len(to_remove) > max(_REBUILD_MIN, _REBUILD_SHARE * len(present)):
                 # Rebuilt beside the one answering now: lookups never wait for it.
-                index = EmbeddingIndex(self.shape, self.settings.index_expansion_search)
+                index = self._new_index()
                 to_add, to_remove = keys, np.zeros(0, np.uint64)
             await self._add(index, to_add)
             loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, index.seal)
             await loop.run_in_executor(self._executor, index.remove, to_remove)
             # Rows gone from the store between listing and fetching are not in the graph.
             held = await loop.run_in_executor(self._executor, index.contains, keys)
@@ -267,7 +308,8 @@ class EmbeddingMatcher:
             await self._suppress_allowed(index)
             index.generation = generation
             self._index = index
-            if len(to_add) or len(to_remove) or not (self._index_dir / "meta.json").exists():
+            saved_file = "current.json" if isinstance(index, LshIndex) else "meta.json"
+            if len(to_add) or len(to_remove) or not (self._index_dir / saved_file).exists():
                 await loop.run_in_executor(self._executor, index.save, self._index_dir)
             self.last_sync_s = time.monotonic() - started
             if len(to_add) or len(to_remove):
@@ -280,7 +322,7 @@ class EmbeddingMatcher:
                     self.last_sync_s,
                 )
 
-    async def _add(self, index: EmbeddingIndex, keys: np.ndarray) -> None:
+    async def _add(self, index: AnyIndex, keys: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
         for start in range(0, len(keys), _VECTORS_PER_FETCH):
             chunk = keys[start : start + _VECTORS_PER_FETCH]
@@ -296,7 +338,7 @@ class EmbeddingMatcher:
                 vectors = np.stack([from_blob(v) for _, v in rows])
                 await loop.run_in_executor(self._executor, index.add, found, vectors)
 
-    async def _suppress_allowed(self, index: EmbeddingIndex) -> None:
+    async def _suppress_allowed(self, index: AnyIndex) -> None:
         allowed = await self.store.allowed_embeddings(self.model.model)
         if not allowed:
             return
