@@ -241,8 +241,10 @@ async def test_without_usearch_the_feature_is_off_and_says_so(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "usearch" else found(name, *a)
     )
+    # The graph index (embeddings.index_kind = "hnsw") needs usearch; the default LSH index
+    # does not (tests/unit/signals/test_embedding_index_kinds.py).
     async with running_service(
-        instance(tmp_path, "a", encoder), backend=MockBackend(always_clean)
+        instance(tmp_path, "a", encoder, index_kind="hnsw"), backend=MockBackend(always_clean)
     ) as svc:
         async with http.get(f"{svc.url}/readyz") as resp:
             body = await resp.json()

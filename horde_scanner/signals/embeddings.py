@@ -29,8 +29,10 @@ import asyncio
 import importlib.util
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,8 +51,8 @@ from horde_scanner.signals.embedding_index import (
     own_key,
 )
 from horde_scanner.signals.embedding_list import Model
-from horde_scanner.signals.lsh_index import LshIndex, LshShape, recall_at
 from horde_scanner.signals.encoder import EncoderPool, EncoderUnavailable, ImageEncoder
+from horde_scanner.signals.lsh_index import LshIndex, LshShape, recall_at
 from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_hex, to_blob
 from horde_scanner.store.embeddings import EmbeddingRow
 from horde_scanner.store.hashes import LOCAL, VERDICT
@@ -139,23 +141,7 @@ class EmbeddingMatcher:
             self._threshold[sub.name] = (
                 sub.threshold if sub.threshold is not None else settings.threshold
             )
-        self.shape: IndexShape | LshShape
-        if settings.index_kind == "lsh":
-            self.shape = LshShape(
-                settings.model_id,
-                settings.dim,
-                settings.index_dtype,
-                settings.index_bits,
-                settings.index_tables,
-            )
-        else:
-            self.shape = IndexShape(
-                settings.model_id,
-                settings.dim,
-                settings.index_dtype,
-                settings.index_connectivity,
-                settings.index_expansion_add,
-            )
+        self.shape = index_shape(settings)
         # Made at start, when on: the base install has no usearch (the graph index needs it).
         self._index: AnyIndex | None = None
         self._sync_lock = asyncio.Lock()
@@ -208,33 +194,10 @@ class EmbeddingMatcher:
         return self._index
 
     def _new_index(self) -> AnyIndex:
-        if isinstance(self.shape, LshShape):
-            return LshIndex(self.shape, self.settings.index_probe_radius)
-        return EmbeddingIndex(self.shape, self.settings.index_expansion_search)
-
-    def _load_index(self) -> AnyIndex | None:
-        if isinstance(self.shape, LshShape):
-            return LshIndex.load(self._index_dir, self.shape, self.settings.index_probe_radius)
-        return EmbeddingIndex.load(
-            self._index_dir, self.shape, self.settings.index_expansion_search
-        )
+        return new_index(self.settings, self.shape)
 
     def describe_index(self) -> str:
-        """One line: the index's kind and, for LSH, the recall its settings guarantee."""
-        s = self.settings
-        if s.index_kind == "hnsw":
-            return (
-                f"HNSW graph (usearch, {s.index_dtype}, {s.index_connectivity} links, search"
-                f" list {s.index_expansion_search}): recall measured, not guaranteed"
-            )
-        stated = ", ".join(
-            f"cos {c:.2f}: {recall_at(c, s.index_bits, s.index_tables, s.index_probe_radius):.4f}"
-            for c in sorted({*_STATED_COSINES, *self._threshold.values()}, reverse=True)
-        )
-        return (
-            f"LSH ({s.index_bits} bits x {s.index_tables} tables, probe radius"
-            f" {s.index_probe_radius}, {s.index_dtype}); chance a stored vector is found: {stated}"
-        )
+        return describe_index(self.settings, self._threshold.values())
 
     async def start(self) -> None:
         if not self.enabled:
@@ -246,7 +209,9 @@ class EmbeddingMatcher:
         if stale:
             log.info("dropped embedding entries of subscriptions no longer configured: %s", stale)
         loop = asyncio.get_running_loop()
-        saved = await loop.run_in_executor(self._executor, self._load_index)
+        saved = await loop.run_in_executor(
+            self._executor, load_index, self._index_dir, self.settings, self.shape
+        )
         if saved is not None:
             self._index = saved
             log.info("embedding index: %d entries loaded from %s", len(saved), self._index_dir)
@@ -472,6 +437,48 @@ class EmbeddingMatcher:
                     "reason": match.reason(),
                 },
             )
+
+
+def index_shape(settings: EmbeddingsSettings) -> IndexShape | LshShape:
+    """What the index is built with (a saved one built otherwise is rebuilt)."""
+    s = settings
+    if s.index_kind == "lsh":
+        return LshShape(s.model_id, s.dim, s.index_dtype, s.index_bits, s.index_tables)
+    return IndexShape(s.model_id, s.dim, s.index_dtype, s.index_connectivity, s.index_expansion_add)
+
+
+def new_index(settings: EmbeddingsSettings, shape: IndexShape | LshShape) -> AnyIndex:
+    if isinstance(shape, LshShape):
+        return LshIndex(shape, settings.index_probe_radius)
+    return EmbeddingIndex(shape, settings.index_expansion_search)
+
+
+def load_index(
+    directory: Path, settings: EmbeddingsSettings, shape: IndexShape | LshShape
+) -> AnyIndex | None:
+    """The index saved in `directory` if built with `shape`, else None."""
+    if isinstance(shape, LshShape):
+        return LshIndex.load(directory, shape, settings.index_probe_radius)
+    return EmbeddingIndex.load(directory, shape, settings.index_expansion_search)
+
+
+def describe_index(settings: EmbeddingsSettings, thresholds: Iterable[float] = ()) -> str:
+    """One line: the index's kind and, for LSH, the recall its settings guarantee at the
+    usual cosines and at each configured threshold."""
+    s = settings
+    if s.index_kind == "hnsw":
+        return (
+            f"HNSW graph (usearch, {s.index_dtype}, {s.index_connectivity} links, search"
+            f" list {s.index_expansion_search}): recall measured, not guaranteed"
+        )
+    stated = ", ".join(
+        f"cos {c:.2f}: {recall_at(c, s.index_bits, s.index_tables, s.index_probe_radius):.4f}"
+        for c in sorted({*_STATED_COSINES, *thresholds}, reverse=True)
+    )
+    return (
+        f"LSH ({s.index_bits} bits x {s.index_tables} tables, probe radius"
+        f" {s.index_probe_radius}, {s.index_dtype}); chance a stored vector is found: {stated}"
+    )
 
 
 def is_embedding_match(verdict: Verdict) -> bool:

@@ -117,7 +117,9 @@ def _probe_masks(bits: int, radius: int) -> np.ndarray:
     """Every key difference of at most `radius` bits: the buckets a query probes."""
     masks = [0]
     for flips in range(1, radius + 1):
-        masks += [sum(1 << b for b in chosen) for chosen in itertools.combinations(range(bits), flips)]
+        masks += [
+            sum(1 << b for b in chosen) for chosen in itertools.combinations(range(bits), flips)
+        ]
     return np.array(sorted(masks), np.uint32)
 
 
@@ -166,7 +168,9 @@ class LshIndex(KeyedMeta):
         n = s.n
         per_row = s.keys.itemsize + s.vectors[:1].nbytes + s.scales.itemsize + s.live.itemsize
         per_row += s.codes[:1].nbytes
-        return n * per_row + s.order.nbytes + s.offsets.nbytes + self._planes.nbytes + self.meta_nbytes
+        return (
+            n * per_row + s.order.nbytes + s.offsets.nbytes + self._planes.nbytes + self.meta_nbytes
+        )
 
     def codes(self, vectors: np.ndarray) -> np.ndarray:
         """Each table's key (uint32) of each vector: [n, tables]."""
