@@ -1,7 +1,8 @@
 """The one pipeline every image goes through, whoever asks (upload, sweep, `check`):
 
     bytes -> sha256 -> allow/deny list -> hash lists (exact sha256) -> cached verdict
-          (re-judged if the policy changed; re-checked against the PDQ index unless csam)
+          (re-judged if the policy changed; re-checked against the PDQ and embedding
+          indexes unless csam)
           -> persisted job -> decode + PDQ + index search (bounded pool) -> PDQ match? -> verdict
           -> backend, and beside it the image's embedding (encoder pool) -> embedding match?
           -> verdict; else policy -> verdict
@@ -329,6 +330,15 @@ class Judge:
                 return self._remember(outcome)
             if recheck.stale:
                 return None
+        if self.embeddings is not None and verdict.label is not Label.CSAM:
+            # A deny entry may have arrived since the image was judged: its embedding is
+            # kept with the verdict (no encoding here), matched against today's index.
+            late = await self.embeddings.recheck(sha256)
+            if late is not None:
+                again = late.verdict(self.policy.version)
+                return self._remember(
+                    Outcome(sha256, Route.MATCH, again, stored.media_type, stored.size)
+                )
         if verdict.policy_version != self.policy.version and verdict.signals is not None:
             verdict = self.policy.judge(verdict.signals)
             await self.store.put_verdict(sha256, verdict)
