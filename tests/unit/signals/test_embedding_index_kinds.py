@@ -91,6 +91,7 @@ async def test_the_probe_radius_changes_no_saved_index(tmp_path: Path, caplog):
         two = matcher(store, tmp_path, index_probe_radius=1)
         await two.start()
         assert "40 entries loaded from" in caplog.text
+        assert "embedding index: LSH (20 bits x 16 tables, probe radius 1, i8)" in caplog.text
         assert await two.match(near(vectors[3], 3)) is not None
         await two.stop()
 

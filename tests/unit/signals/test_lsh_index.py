@@ -56,6 +56,18 @@ def test_the_stated_recall_is_the_binomial_formula():
     assert recall_at(0.90, 20, 16, 2) > recall_at(0.80, 20, 16, 2) > recall_at(0.0, 20, 16, 2)
     # The defaults: near certain at 0.90, above 0.95 at an admin's lowered 0.80.
     assert recall_at(0.90, 20, 16, 2) > 0.9998 and recall_at(0.80, 20, 16, 2) > 0.96
+    stated = {0.95: "1.0000", 0.90: "0.9999", 0.85: "0.9956", 0.80: "0.9667"}  # docs' table
+    assert {c: f"{recall_at(c, 20, 16, 2):.4f}" for c in stated} == stated
+    assert f"{recall_at(0.80, 20, 24, 2):.3f}" == "0.994"  # the docs' advice for 0.80
+
+
+def test_memory_is_the_vectors_and_8_bytes_per_table_per_entry_and_4_mb_per_table():
+    index = filled(unit_vectors(3000, 13))
+    per_entry = 512 + 4 + 8 + 1 + 16 * 8  # int8 vector, its scale, key, live flag, tables
+    directory = 16 * ((1 << 20) + 1) * 4
+    meta = 3000 * (8 + 1 + 4)
+    planes = 16 * 20 * 512 * 4
+    assert index.nbytes == 3000 * per_entry + directory + meta + planes
 
 
 @pytest.mark.parametrize("cosine", [0.95, 0.90, 0.85, 0.80])
