@@ -287,6 +287,15 @@ class LshIndex(KeyedMeta):
         keep = similarity >= floor
         return rows[keep], similarity[keep]
 
+    def probed(self, vector: np.ndarray) -> np.ndarray:
+        """The rows a lookup's probes reach in the bucket directory, before any filtering
+        (what the lookup's work grows with)."""
+        s = self._state
+        if not s.sealed:
+            return np.zeros(0, np.int64)
+        query = self.codes(vector)[0]
+        return self._probe(s, query, _probe_masks(self.shape.bits, self.probe_radius))
+
     def _probe(self, s: _State, query: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Rows in every bucket within the probe radius of the query's key, in every table."""
         buckets = (query[:, None] ^ masks[None, :]).astype(np.int64)  # [tables, probes]
