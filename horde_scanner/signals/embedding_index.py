@@ -123,7 +123,9 @@ class KeyedMeta:
     def keys(self) -> np.ndarray:
         return self._meta.keys
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1) -> None:
+    def add(
+        self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1, seal: bool = True
+    ) -> None:
         raise NotImplementedError
 
     def set_meta(
@@ -235,8 +237,12 @@ class EmbeddingIndex(KeyedMeta):
     def nbytes(self) -> int:
         return int(self._graph.memory_usage) + self.meta_nbytes
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1) -> None:
-        """Put vectors into the graph (blocking). Their trust comes with set_meta."""
+    def add(
+        self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1, seal: bool = True
+    ) -> None:
+        """Put vectors into the graph (blocking). Their trust comes with set_meta. (`seal`
+        is the LSH index's; the graph takes each vector in as it comes.)"""
+        del seal
         if not len(keys):
             return
         keys = np.asarray(keys, np.uint64)

@@ -26,6 +26,7 @@ Until the model file exists the feature is off, and `status` says so in one line
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import time
@@ -263,7 +264,8 @@ class EmbeddingMatcher:
                 # Rebuilt beside the one answering now: lookups never wait for it.
                 index = self._new_index()
                 to_add, to_remove = keys, np.zeros(0, np.uint64)
-            await self._add(index, to_add)
+            # An index built beside the live one is sealed once, after all its rows are in.
+            await self._add(index, to_add, seal=index is self._index)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, index.seal)
             await loop.run_in_executor(self._executor, index.remove, to_remove)
@@ -287,7 +289,7 @@ class EmbeddingMatcher:
                     self.last_sync_s,
                 )
 
-    async def _add(self, index: AnyIndex, keys: np.ndarray) -> None:
+    async def _add(self, index: AnyIndex, keys: np.ndarray, *, seal: bool = True) -> None:
         loop = asyncio.get_running_loop()
         for start in range(0, len(keys), _VECTORS_PER_FETCH):
             chunk = keys[start : start + _VECTORS_PER_FETCH]
@@ -301,7 +303,8 @@ class EmbeddingMatcher:
                     continue
                 found = np.array([2 * i + parity for i, _ in rows], np.uint64)
                 vectors = np.stack([from_blob(v) for _, v in rows])
-                await loop.run_in_executor(self._executor, index.add, found, vectors)
+                add = functools.partial(index.add, found, vectors, seal=seal)
+                await loop.run_in_executor(self._executor, add)
 
     async def _suppress_allowed(self, index: AnyIndex) -> None:
         allowed = await self.store.allowed_embeddings(self.model.model)

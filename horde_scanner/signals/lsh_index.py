@@ -184,9 +184,14 @@ class LshIndex(KeyedMeta):
             out[start : start + len(part)] = keys.reshape(len(part), -1).astype(np.uint32)
         return out
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1) -> None:
+    def add(
+        self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1, seal: bool = True
+    ) -> None:
         """Put vectors in (blocking). Their trust comes with set_meta. `threads` is unused
-        (kept for the graph index's signature): numpy's own threads do the projection."""
+        (kept for the graph index's signature): numpy's own threads do the projection.
+        `seal=False` lets the tail grow past TAIL_ROWS (an index built beside the live one,
+        searched only once `seal` has run): one directory at the end instead of one per
+        batch."""
         del threads
         if not len(keys):
             return
@@ -207,7 +212,7 @@ class LshIndex(KeyedMeta):
             s.codes[s.n : end] = codes
             s.live[s.n : end] = True
             s = replace(s, n=end)
-            if s.n - s.sealed > TAIL_ROWS:
+            if seal and s.n - s.sealed > TAIL_ROWS:
                 s = self._sealed(s)
             self._state = s
 

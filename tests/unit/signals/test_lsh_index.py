@@ -201,3 +201,17 @@ def test_the_hamming_cutoff_keeps_a_true_match_but_for_one_in_a_million():
         assert beyond < 1e-6
     # and drops an unrelated vector's 160 differing bits of 320
     assert hamming_cutoff(n, 0.77) < 130
+
+
+def test_a_bulk_build_seals_once_at_the_end():
+    vectors = unit_vectors(TAIL_ROWS + 2000, 14)
+    index = LshIndex(SHAPE, probe_radius=2)
+    keys = np.arange(len(vectors), dtype=np.uint64) * 2
+    for start in range(0, len(vectors), 5000):
+        index.add(keys[start : start + 5000], vectors[start : start + 5000], seal=False)
+    assert index._state.sealed == 0  # all tail, no directory made per batch
+    index.set_meta(keys, np.zeros(len(keys), np.uint8), np.full(len(keys), 0.8, np.float32))
+    assert found(index, at_cosine(vectors[9], 0.9, 9), 18)  # the tail is searched meanwhile
+    index.seal()
+    assert index._state.sealed == len(vectors)
+    assert found(index, at_cosine(vectors[9], 0.9, 9), 18)
