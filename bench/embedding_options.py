@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--cache", default=str(ROOT / ".bench-cache" / "embeddings"))
     parser.add_argument("--faiss-hnsw", action="store_true", help="also build FAISS HNSW")
+    parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: 4 sqrt(N))")
     parser.add_argument(
         "--options", default="hnsw,faiss,lsh", help="which of hnsw (usearch), faiss, lsh"
     )
@@ -71,7 +72,7 @@ def main() -> None:
     if "hnsw" in options:
         two_stage(n, cache, data, queries, truth)
     if "faiss" in options:
-        faiss_options(n, data, queries, truth, rng, args.faiss_hnsw)
+        faiss_options(n, data, queries, truth, rng, args.faiss_hnsw, args.nlist)
     if "lsh" in options:
         lsh = cached_index("lsh", n, cache)[0]
 
@@ -110,7 +111,13 @@ def two_stage(n: int, cache: Path, data: np.ndarray, queries: dict, truth: dict)
 
 
 def faiss_options(
-    n: int, data: np.ndarray, queries: dict, truth: dict, rng: np.random.Generator, hnsw: bool
+    n: int,
+    data: np.ndarray,
+    queries: dict,
+    truth: dict,
+    rng: np.random.Generator,
+    hnsw: bool,
+    nlist: int,
 ) -> None:
     if importlib.util.find_spec("faiss") is None:
         print("  faiss: not installed (pip install faiss-cpu): skipped", flush=True)
@@ -118,7 +125,7 @@ def faiss_options(
         import faiss
 
         faiss.omp_set_num_threads(1)  # one query, one thread: as the service would search
-        nlist = int(4 * np.sqrt(n))
+        nlist = nlist or int(4 * np.sqrt(n))
         quantizer = faiss.IndexFlatIP(512)
         ivf = faiss.IndexIVFScalarQuantizer(
             quantizer, 512, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
@@ -129,7 +136,7 @@ def faiss_options(
         ivf.add(data)
         faiss.omp_set_num_threads(1)
         build = time.perf_counter() - started
-        for nprobe in (8, 16, 32, 64):
+        for nprobe in (8, 16, 32, 64, 128):
             ivf.nprobe = nprobe
 
             def ivf_search(q: np.ndarray) -> int:
