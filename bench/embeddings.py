@@ -13,8 +13,10 @@
   a miss's added latency: the in-process service answering unique images with a backend of
       0 ms and 500 ms, embeddings off vs on (interleaved); and with a 5 s backend and a 0.3 s
       deadline, the longest answer (the deadline must hold)
-  cache hits: requests/s of the service (subprocess) of the previous release (3579f71, a git
-      worktree), this one with embeddings off, and on, interleaved rounds, medians
+  cache hits: requests/s of the service (subprocess) of the previous release (2fa284f, a git
+      worktree), this one with embeddings off, and on, interleaved rounds, medians; with
+      --hit-store, no answers kept in memory (every hit read from the store and re-checked
+      against the PDQ and embedding indexes)
 
 Run: .venv/bin/python -m bench.embeddings [--sizes 10000,100000,1000000] [--parts ...]
 """
@@ -39,7 +41,7 @@ from bench import common
 from bench.common import ROOT, percentiles, rss_mb
 
 DIM = 512
-PREVIOUS_RELEASE = "3579f71"
+PREVIOUS_RELEASE = "2fa284f"
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -385,7 +387,7 @@ def bench_miss(model: Path) -> None:
 # -- cache hits against the previous release ---------------------------------------------------
 
 
-def bench_hits(model: Path, seconds: float, rounds: int) -> None:
+def bench_hits(model: Path, seconds: float, rounds: int, store: bool = False) -> None:
     from bench.common import horde_and_service, noisy_jpeg
     from bench.validate import closed_loop
 
@@ -398,21 +400,28 @@ def bench_hits(model: Path, seconds: float, rounds: int) -> None:
     )
     try:
         image = noisy_jpeg(7)
-        results: dict[str, list[float]] = {"previous (3579f71)": [], "off": [], "on": []}
+        previous = f"previous ({PREVIOUS_RELEASE})"
+        results: dict[str, list[float]] = {
+            f"{previous}, off": [],
+            f"{previous}, on": [],
+            "off": [],
+            "on": [],
+        }
+        # --hit-store: no answer kept in memory, so each hit is the store's lookup path.
+        memory = {"HORDE_SCANNER_VALIDATION__VERDICT_CACHE_SIZE": "0"} if store else {}
         for _ in range(rounds):
             for name in results:
                 with tempfile.TemporaryDirectory() as tmp:
                     env = {
                         "HORDE_SCANNER_EMBEDDINGS__MODEL_PATH": str(
-                            model if name == "on" else Path(tmp) / "none.onnx"
+                            model if name.endswith("on") else Path(tmp) / "none.onnx"
                         ),
                         "HORDE_SCANNER_EMBEDDINGS__INDEX_DIR": str(Path(tmp) / "ix"),
+                        **memory,
                     }
                     # The previous release runs from its own worktree (python -m imports
                     # from the working directory first).
                     common.ROOT = old if name.startswith("previous") else ROOT
-                    if name.startswith("previous"):
-                        env = {}
                     with horde_and_service(
                         ["--latency", "0.05"],
                         lambda port: ["-m", "horde_scanner.cli", "serve", "--port", str(port)],
@@ -427,7 +436,7 @@ def bench_hits(model: Path, seconds: float, rounds: int) -> None:
         for name, values in results.items():
             shown = ", ".join(f"{v:.0f}" for v in values)
             print(
-                f"cache hits, 32 clients, {name:>18}: median {statistics.median(values):.0f}"
+                f"cache hits, 32 clients, {name:>23}: median {statistics.median(values):.0f}"
                 f" requests/s ({shown})",
                 flush=True,
             )
@@ -451,6 +460,9 @@ def main() -> None:
     )
     parser.add_argument("--hit-seconds", type=float, default=8.0)
     parser.add_argument("--hit-rounds", type=int, default=3)
+    parser.add_argument(
+        "--hit-store", action="store_true", help="hits read from the store (no memory cache)"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     print(
@@ -470,7 +482,7 @@ def main() -> None:
         if model is not None and "miss" in parts:
             bench_miss(model)
         if model is not None and "hits" in parts:
-            bench_hits(model, args.hit_seconds, args.hit_rounds)
+            bench_hits(model, args.hit_seconds, args.hit_rounds, args.hit_store)
 
 
 if __name__ == "__main__":
