@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # Rows added since the bucket directory was made; a search compares the query's keys with
 # each of them (about a millisecond per 16,000 rows), so past this the directory is remade.
 TAIL_ROWS = 16_384
+# A lookup probing more rows than this says so in the log, once per index: its entries are
+# close to one another (clustered data), and each lookup costs milliseconds more.
+CROWDED_PROBE = 50_000
 # A probed candidate whose keys, over all tables, differ from the query's in more bits than
 # the Binomial quantile at this probability is dropped before its vector is read.
 CUTOFF_MISS = 1e-6
@@ -154,6 +157,7 @@ class LshIndex(KeyedMeta):
         self._weights = (1 << np.arange(shape.bits, dtype=np.uint64)).astype(np.float64)
         self._write = threading.Lock()
         self._state = self._empty()
+        self._crowded_said = False
 
     # -- contents ------------------------------------------------------------------------------
 
@@ -277,6 +281,15 @@ class LshIndex(KeyedMeta):
             near = np.bitwise_count(s.codes[s.sealed : s.n] ^ query) <= self.probe_radius
             found.append(tail[near.any(axis=1)])
         rows = np.concatenate(found) if found else np.zeros(0, np.int64)
+        if len(rows) > CROWDED_PROBE and not self._crowded_said:
+            self._crowded_said = True
+            log.warning(
+                "embedding index: a lookup probed %d of %d entries: the entries are close to"
+                " one another, so lookups cost more than on spread-out data; see the"
+                " embeddings docs (index_kind)",
+                len(rows),
+                s.n,
+            )
         if not len(rows):
             return rows, np.zeros(0, np.float32)
         # The keys over all tables: a cheap cosine estimate that drops unrelated candidates

@@ -215,3 +215,19 @@ def test_a_bulk_build_seals_once_at_the_end():
     index.seal()
     assert index._state.sealed == len(vectors)
     assert found(index, at_cosine(vectors[9], 0.9, 9), 18)
+
+
+def test_a_lookup_in_crowded_entries_says_so_once(caplog, monkeypatch):
+    import horde_scanner.signals.lsh_index as lsh
+
+    monkeypatch.setattr(lsh, "CROWDED_PROBE", 100)
+    # Entries close to one another: one shared direction plus a little of their own.
+    rng = np.random.default_rng(15)
+    shared = unit_vectors(1, 16)[0]
+    vectors = 0.9 * shared + 0.1 * unit_vectors(3000, 17)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = filled(vectors.astype(np.float32))
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            index.search(vectors[int(rng.integers(0, 3000))], 0.8)
+    assert caplog.text.count("the entries are close to one another") == 1
