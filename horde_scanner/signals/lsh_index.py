@@ -27,7 +27,8 @@ serialised by a lock and publish a new snapshot. Removed rows stay in the arrays
 until dead rows are a quarter of all: then the directory is remade without them.
 
 Saved as numpy arrays in a directory per save (`save`), mapped on restart (`load`): a restart
-reads the files' pages as lookups touch them, not the whole index first.
+reads the keys of each row to count the buckets again, and the rest (the vectors) as lookups
+touch them.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ CROWDED_PROBE = 50_000
 # the Binomial quantile at this probability is dropped before its vector is read.
 CUTOFF_MISS = 1e-6
 _POINTER = "current.json"
-_ARRAYS = ("keys", "vectors", "scales", "codes", "live", "order", "offsets", "planes")
+# The bucket directory's offsets (4 MB per table, whatever the size) are not saved: a load
+# counts them again from the codes (a bincount per table, a fraction of a second at a million).
+_ARRAYS = ("keys", "vectors", "scales", "codes", "live", "order", "planes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,14 +389,10 @@ class LshIndex(KeyedMeta):
 
     def _sealed(self, s: _State) -> _State:
         """`s` with a bucket directory over all its rows."""
-        tables, buckets = self.shape.tables, 1 << self.shape.bits
-        order = np.empty((tables, s.n), np.uint32)
-        offsets = np.empty((tables, buckets + 1), np.uint32)
-        for t in range(tables):
-            column = s.codes[: s.n, t]
-            order[t] = np.argsort(column, kind="stable")
-            offsets[t, 0] = 0
-            np.cumsum(np.bincount(column, minlength=buckets), out=offsets[t, 1:])
+        order = np.empty((self.shape.tables, s.n), np.uint32)
+        for t in range(self.shape.tables):
+            order[t] = np.argsort(s.codes[: s.n, t], kind="stable")
+        offsets = _offsets(s.codes[: s.n], self.shape.bits)
         return replace(s, sealed=s.n, order=order, offsets=offsets)
 
     def _compacted(self, s: _State) -> _State:
@@ -433,7 +432,6 @@ class LshIndex(KeyedMeta):
             "codes": s.codes[:n],
             "live": s.live[:n],
             "order": s.order,
-            "offsets": s.offsets,
             "planes": self._planes,
         }
         for field, array in arrays.items():
@@ -472,10 +470,10 @@ class LshIndex(KeyedMeta):
                 or a["vectors"].shape != (rows, shape.dim)
                 or a["codes"].shape != (rows, tables)
                 or a["order"].shape != (tables, rows)
-                or a["offsets"].shape != (tables, (1 << shape.bits) + 1)
                 or a["planes"].shape != index._planes.shape
             ):
                 raise ValueError("arrays of the wrong shape")
+            offsets = _offsets(a["codes"], shape.bits)
             index.load_meta(where)
         except Exception as exc:  # a torn or foreign file: rebuild rather than fail
             log.warning("saved embedding index %s unreadable (%s): rebuilding", directory, exc)
@@ -490,8 +488,18 @@ class LshIndex(KeyedMeta):
             a["codes"],
             live,
             a["order"],
-            a["offsets"],
+            offsets,
         )
         index.keep_held(index.contains)
         index.generation = int(generation)
         return index
+
+
+def _offsets(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Where each bucket starts in each table's sorted rows: [tables, 2^bits + 1]."""
+    tables, buckets = codes.shape[1], 1 << bits
+    offsets = np.empty((tables, buckets + 1), np.uint32)
+    offsets[:, 0] = 0
+    for t in range(tables):
+        np.cumsum(np.bincount(codes[:, t], minlength=buckets), out=offsets[t, 1:])
+    return offsets

@@ -1,10 +1,10 @@
-"""The matcher's two index kinds (embeddings.index_kind): LSH by default, needing no usearch;
-a saved index of the other kind (or other LSH settings) rebuilt from the store at start; the
-start-up line stating the recall the LSH settings guarantee."""
+"""The matcher's two index kinds (embeddings.index_kind): LSH by default (without usearch:
+tests/integration/test_embeddings.py); a saved index of the other kind (or other LSH
+settings) rebuilt from the store at start; the start-up line stating the recall the LSH
+settings guarantee."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,18 +37,6 @@ def matcher(store: Store, tmp_path: Path, **settings) -> EmbeddingMatcher:
 def near(vector: np.ndarray, seed: int) -> np.ndarray:
     v = vector + 0.01 * np.random.default_rng(seed).standard_normal(512).astype(np.float32)
     return v / np.linalg.norm(v)
-
-
-def test_the_default_lsh_index_needs_no_usearch(encoder: Path, tmp_path: Path, monkeypatch):
-    found = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "usearch" else found(name, *a)
-    )
-    settings = EmbeddingsSettings(model_id=MODEL_ID, model_path=encoder, index_dir=tmp_path)
-    opened = EmbeddingMatcher.open(None, settings, ThreadPoolExecutor(1))  # type: ignore[arg-type]
-    assert opened.enabled and opened.status.startswith("on:")
-    assert isinstance(opened.index, LshIndex)
-    opened.pool.close()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

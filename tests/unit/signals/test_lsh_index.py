@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import horde_scanner.signals.lsh_index as lsh
 from horde_scanner.signals.lsh_index import (
-    TAIL_ROWS,
     LshIndex,
     LshShape,
     bit_flip_probability,
@@ -22,6 +22,12 @@ from horde_scanner.signals.lsh_index import (
 from tests.embedding_helpers import unit_vectors
 
 SHAPE = LshShape("m", 512, "i8", 20, 16)
+TAIL_ROWS = 300  # the tail's bound, small here so that tests pass it quickly
+
+
+@pytest.fixture(autouse=True)
+def _small_tail(monkeypatch) -> None:
+    monkeypatch.setattr(lsh, "TAIL_ROWS", TAIL_ROWS)
 
 
 def at_cosine(x: np.ndarray, cosine: float, seed: int) -> np.ndarray:
@@ -126,13 +132,13 @@ def test_rows_added_after_the_directory_are_searched_in_the_tail_then_sealed():
 
 
 def test_many_removals_compact_the_rows_and_the_rest_stay_found():
-    vectors = unit_vectors(6000, 7)
+    vectors = unit_vectors(4000, 7)
     index = filled(vectors)
-    keys = np.arange(6000, dtype=np.uint64) * 2
-    index.remove(keys[:3000])
-    assert index.rows == 3000  # dead rows dropped, directory remade
-    index.set_meta(keys[3000:], np.zeros(3000, np.uint8), np.full(3000, 0.8, np.float32))
-    assert all(found(index, at_cosine(vectors[i], 0.95, i), 2 * i) for i in range(3000, 6000, 300))
+    keys = np.arange(4000, dtype=np.uint64) * 2
+    index.remove(keys[:2000])
+    assert index.rows == 2000  # dead rows dropped, directory remade
+    index.set_meta(keys[2000:], np.zeros(2000, np.uint8), np.full(2000, 0.8, np.float32))
+    assert all(found(index, at_cosine(vectors[i], 0.95, i), 2 * i) for i in range(2000, 4000, 200))
 
 
 def test_a_restart_maps_the_saved_arrays_and_takes_changes_after(tmp_path: Path):
@@ -168,7 +174,7 @@ def test_a_save_of_other_settings_or_torn_is_not_used(tmp_path: Path):
 
 
 def test_searches_beside_adds_and_removals_see_whole_snapshots():
-    vectors = unit_vectors(TAIL_ROWS + 3000, 10)
+    vectors = unit_vectors(3000, 10)
     index = filled(vectors[:1000])
     keys = np.arange(len(vectors), dtype=np.uint64) * 2
     errors: list[BaseException] = []
@@ -184,8 +190,8 @@ def test_searches_beside_adds_and_removals_see_whole_snapshots():
 
     reader = threading.Thread(target=search)
     reader.start()
-    for start in range(1000, len(vectors), 2000):
-        index.add(keys[start : start + 2000], vectors[start : start + 2000])
+    for start in range(1000, len(vectors), 200):  # each batch past the tail's bound or near
+        index.add(keys[start : start + 200], vectors[start : start + 200])
         index.remove(keys[start : start + 5])
     done.set()
     reader.join()
@@ -204,11 +210,11 @@ def test_the_hamming_cutoff_keeps_a_true_match_but_for_one_in_a_million():
 
 
 def test_a_bulk_build_seals_once_at_the_end():
-    vectors = unit_vectors(TAIL_ROWS + 2000, 14)
+    vectors = unit_vectors(TAIL_ROWS + 900, 14)
     index = LshIndex(SHAPE, probe_radius=2)
     keys = np.arange(len(vectors), dtype=np.uint64) * 2
-    for start in range(0, len(vectors), 5000):
-        index.add(keys[start : start + 5000], vectors[start : start + 5000], seal=False)
+    for start in range(0, len(vectors), 400):
+        index.add(keys[start : start + 400], vectors[start : start + 400], seal=False)
     assert index._state.sealed == 0  # all tail, no directory made per batch
     index.set_meta(keys, np.zeros(len(keys), np.uint8), np.full(len(keys), 0.8, np.float32))
     assert found(index, at_cosine(vectors[9], 0.9, 9), 18)  # the tail is searched meanwhile
@@ -218,8 +224,6 @@ def test_a_bulk_build_seals_once_at_the_end():
 
 
 def test_a_lookup_in_crowded_entries_says_so_once(caplog, monkeypatch):
-    import horde_scanner.signals.lsh_index as lsh
-
     monkeypatch.setattr(lsh, "CROWDED_PROBE", 100)
     # Entries close to one another: one shared direction plus a little of their own.
     rng = np.random.default_rng(15)
