@@ -1096,6 +1096,12 @@ class EmbeddingsSettings(Section):
         ge=0,
         description="Images waiting for the encoder beyond this are judged without an embedding.",
     )
+    max_frames: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Frames of an animation or video encoded: the first and others spread over it.",
+    )
     index_dir: Path = Field(
         Path("embeddings-index"),
         description="Where the index is saved, so a restart loads it instead of rebuilding.",

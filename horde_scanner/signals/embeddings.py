@@ -30,7 +30,7 @@ import functools
 import importlib.util
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +85,7 @@ class EmbeddingMatch:
     entry: EmbeddingRow
     model: str
     key: int
+    frame: int | None = None  # of an animation or video, when not the first frame
 
     @property
     def rejects(self) -> bool:
@@ -103,8 +104,9 @@ class EmbeddingMatch:
 
     def reason(self) -> str:
         entry = self.entry
+        where = f" in frame {self.frame}" if self.frame else ""
         parts = [
-            f"{self.label.value} by embedding match (cosine {self.similarity:.3f}"
+            f"{self.label.value} by embedding match{where} (cosine {self.similarity:.3f}"
             f" >= {self.threshold:.2f}, model {self.model})",
             f"{self.value} from {list_of_origin(entry.origin, entry.note)}",
         ]
@@ -354,6 +356,18 @@ class EmbeddingMatcher:
         except Exception:  # a model that fails on one image must not fail the judgement
             log.exception("embedding failed")
             return None
+
+    async def embed_frames(
+        self, image: Image.Image, frames: Sequence[tuple[int, Image.Image]]
+    ) -> list[tuple[int, np.ndarray | None]]:
+        """The image's embedding (frame 0: the first frame), and, of an animation or video,
+        those of up to embeddings.max_frames - 1 more of its sampled frames (the frames PDQ
+        hashed), encoded at once in the pool; each may be None (queue full, encoder failed)."""
+        chosen = [(0, image)] + [(i, f) for i, f in frames if i != 0][
+            : self.settings.max_frames - 1
+        ]
+        vectors = await asyncio.gather(*(self.embed(f) for _, f in chosen))
+        return [(i, v) for (i, _), v in zip(chosen, vectors, strict=True)]
 
     def from_signals(self, signals: Signals) -> np.ndarray | None:
         """An embedding a backend sent with its signals (local GPU, remote worker), when it
