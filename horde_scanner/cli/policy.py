@@ -12,16 +12,13 @@ from typing import TextIO
 import click
 
 from horde_scanner.cli.common import LABEL_CHOICE, settings_of, since_of
-from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.judging.policy_diff import DiffReport, format_text, run_diff
-from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.policy.rules import Policy
+from horde_scanner.store.factory import open_store
 
 
 def _load(path: Path) -> Policy:
-    try:
-        return Policy.load(path)
-    except PolicyError as exc:
-        raise click.ClickException(str(exc)) from None
+    return Policy.load(path)
 
 
 @click.group()
@@ -125,7 +122,7 @@ def diff(
     bar = _Bar(sys.stderr)
 
     async def go() -> DiffReport:
-        async with await Store.open(settings.store) as store:
+        async with await open_store(settings.store) as store:
             return await run_diff(
                 store,
                 candidate,
@@ -139,8 +136,6 @@ def diff(
 
     try:
         report = asyncio.run(go())
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
     if as_json:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,10 +41,8 @@ from horde_scanner.backends.base import (
 )
 from horde_scanner.backends.recovery import RecoveryWatch
 from horde_scanner.config import Settings
-from horde_scanner.hashlists.index import Hit
-from horde_scanner.hashlists.matcher import HashMatcher, denies, is_match
+from horde_scanner.errors import RetryLater
 from horde_scanner.judging.jobs import FinishedHook, JobRunner
-from horde_scanner.judging.policy import Policy
 from horde_scanner.judging.second_opinion import SecondOpinion
 from horde_scanner.media.decode import (
     DecodedImage,
@@ -58,11 +56,25 @@ from horde_scanner.media.decode import (
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
 from horde_scanner.media.memory import DecodeMemory
+from horde_scanner.policy.rules import Policy
 from horde_scanner.signals.embeddings import EmbeddingMatch, EmbeddingMatcher, is_embedding_match
+from horde_scanner.signals.hash_index import Hit
+from horde_scanner.signals.hash_matcher import HashMatcher, denies, is_match
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    JobStore,
+    ListStore,
+    StoreLifecycle,
+    VerdictStore,
+)
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Signals, Verdict
+
+
+class JudgeStore(VerdictStore, ListStore, JobStore, AuditStore, StoreLifecycle, Protocol):
+    """What the judge asks of the store (and hands its job runner and second opinion)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +137,7 @@ class _Ticket:
 class Judge:
     def __init__(
         self,
-        store: Store,
+        store: JudgeStore,
         policy: Policy,
         backend: Backend,
         executor: Executor,
@@ -661,7 +673,7 @@ class Judge:
             await self._extra_hook(job, verdict, answered)
 
 
-class StoreAway(Exception):
+class StoreAway(RetryLater):
     """The store is away and no more uploads may wait for it in memory."""
 
 
@@ -675,7 +687,7 @@ def _log_failed_admission(task: asyncio.Future[Any]) -> None:
 
 def build_judge(
     settings: Settings,
-    store: Store,
+    store: JudgeStore,
     policy: Policy,
     backend: Backend,
     executor: Executor,

@@ -58,12 +58,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from horde_scanner.errors import FinalError
+from horde_scanner.store.interfaces import AuditStore, ReviewStore
+
 # The quarantine table's states and rows (store/review.py), for this module's users too.
 from horde_scanner.store.review import DELETED as DELETED
 from horde_scanner.store.review import HELD as HELD
 from horde_scanner.store.review import RELEASED as RELEASED
 from horde_scanner.store.review import QuarantineItem as QuarantineItem
-from horde_scanner.store.sqlite import Store
+
+
+class QuarantineStore(ReviewStore, AuditStore, Protocol):
+    """What the admin's quarantine records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +152,7 @@ def _copy_back(held_file: Path, target: Path) -> str:
     return f"restored to {target}"
 
 
-class QuarantineError(Exception):
+class QuarantineError(FinalError):
     """A quarantine operation failed; the message says which file and why."""
 
 
@@ -163,7 +170,7 @@ class Quarantine:
 
     name = "admin"
 
-    def __init__(self, store: Store, directory: Path) -> None:
+    def __init__(self, store: QuarantineStore, directory: Path) -> None:
         self._store = store
         self.directory = Path(directory)
         self._restorers: dict[str, Restorer] = {"local": LocalRestorer()}

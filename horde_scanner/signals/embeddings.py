@@ -4,7 +4,7 @@
 the image's verdict, and searches the index (signals/lsh_index.py by default, or the HNSW graph
 of signals/embedding_index.py: `embeddings.index_kind`) of what the
 store says it must hold: this instance's machine positives and deny-listed images, imported
-entries, and the lists of subscriptions. Rules, as for PDQ (hashlists/matcher.py):
+entries, and the lists of subscriptions. Rules, as for PDQ (signals/hash_matcher.py):
 
 - a match needs cosine similarity >= the list's threshold (embeddings.threshold, or the
   subscription's own), checked against the exact stored vector, not the index's quantised one;
@@ -34,14 +34,12 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from horde_scanner.config import EmbeddingsSettings, HashTrust
-from horde_scanner.hashlists.matcher import entry_facts, list_of_origin
-from horde_scanner.hashlists.sync import IndexSync
 from horde_scanner.signals.embedding_index import (
     DENY,
     OWN,
@@ -53,12 +51,24 @@ from horde_scanner.signals.embedding_index import (
 )
 from horde_scanner.signals.embedding_list import Model
 from horde_scanner.signals.encoder import EncoderPool, EncoderUnavailable, ImageEncoder
+from horde_scanner.signals.hash_matcher import entry_facts, list_of_origin
+from horde_scanner.signals.hash_sync import IndexSync
 from horde_scanner.signals.lsh_index import LshIndex, LshShape, recall_at
 from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_hex, to_blob
 from horde_scanner.store.embeddings import EmbeddingRow
 from horde_scanner.store.hashes import LOCAL, VERDICT
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    EmbeddingStore,
+    HashBankStore,
+    StoreLifecycle,
+)
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
+
+
+class EmbeddingMatchStore(EmbeddingStore, HashBankStore, AuditStore, StoreLifecycle, Protocol):
+    """What the embedding matcher reads and records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +136,7 @@ class EmbeddingMatch:
 class EmbeddingMatcher:
     def __init__(
         self,
-        store: Store,
+        store: EmbeddingMatchStore,
         settings: EmbeddingsSettings,
         executor: Executor,
         *,
@@ -161,7 +171,7 @@ class EmbeddingMatcher:
 
     @classmethod
     def open(
-        cls, store: Store, settings: EmbeddingsSettings, executor: Executor
+        cls, store: EmbeddingMatchStore, settings: EmbeddingsSettings, executor: Executor
     ) -> EmbeddingMatcher:
         """The matcher with its encoder, or without one (off: `status` says why)."""
         matcher = cls(store, settings, executor)

@@ -22,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from horde_scanner.config import StoreSettings
+from horde_scanner.errors import InvalidInput
 from horde_scanner.store.audit import AuditTables
 from horde_scanner.store.cluster import ClusterTables
 from horde_scanner.store.embeddings import EmbeddingTables
@@ -43,7 +44,7 @@ STARTUP_BUSY_S = 60.0
 OPEN_BUSY_MS = 5000
 
 
-class StoreError(Exception):
+class StoreError(InvalidInput):
     """The database cannot be opened or is not ours."""
 
 

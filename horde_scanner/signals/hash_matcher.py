@@ -1,6 +1,6 @@
 """Matching images against the deny lists by hash, before any backend is asked.
 
-`HashMatcher` keeps the in-memory PDQ index (horde_scanner/hashlists/index.py) of every deny entry:
+`HashMatcher` keeps the in-memory PDQ index (signals/hash_index.py) of every deny entry:
 this instance's confirmed positives and deny list, imported entries, and subscribed lists. It
 is loaded at start-up and kept in step with the store: hashes of new positives are added at
 once, and any other change (an import, an allow from the CLI, a subscription refresh) bumps the
@@ -24,17 +24,23 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from horde_scanner.config import HashesSettings, HashTrust
-from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
-from horde_scanner.hashlists.sync import IndexSync
 from horde_scanner.media.hashing import PdqHash
+from horde_scanner.signals.hash_index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
+from horde_scanner.signals.hash_sync import IndexSync
 from horde_scanner.store.hashes import LOCAL, VERDICT, HashRow
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import AuditStore, ClusterStore, HashBankStore, StoreLifecycle
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
+
+
+class HashMatchStore(HashBankStore, ClusterStore, AuditStore, StoreLifecycle, Protocol):
+    """What the hash matcher (and its subscriptions) read and record."""
+
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +109,7 @@ class _Snapshot:
 
 
 class HashMatcher:
-    def __init__(self, store: Store, settings: HashesSettings, executor: Executor) -> None:
+    def __init__(self, store: HashMatchStore, settings: HashesSettings, executor: Executor) -> None:
         self._store = store
         self.store = store
         self.settings = settings
