@@ -45,9 +45,9 @@ async def test_a_listed_picture_in_a_later_frame_holds_the_animation(
     )
     vector = ImageEncoder(encoder, PREPROCESS, 512).encode(listed)
     async with running_service(settings, backend=MockBackend(always_clean)) as svc:
-        matcher = svc.services.embeddings
+        matcher = svc.parts.embeddings
         assert matcher is not None
-        await svc.services.store.add_embedding_entries(LOCAL, MODEL_ID, [EmbeddingEntry(vector)])
+        await svc.parts.store.add_embedding_entries(LOCAL, MODEL_ID, [EmbeddingEntry(vector)])
         await matcher.sync()
         data = animation([benign, listed], "PNG", duration_ms=500)
         result = await validate_upload(http, svc.scan_url(), data, "image/apng")

@@ -47,14 +47,14 @@ async def test_a_cached_clean_verdict_is_held_by_an_entry_that_came_later(
     async with running_service(settings, backend=backend) as svc:
         first = await validate_upload(http, svc.scan_url(), image, "image/jpeg")
         assert first.status == 200, first.body
-        store, judge = svc.services.store, svc.services.judge
+        store, judge = svc.parts.store, svc.parts.judge
         sha256 = first.body["sha256"]
         kept = await store.embedding_of(sha256, MODEL_ID)
         assert kept is not None  # kept with the verdict when the image was judged
         # Another instance's confirmed positive of the same picture arrives afterwards.
         await store.add_embedding_entries(LOCAL, MODEL_ID, [EmbeddingEntry(from_blob(kept[1]))])
         await store.bump_hash_generation()
-        await svc.services.embeddings.sync()  # type: ignore[union-attr]
+        await svc.parts.embeddings.sync()  # type: ignore[union-attr]
         judged = backend.calls
         # As another replica or a restart finds it: in the store, not in this one's memory.
         judge.forget(sha256)
