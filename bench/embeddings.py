@@ -1,20 +1,27 @@
 """Embedding benchmark (issue 24). Figures:
 
-  index, N random unit vectors (512-d, int8, HNSW M=32):
+  index, N random unit vectors (512-d), each kind of --kinds (lsh: the default tables; hnsw:
+      the usearch graph), with the service's settings:
       build time, memory (index bytes; process RSS growth), save and restart (load) time,
-      one-query lookup p50 / p99, recall@1 against an exact search
-      (near-copy queries: a stored vector plus noise, what a variant looks like; and random
-      queries, the worst case for any graph index)             targets at 1 M: <= 1 GB,
+      one-query lookup p50 / p99 (wall, and the lookup thread's CPU time), recall@1 against an
+      exact search for near copies at cos 0.95 / 0.90 / 0.85 / 0.80 (a stored vector turned
+      to that exact cosine), and false matches (a hit >= 0.90) for random queries
+                                                                targets at 1 M: <= 1 GB,
                                                                 restart <= 5 s, p99 <= 5 ms,
                                                                 recall@1 >= 0.95
+      Built indexes are cached (--cache, default .bench-cache/embeddings/): a later run loads
+      them (restart measured) and reports the build recorded when they were made.
+  spread: the LSH index's work when unrelated vectors share a mean direction
   exact one-by-one comparison (numpy, float32 matrix x vector) vs the index, at each N
   encoder: ViT-B/32-sized image tower (random weights, exported to ONNX here), one image on
       this CPU, p50 / p99                                      target p50 <= 150 ms
   a miss's added latency: the in-process service answering unique images with a backend of
       0 ms and 500 ms, embeddings off vs on (interleaved); and with a 5 s backend and a 0.3 s
       deadline, the longest answer (the deadline must hold)
-  cache hits: requests/s of the service (subprocess) of the previous release (3579f71, a git
-      worktree), this one with embeddings off, and on, interleaved rounds, medians
+  cache hits: requests/s of the service (subprocess) of the previous release (2fa284f, a git
+      worktree), this one with embeddings off, and on, interleaved rounds, medians; with
+      --hit-store, no answers kept in memory (every hit read from the store and re-checked
+      against the PDQ and embedding indexes)
 
 Run: .venv/bin/python -m bench.embeddings [--sizes 10000,100000,1000000] [--parts ...]
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import shutil
 import statistics
@@ -38,7 +46,7 @@ from bench import common
 from bench.common import ROOT, percentiles, rss_mb
 
 DIM = 512
-PREVIOUS_RELEASE = "3579f71"
+PREVIOUS_RELEASE = "2fa284f"
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -49,97 +57,243 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 # -- the index -------------------------------------------------------------------------------
 
+COSINES = (0.95, 0.90, 0.85, 0.80)
+LOWEST = min(COSINES)
+QUERIES = 300
+EXACT_TIMED = 60  # one-by-one exact searches timed (50 ms each at a million)
+CHUNK = 50_000
 
-def bench_index(n: int, tmp: Path, search_lists: list[int]) -> None:
+
+def dataset(n: int, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the n-vector data set: the same every run (seeded per chunk), so
+    a cached index and a fresh exact copy agree without keeping 2 GB of vectors on disk."""
+    parts = []
+    for chunk in range(start // CHUNK, (stop - 1) // CHUNK + 1):
+        x = unit(np.random.default_rng([n, chunk]), min(CHUNK, n - chunk * CHUNK))
+        lo, hi = max(start, chunk * CHUNK) - chunk * CHUNK, min(stop, (chunk + 1) * CHUNK)
+        parts.append(x[lo : hi - chunk * CHUNK])
+    return np.concatenate(parts)
+
+
+def at_cosine(rng: np.random.Generator, x: np.ndarray, cosine: float) -> np.ndarray:
+    """Unit vectors at exactly `cosine` to each row of x, in a random direction: near copies."""
+    u = rng.standard_normal(x.shape, dtype=np.float32)
+    u -= (u * x).sum(axis=1, keepdims=True) * x
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    q = cosine * x + np.sqrt(1 - cosine**2) * u
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _settings(kind: str):
     from horde_scanner.config import EmbeddingsSettings
-    from horde_scanner.signals.embedding_index import EmbeddingIndex, IndexShape
 
-    cfg = EmbeddingsSettings()
-    shape = IndexShape(
-        "bench", DIM, cfg.index_dtype, cfg.index_connectivity, cfg.index_expansion_add
-    )
-    rng = np.random.default_rng(n)
+    return EmbeddingsSettings(model_id="bench", index_kind=kind)
+
+
+def cached_index(kind: str, n: int, cache: Path):
+    """The n-vector index of `kind`: loaded from the cache when built there before (restart
+    time measured), else built (time measured), saved there, and loaded."""
+    from horde_scanner.signals.embeddings import index_shape, load_index, new_index
+
+    settings = _settings(kind)
+    shape = index_shape(settings)
+    record = shape.record()
+    slug = "-".join(str(v) for k, v in sorted(record.items()) if k != "model")
+    directory = cache / f"{kind}-{n}-{slug}"
+    built_file = directory / "bench-build.json"
     pid = os.getpid()
-    # The exact search's copy, float32 (2 GB at 1 M).
-    exact = np.empty((n, DIM), np.float32)
-    index = EmbeddingIndex(shape, cfg.index_expansion_search)
-    before = rss_mb(pid)
-    started, cpu = time.perf_counter(), time.process_time()
-    chunk = 50_000
-    for start in range(0, n, chunk):
-        x = unit(rng, min(chunk, n - start))
-        exact[start : start + len(x)] = x
-        keys = np.arange(start, start + len(x), dtype=np.uint64) * 2
-        index.add(keys, x, threads=os.cpu_count() or 1)
-        if n >= 500_000 and (start + len(x)) % 100_000 == 0:
-            print(
-                f"  ... {start + len(x):,} added in {time.perf_counter() - started:.0f} s,"
-                f" graph {index._graph.memory_usage / 2**20:.0f} MiB",
-                flush=True,
+    if not built_file.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        index = new_index(settings, shape)
+        before = rss_mb(pid)
+        build = build_cpu = 0.0  # the index's own work: making the data is not counted
+        for start in range(0, n, CHUNK):
+            x = dataset(n, start, min(n, start + CHUNK))
+            keys = np.arange(start, start + len(x), dtype=np.uint64) * 2
+            started, cpu = time.perf_counter(), time.process_time()
+            # As the service builds one beside the live index: sealed once at the end.
+            index.add(keys, x, threads=os.cpu_count() or 1, seal=False)
+            build += time.perf_counter() - started
+            build_cpu += time.process_time() - cpu
+            if n >= 500_000 and (start + len(x)) % 200_000 == 0:
+                print(f"  ... {kind}: {start + len(x):,} added in {build:.0f} s", flush=True)
+        started, cpu = time.perf_counter(), time.process_time()
+        index.seal()
+        keys = np.arange(n, dtype=np.uint64) * 2
+        # Every entry at the lowest threshold measured (an admin's lowered list, 0.80).
+        index.set_meta(keys, np.zeros(n, np.uint8), np.full(n, LOWEST, np.float32))
+        build += time.perf_counter() - started
+        build_cpu += time.process_time() - cpu
+        grown = rss_mb(pid) - before
+        started = time.perf_counter()
+        index.generation = 0
+        index.save(directory)
+        save = time.perf_counter() - started
+        built_file.write_text(
+            json.dumps(
+                {
+                    "build_s": build,
+                    "build_cpu_s": build_cpu,
+                    "rss_growth_mb": grown,
+                    "save_s": save,
+                    "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "load": os.getloadavg(),
+                }
             )
-    keys = np.arange(n, dtype=np.uint64) * 2
-    index.set_meta(keys, np.zeros(n, np.uint8), np.full(n, 0.9, np.float32))
-    build = time.perf_counter() - started
-    build_cpu = time.process_time() - cpu
-    grown = rss_mb(pid) - before - exact.nbytes / 2**20  # the exact copy is not the index
-    queries = 300
-    picks = rng.integers(0, n, queries)
-    near = exact[picks] + 0.02 * rng.standard_normal((queries, DIM), dtype=np.float32)
-    near /= np.linalg.norm(near, axis=1, keepdims=True)
-    far = unit(rng, queries)
-    directory = tmp / f"index-{n}"
-    started = time.perf_counter()
-    index.save(directory)
-    save = time.perf_counter() - started
-    size_mb = sum(f.stat().st_size for f in directory.iterdir()) / 1e6
-    del index
-    gc.collect()
+        )
+        del index
+        gc.collect()
+    built = json.loads(built_file.read_text())
     before = rss_mb(pid)
     started = time.perf_counter()
-    loaded = EmbeddingIndex.load(directory, shape, cfg.index_expansion_search)
+    loaded = load_index(directory, settings, shape)
     restart = time.perf_counter() - started
-    loaded_mb = rss_mb(pid) - before
-    assert loaded is not None and len(loaded) == n
-    print(
-        f"index {n:>9,} (M={cfg.index_connectivity}, ef_add={cfg.index_expansion_add},"
-        f" {cfg.index_dtype}): build {build:7.1f} s ({n / build:.0f} vectors/s;"
-        f" {n / max(build_cpu, 1e-9):.0f} per CPU-second)  memory {loaded.nbytes / 2**20:7.1f} MiB"
-        f" (RSS growth {grown:7.1f} MiB building, {loaded_mb:7.1f} MiB loaded)"
-        f"  file {size_mb:7.1f} MB  save {save:5.2f} s  restart {restart:5.2f} s",
-        flush=True,
-    )
-    # The exact answers, once (a million-row search per query), timed: the seed's brute force.
-    truth: dict[str, list[int]] = {}
-    exact_lat: list[float] = []
-    for name, qs in (("near-copy", near), ("random", far)):
-        truth[name] = []
-        for q in qs:
-            t = time.perf_counter()
-            truth[name].append(_exact_best(exact, q))
-            exact_lat.append(time.perf_counter() - t)
-    print(
-        f"  exact one-by-one (numpy matrix x vector over {n:,}): {percentiles(exact_lat)}",
-        flush=True,
-    )
+    assert loaded is not None and len(loaded) == n, "the cached index did not load"
+    files = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 1e6
+    return loaded, built, restart, rss_mb(pid) - before, files
+
+
+def bench_index(n: int, kinds: list[str], cache: Path) -> None:
+    from horde_scanner.signals.lsh_index import recall_at
+
+    pid = os.getpid()
+    rng = np.random.default_rng(n + 1)
+    picks = rng.integers(0, n, QUERIES)
+    originals = dataset_rows(n, picks)
+    near = {c: at_cosine(rng, originals, c) for c in COSINES}
+    far = unit(rng, QUERIES)
+    indexes = {}
+    print(f"index at {n:,} random unit vectors (512-d); load {_load()}", flush=True)
+    for kind in kinds:
+        index, built, restart, loaded_mb, files = cached_index(kind, n, cache)
+        indexes[kind] = index
+        print(
+            f"  {kind}: {owner_line(kind)}\n"
+            f"    build {built['build_s']:.1f} s ({n / built['build_s']:.0f} vectors/s,"
+            f" {n / max(built['build_cpu_s'], 1e-9):.0f} per CPU-second; built"
+            f" {built['when']}, load then {built['load'][0]:.1f})"
+            f"  memory {index.nbytes / 2**20:.1f} MiB (RSS grew {built['rss_growth_mb']:.0f} MiB"
+            f" building; {loaded_mb:.0f} MiB on restart)  files {files:.0f} MB"
+            f"  save {built['save_s']:.2f} s  restart {restart:.3f} s",
+            flush=True,
+        )
+    # The exact answers, by a chunked matrix product over the regenerated data set.
+    queries = {**{f"near-copy cos {c:.2f}": near[c] for c in COSINES}, "random": far}
+    best = {name: np.full(QUERIES, -1, np.int64) for name in queries}
+    best_sim = {name: np.full(QUERIES, -2.0, np.float32) for name in queries}
+    exact = np.empty((n, DIM), np.float32)
+    for start in range(0, n, 200_000):
+        x = dataset(n, start, min(n, start + 200_000))
+        exact[start : start + len(x)] = x
+        for name, qs in queries.items():
+            sims = x @ qs.T
+            at = np.argmax(sims, axis=0)
+            top = sims[at, np.arange(QUERIES)]
+            better = top > best_sim[name]
+            best[name][better] = start + at[better]
+            best_sim[name][better] = top[better]
+    exact_lat = []
+    for q in far[:EXACT_TIMED]:
+        t = time.perf_counter()
+        _exact_best(exact, q)
+        exact_lat.append(time.perf_counter() - t)
     del exact
     gc.collect()
-    for ef in [cfg.index_expansion_search, *search_lists]:
-        loaded._graph.expansion_search = ef
-        print(f"  search list (ef_search) {ef}:", flush=True)
-        for name, qs in (("near-copy", near), ("random", far)):
-            lat: list[float] = []
-            agree = 0
-            for q, want in zip(qs, truth[name], strict=True):
-                t = time.perf_counter()
-                loaded.search(q, 0.9)  # what a miss does: graph, then trust and threshold
-                lat.append(time.perf_counter() - t)
-                found = loaded._graph.search(q, 1, threads=1)
-                agree += int(found.keys[0]) // 2 == want
-            print(f"    {name:9} lookup (index, one query): {percentiles(lat)}", flush=True)
-            print(f"    {name:9} recall@1 vs exact: {agree / len(qs):.3f}", flush=True)
-    del loaded
+    print(f"  exact one-by-one (numpy float32 matrix x vector): {percentiles(exact_lat)}")
+    above = int((best_sim["random"] >= 0.9).sum())
+    print(f"  random queries with an exact match >= 0.90: {above} of {QUERIES}", flush=True)
+    # Interleaved: each query goes to every kind in turn, so the machine's load falls on all.
+    for name, qs in queries.items():
+        lat: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
+        agree = dict.fromkeys(kinds, 0)
+        matched = dict.fromkeys(kinds, 0)
+        for i, q in enumerate(qs):
+            for kind in kinds:
+                t, c = time.perf_counter(), time.thread_time()
+                hits = indexes[kind].search(q, LOWEST)  # what a miss does, at the lowest list
+                lat[kind].append(time.perf_counter() - t)
+                cpu[kind].append(time.thread_time() - c)
+                agree[kind] += bool(hits) and int(hits[0].key) // 2 == int(best[name][i])
+                matched[kind] += any(h.similarity >= 0.90 for h in hits)
+        for kind in kinds:
+            line = f"  {kind:4} {name:19} lookup {percentiles(lat[kind])}"
+            # CPU time of the searching thread: what the lookup costs without the machine's
+            # other load (wall time on a shared 2-core machine includes waiting for a core).
+            c50, c99 = np.percentile(cpu[kind], [50, 99]) * 1000
+            line += f" (CPU p50 {c50:.2f} ms, p99 {c99:.2f} ms)"
+            if name == "random":
+                line += f"; false matches at 0.90: {matched[kind]} of {QUERIES}"
+            else:
+                line += f"; recall@1 vs exact {agree[kind] / QUERIES:.3f}"
+                if kind == "lsh":
+                    s = indexes[kind].shape
+                    r = indexes[kind].probe_radius
+                    cos = float(name.split()[-1])
+                    line += f" (guaranteed {recall_at(cos, s.bits, s.tables, r):.4f})"
+            print(line, flush=True)
+    print(f"  RSS after lookups: {rss_mb(pid):.0f} MiB (whole process)", flush=True)
+    del indexes
     gc.collect()
-    shutil.rmtree(directory, ignore_errors=True)
+
+
+def bench_spread(n: int) -> None:
+    """The LSH index's work when unrelated vectors are not spread evenly: random vectors
+    pulled toward one shared direction (as embeddings of real images share a mean), at several
+    mean cosines between unrelated pairs; near copies at cos 0.90."""
+    from horde_scanner.signals.embeddings import index_shape, new_index
+    from horde_scanner.signals.lsh_index import LshIndex
+
+    print(f"LSH index at {n:,} vectors sharing a mean direction; load {_load()}", flush=True)
+    rng = np.random.default_rng(7)
+    for pull in (0.0, 0.2, 0.35, 0.5):
+        mean = unit(rng, 1)[0]
+        x = np.sqrt(pull) * mean + np.sqrt(1 - pull) * unit(rng, n)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        settings = _settings("lsh")
+        index = new_index(settings, index_shape(settings))
+        assert isinstance(index, LshIndex)
+        keys = np.arange(n, dtype=np.uint64) * 2
+        index.add(keys, x)
+        index.seal()
+        index.set_meta(keys, np.zeros(n, np.uint8), np.full(n, LOWEST, np.float32))
+        unrelated = float(np.mean(np.sum(x[:1000] * x[1000:2000], axis=1)))
+        picks = rng.integers(0, n, 200)
+        queries = at_cosine(rng, x[picks], 0.90)
+        probed, cpu, found = [], [], 0
+        for i, q in zip(picks, queries, strict=True):
+            probed.append(len(index.probed(q)))
+            c = time.thread_time()
+            hits = index.search(q, LOWEST)
+            cpu.append(time.thread_time() - c)
+            found += bool(hits) and int(hits[0].key) == 2 * int(i)
+        c50, c99 = np.percentile(cpu, [50, 99]) * 1000
+        print(
+            f"  unrelated pairs' mean cosine {unrelated:.2f}: candidates probed p50"
+            f" {np.median(probed):,.0f}; lookup CPU p50 {c50:.2f} ms, p99 {c99:.2f} ms;"
+            f" recall@1 at cos 0.90 {found / len(picks):.3f}",
+            flush=True,
+        )
+
+
+def dataset_rows(n: int, rows: np.ndarray) -> np.ndarray:
+    out = np.empty((len(rows), DIM), np.float32)
+    for chunk in np.unique(rows // CHUNK):
+        x = dataset(n, int(chunk) * CHUNK, min(n, (int(chunk) + 1) * CHUNK))
+        here = rows // CHUNK == chunk
+        out[here] = x[rows[here] - chunk * CHUNK]
+    return out
+
+
+def owner_line(kind: str) -> str:
+    from horde_scanner.signals.embeddings import describe_index
+
+    return describe_index(_settings(kind))
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min)"
 
 
 def _exact_best(exact: np.ndarray, q: np.ndarray) -> int:
@@ -238,7 +392,7 @@ def bench_miss(model: Path) -> None:
 # -- cache hits against the previous release ---------------------------------------------------
 
 
-def bench_hits(model: Path, seconds: float, rounds: int) -> None:
+def bench_hits(model: Path, seconds: float, rounds: int, store: bool = False) -> None:
     from bench.common import horde_and_service, noisy_jpeg
     from bench.validate import closed_loop
 
@@ -251,21 +405,28 @@ def bench_hits(model: Path, seconds: float, rounds: int) -> None:
     )
     try:
         image = noisy_jpeg(7)
-        results: dict[str, list[float]] = {"previous (3579f71)": [], "off": [], "on": []}
+        previous = f"previous ({PREVIOUS_RELEASE})"
+        results: dict[str, list[float]] = {
+            f"{previous}, off": [],
+            f"{previous}, on": [],
+            "off": [],
+            "on": [],
+        }
+        # --hit-store: no answer kept in memory, so each hit is the store's lookup path.
+        memory = {"HORDE_SCANNER_VALIDATION__VERDICT_CACHE_SIZE": "0"} if store else {}
         for _ in range(rounds):
             for name in results:
                 with tempfile.TemporaryDirectory() as tmp:
                     env = {
                         "HORDE_SCANNER_EMBEDDINGS__MODEL_PATH": str(
-                            model if name == "on" else Path(tmp) / "none.onnx"
+                            model if name.endswith("on") else Path(tmp) / "none.onnx"
                         ),
                         "HORDE_SCANNER_EMBEDDINGS__INDEX_DIR": str(Path(tmp) / "ix"),
+                        **memory,
                     }
                     # The previous release runs from its own worktree (python -m imports
                     # from the working directory first).
                     common.ROOT = old if name.startswith("previous") else ROOT
-                    if name.startswith("previous"):
-                        env = {}
                     with horde_and_service(
                         ["--latency", "0.05"],
                         lambda port: ["-m", "horde_scanner.cli", "serve", "--port", str(port)],
@@ -280,7 +441,7 @@ def bench_hits(model: Path, seconds: float, rounds: int) -> None:
         for name, values in results.items():
             shown = ", ".join(f"{v:.0f}" for v in values)
             print(
-                f"cache hits, 32 clients, {name:>18}: median {statistics.median(values):.0f}"
+                f"cache hits, 32 clients, {name:>23}: median {statistics.median(values):.0f}"
                 f" requests/s ({shown})",
                 flush=True,
             )
@@ -294,27 +455,39 @@ def bench_hits(model: Path, seconds: float, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--parts", default="index,encoder,miss,hits")
+    parser.add_argument("--parts", default="index,spread,encoder,miss,hits")
+    parser.add_argument("--spread-size", type=int, default=100_000)
+    parser.add_argument("--kinds", default="lsh,hnsw", help="index kinds, interleaved")
     parser.add_argument(
-        "--search-lists", default="", help="more ef_search values to measure, e.g. 256,512"
+        "--cache",
+        default=str(ROOT / ".bench-cache" / "embeddings"),
+        help="built indexes are kept here and loaded by later runs (delete to rebuild)",
     )
     parser.add_argument("--hit-seconds", type=float, default=8.0)
     parser.add_argument("--hit-rounds", type=int, default=3)
+    parser.add_argument(
+        "--hit-store", action="store_true", help="hits read from the store (no memory cache)"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    print(f"machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M:%S')}; load {_load()}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-emb-") as name:
         tmp = Path(name)
         if "index" in parts:
             for n in (int(s) for s in args.sizes.split(",")):
-                bench_index(n, tmp, [int(v) for v in args.search_lists.split(",") if v])
+                bench_index(n, args.kinds.split(","), Path(args.cache))
+        if "spread" in parts:
+            bench_spread(args.spread_size)
         model = write_vit(tmp) if parts & {"encoder", "miss", "hits"} else None
         if model is not None and "encoder" in parts:
             bench_encoder(model)
         if model is not None and "miss" in parts:
             bench_miss(model)
         if model is not None and "hits" in parts:
-            bench_hits(model, args.hit_seconds, args.hit_rounds)
+            bench_hits(model, args.hit_seconds, args.hit_rounds, args.hit_store)
 
 
 if __name__ == "__main__":

@@ -1132,27 +1132,53 @@ class EmbeddingsSettings(Section):
         ge=0,
         description="Images waiting for the encoder beyond this are judged without an embedding.",
     )
+    max_frames: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Frames of an animation or video encoded: the first and others spread over it.",
+    )
     index_dir: Path = Field(
         Path("embeddings-index"),
-        description="Where the HNSW index is saved, so a restart loads it instead of rebuilding.",
+        description="Where the index is saved, so a restart loads it instead of rebuilding.",
+    )
+    index_kind: str = Field(
+        "lsh",
+        pattern="^(lsh|hnsw)$",
+        description="lsh (random-projection tables, a recall guarantee) or hnsw (usearch graph).",
     )
     index_dtype: str = Field(
         "i8", pattern="^(i8|f16)$", description="How the index stores vectors: i8 or f16."
+    )
+    index_bits: int = Field(
+        20,
+        ge=8,
+        le=24,
+        description="LSH: key bits per table; more is fewer candidates, 4 MB per table each.",
+    )
+    index_tables: int = Field(
+        16, ge=1, le=64, description="LSH: tables; more is recall at lower cosines, more memory."
+    )
+    index_probe_radius: int = Field(
+        2,
+        ge=0,
+        le=3,
+        description="LSH: a query probes every bucket within this many key bits of its own.",
     )
     index_connectivity: int = Field(
         24,
         ge=4,
         le=64,
-        description="HNSW links per node (M): more is better recall, more memory, slower adds.",
+        description="HNSW: links per node (M): more is better recall, more memory, slower adds.",
     )
     index_expansion_add: int = Field(
-        64, ge=8, le=1024, description="HNSW candidate list while adding (efConstruction)."
+        64, ge=8, le=1024, description="HNSW: candidate list while adding (efConstruction)."
     )
     index_expansion_search: int = Field(
         512,
         ge=8,
         le=1024,
-        description="HNSW candidate list while searching (efSearch): recall for lookup time.",
+        description="HNSW: candidate list while searching (efSearch): recall for lookup time.",
     )
     subscriptions: list[EmbeddingSubscription] = Field(
         default_factory=list, description="Embedding lists of other instances to match against."

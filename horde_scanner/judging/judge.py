@@ -1,7 +1,8 @@
 """The one pipeline every image goes through, whoever asks (upload, sweep, `check`):
 
     bytes -> sha256 -> allow/deny list -> hash lists (exact sha256) -> cached verdict
-          (re-judged if the policy changed; re-checked against the PDQ index unless csam)
+          (re-judged if the policy changed; re-checked against the PDQ and embedding
+          indexes unless csam)
           -> persisted job -> decode + PDQ + index search (bounded pool) -> PDQ match? -> verdict
           -> backend, and beside it the image's embedding (encoder pool) -> embedding match?
           -> verdict; else policy -> verdict
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -341,6 +343,15 @@ class Judge:
                 return self._remember(outcome)
             if recheck.stale:
                 return None
+        if self.embeddings is not None and verdict.label is not Label.CSAM:
+            # A deny entry may have arrived since the image was judged: its embedding is
+            # kept with the verdict (no encoding here), matched against today's index.
+            late = await self.embeddings.recheck(sha256)
+            if late is not None:
+                again = late.verdict(self.policy.version)
+                return self._remember(
+                    Outcome(sha256, Route.MATCH, again, stored.media_type, stored.size)
+                )
         if verdict.policy_version != self.policy.version and verdict.signals is not None:
             verdict = self.policy.judge(verdict.signals)
             await self.store.put_verdict(sha256, verdict)
@@ -532,7 +543,11 @@ class Judge:
                 return listed
         # The embedding starts first: it runs beside the encoding and the backend's call.
         embedding = (
-            asyncio.create_task(self.embeddings.embed(decoded.image))
+            asyncio.create_task(
+                self.embeddings.embed_frames(
+                    decoded.image, [(f.index, f.image) for f in decoded.frames or ()]
+                )
+            )
             if self.embeddings is not None
             else None
         )
@@ -566,15 +581,20 @@ class Judge:
         return self.policy.judge(signals)
 
     async def _judge_with_embedding(
-        self, job: Job, embedding: asyncio.Task[np.ndarray | None], prepared: PreparedImage
+        self,
+        job: Job,
+        embedding: asyncio.Task[list[tuple[int, np.ndarray | None]]],
+        prepared: PreparedImage,
     ) -> Signals | Verdict:
-        """The backend's signals, with the image's embedding computed beside them (encoder
-        pool); a deny entry's match is the verdict, without waiting for the backend."""
+        """The backend's signals, with the image's embeddings (its first frame, and a few more
+        of an animation or video) computed beside them (encoder pool); a deny entry's match is
+        the verdict, without waiting for the backend."""
         assert self.embeddings is not None
         judging = asyncio.create_task(judge_image(self.backend, prepared, sha256=job.sha256))
         try:
-            vector = await embedding
-            match = await self._embedding_match(job, vector)
+            frames = await embedding
+            vector = frames[0][1]
+            match = await self._frames_match(job, frames)
             if match is not None and match.rejects:
                 return match.verdict(self.policy.version)
             signals = await judging
@@ -586,6 +606,28 @@ class Judge:
             if match is not None and match.rejects:
                 return match.verdict(self.policy.version)
         return signals
+
+    async def _frames_match(
+        self, job: Job, frames: list[tuple[int, np.ndarray | None]]
+    ) -> EmbeddingMatch | None:
+        """The best match over the frames' embeddings: a deny entry's before a review
+        entry's, then the most similar. The first frame's embedding is the one kept."""
+        assert self.embeddings is not None
+        found: list[EmbeddingMatch] = []
+        for index, vector in frames:
+            if vector is None:
+                continue
+            if index == 0:
+                await self.embeddings.keep(job.sha256, vector)
+            match = await self.embeddings.match(vector)
+            if match is not None:
+                found.append(dataclasses.replace(match, frame=index or None))
+        if not found:
+            return None
+        best = max(found, key=lambda m: (m.rejects, m.similarity))
+        if not best.rejects:
+            await self.embeddings.flag(job.sha256, best, job.source)
+        return best
 
     async def _embedding_match(self, job: Job, vector: np.ndarray | None) -> EmbeddingMatch | None:
         """Keep the image's embedding, and match it; a review source's match is flagged."""

@@ -98,59 +98,35 @@ def _empty_meta() -> _Meta:
     )
 
 
-class EmbeddingIndex:
-    def __init__(self, shape: IndexShape, expansion_search: int, graph: Any = None) -> None:
-        Index = usearch_index()
-        self.shape = shape
-        self._graph = graph or Index(
-            ndim=shape.dim,
-            metric="cos",
-            dtype=shape.dtype,
-            connectivity=shape.connectivity,
-            expansion_add=shape.expansion_add,
-        )
-        self._graph.expansion_search = expansion_search
-        self._lock = threading.Lock()
-        self._meta = _empty_meta()
-        self.generation = -1
+class KeyedMeta:
+    """What an index knows of each key beside its vector: trust, threshold, and whether an
+    admin's allow overrides it (sorted arrays, replaced whole, never changed in place); and
+    the filter every search's raw hits pass through. Shared by both index kinds."""
 
-    # -- contents ------------------------------------------------------------------------------
+    def __init__(self) -> None:
+        self._meta = _empty_meta()
+        self._loaded_meta = _empty_meta()
+        self.generation = -1
 
     def __len__(self) -> int:
         return len(self._meta.keys)
 
     @property
-    def nbytes(self) -> int:
+    def has_meta(self) -> bool:
+        return bool(len(self._meta.keys))
+
+    @property
+    def meta_nbytes(self) -> int:
         meta = self._meta
-        arrays = (meta.keys, meta.trust, meta.threshold, meta.suppressed)
-        return int(self._graph.memory_usage) + sum(a.nbytes for a in arrays)
+        return sum(a.nbytes for a in (meta.keys, meta.trust, meta.threshold, meta.suppressed))
 
     def keys(self) -> np.ndarray:
         return self._meta.keys
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1) -> None:
-        """Put vectors into the graph (blocking). Their trust comes with set_meta."""
-        if not len(keys):
-            return
-        keys = np.asarray(keys, np.uint64)
-        with self._lock:
-            # A key may have come in meanwhile (a positive noted while a sync ran).
-            fresh = ~np.asarray(self._graph.contains(keys), bool).reshape(-1)
-            if fresh.any():
-                self._graph.add(keys[fresh], vectors[fresh], threads=threads)
-
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        """Which of `keys` the graph holds (bool per key)."""
-        if not len(keys):
-            return np.zeros(0, bool)
-        with self._lock:
-            return np.asarray(self._graph.contains(np.asarray(keys, np.uint64)), bool).reshape(-1)
-
-    def remove(self, keys: np.ndarray) -> None:
-        if not len(keys):
-            return
-        with self._lock:
-            self._graph.remove(np.asarray(keys, np.uint64))
+    def add(
+        self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1, seal: bool = True
+    ) -> None:
+        raise NotImplementedError
 
     def set_meta(
         self,
@@ -190,20 +166,20 @@ class EmbeddingIndex:
         at = int(np.searchsorted(keys, np.uint64(key)))
         return at if at < len(keys) and int(keys[at]) == key else None
 
-    # -- searching -----------------------------------------------------------------------------
-
-    def search(self, vector: np.ndarray, min_threshold: float, count: int = 8) -> list[Hit]:
-        """Live entries that may be at or above their threshold, most similar first (blocking).
-        The similarities are approximate: the caller re-checks them."""
+    def hits(
+        self, keys: np.ndarray, similarity: np.ndarray, min_threshold: float, count: int
+    ) -> list[Hit]:
+        """Of raw hits (most similar first), those live, not overridden by an allow, and
+        within the quantisation margin of their own threshold; at most `count`."""
         meta = self._meta
-        if not len(meta.keys):
-            return []
-        with self._lock:
-            found = self._graph.search(vector, count, threads=1)
-        keys = np.asarray(found.keys, np.uint64).reshape(-1)
-        similarity = 1.0 - np.asarray(found.distances, np.float32).reshape(-1)
-        hits = []
-        for key, sim in zip(keys.tolist(), similarity.tolist(), strict=True):
+        hits: list[Hit] = []
+        for key, sim in zip(
+            np.asarray(keys, np.uint64).reshape(-1).tolist(),
+            np.asarray(similarity, np.float32).reshape(-1).tolist(),
+            strict=True,
+        ):
+            if len(hits) >= count:
+                break
             if sim < min_threshold - QUANTISATION_MARGIN:
                 continue
             at = self.position(key)
@@ -217,27 +193,108 @@ class EmbeddingIndex:
             hits.append(Hit(key, sim, int(meta.trust[at]), threshold))
         return hits
 
-    # -- saving --------------------------------------------------------------------------------
-
-    def save(self, directory: Path) -> None:
-        """Write graph, keys and shape; readers never see a half-written set (renames last)."""
-        directory.mkdir(parents=True, exist_ok=True)
+    def save_meta(self, directory: Path, name: str = _KEYS) -> None:
         meta = self._meta
-        tmp_graph = directory / (_GRAPH + ".tmp")
-        with self._lock:
-            self._graph.save(str(tmp_graph))
-        tmp_keys = directory / (_KEYS + ".tmp.npz")
         np.savez(
-            tmp_keys,
+            directory / name,
             keys=meta.keys,
             trust=meta.trust,
             threshold=meta.threshold,
             suppressed=meta.suppressed,
         )
+
+    def load_meta(self, directory: Path, name: str = _KEYS) -> None:
+        with np.load(directory / name) as arrays:
+            self._loaded_meta = _Meta(
+                arrays["keys"], arrays["trust"], arrays["threshold"], arrays["suppressed"]
+            )
+
+    def keep_held(self, contains: Any) -> None:
+        """The loaded meta, less keys the vectors do not hold."""
+        meta = self._loaded_meta
+        held = contains(meta.keys)
+        self.set_meta(meta.keys[held], meta.trust[held], meta.threshold[held], meta.suppressed)
+
+
+class EmbeddingIndex(KeyedMeta):
+    def __init__(self, shape: IndexShape, expansion_search: int, graph: Any = None) -> None:
+        super().__init__()
+        Index = usearch_index()
+        self.shape = shape
+        self._graph = graph or Index(
+            ndim=shape.dim,
+            metric="cos",
+            dtype=shape.dtype,
+            connectivity=shape.connectivity,
+            expansion_add=shape.expansion_add,
+        )
+        self._graph.expansion_search = expansion_search
+        self._lock = threading.Lock()
+
+    # -- contents ------------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._graph.memory_usage) + self.meta_nbytes
+
+    def add(
+        self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1, seal: bool = True
+    ) -> None:
+        """Put vectors into the graph (blocking). Their trust comes with set_meta. (`seal`
+        is the LSH index's; the graph takes each vector in as it comes.)"""
+        del seal
+        if not len(keys):
+            return
+        keys = np.asarray(keys, np.uint64)
+        with self._lock:
+            # A key may have come in meanwhile (a positive noted while a sync ran).
+            fresh = ~np.asarray(self._graph.contains(keys), bool).reshape(-1)
+            if fresh.any():
+                self._graph.add(keys[fresh], vectors[fresh], threads=threads)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Which of `keys` the graph holds (bool per key)."""
+        if not len(keys):
+            return np.zeros(0, bool)
+        with self._lock:
+            return np.asarray(self._graph.contains(np.asarray(keys, np.uint64)), bool).reshape(-1)
+
+    def remove(self, keys: np.ndarray) -> None:
+        if not len(keys):
+            return
+        with self._lock:
+            self._graph.remove(np.asarray(keys, np.uint64))
+
+    def seal(self) -> None:
+        """Nothing to do: the graph takes each vector in as it comes."""
+
+    # -- searching -----------------------------------------------------------------------------
+
+    def search(self, vector: np.ndarray, min_threshold: float, count: int = 8) -> list[Hit]:
+        """Live entries that may be at or above their threshold, most similar first (blocking).
+        The similarities are approximate: the caller re-checks them."""
+        if not self.has_meta:
+            return []
+        with self._lock:
+            found = self._graph.search(vector, count, threads=1)
+        keys = np.asarray(found.keys, np.uint64).reshape(-1)
+        similarity = 1.0 - np.asarray(found.distances, np.float32).reshape(-1)
+        return self.hits(keys, similarity, min_threshold, count)
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write graph, keys and shape; readers never see a half-written set (renames last)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp_graph = directory / (_GRAPH + ".tmp")
+        with self._lock:
+            self._graph.save(str(tmp_graph))
+        tmp_keys = _KEYS + ".tmp.npz"
+        self.save_meta(directory, tmp_keys)
         tmp_meta = directory / (_META + ".tmp")
         tmp_meta.write_text(json.dumps({**self.shape.record(), "generation": self.generation}))
         os.replace(tmp_graph, directory / _GRAPH)
-        os.replace(tmp_keys, directory / _KEYS)
+        os.replace(directory / tmp_keys, directory / _KEYS)
         os.replace(tmp_meta, directory / _META)
 
     @classmethod
@@ -256,18 +313,15 @@ class EmbeddingIndex:
         Index = usearch_index()
         try:
             graph = Index.restore(str(directory / _GRAPH), view=False)
-            with np.load(directory / _KEYS) as arrays:
-                keys, trust = arrays["keys"], arrays["trust"]
-                threshold, suppressed = arrays["threshold"], arrays["suppressed"]
+            if graph is None:
+                log.warning("saved embedding index %s is empty: rebuilding", directory)
+                return None
+            index = cls(shape, expansion_search, graph)
+            index.load_meta(directory)
         except Exception as exc:  # a torn or foreign file: rebuild rather than fail
             log.warning("saved embedding index %s unreadable (%s): rebuilding", directory, exc)
             return None
-        if graph is None:
-            log.warning("saved embedding index %s is empty: rebuilding", directory)
-            return None
-        index = cls(shape, expansion_search, graph)
-        held = index.contains(keys)
-        index.set_meta(keys[held], trust[held], threshold[held], suppressed)
+        index.keep_held(index.contains)
         index.generation = int(generation)
         return index
 

@@ -1,7 +1,8 @@
 """Matching a miss's image embedding against confirmed positives, with PDQ's trust rules.
 
 `EmbeddingMatcher` encodes an image (signals/encoder.py, bounded pool), keeps the vector with
-the image's verdict, and searches the HNSW index (signals/embedding_index.py) of what the
+the image's verdict, and searches the index (signals/lsh_index.py by default, or the HNSW graph
+of signals/embedding_index.py: `embeddings.index_kind`) of what the
 store says it must hold: this instance's machine positives and deny-listed images, imported
 entries, and the lists of subscriptions. Rules, as for PDQ (signals/hash_matcher.py):
 
@@ -25,11 +26,14 @@ Until the model file exists the feature is off, and `status` says so in one line
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,6 +53,7 @@ from horde_scanner.signals.embedding_list import Model
 from horde_scanner.signals.encoder import EncoderPool, EncoderUnavailable, ImageEncoder
 from horde_scanner.signals.hash_matcher import entry_facts, list_of_origin
 from horde_scanner.signals.hash_sync import IndexSync
+from horde_scanner.signals.lsh_index import LshIndex, LshShape, recall_at
 from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_hex, to_blob
 from horde_scanner.store.embeddings import EmbeddingRow
 from horde_scanner.store.hashes import LOCAL, VERDICT
@@ -76,6 +81,10 @@ _TRUST_NAME = {DENY: HashTrust.DENY, REVIEW: HashTrust.REVIEW}
 _REBUILD_SHARE = 0.2
 _REBUILD_MIN = 20_000
 _VECTORS_PER_FETCH = 20_000
+# The cosines the start-up log states the LSH index's recall at.
+_STATED_COSINES = (0.95, 0.90, 0.85, 0.80)
+
+AnyIndex = EmbeddingIndex | LshIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,7 @@ class EmbeddingMatch:
     entry: EmbeddingRow
     model: str
     key: int
+    frame: int | None = None  # of an animation or video, when not the first frame
 
     @property
     def rejects(self) -> bool:
@@ -104,8 +114,9 @@ class EmbeddingMatch:
 
     def reason(self) -> str:
         entry = self.entry
+        where = f" in frame {self.frame}" if self.frame else ""
         parts = [
-            f"{self.label.value} by embedding match (cosine {self.similarity:.3f}"
+            f"{self.label.value} by embedding match{where} (cosine {self.similarity:.3f}"
             f" >= {self.threshold:.2f}, model {self.model})",
             f"{self.value} from {list_of_origin(entry.origin, entry.note)}",
         ]
@@ -143,15 +154,9 @@ class EmbeddingMatcher:
             self._threshold[sub.name] = (
                 sub.threshold if sub.threshold is not None else settings.threshold
             )
-        self.shape = IndexShape(
-            settings.model_id,
-            settings.dim,
-            settings.index_dtype,
-            settings.index_connectivity,
-            settings.index_expansion_add,
-        )
-        # Made at start, when on: the base install has no usearch.
-        self._index: EmbeddingIndex | None = None
+        self.shape = index_shape(settings)
+        # Made at start, when on: the base install has no usearch (the graph index needs it).
+        self._index: AnyIndex | None = None
         self._sync_lock = asyncio.Lock()
         self.last_sync_s = 0.0
         self._index_sync = IndexSync(
@@ -180,7 +185,7 @@ class EmbeddingMatcher:
         except EncoderUnavailable as exc:
             matcher.status = f"off: {exc}"
             return matcher
-        if importlib.util.find_spec("usearch") is None:
+        if settings.index_kind == "hnsw" and importlib.util.find_spec("usearch") is None:
             matcher.status = "off: embeddings need usearch: pip install 'horde-scanner[embeddings]'"
             return matcher
         matcher.pool = EncoderPool(encoder, settings.threads, settings.max_queue)
@@ -196,26 +201,29 @@ class EmbeddingMatcher:
         return len(self._index) if self._index is not None else 0
 
     @property
-    def index(self) -> EmbeddingIndex:
+    def index(self) -> AnyIndex:
         if self._index is None:
-            self._index = EmbeddingIndex(self.shape, self.settings.index_expansion_search)
+            self._index = self._new_index()
         return self._index
+
+    def _new_index(self) -> AnyIndex:
+        return new_index(self.settings, self.shape)
+
+    def describe_index(self) -> str:
+        return describe_index(self.settings, self._threshold.values())
 
     async def start(self) -> None:
         if not self.enabled:
             log.warning("embeddings %s", self.status)
             return
         log.info("embeddings %s", self.status)
+        log.info("embedding index: %s", self.describe_index())
         stale = await self.store.drop_embedding_origins_except(self._trust)
         if stale:
             log.info("dropped embedding entries of subscriptions no longer configured: %s", stale)
         loop = asyncio.get_running_loop()
         saved = await loop.run_in_executor(
-            self._executor,
-            EmbeddingIndex.load,
-            self._index_dir,
-            self.shape,
-            self.settings.index_expansion_search,
+            self._executor, load_index, self._index_dir, self.settings, self.shape
         )
         if saved is not None:
             self._index = saved
@@ -266,10 +274,12 @@ class EmbeddingMatcher:
             index = self.index
             if len(to_add) + len(to_remove) > max(_REBUILD_MIN, _REBUILD_SHARE * len(present)):
                 # Rebuilt beside the one answering now: lookups never wait for it.
-                index = EmbeddingIndex(self.shape, self.settings.index_expansion_search)
+                index = self._new_index()
                 to_add, to_remove = keys, np.zeros(0, np.uint64)
-            await self._add(index, to_add)
+            # An index built beside the live one is sealed once, after all its rows are in.
+            await self._add(index, to_add, seal=index is self._index)
             loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, index.seal)
             await loop.run_in_executor(self._executor, index.remove, to_remove)
             # Rows gone from the store between listing and fetching are not in the graph.
             held = await loop.run_in_executor(self._executor, index.contains, keys)
@@ -277,7 +287,8 @@ class EmbeddingMatcher:
             await self._suppress_allowed(index)
             index.generation = generation
             self._index = index
-            if len(to_add) or len(to_remove) or not (self._index_dir / "meta.json").exists():
+            saved_file = "current.json" if isinstance(index, LshIndex) else "meta.json"
+            if len(to_add) or len(to_remove) or not (self._index_dir / saved_file).exists():
                 await loop.run_in_executor(self._executor, index.save, self._index_dir)
             self.last_sync_s = time.monotonic() - started
             if len(to_add) or len(to_remove):
@@ -290,7 +301,7 @@ class EmbeddingMatcher:
                     self.last_sync_s,
                 )
 
-    async def _add(self, index: EmbeddingIndex, keys: np.ndarray) -> None:
+    async def _add(self, index: AnyIndex, keys: np.ndarray, *, seal: bool = True) -> None:
         loop = asyncio.get_running_loop()
         for start in range(0, len(keys), _VECTORS_PER_FETCH):
             chunk = keys[start : start + _VECTORS_PER_FETCH]
@@ -304,9 +315,10 @@ class EmbeddingMatcher:
                     continue
                 found = np.array([2 * i + parity for i, _ in rows], np.uint64)
                 vectors = np.stack([from_blob(v) for _, v in rows])
-                await loop.run_in_executor(self._executor, index.add, found, vectors)
+                add = functools.partial(index.add, found, vectors, seal=seal)
+                await loop.run_in_executor(self._executor, add)
 
-    async def _suppress_allowed(self, index: EmbeddingIndex) -> None:
+    async def _suppress_allowed(self, index: AnyIndex) -> None:
         allowed = await self.store.allowed_embeddings(self.model.model)
         if not allowed:
             return
@@ -354,6 +366,18 @@ class EmbeddingMatcher:
         except Exception:  # a model that fails on one image must not fail the judgement
             log.exception("embedding failed")
             return None
+
+    async def embed_frames(
+        self, image: Image.Image, frames: Sequence[tuple[int, Image.Image]]
+    ) -> list[tuple[int, np.ndarray | None]]:
+        """The image's embedding (frame 0: the first frame), and, of an animation or video,
+        those of up to embeddings.max_frames - 1 more of its sampled frames (the frames PDQ
+        hashed), encoded at once in the pool; each may be None (queue full, encoder failed)."""
+        chosen = [(0, image)] + [(i, f) for i, f in frames if i != 0][
+            : self.settings.max_frames - 1
+        ]
+        vectors = await asyncio.gather(*(self.embed(f) for _, f in chosen))
+        return [(i, v) for (i, _), v in zip(chosen, vectors, strict=True)]
 
     def from_signals(self, signals: Signals) -> np.ndarray | None:
         """An embedding a backend sent with its signals (local GPU, remote worker), when it
@@ -440,6 +464,48 @@ class EmbeddingMatcher:
                     "reason": match.reason(),
                 },
             )
+
+
+def index_shape(settings: EmbeddingsSettings) -> IndexShape | LshShape:
+    """What the index is built with (a saved one built otherwise is rebuilt)."""
+    s = settings
+    if s.index_kind == "lsh":
+        return LshShape(s.model_id, s.dim, s.index_dtype, s.index_bits, s.index_tables)
+    return IndexShape(s.model_id, s.dim, s.index_dtype, s.index_connectivity, s.index_expansion_add)
+
+
+def new_index(settings: EmbeddingsSettings, shape: IndexShape | LshShape) -> AnyIndex:
+    if isinstance(shape, LshShape):
+        return LshIndex(shape, settings.index_probe_radius)
+    return EmbeddingIndex(shape, settings.index_expansion_search)
+
+
+def load_index(
+    directory: Path, settings: EmbeddingsSettings, shape: IndexShape | LshShape
+) -> AnyIndex | None:
+    """The index saved in `directory` if built with `shape`, else None."""
+    if isinstance(shape, LshShape):
+        return LshIndex.load(directory, shape, settings.index_probe_radius)
+    return EmbeddingIndex.load(directory, shape, settings.index_expansion_search)
+
+
+def describe_index(settings: EmbeddingsSettings, thresholds: Iterable[float] = ()) -> str:
+    """One line: the index's kind and, for LSH, the recall its settings guarantee at the
+    usual cosines and at each configured threshold."""
+    s = settings
+    if s.index_kind == "hnsw":
+        return (
+            f"HNSW graph (usearch, {s.index_dtype}, {s.index_connectivity} links, search"
+            f" list {s.index_expansion_search}): recall measured, not guaranteed"
+        )
+    stated = ", ".join(
+        f"cos {c:.2f}: {recall_at(c, s.index_bits, s.index_tables, s.index_probe_radius):.4f}"
+        for c in sorted({*_STATED_COSINES, *thresholds}, reverse=True)
+    )
+    return (
+        f"LSH ({s.index_bits} bits x {s.index_tables} tables, probe radius"
+        f" {s.index_probe_radius}, {s.index_dtype}); chance a stored vector is found: {stated}"
+    )
 
 
 def is_embedding_match(verdict: Verdict) -> bool:

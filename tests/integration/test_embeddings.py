@@ -241,8 +241,10 @@ async def test_without_usearch_the_feature_is_off_and_says_so(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "usearch" else found(name, *a)
     )
+    # The graph index (embeddings.index_kind = "hnsw") needs usearch; the default LSH index
+    # does not (the next test).
     async with running_service(
-        instance(tmp_path, "a", encoder), backend=MockBackend(always_clean)
+        instance(tmp_path, "a", encoder, index_kind="hnsw"), backend=MockBackend(always_clean)
     ) as svc:
         async with http.get(f"{svc.url}/readyz") as resp:
             body = await resp.json()
@@ -252,5 +254,26 @@ async def test_without_usearch_the_feature_is_off_and_says_so(
         }
         result = await validate_upload(
             http, svc.scan_url(), textures.encode(textures.textured("red", seed=2)), "image/jpeg"
+        )
+        assert result.status == 200
+
+
+async def test_without_usearch_the_default_lsh_index_is_on(
+    tmp_path: Path, http, encoder: Path, monkeypatch
+):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "usearch" else found(name, *a)
+    )
+    async with running_service(
+        instance(tmp_path, "a", encoder), backend=MockBackend(always_clean)
+    ) as svc:
+        async with http.get(f"{svc.url}/readyz") as resp:
+            body = await resp.json()
+        assert body["embeddings"]["enabled"] is True, body["embeddings"]
+        result = await validate_upload(
+            http, svc.scan_url(), textures.encode(textures.textured("green", seed=3)), "image/jpeg"
         )
         assert result.status == 200
