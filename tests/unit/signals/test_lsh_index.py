@@ -225,9 +225,10 @@ def test_a_bulk_build_seals_once_at_the_end():
 
 def test_a_lookup_in_crowded_entries_says_so_once(caplog, monkeypatch):
     monkeypatch.setattr(lsh, "CROWDED_PROBE", 100)
-    # Entries close to one another: one shared direction plus a little of their own.
+    # Entries close to one another: two tight clusters (hashing about the entries' mean
+    # spreads one cluster, not two: each falls on its own side of most hyperplanes).
     rng = np.random.default_rng(15)
-    shared = unit_vectors(1, 16)[0]
+    shared = np.repeat(unit_vectors(2, 16), 1500, axis=0)
     vectors = 0.9 * shared + 0.1 * unit_vectors(3000, 17)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = filled(vectors.astype(np.float32))
