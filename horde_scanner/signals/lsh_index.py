@@ -116,9 +116,7 @@ def _binomial_cdf(n: int, p: float, r: int) -> float:
     return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(r + 1))
 
 
-def recall_at(
-    cosine: float, bits: int, tables: int, radius: int, mean_sq: float = 0.0
-) -> float:
+def recall_at(cosine: float, bits: int, tables: int, radius: int, mean_sq: float = 0.0) -> float:
     """The probability that a stored vector at `cosine` to the query is a candidate, in an
     index centred on a mean of squared length `mean_sq` (see centred_cosine)."""
     one = _binomial_cdf(bits, bit_flip_probability(centred_cosine(cosine, mean_sq)), radius)
@@ -447,6 +445,7 @@ class LshIndex(KeyedMeta):
         """`s` hashed about the mean of its live rows: every row's codes again, in new arrays
         (a search holding the old snapshot keeps its codes, mean and offsets together). Once:
         rows added later are hashed about the same mean; a rebuild computes it afresh."""
+
         def rows(start: int, stop: int) -> np.ndarray:
             return s.vectors[start:stop].astype(np.float32) * s.scales[start:stop, None]
 

@@ -96,9 +96,7 @@ def test_the_start_up_line_states_the_guaranteed_recall():
     assert graph.startswith("HNSW graph") and "not guaranteed" in graph
 
 
-async def test_the_start_up_line_states_the_recall_about_the_entries_mean(
-    tmp_path: Path, caplog
-):
+async def test_the_start_up_line_states_the_recall_about_the_entries_mean(tmp_path: Path, caplog):
     shared = unit_vectors(1, 40)[0]
     vectors = np.sqrt(0.5) * shared + np.sqrt(0.5) * unit_vectors(1200, 41)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

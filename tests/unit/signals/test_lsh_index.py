@@ -306,9 +306,7 @@ def test_near_copies_in_clustered_entries_are_found_at_the_centred_rate(cosine: 
     index = filled(vectors, threshold=0.75)
     assert index.mean_sq is not None and abs(index.mean_sq - PULL) < 0.01
     picks = range(0, 5000, 10)  # 500 queries
-    hits = sum(
-        found(index, clustered_copy(vectors[i], m, cosine, i), 2 * i, 0.75) for i in picks
-    )
+    hits = sum(found(index, clustered_copy(vectors[i], m, cosine, i), 2 * i, 0.75) for i in picks)
     stated = index.recall_at(cosine)
     assert stated == recall_at(cosine, 20, 16, 2, index.mean_sq)
     # 500 draws: within three standard deviations of the stated rate, either way.
