@@ -31,13 +31,46 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import sqlalchemy as sa
+
 from horde_scanner.store.hashes import BUMP_HASH_GENERATION, LOCAL, VERDICT
+from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
 from horde_scanner.store.tables import SchemaStep, Tables, write_in_batches
 from horde_scanner.verdict import VerdictRoute
 
 _ROWS_PER_BATCH = 2000
 _KEYS_PER_FETCH = 50_000
 _IN_CHUNK = 500
+
+verdict_embeddings = sa.Table(
+    "verdict_embeddings",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("model", Text, nullable=False),
+    sa.Column("vector", Blob, nullable=False),
+    sa.UniqueConstraint("sha256", "model"),
+    sqlite_autoincrement=True,
+)
+
+embedding_entries = sa.Table(
+    "embedding_entries",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("model", Text, nullable=False),
+    sa.Column("digest", Text, nullable=False),
+    sa.Column("vector", Blob, nullable=False),
+    sa.Column("label", Text, nullable=False),
+    sa.Column("source", Text, nullable=False, server_default=""),
+    sa.Column("first_seen", Real),
+    sa.Column("note", Text, nullable=False, server_default=""),
+    sa.Column("added_by", Text, nullable=False, server_default=""),
+    sa.Column("added_at", Real),
+    sa.UniqueConstraint("origin", "model", "digest"),
+    sa.Index("embedding_entries_model", "model", "origin"),
+    sqlite_autoincrement=True,
+)
 
 STEPS = [
     SchemaStep(

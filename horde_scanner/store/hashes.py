@@ -45,7 +45,10 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import sqlalchemy as sa
+
 from horde_scanner.media.hashing import PdqHash
+from horde_scanner.store.metadata import Int, Real, Text, metadata
 from horde_scanner.store.tables import SchemaStep, Tables, write_in_batches
 from horde_scanner.verdict import VerdictRoute
 
@@ -56,11 +59,126 @@ _BULK_CACHE_KIB = 128 * 1024
 _INDEX_ROWS_PER_FETCH = 50_000
 
 
+# -- tables ----------------------------------------------------------------------------------
+
+verdict_pdq = sa.Table(
+    "verdict_pdq",
+    metadata,
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("frame", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("pdq", Text, nullable=False),
+    sa.Column("quality", Int, nullable=False),
+    sa.PrimaryKeyConstraint("sha256", "frame"),
+    sa.Index("verdict_pdq_value", "pdq"),
+)
+
+hash_entries = sa.Table(
+    "hash_entries",
+    metadata,
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("signal", Text, nullable=False),
+    sa.Column("value", Text, nullable=False),
+    sa.Column("label", Text, nullable=False),
+    sa.Column("source", Text, nullable=False, server_default=""),
+    sa.Column("first_seen", Real),
+    sa.Column("note", Text, nullable=False, server_default=""),
+    # Added by step 0710 (so they come last).
+    sa.Column("added_by", Text, nullable=False, server_default=""),
+    sa.Column("added_at", Real),
+    # In (signal, value) order: loading the index and matching read along the key.
+    sa.PrimaryKeyConstraint("signal", "value", "origin"),
+    sa.CheckConstraint("signal IN ('sha256', 'pdq')", name="signal"),
+    sa.Index("hash_entries_origin", "origin"),
+    sqlite_with_rowid=False,
+)
+
+hash_subscriptions = sa.Table(
+    "hash_subscriptions",
+    metadata,
+    sa.Column("name", Text, primary_key=True),
+    sa.Column("url", Text, nullable=False),
+    sa.Column("etag", Text),
+    sa.Column("entries", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("skipped", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_ok", Real),
+    sa.Column("last_checked", Real),
+    sa.Column("last_status", Int),
+    sa.Column("last_error", Text),
+    sa.Column("bytes_fetched", Int, nullable=False, server_default=sa.text("0")),
+)
+
+hash_flags = sa.Table(
+    "hash_flags",
+    metadata,
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("signal", Text, nullable=False),
+    sa.Column("value", Text, nullable=False),
+    sa.Column("distance", Int, nullable=False),
+    sa.Column("source", Text),
+    sa.Column("flagged_at", Real, nullable=False),
+    sa.PrimaryKeyConstraint("sha256", "origin", "signal", "value"),
+)
+
+# Bumped by every change that can alter the set of hashes to match against, so that each
+# process can tell cheaply when to reload its in-memory index. One row, id 1 (GENERATION_SEED).
+hash_generation = sa.Table(
+    "hash_generation",
+    metadata,
+    sa.Column("id", Int, primary_key=True, autoincrement=False),
+    sa.Column("n", Int, nullable=False),
+    sa.CheckConstraint("id = 1", name="id"),
+)
+
+# The row hash_generation is created with.
+GENERATION_SEED = "INSERT INTO hash_generation (id, n) VALUES (1, 0)"
+
+
+def generation_triggers(dialect: str) -> list[str]:
+    """The triggers (and, on PostgreSQL, their functions) that keep hash_generation in step
+    with `lists` and the `verdicts` that feed the index, as the schema steps left them (step
+    1300: a verdict from a match is told by its `route`). On PostgreSQL every bump also
+    notifies the other replicas (`hashes:`). Statements one by one, for a migration."""
+    postgres = dialect == "postgresql"
+    if postgres:
+        head = [
+            "CREATE FUNCTION hs_hashgen_bump() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN UPDATE hash_generation SET n = n + 1; RETURN NULL; END $$",
+            "CREATE FUNCTION hs_hashgen_notify() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN PERFORM pg_notify('horde_scanner', 'hashes:'); RETURN NULL; END $$",
+            "CREATE TRIGGER hashgen_notify AFTER UPDATE ON hash_generation"
+            " FOR EACH STATEMENT EXECUTE FUNCTION hs_hashgen_notify()",
+            "CREATE TRIGGER hashgen_lists AFTER INSERT OR UPDATE OR DELETE ON lists"
+            " FOR EACH ROW EXECUTE FUNCTION hs_hashgen_bump()",
+        ]
+    else:
+        head = [
+            f"CREATE TRIGGER hashgen_lists_{event.lower()} AFTER {event} ON lists"
+            " BEGIN UPDATE hash_generation SET n = n + 1; END"
+            for event in ("INSERT", "UPDATE", "DELETE")
+        ]
+    return head + _index_trigger_list("route", "match", postgres=postgres)
+
+
+# Every trigger generation_triggers makes, by name (with its table: PostgreSQL's DROP TRIGGER
+# needs it), and PostgreSQL's functions: what a downgrade drops.
+GENERATION_TRIGGER_NAMES = {
+    "sqlite": [(f"hashgen_lists_{e}", "lists") for e in ("insert", "update", "delete")]
+    + [(f"hashgen_verdicts_{e}", "verdicts") for e in ("insert", "update", "delete")],
+    "postgresql": [("hashgen_notify", "hash_generation"), ("hashgen_lists", "lists")]
+    + [(f"hashgen_verdicts_{e}", "verdicts") for e in ("insert", "update", "delete")],
+}
+GENERATION_FUNCTIONS = ["hs_hashgen_bump", "hs_hashgen_notify"]
+
+
 def _index_triggers(column: str, match: str, *, postgres: bool) -> str:
     """Triggers that bump hash_generation when a verdict that feeds the index (csam, and not
     itself from a hash-list match) comes, changes or goes. `column` = `match` marks a verdict
     from a match (step 0500 read the backend's name; 1300 gave it a column of its own)."""
+    return "\n".join(s + ";" for s in _index_trigger_list(column, match, postgres=postgres))
 
+
+def _index_trigger_list(column: str, match: str, *, postgres: bool) -> list[str]:
     def feeds(row: str) -> str:
         return f"{row}.label = 'csam' AND {row}.{column} != '{match}'"
 
@@ -74,14 +192,14 @@ def _index_triggers(column: str, match: str, *, postgres: bool) -> str:
         if postgres:
             out.append(
                 f"CREATE TRIGGER hashgen_verdicts_{name} AFTER {event} ON verdicts FOR EACH ROW"
-                f" WHEN ({when}) EXECUTE FUNCTION hs_hashgen_bump();"
+                f" WHEN ({when}) EXECUTE FUNCTION hs_hashgen_bump()"
             )
         else:
             out.append(
                 f"CREATE TRIGGER hashgen_verdicts_{name} AFTER {event} ON verdicts WHEN {when}"
-                " BEGIN UPDATE hash_generation SET n = n + 1; END;"
+                " BEGIN UPDATE hash_generation SET n = n + 1; END"
             )
-    return "\n".join(out)
+    return out
 
 
 def _drop_index_triggers(*, postgres: bool) -> str:

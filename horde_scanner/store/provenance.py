@@ -21,10 +21,51 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
+from horde_scanner.store.metadata import Int, Real, Text, metadata
 from horde_scanner.store.tables import SchemaStep, Tables, rows_in
 
 PENDING, RESOLVED, NO_ALIAS = "pending", "resolved", "no_alias"
 DONE, FAILED = "done", "failed"
+
+provenance = sa.Table(
+    "provenance",
+    metadata,
+    sa.Column("sha256", Text, primary_key=True),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("why", Text, nullable=False),
+    sa.Column("aliases", Text, nullable=False, server_default="[]"),
+    sa.Column("seen_at", Real),
+    sa.Column("record", Text),
+    sa.Column("error", Text),
+    sa.Column("tries", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("next_try", Real, nullable=False),
+    sa.Column("created_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.CheckConstraint("state IN ('pending', 'resolved', 'no_alias')", name="state"),
+    sa.Index("provenance_due", "state", "next_try"),
+)
+
+lemmy_actions = sa.Table(
+    "lemmy_actions",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("action", Text, nullable=False),
+    sa.Column("target", Text, nullable=False),
+    sa.Column("request", Text, nullable=False),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("status", Int),
+    sa.Column("answer", Text),
+    sa.Column("requested_by", Text, nullable=False),
+    sa.Column("requested_at", Real, nullable=False),
+    sa.Column("attempts", Int, nullable=False, server_default=sa.text("1")),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.CheckConstraint("state IN ('done', 'failed')", name="state"),
+    sa.Index("lemmy_actions_sha", "sha256", "id"),
+    sqlite_autoincrement=True,
+)
 
 STEPS = [
     SchemaStep(

@@ -14,9 +14,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from horde_scanner.store.metadata import Int, Real, Text, metadata
 from horde_scanner.store.tables import SchemaStep, Tables
 
 HELD, RELEASED, DELETED = "held", "released", "deleted"
+
+# (Step 0700 also made the index verdicts_judged on verdicts(judged_at): it is declared with
+# the verdicts table, store/verdicts.py.)
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("identifier", Text, nullable=False),
+    sa.Column("path", Text, nullable=False),
+    sa.Column("size", Int),
+    sa.Column("state", Text, nullable=False, server_default=HELD),
+    sa.Column("quarantined_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.Column("updated_by", Text),
+    sa.Column("detail", Text),
+    sa.CheckConstraint("state IN ('held', 'released', 'deleted')", name="state"),
+    sa.Index("quarantine_sha", "sha256", "state"),
+    sqlite_autoincrement=True,
+)
 
 STEPS = [
     SchemaStep(

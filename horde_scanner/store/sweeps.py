@@ -44,7 +44,72 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
+from horde_scanner.store.metadata import Int, Real, Text, metadata
 from horde_scanner.store.tables import SchemaStep, Tables, rows_in
+
+scan_files = sa.Table(
+    "scan_files",
+    metadata,
+    sa.Column("source", Text, nullable=False),
+    sa.Column("identifier", Text, nullable=False),
+    sa.Column("size", Int, nullable=False),
+    sa.Column("mtime", Real, nullable=False),
+    sa.Column("sha256", Text),
+    sa.Column("media_type", Text),
+    sa.Column("status", Text, nullable=False),
+    sa.Column("label", Text),
+    sa.Column("reasons", Text),
+    sa.Column("seen_at", Real, nullable=False),
+    sa.Column("judged_at", Real),
+    sa.Column("action", Text),
+    sa.PrimaryKeyConstraint("source", "identifier"),
+    sa.Index("scan_files_sha", "sha256"),
+    sa.Index("scan_files_label", "label", "judged_at"),
+    sqlite_with_rowid=False,
+)
+
+scan_runs = sa.Table(
+    "scan_runs",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("source", Text, nullable=False),
+    sa.Column("action", Text, nullable=False),
+    sa.Column("follow", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("phase", Text, nullable=False, server_default="sweep"),
+    sa.Column("cursor", Text),
+    sa.Column("watermark", Real),
+    sa.Column("time_ordered", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("started_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.Column("counts", Text),
+    sa.Index("scan_runs_source", "source", "state"),
+    sqlite_autoincrement=True,
+)
+
+scan_actions = sa.Table(
+    "scan_actions",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("source", Text, nullable=False),
+    sa.Column("identifier", Text, nullable=False),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("size", Int),
+    sa.Column("mtime", Real),
+    sa.Column("action", Text, nullable=False),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("label", Text),
+    sa.Column("reasons", Text),
+    sa.Column("location", Text),
+    sa.Column("detail", Text),
+    sa.Column("created_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.UniqueConstraint("source", "identifier", "sha256"),
+    sa.Index("scan_actions_state", "source", "state"),
+    sqlite_autoincrement=True,
+)
 
 STEPS = [
     SchemaStep(
