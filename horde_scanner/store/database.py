@@ -46,6 +46,21 @@ SQLite refuses it at once with "database is locked" (SQLITE_BUSY_SNAPSHOT: the b
 does not cover it). So the shared connection fetches every result whole, and long reads take
 a connection of their own (`Store.aside()`)."""
 
+
+class StoreError(Exception):
+    """The database cannot be opened or is not ours (the message names the store and what to
+    do)."""
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error inside SQLAlchemy's wrapping (for messages)."""
+    inner = getattr(exc, "orig", None) or exc
+    cause = inner.__cause__
+    if cause is not None and type(inner).__module__.startswith("sqlalchemy"):
+        return cause
+    return inner
+
+
 # Rows a stream hands over at a time unless told otherwise.
 STREAM_BATCH = 1000
 
@@ -81,6 +96,9 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._rows[index]
 
     def __bool__(self) -> bool:
         return bool(self._rows)
@@ -140,7 +158,13 @@ class _Pending:
         return self._db._run(self._stmt, self._params).__await__()
 
     async def __aenter__(self) -> Any:
-        if self._db.held is not None and isinstance(self._stmt, str) and not _is_write(self._stmt):
+        db = self._db
+        if (
+            db.held is not None
+            and not db.shared
+            and isinstance(self._stmt, str)
+            and not _is_write(self._stmt)
+        ):
             self._cursor = await self._db._driver_cursor(self._stmt, self._params)
             return self._cursor
         return await self._db._run(self._stmt, self._params)
@@ -160,9 +184,12 @@ class Database:
         health: StoreHealth,
         conn: AsyncConnection | None = None,
         *,
+        shared: bool = False,
         legacy: Any = None,
     ) -> None:
         self.engine = engine
+        # The process's one shared connection (SQLite): results are always fetched whole.
+        self.shared = shared
         self.dialect: str = engine.dialect.name
         self.health = health
         self._conn = conn
@@ -219,8 +246,8 @@ class Database:
             self.health.succeeded(write=_is_write(stmt))
         return out
 
-    async def execute_fetchall(self, stmt: Statement, params: Params = None) -> Rows:
-        return await self._run(stmt, params)
+    async def execute_fetchall(self, stmt: Statement, params: Params = None) -> list[Any]:
+        return list((await self._run(stmt, params)).all())
 
     async def executemany(
         self, stmt: Statement, rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]]
@@ -298,7 +325,7 @@ class Database:
         PostgreSQL through a server-side cursor (in a read-only transaction of its own unless
         inside the caller's). Only on a connection of its own (`Store.aside()`); close the
         iterator (`contextlib.aclosing`) when leaving early."""
-        if self._conn is None:
+        if self._conn is None or self.shared:
             raise RuntimeError("stream() reads on a connection of its own: use Store.aside()")
         conn = self._conn
         own = self.dialect == "postgresql" and not self._in_transaction
