@@ -17,7 +17,7 @@ import time
 import sqlalchemy as sa
 
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.tables import Tables, compiled_once, upsert
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,16 @@ horde_submits = sa.Table(
 _s = horde_submits.c
 # One clock for every replica: the database's (PostgreSQL).
 _PG_NOW = sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Double())
+
+
+def _take_turn(dialect: str) -> sa.Executable:
+    """The turn is taken when nobody holds it, or its holder's time is up."""
+    insert, new = upsert(dialect, cluster_turns)
+    return insert.on_conflict_do_update(
+        index_elements=[cluster_turns.c.name],
+        set_={"holder": new.holder, "taken_at": new.taken_at, "until": new.until},
+        where=cluster_turns.c.until <= sa.bindparam("now"),
+    )
 
 
 class ClusterTables(Tables):

@@ -195,8 +195,7 @@ class Database:
         self._conn = conn
         self._in_transaction = False
         self._owner: asyncio.Task[Any] | None = None  # the task inside `transaction()`
-        # One coroutine at a time on a held SQLAlchemy connection (it is not safe to share
-        # between tasks); statements of a held connection run in turn, as on one DB thread.
+        # One transaction at a time on a held connection.
         self._lock = asyncio.Lock() if conn is not None else None
         # Strings written for SQLite, for PostgreSQL (the parts not yet on Core).
         self._legacy = legacy
@@ -213,14 +212,10 @@ class Database:
     @contextlib.asynccontextmanager
     async def _connection(self, owned: bool = False) -> AsyncIterator[AsyncConnection]:
         if self._conn is not None:
-            assert self._lock is not None
-            if owned:
-                # The transaction's owner runs its statements one after another (it holds
-                # the lock); every other task waits for the transaction to end.
-                yield self._conn
-                return
-            async with self._lock:
-                yield self._conn
+            # Statements of several tasks go to the held connection as they come, each on a
+            # cursor of its own, queued by aiosqlite's thread as the first releases' were (a
+            # lock around each would leave the thread idle between statements).
+            yield self._conn
         else:
             async with self.engine.connect() as conn:
                 yield conn

@@ -16,7 +16,7 @@ import time
 import sqlalchemy as sa
 
 from horde_scanner.store.metadata import Real, Text, metadata
-from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.tables import Tables, compiled_once, upsert
 
 # The Horde deletes a request 20 minutes after its last event; past this it is surely gone.
 _FORGET_AFTER_S = 30 * 60.0
@@ -30,6 +30,15 @@ horde_requests = sa.Table(
     sa.Column("holder", Text, nullable=False),  # host:pid
 )
 _r = horde_requests.c
+_HOLD_KEYS = ("image_key", "request_id", "submitted_at", "holder")
+
+
+def _hold(dialect: str) -> sa.Executable:
+    insert, new = upsert(dialect, horde_requests)
+    return insert.on_conflict_do_update(
+        index_elements=[_r.image_key],
+        set_={name: new[name] for name in ("request_id", "submitted_at", "holder")},
+    )
 
 
 class HordeRequestTables(Tables):
@@ -47,21 +56,14 @@ class HordeRequestTables(Tables):
     async def hold_horde_request(
         self, image_key: str, request_id: str, submitted_at: float
     ) -> None:
-        insert, new = upsert(self._db.dialect, horde_requests)
         await self._db.execute(
-            insert.values(
-                image_key=image_key,
-                request_id=request_id,
-                submitted_at=submitted_at,
-                holder=self.holder,
-            ).on_conflict_do_update(
-                index_elements=[_r.image_key],
-                set_={
-                    "request_id": new.request_id,
-                    "submitted_at": new.submitted_at,
-                    "holder": new.holder,
-                },
-            )
+            compiled_once(_hold, self._db.dialect, _HOLD_KEYS),
+            {
+                "image_key": image_key,
+                "request_id": request_id,
+                "submitted_at": submitted_at,
+                "holder": self.holder,
+            },
         )
 
     async def drop_horde_request(self, image_key: str, request_id: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, chunks, upsert
+from horde_scanner.store.tables import Tables, chunks, compiled_once, upsert
 
 jobs = sa.Table(
     "jobs",
@@ -48,6 +48,11 @@ _JOB_COLUMNS = (
 )
 _ANSWERED = sa.select(jobs.c.answered).where(jobs.c.sha256 == sa.bindparam("sha256"))
 _DELETE = sa.delete(jobs).where(jobs.c.sha256 == sa.bindparam("sha256"))
+_ADD_KEYS = ("sha256", "payload", "media_type", "size", "source", "created_at")
+
+
+def _add_job(dialect: str) -> sa.Executable:
+    return upsert(dialect, jobs)[0].on_conflict_do_nothing()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +81,16 @@ class JobTables(Tables):
         source: str | None,
     ) -> bool:
         """Persist a judgement to do; False when one for this hash is already pending."""
-        insert, _ = upsert(self._db.dialect, jobs)
         done = await self._db.execute(
-            insert.values(
-                sha256=sha256,
-                payload=payload,
-                media_type=media_type,
-                size=size,
-                source=source,
-                created_at=time.time(),
-            ).on_conflict_do_nothing()
+            compiled_once(_add_job, self._db.dialect, _ADD_KEYS),
+            {
+                "sha256": sha256,
+                "payload": payload,
+                "media_type": media_type,
+                "size": size,
+                "source": source,
+                "created_at": time.time(),
+            },
         )
         return done.rowcount > 0
 

@@ -13,7 +13,7 @@ import time
 import sqlalchemy as sa
 
 from horde_scanner.store.metadata import Real, Text, metadata
-from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.tables import Tables, compiled_once, upsert
 
 horde_kudos = sa.Table(
     "horde_kudos",
@@ -34,13 +34,14 @@ class KudosTables(Tables):
     async def add_kudos_spent(self, day: str, charged: float) -> float:
         """Book `charged` kudos on `day` and return the day's total, as every process sharing
         the store booked it (one atomic statement: replicas never overwrite each other)."""
-        insert, new = upsert(self._db.dialect, horde_kudos)
-        statement = (
-            insert.values(day=day, spent=charged, updated_at=time.time())
-            .on_conflict_do_update(
-                index_elements=[horde_kudos.c.day],
-                set_={"spent": horde_kudos.c.spent + new.spent, "updated_at": new.updated_at},
-            )
-            .returning(horde_kudos.c.spent)
-        )
-        return float((await self._db.execute(statement)).scalar())
+        statement = compiled_once(_book, self._db.dialect, ("day", "spent", "updated_at"))
+        row = {"day": day, "spent": charged, "updated_at": time.time()}
+        return float((await self._db.execute(statement, row)).scalar())
+
+
+def _book(dialect: str) -> sa.Executable:
+    insert, new = upsert(dialect, horde_kudos)
+    return insert.on_conflict_do_update(
+        index_elements=[horde_kudos.c.day],
+        set_={"spent": horde_kudos.c.spent + new.spent, "updated_at": new.updated_at},
+    ).returning(horde_kudos.c.spent)

@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from horde_scanner.config import StoreSettings
-from horde_scanner.store import schema
+from horde_scanner.store import schema, sqlite_driver
 from horde_scanner.store.audit import AuditTables
 from horde_scanner.store.cluster import ClusterTables
 from horde_scanner.store.database import Database, StoreError
@@ -103,8 +103,9 @@ def sqlite_engine(path: Path) -> AsyncEngine:
     """The engine of a SQLite store: every connection autocommits (transactions are
     `Database.transaction()`'s BEGIN IMMEDIATE), writes ahead (WAL), and waits ASIDE_BUSY_MS
     for another's lock unless told otherwise."""
+    sqlite_driver.register()
     engine = create_async_engine(
-        f"sqlite+aiosqlite:///{path}",
+        f"sqlite+{sqlite_driver.NAME}:///{path}",
         isolation_level="AUTOCOMMIT",
         connect_args={"timeout": STARTUP_BUSY_S},
     )

@@ -27,7 +27,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, chunks, upsert
+from horde_scanner.store.tables import Tables, chunks, compiled_once, upsert
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 # One row per judged image, replaced when judged again (re-judging keeps first_seen, source).
@@ -101,6 +101,49 @@ _GET_VERDICT = sa.select(*VERDICT_COLUMNS).where(verdicts.c.sha256 == sa.bindpar
 _LIST_KIND = sa.select(lists.c.kind).where(lists.c.sha256 == sa.bindparam("sha256"))
 
 
+_VERDICT_KEYS = tuple(c.name for c in VERDICT_COLUMNS)
+_LIST_KEYS = ("sha256", "kind", "note", "added_by", "added_at")
+_LATE_KEYS = tuple(c.name for c in _LATE_COLUMNS)
+
+
+def _put_verdict(dialect: str) -> sa.Executable:
+    """A verdict replaces the one before; what the new one does not know is kept, and the
+    first place it was seen stays its source."""
+    insert, new = upsert(dialect, verdicts)
+    old = verdicts.c
+    return insert.on_conflict_do_update(
+        index_elements=[old.sha256],
+        set_={
+            "label": new.label,
+            "reasons": new.reasons,
+            "signals": sa.func.coalesce(new.signals, old.signals),
+            "backend": new.backend,
+            "route": new.route,
+            "policy_version": new.policy_version,
+            "media_type": sa.func.coalesce(new.media_type, old.media_type),
+            "size": sa.func.coalesce(new.size, old.size),
+            "source": sa.func.coalesce(old.source, new.source),
+            "judged_at": new.judged_at,
+        },
+    )
+
+
+def _set_list(dialect: str) -> sa.Executable:
+    insert, new = upsert(dialect, lists)
+    return insert.on_conflict_do_update(
+        index_elements=[lists.c.sha256],
+        set_={name: new[name] for name in ("kind", "note", "added_by", "added_at")},
+    )
+
+
+def _record_late(dialect: str) -> sa.Executable:
+    insert, new = upsert(dialect, late_positives)
+    return insert.on_conflict_do_update(
+        index_elements=[late_positives.c.sha256],
+        set_={name: new[name] for name in ("enforcement", "detail", "updated_at")},
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class VerdictFilter:
     """Which verdicts a search returns (the admin's lists and queue)."""
@@ -169,40 +212,23 @@ class VerdictTables(Tables):
         size: int | None = None,
         source: str | None = None,
     ) -> None:
-        now = time.time()
         signals = verdict.signals.model_dump_json() if verdict.signals else None
-        insert, new = upsert(self._db.dialect, verdicts)
-        old = verdicts.c
-        statement = insert.values(
-            sha256=sha256,
-            label=verdict.label.value,
-            reasons=json.dumps(verdict.reasons),
-            signals=signals,
-            backend=verdict.backend,
-            policy_version=verdict.policy_version,
-            media_type=media_type,
-            size=size,
-            source=source,
-            first_seen=now,
-            judged_at=verdict.judged_at,
-            route=verdict.route.value,
-        ).on_conflict_do_update(
-            index_elements=[old.sha256],
-            set_={
-                "label": new.label,
-                "reasons": new.reasons,
-                "signals": sa.func.coalesce(new.signals, old.signals),
-                "backend": new.backend,
-                "route": new.route,
-                "policy_version": new.policy_version,
-                "media_type": sa.func.coalesce(new.media_type, old.media_type),
-                "size": sa.func.coalesce(new.size, old.size),
-                # The first place it was seen stays its source.
-                "source": sa.func.coalesce(old.source, new.source),
-                "judged_at": new.judged_at,
-            },
-        )
-        await self._db.execute(statement)
+        row = {
+            "sha256": sha256,
+            "label": verdict.label.value,
+            "reasons": json.dumps(verdict.reasons),
+            "signals": signals,
+            "backend": verdict.backend,
+            "policy_version": verdict.policy_version,
+            "media_type": media_type,
+            "size": size,
+            "source": source,
+            "first_seen": time.time(),
+            "judged_at": verdict.judged_at,
+            "route": verdict.route.value,
+        }
+        statement = compiled_once(_put_verdict, self._db.dialect, _VERDICT_KEYS)
+        await self._db.execute(statement, row)
 
     async def iter_verdicts(
         self,
@@ -304,19 +330,9 @@ class VerdictTables(Tables):
         return str(kind) if kind is not None else None
 
     async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
-        insert, new = upsert(self._db.dialect, lists)
         await self._db.execute(
-            insert.values(
-                sha256=sha256, kind=kind, note=note, added_by=by, added_at=time.time()
-            ).on_conflict_do_update(
-                index_elements=[lists.c.sha256],
-                set_={
-                    "kind": new.kind,
-                    "note": new.note,
-                    "added_by": new.added_by,
-                    "added_at": new.added_at,
-                },
-            )
+            compiled_once(_set_list, self._db.dialect, _LIST_KEYS),
+            {"sha256": sha256, "kind": kind, "note": note, "added_by": by, "added_at": time.time()},
         )
 
     async def remove_list(self, sha256: str) -> bool:
@@ -357,23 +373,16 @@ class VerdictTables(Tables):
         self, sha256: str, label: Label, enforcement: str, detail: dict[str, Any]
     ) -> None:
         now = time.time()
-        insert, new = upsert(self._db.dialect, late_positives)
         await self._db.execute(
-            insert.values(
-                sha256=sha256,
-                label=label.value,
-                found_at=now,
-                enforcement=enforcement,
-                detail=json.dumps(detail),
-                updated_at=now,
-            ).on_conflict_do_update(
-                index_elements=[late_positives.c.sha256],
-                set_={
-                    "enforcement": new.enforcement,
-                    "detail": new.detail,
-                    "updated_at": new.updated_at,
-                },
-            )
+            compiled_once(_record_late, self._db.dialect, _LATE_KEYS),
+            {
+                "sha256": sha256,
+                "label": label.value,
+                "found_at": now,
+                "enforcement": enforcement,
+                "detail": json.dumps(detail),
+                "updated_at": now,
+            },
         )
 
     async def late_positives(

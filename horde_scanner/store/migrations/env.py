@@ -8,6 +8,7 @@ from alembic import context
 from horde_scanner.store.metadata import all_tables
 from horde_scanner.store.schema import include_name
 
+
 def run() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:
