@@ -15,6 +15,7 @@ waited for up to the busy timeout), PostgreSQL's advisory lock (DDL is transacti
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from horde_scanner.store.database import StoreError
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001_baseline"
@@ -151,4 +154,6 @@ async def upgrade(conn: AsyncConnection, where: str) -> list[str]:
         await conn.exec_driver_sql("ROLLBACK")
         raise
     await conn.exec_driver_sql("COMMIT")
+    if applied:
+        log.info("store %s: schema revisions applied: %s", where, ", ".join(applied))
     return applied

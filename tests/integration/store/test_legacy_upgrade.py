@@ -128,3 +128,34 @@ async def test_an_old_store_with_a_step_we_do_not_know_is_refused(tmp_path: Path
         db.execute("INSERT INTO schema_migrations VALUES ('9999-future', 0)")
     with pytest.raises(StoreError, match="newer horde-scanner"):
         await Store.open(path)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HORDE_SCANNER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "horde_scanner.cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_store_upgrade_takes_over_an_old_store_and_names_what_blocks_one(tmp_path: Path) -> None:
+    """`horde-scanner store upgrade`, as an admin runs it before starting a new version."""
+    path = tmp_path / "old.db"
+    shutil.copy(LEGACY / "store-2fa284f.db", path)
+    done = _cli("--db", str(path), "store", "upgrade", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"is at schema revision {schema.head()}" in done.stdout
+    assert _sqlite_counts(path)["verdicts"] == 4
+    again = _cli("--db", str(path), "store", "upgrade", cwd=tmp_path)
+    assert again.returncode == 0 and schema.head() in again.stdout
+    # A store left half-way by an old release: refused, with what to do, and untouched.
+    half = tmp_path / "half.db"
+    with sqlite3.connect(half) as db:
+        db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        db.execute("INSERT INTO schema_migrations VALUES ('0001-core', 0)")
+    refused = _cli("--db", str(half), "store", "upgrade", cwd=tmp_path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "2fa284f" in refused.stderr and "0300-scan" in refused.stderr
