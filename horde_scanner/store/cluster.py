@@ -17,7 +17,7 @@ import time
 import sqlalchemy as sa
 
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, compiled_once, upsert
+from horde_scanner.store.tables import Tables, upsert
 
 log = logging.getLogger(__name__)
 

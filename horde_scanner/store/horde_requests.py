@@ -15,6 +15,7 @@ import time
 
 import sqlalchemy as sa
 
+from horde_scanner.store.database import Prepared
 from horde_scanner.store.metadata import Real, Text, metadata
 from horde_scanner.store.tables import Tables, compiled_once, upsert
 
@@ -30,6 +31,15 @@ horde_requests = sa.Table(
     sa.Column("holder", Text, nullable=False),  # host:pid
 )
 _r = horde_requests.c
+_FORGET = Prepared(sa.delete(horde_requests).where(_r.submitted_at < sa.bindparam("before")))
+_LIVE = Prepared(
+    sa.select(_r.request_id, _r.submitted_at).where(_r.image_key == sa.bindparam("key"))
+)
+_DROP = Prepared(
+    sa.delete(horde_requests).where(
+        _r.image_key == sa.bindparam("key"), _r.request_id == sa.bindparam("request_id")
+    )
+)
 _HOLD_KEYS = ("image_key", "request_id", "submitted_at", "holder")
 
 
@@ -46,11 +56,8 @@ class HordeRequestTables(Tables):
         """(request id, when it was submitted, epoch seconds) of the request held for this
         image (a digest of what was sent), if one may still be live."""
         now = time.time()
-        await self._db.execute(
-            sa.delete(horde_requests).where(_r.submitted_at < now - _FORGET_AFTER_S)
-        )
-        query = sa.select(_r.request_id, _r.submitted_at).where(_r.image_key == image_key)
-        row = (await self._db.execute(query)).first()
+        await self._db.execute(_FORGET, {"before": now - _FORGET_AFTER_S})
+        row = (await self._db.execute(_LIVE, {"key": image_key})).first()
         return (str(row[0]), float(row[1])) if row is not None else None
 
     async def hold_horde_request(
@@ -67,6 +74,4 @@ class HordeRequestTables(Tables):
         )
 
     async def drop_horde_request(self, image_key: str, request_id: str) -> None:
-        await self._db.execute(
-            sa.delete(horde_requests).where(_r.image_key == image_key, _r.request_id == request_id)
-        )
+        await self._db.execute(_DROP, {"key": image_key, "request_id": request_id})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from horde_scanner.store.database import Prepared
 from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
 from horde_scanner.store.tables import Tables, chunks, compiled_once, upsert
 
@@ -46,8 +47,33 @@ _JOB_COLUMNS = (
     jobs.c.answered,
     jobs.c.attempts,
 )
-_ANSWERED = sa.select(jobs.c.answered).where(jobs.c.sha256 == sa.bindparam("sha256"))
-_DELETE = sa.delete(jobs).where(jobs.c.sha256 == sa.bindparam("sha256"))
+# The hot path's statements (a validation miss): built once.
+_ANSWERED = Prepared(sa.select(jobs.c.answered).where(jobs.c.sha256 == sa.bindparam("sha256")))
+_DELETE = Prepared(sa.delete(jobs).where(jobs.c.sha256 == sa.bindparam("sha256")))
+
+
+def _claim(postgres: bool) -> Prepared:
+    """Mark up to `limit` ready jobs running, oldest first, in one statement; on PostgreSQL
+    also those whose lease lapsed, skipping rows another replica is claiming."""
+    now = sa.bindparam("now")
+    ready = sa.and_(jobs.c.state == "pending", jobs.c.not_before <= now)
+    due = sa.select(jobs.c.sha256).order_by(jobs.c.created_at).limit(sa.bindparam("limit"))
+    if postgres:
+        lapsed = sa.and_(jobs.c.state == "running", jobs.c.lease_until < now)
+        due = due.where(sa.or_(ready, lapsed)).with_for_update(skip_locked=True)
+        values = {"state": "running", "lease_until": sa.bindparam("until")}
+    else:
+        due = due.where(ready)
+        values = {"state": "running"}
+    return Prepared(
+        sa.update(jobs)
+        .where(jobs.c.sha256.in_(due.scalar_subquery()))
+        .values(values)
+        .returning(*_JOB_COLUMNS)
+    )
+
+
+_CLAIM = {"sqlite": _claim(False), "postgresql": _claim(True)}
 _ADD_KEYS = ("sha256", "payload", "media_type", "size", "source", "created_at")
 
 
@@ -116,19 +142,8 @@ class JobTables(Tables):
         if limit <= 0:
             return []
         now = time.time()
-        ready = sa.and_(jobs.c.state == "pending", jobs.c.not_before <= now)
-        due = sa.select(jobs.c.sha256).order_by(jobs.c.created_at).limit(limit)
-        values: dict[str, object] = {"state": "running"}
-        if self._db.dialect == "postgresql":
-            lapsed = sa.and_(jobs.c.state == "running", jobs.c.lease_until < now)
-            due = due.where(sa.or_(ready, lapsed)).with_for_update(skip_locked=True)
-            values["lease_until"] = now + self.job_lease_s
-        else:
-            due = due.where(ready)
-        statement = (
-            sa.update(jobs).where(jobs.c.sha256.in_(due.scalar_subquery())).values(**values)
-        ).returning(*_JOB_COLUMNS)
-        rows = await self._db.execute(statement)
+        params = {"now": now, "limit": limit, "until": now + self.job_lease_s}
+        rows = await self._db.execute(_CLAIM[self._db.dialect], params)
         return [Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     async def finish_job(self, sha256: str) -> str | None:

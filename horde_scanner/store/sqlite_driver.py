@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 NAME = "hs_aiosqlite"
 
 
-def _run_one(connection: Any, operation: str, parameters: Any, many: bool) -> tuple[Any, ...]:
+def run_one(connection: Any, operation: str, parameters: Any, many: bool) -> tuple[Any, ...]:
     """In aiosqlite's thread: the statement, start to end."""
     cursor = connection.cursor()
     try:
@@ -49,7 +49,7 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         connection = self._connection
         try:
             description, rows, rowcount, lastrowid = self.await_(
-                connection._execute(_run_one, connection._conn, operation, parameters, many)
+                connection._execute(run_one, connection._conn, operation, parameters, many)
             )
         except Exception as error:
             self._adapt_connection._handle_exception(error)

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from horde_scanner.store.database import Database as SqlDatabase
+from horde_scanner.store.database import Prepared
 
 if TYPE_CHECKING:
     from horde_scanner.store.outage import StoreHealth
@@ -82,7 +83,7 @@ class Tables:
 
 def compiled_once(
     build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
-) -> sa.TextClause:
+) -> Prepared:
     """`build(dialect)`'s statement compiled once per dialect, as a `text()` SQLAlchemy caches.
 
     SQLAlchemy 2.0 compiles its dialect-specific `INSERT ... ON CONFLICT` (`upsert`) anew on
@@ -96,10 +97,15 @@ def compiled_once(
 @functools.cache
 def _compiled_once(
     build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
-) -> sa.TextClause:
+) -> Prepared:
     named = (pg_dialect if dialect == "postgresql" else sqlite_dialect).dialect(paramstyle="named")
     compiled = build(dialect).compile(dialect=named, column_keys=list(columns))
-    return sa.text(compiled.string)
+    text = sa.text(compiled.string)
+    for name in columns:  # every column is given: none is left to a default
+        text = text.bindparams(sa.bindparam(name))
+    prepared = Prepared(text)
+    prepared.write = True  # INSERT ... ON CONFLICT
+    return prepared
 
 
 def upsert(dialect: str, table: sa.Table) -> tuple[Any, Any]:

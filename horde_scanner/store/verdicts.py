@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
+from horde_scanner.store.database import Prepared
 from horde_scanner.store.metadata import Int, Real, Text, metadata
 from horde_scanner.store.tables import Tables, chunks, compiled_once, upsert
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
@@ -97,8 +98,11 @@ _LATE_COLUMNS = (
     late_positives.c.detail,
     late_positives.c.updated_at,
 )
-_GET_VERDICT = sa.select(*VERDICT_COLUMNS).where(verdicts.c.sha256 == sa.bindparam("sha256"))
-_LIST_KIND = sa.select(lists.c.kind).where(lists.c.sha256 == sa.bindparam("sha256"))
+# The hot path's reads (every upload that is not in memory): built once.
+_GET_VERDICT = Prepared(
+    sa.select(*VERDICT_COLUMNS).where(verdicts.c.sha256 == sa.bindparam("sha256"))
+)
+_LIST_KIND = Prepared(sa.select(lists.c.kind).where(lists.c.sha256 == sa.bindparam("sha256")))
 
 
 _VERDICT_KEYS = tuple(c.name for c in VERDICT_COLUMNS)
