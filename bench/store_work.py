@@ -120,7 +120,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--misses", type=int, default=2000)
-    parser.add_argument("--previous", type=Path, help=f"a checkout of {PREVIOUS} (default: a new worktree)")
+    parser.add_argument(
+        "--previous", type=Path, help=f"a checkout of {PREVIOUS} (default: a new worktree)"
+    )
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
     args = parser.parse_args()
     previous = args.previous or _worktree(PREVIOUS)

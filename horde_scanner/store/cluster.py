@@ -43,7 +43,7 @@ horde_submits = sa.Table(
 )
 _s = horde_submits.c
 # One clock for every replica: the database's (PostgreSQL).
-_PG_NOW = sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Double())
+_PG_NOW: sa.Cast[float] = sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Double())
 
 
 def _take_turn(dialect: str) -> sa.Executable:

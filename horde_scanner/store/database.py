@@ -151,7 +151,7 @@ class Prepared:
     def for_sqlite(self, dialect: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """(SQL with `?` placeholders, the bound names in their order, their defaults)."""
         if self._sqlite is None:
-            compiled = self.statement.compile(dialect=dialect)
+            compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
             self._sqlite = (compiled.string, tuple(compiled.positiontup or ()), compiled.params)
         return self._sqlite
 
@@ -439,6 +439,7 @@ class Database:
             return await driver.execute(statement, _positional(params) or ())
         from horde_scanner.store.postgres import PgStream
 
+        assert statement is not None
         return await PgStream.open(driver, statement, _positional(params) or ())
 
     async def close(self) -> None:

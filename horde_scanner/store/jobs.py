@@ -55,7 +55,7 @@ _DELETE = Prepared(sa.delete(jobs).where(jobs.c.sha256 == sa.bindparam("sha256")
 def _claim(postgres: bool) -> Prepared:
     """Mark up to `limit` ready jobs running, oldest first, in one statement; on PostgreSQL
     also those whose lease lapsed, skipping rows another replica is claiming."""
-    now = sa.bindparam("now")
+    now: sa.BindParameter[float] = sa.bindparam("now")
     ready = sa.and_(jobs.c.state == "pending", jobs.c.not_before <= now)
     due = sa.select(jobs.c.sha256).order_by(jobs.c.created_at).limit(sa.bindparam("limit"))
     if postgres:

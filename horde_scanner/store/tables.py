@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -53,20 +53,8 @@ QUERY = re.compile(r"^\s*(SELECT|WITH|VALUES|PRAGMA)\b", re.IGNORECASE)
 RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 
 
-class Database(Protocol):
-    """The shared connection the parts' queries go to: SQLite's (sqlite.SharedConnection) or
-    PostgreSQL's (postgres.PgDatabase). `execute` is awaited, or used as `async with ... as
-    cur`; either way the statement has run to its end and `cur` holds its rows (`Rows`)."""
-
-    def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Any: ...
-
-    async def execute_fetchall(self, sql: str, parameters: Iterable[Any] = ()) -> Any: ...
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
-
-    async def executescript(self, sql: str) -> Any: ...
-
-    async def close(self) -> None: ...
+# The seam every part's statements go to (store/database.py).
+Database = SqlDatabase
 
 
 class Tables:
@@ -99,7 +87,8 @@ def _compiled_once(
     build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
 ) -> Prepared:
     named = (pg_dialect if dialect == "postgresql" else sqlite_dialect).dialect(paramstyle="named")
-    compiled = build(dialect).compile(dialect=named, column_keys=list(columns))
+    statement: Any = build(dialect)
+    compiled = statement.compile(dialect=named, column_keys=list(columns))
     text = sa.text(compiled.string)
     for name in columns:  # every column is given: none is left to a default
         text = text.bindparams(sa.bindparam(name))

@@ -86,7 +86,6 @@ async def populate(store: Store, quarantine_dir: Path) -> None:
 
 
 async def write_sqlite(path: Path) -> None:
-    path.unlink(missing_ok=True)
     async with await Store.open(path) as store:
         await populate(store, path.parent / "quarantine-sqlite")
     for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -102,6 +101,7 @@ def main() -> None:
     print(f"writing with {horde_scanner.__file__}", file=sys.stderr)
     OUT.mkdir(exist_ok=True)
     sqlite_file = OUT / "store-2fa284f.db"
+    sqlite_file.unlink(missing_ok=True)
     asyncio.run(write_sqlite(sqlite_file))
     # A clean file (WAL checkpointed into it).
     import sqlite3

@@ -71,9 +71,9 @@ async def test_an_old_store_upgrades_in_place_with_every_row_readable(legacy_sto
     async with await Store.open(legacy_store) as store:
         # Every table the old release filled still holds its rows.
         counts = await _counts(store)
-        assert {t: n for t, n in counts.items()} == {
-            t: before[t] for t in counts
-        }, "row counts changed"
+        assert {t: n for t, n in counts.items()} == {t: before[t] for t in counts}, (
+            "row counts changed"
+        )
         assert all(n > 0 for n in counts.values()), counts
         # Stamped at the baseline, then at head; the old record stays.
         version = await store.db.execute("SELECT version_num FROM alembic_version")

@@ -24,8 +24,8 @@ depends_on: str | Sequence[str] | None = None
 
 # The first releases' types: INTEGER / REAL / BLOB / TEXT on SQLite; BIGINT / DOUBLE
 # PRECISION / BYTEA / TEXT on PostgreSQL.
-INT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-REAL = sa.Double().with_variant(sa.REAL(), "sqlite")
+INT: sa.types.TypeEngine[int] = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+REAL: sa.types.TypeEngine[float] = sa.Double().with_variant(sa.REAL(), "sqlite")
 BLOB = sa.LargeBinary()
 TEXT = sa.Text()
 

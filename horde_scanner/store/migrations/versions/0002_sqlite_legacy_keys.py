@@ -16,6 +16,7 @@ Create Date: 2026-12-07
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -68,7 +69,7 @@ TRIGGERS = {
 }
 
 
-def _needs_rebuild(inspector: sa.Inspector, table: str) -> list[dict[str, object]]:
+def _needs_rebuild(inspector: sa.Inspector, table: str) -> list[Any]:
     """The primary key columns that accept NULL; [] also when only a unique constraint is
     unnamed (then the table is rebuilt all the same: see upgrade)."""
     keys = set(inspector.get_pk_constraint(table)["constrained_columns"])
