@@ -130,6 +130,27 @@ hash_generation = sa.Table(
     sa.CheckConstraint("id = 1", name="id"),
 )
 
+# STORE-A's tables, as far as the queries of STORE-B's parts read them (until the seam's
+# sa.Tables replace these).
+_lists = sa.table("lists", *(sa.column(n) for n in ("sha256", "kind", "added_at", "added_by")))
+_verdicts = sa.table(
+    "verdicts",
+    *(
+        sa.column(n)
+        for n in (
+            "sha256",
+            "label",
+            "route",
+            "first_seen",
+            "judged_at",
+            "backend",
+            "signals",
+            "size",
+            "media_type",
+        )
+    ),
+)
+
 # The row hash_generation is created with.
 GENERATION_SEED = "INSERT INTO hash_generation (id, n) VALUES (1, 0)"
 
