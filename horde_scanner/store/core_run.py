@@ -71,4 +71,22 @@ async def stream(db: Any, stmt: sa.Executable) -> AsyncIterator[Any]:
 def insert(db: Any, table: Any) -> Any:
     """The INSERT of `db`'s dialect, with `on_conflict_do_nothing` / `on_conflict_do_update`
     (sqlite.insert and postgresql.insert take the same arguments)."""
-    return postgresql.insert(table) if dialect_of(db) == "postgresql" else sqlite.insert(table)
+    name = db if isinstance(db, str) else dialect_of(db)
+    return postgresql.insert(table) if name == "postgresql" else sqlite.insert(table)
+
+
+async def write_batches(
+    db: Any, stmt: sa.Executable, rows: Sequence[Sequence[Any]], keys: Sequence[str], per_batch: int
+) -> None:
+    """`stmt` for each of `rows` (values in the order of `keys`), `per_batch` rows to a
+    transaction: a list of a million entries never holds the write lock for long (uploads
+    wait on it to record verdicts). Parameter dicts are made a batch at a time."""
+    for start in range(0, len(rows), per_batch):
+        batch = [dict(zip(keys, row, strict=True)) for row in rows[start : start + per_batch]]
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await run_many(db, stmt, batch)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
