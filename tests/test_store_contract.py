@@ -16,7 +16,7 @@ from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.decisions import Review, VerdictFilter
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.store.hashes import LOCAL, VERDICT
-from horde_scanner.store.schema import schema_steps
+from horde_scanner.store.schema import head
 from horde_scanner.store.sqlite import Store, StoreError
 from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.verdict import Label, Verdict
@@ -106,13 +106,13 @@ async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
         await s.put_verdict(A, verdict())
     async with await Store.open(store_url) as s:
         assert (await s.get_verdict(A)) is not None
-        rows = await s.db.execute_fetchall("SELECT name FROM schema_migrations ORDER BY name")
-        assert [r[0] for r in rows] == sorted(step.name for step in schema_steps())
+        rows = await s.db.execute_fetchall("SELECT version_num FROM alembic_version")
+        assert [r[0] for r in rows] == [head()]
 
 
 async def test_newer_schema_is_refused(store_url: str) -> None:
     async with await Store.open(store_url) as s:
-        await s.db.execute("INSERT INTO schema_migrations VALUES ('9999-future', 0)")
+        await s.db.execute("UPDATE alembic_version SET version_num = '9999_future'")
     with pytest.raises(StoreError, match="newer horde-scanner"):
         await Store.open(store_url)
 
@@ -355,8 +355,8 @@ async def test_changes_reach_other_replicas(pg_url: str) -> None:
 async def test_processes_starting_together_apply_the_schema_once(store_url: str) -> None:
     stores = await asyncio.gather(*(Store.open(store_url) for _ in range(4)))
     try:
-        rows = await stores[0].db.execute_fetchall("SELECT COUNT(*) FROM schema_migrations")
-        assert rows[0][0] == len(schema_steps())
+        rows = await stores[0].db.execute_fetchall("SELECT version_num FROM alembic_version")
+        assert [r[0] for r in rows] == [head()]
     finally:
         for s in stores:
             await s.close()

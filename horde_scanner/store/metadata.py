@@ -14,6 +14,8 @@ PostgreSQL what `translate_ddl` made of them (BIGINT, DOUBLE PRECISION, BYTEA, T
 
 from __future__ import annotations
 
+import importlib
+
 import sqlalchemy as sa
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -33,3 +35,26 @@ Real: sa.types.TypeEngine[float] = sa.Double().with_variant(sa.REAL(), "sqlite")
 # SQLite's BLOB; PostgreSQL's BYTEA.
 Blob: sa.types.TypeEngine[bytes] = sa.LargeBinary()
 Text: sa.types.TypeEngine[str] = sa.Text()
+
+# Every module that declares tables, in the order their tables were first released.
+PART_MODULES = (
+    "verdicts",
+    "jobs",
+    "audit",
+    "sweeps",
+    "hashes",
+    "embeddings",
+    "review",
+    "kudos",
+    "cluster",
+    "provenance",
+    "horde_requests",
+)
+
+
+def all_tables() -> sa.MetaData:
+    """The metadata with every part's tables declared on it (Alembic's comparison, the
+    SQLite -> PostgreSQL copy): each part declares its own when imported."""
+    for name in PART_MODULES:
+        importlib.import_module(f"horde_scanner.store.{name}")
+    return metadata

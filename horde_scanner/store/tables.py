@@ -1,14 +1,13 @@
-"""What every part of the store has in common: how a part declares its tables, and the
-connection its queries go to.
+"""What every part of the store has in common: the base class, the database seam its
+statements go to (store/database.py), and helpers for statements both dialects share.
 
 The store is one object made of parts, one per concern (verdicts, jobs, audit, sweeps, hash
-lists, review, kudos, cluster), each in its own module here with its schema steps next to its
-queries; `store.sqlite.Store` composes them, and `store.postgres.PgStore` is the same parts on
-PostgreSQL. Nothing outside `store/` writes SQL: the rest of the code calls the parts'
-methods and gets back plain rows (the dataclasses defined beside the queries).
-
-Queries are written once, in the portable subset `store.postgres.PgDatabase` translates
-(`?` placeholders, `ON CONFLICT ... excluded.`, `RETURNING`, no SQLite-only functions).
+lists, review, kudos, cluster), each in its own module here with its tables (`sa.Table` on
+store/metadata.py's `METADATA`) next to its queries (SQLAlchemy Core, compiled by each
+dialect); `store.sqlite.Store` composes them, and `store.postgres.PgStore` is the same parts
+on PostgreSQL. Nothing outside `store/` writes SQL: the rest of the code calls the parts'
+methods and gets back plain rows (the dataclasses defined beside the queries). Schema changes
+are Alembic revisions (store/migrations/).
 """
 
 from __future__ import annotations
@@ -19,13 +18,20 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from horde_scanner.store.database import Database as SqlDatabase
+from horde_scanner.store.database import Rows
+
 if TYPE_CHECKING:
     from horde_scanner.store.outage import StoreHealth
 
 
 @dataclass(frozen=True, slots=True)
 class SchemaStep:
-    """One named change to the schema, applied once per database, in name order.
+    """(Before Alembic, for the parts not yet converted: no longer applied.) One named change to the schema, applied once per database, in name order.
 
     A released step is never edited or renamed (databases out there have applied it); a
     change is a new step with a later name."""
@@ -61,55 +67,30 @@ class Database(Protocol):
     async def close(self) -> None: ...
 
 
-class Rows:
-    """The rows of one statement, already fetched: what the shared connection of either store
-    gives back (sqlite.SharedConnection, postgres.PgDatabase), with a cursor's methods."""
-
-    def __init__(
-        self, rows: list[tuple[Any, ...]], rowcount: int, lastrowid: int | None = None
-    ) -> None:
-        self._rows = rows
-        self._at = 0
-        self.rowcount = rowcount
-        self.lastrowid = lastrowid
-
-    async def fetchone(self) -> tuple[Any, ...] | None:
-        if self._at >= len(self._rows):
-            return None
-        self._at += 1
-        return self._rows[self._at - 1]
-
-    async def fetchall(self) -> list[tuple[Any, ...]]:
-        rows, self._at = self._rows[self._at :], len(self._rows)
-        return rows
-
-    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        rows = self._rows[self._at : self._at + size]
-        self._at += len(rows)
-        return rows
-
-    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
-        while self._at < len(self._rows):
-            self._at += 1
-            yield self._rows[self._at - 1]
-
-    async def close(self) -> None:
-        pass
-
-
 class Tables:
     """The base of every part: the shared connection, and what the composed store provides."""
 
-    _db: Database
+    _db: SqlDatabase
     holder: str  # names this process (host:pid) in rows other processes read
     health: StoreHealth  # away or not (store/outage.py)
 
     def aside(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A connection of its own (the composed store implements it)."""
         raise NotImplementedError
+
+
+def upsert(dialect: str, table: sa.Table) -> tuple[Any, Any]:
+    """`INSERT` of `dialect` that takes `.on_conflict_do_update` / `_do_nothing`, and its
+    `excluded` (the row that was to be inserted)."""
+    module = pg_dialect if dialect == "postgresql" else sqlite_dialect
+    statement = module.insert(table)
+    return statement, statement.excluded
+
+
+def chunks(values: Sequence[Any], size: int | None = None) -> list[Sequence[Any]]:
+    """`values` in pieces of at most `size` (IN_CHUNK), for `column.in_(piece)` lookups."""
+    step = size or IN_CHUNK
+    return [values[start : start + step] for start in range(0, len(values), step)]
 
 
 # Values bound per `IN (...)` lookup: well under SQLite's bound-variable limit (32766).
