@@ -26,6 +26,7 @@ so each process, and each replica through its notification, knows to bring its i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -34,10 +35,11 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from horde_scanner.store.core_run import dialect_of, insert, run, stream, write_batches
-from horde_scanner.store.hashes import BUMP, LOCAL, VERDICT, _lists, _verdicts, hash_subscriptions
+from horde_scanner.store.hashes import BUMP, LOCAL, VERDICT, hash_subscriptions, write_batches
 from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
-from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import verdicts as _verdicts
 from horde_scanner.verdict import VerdictRoute
 
 _ROWS_PER_BATCH = 2000
@@ -73,36 +75,6 @@ embedding_entries = sa.Table(
     sa.Index("embedding_entries_model", "model", "origin"),
     sqlite_autoincrement=True,
 )
-
-STEPS = [
-    SchemaStep(
-        "2400-embeddings",
-        """
-    CREATE TABLE verdict_embeddings (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sha256 TEXT NOT NULL,
-        model TEXT NOT NULL,
-        vector BLOB NOT NULL,
-        UNIQUE (sha256, model)
-    );
-    CREATE TABLE embedding_entries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        origin TEXT NOT NULL,
-        model TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        vector BLOB NOT NULL,
-        label TEXT NOT NULL,
-        source TEXT NOT NULL DEFAULT '',
-        first_seen REAL,
-        note TEXT NOT NULL DEFAULT '',
-        added_by TEXT NOT NULL DEFAULT '',
-        added_at REAL,
-        UNIQUE (origin, model, digest)
-    );
-    CREATE INDEX embedding_entries_model ON embedding_entries(model, origin);
-    """,
-    ),
-]
 
 
 class NewEmbedding(Protocol):
@@ -143,20 +115,20 @@ class EmbeddingTables(Tables):
 
     async def save_embedding(self, sha256: str, model: str, vector: bytes) -> int:
         """Keep an image's embedding; returns its row id (the index key's base)."""
-        stmt = insert(self._db, verdict_embeddings).values(
+        stmt = upsert(self._db.dialect, verdict_embeddings)[0].values(
             sha256=sha256, model=model, vector=vector
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=[verdict_embeddings.c.sha256, verdict_embeddings.c.model],
             set_={"vector": stmt.excluded.vector},
         ).returning(verdict_embeddings.c.id)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return int(row[0]) if row else 0
 
     async def embedding_of(self, sha256: str, model: str) -> tuple[int, bytes] | None:
         e = verdict_embeddings
         stmt = sa.select(e.c.id, e.c.vector).where(e.c.sha256 == sha256, e.c.model == model)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return (int(row[0]), bytes(row[1])) if row else None
 
     # -- what the index holds ------------------------------------------------------------------
@@ -171,11 +143,11 @@ class EmbeddingTables(Tables):
             embedding_entries.c.model == model
         )
         async with self.aside() as db:
-            async with stream(db, entries) as cur:
-                while rows := await cur.fetchmany(_KEYS_PER_FETCH):
+            async with contextlib.aclosing(db.stream(entries, _KEYS_PER_FETCH)) as batches:
+                async for rows in batches:
                     yield "entry", [int(r[0]) for r in rows], [r[1] for r in rows]
-            async with stream(db, _own(model)) as cur:
-                while rows := await cur.fetchmany(_KEYS_PER_FETCH):
+            async with contextlib.aclosing(db.stream(_own(model), _KEYS_PER_FETCH)) as batches:
+                async for rows in batches:
                     yield "own", [int(r[0]) for r in rows], [VERDICT] * len(rows)
 
     async def embedding_vectors(self, kind: str, ids: Sequence[int]) -> list[tuple[int, bytes]]:
@@ -187,7 +159,7 @@ class EmbeddingTables(Tables):
                 stmt = sa.select(table.c.id, table.c.vector).where(
                     table.c.id.in_(ids[start : start + _IN_CHUNK])
                 )
-                found += [(int(r[0]), bytes(r[1])) for r in await (await run(db, stmt)).fetchall()]
+                found += [(int(r[0]), bytes(r[1])) for r in (await db.execute(stmt)).all()]
         return found
 
     async def allowed_embeddings(self, model: str) -> list[bytes]:
@@ -198,11 +170,11 @@ class EmbeddingTables(Tables):
             .select_from(e.join(lists, lists.c.sha256 == e.c.sha256))
             .where(lists.c.kind == "allow", e.c.model == model)
         )
-        return [bytes(r[0]) for r in await (await run(self._db, stmt)).fetchall()]
+        return [bytes(r[0]) for r in (await self._db.execute(stmt)).all()]
 
     async def embedding_entry(self, entry_id: int) -> EmbeddingRow | None:
         stmt = sa.select(*_ENTRY_COLUMNS).where(embedding_entries.c.id == entry_id)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return _entry(row) if row else None
 
     async def own_embedding(self, row_id: int) -> EmbeddingRow | None:
@@ -227,7 +199,7 @@ class EmbeddingTables(Tables):
                 sa.func.coalesce(lists.c.kind, "") != "allow",
             )
         )
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         if row is None:
             return None
         return EmbeddingRow(
@@ -236,7 +208,7 @@ class EmbeddingTables(Tables):
 
     async def embedding_entry_count(self, model: str) -> int:
         stmt = sa.select(sa.func.count()).where(embedding_entries.c.model == model)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return int(row[0]) if row else 0
 
     # -- what this instance publishes ----------------------------------------------------------
@@ -266,14 +238,14 @@ class EmbeddingTables(Tables):
                 VERDICT, bytes(r[1]), "csam", source, r[2], "", str(r[3] or ""), r[4],
                 sha256=str(r[0]),
             )
-            for r in await (await run(self._db, denied)).fetchall()
+            for r in (await self._db.execute(denied)).all()
         ]  # fmt: skip
         local = (
             sa.select(*_ENTRY_COLUMNS)
             .where(embedding_entries.c.origin == LOCAL, embedding_entries.c.model == model)
             .order_by(embedding_entries.c.id)
         )
-        entries += [_entry(r) for r in await (await run(self._db, local)).fetchall()]
+        entries += [_entry(r) for r in (await self._db.execute(local)).all()]
         return entries
 
     # -- changing entries ----------------------------------------------------------------------
@@ -292,16 +264,16 @@ class EmbeddingTables(Tables):
     async def drop_embedding_origins_except(self, keep: Iterable[str]) -> list[str]:
         keep = {LOCAL, *keep}
         stmt = sa.select(embedding_entries.c.origin).distinct()
-        stale = [r[0] for r in await (await run(self._db, stmt)).fetchall() if r[0] not in keep]
+        stale = [r[0] for r in (await self._db.execute(stmt)).all() if r[0] not in keep]
         for origin in stale:
-            await run(
-                self._db, sa.delete(embedding_entries).where(embedding_entries.c.origin == origin)
+            await self._db.execute(
+                sa.delete(embedding_entries).where(embedding_entries.c.origin == origin)
             )
-            await run(
-                self._db, sa.delete(hash_subscriptions).where(hash_subscriptions.c.name == origin)
+            await self._db.execute(
+                sa.delete(hash_subscriptions).where(hash_subscriptions.c.name == origin)
             )
         if stale:
-            await run(self._db, BUMP)
+            await self._db.execute(BUMP)
         return stale
 
     async def _bulk_embeddings(
@@ -323,7 +295,7 @@ class EmbeddingTables(Tables):
             held = sa.select(t.c.digest, t.c.label, t.c.source, t.c.first_seen, t.c.note).where(
                 t.c.origin == origin, t.c.model == model
             )
-            for r in await (await run(db, held)).fetchall():
+            for r in (await db.execute(held)).all():
                 entry = new.get(r[0])
                 if entry is None:
                     if replace:
@@ -337,11 +309,9 @@ class EmbeddingTables(Tables):
                 if d not in unchanged
             ]
             await write_batches(db, _DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
-            await write_batches(
-                db, _upsert_entries(dialect_of(db)), rows, _ENTRY_KEYS, _ROWS_PER_BATCH
-            )
+            await write_batches(db, _upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
             if stale or rows:
-                await run(db, BUMP)
+                await db.execute(BUMP)
         return len(rows) + len(stale)
 
 
@@ -368,7 +338,7 @@ _DELETE_ENTRY = sa.delete(embedding_entries).where(
 def _upsert_entries(dialect: str) -> Any:
     """An entry written over the one of the same origin, model and digest (its vector kept:
     the digest names it)."""
-    stmt = insert(dialect, embedding_entries)
+    stmt = upsert(dialect, embedding_entries)[0]
     new = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[

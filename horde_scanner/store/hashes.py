@@ -39,6 +39,7 @@ cheaply when to reload its in-memory index (hashlists/index.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -49,9 +50,11 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from horde_scanner.media.hashing import PdqHash
-from horde_scanner.store.core_run import dialect_of, insert, run, stream, write_batches
+from horde_scanner.store.database import Database
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import verdicts as _verdicts
 from horde_scanner.verdict import VerdictRoute
 
 LOCAL = "local"  # the origin of entries an admin imported
@@ -123,7 +126,9 @@ hash_flags = sa.Table(
 )
 
 # Bumped by every change that can alter the set of hashes to match against, so that each
-# process can tell cheaply when to reload its in-memory index. One row, id 1 (GENERATION_SEED).
+# process can tell cheaply when to reload its in-memory index. One row, id 1; the triggers on
+# lists and verdicts that bump it (and, on PostgreSQL, notify the other replicas) are made by
+# the migrations (store/migrations/versions/0001_baseline.py), as is the row.
 hash_generation = sa.Table(
     "hash_generation",
     metadata,
@@ -131,200 +136,6 @@ hash_generation = sa.Table(
     sa.Column("n", Int, nullable=False),
     sa.CheckConstraint("id = 1", name="id"),
 )
-
-# STORE-A's tables, as far as the queries of STORE-B's parts read them (until the seam's
-# sa.Tables replace these).
-_lists = sa.table("lists", *(sa.column(n) for n in ("sha256", "kind", "added_at", "added_by")))
-_verdicts = sa.table(
-    "verdicts",
-    *(
-        sa.column(n)
-        for n in (
-            "sha256",
-            "label",
-            "route",
-            "first_seen",
-            "judged_at",
-            "backend",
-            "signals",
-            "size",
-            "media_type",
-        )
-    ),
-)
-
-# The row hash_generation is created with.
-GENERATION_SEED = "INSERT INTO hash_generation (id, n) VALUES (1, 0)"
-
-
-def generation_triggers(dialect: str) -> list[str]:
-    """The triggers (and, on PostgreSQL, their functions) that keep hash_generation in step
-    with `lists` and the `verdicts` that feed the index, as the schema steps left them (step
-    1300: a verdict from a match is told by its `route`). On PostgreSQL every bump also
-    notifies the other replicas (`hashes:`). Statements one by one, for a migration."""
-    postgres = dialect == "postgresql"
-    if postgres:
-        head = [
-            "CREATE FUNCTION hs_hashgen_bump() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN UPDATE hash_generation SET n = n + 1; RETURN NULL; END $$",
-            "CREATE FUNCTION hs_hashgen_notify() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN PERFORM pg_notify('horde_scanner', 'hashes:'); RETURN NULL; END $$",
-            "CREATE TRIGGER hashgen_notify AFTER UPDATE ON hash_generation"
-            " FOR EACH STATEMENT EXECUTE FUNCTION hs_hashgen_notify()",
-            "CREATE TRIGGER hashgen_lists AFTER INSERT OR UPDATE OR DELETE ON lists"
-            " FOR EACH ROW EXECUTE FUNCTION hs_hashgen_bump()",
-        ]
-    else:
-        head = [
-            f"CREATE TRIGGER hashgen_lists_{event.lower()} AFTER {event} ON lists"
-            " BEGIN UPDATE hash_generation SET n = n + 1; END"
-            for event in ("INSERT", "UPDATE", "DELETE")
-        ]
-    return head + _index_trigger_list("route", "match", postgres=postgres)
-
-
-# Every trigger generation_triggers makes, by name (with its table: PostgreSQL's DROP TRIGGER
-# needs it), and PostgreSQL's functions: what a downgrade drops.
-GENERATION_TRIGGER_NAMES = {
-    "sqlite": [(f"hashgen_lists_{e}", "lists") for e in ("insert", "update", "delete")]
-    + [(f"hashgen_verdicts_{e}", "verdicts") for e in ("insert", "update", "delete")],
-    "postgresql": [("hashgen_notify", "hash_generation"), ("hashgen_lists", "lists")]
-    + [(f"hashgen_verdicts_{e}", "verdicts") for e in ("insert", "update", "delete")],
-}
-GENERATION_FUNCTIONS = ["hs_hashgen_bump", "hs_hashgen_notify"]
-
-
-def _index_triggers(column: str, match: str, *, postgres: bool) -> str:
-    """Triggers that bump hash_generation when a verdict that feeds the index (csam, and not
-    itself from a hash-list match) comes, changes or goes. `column` = `match` marks a verdict
-    from a match (step 0500 read the backend's name; 1300 gave it a column of its own)."""
-    return "\n".join(s + ";" for s in _index_trigger_list(column, match, postgres=postgres))
-
-
-def _index_trigger_list(column: str, match: str, *, postgres: bool) -> list[str]:
-    def feeds(row: str) -> str:
-        return f"{row}.label = 'csam' AND {row}.{column} != '{match}'"
-
-    events = {
-        "insert": ("INSERT", feeds("NEW")),
-        "update": (f"UPDATE OF label, {column}", f"({feeds('OLD')}) OR ({feeds('NEW')})"),
-        "delete": ("DELETE", feeds("OLD")),
-    }
-    out = []
-    for name, (event, when) in events.items():
-        if postgres:
-            out.append(
-                f"CREATE TRIGGER hashgen_verdicts_{name} AFTER {event} ON verdicts FOR EACH ROW"
-                f" WHEN ({when}) EXECUTE FUNCTION hs_hashgen_bump()"
-            )
-        else:
-            out.append(
-                f"CREATE TRIGGER hashgen_verdicts_{name} AFTER {event} ON verdicts WHEN {when}"
-                " BEGIN UPDATE hash_generation SET n = n + 1; END"
-            )
-    return out
-
-
-def _drop_index_triggers(*, postgres: bool) -> str:
-    on = " ON verdicts" if postgres else ""
-    return "".join(
-        f"DROP TRIGGER hashgen_verdicts_{name}{on};" for name in ("insert", "update", "delete")
-    )
-
-
-STEPS = [
-    SchemaStep(
-        "0500-hashes",
-        """
-    CREATE TABLE verdict_pdq (
-        sha256 TEXT NOT NULL,
-        frame INTEGER NOT NULL DEFAULT 0,
-        pdq TEXT NOT NULL,
-        quality INTEGER NOT NULL,
-        PRIMARY KEY (sha256, frame)
-    );
-    CREATE INDEX verdict_pdq_value ON verdict_pdq(pdq);
-    CREATE TABLE hash_entries (
-        origin TEXT NOT NULL,
-        signal TEXT NOT NULL CHECK (signal IN ('sha256', 'pdq')),
-        value TEXT NOT NULL,
-        label TEXT NOT NULL,
-        source TEXT NOT NULL DEFAULT '',
-        first_seen REAL,
-        note TEXT NOT NULL DEFAULT '',
-        -- In (signal, value) order: loading the index and matching read along the key.
-        PRIMARY KEY (signal, value, origin)
-    ) WITHOUT ROWID;
-    CREATE INDEX hash_entries_origin ON hash_entries(origin);
-    CREATE TABLE hash_subscriptions (
-        name TEXT PRIMARY KEY,
-        url TEXT NOT NULL,
-        etag TEXT,
-        entries INTEGER NOT NULL DEFAULT 0,
-        skipped INTEGER NOT NULL DEFAULT 0,
-        last_ok REAL,
-        last_checked REAL,
-        last_status INTEGER,
-        last_error TEXT,
-        bytes_fetched INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE hash_flags (
-        sha256 TEXT NOT NULL,
-        origin TEXT NOT NULL,
-        signal TEXT NOT NULL,
-        value TEXT NOT NULL,
-        distance INTEGER NOT NULL,
-        source TEXT,
-        flagged_at REAL NOT NULL,
-        PRIMARY KEY (sha256, origin, signal, value)
-    );
-    -- Bumped by every change that can alter the set of hashes to match against, so that
-    -- each process can tell cheaply when to reload its in-memory index.
-    CREATE TABLE hash_generation (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
-    INSERT INTO hash_generation VALUES (1, 0);
-    CREATE TRIGGER hashgen_lists_insert AFTER INSERT ON lists
-        BEGIN UPDATE hash_generation SET n = n + 1; END;
-    CREATE TRIGGER hashgen_lists_update AFTER UPDATE ON lists
-        BEGIN UPDATE hash_generation SET n = n + 1; END;
-    CREATE TRIGGER hashgen_lists_delete AFTER DELETE ON lists
-        BEGIN UPDATE hash_generation SET n = n + 1; END;
-"""
-        + _index_triggers("backend", "hashlist", postgres=False),
-        postgres="""
-    CREATE FUNCTION hs_hashgen_bump() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN UPDATE hash_generation SET n = n + 1; RETURN NULL; END $$;
-    CREATE FUNCTION hs_hashgen_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_notify('horde_scanner', 'hashes:'); RETURN NULL; END $$;
-    CREATE TRIGGER hashgen_notify AFTER UPDATE ON hash_generation
-        FOR EACH STATEMENT EXECUTE FUNCTION hs_hashgen_notify();
-    CREATE TRIGGER hashgen_lists AFTER INSERT OR UPDATE OR DELETE ON lists
-        FOR EACH ROW EXECUTE FUNCTION hs_hashgen_bump();
-"""
-        + _index_triggers("backend", "hashlist", postgres=True),
-    ),
-    # Who put an entry on the list and when: an imported entry is published with them.
-    SchemaStep(
-        "0710-hash-entries-added",
-        """
-    ALTER TABLE hash_entries ADD COLUMN added_by TEXT NOT NULL DEFAULT '';
-    ALTER TABLE hash_entries ADD COLUMN added_at REAL;
-    """,
-    ),
-    # What a verdict rests on (verdict.VerdictRoute) gets a column of its own: hash-list
-    # matches were told apart by their backend name. Rows from a match are marked, and the
-    # index triggers read the column.
-    SchemaStep(
-        "1300-verdict-route",
-        """
-    ALTER TABLE verdicts ADD COLUMN route TEXT NOT NULL DEFAULT 'judged';
-    UPDATE verdicts SET route = 'match' WHERE backend = 'hashlist';
-    """
-        + _drop_index_triggers(postgres=False)
-        + _index_triggers("route", "match", postgres=False),
-        postgres=_drop_index_triggers(postgres=True)
-        + _index_triggers("route", "match", postgres=True),
-    ),
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,18 +203,18 @@ class HashTables(Tables):
 
     async def hash_generation(self) -> int:
         stmt = sa.select(hash_generation.c.n).where(hash_generation.c.id == 1)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return int(row[0]) if row else 0
 
     async def bump_hash_generation(self) -> None:
-        await run(self._db, BUMP)
+        await self._db.execute(BUMP)
 
     # -- PDQ of judged images ----------------------------------------------------------------
 
     async def save_pdq(self, sha256: str, hashes: Sequence[PdqHash]) -> None:
         if not hashes:
             return
-        stmt = insert(self._db, verdict_pdq).values(
+        stmt = upsert(self._db.dialect, verdict_pdq)[0].values(
             [
                 {"sha256": sha256, "frame": h.frame, "pdq": h.hex, "quality": h.quality}
                 for h in hashes
@@ -413,19 +224,18 @@ class HashTables(Tables):
             index_elements=[verdict_pdq.c.sha256, verdict_pdq.c.frame],
             set_={"pdq": stmt.excluded.pdq, "quality": stmt.excluded.quality},
         )
-        await run(self._db, stmt)
+        await self._db.execute(stmt)
 
     async def pdq_of(self, sha256: str) -> list[PdqHash]:
         p = verdict_pdq
         stmt = sa.select(p.c.pdq, p.c.quality, p.c.frame).where(p.c.sha256 == sha256)
-        rows = await (await run(self._db, stmt.order_by(p.c.frame))).fetchall()
+        rows = (await self._db.execute(stmt.order_by(p.c.frame))).all()
         return [PdqHash(r[0], int(r[1]), int(r[2])) for r in rows]
 
     async def keep_frames(self, sha256: str, frames: Sequence[int]) -> None:
         """Drop the PDQ of an animation's other frames: a positive's harmless frames must not
         become deny entries (in the index, or in what this instance publishes)."""
-        await run(
-            self._db,
+        await self._db.execute(
             sa.delete(verdict_pdq).where(
                 verdict_pdq.c.sha256 == sha256, verdict_pdq.c.frame.not_in(list(frames))
             ),
@@ -442,11 +252,12 @@ class HashTables(Tables):
             hash_entries.c.signal == "pdq"
         )
         async with self.aside() as db:
-            async with stream(db, listed) as cur:
-                while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
+            async with contextlib.aclosing(db.stream(listed, _INDEX_ROWS_PER_FETCH)) as batches:
+                async for rows in batches:
                     yield [r[0] for r in rows], [r[1] for r in rows]
-            async with stream(db, _own_pdq(min_quality)) as cur:
-                while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
+            own = db.stream(_own_pdq(min_quality), _INDEX_ROWS_PER_FETCH)
+            async with contextlib.aclosing(own) as batches:
+                async for rows in batches:
                     values = [r[0] for r in rows]
                     yield values, [VERDICT] * len(values)
 
@@ -458,20 +269,20 @@ class HashTables(Tables):
             .select_from(p.join(lists, lists.c.sha256 == p.c.sha256))
             .where(lists.c.kind == "allow", p.c.quality >= min_quality)
         )
-        return [r[0] for r in await (await run(self._db, stmt)).fetchall()]
+        return [r[0] for r in (await self._db.execute(stmt)).all()]
 
     async def sha256_entries(self, sha256: str) -> list[HashRow]:
         stmt = sa.select(*_ENTRY_COLUMNS).where(
             hash_entries.c.signal == "sha256", hash_entries.c.value == sha256
         )
-        return [_entry(r) for r in await (await run(self._db, stmt)).fetchall()]
+        return [_entry(r) for r in (await self._db.execute(stmt)).all()]
 
     async def describe_pdq(self, value: str) -> list[HashRow]:
         """Every entry with this exact PDQ value: imported or subscribed, or our own images."""
         stmt = sa.select(*_ENTRY_COLUMNS).where(
             hash_entries.c.signal == "pdq", hash_entries.c.value == value
         )
-        found = [_entry(r) for r in await (await run(self._db, stmt)).fetchall()]
+        found = [_entry(r) for r in (await self._db.execute(stmt)).all()]
         p, v, lists = verdict_pdq, _verdicts, _lists
         own = (
             sa.select(
@@ -491,7 +302,7 @@ class HashTables(Tables):
                 sa.func.coalesce(lists.c.kind, "") != "allow",
             )
         )
-        for r in await (await run(self._db, own)).fetchall():
+        for r in (await self._db.execute(own)).all():
             found.append(HashRow(VERDICT, "pdq", value, first_seen=r[1], note=r[2], sha256=r[0]))
         return found
 
@@ -499,7 +310,7 @@ class HashTables(Tables):
         """Every listed entry (imported and subscribed), by origin, signal and value."""
         e = hash_entries
         stmt = sa.select(*_ENTRY_COLUMNS).order_by(e.c.origin, e.c.signal, e.c.value)
-        return [_entry(r) for r in await (await run(self._db, stmt)).fetchall()]
+        return [_entry(r) for r in (await self._db.execute(stmt)).all()]
 
     # -- what this instance publishes ----------------------------------------------------------
 
@@ -521,16 +332,14 @@ class HashTables(Tables):
             .select_from(lists.outerjoin(v, v.c.sha256 == lists.c.sha256))
             .where(lists.c.kind == "deny")
         )
-        entries = [
-            _confirmed("sha256", r, source) for r in await (await run(self._db, denied)).fetchall()
-        ]
-        rows = await (await run(self._db, _denied_pdq(min_quality))).fetchall()
+        entries = [_confirmed("sha256", r, source) for r in (await self._db.execute(denied)).all()]
+        rows = (await self._db.execute(_denied_pdq(min_quality))).all()
         entries += [_confirmed("pdq", r, source) for r in rows]
         allowed = sa.select(lists.c.sha256).where(lists.c.kind == "allow")
         local = sa.select(*_ENTRY_COLUMNS, e.c.added_by, e.c.added_at).where(
             e.c.origin == LOCAL, ~((e.c.signal == "sha256") & e.c.value.in_(allowed))
         )
-        entries += [_entry(r) for r in await (await run(self._db, local)).fetchall()]
+        entries += [_entry(r) for r in (await self._db.execute(local)).all()]
         if not unreviewed:
             return entries
         note = "unreviewed machine verdict"
@@ -539,15 +348,13 @@ class HashTables(Tables):
             v.c.route != VerdictRoute.MATCH.value,
             v.c.sha256.not_in(sa.select(lists.c.sha256)),
         )
-        for r in await (await run(self._db, machine)).fetchall():
+        for r in (await self._db.execute(machine)).all():
             if _is_evidence(r[3]):
                 entries.append(
                     HashRow(VERDICT, "sha256", r[0], "csam", source, r[1], f"{note} ({r[2]})")
                 )
         first_seen: dict[str, float] = {}
-        for pdq, seen, signals in await (
-            await run(self._db, _unreviewed_pdq(min_quality))
-        ).fetchall():
+        for pdq, seen, signals in (await self._db.execute(_unreviewed_pdq(min_quality))).all():
             if _is_evidence(signals):
                 first_seen[pdq] = min(seen, first_seen.get(pdq, seen))
         entries.extend(
@@ -571,8 +378,7 @@ class HashTables(Tables):
 
     async def remove_hash_entry(self, origin: str, signal: str, value: str) -> bool:
         e = hash_entries
-        cur = await run(
-            self._db,
+        cur = await self._db.execute(
             sa.delete(e).where(e.c.origin == origin, e.c.signal == signal, e.c.value == value),
         )
         if cur.rowcount:
@@ -583,11 +389,11 @@ class HashTables(Tables):
         """Forget entries of subscriptions no longer configured (`local` is always kept)."""
         keep = {LOCAL, *keep}
         stmt = sa.select(hash_entries.c.origin).distinct()
-        stale = [r[0] for r in await (await run(self._db, stmt)).fetchall() if r[0] not in keep]
+        stale = [r[0] for r in (await self._db.execute(stmt)).all() if r[0] not in keep]
         for origin in stale:
-            await run(self._db, sa.delete(hash_entries).where(hash_entries.c.origin == origin))
-            await run(
-                self._db, sa.delete(hash_subscriptions).where(hash_subscriptions.c.name == origin)
+            await self._db.execute(sa.delete(hash_entries).where(hash_entries.c.origin == origin))
+            await self._db.execute(
+                sa.delete(hash_subscriptions).where(hash_subscriptions.c.name == origin)
             )
         if stale:
             await self.bump_hash_generation()
@@ -604,7 +410,7 @@ class HashTables(Tables):
         batches; readers see each entry either as it was or as it is now."""
         new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
         async with self.aside() as db:
-            if dialect_of(db) == "sqlite":
+            if db.dialect == "sqlite":
                 await db.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
             stale: list[tuple[str, str, str]] = []
             if replace:
@@ -612,34 +418,33 @@ class HashTables(Tables):
                 held = sa.select(
                     e.c.signal, e.c.value, e.c.label, e.c.source, e.c.first_seen, e.c.note
                 ).where(e.c.origin == origin)
-                async with stream(db, held) as cur:
-                    async for r in cur:
-                        key = (r[0], r[1])
-                        if key not in new:
-                            stale.append((origin, *key))
-                        elif new[key] == (r[2], r[3], r[4], r[5]):
-                            del new[key]  # unchanged: nothing to write
+                async with contextlib.aclosing(db.stream(held, _INDEX_ROWS_PER_FETCH)) as batches:
+                    async for part in batches:
+                        for r in part:
+                            key = (r[0], r[1])
+                            if key not in new:
+                                stale.append((origin, *key))
+                            elif new[key] == (r[2], r[3], r[4], r[5]):
+                                del new[key]  # unchanged: nothing to write
             # In key order, the B-tree grows at its end instead of splitting pages all over.
             added = time.time()
             rows = sorted((origin, *key, *fields, by, added) for key, fields in new.items())
             await write_batches(db, _DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
-            await write_batches(
-                db, _upsert_entries(dialect_of(db)), rows, _ENTRY_KEYS, _ROWS_PER_BATCH
-            )
+            await write_batches(db, _upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
             if stale or rows:
-                await run(db, BUMP)
+                await db.execute(BUMP)
         return len(rows) + len(stale)
 
     # -- subscriptions -------------------------------------------------------------------------
 
     async def hash_subscription(self, name: str) -> SubscriptionState | None:
         stmt = sa.select(*_SUBSCRIPTION_COLUMNS).where(hash_subscriptions.c.name == name)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return SubscriptionState(*row) if row else None
 
     async def hash_subscriptions(self) -> list[SubscriptionState]:
         stmt = sa.select(*_SUBSCRIPTION_COLUMNS).order_by(hash_subscriptions.c.name)
-        return [SubscriptionState(*r) for r in await (await run(self._db, stmt)).fetchall()]
+        return [SubscriptionState(*r) for r in (await self._db.execute(stmt)).all()]
 
     async def record_hash_fetch(
         self,
@@ -657,7 +462,7 @@ class HashTables(Tables):
         now = time.time()
         good = entries is not None
         s = hash_subscriptions
-        stmt = insert(self._db, s).values(
+        stmt = upsert(self._db.dialect, s)[0].values(
             name=name, url=url, etag=etag, entries=entries or 0, skipped=skipped or 0,
             last_ok=now if error is None else None, last_checked=now, last_status=status,
             last_error=error, bytes_fetched=nbytes,
@@ -676,7 +481,7 @@ class HashTables(Tables):
                 "bytes_fetched": s.c.bytes_fetched + new.bytes_fetched,
             },
         )  # fmt: skip
-        await run(self._db, stmt)
+        await self._db.execute(stmt)
 
     # -- review flags --------------------------------------------------------------------------
 
@@ -685,14 +490,14 @@ class HashTables(Tables):
     ) -> bool:
         """Note that an image matched a `review` source's entry; False when it was noted."""
         stmt = (
-            insert(self._db, hash_flags)
+            upsert(self._db.dialect, hash_flags)[0]
             .values(
                 sha256=sha256, origin=origin, signal=signal, value=value, distance=distance,
                 source=source, flagged_at=time.time(),
             )
             .on_conflict_do_nothing()
         )  # fmt: skip
-        return (await run(self._db, stmt)).rowcount > 0
+        return (await self._db.execute(stmt)).rowcount > 0
 
     async def hash_flags(self, limit: int | None = None) -> list[HashFlag]:
         """Flagged matches, newest first."""
@@ -702,7 +507,7 @@ class HashTables(Tables):
         ).order_by(f.c.flagged_at.desc())
         if limit is not None:
             stmt = stmt.limit(limit)
-        return [HashFlag(*r) for r in await (await run(self._db, stmt)).fetchall()]
+        return [HashFlag(*r) for r in (await self._db.execute(stmt)).all()]
 
 
 BUMP = sa.update(hash_generation).where(hash_generation.c.id == 1).values(n=hash_generation.c.n + 1)
@@ -733,7 +538,7 @@ _SUBSCRIPTION_COLUMNS = tuple(
 def _upsert_entries(dialect: str) -> Any:
     """An entry written over the one of the same origin, signal and value; the earliest
     first-seen of the two is kept."""
-    stmt = insert(dialect, hash_entries)
+    stmt = upsert(dialect, hash_entries)[0]
     new, old = stmt.excluded, hash_entries.c
     return stmt.on_conflict_do_update(
         index_elements=[old.signal, old.value, old.origin],
@@ -747,6 +552,23 @@ def _upsert_entries(dialect: str) -> Any:
             ),
         },
     )
+
+
+async def write_batches(
+    db: Database,
+    stmt: sa.Executable,
+    rows: Sequence[Sequence[Any]],
+    keys: Sequence[str],
+    per_batch: int,
+) -> None:
+    """`stmt` for each of `rows` (values in the order of `keys`), `per_batch` rows to a
+    transaction: a list of a million entries never holds the write lock for long (uploads
+    wait on it to record verdicts). The parameter dicts are made a batch at a time (a
+    million dicts at once would double what an import holds)."""
+    for start in range(0, len(rows), per_batch):
+        batch = [dict(zip(keys, row, strict=True)) for row in rows[start : start + per_batch]]
+        async with db.transaction() as tx:
+            await tx.executemany(stmt, batch)
 
 
 def _own_pdq(min_quality: int) -> sa.Select[Any]:

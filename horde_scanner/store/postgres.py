@@ -16,8 +16,7 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from horde_scanner.store import schema
 from horde_scanner.store.database import Database, StoreError, driver_error
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.sqlite import Store
-from horde_scanner.store.tables import QUERY, RETURNING
+from horde_scanner.store.tables import RETURNING
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from horde_scanner.store.core_run import insert, run
-from horde_scanner.store.hashes import _lists, _verdicts
+from horde_scanner.store.audit import audit as _audit
+from horde_scanner.store.cluster import cluster_turns as _cluster_turns
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import IN_CHUNK, SchemaStep, Tables
+from horde_scanner.store.tables import IN_CHUNK, Tables, upsert
+from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import verdicts as _verdicts
 
 PENDING, RESOLVED, NO_ALIAS = "pending", "resolved", "no_alias"
 DONE, FAILED = "done", "failed"
@@ -68,43 +70,6 @@ lemmy_actions = sa.Table(
     sa.Index("lemmy_actions_sha", "sha256", "id"),
     sqlite_autoincrement=True,
 )
-
-STEPS = [
-    SchemaStep(
-        "2300-provenance",
-        """
-    CREATE TABLE provenance (
-        sha256 TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'resolved', 'no_alias')),
-        why TEXT NOT NULL,
-        aliases TEXT NOT NULL DEFAULT '[]',
-        seen_at REAL,
-        record TEXT,
-        error TEXT,
-        tries INTEGER NOT NULL DEFAULT 0,
-        next_try REAL NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX provenance_due ON provenance(state, next_try);
-    CREATE TABLE lemmy_actions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sha256 TEXT NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        request TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
-        status INTEGER,
-        answer TEXT,
-        requested_by TEXT NOT NULL,
-        requested_at REAL NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 1,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX lemmy_actions_sha ON lemmy_actions(sha256, id);
-    """,
-    ),
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +156,7 @@ class ProvenanceTables(Tables):
         known = await self.provenance(sha256)
         if known is None:
             stmt = (
-                insert(self._db, provenance)
+                upsert(self._db.dialect, provenance)[0]
                 .values(
                     sha256=sha256,
                     state=PENDING,
@@ -205,12 +170,11 @@ class ProvenanceTables(Tables):
                 )
                 .on_conflict_do_nothing(index_elements=[provenance.c.sha256])
             )
-            await run(self._db, stmt)
+            await self._db.execute(stmt)
             return
         merged = list(dict.fromkeys([*known.aliases, *(aliases or [])]))
         if merged != known.aliases:
-            await run(
-                self._db,
+            await self._db.execute(
                 sa.update(provenance)
                 .where(provenance.c.sha256 == sha256)
                 .values(aliases=json.dumps(merged), state=PENDING, next_try=now, updated_at=now),
@@ -222,7 +186,7 @@ class ProvenanceTables(Tables):
         another takes it over once it lapses. Keeps replicas and server.processes from each
         notifying, and each running auto_actions, for the same image."""
         now = time.time()
-        stmt = insert(self._db, _cluster_turns).values(
+        stmt = upsert(self._db.dialect, _cluster_turns)[0].values(
             name="provenance", holder=self.holder, taken_at=now, until=now + period_s
         )
         stmt = stmt.on_conflict_do_update(
@@ -235,7 +199,7 @@ class ProvenanceTables(Tables):
             where=(_cluster_turns.c.until <= now)
             | (_cluster_turns.c.holder == stmt.excluded.holder),
         )
-        return bool((await run(self._db, stmt)).rowcount)
+        return bool((await self._db.execute(stmt)).rowcount)
 
     async def positives_without_provenance(
         self, limit: int, *, verdicts_since: float = 0.0, lists_since: float = 0.0
@@ -258,7 +222,7 @@ class ProvenanceTables(Tables):
         )
         found = [
             (r[0], float(r[1]), "verdict", float(r[2]))
-            for r in await (await run(self._db, stmt)).fetchall()
+            for r in (await self._db.execute(stmt)).all()
         ]
         stmt = (
             sa.select(lists.c.sha256, lists.c.added_at)
@@ -270,14 +234,14 @@ class ProvenanceTables(Tables):
             .order_by(lists.c.added_at)
             .limit(limit)
         )
-        rows = await (await run(self._db, stmt)).fetchall()
+        rows = (await self._db.execute(stmt)).all()
         seen = {f[0] for f in found}
         found += [(r[0], float(r[1]), "deny", float(r[1])) for r in rows if r[0] not in seen]
         return found
 
     async def provenance(self, sha256: str) -> Provenance | None:
         stmt = sa.select(*_P_COLUMNS).where(provenance.c.sha256 == sha256)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return _provenance(row) if row else None
 
     async def provenance_of(self, hashes: list[str]) -> dict[str, Provenance]:
@@ -287,9 +251,7 @@ class ProvenanceTables(Tables):
             stmt = sa.select(*_P_COLUMNS).where(
                 provenance.c.sha256.in_(hashes[start : start + IN_CHUNK])
             )
-            found.update(
-                (r[0], _provenance(r)) for r in await (await run(self._db, stmt)).fetchall()
-            )
+            found.update((r[0], _provenance(r)) for r in (await self._db.execute(stmt)).all())
         return found
 
     async def due_provenance(self, now: float, limit: int) -> list[Provenance]:
@@ -300,11 +262,11 @@ class ProvenanceTables(Tables):
             .order_by(provenance.c.next_try)
             .limit(limit)
         )
-        return [_provenance(r) for r in await (await run(self._db, stmt)).fetchall()]
+        return [_provenance(r) for r in (await self._db.execute(stmt)).all()]
 
     async def count_provenance(self) -> dict[str, int]:
         stmt = sa.select(provenance.c.state, sa.func.count()).group_by(provenance.c.state)
-        return {s: n for s, n in await (await run(self._db, stmt)).fetchall()}
+        return {s: n for s, n in (await self._db.execute(stmt)).all()}
 
     async def settle_provenance(
         self,
@@ -317,8 +279,7 @@ class ProvenanceTables(Tables):
         next_try: float,
     ) -> None:
         """What a try found: resolved (record), no_alias, or still pending (error, next try)."""
-        await run(
-            self._db,
+        await self._db.execute(
             sa.update(provenance)
             .where(provenance.c.sha256 == sha256)
             .values(
@@ -335,8 +296,7 @@ class ProvenanceTables(Tables):
     async def refresh_provenance(self, sha256: str) -> bool:
         """Ask again now (an admin's request); False when the image was never asked for."""
         now = time.time()
-        cur = await run(
-            self._db,
+        cur = await self._db.execute(
             sa.update(provenance)
             .where(provenance.c.sha256 == sha256)
             .values(state=PENDING, next_try=now, updated_at=now),
@@ -350,7 +310,7 @@ class ProvenanceTables(Tables):
             .where(provenance.c.state == RESOLVED)
             .order_by(provenance.c.created_at)
         )
-        return [_provenance(r) for r in await (await run(self._db, stmt)).fetchall()]
+        return [_provenance(r) for r in (await self._db.execute(stmt)).all()]
 
     async def rejected_uploads(
         self, since: float | None, until: float | None, limit: int
@@ -372,7 +332,7 @@ class ProvenanceTables(Tables):
             .order_by(a.c.ts)
             .limit(limit)
         )
-        rows = await (await run(self._db, stmt)).fetchall()
+        rows = (await self._db.execute(stmt)).all()
         out = []
         for ts, sha, source, label, detail, size, media_type in rows:
             info = json.loads(detail or "{}")
@@ -412,7 +372,7 @@ class ProvenanceTables(Tables):
             )
             .returning(*_A_COLUMNS)
         )
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         assert row is not None
         return _action(row)
 
@@ -420,8 +380,7 @@ class ProvenanceTables(Tables):
         self, action_id: int, *, state: str, status: int | None, answer: Any
     ) -> None:
         """A retry's outcome, on the same row."""
-        await run(
-            self._db,
+        await self._db.execute(
             sa.update(lemmy_actions)
             .where(lemmy_actions.c.id == action_id)
             .values(
@@ -435,7 +394,7 @@ class ProvenanceTables(Tables):
 
     async def lemmy_action(self, action_id: int) -> LemmyActionRow | None:
         stmt = sa.select(*_A_COLUMNS).where(lemmy_actions.c.id == action_id)
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return _action(row) if row else None
 
     async def lemmy_actions(self, sha256: str) -> list[LemmyActionRow]:
@@ -445,21 +404,7 @@ class ProvenanceTables(Tables):
             .where(lemmy_actions.c.sha256 == sha256)
             .order_by(lemmy_actions.c.id)
         )
-        return [_action(r) for r in await (await run(self._db, stmt)).fetchall()]
-
-
-# STORE-A's tables, as far as these queries read them (the seam's Tables replace these).
-_cluster_turns = sa.table(
-    "cluster_turns",
-    sa.column("name"),
-    sa.column("holder"),
-    sa.column("taken_at"),
-    sa.column("until"),
-)
-_audit = sa.table(
-    "audit",
-    *(sa.column(n) for n in ("ts", "sha256", "source", "label", "detail", "event", "action")),
-)
+        return [_action(r) for r in (await self._db.execute(stmt)).all()]
 
 
 def _provenance(row: Any) -> Provenance:

@@ -16,9 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from horde_scanner.store.core_run import run
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import SchemaStep, Tables
+from horde_scanner.store.tables import Tables
 
 HELD, RELEASED, DELETED = "held", "released", "deleted"
 
@@ -42,29 +41,6 @@ quarantine = sa.Table(
     sa.Index("quarantine_sha", "sha256", "state"),
     sqlite_autoincrement=True,
 )
-
-STEPS = [
-    SchemaStep(
-        "0700-admin",
-        """
-    CREATE INDEX verdicts_judged ON verdicts(judged_at);
-    CREATE TABLE quarantine (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sha256 TEXT NOT NULL,
-        origin TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        path TEXT NOT NULL,
-        size INTEGER,
-        state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'released', 'deleted')),
-        quarantined_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        updated_by TEXT,
-        detail TEXT
-    );
-    CREATE INDEX quarantine_sha ON quarantine(sha256, state);
-    """,
-    ),
-]
 
 
 _COLUMNS = (
@@ -131,14 +107,14 @@ class ReviewTables(Tables):
             )
             .returning(*_COLUMNS)
         )
-        row = await (await run(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         assert row is not None
         return _item(row)
 
     async def quarantine_items(self, sha256: str) -> list[QuarantineItem]:
         """Every copy of these bytes ever admitted, in any state, oldest first."""
         stmt = sa.select(*_COLUMNS).where(quarantine.c.sha256 == sha256).order_by(quarantine.c.id)
-        return [_item(r) for r in await (await run(self._db, stmt)).fetchall()]
+        return [_item(r) for r in (await self._db.execute(stmt)).all()]
 
     async def quarantine_held_among(self, hashes: list[str]) -> set[str]:
         """Which of `hashes` have a copy held (one query for a page of items)."""
@@ -149,16 +125,15 @@ class ReviewTables(Tables):
             .distinct()
             .where(quarantine.c.state == HELD, quarantine.c.sha256.in_(hashes))
         )
-        return {r[0] for r in await (await run(self._db, stmt)).fetchall()}
+        return {r[0] for r in (await self._db.execute(stmt)).all()}
 
     async def count_quarantine(self) -> dict[str, int]:
         """{state: n}."""
         stmt = sa.select(quarantine.c.state, sa.func.count()).group_by(quarantine.c.state)
-        return {state: n for state, n in await (await run(self._db, stmt)).fetchall()}
+        return {state: n for state, n in (await self._db.execute(stmt)).all()}
 
     async def set_quarantine_state(self, item_id: int, state: str, by: str) -> None:
-        await run(
-            self._db,
+        await self._db.execute(
             sa.update(quarantine)
             .where(quarantine.c.id == item_id)
             .values(state=state, updated_at=time.time(), updated_by=by),

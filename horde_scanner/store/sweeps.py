@@ -46,10 +46,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from horde_scanner.store.core_run import insert
-from horde_scanner.store.core_run import run as execute
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import IN_CHUNK, SchemaStep, Tables
+from horde_scanner.store.tables import IN_CHUNK, Tables, upsert
 
 scan_files = sa.Table(
     "scan_files",
@@ -112,64 +110,6 @@ scan_actions = sa.Table(
     sa.Index("scan_actions_state", "source", "state"),
     sqlite_autoincrement=True,
 )
-
-STEPS = [
-    SchemaStep(
-        "0300-scan",
-        """
-    CREATE TABLE scan_files (
-        source TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        mtime REAL NOT NULL,
-        sha256 TEXT,
-        media_type TEXT,
-        status TEXT NOT NULL,
-        label TEXT,
-        reasons TEXT,
-        seen_at REAL NOT NULL,
-        judged_at REAL,
-        action TEXT,
-        PRIMARY KEY (source, identifier)
-    ) WITHOUT ROWID;
-    CREATE INDEX scan_files_sha ON scan_files(sha256);
-    CREATE INDEX scan_files_label ON scan_files(label, judged_at);
-    CREATE TABLE scan_runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        source TEXT NOT NULL,
-        action TEXT NOT NULL,
-        follow INTEGER NOT NULL DEFAULT 0,
-        state TEXT NOT NULL,
-        phase TEXT NOT NULL DEFAULT 'sweep',
-        cursor TEXT,
-        watermark REAL,
-        time_ordered INTEGER NOT NULL DEFAULT 0,
-        started_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        counts TEXT
-    );
-    CREATE INDEX scan_runs_source ON scan_runs(source, state);
-    CREATE TABLE scan_actions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        source TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size INTEGER,
-        mtime REAL,
-        action TEXT NOT NULL,
-        state TEXT NOT NULL,
-        label TEXT,
-        reasons TEXT,
-        location TEXT,
-        detail TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        UNIQUE (source, identifier, sha256)
-    );
-    CREATE INDEX scan_actions_state ON scan_actions(source, state);
-    """,
-    ),
-]
 
 
 # Statuses a file keeps until it changes: it is not read again.
@@ -287,7 +227,7 @@ class SweepTables(Tables):
                 scan_files.c.source == source,
                 scan_files.c.identifier.in_(identifiers[start : start + IN_CHUNK]),
             )
-            for row in await (await execute(self._db, stmt)).fetchall():
+            for row in (await self._db.execute(stmt)).all():
                 found[row[1]] = _file(row)
         return found
 
@@ -306,16 +246,17 @@ class SweepTables(Tables):
         # One multi-row statement (atomic, one commit) rather than executemany, which the
         # sqlite3 module refuses to interleave with other cursors on the shared connection.
         for start in range(0, len(rows), _ROWS_PER_INSERT):
-            stmt = insert(self._db, scan_files).values(rows[start : start + _ROWS_PER_INSERT])
+            stmt = upsert(self._db.dialect, scan_files)[0].values(
+                rows[start : start + _ROWS_PER_INSERT]
+            )
             stmt = stmt.on_conflict_do_update(
                 index_elements=[scan_files.c.source, scan_files.c.identifier],
                 set_={name: stmt.excluded[name] for name in _FILE_UPDATE},
             )
-            await execute(self._db, stmt)
+            await self._db.execute(stmt)
 
     async def set_scan_file_action(self, source: str, identifier: str, action: str | None) -> None:
-        await execute(
-            self._db,
+        await self._db.execute(
             sa.update(scan_files)
             .where(scan_files.c.source == source, scan_files.c.identifier == identifier)
             .values(action=action),
@@ -337,7 +278,7 @@ class SweepTables(Tables):
         if source is not None:
             stmt = stmt.where(scan_files.c.source == source)
         stmt = stmt.order_by(scan_files.c.source, scan_files.c.identifier)
-        return [_file(row) for row in await (await execute(self._db, stmt)).fetchall()]
+        return [_file(row) for row in (await self._db.execute(stmt)).all()]
 
     async def sweep_locations(self, sha256s: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Where each hash was found by sweeps, with what was done there (for exports)."""
@@ -365,7 +306,7 @@ class SweepTables(Tables):
             ).where(a.c.sha256.in_(chunk), ~sa.exists().where(same_file))  # fmt: skip
             both = sa.union_all(files, gone)
             stmt = both.order_by(both.selected_columns.source, both.selected_columns.identifier)
-            rows += await (await execute(self._db, stmt)).fetchall()
+            rows += (await self._db.execute(stmt)).all()
         for row in rows:
             found.setdefault(row[0], []).append(
                 {
@@ -392,14 +333,13 @@ class SweepTables(Tables):
             .order_by(scan_runs.c.id.desc())
             .limit(1)
         )
-        row = await (await execute(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return _run(row) if row else None
 
     async def start_scan_run(self, source: str, action: str, follow: bool) -> ScanRun:
         now = time.time()
         # Any other unfinished run of this source is superseded (its checkpoint no longer holds).
-        await execute(
-            self._db,
+        await self._db.execute(
             sa.update(scan_runs)
             .where(scan_runs.c.source == source, scan_runs.c.state == "running")
             .values(state="abandoned", updated_at=now),
@@ -416,13 +356,12 @@ class SweepTables(Tables):
             )
             .returning(*_RUN_COLS)
         )
-        row = await (await execute(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         assert row is not None
         return _run(row)
 
     async def save_scan_run(self, run: ScanRun, counts: dict[str, int] | None = None) -> None:
-        await execute(
-            self._db,
+        await self._db.execute(
             sa.update(scan_runs)
             .where(scan_runs.c.id == run.id)
             .values(
@@ -456,7 +395,7 @@ class SweepTables(Tables):
         `failed` and `released` rows start again and count as fresh.
         """
         now = time.time()
-        stmt = insert(self._db, scan_actions).values(
+        stmt = upsert(self._db.dialect, scan_actions)[0].values(
             source=source, identifier=identifier, sha256=sha256, size=size, mtime=mtime,
             action=action, state="started", label=label, reasons=json.dumps(reasons),
             created_at=now, updated_at=now,
@@ -473,21 +412,22 @@ class SweepTables(Tables):
             },
             where=scan_actions.c.state.in_(["failed", "released"]),
         )  # fmt: skip
-        fresh = (await execute(self._db, stmt)).rowcount > 0
+        # Whether a row was written: RETURNING says so on both databases (a row count is not
+        # reliable for a single-row INSERT whose key PostgreSQL's driver returns implicitly).
+        fresh = bool((await self._db.execute(stmt.returning(scan_actions.c.id))).all())
         select = sa.select(*_ACTION_COLS).where(
             scan_actions.c.source == source,
             scan_actions.c.identifier == identifier,
             scan_actions.c.sha256 == sha256,
         )
-        row = await (await execute(self._db, select)).fetchone()
+        row = (await self._db.execute(select)).first()
         assert row is not None
         return _action(row), fresh
 
     async def end_scan_action(
         self, action_id: int, state: str, *, location: str | None, detail: dict[str, Any]
     ) -> None:
-        await execute(
-            self._db,
+        await self._db.execute(
             sa.update(scan_actions)
             .where(scan_actions.c.id == action_id)
             .values(
@@ -500,8 +440,7 @@ class SweepTables(Tables):
 
     async def set_scan_action_location(self, action_id: int, location: str) -> None:
         """Noted before a move, so a run killed after it still knows where the object went."""
-        await execute(
-            self._db,
+        await self._db.execute(
             sa.update(scan_actions)
             .where(scan_actions.c.id == action_id)
             .values(location=location, updated_at=time.time()),
@@ -509,8 +448,7 @@ class SweepTables(Tables):
 
     async def set_scan_action_detail(self, action_id: int, detail: dict[str, Any]) -> None:
         """Replace an action's detail without changing its state (e.g. an admin's decision)."""
-        await execute(
-            self._db,
+        await self._db.execute(
             sa.update(scan_actions)
             .where(scan_actions.c.id == action_id)
             .values(detail=json.dumps(detail), updated_at=time.time()),
@@ -522,11 +460,11 @@ class SweepTables(Tables):
             .where(scan_actions.c.source == source, scan_actions.c.state == "started")
             .order_by(scan_actions.c.id)
         )
-        return [_action(row) for row in await (await execute(self._db, stmt)).fetchall()]
+        return [_action(row) for row in (await self._db.execute(stmt)).all()]
 
     async def get_scan_action(self, action_id: int) -> ScanAction | None:
         stmt = sa.select(*_ACTION_COLS).where(scan_actions.c.id == action_id)
-        row = await (await execute(self._db, stmt)).fetchone()
+        row = (await self._db.execute(stmt)).first()
         return _action(row) if row else None
 
     async def scan_actions_for(self, sha256: str, *, state: str | None = None) -> list[ScanAction]:
@@ -534,7 +472,7 @@ class SweepTables(Tables):
         if state is not None:
             stmt = stmt.where(scan_actions.c.state == state)
         stmt = stmt.order_by(scan_actions.c.id)
-        return [_action(row) for row in await (await execute(self._db, stmt)).fetchall()]
+        return [_action(row) for row in (await self._db.execute(stmt)).all()]
 
     async def scan_quarantined_among(self, sha256s: Sequence[str]) -> set[str]:
         """Which of `sha256s` have a sweep-quarantined object now (action done, not released)."""
@@ -549,7 +487,7 @@ class SweepTables(Tables):
                     scan_actions.c.sha256.in_(sha256s[start : start + IN_CHUNK]),
                 )
             )
-            found.update(row[0] for row in await (await execute(self._db, stmt)).fetchall())
+            found.update(row[0] for row in (await self._db.execute(stmt)).all())
         return found
 
     async def scan_quarantine_counts(self) -> dict[str, int]:
@@ -559,4 +497,4 @@ class SweepTables(Tables):
             .where(scan_actions.c.action == "quarantine")
             .group_by(scan_actions.c.state)
         )
-        return {state: n for state, n in await (await execute(self._db, stmt)).fetchall()}
+        return {state: n for state, n in (await self._db.execute(stmt)).all()}
