@@ -35,7 +35,14 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from horde_scanner.store.hashes import BUMP, LOCAL, VERDICT, hash_subscriptions, write_batches
+from horde_scanner.store.hashes import (
+    BUMP,
+    LOCAL,
+    VERDICT,
+    hash_subscriptions,
+    stream_tuples,
+    write_batches,
+)
 from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
 from horde_scanner.store.tables import Tables, upsert
 from horde_scanner.store.verdicts import lists as _lists
@@ -143,10 +150,12 @@ class EmbeddingTables(Tables):
             embedding_entries.c.model == model
         )
         async with self.aside() as db:
-            async with contextlib.aclosing(db.stream(entries, _KEYS_PER_FETCH)) as batches:
+            async with contextlib.aclosing(stream_tuples(db, entries, _KEYS_PER_FETCH)) as batches:
                 async for rows in batches:
                     yield "entry", [int(r[0]) for r in rows], [r[1] for r in rows]
-            async with contextlib.aclosing(db.stream(_own(model), _KEYS_PER_FETCH)) as batches:
+            async with contextlib.aclosing(
+                stream_tuples(db, _own(model), _KEYS_PER_FETCH)
+            ) as batches:
                 async for rows in batches:
                     yield "own", [int(r[0]) for r in rows], [VERDICT] * len(rows)
 
