@@ -92,7 +92,7 @@ class AuditTables(Tables):
             batch = rows[start : start + _AUDIT_ROWS_PER_INSERT]
             try:
                 await self._db.execute(
-                    sa.insert(audit).values([dict(zip(_AUDIT_FIELDS, row)) for row in batch])
+                    sa.insert(audit).values([dict(zip(_AUDIT_FIELDS, row, strict=True)) for row in batch])
                 )
             except BaseException:
                 self._keep_audit(rows[start:])

@@ -206,11 +206,15 @@ class Database:
         """The connection this one holds, or None (each statement takes the pool's)."""
         return self._conn
 
+    def _owned(self) -> bool:
+        """Whether the calling task is inside this connection's `transaction()`."""
+        return self._in_transaction and asyncio.current_task() is self._owner
+
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _connection(self, owned: bool = False) -> AsyncIterator[AsyncConnection]:
         if self._conn is not None:
             assert self._lock is not None
-            if self._in_transaction and asyncio.current_task() is self._owner:
+            if owned:
                 # The transaction's owner runs its statements one after another (it holds
                 # the lock); every other task waits for the transaction to end.
                 yield self._conn
@@ -225,8 +229,16 @@ class Database:
         return _Pending(self, stmt, params)
 
     async def _run(self, stmt: Statement, params: Params) -> Rows:
+        if self._conn is None:
+            return await self._run_now(stmt, params)
+        # A statement on a held connection runs to its end even when its caller is cancelled
+        # (a stopping job runner, a timed-out request): SQLAlchemy gives up a connection
+        # interrupted mid-statement, and this one is the whole process's.
+        return await asyncio.shield(self._run_now(stmt, params, self._owned()))
+
+    async def _run_now(self, stmt: Statement, params: Params, owned: bool = False) -> Rows:
         try:
-            async with self._connection() as conn:
+            async with self._connection(owned) as conn:
                 if isinstance(stmt, str):
                     sql = self._driver_sql(stmt)
                     if sql is None:
@@ -255,8 +267,18 @@ class Database:
         """`stmt` once per parameter set (dicts for Core statements); rows changed."""
         if not rows:
             return 0
+        if self._conn is None:
+            return await self._executemany_now(stmt, rows)
+        return await asyncio.shield(self._executemany_now(stmt, rows, self._owned()))
+
+    async def _executemany_now(
+        self,
+        stmt: Statement,
+        rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]],
+        owned: bool = False,
+    ) -> int:
         try:
-            async with self._connection() as conn:
+            async with self._connection(owned) as conn:
                 if isinstance(stmt, str):
                     sql = self._driver_sql(stmt)
                     if sql is None:
@@ -274,7 +296,7 @@ class Database:
 
     async def executescript(self, sql: str) -> None:
         """Several statements in one string, as the driver runs them (tests, tools)."""
-        async with self._connection() as conn:
+        async with self._connection(self._owned()) as conn:
             raw = await conn.get_raw_connection()
             driver = raw.driver_connection
             if self.dialect == "sqlite":

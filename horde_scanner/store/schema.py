@@ -16,6 +16,7 @@ waited for up to the busy timeout), PostgreSQL's advisory lock (DDL is transacti
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -43,7 +44,32 @@ LEGACY_STEPS = (
     "2300-provenance",
     "2400-embeddings",
 )
+# Kept by the store itself, outside the metadata: the first releases' record of schema steps
+# (read to stamp an old store at the baseline; left in place so nothing of it is lost).
+KEPT_OUTSIDE = frozenset({"schema_migrations", "sqlite_sequence"})
 _PG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('horde_scanner:migrate'))"
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """What Alembic compares: everything but the tables kept outside the metadata."""
+    return not (type_ == "table" and name in KEPT_OUTSIDE)
+
+
+def _differences(connection: sa.Connection) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+
+    from horde_scanner.store.metadata import all_tables
+
+    context = MigrationContext.configure(
+        connection, opts={"include_name": include_name, "compare_type": True}
+    )
+    return list(compare_metadata(context, all_tables()))
+
+
+async def differences(conn: AsyncConnection) -> list[Any]:
+    """Where the database on `conn` and the tables the parts declare disagree (Alembic's
+    autogenerate comparison); empty when the revisions made exactly what the metadata says."""
+    return await conn.run_sync(_differences)
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:

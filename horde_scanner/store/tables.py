@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class SchemaStep:
-    """(Before Alembic, for the parts not yet converted: no longer applied.) One named change to the schema, applied once per database, in name order.
+    """(Before Alembic; no longer applied, kept until the last parts drop their lists.) One
+    named change to the schema, applied once per database, in name order.
 
     A released step is never edited or renamed (databases out there have applied it); a
     change is a new step with a later name."""

@@ -6,15 +6,7 @@ from __future__ import annotations
 from alembic import context
 
 from horde_scanner.store.metadata import all_tables
-
-# Kept by the store itself: the first releases' record of schema steps (read to stamp an old
-# store at the baseline; left in place so nothing of an old store is lost).
-KEPT_OUTSIDE = {"schema_migrations", "sqlite_sequence"}
-
-
-def include_name(name: str | None, type_: str, parent_names: object) -> bool:
-    return not (type_ == "table" and name in KEPT_OUTSIDE)
-
+from horde_scanner.store.schema import include_name
 
 def run() -> None:
     connection = context.config.attributes.get("connection")
