@@ -2,7 +2,7 @@
 # Two stages: pdqhash ships only a source distribution (a C++/Cython extension), so the builder
 # compiles every wheel, and the runtime image installs them offline, with no compiler in it.
 # Extras to install: s3, ssh, video, postgres, prescreen (NudeNet on CPU), gpu (torch; use a CUDA base image).
-# tests/test_docker_image.py runs the RUN steps below outside Docker; keep each pip step a RUN of
+# tests/deploy/test_docker_image.py runs the RUN steps below outside Docker; keep each pip step a RUN of
 # its own.
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: serve test install install-test system-deps lint bench clean docs docs-build config-reference screenshots
+.PHONY: serve test install install-test system-deps lint bench clean docs docs-build config-reference screenshots test-unit test-integration test-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,22 @@ system-deps:
 test: install-test system-deps
 	$(BIN)/python -m pytest -q
 
+# The fast set a developer runs on every change (well under a minute), and the others on their own.
+test-unit: install-test
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install-test system-deps
+	$(BIN)/python -m pytest -q tests/integration
+
+test-deploy: install-test system-deps
+	$(BIN)/python -m pytest -q tests/deploy
+
 lint: install-test
 	$(BIN)/ruff check horde_scanner local_gpu tests bench
 	$(BIN)/mypy horde_scanner local_gpu
 
 # The docs site on http://127.0.0.1:8000 (mkdocs and the Material theme: the `docs` extra, also
-# in `test`). The suite builds it with --strict (tests/test_docs.py).
+# in `test`). The suite builds it with --strict (tests/integration/test_docs.py).
 $(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python
 	@$(BIN)/python .ci/build-deps
 	$(PIP) -e '.[docs]'

@@ -3,8 +3,8 @@
 Every option of `config.py` is listed with its type, default, environment variable, TOML key and
 its `Field(description=...)`, grouped by section, so the page an admin reads cannot drift from
 the code: `horde-scanner config reference -o docs/reference/configuration.md` (or
-`make config-reference`) writes it, and tests/test_config_reference.py fails when the page on
-disk is stale or an option has no description.
+`make config-reference`) writes it, and tests/integration/test_config_reference.py fails
+when the page on disk is stale or an option has no description.
 """
 
 from __future__ import annotations

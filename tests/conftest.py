@@ -64,3 +64,19 @@ def readme_role(pg_server):
     drop both after the test, so the next test that runs it on this session's server can."""
     yield "scanner"
     pg_server.drop_role("scanner")
+
+
+_FOLDER_MARKERS = ("unit", "integration", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by the folder it lives in (tests/unit, tests/integration,
+    tests/deploy), so `pytest -m unit` and the make targets pick the same sets."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            folder = Path(str(item.path)).resolve().relative_to(tests_dir).parts[0]
+        except ValueError:
+            continue
+        if folder in _FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, folder))

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from horde_scanner.testing.images import COLOURS
 
-# Encoders present in PyAV's wheels (checked by tests/test_video.py).
+# Encoders present in PyAV's wheels (checked by tests/unit/media/test_video.py).
 VIDEO_CODECS = {
     "mp4": ("libx264", "yuv420p"),
     "webm": ("libvpx", "yuv420p"),

@@ -4,8 +4,8 @@ real Prometheus scraping a service under load.
 
     make screenshots            (python -m tests.screenshots docs/images)
 
-tests/test_screenshots.py runs the same code into a temporary directory, so the pictures can
-always be made again; nobody edits them by hand.
+tests/integration/test_screenshots.py runs the same code into a temporary directory, so the
+pictures can always be made again; nobody edits them by hand.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from horde_scanner.testing.prometheus import (
 )
 from horde_scanner.testing.service import make_settings, running_service
 from tests.admin_helpers import admin_settings
-from tests.test_admin_page import CHROMIUM, CHROMIUM_ARGS, _log_in
+from tests.integration.test_admin_page import CHROMIUM, CHROMIUM_ARGS, _log_in
 
 VIEWPORT = {"width": 1280, "height": 900}
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,6 +31,9 @@ backend replicas
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
+    # Without it a check may take only `inter` (200 ms): one slow /readyz on a busy host
+    # (fall 1) marks a healthy replica down, and a rolling restart then finds none up.
+    timeout check 2s
 {servers}
 """
 

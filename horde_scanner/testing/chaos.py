@@ -12,8 +12,8 @@ distinct image has a verdict or `settle_s` passed.
 What it measures (ChaosResult): distinct images judged over time, submissions the Horde
 accepted (and how many of those never finish or fault), 429s from the submit limiter (all,
 and after the restart), answers later than the deadline, and how often the service logged
-the Horde unreachable. Used by tests/test_horde_chaos.py (scaled down) and bench/horde_chaos.py
-(the full scenario, against the previous release too).
+the Horde unreachable. Used by tests/integration/test_horde_chaos.py (scaled down) and
+bench/horde_chaos.py (the full scenario, against the previous release too).
 """
 
 from __future__ import annotations
