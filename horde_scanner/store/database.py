@@ -23,7 +23,8 @@ Statements are SQLAlchemy Core (`sa.select`, `sqlalchemy.dialects.<db>.insert(..
 .on_conflict_do_*`, `.returning`, `.with_for_update(skip_locked=True)`); a part that needs a
 dialect's own construct branches on `db.dialect`. A plain string is passed to the driver as
 it is (its own placeholders: `?` on SQLite, `$1` on PostgreSQL): for tests and tools that
-read a table by hand, never for the parts.
+read a table by hand, and for a Core statement the part compiled itself for the driver (bulk
+writes, long reads as plain tuples: store/hashes.py).
 """
 
 from __future__ import annotations
@@ -211,7 +212,6 @@ class Database:
         conn: AsyncConnection | None = None,
         *,
         shared: bool = False,
-        legacy: Any = None,
     ) -> None:
         self.engine = engine
         # The process's one shared connection (SQLite): results are always fetched whole.
@@ -224,8 +224,6 @@ class Database:
         self._owner: asyncio.Task[Any] | None = None  # the task inside `transaction()`
         # One transaction at a time on a held connection.
         self._lock = asyncio.Lock() if conn is not None else None
-        # Strings written for SQLite, for PostgreSQL (the parts not yet on Core).
-        self._legacy = legacy
 
     @property
     def held(self) -> AsyncConnection | None:
@@ -269,13 +267,13 @@ class Database:
         try:
             async with self._connection(owned) as conn:
                 if isinstance(stmt, str):
-                    sql = self._driver_sql(stmt)
-                    if sql is None:
-                        return Rows([])
-                    result = await conn.exec_driver_sql(sql, _positional(params))
+                    result = await conn.exec_driver_sql(stmt, _positional(params))
                 else:
                     result = await conn.execute(stmt, params)  # type: ignore[arg-type]
-                if result.returns_rows:
+                # A single-row INSERT on PostgreSQL gets an implicit RETURNING of its key, which
+                # SQLAlchemy keeps for itself: that is no result of the caller's statement.
+                implicit = isinstance(stmt, sa.Insert) and not stmt._returning
+                if result.returns_rows and not implicit:
                     rows = result.all()
                     out = Rows(rows, len(rows) if _is_write(stmt) else -1)
                 else:
@@ -332,10 +330,7 @@ class Database:
         try:
             async with self._connection(owned) as conn:
                 if isinstance(stmt, str):
-                    sql = self._driver_sql(stmt)
-                    if sql is None:
-                        return 0
-                    result = await conn.exec_driver_sql(sql, [tuple(r) for r in rows])  # type: ignore[arg-type]
+                    result = await conn.exec_driver_sql(stmt, [tuple(r) for r in rows])  # type: ignore[arg-type]
                 else:
                     if isinstance(stmt, Prepared):
                         stmt = stmt.statement
@@ -364,7 +359,7 @@ class Database:
         the write lock from the start and never fails half-way for want of it)."""
         if self._conn is None:
             async with self.engine.connect() as conn:
-                held = Database(self.engine, self.health, conn, legacy=self._legacy)
+                held = Database(self.engine, self.health, conn)
                 async with held.transaction() as tx:
                     yield tx
             return
@@ -424,23 +419,16 @@ class Database:
 
     # -- strings (tests, tools, and the parts not yet on Core) -------------------------------
 
-    def _driver_sql(self, sql: str) -> str | None:
-        if self._legacy is not None:
-            return self._legacy(sql)  # type: ignore[no-any-return]
-        return sql
-
     async def _driver_cursor(self, sql: str, params: Params) -> Any:
         """A driver cursor on the held connection, read as asked for."""
         assert self._conn is not None
-        statement = self._driver_sql(sql)
         raw = await self._conn.get_raw_connection()
         driver: Any = raw.driver_connection
         if self.dialect == "sqlite":
-            return await driver.execute(statement, _positional(params) or ())
+            return await driver.execute(sql, _positional(params) or ())
         from horde_scanner.store.postgres import PgStream
 
-        assert statement is not None
-        return await PgStream.open(driver, statement, _positional(params) or ())
+        return await PgStream.open(driver, sql, _positional(params) or ())
 
     async def close(self) -> None:
         if self._conn is not None:

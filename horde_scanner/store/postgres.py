@@ -6,8 +6,8 @@ changes other replicas make (verdicts, lists, hash lists, new jobs) arrive over 
 on a driver connection of its own (asyncpg's `add_listener`), those this process made itself
 left out.
 
-`translate` (and `PgStream`) serve the parts still written as SQLite strings (`?`
-placeholders): they go once those parts are on Core.
+`PgStream` reads a long query through asyncpg's server-side cursor, as plain tuples
+(`Database`'s driver cursor on `aside()`, for the hash and embedding index loads).
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,15 +28,11 @@ from horde_scanner.store import schema
 from horde_scanner.store.database import Database, StoreError, driver_error
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.sqlite import Store
-from horde_scanner.store.tables import RETURNING
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "horde_scanner"
 
-_TOKEN = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
-_INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
-_LIKE = re.compile(r"\bLIKE\b", re.IGNORECASE)
 # Rows a server-side cursor hands over at a time.
 _STREAM_BATCH = 1000
 
@@ -53,73 +47,6 @@ def redact(url: str) -> str:
         host += f":{parts.port}"
     netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-@lru_cache(maxsize=4096)
-def translate(sql: str) -> str | None:
-    """A statement in asyncpg's dialect; None for statements PostgreSQL has no use for."""
-    stripped = sql.strip()
-    head = stripped[:16].upper()
-    if head.startswith("PRAGMA"):
-        return None
-    if head.startswith("BEGIN"):
-        return "BEGIN"
-    counter = 0
-
-    def placeholder(m: re.Match[str]) -> str:
-        nonlocal counter
-        if m.group(0).startswith("'"):
-            return m.group(0)
-        if m.group(1):
-            return f"${m.group(1)}"
-        counter += 1
-        return f"${counter}"
-
-    out = _TOKEN.sub(placeholder, stripped)
-    out = _outside_literals(out, lambda s: _scalar_minmax(_LIKE.sub("ILIKE", s)))
-    if _INSERT_OR_IGNORE.match(out):
-        out = _INSERT_OR_IGNORE.sub("INSERT INTO", out, count=1)
-        ret = RETURNING.search(out)
-        if ret:
-            out = out[: ret.start()] + " ON CONFLICT DO NOTHING" + out[ret.start() :]
-        else:
-            out += " ON CONFLICT DO NOTHING"
-    return out
-
-
-_MINMAX = re.compile(r"\b(max|min)\s*\(", re.IGNORECASE)
-
-
-def _scalar_minmax(sql: str) -> str:
-    """SQLite's two-argument max(a, b) / min(a, b) are GREATEST / LEAST (which, unlike SQLite,
-    skip a NULL argument); one-argument MAX / MIN stay aggregates."""
-    out, at = [], 0
-    for m in _MINMAX.finditer(sql):
-        if m.start() < at:
-            continue
-        depth, i, comma = 1, m.end(), False
-        while i < len(sql) and depth:
-            ch = sql[i]
-            depth += (ch == "(") - (ch == ")")
-            comma |= ch == "," and depth == 1
-            i += 1
-        if comma:
-            name = "GREATEST" if m.group(1).lower() == "max" else "LEAST"
-            inner = _scalar_minmax(sql[m.end() : i - 1])
-            out += [sql[at : m.start()], f"{name}(", inner, ")"]
-            at = i
-    return "".join(out) + sql[at:]
-
-
-def _outside_literals(sql: str, fn: Any) -> str:
-    parts = re.split(r"('(?:[^']|'')*')", sql)
-    return "".join(p if i % 2 else fn(p) for i, p in enumerate(parts))
-
-
-def _rowcount(status: str) -> int:
-    # "INSERT 0 3", "UPDATE 2", "DELETE 0", "SELECT 5"
-    last = status.rsplit(" ", 1)[-1]
-    return int(last) if last.isdigit() else -1
 
 
 class PgStream:
@@ -233,7 +160,7 @@ class PgStore(Store):
             await engine.dispose()
             raise
         health = StoreHealth(where)
-        store = cls(Database(engine, health, legacy=translate), url, job_lease_s)
+        store = cls(Database(engine, health), url, job_lease_s)
         store._own_pids = own
         try:
             await store._listen()

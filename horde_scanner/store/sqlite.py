@@ -240,7 +240,7 @@ class Store(
         transactions (`Database.transaction()`) that must not hold up the shared one (see
         store.database.SQLITE_SHARED)."""
         conn = await self._db.engine.connect()
-        held = Database(self._db.engine, self.health, conn, legacy=self._db._legacy)
+        held = Database(self._db.engine, self.health, conn)
         try:
             yield held
         finally:

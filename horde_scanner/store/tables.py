@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -30,27 +28,9 @@ if TYPE_CHECKING:
     from horde_scanner.store.outage import StoreHealth
 
 
-@dataclass(frozen=True, slots=True)
-class SchemaStep:
-    """(Before Alembic; no longer applied, kept until the last parts drop their lists.) One
-    named change to the schema, applied once per database, in name order.
-
-    A released step is never edited or renamed (databases out there have applied it); a
-    change is a new step with a later name."""
-
-    name: str
-    sql: str  # SQLite's dialect; PostgreSQL gets it translated (store.postgres.translate_ddl)
-    postgres: str = ""  # what PostgreSQL needs besides (its triggers: SQLite's are dropped)
-
-
 # What another process changed: ("verdict" | "list", sha256), ("hashes", ""), ("job", sha256),
 # or ("reset", "") when changes may have been missed (a lost connection).
 ChangeListener = Callable[[str, str], None]
-
-
-# A statement that gives rows: a query (PRAGMA included, on SQLite), or a write RETURNING them.
-QUERY = re.compile(r"^\s*(SELECT|WITH|VALUES|PRAGMA)\b", re.IGNORECASE)
-RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 
 
 # The seam every part's statements go to (store/database.py).
@@ -113,31 +93,3 @@ def chunks(values: Sequence[Any], size: int | None = None) -> list[Sequence[Any]
 
 # Values bound per `IN (...)` lookup: well under SQLite's bound-variable limit (32766).
 IN_CHUNK = 500
-
-
-async def rows_in(
-    db: Database, query: str, values: Sequence[Any], *, before: Sequence[Any] = ()
-) -> list[Any]:
-    """Rows of `query` for all of `values`, looked up a chunk at a time: each `{in}` in the
-    query stands for one chunk's placeholders, bound (after `before`) once per `{in}`."""
-    found: list[Any] = []
-    for start in range(0, len(values), IN_CHUNK):
-        chunk = list(values[start : start + IN_CHUNK])
-        sql = query.replace("{in}", ",".join("?" * len(chunk)))
-        found += await db.execute_fetchall(sql, [*before, *(chunk * query.count("{in}"))])
-    return found
-
-
-async def write_in_batches(
-    db: Database, statement: str, rows: Sequence[Sequence[object]], per_batch: int
-) -> None:
-    """`statement` for each of `rows`, `per_batch` rows to a transaction: a list of a million
-    entries never holds the write lock for long (uploads wait on it to record verdicts)."""
-    for start in range(0, len(rows), per_batch):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.executemany(statement, rows[start : start + per_batch])
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
