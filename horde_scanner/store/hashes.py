@@ -410,9 +410,7 @@ class HashTables(Tables):
         replacement writes only the difference to what the origin holds (usually small), in
         batches; readers see each entry either as it was or as it is now."""
         new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
-        async with self.aside() as db:
-            if db.dialect == "sqlite":
-                await db.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+        async with self.aside() as db, _bulk_cache(db):
             stale: list[tuple[str, str, str]] = []
             if replace:
                 e = hash_entries
@@ -554,6 +552,23 @@ def _upsert_entries(dialect: str) -> Any:
             ),
         },
     )
+
+
+@contextlib.asynccontextmanager
+async def _bulk_cache(db: Database) -> AsyncIterator[None]:
+    """A large SQLite page cache while a list is written (the B-tree of a million entries
+    stays in memory), given back afterwards: aside() connections are pooled now, and a cache
+    left at 128 MiB would keep that memory for the life of the process."""
+    if db.dialect != "sqlite":
+        yield
+        return
+    before = (await db.execute("PRAGMA cache_size")).scalar()
+    await db.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a store gone away: the connection goes too
+            await db.execute(f"PRAGMA cache_size={int(before)}")
 
 
 async def write_batches(

@@ -5,6 +5,7 @@ sweep locations, dialect-specific upserts with RETURNING)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -261,3 +262,19 @@ async def test_rejected_uploads_read_the_audit_trail(store: Store) -> None:
     )  # fmt: skip
     assert abs((one.answered_at - one.received_at) - 0.5) < 1e-6
     assert await store.rejected_uploads(time.time() + 60, None, 10) == []
+
+
+async def test_a_bulk_import_gives_its_page_cache_back(tmp_path) -> None:
+    """SQLite: the import's 128 MiB page cache is for the import only; the pooled connection
+    it ran on goes back to the default (memory held for the life of the process otherwise)."""
+    async with await Store.open(tmp_path / "s.db") as store:
+        async with store.aside() as db:
+            default = (await db.execute("PRAGMA cache_size")).scalar()
+        entries = [HashEntry("pdq", pdq(i)) for i in range(100)]
+        await store.add_hash_entries("sub", entries)
+        await store.replace_hash_origin("sub", entries[:50])
+        async with contextlib.AsyncExitStack() as stack:
+            # Every connection the pool holds now, at once.
+            held = [await stack.enter_async_context(store.aside()) for _ in range(6)]
+            sizes = {(await db.execute("PRAGMA cache_size")).scalar() for db in held}
+        assert sizes == {default}
