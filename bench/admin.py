@@ -113,8 +113,8 @@ async def main(verdicts: int, requests: int) -> None:
         )
         async with running_service(settings, backend=MockBackend()) as svc:
             for i in range(50):  # some validation traffic so the histograms have data
-                svc.services.metrics.latency.observe(0.001 * i)
-            run = svc.services.sweeps.start("local:/srv/pictrs", total=verdicts)
+                svc.parts.metrics.latency.observe(0.001 * i)
+            run = svc.parts.sweeps.start("local:/srv/pictrs", total=verdicts)
             run.advance(verdicts // 3, label="clean")
             api = f"{svc.url}/api/v1/admin"
             since = time.time() - 86400

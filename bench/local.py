@@ -71,7 +71,7 @@ async def bench_prescreen(n: int) -> None:
     from horde_scanner.backends.mock import MockBackend
     from horde_scanner.backends.nudenet import NudityDetector
     from horde_scanner.backends.prescreen import PrescreenBackend
-    from horde_scanner.judging.policy import Policy
+    from horde_scanner.policy.rules import Policy
 
     detector = NudityDetector()
     limits = DecodeLimits()
@@ -149,7 +149,7 @@ async def bench_tiny_clip(n: int) -> None:
     except ImportError:
         print("[clip-cpu] skipped: torch not installed (extra [gpu])")
         return
-    from horde_scanner.judging.policy import Policy
+    from horde_scanner.policy.rules import Policy
     from horde_scanner.testing.tiny_clip import build_tiny_clip
     from local_gpu.backend import LocalClipBackend
     from local_gpu.clip import ClipScorer
@@ -205,7 +205,7 @@ async def bench_vit_l(model_dir: str | None, random_weights: bool, n: int) -> No
             "`python -m bench.local --only gpu [--random-weights]`)"
         )
         return
-    from horde_scanner.judging.policy import Policy
+    from horde_scanner.policy.rules import Policy
     from local_gpu.backend import LocalClipBackend
     from local_gpu.clip import ClipScorer, ModelUnavailable
 

@@ -29,9 +29,9 @@ from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import HashesSettings
-from horde_scanner.hashlists.format import HashEntry
-from horde_scanner.hashlists.matcher import HashMatcher
 from horde_scanner.media.hashing import PdqHash
+from horde_scanner.signals.hash_list import HashEntry
+from horde_scanner.signals.hash_matcher import HashMatcher
 from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures
@@ -188,7 +188,7 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  log: %(name)s: %(message)s")
     # Index (re)loads are worth seeing: they are what competes with uploads.
-    logging.getLogger("horde_scanner.hashlists.matcher").setLevel(logging.INFO)
+    logging.getLogger("horde_scanner.signals.hash_matcher").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         await index_figures(db, args.hashes)

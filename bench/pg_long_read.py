@@ -17,7 +17,7 @@ import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 
-from horde_scanner.hashlists.format import HashEntry
+from horde_scanner.signals.hash_list import HashEntry
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing.pg import PgServer
 

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT
-from horde_scanner.judging.frames import FRAMES_KEY
-from horde_scanner.judging.policy import Policy
 from horde_scanner.judging.policy_diff import run_diff
+from horde_scanner.policy.frames import FRAMES_KEY
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Signals
 

@@ -181,8 +181,8 @@ async def cache_hits(url: str, rounds: int, round_s: float) -> dict[str, list[fl
         aiohttp.ClientSession() as http,
     ):
         await validate_upload(http, svc.scan_url(), data, "image/jpeg")
-        store = svc.services.store
-        resolver = svc.services.provenance
+        store = svc.parts.store
+        resolver = svc.parts.provenance
         assert resolver is not None
         shas = [f"{i:064x}" for i in range(1, 41)]
         for i, sha in enumerate(shas):

@@ -128,7 +128,7 @@ def _instant_judge(image: Image.Image) -> object:
 async def sweep(root: Path, db: Path, concurrency: int) -> tuple[float, object]:
     from horde_scanner.backends.mock import MockBackend
     from horde_scanner.config import load_settings
-    from horde_scanner.sweep.app import run_scan
+    from horde_scanner.runtime.sweeps import run_scan
     from horde_scanner.sweep.progress import Progress
 
     settings = load_settings(

@@ -13,7 +13,7 @@ loopback; this process is the load generator, on the same 2-core machine. Figure
   misses, Horde latency 2 s                 max answer time       (must be < deadline)
   misses, Horde latency 30 s, 1000 at once  max answer time, peak service RSS (target <= 400 MB)
 
-Run: .venv/bin/python -m bench.validate [--quick]
+Run: .venv/bin/python -m bench.validate [--quick] [--hits-only] [--previous COMMIT|DIR]
 """
 
 from __future__ import annotations
@@ -77,6 +77,17 @@ def previous_release(commit: str) -> Iterator[Path]:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
                        capture_output=True)  # fmt: skip
         shutil.rmtree(tree, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def previous_tree(previous: str) -> Iterator[Path]:
+    """`previous` as a checkout: a directory as it is (an existing worktree, used read-only),
+    or a commit checked out into a worktree of its own for the run."""
+    if Path(previous).is_dir():
+        yield Path(previous)
+        return
+    with previous_release(previous) as tree:
+        yield tree
 
 
 @contextlib.contextmanager
@@ -213,11 +224,13 @@ async def prime(url: str, images: list[bytes]) -> None:
     raise RuntimeError("cache did not fill")
 
 
-async def cache_hits(hits: list[bytes], seconds: float, rounds: int, tmp: Path) -> None:
+async def cache_hits(
+    hits: list[bytes], seconds: float, rounds: int, tmp: Path, previous: str = PREVIOUS
+) -> None:
     """Closed-loop and open-loop cache hits: the previous release, this checkout and the bare
     handler, interleaved (the order turns each round), so the machine's noise hits all alike."""
     with (
-        previous_release(PREVIOUS) as old_tree,
+        previous_tree(previous) as old_tree,
         stack(0.2, tmp / "hits-old.db", cwd=old_tree) as (old_url, old_pid),
         stack(0.2, tmp / "hits.db") as (url, pid),
         bare_handler() as (bare_url, bare_pid),
@@ -225,7 +238,7 @@ async def cache_hits(hits: list[bytes], seconds: float, rounds: int, tmp: Path) 
         await prime(old_url, hits)
         await prime(url, hits)
         targets = {
-            f"previous ({PREVIOUS})": old_url,
+            f"previous ({previous})": old_url,
             "this checkout": url,
             "bare handler": bare_url,
         }
@@ -287,13 +300,13 @@ async def cache_hits(hits: list[bytes], seconds: float, rounds: int, tmp: Path) 
         print(f"service peak RSS: {peak_rss_mb(pid):.0f} MB")
 
 
-async def main(quick: bool, rounds: int, hits_only: bool) -> None:
+async def main(quick: bool, rounds: int, hits_only: bool, previous: str = PREVIOUS) -> None:
     seconds = 4.0 if quick else 10.0
     print("generating 200 KB JPEGs ...", flush=True)
     hits = [noisy_jpeg(seed) for seed in range(16)]
     print(f"  image size {len(hits[0]) / 1000:.0f} KB")
     with tempfile.TemporaryDirectory() as tmp:
-        await cache_hits(hits, seconds, rounds, Path(tmp))
+        await cache_hits(hits, seconds, rounds, Path(tmp), previous)
         if hits_only:
             return
 
@@ -326,10 +339,15 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved cache-hit rounds")
     parser.add_argument("--hits-only", action="store_true", help="only the cache-hit figures")
+    parser.add_argument(
+        "--previous",
+        default=PREVIOUS,
+        help=f"the release compared with: a commit or an existing checkout (default {PREVIOUS})",
+    )
     args = parser.parse_args()
     try:
         import uvloop
 
-        uvloop.run(main(args.quick, args.rounds, args.hits_only))
+        uvloop.run(main(args.quick, args.rounds, args.hits_only, args.previous))
     except ImportError:
-        asyncio.run(main(args.quick, args.rounds, args.hits_only))
+        asyncio.run(main(args.quick, args.rounds, args.hits_only, args.previous))

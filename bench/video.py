@@ -72,7 +72,7 @@ async def time_to_verdict(data: bytes, workdir: Path) -> tuple[list[float], str]
     from horde_scanner.backends.mock import MockBackend
     from horde_scanner.config import load_settings
     from horde_scanner.judging.judge import build_judge
-    from horde_scanner.judging.policy import Policy
+    from horde_scanner.policy.rules import Policy
     from horde_scanner.store.sqlite import Store
 
     times: list[float] = []

@@ -37,14 +37,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from horde_scanner.config_keys import check_env, check_toml, is_ours
+from horde_scanner import backend_registry
+from horde_scanner.config_keys import OpenSection, check_env, check_toml, fields_of, is_ours
+from horde_scanner.errors import InvalidInput
 from horde_scanner.media.types import DecodeLimits
 from horde_scanner.verdict import Label
 
 ANONYMOUS_HORDE_KEY = "0000000000"
 
 
-class ConfigError(Exception):
+class ConfigError(InvalidInput):
     """A configuration value is invalid; the message names the key."""
 
 
@@ -617,21 +619,22 @@ class PolicySettings(Section):
     )
 
 
-class BackendKind(StrEnum):
-    AUTO = "auto"
-    HORDE = "horde"
-    LOCAL = "local"
-    HYBRID = "hybrid"
+class BackendSettings(Section, OpenSection):
+    """Which path judges a miss, how `hybrid` chooses between them, and the options of a
+    registered backend kind (`[backend.<kind>]`, backend_registry.py)."""
 
-
-class BackendSettings(Section):
-    """Which path judges a miss, and how `hybrid` chooses between them."""
+    # The registered kinds' sections are the extra keys (checked in `_kind_sections`).
+    model_config = ConfigDict(extra="allow")
 
     # auto: local when a CUDA GPU (with the [gpu] extra) or a worker pool is configured, else
     # the AI Horde. hybrid: the fastest live path, falling back between local and the Horde.
-    kind: BackendKind = Field(
-        BackendKind.AUTO,
-        description="Which backend judges a miss: `auto`, `horde`, `local` or `hybrid`.",
+    # The names come from the backend registry, so a backend that registers adds its own.
+    kind: str = Field(
+        "auto",
+        description=(
+            "Which backend judges a miss: `auto`, `horde`, `local`, `hybrid`, or a kind a "
+            "backend module registered."
+        ),
     )
     # hybrid: a path whose typical latency exceeds this is only used when nothing faster is
     # live (default: validation.deadline_s).
@@ -643,6 +646,39 @@ class BackendSettings(Section):
             "`validation.deadline_s`."
         ),
     )
+
+    @classmethod
+    def open_sections(cls) -> dict[str, type[BaseModel]]:
+        return backend_registry.sections()
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        known = backend_registry.backend_kinds()
+        if value not in known:
+            raise ValueError(f"unknown backend kind {value!r}; known: {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_sections(self) -> BackendSettings:
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        known = backend_registry.sections()
+        for key, value in extra.items():
+            model = known.get(key)
+            if model is None:
+                raise ValueError(f"[backend] has no option or backend section {key!r}")
+            if not isinstance(value, model):
+                extra[key] = model.model_validate(value)
+        return self
+
+    def section(self, kind: str) -> BaseModel | None:
+        """The options of registered backend `kind` ([backend.<kind>], else its defaults);
+        None when the kind has no section."""
+        model = backend_registry.sections().get(kind)
+        if model is None:
+            return None
+        given = (self.__pydantic_extra__ or {}).get(kind)
+        return given if isinstance(given, model) else model()
 
 
 class LocalSettings(Section):
@@ -1565,11 +1601,11 @@ def value_sources(config_file: Path | None = None) -> dict[tuple[str, ...], str]
 
 def _leaf_keys(model: type[BaseModel], data: Mapping[str, Any]) -> list[tuple[str, ...]]:
     keys: list[tuple[str, ...]] = []
+    fields = fields_of(model)  # open sections too: [backend.<kind>]
     for name, value in data.items():
-        field = model.model_fields.get(name)
-        if field is None:
+        if name not in fields:
             continue
-        sub = field.annotation
+        sub = fields[name]
         if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(value, Mapping):
             keys += [(name, *k) for k in _leaf_keys(sub, value)]
         else:

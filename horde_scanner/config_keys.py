@@ -39,6 +39,23 @@ def strip_optional(annotation: Any) -> Any:
     return annotation
 
 
+class OpenSection:
+    """A section whose sub-sections are named at run time: `[backend.<kind>]` for each backend
+    kind that registered a settings section (backend_registry.py)."""
+
+    @classmethod
+    def open_sections(cls) -> dict[str, type[BaseModel]]:
+        return {}
+
+
+def fields_of(model: type[BaseModel]) -> dict[str, Any]:
+    """The keys a section takes, each with its type: its fields, and its open sub-sections."""
+    fields: dict[str, Any] = {name: f.annotation for name, f in model.model_fields.items()}
+    if issubclass(model, OpenSection):
+        fields.update(model.open_sections())
+    return fields
+
+
 def model_of(annotation: Any) -> type[BaseModel] | None:
     annotation = strip_optional(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -108,7 +125,7 @@ def _check_path(path: list[str], value: str | None, root: type[BaseModel]) -> st
                 return None  # a table's own key, e.g. ..._CLIENTS__NAME
             where = ".".join(known)
             return f"unknown key: {where} is a single value and has no key {part!r}"
-        fields = model.model_fields
+        fields = fields_of(model)
         if part not in fields:
             close = _closest(part, fields)
             # A misspelt section keeps the rest of the path: SERVR__PORT -> SERVER__PORT.
@@ -120,7 +137,7 @@ def _check_path(path: list[str], value: str | None, root: type[BaseModel]) -> st
                     f"unknown key: no section or option {part!r}{_one_underscore(part, root, mean)}"
                 )
             return f"unknown key: [{'.'.join(known)}] has no option {part!r}{mean}"
-        annotation = fields[part].annotation
+        annotation = fields[part]
         model = model_of(annotation)
     kind = _json_kind(annotation)
     if kind is not None and value is not None:
@@ -158,7 +175,7 @@ def check_toml(data: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
 def _walk_toml(
     data: Mapping[str, Any], model: type[BaseModel], path: list[str], problems: list[str]
 ) -> None:
-    fields = model.model_fields
+    fields = fields_of(model)
     for key, value in data.items():
         if key not in fields:
             where = f"[{'.'.join(path)}]" if path else "top level"
@@ -166,6 +183,6 @@ def _walk_toml(
                 f"unknown key {'.'.join([*path, key])!r} ({where}){_suggest(key, fields)}"
             )
             continue
-        sub = model_of(fields[key].annotation)
+        sub = model_of(fields[key])
         if sub is not None and isinstance(value, Mapping):
             _walk_toml(value, sub, [*path, key], problems)

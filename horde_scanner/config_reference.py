@@ -23,7 +23,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from horde_scanner.config_keys import ENV_PREFIX, NESTED, model_of, strip_optional
+from horde_scanner.config_keys import ENV_PREFIX, NESTED, OpenSection, model_of, strip_optional
 
 # The page of the docs that explains what a section is for (relative to docs/reference/).
 SECTION_PAGES = {
@@ -118,6 +118,9 @@ def sections(root: type[BaseModel]) -> list[tuple[tuple[str, ...], type[BaseMode
             found += [((name, *p), m) for p, m in sections(sub)]
         elif items is not None:
             found += [((name, "[]", *p), m) for p, m in sections(items)]
+    if issubclass(root, OpenSection):  # [backend.<kind>] of the backends registered now
+        for name, sub in root.open_sections().items():
+            found += [((name, *p), m) for p, m in sections(sub)]
     return found
 
 

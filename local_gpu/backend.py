@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from horde_scanner.backends.base import BackendFailed, Readiness
+from horde_scanner.backends.base import Backend, BackendFailed, Readiness
 from horde_scanner.config import LocalSettings
-from horde_scanner.judging import frames as framesignals
-from horde_scanner.judging.policy import CLIP_PREFIX
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.policy import frames as framesignals
+from horde_scanner.policy.rules import CLIP_PREFIX
 from horde_scanner.verdict import Signals
 from local_gpu.batching import DynamicBatcher
 from local_gpu.clip import ClipScorer
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-class LocalClipBackend:
+class LocalClipBackend(Backend):
     name = "clip"
     # The frames of an animation enter the batcher together, so they form one model call.
     takes_frames = True
@@ -106,5 +106,5 @@ class LocalClipBackend:
             return Readiness(self.name, False, "saturated; " + detail)
         return Readiness(self.name, True, detail)
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         await self.batcher.aclose()

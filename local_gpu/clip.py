@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from horde_scanner.errors import FinalError
+
 log = logging.getLogger(__name__)
 
 # OpenAI CLIP's normalisation, used when the model brings no preprocessor_config.json.
@@ -28,7 +30,7 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(FinalError):
     """The CLIP model cannot be loaded; the message says what to install or configure."""
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from horde_scanner.backends.base import BackendFailed, BackendUnavailable
-from horde_scanner.judging.policy import Policy
+from horde_scanner.errors import FinalError
 from horde_scanner.media.decode import (
     DecodeLimits,
     PreparedImage,
@@ -27,13 +27,14 @@ from horde_scanner.media.decode import (
     prepare_within,
 )
 from horde_scanner.media.memory import DecodeMemory
+from horde_scanner.policy.rules import Policy
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
 
 
-class WorkerError(Exception):
+class WorkerError(FinalError):
     """The worker cannot go on (bad key, not a horde-scanner service); the message says why."""
 
 

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from horde_scanner.judging.frames import FRAMES_KEY
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.policy.frames import FRAMES_KEY
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 

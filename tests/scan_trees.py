@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from horde_scanner.sweep.layout import is_v7_identifier
+from horde_scanner.sources.layout import is_v7_identifier
 from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import new_identifier
 

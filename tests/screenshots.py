@@ -71,7 +71,7 @@ async def review_page(browser: Any, workdir: Path, out: Path) -> Path:
         stored_at = workdir / "pictrs" / "files" / "upload.jpg"
         stored_at.parent.mkdir(parents=True, exist_ok=True)
         stored_at.write_bytes(held)
-        await svc.services.quarantine.admit_file(sha256_hex(held), stored_at, origin="local")
+        await svc.parts.quarantine.admit_file(sha256_hex(held), stored_at, origin="local")
         context = await browser.new_context(viewport=VIEWPORT)
         page = await context.new_page()
         await _log_in(page, svc.url)
@@ -110,7 +110,7 @@ async def _load(svc: Any, http: aiohttp.ClientSession, seconds: float) -> None:
     (the AI Horde judges them, a few after the deadline), a few positives, one sweep."""
     rng = random.Random(7)
     seen: list[bytes] = [images.jpeg("green", seed=5000 + i) for i in range(20)]
-    sweep = svc.services.sweeps.start("local:/srv/pictrs/files", total=int(seconds * 4))
+    sweep = svc.parts.sweeps.start("local:/srv/pictrs/files", total=int(seconds * 4))
     tasks: set[asyncio.Task[Any]] = set()
     end = time.monotonic() + seconds
     n = 0

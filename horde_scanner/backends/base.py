@@ -18,12 +18,22 @@ A Backend turns one decoded image into Signals. Its contract:
   of frames. Any other backend sees one frame per `judge` call: callers go through
   `judge_image()`, which splits a multi-frame image and combines the answers.
 - `readiness()` answers quickly, without sending work, whether the backend can take work.
-- `concurrency` (optional attribute): how many `judge` calls it keeps busy at once. The Judge
+- `concurrency`: how many `judge` calls it keeps busy at once (None: not declared). The Judge
   runs as many background judgements as the largest number declared by the paths inside its
   backend (`concurrency()`); a backend that queues its own work need not declare one.
+- Lifetime: `start(store)` once before the first `judge` (the store is there for a backend that
+  keeps state in it, like the AI Horde's kudos spend), `close()` once at the end. A backend
+  that holds others (a router, a pre-screen) starts and closes them with itself (`inner()`).
+- What it tells about itself: `paths()` (each judging path, for /readyz), `describe()` (its own
+  details, shown under its name in /readyz), `metrics()` (its own Prometheus families, on
+  /metrics), `expected_latency_s` and `live_latency_s()` (for routing).
 - A backend that cleared an image cheaply (without its full judgement, like the CPU
   pre-screen) marks its Signals with `mark_screen(..., CLEARED)`; callers ask `cleared()` to
   decide on a second opinion, whoever set it.
+
+Every capability has a default on the base class `Backend`, so a backend overrides only what
+it has, and callers never probe. Which backend `backend.kind` names is the registry's
+(backend_registry.py); adding one is a module with a `Backend` subclass and its settings.
 
 `MockBackend` (mock.py) is the in-process implementation for tests and benchmarks.
 """
@@ -31,12 +41,16 @@ A Backend turns one decoded image into Signals. Its contract:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
-from horde_scanner.judging import frames as framesignals
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from horde_scanner.errors import FinalError, RetryLater
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.policy import frames as framesignals
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
@@ -49,16 +63,15 @@ CLEARED = "cleared"
 PASSED_ON = "passed_on"
 
 
-class BackendUnavailable(Exception):
-    """Cannot judge now; try again later."""
-
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
+# Prometheus names of what backends report on /metrics (`Backend.metrics()`).
+METRIC_PREFIX = "horde_scanner"
 
 
-class BackendFailed(Exception):
+class BackendUnavailable(RetryLater):
+    """Cannot judge now; try again later (after `retry_after_s`, when known)."""
+
+
+class BackendFailed(FinalError):
     """Will not judge this image, ever."""
 
 
@@ -72,24 +85,87 @@ class Readiness:
     recoveries: int = 0
 
 
-class Backend(Protocol):
-    name: str
-    # Optional class attribute `takes_frames: bool` (see the contract above).
+class Backend:
+    """The base of every backend: the contract above, each optional capability defaulted."""
 
-    async def judge(self, image: PreparedImage) -> Signals: ...
+    name: str = "backend"
+    # Judges a multi-frame image in one `judge` call (else: one frame per call).
+    takes_frames: bool = False
+    # `judge` calls worth running at once (None: not declared; see `concurrency()`).
+    concurrency: int | None = None
+    # Seconds an image is expected to take before this path has answered anything (routing).
+    expected_latency_s: float = 5.0
 
-    def readiness(self) -> Readiness: ...
+    async def judge(self, image: PreparedImage) -> Signals:
+        raise NotImplementedError
 
-    async def aclose(self) -> None: ...
+    def readiness(self) -> Readiness:
+        return Readiness(self.name, True)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def start(self, store: object | None = None) -> None:
+        """Before the first `judge`: start the backends inside this one."""
+        for inner in self.inner():
+            await inner.start(store)
+
+    async def close(self) -> None:
+        """At the end: close the backends inside this one."""
+        for inner in self.inner():
+            await inner.close()
+
+    async def aclose(self) -> None:
+        """`close()`, under the name `contextlib.aclosing` and older callers use."""
+        await self.close()
+
+    # -- what it tells about itself ------------------------------------------------------------
+
+    def inner(self) -> Sequence[Backend]:
+        """The backends this one hands images to (a router's paths, a pre-screen's next)."""
+        return ()
+
+    def paths(self) -> list[Readiness]:
+        """Every judging path inside this backend, for /readyz."""
+        return [self.readiness()]
+
+    def live_latency_s(self) -> float | None:
+        """Seconds a new image is expected to take now, when this backend knows (None: not)."""
+        return None
+
+    def passes_on(self) -> Backend | None:
+        """The backend a cheap screen hands what it does not clear to (second opinions)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """This backend's own details, shown under its name in /readyz (empty: nothing)."""
+        return {}
+
+    def metrics(self) -> Iterable[Metric]:
+        """This backend's own Prometheus families for /metrics (names from `metric_name`)."""
+        return ()
+
+
+def metric_name(name: str) -> str:
+    return f"{METRIC_PREFIX}_{name}"
+
+
+def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
+    """A one-sample gauge family named `horde_scanner_<name>`."""
+    family = GaugeMetricFamily(metric_name(name), doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def counter(name: str, doc: str, value: float) -> Metric:
+    """A one-sample counter family named `horde_scanner_<name>`."""
+    family = CounterMetricFamily(metric_name(name), doc)
+    family.add_metric([], value)
+    return family
 
 
 def concurrency(backend: Backend) -> int:
     """Judgements worth running at once behind `backend`: the most any of its paths declares."""
-    declared = [
-        value
-        for b in iter_backends(backend)
-        if isinstance(value := getattr(b, "concurrency", None), int) and value > 0
-    ]
+    declared = [b.concurrency for b in iter_backends(backend) if b.concurrency]
     return max(declared, default=DEFAULT_CONCURRENCY)
 
 
@@ -105,11 +181,7 @@ def cleared(signals: Signals) -> bool:
 
 def describe_paths(backend: Backend) -> list[Readiness]:
     """Every judging path behind `backend` (a router or a pre-screen has several), for /readyz."""
-    paths = getattr(backend, "paths", None)
-    if callable(paths):
-        result: list[Readiness] = paths()
-        return result
-    return [backend.readiness()]
+    return backend.paths()
 
 
 def iter_backends(backend: Backend) -> list[Backend]:
@@ -122,10 +194,7 @@ def iter_backends(backend: Backend) -> list[Backend]:
         if any(current is seen for seen in out):
             continue
         out.append(current)
-        todo.extend(getattr(current, "members", None) or [])
-        inner = getattr(current, "next", None)
-        if inner is not None and hasattr(inner, "judge"):
-            todo.append(inner)
+        todo.extend(current.inner())
     return out
 
 
@@ -152,7 +221,7 @@ async def judge_image(
 
 
 async def _judge_image(backend: Backend, image: PreparedImage) -> Signals:
-    if not image.animated or getattr(backend, "takes_frames", False):
+    if not image.animated or backend.takes_frames:
         return await backend.judge(image)
     singles = [image.subset([frame]) for frame in image.frames]
     tasks = [asyncio.ensure_future(backend.judge(one)) for one in singles]

@@ -32,13 +32,14 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
 from PIL import Image, ImageOps
+from prometheus_client.core import Metric
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -53,6 +54,8 @@ from horde_scanner.backends.base import (
     BackendFailed,
     BackendUnavailable,
     Readiness,
+    counter,
+    gauge,
     iter_backends,
     judging_sha256,
 )
@@ -60,9 +63,11 @@ from horde_scanner.backends.horde_perf import HordeLoad, LatencyEstimate
 from horde_scanner.backends.kudos import KudosBudget
 from horde_scanner.backends.ratelimit import PathLimiter, SubmitBudget, SubmitWindow
 from horde_scanner.backends.reachability import Reachability
+from horde_scanner.backends.shared_submits import SharedSubmitWindow, SubmitTables
 from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
-from horde_scanner.judging import frames as framesignals
+from horde_scanner.errors import FinalError, RetryLater
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
+from horde_scanner.policy import frames as framesignals
 from horde_scanner.store.horde_requests import HordeRequestTables
 from horde_scanner.store.kudos import KudosTables
 from horde_scanner.tasks import cancel_and_wait
@@ -74,7 +79,7 @@ log = logging.getLogger(__name__)
 _FORM_PRICE = {"caption": 1, "nsfw": 1, "interrogation": 3}
 
 
-class _Transient(Exception):
+class _Transient(RetryLater):
     """A failure worth retrying at once (connection, timeout, 5xx)."""
 
 
@@ -88,15 +93,15 @@ class _WhenDown(stop_base):
         return self._reach.down
 
 
-class _RequestExpired(Exception):
+class _RequestExpired(RetryLater):
     pass
 
 
-class _FormsFaulted(Exception):
+class _FormsFaulted(RetryLater):
     pass
 
 
-class _TimedOut(Exception):
+class _TimedOut(RetryLater):
     """A live request that did not end within `request_timeout_s` of the Horde's time."""
 
 
@@ -253,7 +258,7 @@ class HordeClient:
         return reply if status == 200 else None
 
 
-class _HordeRefused(Exception):
+class _HordeRefused(FinalError):
     def __init__(self, status: int, rc: str, message: str) -> None:
         super().__init__(f"HTTP {status} {rc}: {message}")
         self.status = status
@@ -298,12 +303,14 @@ class _Request:
         self.seen: dict[str, str] = {}
 
 
-class HordeBackend:
+class HordeBackend(Backend):
     """Judges an image with the `nsfw` and `caption` forms (and `interrogation` if enabled)."""
 
     name = "horde"
     # Frames are sent one request each, or packed four to a 2x2 image (horde.pack_frames).
     takes_frames = True
+    # Before its queue is read: anonymous or low-kudos users often wait tens of seconds.
+    expected_latency_s = _PRIOR_LATENCY_S
 
     def __init__(
         self,
@@ -360,17 +367,33 @@ class HordeBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, store: KudosTables | None = None) -> None:
+    async def start(self, store: object | None = None) -> None:
         """Load today's kudos spend from the store and begin reading the Horde's load; live
-        requests are kept in the store from now on."""
-        if store is not None:
+        requests are kept in the store from now on, and submits drawn from its shared budget."""
+        if isinstance(store, KudosTables):
             await self.budget.attach(store)
-            if isinstance(store, HordeRequestTables):
-                self._requests = store
+        if isinstance(store, HordeRequestTables):
+            self._requests = store
+        if isinstance(store, SubmitTables):
+            self.share_submits(store)
         if self.settings.performance_interval_s > 0 and self._perf_task is None:
             self._perf_task = asyncio.create_task(self._perf_loop(), name="horde-performance")
 
-    async def aclose(self) -> None:
+    def share_submits(self, store: SubmitTables) -> None:
+        """Draw from the submit budget kept in the store: one for all replicas and processes
+        on it, and one that a restart does not empty."""
+        settings = self.client.settings
+        window = float(settings.submit_window_s)
+        # An unanswered slot of a killed process: its POST reached the server within one
+        # HTTP timeout of being sent, and counts there for one window after that.
+        self.client.submits = SharedSubmitWindow(
+            store,
+            int(settings.submits_per_min),
+            window,
+            stale_s=float(settings.http_timeout_s) + window,
+        )
+
+    async def close(self) -> None:
         await cancel_and_wait([self._perf_task])
         self._perf_task = None
         await self.client.reach.aclose()
@@ -443,6 +466,7 @@ class HordeBackend:
             "timed_out": self.timed_out,
             "resumed": self.resumed,
             "failed_polls": self.failed_polls,
+            "kudos_estimated": self.kudos_estimate,
         }
         if load is not None:
             out["queue"] = {
@@ -453,6 +477,48 @@ class HordeBackend:
         if self.budget.limit is not None:
             out["kudos"] = self.budget.describe()
         return out
+
+    def metrics(self) -> Iterator[Metric]:
+        yield gauge("horde_in_flight", "AI Horde requests in flight.", self.in_flight)
+        yield counter(
+            "horde_kudos_estimated", "Kudos spent on the AI Horde (estimated).", self.kudos_estimate
+        )
+        yield gauge(
+            "horde_expected_latency_seconds",
+            "Seconds a new image is expected to take on the AI Horde (+Inf: no workers).",
+            self.live_latency_s(),
+        )
+        yield gauge(
+            "horde_submits_waiting",
+            "Images waiting for our share of the AI Horde's submit limit.",
+            self.client.submits.waiting,
+        )
+        yield counter(
+            "horde_rate_limited",
+            "429 answers from the AI Horde's rate limiter (should stay 0).",
+            self.client.rate_limited,
+        )
+        load = self.latency.load
+        if load is not None:
+            yield gauge(
+                "horde_queued_forms",
+                "Interrogation forms waiting or processing on the whole AI Horde.",
+                load.queued_forms,
+            )
+            yield gauge(
+                "horde_interrogators", "Interrogation workers on the AI Horde.", load.interrogators
+            )
+        budget = self.budget
+        if budget.limit is not None:
+            yield gauge("horde_kudos_budget", "horde.max_kudos_per_day.", budget.limit)
+            yield gauge(
+                "horde_kudos_spent_today", "Kudos charged this UTC day (estimated).", budget.spent
+            )
+            yield counter(
+                "horde_budget_refused",
+                "Misses not sent to the AI Horde because the day's kudos budget was spent.",
+                budget.refused,
+            )
 
     def readiness(self) -> Readiness:
         return replace(self._readiness(), recoveries=self.client.reach.recoveries)
@@ -759,7 +825,10 @@ def horde_paths(backend: Backend) -> list[HordeBackend]:
     return [b for b in iter_backends(backend) if isinstance(b, HordeBackend)]
 
 
-async def start_horde(backend: Backend, store: KudosTables | None = None) -> None:
-    """Start every AI Horde path: today's kudos spend from the store, the load reader."""
+def share_horde_budget(backend: Backend, store: object) -> None:
+    """The AI Horde paths inside `backend` draw from the submit budget kept in `store`
+    (HordeBackend.start does this for a store that keeps one)."""
+    if not isinstance(store, SubmitTables):
+        return
     for horde in horde_paths(backend):
-        await horde.start(store)
+        horde.share_submits(store)

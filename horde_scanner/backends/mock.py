@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from PIL import Image, ImageStat
 
-from horde_scanner.backends.base import BackendUnavailable, Readiness
+from horde_scanner.backends.base import Backend, BackendUnavailable, Readiness
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.verdict import Signals
 
@@ -25,7 +25,7 @@ def colour_marker_signals(image: Image.Image) -> Signals:
     return Signals(backend="mock", nsfw=False, caption="a photo of a landscape with trees")
 
 
-class MockBackend:
+class MockBackend(Backend):
     name = "mock"
 
     def __init__(
@@ -49,6 +49,3 @@ class MockBackend:
 
     def readiness(self) -> Readiness:
         return Readiness(self.name, self.available, "" if self.available else "switched off")
-
-    async def aclose(self) -> None:
-        return None

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from horde_scanner.errors import FinalError
 
-class DetectorUnavailable(Exception):
+
+class DetectorUnavailable(FinalError):
     """The detector cannot be loaded (extra not installed, model missing or not NudeNet's)."""
 
 

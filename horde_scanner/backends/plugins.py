@@ -14,18 +14,19 @@ from typing import Any, cast
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import LocalSettings
-from horde_scanner.judging.policy import Policy
+from horde_scanner.errors import FinalError, RetryLater
 from horde_scanner.media.types import DecodeLimits
+from horde_scanner.policy.rules import Policy
 
 PLUGIN = "local_gpu"
 INSTALL_HINT = "pip install -c constraints.txt 'horde-scanner[gpu]'"
 
 
-class PluginUnavailable(Exception):
+class PluginUnavailable(FinalError):
     """The local backend cannot run here: the extra is missing or the model cannot load."""
 
 
-class WorkerStopped(Exception):
+class WorkerStopped(RetryLater):
     """The GPU worker gave up (the service refused it or cannot be reached)."""
 
 

@@ -30,9 +30,9 @@ from horde_scanner.backends.base import (
     judge_image,
     mark_screen,
 )
-from horde_scanner.judging import frames as framesignals
-from horde_scanner.judging.policy import PRESCREEN_PREFIX, PrescreenRules
 from horde_scanner.media.decode import Frame, PreparedImage
+from horde_scanner.policy import frames as framesignals
+from horde_scanner.policy.rules import PRESCREEN_PREFIX, PrescreenRules
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Detector(Protocol):
     def scores(self, image: Image.Image) -> dict[str, float]: ...
 
 
-class PrescreenBackend:
+class PrescreenBackend(Backend):
     name = "prescreen"
     # Frames of an animation are scored in one trip to the detector's thread; only those it
     # does not clear go on to the next backend.
@@ -175,10 +175,15 @@ class PrescreenBackend:
         rest = describe_paths(self.next) if self.next is not None else []
         return [self._own_readiness(), *rest]
 
-    async def aclose(self) -> None:
+    def inner(self) -> list[Backend]:
+        return [self.next] if self.next is not None else []
+
+    def passes_on(self) -> Backend | None:
+        return self.next
+
+    async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self.next is not None:
-            await self.next.aclose()
+        await super().close()
 
 
 def merge_prescreen(signals: Signals, scores: dict[str, float] | None) -> Signals:

@@ -1,13 +1,6 @@
-"""Which backend judges: chosen once at start-up from `backend.kind`.
-
-    horde   the AI Horde only
-    local   local paths only: CLIP in this process (extra [gpu]) and/or remote GPU workers
-    hybrid  every path: the fastest live one first, the others as fallbacks both ways
-    auto    `local` when this process sees a CUDA GPU or a worker pool is configured, else `horde`
-
-With `prescreen.enabled`, the CPU nudity pre-screen sits in front of whatever was chosen.
-local_gpu/ (torch) is loaded, through plugins.py, only when in-process CLIP is wanted.
-"""
+"""Several judging paths behind one backend (`backend.kind` local with two paths, hybrid):
+each image goes to the fastest live path, and on to the next when one cannot take it.
+Which paths are built for which kind is backends/kinds.py's."""
 
 from __future__ import annotations
 
@@ -15,9 +8,6 @@ import logging
 import time
 from dataclasses import replace
 
-import aiohttp
-
-from horde_scanner.backends import plugins
 from horde_scanner.backends.base import (
     Backend,
     BackendFailed,
@@ -26,24 +16,15 @@ from horde_scanner.backends.base import (
     describe_paths,
     judge_image,
 )
-from horde_scanner.backends.horde import HordeBackend
-from horde_scanner.backends.workers import WorkerPool
-from horde_scanner.config import BackendKind, ConfigError, Settings
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
 
-KINDS = tuple(k.value for k in BackendKind)
-
-# Latency guesses before a path has answered anything (seconds). The Horde often needs tens of
-# seconds for anonymous or low-kudos users.
-_PRIOR_LATENCY_S = {"horde": 20.0, "workers": 1.0, "clip": 0.5}
 _EWMA_WEIGHT = 0.2
 
 
-class RoutedBackend:
+class RoutedBackend(Backend):
     """Several paths; each image goes to the fastest live one that should answer within the
     budget, and on to the next when a path cannot take it now (down, saturated, gone)."""
 
@@ -55,19 +36,17 @@ class RoutedBackend:
         self.takes_frames = True
         self.members = paths
         self.budget_s = budget_s
-        self.latency_s: dict[str, float] = {
-            p.name: float(getattr(p, "expected_latency_s", _PRIOR_LATENCY_S.get(p.name, 5.0)))
-            for p in paths
-        }
+        # Each path's guess before it has answered anything (the Horde's is tens of seconds).
+        self.latency_s: dict[str, float] = {p.name: float(p.expected_latency_s) for p in paths}
         self.routed: dict[str, int] = {p.name: 0 for p in paths}
         self.fallbacks = 0
 
     def _refresh(self) -> None:
         # A path that knows its own expected latency (the AI Horde reads its queue) says so.
         for p in self.members:
-            live_latency = getattr(p, "live_latency_s", None)
-            if callable(live_latency):
-                self.latency_s[p.name] = float(live_latency())
+            live = p.live_latency_s()
+            if live is not None:
+                self.latency_s[p.name] = float(live)
 
     def order(self) -> list[Backend]:
         """Live paths: those expected within the budget first, fastest first; then the rest."""
@@ -126,94 +105,5 @@ class RoutedBackend:
                 out.append(replace(r, detail=r.detail + extra))
         return out
 
-    async def aclose(self) -> None:
-        for member in self.members:
-            await member.aclose()
-
-
-def _clip_wanted(settings: Settings, kind: BackendKind, pool: WorkerPool | None) -> bool:
-    wanted = settings.local.in_process
-    if wanted is not None:
-        return wanted
-    if not plugins.torch_installed():
-        return False
-    if plugins.cuda_available():
-        return True
-    # No GPU: CPU inference only when the admin asked for local judging and nothing else can.
-    return kind is BackendKind.LOCAL and pool is None
-
-
-def _clip_backend(settings: Settings, policy: Policy) -> Backend:
-    try:
-        return plugins.local_clip_backend(settings.local, policy.clip.phrases)
-    except plugins.PluginUnavailable as exc:
-        raise ConfigError(f"local: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"policy [clip]: {exc}") from None
-
-
-def _local_paths(
-    settings: Settings, kind: BackendKind, policy: Policy, pool: WorkerPool | None
-) -> list[Backend]:
-    paths: list[Backend] = []
-    if _clip_wanted(settings, kind, pool):
-        paths.append(_clip_backend(settings, policy))
-    if pool is not None:
-        paths.append(pool)
-    return paths
-
-
-def _core(
-    settings: Settings,
-    session: aiohttp.ClientSession,
-    policy: Policy,
-    pool: WorkerPool | None,
-) -> Backend:
-    kind = settings.backend.kind
-    budget = settings.backend.hybrid_budget_s or settings.validation.deadline_s
-    if kind is BackendKind.HORDE:
-        return HordeBackend(settings.horde, session)
-    local = _local_paths(settings, kind, policy, pool)
-    if kind is BackendKind.AUTO:
-        if not local:
-            log.info("backend auto: no CUDA GPU and no worker pool; judging with the AI Horde")
-            return HordeBackend(settings.horde, session)
-        kind = BackendKind.LOCAL
-        log.info("backend auto: judging locally (%s)", ", ".join(p.name for p in local))
-    if kind is BackendKind.LOCAL:
-        if not local:
-            raise ConfigError(
-                "backend.kind=local: no local path. Install the [gpu] extra (torch, "
-                "transformers) for CLIP in this process, or set workers.keys for remote workers"
-            )
-        return local[0] if len(local) == 1 else RoutedBackend("local", local, budget)
-    # hybrid
-    return RoutedBackend("hybrid", [*local, HordeBackend(settings.horde, session)], budget)
-
-
-def build_backend(
-    settings: Settings,
-    session: aiohttp.ClientSession,
-    *,
-    policy: Policy | None = None,
-    pool: WorkerPool | None = None,
-) -> Backend:
-    """The configured backend. `pool` is the service's worker pool (None: no workers)."""
-    policy = policy or Policy.load(settings.policy.path)
-    backend = _core(settings, session, policy, pool)
-    if settings.prescreen.enabled:
-        from horde_scanner.backends.nudenet import DetectorUnavailable, NudityDetector
-        from horde_scanner.backends.prescreen import PrescreenBackend
-
-        try:
-            detector = NudityDetector(settings.prescreen.model_path, settings.prescreen.resolution)
-        except DetectorUnavailable as exc:
-            raise ConfigError(f"prescreen: {exc}") from None
-        backend = PrescreenBackend(
-            detector,
-            policy.prescreen,
-            backend,
-            threads=settings.prescreen.threads,
-            max_queue=settings.prescreen.max_queue,
-        )
-    return backend
+    def inner(self) -> list[Backend]:
+        return self.members

@@ -20,14 +20,25 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
 
+@runtime_checkable
+class SubmitTables(Protocol):
+    """The part of a store that keeps the submit window (store/cluster.py)."""
+
+    async def take_submit(
+        self, limit: int, period_s: float, stale_s: float
+    ) -> tuple[int | None, float]: ...
+
+    async def finish_submit(self, slot: int | None) -> None: ...
+
+
 class SharedSubmitWindow:
     def __init__(
-        self, store: Any, limit: int, period_s: float = 60.0, *, stale_s: float = 180.0
+        self, store: SubmitTables, limit: int, period_s: float = 60.0, *, stale_s: float = 180.0
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -78,23 +89,3 @@ class SharedSubmitWindow:
             await asyncio.shield(self._store.finish_submit(slot_id))
             async with self._turn:
                 self._turn.notify_all()
-
-
-def share_horde_budget(backend: Any, store: Any) -> None:
-    """The AI Horde paths draw from the submit budget kept in the store: one for all replicas
-    and processes on it, and one that a restart does not empty."""
-    if not hasattr(store, "take_submit"):
-        return
-    from horde_scanner.backends.horde import horde_paths
-
-    for horde in horde_paths(backend):
-        settings = horde.client.settings
-        window = float(settings.submit_window_s)
-        # An unanswered slot of a killed process: its POST reached the server within one
-        # HTTP timeout of being sent, and counts there for one window after that.
-        horde.client.submits = SharedSubmitWindow(
-            store,
-            int(settings.submits_per_min),
-            window,
-            stale_s=float(settings.http_timeout_s) + window,
-        )

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from horde_scanner.backends.base import BackendFailed, BackendUnavailable, Readiness
+from horde_scanner.backends.base import Backend, BackendFailed, BackendUnavailable, Readiness
 from horde_scanner.config import WorkerPoolSettings
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.verdict import Signals
@@ -81,7 +81,7 @@ class WorkerInfo:
     busy: set[str] = field(default_factory=set)
 
 
-class WorkerPool:
+class WorkerPool(Backend):
     name = "workers"
     expected_latency_s = 1.0
 
@@ -291,7 +291,7 @@ class WorkerPool:
         except ValueError:
             pass
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         for job in list(self._jobs.values()):
             if not job.future.done():
                 job.future.cancel()

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from horde_scanner import __version__
 from horde_scanner.cli import check, lists, serve, sweep, verdicts, worker
+from horde_scanner.cli.common import ErrorsToExitCodes
 from horde_scanner.cli.config import config as config_group
 from horde_scanner.cli.embeddings import embeddings as embeddings_group
 from horde_scanner.cli.embeddings import models as models_group
@@ -20,10 +21,10 @@ from horde_scanner.cli.lemmy import access_log_cmd, evidence
 from horde_scanner.cli.lemmy import lemmy as lemmy_group
 from horde_scanner.cli.policy import policy as policy_group
 from horde_scanner.cli.store import store as store_group
-from horde_scanner.config import ConfigError, StoreSettings, load_settings
+from horde_scanner.config import StoreSettings, load_settings
 
 
-@click.group()
+@click.group(cls=ErrorsToExitCodes)
 @click.version_option(__version__, prog_name="horde-scanner")
 @click.option(
     "--config",
@@ -46,10 +47,7 @@ def main(ctx: click.Context, config_file: Path | None, db: str | None) -> None:
         # from); a broken configuration is what they are there to report.
         ctx.obj = {"config_file": config_file, "db": db}
         return
-    try:
-        settings = load_settings(config_file)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = load_settings(config_file)
     if db is not None:
         if "://" in db:
             try:

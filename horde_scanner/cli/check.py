@@ -17,13 +17,14 @@ from horde_scanner.cli.common import (
     run,
     settings_of,
 )
+from horde_scanner.errors import InvalidInput
 from horde_scanner.verdict import Label
 
 _NOT_JUDGED = ("pending", Label.ERROR.value, Label.UNREADABLE.value)
 
 
-class _CheckError(click.ClickException):
-    exit_code = EXIT_ERROR
+class _CheckError(InvalidInput):
+    """What keeps `check` from reading its files: exit status 2 (EXIT_ERROR)."""
 
 
 @click.command()

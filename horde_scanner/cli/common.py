@@ -1,10 +1,12 @@
-"""What the command modules share: running a coroutine, the settings, labels,
-sha256 prefixes, `--since`, `--output`, reading and importing a list FILE, exit codes."""
+"""What the command modules share: the exit codes and the one place errors become them,
+running a coroutine, the settings, labels, sha256 prefixes, `--since`, `--output`, reading and
+importing a list FILE."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -12,27 +14,76 @@ from typing import IO, TextIO, TypeVar
 
 import click
 
-from horde_scanner.config import ConfigError, Settings
-from horde_scanner.hashlists.format import ListFormatError, ParseReport
-from horde_scanner.judging.policy import PolicyError
+from horde_scanner.config import Settings
+from horde_scanner.errors import HordeScannerError, InvalidInput
 from horde_scanner.media.hashing import is_sha256_hex
-from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.signals.hash_list import ListFormatError, ParseReport
+from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
-# `check` and `scan` exit codes (docs/cli.md). ClickException's own 1 would read as
-# "positive".
-EXIT_CLEAN, EXIT_POSITIVE, EXIT_ERROR, EXIT_NOT_JUDGED = 0, 1, 2, 3
+# Exit statuses, for scripts (docs/cli.md has the table):
+EXIT_CLEAN = 0
+# `check` and `scan`: a positive was found. Elsewhere: the command did not do all it was asked
+# and says why (click's own failures; a row skipped on import; Lemmy refused a call).
+EXIT_POSITIVE = 1
+# Bad input: an argument, the configuration, the policy, a file or a list (click's usage
+# errors are 2 too). `check`: a file or the configuration could not be read.
+EXIT_ERROR = EXIT_INVALID = 2
+# `check` and `scan`: something was not judged (still queued, error, unreadable, stopped).
+EXIT_NOT_JUDGED = 3
+# Failed for good: retrying as asked will not help (a store that is not ours or newer, a
+# source that cannot be used, a refused action, a model that cannot load).
+EXIT_FAILED = 4
+# Not possible now: try again later (a backend, the store or a peer is unavailable).
+EXIT_RETRY_LATER = 5
+# A bug: one line says so (the traceback is logged at DEBUG).
+EXIT_INTERNAL = 70
+
+
+def exit_code(exc: HordeScannerError) -> int:
+    """The exit status of an error, by the branch of errors.py it is on."""
+    if exc.retry_later:
+        return EXIT_RETRY_LATER
+    # FinalError, and an error of the root whose instance says it is not worth retrying.
+    return EXIT_INVALID if isinstance(exc, InvalidInput) else EXIT_FAILED
+
+
+def _shown(code: int) -> type[click.ClickException]:
+    # click shows a ClickException as `Error: MESSAGE` and exits with its class's exit_code.
+    return type(f"Exit{code}", (click.ClickException,), {"exit_code": code})
+
+
+_SHOWN = {
+    code: _shown(code) for code in (EXIT_INVALID, EXIT_FAILED, EXIT_RETRY_LATER, EXIT_INTERNAL)
+}
+
+
+class ErrorsToExitCodes(click.Group):
+    """The one place errors become exit codes: every error of ours, raised anywhere below
+    the entry point, is one message and its exit status; a bug is one line, not a
+    traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except HordeScannerError as exc:
+            raise _SHOWN[exit_code(exc)](str(exc) or type(exc).__name__) from None
+        except Exception as exc:
+            log.debug("internal error", exc_info=True)
+            what = f"{type(exc).__name__}: {exc}"
+            raise _SHOWN[EXIT_INTERNAL](
+                f"internal error (a bug; log_level=DEBUG shows where): {what}"
+            ) from None
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    from horde_scanner.sweep.source import ItemError, SourceError
-
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except (ConfigError, PolicyError, StoreError, SourceError, ItemError) as exc:
-        raise click.ClickException(str(exc)) from None
+    """Run a command's coroutine; its errors reach the entry point (ErrorsToExitCodes)."""
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -106,7 +157,7 @@ def read_list(file: Path, raw: IO[bytes], read: Callable[[TextIO], Iterable[T]])
     except OSError as exc:
         raise click.ClickException(f"{file}: {exc.strerror}") from None
     except ListFormatError as exc:
-        raise click.ClickException(f"{file}: {exc}") from None
+        raise type(exc)(f"{file}: {exc}") from None
 
 
 def import_list(file: Path, report: ParseReport, write: Callable[[], Awaitable[int]]) -> None:
@@ -125,7 +176,7 @@ def import_list(file: Path, report: ParseReport, write: Callable[[], Awaitable[i
 
 def since_of(value: str | None) -> float | None:
     """`--since` (2024-05-01, ISO time, 12h, 30d) as Unix seconds."""
-    from horde_scanner.sweep.app import parse_since
+    from horde_scanner.timefmt import parse_since
 
     try:
         return parse_since(value) if value else None

@@ -63,11 +63,8 @@ def show(ctx: click.Context, as_json: bool) -> None:
     (default, config file, .env, env, command line)."""
     config_file: Path | None = ctx.obj["config_file"]
     db: str | None = ctx.obj["db"]
-    try:
-        settings = load_settings(config_file, **_db_override(db))
-        origins = value_sources(config_file)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = load_settings(config_file, **_db_override(db))
+    origins = value_sources(config_file)
     if db is not None:
         origins[("store", "url")] = origins[("store", "path")] = "command line --db"
     section = None
@@ -124,7 +121,7 @@ def _referenced_files(settings: Settings) -> list[str]:
     """Files the configuration names that start-up reads: checked here too."""
     problems = []
     if settings.policy.path is not None:
-        from horde_scanner.judging.policy import Policy, PolicyError
+        from horde_scanner.policy.rules import Policy, PolicyError
 
         try:
             Policy.load(settings.policy.path)

@@ -18,15 +18,16 @@ from horde_scanner.cli.common import (
     settings_of,
     write_output,
 )
-from horde_scanner.hashlists.format import ParseReport
 from horde_scanner.signals.embedding_exchange import published
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
     Model,
+    OtherModel,
     dump_hma,
     dump_json,
     read_entries,
 )
+from horde_scanner.signals.hash_list import ParseReport
 from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 
@@ -89,7 +90,7 @@ def import_(
     settings = settings_of(ctx).embeddings
     model = _model(ctx)
     if model_id is not None and model_id != model.model:
-        raise click.ClickException(
+        raise OtherModel(
             f"{file}: made with model {model_id!r}; this instance uses {model.model!r}"
             " (embeddings.model_id), whose vectors do not compare"
         )
@@ -98,7 +99,7 @@ def import_(
         if fmt is None:
             fmt = "json" if _starts_json(raw) else "hma"
         if fmt == "hma" and model_id is None:
-            raise click.ClickException(
+            raise click.UsageError(
                 f"{file}: an HMA list has no header: say which model made it with --model"
             )
         entries = read_list(
@@ -151,16 +152,13 @@ def calibrate_(ctx: click.Context, directory: Path, index_size: int | None, limi
     of unrelated pairs among benign images in DIRECTORY, and the false-match rate each
     threshold would give at the index's size."""
     from horde_scanner.signals.calibrate import calibrate, report
-    from horde_scanner.signals.encoder import EncoderUnavailable, ImageEncoder
+    from horde_scanner.signals.encoder import ImageEncoder
 
     settings = settings_of(ctx)
     cfg = settings.embeddings
-    try:
-        encoder = ImageEncoder(
-            cfg.model_path, cfg.preprocess, cfg.dim, intra_op_threads=cfg.intra_op_threads
-        )
-    except EncoderUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+    encoder = ImageEncoder(
+        cfg.model_path, cfg.preprocess, cfg.dim, intra_op_threads=cfg.intra_op_threads
+    )
     files = sorted(
         p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
     )[:limit]
@@ -204,15 +202,9 @@ def export_model(
     from horde_scanner.signals.export import (
         OPENCLIP_MODEL,
         OPENCLIP_PRETRAINED,
-        ExportUnavailable,
         export_openclip,
     )
 
     target = output or settings_of(ctx).embeddings.model_path
-    try:
-        path = export_openclip(
-            target, model_name or OPENCLIP_MODEL, pretrained or OPENCLIP_PRETRAINED
-        )
-    except ExportUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+    path = export_openclip(target, model_name or OPENCLIP_MODEL, pretrained or OPENCLIP_PRETRAINED)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)")

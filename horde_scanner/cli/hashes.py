@@ -17,7 +17,7 @@ from horde_scanner.cli.common import (
     settings_of,
     write_output,
 )
-from horde_scanner.hashlists.format import (
+from horde_scanner.signals.hash_list import (
     SIGNALS,
     HashEntry,
     ParseReport,
@@ -25,7 +25,7 @@ from horde_scanner.hashlists.format import (
     dump_json,
     read_entries,
 )
-from horde_scanner.hashlists.publish import entry_of, published
+from horde_scanner.signals.hash_publish import entry_of, published
 from horde_scanner.store.hashes import LOCAL, HashFlag, SubscriptionState
 from horde_scanner.store.sqlite import Store
 from horde_scanner.timefmt import iso

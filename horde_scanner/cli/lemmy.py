@@ -12,7 +12,7 @@ import click
 from horde_scanner.cli.common import OUTPUT_OPTION, resolve_sha256, run, settings_of, since_of
 from horde_scanner.cli.common import write_output as write
 from horde_scanner.moderation import access_log, for_instance
-from horde_scanner.moderation.actions import ActionError, parse_actions
+from horde_scanner.moderation.actions import parse_actions
 from horde_scanner.review.view import action_entry, provenance_entry
 from horde_scanner.runtime import open_runtime
 
@@ -45,16 +45,12 @@ def check(ctx: click.Context) -> None:
     settings = settings_of(ctx)
 
     async def go() -> list[str]:
-        from horde_scanner.integrations.lemmy_api import LemmyApi, LemmyApiError
-        from horde_scanner.integrations.lemmy_db import LemmyDbError
+        from horde_scanner.integrations.lemmy_api import LemmyApi
 
         async with open_runtime(settings) as rt:
             resolver = await rt.provenance()
             assert resolver.lemmy is not None
-            try:
-                schema = await resolver.lemmy.check()
-            except LemmyDbError as exc:
-                raise click.ClickException(str(exc)) from None
+            schema = await resolver.lemmy.check()
             said = [
                 f"Lemmy {schema.version} database {resolver.lemmy.where}: every column "
                 f"provenance reads is granted; own host {resolver.lemmy.own_host}"
@@ -63,11 +59,8 @@ def check(ctx: click.Context) -> None:
                 said.append("Lemmy 0.18 records no uploads: uploaders cannot be known")
             if settings.lemmy.url:
                 moderator = await rt.moderator()
-                try:
-                    api = LemmyApi(settings.lemmy, await rt.session(), moderator.api_form())
-                    await api.login()
-                except LemmyApiError as exc:
-                    raise click.ClickException(str(exc)) from None
+                api = LemmyApi(settings.lemmy, await rt.session(), moderator.api_form())
+                await api.login()
                 said.append(
                     f"Lemmy API {settings.lemmy.url} ({api.api} form): logged in as "
                     f"{settings.lemmy.username}"
@@ -170,12 +163,9 @@ def act(
                     await resolver.lemmy.check()  # the API form follows the schema
                 except Exception as exc:  # the dry run still works on the stored record
                     click.echo(f"note: {exc}", err=True)
-            try:
-                return await moderator.act(
-                    sha, parse_actions(actions), by=f"cli:{by or 'admin'}", dry_run=not yes
-                )
-            except ActionError as exc:
-                raise click.ClickException(exc.detail) from None
+            return await moderator.act(
+                sha, parse_actions(actions), by=f"cli:{by or 'admin'}", dry_run=not yes
+            )
 
     result = run(go)
     verb = "would call" if result["dry_run"] else "called"
@@ -208,10 +198,7 @@ def retry(ctx: click.Context, action_id: int, by: str | None) -> None:
                     await resolver.lemmy.check()
                 except Exception as exc:
                     click.echo(f"note: {exc}", err=True)
-            try:
-                return await (await rt.moderator()).retry(action_id, by=f"cli:{by or 'admin'}")
-            except ActionError as exc:
-                raise click.ClickException(exc.detail) from None
+            return await (await rt.moderator()).retry(action_id, by=f"cli:{by or 'admin'}")
 
     result = run(go)
     click.echo(

@@ -12,16 +12,13 @@ from typing import TextIO
 import click
 
 from horde_scanner.cli.common import LABEL_CHOICE, settings_of, since_of
-from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.judging.policy_diff import DiffReport, format_text, run_diff
-from horde_scanner.store.sqlite import Store, StoreError
+from horde_scanner.policy.rules import Policy
+from horde_scanner.store.sqlite import Store
 
 
 def _load(path: Path) -> Policy:
-    try:
-        return Policy.load(path)
-    except PolicyError as exc:
-        raise click.ClickException(str(exc)) from None
+    return Policy.load(path)
 
 
 @click.group()
@@ -139,8 +136,6 @@ def diff(
 
     try:
         report = asyncio.run(go())
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
     if as_json:

@@ -9,9 +9,6 @@ import sys
 import click
 
 from horde_scanner.cli.common import settings_of
-from horde_scanner.config import ConfigError
-from horde_scanner.judging.policy import PolicyError
-from horde_scanner.store.sqlite import StoreError
 
 
 @click.command()
@@ -20,7 +17,6 @@ from horde_scanner.store.sqlite import StoreError
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the validation service for pict-rs."""
-    from horde_scanner.service.serve import ListenError
     from horde_scanner.service.serve import serve as serve_forever
     from horde_scanner.service.serving import is_child, supervise
 
@@ -33,8 +29,6 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     loop = _new_event_loop()
     try:
         loop.run_until_complete(serve_forever(settings, host, port, reuse_port=is_child()))
-    except (ConfigError, PolicyError, StoreError, ListenError) as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())

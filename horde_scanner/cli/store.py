@@ -69,10 +69,7 @@ def migrate_command(ctx: click.Context, to: str) -> None:
 
             return await migrate(src, dst, progress=progress)
 
-    try:
-        copies = asyncio.run(go())
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    copies = asyncio.run(go())
     width = max(len(c.table) for c in copies)
     for c in copies:
         click.echo(f"{c.table:<{width}}  {c.target:>9} rows (source {c.source})")

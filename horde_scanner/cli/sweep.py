@@ -81,8 +81,8 @@ def scan(
     concurrency: int | None,
 ) -> None:
     """Sweep SOURCE (a directory, s3://bucket/prefix or ssh://user@host:port/path)."""
+    from horde_scanner.runtime.sweeps import run_scan
     from horde_scanner.sweep.actions import Action
-    from horde_scanner.sweep.app import run_scan
     from horde_scanner.sweep.progress import Progress
 
     settings = settings_of(ctx)
@@ -137,8 +137,8 @@ def apply(
     ctx: click.Context, action: str, since: str | None, address: str | None, yes: bool
 ) -> None:
     """Act on positives recorded by earlier `scan` dry runs, without judging again."""
+    from horde_scanner.runtime.sweeps import plan_apply, run_apply
     from horde_scanner.sweep.actions import Action
-    from horde_scanner.sweep.app import plan_apply, run_apply
     from horde_scanner.sweep.progress import Progress
 
     since_ts = since_of(since)
@@ -187,7 +187,7 @@ def release(ctx: click.Context, target: str, note: str) -> None:
     """Restore a quarantined file (action ID, or every one with a SHA256) and allow-list it.
 
     This is the allow decision: every quarantined copy of those bytes goes back."""
-    from horde_scanner.sweep.app import run_release
+    from horde_scanner.runtime.sweeps import run_release
 
     if not target.isdigit() and not is_sha256_hex(target.lower()):
         raise click.BadParameter(

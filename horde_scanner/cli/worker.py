@@ -68,33 +68,27 @@ def worker(
     )
     from horde_scanner.backends import plugins
     from horde_scanner.backends.base import Backend
-    from horde_scanner.judging.policy import Policy
+    from horde_scanner.policy.rules import Policy
     from horde_scanner.runtime import open_runtime
 
     async def go() -> None:
         async with open_runtime(settings) as rt:
             policy = rt.policy()
-            try:
-                backend = plugins.local_clip_backend(local, policy.clip.phrases)
-            except plugins.PluginUnavailable as exc:
-                raise click.ClickException(str(exc)) from None
+            backend = plugins.local_clip_backend(local, policy.clip.phrases)
             rt.on_close(backend.aclose)
             await _work(backend, policy)
 
     async def _work(backend: Backend, policy: Policy) -> None:
-        try:
-            await plugins.run_worker(
-                server,
-                key,
-                backend,
-                name=name or socket.gethostname(),
-                concurrency=concurrency or local.batch_size,
-                poll_wait_s=poll_wait,
-                limits=settings.media.limits(),
-                policy=policy,
-            )
-        except plugins.WorkerStopped as exc:
-            raise click.ClickException(str(exc)) from None
+        await plugins.run_worker(
+            server,
+            key,
+            backend,
+            name=name or socket.gethostname(),
+            concurrency=concurrency or local.batch_size,
+            poll_wait_s=poll_wait,
+            limits=settings.media.limits(),
+            policy=policy,
+        )
 
     try:
         run(go)

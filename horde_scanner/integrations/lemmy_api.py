@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from horde_scanner.config import LemmySettings
+from horde_scanner.errors import FinalError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _ANSWER_MAX = 2000
 REDACTED = "***"
 
 
-class LemmyApiError(Exception):
+class LemmyApiError(FinalError):
     """The API cannot be used at all (not configured, login refused); the message says why."""
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from horde_scanner.config import LemmySettings
+from horde_scanner.errors import HordeScannerError
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,14 @@ _BEFORE_SLACK = timedelta(hours=1)
 _ALIAS_OK = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 
 
-class LemmyDbError(Exception):
+class LemmyDbError(HordeScannerError):
     """Lemmy's database could not be asked; `retry` says whether asking again may help."""
 
     def __init__(self, message: str, *, retry: bool) -> None:
         super().__init__(message)
         self.retry = retry
+        # Which branch of errors.py it is on depends on the cause (a restart, or a refusal).
+        self.retry_later = retry
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,12 @@ from typing import Any
 
 import aiohttp
 
+from horde_scanner.errors import FinalError
+
 log = logging.getLogger(__name__)
 
 
-class PictrsError(Exception):
+class PictrsError(FinalError):
     """pict-rs refused or could not be reached; the message says which."""
 
 

@@ -1,1 +1,1 @@
-"""The Judge pipeline, persisted jobs, the policy and per-frame signals."""
+"""The Judge pipeline, persisted jobs, the policy dry run and second opinions."""

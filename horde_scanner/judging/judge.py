@@ -39,10 +39,8 @@ from horde_scanner.backends.base import (
 )
 from horde_scanner.backends.recovery import RecoveryWatch
 from horde_scanner.config import Settings
-from horde_scanner.hashlists.index import Hit
-from horde_scanner.hashlists.matcher import HashMatcher, denies, is_match
+from horde_scanner.errors import RetryLater
 from horde_scanner.judging.jobs import FinishedHook, JobRunner
-from horde_scanner.judging.policy import Policy
 from horde_scanner.judging.second_opinion import SecondOpinion
 from horde_scanner.media.decode import (
     DecodedImage,
@@ -56,7 +54,10 @@ from horde_scanner.media.decode import (
 )
 from horde_scanner.media.hashing import PdqHash, pdq_hash, sha256_hex
 from horde_scanner.media.memory import DecodeMemory
+from horde_scanner.policy.rules import Policy
 from horde_scanner.signals.embeddings import EmbeddingMatch, EmbeddingMatcher, is_embedding_match
+from horde_scanner.signals.hash_index import Hit
+from horde_scanner.signals.hash_matcher import HashMatcher, denies, is_match
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
@@ -619,7 +620,7 @@ class Judge:
             await self._extra_hook(job, verdict, answered)
 
 
-class StoreAway(Exception):
+class StoreAway(RetryLater):
     """The store is away and no more uploads may wait for it in memory."""
 
 

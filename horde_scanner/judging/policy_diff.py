@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from horde_scanner.judging import frames as framesignals
-from horde_scanner.judging.policy import Policy
+from horde_scanner.policy import frames as framesignals
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.verdicts import SignalsRow
 from horde_scanner.timefmt import iso

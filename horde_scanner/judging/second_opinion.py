@@ -23,8 +23,8 @@ from horde_scanner.backends.base import (
 )
 from horde_scanner.backends.prescreen import merge_prescreen
 from horde_scanner.judging.jobs import FinishedHook
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import PreparedImage
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from horde_scanner.errors import InvalidInput
 
-class UnreadableMedia(Exception):
+
+class UnreadableMedia(InvalidInput):
     """The bytes cannot be judged (unknown type, corrupt, or over a decode limit)."""
 
     def __init__(self, reason: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from horde_scanner.config import LemmyAction, LemmySettings
+from horde_scanner.errors import FinalError
 from horde_scanner.integrations.lemmy_api import (
     Answer,
     Call,
@@ -46,7 +47,7 @@ ORDER = (
 )
 
 
-class ActionError(Exception):
+class ActionError(FinalError):
     """A request that cannot be acted on; `status` and `error` are the API's answer."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:

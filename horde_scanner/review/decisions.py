@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from horde_scanner.errors import FinalError
 from horde_scanner.judging.judge import Judge
 from horde_scanner.media.decode import sniff
 from horde_scanner.review import view
@@ -36,7 +37,7 @@ POSITIVE = (Label.CSAM.value, Label.NSFW.value)
 UNSCANNED = (Label.UNREADABLE.value, Label.ERROR.value)
 
 
-class ReviewError(Exception):
+class ReviewError(FinalError):
     """A decision cannot be carried out; `status` is the HTTP status that fits."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:

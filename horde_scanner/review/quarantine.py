@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from horde_scanner.errors import FinalError
+
 # The quarantine table's states and rows (store/review.py), for this module's users too.
 from horde_scanner.store.review import DELETED as DELETED
 from horde_scanner.store.review import HELD as HELD
@@ -145,7 +147,7 @@ def _copy_back(held_file: Path, target: Path) -> str:
     return f"restored to {target}"
 
 
-class QuarantineError(Exception):
+class QuarantineError(FinalError):
     """A quarantine operation failed; the message says which file and why."""
 
 

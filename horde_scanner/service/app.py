@@ -9,15 +9,15 @@ from aiohttp import web
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import Settings
-from horde_scanner.integrations.metrics import exposition
 from horde_scanner.service import hashes, health, validate, workers
 from horde_scanner.service.admin import api as admin_api
 from horde_scanner.service.admin import page as admin_page
 from horde_scanner.service.admin import policy as admin_policy
 from horde_scanner.service.admin.auth import ADMIN, AdminGate
-from horde_scanner.service.context import SERVICES, open_services
+from horde_scanner.service.context import EDGE, HEALTH, open_services
 from horde_scanner.service.errors import Handler, RequestError, json_errors
 from horde_scanner.service.guard import GUARD, Guard, guard
+from horde_scanner.service.metrics import exposition
 
 
 @web.middleware
@@ -26,14 +26,14 @@ async def count_errors(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         return await handler(request)
     except RequestError as exc:
-        if SERVICES in request.app:
-            request.app[SERVICES].metrics.error(exc.error)
+        if EDGE in request.app:
+            request.app[EDGE].metrics.error(exc.error)
         raise
 
 
 async def metrics(request: web.Request) -> web.Response:
-    svc = request.app[SERVICES]
-    settings = svc.settings.metrics
+    svc = request.app[HEALTH]
+    settings = svc.metrics_settings
     if not settings.enabled:
         raise RequestError(404, "metrics_disabled", "metrics are off (metrics.enabled)")
     if settings.token is not None:
@@ -53,7 +53,7 @@ def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Appl
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with open_services(settings, backend=backend) as services:
-            app[SERVICES] = services
+            services.install(app)
             yield
 
     app.cleanup_ctx.append(lifecycle)

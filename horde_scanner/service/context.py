@@ -1,5 +1,5 @@
-"""Everything the handlers share: the runtime's parts (horde_scanner/runtime.py), opened at
-start-up and stopped at exit (never at import)."""
+"""What each API area's handlers need (one small typed object per area), built from the
+runtime's parts (horde_scanner/runtime/) at start-up and stopped at exit (never at import)."""
 
 from __future__ import annotations
 
@@ -8,130 +8,270 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from horde_scanner.backends.base import Backend
-from horde_scanner.backends.horde import start_horde
-from horde_scanner.backends.shared_submits import share_horde_budget
 from horde_scanner.backends.workers import WorkerPool
-from horde_scanner.config import Settings
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.hashlists.publish import Publisher
-from horde_scanner.hashlists.subscribe import Subscriber
+from horde_scanner.config import (
+    AdminSettings,
+    HashesSettings,
+    MediaSettings,
+    MetricsSettings,
+    ServerSettings,
+    Settings,
+    ValidationSettings,
+)
 from horde_scanner.integrations.enforce import LatePositiveEnforcer
-from horde_scanner.integrations.metrics import Metrics
-from horde_scanner.integrations.notify import Notifier, ReadinessWatcher
+from horde_scanner.integrations.notify import Notifier
 from horde_scanner.judging.judge import Judge
-from horde_scanner.judging.policy import Policy
+from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
+from horde_scanner.policy.rules import Policy
 from horde_scanner.review.decisions import Review
-from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.service.admission import LateAdmissions
 from horde_scanner.service.auth import ClientAuth, forget_raw_ids
+from horde_scanner.service.metrics import Metrics, Sources
 from horde_scanner.service.upload_body import ByteBudget
-from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
+from horde_scanner.signals.embedding_exchange import EmbeddingPublisher
 from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.signals.hash_publish import Publisher
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.metrics import SweepProgress
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Services:
-    settings: Settings
-    store: Store
-    policy: Policy
-    backend: Backend
-    judge: Judge
-    enforcer: LatePositiveEnforcer
+# What each API area's handlers need, and nothing else: built once at start-up from the
+# runtime's parts (open_services), found by the handlers under the area's key on the app.
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeDeps:
+    """What the middlewares read of every request: who the client is, where errors count."""
+
     auth: ClientAuth
-    session: aiohttp.ClientSession
-    hashes: HashMatcher
     metrics: Metrics
-    notifier: Notifier
-    watcher: ReadinessWatcher
-    quarantine: Quarantine
-    review: Review
-    # Sweeps running in this process report here; /metrics reads it.
-    sweeps: SweepProgress
-    publisher: Publisher
-    subscriber: Subscriber
-    # The parts above come from here; a sweep run inside the service opens nothing of its own.
-    runtime: Runtime
-    # Uploads answered before they got an admission slot, waiting for one (service/admission.py).
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateDeps:
+    """pict-rs's validation call (validate.py)."""
+
+    validation: ValidationSettings
+    server: ServerSettings
+    auth: ClientAuth
+    judge: Judge
+    store: Store
+    metrics: Metrics
+    # Uploads answered before they got an admission slot, waiting for one (admission.py).
     late_admissions: LateAdmissions
     # Complete uploads being admitted at once (server.max_concurrent_uploads).
-    upload_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
-    # Bytes of bodies being read, in memory and spooled to disk (service/upload_body.py).
-    upload_memory: ByteBudget = field(default_factory=lambda: ByteBudget(256 << 20))
-    upload_spool: ByteBudget = field(default_factory=lambda: ByteBudget(0))
-    started_at: float = field(default_factory=time.time)
-    # Remote workers pulling jobs (service/workers.py); None when workers.keys is empty.
-    workers: WorkerPool | None = None
-    # Image embeddings (signals/embeddings.py): their matcher, list and subscriptions.
-    embeddings: EmbeddingMatcher | None = None
-    embedding_publisher: EmbeddingPublisher | None = None
-    embedding_subscriber: EmbeddingSubscriber | None = None
-    # Provenance of stored positives from Lemmy's database (off when lemmy.database_url is unset).
-    provenance: ProvenanceResolver | None = None
-    # Admin actions through Lemmy's API (off when lemmy.url is unset).
-    moderator: Moderator | None = None
+    upload_gate: asyncio.Semaphore
+    # Bytes of bodies being read, in memory and spooled to disk (upload_body.py).
+    upload_memory: ByteBudget
+    upload_spool: ByteBudget
 
 
-SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+@dataclass(frozen=True, slots=True)
+class WorkersDeps:
+    """The remote workers' pull protocol (workers.py)."""
+
+    # None when workers.keys is empty: the routes answer 404.
+    pool: WorkerPool | None
+    policy: Policy
+    metrics: Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class HashesDeps:
+    """This instance's published hash and embedding lists (hashes.py)."""
+
+    settings: HashesSettings
+    publisher: Publisher
+    embeddings: EmbeddingMatcher | None
+    embedding_publisher: EmbeddingPublisher | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthDeps:
+    """/healthz, /readyz (health.py) and /metrics (app.py)."""
+
+    validation: ValidationSettings
+    metrics_settings: MetricsSettings
+    metrics: Metrics
+    store: Store
+    backend: Backend
+    judge: Judge
+    policy: Policy
+    embeddings: EmbeddingMatcher | None
+    provenance: ProvenanceResolver | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminDeps:
+    """The admin API, the review page and its Lemmy panel (admin/api.py, page.py, lemmy_page.py)."""
+
+    admin: AdminSettings
+    media: MediaSettings
+    store: Store
+    review: Review
+    backend: Backend
+    auth: ClientAuth
+    metrics: Metrics
+    enforcer: LatePositiveEnforcer
+    # Previews are decoded within the process's one decode memory budget.
+    decode_memory: DecodeMemory
+    # Off when lemmy.database_url / lemmy.url are unset.
+    provenance: ProvenanceResolver | None
+    moderator: Moderator | None
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDeps:
+    """The policy dry run (admin/policy.py)."""
+
+    validation: ValidationSettings
+    store: Store
+    policy: Policy
+
+
+EDGE: web.AppKey[EdgeDeps] = web.AppKey("edge", EdgeDeps)
+VALIDATE: web.AppKey[ValidateDeps] = web.AppKey("validate", ValidateDeps)
+WORKERS: web.AppKey[WorkersDeps] = web.AppKey("workers", WorkersDeps)
+HASHES: web.AppKey[HashesDeps] = web.AppKey("hashes", HashesDeps)
+HEALTH: web.AppKey[HealthDeps] = web.AppKey("health", HealthDeps)
+ADMIN_DEPS: web.AppKey[AdminDeps] = web.AppKey("admin_deps", AdminDeps)
+POLICY: web.AppKey[PolicyDeps] = web.AppKey("policy", PolicyDeps)
+# The composition root the parts above came from: `serve` reads its start-up summary there, a
+# sweep run inside the service uses it, and tests reach parts through it.
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDeps:
+    runtime: Runtime
+    edge: EdgeDeps
+    validate: ValidateDeps
+    workers: WorkersDeps
+    hashes: HashesDeps
+    health: HealthDeps
+    admin: AdminDeps
+    policy: PolicyDeps
+
+    def install(self, app: web.Application) -> None:
+        """Put each area's dependencies where its handlers look."""
+        app[RUNTIME] = self.runtime
+        app[EDGE] = self.edge
+        app[VALIDATE] = self.validate
+        app[WORKERS] = self.workers
+        app[HASHES] = self.hashes
+        app[HEALTH] = self.health
+        app[ADMIN_DEPS] = self.admin
+        app[POLICY] = self.policy
 
 
 @asynccontextmanager
 async def open_services(
     settings: Settings, *, backend: Backend | None = None
-) -> AsyncIterator[Services]:
+) -> AsyncIterator[ServiceDeps]:
     """The runtime's parts the handlers use, plus the service's own background work."""
+    started_at = time.time()
     async with open_runtime(settings, backend=backend, service=True) as rt:
         store = await rt.store()
         if backend is not None:
             # A backend handed to the service (tests, bench) runs and stops with it.
-            await start_horde(backend, store)
-            share_horde_budget(backend, store)
-            rt.on_close(backend.aclose)
+            await backend.start(store)
+            rt.on_close(backend.close)
         auth = ClientAuth(settings.server)
         await forget_raw_ids(auth, store)
+        # /metrics counts every judgement this process finishes (uploads' and sweeps' alike).
+        metrics = Metrics()
+        rt.on_judged(metrics.count_judgement)
         judge = await rt.judge()
+        metrics.bind(_scrape_sources(judge, await rt.backend(), await rt.notifier(), rt.sweeps))
         gate = asyncio.Semaphore(settings.server.max_concurrent_uploads)
         late = LateAdmissions(gate, judge)
         rt.on_close(late.aclose)  # before the judge stops: they still need it
-        yield Services(
-            settings,
-            store,
-            rt.policy(),
-            await rt.backend(),
-            judge,
-            await rt.enforcer(),
-            auth,
-            await rt.session(),
-            await rt.hashes(),
-            rt.metrics,
-            await rt.notifier(),
-            await rt.watcher(),
-            await rt.quarantine(),
-            await rt.review(),
-            rt.sweeps,
-            await rt.publisher(),
-            await rt.subscriber(),
-            rt,
-            late,
-            upload_gate=gate,
-            upload_memory=ByteBudget(settings.server.upload_memory_bytes),
-            upload_spool=ByteBudget(settings.server.upload_spool_bytes),
-            workers=await rt.pool(),
-            embeddings=await rt.embeddings(),
-            embedding_publisher=await rt.embedding_publisher(),
-            embedding_subscriber=await rt.embedding_subscriber(),
-            provenance=await rt.provenance(),
-            moderator=await rt.moderator(),
+        # Asked in the order the service always asked (so they stop in the reverse order);
+        # its background work starts on the ask: the readiness watcher, the hash-list and
+        # embedding-list subscriptions, provenance.
+        policy = rt.policy()
+        the_backend = await rt.backend()
+        enforcer = await rt.enforcer()
+        await rt.watcher()
+        review = await rt.review()
+        publisher = await rt.publisher()
+        await rt.subscriber()
+        pool = await rt.pool()
+        embeddings = await rt.embeddings()
+        embedding_publisher = await rt.embedding_publisher()
+        await rt.embedding_subscriber()
+        provenance = await rt.provenance()
+        moderator = await rt.moderator()
+        yield ServiceDeps(
+            runtime=rt,
+            edge=EdgeDeps(auth, metrics),
+            validate=ValidateDeps(
+                settings.validation,
+                settings.server,
+                auth,
+                judge,
+                store,
+                metrics,
+                late,
+                upload_gate=gate,
+                upload_memory=ByteBudget(settings.server.upload_memory_bytes),
+                upload_spool=ByteBudget(settings.server.upload_spool_bytes),
+            ),
+            workers=WorkersDeps(pool, policy, metrics),
+            hashes=HashesDeps(settings.hashes, publisher, embeddings, embedding_publisher),
+            health=HealthDeps(
+                settings.validation,
+                settings.metrics,
+                metrics,
+                store,
+                the_backend,
+                judge,
+                policy,
+                embeddings,
+                provenance,
+            ),
+            admin=AdminDeps(
+                settings.admin,
+                settings.media,
+                store,
+                review,
+                the_backend,
+                auth,
+                metrics,
+                enforcer,
+                rt.decode_memory,
+                provenance,
+                moderator,
+                started_at,
+            ),
+            policy=PolicyDeps(settings.validation, store, policy),
         )
+
+
+def _scrape_sources(
+    judge: Judge, backend: Backend, notifier: Notifier, sweeps: SweepProgress
+) -> Sources:
+    """What /metrics reads at scrape time."""
+    return Sources(
+        backend=backend,
+        job_failures=lambda: judge.runner.failures,
+        jobs_outstanding=lambda: judge.runner.outstanding,
+        backend_live=lambda: backend.readiness().live,
+        notifier=notifier,
+        sweeps=sweeps,
+        store=judge.store.health,
+        store_kept=lambda: judge.runner.kept,
+        store_waiting=lambda: judge.store_waiting,
+        store_refused=lambda: judge.store_refused,
+    )

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from horde_scanner.errors import FinalError
+
 log = logging.getLogger(__name__)
 
 
@@ -14,7 +16,7 @@ def json_error(status: int, error: str, detail: str) -> web.Response:
     return web.json_response({"error": error, "detail": detail}, status=status)
 
 
-class RequestError(Exception):
+class RequestError(FinalError):
     """Raise from a handler (or what it calls) to answer with a JSON error."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:

@@ -26,7 +26,7 @@ from aiohttp.streams import StreamReader
 from horde_scanner.config import ServerSettings
 from horde_scanner.service.admin.auth import ADMIN, client_key
 from horde_scanner.service.admin.page import locked_out
-from horde_scanner.service.context import SERVICES
+from horde_scanner.service.context import EDGE
 from horde_scanner.service.errors import Handler, RequestError
 from horde_scanner.service.throttle import FailureThrottle
 
@@ -93,8 +93,8 @@ def _kind(request: web.Request) -> str | None:
 
 def _client(request: web.Request) -> str:
     address = None
-    if SERVICES in request.app:
-        address = request.app[SERVICES].auth.client_address(request)
+    if EDGE in request.app:
+        address = request.app[EDGE].auth.client_address(request)
     return client_key(address or request.remote)
 
 
@@ -106,8 +106,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         throttle = gate.throttle(request, kind)
         # (No failure anywhere, as on a busy scan route: no client address to work out.)
         if throttle.any_failures and not throttle.allowed(_client(request)):
-            if SERVICES in request.app:
-                request.app[SERVICES].metrics.error("too_many_failures")
+            if EDGE in request.app:
+                request.app[EDGE].metrics.error("too_many_failures")
             if request.path == "/admin/login":
                 return locked_out()  # a person at a browser: the page, not JSON
             raise RequestError(

@@ -2,14 +2,14 @@
 subscriptions to theirs, which run while the service does.
 
 Publishing is off by default. When on, the list needs `Authorization: Bearer <publish_token>`
-unless `publish_public` is set. The body is the JSON exchange format (hashlists/format.py) of
+unless `publish_public` is set. The body is the JSON exchange format (signals/hash_list.py) of
 this instance's own entries only, each saying who confirmed it and when: the deny list (admin
 confirmed positives and the admin's own deny entries) and imported entries; never what it
 subscribed to, so lists do not echo around a ring of instances, and never an unreviewed
 machine verdict unless `publish_unreviewed` is set. It is rendered once per change of the
-store's hash generation (hashlists/publish.py) and carries a strong ETag, so `If-None-Match`
+store's hash generation (signals/hash_publish.py) and carries a strong ETag, so `If-None-Match`
 gets a 304 with no body when nothing changed. The subscriptions are opened by the runtime
-(horde_scanner/runtime.py) and run while the service does.
+(horde_scanner/runtime/) and run while the service does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import secrets
 
 from aiohttp import web
 
-from horde_scanner.service.context import SERVICES
+from horde_scanner.service.context import HASHES
 from horde_scanner.service.errors import RequestError
 
 
@@ -32,7 +32,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def _authorise(request: web.Request, what: str) -> None:
-    settings = request.app[SERVICES].settings.hashes
+    settings = request.app[HASHES].settings
     if not settings.publish:
         raise RequestError(
             404, "not_published", f"this instance does not publish its {what} (hashes.publish)"
@@ -50,7 +50,7 @@ def _authorise(request: web.Request, what: str) -> None:
 
 async def get_hashes(request: web.Request) -> web.StreamResponse:
     _authorise(request, "hash list")
-    body, etag = await request.app[SERVICES].publisher.current()
+    body, etag = await request.app[HASHES].publisher.current()
     return _list_response(request, body, etag)
 
 
@@ -58,7 +58,7 @@ async def get_embeddings(request: web.Request) -> web.StreamResponse:
     """This instance's embedding list (signals/embedding_exchange.py), published with the
     hash list, under the same token."""
     _authorise(request, "embedding list")
-    svc = request.app[SERVICES]
+    svc = request.app[HASHES]
     if svc.embedding_publisher is None or svc.embeddings is None or not svc.embeddings.enabled:
         raise RequestError(
             404,

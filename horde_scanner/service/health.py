@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from horde_scanner.backends.base import describe_paths
-from horde_scanner.backends.horde import horde_paths
-from horde_scanner.service.context import SERVICES
+from horde_scanner.backends.base import describe_paths, iter_backends
+from horde_scanner.service.context import HEALTH
 
 
 @dataclass(slots=True)
@@ -35,7 +34,7 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "draining", "why": "shutting down; uploads in flight are answered"},
             status=503,
         )
-    svc = request.app[SERVICES]
+    svc = request.app[HEALTH]
     health = svc.store.health
     # Known to be away: its probe says when it is back (a ping could wait out a lock).
     if health.available:
@@ -79,9 +78,12 @@ async def readyz(request: web.Request) -> web.Response:
     if svc.provenance is not None and svc.provenance.lemmy is not None:
         # Lemmy's database (provenance only): never makes the service unready.
         body["lemmy"] = svc.provenance.describe()
-    for horde in horde_paths(svc.backend)[:1]:
-        # Expected latency, the Horde's queue, our submit limit, the kudos budget.
-        body["horde"] = horde.describe()
+    for inner in iter_backends(svc.backend):
+        # Each backend's own details under its name (the AI Horde's: expected latency, its
+        # queue, our submit limit, the kudos budget); never over a key of this body.
+        details = inner.describe()
+        if details and inner.name not in body and inner.name != "why":
+            body[inner.name] = details
     whys = []
     if not store_up:
         whys.append(
@@ -92,7 +94,7 @@ async def readyz(request: web.Request) -> web.Response:
         # Still able to answer (cache, lists, on_timeout), so not a 503.
         whys.append(
             f"{backend.name}: {backend.detail}; misses are answered by on_timeout="
-            f"{svc.settings.validation.on_timeout.value}"
+            f"{svc.validation.on_timeout.value}"
         )
     if whys:
         body["why"] = "; ".join(whys)

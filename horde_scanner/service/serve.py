@@ -13,38 +13,39 @@ from aiohttp import web
 
 from horde_scanner.backends.base import describe_paths
 from horde_scanner.config import Settings
-from horde_scanner.integrations.enforce import NO_PICTRS_NOTE
+from horde_scanner.errors import FinalError
+from horde_scanner.integrations.enforce import NO_PICTRS_NOTE, LatePositiveEnforcer
+from horde_scanner.runtime import Runtime
 from horde_scanner.service.app import build_app
-from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.service.context import EDGE, RUNTIME, EdgeDeps
 from horde_scanner.service.health import DRAINING, Draining
 from horde_scanner.service.pacing import PacedRunner
 
 log = logging.getLogger("horde_scanner.serve")
 
 
-class ListenError(Exception):
+class ListenError(FinalError):
     """The address cannot be bound."""
 
 
-def enforcement_note(svc: Services) -> str | None:
-    if not svc.enforcer.purges:
+def enforcement_note(enforcer: LatePositiveEnforcer) -> str | None:
+    if not enforcer.purges:
         return NO_PICTRS_NOTE
     return None
 
 
-def summary(svc: Services) -> str:
+async def summary(rt: Runtime, edge: EdgeDeps) -> str:
     """One line: the backend and its paths, pict-rs API or not, clients, workers."""
-    paths = ", ".join(
-        f"{r.name} ({'live' if r.live else 'down'})" for r in describe_paths(svc.backend)
-    )
-    s = svc.settings
+    backend, enforcer = await rt.backend(), await rt.enforcer()
+    paths = ", ".join(f"{r.name} ({'live' if r.live else 'down'})" for r in describe_paths(backend))
+    s = rt.settings
     parts = [
-        f"backend {svc.backend.name}: {paths}",
+        f"backend {backend.name}: {paths}",
         f"deadline {s.validation.deadline_s:g} s, on_timeout={s.validation.on_timeout.value}",
-        f"clients: {', '.join(svc.auth.names) or 'none (only IPADDR from allowed addresses)'}",
-        f"pict-rs API: {'on' if svc.enforcer.purges else 'off'}",
+        f"clients: {', '.join(edge.auth.names) or 'none (only IPADDR from allowed addresses)'}",
+        f"pict-rs API: {'on' if enforcer.purges else 'off'}",
     ]
-    if svc.workers is not None:
+    if await rt.pool() is not None:
         parts.append("remote workers: on")
     return "; ".join(parts)
 
@@ -80,10 +81,10 @@ async def serve(
             await site.start()
         except OSError as exc:
             raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        svc: Services = app[SERVICES]
+        rt, edge = app[RUNTIME], app[EDGE]
         bound = runner.addresses[0][1] if runner.addresses else port
-        log.info("listening on http://%s:%s; %s", host, bound, summary(svc))
-        note = enforcement_note(svc)
+        log.info("listening on http://%s:%s; %s", host, bound, await summary(rt, edge))
+        note = enforcement_note(await rt.enforcer())
         if note:
             log.warning("%s", note)
         stop = asyncio.Event()
@@ -97,8 +98,8 @@ async def serve(
         await asyncio.sleep(settings.server.drain_s)
         log.info(
             "shutting down: %d answers since start, %d judgements waiting as jobs",
-            sum(svc.metrics.answer_counts().values()),
-            await svc.store.count_jobs(),
+            sum(edge.metrics.answer_counts().values()),
+            await (await rt.store()).count_jobs(),
         )
     finally:
         await runner.cleanup()

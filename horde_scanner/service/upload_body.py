@@ -27,12 +27,13 @@ from typing import IO
 import aiohttp
 from aiohttp import web
 
+from horde_scanner.errors import FinalError
 from horde_scanner.service.errors import RequestError
 
 _CHUNK = 1 << 16
 
 
-class UploadCut(Exception):
+class UploadCut(FinalError):
     """The body did not arrive in time (too slow, or past the deadline): answered 408."""
 
     def __init__(self, reason: str, detail: str, received: int) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from horde_scanner.config import OnEvent
-from horde_scanner.integrations.metrics import OVERLOAD
 from horde_scanner.judging.judge import Outcome, Route
 from horde_scanner.service.admission import Slot
-from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.service.context import VALIDATE, ValidateDeps
 from horde_scanner.service.errors import RequestError
+from horde_scanner.service.metrics import OVERLOAD
 from horde_scanner.service.upload_body import Pace, UploadBody, UploadCut, read_body
 from horde_scanner.verdict import Label
 
@@ -32,9 +32,9 @@ REJECT_STATUS = 406
 _RESPONSE_MARGIN_S = 0.25
 
 
-def _decide(svc: Services, outcome: Outcome) -> tuple[OnEvent, str]:
+def _decide(svc: ValidateDeps, outcome: Outcome) -> tuple[OnEvent, str]:
     """(accept or reject, why) for an outcome."""
-    rules = svc.settings.validation
+    rules = svc.validation
     verdict = outcome.verdict
     if verdict is None and outcome.route is Route.UNAVAILABLE:
         return rules.on_timeout, "no judging path is live; judged when one is back"
@@ -58,7 +58,7 @@ def _loop_time(monotonic_deadline: float) -> float:
 
 async def _unjudged(
     request: web.Request,
-    svc: Services,
+    svc: ValidateDeps,
     source: str,
     started: float,
     *,
@@ -82,7 +82,7 @@ async def _unjudged(
     )
     # Bounded like the other answers' audit rows: a flush behind a burst's job writes must
     # not carry the answer past the deadline (the row is still written).
-    deadline = started + svc.settings.validation.deadline_s - _RESPONSE_MARGIN_S / 2
+    deadline = started + svc.validation.deadline_s - _RESPONSE_MARGIN_S / 2
     await _audit_by(
         svc,
         deadline,
@@ -100,7 +100,7 @@ async def _unjudged(
     )
 
 
-async def _audit_by(svc: Services, deadline: float, event: str, **fields: Any) -> None:
+async def _audit_by(svc: ValidateDeps, deadline: float, event: str, **fields: Any) -> None:
     """Audit without letting the store's back-pressure overrun the deadline: every 500th row
     flushes the buffer, which waits for the database thread (busy persisting a burst's jobs).
     The write goes on in the background when time is up; the row is not lost."""
@@ -133,9 +133,9 @@ async def _cut(request: web.Request, exc: UploadCut) -> web.StreamResponse:
     return response
 
 
-def _overloaded(svc: Services, started: float) -> web.Response:
+def _overloaded(svc: ValidateDeps, started: float) -> web.Response:
     """The body was read, but no admission slot came free before the deadline."""
-    answer = svc.settings.validation.on_timeout
+    answer = svc.validation.on_timeout
     svc.metrics.observe_overload(answer.value, time.monotonic() - started)
     log.warning("overloaded: answered %s with no admission slot before the deadline", answer.value)
     body = {
@@ -151,7 +151,7 @@ def _overloaded(svc: Services, started: float) -> web.Response:
 
 async def scan(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
-    svc: Services = request.app[SERVICES]
+    svc: ValidateDeps = request.app[VALIDATE]
     client_id = request.match_info["client_id"]
     if not svc.auth.allows(request, client_id):
         raise RequestError(
@@ -160,10 +160,10 @@ async def scan(request: web.Request) -> web.StreamResponse:
             "client id not configured (server.clients, server.client_ids), or IPADDR from an "
             "address that is not allowed",
         )
-    rules = svc.settings.validation
+    rules = svc.validation
     source = f"upload:{svc.auth.name_for(client_id)}"
     deadline = started + rules.deadline_s - _RESPONSE_MARGIN_S
-    server = svc.settings.server
+    server = svc.server
     # The body is read first, on its own pace and byte budget (upload_body.py): a slow sender
     # holds a socket, never an admission slot. Admission (hash, lookup, persist) takes
     # milliseconds per upload, and only complete bodies queue for it.
@@ -247,7 +247,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, status=status)
 
 
-def _answer(svc: Services, source: str, started: float, outcome: Outcome) -> web.Response:
+def _answer(svc: ValidateDeps, source: str, started: float, outcome: Outcome) -> web.Response:
     """An answer from memory (the cache, the lists): counted; audited like any answer, except
     clean cache hits (most of the traffic), without waiting (the rows are buffered anyway)."""
     answer, why = _decide(svc, outcome)

@@ -25,17 +25,17 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from horde_scanner.backends.workers import Refusal, WorkerPool, worker_id
-from horde_scanner.judging.policy import WORKER_CSAM
-from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.policy.rules import WORKER_CSAM
+from horde_scanner.service.context import WORKERS, WorkersDeps
 from horde_scanner.service.errors import RequestError
 from horde_scanner.verdict import Signals
 
 log = logging.getLogger(__name__)
 
 
-def _pool(request: web.Request, *, answering: bool = False) -> tuple[Services, WorkerPool, str]:
-    svc = request.app[SERVICES]
-    pool = svc.workers
+def _pool(request: web.Request, *, answering: bool = False) -> tuple[WorkersDeps, WorkerPool, str]:
+    svc = request.app[WORKERS]
+    pool = svc.pool
     if pool is None:
         raise RequestError(404, "workers_disabled", "no worker pool configured (set workers.keys)")
     key_name = pool.key_name(request.headers.get("apikey"))

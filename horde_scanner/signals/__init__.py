@@ -1,2 +1,2 @@
-"""Shared signals beyond the hash lists (hashlists/): image embeddings, their index, their
-list format, publishing and subscriptions."""
+"""Shared signals: perceptual hashes (the PDQ index and matcher, hash lists: format, storage,
+publishing, subscriptions) and image embeddings (encoder, index, list format, exchange)."""

@@ -1,5 +1,5 @@
 """Publishing this instance's embedding list and subscribing to other instances' lists, the
-way hash lists travel (hashlists/publish.py, hashlists/subscribe.py).
+way hash lists travel (signals/hash_publish.py, signals/hash_subscribe.py).
 
 Published (`GET /api/v1/embeddings`, with hashes.publish and its token): what a person
 confirmed, for this instance's model: embeddings of deny-listed images (an admin's confirm
@@ -21,9 +21,6 @@ import aiohttp
 import numpy as np
 
 from horde_scanner.config import EmbeddingsSettings, HashSubscription
-from horde_scanner.hashlists.format import ParseReport, TooManyRows
-from horde_scanner.hashlists.publish import RenderedList
-from horde_scanner.hashlists.subscribe import Subscriber, _Fetched
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
     Model,
@@ -32,6 +29,9 @@ from horde_scanner.signals.embedding_list import (
     read_entries,
 )
 from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.signals.hash_list import ParseReport, TooManyRows
+from horde_scanner.signals.hash_publish import RenderedList
+from horde_scanner.signals.hash_subscribe import Subscriber, _Fetched
 from horde_scanner.signals.vectors import from_blob
 from horde_scanner.store.sqlite import Store
 

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from horde_scanner.hashlists.format import (
+from horde_scanner.signals.hash_list import (
     ListFormatError,
     ParseReport,
     TooManyRows,

@@ -3,7 +3,7 @@
 `EmbeddingMatcher` encodes an image (signals/encoder.py, bounded pool), keeps the vector with
 the image's verdict, and searches the HNSW index (signals/embedding_index.py) of what the
 store says it must hold: this instance's machine positives and deny-listed images, imported
-entries, and the lists of subscriptions. Rules, as for PDQ (hashlists/matcher.py):
+entries, and the lists of subscriptions. Rules, as for PDQ (signals/hash_matcher.py):
 
 - a match needs cosine similarity >= the list's threshold (embeddings.threshold, or the
   subscription's own), checked against the exact stored vector, not the index's quantised one;
@@ -36,8 +36,6 @@ import numpy as np
 from PIL import Image
 
 from horde_scanner.config import EmbeddingsSettings, HashTrust
-from horde_scanner.hashlists.matcher import entry_facts, list_of_origin
-from horde_scanner.hashlists.sync import IndexSync
 from horde_scanner.signals.embedding_index import (
     DENY,
     OWN,
@@ -49,6 +47,8 @@ from horde_scanner.signals.embedding_index import (
 )
 from horde_scanner.signals.embedding_list import Model
 from horde_scanner.signals.encoder import EncoderPool, EncoderUnavailable, ImageEncoder
+from horde_scanner.signals.hash_matcher import entry_facts, list_of_origin
+from horde_scanner.signals.hash_sync import IndexSync
 from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_hex, to_blob
 from horde_scanner.store.embeddings import EmbeddingRow
 from horde_scanner.store.hashes import LOCAL, VERDICT

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from horde_scanner.errors import FinalError
 from horde_scanner.signals.vectors import normalised
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ _PREPROCESS = re.compile(r"^resize(\d+)-(bicubic|bilinear)-centercrop-(clipnorm|
 _FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
-class EncoderUnavailable(Exception):
+class EncoderUnavailable(FinalError):
     """The encoder cannot run (no model file, no onnxruntime, a model of another shape)."""
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from horde_scanner.config import DEFAULT_EMBEDDING_MODEL
+from horde_scanner.errors import FinalError
 
 OPENCLIP_MODEL = "xlm-roberta-base-ViT-B-32"
 OPENCLIP_PRETRAINED = "laion5b_s13b_b90k"
 
 
-class ExportUnavailable(Exception):
+class ExportUnavailable(FinalError):
     """What an export needs is not installed (torch, open_clip) or cannot be loaded."""
 
 

@@ -14,6 +14,8 @@ import re
 
 import numpy as np
 
+from horde_scanner.errors import InvalidInput
+
 # What "normalised" means for a vector read from a list: float32 rounding of a unit vector
 # stays well inside this; anything further was not normalised (or was edited).
 NORM_TOLERANCE = 1e-3
@@ -21,7 +23,7 @@ _HEX = re.compile(r"[0-9a-fA-F]*")
 _FLOAT = np.dtype("<f4")
 
 
-class BadVector(ValueError):
+class BadVector(InvalidInput, ValueError):
     """A vector that cannot be used: not hex, wrong length, not finite, not normalised."""
 
 

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from horde_scanner.errors import InvalidInput
 from horde_scanner.store.outage import StoreHealth
 
 SQLITE_SHARED = """A SQLite statement left open between trips (a cursor read row by row) keeps
@@ -48,7 +49,7 @@ does not cover it). So the shared connection fetches every result whole, and lon
 a connection of their own (`Store.aside()`)."""
 
 
-class StoreError(Exception):
+class StoreError(InvalidInput):
     """The database cannot be opened or is not ours (the message names the store and what to
     do)."""
 

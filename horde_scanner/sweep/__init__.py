@@ -1,7 +1,8 @@
-"""Storage sweeps: walk a store (local disk, S3, SSH), judge what was not judged before, act.
+"""Storage sweeps: walk a source (sources/), judge what was not judged before, act.
 
-source.py (the Source interface and its contract) <- local.py, s3.py, ssh.py (one per kind of
-store, with layout.py's shared tree walks); actions.py (quarantine / delete / release, exactly
-once); runner.py (one sweep or follow loop); progress.py (bar, log lines, summary); app.py
-(scan / apply / release as functions). The sweep's tables are the store's (store/sweeps.py).
+actions.py (quarantine / delete / release, exactly once); holder.py (the sweeps' quarantine as
+a holder the admin's decisions reach); runner.py (one sweep or follow loop); progress.py (bar,
+log lines, summary); metrics.py (the numbers /metrics reads). The commands that open a runtime
+for a sweep (scan / apply / release) are the runtime's (runtime/sweeps.py); the sweep's tables
+are the store's (store/sweeps.py).
 """

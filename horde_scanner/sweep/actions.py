@@ -25,9 +25,9 @@ from horde_scanner.integrations.pictrs import (
     PictrsError,
     PictrsUnsupported,
 )
+from horde_scanner.sources.source import Denied, ItemError, Source, Vanished
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import ScanAction
-from horde_scanner.sweep.source import Denied, ItemError, Source, Vanished
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from horde_scanner.judging.judge import Judge
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import HELD, HeldCopy, Quarantine, ReleaseResult
+from horde_scanner.sources.address import make_source
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import ScanAction
 from horde_scanner.sweep.actions import Action, release
-from horde_scanner.sweep.address import make_source
 
 log = logging.getLogger(__name__)
 

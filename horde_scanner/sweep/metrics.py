@@ -12,7 +12,7 @@ For a sweep running in the service process (`svc.sweeps`), or any other owner of
     run.finish()
 
 A sweep (sweep/runner.py) shows its counts here through `show()`, in the service process and
-in the CLI alike: the runtime (horde_scanner/runtime.py) holds one `SweepProgress` per process.
+in the CLI alike: the runtime (horde_scanner/runtime/) holds one `SweepProgress` per process.
 Nothing here knows about Prometheus, so `sweep/` can use it without importing `service/`.
 """
 

@@ -25,13 +25,13 @@ from collections.abc import AsyncIterator
 from horde_scanner.config import OnEvent, ScanSettings
 from horde_scanner.judging.judge import Judge, Route
 from horde_scanner.media.decode import sniff
+from horde_scanner.sources.layout import is_v7_identifier
+from horde_scanner.sources.source import Denied, Entry, ItemError, Source, Vanished
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import FINAL_STATUSES, ScanFile, ScanRun
 from horde_scanner.sweep.actions import Action, Actor, Outcome
-from horde_scanner.sweep.layout import is_v7_identifier
 from horde_scanner.sweep.metrics import SweepRun
 from horde_scanner.sweep.progress import Counts, Progress
-from horde_scanner.sweep.source import Denied, Entry, ItemError, Source, Vanished
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label
 

@@ -63,6 +63,7 @@ import aiohttp
 from aiohttp import web
 from PIL import Image, ImageStat
 
+from horde_scanner.errors import FinalError
 from horde_scanner.testing.server import LoopbackServer, is_loopback_host
 
 ANON_APIKEY = "0000000000"
@@ -258,7 +259,7 @@ class Submission:
     body_keys: frozenset[str] = frozenset()  # every top-level key of the request body
 
 
-class _Reject(Exception):
+class _Reject(FinalError):
     """An error reply raised out of nested validation helpers: {"message", "rc"}."""
 
     def __init__(self, status: int, message: str, rc: str | None = None) -> None:

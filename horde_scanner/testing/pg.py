@@ -18,10 +18,11 @@ import time
 import uuid
 from pathlib import Path
 
+from horde_scanner.errors import FinalError
 from horde_scanner.testing.net import free_port, wait_port
 
 
-class PostgresMissing(RuntimeError):
+class PostgresMissing(FinalError, RuntimeError):
     pass
 
 

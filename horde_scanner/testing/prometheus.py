@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import aiohttp
 
+from horde_scanner.errors import FinalError
 from horde_scanner.testing.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "horde-scanner-dashboard.json"
 JOB = "horde-scanner"
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(FinalError, RuntimeError):
     pass
 
 

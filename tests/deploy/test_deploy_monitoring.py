@@ -125,7 +125,7 @@ async def busy_service(tmp_path: Path, http: aiohttp.ClientSession):
                 assert (await validate_upload(http, svc.scan_url(), data, "image/jpeg")).status
             async with http.post(svc.scan_url(), data=b"") as resp:
                 assert resp.status == 400  # an unjudged upload: empty body
-            run = svc.services.sweeps.start("local:/srv/pictrs", total=4)
+            run = svc.parts.sweeps.start("local:/srv/pictrs", total=4)
             run.advance(1, label="clean")
             yield svc
 

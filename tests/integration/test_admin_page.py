@@ -67,7 +67,7 @@ async def test_review_flow_log_in_reveal_preview_allow_then_upload_accepted(
         stored_at = tmp_path / "pictrs" / "files" / "meme.jpg"
         stored_at.parent.mkdir(parents=True)
         stored_at.write_bytes(red)
-        await svc.services.quarantine.admit_file(sha, stored_at, origin="local")
+        await svc.parts.quarantine.admit_file(sha, stored_at, origin="local")
 
         context = await browser.new_context()
         page = await context.new_page()
@@ -116,7 +116,7 @@ async def test_review_flow_log_in_reveal_preview_allow_then_upload_accepted(
         assert await page.locator(f"#item-{sha}").count() == 0  # decided: off the queue
         again = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
         assert again.status == 200 and again.body["route"] == "allow"
-        trail = await svc.services.store.audit_trail(sha)
+        trail = await svc.parts.store.audit_trail(sha)
         allow = [a for a in trail if a.event == "allow"]
         assert allow and allow[0].source == "page:alice"
         await context.close()
@@ -128,10 +128,10 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
     settings = admin_settings(tmp_path, admin={"previews": True})
     async with running_service(settings, backend=MockBackend()) as svc:
         await validate_upload(http, svc.scan_url(), red, "image/jpeg")
-        await svc.services.quarantine.admit_bytes(
+        await svc.parts.quarantine.admit_bytes(
             sha, red, origin="local", identifier=str(tmp_path / "r.jpg")
         )
-        store = svc.services.store
+        store = svc.parts.store
 
         # Not signed in: pages send you to the login form; actions and previews are refused.
         anon = await browser.new_context()
@@ -196,7 +196,7 @@ async def test_policy_dry_run_page_shows_the_diff_and_changes_nothing(tmp_path: 
     bad = tmp_path / "bad.toml"
     bad.write_text(candidate.read_text().replace("tag_min_confidence = 10.0", "tag_min = 1"))
     async with running_service(settings, backend=MockBackend()) as svc:
-        store, running = svc.services.store, svc.services.policy.version
+        store, running = svc.parts.store, svc.parts.policy.version
         before = [(await store.get_verdict(c.sha256)).verdict for c in CASES]
         context = await browser.new_context()
         page = await context.new_page()
@@ -230,7 +230,7 @@ async def test_policy_dry_run_page_shows_the_diff_and_changes_nothing(tmp_path: 
 
         # Nothing changed: the same verdicts, the same policy.
         assert [(await store.get_verdict(c.sha256)).verdict for c in CASES] == before
-        assert svc.services.policy.version == running
+        assert svc.parts.policy.version == running
         # The form needs this session's CSRF token like every other.
         resp = await context.request.post(
             f"{svc.url}/admin/policy",

@@ -16,8 +16,6 @@ import pytest
 from aiohttp import web
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import ListFormatError, ParseReport
-from horde_scanner.hashlists.subscribe import CHANGED, FAILED
 from horde_scanner.signals.embedding_list import (
     EmbeddingEntry,
     Model,
@@ -26,6 +24,8 @@ from horde_scanner.signals.embedding_list import (
     dump_json,
     read_entries,
 )
+from horde_scanner.signals.hash_list import ListFormatError, ParseReport
+from horde_scanner.signals.hash_subscribe import CHANGED, FAILED
 from horde_scanner.signals.vectors import BadVector, from_hex, to_hex
 from horde_scanner.testing.service import make_settings, running_service
 from horde_scanner.verdict import Signals
@@ -187,10 +187,10 @@ async def test_lists_over_their_caps_are_refused_and_the_last_good_copy_kept(
     clean = MockBackend(lambda image: Signals(backend="mock", nsfw=False, caption="a wall"))
     try:
         async with running_service(settings, backend=clean) as svc:
-            subscriber = svc.services.embedding_subscriber
-            matcher = svc.services.embeddings
+            subscriber = svc.parts.embedding_subscriber
+            matcher = svc.parts.embeddings
             assert subscriber is not None and matcher is not None
-            config = svc.services.settings.embeddings.subscriptions[0]
+            config = svc.parts.settings.embeddings.subscriptions[0]
 
             good = [EmbeddingEntry(v) for v in unit_vectors(2, 5)]
             server.body = dump_json(MODEL, good).encode()
@@ -209,16 +209,16 @@ async def test_lists_over_their_caps_are_refused_and_the_last_good_copy_kept(
                 tracemalloc.stop()
             # Rows are counted, never held: far less than the 3 MB document.
             assert peak < 16 * 1024 * 1024, peak
-            state = await svc.services.store.hash_subscription("peer")
+            state = await svc.parts.store.hash_subscription("peer")
             assert state is not None and "more than 100000 rows" in (state.last_error or "")
             assert state.entries == 2
             assert matcher.size == 2
-            assert await svc.services.store.embedding_entry_count(MODEL.model) == 2
+            assert await svc.parts.store.embedding_entry_count(MODEL.model) == 2
 
             # An endless list of valid rows is cut off at the byte cap while it arrives.
             server.body = endless_rows
             assert await subscriber.refresh(config) == FAILED
-            state = await svc.services.store.hash_subscription("peer")
+            state = await svc.parts.store.hash_subscription("peer")
             assert state is not None and "max_list_bytes" in (state.last_error or "")
             assert matcher.size == 2
 

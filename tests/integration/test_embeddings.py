@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import ParseReport
 from horde_scanner.signals.embedding_list import Model, read_entries
+from horde_scanner.signals.hash_list import ParseReport
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import make_settings, running_service, wait_for
@@ -100,7 +100,7 @@ async def test_a_confirmed_positive_holds_its_variant_on_another_instance(
         b_backend = MockBackend(always_clean)
         b_settings = instance(tmp_path, "b", encoder, subscriptions=[subscription(a.url)])
         async with running_service(b_settings, backend=b_backend) as b:
-            matcher = b.services.embeddings
+            matcher = b.parts.embeddings
             assert matcher is not None
             await wait_for(lambda: _true(matcher.size == 1), timeout=10)
             # B never saw the original: a re-compressed copy of it is held there.
@@ -128,7 +128,7 @@ async def test_an_allow_lifts_an_embedding_match(tmp_path: Path, http, encoder: 
         await confirm(http, a, first.body["sha256"])
         b_settings = instance(tmp_path, "b", encoder, subscriptions=[subscription(a.url)])
         async with running_service(b_settings, backend=MockBackend(always_clean)) as b:
-            matcher = b.services.embeddings
+            matcher = b.parts.embeddings
             assert matcher is not None
             await wait_for(lambda: _true(matcher.size == 1), timeout=10)
             copies = textures.variants(picture)
@@ -158,7 +158,7 @@ async def test_a_list_of_another_model_is_refused_by_name(tmp_path: Path, http, 
         await confirm(http, a, first.body["sha256"])
         b_settings = instance(tmp_path, "b", encoder, subscriptions=[subscription(a.url)])
         async with running_service(b_settings, backend=MockBackend(always_clean)) as b:
-            store = b.services.store
+            store = b.parts.store
 
             async def refused():
                 state = await store.hash_subscription("peer")
@@ -167,7 +167,7 @@ async def test_a_list_of_another_model_is_refused_by_name(tmp_path: Path, http, 
             state = await wait_for(refused, timeout=10)
             assert "some-other-model" in state.last_error
             assert MODEL_ID in state.last_error
-            assert b.services.embeddings is not None and b.services.embeddings.size == 0
+            assert b.parts.embeddings is not None and b.parts.embeddings.size == 0
             variant = textures.variants(picture)["recompressed-q35"]
             passed = await validate_upload(http, b.scan_url(), variant, "image/jpeg")
             assert passed.status == 200
@@ -214,12 +214,12 @@ async def test_an_embedding_a_backend_sends_counts_when_the_encoder_gives_none(
     async with running_service(
         instance(tmp_path, "a", encoder), backend=MockBackend(worker_like)
     ) as svc:
-        matcher = svc.services.embeddings
+        matcher = svc.parts.embeddings
         assert matcher is not None and matcher.pool is not None
         from horde_scanner.signals.embedding_list import EmbeddingEntry
         from horde_scanner.store.hashes import LOCAL
 
-        await svc.services.store.add_embedding_entries(LOCAL, MODEL_ID, [EmbeddingEntry(vector)])
+        await svc.parts.store.add_embedding_entries(LOCAL, MODEL_ID, [EmbeddingEntry(vector)])
         await matcher.sync()
 
         async def busy(image):

@@ -62,7 +62,7 @@ def test_the_exported_encoder_gives_the_torch_models_embedding(tmp_path: Path):
 
 def test_models_export_without_open_clip_says_what_to_install(cli, tmp_path: Path):
     result = cli("models", "export", "--output", str(tmp_path / "clip.onnx"))
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert "open_clip" in result.stderr and "horde-scanner[export]" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "clip.onnx").exists()
@@ -85,9 +85,9 @@ def test_import_and_export_in_both_forms(cli, tmp_path: Path):
     hma.write_text(dump_hma(EmbeddingEntry(v) for v in vectors[:2]) + "zz\n")
     # An HMA file has no header: the admin names the model.
     refused = cli("embeddings", "import", str(hma))
-    assert refused.returncode == 1 and "--model" in refused.stderr
+    assert refused.returncode == 2 and "--model" in refused.stderr
     wrong = cli("embeddings", "import", str(hma), "--model", "another-clip")
-    assert wrong.returncode == 1 and "another-clip" in wrong.stderr
+    assert wrong.returncode == 2 and "another-clip" in wrong.stderr
     done = cli("embeddings", "import", str(hma), "--model", MODEL_ID, "--source", "hma.example")
     assert done.returncode == 1  # one bad row, reported with its line
     assert "line 3" in done.stderr and "imported 2 entries" in done.stdout
@@ -97,7 +97,7 @@ def test_import_and_export_in_both_forms(cli, tmp_path: Path):
         dump_json(Model("another-clip", PREPROCESS, 512), [EmbeddingEntry(vectors[2])])
     )
     refused = cli("embeddings", "import", str(other))
-    assert refused.returncode == 1 and "another-clip" in refused.stderr
+    assert refused.returncode == 2 and "another-clip" in refused.stderr
 
     exported = cli("embeddings", "export", "--format", "hma")
     assert exported.returncode == 0, exported.stderr

@@ -9,10 +9,10 @@ from pathlib import Path
 from aiohttp import web
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import HashEntry, dump_json, parse
-from horde_scanner.hashlists.index import PdqIndex, hex_to_words
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_distance, pdq_hash, sha256_hex
+from horde_scanner.signals.hash_index import PdqIndex, hex_to_words
+from horde_scanner.signals.hash_list import HashEntry, dump_json, parse
 from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures
@@ -91,7 +91,7 @@ async def test_near_copy_of_positive_is_rejected_without_backend(tmp_path: Path,
         first = await validate_upload(http, svc.scan_url(), textures.encode(positive), "image/jpeg")
         assert first.status == 406 and first.body["route"] == "backend"
         calls = backend.calls
-        original_pdq = (await svc.services.hashes.store.pdq_of(first.body["sha256"]))[0]
+        original_pdq = (await svc.parts.hashes.store.pdq_of(first.body["sha256"]))[0]
         for kind, data in textures.variants(positive).items():
             result = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
             assert result.status == 406, kind
@@ -184,7 +184,7 @@ async def test_subscribed_list_rejects_near_copy_without_backend(tmp_path: Path,
             ],
         )
         async with running_service(b_settings, backend=backend_b) as b:
-            hashes_b = b.services.hashes
+            hashes_b = b.parts.hashes
             await wait_for(lambda: _has(hashes_b.size > 0))
             copy = textures.variants(positive)["webp-thumbnail"]
             result = await validate_upload(http, b.scan_url(), copy, "image/webp")
@@ -253,7 +253,7 @@ async def test_allow_overrides_subscribed_deny_and_removal_propagates(tmp_path: 
             subscriptions=[{"name": "a", "url": f"{a.url}/api/v1/hashes", "refresh_s": 0.2}],
         )
         async with running_service(b_settings, backend=backend_b) as b:
-            await wait_for(lambda: _has(b.services.hashes.size > 0))
+            await wait_for(lambda: _has(b.parts.hashes.size > 0))
             png = copies["reencoded-png"]
             rejected = await validate_upload(http, b.scan_url(), png, "image/png")
             assert rejected.status == 406 and rejected.body["route"] == "match"
@@ -313,16 +313,16 @@ async def test_review_source_accepts_and_flags(tmp_path: Path, http):
             ],
         )
         async with running_service(b_settings, backend=backend_b) as b:
-            await wait_for(lambda: _has(b.services.hashes.size > 0))
+            await wait_for(lambda: _has(b.parts.hashes.size > 0))
             copy = textures.variants(positive)["recompressed-q35"]
             result = await validate_upload(http, b.scan_url(), copy, "image/jpeg")
             assert result.status == 200 and result.body["route"] == "backend"
             assert backend_b.calls == 1
-            flags = await b.services.hashes.store.hash_flags()
+            flags = await b.parts.hashes.store.hash_flags()
             assert [(f.sha256, f.origin, f.signal) for f in flags] == [
                 (result.body["sha256"], "maybe", "pdq")
             ]
-            trail = await b.services.store.audit_trail(result.body["sha256"])
+            trail = await b.parts.store.audit_trail(result.body["sha256"])
             assert "hash_review" in [t.event for t in trail]
 
 
@@ -356,9 +356,9 @@ async def test_failing_source_keeps_last_good_copy(tmp_path: Path, http):
     )
     try:
         async with running_service(settings, backend=MockBackend()) as svc:
-            subscriber = svc.services.subscriber
+            subscriber = svc.parts.subscriber
             sub = settings.hashes.subscriptions[0]
-            hashes = svc.services.hashes
+            hashes = svc.parts.hashes
             await wait_for(lambda: _has(hashes.size == 1))
             for failure in ("error", "garbage", "bad-rows", "down"):
                 mode["now"] = failure

@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 
 from horde_scanner.backends.base import BackendUnavailable
-from horde_scanner.backends.horde import HordeBackend
+from horde_scanner.backends.horde import HordeBackend, share_horde_budget
 from horde_scanner.backends.reachability import Reachability
-from horde_scanner.backends.shared_submits import SharedSubmitWindow, share_horde_budget
+from horde_scanner.backends.shared_submits import SharedSubmitWindow
 from horde_scanner.config import HordeSettings
 from horde_scanner.judging.jobs import JobRunner
 from horde_scanner.media.decode import DecodeLimits, prepare
@@ -161,7 +161,7 @@ async def test_5xx_to_everything_is_down_at_once_and_back_at_once(tmp_path: Path
             print(f"5xx to everything: down after {time.monotonic() - started:.2f} s")
             horde.error_rate = 0.0
             back = time.monotonic()
-            store = svc.services.store
+            store = svc.parts.store
 
             async def judged() -> bool:
                 return await store.get_verdict(sha256_hex(red)) is not None

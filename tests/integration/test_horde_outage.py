@@ -88,7 +88,7 @@ async def test_horde_stopped_then_started_on_the_same_port(tmp_path: Path, http)
                 print(f"answer while down: {took * 1000:.0f} ms (deadline 4 s)")
                 assert answer.status == 200  # on_timeout=accept
                 assert answer.body["route"] == "unavailable" and answer.body["label"] is None
-            store = svc.services.store
+            store = svc.parts.store
             assert await store.count_jobs() >= len(set(new)) == 3  # persisted, not lost
 
             # Back on the same port: the probe sees it, jobs resume without their backoff.
@@ -201,4 +201,4 @@ async def test_a_name_that_does_not_resolve_marks_the_horde_down(tmp_path: Path,
             )
             assert answer.body["route"] == "unavailable"
             await wait_for(_posted(sink, "backend_down"), timeout=5)
-            assert await svc.services.store.count_jobs() == 2  # kept, to judge when it resolves
+            assert await svc.parts.store.count_jobs() == 2  # kept, to judge when it resolves

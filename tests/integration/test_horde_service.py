@@ -123,7 +123,7 @@ async def test_daily_kudos_budget_defers_misses_and_survives_a_restart(
             assert value(samples, "horde_scanner_horde_kudos_budget") == 8
             assert value(samples, "horde_scanner_horde_budget_refused_total") >= 1
             # The deferred job waits for the new day, not for the usual backoff.
-            jobs = await svc.services.store.db.execute_fetchall(
+            jobs = await svc.parts.store.db.execute_fetchall(
                 "SELECT not_before - strftime('%s','now') FROM jobs"
             )
             assert len(jobs) == 1 and jobs[0][0] > 60
@@ -164,7 +164,7 @@ async def test_judged_late_when_the_budget_renews(tmp_path: Path, http: aiohttp.
             await validate_upload(http, svc.scan_url(), png(1), "image/png")
             late = await validate_upload(http, svc.scan_url(), png(2), "image/png")
             assert late.body["route"] == "unavailable"  # budget spent: no live path
-            store = svc.services.store
+            store = svc.parts.store
 
             async def deferred() -> bool:
                 # Its attempt was refused and it waits for the new day (the answer came first).
@@ -177,7 +177,7 @@ async def test_judged_late_when_the_budget_renews(tmp_path: Path, http: aiohttp.
         async with running_service(roomy) as svc:
 
             async def judged() -> bool:
-                return await svc.services.store.get_verdict(late.body["sha256"]) is not None
+                return await svc.parts.store.get_verdict(late.body["sha256"]) is not None
 
             await wait_for(judged)
     assert len(horde.submissions) == 2 and horde.rate_limited == 0

@@ -108,7 +108,7 @@ async def test_pixel_bombs_four_at_once_stay_inside_the_decode_budget(
     )
     files = bombs(3000, 4)
     async with running_service(settings, backend=MockBackend()) as svc:
-        memory = svc.services.judge.memory
+        memory = svc.parts.judge.memory
         started = time.monotonic()
         results = await asyncio.gather(
             *(validate_upload(http, svc.scan_url(), data, "image/png") for data in files.values())
@@ -121,7 +121,7 @@ async def test_pixel_bombs_four_at_once_stay_inside_the_decode_budget(
         # Never more memory than the budget: decodes that did not fit waited for it.
         assert memory.peak <= budget and memory.waited > 0
         # And nothing is lost: those answered by on_timeout are judged once there is room.
-        store = svc.services.store
+        store = svc.parts.store
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             found = [await store.get_verdict(r.body["sha256"]) for r in results]

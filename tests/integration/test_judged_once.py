@@ -52,11 +52,11 @@ async def test_worker_pool_hands_each_image_out_once(tmp_path: Path):
 
 
 async def _live(svc) -> bool:
-    return bool(svc.services.workers.live_workers())
+    return bool(svc.parts.workers.live_workers())
 
 
 async def _settled(svc) -> bool:
-    return svc.services.judge.runner.outstanding == 0
+    return svc.parts.judge.runner.outstanding == 0
 
 
 async def test_uploads_past_the_deadline_keep_their_horde_request(tmp_path: Path):
@@ -74,7 +74,7 @@ async def test_uploads_past_the_deadline_keep_their_horde_request(tmp_path: Path
             assert {r.body["route"] for r in results} == {"timeout"}
             await wait_for(lambda: _settled(svc), timeout=60)
             for r in results:
-                stored = await svc.services.store.get_verdict(r.body["sha256"])
+                stored = await svc.parts.store.get_verdict(r.body["sha256"])
                 assert stored is not None and stored.verdict.label.value == "clean"
     assert len(horde.submissions) == 30 == len({s.id for s in horde.submissions})
     assert horde.deletes == 0 and horde.rate_limited == 0

@@ -336,7 +336,7 @@ async def test_admin_api_dry_run_then_act_and_refusal_status(tmp_path, pg_url, h
                 },
             )
             async with running_service(settings, backend=MockBackend()) as svc:
-                store = svc.services.store
+                store = svc.parts.store
                 await store.put_verdict(SHA, Verdict(label=Label.CSAM), source="sweep:local:/x")
 
                 async def resolved_now():
@@ -412,7 +412,7 @@ async def test_auto_actions_run_on_an_admin_confirm_and_on_a_deny_list_match(
                 },
             )
             async with running_service(settings, backend=MockBackend()) as svc:
-                store = svc.services.store
+                store = svc.parts.store
                 await store.put_verdict(SHA, Verdict(label=Label.CSAM), source="sweep:local:/x")
 
                 async def resolved(sha: str):

@@ -122,7 +122,7 @@ async def test_check_names_a_missing_grant(tmp_path: Path, pg_url, pg_server):
         pg_url, pg_server.port, revoke="REVOKE SELECT ON private_message FROM ROLE"
     )
     out = await cli(["lemmy", "check"], _env(tmp_path / "s.db", database_url=ro_url))
-    assert out.exit_code == 1
+    assert out.exit_code == 4  # failed for good: a grant is missing
     assert "no SELECT on table private_message" in out.output
     out = await cli(["lemmy", "check"], _env(tmp_path / "s.db"))
     assert out.exit_code == 1 and "lemmy.database_url is not set" in out.output

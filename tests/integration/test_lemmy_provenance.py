@@ -259,7 +259,7 @@ async def test_service_wrong_password_uploads_unaffected_readyz_names_it(
     wrong = ro_url.replace("://ro_", "://nobody_").replace(":pw-", ":wrong-")
     settings = admin_settings(tmp_path, lemmy={"database_url": wrong, "retry_s": 0.2})
     async with running_service(settings, backend=MockBackend()) as svc:
-        store = svc.services.store
+        store = svc.parts.store
         await store.put_verdict(SHA, Verdict(label=Label.CSAM), source="sweep:local:/x")
 
         async def said() -> dict | None:

@@ -13,7 +13,7 @@ import pytest
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
-from horde_scanner.sweep.app import run_scan
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing import lemmy_db as L
 from horde_scanner.testing.pictrs import DEFAULT_API_KEY, FakePictrs, validate_upload
@@ -64,7 +64,7 @@ async def test_positives_show_who_and_where_and_ban_and_purge_from_the_page(
                 },
             )
             async with running_service(settings, backend=MockBackend(delay_s=1.5)) as svc:
-                store = svc.services.store
+                store = svc.parts.store
                 # A late positive: accepted at the deadline, judged csam after, purged.
                 answer = await validate_upload(http, svc.scan_url(), late, "image/jpeg")
                 assert answer.status == 200

@@ -15,10 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from horde_scanner.backends.router import build_backend  # noqa: E402
+from horde_scanner.backends.kinds import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
-from horde_scanner.judging.policy import CLIP_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
+from horde_scanner.policy.rules import CLIP_PREFIX, Policy  # noqa: E402
 from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.horde import FakeHorde  # noqa: E402
 from horde_scanner.testing.pictrs import validate_upload  # noqa: E402
@@ -226,7 +226,7 @@ async def test_our_worker_scores_the_service_s_phrases_with_clip(tmp_path: Path,
             )
             stop = asyncio.Event()
             run = asyncio.create_task(worker.run(stop))
-            pool = svc.services.workers
+            pool = svc.parts.workers
             while not pool.live_workers():
                 await asyncio.sleep(0.02)
             # It scores the service's phrases, not its own bundled ones.
@@ -264,7 +264,7 @@ def test_worker_command_reports_bad_arguments(tmp_path: Path):
             "cpu",
         ],
     )
-    assert result.exit_code == 1 and "not a directory" in result.output
+    assert result.exit_code == 4 and "not a directory" in result.output
 
 
 async def test_the_worker_command_decodes_with_the_configured_media_limits(
@@ -299,7 +299,7 @@ async def test_the_worker_command_decodes_with_the_configured_media_limits(
             *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         try:
-            pool = svc.services.workers
+            pool = svc.parts.workers
             async with asyncio.timeout(120):
                 while not pool.live_workers():
                     assert worker.returncode is None

@@ -148,12 +148,12 @@ async def test_fedi_safety_worker_judges_pictrs_uploads_end_to_end(tmp_path: Pat
         pictrs = FakePictrs(external_validation=svc.scan_url("IPADDR"))
         async with pictrs:
             with FediSafetyWorker(svc.url) as worker:
-                await until(lambda: bool(svc.services.workers.live_workers()))
+                await until(lambda: bool(svc.parts.workers.live_workers()))
                 red = await pictrs_upload(http, pictrs, images.jpeg("red", seed=1))
                 green = await pictrs_upload(http, pictrs, images.jpeg("green", seed=2))
             async with http.get(f"{svc.url}/readyz") as resp:
                 ready = await resp.json()
-            stored = await svc.services.store.get_verdict(sha256_hex(images.jpeg("red", seed=1)))
+            stored = await svc.parts.store.get_verdict(sha256_hex(images.jpeg("red", seed=1)))
     assert red == (400, {"msg": "Failed external validation", "code": "failed-external-validation"})
     assert green[0] == 201 and green[1]["msg"] == "ok"
     assert [v.outcome for v in pictrs.validations] == ["rejected", "accepted"]
@@ -315,7 +315,7 @@ async def test_pictrs_reads_any_2xx_as_accept_and_anything_else_as_reject(tmp_pa
         wrong = FakePictrs(external_validation=svc.scan_url("not-a-client"))
         async with good, wrong:
             with FediSafetyWorker(svc.url) as _:
-                await until(lambda: bool(svc.services.workers.live_workers()))
+                await until(lambda: bool(svc.parts.workers.live_workers()))
                 ok = await pictrs_upload(http, good, images.jpeg("green", seed=6))
                 bad = await pictrs_upload(http, good, images.jpeg("red", seed=7))
             refused = await pictrs_upload(http, wrong, images.jpeg("green", seed=6))
@@ -349,7 +349,7 @@ async def test_readyz_says_when_workers_take_jobs_and_never_answer(tmp_path: Pat
         upload = asyncio.create_task(
             validate_upload(http, svc.scan_url(), images.jpeg("red", seed=8), "image/jpeg")
         )
-        pool = svc.services.workers
+        pool = svc.parts.workers
         taken = 0
         while pool.reassigned < 2:
             async with http.get(f"{svc.url}/api/v1/pop", headers={"apikey": KEY}) as resp:

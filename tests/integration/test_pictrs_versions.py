@@ -14,8 +14,8 @@ import pytest
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.integrations.pictrs import PictrsClient, PictrsError
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, validate_upload
@@ -46,7 +46,7 @@ async def test_on_pictrs_04_late_positives_are_recorded_said_once_and_swept(
             for red in reds:
                 result = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
                 assert result.body["route"] == "timeout" and result.status == 200
-            store = svc.services.store
+            store = svc.parts.store
 
             async def both_recorded():
                 late = await store.late_positives()
@@ -86,11 +86,11 @@ async def test_on_pictrs_05_nothing_is_said_and_late_positives_are_purged(
         async with service_with_pictrs(tmp_path, horde.url, pictrs, deadline_s=0.3) as svc:
 
             async def probed() -> bool:
-                return svc.services.enforcer.can_purge is True
+                return svc.parts.enforcer.can_purge is True
 
             await wait_for(probed)
             await validate_upload(http, svc.scan_url(), red, "image/jpeg")
-            late = await wait_for(svc.services.store.late_positives)
+            late = await wait_for(svc.parts.store.late_positives)
     assert late[0].enforcement == "purged" and pictrs.purged == [alias]
     assert _said(caplog) == []
 
@@ -105,7 +105,7 @@ async def test_pictrs_043_without_a_timeout_still_gets_an_answer_by_the_deadline
             assert pictrs.validation_timeout is None
             status, _ = await _pictrs_upload(pictrs, images.jpeg("green", seed=15))
         # Answered by on_timeout at the deadline; the judgement goes on from a persisted job.
-        assert await svc.services.store.count_jobs() == 1
+        assert await svc.parts.store.count_jobs() == 1
     assert status == 201
     [call] = pictrs.validations
     assert (call.status, call.outcome) == (200, "accepted")

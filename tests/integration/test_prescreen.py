@@ -14,14 +14,14 @@ from PIL import Image, ImageDraw
 pytest.importorskip("onnxruntime")
 pytest.importorskip("nudenet")
 
+from horde_scanner.backends.kinds import build_backend  # noqa: E402
 from horde_scanner.backends.mock import MockBackend  # noqa: E402
 from horde_scanner.backends.nudenet import NudityDetector, nudenet_classes  # noqa: E402
 from horde_scanner.backends.prescreen import CLEARED, PrescreenBackend  # noqa: E402
-from horde_scanner.backends.router import build_backend  # noqa: E402
 from horde_scanner.config import ConfigError  # noqa: E402
-from horde_scanner.judging.policy import PRESCREEN_PREFIX, Policy  # noqa: E402
 from horde_scanner.media.decode import DecodeLimits, prepare  # noqa: E402
 from horde_scanner.media.hashing import sha256_hex  # noqa: E402
+from horde_scanner.policy.rules import PRESCREEN_PREFIX, Policy  # noqa: E402
 from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.horde import FakeHorde  # noqa: E402
 from horde_scanner.testing.pictrs import validate_upload  # noqa: E402
@@ -180,7 +180,7 @@ async def test_second_opinion_overrules_a_clear_in_the_background(tmp_path: Path
         async with running_service(settings) as svc:
             first = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             assert first.status == 200 and first.body["label"] == "clean"
-            store = svc.services.store
+            store = svc.parts.store
             for _ in range(100):
                 late = await store.late_positives()
                 if late:

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.hashlists.format import parse
+from horde_scanner.signals.hash_list import parse
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import make_settings, running_service
@@ -94,7 +94,7 @@ async def test_unreviewed_positives_travel_only_when_configured(tmp_path: Path, 
             backend="worker:gpu-1",
             signals=Signals(backend="worker:gpu-1", nsfw=True, extra={"evidence": False}),
         )
-        await svc.services.store.put_verdict("ee" * 32, boolean)
+        await svc.parts.store.put_verdict("ee" * 32, boolean)
         assert "ee" * 32 not in [e.value for e in await published(http, svc)]
 
 

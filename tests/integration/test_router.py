@@ -10,8 +10,9 @@ import pytest
 
 from horde_scanner.backends.base import BackendUnavailable
 from horde_scanner.backends.horde import HordeBackend
+from horde_scanner.backends.kinds import build_backend
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.backends.router import RoutedBackend, build_backend
+from horde_scanner.backends.router import RoutedBackend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import ConfigError
 from horde_scanner.media.decode import DecodeLimits, prepare

@@ -1,4 +1,4 @@
-"""The one composition root (horde_scanner/runtime.py) and the one finish every judgement ends
+"""The one composition root (horde_scanner/runtime/) and the one finish every judgement ends
 in: a sweep's positive is notified and counted like an upload's (in the service process and from
 the CLI), real sweeps feed the sweep progress /metrics shows, an answer is counted once (the
 overload path too), and the runtime stops what it started, in reverse order, and nothing else."""
@@ -15,8 +15,8 @@ from horde_scanner.config import NotifySettings
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.runtime import open_runtime
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
@@ -40,9 +40,7 @@ async def test_a_sweep_in_the_service_is_notified_counted_and_shown_like_an_uplo
         async with running_service(settings, backend=MockBackend()) as svc:
             upload = images.jpeg("red", seed=90)
             assert (await validate_upload(http, svc.scan_url(), upload, "image/jpeg")).status == 406
-            report = await run_scan(
-                settings, str(root), action=Action.DELETE, runtime=svc.services.runtime
-            )
+            report = await run_scan(settings, str(root), action=Action.DELETE, runtime=svc.runtime)
             m = await scrape(http, svc.url)
             # The service's own notifier sends the sweep's news too.
             deadline = asyncio.get_running_loop().time() + 5
@@ -98,7 +96,7 @@ async def test_an_answer_is_counted_once_including_overload(tmp_path: Path, http
         tmp_path, server={"max_concurrent_uploads": 1}, validation={"deadline_s": 1.0}
     )
     async with running_service(settings, backend=MockBackend()) as svc:
-        gate = svc.services.upload_gate
+        gate = svc.parts.upload_gate
         await gate.acquire()  # another upload being admitted, for longer than the deadline
         try:
             overloaded = await validate_upload(
@@ -127,6 +125,29 @@ async def test_an_answer_is_counted_once_including_overload(tmp_path: Path, http
     since_start = stats["answers_since_start"]
     assert since_start["overload:accept"] == 1
     assert sum(since_start.values()) == 3
+
+
+async def test_whoever_listens_hears_every_judgement_the_runtime_finishes(tmp_path: Path):
+    """on_judged (how the service's /metrics counts) hears a sweep's judgements too, each once,
+    after they are stored."""
+    tree = pictrs_tree(v04={"green": 2, "red": 1}, v057={"magenta": 1}, thumbnails=0)
+    root = tmp_path / "files"
+    tree.write(root)
+    settings = admin_settings(tmp_path)
+    heard: list[tuple[str, str, str | None]] = []
+    async with open_runtime(settings, backend=MockBackend()) as rt:
+        rt.on_judged(
+            lambda job, verdict, answered: heard.append((job.sha256, verdict.label.value, answered))
+        )
+        report = await run_scan(settings, str(root), runtime=rt)
+        store = await rt.store()
+        for sha256, label, _ in heard:
+            stored = await store.get_verdict(sha256)
+            assert stored is not None and stored.verdict.label.value == label
+    assert report.counts.judged == len(heard) == 4
+    assert sorted(label for _, label, _ in heard) == ["clean", "clean", "csam", "nsfw"]
+    assert len({sha for sha, _, _ in heard}) == 4
+    assert {answered for _, _, answered in heard} == {None}  # no upload was answered
 
 
 async def test_the_runtime_builds_only_what_is_asked_and_stops_it_in_reverse(tmp_path: Path):

@@ -17,12 +17,12 @@ import pytest
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.runtime.sweeps import run_apply, run_release, run_scan
+from horde_scanner.sources.local import LocalSource
+from horde_scanner.sources.source import Denied, Entry, ItemError
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_apply, run_release, run_scan
-from horde_scanner.sweep.local import LocalSource
 from horde_scanner.sweep.runner import FOLLOW_SLACK_S
-from horde_scanner.sweep.source import Denied, Entry, ItemError
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import FakePictrs, new_identifier
@@ -133,7 +133,7 @@ async def test_cli_quarantine_release_and_export(tmp_path: Path, tree, root: Pat
     assert len(audit_rows(db, "scan_action")) == 2
     # Releasing twice is refused with a message.
     twice = await cli(["release", str(first[0])], env)
-    assert twice.exit_code == 1 and "nothing to release" in twice.output
+    assert twice.exit_code == 4 and "nothing to release" in twice.output
 
 
 async def test_delete_without_pictrs_reminds_prune_missing(tmp_path: Path, tree, root: Path):
@@ -402,16 +402,16 @@ async def test_vanished_and_denied_files_are_counted_not_fatal(tmp_path: Path, r
 async def test_bad_sources_stop_before_any_work(tmp_path: Path):
     env = cli_env(tmp_path / "s.db", "http://127.0.0.1:9")
     missing = await cli(["scan", str(tmp_path / "nope")], env)
-    assert missing.exit_code == 1 and "no such directory" in missing.output
+    assert missing.exit_code == 4 and "no such directory" in missing.output
     a_file = tmp_path / "f"
     a_file.write_bytes(b"x")
     assert "not a directory" in (await cli(["scan", str(a_file)], env)).output
     odd = await cli(["scan", "ftp://example.invalid/x"], env)
-    assert odd.exit_code == 1 and "unknown kind of source" in odd.output
+    assert odd.exit_code == 4 and "unknown kind of source" in odd.output
     rel = await cli(["release", "not-an-id"], env)
     assert rel.exit_code == 2 and "action id" in rel.output
     none = await cli(["release", "12345"], env)
-    assert none.exit_code == 1 and "no action #12345" in none.output
+    assert none.exit_code == 4 and "no action #12345" in none.output
     with pytest.raises(ItemError):
         await run_release(scan_settings(tmp_path / "s.db"), "0" * 64)
 
@@ -555,7 +555,7 @@ async def test_backend_outage_keeps_the_work_and_the_sweep_finishes(tmp_path: Pa
 async def test_listing_resumes_exactly_after_any_checkpoint(tmp_path: Path, root: Path, tree):
     """Both walks (the threaded local one and the async one SSH uses) yield, after any
     checkpoint, exactly the tail of the full listing: nothing skipped, nothing twice."""
-    from horde_scanner.sweep.layout import walk
+    from horde_scanner.sources.layout import walk
 
     source = LocalSource(root, tmp_path / "q")
 

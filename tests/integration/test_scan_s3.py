@@ -24,11 +24,11 @@ pytest.importorskip("moto")
 from aiobotocore.session import get_session  # noqa: E402
 
 from horde_scanner.backends.mock import MockBackend  # noqa: E402
+from horde_scanner.runtime.sweeps import run_apply, run_release, run_scan  # noqa: E402
+from horde_scanner.sources.address import make_source  # noqa: E402
+from horde_scanner.sources.s3 import S3Source  # noqa: E402
+from horde_scanner.sources.source import SourceError  # noqa: E402
 from horde_scanner.sweep.actions import Action  # noqa: E402
-from horde_scanner.sweep.address import make_source  # noqa: E402
-from horde_scanner.sweep.app import run_apply, run_release, run_scan  # noqa: E402
-from horde_scanner.sweep.s3 import S3Source  # noqa: E402
-from horde_scanner.sweep.source import SourceError  # noqa: E402
 from horde_scanner.testing import images  # noqa: E402
 from horde_scanner.testing.pictrs import new_identifier  # noqa: E402
 from tests.scan_helpers import audit_rows, scan_settings  # noqa: E402

@@ -21,9 +21,9 @@ import pytest
 asyncssh = pytest.importorskip("asyncssh")
 
 from horde_scanner.backends.mock import MockBackend  # noqa: E402
+from horde_scanner.runtime.sweeps import run_apply, run_release, run_scan  # noqa: E402
+from horde_scanner.sources.source import SourceError  # noqa: E402
 from horde_scanner.sweep.actions import Action  # noqa: E402
-from horde_scanner.sweep.app import run_apply, run_release, run_scan  # noqa: E402
-from horde_scanner.sweep.source import SourceError  # noqa: E402
 from tests.scan_helpers import action_rows, audit_rows, cli, cli_env, scan_settings  # noqa: E402
 from tests.scan_trees import pictrs_tree  # noqa: E402
 

@@ -47,7 +47,7 @@ async def _service(
 
 async def _unjudged(svc: RunningService, columns: str) -> list[Any]:
     """The audit rows of uploads answered without a judgement."""
-    store = svc.services.store
+    store = svc.parts.store
     await store.flush_audit()
     rows = await store.db.execute_fetchall(f"SELECT {columns} FROM audit WHERE event='unjudged'")
     return list(rows)
@@ -56,7 +56,7 @@ async def _unjudged(svc: RunningService, columns: str) -> list[Any]:
 async def _upload_without_a_slot(http, svc: RunningService, data: bytes) -> ValidationResult:
     """An upload that finds the one admission slot taken (another upload being admitted, for
     longer than the deadline)."""
-    gate = svc.services.upload_gate
+    gate = svc.parts.upload_gate
     await gate.acquire()
     try:
         return await validate_upload(http, svc.scan_url(), data, "image/jpeg")
@@ -147,7 +147,7 @@ async def test_slow_senders_are_cut_off_and_a_real_upload_still_gets_a_verdict(
         counted = await _metric(http, svc.url, "horde_scanner_unjudged_uploads_total")
         assert counted == {"too_slow": SLOW}
         # The slots and the byte budget are all free again.
-        assert svc.services.upload_memory.used == 0
+        assert svc.parts.upload_memory.used == 0
 
 
 @pytest.mark.parametrize("memory", [1, 1000])
@@ -163,7 +163,7 @@ async def test_a_body_past_the_memory_budget_is_spooled_and_judged(
             http, svc.scan_url(), images.jpeg("green", seed=43), "image/jpeg"
         )
         assert green.status == 200 and green.body["label"] == "clean"
-        assert svc.services.upload_memory.used == 0 and svc.services.upload_spool.used == 0
+        assert svc.parts.upload_memory.used == 0 and svc.parts.upload_spool.used == 0
 
 
 async def test_no_room_in_memory_or_spool_is_a_recorded_503(tmp_path: Path, http):
@@ -200,7 +200,7 @@ async def test_no_admission_slot_by_the_deadline_is_recorded(tmp_path: Path, htt
         assert detail["judged_later"] is True
         counted = await _metric(http, svc.url, "horde_scanner_unjudged_uploads_total")
         assert counted == {"overload": 1}
-        store = svc.services.store
+        store = svc.parts.store
 
         # Answered, but not dropped: judged once the slot is free.
         async def judged():
@@ -208,8 +208,8 @@ async def test_no_admission_slot_by_the_deadline_is_recorded(tmp_path: Path, htt
 
         stored = await wait_for(judged)
         assert stored.verdict.label.value == "clean" and stored.source.startswith("upload:")
-        assert svc.services.late_admissions.admitted == 1
-        assert svc.services.upload_memory.used == 0
+        assert svc.parts.late_admissions.admitted == 1
+        assert svc.parts.upload_memory.used == 0
 
 
 async def test_a_positive_answered_while_overloaded_is_found_and_enforced_later(
@@ -226,7 +226,7 @@ async def test_a_positive_answered_while_overloaded_is_found_and_enforced_later(
         red = images.jpeg("red", seed=46)
         result = await _upload_without_a_slot(http, svc, red)
         assert result.status == 200 and result.body["route"] == "overload"
-        store = svc.services.store
+        store = svc.parts.store
 
         async def late():
             rows = await store.late_positives()

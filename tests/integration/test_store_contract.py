@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from horde_scanner.hashlists.format import HashEntry
-from horde_scanner.hashlists.publish import published
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.decisions import Review, VerdictFilter
 from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.signals.hash_list import HashEntry
+from horde_scanner.signals.hash_publish import published
 from horde_scanner.store.hashes import LOCAL, VERDICT
 from horde_scanner.store.schema import head
 from horde_scanner.store.sqlite import Store, StoreError
@@ -398,8 +398,8 @@ async def test_replicas_refresh_a_subscription_once(pg_url: str) -> None:
     from aiohttp import web
 
     from horde_scanner.config import HashesSettings
-    from horde_scanner.hashlists.matcher import HashMatcher
-    from horde_scanner.hashlists.subscribe import Subscriber
+    from horde_scanner.signals.hash_matcher import HashMatcher
+    from horde_scanner.signals.hash_subscribe import Subscriber
     from horde_scanner.testing.server import AppServer
 
     fetches = 0

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from horde_scanner.hashlists.format import HashEntry
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.signals.hash_list import HashEntry
 from horde_scanner.store.hashes import LOCAL
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import ScanFile

@@ -195,7 +195,7 @@ async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http, bounds):
                     ready = await resp.json()
                 racing_result = await first
                 answered_in_time([*results, *hits, racing_result], 3.0)
-                kept = svc.services.judge.runner.kept
+                kept = svc.parts.judge.runner.kept
                 if bounds.get("outage_verdicts") == 0:
                     assert racing_result.body["route"] == "timeout", racing_result.body
                     assert kept == 0
@@ -216,12 +216,12 @@ async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http, bounds):
                 shas = [sha256_hex(d) for d in [*cached, racing, *later]]
                 if bounds.get("outage_upload_bytes") == 0:
                     # Refused, counted, and never judged (their bytes were not kept).
-                    assert svc.services.judge.store_refused == len(later)
+                    assert svc.parts.judge.store_refused == len(later)
                     shas = shas[: -len(later)]
 
                 async def all_judged():
-                    found = await svc.services.store.get_verdicts(shas)
-                    return len(found) == len(shas) and await svc.services.store.count_jobs() == 0
+                    found = await svc.parts.store.get_verdicts(shas)
+                    return len(found) == len(shas) and await svc.parts.store.count_jobs() == 0
 
                 await wait_for(all_judged, timeout=30)
                 # Each image went to the Horde once: the kept verdict was written, not redone.
@@ -229,7 +229,7 @@ async def test_sqlite_on_a_full_disk_keeps_answering(tmp_path, http, bounds):
                 async with http.get(f"{svc.url}/readyz") as resp:
                     assert (await resp.json())["store_health"]["available"] is True
                 if bounds.get("outage_upload_bytes") == 0:
-                    never = await svc.services.store.get_verdicts(sha256_hex(d) for d in later)
+                    never = await svc.parts.store.get_verdicts(sha256_hex(d) for d in later)
                     assert never == {}
                     async with http.get(f"{svc.url}/metrics") as resp:
                         metrics = await resp.text()
@@ -247,7 +247,7 @@ async def test_sqlite_locked_by_another_program_keeps_answering(tmp_path, http):
                 assert result.status == 200
 
             async def finished():
-                return await svc.services.store.count_jobs() == 0
+                return await svc.parts.store.count_jobs() == 0
 
             await wait_for(finished)  # the verdicts are written
             for data in cached:  # and answered from memory from now on
@@ -292,8 +292,8 @@ async def test_sqlite_locked_by_another_program_keeps_answering(tmp_path, http):
             shas = [sha256_hex(d) for d in [*cached, *later]]
 
             async def all_judged():
-                found = await svc.services.store.get_verdicts(shas)
-                return len(found) == len(shas) and await svc.services.store.count_jobs() == 0
+                found = await svc.parts.store.get_verdicts(shas)
+                return len(found) == len(shas) and await svc.parts.store.count_jobs() == 0
 
             await wait_for(all_judged, timeout=30)
             assert horde.posts == len(shas)
@@ -318,7 +318,7 @@ async def test_index_syncs_outlive_a_postgres_restart_and_say_it_once(
         },
     )
     async with running_service(settings) as svc:
-        matcher = svc.services.embeddings
+        matcher = svc.parts.embeddings
         assert matcher is not None and matcher.enabled and matcher.size == 0
         caplog.clear()
         loop = asyncio.get_running_loop()

@@ -87,7 +87,7 @@ async def test_deadline_is_never_overrun(tmp_path: Path, http, on_timeout: str, 
             assert result.body["route"] == "timeout" and result.body["label"] is None
             assert result.elapsed_s < 1.5  # answered by the deadline, not by the Horde (30 s)
             # The judgement goes on in the background, from a persisted job.
-            assert await svc.services.store.count_jobs() == 1
+            assert await svc.parts.store.count_jobs() == 1
 
 
 async def test_late_positive_is_purged_through_pictrs(tmp_path: Path, http):
@@ -98,7 +98,7 @@ async def test_late_positive_is_purged_through_pictrs(tmp_path: Path, http):
         async with service_with_pictrs(tmp_path, horde.url, pictrs, deadline_s=0.5) as svc:
             result = await validate_upload(http, svc.scan_url(), red, "image/jpeg")
             assert result.status == 200 and result.body["route"] == "timeout"
-            store = svc.services.store
+            store = svc.parts.store
 
             async def purged():
                 return [p for p in await store.late_positives() if p.enforcement == "purged"]
@@ -120,7 +120,7 @@ async def test_late_positive_without_pictrs_is_recorded_for_a_sweep(tmp_path: Pa
         settings = make_settings(tmp_path / "s.db", horde.url, validation={"deadline_s": 0.3})
         async with running_service(settings) as svc:
             await validate_upload(http, svc.scan_url(), red, "image/jpeg")
-            store = svc.services.store
+            store = svc.parts.store
             late = await wait_for(store.late_positives)
             assert late[0].enforcement == "recorded"
             stored = await store.get_verdict(sha256_hex(red))
@@ -142,7 +142,7 @@ async def test_background_judgement_survives_a_restart(tmp_path: Path, http):
             assert await store.get_verdict(sha) is None
 
         async with running_service(settings) as svc:
-            store = svc.services.store
+            store = svc.parts.store
 
             async def judged():
                 return await store.get_verdict(sha)
@@ -171,8 +171,8 @@ async def test_policy_change_rejudges_from_stored_signals(tmp_path: Path, horde,
         result = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
         assert result.status == 406 and result.body["label"] == "csam"
         assert result.body["route"] == "cache"
-        stored = await svc.services.store.get_verdict(sha)
-        assert stored.verdict.policy_version == svc.services.policy.version
+        stored = await svc.parts.store.get_verdict(sha)
+        assert stored.verdict.policy_version == svc.parts.policy.version
     assert horde.posts == 0
 
 

@@ -89,7 +89,7 @@ async def test_pictrs_safety_worker_judges_uploads(tmp_path: Path):
     async with running_service(worker_settings(tmp_path)) as svc, aiohttp.ClientSession() as http:
         worker, stop = PictrsSafetyWorker(svc.url), asyncio.Event()
         task = asyncio.create_task(worker.run(http, stop))
-        await wait_until(lambda: svc.services.workers.live_workers())
+        await wait_until(lambda: svc.parts.workers.live_workers())
         red = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=1), "image/jpeg")
         magenta = await validate_upload(
             http, svc.scan_url(), images.jpeg("magenta", seed=2), "image/jpeg"
@@ -119,7 +119,7 @@ async def test_several_workers_share_the_work(tmp_path: Path):
         tasks = [
             asyncio.create_task(w.run(s, stop)) for w, s in zip(workers, sessions, strict=True)
         ]
-        await wait_until(lambda: len(svc.services.workers.live_workers()) == 3)
+        await wait_until(lambda: len(svc.parts.workers.live_workers()) == 3)
         uploads = [images.jpeg(c, seed=10 + i) for i, c in enumerate(["green", "red"] * 4)]
         results = await asyncio.gather(
             *(validate_upload(http, svc.scan_url(), u, "image/jpeg") for u in uploads)
@@ -128,7 +128,7 @@ async def test_several_workers_share_the_work(tmp_path: Path):
         await asyncio.gather(*tasks)
         for s in sessions:
             await s.close()
-        pool = svc.services.workers
+        pool = svc.parts.workers
     assert [r.status for r in results] == [200, 406] * 4
     assert sum(len(a) for a in [w.answered for w in workers]) == 8
     assert sum(1 for w in pool.workers.values() if w.answered) >= 2
@@ -138,7 +138,7 @@ async def test_job_of_a_vanished_worker_goes_to_another(tmp_path: Path):
     settings = worker_settings(tmp_path, job_timeout_s=0.6)
     red = images.jpeg("red", seed=20)
     async with running_service(settings) as svc, aiohttp.ClientSession() as http:
-        pool = svc.services.workers
+        pool = svc.parts.workers
         dying = PictrsSafetyWorker(svc.url, answer=False)
         assert await dying.poll_once(http) is None  # registers as live, nothing to do yet
         upload = asyncio.create_task(validate_upload(http, svc.scan_url(), red, "image/jpeg"))
@@ -176,7 +176,7 @@ async def test_when_every_worker_is_gone_the_job_waits_for_later(tmp_path: Path)
         result = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
         # No worker live: answered at once by on_timeout, not after the deadline.
         assert result.body["route"] == "unavailable" and result.status == 200
-        assert await svc.services.store.count_jobs() == 1  # kept for a worker to come back
+        assert await svc.parts.store.count_jobs() == 1  # kept for a worker to come back
         async with http.get(f"{svc.url}/readyz") as resp:
             ready = await resp.json()
         assert ready["status"] == "degraded" and ready["paths"]["workers"]["live"] is False
@@ -184,7 +184,7 @@ async def test_when_every_worker_is_gone_the_job_waits_for_later(tmp_path: Path)
         stop = asyncio.Event()
         back = PictrsSafetyWorker(svc.url)
         task = asyncio.create_task(back.run(http, stop))
-        store = svc.services.store
+        store = svc.parts.store
         deadline = time.monotonic() + 15
         while (await store.get_verdict(sha256_hex(data))) is None:
             assert time.monotonic() < deadline
@@ -232,7 +232,7 @@ async def test_bad_worker_requests_get_clear_errors(tmp_path: Path):
 async def test_our_worker_protocol_posts_signals(tmp_path: Path):
     """The rich variant without torch: a stand-in scorer gives CLIP-style scores and the
     service judges them with its own policy."""
-    from horde_scanner.judging.policy import CLIP_PREFIX
+    from horde_scanner.policy.rules import CLIP_PREFIX
     from horde_scanner.verdict import Signals
     from local_gpu.worker import Worker, WorkerError
 
@@ -255,8 +255,8 @@ async def test_our_worker_protocol_posts_signals(tmp_path: Path):
         worker = Worker(svc.url, KEY, scorer, name="ours", concurrency=2, poll_wait_s=0.3)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
-        await wait_until(lambda: svc.services.workers.live_workers())
-        assert scorer.phrases == svc.services.policy.clip.phrases
+        await wait_until(lambda: svc.parts.workers.live_workers())
+        assert scorer.phrases == svc.parts.policy.clip.phrases
         red = await validate_upload(http, svc.scan_url(), images.jpeg("red", seed=40), "image/jpeg")
         green = await validate_upload(
             http, svc.scan_url(), images.jpeg("green", seed=41), "image/jpeg"
@@ -277,12 +277,12 @@ async def test_jobs_waiting_for_workers_resume_as_soon_as_one_polls_again(tmp_pa
     async with running_service(worker_settings(tmp_path, missing_after_s=1.0)) as svc:
         first = PictrsSafetyWorker(svc.url)
         await first.poll_once(http)  # a worker was there, then it went away
-        await wait_until(lambda: not svc.services.workers.readiness().live, timeout=5)
+        await wait_until(lambda: not svc.parts.workers.readiness().live, timeout=5)
         new = [images.encode(images.image("red", seed=s), "PNG") for s in (61, 62, 63)]
         for data in new:
             answer = await validate_upload(http, svc.scan_url(), data, "image/jpeg")
             assert answer.status == 200 and answer.body["route"] == "unavailable"
-        store = svc.services.store
+        store = svc.parts.store
         assert await store.count_jobs() == len(new)
         await asyncio.sleep(3.0)  # the jobs' backoff grows meanwhile
         stop = asyncio.Event()

@@ -1,6 +1,7 @@
 """The layout's rules, read from the code itself: every import of every module (those inside
 functions too) is parsed and checked against the rooms table below.
 
+- One room per package of horde_scanner (plus rooms of top-level modules); no carve-outs.
 - No import cycle between modules (imports made only for type checking may close one).
 - Rooms know the rooms below them, never above: a module imports its own room or a lower one.
 - `horde_scanner` reaches `local_gpu` through one plug-in point, by name, never by an import.
@@ -21,14 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("horde_scanner", "local_gpu", "bench", "tests")
 
 # The rooms, lowest first: (room, level, modules). A module imports modules of its own room or
-# of a room with a lower level. A module belongs to the room of its longest matching prefix (a
-# name without a dot is that module alone).
+# of a room with a lower level. Every room is one package of horde_scanner (all its modules) or
+# top-level modules of horde_scanner; no room is a part of another room's package (checked
+# below), so the folders show the layers.
 ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
-    # Plain data every room reads: what a verdict is, how times are written, what media
-    # decoding takes and gives; and how any room stops its background tasks.
+    # The exception root every room's errors derive from (errors.py): below everything.
+    ("errors", 0, ("horde_scanner.errors",)),
+    # Plain data every room reads: what a verdict is, how times are written; and how any room
+    # stops its background tasks.
     (
         "base",
-        0,
+        1,
         (
             "horde_scanner",
             "horde_scanner.verdict",
@@ -37,67 +41,58 @@ ROOMS: list[tuple[str, int, tuple[str, ...]]] = [
             "horde_scanner.tasks",
         ),
     ),
-    ("media", 0, ("horde_scanner.media",)),
-    # The Settings tree, and what is generated from it (the reference page, `config show`).
-    ("config", 1, ("horde_scanner.config", "horde_scanner.config_reference")),
-    # The rules every backend reads (which phrases, how frames are kept): below the backends.
-    ("frames", 2, ("horde_scanner.judging.frames",)),
-    ("policy", 3, ("horde_scanner.judging.policy",)),
-    ("store", 2, ("horde_scanner.store",)),
-    # The parts.
-    ("backends", 4, ("horde_scanner.backends",)),
-    # Shared signals (DESIGN.md's signals/): the hash lists, and the embeddings beside them
-    # (signals/ reads the lists' format and fetching).
-    ("hashlists", 4, ("horde_scanner.hashlists", "horde_scanner.signals")),
-    ("judging", 5, ("horde_scanner.judging",)),
-    ("integrations", 5, ("horde_scanner.integrations",)),
-    # A sweep's sources, its records and its progress numbers are parts; the sweep runner uses
-    # the parts.
+    # Sniffing, safe decoding, frames, hashing.
+    ("media", 1, ("horde_scanner.media",)),
+    # The Settings tree, and what is generated from it (the reference page, `config show`); the
+    # backend registry, which names `backend.kind` takes (backends are imported by name, when
+    # built), read by the configuration.
     (
-        "sources",
-        5,
-        tuple(
-            f"horde_scanner.sweep.{m}"
-            for m in (
-                "source",
-                "layout",
-                "local",
-                "s3",
-                "ssh",
-                "address",
-                "records",
-                "metrics",
-                "progress",
-            )
+        "config",
+        2,
+        (
+            "horde_scanner.config",
+            "horde_scanner.config_reference",
+            "horde_scanner.backend_registry",
         ),
     ),
+    # The rules every backend reads (which phrases, how frames are kept): below the backends.
+    ("policy", 3, ("horde_scanner.policy",)),
+    # The only door to the database.
+    ("store", 3, ("horde_scanner.store",)),
+    # Storage a sweep walks (local disk, S3, SSH): listing and reading, nothing judged.
+    ("sources", 3, ("horde_scanner.sources",)),
+    # The parts.
+    ("backends", 4, ("horde_scanner.backends",)),
+    # Shared signals: the PDQ and embedding indexes, the list formats, publishing, subscriptions.
+    ("signals", 4, ("horde_scanner.signals",)),
+    # Peers we talk to: pict-rs, Lemmy, notifications.
+    ("integrations", 5, ("horde_scanner.integrations",)),
+    ("judging", 5, ("horde_scanner.judging",)),
     ("review", 6, ("horde_scanner.review",)),
     # Who uploaded a positive and where Lemmy uses it; admin actions through Lemmy's API
     # (above review: the record for another instance reads its decisions).
     ("moderation", 7, ("horde_scanner.moderation",)),
-    # Acting on a sweep's positive, and the sweeps' quarantine as a holder the admin's
-    # decisions reach: parts the runtime composes (they use review's quarantine contract).
-    ("sweep-actions", 7, ("horde_scanner.sweep.actions", "horde_scanner.sweep.holder")),
-    # /metrics reads the judging paths and the sweeps' progress numbers: above both.
-    ("metrics", 6, ("horde_scanner.integrations.metrics",)),
-    # Who uses the parts.
+    # A sweep of a source: its runner, its actions, its progress numbers; and the sweeps'
+    # quarantine as a holder the admin's decisions reach.
+    ("sweep", 7, ("horde_scanner.sweep",)),
+    # The one composition root: builds the parts a caller asks for (and opens them for a sweep).
     ("runtime", 8, ("horde_scanner.runtime",)),
-    ("sweep", 9, ("horde_scanner.sweep",)),
-    ("service", 10, ("horde_scanner.service",)),
-    ("cli", 11, ("horde_scanner.cli",)),
+    # Who uses the parts: the HTTP service (and its /metrics), then the CLI.
+    ("service", 9, ("horde_scanner.service",)),
+    ("cli", 10, ("horde_scanner.cli",)),
     # Fakes and a running service for tests and benchmarks: nothing in the product uses them.
-    ("testing", 12, ("horde_scanner.testing",)),
+    ("testing", 11, ("horde_scanner.testing",)),
 ]
 LEVEL = {name: level for name, level, _ in ROOMS}
 
 # The optional torch backend knows only these rooms of horde_scanner.
 LOCAL_GPU_MAY_IMPORT = (
     "horde_scanner.verdict",
+    "horde_scanner.errors",
     "horde_scanner.tasks",
     "horde_scanner.config",
     "horde_scanner.media",
-    "horde_scanner.judging.frames",
-    "horde_scanner.judging.policy",
+    "horde_scanner.policy",
     "horde_scanner.backends.base",
 )
 # The one module of horde_scanner that loads local_gpu (lazily, by name).
@@ -214,7 +209,8 @@ def test_the_parser_sees_imports_inside_functions_and_type_checking_blocks():
 # at module level or through a function, fails.
 LAZY_CYCLES_ALLOWED = {
     # Store.open picks the implementation from the URL; postgres.py builds on sqlite.py's
-    # schema steps and interface.
+    # schema steps and interface. The store's rewrite on SQLAlchemy Core (one implementation
+    # for both databases) removes this cycle; the allowance goes with it.
     ("horde_scanner.store.sqlite", "horde_scanner.store.postgres"),
 }
 
@@ -256,6 +252,43 @@ def test_no_cycle_through_imports_inside_functions_either():
     assert cycles(lazy_too=True) == []
     lazy = {(i.source, i.target) for i in IMPORTS if i.lazy}
     assert LAZY_CYCLES_ALLOWED <= lazy  # an allowance outlives nothing it was for
+
+
+def carve_outs(rooms: list[tuple[str, int, tuple[str, ...]]]) -> list[str]:
+    """What a rooms table names that is not a whole package of horde_scanner or a module
+    directly under horde_scanner; and the packages that are not a room of their own name."""
+    wrong = []
+    for name, _, prefixes in rooms:
+        for prefix in prefixes:
+            parts = prefix.split(".")
+            package = (
+                len(parts) == 2 and (ROOT / "horde_scanner" / parts[1] / "__init__.py").exists()
+            )
+            module = len(parts) == 2 and (ROOT / "horde_scanner" / f"{parts[1]}.py").exists()
+            if prefix != "horde_scanner" and not (package or module):
+                wrong.append(f"{name}: {prefix} is part of a package")
+            elif package and name != parts[1]:
+                wrong.append(f"{name}: package {prefix} is not a room of its own")
+    named = {prefix for _, _, prefixes in rooms for prefix in prefixes}
+    for init in sorted((ROOT / "horde_scanner").glob("*/__init__.py")):
+        if f"horde_scanner.{init.parent.name}" not in named:
+            wrong.append(f"package horde_scanner.{init.parent.name} has no room")
+    return wrong
+
+
+def test_one_room_per_package_and_no_carve_outs():
+    """A room never names a module or subpackage inside a package, so every package's modules
+    live in its one room and the folders show the layers."""
+    assert carve_outs(ROOMS) == []
+    named = [prefix for _, _, prefixes in ROOMS for prefix in prefixes]
+    assert len(named) == len(set(named))
+
+
+def test_the_carve_out_check_sees_one():
+    sample = [*ROOMS, ("frames", 1, ("horde_scanner.policy.frames",))]
+    assert carve_outs(sample) == ["frames: horde_scanner.policy.frames is part of a package"]
+    shared = [r for r in ROOMS if r[0] != "signals"] + [("lists", 3, ("horde_scanner.signals",))]
+    assert carve_outs(shared) == ["lists: package horde_scanner.signals is not a room of its own"]
 
 
 def test_every_module_of_horde_scanner_has_a_room():
@@ -401,3 +434,41 @@ def test_the_door_check_sees_sql_and_connections(tmp_path: Path):
         "sample.py:2: the store's connection (.db)",
         "sample.py:3: the store's connection (.aside)",
     ]
+
+
+def drawn_layers(text: str) -> dict[int, set[str]]:
+    """The layers a page draws: the code block whose lines are `LEVEL name/ name.py ... words`."""
+    drawn: dict[int, set[str]] = {}
+    for line in text.splitlines():
+        tokens = line.split()
+        if len(tokens) < 2 or not tokens[0].isdigit() or not tokens[1].endswith(("/", ".py")):
+            continue
+        names = set()
+        for token in tokens[1:]:
+            if not token.endswith(("/", ".py")):
+                break
+            names.add(token)
+        drawn[int(tokens[0])] = names
+    return drawn
+
+
+def rooms_as_drawn() -> dict[int, set[str]]:
+    layers: dict[int, set[str]] = {}
+    for _, level, prefixes in ROOMS:
+        for prefix in prefixes:
+            if prefix == "horde_scanner":
+                continue
+            name = prefix.split(".")[1]
+            package = (ROOT / "horde_scanner" / name / "__init__.py").exists()
+            layers.setdefault(level, set()).add(f"{name}/" if package else f"{name}.py")
+    return layers
+
+
+def test_the_docs_draw_the_rooms_as_they_are():
+    """The README's Development section and the development page draw this table."""
+    expected = rooms_as_drawn()
+    assert drawn_layers((ROOT / "README.md").read_text()) == expected
+    assert drawn_layers((ROOT / "docs" / "development.md").read_text()) == expected
+    # And the reader sees a wrong drawing: a package one line too high is caught.
+    wrong = (ROOT / "README.md").read_text().replace(" 6 review/", " 7 review/")
+    assert drawn_layers(wrong) != expected

@@ -35,7 +35,7 @@ from horde_scanner.review.decisions import (
     VerdictFilter,
 )
 from horde_scanner.service.admin.auth import ADMIN, actor_name
-from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.service.context import ADMIN_DEPS, AdminDeps
 from horde_scanner.service.errors import RequestError
 from horde_scanner.verdict import Label
 
@@ -47,12 +47,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def admin_only(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        address = request.app[SERVICES].auth.client_address(request)
+        address = request.app[ADMIN_DEPS].auth.client_address(request)
         try:
             request.app[ADMIN].check_bearer(request, address)
         except RequestError as exc:
             if exc.status == 401:
-                request.app[SERVICES].metrics.error("admin_token_failed")
+                request.app[ADMIN_DEPS].metrics.error("admin_token_failed")
             raise
         try:
             return await handler(request)
@@ -157,7 +157,7 @@ def _note(body: dict[str, Any]) -> str:
 
 @admin_only
 async def list_verdicts(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     f = filter_from_query(request.query)
     rows = await svc.review.search(f)
     return web.json_response(
@@ -172,7 +172,7 @@ async def list_verdicts(request: web.Request) -> web.Response:
 
 @admin_only
 async def show_verdict(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = sha_param(request)
     record = await svc.review.detail(sha)
     if record is None:
@@ -185,7 +185,7 @@ async def _decide(
 ) -> web.Response:
     """One review decision (a `Review` method) on the path's sha256, by the body's actor,
     with its note."""
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = sha_param(request)
     body = await json_body(request)
     return web.json_response(
@@ -201,11 +201,11 @@ async def allow(request: web.Request) -> web.Response:
 @admin_only
 async def confirm(request: web.Request) -> web.Response:
     response = await _decide(request, Review.confirm)
-    await after_confirm(request.app[SERVICES], sha_param(request))
+    await after_confirm(request.app[ADMIN_DEPS], sha_param(request))
     return response
 
 
-async def after_confirm(svc: Services, sha256: str) -> None:
+async def after_confirm(svc: AdminDeps, sha256: str) -> None:
     """An admin vouched for the positive: lemmy.auto_actions may now run on it (when its
     provenance is resolved; else when it is)."""
     if svc.moderator is not None:
@@ -217,12 +217,12 @@ async def after_confirm(svc: Services, sha256: str) -> None:
 
 @admin_only
 async def provenance(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = sha_param(request)
     return web.json_response(await provenance_data(svc, sha))
 
 
-async def provenance_data(svc: Services, sha256: str) -> dict[str, Any]:
+async def provenance_data(svc: AdminDeps, sha256: str) -> dict[str, Any]:
     row = view.provenance_entry(await svc.store.provenance(sha256))
     return {
         "sha256": sha256,
@@ -234,7 +234,7 @@ async def provenance_data(svc: Services, sha256: str) -> dict[str, Any]:
 
 @admin_only
 async def refresh_provenance(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = sha_param(request)
     if not await svc.store.refresh_provenance(sha):
         stored = await svc.store.get_verdict(sha)
@@ -248,7 +248,7 @@ async def refresh_provenance(request: web.Request) -> web.Response:
 
 @admin_only
 async def lemmy_act(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = sha_param(request)
     body = await json_body(request)
     raw = body.get("actions")
@@ -261,7 +261,7 @@ async def lemmy_act(request: web.Request) -> web.Response:
 
 
 async def act_response(
-    svc: Services, sha256: str, actions: list[str], *, by: str, dry_run: bool
+    svc: AdminDeps, sha256: str, actions: list[str], *, by: str, dry_run: bool
 ) -> web.Response:
     if svc.moderator is None or not svc.moderator.enabled:
         raise RequestError(409, "lemmy_not_configured", "Lemmy actions need lemmy.url")
@@ -281,7 +281,7 @@ async def act_response(
 
 @admin_only
 async def lemmy_retry(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     body = await json_body(request)
     try:
         action_id = int(request.match_info["id"])
@@ -300,7 +300,7 @@ async def lemmy_retry(request: web.Request) -> web.Response:
 
 @admin_only
 async def rejudge(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = sha_param(request)
     body = await json_body(request)
     mode = body.get("mode", "policy")
@@ -315,12 +315,12 @@ async def rejudge(request: web.Request) -> web.Response:
 
 @admin_only
 async def queue(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     limit = _int(request.query.get("limit"), "limit", 100, 1, MAX_LIMIT)
     return web.json_response(await queue_data(svc, limit))
 
 
-async def queue_data(svc: Services, limit: int) -> dict[str, Any]:
+async def queue_data(svc: AdminDeps, limit: int) -> dict[str, Any]:
     review = svc.review
     positives = await review.search(VerdictFilter(labels=POSITIVE, undecided=True, limit=limit))
     unscanned = await review.search(VerdictFilter(labels=UNSCANNED, undecided=True, limit=limit))
@@ -340,10 +340,10 @@ async def queue_data(svc: Services, limit: int) -> dict[str, Any]:
 
 @admin_only
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(await stats_data(request.app[SERVICES]))
+    return web.json_response(await stats_data(request.app[ADMIN_DEPS]))
 
 
-async def stats_data(svc: Services) -> dict[str, Any]:
+async def stats_data(svc: AdminDeps) -> dict[str, Any]:
     body = await svc.review.stats()
     readiness = svc.backend.readiness()
     body.update(
@@ -351,7 +351,8 @@ async def stats_data(svc: Services) -> dict[str, Any]:
             "backend": {"name": readiness.name, "live": readiness.live, "detail": readiness.detail},
             "answers_since_start": svc.metrics.answer_counts(),
             "cache_hit_ratio": round(svc.metrics.cache_hit_ratio, 4),
-            "kudos_estimate": getattr(svc.backend, "kudos_estimate", None),
+            # The backend's own figure, when it spends kudos (the AI Horde's describe()).
+            "kudos_estimate": svc.backend.describe().get("kudos_estimated"),
             "uptime_s": round(time.time() - svc.started_at, 1),
         }
     )
@@ -364,7 +365,7 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 
 async def export_response(request: web.Request) -> web.Response:
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise RequestError(400, "bad_format", "format must be json or csv")

@@ -10,7 +10,7 @@ from typing import Any
 
 from horde_scanner.moderation.actions import ActionError, parse_actions
 from horde_scanner.service.admin.auth import Session
-from horde_scanner.service.context import Services
+from horde_scanner.service.context import AdminDeps
 
 ACTION_LABELS = (
     ("report", "report the posts, comments and messages to their moderators"),
@@ -64,7 +64,7 @@ def summary(prov: dict[str, Any] | None) -> str | None:
     )
 
 
-def provenance_html(svc: Services, session: Session, sha: str, prov: dict[str, Any] | None) -> str:
+def provenance_html(svc: AdminDeps, session: Session, sha: str, prov: dict[str, Any] | None) -> str:
     """The "Who and where" section of an item."""
     if svc.provenance is None or svc.provenance.lemmy is None:
         return (
@@ -130,7 +130,7 @@ def provenance_html(svc: Services, session: Session, sha: str, prov: dict[str, A
 
 
 def actions_html(
-    svc: Services, session: Session, sha: str, prov: dict[str, Any] | None, done: list[dict]
+    svc: AdminDeps, session: Session, sha: str, prov: dict[str, Any] | None, done: list[dict]
 ) -> str:
     """The "Act through Lemmy" section: the choice, a dry run, past calls with retry."""
     if svc.moderator is None or not svc.moderator.enabled:
@@ -177,7 +177,7 @@ def actions_html(
 
 
 async def lemmy_form(
-    svc: Services, session: Session, sha: str, form: Any
+    svc: AdminDeps, session: Session, sha: str, form: Any
 ) -> tuple[str, str] | None:
     """The actions form: a dry run gives a page (title, body); a real run gives None (the item
     page shows the calls made). Raises ActionError on a bad choice."""
@@ -212,7 +212,7 @@ async def lemmy_form(
     return "Lemmy calls (dry run)", body
 
 
-async def retry(svc: Services, session: Session, action_id: str) -> None:
+async def retry(svc: AdminDeps, session: Session, action_id: str) -> None:
     if svc.moderator is None or not svc.moderator.enabled:
         raise ActionError(409, "lemmy_not_configured", "Lemmy actions need lemmy.url")
     try:

@@ -41,7 +41,7 @@ from horde_scanner.service.admin.auth import (
     client_key,
     same_origin,
 )
-from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.service.context import ADMIN_DEPS, AdminDeps
 from horde_scanner.service.errors import RequestError
 
 _STATIC = {"admin.js": "application/javascript", "admin.css": "text/css"}
@@ -179,7 +179,7 @@ async def login_form(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     gate = _gate(request)
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     # Before the token is looked at: a cross-site form must not spend this client's allowance
     # of failures (and so lock the admin out).
     if not same_origin(request):
@@ -249,8 +249,8 @@ def _actions(session: Session, sha: str) -> str:
     )
 
 
-def _preview(svc: Services, session: Session, sha: str, in_quarantine: bool) -> str:
-    if not (svc.settings.admin.previews and session.previews):
+def _preview(svc: AdminDeps, session: Session, sha: str, in_quarantine: bool) -> str:
+    if not (svc.admin.previews and session.previews):
         return ""
     if not in_quarantine:
         return '<div class="preview muted">no preview: not in quarantine</div>'
@@ -260,7 +260,7 @@ def _preview(svc: Services, session: Session, sha: str, in_quarantine: bool) -> 
     )
 
 
-def _card(svc: Services, session: Session, item: dict[str, Any], extra: str = "") -> str:
+def _card(svc: AdminDeps, session: Session, item: dict[str, Any], extra: str = "") -> str:
     sha = item["sha256"]
     label = item.get("label") or "?"
     reasons = "".join(f"<li>{_e(r)}</li>" for r in item.get("reasons") or []) or "<li>-</li>"
@@ -286,8 +286,8 @@ def _card(svc: Services, session: Session, item: dict[str, Any], extra: str = ""
     )
 
 
-def _previews_control(svc: Services, session: Session) -> str:
-    if not svc.settings.admin.previews:
+def _previews_control(svc: AdminDeps, session: Session) -> str:
+    if not svc.admin.previews:
         return '<p class="muted">Previews are disabled in the configuration (admin.previews).</p>'
     state, flip, label = (
         ("on", "0", "Turn previews off") if session.previews else ("off", "1", "Turn previews on")
@@ -303,7 +303,7 @@ def _previews_control(svc: Services, session: Session) -> str:
 
 async def queue_page(request: web.Request) -> web.Response:
     session = _session_or_login(request)
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     data = await admin_api.queue_data(svc, 100)
     parts = [_previews_control(svc, session)]
     if not svc.enforcer.purges:
@@ -349,7 +349,7 @@ def _section(key: str, title: str, cards: list[str]) -> str:
 
 async def item_page(request: web.Request) -> web.Response:
     session = _session_or_login(request)
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = admin_api.sha_param(request)
     record = await svc.review.detail(sha)
     if record is None:
@@ -409,7 +409,7 @@ def _compact(detail: dict[str, Any]) -> str:
 
 async def decide(request: web.Request) -> web.Response:
     session, form = await _checked_post(request)
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = admin_api.sha_param(request)
     action = request.match_info["action"]
     note = str(form.get("note") or "")[:500]
@@ -443,7 +443,7 @@ async def decide(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"/admin/item/{sha}#decision")
 
 
-async def _refresh_provenance(svc: Services, sha: str) -> None:
+async def _refresh_provenance(svc: AdminDeps, sha: str) -> None:
     if not await svc.store.refresh_provenance(sha):
         stored = await svc.store.get_verdict(sha)
         await svc.store.want_provenance(sha, "admin", seen_at=stored.first_seen if stored else None)
@@ -453,7 +453,7 @@ async def _refresh_provenance(svc: Services, sha: str) -> None:
 
 async def lemmy_retry(request: web.Request) -> web.Response:
     session, _ = await _checked_post(request)
-    svc: Services = request.app[SERVICES]
+    svc: AdminDeps = request.app[ADMIN_DEPS]
     sha = admin_api.sha_param(request)
     try:
         await lemmy_page.retry(svc, session, request.match_info["id"])
@@ -469,8 +469,8 @@ async def lemmy_retry(request: web.Request) -> web.Response:
 
 async def previews(request: web.Request) -> web.Response:
     session, form = await _checked_post(request)
-    svc: Services = request.app[SERVICES]
-    session.previews = svc.settings.admin.previews and form.get("on") == "1"
+    svc: AdminDeps = request.app[ADMIN_DEPS]
+    session.previews = svc.admin.previews and form.get("on") == "1"
     await svc.store.audit("admin_previews", source=session.actor, detail={"on": session.previews})
     raise web.HTTPSeeOther("/admin")
 
@@ -480,19 +480,19 @@ async def preview(request: web.Request) -> web.Response:
     session = gate.session_for(request)
     if session is None:
         raise RequestError(403, "not_signed_in", "sign in at /admin/login first")
-    svc: Services = request.app[SERVICES]
-    if not (svc.settings.admin.previews and session.previews):
+    svc: AdminDeps = request.app[ADMIN_DEPS]
+    if not (svc.admin.previews and session.previews):
         raise RequestError(403, "previews_off", "previews are off for this session")
     sha = admin_api.sha_param(request)
     data = await svc.review.held_bytes(sha)
     if data is None:
         raise RequestError(404, "not_in_quarantine", "previews exist only for quarantined items")
-    settings = svc.settings.admin
+    settings = svc.admin
     # Every decode limit of [media] holds here too, and the memory budget: a held file is
     # untrusted bytes.
-    limits = svc.settings.media.limits(backend_max_side=settings.preview_max_side)
+    limits = svc.media.limits(backend_max_side=settings.preview_max_side)
     try:
-        prepared = await prepare_within(data, limits, svc.judge.memory)
+        prepared = await prepare_within(data, limits, svc.decode_memory)
         jpeg = await asyncio.to_thread(
             render_preview, prepared, limits, settings.preview_blur_radius
         )

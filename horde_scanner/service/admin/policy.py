@@ -14,12 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from horde_scanner.judging.policy import Policy, PolicyError
 from horde_scanner.judging.policy_diff import DiffReport, run_diff
+from horde_scanner.policy.rules import Policy, PolicyError
 from horde_scanner.service.admin import api as admin_api
 from horde_scanner.service.admin.auth import actor_name
 from horde_scanner.service.admin.page import _checked_post, _csrf, _page, _session_or_login
-from horde_scanner.service.context import SERVICES, Services
+from horde_scanner.service.context import POLICY, PolicyDeps
 from horde_scanner.service.errors import RequestError
 from horde_scanner.verdict import Label
 
@@ -62,7 +62,7 @@ async def _body_policy(request: web.Request) -> Policy:
 
 def _since(value: str | None) -> float | None:
     """Unix seconds, ISO 8601, or a duration back from now (90m, 12h, 30d)."""
-    from horde_scanner.sweep.app import parse_since
+    from horde_scanner.timefmt import parse_since
 
     if not value:
         return None
@@ -94,7 +94,7 @@ async def _diff(
     samples: int,
     baseline: str,
 ) -> DiffReport:
-    svc: Services = request.app[SERVICES]
+    svc: PolicyDeps = request.app[POLICY]
     if baseline not in ("stored", "current"):
         raise RequestError(400, "bad_baseline", "baseline must be stored or current")
     async with request.app[_DIFF_LOCK]:
@@ -104,7 +104,7 @@ async def _diff(
             baseline=svc.policy if baseline == "current" else None,
             since=since,
             labels=labels,
-            reject_labels=[label.value for label in svc.settings.validation.reject_labels],
+            reject_labels=[label.value for label in svc.validation.reject_labels],
             sample_size=samples,
         )
 
@@ -127,7 +127,7 @@ async def diff_api(request: web.Request) -> web.Response:
         samples=_samples(q.get("samples")),
         baseline=q.get("baseline") or "stored",
     )
-    svc: Services = request.app[SERVICES]
+    svc: PolicyDeps = request.app[POLICY]
     await svc.store.audit(
         "policy_dry_run",
         source=actor_name("api", request.headers.get("X-Admin-Actor")),
@@ -189,7 +189,7 @@ async def policy_post(request: web.Request) -> web.Response:
         )
     except RequestError as exc:
         return _page("Policy dry run", _form(session, exc.detail), session, status=exc.status)
-    svc: Services = request.app[SERVICES]
+    svc: PolicyDeps = request.app[POLICY]
     await svc.store.audit(
         "policy_dry_run",
         source=session.actor,
@@ -198,7 +198,7 @@ async def policy_post(request: web.Request) -> web.Response:
     return _page("Policy dry run", _form(session) + _report_html(report, svc), session)
 
 
-def _report_html(report: DiffReport, svc: Services) -> str:
+def _report_html(report: DiffReport, svc: PolicyDeps) -> str:
     d = report.as_dict()
     skipped = "".join(f"<li>{n:,} {_e(why)}</li>" for why, n in sorted(report.skipped.items()))
     parts = [

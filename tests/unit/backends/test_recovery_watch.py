@@ -4,12 +4,12 @@ second): the watch compares recovery counts, not only live/down."""
 
 from __future__ import annotations
 
-from horde_scanner.backends.base import Readiness
+from horde_scanner.backends.base import Backend, Readiness
 from horde_scanner.backends.reachability import Reachability
 from horde_scanner.backends.recovery import RecoveryWatch
 
 
-class _Remote:
+class _Remote(Backend):
     """A backend whose one path is a real Reachability."""
 
     name = "remote"

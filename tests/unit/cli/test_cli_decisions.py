@@ -16,9 +16,9 @@ from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import Settings
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.review.quarantine import Quarantine
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import running_service
@@ -166,7 +166,7 @@ async def test_cli_release_is_the_allow_decision(tmp_path: Path):
     assert allow["detail"]["note"] == f"released from quarantine #{action_id}"
     assert len(audit_rows(p["db"], "released")) == 1
     twice = await cli(["release", str(action_id)], env)
-    assert twice.exit_code == 1 and "nothing to release" in twice.output
+    assert twice.exit_code == 4 and "nothing to release" in twice.output
 
 
 async def test_verdicts_show_and_the_admin_api_give_the_same_record(tmp_path: Path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.config import ConfigError, load_settings
-from horde_scanner.judging.policy import Policy, PolicyError
+from horde_scanner.policy.rules import Policy, PolicyError
 from horde_scanner.verdict import Label, Signals
 
 ROOT = Path(__file__).resolve().parents[3]

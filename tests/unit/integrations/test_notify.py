@@ -71,7 +71,7 @@ async def test_discord_template_and_failures_are_logged_not_fatal(tmp_path: Path
                     http, svc.scan_url(), images.jpeg("magenta", seed=72), "image/jpeg"
                 )
                 assert result.status == 200 and result.body["label"] == "nsfw"
-                await wait_until(lambda: svc.services.notifier.failed == 1)
+                await wait_until(lambda: svc.parts.notifier.failed == 1)
     (payload,) = sink.received
     assert set(payload) == {"content", "username", "allowed_mentions"}
     assert "new nsfw verdict" in payload["content"] and payload["allowed_mentions"] == {"parse": []}

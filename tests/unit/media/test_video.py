@@ -18,12 +18,12 @@ from horde_scanner.backends.horde import HordeBackend
 from horde_scanner.backends.mock import MockBackend, colour_marker_signals
 from horde_scanner.backends.prescreen import CLEARED, PrescreenBackend
 from horde_scanner.config import HordeSettings
-from horde_scanner.judging import frames as framesignals
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.decode import DecodeLimits, UnreadableMedia, decode, prepare
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.policy import frames as framesignals
+from horde_scanner.policy.rules import Policy
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.store.sqlite import Store
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.horde import FakeHorde
 from horde_scanner.testing.pictrs import validate_upload
@@ -104,7 +104,7 @@ async def test_marker_frame_rejects_the_upload_and_is_named(tmp_path: Path, http
         assert "frames judged, none flagged" in ok.body["reasons"][0]
         # Every sampled frame's PDQ joined the hash store, by frame; of the positive, only the
         # marked frame stays (its harmless frames must never become deny entries).
-        store = svc.services.judge.hashes.store
+        store = svc.parts.judge.hashes.store
         clean_frames = decode(clean, DecodeLimits()).frames
         kept = [h.frame for h in await store.pdq_of(sha256_hex(clean))]
         assert kept == [f.index for f in clean_frames] and len(kept) > 1
@@ -249,7 +249,7 @@ async def test_validation_deadline_holds_and_the_video_is_judged_later(tmp_path:
         assert first.status == 200 and first.body["route"] == "timeout"
         sha = sha256_hex(data)
         for _ in range(100):
-            outcome = await svc.services.judge.lookup(sha)
+            outcome = await svc.parts.judge.lookup(sha)
             if outcome is not None:
                 break
             await asyncio.sleep(0.05)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from horde_scanner.cli import main
 from horde_scanner.cli.policy import _Bar
-from horde_scanner.judging.policy import Policy, PolicyError
+from horde_scanner.policy.rules import Policy, PolicyError
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Signals
 from tests.policy_history import CASES, OLD_POLICY, expected_flips, fill
@@ -150,11 +150,11 @@ def test_policy_check_cli(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text('version = "mine"\n[horde]\nweak_underage_words = ["girl", 3]\n')
     result = runner.invoke(main, ["policy", "check", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "`weak_underage_words` must be a list of non-empty strings" in result.output
     assert str(bad) in result.output and "Traceback" not in result.output
     missing = runner.invoke(main, ["policy", "check", str(tmp_path / "nope.toml")])
-    assert missing.exit_code == 1 and "nope.toml" in missing.output
+    assert missing.exit_code == 2 and "nope.toml" in missing.output
 
 
 # -- policy diff ----------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_diff_refuses_a_malformed_candidate_naming_the_key(history: Path, tmp_pa
     bad = tmp_path / "bad.toml"
     bad.write_text(BUNDLED.read_text().replace("trust_nsfw_flag = true", "trust_nsfw_flag = 1"))
     result = CliRunner().invoke(main, ["--db", str(history), "policy", "diff", str(bad)])
-    assert result.exit_code == 1 and "`trust_nsfw_flag` must be true or false" in result.output
+    assert result.exit_code == 2 and "`trust_nsfw_flag` must be true or false" in result.output
     since = CliRunner().invoke(
         main, ["--db", str(history), "policy", "diff", str(BUNDLED), "--since", "lately"]
     )

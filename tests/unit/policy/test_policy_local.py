@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from horde_scanner.backends.base import BackendUnavailable
-from horde_scanner.judging.policy import (
+from horde_scanner.policy.rules import (
     CLIP_PREFIX,
     PRESCREEN_PREFIX,
     WORKER_CSAM,

@@ -17,8 +17,8 @@ from PIL import Image
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import Settings
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.runtime.sweeps import run_scan
 from horde_scanner.sweep.actions import Action
-from horde_scanner.sweep.app import run_scan
 from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
 from horde_scanner.testing.service import running_service
@@ -90,7 +90,7 @@ async def test_admin_allow_restores_a_sweep_quarantined_file_and_allow_lists_it(
         assert original.read_bytes() == red and not held.exists()
         ((action, state, location, _),) = _actions(settings.store.path, sha)
         assert (action, state, location) == ("quarantine", "released", str(held))
-        trail = await svc.services.store.audit_trail(sha)
+        trail = await svc.parts.store.audit_trail(sha)
         released = [a for a in trail if a.event == "released"]
         assert len(released) == 1 and released[0].detail["by"] == "api:alice"
         assert released[0].detail["from"] == str(held)
@@ -115,7 +115,7 @@ async def test_admin_confirm_keeps_the_sweep_copy_as_evidence_and_records_it(tmp
         assert held.read_bytes() == red and not original.exists()
         ((_, state, _, row_detail),) = _actions(settings.store.path, sha)
         assert state == "done" and '"decided_by": "api:bob"' in row_detail
-        trail = await svc.services.store.audit_trail(sha)
+        trail = await svc.parts.store.audit_trail(sha)
         assert any(a.event == "quarantine_kept" and a.detail["by"] == "api:bob" for a in trail)
 
 

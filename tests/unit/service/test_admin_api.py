@@ -54,7 +54,7 @@ async def test_bearer_token_is_required_and_checked(tmp_path: Path, http):
         sha = "b" * 64
         status, _ = await call(http, "POST", f"{url}/{sha}/allow", token="x" * 32)
         assert status == 401
-        assert await svc.services.store.list_kind(sha) is None
+        assert await svc.parts.store.list_kind(sha) is None
         status, body = await call(http, "GET", url)
         assert status == 200 and body["verdicts"] == []
 
@@ -66,7 +66,7 @@ async def test_list_filter_and_show(tmp_path: Path, http):
     async with running_service(admin_settings(tmp_path), backend=MockBackend()) as svc:
         for data in (red, magenta, green):
             await validate_upload(http, svc.scan_url(), data, "image/jpeg")
-        store = svc.services.store
+        store = svc.parts.store
         old = Verdict(
             label=Label.NSFW,
             reasons=["old"],
@@ -123,7 +123,7 @@ async def test_allow_lists_releases_from_quarantine_and_next_upload_is_accepted(
         original = tmp_path / "pictrs" / "files" / "ab" / "meme.jpg"
         original.parent.mkdir(parents=True)
         original.write_bytes(red)
-        quarantine = svc.services.quarantine
+        quarantine = svc.parts.quarantine
         await quarantine.admit_file(sha, original, origin="local")
         assert not original.exists() and quarantine.held_path(sha).read_bytes() == red
 
@@ -161,7 +161,7 @@ async def test_confirm_deny_lists_and_deletes_the_quarantined_copy(tmp_path: Pat
     async with running_service(admin_settings(tmp_path), backend=MockBackend()) as svc:
         first = await validate_upload(http, svc.scan_url(), magenta, "image/jpeg")
         assert first.status == 200 and first.body["label"] == "nsfw"
-        quarantine = svc.services.quarantine
+        quarantine = svc.parts.quarantine
         await quarantine.admit_bytes(
             sha,
             magenta,
@@ -192,7 +192,7 @@ async def test_confirm_deny_lists_and_deletes_the_quarantined_copy(tmp_path: Pat
 async def test_rejudge_from_stored_signals_and_with_a_fresh_backend_call(tmp_path: Path, http):
     backend = MockBackend()
     async with running_service(admin_settings(tmp_path), backend=backend) as svc:
-        store, policy = svc.services.store, svc.services.policy
+        store, policy = svc.parts.store, svc.parts.policy
         # Stored under the current policy version, but judged by rules since fixed.
         stale = Verdict(
             label=Label.CLEAN,
@@ -225,7 +225,7 @@ async def test_rejudge_from_stored_signals_and_with_a_fresh_backend_call(tmp_pat
         await store.put_verdict(
             red_sha, Verdict(label=Label.ERROR, reasons=["horde refused"], backend="horde")
         )
-        await svc.services.quarantine.admit_bytes(
+        await svc.parts.quarantine.admit_bytes(
             red_sha, red, origin="local", identifier=str(tmp_path / "x.jpg")
         )
         calls = backend.calls
@@ -277,7 +277,7 @@ async def test_queue_stats_and_evidence_export(tmp_path: Path, http):
         assert stats["verdicts"] == {"csam": 1, "clean": 1, "unreadable": 1}
         assert stats["lists"] == {"deny": 1}
         assert stats["backend"]["name"] == "mock" and stats["backend"]["live"] is True
-        assert stats["policy"] == svc.services.policy.version
+        assert stats["policy"] == svc.parts.policy.version
 
         status, rows = await call(http, "GET", f"{svc.url}{API}/export?format=json")
         assert status == 200
@@ -332,5 +332,5 @@ async def test_repeated_wrong_logins_are_throttled(tmp_path: Path, http):
         ) as resp:
             assert resp.status == 429  # even the right token waits now
             assert "hs_admin" not in resp.cookies
-        m = svc.services.metrics.errors
+        m = svc.parts.metrics.errors
         assert m["admin_login_failed"] == 10

@@ -84,7 +84,7 @@ async def test_bearer_api_failures_are_throttled_per_client(tmp_path: Path):
             assert status == 200
             # The login form and the API share the allowance: the guesser is out of both.
             assert await login(guesser, svc.url, TOKEN) == 429
-        assert svc.services.metrics.errors["admin_token_failed"] == 10
+        assert svc.parts.metrics.errors["admin_token_failed"] == 10
 
 
 async def test_an_ipv6_client_is_one_client_across_its_64(tmp_path: Path):

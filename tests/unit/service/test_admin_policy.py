@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 
 from horde_scanner.backends.mock import MockBackend
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.policy.rules import Policy
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
 from horde_scanner.testing.pictrs import validate_upload
@@ -38,8 +38,8 @@ async def test_policy_diff_over_the_api_changes_nothing(tmp_path: Path, http):
         cases = {c.name: c for c in CASES}
         await fill(store)
     async with running_service(settings, backend=MockBackend()) as svc:
-        store = svc.services.store
-        running = svc.services.policy.version
+        store = svc.parts.store
+        running = svc.parts.policy.version
         # A decision made through the API itself is reported as a confirm, by its author.
         little = cases["toddler"].sha256
         status, _ = await call(
@@ -81,7 +81,7 @@ async def test_policy_diff_over_the_api_changes_nothing(tmp_path: Path, http):
         # Nothing was written: same verdicts, same running policy.
         after = {c.sha256: (await store.get_verdict(c.sha256)).verdict for c in CASES}
         assert after == before
-        assert svc.services.policy.version == running
+        assert svc.parts.policy.version == running
 
 
 async def test_policy_check_and_bad_candidates_get_400_naming_the_key(tmp_path: Path, http):
@@ -141,7 +141,7 @@ async def test_after_the_switch_a_cached_weak_cue_csam_is_rejudged_and_accepted(
         accepted = await validate_upload(http, svc.scan_url(), adult, "image/jpeg")
         assert accepted.status == 200 and accepted.body["route"] == "cache"
         assert accepted.body["label"] == "nsfw"
-        stored = await svc.services.store.get_verdict(sha256_hex(adult))
+        stored = await svc.parts.store.get_verdict(sha256_hex(adult))
         assert stored.verdict.policy_version == "2026.12-1"
         assert any("not enough for csam" in r for r in stored.verdict.reasons)
         rejected = await validate_upload(http, svc.scan_url(), child, "image/jpeg")

@@ -64,7 +64,7 @@ async def test_client_secrets_are_never_recorded(tmp_path: Path, http):
             async with browser.get(f"{svc.url}/admin/item/{sha256_hex(red)}") as resp:
                 assert resp.status == 200
                 seen.append(await resp.text())
-        await svc.services.store.flush_audit()
+        await svc.parts.store.flush_audit()
 
     everything = "\n".join(seen)
     assert "upload:lemmy" in everything and f"upload:{tag}" in everything
@@ -106,7 +106,7 @@ async def test_rows_an_older_release_wrote_with_the_secret_name_the_client_after
         await store.add_job(other, b"x", media_type=None, size=None, source=f"upload:{UNNAMED}")
         await store.audit("answered", sha256=other, source="upload:IPADDR")  # not a secret
     async with running_service(settings, backend=MockBackend()) as svc:
-        store = svc.services.store
+        store = svc.parts.store
         await store.flush_audit()
         sources = {
             str(row[0])

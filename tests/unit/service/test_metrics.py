@@ -45,8 +45,8 @@ async def test_metrics_count_answers_routes_deadlines_errors_and_sweeps(tmp_path
         assert (await validate_upload(http, svc.scan_url(), red, "image/jpeg")).status == 406
         assert (await validate_upload(http, svc.scan_url(), red, "image/jpeg")).status == 406
         assert (await validate_upload(http, svc.scan_url(), green, "image/jpeg")).status == 200
-        await svc.services.store.set_list(sha256_hex(green), "allow")
-        svc.services.judge.forget()
+        await svc.parts.store.set_list(sha256_hex(green), "allow")
+        svc.parts.judge.forget()
         assert (await validate_upload(http, svc.scan_url(), green, "image/jpeg")).status == 200
         backend.delay_s = 3.0
         timed_out = await validate_upload(http, svc.scan_url(), slow, "image/jpeg")
@@ -54,7 +54,7 @@ async def test_metrics_count_answers_routes_deadlines_errors_and_sweeps(tmp_path
         # An unknown client is an error of its own kind.
         async with http.post(svc.scan_url("nobody"), data=red) as resp:
             assert resp.status == 401
-        run = svc.services.sweeps.start("local:/srv/pictrs", total=10)
+        run = svc.parts.sweeps.start("local:/srv/pictrs", total=10)
         run.advance(3, label="clean")
         run.advance(2, skipped=True)
         run.fail()

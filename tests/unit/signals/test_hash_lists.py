@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
 from horde_scanner.config import ConfigError, load_settings
-from horde_scanner.hashlists.format import parse
 from horde_scanner.media.decode import DecodeLimits, decode
 from horde_scanner.media.hashing import pdq_hash, sha256_hex
+from horde_scanner.signals.hash_list import parse
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import textures
 from horde_scanner.testing.pictrs import validate_upload
@@ -92,9 +92,9 @@ def test_unreadable_list_is_refused_with_a_reason(tmp_path: Path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "horde-scanner-hashes", "entries": [')
     result = cli(db, "hashes", "import", str(bad))
-    assert result.exit_code == 1 and "not valid JSON" in result.output
+    assert result.exit_code == 2 and "not valid JSON" in result.output
     result = cli(db, "hashes", "import", "-", stdin="hello,world\n1,2\n")
-    assert result.exit_code == 1 and "lacks signal, value" in result.output
+    assert result.exit_code == 2 and "lacks signal, value" in result.output
     rows = json.dumps(
         {
             "format": "horde-scanner-hashes",

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.cli import main
-from horde_scanner.hashlists.format import HashEntry, dump_json, parse
+from horde_scanner.signals.hash_list import HashEntry, dump_json, parse
 from horde_scanner.testing.server import AppServer
 from horde_scanner.testing.service import make_settings, running_service
 
@@ -74,9 +74,9 @@ def settings(tmp_path: Path, url: str, **sub):
 async def _refresh(tmp_path: Path, url: str, **sub):
     config = settings(tmp_path, url, **sub)
     async with running_service(config, backend=MockBackend()) as svc:
-        subscriber = svc.services.subscriber
+        subscriber = svc.parts.subscriber
         outcome = await subscriber.refresh(config.hashes.subscriptions[0])
-        state = await svc.services.hashes.store.hash_subscription("src")
+        state = await svc.parts.hashes.store.hash_subscription("src")
     return outcome, state
 
 
@@ -184,4 +184,4 @@ def test_a_list_with_too_many_rows_is_refused(tmp_path: Path):
         ["--db", str(tmp_path / "s.db"), "hashes", "import", str(listing)],
         env={"HORDE_SCANNER_HASHES__MAX_LIST_ROWS": "10"},
     )
-    assert result.exit_code == 1 and "more than 10 rows" in result.output
+    assert result.exit_code == 2 and "more than 10 rows" in result.output

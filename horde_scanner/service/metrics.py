@@ -2,7 +2,7 @@
 
 Counted as things happen: validation latency, answers by label/route/answer, deadline hits by
 the on_timeout taken, judgements by label and backend, errors by kind. Read at scrape time
-from the objects that hold them: Horde requests in flight and estimated kudos, jobs waiting,
+from the objects that hold them: each backend's own figures (its `metrics()`), jobs waiting,
 backend up, the store up or away (and what waits in memory for it), notification counters,
 sweep progress (horde_scanner.sweep.metrics).
 """
@@ -21,12 +21,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from horde_scanner.backends.base import Backend
-from horde_scanner.backends.horde import HordeBackend, horde_paths
+from horde_scanner.backends.base import Backend, iter_backends
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.judging.judge import Outcome, Route
+from horde_scanner.store.jobs import Job
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.sweep.metrics import SweepProgress
+from horde_scanner.verdict import Label, Verdict
 
 PREFIX = "horde_scanner"
 # Validation answers must come well under pict-rs's 10 s; buckets resolve the cached path too.
@@ -160,6 +161,14 @@ class Metrics:
                     counts[key] += int(sample.value)
         return dict(counts)
 
+    def count_judgement(self, job: Job, verdict: Verdict, answered: str | None) -> None:
+        """A judgement finished (the runtime's `on_judged`), from any entry point."""
+        self.judged.labels(label=verdict.label.value, backend=verdict.backend or "none").inc()
+        if verdict.label is Label.ERROR:
+            self.error("backend_failed")
+        elif verdict.label is Label.UNREADABLE:
+            self.error("unreadable")
+
     def worker_answer(self, outcome: str) -> None:
         self.worker_answers.labels(outcome=outcome).inc()
 
@@ -216,8 +225,13 @@ def _backend_metrics(src: Sources) -> Iterator[Metric]:
     yield _gauge(
         "jobs_outstanding", "Judgements waiting or running in this process.", src.jobs_outstanding()
     )
-    for horde in horde_paths(src.backend)[:1]:
-        yield from _horde_metrics(horde)
+    # Each backend's own families (the AI Horde's queue, kudos, rate limits); a name once.
+    seen: set[str] = set()
+    for inner in iter_backends(src.backend):
+        for family in inner.metrics():
+            if family.name not in seen:
+                seen.add(family.name)
+                yield family
 
 
 def _store_metrics(src: Sources) -> Iterator[Metric]:
@@ -253,49 +267,6 @@ def _counter(name: str, doc: str, value: float) -> Metric:
     family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
     family.add_metric([], value)
     return family
-
-
-def _horde_metrics(horde: HordeBackend) -> Iterator[Metric]:
-    yield _gauge("horde_in_flight", "AI Horde requests in flight.", horde.in_flight)
-    yield _counter(
-        "horde_kudos_estimated", "Kudos spent on the AI Horde (estimated).", horde.kudos_estimate
-    )
-    yield _gauge(
-        "horde_expected_latency_seconds",
-        "Seconds a new image is expected to take on the AI Horde (+Inf: no workers).",
-        horde.live_latency_s(),
-    )
-    yield _gauge(
-        "horde_submits_waiting",
-        "Images waiting for our share of the AI Horde's submit limit.",
-        horde.client.submits.waiting,
-    )
-    yield _counter(
-        "horde_rate_limited",
-        "429 answers from the AI Horde's rate limiter (should stay 0).",
-        horde.client.rate_limited,
-    )
-    load = horde.latency.load
-    if load is not None:
-        yield _gauge(
-            "horde_queued_forms",
-            "Interrogation forms waiting or processing on the whole AI Horde.",
-            load.queued_forms,
-        )
-        yield _gauge(
-            "horde_interrogators", "Interrogation workers on the AI Horde.", load.interrogators
-        )
-    budget = horde.budget
-    if budget.limit is not None:
-        yield _gauge("horde_kudos_budget", "horde.max_kudos_per_day.", budget.limit)
-        yield _gauge(
-            "horde_kudos_spent_today", "Kudos charged this UTC day (estimated).", budget.spent
-        )
-        yield _counter(
-            "horde_budget_refused",
-            "Misses not sent to the AI Horde because the day's kudos budget was spent.",
-            budget.refused,
-        )
 
 
 def _notify_metrics(notifier: Notifier | None) -> Iterator[Metric]:

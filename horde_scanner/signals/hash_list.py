@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
+from horde_scanner.errors import InvalidInput
 from horde_scanner.media.hashing import is_pdq_hex, is_sha256_hex
 from horde_scanner.timefmt import iso
 
@@ -84,7 +85,7 @@ class _Bad:
     message: str
 
 
-class ListFormatError(Exception):
+class ListFormatError(InvalidInput):
     """The document as a whole cannot be read as a hash list."""
 
 

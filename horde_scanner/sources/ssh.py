@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from horde_scanner.config import SSHSettings
-from horde_scanner.sweep.layout import DirItem, walk, walk_new
-from horde_scanner.sweep.source import Denied, Entry, ItemError, SourceError, Vanished
+from horde_scanner.sources.layout import DirItem, walk, walk_new
+from horde_scanner.sources.source import Denied, Entry, ItemError, SourceError, Vanished
 
 log = logging.getLogger(__name__)
 

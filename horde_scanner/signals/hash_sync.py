@@ -1,5 +1,5 @@
 """Keeping an in-memory index of list entries in step with the store, written once for the
-PDQ index (hashlists/matcher.py) and the embedding index (signals/embeddings.py).
+PDQ index (signals/hash_matcher.py) and the embedding index (signals/embeddings.py).
 
 Any change to what such an index must hold bumps the store's hash generation, and another
 replica's change arrives as a `hashes` (or `reset`) notice. The loop waits for a notice or a

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from horde_scanner.config import S3Settings
-from horde_scanner.sweep.layout import v7_key_prefix
-from horde_scanner.sweep.source import Denied, Entry, ItemError, SourceError, Vanished
+from horde_scanner.sources.layout import v7_key_prefix
+from horde_scanner.sources.source import Denied, Entry, ItemError, SourceError, Vanished
 
 log = logging.getLogger(__name__)
 

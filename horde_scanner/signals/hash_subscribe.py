@@ -28,14 +28,15 @@ import aiohttp
 from yarl import URL
 
 from horde_scanner.config import HashesSettings, HashSubscription
-from horde_scanner.hashlists.format import (
+from horde_scanner.errors import FinalError
+from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.signals.hash_list import (
     ListFormatError,
     ParseReport,
     TooManyRows,
     read_entries,
 )
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.signals.hash_matcher import HashMatcher
 from horde_scanner.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ FAILED = "failed"
 T = TypeVar("T")
 
 
-class _Refused(Exception):
+class _Refused(FinalError):
     def __init__(self, status: int | None, reason: str, nbytes: int = 0) -> None:
         super().__init__(reason)
         self.status = status

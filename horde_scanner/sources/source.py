@@ -34,6 +34,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from horde_scanner.errors import FinalError
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -42,11 +44,11 @@ class Entry:
     mtime: float
 
 
-class SourceError(Exception):
+class SourceError(FinalError):
     """The source cannot be used at all (address, credentials, host key, missing root)."""
 
 
-class ItemError(Exception):
+class ItemError(FinalError):
     """One object could not be handled; the sweep counts it and goes on."""
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import NamedTuple
 
-from horde_scanner.sweep.source import Entry
+from horde_scanner.sources.source import Entry
 
 _V7_RE = re.compile(r"^(?:[0-9a-f]{2}/){10}[0-9a-f]{12}(?:\.[a-z0-9]+)?$")
 _HEX2_RE = re.compile(r"^[0-9a-f]{2}$")

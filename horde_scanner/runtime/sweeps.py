@@ -1,15 +1,14 @@
 """The sweep commands as functions (the CLI is a thin layer over these): scan, apply, release.
 
-Each opens a runtime (horde_scanner/runtime.py) and asks it for the store, then opens the source
-(so that a wrong credential or host key stops before any work), then asks for the same Judge
-the validation service uses, with the same finish.
+Each opens a runtime (runtime/__init__.py), or uses the caller's, and asks it for the store,
+then opens the source (so that a wrong credential or host key stops before any work), then asks
+for the same Judge the validation service uses, with the same finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import OnEvent, Settings
 from horde_scanner.runtime import Runtime, open_runtime
+from horde_scanner.sources.address import make_source
+from horde_scanner.sources.source import ItemError, Source
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.sweep.actions import (
@@ -27,11 +28,9 @@ from horde_scanner.sweep.actions import (
     check_releasable,
     releasable,
 )
-from horde_scanner.sweep.address import make_source
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.sweep.runner import Sweep
-from horde_scanner.sweep.source import ItemError, Source
 from horde_scanner.verdict import Label
 
 log = logging.getLogger(__name__)
@@ -279,24 +278,3 @@ async def run_release(
         done = f" (restored: {', '.join(restored)})" if restored else ""
         raise ItemError(f"allow-listed {sha256}, but could not restore {failed}{done}")
     return restored
-
-
-def parse_since(value: str, *, now: float | None = None) -> float:
-    """`2024-05-01`, an ISO time, or a duration back from now: `90m`, `12h`, `7d`."""
-    from datetime import UTC, datetime
-
-    now = time.time() if now is None else now
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    text = value.strip()
-    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now - float(text[:-1]) * units[text[-1]]
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"--since {value!r}: expected a date (2024-05-01), an ISO time or a duration "
-            "(90m, 12h, 7d)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()

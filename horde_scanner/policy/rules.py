@@ -10,11 +10,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from horde_scanner.judging import frames as framesignals
+from horde_scanner.errors import InvalidInput
+from horde_scanner.policy import frames as framesignals
 from horde_scanner.verdict import Label, Signals, Verdict
 
 
-class PolicyError(Exception):
+class PolicyError(InvalidInput):
     """The policy file is missing, unparsable or incomplete; the message says which."""
 
 

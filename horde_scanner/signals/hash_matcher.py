@@ -1,6 +1,6 @@
 """Matching images against the deny lists by hash, before any backend is asked.
 
-`HashMatcher` keeps the in-memory PDQ index (horde_scanner/hashlists/index.py) of every deny entry:
+`HashMatcher` keeps the in-memory PDQ index (signals/hash_index.py) of every deny entry:
 this instance's confirmed positives and deny list, imported entries, and subscribed lists. It
 is loaded at start-up and kept in step with the store: hashes of new positives are added at
 once, and any other change (an import, an allow from the CLI, a subscription refresh) bumps the
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from horde_scanner.config import HashesSettings, HashTrust
-from horde_scanner.hashlists.index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
-from horde_scanner.hashlists.sync import IndexSync
 from horde_scanner.media.hashing import PdqHash
+from horde_scanner.signals.hash_index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
+from horde_scanner.signals.hash_sync import IndexSync
 from horde_scanner.store.hashes import LOCAL, VERDICT, HashRow
 from horde_scanner.store.sqlite import Store
 from horde_scanner.timefmt import iso

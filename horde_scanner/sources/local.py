@@ -17,8 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from horde_scanner.sweep.layout import DirItem, walk_new_sync, walk_sync
-from horde_scanner.sweep.source import Denied, Entry, ItemError, SourceError, Vanished
+from horde_scanner.sources.layout import DirItem, walk_new_sync, walk_sync
+from horde_scanner.sources.source import Denied, Entry, ItemError, SourceError, Vanished
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from horde_scanner.config import HashesSettings
-from horde_scanner.hashlists.format import HashEntry, dump_json
-from horde_scanner.hashlists.index import hex_to_words
+from horde_scanner.signals.hash_index import hex_to_words
+from horde_scanner.signals.hash_list import HashEntry, dump_json
 from horde_scanner.store.hashes import HashRow
 from horde_scanner.store.sqlite import Store
 

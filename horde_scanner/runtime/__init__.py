@@ -10,10 +10,11 @@ runtime's one AsyncExitStack at that moment, so parts stop in the reverse order 
 Ask from one task (at start-up): two first asks of the same part at once would build it twice.
 
 Every judgement ends in `finish` (store first, in the Judge; then the late-positive purge,
-metrics and notifications), whichever entry point asked for it, so a positive a sweep finds is
-counted and notified like an upload's. What else is done about a verdict is the entry point's:
-an upload's late positive is purged here (the enforcer acts only on jobs answered "accept"),
-a sweep acts by its own `--action`, a report acts on nothing.
+whoever listens through `on_judged` (the service's /metrics) and notifications), whichever
+entry point asked for it, so a positive a sweep finds is counted and notified like an upload's.
+What else is done about a verdict is the entry point's: an upload's late positive is purged
+here (the enforcer acts only on jobs answered "accept"), a sweep acts by its own `--action`,
+a report acts on nothing.
 """
 
 from __future__ import annotations
@@ -21,38 +22,38 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypeAlias
 
 import aiohttp
 
 from horde_scanner.backends.base import Backend
-from horde_scanner.backends.horde import start_horde
-from horde_scanner.backends.prescreen import PrescreenBackend
-from horde_scanner.backends.router import build_backend
-from horde_scanner.backends.shared_submits import share_horde_budget
+from horde_scanner.backends.kinds import build_backend
 from horde_scanner.backends.workers import WorkerPool
 from horde_scanner.config import Settings
-from horde_scanner.hashlists.matcher import HashMatcher
-from horde_scanner.hashlists.publish import Publisher
-from horde_scanner.hashlists.subscribe import Subscriber
 from horde_scanner.integrations.enforce import LatePositiveEnforcer
-from horde_scanner.integrations.metrics import Metrics, Sources
 from horde_scanner.integrations.notify import Notifier, ReadinessWatcher, backend_event
 from horde_scanner.integrations.pictrs import PictrsClient
 from horde_scanner.judging.jobs import FinishedHook
 from horde_scanner.judging.judge import Judge, build_judge
-from horde_scanner.judging.policy import Policy
 from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
+from horde_scanner.policy.rules import Policy
 from horde_scanner.review.decisions import Review
 from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher, EmbeddingSubscriber
 from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.signals.hash_matcher import HashMatcher
+from horde_scanner.signals.hash_publish import Publisher
+from horde_scanner.signals.hash_subscribe import Subscriber
 from horde_scanner.store.jobs import Job
 from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.metrics import SweepProgress
-from horde_scanner.verdict import Label, Verdict
+from horde_scanner.verdict import Verdict
+
+# Told of each finished judgement: the job, its verdict, and what the upload was answered.
+JudgedHook: TypeAlias = Callable[[Job, Verdict, str | None], None]
 
 
 class Runtime:
@@ -73,7 +74,8 @@ class Runtime:
         self._service = service
         # Sweeps of this process report here; /metrics reads it.
         self.sweeps = SweepProgress()
-        self.metrics = Metrics()
+        # Who else hears of every finished judgement (the service's /metrics counts them).
+        self._judged: list[JudgedHook] = []
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -98,6 +100,11 @@ class Runtime:
         self._embedding_subscriber: EmbeddingSubscriber | None = None
         self._provenance: ProvenanceResolver | None = None
         self._moderator: Moderator | None = None
+
+    def on_judged(self, hook: JudgedHook) -> None:
+        """Hear of every judgement this runtime finishes, from any entry point (ask before the
+        judge, so that no resumed job finishes unheard)."""
+        self._judged.append(hook)
 
     def on_close(self, close: Callable[[], Awaitable[object]]) -> None:
         """Stop something the caller built itself (a plug-in's backend) with the rest."""
@@ -159,9 +166,8 @@ class Runtime:
             pool = await self.pool()
             session = await self.session()
             backend = build_backend(self.settings, session, policy=self.policy(), pool=pool)
-            self._stack.push_async_callback(backend.aclose)
-            await start_horde(backend, store)
-            share_horde_budget(backend, store)
+            self._stack.push_async_callback(backend.close)
+            await backend.start(store)
             self._backend = backend
         return self._backend
 
@@ -208,20 +214,21 @@ class Runtime:
         """Where every judgement ends, once the Judge has stored it."""
         enforcer = await self.enforcer()
         notifier = await self.notifier()
-        metrics = self.metrics
+        judged = self._judged
 
         async def finished(job: Job, verdict: Verdict, answered: str | None) -> None:
             await enforcer.on_finished(job, verdict, answered)
-            _count_and_notify(metrics, notifier, job, verdict, answered)
+            for hook in judged:
+                hook(job, verdict, answered)
+            _notify(notifier, job, verdict, answered)
 
         return finished
 
     async def judge(self) -> Judge:
         if self._judge is None:
             backend = await self.backend()
-            second = None
-            if self.settings.prescreen.second_opinion and isinstance(backend, PrescreenBackend):
-                second = backend.next
+            # What a cheap screen (the pre-screen) passes on to gives the second opinions.
+            second = backend.passes_on() if self.settings.prescreen.second_opinion else None
             judge = build_judge(
                 self.settings,
                 await self.store(),
@@ -237,20 +244,6 @@ class Runtime:
             await judge.start()
             self._stack.push_async_callback(judge.stop)
             self._judge = judge
-            self.metrics.bind(
-                Sources(
-                    backend=backend,
-                    job_failures=lambda: judge.runner.failures,
-                    jobs_outstanding=lambda: judge.runner.outstanding,
-                    backend_live=lambda: backend.readiness().live,
-                    notifier=self._notifier,
-                    sweeps=self.sweeps,
-                    store=judge.store.health,
-                    store_kept=lambda: judge.runner.kept,
-                    store_waiting=lambda: judge.store_waiting,
-                    store_refused=lambda: judge.store_refused,
-                )
-            )
         return self._judge
 
     # -- review and the service's background work ----------------------------------------------
@@ -355,14 +348,7 @@ async def open_runtime(
         yield Runtime(settings, stack, backend=backend, service=service)
 
 
-def _count_and_notify(
-    metrics: Metrics, notifier: Notifier, job: Job, verdict: Verdict, answered: str | None
-) -> None:
-    metrics.judged.labels(label=verdict.label.value, backend=verdict.backend or "none").inc()
-    if verdict.label is Label.ERROR:
-        metrics.error("backend_failed")
-    elif verdict.label is Label.UNREADABLE:
-        metrics.error("unreadable")
+def _notify(notifier: Notifier, job: Job, verdict: Verdict, answered: str | None) -> None:
     if verdict.is_positive:
         notifier.notify(
             {

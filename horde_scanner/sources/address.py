@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from horde_scanner.config import Settings
-from horde_scanner.sweep.source import Source, SourceError
+from horde_scanner.sources.source import Source, SourceError
 
 
 def quarantine_dir(settings: Settings) -> Path:
@@ -19,19 +19,19 @@ def quarantine_dir(settings: Settings) -> Path:
 def make_source(address: str, settings: Settings) -> Source:
     """Build (not open) the Source for `address`; SourceError names what is wrong with it."""
     if "://" not in address:
-        from horde_scanner.sweep.local import LocalSource
+        from horde_scanner.sources.local import LocalSource
 
         return LocalSource(Path(address), quarantine_dir(settings))
     parts = urlsplit(address)
     scheme = parts.scheme.lower()
     if scheme == "file":
-        from horde_scanner.sweep.local import LocalSource
+        from horde_scanner.sources.local import LocalSource
 
         if parts.netloc not in ("", "localhost"):
             raise SourceError(f"{address}: file URLs name a local path (file:///path)")
         return LocalSource(Path(unquote(parts.path)), quarantine_dir(settings))
     if scheme == "s3":
-        from horde_scanner.sweep.s3 import S3Source
+        from horde_scanner.sources.s3 import S3Source
 
         return S3Source(
             parts.netloc,
@@ -40,7 +40,7 @@ def make_source(address: str, settings: Settings) -> Source:
             max_connections=settings.scan.concurrency + 4,
         )
     if scheme in ("ssh", "sftp"):
-        from horde_scanner.sweep.ssh import SSHSource
+        from horde_scanner.sources.ssh import SSHSource
 
         try:
             port = parts.port or 22

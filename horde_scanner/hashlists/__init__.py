@@ -1,1 +1,0 @@
-"""Perceptual hashes: the PDQ index and matcher, hash list storage, format, subscriptions."""
