@@ -141,13 +141,12 @@ class AuditTables(Tables):
         """Record the new source wherever rows (audit, verdicts, jobs) recorded an old one
         (`{old: new}`), one pass over each table; how many rows changed. For sources that
         must not stay written (a client's secret id)."""
-        from horde_scanner.store.jobs import jobs
-        from horde_scanner.store.verdicts import verdicts
-
         if not renames:
             return 0
         changed = 0
-        for table in (audit, verdicts, jobs):
+        # The verdicts' and jobs' tables (store/verdicts.py, store/jobs.py): every part is
+        # declared on the one metadata by the time the composed store runs this.
+        for table in (audit, metadata.tables["verdicts"], metadata.tables["jobs"]):
             renamed = sa.case(renames, value=table.c.source)
             done = await self._db.execute(
                 sa.update(table).where(table.c.source.in_(list(renames))).values(source=renamed)

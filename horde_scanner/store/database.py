@@ -427,13 +427,65 @@ class Database:
         driver: Any = raw.driver_connection
         if self.dialect == "sqlite":
             return await driver.execute(sql, _positional(params) or ())
-        from horde_scanner.store.postgres import PgStream
-
         return await PgStream.open(driver, sql, _positional(params) or ())
 
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
+
+
+class PgStream:
+    """The rows of one query on a connection of its own (`Store.aside()`), read as they are
+    asked for through a server-side cursor: a long read (the hash index, an export) holds
+    one batch in memory, not the whole result. Outside a transaction of the caller's, the
+    cursor gets a read-only one of its own, ended when the `async with` block ends."""
+
+    rowcount = -1
+    lastrowid: int | None = None
+
+    def __init__(self, cursor: Any, transaction: Any) -> None:
+        self._cursor = cursor
+        self._transaction = transaction
+
+    @classmethod
+    async def open(cls, conn: Any, statement: str, params: Sequence[Any]) -> PgStream:
+        transaction = None
+        if not conn.is_in_transaction():
+            transaction = conn.transaction(readonly=True)
+            await transaction.start()
+        try:
+            cursor = await conn.cursor(statement, *params)
+        except BaseException:
+            if transaction is not None:
+                await transaction.rollback()
+            raise
+        return cls(cursor, transaction)
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        row = await self._cursor.fetchrow()
+        return tuple(row) if row is not None else None
+
+    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._cursor.fetch(size)]
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        while batch := await self.fetchmany(STREAM_BATCH):
+            rows += batch
+        return rows
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
+        while batch := await self.fetchmany(STREAM_BATCH):
+            for row in batch:
+                yield row
+
+    async def close(self) -> None:
+        if self._transaction is not None:
+            transaction, self._transaction = self._transaction, None
+            await transaction.commit()
 
 
 def _positional(params: Params) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,16 +24,15 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from horde_scanner.store import schema
-from horde_scanner.store.database import Database, StoreError, driver_error
+from horde_scanner.store.database import Database, PgStream, StoreError, driver_error
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.sqlite import Store
+
+__all__ = ["CHANNEL", "PgStore", "PgStream", "redact"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "horde_scanner"
-
-# Rows a server-side cursor hands over at a time.
-_STREAM_BATCH = 1000
 
 
 def redact(url: str) -> str:
@@ -47,60 +45,6 @@ def redact(url: str) -> str:
         host += f":{parts.port}"
     netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-class PgStream:
-    """The rows of one query on a connection of its own (`Store.aside()`), read as they are
-    asked for through a server-side cursor: a long read (the hash index, an export) holds
-    one batch in memory, not the whole result. Outside a transaction of the caller's, the
-    cursor gets a read-only one of its own, ended when the `async with` block ends."""
-
-    rowcount = -1
-    lastrowid: int | None = None
-
-    def __init__(self, cursor: Any, transaction: Any) -> None:
-        self._cursor = cursor
-        self._transaction = transaction
-
-    @classmethod
-    async def open(cls, conn: Any, statement: str, params: Sequence[Any]) -> PgStream:
-        transaction = None
-        if not conn.is_in_transaction():
-            transaction = conn.transaction(readonly=True)
-            await transaction.start()
-        try:
-            cursor = await conn.cursor(statement, *params)
-        except BaseException:
-            if transaction is not None:
-                await transaction.rollback()
-            raise
-        return cls(cursor, transaction)
-
-    async def fetchone(self) -> tuple[Any, ...] | None:
-        row = await self._cursor.fetchrow()
-        return tuple(row) if row is not None else None
-
-    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._cursor.fetch(size)]
-
-    async def fetchall(self) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        while batch := await self.fetchmany(_STREAM_BATCH):
-            rows += batch
-        return rows
-
-    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
-        while batch := await self.fetchmany(_STREAM_BATCH):
-            for row in batch:
-                yield row
-
-    async def close(self) -> None:
-        if self._transaction is not None:
-            transaction, self._transaction = self._transaction, None
-            await transaction.commit()
 
 
 class PgStore(Store):

@@ -359,8 +359,7 @@ class VerdictTables(Tables):
 
     async def sha256_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         """Known sha256 values (verdicts, lists, audit) starting with a hex `prefix`."""
-        from horde_scanner.store.audit import audit
-
+        audit = metadata.tables["audit"]  # store/audit.py's (the store composes every part)
         bound = prefix + "g"  # just past every hex continuation: an index range scan
         found: set[str] = set()
         for table in (verdicts, lists, audit):

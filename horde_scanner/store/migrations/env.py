@@ -24,4 +24,7 @@ def run() -> None:
         context.run_migrations()
 
 
-run()
+# Alembic runs this file to migrate; anything else importing it (a tool walking the package)
+# finds no migration under way and nothing to do.
+if getattr(context, "config", None) is not None:
+    run()
