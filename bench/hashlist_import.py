@@ -47,7 +47,7 @@ async def _one(target: str, count: int) -> dict[str, float]:
     """One measurement, in this process: what `--worker` prints."""
     import numpy as np
 
-    from horde_scanner.hashlists.format import HashEntry
+    from horde_scanner.signals.hash_list import HashEntry
     from horde_scanner.store.sqlite import Store
 
     rng = np.random.default_rng(5)

@@ -9,7 +9,7 @@ import contextlib
 import time
 
 import numpy as np
-from horde_scanner.hashlists.format import HashEntry
+from horde_scanner.signals.hash_list import HashEntry
 
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.signals.embedding_list import EmbeddingEntry
