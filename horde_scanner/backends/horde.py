@@ -68,8 +68,7 @@ from horde_scanner.config import ANONYMOUS_HORDE_KEY, HordeSettings
 from horde_scanner.errors import FinalError, RetryLater
 from horde_scanner.media.decode import Frame, PreparedImage, encode_webp
 from horde_scanner.policy import frames as framesignals
-from horde_scanner.store.horde_requests import HordeRequestTables
-from horde_scanner.store.kudos import KudosTables
+from horde_scanner.store.interfaces import HordeRequestStore, KudosStore
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Signals
 
@@ -342,7 +341,7 @@ class HordeBackend(Backend):
         self.resumed = 0
         self.failed_polls = 0
         # Where live requests are kept across a restart (the store; None: not kept).
-        self._requests: HordeRequestTables | None = None
+        self._requests: HordeRequestStore | None = None
         if settings.api_key == ANONYMOUS_HORDE_KEY:
             log.warning(
                 "AI Horde: using the anonymous API key; anonymous requests get the lowest "
@@ -370,9 +369,9 @@ class HordeBackend(Backend):
     async def start(self, store: object | None = None) -> None:
         """Load today's kudos spend from the store and begin reading the Horde's load; live
         requests are kept in the store from now on, and submits drawn from its shared budget."""
-        if isinstance(store, KudosTables):
+        if isinstance(store, KudosStore):
             await self.budget.attach(store)
-        if isinstance(store, HordeRequestTables):
+        if isinstance(store, HordeRequestStore):
             self._requests = store
         if isinstance(store, SubmitTables):
             self.share_submits(store)

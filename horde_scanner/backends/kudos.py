@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from horde_scanner.store.kudos import KudosTables
+from horde_scanner.store.interfaces import KudosStore
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ class KudosBudget:
         self.reserved = 0.0
         # Misses refused because the day's budget was spent (read by /metrics).
         self.refused = 0
-        self._store: KudosTables | None = None
+        self._store: KudosStore | None = None
         self._saving: set[asyncio.Future[None]] = set()
 
-    async def attach(self, store: KudosTables) -> None:
+    async def attach(self, store: KudosStore) -> None:
         """Keep the day's spend in the store."""
         self._store = store
         spent = await store.kudos_spent(self.day)
@@ -97,7 +97,7 @@ class KudosBudget:
             self._saving.add(task)
             task.add_done_callback(self._saving.discard)
 
-    async def _book(self, store: KudosTables, day: str, charged: float) -> None:
+    async def _book(self, store: KudosStore, day: str, charged: float) -> None:
         try:
             total = await store.add_kudos_spent(day, charged)
         except Exception as exc:  # the spend is still counted in memory

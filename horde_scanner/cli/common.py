@@ -18,7 +18,7 @@ from horde_scanner.config import Settings
 from horde_scanner.errors import HordeScannerError, InvalidInput
 from horde_scanner.media.hashing import is_sha256_hex
 from horde_scanner.signals.hash_list import ListFormatError, ParseReport
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import VerdictStore
 from horde_scanner.verdict import Label
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
-async def resolve_sha256(store: Store, value: str) -> str:
+async def resolve_sha256(store: VerdictStore, value: str) -> str:
     """A full sha256, or the one known sha256 that a shorter hex prefix names."""
     value = value.lower()
     if is_sha256_hex(value):

@@ -28,8 +28,8 @@ from horde_scanner.signals.embedding_list import (
     read_entries,
 )
 from horde_scanner.signals.hash_list import ParseReport
+from horde_scanner.store.factory import open_store
 from horde_scanner.store.hashes import LOCAL
-from horde_scanner.store.sqlite import Store
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
 
@@ -55,7 +55,7 @@ def export(ctx: click.Context, fmt: str, output: Path | None) -> None:
     model = _model(ctx)
 
     async def go() -> list[EmbeddingEntry]:
-        async with await Store.open(settings.store) as store:
+        async with await open_store(settings.store) as store:
             return await published(
                 store, model, settings.hashes.publish_source, settings.embeddings.threshold
             )
@@ -114,7 +114,7 @@ def import_(
         ]
 
     async def go() -> int:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             written = await store.add_embedding_entries(
                 LOCAL, model.model, entries, by="cli:import"
             )
@@ -175,7 +175,7 @@ def calibrate_(ctx: click.Context, directory: Path, index_size: int | None, limi
     if index_size is None:
 
         async def count() -> int:
-            async with await Store.open(settings.store) as store:
+            async with await open_store(settings.store) as store:
                 return await store.embedding_entry_count(cfg.model_id)
 
         index_size = max(100_000, run(count))

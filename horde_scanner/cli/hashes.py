@@ -26,8 +26,8 @@ from horde_scanner.signals.hash_list import (
     read_entries,
 )
 from horde_scanner.signals.hash_publish import entry_of, published
+from horde_scanner.store.factory import open_store
 from horde_scanner.store.hashes import LOCAL, HashFlag, SubscriptionState
-from horde_scanner.store.sqlite import Store
 from horde_scanner.timefmt import iso
 
 _FORMAT = click.Choice(["csv", "json"])
@@ -62,7 +62,7 @@ def export(
     settings = settings_of(ctx).hashes
 
     async def go() -> list[HashEntry]:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             entries = await published(
                 store,
                 settings.publish_source,
@@ -113,7 +113,7 @@ def import_(ctx: click.Context, file: Path, fmt: str | None, source: str) -> Non
         ]
 
     async def go() -> int:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             written = await store.add_hash_entries(LOCAL, entries, by="cli:import")
             await store.audit(
                 "hashes_imported",
@@ -135,7 +135,7 @@ def remove(ctx: click.Context, signal: str, value: str) -> None:
     value = value.strip().lower()
 
     async def go() -> bool:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             removed = await store.remove_hash_entry(LOCAL, signal, value)
             if removed:
                 await store.audit(
@@ -158,7 +158,7 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
     """State of each subscribed list: entries held, last good copy, last problem."""
 
     async def go() -> list[SubscriptionState]:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             return await store.hash_subscriptions()
 
     states = run(go)
@@ -183,7 +183,7 @@ def flagged(ctx: click.Context, limit: int) -> None:
     """Images that matched a `review` source: accepted, waiting for an admin's look."""
 
     async def go() -> list[HashFlag]:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             return await store.hash_flags(limit)
 
     flags = run(go)

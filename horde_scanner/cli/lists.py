@@ -9,7 +9,7 @@ import click
 
 from horde_scanner.cli.common import resolve_sha256, run, settings_of
 from horde_scanner.media.hashing import is_sha256_hex, sha256_hex
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.factory import open_store
 
 
 def _hash_of(target: str) -> str | None:
@@ -63,7 +63,7 @@ def _list_command(kind: str, help_text: str) -> click.Command:
 
             settings = settings_of(ctx)
             done = []
-            async with await Store.open(settings.store) as store:
+            async with await open_store(settings.store) as store:
                 hashes = [h or await resolve_sha256(store, t) for t, h in given]
                 review = review_for(settings, store)
                 for sha in hashes:

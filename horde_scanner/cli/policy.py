@@ -14,7 +14,7 @@ import click
 from horde_scanner.cli.common import LABEL_CHOICE, settings_of, since_of
 from horde_scanner.judging.policy_diff import DiffReport, format_text, run_diff
 from horde_scanner.policy.rules import Policy
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.factory import open_store
 
 
 def _load(path: Path) -> Policy:
@@ -122,7 +122,7 @@ def diff(
     bar = _Bar(sys.stderr)
 
     async def go() -> DiffReport:
-        async with await Store.open(settings.store) as store:
+        async with await open_store(settings.store) as store:
             return await run_diff(
                 store,
                 candidate,

@@ -17,7 +17,7 @@ from horde_scanner.cli.common import (
     settings_of,
     write_output,
 )
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.factory import open_store
 from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label
@@ -37,7 +37,7 @@ def verdicts_list(ctx: click.Context, labels: tuple[str, ...], limit: int, as_js
     """Newest verdicts first."""
 
     async def go() -> list[StoredVerdict]:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             return [v async for v in store.iter_verdicts(labels=labels_of(labels), limit=limit)]
 
     rows = run(go)
@@ -65,7 +65,7 @@ def verdicts_show(ctx: click.Context, sha256: str) -> None:
         from horde_scanner.sweep.holder import review_for
 
         settings = settings_of(ctx)
-        async with await Store.open(settings.store) as store:
+        async with await open_store(settings.store) as store:
             sha256 = await resolve_sha256(store, sha256)
             return await view.detail(store, sha256, review_for(settings, store).holders)
 
@@ -98,7 +98,7 @@ def verdicts_export(
     wanted = labels_of(labels) or [Label.CSAM, Label.NSFW]
 
     async def go() -> list[dict[str, Any]]:
-        async with await Store.open(settings_of(ctx).store) as store:
+        async with await open_store(settings_of(ctx).store) as store:
             return await evidence.records(store, wanted)
 
     records = run(go)

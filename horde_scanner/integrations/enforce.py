@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from horde_scanner.integrations.pictrs import (
     HASHES_MISSING,
@@ -18,10 +19,15 @@ from horde_scanner.integrations.pictrs import (
     PictrsError,
     PictrsUnsupported,
 )
+from horde_scanner.store.interfaces import AuditStore, LatePositiveStore
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict
+
+
+class EnforceStore(LatePositiveStore, AuditStore, Protocol):
+    """What enforcing a late positive records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ NO_PICTRS_NOTE = (
 
 class LatePositiveEnforcer:
     def __init__(
-        self, store: Store, pictrs: PictrsClient | None, reject_labels: frozenset[Label]
+        self, store: EnforceStore, pictrs: PictrsClient | None, reject_labels: frozenset[Label]
     ) -> None:
         self._store = store
         self._pictrs = pictrs

@@ -24,13 +24,19 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from horde_scanner.backends.base import BackendUnavailable
+from horde_scanner.store.interfaces import JobStore, StoreLifecycle, VerdictStore
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.sqlite import Store
 from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
+
+
+class JobRunnerStore(VerdictStore, JobStore, StoreLifecycle, Protocol):
+    """What the job runner asks of the store."""
+
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,7 @@ class _Kept:
 class JobRunner:
     def __init__(
         self,
-        store: Store,
+        store: JobRunnerStore,
         process: Processor,
         on_finished: FinishedHook,
         *,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,10 +58,21 @@ from horde_scanner.policy.rules import Policy
 from horde_scanner.signals.embeddings import EmbeddingMatch, EmbeddingMatcher, is_embedding_match
 from horde_scanner.signals.hash_index import Hit
 from horde_scanner.signals.hash_matcher import HashMatcher, denies, is_match
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    JobStore,
+    ListStore,
+    StoreLifecycle,
+    VerdictStore,
+)
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label, Signals, Verdict
+
+
+class JudgeStore(VerdictStore, ListStore, JobStore, AuditStore, StoreLifecycle, Protocol):
+    """What the judge asks of the store (and hands its job runner and second opinion)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +135,7 @@ class _Ticket:
 class Judge:
     def __init__(
         self,
-        store: Store,
+        store: JudgeStore,
         policy: Policy,
         backend: Backend,
         executor: Executor,
@@ -634,7 +645,7 @@ def _log_failed_admission(task: asyncio.Future[Any]) -> None:
 
 def build_judge(
     settings: Settings,
-    store: Store,
+    store: JudgeStore,
     policy: Policy,
     backend: Backend,
     executor: Executor,

@@ -21,14 +21,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from horde_scanner.policy import frames as framesignals
 from horde_scanner.policy.rules import Policy
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import AuditStore, VerdictStore
 from horde_scanner.store.verdicts import SignalsRow
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
+
+
+class PolicyDiffStore(VerdictStore, AuditStore, Protocol):
+    """What a policy dry run reads."""
+
 
 # Rows fetched and judged per trip: large enough that the thread hops cost nothing, small
 # enough that a batch is a few tens of milliseconds of work.
@@ -227,7 +232,7 @@ def _decision_kind(kind: str | None) -> str | None:
 
 
 async def run_diff(
-    store: Store,
+    store: PolicyDiffStore,
     candidate: Policy,
     *,
     baseline: Policy | None = None,
@@ -267,7 +272,7 @@ async def run_diff(
     return report
 
 
-async def _refine_decisions(store: Store, report: DiffReport) -> None:
+async def _refine_decisions(store: PolicyDiffStore, report: DiffReport) -> None:
     """A deny that a review's confirm made is reported as confirm, with who made it."""
     shas = [d["sha256"] for d in report.decisions]
     if not shas:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from horde_scanner.backends.base import (
     Backend,
@@ -25,10 +26,15 @@ from horde_scanner.backends.prescreen import merge_prescreen
 from horde_scanner.judging.jobs import FinishedHook
 from horde_scanner.media.decode import PreparedImage
 from horde_scanner.policy.rules import Policy
+from horde_scanner.store.interfaces import AuditStore, VerdictStore
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Verdict
+
+
+class SecondOpinionStore(VerdictStore, AuditStore, Protocol):
+    """What a second opinion records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,7 @@ log = logging.getLogger(__name__)
 class SecondOpinion:
     def __init__(
         self,
-        store: Store,
+        store: SecondOpinionStore,
         policy: Policy,
         backend: Backend,
         *,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -32,9 +32,22 @@ from horde_scanner.integrations.lemmy_api import (
     LemmyApiError,
     build_call,
 )
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    LemmyActionStore,
+    ListStore,
+    ProvenanceStore,
+    VerdictStore,
+)
 from horde_scanner.store.provenance import DONE, FAILED, RESOLVED
-from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import VerdictRoute
+
+
+class LemmyActionsStore(
+    VerdictStore, ListStore, AuditStore, ProvenanceStore, LemmyActionStore, Protocol
+):
+    """What Lemmy actions read and record."""
+
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +171,7 @@ class Moderator:
 
     def __init__(
         self,
-        store: Store,
+        store: LemmyActionsStore,
         settings: LemmySettings,
         session: aiohttp.ClientSession,
         schema_api: Callable[[], str | None],

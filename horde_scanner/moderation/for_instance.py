@@ -7,12 +7,32 @@ instances, no local admin names or notes.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from horde_scanner.review.evidence import DECISION_EVENTS
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    HashBankStore,
+    LatePositiveStore,
+    LemmyActionStore,
+    ProvenanceStore,
+    VerdictStore,
+)
 from horde_scanner.store.provenance import DONE
-from horde_scanner.store.sqlite import Store
 from horde_scanner.timefmt import iso
+
+
+class InstanceRecordStore(
+    VerdictStore,
+    LatePositiveStore,
+    AuditStore,
+    HashBankStore,
+    ProvenanceStore,
+    LemmyActionStore,
+    Protocol,
+):
+    """What the record for an origin instance reads."""
+
 
 NOTE = (
     "Positive images whose copies on our instance were posted from, or by people of, your "
@@ -43,7 +63,9 @@ def _usage(u: dict[str, Any], host: str) -> dict[str, Any] | None:
     return {k: v for k, v in out.items() if v is not None}
 
 
-async def record(store: Store, host: str, *, own_host: str | None = None) -> dict[str, Any]:
+async def record(
+    store: InstanceRecordStore, host: str, *, own_host: str | None = None
+) -> dict[str, Any]:
     host = host.strip().lower()
     images = []
     for row in await store.resolved_provenance():

@@ -19,15 +19,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from horde_scanner.config import LemmySettings
 from horde_scanner.integrations.lemmy_db import LemmyDb, LemmyDbError, UnknownSchema
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.integrations.pictrs import PictrsClient, PictrsError, PictrsUnsupported
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    LatePositiveStore,
+    ProvenanceStore,
+    SweepStore,
+)
 from horde_scanner.store.provenance import NO_ALIAS, PENDING, RESOLVED, Provenance
-from horde_scanner.store.sqlite import Store
 from horde_scanner.tasks import cancel_and_wait
+
+
+class ProvenanceResolverStore(LatePositiveStore, AuditStore, SweepStore, ProvenanceStore, Protocol):
+    """What the provenance resolver reads and records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,7 @@ NOT_IN_PICTRS = (
 class ProvenanceResolver:
     def __init__(
         self,
-        store: Store,
+        store: ProvenanceResolverStore,
         settings: LemmySettings,
         pictrs: PictrsClient | None,
         notifier: Notifier | None = None,

@@ -21,17 +21,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from horde_scanner.errors import FinalError
 from horde_scanner.judging.judge import Judge
 from horde_scanner.media.decode import sniff
 from horde_scanner.review import view
 from horde_scanner.review.quarantine import HELD, Quarantine, QuarantineHolder, ReleaseResult
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import (
+    JobStore,
+)
 from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.store.verdicts import VerdictFilter as VerdictFilter  # the search's filter
 from horde_scanner.verdict import Label
+
+
+class DecisionStore(view.ImageViewStore, JobStore, Protocol):
+    """What an admin's review reads and decides (and shows: `view.detail`)."""
+
 
 POSITIVE = (Label.CSAM.value, Label.NSFW.value)
 UNSCANNED = (Label.UNREADABLE.value, Label.ERROR.value)
@@ -50,7 +57,7 @@ class ReviewError(FinalError):
 class Review:
     def __init__(
         self,
-        store: Store,
+        store: DecisionStore,
         judge: Judge | None,
         quarantine: Quarantine,
         holders: Sequence[QuarantineHolder] = (),

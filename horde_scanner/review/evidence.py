@@ -10,14 +10,40 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from horde_scanner.review import view
 from horde_scanner.store.audit import AuditRecord
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    HashBankStore,
+    LatePositiveStore,
+    LemmyActionStore,
+    ListStore,
+    ProvenanceStore,
+    ReviewStore,
+    SweepStore,
+    VerdictStore,
+)
 from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label
+
+
+class EvidenceStore(
+    VerdictStore,
+    ListStore,
+    LatePositiveStore,
+    AuditStore,
+    HashBankStore,
+    ReviewStore,
+    SweepStore,
+    ProvenanceStore,
+    LemmyActionStore,
+    Protocol,
+):
+    """What an evidence export reads."""
+
 
 # Audit events that are a person's (or an admin tool's) decision about an image.
 DECISION_EVENTS = frozenset(
@@ -111,7 +137,7 @@ def provenance_fields(prov: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-async def _pdq(store: Store, sha256: str) -> str | None:
+async def _pdq(store: HashBankStore, sha256: str) -> str | None:
     """PDQ of the image (frames joined with spaces), as stored with its verdict."""
     hashes = await store.pdq_of(sha256)
     return " ".join(h.hex for h in hashes) or None
@@ -126,7 +152,7 @@ def _location(loc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _quarantine_rows(store: Store, sha256: str) -> list[dict[str, Any]]:
+async def _quarantine_rows(store: ReviewStore, sha256: str) -> list[dict[str, Any]]:
     return [
         {
             "origin": q.origin,
@@ -155,7 +181,7 @@ def decisions(trail: Iterable[AuditRecord]) -> list[dict[str, Any]]:
 
 
 async def record(
-    store: Store, stored: StoredVerdict, *, swept: list[dict[str, Any]] | None = None
+    store: EvidenceStore, stored: StoredVerdict, *, swept: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The evidence record of one verdict; `swept` is where storage sweeps found it."""
     if swept is None:
@@ -198,7 +224,7 @@ async def record(
 
 
 async def records(
-    store: Store, labels: Iterable[Label] | None = None, *, since: float | None = None
+    store: EvidenceStore, labels: Iterable[Label] | None = None, *, since: float | None = None
 ) -> list[dict[str, Any]]:
     verdicts = [v async for v in store.iter_verdicts(labels=labels, since=since)]
     where = await store.sweep_locations([v.sha256 for v in verdicts])

@@ -59,13 +59,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from horde_scanner.errors import FinalError
+from horde_scanner.store.interfaces import AuditStore, ReviewStore
 
 # The quarantine table's states and rows (store/review.py), for this module's users too.
 from horde_scanner.store.review import DELETED as DELETED
 from horde_scanner.store.review import HELD as HELD
 from horde_scanner.store.review import RELEASED as RELEASED
 from horde_scanner.store.review import QuarantineItem as QuarantineItem
-from horde_scanner.store.sqlite import Store
+
+
+class QuarantineStore(ReviewStore, AuditStore, Protocol):
+    """What the admin's quarantine records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +170,7 @@ class Quarantine:
 
     name = "admin"
 
-    def __init__(self, store: Store, directory: Path) -> None:
+    def __init__(self, store: QuarantineStore, directory: Path) -> None:
         self._store = store
         self.directory = Path(directory)
         self._restorers: dict[str, Restorer] = {"local": LocalRestorer()}

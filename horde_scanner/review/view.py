@@ -14,14 +14,35 @@ everywhere and every time is ISO 8601 in UTC to the second (`horde_scanner.timef
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from horde_scanner.review.quarantine import HELD, HeldCopy, QuarantineHolder
 from horde_scanner.store.audit import AuditRecord
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    HashBankStore,
+    LatePositiveStore,
+    LemmyActionStore,
+    ListStore,
+    ProvenanceStore,
+    VerdictStore,
+)
 from horde_scanner.store.provenance import LemmyActionRow, Provenance
-from horde_scanner.store.sqlite import Store
 from horde_scanner.store.verdicts import LatePositive, StoredVerdict
 from horde_scanner.timefmt import iso
+
+
+class ImageViewStore(
+    VerdictStore,
+    ListStore,
+    LatePositiveStore,
+    AuditStore,
+    HashBankStore,
+    ProvenanceStore,
+    LemmyActionStore,
+    Protocol,
+):
+    """What one image's page reads."""
 
 
 def verdict_fields(stored: StoredVerdict, *, signals: bool = True) -> dict[str, Any]:
@@ -117,7 +138,7 @@ async def copies(holders: Sequence[QuarantineHolder], sha256: str) -> list[HeldC
 
 
 async def detail(
-    store: Store, sha256: str, holders: Sequence[QuarantineHolder]
+    store: ImageViewStore, sha256: str, holders: Sequence[QuarantineHolder]
 ) -> dict[str, Any] | None:
     """Everything known about one image; None when nothing is."""
     stored = await store.get_verdict(sha256)

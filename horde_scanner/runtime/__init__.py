@@ -46,8 +46,9 @@ from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.signals.hash_matcher import HashMatcher
 from horde_scanner.signals.hash_publish import Publisher
 from horde_scanner.signals.hash_subscribe import Subscriber
+from horde_scanner.store.factory import open_store
+from horde_scanner.store.interfaces import UnifiedStore
 from horde_scanner.store.jobs import Job
-from horde_scanner.store.sqlite import Store
 from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.metrics import SweepProgress
 from horde_scanner.verdict import Verdict
@@ -76,7 +77,7 @@ class Runtime:
         self.sweeps = SweepProgress()
         # Who else hears of every finished judgement (the service's /metrics counts them).
         self._judged: list[JudgedHook] = []
-        self._store: Store | None = None
+        self._store: UnifiedStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
         # The one decode memory budget of this process (media.decode_memory_bytes).
@@ -112,9 +113,9 @@ class Runtime:
 
     # -- plain resources -----------------------------------------------------------------------
 
-    async def store(self) -> Store:
+    async def store(self) -> UnifiedStore:
         if self._store is None:
-            self._store = await Store.open(self.settings.store)
+            self._store = await open_store(self.settings.store)
             self._stack.push_async_callback(self._store.close)
         return self._store
 

@@ -12,13 +12,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import OnEvent, Settings
 from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.sources.address import make_source
 from horde_scanner.sources.source import ItemError, Source
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.factory import open_store
+from horde_scanner.store.interfaces import ListStore, VerdictStore
 from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.sweep.actions import (
     PRUNE_REMINDER,
@@ -32,6 +34,11 @@ from horde_scanner.sweep.holder import review_for
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.sweep.runner import Sweep
 from horde_scanner.verdict import Label
+
+
+class LabelStore(VerdictStore, ListStore, Protocol):
+    """What finding a file's label now reads (an admin's list entry first)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +151,7 @@ async def plan_apply(
     """What `apply` would act on, without acting: {source: {label: files}} (for the prompt)."""
     labels = _apply_labels(settings)
     plan: dict[str, dict[str, int]] = {}
-    async with await Store.open(settings.store) as store:
+    async with await open_store(settings.store) as store:
         source_url = make_source(address, settings).url if address else None
         rows = await store.unacted_scan_positives(labels, since=since, source=source_url)
         for row in rows:
@@ -238,7 +245,7 @@ def _where(url: str, identifier: str) -> str:
     return f"{url.rstrip('/')}/{identifier}"
 
 
-async def _current_label(store: Store, sha256: str, recorded: str | None) -> str | None:
+async def _current_label(store: LabelStore, sha256: str, recorded: str | None) -> str | None:
     kind = await store.list_kind(sha256)
     if kind == "allow":
         return Label.CLEAN.value

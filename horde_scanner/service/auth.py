@@ -12,7 +12,7 @@ import secrets
 from aiohttp import web
 
 from horde_scanner.config import ServerSettings
-from horde_scanner.store.audit import AuditTables
+from horde_scanner.store.interfaces import AuditStore
 
 IPADDR = "IPADDR"
 
@@ -92,7 +92,7 @@ def _in(address: str, networks: list[Network]) -> bool:
     return any(ip in net for net in networks)
 
 
-async def forget_raw_ids(auth: ClientAuth, store: AuditTables) -> int:
+async def forget_raw_ids(auth: ClientAuth, store: AuditStore) -> int:
     """Rows written before clients were recorded by name hold `upload:<secret>`: rewrite them
     to the name now recorded (an export or the admin page would otherwise show the secret)."""
     changed = await store.rename_sources(

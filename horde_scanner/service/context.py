@@ -26,6 +26,7 @@ from horde_scanner.config import (
 from horde_scanner.integrations.enforce import LatePositiveEnforcer
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.judging.judge import Judge
+from horde_scanner.judging.policy_diff import PolicyDiffStore
 from horde_scanner.media.memory import DecodeMemory
 from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
@@ -39,7 +40,7 @@ from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher
 from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.signals.hash_publish import Publisher
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import AuditStore, StoreLifecycle, UnifiedStore
 from horde_scanner.sweep.metrics import SweepProgress
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class ValidateDeps:
     server: ServerSettings
     auth: ClientAuth
     judge: Judge
-    store: Store
+    store: AuditStore
     metrics: Metrics
     # Uploads answered before they got an admission slot, waiting for one (admission.py).
     late_admissions: LateAdmissions
@@ -103,7 +104,7 @@ class HealthDeps:
     validation: ValidationSettings
     metrics_settings: MetricsSettings
     metrics: Metrics
-    store: Store
+    store: StoreLifecycle
     backend: Backend
     judge: Judge
     policy: Policy
@@ -117,7 +118,7 @@ class AdminDeps:
 
     admin: AdminSettings
     media: MediaSettings
-    store: Store
+    store: UnifiedStore
     review: Review
     backend: Backend
     auth: ClientAuth
@@ -136,7 +137,7 @@ class PolicyDeps:
     """The policy dry run (admin/policy.py)."""
 
     validation: ValidationSettings
-    store: Store
+    store: PolicyDiffStore
     policy: Policy
 
 

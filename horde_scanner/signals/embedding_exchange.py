@@ -16,6 +16,7 @@ name, keeping the last good copy.
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import aiohttp
 import numpy as np
@@ -28,16 +29,25 @@ from horde_scanner.signals.embedding_list import (
     dump_json,
     read_entries,
 )
-from horde_scanner.signals.embeddings import EmbeddingMatcher
+from horde_scanner.signals.embeddings import EmbeddingMatcher, EmbeddingMatchStore
 from horde_scanner.signals.hash_list import ParseReport, TooManyRows
+from horde_scanner.signals.hash_matcher import HashMatchStore
 from horde_scanner.signals.hash_publish import RenderedList
 from horde_scanner.signals.hash_subscribe import Subscriber, _Fetched
 from horde_scanner.signals.vectors import from_blob
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import EmbeddingStore, HashBankStore
+
+
+class EmbeddingListStore(EmbeddingStore, HashBankStore, Protocol):
+    """What publishing the embedding list reads (rendered again as the hash generation moves)."""
+
+
+class EmbeddingSubscriptionStore(HashMatchStore, EmbeddingMatchStore, Protocol):
+    """What an embedding subscription reads and records."""
 
 
 async def published(
-    store: Store, model: Model, source: str, threshold: float
+    store: EmbeddingStore, model: Model, source: str, threshold: float
 ) -> list[EmbeddingEntry]:
     """This instance's confirmed entries, one per vector, those an allow overrides left out."""
     unique: dict[bytes, EmbeddingEntry] = {}
@@ -66,7 +76,11 @@ async def published(
 
 
 class EmbeddingPublisher(RenderedList):
-    def __init__(self, store: Store, settings: EmbeddingsSettings, source: str) -> None:
+    _store: EmbeddingListStore
+
+    def __init__(
+        self, store: EmbeddingListStore, settings: EmbeddingsSettings, source: str
+    ) -> None:
         super().__init__(store)
         self._settings = settings
         self._source = source
@@ -84,6 +98,7 @@ class EmbeddingSubscriber(Subscriber):
     _what = "embedding subscription"
     _a_list = "an embedding list"
     _refusals = (TooManyRows, OtherModel)
+    _store: EmbeddingSubscriptionStore
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -52,8 +52,18 @@ from horde_scanner.signals.hash_sync import IndexSync
 from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_hex, to_blob
 from horde_scanner.store.embeddings import EmbeddingRow
 from horde_scanner.store.hashes import LOCAL, VERDICT
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    EmbeddingStore,
+    HashBankStore,
+    StoreLifecycle,
+)
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
+
+
+class EmbeddingMatchStore(EmbeddingStore, HashBankStore, AuditStore, StoreLifecycle, Protocol):
+    """What the embedding matcher reads and records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +125,7 @@ class EmbeddingMatch:
 class EmbeddingMatcher:
     def __init__(
         self,
-        store: Store,
+        store: EmbeddingMatchStore,
         settings: EmbeddingsSettings,
         executor: Executor,
         *,
@@ -156,7 +166,7 @@ class EmbeddingMatcher:
 
     @classmethod
     def open(
-        cls, store: Store, settings: EmbeddingsSettings, executor: Executor
+        cls, store: EmbeddingMatchStore, settings: EmbeddingsSettings, executor: Executor
     ) -> EmbeddingMatcher:
         """The matcher with its encoder, or without one (off: `status` says why)."""
         matcher = cls(store, settings, executor)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -32,9 +33,14 @@ from horde_scanner.media.hashing import PdqHash
 from horde_scanner.signals.hash_index import DENY, REVIEW, ExtraHashes, Hit, PdqIndex, hex_to_words
 from horde_scanner.signals.hash_sync import IndexSync
 from horde_scanner.store.hashes import LOCAL, VERDICT, HashRow
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import AuditStore, ClusterStore, HashBankStore, StoreLifecycle
 from horde_scanner.timefmt import iso
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
+
+
+class HashMatchStore(HashBankStore, ClusterStore, AuditStore, StoreLifecycle, Protocol):
+    """What the hash matcher (and its subscriptions) read and record."""
+
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +109,7 @@ class _Snapshot:
 
 
 class HashMatcher:
-    def __init__(self, store: Store, settings: HashesSettings, executor: Executor) -> None:
+    def __init__(self, store: HashMatchStore, settings: HashesSettings, executor: Executor) -> None:
         self._store = store
         self.store = store
         self.settings = settings

@@ -17,7 +17,7 @@ from horde_scanner.config import HashesSettings
 from horde_scanner.signals.hash_index import hex_to_words
 from horde_scanner.signals.hash_list import HashEntry, dump_json
 from horde_scanner.store.hashes import HashRow
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import HashBankStore
 
 
 class RenderedList(ABC):
@@ -25,7 +25,7 @@ class RenderedList(ABC):
     ETag (an unchanged list costs a subscriber a 304). Hash and embedding lists render their
     own entries (`_render`)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: HashBankStore) -> None:
         self._store = store
         self._lock = asyncio.Lock()
         self._generation: int | None = None
@@ -48,7 +48,7 @@ class RenderedList(ABC):
 
 
 class Publisher(RenderedList):
-    def __init__(self, store: Store, settings: HashesSettings) -> None:
+    def __init__(self, store: HashBankStore, settings: HashesSettings) -> None:
         super().__init__(store)
         self._settings = settings
 
@@ -65,7 +65,12 @@ class Publisher(RenderedList):
 
 
 async def published(
-    store: Store, source: str, min_quality: int, max_distance: int, *, unreviewed: bool = False
+    store: HashBankStore,
+    source: str,
+    min_quality: int,
+    max_distance: int,
+    *,
+    unreviewed: bool = False,
 ) -> list[HashEntry]:
     """This instance's own entries, de-duplicated and sorted, with every entry an admin's
     allow overrides left out: what `GET /api/v1/hashes` serves and `hashes export` writes.

@@ -14,9 +14,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import HashBankStore, StoreLifecycle
 from horde_scanner.tasks import cancel_and_wait
+
+
+class HashSyncStore(HashBankStore, StoreLifecycle, Protocol):
+    """What keeping the hash index in step watches."""
+
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,7 @@ _WAIT_PER_LOAD = 9
 class IndexSync:
     def __init__(
         self,
-        store: Store,
+        store: HashSyncStore,
         what: str,
         *,
         interval_s: float,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from horde_scanner.integrations.pictrs import (
     HASHES_MISSING,
@@ -26,8 +26,13 @@ from horde_scanner.integrations.pictrs import (
     PictrsUnsupported,
 )
 from horde_scanner.sources.source import Denied, ItemError, Source, Vanished
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import AuditStore, SweepStore
 from horde_scanner.store.sweeps import ScanAction
+
+
+class SweepActionStore(SweepStore, AuditStore, Protocol):
+    """What sweep actions record."""
+
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,7 @@ PRUNE_REMINDER = (
 class Actor:
     def __init__(
         self,
-        store: Store,
+        store: SweepActionStore,
         source: Source,
         action: Action,
         *,
@@ -218,7 +223,7 @@ def check_releasable(row: ScanAction) -> str:
 
 
 async def release(
-    store: Store,
+    store: SweepActionStore,
     row: ScanAction,
     source: Source,
     *,

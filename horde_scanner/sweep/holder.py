@@ -19,17 +19,30 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from horde_scanner.config import Settings
 from horde_scanner.judging.judge import Judge
 from horde_scanner.media.hashing import sha256_hex
-from horde_scanner.review.decisions import Review
-from horde_scanner.review.quarantine import HELD, HeldCopy, Quarantine, ReleaseResult
+from horde_scanner.review.decisions import DecisionStore, Review
+from horde_scanner.review.quarantine import (
+    HELD,
+    HeldCopy,
+    Quarantine,
+    QuarantineStore,
+    ReleaseResult,
+)
 from horde_scanner.sources.address import make_source
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import SweepStore
 from horde_scanner.store.sweeps import ScanAction
 from horde_scanner.sweep.actions import Action, release
+
+
+class SweepHolderStore(SweepStore, QuarantineStore, DecisionStore, Protocol):
+    """What the sweep's quarantine holder records (and the admin's quarantine and review it
+    builds)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +57,7 @@ def _origin(source_url: str) -> str:
 class SweepQuarantine:
     name = "sweep"
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: SweepHolderStore, settings: Settings) -> None:
         self._store = store
         self._settings = settings
 
@@ -136,7 +149,7 @@ class SweepQuarantine:
 
 def review_for(
     settings: Settings,
-    store: Store,
+    store: SweepHolderStore,
     judge: Judge | None = None,
     quarantine: Quarantine | None = None,
 ) -> Review:

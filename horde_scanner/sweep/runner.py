@@ -21,19 +21,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from horde_scanner.config import OnEvent, ScanSettings
 from horde_scanner.judging.judge import Judge, Route
 from horde_scanner.media.decode import sniff
 from horde_scanner.sources.layout import is_v7_identifier
 from horde_scanner.sources.source import Denied, Entry, ItemError, Source, Vanished
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import AuditStore, ListStore, SweepStore
 from horde_scanner.store.sweeps import FINAL_STATUSES, ScanFile, ScanRun
 from horde_scanner.sweep.actions import Action, Actor, Outcome
 from horde_scanner.sweep.metrics import SweepRun
 from horde_scanner.sweep.progress import Counts, Progress
 from horde_scanner.tasks import cancel_and_wait
 from horde_scanner.verdict import Label
+
+
+class SweepRunStore(SweepStore, ListStore, AuditStore, Protocol):
+    """What a sweep run reads and records."""
+
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ class Sweep:
         self,
         *,
         judge: Judge,
-        store: Store,
+        store: SweepRunStore,
         source: Source,
         action: Action,
         settings: ScanSettings,

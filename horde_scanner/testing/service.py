@@ -32,7 +32,7 @@ from horde_scanner.signals.embedding_exchange import EmbeddingSubscriber
 from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.signals.hash_matcher import HashMatcher
 from horde_scanner.signals.hash_subscribe import Subscriber
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.interfaces import UnifiedStore
 from horde_scanner.sweep.metrics import SweepProgress
 
 CLIENT_ID = "test-pictrs"
@@ -64,7 +64,7 @@ class Parts:
 
     runtime: Runtime
     settings: Settings
-    store: Store
+    store: UnifiedStore
     judge: Judge
     policy: Policy
     hashes: HashMatcher

@@ -22,6 +22,7 @@ from horde_scanner.config import HordeSettings
 from horde_scanner.judging.jobs import JobRunner
 from horde_scanner.media.decode import DecodeLimits, prepare
 from horde_scanner.media.hashing import sha256_hex
+from horde_scanner.store.memory import MemoryStore
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
 from horde_scanner.testing.chaos import CLIENT, ChaosPlan, _start, _wait_listening, service_env
@@ -230,14 +231,14 @@ async def test_a_restarted_service_polls_the_request_the_killed_one_left(tmp_pat
     assert "from before a restart" in (tmp_path / "service.log").read_text()
 
 
-async def test_the_job_backoff_is_capped(tmp_path: Path):
+async def test_the_job_backoff_is_capped() -> None:
     async def fail(job) -> None:  # type: ignore[no-untyped-def]
         raise BackendUnavailable("AI Horde answered HTTP 500")
 
     async def finished(*_: object) -> None:
         return None
 
-    async with await Store.open(tmp_path / "s.db") as store:
+    async with MemoryStore() as store:
         await store.add_job("a" * 64, b"x", media_type=None, size=None, source=None)
         for _ in range(12):  # a job that failed 12 times: 2^12 s uncapped
             await store.retry_job("a" * 64, delay_s=0, error="earlier")

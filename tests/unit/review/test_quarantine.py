@@ -9,7 +9,7 @@ from pathlib import Path
 
 from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.review.quarantine import Quarantine, QuarantineItem
-from horde_scanner.store.sqlite import Store
+from horde_scanner.store.memory import MemoryStore
 
 
 class RecordingRestorer:
@@ -22,7 +22,7 @@ class RecordingRestorer:
 
 
 async def test_admit_release_and_discard(tmp_path: Path):
-    async with await Store.open(tmp_path / "s.db") as store:
+    async with MemoryStore() as store:  # the rows: bookkeeping (tests/integration/store/)
         q = Quarantine(store, tmp_path / "q")
         data = b"\xff\xd8\xff pretend jpeg"
         sha = sha256_hex(data)
@@ -68,7 +68,7 @@ async def test_admit_release_and_discard(tmp_path: Path):
 
 
 async def test_release_never_overwrites_and_reports_missing_restorers(tmp_path: Path):
-    async with await Store.open(tmp_path / "s.db") as store:
+    async with MemoryStore() as store:  # the rows: bookkeeping (tests/integration/store/)
         q = Quarantine(store, tmp_path / "q")
         data = b"bytes"
         sha = sha256_hex(data)

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from horde_scanner.judging.jobs import Job, JobRunner
+from horde_scanner.store.memory import MemoryStore
 from horde_scanner.store.sqlite import Store
 from horde_scanner.verdict import Label, Verdict
 
@@ -77,7 +78,7 @@ async def test_a_job_the_other_process_already_finished_is_not_judged_again(tmp_
         assert await second.count_jobs() == 0
 
 
-async def test_a_fresh_rejudge_is_judged_although_a_verdict_is_stored(tmp_path: Path):
+async def test_a_fresh_rejudge_is_judged_although_a_verdict_is_stored() -> None:
     sha = "0f" * 32
     judged: list[str] = []
 
@@ -85,7 +86,7 @@ async def test_a_fresh_rejudge_is_judged_although_a_verdict_is_stored(tmp_path: 
         judged.append(job.sha256)
         return Verdict(label=Label.NSFW, backend="horde")
 
-    async with await Store.open(tmp_path / "s.db") as store:
+    async with MemoryStore() as store:
         await store.put_verdict(sha, Verdict(label=Label.CLEAN, backend="horde"))
         runner = JobRunner(store, judge, _nothing, workers=1)
         await runner.start()
@@ -119,9 +120,9 @@ async def test_our_own_job_claimed_and_judged_by_the_other_process_is_delivered(
         assert (await asyncio.wait_for(fut, 2.0)).label is Label.CLEAN
 
 
-async def test_a_fresh_rejudge_is_not_answered_by_the_verdict_it_replaces(tmp_path: Path):
+async def test_a_fresh_rejudge_is_not_answered_by_the_verdict_it_replaces() -> None:
     sha = "34" * 32
-    async with await Store.open(tmp_path / "s.db") as store:
+    async with MemoryStore() as store:
         await store.put_verdict(sha, Verdict(label=Label.CLEAN, backend="horde", judged_at=1.0))
         runner = JobRunner(store, _never, _nothing, workers=1)
         fut = await runner.submit(

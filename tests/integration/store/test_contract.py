@@ -1,5 +1,11 @@
 """The store contract: every store implementation (SQLite file, PostgreSQL server) behaves the
-same through the store interface and through the modules that keep tables in it."""
+same through the store interfaces (store/interfaces.py) and through the modules that keep
+tables in it.
+
+Each promise an interface's docstring makes is a clause of horde_scanner/testing/
+store_contract.py, run here on both databases (`test_clause`); the promises about what another
+process sees and what survives a restart need two stores, and are the tests below it. The
+in-memory double runs the clauses of its concerns in tests/unit/store/."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from horde_scanner.store.hashes import LOCAL, VERDICT
 from horde_scanner.store.schema import head
 from horde_scanner.store.sqlite import Store, StoreError
 from horde_scanner.store.sweeps import ScanFile
+from horde_scanner.testing.store_contract import CLAUSES, Promise
 from horde_scanner.verdict import Label, Verdict
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -31,75 +38,86 @@ def verdict(label: Label = Label.CLEAN, backend: str = "mock", **kw) -> Verdict:
     return Verdict(label=label, reasons=[f"{label.value} because"], backend=backend, **kw)
 
 
-async def test_verdicts_round_trip_and_upsert(store: Store) -> None:
-    assert await store.get_verdict(A) is None
-    await store.put_verdict(A, verdict(), media_type="image/png", size=10, source="upload:x")
-    await store.put_verdict(A, verdict(Label.NSFW), size=None, source="sweep:y")
-    got = await store.get_verdict(A)
-    assert got is not None
-    assert got.verdict.label is Label.NSFW
-    assert got.verdict.reasons == ["nsfw because"]
-    # Known facts are kept when a later write lacks them; the first source stays.
-    assert (got.media_type, got.size, got.source) == ("image/png", 10, "upload:x")
-    await store.put_verdict(B, verdict(Label.CSAM))
-    assert await store.count_verdicts() == {"nsfw": 1, "csam": 1}
-    only_csam = [v.sha256 async for v in store.iter_verdicts(labels=[Label.CSAM])]
-    assert only_csam == [B]
-    newest = [v.sha256 async for v in store.iter_verdicts(limit=1)]
-    assert newest == [B]
-    assert [v async for v in store.iter_verdicts(since=time.time() + 60)] == []
+@pytest.mark.parametrize("promise", CLAUSES, ids=lambda p: f"{p.concern}.{p.name}")
+async def test_clause(store: Store, promise: Promise) -> None:
+    await promise.check(store)
 
 
-async def test_lists(store: Store) -> None:
-    await store.set_list(A, "allow", note="fp", by="admin")
-    await store.set_list(B, "deny")
-    await store.set_list(A, "deny", note="changed my mind", by="admin2")
-    assert await store.list_kind(A) == "deny"
-    assert [row[0] async for row in store.iter_list("deny")] == [B, A]
-    assert await store.remove_list(A) is True
-    assert await store.remove_list(A) is False
-    assert await store.list_kind(A) is None
+# -- what another process sees, what survives a restart -------------------------------------
 
 
-async def test_audit_is_buffered_then_kept_in_order(store: Store) -> None:
-    for i in range(3):
-        await store.audit("judged", sha256=A, label="clean", detail={"i": i})
-    trail = await store.audit_trail(A)
-    assert [r.detail["i"] for r in trail] == [0, 1, 2]
-    assert trail[0].id < trail[1].id < trail[2].id
+async def test_a_write_is_seen_by_another_connection_once_the_call_returns(store_url) -> None:
+    async with await Store.open(store_url) as one, await Store.open(store_url) as two:
+        await one.put_verdict(A, verdict(Label.NSFW))
+        await one.set_list(B, "deny")
+        await one.add_job(C, b"x", media_type=None, size=None, source=None)
+        await one.record_late_positive(A, Label.NSFW, "recorded", {})
+        stored = await two.get_verdict(A)
+        assert stored is not None and stored.verdict.label is Label.NSFW
+        assert await two.list_kind(B) == "deny"
+        assert [j.sha256 for j in await two.claim_jobs(5)] == [C]
+        assert await one.claim_jobs(5) == []  # claimed by the other: never twice
+        assert await two.late_positive(A) is not None
 
 
-async def test_jobs_lifecycle(store: Store) -> None:
-    assert await store.add_job(A, b"\x00bytes", media_type="image/png", size=6, source="s")
-    assert not await store.add_job(A, b"other", media_type=None, size=None, source=None)
-    assert await store.count_jobs() == 1
-    await store.set_job_answers({A: "accept"})
-    await store.set_job_answers({A: "reject"})  # an accept is never overwritten
-    claimed = await store.claim_jobs(10)
-    assert [(j.sha256, j.payload, j.answered) for j in claimed] == [(A, b"\x00bytes", "accept")]
-    assert await store.claim_jobs(10) == []
-    await store.retry_job(A, delay_s=60, error="busy")
-    assert await store.claim_jobs(10) == []
-    next_at = await store.next_job_time()
-    assert next_at is not None and next_at > time.time() + 30
-    assert await store.finish_job(A) == "accept"
-    assert await store.count_jobs() == 0
-    assert await store.finish_job(A) is None
+async def test_audit_rows_reach_other_connections_once_flushed(store_url) -> None:
+    async with await Store.open(store_url) as one, await Store.open(store_url) as two:
+        await one.audit("judged", sha256=A)
+        assert await two.audit_trail(A) == []  # buffered in the writer's process
+        await one.flush_audit()
+        assert [r.event for r in await two.audit_trail(A)] == ["judged"]
 
 
-async def test_released_jobs_can_be_claimed_again(store: Store) -> None:
-    await store.add_job(A, b"x", media_type=None, size=None, source=None)
-    assert len(await store.claim_jobs(1)) == 1
-    await store.release_jobs([A])
-    again = await store.claim_jobs(1)
-    assert [j.sha256 for j in again] == [A]
+async def test_close_writes_the_audit_buffer_and_everything_survives(store_url) -> None:
+    async with await Store.open(store_url) as s:
+        await s.audit("judged", sha256=A, detail={"n": 1})
+        await s.put_verdict(A, verdict(Label.CSAM))
+        await s.set_list(B, "allow")
+        await s.add_job(C, b"payload", media_type="image/png", size=7, source="s")
+        await s.add_kudos_spent("2026-01-01", 3.0)
+        await s.hold_horde_request("img", "req-1", time.time())
+        assert await s.take_turn("refresh", 600) is True
+    async with await Store.open(store_url) as s:
+        assert [r.detail for r in await s.audit_trail(A)] == [{"n": 1}]
+        stored = await s.get_verdict(A)
+        assert stored is not None and stored.verdict.label is Label.CSAM
+        assert await s.list_kind(B) == "allow"
+        assert [(j.sha256, j.payload) for j in await s.claim_jobs(5)] == [(C, b"payload")]
+        assert await s.kudos_spent("2026-01-01") == 3.0
+        assert (await s.live_horde_request("img") or ("",))[0] == "req-1"
+        assert await s.take_turn("refresh", 600) is False  # the turn outlives the process
 
 
-async def test_late_positives(store: Store) -> None:
-    await store.record_late_positive(A, Label.CSAM, "recorded", {"why": "no api key"})
-    await store.record_late_positive(A, Label.CSAM, "purged", {"aliases": 2})
-    [row] = await store.late_positives()
-    assert (row.sha256, row.enforcement, row.detail) == (A, "purged", {"aliases": 2})
+async def test_sqlite_jobs_left_running_are_pending_again_after_a_restart(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    async with await Store.open(url) as s:
+        await s.add_job(A, b"x", media_type=None, size=None, source=None)
+        assert [j.sha256 for j in await s.claim_jobs(1)] == [A]
+        # The process dies here: the job is never finished, retried or released.
+    async with await Store.open(url) as s:
+        assert [j.sha256 for j in await s.claim_jobs(1)] == [A]
+
+
+async def test_sqlite_data_version_moves_only_for_other_connections(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    async with await Store.open(url) as one, await Store.open(url) as two:
+        before = await one.data_version()
+        await one.put_verdict(A, verdict())  # its own write
+        assert await one.data_version() == before
+        await two.put_verdict(B, verdict())
+        assert await one.data_version() != before
+        assert one.shared is False and one.dialect == "sqlite"
+
+
+async def test_a_store_says_what_it_is(store: Store) -> None:
+    await store.ping()
+    await store.probe()
+    assert store.health.available
+    assert store.dialect in ("sqlite", "postgresql")
+    assert store.shared is (store.dialect == "postgresql")
+    assert (store.job_lease_s > 0) is store.shared
+    assert store.holder and ":" in store.holder
+    assert "password" not in store.where
 
 
 async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
@@ -608,3 +626,28 @@ async def test_the_submit_window_counts_across_connections(store_url: str) -> No
             await second.close()
     finally:
         await first.close()
+
+
+async def test_a_listener_that_raises_is_kept_and_the_others_still_hear(pg_url: str) -> None:
+    writer, reader = await Store.open(pg_url), await Store.open(pg_url)
+    good: list[tuple[str, str]] = []
+    failures = 0
+
+    def bad(kind: str, key: str) -> None:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("a listener's bug")
+
+    reader.subscribe(bad)
+    reader.subscribe(lambda kind, key: good.append((kind, key)))
+    try:
+        await writer.set_list(A, "deny")
+        await writer.set_list(B, "deny")
+        deadline = time.monotonic() + 10
+        while {("list", A), ("list", B)} - set(good) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert {("list", A), ("list", B)} <= set(good)
+        assert failures >= 2  # called again after it raised: kept
+    finally:
+        await writer.close()
+        await reader.close()
