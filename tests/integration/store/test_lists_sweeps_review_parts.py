@@ -9,10 +9,10 @@ import contextlib
 import time
 
 import numpy as np
-from horde_scanner.hashlists.format import HashEntry
 
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.signals.embedding_list import EmbeddingEntry
+from horde_scanner.signals.hash_list import HashEntry
 from horde_scanner.store.hashes import LOCAL, VERDICT
 from horde_scanner.store.sqlite import Store
 from horde_scanner.store.sweeps import ScanFile
