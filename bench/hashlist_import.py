@@ -47,7 +47,10 @@ async def _one(target: str, count: int) -> dict[str, float]:
     """One measurement, in this process: what `--worker` prints."""
     import numpy as np
 
-    from horde_scanner.signals.hash_list import HashEntry
+    try:
+        from horde_scanner.signals.hash_list import HashEntry
+    except ImportError:  # the release before the layers moved (2fa284f)
+        from horde_scanner.hashlists.format import HashEntry  # type: ignore[no-redef]
     from horde_scanner.store.sqlite import Store
 
     rng = np.random.default_rng(5)

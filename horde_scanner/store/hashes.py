@@ -17,8 +17,8 @@ Data lifecycle:
     subscription gone from the config ──drop_hash_origins_except──► its entries and state go
 
     verdict_pdq, hash_entries, lists, verdicts ──hash_index_rows, allowed_pdq──► the index
-        a hit ──describe_pdq, sha256_entries──► HashRow (hashlists/matcher.py: a Match)
-        ──own_hash_entries──► what this instance publishes (hashlists/publish.py)
+        a hit ──describe_pdq, sha256_entries──► HashRow (signals/hash_matcher.py: a Match)
+        ──own_hash_entries──► what this instance publishes (signals/hash_publish.py)
     a review source's hit ──flag_hash──► hash_flags ──hash_flags──► `hashes flagged`
     every write here, and triggers on lists and verdicts ──► hash_generation + 1
 
@@ -28,13 +28,13 @@ image when it was seen), and imported entries; an admin allow removes an image a
 entry within the match distance of its PDQ. What this instance publishes is what a person
 confirmed: the deny list (an admin's confirm puts a positive there) and imported entries, each
 with who added it and when; unreviewed machine positives only with hashes.publish_unreviewed
-(hashlists/publish.py leaves out what an allow overrides). A verdict given by a hash-list
+(signals/hash_publish.py leaves out what an allow overrides). A verdict given by a hash-list
 match (route `match`) is never evidence on its own (a chain of near-copies would drift away
 from the original): it is neither indexed nor published.
 
 `hash_generation` is bumped by every change that can alter the set of hashes to match
 against (triggers on lists and verdicts, and the writes here), so each process can tell
-cheaply when to reload its in-memory index (hashlists/index.py).
+cheaply when to reload its in-memory index (signals/hash_index.py).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class HashRow:
 
 
 class NewHash(Protocol):
-    """What the store reads of an entry it is given (hashlists.format.HashEntry is one)."""
+    """What the store reads of an entry it is given (signals.hash_list.HashEntry is one)."""
 
     @property
     def signal(self) -> str: ...
