@@ -47,7 +47,7 @@ from horde_scanner.testing.net import free_port, wait_port
 CLIENT = "bench"
 DEADLINE_S = 8.0
 # The release cache-hit throughput is compared with (issue 20).
-PREVIOUS = "3579f71"
+PREVIOUS = "2fa284f"  # the release before the store moved to SQLAlchemy (issue 22)
 
 
 @contextlib.contextmanager

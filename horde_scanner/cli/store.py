@@ -1,4 +1,4 @@
-"""`horde-scanner store ...`: move the store to PostgreSQL."""
+"""`horde-scanner store ...`: bring the schema up to date, move the store to PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,12 +9,34 @@ import click
 from horde_scanner.config import Settings
 from horde_scanner.store.migrate import TableCopy, migrate
 from horde_scanner.store.postgres import redact
+from horde_scanner.store.schema import head
 from horde_scanner.store.sqlite import Store, StoreError
 
 
 @click.group()
 def store() -> None:
-    """The store: copy a SQLite store into PostgreSQL."""
+    """The store: upgrade its schema, copy a SQLite store into PostgreSQL."""
+
+
+@store.command("upgrade")
+@click.pass_context
+def upgrade_command(ctx: click.Context) -> None:
+    """Bring the store's schema (store.url / --db) to this version's newest revision, as the
+    service does when it starts; a store of horde-scanner 0.1 is taken over in place.
+    Prints the revisions applied."""
+    settings: Settings = ctx.obj["settings"]
+
+    async def go() -> str:
+        # Opening upgrades (store/schema.py: each revision applied is logged).
+        async with await Store.open(settings.store) as opened:
+            await opened.upgrade()
+            return opened.where
+
+    try:
+        where = asyncio.run(go())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"store {where} is at schema revision {head()}")
 
 
 @store.command("migrate")

@@ -13,12 +13,28 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from horde_scanner.store.tables import Tables
+import sqlalchemy as sa
+
+from horde_scanner.store.metadata import Int, Real, Text, metadata
+from horde_scanner.store.tables import Tables, chunks
 
 log = logging.getLogger(__name__)
 
-# The table itself came with step 0001-core (store/verdicts.py).
-STEPS: list = []
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("ts", Real, nullable=False),
+    sa.Column("sha256", Text),
+    sa.Column("event", Text, nullable=False),
+    sa.Column("label", Text),
+    sa.Column("action", Text),
+    sa.Column("source", Text),
+    sa.Column("detail", Text),  # JSON
+    sa.Index("audit_sha", "sha256"),
+    sqlite_autoincrement=True,
+)
+_AUDIT_FIELDS = ("ts", "sha256", "event", "label", "action", "source", "detail")
 # 7 columns x 500 rows stays under SQLite's 32766 bound variables.
 _AUDIT_ROWS_PER_INSERT = 500
 # Rows kept while the store is away (store/outage.py); past this the oldest are dropped, and
@@ -76,9 +92,9 @@ class AuditTables(Tables):
             batch = rows[start : start + _AUDIT_ROWS_PER_INSERT]
             try:
                 await self._db.execute(
-                    "INSERT INTO audit (ts, sha256, event, label, action, source, detail)"
-                    " VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * len(batch)),
-                    [value for row in batch for value in row],
+                    sa.insert(audit).values(
+                        [dict(zip(_AUDIT_FIELDS, row, strict=True)) for row in batch]
+                    )
                 )
             except BaseException:
                 self._keep_audit(rows[start:])
@@ -97,12 +113,9 @@ class AuditTables(Tables):
 
     async def audit_trail(self, sha256: str) -> list[AuditRecord]:
         await self.flush_audit()
-        async with self._db.execute(
-            "SELECT id, ts, sha256, event, label, action, source, detail FROM audit"
-            " WHERE sha256=? ORDER BY id",
-            (sha256,),
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.execute(
+            sa.select(audit).where(audit.c.sha256 == sha256).order_by(audit.c.id)
+        )
         return [
             AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
             for r in rows
@@ -114,16 +127,14 @@ class AuditTables(Tables):
         """{sha256: (event, source)} of the latest of `events` recorded for each hash."""
         await self.flush_audit()
         latest: dict[str, tuple[str, str | None]] = {}
-        marks = ",".join("?" * len(events))
-        for start in range(0, len(sha256s), 500):
-            chunk = sha256s[start : start + 500]
-            async with self._db.execute(
-                f"SELECT sha256, event, source FROM audit WHERE event IN ({marks})"
-                f" AND sha256 IN ({','.join('?' * len(chunk))}) ORDER BY id",
-                [*events, *chunk],
-            ) as cur:
-                async for sha, event, source in cur:
-                    latest[sha] = (event, source)
+        for chunk in chunks(sha256s):
+            query = (
+                sa.select(audit.c.sha256, audit.c.event, audit.c.source)
+                .where(audit.c.event.in_(events), audit.c.sha256.in_(chunk))
+                .order_by(audit.c.id)
+            )
+            for sha, event, source in await self._db.execute(query):
+                latest[sha] = (event, source)
         return latest
 
     async def rename_sources(self, renames: dict[str, str]) -> int:
@@ -132,14 +143,13 @@ class AuditTables(Tables):
         must not stay written (a client's secret id)."""
         if not renames:
             return 0
-        cases = " ".join("WHEN ? THEN ?" for _ in renames)
-        marks = ",".join("?" * len(renames))
-        params = [v for pair in renames.items() for v in pair] + list(renames)
         changed = 0
-        for table in ("audit", "verdicts", "jobs"):
-            cur = await self._db.execute(
-                f"UPDATE {table} SET source = CASE source {cases} END WHERE source IN ({marks})",
-                params,
+        # The verdicts' and jobs' tables (store/verdicts.py, store/jobs.py): every part is
+        # declared on the one metadata by the time the composed store runs this.
+        for table in (audit, metadata.tables["verdicts"], metadata.tables["jobs"]):
+            renamed = sa.case(renames, value=table.c.source)
+            done = await self._db.execute(
+                sa.update(table).where(table.c.source.in_(list(renames))).values(source=renamed)
             )
-            changed += max(0, cur.rowcount)
+            changed += max(0, done.rowcount)
         return changed

@@ -11,50 +11,49 @@ table holds at most the window's `limit` rows."""
 
 from __future__ import annotations
 
+import logging
 import time
 
-from horde_scanner.store.tables import SchemaStep, Tables
+import sqlalchemy as sa
 
-STEPS = [
-    # Replicas on one PostgreSQL database: a claimed job is held until `lease_until`
-    # (renewed while judged); a dead replica's jobs are taken over when it lapses.
-    # PostgreSQL also gets change notifications here.
-    SchemaStep(
-        "1500-replicas",
-        """
-    ALTER TABLE jobs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
-    -- Periodic work done once per cluster, not once per process: whoever takes the turn.
-    CREATE TABLE cluster_turns (
-        name TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        taken_at REAL NOT NULL,
-        until REAL NOT NULL
-    );
-    -- The AI Horde submit budget of all replicas behind one address (backends/shared_submits.py).
-    CREATE TABLE horde_submits (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        holder TEXT NOT NULL,
-        taken_at REAL NOT NULL,
-        done_at REAL
-    );
-    """,
-        postgres="""
-    CREATE FUNCTION hs_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE sha TEXT;
-    BEGIN
-        IF TG_OP = 'DELETE' THEN sha := OLD.sha256; ELSE sha := NEW.sha256; END IF;
-        PERFORM pg_notify('horde_scanner', TG_ARGV[0] || ':' || sha);
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER notify_verdicts AFTER INSERT OR UPDATE OR DELETE ON verdicts
-        FOR EACH ROW EXECUTE FUNCTION hs_notify_row('verdict');
-    CREATE TRIGGER notify_lists AFTER INSERT OR UPDATE OR DELETE ON lists
-        FOR EACH ROW EXECUTE FUNCTION hs_notify_row('list');
-    CREATE TRIGGER notify_jobs AFTER INSERT ON jobs
-        FOR EACH ROW EXECUTE FUNCTION hs_notify_row('job');
-    """,
-    ),
-]
+from horde_scanner.store.metadata import Int, Real, Text, metadata
+from horde_scanner.store.tables import Tables, upsert
+
+log = logging.getLogger(__name__)
+
+# Periodic work done once per cluster, not once per process: whoever takes the turn.
+cluster_turns = sa.Table(
+    "cluster_turns",
+    metadata,
+    sa.Column("name", Text, primary_key=True),
+    sa.Column("holder", Text, nullable=False),
+    sa.Column("taken_at", Real, nullable=False),
+    sa.Column("until", Real, nullable=False),
+)
+
+# The AI Horde submit budget of all replicas behind one address (backends/shared_submits.py).
+horde_submits = sa.Table(
+    "horde_submits",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("holder", Text, nullable=False),
+    sa.Column("taken_at", Real, nullable=False),
+    sa.Column("done_at", Real),
+    sqlite_autoincrement=True,
+)
+_s = horde_submits.c
+# One clock for every replica: the database's (PostgreSQL).
+_PG_NOW: sa.Cast[float] = sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Double())
+
+
+def _take_turn(dialect: str) -> sa.Executable:
+    """The turn is taken when nobody holds it, or its holder's time is up."""
+    insert, new = upsert(dialect, cluster_turns)
+    return insert.on_conflict_do_update(
+        index_elements=[cluster_turns.c.name],
+        set_={"holder": new.holder, "taken_at": new.taken_at, "until": new.until},
+        where=cluster_turns.c.until <= sa.bindparam("now"),
+    )
 
 
 class ClusterTables(Tables):
@@ -62,45 +61,98 @@ class ClusterTables(Tables):
         """True for exactly one process sharing this store per `period_s` (for work such as
         a subscription refresh that every replica would otherwise repeat)."""
         now = time.time()
-        cur = await self._db.execute(
-            "INSERT INTO cluster_turns (name, holder, taken_at, until) VALUES (?,?,?,?)"
-            " ON CONFLICT(name) DO UPDATE SET holder=excluded.holder,"
-            " taken_at=excluded.taken_at, until=excluded.until WHERE cluster_turns.until <= ?",
-            (name, self.holder, now, now + period_s, now),
+        insert, new = upsert(self._db.dialect, cluster_turns)
+        done = await self._db.execute(
+            insert.values(
+                name=name, holder=self.holder, taken_at=now, until=now + period_s
+            ).on_conflict_do_update(
+                index_elements=[cluster_turns.c.name],
+                set_={"holder": new.holder, "taken_at": new.taken_at, "until": new.until},
+                where=cluster_turns.c.until <= now,
+            )
         )
-        return cur.rowcount > 0
+        return done.rowcount > 0
 
     # -- the AI Horde submit budget (backends/shared_submits.py) -------------------------------
 
     async def take_submit(
         self, limit: int, period_s: float, stale_s: float
     ) -> tuple[int | None, float]:
-        """A slot id, or None and how long until one may free up. SQLite: the processes of
-        one host share its clock; the slot is taken by one statement, so two processes never
-        both take the last one."""
+        """A slot id, or None and how long until one may free up.
+
+        SQLite: the processes of one host share its clock; the slot is taken by one
+        statement, so two processes never both take the last one. PostgreSQL: replicas take
+        slots in turn under an advisory lock, by the database's clock."""
+        if self._db.dialect == "postgresql":
+            return await self._take_submit_pg(limit, period_s, stale_s)
         now = time.time()
         await self._db.execute(
-            "DELETE FROM horde_submits WHERE done_at <= ? OR (done_at IS NULL AND taken_at <= ?)",
-            (now - period_s, now - stale_s),
+            sa.delete(horde_submits).where(
+                sa.or_(
+                    _s.done_at <= now - period_s,
+                    sa.and_(_s.done_at.is_(None), _s.taken_at <= now - stale_s),
+                )
+            )
         )
-        rows = await self._db.execute_fetchall(
-            "INSERT INTO horde_submits (holder, taken_at) SELECT ?, ?"
-            " WHERE (SELECT COUNT(*) FROM horde_submits) < ? RETURNING id",
-            (self.holder, now, limit),
+        used = sa.select(sa.func.count()).select_from(horde_submits).scalar_subquery()
+        free = sa.select(sa.literal(self.holder), sa.literal(now)).where(used < limit)
+        taken = await self._db.execute(
+            sa.insert(horde_submits).from_select(["holder", "taken_at"], free).returning(_s.id)
         )
-        taken = list(rows)
         if taken:
-            return int(taken[0][0]), 0.0
-        found = await self._db.execute_fetchall("SELECT done_at FROM horde_submits")
-        done = sorted(float(r[0]) for r in found if r[0] is not None)
-        used = len(list(found))
-        if used - len(done) >= limit or not done:
+            return int(taken.scalar()), 0.0
+        found = (await self._db.execute(sa.select(_s.done_at))).scalars()
+        done = sorted(float(d) for d in found if d is not None)
+        in_use = len(found)
+        if in_use - len(done) >= limit or not done:
             return None, 1.0  # all in flight: wait for an answer
-        excess = max(0, used - limit)
+        excess = max(0, in_use - limit)
         return None, max(0.0, done[min(excess, len(done) - 1)] + period_s - now)
 
-    async def finish_submit(self, slot: int | None) -> None:
-        if slot is not None:
-            await self._db.execute(
-                "UPDATE horde_submits SET done_at=? WHERE id=?", (time.time(), slot)
+    async def _take_submit_pg(
+        self, limit: int, period_s: float, stale_s: float
+    ) -> tuple[int | None, float]:
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("horde_scanner:submits")))
             )
+            now = float((await tx.execute(sa.select(_PG_NOW))).scalar())
+            await tx.execute(
+                sa.delete(horde_submits).where(
+                    sa.or_(
+                        _s.done_at <= now - period_s,
+                        sa.and_(_s.done_at.is_(None), _s.taken_at <= now - stale_s),
+                    )
+                )
+            )
+            found = (await tx.execute(sa.select(_s.done_at))).scalars()
+            done = sorted(float(d) for d in found if d is not None)
+            used = len(found)
+            if used < limit:
+                slot = await tx.execute(
+                    sa.insert(horde_submits)
+                    .values(holder=self.holder, taken_at=now)
+                    .returning(_s.id)
+                )
+                return int(slot.scalar()), 0.0
+            if used - len(done) >= limit:
+                return None, 1.0  # all in flight: wait for an answer
+            return None, done[used - limit] + period_s - now
+
+    async def finish_submit(self, slot: int | None) -> None:
+        if slot is None:
+            return
+        postgres = self._db.dialect == "postgresql"
+        done_at = _PG_NOW if postgres else sa.literal(time.time())
+        statement = sa.update(horde_submits).where(_s.id == slot).values(done_at=done_at)
+        if not postgres:
+            await self._db.execute(statement)
+            return
+        try:
+            await self._db.execute(statement)
+        except Exception as exc:
+            # Called as the Horde's answer comes in: a store that is away must not take the
+            # answer with it. The slot counts until it is stale (backends/shared_submits.py).
+            if not self.health.failed(exc):
+                raise
+            log.warning("AI Horde submit slot %s left open (store unavailable)", slot)

@@ -26,48 +26,62 @@ so each process, and each replica through its notification, knows to bring its i
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from horde_scanner.store.hashes import BUMP_HASH_GENERATION, LOCAL, VERDICT
-from horde_scanner.store.tables import SchemaStep, Tables, write_in_batches
+import sqlalchemy as sa
+
+from horde_scanner.store.hashes import (
+    BUMP,
+    LOCAL,
+    VERDICT,
+    hash_subscriptions,
+    stream_tuples,
+    write_batches,
+)
+from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
+from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import verdicts as _verdicts
 from horde_scanner.verdict import VerdictRoute
 
 _ROWS_PER_BATCH = 2000
 _KEYS_PER_FETCH = 50_000
 _IN_CHUNK = 500
 
-STEPS = [
-    SchemaStep(
-        "2400-embeddings",
-        """
-    CREATE TABLE verdict_embeddings (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sha256 TEXT NOT NULL,
-        model TEXT NOT NULL,
-        vector BLOB NOT NULL,
-        UNIQUE (sha256, model)
-    );
-    CREATE TABLE embedding_entries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        origin TEXT NOT NULL,
-        model TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        vector BLOB NOT NULL,
-        label TEXT NOT NULL,
-        source TEXT NOT NULL DEFAULT '',
-        first_seen REAL,
-        note TEXT NOT NULL DEFAULT '',
-        added_by TEXT NOT NULL DEFAULT '',
-        added_at REAL,
-        UNIQUE (origin, model, digest)
-    );
-    CREATE INDEX embedding_entries_model ON embedding_entries(model, origin);
-    """,
-    ),
-]
+verdict_embeddings = sa.Table(
+    "verdict_embeddings",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("model", Text, nullable=False),
+    sa.Column("vector", Blob, nullable=False),
+    sa.UniqueConstraint("sha256", "model"),
+    sqlite_autoincrement=True,
+)
+
+embedding_entries = sa.Table(
+    "embedding_entries",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("model", Text, nullable=False),
+    sa.Column("digest", Text, nullable=False),
+    sa.Column("vector", Blob, nullable=False),
+    sa.Column("label", Text, nullable=False),
+    sa.Column("source", Text, nullable=False, server_default=""),
+    sa.Column("first_seen", Real),
+    sa.Column("note", Text, nullable=False, server_default=""),
+    sa.Column("added_by", Text, nullable=False, server_default=""),
+    sa.Column("added_at", Real),
+    sa.UniqueConstraint("origin", "model", "digest"),
+    sa.Index("embedding_entries_model", "model", "origin"),
+    sqlite_autoincrement=True,
+)
 
 
 class NewEmbedding(Protocol):
@@ -108,23 +122,20 @@ class EmbeddingTables(Tables):
 
     async def save_embedding(self, sha256: str, model: str, vector: bytes) -> int:
         """Keep an image's embedding; returns its row id (the index key's base)."""
-        await self._db.execute(
-            "INSERT INTO verdict_embeddings (sha256, model, vector) VALUES (?,?,?)"
-            " ON CONFLICT (sha256, model) DO UPDATE SET vector=excluded.vector",
-            (sha256, model, vector),
+        stmt = upsert(self._db.dialect, verdict_embeddings)[0].values(
+            sha256=sha256, model=model, vector=vector
         )
-        async with self._db.execute(
-            "SELECT id FROM verdict_embeddings WHERE sha256=? AND model=?", (sha256, model)
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[verdict_embeddings.c.sha256, verdict_embeddings.c.model],
+            set_={"vector": stmt.excluded.vector},
+        ).returning(verdict_embeddings.c.id)
+        row = (await self._db.execute(stmt)).first()
         return int(row[0]) if row else 0
 
     async def embedding_of(self, sha256: str, model: str) -> tuple[int, bytes] | None:
-        async with self._db.execute(
-            "SELECT id, vector FROM verdict_embeddings WHERE sha256=? AND model=?",
-            (sha256, model),
-        ) as cur:
-            row = await cur.fetchone()
+        e = verdict_embeddings
+        stmt = sa.select(e.c.id, e.c.vector).where(e.c.sha256 == sha256, e.c.model == model)
+        row = (await self._db.execute(stmt)).first()
         return (int(row[0]), bytes(row[1])) if row else None
 
     # -- what the index holds ------------------------------------------------------------------
@@ -135,58 +146,69 @@ class EmbeddingTables(Tables):
         """("entry" | "own", row ids, origin of each) of everything the index should hold for
         `model`, in chunks: list entries of every origin (the caller drops origins it does not
         trust), then this instance's positives and deny-listed images, allowed ones left out."""
+        entries = sa.select(embedding_entries.c.id, embedding_entries.c.origin).where(
+            embedding_entries.c.model == model
+        )
         async with self.aside() as db:
-            async with db.execute(
-                "SELECT id, origin FROM embedding_entries WHERE model=?", (model,)
-            ) as cur:
-                while rows := await cur.fetchmany(_KEYS_PER_FETCH):
+            async with contextlib.aclosing(stream_tuples(db, entries, _KEYS_PER_FETCH)) as batches:
+                async for rows in batches:
                     yield "entry", [int(r[0]) for r in rows], [r[1] for r in rows]
-            async with db.execute(_OWN, (VerdictRoute.MATCH.value, model)) as cur:
-                while rows := await cur.fetchmany(_KEYS_PER_FETCH):
+            async with contextlib.aclosing(
+                stream_tuples(db, _own(model), _KEYS_PER_FETCH)
+            ) as batches:
+                async for rows in batches:
                     yield "own", [int(r[0]) for r in rows], [VERDICT] * len(rows)
 
     async def embedding_vectors(self, kind: str, ids: Sequence[int]) -> list[tuple[int, bytes]]:
         """(id, vector) of these rows of embedding_entries ("entry") or verdict_embeddings."""
-        table = "embedding_entries" if kind == "entry" else "verdict_embeddings"
+        table = embedding_entries if kind == "entry" else verdict_embeddings
         found: list[tuple[int, bytes]] = []
         async with self.aside() as db:
             for start in range(0, len(ids), _IN_CHUNK):
-                chunk = list(ids[start : start + _IN_CHUNK])
-                marks = ",".join("?" * len(chunk))
-                async with db.execute(
-                    f"SELECT id, vector FROM {table} WHERE id IN ({marks})", chunk
-                ) as cur:
-                    found += [(int(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+                stmt = sa.select(table.c.id, table.c.vector).where(
+                    table.c.id.in_(ids[start : start + _IN_CHUNK])
+                )
+                found += [(int(r[0]), bytes(r[1])) for r in (await db.execute(stmt)).all()]
         return found
 
     async def allowed_embeddings(self, model: str) -> list[bytes]:
         """Embeddings of images an admin allowed: entries near them are overridden."""
-        async with self._db.execute(
-            "SELECT e.vector FROM verdict_embeddings e JOIN lists l ON l.sha256 = e.sha256"
-            " WHERE l.kind='allow' AND e.model=?",
-            (model,),
-        ) as cur:
-            return [bytes(r[0]) async for r in cur]
+        e, lists = verdict_embeddings, _lists
+        stmt = (
+            sa.select(e.c.vector)
+            .select_from(e.join(lists, lists.c.sha256 == e.c.sha256))
+            .where(lists.c.kind == "allow", e.c.model == model)
+        )
+        return [bytes(r[0]) for r in (await self._db.execute(stmt)).all()]
 
     async def embedding_entry(self, entry_id: int) -> EmbeddingRow | None:
-        async with self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM embedding_entries WHERE id=?", (entry_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = sa.select(*_ENTRY_COLUMNS).where(embedding_entries.c.id == entry_id)
+        row = (await self._db.execute(stmt)).first()
         return _entry(row) if row else None
 
     async def own_embedding(self, row_id: int) -> EmbeddingRow | None:
         """One of our own images' embedding, as an entry (None once it no longer counts)."""
-        async with self._db.execute(
-            "SELECT e.sha256, e.vector, COALESCE(v.first_seen, l.added_at),"
-            " CASE WHEN l.kind = 'deny' THEN 'deny list' ELSE 'confirmed positive' END"
-            " FROM verdict_embeddings e LEFT JOIN verdicts v ON v.sha256 = e.sha256"
-            " LEFT JOIN lists l ON l.sha256 = e.sha256 WHERE e.id = ?"
-            " AND (l.kind = 'deny' OR (v.label = 'csam' AND v.route != ?))"
-            " AND COALESCE(l.kind, '') != 'allow'",
-            (row_id, VerdictRoute.MATCH.value),
-        ) as cur:
-            row = await cur.fetchone()
+        e, v, lists = verdict_embeddings, _verdicts, _lists
+        stmt = (
+            sa.select(
+                e.c.sha256,
+                e.c.vector,
+                sa.func.coalesce(v.c.first_seen, lists.c.added_at),
+                sa.case((lists.c.kind == "deny", "deny list"), else_="confirmed positive"),
+            )
+            .select_from(
+                e.outerjoin(v, v.c.sha256 == e.c.sha256).outerjoin(
+                    lists, lists.c.sha256 == e.c.sha256
+                )
+            )
+            .where(
+                e.c.id == row_id,
+                (lists.c.kind == "deny")
+                | ((v.c.label == "csam") & (v.c.route != VerdictRoute.MATCH.value)),
+                sa.func.coalesce(lists.c.kind, "") != "allow",
+            )
+        )
+        row = (await self._db.execute(stmt)).first()
         if row is None:
             return None
         return EmbeddingRow(
@@ -194,10 +216,8 @@ class EmbeddingTables(Tables):
         )
 
     async def embedding_entry_count(self, model: str) -> int:
-        async with self._db.execute(
-            "SELECT COUNT(*) FROM embedding_entries WHERE model=?", (model,)
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = sa.select(sa.func.count()).where(embedding_entries.c.model == model)
+        row = (await self._db.execute(stmt)).first()
         return int(row[0]) if row else 0
 
     # -- what this instance publishes ----------------------------------------------------------
@@ -205,34 +225,36 @@ class EmbeddingTables(Tables):
     async def own_embedding_entries(self, model: str, source: str) -> list[EmbeddingRow]:
         """What a person confirmed, for `model`: embeddings of deny-listed images (with who
         confirmed and when) and imported entries; allowed images left out."""
-        entries: list[EmbeddingRow] = []
-        async with self._db.execute(
-            "SELECT e.sha256, e.vector, COALESCE(v.first_seen, l.added_at), l.added_by,"
-            " l.added_at FROM verdict_embeddings e JOIN lists l ON l.sha256 = e.sha256"
-            " AND l.kind = 'deny' LEFT JOIN verdicts v ON v.sha256 = e.sha256"
-            " WHERE e.model = ? ORDER BY e.id",
-            (model,),
-        ) as cur:
-            async for r in cur:
-                entries.append(
-                    EmbeddingRow(
-                        VERDICT,
-                        bytes(r[1]),
-                        "csam",
-                        source,
-                        r[2],
-                        "",
-                        str(r[3] or ""),
-                        r[4],
-                        sha256=str(r[0]),
-                    )
+        e, v, lists = verdict_embeddings, _verdicts, _lists
+        denied = (
+            sa.select(
+                e.c.sha256,
+                e.c.vector,
+                sa.func.coalesce(v.c.first_seen, lists.c.added_at),
+                lists.c.added_by,
+                lists.c.added_at,
+            )
+            .select_from(
+                e.join(lists, (lists.c.sha256 == e.c.sha256) & (lists.c.kind == "deny")).outerjoin(
+                    v, v.c.sha256 == e.c.sha256
                 )
-        async with self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM embedding_entries WHERE origin=? AND model=?"
-            " ORDER BY id",
-            (LOCAL, model),
-        ) as cur:
-            entries += [_entry(r) async for r in cur]
+            )
+            .where(e.c.model == model)
+            .order_by(e.c.id)
+        )
+        entries = [
+            EmbeddingRow(
+                VERDICT, bytes(r[1]), "csam", source, r[2], "", str(r[3] or ""), r[4],
+                sha256=str(r[0]),
+            )
+            for r in (await self._db.execute(denied)).all()
+        ]  # fmt: skip
+        local = (
+            sa.select(*_ENTRY_COLUMNS)
+            .where(embedding_entries.c.origin == LOCAL, embedding_entries.c.model == model)
+            .order_by(embedding_entries.c.id)
+        )
+        entries += [_entry(r) for r in (await self._db.execute(local)).all()]
         return entries
 
     # -- changing entries ----------------------------------------------------------------------
@@ -250,13 +272,17 @@ class EmbeddingTables(Tables):
 
     async def drop_embedding_origins_except(self, keep: Iterable[str]) -> list[str]:
         keep = {LOCAL, *keep}
-        async with self._db.execute("SELECT DISTINCT origin FROM embedding_entries") as cur:
-            stale = [r[0] async for r in cur if r[0] not in keep]
+        stmt = sa.select(embedding_entries.c.origin).distinct()
+        stale = [r[0] for r in (await self._db.execute(stmt)).all() if r[0] not in keep]
         for origin in stale:
-            await self._db.execute("DELETE FROM embedding_entries WHERE origin=?", (origin,))
-            await self._db.execute("DELETE FROM hash_subscriptions WHERE name=?", (origin,))
+            await self._db.execute(
+                sa.delete(embedding_entries).where(embedding_entries.c.origin == origin)
+            )
+            await self._db.execute(
+                sa.delete(hash_subscriptions).where(hash_subscriptions.c.name == origin)
+            )
         if stale:
-            await self._db.execute(BUMP_HASH_GENERATION)
+            await self._db.execute(BUMP)
         return stale
 
     async def _bulk_embeddings(
@@ -271,56 +297,80 @@ class EmbeddingTables(Tables):
         """Write only the difference to what the origin holds, in short transactions on a
         connection of our own (as store/hashes.py does for hash lists)."""
         new = {e.digest: e for e in entries}
+        t = embedding_entries
         async with self.aside() as db:
-            stale: list[str] = []
+            stale: list[tuple[str, str, str]] = []
             unchanged: set[str] = set()
-            async with db.execute(
-                "SELECT digest, label, source, first_seen, note FROM embedding_entries"
-                " WHERE origin=? AND model=?",
-                (origin, model),
-            ) as cur:
-                for r in await cur.fetchall():
-                    entry = new.get(r[0])
-                    if entry is None:
-                        if replace:
-                            stale.append(r[0])
-                    elif (entry.label, entry.source, entry.first_seen, entry.note) == tuple(r[1:]):
-                        unchanged.add(r[0])
+            held = sa.select(t.c.digest, t.c.label, t.c.source, t.c.first_seen, t.c.note).where(
+                t.c.origin == origin, t.c.model == model
+            )
+            for r in (await db.execute(held)).all():
+                entry = new.get(r[0])
+                if entry is None:
+                    if replace:
+                        stale.append((origin, model, r[0]))
+                elif (entry.label, entry.source, entry.first_seen, entry.note) == tuple(r[1:]):
+                    unchanged.add(r[0])
             added = time.time()
             rows = [
                 (origin, model, d, e.blob, e.label, e.source, e.first_seen, e.note, by, added)
                 for d, e in sorted(new.items())
                 if d not in unchanged
             ]
-            await write_in_batches(
-                db,
-                "DELETE FROM embedding_entries WHERE origin=? AND model=? AND digest=?",
-                [(origin, model, d) for d in stale],
-                _ROWS_PER_BATCH,
-            )
-            await write_in_batches(
-                db,
-                "INSERT INTO embedding_entries (origin, model, digest, vector, label, source,"
-                " first_seen, note, added_by, added_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (origin, model, digest) DO UPDATE SET label=excluded.label,"
-                " source=excluded.source, note=excluded.note,"
-                " first_seen=excluded.first_seen",
-                rows,
-                _ROWS_PER_BATCH,
-            )
+            await write_batches(db, _DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
+            await write_batches(db, _upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
             if stale or rows:
-                await db.execute(BUMP_HASH_GENERATION)
+                await db.execute(BUMP)
         return len(rows) + len(stale)
 
 
-_ENTRY_COLUMNS = "origin, vector, label, source, first_seen, note, added_by, added_at, digest"
-# This instance's machine positives and deny-listed images, allowed images excluded.
-_OWN = (
-    "SELECT e.id FROM verdict_embeddings e WHERE e.model = ?2"
-    " AND e.sha256 NOT IN (SELECT sha256 FROM lists WHERE kind='allow')"
-    " AND (e.sha256 IN (SELECT sha256 FROM verdicts WHERE label='csam' AND route != ?1)"
-    " OR e.sha256 IN (SELECT sha256 FROM lists WHERE kind='deny'))"
+_ENTRY_COLUMNS = tuple(
+    embedding_entries.c[name]
+    for name in (
+        "origin", "vector", "label", "source", "first_seen", "note", "added_by", "added_at",
+        "digest",
+    )
+)  # fmt: skip
+_ENTRY_KEYS = (
+    "origin", "model", "digest", "vector", "label", "source", "first_seen", "note", "added_by",
+    "added_at",
+)  # fmt: skip
+_DELETE_KEYS = ("o", "m", "d")
+_DELETE_ENTRY = sa.delete(embedding_entries).where(
+    embedding_entries.c.origin == sa.bindparam("o"),
+    embedding_entries.c.model == sa.bindparam("m"),
+    embedding_entries.c.digest == sa.bindparam("d"),
 )
+
+
+@functools.cache
+def _upsert_entries(dialect: str) -> Any:
+    """An entry written over the one of the same origin, model and digest (its vector kept:
+    the digest names it)."""
+    stmt = upsert(dialect, embedding_entries)[0]
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[
+            embedding_entries.c.origin, embedding_entries.c.model, embedding_entries.c.digest
+        ],
+        set_={
+            "label": new.label, "source": new.source, "note": new.note,
+            "first_seen": new.first_seen,
+        },
+    )  # fmt: skip
+
+
+def _own(model: str) -> sa.Select[Any]:
+    """This instance's machine positives and deny-listed images, allowed images excluded."""
+    e, v, lists = verdict_embeddings, _verdicts, _lists
+    return sa.select(e.c.id).where(
+        e.c.model == model,
+        e.c.sha256.not_in(sa.select(lists.c.sha256).where(lists.c.kind == "allow")),
+        e.c.sha256.in_(
+            sa.select(v.c.sha256).where(v.c.label == "csam", v.c.route != VerdictRoute.MATCH.value)
+        )
+        | e.c.sha256.in_(sa.select(lists.c.sha256).where(lists.c.kind == "deny")),
+    )
 
 
 def _entry(row: Sequence[Any]) -> EmbeddingRow:

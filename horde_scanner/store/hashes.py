@@ -17,8 +17,8 @@ Data lifecycle:
     subscription gone from the config ──drop_hash_origins_except──► its entries and state go
 
     verdict_pdq, hash_entries, lists, verdicts ──hash_index_rows, allowed_pdq──► the index
-        a hit ──describe_pdq, sha256_entries──► HashRow (hashlists/matcher.py: a Match)
-        ──own_hash_entries──► what this instance publishes (hashlists/publish.py)
+        a hit ──describe_pdq, sha256_entries──► HashRow (signals/hash_matcher.py: a Match)
+        ──own_hash_entries──► what this instance publishes (signals/hash_publish.py)
     a review source's hit ──flag_hash──► hash_flags ──hash_flags──► `hashes flagged`
     every write here, and triggers on lists and verdicts ──► hash_generation + 1
 
@@ -28,25 +28,33 @@ image when it was seen), and imported entries; an admin allow removes an image a
 entry within the match distance of its PDQ. What this instance publishes is what a person
 confirmed: the deny list (an admin's confirm puts a positive there) and imported entries, each
 with who added it and when; unreviewed machine positives only with hashes.publish_unreviewed
-(hashlists/publish.py leaves out what an allow overrides). A verdict given by a hash-list
+(signals/hash_publish.py leaves out what an allow overrides). A verdict given by a hash-list
 match (route `match`) is never evidence on its own (a chain of near-copies would drift away
 from the original): it is neither indexed nor published.
 
 `hash_generation` is bumped by every change that can alter the set of hashes to match
 against (triggers on lists and verdicts, and the writes here), so each process can tell
-cheaply when to reload its in-memory index (hashlists/index.py).
+cheaply when to reload its in-memory index (signals/hash_index.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import sqlalchemy as sa
+
 from horde_scanner.media.hashing import PdqHash
-from horde_scanner.store.tables import SchemaStep, Tables, write_in_batches
+from horde_scanner.store.database import Database
+from horde_scanner.store.metadata import Int, Real, Text, metadata
+from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import verdicts as _verdicts
 from horde_scanner.verdict import VerdictRoute
 
 LOCAL = "local"  # the origin of entries an admin imported
@@ -56,134 +64,78 @@ _BULK_CACHE_KIB = 128 * 1024
 _INDEX_ROWS_PER_FETCH = 50_000
 
 
-def _index_triggers(column: str, match: str, *, postgres: bool) -> str:
-    """Triggers that bump hash_generation when a verdict that feeds the index (csam, and not
-    itself from a hash-list match) comes, changes or goes. `column` = `match` marks a verdict
-    from a match (step 0500 read the backend's name; 1300 gave it a column of its own)."""
+# -- tables ----------------------------------------------------------------------------------
 
-    def feeds(row: str) -> str:
-        return f"{row}.label = 'csam' AND {row}.{column} != '{match}'"
+verdict_pdq = sa.Table(
+    "verdict_pdq",
+    metadata,
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("frame", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("pdq", Text, nullable=False),
+    sa.Column("quality", Int, nullable=False),
+    sa.PrimaryKeyConstraint("sha256", "frame"),
+    sa.Index("verdict_pdq_value", "pdq"),
+)
 
-    events = {
-        "insert": ("INSERT", feeds("NEW")),
-        "update": (f"UPDATE OF label, {column}", f"({feeds('OLD')}) OR ({feeds('NEW')})"),
-        "delete": ("DELETE", feeds("OLD")),
-    }
-    out = []
-    for name, (event, when) in events.items():
-        if postgres:
-            out.append(
-                f"CREATE TRIGGER hashgen_verdicts_{name} AFTER {event} ON verdicts FOR EACH ROW"
-                f" WHEN ({when}) EXECUTE FUNCTION hs_hashgen_bump();"
-            )
-        else:
-            out.append(
-                f"CREATE TRIGGER hashgen_verdicts_{name} AFTER {event} ON verdicts WHEN {when}"
-                " BEGIN UPDATE hash_generation SET n = n + 1; END;"
-            )
-    return "\n".join(out)
+hash_entries = sa.Table(
+    "hash_entries",
+    metadata,
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("signal", Text, nullable=False),
+    sa.Column("value", Text, nullable=False),
+    sa.Column("label", Text, nullable=False),
+    sa.Column("source", Text, nullable=False, server_default=""),
+    sa.Column("first_seen", Real),
+    sa.Column("note", Text, nullable=False, server_default=""),
+    # Added by step 0710 (so they come last).
+    sa.Column("added_by", Text, nullable=False, server_default=""),
+    sa.Column("added_at", Real),
+    # In (signal, value) order: loading the index and matching read along the key.
+    sa.PrimaryKeyConstraint("signal", "value", "origin"),
+    sa.CheckConstraint("signal IN ('sha256', 'pdq')", name="signal"),
+    sa.Index("hash_entries_origin", "origin"),
+    sqlite_with_rowid=False,
+)
 
+hash_subscriptions = sa.Table(
+    "hash_subscriptions",
+    metadata,
+    sa.Column("name", Text, primary_key=True),
+    sa.Column("url", Text, nullable=False),
+    sa.Column("etag", Text),
+    sa.Column("entries", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("skipped", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_ok", Real),
+    sa.Column("last_checked", Real),
+    sa.Column("last_status", Int),
+    sa.Column("last_error", Text),
+    sa.Column("bytes_fetched", Int, nullable=False, server_default=sa.text("0")),
+)
 
-def _drop_index_triggers(*, postgres: bool) -> str:
-    on = " ON verdicts" if postgres else ""
-    return "".join(
-        f"DROP TRIGGER hashgen_verdicts_{name}{on};" for name in ("insert", "update", "delete")
-    )
+hash_flags = sa.Table(
+    "hash_flags",
+    metadata,
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("signal", Text, nullable=False),
+    sa.Column("value", Text, nullable=False),
+    sa.Column("distance", Int, nullable=False),
+    sa.Column("source", Text),
+    sa.Column("flagged_at", Real, nullable=False),
+    sa.PrimaryKeyConstraint("sha256", "origin", "signal", "value"),
+)
 
-
-STEPS = [
-    SchemaStep(
-        "0500-hashes",
-        """
-    CREATE TABLE verdict_pdq (
-        sha256 TEXT NOT NULL,
-        frame INTEGER NOT NULL DEFAULT 0,
-        pdq TEXT NOT NULL,
-        quality INTEGER NOT NULL,
-        PRIMARY KEY (sha256, frame)
-    );
-    CREATE INDEX verdict_pdq_value ON verdict_pdq(pdq);
-    CREATE TABLE hash_entries (
-        origin TEXT NOT NULL,
-        signal TEXT NOT NULL CHECK (signal IN ('sha256', 'pdq')),
-        value TEXT NOT NULL,
-        label TEXT NOT NULL,
-        source TEXT NOT NULL DEFAULT '',
-        first_seen REAL,
-        note TEXT NOT NULL DEFAULT '',
-        -- In (signal, value) order: loading the index and matching read along the key.
-        PRIMARY KEY (signal, value, origin)
-    ) WITHOUT ROWID;
-    CREATE INDEX hash_entries_origin ON hash_entries(origin);
-    CREATE TABLE hash_subscriptions (
-        name TEXT PRIMARY KEY,
-        url TEXT NOT NULL,
-        etag TEXT,
-        entries INTEGER NOT NULL DEFAULT 0,
-        skipped INTEGER NOT NULL DEFAULT 0,
-        last_ok REAL,
-        last_checked REAL,
-        last_status INTEGER,
-        last_error TEXT,
-        bytes_fetched INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE hash_flags (
-        sha256 TEXT NOT NULL,
-        origin TEXT NOT NULL,
-        signal TEXT NOT NULL,
-        value TEXT NOT NULL,
-        distance INTEGER NOT NULL,
-        source TEXT,
-        flagged_at REAL NOT NULL,
-        PRIMARY KEY (sha256, origin, signal, value)
-    );
-    -- Bumped by every change that can alter the set of hashes to match against, so that
-    -- each process can tell cheaply when to reload its in-memory index.
-    CREATE TABLE hash_generation (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
-    INSERT INTO hash_generation VALUES (1, 0);
-    CREATE TRIGGER hashgen_lists_insert AFTER INSERT ON lists
-        BEGIN UPDATE hash_generation SET n = n + 1; END;
-    CREATE TRIGGER hashgen_lists_update AFTER UPDATE ON lists
-        BEGIN UPDATE hash_generation SET n = n + 1; END;
-    CREATE TRIGGER hashgen_lists_delete AFTER DELETE ON lists
-        BEGIN UPDATE hash_generation SET n = n + 1; END;
-"""
-        + _index_triggers("backend", "hashlist", postgres=False),
-        postgres="""
-    CREATE FUNCTION hs_hashgen_bump() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN UPDATE hash_generation SET n = n + 1; RETURN NULL; END $$;
-    CREATE FUNCTION hs_hashgen_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_notify('horde_scanner', 'hashes:'); RETURN NULL; END $$;
-    CREATE TRIGGER hashgen_notify AFTER UPDATE ON hash_generation
-        FOR EACH STATEMENT EXECUTE FUNCTION hs_hashgen_notify();
-    CREATE TRIGGER hashgen_lists AFTER INSERT OR UPDATE OR DELETE ON lists
-        FOR EACH ROW EXECUTE FUNCTION hs_hashgen_bump();
-"""
-        + _index_triggers("backend", "hashlist", postgres=True),
-    ),
-    # Who put an entry on the list and when: an imported entry is published with them.
-    SchemaStep(
-        "0710-hash-entries-added",
-        """
-    ALTER TABLE hash_entries ADD COLUMN added_by TEXT NOT NULL DEFAULT '';
-    ALTER TABLE hash_entries ADD COLUMN added_at REAL;
-    """,
-    ),
-    # What a verdict rests on (verdict.VerdictRoute) gets a column of its own: hash-list
-    # matches were told apart by their backend name. Rows from a match are marked, and the
-    # index triggers read the column.
-    SchemaStep(
-        "1300-verdict-route",
-        """
-    ALTER TABLE verdicts ADD COLUMN route TEXT NOT NULL DEFAULT 'judged';
-    UPDATE verdicts SET route = 'match' WHERE backend = 'hashlist';
-    """
-        + _drop_index_triggers(postgres=False)
-        + _index_triggers("route", "match", postgres=False),
-        postgres=_drop_index_triggers(postgres=True)
-        + _index_triggers("route", "match", postgres=True),
-    ),
-]
+# Bumped by every change that can alter the set of hashes to match against, so that each
+# process can tell cheaply when to reload its in-memory index. One row, id 1; the triggers on
+# lists and verdicts that bump it (and, on PostgreSQL, notify the other replicas) are made by
+# the migrations (store/migrations/versions/0001_baseline.py), as is the row.
+hash_generation = sa.Table(
+    "hash_generation",
+    metadata,
+    sa.Column("id", Int, primary_key=True, autoincrement=False),
+    sa.Column("n", Int, nullable=False),
+    sa.CheckConstraint("id = 1", name="id"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +157,7 @@ class HashRow:
 
 
 class NewHash(Protocol):
-    """What the store reads of an entry it is given (hashlists.format.HashEntry is one)."""
+    """What the store reads of an entry it is given (signals.hash_list.HashEntry is one)."""
 
     @property
     def signal(self) -> str: ...
@@ -250,39 +202,43 @@ class HashTables(Tables):
     # -- generation ------------------------------------------------------------------------
 
     async def hash_generation(self) -> int:
-        async with self._db.execute("SELECT n FROM hash_generation WHERE id=1") as cur:
-            row = await cur.fetchone()
+        stmt = sa.select(hash_generation.c.n).where(hash_generation.c.id == 1)
+        row = (await self._db.execute(stmt)).first()
         return int(row[0]) if row else 0
 
     async def bump_hash_generation(self) -> None:
-        await self._db.execute(BUMP_HASH_GENERATION)
+        await self._db.execute(BUMP)
 
     # -- PDQ of judged images ----------------------------------------------------------------
 
     async def save_pdq(self, sha256: str, hashes: Sequence[PdqHash]) -> None:
         if not hashes:
             return
-        await self._db.execute(
-            "INSERT INTO verdict_pdq (sha256, frame, pdq, quality) VALUES "
-            + ",".join(["(?,?,?,?)"] * len(hashes))
-            + " ON CONFLICT (sha256, frame) DO UPDATE SET pdq=excluded.pdq,"
-            " quality=excluded.quality",
-            [v for h in hashes for v in (sha256, h.frame, h.hex, h.quality)],
+        stmt = upsert(self._db.dialect, verdict_pdq)[0].values(
+            [
+                {"sha256": sha256, "frame": h.frame, "pdq": h.hex, "quality": h.quality}
+                for h in hashes
+            ]
         )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[verdict_pdq.c.sha256, verdict_pdq.c.frame],
+            set_={"pdq": stmt.excluded.pdq, "quality": stmt.excluded.quality},
+        )
+        await self._db.execute(stmt)
 
     async def pdq_of(self, sha256: str) -> list[PdqHash]:
-        async with self._db.execute(
-            "SELECT pdq, quality, frame FROM verdict_pdq WHERE sha256=? ORDER BY frame", (sha256,)
-        ) as cur:
-            return [PdqHash(r[0], int(r[1]), int(r[2])) async for r in cur]
+        p = verdict_pdq
+        stmt = sa.select(p.c.pdq, p.c.quality, p.c.frame).where(p.c.sha256 == sha256)
+        rows = (await self._db.execute(stmt.order_by(p.c.frame))).all()
+        return [PdqHash(r[0], int(r[1]), int(r[2])) for r in rows]
 
     async def keep_frames(self, sha256: str, frames: Sequence[int]) -> None:
         """Drop the PDQ of an animation's other frames: a positive's harmless frames must not
         become deny entries (in the index, or in what this instance publishes)."""
-        marks = ",".join("?" * len(frames))
         await self._db.execute(
-            f"DELETE FROM verdict_pdq WHERE sha256=? AND frame NOT IN ({marks})",
-            (sha256, *frames),
+            sa.delete(verdict_pdq).where(
+                verdict_pdq.c.sha256 == sha256, verdict_pdq.c.frame.not_in(list(frames))
+            ),
         )
 
     # -- what the index holds ----------------------------------------------------------------
@@ -292,56 +248,70 @@ class HashTables(Tables):
         chunks: a million Python strings at once would double the memory a load needs."""
         # Read on a connection (and so a thread) of our own: a million rows take seconds, and
         # the shared connection must keep answering uploads meanwhile.
+        listed = sa.select(hash_entries.c.value, hash_entries.c.origin).where(
+            hash_entries.c.signal == "pdq"
+        )
         async with self.aside() as db:
-            query = "SELECT value, origin FROM hash_entries WHERE signal='pdq'"
-            async with db.execute(query) as cur:
-                while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
+            listed_rows = stream_tuples(db, listed, _INDEX_ROWS_PER_FETCH)
+            async with contextlib.aclosing(listed_rows) as batches:
+                async for rows in batches:
                     yield [r[0] for r in rows], [r[1] for r in rows]
-            async with db.execute(_OWN_PDQ, (VerdictRoute.MATCH.value, min_quality)) as cur:
-                while rows := await cur.fetchmany(_INDEX_ROWS_PER_FETCH):
+            own = stream_tuples(db, _own_pdq(min_quality), _INDEX_ROWS_PER_FETCH)
+            async with contextlib.aclosing(own) as batches:
+                async for rows in batches:
                     values = [r[0] for r in rows]
                     yield values, [VERDICT] * len(values)
 
     async def allowed_pdq(self, min_quality: int) -> list[str]:
         """PDQ of the images an admin allowed: deny entries near them are overridden."""
-        async with self._db.execute(
-            "SELECT p.pdq FROM verdict_pdq p JOIN lists l ON l.sha256 = p.sha256"
-            " WHERE l.kind='allow' AND p.quality >= ?",
-            (min_quality,),
-        ) as cur:
-            return [r[0] async for r in cur]
+        p, lists = verdict_pdq, _lists
+        stmt = (
+            sa.select(p.c.pdq)
+            .select_from(p.join(lists, lists.c.sha256 == p.c.sha256))
+            .where(lists.c.kind == "allow", p.c.quality >= min_quality)
+        )
+        return [r[0] for r in (await self._db.execute(stmt)).all()]
 
     async def sha256_entries(self, sha256: str) -> list[HashRow]:
-        async with self._db.execute(
-            _ENTRY_SELECT + " WHERE signal='sha256' AND value=?", (sha256,)
-        ) as cur:
-            return [_entry(r) async for r in cur]
+        stmt = sa.select(*_ENTRY_COLUMNS).where(
+            hash_entries.c.signal == "sha256", hash_entries.c.value == sha256
+        )
+        return [_entry(r) for r in (await self._db.execute(stmt)).all()]
 
     async def describe_pdq(self, value: str) -> list[HashRow]:
         """Every entry with this exact PDQ value: imported or subscribed, or our own images."""
-        async with self._db.execute(
-            _ENTRY_SELECT + " WHERE signal='pdq' AND value=?", (value,)
-        ) as cur:
-            found = [_entry(r) async for r in cur]
-        async with self._db.execute(
-            "SELECT p.sha256, COALESCE(v.first_seen, l.added_at),"
-            " CASE WHEN l.kind = 'deny' THEN 'deny list' ELSE 'confirmed positive' END"
-            " FROM verdict_pdq p LEFT JOIN verdicts v ON v.sha256 = p.sha256"
-            " LEFT JOIN lists l ON l.sha256 = p.sha256 WHERE p.pdq = ?"
-            " AND (l.kind = 'deny' OR (v.label = 'csam' AND v.route != ?))"
-            " AND COALESCE(l.kind, '') != 'allow'",
-            (value, VerdictRoute.MATCH.value),
-        ) as cur:
-            async for r in cur:
-                found.append(
-                    HashRow(VERDICT, "pdq", value, first_seen=r[1], note=r[2], sha256=r[0])
+        stmt = sa.select(*_ENTRY_COLUMNS).where(
+            hash_entries.c.signal == "pdq", hash_entries.c.value == value
+        )
+        found = [_entry(r) for r in (await self._db.execute(stmt)).all()]
+        p, v, lists = verdict_pdq, _verdicts, _lists
+        own = (
+            sa.select(
+                p.c.sha256,
+                sa.func.coalesce(v.c.first_seen, lists.c.added_at),
+                sa.case((lists.c.kind == "deny", "deny list"), else_="confirmed positive"),
+            )
+            .select_from(
+                p.outerjoin(v, v.c.sha256 == p.c.sha256).outerjoin(
+                    lists, lists.c.sha256 == p.c.sha256
                 )
+            )
+            .where(
+                p.c.pdq == value,
+                (lists.c.kind == "deny")
+                | ((v.c.label == "csam") & (v.c.route != VerdictRoute.MATCH.value)),
+                sa.func.coalesce(lists.c.kind, "") != "allow",
+            )
+        )
+        for r in (await self._db.execute(own)).all():
+            found.append(HashRow(VERDICT, "pdq", value, first_seen=r[1], note=r[2], sha256=r[0]))
         return found
 
     async def hash_entries(self) -> list[HashRow]:
         """Every listed entry (imported and subscribed), by origin, signal and value."""
-        async with self._db.execute(_ENTRY_SELECT + " ORDER BY origin, signal, value") as cur:
-            return [_entry(r) async for r in cur]
+        e = hash_entries
+        stmt = sa.select(*_ENTRY_COLUMNS).order_by(e.c.origin, e.c.signal, e.c.value)
+        return [_entry(r) for r in (await self._db.execute(stmt)).all()]
 
     # -- what this instance publishes ----------------------------------------------------------
 
@@ -352,41 +322,42 @@ class HashTables(Tables):
         puts a hash there; origin `verdict`) and imported entries (origin `local`), each with
         who added it and when. With `unreviewed`, machine positives no admin has decided on
         too (added_by empty). Rows may repeat a value; `source` names this instance."""
-        entries: list[HashRow] = []
-        async with self._db.execute(
-            "SELECT l.sha256, COALESCE(v.first_seen, l.added_at), l.added_by, l.added_at"
-            " FROM lists l LEFT JOIN verdicts v ON v.sha256 = l.sha256 WHERE l.kind='deny'"
-        ) as cur:
-            async for r in cur:
-                entries.append(_confirmed("sha256", r, source))
-        async with self._db.execute(_DENIED_PDQ, (min_quality,)) as cur:
-            async for r in cur:
-                entries.append(_confirmed("pdq", r, source))
-        async with self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS}, added_by, added_at FROM hash_entries WHERE origin=? AND"
-            " NOT (signal='sha256' AND value IN (SELECT sha256 FROM lists WHERE kind='allow'))",
-            (LOCAL,),
-        ) as cur:
-            entries += [_entry(r) async for r in cur]
+        v, lists, e = _verdicts, _lists, hash_entries
+        denied = (
+            sa.select(
+                lists.c.sha256,
+                sa.func.coalesce(v.c.first_seen, lists.c.added_at),
+                lists.c.added_by,
+                lists.c.added_at,
+            )
+            .select_from(lists.outerjoin(v, v.c.sha256 == lists.c.sha256))
+            .where(lists.c.kind == "deny")
+        )
+        entries = [_confirmed("sha256", r, source) for r in (await self._db.execute(denied)).all()]
+        rows = (await self._db.execute(_denied_pdq(min_quality))).all()
+        entries += [_confirmed("pdq", r, source) for r in rows]
+        allowed = sa.select(lists.c.sha256).where(lists.c.kind == "allow")
+        local = sa.select(*_ENTRY_COLUMNS, e.c.added_by, e.c.added_at).where(
+            e.c.origin == LOCAL, ~((e.c.signal == "sha256") & e.c.value.in_(allowed))
+        )
+        entries += [_entry(r) for r in (await self._db.execute(local)).all()]
         if not unreviewed:
             return entries
         note = "unreviewed machine verdict"
-        async with self._db.execute(
-            "SELECT sha256, first_seen, backend, signals FROM verdicts v WHERE label='csam'"
-            " AND route != ? AND sha256 NOT IN (SELECT sha256 FROM lists)",
-            (VerdictRoute.MATCH.value,),
-        ) as cur:
-            async for r in cur:
-                if _is_evidence(r[3]):
-                    entries.append(
-                        HashRow(VERDICT, "sha256", r[0], "csam", source, r[1], f"{note} ({r[2]})")
-                    )
+        machine = sa.select(v.c.sha256, v.c.first_seen, v.c.backend, v.c.signals).where(
+            v.c.label == "csam",
+            v.c.route != VerdictRoute.MATCH.value,
+            v.c.sha256.not_in(sa.select(lists.c.sha256)),
+        )
+        for r in (await self._db.execute(machine)).all():
+            if _is_evidence(r[3]):
+                entries.append(
+                    HashRow(VERDICT, "sha256", r[0], "csam", source, r[1], f"{note} ({r[2]})")
+                )
         first_seen: dict[str, float] = {}
-        params = (VerdictRoute.MATCH.value, min_quality)
-        async with self._db.execute(_UNREVIEWED_PDQ, params) as cur:
-            async for pdq, seen, signals in cur:
-                if _is_evidence(signals):
-                    first_seen[pdq] = min(seen, first_seen.get(pdq, seen))
+        for pdq, seen, signals in (await self._db.execute(_unreviewed_pdq(min_quality))).all():
+            if _is_evidence(signals):
+                first_seen[pdq] = min(seen, first_seen.get(pdq, seen))
         entries.extend(
             HashRow(VERDICT, "pdq", v, "csam", source, t, note) for v, t in first_seen.items()
         )
@@ -407,9 +378,9 @@ class HashTables(Tables):
         return await self._bulk(origin, entries, replace=True)
 
     async def remove_hash_entry(self, origin: str, signal: str, value: str) -> bool:
+        e = hash_entries
         cur = await self._db.execute(
-            "DELETE FROM hash_entries WHERE origin=? AND signal=? AND value=?",
-            (origin, signal, value),
+            sa.delete(e).where(e.c.origin == origin, e.c.signal == signal, e.c.value == value),
         )
         if cur.rowcount:
             await self.bump_hash_generation()
@@ -418,11 +389,13 @@ class HashTables(Tables):
     async def drop_hash_origins_except(self, keep: Iterable[str]) -> list[str]:
         """Forget entries of subscriptions no longer configured (`local` is always kept)."""
         keep = {LOCAL, *keep}
-        async with self._db.execute("SELECT DISTINCT origin FROM hash_entries") as cur:
-            stale = [r[0] async for r in cur if r[0] not in keep]
+        stmt = sa.select(hash_entries.c.origin).distinct()
+        stale = [r[0] for r in (await self._db.execute(stmt)).all() if r[0] not in keep]
         for origin in stale:
-            await self._db.execute("DELETE FROM hash_entries WHERE origin=?", (origin,))
-            await self._db.execute("DELETE FROM hash_subscriptions WHERE name=?", (origin,))
+            await self._db.execute(sa.delete(hash_entries).where(hash_entries.c.origin == origin))
+            await self._db.execute(
+                sa.delete(hash_subscriptions).where(hash_subscriptions.c.name == origin)
+            )
         if stale:
             await self.bump_hash_generation()
         return stale
@@ -437,56 +410,41 @@ class HashTables(Tables):
         replacement writes only the difference to what the origin holds (usually small), in
         batches; readers see each entry either as it was or as it is now."""
         new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
-        async with self.aside() as db:
-            await db.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
-            stale: list[tuple[str, str]] = []
+        async with self.aside() as db, _bulk_cache(db):
+            stale: list[tuple[str, str, str]] = []
             if replace:
-                async with db.execute(
-                    "SELECT signal, value, label, source, first_seen, note FROM hash_entries"
-                    " WHERE origin=?",
-                    (origin,),
-                ) as cur:
-                    async for r in cur:
-                        key = (r[0], r[1])
-                        if key not in new:
-                            stale.append(key)
-                        elif new[key] == (r[2], r[3], r[4], r[5]):
-                            del new[key]  # unchanged: nothing to write
+                e = hash_entries
+                held = sa.select(
+                    e.c.signal, e.c.value, e.c.label, e.c.source, e.c.first_seen, e.c.note
+                ).where(e.c.origin == origin)
+                held_rows = stream_tuples(db, held, _INDEX_ROWS_PER_FETCH)
+                async with contextlib.aclosing(held_rows) as batches:
+                    async for part in batches:
+                        for r in part:
+                            key = (r[0], r[1])
+                            if key not in new:
+                                stale.append((origin, *key))
+                            elif new[key] == (r[2], r[3], r[4], r[5]):
+                                del new[key]  # unchanged: nothing to write
             # In key order, the B-tree grows at its end instead of splitting pages all over.
             added = time.time()
             rows = sorted((origin, *key, *fields, by, added) for key, fields in new.items())
-            await write_in_batches(
-                db,
-                "DELETE FROM hash_entries WHERE origin=? AND signal=? AND value=?",
-                [(origin, *key) for key in stale],
-                _ROWS_PER_BATCH,
-            )
-            await write_in_batches(
-                db,
-                "INSERT INTO hash_entries (origin, signal, value, label, source,"
-                " first_seen, note, added_by, added_at) VALUES (?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(signal, value, origin) DO UPDATE SET label=excluded.label,"
-                " source=excluded.source, note=excluded.note,"
-                " first_seen=CASE WHEN excluded.first_seen < hash_entries.first_seen"
-                " THEN excluded.first_seen"
-                " ELSE COALESCE(hash_entries.first_seen, excluded.first_seen) END",
-                rows,
-                _ROWS_PER_BATCH,
-            )
+            await write_batches(db, _DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
+            await write_batches(db, _upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
             if stale or rows:
-                await db.execute(BUMP_HASH_GENERATION)
+                await db.execute(BUMP)
         return len(rows) + len(stale)
 
     # -- subscriptions -------------------------------------------------------------------------
 
     async def hash_subscription(self, name: str) -> SubscriptionState | None:
-        async with self._db.execute(_SUBSCRIPTION_SELECT + " WHERE name=?", (name,)) as cur:
-            row = await cur.fetchone()
+        stmt = sa.select(*_SUBSCRIPTION_COLUMNS).where(hash_subscriptions.c.name == name)
+        row = (await self._db.execute(stmt)).first()
         return SubscriptionState(*row) if row else None
 
     async def hash_subscriptions(self) -> list[SubscriptionState]:
-        async with self._db.execute(_SUBSCRIPTION_SELECT + " ORDER BY name") as cur:
-            return [SubscriptionState(*r) async for r in cur]
+        stmt = sa.select(*_SUBSCRIPTION_COLUMNS).order_by(hash_subscriptions.c.name)
+        return [SubscriptionState(*r) for r in (await self._db.execute(stmt)).all()]
 
     async def record_hash_fetch(
         self,
@@ -503,33 +461,27 @@ class HashTables(Tables):
         """Record one refresh. Counts and ETag change only on a good copy (entries given)."""
         now = time.time()
         good = entries is not None
-        await self._db.execute(
-            "INSERT INTO hash_subscriptions (name, url, etag, entries, skipped, last_ok,"
-            " last_checked, last_status, last_error, bytes_fetched)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET url=excluded.url,"
-            " etag=CASE WHEN ? THEN excluded.etag ELSE hash_subscriptions.etag END,"
-            " entries=CASE WHEN ? THEN excluded.entries ELSE hash_subscriptions.entries END,"
-            " skipped=CASE WHEN ? THEN excluded.skipped ELSE hash_subscriptions.skipped END,"
-            " last_ok=COALESCE(excluded.last_ok, hash_subscriptions.last_ok),"
-            " last_checked=excluded.last_checked, last_status=excluded.last_status,"
-            " last_error=excluded.last_error,"
-            " bytes_fetched=hash_subscriptions.bytes_fetched + excluded.bytes_fetched",
-            (
-                name,
-                url,
-                etag,
-                entries or 0,
-                skipped or 0,
-                now if error is None else None,
-                now,
-                status,
-                error,
-                nbytes,
-                good,
-                good,
-                good,
-            ),
-        )
+        s = hash_subscriptions
+        stmt = upsert(self._db.dialect, s)[0].values(
+            name=name, url=url, etag=etag, entries=entries or 0, skipped=skipped or 0,
+            last_ok=now if error is None else None, last_checked=now, last_status=status,
+            last_error=error, bytes_fetched=nbytes,
+        )  # fmt: skip
+        new = stmt.excluded
+        # On a failed refresh, the last good copy's ETag and counts stay.
+        kept = {} if good else {"etag": s.c.etag, "entries": s.c.entries, "skipped": s.c.skipped}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[s.c.name],
+            set_={
+                "url": new.url, "etag": new.etag, "entries": new.entries,
+                "skipped": new.skipped, **kept,
+                "last_ok": sa.func.coalesce(new.last_ok, s.c.last_ok),
+                "last_checked": new.last_checked, "last_status": new.last_status,
+                "last_error": new.last_error,
+                "bytes_fetched": s.c.bytes_fetched + new.bytes_fetched,
+            },
+        )  # fmt: skip
+        await self._db.execute(stmt)
 
     # -- review flags --------------------------------------------------------------------------
 
@@ -537,61 +489,205 @@ class HashTables(Tables):
         self, sha256: str, origin: str, signal: str, value: str, distance: int, source: str | None
     ) -> bool:
         """Note that an image matched a `review` source's entry; False when it was noted."""
-        cur = await self._db.execute(
-            "INSERT OR IGNORE INTO hash_flags (sha256, origin, signal, value, distance, source,"
-            " flagged_at) VALUES (?,?,?,?,?,?,?)",
-            (sha256, origin, signal, value, distance, source, time.time()),
-        )
-        return cur.rowcount > 0
+        stmt = (
+            upsert(self._db.dialect, hash_flags)[0]
+            .values(
+                sha256=sha256, origin=origin, signal=signal, value=value, distance=distance,
+                source=source, flagged_at=time.time(),
+            )
+            .on_conflict_do_nothing()
+        )  # fmt: skip
+        return (await self._db.execute(stmt)).rowcount > 0
 
     async def hash_flags(self, limit: int | None = None) -> list[HashFlag]:
         """Flagged matches, newest first."""
-        query = (
-            "SELECT sha256, origin, signal, value, distance, source, flagged_at FROM hash_flags"
-            " ORDER BY flagged_at DESC"
-        )
-        params: tuple[int, ...] = ()
+        f = hash_flags
+        stmt = sa.select(
+            f.c.sha256, f.c.origin, f.c.signal, f.c.value, f.c.distance, f.c.source, f.c.flagged_at
+        ).order_by(f.c.flagged_at.desc())
         if limit is not None:
-            query += " LIMIT ?"
-            params = (limit,)
-        async with self._db.execute(query, params) as cur:
-            return [HashFlag(*r) async for r in cur]
+            stmt = stmt.limit(limit)
+        return [HashFlag(*r) for r in (await self._db.execute(stmt)).all()]
 
 
-BUMP_HASH_GENERATION = "UPDATE hash_generation SET n = n + 1 WHERE id=1"
+BUMP = sa.update(hash_generation).where(hash_generation.c.id == 1).values(n=hash_generation.c.n + 1)
 # An entry's columns, in _entry's order (added_by, added_at may follow).
-_ENTRY_COLUMNS = "origin, signal, value, label, source, first_seen, note"
-_ENTRY_SELECT = f"SELECT {_ENTRY_COLUMNS} FROM hash_entries"
-# PDQ of this instance's machine positives and deny-listed images, allowed images excluded:
-# what the local index holds (an unreviewed positive blocks its near copies here).
-_OWN_PDQ = (
-    "SELECT p.pdq FROM verdict_pdq p WHERE p.quality >= ?2"
-    " AND p.sha256 NOT IN (SELECT sha256 FROM lists WHERE kind='allow')"
-    " AND (p.sha256 IN (SELECT sha256 FROM verdicts WHERE label='csam' AND route != ?1)"
-    " OR p.sha256 IN (SELECT sha256 FROM lists WHERE kind='deny'))"
+_ENTRY_COLUMNS = tuple(
+    hash_entries.c[name]
+    for name in ("origin", "signal", "value", "label", "source", "first_seen", "note")
 )
-# PDQ of deny-listed (admin-confirmed) images, with who confirmed and when (the first to).
-# (Window functions, not SQLite's bare columns beside MIN: PostgreSQL runs this too.)
-_DENIED_PDQ = (
-    "SELECT pdq, first_seen, added_by, added_at FROM ("
-    " SELECT p.pdq AS pdq, MIN(COALESCE(v.first_seen, l.added_at)) OVER w AS first_seen,"
-    " l.added_by AS added_by, l.added_at AS added_at,"
-    " ROW_NUMBER() OVER (PARTITION BY p.pdq ORDER BY l.added_at, l.sha256) AS n"
-    " FROM verdict_pdq p JOIN lists l ON l.sha256 = p.sha256 AND l.kind = 'deny'"
-    " LEFT JOIN verdicts v ON v.sha256 = p.sha256 WHERE p.quality >= ?1"
-    " WINDOW w AS (PARTITION BY p.pdq)) firsts WHERE n = 1"
+_ENTRY_KEYS = (
+    "origin", "signal", "value", "label", "source", "first_seen", "note", "added_by", "added_at",
+)  # fmt: skip
+_DELETE_KEYS = ("o", "s", "v")
+_DELETE_ENTRY = sa.delete(hash_entries).where(
+    hash_entries.c.origin == sa.bindparam("o"),
+    hash_entries.c.signal == sa.bindparam("s"),
+    hash_entries.c.value == sa.bindparam("v"),
 )
-# PDQ of machine positives on neither list (published only with hashes.publish_unreviewed),
-# one row per image: whether its signals are evidence is decided in Python (_is_evidence).
-_UNREVIEWED_PDQ = (
-    "SELECT p.pdq, v.first_seen, v.signals FROM verdict_pdq p JOIN verdicts v"
-    " ON v.sha256 = p.sha256 WHERE p.quality >= ?2 AND v.label = 'csam' AND v.route != ?1"
-    " AND p.sha256 NOT IN (SELECT sha256 FROM lists)"
-)
-_SUBSCRIPTION_SELECT = (
-    "SELECT name, url, etag, entries, skipped, last_ok, last_checked, last_status, last_error,"
-    " bytes_fetched FROM hash_subscriptions"
-)
+_SUBSCRIPTION_COLUMNS = tuple(
+    hash_subscriptions.c[name]
+    for name in (
+        "name", "url", "etag", "entries", "skipped", "last_ok", "last_checked", "last_status",
+        "last_error", "bytes_fetched",
+    )
+)  # fmt: skip
+
+
+@functools.cache
+def _upsert_entries(dialect: str) -> Any:
+    """An entry written over the one of the same origin, signal and value; the earliest
+    first-seen of the two is kept."""
+    stmt = upsert(dialect, hash_entries)[0]
+    new, old = stmt.excluded, hash_entries.c
+    return stmt.on_conflict_do_update(
+        index_elements=[old.signal, old.value, old.origin],
+        set_={
+            "label": new.label,
+            "source": new.source,
+            "note": new.note,
+            "first_seen": sa.case(
+                (new.first_seen < old.first_seen, new.first_seen),
+                else_=sa.func.coalesce(old.first_seen, new.first_seen),
+            ),
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def _bulk_cache(db: Database) -> AsyncIterator[None]:
+    """A large SQLite page cache while a list is written (the B-tree of a million entries
+    stays in memory), given back afterwards: aside() connections are pooled now, and a cache
+    left at 128 MiB would keep that memory for the life of the process."""
+    if db.dialect != "sqlite":
+        yield
+        return
+    before = (await db.execute("PRAGMA cache_size")).scalar()
+    await db.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a store gone away: the connection goes too
+            await db.execute(f"PRAGMA cache_size={int(before)}")
+
+
+async def write_batches(
+    db: Database,
+    stmt: sa.Executable,
+    rows: Sequence[Sequence[Any]],
+    keys: tuple[str, ...],
+    per_batch: int,
+) -> None:
+    """`stmt` for each of `rows` (values in the order of `keys`), `per_batch` rows to a
+    transaction: a list of a million entries never holds the write lock for long (uploads
+    wait on it to record verdicts).
+
+    The Core statement is compiled once for the connection's dialect and its rows go to the
+    driver's executemany as they are: SQLAlchemy's per-row parameter processing (a dict per
+    row, then its bind processing) cost ~17 us a row on the event loop, and made a
+    million-entry import 1.7x slower than the plain SQL before it (bench.hashlist_import).
+    The columns written here need no bind processing (text, numbers, bytes)."""
+    sql, order = _driver_statement(db.engine.dialect, stmt, keys)
+    for start in range(0, len(rows), per_batch):
+        batch = rows[start : start + per_batch]
+        if order is not None:
+            batch = [tuple(row[i] for i in order) for row in batch]
+        async with db.transaction() as tx:
+            await tx.executemany(sql, batch)
+
+
+async def stream_tuples(
+    db: Database, stmt: sa.Executable, batch_rows: int
+) -> AsyncGenerator[list[tuple[Any, ...]], None]:
+    """The rows of a long read on a connection of its own (`aside()`), `batch_rows` at a time,
+    as the driver's plain tuples: the Core statement compiled for the dialect, read through
+    the driver's cursor (SQLite: aiosqlite's own thread; PostgreSQL: a server-side cursor in
+    a read-only transaction). SQLAlchemy's result rows cost 3x the driver's on the hash index
+    load (bench.hashlist_import), which runs at start-up and after every list change. Only
+    for columns that need no result processing (text, numbers)."""
+    compiled = stmt.compile(  # type: ignore[attr-defined]
+        dialect=db.engine.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    values = compiled.construct_params()
+    params = [values[name] for name in compiled.positiontup or ()]
+    async with db.execute(str(compiled), params) as cur:
+        while rows := await cur.fetchmany(batch_rows):
+            yield rows
+
+
+@functools.lru_cache(maxsize=64)
+def _driver_statement(
+    dialect: sa.Dialect, stmt: sa.Executable, keys: tuple[str, ...]
+) -> tuple[str, tuple[int, ...] | None]:
+    """`stmt` as `dialect`'s SQL for parameters named `keys`, and where each placeholder's
+    value sits in a row of `keys` (None: in the same order)."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    names = tuple(compiled.positiontup or ())
+    unknown = set(names) - set(keys)
+    if unknown:  # a programming error: a literal bound in a bulk statement
+        raise ValueError(f"bulk statement binds {sorted(unknown)} beyond its rows' {keys}")
+    order = tuple(keys.index(name) for name in names)
+    return str(compiled), None if order == tuple(range(len(keys))) else order
+
+
+def _own_pdq(min_quality: int) -> sa.Select[Any]:
+    """PDQ of this instance's machine positives and deny-listed images, allowed images
+    excluded: what the local index holds (an unreviewed positive blocks its near copies)."""
+    p, v, lists = verdict_pdq, _verdicts, _lists
+    return sa.select(p.c.pdq).where(
+        p.c.quality >= min_quality,
+        p.c.sha256.not_in(sa.select(lists.c.sha256).where(lists.c.kind == "allow")),
+        p.c.sha256.in_(
+            sa.select(v.c.sha256).where(v.c.label == "csam", v.c.route != VerdictRoute.MATCH.value)
+        )
+        | p.c.sha256.in_(sa.select(lists.c.sha256).where(lists.c.kind == "deny")),
+    )
+
+
+def _denied_pdq(min_quality: int) -> sa.Select[Any]:
+    """PDQ of deny-listed (admin-confirmed) images, with who confirmed and when (the first
+    to): window functions, where SQLite would allow bare columns beside MIN."""
+    p, v, lists = verdict_pdq, _verdicts, _lists
+    firsts = (
+        sa.select(
+            p.c.pdq.label("pdq"),
+            sa.func.min(sa.func.coalesce(v.c.first_seen, lists.c.added_at))
+            .over(partition_by=p.c.pdq)
+            .label("first_seen"),
+            lists.c.added_by.label("added_by"),
+            lists.c.added_at.label("added_at"),
+            sa.func.row_number()
+            .over(partition_by=p.c.pdq, order_by=(lists.c.added_at, lists.c.sha256))
+            .label("n"),
+        )
+        .select_from(
+            p.join(lists, (lists.c.sha256 == p.c.sha256) & (lists.c.kind == "deny")).outerjoin(
+                v, v.c.sha256 == p.c.sha256
+            )
+        )
+        .where(p.c.quality >= min_quality)
+        .subquery("firsts")
+    )
+    return sa.select(firsts.c.pdq, firsts.c.first_seen, firsts.c.added_by, firsts.c.added_at).where(
+        firsts.c.n == 1
+    )
+
+
+def _unreviewed_pdq(min_quality: int) -> sa.Select[Any]:
+    """PDQ of machine positives on neither list (published only with
+    hashes.publish_unreviewed), one row per image: whether its signals are evidence is
+    decided in Python (_is_evidence)."""
+    p, v, lists = verdict_pdq, _verdicts, _lists
+    return (
+        sa.select(p.c.pdq, v.c.first_seen, v.c.signals)
+        .select_from(p.join(v, v.c.sha256 == p.c.sha256))
+        .where(
+            p.c.quality >= min_quality,
+            v.c.label == "csam",
+            v.c.route != VerdictRoute.MATCH.value,
+            p.c.sha256.not_in(sa.select(lists.c.sha256)),
+        )
+    )
 
 
 def _is_evidence(signals: str | None) -> bool:

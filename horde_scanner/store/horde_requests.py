@@ -13,24 +13,42 @@ from __future__ import annotations
 
 import time
 
-from horde_scanner.store.tables import SchemaStep, Tables
+import sqlalchemy as sa
+
+from horde_scanner.store.database import Prepared
+from horde_scanner.store.metadata import Real, Text, metadata
+from horde_scanner.store.tables import Tables, compiled_once, upsert
 
 # The Horde deletes a request 20 minutes after its last event; past this it is surely gone.
 _FORGET_AFTER_S = 30 * 60.0
 
-STEPS = [
-    SchemaStep(
-        "2000-horde-requests",
-        """
-    CREATE TABLE horde_requests (
-        image_key TEXT PRIMARY KEY,
-        request_id TEXT NOT NULL,
-        submitted_at REAL NOT NULL,
-        holder TEXT NOT NULL
-    );
-    """,
-    ),
-]
+horde_requests = sa.Table(
+    "horde_requests",
+    metadata,
+    sa.Column("image_key", Text, primary_key=True),  # a digest of what was sent
+    sa.Column("request_id", Text, nullable=False),
+    sa.Column("submitted_at", Real, nullable=False),
+    sa.Column("holder", Text, nullable=False),  # host:pid
+)
+_r = horde_requests.c
+_FORGET = Prepared(sa.delete(horde_requests).where(_r.submitted_at < sa.bindparam("before")))
+_LIVE = Prepared(
+    sa.select(_r.request_id, _r.submitted_at).where(_r.image_key == sa.bindparam("key"))
+)
+_DROP = Prepared(
+    sa.delete(horde_requests).where(
+        _r.image_key == sa.bindparam("key"), _r.request_id == sa.bindparam("request_id")
+    )
+)
+_HOLD_KEYS = ("image_key", "request_id", "submitted_at", "holder")
+
+
+def _hold(dialect: str) -> sa.Executable:
+    insert, new = upsert(dialect, horde_requests)
+    return insert.on_conflict_do_update(
+        index_elements=[_r.image_key],
+        set_={name: new[name] for name in ("request_id", "submitted_at", "holder")},
+    )
 
 
 class HordeRequestTables(Tables):
@@ -38,28 +56,22 @@ class HordeRequestTables(Tables):
         """(request id, when it was submitted, epoch seconds) of the request held for this
         image (a digest of what was sent), if one may still be live."""
         now = time.time()
-        await self._db.execute(
-            "DELETE FROM horde_requests WHERE submitted_at < ?", (now - _FORGET_AFTER_S,)
-        )
-        async with self._db.execute(
-            "SELECT request_id, submitted_at FROM horde_requests WHERE image_key=?", (image_key,)
-        ) as cur:
-            row = await cur.fetchone()
+        await self._db.execute(_FORGET, {"before": now - _FORGET_AFTER_S})
+        row = (await self._db.execute(_LIVE, {"key": image_key})).first()
         return (str(row[0]), float(row[1])) if row is not None else None
 
     async def hold_horde_request(
         self, image_key: str, request_id: str, submitted_at: float
     ) -> None:
         await self._db.execute(
-            "INSERT INTO horde_requests (image_key, request_id, submitted_at, holder)"
-            " VALUES (?,?,?,?) ON CONFLICT(image_key) DO UPDATE SET"
-            " request_id=excluded.request_id, submitted_at=excluded.submitted_at,"
-            " holder=excluded.holder",
-            (image_key, request_id, submitted_at, self.holder),
+            compiled_once(_hold, self._db.dialect, _HOLD_KEYS),
+            {
+                "image_key": image_key,
+                "request_id": request_id,
+                "submitted_at": submitted_at,
+                "holder": self.holder,
+            },
         )
 
     async def drop_horde_request(self, image_key: str, request_id: str) -> None:
-        await self._db.execute(
-            "DELETE FROM horde_requests WHERE image_key=? AND request_id=?",
-            (image_key, request_id),
-        )
+        await self._db.execute(_DROP, {"key": image_key, "request_id": request_id})

@@ -1,8 +1,10 @@
 """Copy a SQLite store into an empty PostgreSQL one (`horde-scanner store migrate --to URL`).
 
-Every table the schema steps made is copied in one transaction on the target, in batches;
-then the rows of each table are counted on both sides and must agree, or nothing is kept.
-Identity columns (`id`) continue after the highest copied id.
+Every table of the metadata (store/metadata.py: what the revisions made, on both sides at the
+same revision, since both stores upgraded on opening) is copied in one transaction on the
+target, read as a stream from the source and written in batches; then the rows of each table
+are counted on both sides and must agree, or nothing is kept. Identity columns (`id`)
+continue after the highest copied id.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from horde_scanner.store.sqlite import Store, StoreError
+import sqlalchemy as sa
+
+from horde_scanner.store.composed import ComposedStore
+from horde_scanner.store.database import Database, StoreError
+from horde_scanner.store.metadata import all_tables
 
 log = logging.getLogger(__name__)
 
 _BATCH = 2000
-# Kept by each store itself (schema steps, SQLite's AUTOINCREMENT counters).
-_SKIP = {"schema_migrations", "sqlite_sequence", "sqlite_stat1"}
+# Copied last: the triggers on `lists` and `verdicts` bump it while those are copied.
+_LAST = "hash_generation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,74 +33,58 @@ class TableCopy:
     target: int
 
 
-async def _tables(source: Store) -> list[str]:
-    rows = await source.db.execute_fetchall(
-        "SELECT name FROM sqlite_master WHERE type='table' ORDER BY rowid"
-    )
-    return [str(r[0]) for r in rows if r[0] not in _SKIP]
+async def _count(db: Database, table: sa.Table) -> int:
+    return int((await db.execute(sa.select(sa.func.count()).select_from(table))).scalar() or 0)
 
 
-async def _count(db: object, table: str) -> int:
-    rows = await db.execute_fetchall(f'SELECT COUNT(*) FROM "{table}"')  # type: ignore[attr-defined]
-    return int(next(iter(rows))[0])
+def _tables() -> list[sa.Table]:
+    tables = list(all_tables().sorted_tables)
+    return [t for t in tables if t.name != _LAST] + [t for t in tables if t.name == _LAST]
 
 
 async def migrate(
-    source: Store, target: Store, *, progress: Callable[[str, int], None] | None = None
+    source: ComposedStore,
+    target: ComposedStore,
+    *,
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[TableCopy]:
     if source.dialect != "sqlite":
         raise StoreError("the source must be a SQLite store")
     if target.dialect != "postgresql":
         raise StoreError("the target must be a PostgreSQL store (postgresql://...)")
     await source.flush_audit()
-    tables = await _tables(source)
-    target_tables = {
-        str(r[0])
-        for r in await target.db.execute_fetchall(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-        )
-    }
-    missing = [t for t in tables if t not in target_tables]
-    if missing:
-        raise StoreError(f"the target has no table {', '.join(missing)}: is it older?")
+    tables = _tables()
     for table in tables:
-        # The schema steps seed hash_generation; any other row means the target is in use.
-        if table != "hash_generation" and await _count(target.db, table):
+        # The baseline seeds hash_generation; any other row means the target is in use.
+        if table.name != _LAST and await _count(target.db, table):
             raise StoreError(
-                f"the target is not empty (table {table} has rows); migrate into a new database"
+                f"the target is not empty (table {table.name} has rows);"
+                " migrate into a new database"
             )
     copies: list[TableCopy] = []
-    async with source.aside() as src, target.aside() as dst:
-        await dst.execute("BEGIN")
-        try:
-            await dst.execute("DELETE FROM hash_generation")
-            for table in tables:
-                columns = [
-                    str(r[1]) for r in await src.execute_fetchall(f'PRAGMA table_info("{table}")')
-                ]
-                names = ", ".join(f'"{c}"' for c in columns)
-                insert = f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(columns))})'
-                copied = 0
-                async with src.execute(f'SELECT {names} FROM "{table}"') as cur:
-                    while rows := list(await cur.fetchmany(_BATCH)):
-                        await dst.executemany(insert, rows)
-                        copied += len(rows)
-                        if progress is not None:
-                            progress(table, copied)
-                if "id" in columns:
-                    await dst.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                        f' COALESCE((SELECT MAX(id) FROM "{table}"), 0) + 1, false)'
-                    )
-                copies.append(TableCopy(table, await _count(src, table), await _count(dst, table)))
-            wrong = [c for c in copies if c.source != c.target]
-            if wrong:
-                raise StoreError(
-                    "counts differ after the copy: "
-                    + ", ".join(f"{c.table} {c.source} vs {c.target}" for c in wrong)
+    async with source.aside() as src, target.aside() as dst, dst.transaction() as tx:
+        for table in tables:
+            if table.name == _LAST:
+                await tx.execute(sa.delete(table))
+            copied = 0
+            insert = sa.insert(table)
+            async for batch in src.stream(sa.select(table), _BATCH):
+                await tx.executemany(insert, [row._asdict() for row in batch])
+                copied += len(batch)
+                if progress is not None:
+                    progress(table.name, copied)
+            identity = table.c.get("id")
+            if identity is not None and identity.identity is not None:
+                highest = sa.select(sa.func.coalesce(sa.func.max(identity), 0) + 1)
+                sequence = sa.func.pg_get_serial_sequence(table.name, "id")
+                await tx.execute(
+                    sa.select(sa.func.setval(sequence, highest.scalar_subquery(), False))
                 )
-            await dst.execute("COMMIT")
-        except BaseException:
-            await dst.execute("ROLLBACK")
-            raise
+            copies.append(TableCopy(table.name, await _count(src, table), await _count(tx, table)))
+        wrong = [c for c in copies if c.source != c.target]
+        if wrong:
+            raise StoreError(
+                "counts differ after the copy: "
+                + ", ".join(f"{c.table} {c.source} vs {c.target}" for c in wrong)
+            )
     return copies

@@ -38,7 +38,28 @@ PROBE_MAX_S = 2.0
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether `exc`, raised by a store call, means the database is away for now."""
+    """Whether `exc`, raised by a store call, means the database is away for now.
+
+    SQLAlchemy wraps the driver's errors (`DBAPIError.orig`; the asyncpg adapter's own
+    error classes carry the asyncpg exception as their cause): the driver's is judged."""
+    seen = 0
+    while seen < 4:
+        seen += 1
+        orig = getattr(exc, "orig", None)
+        if isinstance(orig, BaseException) and orig is not exc:
+            exc = orig
+            continue
+        if type(exc).__module__.startswith("sqlalchemy") and exc.__cause__ is not None:
+            exc = exc.__cause__
+            continue
+        break
+    if type(exc).__module__.startswith("sqlalchemy"):
+        # The pool's own: a connection invalidated under a statement, a timeout waiting for one.
+        return type(exc).__name__ in ("DisconnectionError", "TimeoutError")
+    return _driver_outage(exc)
+
+
+def _driver_outage(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None:

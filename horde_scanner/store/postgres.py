@@ -1,23 +1,13 @@
-"""PostgreSQL behind the store's database seam (asyncpg; extra `[postgres]`).
+"""PostgreSQL behind the store's database seam (SQLAlchemy's asyncpg dialect; extra
+`[postgres]`): the same parts and revisions as SQLite, for any number of replicas.
 
-The modules that keep tables in the store query `Store.db` with a portable SQL subset written
-for SQLite (`?` placeholders, `ON CONFLICT ... excluded.`, `RETURNING`). `PgDatabase` offers
-the part of aiosqlite's Connection they use (`execute` awaited or as a context manager,
-`execute_fetchall`, `executemany`, cursors with `fetchone` / `fetchall` / `fetchmany` /
-`rowcount` / async iteration) and translates each statement once (cached):
+Jobs are claimed with `FOR UPDATE SKIP LOCKED` and held for `job_lease_s` (store/jobs.py);
+changes other replicas make (verdicts, lists, hash lists, new jobs) arrive over LISTEN/NOTIFY
+on a driver connection of its own (asyncpg's `add_listener`), those this process made itself
+left out.
 
-    ?  ?N              ->  $k  $N        (outside string literals)
-    INSERT OR IGNORE   ->  INSERT ... ON CONFLICT DO NOTHING
-    LIKE               ->  ILIKE         (SQLite's LIKE ignores ASCII case)
-    max(a, b) min(a, b) -> GREATEST LEAST (two-argument scalar forms)
-    BEGIN IMMEDIATE    ->  BEGIN
-    PRAGMA ...         ->  nothing
-
-On a connection of its own (`Store.aside()`), a query used as `async with db.execute(...)`
-streams through a server-side cursor (`PgStream`), so a long read holds one batch at a time.
-
-Schema steps are translated the same way (`translate_ddl`): types to PostgreSQL's, SQLite
-triggers dropped (a step that needs them gives PostgreSQL ones in `SchemaStep.postgres`).
+`PgStream` reads a long query through asyncpg's server-side cursor, as plain tuples
+(`Database`'s driver cursor on `aside()`, for the hash and embedding index loads).
 """
 
 from __future__ import annotations
@@ -25,28 +15,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from horde_scanner.store.jobs import Job
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from horde_scanner.store import schema
+from horde_scanner.store.composed import ComposedStore
+from horde_scanner.store.database import Database, PgStream, StoreError, driver_error
 from horde_scanner.store.outage import StoreHealth
-from horde_scanner.store.sqlite import Store, StoreError, missing_steps, setting_up
-from horde_scanner.store.tables import QUERY, RETURNING, Database, Rows
+
+__all__ = ["CHANNEL", "PgStore", "PgStream", "redact"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "horde_scanner"
-
-_TOKEN = re.compile(r"'(?:[^']|'')*'|\?(\d*)")
-_INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
-_LIKE = re.compile(r"\bLIKE\b", re.IGNORECASE)
-# Rows a server-side cursor hands over at a time.
-_STREAM_BATCH = 1000
 
 
 def redact(url: str) -> str:
@@ -61,284 +46,15 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@lru_cache(maxsize=4096)
-def translate(sql: str) -> str | None:
-    """A statement in asyncpg's dialect; None for statements PostgreSQL has no use for."""
-    stripped = sql.strip()
-    head = stripped[:16].upper()
-    if head.startswith("PRAGMA"):
-        return None
-    if head.startswith("BEGIN"):
-        return "BEGIN"
-    counter = 0
-
-    def placeholder(m: re.Match[str]) -> str:
-        nonlocal counter
-        if m.group(0).startswith("'"):
-            return m.group(0)
-        if m.group(1):
-            return f"${m.group(1)}"
-        counter += 1
-        return f"${counter}"
-
-    out = _TOKEN.sub(placeholder, stripped)
-    out = _outside_literals(out, lambda s: _scalar_minmax(_LIKE.sub("ILIKE", s)))
-    if _INSERT_OR_IGNORE.match(out):
-        out = _INSERT_OR_IGNORE.sub("INSERT INTO", out, count=1)
-        ret = RETURNING.search(out)
-        if ret:
-            out = out[: ret.start()] + " ON CONFLICT DO NOTHING" + out[ret.start() :]
-        else:
-            out += " ON CONFLICT DO NOTHING"
-    return out
-
-
-_MINMAX = re.compile(r"\b(max|min)\s*\(", re.IGNORECASE)
-
-
-def _scalar_minmax(sql: str) -> str:
-    """SQLite's two-argument max(a, b) / min(a, b) are GREATEST / LEAST (which, unlike SQLite,
-    skip a NULL argument); one-argument MAX / MIN stay aggregates."""
-    out, at = [], 0
-    for m in _MINMAX.finditer(sql):
-        if m.start() < at:
-            continue
-        depth, i, comma = 1, m.end(), False
-        while i < len(sql) and depth:
-            ch = sql[i]
-            depth += (ch == "(") - (ch == ")")
-            comma |= ch == "," and depth == 1
-            i += 1
-        if comma:
-            name = "GREATEST" if m.group(1).lower() == "max" else "LEAST"
-            inner = _scalar_minmax(sql[m.end() : i - 1])
-            out += [sql[at : m.start()], f"{name}(", inner, ")"]
-            at = i
-    return "".join(out) + sql[at:]
-
-
-def _outside_literals(sql: str, fn: Any) -> str:
-    parts = re.split(r"('(?:[^']|'')*')", sql)
-    return "".join(p if i % 2 else fn(p) for i, p in enumerate(parts))
-
-
-_TRIGGER = re.compile(r"CREATE\s+TRIGGER\b.*?\bEND\s*;", re.IGNORECASE | re.DOTALL)
-# SQLite's DROP TRIGGER names no table; PostgreSQL's must (a step's `postgres` part drops its own).
-_DROP_TRIGGER = re.compile(r"DROP\s+TRIGGER\b[^;]*;", re.IGNORECASE)
-_DDL_TYPES = [
-    (re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", re.I),
-     "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
-    (re.compile(r"\bWITHOUT\s+ROWID\b", re.I), ""),
-    (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
-    (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
-    (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
-]  # fmt: skip
-
-
-def translate_ddl(sql: str) -> str:
-    """A schema step written for SQLite, for PostgreSQL (triggers left out)."""
-    out = _DROP_TRIGGER.sub("", _TRIGGER.sub("", sql))
-
-    def types(part: str) -> str:
-        for pattern, replacement in _DDL_TYPES:
-            part = pattern.sub(replacement, part)
-        return part
-
-    return _outside_literals(out, types)
-
-
-def _rowcount(status: str) -> int:
-    # "INSERT 0 3", "UPDATE 2", "DELETE 0", "SELECT 5"
-    last = status.rsplit(" ", 1)[-1]
-    return int(last) if last.isdigit() else -1
-
-
-class PgStream:
-    """The rows of one query on a connection of its own (`Store.aside()`), read as they are
-    asked for through a server-side cursor: a long read (the hash index, an export) holds
-    one batch in memory, not the whole result. Outside a transaction of the caller's, the
-    cursor gets a read-only one of its own, ended when the `async with` block ends."""
-
-    rowcount = -1
-    lastrowid: int | None = None
-
-    def __init__(self, cursor: Any, transaction: Any) -> None:
-        self._cursor = cursor
-        self._transaction = transaction
-
-    @classmethod
-    async def open(cls, conn: Any, statement: str, params: Sequence[Any]) -> PgStream:
-        transaction = None
-        if not conn.is_in_transaction():
-            transaction = conn.transaction(readonly=True)
-            await transaction.start()
-        try:
-            cursor = await conn.cursor(statement, *params)
-        except BaseException:
-            if transaction is not None:
-                await transaction.rollback()
-            raise
-        return cls(cursor, transaction)
-
-    async def fetchone(self) -> tuple[Any, ...] | None:
-        row = await self._cursor.fetchrow()
-        return tuple(row) if row is not None else None
-
-    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._cursor.fetch(size)]
-
-    async def fetchall(self) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        while batch := await self.fetchmany(_STREAM_BATCH):
-            rows += batch
-        return rows
-
-    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
-        while batch := await self.fetchmany(_STREAM_BATCH):
-            for row in batch:
-                yield row
-
-    async def close(self) -> None:
-        if self._transaction is not None:
-            transaction, self._transaction = self._transaction, None
-            await transaction.commit()
-
-
-class _Pending:
-    """What `execute` returns: awaitable, or usable as `async with ... as cur` (a query on a
-    held connection then streams: PgStream)."""
-
-    def __init__(self, db: PgDatabase, sql: str, params: Sequence[Any]) -> None:
-        self._db, self._sql, self._params = db, sql, params
-        self._stream: PgStream | None = None
-
-    def __await__(self) -> Any:
-        return self._db._run(self._sql, self._params).__await__()
-
-    async def __aenter__(self) -> Rows | PgStream:
-        conn = self._db.held
-        statement = translate(self._sql)
-        if (
-            conn is not None
-            and statement is not None
-            and QUERY.match(statement)
-            and not RETURNING.search(statement)
-        ):
-            self._stream = await PgStream.open(conn, statement, self._params)
-            return self._stream
-        return await self._db._run(self._sql, self._params)
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._stream is not None:
-            await self._stream.close()
-
-
-class PgDatabase:
-    """aiosqlite-shaped access to a pool (each statement on any free connection, autocommit)
-    or to one connection held for a transaction (`conn` given)."""
-
-    def __init__(self, pool: Any, conn: Any = None, health: StoreHealth | None = None) -> None:
-        self._pool = pool
-        self._conn = conn
-        # Told of statements that fail for want of the database, and while it is away, of
-        # those that work (store/outage.py).
-        self.health = health or StoreHealth("postgresql")
-
-    @property
-    def held(self) -> Any:
-        """The connection this one holds (`Store.aside()`), or None (the pool's)."""
-        return self._conn
-
-    def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> _Pending:
-        return _Pending(self, sql, tuple(parameters or ()))
-
-    async def execute_fetchall(
-        self, sql: str, parameters: Iterable[Any] | None = None
-    ) -> list[tuple[Any, ...]]:
-        cur = await self._run(sql, tuple(parameters or ()))
-        return await cur.fetchall()
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        statement = translate(sql)
-        if statement is None:
-            return
-        rows = [tuple(r) for r in rows]
-        if not rows:
-            return
-        try:
-            if self._conn is not None:
-                await self._conn.executemany(statement, rows)
-            else:
-                async with self._pool.acquire() as conn:
-                    await conn.executemany(statement, rows)
-        except Exception as exc:
-            self.health.failed(exc)
-            raise
-        if not self.health.available:
-            self.health.succeeded(write=True)
-
-    async def executescript(self, sql: str) -> None:
-        if self._conn is not None:
-            await self._conn.execute(sql)
-        else:
-            async with self._pool.acquire() as conn:
-                await conn.execute(sql)
-
-    async def commit(self) -> None:
-        """Statements commit as they run (autocommit), as on the SQLite connection."""
-
-    async def _run(self, sql: str, params: Sequence[Any]) -> Rows:
-        statement = translate(sql)
-        if statement is None:
-            return Rows([], -1)
-        try:
-            if self._conn is not None:
-                rows = await self._on(self._conn, statement, params)
-            else:
-                async with self._pool.acquire() as conn:
-                    rows = await self._on(conn, statement, params)
-        except Exception as exc:
-            self.health.failed(exc, write=QUERY.match(statement) is None)
-            raise
-        if not self.health.available:
-            self.health.succeeded(write=QUERY.match(statement) is None)
-        return rows
-
-    @staticmethod
-    async def _on(conn: Any, statement: str, params: Sequence[Any]) -> Rows:
-        if QUERY.match(statement) or RETURNING.search(statement):
-            records = await conn.fetch(statement, *params)
-            rows = [tuple(r) for r in records]
-            return Rows(rows, len(rows))
-        if statement == "BEGIN" or not params:
-            status = await conn.execute(statement)
-        else:
-            status = await conn.execute(statement, *params)
-        return Rows([], _rowcount(status))
-
-
-class PgStore(Store):
-    """The store on PostgreSQL: same interface as the SQLite one, for any number of replicas.
-
-    Jobs are claimed with `FOR UPDATE SKIP LOCKED` and held for `job_lease_s` (renewed while
-    judged), so a replica that dies loses nothing: its jobs are claimed again once the lease
-    lapses. Changes (verdicts, lists, hash lists, new jobs) arrive over LISTEN/NOTIFY; those
-    this process made itself are left out."""
+class PgStore(ComposedStore):
+    """The store on PostgreSQL: same interface as the SQLite one, for any number of replicas."""
 
     dialect = "postgresql"
     shared = True
 
-    def __init__(self, pool: Any, url: str, job_lease_s: float) -> None:
-        health = StoreHealth(redact(url))
-        self._pg = PgDatabase(pool, health=health)
-        # The modules' queries go through the seam as if it were the SQLite connection.
-        super().__init__(cast(Database, self._pg), Path("postgresql"), health)
-        self._pool = pool
+    def __init__(self, db: Database, url: str, job_lease_s: float) -> None:
+        super().__init__(db, redact(url), db.health)
         self._url = url
-        self.where = redact(url)
         self.job_lease_s = job_lease_s
         self._own_pids: set[int] = set()
         self._listener: Any = None
@@ -354,22 +70,45 @@ class PgStore(Store):
             raise StoreError(
                 "a postgresql:// store needs asyncpg: pip install 'horde-scanner[postgres]'"
             ) from None
+        where = redact(url)
+        try:
+            engine_url = sa.engine.make_url(url).set(drivername="postgresql+asyncpg")
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"cannot open store {where}: {exc}") from None
+        engine = create_async_engine(
+            engine_url,
+            isolation_level="AUTOCOMMIT",  # transactions: Database.transaction()
+            pool_size=pool_size,
+            max_overflow=0,
+            connect_args={"command_timeout": 60},
+        )
         own: set[int] = set()
 
-        async def init(conn: Any) -> None:
-            own.add(conn.get_server_pid())
+        @event.listens_for(engine.sync_engine, "connect")
+        def _mine(dbapi_connection: Any, record: Any) -> None:
+            # Notifications this process caused itself are not news to it.
+            own.add(dbapi_connection.driver_connection.get_server_pid())
 
         try:
-            pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=pool_size, init=init, command_timeout=60
-            )
-        except (OSError, asyncpg.PostgresError, ValueError) as exc:
-            raise StoreError(f"cannot open store {redact(url)}: {exc}") from None
-        store = cls(pool, url, job_lease_s)
+            async with engine.connect() as conn:
+                await schema.upgrade(conn, where)
+        except StoreError:
+            await engine.dispose()
+            raise
+        except (OSError, asyncpg.PostgresError, sa.exc.DBAPIError, ValueError) as exc:
+            await engine.dispose()
+            raise StoreError(f"cannot open store {where}: {driver_error(exc)}") from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        health = StoreHealth(where)
+        store = cls(Database(engine, health), url, job_lease_s)
         store._own_pids = own
-        async with setting_up(redact(url), pool.close, (OSError, asyncpg.PostgresError)):
-            await store._migrate()
+        try:
             await store._listen()
+        except (OSError, asyncpg.PostgresError) as exc:
+            await engine.dispose()
+            raise StoreError(f"cannot open store {where}: {exc}") from None
         return store
 
     async def close(self) -> None:
@@ -381,22 +120,7 @@ class PgStore(Store):
             self._reconnect.cancel()
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
-        await self._pool.close()
-
-    async def _migrate(self) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            # Replicas starting together: one applies the steps, the others wait and see them.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('horde_scanner:migrate'))")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
-            )
-            applied = {r[0] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-            for step in missing_steps(applied, self.where):
-                await conn.execute(translate_ddl(step.sql) + step.postgres)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2)", step.name, time.time()
-                )
+        await self._db.engine.dispose()
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -438,99 +162,6 @@ class PgStore(Store):
     async def data_version(self) -> int:
         return self._resets
 
-    async def ping(self) -> None:
-        await self._db.execute_fetchall("SELECT 1")
-
     async def probe(self) -> None:
         """One small write through the pool: whether the store can write right now."""
-        await self._pg.execute(
-            "UPDATE schema_migrations SET applied_at = applied_at WHERE name = '0001-core'"
-        )
-
-    @contextlib.asynccontextmanager
-    async def aside(self) -> AsyncIterator[Any]:
-        async with self._pool.acquire() as conn:
-            try:
-                yield PgDatabase(self._pool, conn)
-            finally:
-                if conn.is_in_transaction():
-                    await conn.execute("ROLLBACK")
-
-    # -- jobs ------------------------------------------------------------------------------
-
-    async def claim_jobs(self, limit: int) -> list[Job]:
-        """Ready jobs and jobs whose holder's lease lapsed (a replica that died), oldest first;
-        rows another replica is claiming at this moment are skipped, not waited for."""
-        if limit <= 0:
-            return []
-        now = time.time()
-        rows = await self._pg.execute_fetchall(
-            "UPDATE jobs SET state='running', lease_until=? WHERE sha256 IN (SELECT sha256"
-            " FROM jobs WHERE (state='pending' AND not_before <= ?)"
-            " OR (state='running' AND lease_until < ?)"
-            " ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED)"
-            " RETURNING sha256, payload, media_type, size, source, answered, attempts",
-            (now + self.job_lease_s, now, now, limit),
-        )
-        return [Job(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
-
-    async def renew_jobs(self, sha256s: Iterable[str]) -> None:
-        held = list(sha256s)
-        if held:
-            await self._db.execute(
-                "UPDATE jobs SET lease_until=? WHERE state='running' AND sha256 = ANY(?)",
-                (time.time() + self.job_lease_s, held),
-            )
-
-    async def next_job_time(self) -> float | None:
-        rows = await self._pg.execute_fetchall(
-            "SELECT MIN(CASE WHEN state='pending' THEN not_before ELSE lease_until END) FROM jobs"
-        )
-        value = rows[0][0] if rows else None
-        return float(value) if value is not None else None
-
-    # -- the AI Horde submit budget of all replicas (backends/shared_submits.py) ------------
-
-    async def take_submit(
-        self, limit: int, period_s: float, stale_s: float
-    ) -> tuple[int | None, float]:
-        """A slot id, or None and how long until one may free up."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('horde_scanner:submits'))")
-            # One clock for every replica: the database's.
-            now = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
-            await conn.execute(
-                "DELETE FROM horde_submits WHERE done_at <= $1"
-                " OR (done_at IS NULL AND taken_at <= $2)",
-                now - period_s, now - stale_s,
-            )  # fmt: skip
-            done = sorted(
-                r[0] for r in await conn.fetch("SELECT done_at FROM horde_submits")
-                if r[0] is not None
-            )  # fmt: skip
-            used = await conn.fetchval("SELECT COUNT(*) FROM horde_submits")
-            if used < limit:
-                slot = await conn.fetchval(
-                    "INSERT INTO horde_submits (holder, taken_at) VALUES ($1, $2) RETURNING id",
-                    self.holder, now,
-                )  # fmt: skip
-                return int(slot), 0.0
-            if used - len(done) >= limit:
-                return None, 1.0  # all in flight: wait for an answer
-            return None, done[used - limit] + period_s - now
-
-    async def finish_submit(self, slot: int | None) -> None:
-        if slot is None:
-            return
-        try:
-            await self._pg.execute(
-                "UPDATE horde_submits SET done_at = extract(epoch FROM clock_timestamp())"
-                " WHERE id = ?",
-                (slot,),
-            )
-        except Exception as exc:
-            # Called as the Horde's answer comes in: a store that is away must not take the
-            # answer with it. The slot counts until it is stale (backends/shared_submits.py).
-            if not self.health.failed(exc):
-                raise
-            log.warning("AI Horde submit slot %s left open (store unavailable)", slot)
+        await self._db.execute(sa.text("UPDATE alembic_version SET version_num = version_num"))

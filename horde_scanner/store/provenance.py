@@ -21,47 +21,55 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from horde_scanner.store.tables import SchemaStep, Tables, rows_in
+import sqlalchemy as sa
+
+from horde_scanner.store.audit import audit as _audit
+from horde_scanner.store.cluster import cluster_turns as _cluster_turns
+from horde_scanner.store.metadata import Int, Real, Text, metadata
+from horde_scanner.store.tables import IN_CHUNK, Tables, upsert
+from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import verdicts as _verdicts
 
 PENDING, RESOLVED, NO_ALIAS = "pending", "resolved", "no_alias"
 DONE, FAILED = "done", "failed"
 
-STEPS = [
-    SchemaStep(
-        "2300-provenance",
-        """
-    CREATE TABLE provenance (
-        sha256 TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'resolved', 'no_alias')),
-        why TEXT NOT NULL,
-        aliases TEXT NOT NULL DEFAULT '[]',
-        seen_at REAL,
-        record TEXT,
-        error TEXT,
-        tries INTEGER NOT NULL DEFAULT 0,
-        next_try REAL NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX provenance_due ON provenance(state, next_try);
-    CREATE TABLE lemmy_actions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sha256 TEXT NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        request TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
-        status INTEGER,
-        answer TEXT,
-        requested_by TEXT NOT NULL,
-        requested_at REAL NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 1,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX lemmy_actions_sha ON lemmy_actions(sha256, id);
-    """,
-    ),
-]
+provenance = sa.Table(
+    "provenance",
+    metadata,
+    sa.Column("sha256", Text, primary_key=True),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("why", Text, nullable=False),
+    sa.Column("aliases", Text, nullable=False, server_default="[]"),
+    sa.Column("seen_at", Real),
+    sa.Column("record", Text),
+    sa.Column("error", Text),
+    sa.Column("tries", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("next_try", Real, nullable=False),
+    sa.Column("created_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.CheckConstraint("state IN ('pending', 'resolved', 'no_alias')", name="state"),
+    sa.Index("provenance_due", "state", "next_try"),
+)
+
+lemmy_actions = sa.Table(
+    "lemmy_actions",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("action", Text, nullable=False),
+    sa.Column("target", Text, nullable=False),
+    sa.Column("request", Text, nullable=False),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("status", Int),
+    sa.Column("answer", Text),
+    sa.Column("requested_by", Text, nullable=False),
+    sa.Column("requested_at", Real, nullable=False),
+    sa.Column("attempts", Int, nullable=False, server_default=sa.text("1")),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.CheckConstraint("state IN ('done', 'failed')", name="state"),
+    sa.Index("lemmy_actions_sha", "sha256", "id"),
+    sqlite_autoincrement=True,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +117,31 @@ class LemmyActionRow:
 
 
 _P_COLUMNS = (
-    "sha256, state, why, aliases, seen_at, record, error, tries, next_try, created_at, updated_at"
+    provenance.c.sha256,
+    provenance.c.state,
+    provenance.c.why,
+    provenance.c.aliases,
+    provenance.c.seen_at,
+    provenance.c.record,
+    provenance.c.error,
+    provenance.c.tries,
+    provenance.c.next_try,
+    provenance.c.created_at,
+    provenance.c.updated_at,
 )
 _A_COLUMNS = (
-    "id, sha256, action, target, request, state, status, answer, requested_by, requested_at,"
-    " attempts, updated_at"
+    lemmy_actions.c.id,
+    lemmy_actions.c.sha256,
+    lemmy_actions.c.action,
+    lemmy_actions.c.target,
+    lemmy_actions.c.request,
+    lemmy_actions.c.state,
+    lemmy_actions.c.status,
+    lemmy_actions.c.answer,
+    lemmy_actions.c.requested_by,
+    lemmy_actions.c.requested_at,
+    lemmy_actions.c.attempts,
+    lemmy_actions.c.updated_at,
 )
 
 
@@ -127,18 +155,29 @@ class ProvenanceTables(Tables):
         now = time.time()
         known = await self.provenance(sha256)
         if known is None:
-            await self._db.execute(
-                "INSERT INTO provenance (sha256, state, why, aliases, seen_at, tries, next_try,"
-                " created_at, updated_at) VALUES (?,?,?,?,?,0,?,?,?)"
-                " ON CONFLICT(sha256) DO NOTHING",
-                (sha256, PENDING, why, json.dumps(aliases or []), seen_at, now, now, now),
+            stmt = (
+                upsert(self._db.dialect, provenance)[0]
+                .values(
+                    sha256=sha256,
+                    state=PENDING,
+                    why=why,
+                    aliases=json.dumps(aliases or []),
+                    seen_at=seen_at,
+                    tries=0,
+                    next_try=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=[provenance.c.sha256])
             )
+            await self._db.execute(stmt)
             return
         merged = list(dict.fromkeys([*known.aliases, *(aliases or [])]))
         if merged != known.aliases:
             await self._db.execute(
-                "UPDATE provenance SET aliases=?, state=?, next_try=?, updated_at=? WHERE sha256=?",
-                (json.dumps(merged), PENDING, now, now, sha256),
+                sa.update(provenance)
+                .where(provenance.c.sha256 == sha256)
+                .values(aliases=json.dumps(merged), state=PENDING, next_try=now, updated_at=now),
             )
 
     async def hold_provenance_turn(self, period_s: float) -> bool:
@@ -147,14 +186,20 @@ class ProvenanceTables(Tables):
         another takes it over once it lapses. Keeps replicas and server.processes from each
         notifying, and each running auto_actions, for the same image."""
         now = time.time()
-        cur = await self._db.execute(
-            "INSERT INTO cluster_turns (name, holder, taken_at, until) VALUES (?,?,?,?)"
-            " ON CONFLICT(name) DO UPDATE SET holder=excluded.holder,"
-            " taken_at=excluded.taken_at, until=excluded.until"
-            " WHERE cluster_turns.until <= ? OR cluster_turns.holder = excluded.holder",
-            ("provenance", self.holder, now, now + period_s, now),
+        stmt = upsert(self._db.dialect, _cluster_turns)[0].values(
+            name="provenance", holder=self.holder, taken_at=now, until=now + period_s
         )
-        return bool(cur.rowcount)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_cluster_turns.c.name],
+            set_={
+                "holder": stmt.excluded.holder,
+                "taken_at": stmt.excluded.taken_at,
+                "until": stmt.excluded.until,
+            },
+            where=(_cluster_turns.c.until <= now)
+            | (_cluster_turns.c.holder == stmt.excluded.holder),
+        )
+        return bool((await self._db.execute(stmt)).rowcount)
 
     async def positives_without_provenance(
         self, limit: int, *, verdicts_since: float = 0.0, lists_since: float = 0.0
@@ -164,56 +209,64 @@ class ProvenanceTables(Tables):
         (sha256, first seen, why, mark). The caller keeps the last mark of each kind, so a pass
         reads only what is new (on the verdicts_label and lists' own order), not every
         positive ever stored."""
-        async with self._db.execute(
-            "SELECT v.sha256, v.first_seen, v.judged_at FROM verdicts v"
-            " WHERE v.label IN ('csam', 'nsfw') AND v.judged_at >= ?"
-            " AND NOT EXISTS (SELECT 1 FROM provenance p WHERE p.sha256 = v.sha256)"
-            " AND NOT EXISTS (SELECT 1 FROM lists l WHERE l.sha256 = v.sha256"
-            " AND l.kind = 'allow')"
-            " ORDER BY v.judged_at LIMIT ?",
-            (verdicts_since, limit),
-        ) as cur:
-            found = [(r[0], float(r[1]), "verdict", float(r[2])) for r in await cur.fetchall()]
-        async with self._db.execute(
-            "SELECT l.sha256, l.added_at FROM lists l WHERE l.kind = 'deny' AND l.added_at >= ?"
-            " AND NOT EXISTS (SELECT 1 FROM provenance p WHERE p.sha256 = l.sha256)"
-            " ORDER BY l.added_at LIMIT ?",
-            (lists_since, limit),
-        ) as cur:
-            seen = {f[0] for f in found}
-            found += [
-                (r[0], float(r[1]), "deny", float(r[1]))
-                for r in await cur.fetchall()
-                if r[0] not in seen
-            ]
+        v, lists, p = _verdicts, _lists, provenance
+        asked = sa.exists().where(p.c.sha256 == v.c.sha256)
+        allowed = sa.exists().where(lists.c.sha256 == v.c.sha256, lists.c.kind == "allow")
+        stmt = (
+            sa.select(v.c.sha256, v.c.first_seen, v.c.judged_at)
+            .where(
+                v.c.label.in_(["csam", "nsfw"]), v.c.judged_at >= verdicts_since, ~asked, ~allowed
+            )
+            .order_by(v.c.judged_at)
+            .limit(limit)
+        )
+        found = [
+            (r[0], float(r[1]), "verdict", float(r[2]))
+            for r in (await self._db.execute(stmt)).all()
+        ]
+        stmt = (
+            sa.select(lists.c.sha256, lists.c.added_at)
+            .where(
+                lists.c.kind == "deny",
+                lists.c.added_at >= lists_since,
+                ~sa.exists().where(p.c.sha256 == lists.c.sha256),
+            )
+            .order_by(lists.c.added_at)
+            .limit(limit)
+        )
+        rows = (await self._db.execute(stmt)).all()
+        seen = {f[0] for f in found}
+        found += [(r[0], float(r[1]), "deny", float(r[1])) for r in rows if r[0] not in seen]
         return found
 
     async def provenance(self, sha256: str) -> Provenance | None:
-        async with self._db.execute(
-            f"SELECT {_P_COLUMNS} FROM provenance WHERE sha256=?", (sha256,)
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = sa.select(*_P_COLUMNS).where(provenance.c.sha256 == sha256)
+        row = (await self._db.execute(stmt)).first()
         return _provenance(row) if row else None
 
     async def provenance_of(self, hashes: list[str]) -> dict[str, Provenance]:
         """The rows of these images (one query per chunk), for exports and lists."""
-        rows = await rows_in(
-            self._db, f"SELECT {_P_COLUMNS} FROM provenance WHERE sha256 IN ({{in}})", hashes
-        )
-        return {r[0]: _provenance(r) for r in rows}
+        found: dict[str, Provenance] = {}
+        for start in range(0, len(hashes), IN_CHUNK):
+            stmt = sa.select(*_P_COLUMNS).where(
+                provenance.c.sha256.in_(hashes[start : start + IN_CHUNK])
+            )
+            found.update((r[0], _provenance(r)) for r in (await self._db.execute(stmt)).all())
+        return found
 
     async def due_provenance(self, now: float, limit: int) -> list[Provenance]:
         """Pending rows whose next try has come, oldest first."""
-        async with self._db.execute(
-            f"SELECT {_P_COLUMNS} FROM provenance WHERE state=? AND next_try<=?"
-            " ORDER BY next_try LIMIT ?",
-            (PENDING, now, limit),
-        ) as cur:
-            return [_provenance(r) for r in await cur.fetchall()]
+        stmt = (
+            sa.select(*_P_COLUMNS)
+            .where(provenance.c.state == PENDING, provenance.c.next_try <= now)
+            .order_by(provenance.c.next_try)
+            .limit(limit)
+        )
+        return [_provenance(r) for r in (await self._db.execute(stmt)).all()]
 
     async def count_provenance(self) -> dict[str, int]:
-        async with self._db.execute("SELECT state, COUNT(*) FROM provenance GROUP BY state") as cur:
-            return {s: n for s, n in await cur.fetchall()}
+        stmt = sa.select(provenance.c.state, sa.func.count()).group_by(provenance.c.state)
+        return {s: n for s, n in (await self._db.execute(stmt)).all()}
 
     async def settle_provenance(
         self,
@@ -227,16 +280,16 @@ class ProvenanceTables(Tables):
     ) -> None:
         """What a try found: resolved (record), no_alias, or still pending (error, next try)."""
         await self._db.execute(
-            "UPDATE provenance SET state=?, aliases=?, record=?, error=?, tries=tries+1,"
-            " next_try=?, updated_at=? WHERE sha256=?",
-            (
-                state,
-                json.dumps(aliases),
-                json.dumps(record) if record is not None else None,
-                error,
-                next_try,
-                time.time(),
-                sha256,
+            sa.update(provenance)
+            .where(provenance.c.sha256 == sha256)
+            .values(
+                state=state,
+                aliases=json.dumps(aliases),
+                record=json.dumps(record) if record is not None else None,
+                error=error,
+                tries=provenance.c.tries + 1,
+                next_try=next_try,
+                updated_at=time.time(),
             ),
         )
 
@@ -244,31 +297,42 @@ class ProvenanceTables(Tables):
         """Ask again now (an admin's request); False when the image was never asked for."""
         now = time.time()
         cur = await self._db.execute(
-            "UPDATE provenance SET state=?, next_try=?, updated_at=? WHERE sha256=?",
-            (PENDING, now, now, sha256),
+            sa.update(provenance)
+            .where(provenance.c.sha256 == sha256)
+            .values(state=PENDING, next_try=now, updated_at=now),
         )
         return bool(cur.rowcount)
 
     async def resolved_provenance(self) -> list[Provenance]:
         """Every resolved row (for the record an origin instance's admins get)."""
-        async with self._db.execute(
-            f"SELECT {_P_COLUMNS} FROM provenance WHERE state=? ORDER BY created_at", (RESOLVED,)
-        ) as cur:
-            return [_provenance(r) for r in await cur.fetchall()]
+        stmt = (
+            sa.select(*_P_COLUMNS)
+            .where(provenance.c.state == RESOLVED)
+            .order_by(provenance.c.created_at)
+        )
+        return [_provenance(r) for r in (await self._db.execute(stmt)).all()]
 
     async def rejected_uploads(
         self, since: float | None, until: float | None, limit: int
     ) -> list[RejectedUpload]:
         """Uploads answered "reject" at validation (audit `answered`/`reject`), oldest first,
         with what was stored of their bytes: pict-rs deletes them, Lemmy records nothing."""
-        async with self._db.execute(
-            "SELECT a.ts, a.sha256, a.source, a.label, a.detail, v.size, v.media_type"
-            " FROM audit a LEFT JOIN verdicts v ON v.sha256 = a.sha256"
-            " WHERE a.event = 'answered' AND a.action = 'reject' AND a.ts >= ? AND a.ts <= ?"
-            " ORDER BY a.ts LIMIT ?",
-            (since or 0.0, until if until is not None else 1e18, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        a, v = _audit, _verdicts
+        stmt = (
+            sa.select(
+                a.c.ts, a.c.sha256, a.c.source, a.c.label, a.c.detail, v.c.size, v.c.media_type
+            )
+            .select_from(a.outerjoin(v, v.c.sha256 == a.c.sha256))
+            .where(
+                a.c.event == "answered",
+                a.c.action == "reject",
+                a.c.ts >= (since or 0.0),
+                a.c.ts <= (until if until is not None else 1e18),
+            )
+            .order_by(a.c.ts)
+            .limit(limit)
+        )
+        rows = (await self._db.execute(stmt)).all()
         out = []
         for ts, sha, source, label, detail, size, media_type in rows:
             info = json.loads(detail or "{}")
@@ -291,24 +355,24 @@ class ProvenanceTables(Tables):
         by: str,
     ) -> LemmyActionRow:
         now = time.time()
-        async with self._db.execute(
-            "INSERT INTO lemmy_actions (sha256, action, target, request, state, status, answer,"
-            " requested_by, requested_at, attempts, updated_at) VALUES (?,?,?,?,?,?,?,?,?,1,?)"
-            f" RETURNING {_A_COLUMNS}",
-            (
-                sha256,
-                action,
-                target,
-                json.dumps(request),
-                state,
-                status,
-                json.dumps(answer),
-                by,
-                now,
-                now,
-            ),
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = (
+            sa.insert(lemmy_actions)
+            .values(
+                sha256=sha256,
+                action=action,
+                target=target,
+                request=json.dumps(request),
+                state=state,
+                status=status,
+                answer=json.dumps(answer),
+                requested_by=by,
+                requested_at=now,
+                attempts=1,
+                updated_at=now,
+            )
+            .returning(*_A_COLUMNS)
+        )
+        row = (await self._db.execute(stmt)).first()
         assert row is not None
         return _action(row)
 
@@ -317,24 +381,30 @@ class ProvenanceTables(Tables):
     ) -> None:
         """A retry's outcome, on the same row."""
         await self._db.execute(
-            "UPDATE lemmy_actions SET state=?, status=?, answer=?, attempts=attempts+1,"
-            " updated_at=? WHERE id=?",
-            (state, status, json.dumps(answer), time.time(), action_id),
+            sa.update(lemmy_actions)
+            .where(lemmy_actions.c.id == action_id)
+            .values(
+                state=state,
+                status=status,
+                answer=json.dumps(answer),
+                attempts=lemmy_actions.c.attempts + 1,
+                updated_at=time.time(),
+            ),
         )
 
     async def lemmy_action(self, action_id: int) -> LemmyActionRow | None:
-        async with self._db.execute(
-            f"SELECT {_A_COLUMNS} FROM lemmy_actions WHERE id=?", (action_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = sa.select(*_A_COLUMNS).where(lemmy_actions.c.id == action_id)
+        row = (await self._db.execute(stmt)).first()
         return _action(row) if row else None
 
     async def lemmy_actions(self, sha256: str) -> list[LemmyActionRow]:
         """Every call made about this image, oldest first."""
-        async with self._db.execute(
-            f"SELECT {_A_COLUMNS} FROM lemmy_actions WHERE sha256=? ORDER BY id", (sha256,)
-        ) as cur:
-            return [_action(r) for r in await cur.fetchall()]
+        stmt = (
+            sa.select(*_A_COLUMNS)
+            .where(lemmy_actions.c.sha256 == sha256)
+            .order_by(lemmy_actions.c.id)
+        )
+        return [_action(r) for r in (await self._db.execute(stmt)).all()]
 
 
 def _provenance(row: Any) -> Provenance:

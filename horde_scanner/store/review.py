@@ -14,37 +14,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from horde_scanner.store.tables import SchemaStep, Tables
+import sqlalchemy as sa
+
+from horde_scanner.store.metadata import Int, Real, Text, metadata
+from horde_scanner.store.tables import Tables
 
 HELD, RELEASED, DELETED = "held", "released", "deleted"
 
-STEPS = [
-    SchemaStep(
-        "0700-admin",
-        """
-    CREATE INDEX verdicts_judged ON verdicts(judged_at);
-    CREATE TABLE quarantine (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sha256 TEXT NOT NULL,
-        origin TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        path TEXT NOT NULL,
-        size INTEGER,
-        state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'released', 'deleted')),
-        quarantined_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        updated_by TEXT,
-        detail TEXT
-    );
-    CREATE INDEX quarantine_sha ON quarantine(sha256, state);
-    """,
-    ),
-]
+# (Step 0700 also made the index verdicts_judged on verdicts(judged_at): it is declared with
+# the verdicts table, store/verdicts.py.)
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("origin", Text, nullable=False),
+    sa.Column("identifier", Text, nullable=False),
+    sa.Column("path", Text, nullable=False),
+    sa.Column("size", Int),
+    sa.Column("state", Text, nullable=False, server_default=HELD),
+    sa.Column("quarantined_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.Column("updated_by", Text),
+    sa.Column("detail", Text),
+    sa.CheckConstraint("state IN ('held', 'released', 'deleted')", name="state"),
+    sa.Index("quarantine_sha", "sha256", "state"),
+    sqlite_autoincrement=True,
+)
 
 
 _COLUMNS = (
-    "id, sha256, origin, identifier, path, size, state, quarantined_at, updated_at, updated_by,"
-    " detail"
+    quarantine.c.id,
+    quarantine.c.sha256,
+    quarantine.c.origin,
+    quarantine.c.identifier,
+    quarantine.c.path,
+    quarantine.c.size,
+    quarantine.c.state,
+    quarantine.c.quarantined_at,
+    quarantine.c.updated_at,
+    quarantine.c.updated_by,
+    quarantine.c.detail,
 )
 
 
@@ -81,54 +91,52 @@ class ReviewTables(Tables):
     ) -> QuarantineItem:
         """Record a copy just admitted (held)."""
         now = time.time()
-        async with self._db.execute(
-            f"INSERT INTO quarantine (sha256, origin, identifier, path, size, state,"
-            f" quarantined_at, updated_at, updated_by, detail) VALUES (?,?,?,?,?,?,?,?,?,?)"
-            f" RETURNING {_COLUMNS}",
-            (
-                sha256,
-                origin,
-                identifier,
-                str(path),
-                size,
-                HELD,
-                now,
-                now,
-                by,
-                json.dumps(detail or {}),
-            ),
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = (
+            sa.insert(quarantine)
+            .values(
+                sha256=sha256,
+                origin=origin,
+                identifier=identifier,
+                path=str(path),
+                size=size,
+                state=HELD,
+                quarantined_at=now,
+                updated_at=now,
+                updated_by=by,
+                detail=json.dumps(detail or {}),
+            )
+            .returning(*_COLUMNS)
+        )
+        row = (await self._db.execute(stmt)).first()
         assert row is not None
         return _item(row)
 
     async def quarantine_items(self, sha256: str) -> list[QuarantineItem]:
         """Every copy of these bytes ever admitted, in any state, oldest first."""
-        async with self._db.execute(
-            f"SELECT {_COLUMNS} FROM quarantine WHERE sha256=? ORDER BY id", (sha256,)
-        ) as cur:
-            return [_item(r) for r in await cur.fetchall()]
+        stmt = sa.select(*_COLUMNS).where(quarantine.c.sha256 == sha256).order_by(quarantine.c.id)
+        return [_item(r) for r in (await self._db.execute(stmt)).all()]
 
     async def quarantine_held_among(self, hashes: list[str]) -> set[str]:
         """Which of `hashes` have a copy held (one query for a page of items)."""
         if not hashes:
             return set()
-        marks = ",".join("?" * len(hashes))
-        async with self._db.execute(
-            f"SELECT DISTINCT sha256 FROM quarantine WHERE state='held' AND sha256 IN ({marks})",
-            hashes,
-        ) as cur:
-            return {r[0] for r in await cur.fetchall()}
+        stmt = (
+            sa.select(quarantine.c.sha256)
+            .distinct()
+            .where(quarantine.c.state == HELD, quarantine.c.sha256.in_(hashes))
+        )
+        return {r[0] for r in (await self._db.execute(stmt)).all()}
 
     async def count_quarantine(self) -> dict[str, int]:
         """{state: n}."""
-        async with self._db.execute("SELECT state, COUNT(*) FROM quarantine GROUP BY state") as cur:
-            return {state: n for state, n in await cur.fetchall()}
+        stmt = sa.select(quarantine.c.state, sa.func.count()).group_by(quarantine.c.state)
+        return {state: n for state, n in (await self._db.execute(stmt)).all()}
 
     async def set_quarantine_state(self, item_id: int, state: str, by: str) -> None:
         await self._db.execute(
-            "UPDATE quarantine SET state=?, updated_at=?, updated_by=? WHERE id=?",
-            (state, time.time(), by, item_id),
+            sa.update(quarantine)
+            .where(quarantine.c.id == item_id)
+            .values(state=state, updated_at=time.time(), updated_by=by),
         )
 
 

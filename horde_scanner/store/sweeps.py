@@ -44,65 +44,72 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from horde_scanner.store.tables import SchemaStep, Tables, rows_in
+import sqlalchemy as sa
 
-STEPS = [
-    SchemaStep(
-        "0300-scan",
-        """
-    CREATE TABLE scan_files (
-        source TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        mtime REAL NOT NULL,
-        sha256 TEXT,
-        media_type TEXT,
-        status TEXT NOT NULL,
-        label TEXT,
-        reasons TEXT,
-        seen_at REAL NOT NULL,
-        judged_at REAL,
-        action TEXT,
-        PRIMARY KEY (source, identifier)
-    ) WITHOUT ROWID;
-    CREATE INDEX scan_files_sha ON scan_files(sha256);
-    CREATE INDEX scan_files_label ON scan_files(label, judged_at);
-    CREATE TABLE scan_runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        source TEXT NOT NULL,
-        action TEXT NOT NULL,
-        follow INTEGER NOT NULL DEFAULT 0,
-        state TEXT NOT NULL,
-        phase TEXT NOT NULL DEFAULT 'sweep',
-        cursor TEXT,
-        watermark REAL,
-        time_ordered INTEGER NOT NULL DEFAULT 0,
-        started_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        counts TEXT
-    );
-    CREATE INDEX scan_runs_source ON scan_runs(source, state);
-    CREATE TABLE scan_actions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        source TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size INTEGER,
-        mtime REAL,
-        action TEXT NOT NULL,
-        state TEXT NOT NULL,
-        label TEXT,
-        reasons TEXT,
-        location TEXT,
-        detail TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        UNIQUE (source, identifier, sha256)
-    );
-    CREATE INDEX scan_actions_state ON scan_actions(source, state);
-    """,
-    ),
-]
+from horde_scanner.store.metadata import Int, Real, Text, metadata
+from horde_scanner.store.tables import IN_CHUNK, Tables, upsert
+
+scan_files = sa.Table(
+    "scan_files",
+    metadata,
+    sa.Column("source", Text, nullable=False),
+    sa.Column("identifier", Text, nullable=False),
+    sa.Column("size", Int, nullable=False),
+    sa.Column("mtime", Real, nullable=False),
+    sa.Column("sha256", Text),
+    sa.Column("media_type", Text),
+    sa.Column("status", Text, nullable=False),
+    sa.Column("label", Text),
+    sa.Column("reasons", Text),
+    sa.Column("seen_at", Real, nullable=False),
+    sa.Column("judged_at", Real),
+    sa.Column("action", Text),
+    sa.PrimaryKeyConstraint("source", "identifier"),
+    sa.Index("scan_files_sha", "sha256"),
+    sa.Index("scan_files_label", "label", "judged_at"),
+    sqlite_with_rowid=False,
+)
+
+scan_runs = sa.Table(
+    "scan_runs",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("source", Text, nullable=False),
+    sa.Column("action", Text, nullable=False),
+    sa.Column("follow", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("phase", Text, nullable=False, server_default="sweep"),
+    sa.Column("cursor", Text),
+    sa.Column("watermark", Real),
+    sa.Column("time_ordered", Int, nullable=False, server_default=sa.text("0")),
+    sa.Column("started_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.Column("counts", Text),
+    sa.Index("scan_runs_source", "source", "state"),
+    sqlite_autoincrement=True,
+)
+
+scan_actions = sa.Table(
+    "scan_actions",
+    metadata,
+    sa.Column("id", Int, sa.Identity(), primary_key=True),
+    sa.Column("source", Text, nullable=False),
+    sa.Column("identifier", Text, nullable=False),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("size", Int),
+    sa.Column("mtime", Real),
+    sa.Column("action", Text, nullable=False),
+    sa.Column("state", Text, nullable=False),
+    sa.Column("label", Text),
+    sa.Column("reasons", Text),
+    sa.Column("location", Text),
+    sa.Column("detail", Text),
+    sa.Column("created_at", Real, nullable=False),
+    sa.Column("updated_at", Real, nullable=False),
+    sa.UniqueConstraint("source", "identifier", "sha256"),
+    sa.Index("scan_actions_state", "source", "state"),
+    sqlite_autoincrement=True,
+)
 
 
 # Statuses a file keeps until it changes: it is not read again.
@@ -160,14 +167,32 @@ class ScanAction:
     updated_at: float
 
 
-_FILE_COLS = (
-    "source, identifier, size, mtime, status, sha256, media_type, label, reasons, judged_at, action"
-)
-_RUN_COLS = "id, source, action, follow, state, phase, cursor, watermark, time_ordered"
-_ACTION_COLS = (
-    "id, source, identifier, sha256, size, mtime, action, state, label, reasons, location,"
-    " detail, created_at, updated_at"
-)
+_FILE_COLS = tuple(
+    scan_files.c[name]
+    for name in (
+        "source", "identifier", "size", "mtime", "status", "sha256", "media_type", "label",
+        "reasons", "judged_at", "action",
+    )
+)  # fmt: skip
+_RUN_COLS = tuple(
+    scan_runs.c[name]
+    for name in (
+        "id", "source", "action", "follow", "state", "phase", "cursor", "watermark",
+        "time_ordered",
+    )
+)  # fmt: skip
+_ACTION_COLS = tuple(
+    scan_actions.c[name]
+    for name in (
+        "id", "source", "identifier", "sha256", "size", "mtime", "action", "state", "label",
+        "reasons", "location", "detail", "created_at", "updated_at",
+    )
+)  # fmt: skip
+# What a file's row takes from a newer sighting (all but its key).
+_FILE_UPDATE = (
+    "size", "mtime", "status", "sha256", "media_type", "label", "reasons", "judged_at", "action",
+    "seen_at",
+)  # fmt: skip
 
 
 def _file(row: Sequence[Any]) -> ScanFile:
@@ -196,38 +221,45 @@ class SweepTables(Tables):
     # -- files ---------------------------------------------------------------------------------
 
     async def get_scan_files(self, source: str, identifiers: Sequence[str]) -> dict[str, ScanFile]:
-        query = f"SELECT {_FILE_COLS} FROM scan_files WHERE source=? AND identifier IN ({{in}})"
-        rows = await rows_in(self._db, query, identifiers, before=[source])
-        return {row[1]: _file(row) for row in rows}
+        found: dict[str, ScanFile] = {}
+        for start in range(0, len(identifiers), IN_CHUNK):
+            stmt = sa.select(*_FILE_COLS).where(
+                scan_files.c.source == source,
+                scan_files.c.identifier.in_(identifiers[start : start + IN_CHUNK]),
+            )
+            for row in (await self._db.execute(stmt)).all():
+                found[row[1]] = _file(row)
+        return found
 
     async def put_scan_files(self, files: Iterable[ScanFile]) -> None:
         now = time.time()
         rows = [
-            (
-                r.source, r.identifier, r.size, r.mtime, r.status, r.sha256, r.media_type,
-                r.label, json.dumps(r.reasons) if r.reasons is not None else None,
-                r.judged_at, r.action, now,
-            )
+            {
+                "source": r.source, "identifier": r.identifier, "size": r.size, "mtime": r.mtime,
+                "status": r.status, "sha256": r.sha256, "media_type": r.media_type,
+                "label": r.label,
+                "reasons": json.dumps(r.reasons) if r.reasons is not None else None,
+                "judged_at": r.judged_at, "action": r.action, "seen_at": now,
+            }
             for r in files
         ]  # fmt: skip
         # One multi-row statement (atomic, one commit) rather than executemany, which the
         # sqlite3 module refuses to interleave with other cursors on the shared connection.
         for start in range(0, len(rows), _ROWS_PER_INSERT):
-            batch = rows[start : start + _ROWS_PER_INSERT]
-            await self._db.execute(
-                f"INSERT INTO scan_files ({_FILE_COLS}, seen_at) VALUES "
-                + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(batch))
-                + " ON CONFLICT(source, identifier) DO UPDATE SET size=excluded.size,"
-                " mtime=excluded.mtime, status=excluded.status, sha256=excluded.sha256,"
-                " media_type=excluded.media_type, label=excluded.label, reasons=excluded.reasons,"
-                " judged_at=excluded.judged_at, action=excluded.action, seen_at=excluded.seen_at",
-                [value for row in batch for value in row],
+            stmt = upsert(self._db.dialect, scan_files)[0].values(
+                rows[start : start + _ROWS_PER_INSERT]
             )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[scan_files.c.source, scan_files.c.identifier],
+                set_={name: stmt.excluded[name] for name in _FILE_UPDATE},
+            )
+            await self._db.execute(stmt)
 
     async def set_scan_file_action(self, source: str, identifier: str, action: str | None) -> None:
         await self._db.execute(
-            "UPDATE scan_files SET action=? WHERE source=? AND identifier=?",
-            (action, source, identifier),
+            sa.update(scan_files)
+            .where(scan_files.c.source == source, scan_files.c.identifier == identifier)
+            .values(action=action),
         )
 
     async def unacted_scan_positives(
@@ -238,37 +270,43 @@ class SweepTables(Tables):
         wanted = list(labels)
         if not wanted:
             return []
-        query = (
-            f"SELECT {_FILE_COLS} FROM scan_files WHERE action IS NULL"
-            f" AND label IN ({','.join('?' * len(wanted))})"
+        stmt = sa.select(*_FILE_COLS).where(
+            scan_files.c.action.is_(None), scan_files.c.label.in_(wanted)
         )
-        params: list[Any] = list(wanted)
         if since is not None:
-            query += " AND judged_at >= ?"
-            params.append(since)
+            stmt = stmt.where(scan_files.c.judged_at >= since)
         if source is not None:
-            query += " AND source = ?"
-            params.append(source)
-        query += " ORDER BY source, identifier"
-        async with self._db.execute(query, params) as cur:
-            return [_file(row) async for row in cur]
+            stmt = stmt.where(scan_files.c.source == source)
+        stmt = stmt.order_by(scan_files.c.source, scan_files.c.identifier)
+        return [_file(row) for row in (await self._db.execute(stmt)).all()]
 
     async def sweep_locations(self, sha256s: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Where each hash was found by sweeps, with what was done there (for exports)."""
         found: dict[str, list[dict[str, Any]]] = {}
-        rows = await rows_in(
-            self._db,
-            "SELECT f.sha256, f.source, f.identifier, f.size, f.mtime, f.judged_at,"
-            " a.id, a.action, a.state, a.location, a.updated_at FROM scan_files f"
-            " LEFT JOIN scan_actions a ON a.source=f.source AND a.identifier=f.identifier"
-            " AND a.sha256=f.sha256 WHERE f.sha256 IN ({in})"
-            " UNION ALL SELECT a.sha256, a.source, a.identifier, a.size, a.mtime, NULL,"
-            " a.id, a.action, a.state, a.location, a.updated_at FROM scan_actions a"
-            " WHERE a.sha256 IN ({in}) AND NOT EXISTS (SELECT 1 FROM scan_files f"
-            " WHERE f.source=a.source AND f.identifier=a.identifier AND f.sha256=a.sha256)"
-            " ORDER BY 2, 3",
-            sha256s,
-        )
+        f, a = scan_files, scan_actions
+        rows: list[Any] = []
+        for start in range(0, len(sha256s), IN_CHUNK):
+            chunk = list(sha256s[start : start + IN_CHUNK])
+            same_file = sa.and_(
+                a.c.source == f.c.source, a.c.identifier == f.c.identifier, a.c.sha256 == f.c.sha256
+            )
+            files = (
+                sa.select(
+                    f.c.sha256, f.c.source, f.c.identifier, f.c.size, f.c.mtime, f.c.judged_at,
+                    a.c.id, a.c.action, a.c.state, a.c.location, a.c.updated_at,
+                )
+                .select_from(f.outerjoin(a, same_file))
+                .where(f.c.sha256.in_(chunk))
+            )  # fmt: skip
+            # Actions on files the sweeps no longer list (a row of scan_files replaced).
+            gone = sa.select(
+                a.c.sha256, a.c.source, a.c.identifier, a.c.size, a.c.mtime,
+                sa.null().label("judged_at"), a.c.id, a.c.action, a.c.state, a.c.location,
+                a.c.updated_at,
+            ).where(a.c.sha256.in_(chunk), ~sa.exists().where(same_file))  # fmt: skip
+            both = sa.union_all(files, gone)
+            stmt = both.order_by(both.selected_columns.source, both.selected_columns.identifier)
+            rows += (await self._db.execute(stmt)).all()
         for row in rows:
             found.setdefault(row[0], []).append(
                 {
@@ -289,45 +327,52 @@ class SweepTables(Tables):
     # -- runs ----------------------------------------------------------------------------------
 
     async def unfinished_scan_run(self, source: str) -> ScanRun | None:
-        async with self._db.execute(
-            f"SELECT {_RUN_COLS} FROM scan_runs WHERE source=? AND state='running'"
-            " ORDER BY id DESC LIMIT 1",
-            (source,),
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = (
+            sa.select(*_RUN_COLS)
+            .where(scan_runs.c.source == source, scan_runs.c.state == "running")
+            .order_by(scan_runs.c.id.desc())
+            .limit(1)
+        )
+        row = (await self._db.execute(stmt)).first()
         return _run(row) if row else None
 
     async def start_scan_run(self, source: str, action: str, follow: bool) -> ScanRun:
         now = time.time()
         # Any other unfinished run of this source is superseded (its checkpoint no longer holds).
         await self._db.execute(
-            "UPDATE scan_runs SET state='abandoned', updated_at=? WHERE source=?"
-            " AND state='running'",
-            (now, source),
+            sa.update(scan_runs)
+            .where(scan_runs.c.source == source, scan_runs.c.state == "running")
+            .values(state="abandoned", updated_at=now),
         )
-        async with self._db.execute(
-            "INSERT INTO scan_runs (source, action, follow, state, started_at, updated_at)"
-            f" VALUES (?,?,?,'running',?,?) RETURNING {_RUN_COLS}",
-            (source, action, int(follow), now, now),
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = (
+            sa.insert(scan_runs)
+            .values(
+                source=source,
+                action=action,
+                follow=int(follow),
+                state="running",
+                started_at=now,
+                updated_at=now,
+            )
+            .returning(*_RUN_COLS)
+        )
+        row = (await self._db.execute(stmt)).first()
         assert row is not None
         return _run(row)
 
     async def save_scan_run(self, run: ScanRun, counts: dict[str, int] | None = None) -> None:
         await self._db.execute(
-            "UPDATE scan_runs SET state=?, phase=?, cursor=?, watermark=?, time_ordered=?,"
-            " follow=?, updated_at=?, counts=COALESCE(?, counts) WHERE id=?",
-            (
-                run.state,
-                run.phase,
-                run.cursor,
-                run.watermark,
-                int(run.time_ordered),
-                int(run.follow),
-                time.time(),
-                json.dumps(counts) if counts is not None else None,
-                run.id,
+            sa.update(scan_runs)
+            .where(scan_runs.c.id == run.id)
+            .values(
+                state=run.state,
+                phase=run.phase,
+                cursor=run.cursor,
+                watermark=run.watermark,
+                time_ordered=int(run.time_ordered),
+                follow=int(run.follow),
+                updated_at=time.time(),
+                counts=json.dumps(counts) if counts is not None else scan_runs.c.counts,
             ),
         )
 
@@ -350,21 +395,32 @@ class SweepTables(Tables):
         `failed` and `released` rows start again and count as fresh.
         """
         now = time.time()
-        cur = await self._db.execute(
-            "INSERT INTO scan_actions (source, identifier, sha256, size, mtime, action, state,"
-            " label, reasons, created_at, updated_at) VALUES (?,?,?,?,?,?,'started',?,?,?,?)"
-            " ON CONFLICT(source, identifier, sha256) DO UPDATE SET state='started',"
-            " action=excluded.action, label=excluded.label, reasons=excluded.reasons,"
-            " size=excluded.size, mtime=excluded.mtime, location=NULL, detail=NULL,"
-            " updated_at=excluded.updated_at WHERE scan_actions.state IN ('failed', 'released')",
-            (source, identifier, sha256, size, mtime, action, label, json.dumps(reasons), now, now),
+        stmt = upsert(self._db.dialect, scan_actions)[0].values(
+            source=source, identifier=identifier, sha256=sha256, size=size, mtime=mtime,
+            action=action, state="started", label=label, reasons=json.dumps(reasons),
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        new = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[
+                scan_actions.c.source, scan_actions.c.identifier, scan_actions.c.sha256
+            ],
+            set_={
+                "state": "started", "action": new.action, "label": new.label,
+                "reasons": new.reasons, "size": new.size, "mtime": new.mtime, "location": None,
+                "detail": None, "updated_at": new.updated_at,
+            },
+            where=scan_actions.c.state.in_(["failed", "released"]),
+        )  # fmt: skip
+        # Whether a row was written: RETURNING says so on both databases (a row count is not
+        # reliable for a single-row INSERT whose key PostgreSQL's driver returns implicitly).
+        fresh = bool((await self._db.execute(stmt.returning(scan_actions.c.id))).all())
+        select = sa.select(*_ACTION_COLS).where(
+            scan_actions.c.source == source,
+            scan_actions.c.identifier == identifier,
+            scan_actions.c.sha256 == sha256,
         )
-        fresh = cur.rowcount > 0
-        async with self._db.execute(
-            f"SELECT {_ACTION_COLS} FROM scan_actions WHERE source=? AND identifier=? AND sha256=?",
-            (source, identifier, sha256),
-        ) as cur:
-            row = await cur.fetchone()
+        row = (await self._db.execute(select)).first()
         assert row is not None
         return _action(row), fresh
 
@@ -372,62 +428,73 @@ class SweepTables(Tables):
         self, action_id: int, state: str, *, location: str | None, detail: dict[str, Any]
     ) -> None:
         await self._db.execute(
-            "UPDATE scan_actions SET state=?, location=COALESCE(?, location), detail=?,"
-            " updated_at=? WHERE id=?",
-            (state, location, json.dumps(detail), time.time(), action_id),
+            sa.update(scan_actions)
+            .where(scan_actions.c.id == action_id)
+            .values(
+                state=state,
+                location=sa.func.coalesce(location, scan_actions.c.location),
+                detail=json.dumps(detail),
+                updated_at=time.time(),
+            ),
         )
 
     async def set_scan_action_location(self, action_id: int, location: str) -> None:
         """Noted before a move, so a run killed after it still knows where the object went."""
         await self._db.execute(
-            "UPDATE scan_actions SET location=?, updated_at=? WHERE id=?",
-            (location, time.time(), action_id),
+            sa.update(scan_actions)
+            .where(scan_actions.c.id == action_id)
+            .values(location=location, updated_at=time.time()),
         )
 
     async def set_scan_action_detail(self, action_id: int, detail: dict[str, Any]) -> None:
         """Replace an action's detail without changing its state (e.g. an admin's decision)."""
         await self._db.execute(
-            "UPDATE scan_actions SET detail=?, updated_at=? WHERE id=?",
-            (json.dumps(detail), time.time(), action_id),
+            sa.update(scan_actions)
+            .where(scan_actions.c.id == action_id)
+            .values(detail=json.dumps(detail), updated_at=time.time()),
         )
 
     async def started_scan_actions(self, source: str) -> list[ScanAction]:
-        async with self._db.execute(
-            f"SELECT {_ACTION_COLS} FROM scan_actions WHERE source=? AND state='started'"
-            " ORDER BY id",
-            (source,),
-        ) as cur:
-            return [_action(row) async for row in cur]
+        stmt = (
+            sa.select(*_ACTION_COLS)
+            .where(scan_actions.c.source == source, scan_actions.c.state == "started")
+            .order_by(scan_actions.c.id)
+        )
+        return [_action(row) for row in (await self._db.execute(stmt)).all()]
 
     async def get_scan_action(self, action_id: int) -> ScanAction | None:
-        async with self._db.execute(
-            f"SELECT {_ACTION_COLS} FROM scan_actions WHERE id=?", (action_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        stmt = sa.select(*_ACTION_COLS).where(scan_actions.c.id == action_id)
+        row = (await self._db.execute(stmt)).first()
         return _action(row) if row else None
 
     async def scan_actions_for(self, sha256: str, *, state: str | None = None) -> list[ScanAction]:
-        query = f"SELECT {_ACTION_COLS} FROM scan_actions WHERE sha256=?"
-        params: list[Any] = [sha256]
+        stmt = sa.select(*_ACTION_COLS).where(scan_actions.c.sha256 == sha256)
         if state is not None:
-            query += " AND state=?"
-            params.append(state)
-        async with self._db.execute(query + " ORDER BY id", params) as cur:
-            return [_action(row) async for row in cur]
+            stmt = stmt.where(scan_actions.c.state == state)
+        stmt = stmt.order_by(scan_actions.c.id)
+        return [_action(row) for row in (await self._db.execute(stmt)).all()]
 
     async def scan_quarantined_among(self, sha256s: Sequence[str]) -> set[str]:
         """Which of `sha256s` have a sweep-quarantined object now (action done, not released)."""
-        rows = await rows_in(
-            self._db,
-            "SELECT DISTINCT sha256 FROM scan_actions WHERE action='quarantine'"
-            " AND state='done' AND sha256 IN ({in})",
-            sha256s,
-        )
-        return {row[0] for row in rows}
+        found: set[str] = set()
+        for start in range(0, len(sha256s), IN_CHUNK):
+            stmt = (
+                sa.select(scan_actions.c.sha256)
+                .distinct()
+                .where(
+                    scan_actions.c.action == "quarantine",
+                    scan_actions.c.state == "done",
+                    scan_actions.c.sha256.in_(sha256s[start : start + IN_CHUNK]),
+                )
+            )
+            found.update(row[0] for row in (await self._db.execute(stmt)).all())
+        return found
 
     async def scan_quarantine_counts(self) -> dict[str, int]:
         """Sweep quarantines by the state of their action (`done` is held)."""
-        async with self._db.execute(
-            "SELECT state, COUNT(*) FROM scan_actions WHERE action='quarantine' GROUP BY state"
-        ) as cur:
-            return {state: n async for state, n in cur}
+        stmt = (
+            sa.select(scan_actions.c.state, sa.func.count())
+            .where(scan_actions.c.action == "quarantine")
+            .group_by(scan_actions.c.state)
+        )
+        return {state: n for state, n in (await self._db.execute(stmt)).all()}

@@ -1,38 +1,31 @@
-"""What every part of the store has in common: how a part declares its tables, and the
-connection its queries go to.
+"""What every part of the store has in common: the base class, the database seam its
+statements go to (store/database.py), and helpers for statements both dialects share.
 
 The store is one object made of parts, one per concern (verdicts, jobs, audit, sweeps, hash
-lists, review, kudos, cluster), each in its own module here with its schema steps next to its
-queries; `store.sqlite.Store` composes them, and `store.postgres.PgStore` is the same parts on
-PostgreSQL. Nothing outside `store/` writes SQL: the rest of the code calls the parts'
-methods and gets back plain rows (the dataclasses defined beside the queries).
-
-Queries are written once, in the portable subset `store.postgres.PgDatabase` translates
-(`?` placeholders, `ON CONFLICT ... excluded.`, `RETURNING`, no SQLite-only functions).
+lists, review, kudos, cluster), each in its own module here with its tables (`sa.Table` on
+store/metadata.py's `METADATA`) next to its queries (SQLAlchemy Core, compiled by each
+dialect); `store.sqlite.Store` composes them, and `store.postgres.PgStore` is the same parts
+on PostgreSQL. Nothing outside `store/` writes SQL: the rest of the code calls the parts'
+methods and gets back plain rows (the dataclasses defined beside the queries). Schema changes
+are Alembic revisions (store/migrations/).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from horde_scanner.store.database import Database as SqlDatabase
+from horde_scanner.store.database import Prepared
 
 if TYPE_CHECKING:
     from horde_scanner.store.outage import StoreHealth
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaStep:
-    """One named change to the schema, applied once per database, in name order.
-
-    A released step is never edited or renamed (databases out there have applied it); a
-    change is a new step with a later name."""
-
-    name: str
-    sql: str  # SQLite's dialect; PostgreSQL gets it translated (store.postgres.translate_ddl)
-    postgres: str = ""  # what PostgreSQL needs besides (its triggers: SQLite's are dropped)
 
 
 # What another process changed: ("verdict" | "list", sha256), ("hashes", ""), ("job", sha256),
@@ -40,70 +33,14 @@ class SchemaStep:
 ChangeListener = Callable[[str, str], None]
 
 
-# A statement that gives rows: a query (PRAGMA included, on SQLite), or a write RETURNING them.
-QUERY = re.compile(r"^\s*(SELECT|WITH|VALUES|PRAGMA)\b", re.IGNORECASE)
-RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
-
-
-class Database(Protocol):
-    """The shared connection the parts' queries go to: SQLite's (sqlite.SharedConnection) or
-    PostgreSQL's (postgres.PgDatabase). `execute` is awaited, or used as `async with ... as
-    cur`; either way the statement has run to its end and `cur` holds its rows (`Rows`)."""
-
-    def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Any: ...
-
-    async def execute_fetchall(self, sql: str, parameters: Iterable[Any] = ()) -> Any: ...
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
-
-    async def executescript(self, sql: str) -> Any: ...
-
-    async def close(self) -> None: ...
-
-
-class Rows:
-    """The rows of one statement, already fetched: what the shared connection of either store
-    gives back (sqlite.SharedConnection, postgres.PgDatabase), with a cursor's methods."""
-
-    def __init__(
-        self, rows: list[tuple[Any, ...]], rowcount: int, lastrowid: int | None = None
-    ) -> None:
-        self._rows = rows
-        self._at = 0
-        self.rowcount = rowcount
-        self.lastrowid = lastrowid
-
-    async def fetchone(self) -> tuple[Any, ...] | None:
-        if self._at >= len(self._rows):
-            return None
-        self._at += 1
-        return self._rows[self._at - 1]
-
-    async def fetchall(self) -> list[tuple[Any, ...]]:
-        rows, self._at = self._rows[self._at :], len(self._rows)
-        return rows
-
-    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        rows = self._rows[self._at : self._at + size]
-        self._at += len(rows)
-        return rows
-
-    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
-        while self._at < len(self._rows):
-            self._at += 1
-            yield self._rows[self._at - 1]
-
-    async def close(self) -> None:
-        pass
+# The seam every part's statements go to (store/database.py).
+Database = SqlDatabase
 
 
 class Tables:
     """The base of every part: the shared connection, and what the composed store provides."""
 
-    _db: Database
+    _db: SqlDatabase
     holder: str  # names this process (host:pid) in rows other processes read
     health: StoreHealth  # away or not (store/outage.py)
 
@@ -112,33 +49,47 @@ class Tables:
         raise NotImplementedError
 
 
+def compiled_once(
+    build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
+) -> Prepared:
+    """`build(dialect)`'s statement compiled once per dialect, as a `text()` SQLAlchemy caches.
+
+    SQLAlchemy 2.0 compiles its dialect-specific `INSERT ... ON CONFLICT` (`upsert`) anew on
+    every execution (those constructs have no cache key: `inherit_cache = False`), which cost
+    a millisecond per verdict written. An upsert is built once here, with `columns` as its
+    VALUES (bound by the column names) and `sa.bindparam`s for anything else, and compiled
+    by the dialect itself; executed with a dict of those names."""
+    return _compiled_once(build, dialect, columns)
+
+
+@functools.cache
+def _compiled_once(
+    build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
+) -> Prepared:
+    named = (pg_dialect if dialect == "postgresql" else sqlite_dialect).dialect(paramstyle="named")
+    statement: Any = build(dialect)
+    compiled = statement.compile(dialect=named, column_keys=list(columns))
+    text = sa.text(compiled.string)
+    for name in columns:  # every column is given: none is left to a default
+        text = text.bindparams(sa.bindparam(name))
+    prepared = Prepared(text)
+    prepared.write = True  # INSERT ... ON CONFLICT
+    return prepared
+
+
+def upsert(dialect: str, table: sa.Table) -> tuple[Any, Any]:
+    """`INSERT` of `dialect` that takes `.on_conflict_do_update` / `_do_nothing`, and its
+    `excluded` (the row that was to be inserted)."""
+    module = pg_dialect if dialect == "postgresql" else sqlite_dialect
+    statement = module.insert(table)
+    return statement, statement.excluded
+
+
+def chunks(values: Sequence[Any], size: int | None = None) -> list[Sequence[Any]]:
+    """`values` in pieces of at most `size` (IN_CHUNK), for `column.in_(piece)` lookups."""
+    step = size or IN_CHUNK
+    return [values[start : start + step] for start in range(0, len(values), step)]
+
+
 # Values bound per `IN (...)` lookup: well under SQLite's bound-variable limit (32766).
 IN_CHUNK = 500
-
-
-async def rows_in(
-    db: Database, query: str, values: Sequence[Any], *, before: Sequence[Any] = ()
-) -> list[Any]:
-    """Rows of `query` for all of `values`, looked up a chunk at a time: each `{in}` in the
-    query stands for one chunk's placeholders, bound (after `before`) once per `{in}`."""
-    found: list[Any] = []
-    for start in range(0, len(values), IN_CHUNK):
-        chunk = list(values[start : start + IN_CHUNK])
-        sql = query.replace("{in}", ",".join("?" * len(chunk)))
-        found += await db.execute_fetchall(sql, [*before, *(chunk * query.count("{in}"))])
-    return found
-
-
-async def write_in_batches(
-    db: Database, statement: str, rows: Sequence[Sequence[object]], per_batch: int
-) -> None:
-    """`statement` for each of `rows`, `per_batch` rows to a transaction: a list of a million
-    entries never holds the write lock for long (uploads wait on it to record verdicts)."""
-    for start in range(0, len(rows), per_batch):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.executemany(statement, rows[start : start + per_batch])
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise

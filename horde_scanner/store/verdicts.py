@@ -24,79 +24,128 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from horde_scanner.store.tables import SchemaStep, Tables, rows_in
+import sqlalchemy as sa
+
+from horde_scanner.store.database import Prepared
+from horde_scanner.store.metadata import Int, Real, Text, metadata
+from horde_scanner.store.tables import Tables, chunks, compiled_once, upsert
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
-STEPS = [
-    # The first release's tables: this part's, and those of store/jobs.py and store/audit.py.
-    SchemaStep(
-        "0001-core",
-        """
-    CREATE TABLE verdicts (
-        sha256 TEXT PRIMARY KEY,
-        label TEXT NOT NULL,
-        reasons TEXT NOT NULL,
-        signals TEXT,
-        backend TEXT NOT NULL,
-        policy_version TEXT NOT NULL,
-        media_type TEXT,
-        size INTEGER,
-        source TEXT,
-        first_seen REAL NOT NULL,
-        judged_at REAL NOT NULL
-    );
-    CREATE INDEX verdicts_label ON verdicts(label, judged_at);
-    CREATE TABLE lists (
-        sha256 TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('allow', 'deny')),
-        note TEXT,
-        added_by TEXT,
-        added_at REAL NOT NULL
-    );
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL,
-        sha256 TEXT,
-        event TEXT NOT NULL,
-        label TEXT,
-        action TEXT,
-        source TEXT,
-        detail TEXT
-    );
-    CREATE INDEX audit_sha ON audit(sha256);
-    CREATE TABLE jobs (
-        sha256 TEXT PRIMARY KEY,
-        payload BLOB NOT NULL,
-        media_type TEXT,
-        size INTEGER,
-        source TEXT,
-        answered TEXT,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        not_before REAL NOT NULL DEFAULT 0,
-        last_error TEXT,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX jobs_ready ON jobs(state, not_before, created_at);
-    CREATE TABLE late_positives (
-        sha256 TEXT PRIMARY KEY,
-        label TEXT NOT NULL,
-        found_at REAL NOT NULL,
-        enforcement TEXT NOT NULL,
-        detail TEXT,
-        updated_at REAL NOT NULL
-    );
-    """,
-    ),
-]
+# One row per judged image, replaced when judged again (re-judging keeps first_seen, source).
+verdicts = sa.Table(
+    "verdicts",
+    metadata,
+    sa.Column("sha256", Text, primary_key=True),
+    sa.Column("label", Text, nullable=False),
+    sa.Column("reasons", Text, nullable=False),  # JSON list
+    sa.Column("signals", Text),  # JSON (verdict.Signals), raw: a new policy re-judges from it
+    sa.Column("backend", Text, nullable=False),
+    sa.Column("policy_version", Text, nullable=False),
+    sa.Column("media_type", Text),
+    sa.Column("size", Int),
+    sa.Column("source", Text),
+    sa.Column("first_seen", Real, nullable=False),
+    sa.Column("judged_at", Real, nullable=False),
+    sa.Column("route", Text, nullable=False, server_default="judged"),
+    sa.Index("verdicts_label", "label", "judged_at"),
+    sa.Index("verdicts_judged", "judged_at"),
+)
+
+# The admin's allow and deny lists, by sha256.
+lists = sa.Table(
+    "lists",
+    metadata,
+    sa.Column("sha256", Text, primary_key=True),
+    sa.Column("kind", Text, nullable=False),
+    sa.CheckConstraint("kind IN ('allow', 'deny')", name="kind"),
+    sa.Column("note", Text),
+    sa.Column("added_by", Text),
+    sa.Column("added_at", Real, nullable=False),
+)
+
+# Positives found after the upload was accepted, and how they were enforced.
+late_positives = sa.Table(
+    "late_positives",
+    metadata,
+    sa.Column("sha256", Text, primary_key=True),
+    sa.Column("label", Text, nullable=False),
+    sa.Column("found_at", Real, nullable=False),
+    sa.Column("enforcement", Text, nullable=False),
+    sa.Column("detail", Text),  # JSON
+    sa.Column("updated_at", Real, nullable=False),
+)
 
 # The columns verdict_from_row reads, in its order.
 VERDICT_COLUMNS = (
-    "sha256, label, reasons, signals, backend, policy_version, media_type, size,"
-    " source, first_seen, judged_at, route"
+    verdicts.c.sha256,
+    verdicts.c.label,
+    verdicts.c.reasons,
+    verdicts.c.signals,
+    verdicts.c.backend,
+    verdicts.c.policy_version,
+    verdicts.c.media_type,
+    verdicts.c.size,
+    verdicts.c.source,
+    verdicts.c.first_seen,
+    verdicts.c.judged_at,
+    verdicts.c.route,
 )
-# The same, of `verdicts v` in a join.
-_V_COLUMNS = ", ".join(f"v.{c.strip()}" for c in VERDICT_COLUMNS.split(","))
+_LATE_COLUMNS = (
+    late_positives.c.sha256,
+    late_positives.c.label,
+    late_positives.c.found_at,
+    late_positives.c.enforcement,
+    late_positives.c.detail,
+    late_positives.c.updated_at,
+)
+# The hot path's reads (every upload that is not in memory): built once.
+_GET_VERDICT = Prepared(
+    sa.select(*VERDICT_COLUMNS).where(verdicts.c.sha256 == sa.bindparam("sha256"))
+)
+_LIST_KIND = Prepared(sa.select(lists.c.kind).where(lists.c.sha256 == sa.bindparam("sha256")))
+
+
+_VERDICT_KEYS = tuple(c.name for c in VERDICT_COLUMNS)
+_LIST_KEYS = ("sha256", "kind", "note", "added_by", "added_at")
+_LATE_KEYS = tuple(c.name for c in _LATE_COLUMNS)
+
+
+def _put_verdict(dialect: str) -> sa.Executable:
+    """A verdict replaces the one before; what the new one does not know is kept, and the
+    first place it was seen stays its source."""
+    insert, new = upsert(dialect, verdicts)
+    old = verdicts.c
+    return insert.on_conflict_do_update(
+        index_elements=[old.sha256],
+        set_={
+            "label": new.label,
+            "reasons": new.reasons,
+            "signals": sa.func.coalesce(new.signals, old.signals),
+            "backend": new.backend,
+            "route": new.route,
+            "policy_version": new.policy_version,
+            "media_type": sa.func.coalesce(new.media_type, old.media_type),
+            "size": sa.func.coalesce(new.size, old.size),
+            "source": sa.func.coalesce(old.source, new.source),
+            "judged_at": new.judged_at,
+        },
+    )
+
+
+def _set_list(dialect: str) -> sa.Executable:
+    insert, new = upsert(dialect, lists)
+    return insert.on_conflict_do_update(
+        index_elements=[lists.c.sha256],
+        set_={name: new[name] for name in ("kind", "note", "added_by", "added_at")},
+    )
+
+
+def _record_late(dialect: str) -> sa.Executable:
+    insert, new = upsert(dialect, late_positives)
+    return insert.on_conflict_do_update(
+        index_elements=[late_positives.c.sha256],
+        set_={name: new[name] for name in ("enforcement", "detail", "updated_at")},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +179,6 @@ class LatePositive:
 #  list kind or None, list added_by or None).
 SignalsRow = tuple[str, str, str, str | None, str, str, str | None, str | None]
 
-_LATE_COLUMNS = "p.sha256, p.label, p.found_at, p.enforcement, p.detail, p.updated_at"
-
 
 @dataclass(frozen=True, slots=True)
 class StoredVerdict:
@@ -147,20 +194,17 @@ class VerdictTables(Tables):
     # -- verdicts --------------------------------------------------------------------------
 
     async def get_verdict(self, sha256: str) -> StoredVerdict | None:
-        # execute_fetchall: one hop to the database thread instead of three (hot path).
-        rows = await self._db.execute_fetchall(
-            f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE sha256=?",
-            (sha256,),
-        )
-        return verdict_from_row(next(iter(rows))) if rows else None
+        row = (await self._db.execute(_GET_VERDICT, {"sha256": sha256})).first()
+        return verdict_from_row(row) if row is not None else None
 
     async def get_verdicts(self, sha256s: Iterable[str]) -> dict[str, StoredVerdict]:
         """The stored verdicts among `sha256s`, by sha256; hashes without one are left out."""
         found: dict[str, StoredVerdict] = {}
-        query = f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE sha256 IN ({{in}})"
-        for row in await rows_in(self._db, query, list(sha256s)):
-            stored = verdict_from_row(row)
-            found[stored.sha256] = stored
+        for chunk in chunks(list(sha256s)):
+            query = sa.select(*VERDICT_COLUMNS).where(verdicts.c.sha256.in_(chunk))
+            for row in await self._db.execute(query):
+                stored = verdict_from_row(row)
+                found[stored.sha256] = stored
         return found
 
     async def put_verdict(
@@ -172,34 +216,23 @@ class VerdictTables(Tables):
         size: int | None = None,
         source: str | None = None,
     ) -> None:
-        now = time.time()
         signals = verdict.signals.model_dump_json() if verdict.signals else None
-        await self._db.execute(
-            "INSERT INTO verdicts (sha256, label, reasons, signals, backend, policy_version,"
-            " media_type, size, source, first_seen, judged_at, route)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(sha256) DO UPDATE SET label=excluded.label, reasons=excluded.reasons,"
-            " signals=COALESCE(excluded.signals, verdicts.signals), backend=excluded.backend,"
-            " route=excluded.route,"
-            " policy_version=excluded.policy_version,"
-            " media_type=COALESCE(excluded.media_type, verdicts.media_type),"
-            " size=COALESCE(excluded.size, verdicts.size),"
-            " source=COALESCE(verdicts.source, excluded.source), judged_at=excluded.judged_at",
-            (
-                sha256,
-                verdict.label.value,
-                json.dumps(verdict.reasons),
-                signals,
-                verdict.backend,
-                verdict.policy_version,
-                media_type,
-                size,
-                source,
-                now,
-                verdict.judged_at,
-                verdict.route.value,
-            ),
-        )
+        row = {
+            "sha256": sha256,
+            "label": verdict.label.value,
+            "reasons": json.dumps(verdict.reasons),
+            "signals": signals,
+            "backend": verdict.backend,
+            "policy_version": verdict.policy_version,
+            "media_type": media_type,
+            "size": size,
+            "source": source,
+            "first_seen": time.time(),
+            "judged_at": verdict.judged_at,
+            "route": verdict.route.value,
+        }
+        statement = compiled_once(_put_verdict, self._db.dialect, _VERDICT_KEYS)
+        await self._db.execute(statement, row)
 
     async def iter_verdicts(
         self,
@@ -208,139 +241,133 @@ class VerdictTables(Tables):
         since: float | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[StoredVerdict]:
-        query = f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE 1=1"
-        params: list[Any] = []
+        query = sa.select(*VERDICT_COLUMNS).order_by(verdicts.c.judged_at.desc())
         label_list = [label.value for label in labels] if labels else []
         if label_list:
-            query += f" AND label IN ({','.join('?' * len(label_list))})"
-            params += label_list
+            query = query.where(verdicts.c.label.in_(label_list))
         if since is not None:
-            query += " AND judged_at >= ?"
-            params.append(since)
-        query += " ORDER BY judged_at DESC"
+            query = query.where(verdicts.c.judged_at >= since)
         if limit is not None:
-            query += " LIMIT ?"
-            params.append(limit)
-        async with self._db.execute(query, params) as cur:
-            async for row in cur:
-                yield verdict_from_row(row)
+            query = query.limit(limit)
+        for row in await self._db.execute(query):
+            yield verdict_from_row(row)
 
     async def count_verdicts(self, *, since: float | None = None) -> dict[str, int]:
         """{label: n}, of those judged since `since` when given."""
-        query = "SELECT label, COUNT(*) FROM verdicts"
-        params: list[Any] = []
+        query = sa.select(verdicts.c.label, sa.func.count()).group_by(verdicts.c.label)
         if since is not None:
-            query += " WHERE judged_at >= ?"
-            params.append(since)
-        async with self._db.execute(query + " GROUP BY label", params) as cur:
-            return {label: n async for label, n in cur}
+            query = query.where(verdicts.c.judged_at >= since)
+        return {label: n for label, n in await self._db.execute(query)}
 
     async def search_verdicts(self, f: VerdictFilter) -> list[StoredVerdict]:
         """Newest first. With labels, one index range per label (label, judged_at) merged by
-        time: a LIMIT then stops after a page of rows instead of sorting every positive."""
-        where: list[str] = []
-        params: list[Any] = []
-        join = ""
+        time: a LIMIT then stops after a page of rows instead of sorting every positive.
+
+        `source` is a prefix matched without regard to case (ASCII letters on SQLite, every
+        letter on PostgreSQL: `lower()` of each), as the first releases did."""
+        v = verdicts.alias("v")
+        conditions: list[sa.ColumnElement[bool]] = []
+        base = v
         if f.undecided:
-            join = " LEFT JOIN lists l ON l.sha256 = v.sha256"
-            where.append("l.sha256 IS NULL")
+            base = v.outerjoin(lists, lists.c.sha256 == v.c.sha256)  # type: ignore[assignment]
+            conditions.append(lists.c.sha256.is_(None))
         if f.source:
-            where.append("v.source LIKE ? ESCAPE '\\'")
-            params.append(_like_prefix(f.source))
+            conditions.append(v.c.source.istartswith(f.source, autoescape=True))
         if f.backend:
-            where.append("v.backend = ?")
-            params.append(f.backend)
+            conditions.append(v.c.backend == f.backend)
         if f.since is not None:
-            where.append("v.judged_at >= ?")
-            params.append(f.since)
+            conditions.append(v.c.judged_at >= f.since)
         if f.until is not None:
-            where.append("v.judged_at < ?")
-            params.append(f.until)
-        page = f.limit + f.offset
+            conditions.append(v.c.judged_at < f.until)
+        columns = [v.c[c.name] for c in VERDICT_COLUMNS]
+        newest = v.c.judged_at.desc()
 
-        def select(extra: list[str]) -> str:
-            conditions = where + extra
-            clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
-            return f"SELECT {_V_COLUMNS} FROM verdicts v{join}{clause}"
+        def select(*extra: sa.ColumnElement[bool]) -> sa.Select[Any]:
+            return sa.select(*columns).select_from(base).where(*conditions, *extra)
 
+        query: sa.Select[Any] | sa.CompoundSelect
         if not f.labels:
-            query = select([]) + " ORDER BY v.judged_at DESC LIMIT ? OFFSET ?"
-            args = params + [f.limit, f.offset]
+            query = select().order_by(newest).limit(f.limit).offset(f.offset)
         else:
-            parts = []
-            args = []
-            for label in f.labels:
-                parts.append(
-                    f"SELECT * FROM ({select(['v.label = ?'])} ORDER BY v.judged_at DESC LIMIT ?)"
-                    " AS part"
-                )
-                args += params + [label, page]
-            query = " UNION ALL ".join(parts) + " ORDER BY 11 DESC LIMIT ? OFFSET ?"
-            args += [f.limit, f.offset]
-        async with self._db.execute(query, args) as cur:
-            return [verdict_from_row(r) for r in await cur.fetchall()]
+            page = f.limit + f.offset
+            parts = [
+                sa.select(select(v.c.label == label).order_by(newest).limit(page).subquery())
+                for label in f.labels
+            ]
+            query = (
+                sa.union_all(*parts)
+                .order_by(sa.literal_column("judged_at").desc())
+                .limit(f.limit)
+                .offset(f.offset)
+            )
+        return [verdict_from_row(r) for r in await self._db.execute(query)]
 
     async def signal_batches(
         self, *, since: float | None = None, batch_rows: int
     ) -> AsyncGenerator[list[SignalsRow]]:
         """Every verdict (judged since `since`) with its list entry, newest first, in batches
         (for a policy dry run; close it with `contextlib.aclosing`)."""
-        where, params = ("WHERE v.judged_at >= ?", [since]) if since is not None else ("", [])
+        v = verdicts
+        query = (
+            sa.select(
+                v.c.sha256, v.c.label, v.c.reasons, v.c.signals, v.c.route, v.c.policy_version,
+                lists.c.kind, lists.c.added_by,
+            )
+            .select_from(v.outerjoin(lists, lists.c.sha256 == v.c.sha256))
+            .order_by(v.c.judged_at.desc())
+        )  # fmt: skip
+        if since is not None:
+            query = query.where(v.c.judged_at >= since)
         # A long read: on a connection of its own, streamed (the shared one fetches whole).
-        async with (
-            self.aside() as db,
-            db.execute(
-                "SELECT v.sha256, v.label, v.reasons, v.signals, v.route, v.policy_version,"
-                " l.kind, l.added_by FROM verdicts v LEFT JOIN lists l ON l.sha256 = v.sha256"
-                f" {where}"
-                " ORDER BY v.judged_at DESC",
-                params,
-            ) as cur,
-        ):
-            while rows := await cur.fetchmany(batch_rows):
-                yield cast(list[SignalsRow], [tuple(r) for r in rows])
+        async with self.aside() as db:
+            stream = db.stream(query, batch_rows)
+            try:
+                async for rows in stream:
+                    yield cast(list[SignalsRow], [tuple(r) for r in rows])
+            finally:
+                await stream.aclose()
 
     # -- allow / deny lists ----------------------------------------------------------------
 
     async def list_kind(self, sha256: str) -> str | None:
-        rows = await self._db.execute_fetchall("SELECT kind FROM lists WHERE sha256=?", (sha256,))
-        return str(next(iter(rows))[0]) if rows else None
+        kind = (await self._db.execute(_LIST_KIND, {"sha256": sha256})).scalar()
+        return str(kind) if kind is not None else None
 
     async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
         await self._db.execute(
-            "INSERT INTO lists (sha256, kind, note, added_by, added_at) VALUES (?,?,?,?,?)"
-            " ON CONFLICT(sha256) DO UPDATE SET kind=excluded.kind, note=excluded.note,"
-            " added_by=excluded.added_by, added_at=excluded.added_at",
-            (sha256, kind, note, by, time.time()),
+            compiled_once(_set_list, self._db.dialect, _LIST_KEYS),
+            {"sha256": sha256, "kind": kind, "note": note, "added_by": by, "added_at": time.time()},
         )
 
     async def remove_list(self, sha256: str) -> bool:
-        cur = await self._db.execute("DELETE FROM lists WHERE sha256=?", (sha256,))
-        return cur.rowcount > 0
+        done = await self._db.execute(sa.delete(lists).where(lists.c.sha256 == sha256))
+        return done.rowcount > 0
 
     async def iter_list(self, kind: str) -> AsyncIterator[tuple[str, str, str, float]]:
-        async with self._db.execute(
-            "SELECT sha256, note, added_by, added_at FROM lists WHERE kind=? ORDER BY added_at",
-            (kind,),
-        ) as cur:
-            async for row in cur:
-                yield row[0], row[1] or "", row[2] or "", row[3]
+        query = (
+            sa.select(lists.c.sha256, lists.c.note, lists.c.added_by, lists.c.added_at)
+            .where(lists.c.kind == kind)
+            .order_by(lists.c.added_at)
+        )
+        for row in await self._db.execute(query):
+            yield row[0], row[1] or "", row[2] or "", row[3]
 
     async def count_lists(self) -> dict[str, int]:
         """{kind: n} of the allow and deny lists."""
-        async with self._db.execute("SELECT kind, COUNT(*) FROM lists GROUP BY kind") as cur:
-            return {kind: n for kind, n in await cur.fetchall()}
+        query = sa.select(lists.c.kind, sa.func.count()).group_by(lists.c.kind)
+        return {kind: n for kind, n in await self._db.execute(query)}
 
     async def sha256_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         """Known sha256 values (verdicts, lists, audit) starting with a hex `prefix`."""
+        audit = metadata.tables["audit"]  # store/audit.py's (the store composes every part)
         bound = prefix + "g"  # just past every hex continuation: an index range scan
         found: set[str] = set()
-        for table in ("verdicts", "lists", "audit"):
-            async with self._db.execute(
-                f"SELECT DISTINCT sha256 FROM {table} WHERE sha256 >= ? AND sha256 < ? LIMIT ?",
-                (prefix, bound, limit),
-            ) as cur:
-                found.update([row[0] async for row in cur])
+        for table in (verdicts, lists, audit):
+            column = table.c.sha256
+            query = (
+                sa.select(column).distinct().where(column >= prefix, column < bound).limit(limit)
+            )
+            found.update((await self._db.execute(query)).scalars())
         return sorted(found)[:limit]
 
     # -- late positives --------------------------------------------------------------------
@@ -350,45 +377,41 @@ class VerdictTables(Tables):
     ) -> None:
         now = time.time()
         await self._db.execute(
-            "INSERT INTO late_positives (sha256, label, found_at, enforcement, detail, updated_at)"
-            " VALUES (?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET"
-            " enforcement=excluded.enforcement, detail=excluded.detail,"
-            " updated_at=excluded.updated_at",
-            (sha256, label.value, now, enforcement, json.dumps(detail), now),
+            compiled_once(_record_late, self._db.dialect, _LATE_KEYS),
+            {
+                "sha256": sha256,
+                "label": label.value,
+                "found_at": now,
+                "enforcement": enforcement,
+                "detail": json.dumps(detail),
+                "updated_at": now,
+            },
         )
 
     async def late_positives(
         self, *, undecided: bool = False, limit: int | None = None
     ) -> list[LatePositive]:
         """Newest first; `undecided`: only those whose hash is on neither list."""
-        query = f"SELECT {_LATE_COLUMNS} FROM late_positives p"
-        params: list[Any] = []
+        query = sa.select(*_LATE_COLUMNS).order_by(late_positives.c.found_at.desc())
         if undecided:
-            query += " LEFT JOIN lists l ON l.sha256 = p.sha256 WHERE l.sha256 IS NULL"
-        query += " ORDER BY p.found_at DESC"
+            query = query.select_from(
+                late_positives.outerjoin(lists, lists.c.sha256 == late_positives.c.sha256)
+            ).where(lists.c.sha256.is_(None))
         if limit is not None:
-            query += " LIMIT ?"
-            params.append(limit)
-        async with self._db.execute(query, params) as cur:
-            return [_late_from_row(r) for r in await cur.fetchall()]
+            query = query.limit(limit)
+        return [_late_from_row(r) for r in await self._db.execute(query)]
 
     async def late_positive(self, sha256: str) -> LatePositive | None:
-        async with self._db.execute(
-            f"SELECT {_LATE_COLUMNS} FROM late_positives p WHERE p.sha256=?", (sha256,)
-        ) as cur:
-            row = await cur.fetchone()
-        return _late_from_row(row) if row else None
+        query = sa.select(*_LATE_COLUMNS).where(late_positives.c.sha256 == sha256)
+        row = (await self._db.execute(query)).first()
+        return _late_from_row(row) if row is not None else None
 
     async def count_late_positives(self) -> dict[str, int]:
         """{enforcement: n}."""
-        async with self._db.execute(
-            "SELECT enforcement, COUNT(*) FROM late_positives GROUP BY enforcement"
-        ) as cur:
-            return {k: n for k, n in await cur.fetchall()}
-
-
-def _like_prefix(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = sa.select(late_positives.c.enforcement, sa.func.count()).group_by(
+            late_positives.c.enforcement
+        )
+        return {k: n for k, n in await self._db.execute(query)}
 
 
 def _late_from_row(r: Any) -> LatePositive:

@@ -15,6 +15,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import sqlalchemy as sa
 
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.review.decisions import Review, VerdictFilter
@@ -22,7 +23,7 @@ from horde_scanner.review.quarantine import Quarantine
 from horde_scanner.signals.hash_list import HashEntry
 from horde_scanner.signals.hash_publish import published
 from horde_scanner.store.hashes import LOCAL, VERDICT
-from horde_scanner.store.schema import schema_steps
+from horde_scanner.store.schema import head
 from horde_scanner.store.sqlite import Store, StoreError
 from horde_scanner.store.sweeps import ScanFile
 from horde_scanner.testing.store_contract import CLAUSES, Promise
@@ -124,13 +125,13 @@ async def test_reopen_keeps_data_and_schema(store_url: str) -> None:
         await s.put_verdict(A, verdict())
     async with await Store.open(store_url) as s:
         assert (await s.get_verdict(A)) is not None
-        rows = await s.db.execute_fetchall("SELECT name FROM schema_migrations ORDER BY name")
-        assert [r[0] for r in rows] == sorted(step.name for step in schema_steps())
+        rows = await s.db.execute_fetchall("SELECT version_num FROM alembic_version")
+        assert [r[0] for r in rows] == [head()]
 
 
 async def test_newer_schema_is_refused(store_url: str) -> None:
     async with await Store.open(store_url) as s:
-        await s.db.execute("INSERT INTO schema_migrations VALUES ('9999-future', 0)")
+        await s.db.execute("UPDATE alembic_version SET version_num = '9999_future'")
     with pytest.raises(StoreError, match="newer horde-scanner"):
         await Store.open(store_url)
 
@@ -373,8 +374,8 @@ async def test_changes_reach_other_replicas(pg_url: str) -> None:
 async def test_processes_starting_together_apply_the_schema_once(store_url: str) -> None:
     stores = await asyncio.gather(*(Store.open(store_url) for _ in range(4)))
     try:
-        rows = await stores[0].db.execute_fetchall("SELECT COUNT(*) FROM schema_migrations")
-        assert rows[0][0] == len(schema_steps())
+        rows = await stores[0].db.execute_fetchall("SELECT version_num FROM alembic_version")
+        assert [r[0] for r in rows] == [head()]
     finally:
         for s in stores:
             await s.close()
@@ -523,16 +524,16 @@ async def test_replicas_book_into_one_days_kudos_total(store_url: str) -> None:
 
 
 async def test_a_long_read_on_a_connection_of_its_own_streams(store_url: str) -> None:
-    """`async with db.execute(query) as cur` on `aside()`: rows come in batches as asked for
-    (on PostgreSQL through a server-side cursor, not the whole result at once), in order,
-    inside the caller's transaction when there is one, and the connection is usable after."""
+    """`db.stream(stmt, n)` on `aside()`: rows come in batches as asked for (on PostgreSQL
+    through a server-side cursor, not the whole result at once), in order, inside the
+    caller's transaction when there is one, and the connection is usable after. The same for
+    a driver's string read as a cursor (`async with db.execute(sql) as cur`: plain tuples)."""
+    numbers = sa.table("numbers", sa.column("n", sa.Integer))
     async with await Store.open(store_url) as store, store.aside() as db:
         await db.execute("CREATE TEMP TABLE numbers (n INTEGER PRIMARY KEY)")
-        await db.executemany("INSERT INTO numbers (n) VALUES (?)", [(i,) for i in range(2500)])
-        async with db.execute("SELECT n FROM numbers WHERE n >= ? ORDER BY n", (0,)) as cur:
-            batches = []
-            while rows := await cur.fetchmany(1000):
-                batches.append(len(rows))
+        await db.executemany(sa.insert(numbers), [{"n": i} for i in range(2500)])
+        ordered = sa.select(numbers.c.n).where(numbers.c.n >= 0).order_by(numbers.c.n)
+        batches = [len(batch) async for batch in db.stream(ordered, 1000)]
         assert batches == [1000, 1000, 500]
         if store.dialect == "postgresql":
             from horde_scanner.store.postgres import PgStream
@@ -542,18 +543,20 @@ async def test_a_long_read_on_a_connection_of_its_own_streams(store_url: str) ->
         async with db.execute("SELECT n FROM numbers ORDER BY n") as cur:
             assert [r[0] async for r in cur] == list(range(2500))
         # The read's own transaction is over: a write on the same connection commits.
-        await db.execute("INSERT INTO numbers (n) VALUES (?)", (9999,))
-        await db.execute("BEGIN IMMEDIATE")
-        async with db.execute("SELECT COUNT(*) FROM numbers") as cur:
-            assert (await cur.fetchone())[0] == 2501
-        await db.execute("DELETE FROM numbers WHERE n >= ?", (2000,))
-        await db.execute("COMMIT")  # the caller's transaction, not the cursor's
-        async with db.execute("SELECT COUNT(*) FROM numbers") as cur:
-            assert (await cur.fetchall()) == [(2000,)]
+        await db.execute(sa.insert(numbers).values(n=9999))
+        async with db.transaction() as tx:
+            rows = [
+                r
+                async for batch in tx.stream(sa.select(sa.func.count()).select_from(numbers))
+                for r in batch
+            ]
+            assert rows[0][0] == 2501
+            await tx.execute(sa.delete(numbers).where(numbers.c.n >= 2000))
+        assert (await db.execute(sa.select(sa.func.count()).select_from(numbers))).scalar() == 2000
         with pytest.raises(Exception, match="no_such_column"):
             async with db.execute("SELECT no_such_column FROM numbers") as cur:
                 await cur.fetchall()
-        await db.execute("INSERT INTO numbers (n) VALUES (?)", (5000,))  # still usable
+        await db.execute(sa.insert(numbers).values(n=5000))  # still usable
 
 
 async def test_a_write_while_a_read_is_consumed_on_the_shared_connection(tmp_path) -> None:

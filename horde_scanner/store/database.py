@@ -1,0 +1,496 @@
+"""The seam between the store's parts and the database: SQLAlchemy Core statements, run on an
+async engine (aiosqlite for `sqlite+aiosqlite`, asyncpg for `postgresql+asyncpg`), each
+dialect compiling its own SQL.
+
+    rows = await db.execute(stmt)          # Rows, fetched whole: .all() .first() .scalar()
+                                           # .rowcount (writes; RETURNING: rows returned)
+    n = await db.executemany(stmt, params) # one statement, a list of parameter dicts
+    async with db.transaction() as tx:     # BEGIN IMMEDIATE (SQLite) / BEGIN (PostgreSQL) on
+        await tx.execute(...)              # one connection; COMMIT, or ROLLBACK on error
+    async with store.aside() as db:        # a connection of its own (long reads, batches)
+        async for batch in db.stream(stmt, 1000): ...   # server-side cursor on PostgreSQL
+    db.dialect                             # "sqlite" | "postgresql"
+
+Every statement autocommits unless inside `transaction()`. On SQLite the process shares one
+connection (`Store.db`): a statement runs to its end, its rows fetched at once, so nothing
+holds a read snapshot between awaits (see `SQLITE_SHARED`); long reads go to `aside()`. On
+PostgreSQL each statement takes a pooled connection for its duration (`store.pool_size`).
+
+Every statement's failure is told to the store's `StoreHealth` (store/outage.py), and while
+the store is away, every success too: the store's outage state is known without asking.
+
+Statements are SQLAlchemy Core (`sa.select`, `sqlalchemy.dialects.<db>.insert(...)
+.on_conflict_do_*`, `.returning`, `.with_for_update(skip_locked=True)`); a part that needs a
+dialect's own construct branches on `db.dialect`. A plain string is passed to the driver as
+it is (its own placeholders: `?` on SQLite, `$1` on PostgreSQL): for tests and tools that
+read a table by hand, and for a Core statement the part compiled itself for the driver (bulk
+writes, long reads as plain tuples: store/hashes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from horde_scanner.errors import InvalidInput
+from horde_scanner.store.outage import StoreHealth
+
+SQLITE_SHARED = """A SQLite statement left open between trips (a cursor read row by row) keeps
+a read transaction open on the connection; a write another coroutine sends meanwhile then
+runs on that old snapshot, and if another process (server.processes) has committed since,
+SQLite refuses it at once with "database is locked" (SQLITE_BUSY_SNAPSHOT: the busy timeout
+does not cover it). So the shared connection fetches every result whole, and long reads take
+a connection of their own (`Store.aside()`)."""
+
+
+class StoreError(InvalidInput):
+    """The database cannot be opened or is not ours (the message names the store and what to
+    do)."""
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error inside SQLAlchemy's wrapping (for messages)."""
+    inner = getattr(exc, "orig", None) or exc
+    cause = inner.__cause__
+    if cause is not None and type(inner).__module__.startswith("sqlalchemy"):
+        return cause
+    return inner
+
+
+# Rows a stream hands over at a time unless told otherwise.
+STREAM_BATCH = 1000
+
+
+class Rows:
+    """The rows of one statement, already fetched; with a cursor's methods as well
+    (`fetchone`, `fetchall`, `fetchmany`, async iteration) for the parts not yet on Core."""
+
+    __slots__ = ("_rows", "_at", "rowcount", "lastrowid")
+
+    def __init__(
+        self, rows: Sequence[Any], rowcount: int = -1, lastrowid: int | None = None
+    ) -> None:
+        self._rows = rows
+        self._at = 0
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+    def all(self) -> Sequence[Any]:
+        return self._rows
+
+    def first(self) -> Any | None:
+        return self._rows[0] if self._rows else None
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalars(self) -> list[Any]:
+        return [r[0] for r in self._rows]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._rows[index]
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    # -- a cursor's methods ------------------------------------------------------------------
+
+    async def fetchone(self) -> Any | None:
+        if self._at >= len(self._rows):
+            return None
+        self._at += 1
+        return self._rows[self._at - 1]
+
+    async def fetchall(self) -> list[Any]:
+        rows, self._at = list(self._rows[self._at :]), len(self._rows)
+        return rows
+
+    async def fetchmany(self, size: int) -> list[Any]:
+        rows = list(self._rows[self._at : self._at + size])
+        self._at += len(rows)
+        return rows
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while self._at < len(self._rows):
+            self._at += 1
+            yield self._rows[self._at - 1]
+
+    async def close(self) -> None:
+        pass
+
+
+class Prepared:
+    """A statement built once (at module level, its values `sa.bindparam`s), run often.
+
+    On the SQLite store's shared connection it is compiled once by SQLAlchemy's dialect and
+    sent to aiosqlite as it is, in one trip to its thread: SQLAlchemy's execution pipeline
+    (cache-key lookup, execution context, result objects, greenlet hand-over) cost several
+    times the statement itself on the hot path (a cache miss makes a dozen; measured with
+    bench/store_work.py). Everywhere else it runs as any Core statement."""
+
+    __slots__ = ("statement", "write", "_sqlite")
+
+    def __init__(self, statement: sa.Executable) -> None:
+        self.statement = statement
+        self.write = not isinstance(statement, sa.Select | sa.CompoundSelect)
+        self._sqlite: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
+
+    def for_sqlite(self, dialect: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """(SQL with `?` placeholders, the bound names in their order, their defaults)."""
+        if self._sqlite is None:
+            compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+            self._sqlite = (compiled.string, tuple(compiled.positiontup or ()), compiled.params)
+        return self._sqlite
+
+
+Statement = sa.Executable | str | Prepared
+Params = Mapping[str, Any] | Sequence[Any] | None
+
+
+def _is_write(stmt: Statement) -> bool:
+    if isinstance(stmt, Prepared):
+        return stmt.write
+    if isinstance(stmt, str):
+        head = stmt.lstrip()[:7].upper()
+        return not head.startswith(("SELECT", "PRAGMA", "WITH", "VALUES"))
+    return not isinstance(stmt, sa.Select | sa.CompoundSelect)
+
+
+class _Pending:
+    """What `Database.execute` returns: awaited, the statement's `Rows`; or, for the parts not
+    yet on Core, `async with db.execute(sql) as cur` (on `aside()`: a driver cursor read as
+    asked for)."""
+
+    __slots__ = ("_db", "_stmt", "_params", "_cursor")
+
+    def __init__(self, db: Database, stmt: Statement, params: Params) -> None:
+        self._db, self._stmt, self._params = db, stmt, params
+        self._cursor: Any = None
+
+    def __await__(self) -> Generator[Any, None, Rows]:
+        return self._db._run(self._stmt, self._params).__await__()
+
+    async def __aenter__(self) -> Any:
+        db = self._db
+        if (
+            db.held is not None
+            and not db.shared
+            and isinstance(self._stmt, str)
+            and not _is_write(self._stmt)
+        ):
+            self._cursor = await self._db._driver_cursor(self._stmt, self._params)
+            return self._cursor
+        return await self._db._run(self._stmt, self._params)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
+
+
+class Database:
+    """A store's way to its database: the pool (PostgreSQL), the one shared connection
+    (SQLite), or a connection held for `aside()` / `transaction()` (`held`)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        health: StoreHealth,
+        conn: AsyncConnection | None = None,
+        *,
+        shared: bool = False,
+    ) -> None:
+        self.engine = engine
+        # The process's one shared connection (SQLite): results are always fetched whole.
+        self.shared = shared
+        self.dialect: str = engine.dialect.name
+        self.health = health
+        self._conn = conn
+        self._driver: Any = None  # aiosqlite's connection under the shared one
+        self._in_transaction = False
+        self._owner: asyncio.Task[Any] | None = None  # the task inside `transaction()`
+        # One transaction at a time on a held connection.
+        self._lock = asyncio.Lock() if conn is not None else None
+
+    @property
+    def held(self) -> AsyncConnection | None:
+        """The connection this one holds, or None (each statement takes the pool's)."""
+        return self._conn
+
+    def _owned(self) -> bool:
+        """Whether the calling task is inside this connection's `transaction()`."""
+        return self._in_transaction and asyncio.current_task() is self._owner
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, owned: bool = False) -> AsyncIterator[AsyncConnection]:
+        if self._conn is not None:
+            # Statements of several tasks go to the held connection as they come, each on a
+            # cursor of its own, queued by aiosqlite's thread as the first releases' were (a
+            # lock around each would leave the thread idle between statements).
+            yield self._conn
+        else:
+            async with self.engine.connect() as conn:
+                yield conn
+
+    def execute(self, stmt: Statement, params: Params = None) -> _Pending:
+        return _Pending(self, stmt, params)
+
+    async def _run(self, stmt: Statement, params: Params) -> Rows:
+        if self.shared and isinstance(stmt, Prepared) and self.dialect == "sqlite":
+            # Straight to aiosqlite (a cancelled caller leaves nothing half-done there).
+            return await self._run_prepared(stmt, params)
+        if self._conn is None:
+            return await self._run_now(stmt, params)
+        # A statement on a held connection runs to its end even when its caller is cancelled
+        # (a stopping job runner, a timed-out request): SQLAlchemy gives up a connection
+        # interrupted mid-statement, and this one is the whole process's.
+        return await asyncio.shield(self._run_now(stmt, params, self._owned()))
+
+    async def _run_now(self, stmt: Statement, params: Params, owned: bool = False) -> Rows:
+        if isinstance(stmt, Prepared):
+            if self.shared and self.dialect == "sqlite":
+                return await self._run_prepared(stmt, params)
+            stmt = stmt.statement
+        try:
+            async with self._connection(owned) as conn:
+                if isinstance(stmt, str):
+                    result = await conn.exec_driver_sql(stmt, _positional(params))
+                else:
+                    result = await conn.execute(stmt, params)  # type: ignore[arg-type]
+                # A single-row INSERT on PostgreSQL gets an implicit RETURNING of its key, which
+                # SQLAlchemy keeps for itself: that is no result of the caller's statement.
+                implicit = isinstance(stmt, sa.Insert) and not stmt._returning
+                if result.returns_rows and not implicit:
+                    rows = result.all()
+                    out = Rows(rows, len(rows) if _is_write(stmt) else -1)
+                else:
+                    out = Rows((), result.rowcount, getattr(result, "lastrowid", None))
+        except Exception as exc:
+            self.health.failed(exc, write=_is_write(stmt))
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=_is_write(stmt))
+        return out
+
+    async def _run_prepared(self, stmt: Prepared, params: Params) -> Rows:
+        from horde_scanner.store.sqlite_driver import run_one
+
+        sql, names, defaults = stmt.for_sqlite(self.engine.dialect)
+        given: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
+        args = tuple(given[n] if n in given else defaults[n] for n in names)
+        try:
+            if self._driver is None:
+                assert self._conn is not None
+                self._driver = (await self._conn.get_raw_connection()).driver_connection
+            driver = self._driver
+            description, rows, rowcount, lastrowid = await driver._execute(
+                run_one, driver._conn, sql, args, False
+            )
+        except Exception as exc:
+            self.health.failed(exc, write=stmt.write)
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=stmt.write)
+        if description is not None:
+            return Rows(rows, len(rows) if stmt.write else -1)
+        return Rows((), rowcount, lastrowid)
+
+    async def execute_fetchall(self, stmt: Statement, params: Params = None) -> list[Any]:
+        return list((await self._run(stmt, params)).all())
+
+    async def executemany(
+        self, stmt: Statement, rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]]
+    ) -> int:
+        """`stmt` once per parameter set (dicts for Core statements); rows changed."""
+        if not rows:
+            return 0
+        if self._conn is None:
+            return await self._executemany_now(stmt, rows)
+        return await asyncio.shield(self._executemany_now(stmt, rows, self._owned()))
+
+    async def _executemany_now(
+        self,
+        stmt: Statement,
+        rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]],
+        owned: bool = False,
+    ) -> int:
+        try:
+            async with self._connection(owned) as conn:
+                if isinstance(stmt, str):
+                    result = await conn.exec_driver_sql(stmt, [tuple(r) for r in rows])  # type: ignore[arg-type]
+                else:
+                    if isinstance(stmt, Prepared):
+                        stmt = stmt.statement
+                    result = await conn.execute(stmt, list(rows))  # type: ignore[arg-type]
+                changed = result.rowcount
+        except Exception as exc:
+            self.health.failed(exc)
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=True)
+        return changed
+
+    async def executescript(self, sql: str) -> None:
+        """Several statements in one string, as the driver runs them (tests, tools)."""
+        async with self._connection(self._owned()) as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            if self.dialect == "sqlite":
+                await driver.executescript(sql)  # type: ignore[union-attr]
+            else:
+                await driver.execute(sql)  # type: ignore[union-attr]
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Database]:
+        """The block's statements in one transaction (SQLite: BEGIN IMMEDIATE, so it holds
+        the write lock from the start and never fails half-way for want of it)."""
+        if self._conn is None:
+            async with self.engine.connect() as conn:
+                held = Database(self.engine, self.health, conn)
+                async with held.transaction() as tx:
+                    yield tx
+            return
+        assert self._lock is not None
+        async with self._lock:
+            begin = "BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN"
+            try:
+                await self._conn.exec_driver_sql(begin)
+            except Exception as exc:
+                self.health.failed(exc)
+                raise
+            self._in_transaction = True
+            self._owner = asyncio.current_task()
+            try:
+                yield self
+            except BaseException:
+                self._in_transaction, self._owner = False, None
+                with contextlib.suppress(Exception):
+                    await self._conn.exec_driver_sql("ROLLBACK")
+                raise
+            self._in_transaction, self._owner = False, None
+            try:
+                await self._conn.exec_driver_sql("COMMIT")
+            except Exception as exc:
+                self.health.failed(exc)
+                with contextlib.suppress(Exception):
+                    await self._conn.exec_driver_sql("ROLLBACK")
+                raise
+
+    async def stream(
+        self, stmt: sa.Executable, batch_rows: int = STREAM_BATCH
+    ) -> AsyncIterator[Sequence[Row[Any]]]:
+        """The rows of a long read, `batch_rows` at a time, as they are asked for: on
+        PostgreSQL through a server-side cursor (in a read-only transaction of its own unless
+        inside the caller's). Only on a connection of its own (`Store.aside()`); close the
+        iterator (`contextlib.aclosing`) when leaving early."""
+        if self._conn is None or self.shared:
+            raise RuntimeError("stream() reads on a connection of its own: use Store.aside()")
+        conn = self._conn
+        own = self.dialect == "postgresql" and not self._in_transaction
+        if own:
+            await conn.exec_driver_sql("BEGIN READ ONLY")
+        try:
+            result = await conn.stream(stmt)
+            try:
+                async for batch in result.partitions(batch_rows):
+                    yield batch
+            finally:
+                await result.close()
+        except Exception as exc:
+            self.health.failed(exc, write=False)
+            raise
+        finally:
+            if own:
+                with contextlib.suppress(Exception):
+                    await conn.exec_driver_sql("COMMIT")
+
+    # -- strings (tests, tools, and the parts not yet on Core) -------------------------------
+
+    async def _driver_cursor(self, sql: str, params: Params) -> Any:
+        """A driver cursor on the held connection, read as asked for."""
+        assert self._conn is not None
+        raw = await self._conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        if self.dialect == "sqlite":
+            return await driver.execute(sql, _positional(params) or ())
+        return await PgStream.open(driver, sql, _positional(params) or ())
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+class PgStream:
+    """The rows of one query on a connection of its own (`Store.aside()`), read as they are
+    asked for through a server-side cursor: a long read (the hash index, an export) holds
+    one batch in memory, not the whole result. Outside a transaction of the caller's, the
+    cursor gets a read-only one of its own, ended when the `async with` block ends."""
+
+    rowcount = -1
+    lastrowid: int | None = None
+
+    def __init__(self, cursor: Any, transaction: Any) -> None:
+        self._cursor = cursor
+        self._transaction = transaction
+
+    @classmethod
+    async def open(cls, conn: Any, statement: str, params: Sequence[Any]) -> PgStream:
+        transaction = None
+        if not conn.is_in_transaction():
+            transaction = conn.transaction(readonly=True)
+            await transaction.start()
+        try:
+            cursor = await conn.cursor(statement, *params)
+        except BaseException:
+            if transaction is not None:
+                await transaction.rollback()
+            raise
+        return cls(cursor, transaction)
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        row = await self._cursor.fetchrow()
+        return tuple(row) if row is not None else None
+
+    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._cursor.fetch(size)]
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        while batch := await self.fetchmany(STREAM_BATCH):
+            rows += batch
+        return rows
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tuple[Any, ...]]:
+        while batch := await self.fetchmany(STREAM_BATCH):
+            for row in batch:
+                yield row
+
+    async def close(self) -> None:
+        if self._transaction is not None:
+            transaction, self._transaction = self._transaction, None
+            await transaction.commit()
+
+
+def _positional(params: Params) -> Any:
+    if params is None:
+        return None
+    if isinstance(params, Mapping):
+        return params
+    return tuple(params)
