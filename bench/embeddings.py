@@ -168,7 +168,7 @@ def bench_index(n: int, kinds: list[str], cache: Path) -> None:
         index, built, restart, loaded_mb, files = cached_index(kind, n, cache)
         indexes[kind] = index
         print(
-            f"  {kind}: {owner_line(kind)}\n"
+            f"  {kind}: {owner_line(kind, index)}\n"
             f"    build {built['build_s']:.1f} s ({n / built['build_s']:.0f} vectors/s,"
             f" {n / max(built['build_cpu_s'], 1e-9):.0f} per CPU-second; built"
             f" {built['when']}, load then {built['load'][0]:.1f})"
@@ -333,10 +333,12 @@ def dataset_rows(n: int, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def owner_line(kind: str) -> str:
+def owner_line(kind: str, index: object) -> str:
     from horde_scanner.signals.embeddings import describe_index
+    from horde_scanner.signals.lsh_index import LshIndex
 
-    return describe_index(_settings(kind))
+    mean_sq = index.mean_sq if isinstance(index, LshIndex) else None
+    return describe_index(_settings(kind), mean_sq=mean_sq)
 
 
 def _load() -> str:

@@ -9,7 +9,15 @@ vectors at angle θ disagree on it with probability θ/π. A table keys each vec
 such bits; a query probes every bucket within `probe_radius` flips of its own key; so a stored
 vector at angle θ is found by one table with probability P(Binomial(bits, θ/π) <= radius) and
 by at least one of `tables` tables with 1 - (1 - that)^tables (`recall_at`), whatever the
-index's size. Unrelated vectors (θ near π/2) land in a probed bucket with probability
+index's size.
+
+Real image embeddings share a mean direction μ (CLIP: unrelated pairs at cosine ~0.5), so
+through the origin most of them fall on the same side of most hyperplanes and a query probes
+a large share of the index. So the hyperplanes pass through μ, the mean of the stored vectors,
+fixed when the index is first sealed with MEAN_MIN_ROWS rows (saved with it; later rows use
+it; a rebuild computes it afresh): a bit is the side of h that x - μ falls on. For unit x =
+μ + r, y = μ + s with r, s orthogonal to μ, the centred vectors' cosine is (c - |μ|²) / (1 -
+|μ|²) (`centred_cosine`), lower than c, and the recall is the formula above at that angle. Unrelated vectors (θ near π/2) land in a probed bucket with probability
 (buckets probed) / 2^bits each: at the defaults (20 bits, radius 2, 16 tables) that is about
 3,200 candidates at a million entries. Before any vector is read, each candidate's keys in all
 tables (320 bits) must differ from the query's in no more than a Binomial quantile for the

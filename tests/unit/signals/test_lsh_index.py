@@ -66,6 +66,14 @@ def test_the_stated_recall_is_the_binomial_formula():
     stated = {0.95: "1.0000", 0.90: "0.9999", 0.85: "0.9956", 0.80: "0.9667"}  # docs' table
     assert {c: f"{recall_at(c, 20, 16, 2):.4f}" for c in stated} == stated
     assert f"{recall_at(0.80, 20, 24, 2):.3f}" == "0.994"  # the docs' advice for 0.80
+    # The docs' columns for entries sharing a mean (|mean|^2 0.35, 0.5, and 0.5 at radius 3).
+    for mean_sq, radius, column in (
+        (0.35, 2, ["1.0000", "0.9947", "0.9252", "0.7419"]),
+        (0.5, 2, ["0.9999", "0.9667", "0.7639", "0.4717"]),
+        (0.5, 3, ["1.0000", "0.9996", "0.9795", "0.8603"]),
+    ):
+        figures = [f"{recall_at(c, 20, 16, radius, mean_sq):.4f}" for c in stated]
+        assert figures == column, (mean_sq, radius)
 
 
 def test_memory_is_the_vectors_and_8_bytes_per_table_per_entry_and_4_mb_per_table():
