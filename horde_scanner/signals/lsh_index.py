@@ -17,12 +17,15 @@ a large share of the index. So the hyperplanes pass through μ, the mean of the 
 fixed when the index is first sealed with MEAN_MIN_ROWS rows (saved with it; later rows use
 it; a rebuild computes it afresh): a bit is the side of h that x - μ falls on. For unit x =
 μ + r, y = μ + s with r, s orthogonal to μ, the centred vectors' cosine is (c - |μ|²) / (1 -
-|μ|²) (`centred_cosine`), lower than c, and the recall is the formula above at that angle. Unrelated vectors (θ near π/2) land in a probed bucket with probability
+|μ|²) (`centred_cosine`), lower than c, and the recall is the formula above at that angle.
+
+Unrelated vectors (θ near π/2 once centred) land in a probed bucket with probability
 (buckets probed) / 2^bits each: at the defaults (20 bits, radius 2, 16 tables) that is about
 3,200 candidates at a million entries. Before any vector is read, each candidate's keys in all
 tables (320 bits) must differ from the query's in no more than a Binomial quantile for the
-search's lowest threshold (`hamming_cutoff`; it drops a true match with probability < 1e-6),
-which removes nearly every unrelated candidate; the rest are scored on the stored vectors.
+search's lowest threshold, at its centred angle (`hamming_cutoff`; it drops a true match with
+probability < 1e-6), which removes nearly every unrelated candidate; the rest are scored on
+the stored vectors.
 On 1 M random unit vectors (bench/embeddings.py) this met the lookup and recall targets the
 HNSW graph did not (docs/benchmarks.md).
 
