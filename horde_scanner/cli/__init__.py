@@ -62,6 +62,9 @@ def main(ctx: click.Context, config_file: Path | None, db: str | None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Alembic narrates every migration context at INFO; store/schema.py logs the one line that
+    # matters (which revisions were applied).
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = {"settings": settings}
 
 

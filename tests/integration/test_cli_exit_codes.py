@@ -39,6 +39,8 @@ def horde_scanner(
     base.update(
         {
             "HORDE_SCANNER_STORE__PATH": str(tmp_path / "s.db"),
+            # The log's INFO lines (a new store's revisions) are not the message under test.
+            "HORDE_SCANNER_LOG_LEVEL": "WARNING",
             # A closed loopback port: nothing here may reach an AI Horde.
             "HORDE_SCANNER_HORDE__URL": f"http://127.0.0.1:{free_port()}",
         }
@@ -139,6 +141,7 @@ def test_70_a_bug_is_one_line_not_a_traceback(tmp_path: Path):
     env.update(
         {
             "HORDE_SCANNER_STORE__PATH": str(tmp_path / "s.db"),
+            "HORDE_SCANNER_LOG_LEVEL": "WARNING",
             "HORDE_SCANNER_BACKEND__KIND": "buggy",
         }
     )

@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from horde_scanner.backends.mock import MockBackend
 from horde_scanner.config import NotifySettings
@@ -173,7 +174,7 @@ async def test_the_runtime_builds_only_what_is_asked_and_stops_it_in_reverse(tmp
     assert stopped == ["caller's"]
     assert session.closed
     # The store was closed, not just dropped.
-    with pytest.raises(ValueError, match="no active connection|Connection closed"):
+    with pytest.raises(sa.exc.ResourceClosedError, match="Connection is closed"):
         await store.count_jobs()
     assert judge.runner.outstanding == 0
 
