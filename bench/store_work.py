@@ -160,7 +160,7 @@ def main() -> None:
             for name in ("old", "new"):
                 m = med[name]
                 print(f"  {name:<4} {m['misses_s']:8.0f} misses/s   p50 {m['p50_ms']:6.2f} ms"
-                      f"   p99 {m['p99_ms']:6.2f} ms   CPU {m.get('cpu_ms', 0):5.2f} ms/miss")  # fmt: skip
+                      f"   p99 {m['p99_ms']:6.2f} ms   CPU {m['cpu_ms']:5.2f} ms/miss")  # fmt: skip
             ratio = med["new"]["misses_s"] / med["old"]["misses_s"]
             print(f"  new/old throughput {ratio:.3f} (target >= 0.95)"
                   f"   per-round new: {[round(r['misses_s']) for r in results['new']]}"

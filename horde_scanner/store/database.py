@@ -15,6 +15,9 @@ Every statement autocommits unless inside `transaction()`. On SQLite the process
 connection (`Store.db`): a statement runs to its end, its rows fetched at once, so nothing
 holds a read snapshot between awaits (see `SQLITE_SHARED`); long reads go to `aside()`. On
 PostgreSQL each statement takes a pooled connection for its duration (`store.pool_size`).
+The hot path's statements are `Prepared`: compiled once per dialect and sent to the driver
+as they are (aiosqlite on the shared connection; asyncpg on a pooled one), past SQLAlchemy's
+per-statement execution pipeline.
 
 Every statement's failure is told to the store's `StoreHealth` (store/outage.py), and while
 the store is away, every success too: the store's outage state is known without asking.
@@ -144,8 +147,8 @@ class Prepared:
     parses and plans it once per connection. SQLAlchemy's execution pipeline (cache-key
     lookup, execution context, result objects, greenlet hand-overs) cost several times the
     statement itself on the hot path (a cache miss makes a dozen; measured with
-    bench/store_work.py). On a held connection (`transaction()`, `aside()`) elsewhere it runs
-    as any Core statement."""
+    bench/store_work.py). Elsewhere (a connection held for `transaction()` or `aside()`) it
+    runs as any Core statement."""
 
     __slots__ = ("statement", "write", "_sqlite", "_postgresql")
 
@@ -290,6 +293,14 @@ class Database:
 
     def execute(self, stmt: Statement, params: Params = None) -> _Pending:
         return _Pending(self, stmt, params)
+
+    def prepare(self, stmt: Prepared) -> None:
+        """Compile `stmt` for this database's fast path now, not on its first use (a statement
+        that takes SQLAlchemy long to compile, with the event loop held)."""
+        if self.shared and self.dialect == "sqlite":
+            stmt.for_sqlite(self.engine.dialect)
+        elif self._asyncpg:
+            stmt.for_postgresql(self.engine.dialect)
 
     async def _run(self, stmt: Statement, params: Params) -> Rows:
         if self.shared and isinstance(stmt, Prepared) and self.dialect == "sqlite":
