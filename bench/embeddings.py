@@ -154,7 +154,7 @@ def cached_index(kind: str, n: int, cache: Path):
 
 
 def bench_index(n: int, kinds: list[str], cache: Path) -> None:
-    from horde_scanner.signals.lsh_index import recall_at
+    from horde_scanner.signals.lsh_index import LshIndex
 
     pid = os.getpid()
     rng = np.random.default_rng(n + 1)
@@ -168,7 +168,7 @@ def bench_index(n: int, kinds: list[str], cache: Path) -> None:
         index, built, restart, loaded_mb, files = cached_index(kind, n, cache)
         indexes[kind] = index
         print(
-            f"  {kind}: {owner_line(kind)}\n"
+            f"  {kind}: {owner_line(kind, index)}\n"
             f"    build {built['build_s']:.1f} s ({n / built['build_s']:.0f} vectors/s,"
             f" {n / max(built['build_cpu_s'], 1e-9):.0f} per CPU-second; built"
             f" {built['when']}, load then {built['load'][0]:.1f})"
@@ -226,11 +226,9 @@ def bench_index(n: int, kinds: list[str], cache: Path) -> None:
                 line += f"; false matches at 0.90: {matched[kind]} of {QUERIES}"
             else:
                 line += f"; recall@1 vs exact {agree[kind] / QUERIES:.3f}"
-                if kind == "lsh":
-                    s = indexes[kind].shape
-                    r = indexes[kind].probe_radius
-                    cos = float(name.split()[-1])
-                    line += f" (guaranteed {recall_at(cos, s.bits, s.tables, r):.4f})"
+                lsh = indexes[kind]
+                if isinstance(lsh, LshIndex):  # at the angle about the index's mean
+                    line += f" (guaranteed {lsh.recall_at(float(name.split()[-1])):.4f})"
             print(line, flush=True)
     print(f"  RSS after lookups: {rss_mb(pid):.0f} MiB (whole process)", flush=True)
     del indexes
@@ -238,42 +236,92 @@ def bench_index(n: int, kinds: list[str], cache: Path) -> None:
 
 
 def bench_spread(n: int) -> None:
-    """The LSH index's work when unrelated vectors are not spread evenly: random vectors
-    pulled toward one shared direction (as embeddings of real images share a mean), at several
-    mean cosines between unrelated pairs; near copies at cos 0.90."""
-    from horde_scanner.signals.embeddings import index_shape, new_index
-    from horde_scanner.signals.lsh_index import LshIndex
+    """The LSH index's work and recall when unrelated vectors are not spread evenly: random
+    vectors pulled toward one shared direction (as embeddings of real images share a mean),
+    at several mean cosines between unrelated pairs. Each data set is indexed uncentred (the
+    previous release's hashing) and centred on its mean (radius 2, the default; and radius 3),
+    every query going to each in turn. Near copies: a stored vector turned to an exact cosine
+    in a random direction (as in the index part), and, where there is a mean, one turned
+    keeping its part along the mean (the model the stated recall is for)."""
+    from horde_scanner.signals.embeddings import index_shape
+    from horde_scanner.signals.lsh_index import LshIndex, LshShape
 
     print(f"LSH index at {n:,} vectors sharing a mean direction; load {_load()}", flush=True)
     rng = np.random.default_rng(7)
+    settings = _settings("lsh")
+    shape = index_shape(settings)
+    assert isinstance(shape, LshShape)
+    keys = np.arange(n, dtype=np.uint64) * 2
     for pull in (0.0, 0.2, 0.35, 0.5):
         mean = unit(rng, 1)[0]
         x = np.sqrt(pull) * mean + np.sqrt(1 - pull) * unit(rng, n)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        settings = _settings("lsh")
-        index = new_index(settings, index_shape(settings))
-        assert isinstance(index, LshIndex)
-        keys = np.arange(n, dtype=np.uint64) * 2
-        index.add(keys, x)
-        index.seal()
-        index.set_meta(keys, np.zeros(n, np.uint8), np.full(n, LOWEST, np.float32))
+        variants: dict[str, LshIndex] = {}
+        for name, centre in (("uncentred (before)", False), ("centred, radius 2", True)):
+            index = LshIndex(shape, settings.index_probe_radius, centre=centre)
+            cpu = time.process_time()
+            index.add(keys, x, seal=False)
+            index.seal()
+            index.set_meta(keys, np.zeros(n, np.uint8), np.full(n, LOWEST, np.float32))
+            print(f"    {name}: built in {time.process_time() - cpu:.1f} CPU-s", flush=True)
+            variants[name] = index
+        radius3 = LshIndex(shape, 3)  # the same tables and mean, probed one bit further
+        radius3._state = variants["centred, radius 2"]._state
+        radius3.set_meta(keys, np.zeros(n, np.uint8), np.full(n, LOWEST, np.float32))
+        variants["centred, radius 3"] = radius3
         unrelated = float(np.mean(np.sum(x[:1000] * x[1000:2000], axis=1)))
+        m = variants["centred, radius 2"].mean_sq or 0.0
+        print(f"  unrelated pairs' mean cosine {unrelated:.2f} (|mean|^2 {m:.3f}):", flush=True)
         picks = rng.integers(0, n, 200)
-        queries = at_cosine(rng, x[picks], 0.90)
-        probed, cpu, found = [], [], 0
-        for i, q in zip(picks, queries, strict=True):
-            probed.append(len(index.probed(q)))
-            c = time.thread_time()
-            hits = index.search(q, LOWEST)
-            cpu.append(time.thread_time() - c)
-            found += bool(hits) and int(hits[0].key) == 2 * int(i)
-        c50, c99 = np.percentile(cpu, [50, 99]) * 1000
-        print(
-            f"  unrelated pairs' mean cosine {unrelated:.2f}: candidates probed p50"
-            f" {np.median(probed):,.0f}; lookup CPU p50 {c50:.2f} ms, p99 {c99:.2f} ms;"
-            f" recall@1 at cos 0.90 {found / len(picks):.3f}",
-            flush=True,
-        )
+        kinds = {"turned": {c: at_cosine(rng, x[picks], c) for c in COSINES}}
+        if pull:
+            along = np.sqrt(pull) * mean
+            kinds["along the mean"] = {c: along_mean(rng, x[picks], along, c) for c in COSINES}
+        probed = {name: [] for name in variants}
+        cpu_s = {name: [] for name in variants}
+        found = {(name, kind, c): 0 for name in variants for kind in kinds for c in COSINES}
+        for kind, by_cosine in kinds.items():
+            for c, queries in by_cosine.items():
+                for i, q in zip(picks, queries, strict=True):
+                    for name, index in variants.items():
+                        if kind == "turned" and c == 0.90:
+                            probed[name].append(len(index.probed(q)))
+                        t = time.thread_time()
+                        hits = index.search(q, LOWEST)
+                        cpu_s[name].append(time.thread_time() - t)
+                        found[name, kind, c] += bool(hits) and int(hits[0].key) == 2 * int(i)
+        for name, index in variants.items():
+            c50, c99 = np.percentile(cpu_s[name], [50, 99]) * 1000
+            print(
+                f"    {name:18}: candidates probed p50 {np.median(probed[name]):,.0f};"
+                f" lookup CPU p50 {c50:.2f} ms, p99 {c99:.2f} ms",
+                flush=True,
+            )
+            stated = " / ".join(f"{index.recall_at(c):.4f}" for c in COSINES)
+            for kind in kinds:
+                got = " / ".join(f"{found[name, kind, c] / len(picks):.3f}" for c in COSINES)
+                print(f"      recall@1 at cos 0.95/0.90/0.85/0.80, {kind}: {got}", flush=True)
+            print(f"      stated: {stated}", flush=True)
+        del variants, radius3
+        gc.collect()
+
+
+def along_mean(
+    rng: np.random.Generator, x: np.ndarray, mean: np.ndarray, cosine: float
+) -> np.ndarray:
+    """Unit vectors at `cosine` to each row of x whose part along `mean` is the row's own:
+    the residual (x - its part along the mean) turned, the part along the mean kept."""
+    unit_mean = mean / np.linalg.norm(mean)
+    along = (x @ unit_mean)[:, None] * unit_mean
+    r = x - along
+    size = np.linalg.norm(r, axis=1, keepdims=True)
+    inner = (cosine - (along**2).sum(axis=1)) / (size[:, 0] ** 2)  # the residuals' cosine
+    u = rng.standard_normal(x.shape, dtype=np.float32)
+    u -= (u @ unit_mean)[:, None] * unit_mean
+    u -= ((u * r).sum(axis=1, keepdims=True) / size**2) * r
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    turned = inner[:, None] * r + np.sqrt(1 - inner[:, None] ** 2) * u * size
+    return (along + turned).astype(np.float32)
 
 
 def dataset_rows(n: int, rows: np.ndarray) -> np.ndarray:
@@ -285,10 +333,12 @@ def dataset_rows(n: int, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def owner_line(kind: str) -> str:
+def owner_line(kind: str, index: object) -> str:
     from horde_scanner.signals.embeddings import describe_index
+    from horde_scanner.signals.lsh_index import LshIndex
 
-    return describe_index(_settings(kind))
+    mean_sq = index.mean_sq if isinstance(index, LshIndex) else None
+    return describe_index(_settings(kind), mean_sq=mean_sq)
 
 
 def _load() -> str:

@@ -157,6 +157,7 @@ class EmbeddingMatcher:
         self.shape = index_shape(settings)
         # Made at start, when on: the base install has no usearch (the graph index needs it).
         self._index: AnyIndex | None = None
+        self._stated = ""  # the index line last logged
         self._sync_lock = asyncio.Lock()
         self.last_sync_s = 0.0
         self._index_sync = IndexSync(
@@ -210,14 +211,15 @@ class EmbeddingMatcher:
         return new_index(self.settings, self.shape)
 
     def describe_index(self) -> str:
-        return describe_index(self.settings, self._threshold.values())
+        index = self._index
+        mean_sq = index.mean_sq if isinstance(index, LshIndex) else None
+        return describe_index(self.settings, self._threshold.values(), mean_sq)
 
     async def start(self) -> None:
         if not self.enabled:
             log.warning("embeddings %s", self.status)
             return
         log.info("embeddings %s", self.status)
-        log.info("embedding index: %s", self.describe_index())
         stale = await self.store.drop_embedding_origins_except(self._trust)
         if stale:
             log.info("dropped embedding entries of subscriptions no longer configured: %s", stale)
@@ -229,6 +231,9 @@ class EmbeddingMatcher:
             self._index = saved
             log.info("embedding index: %d entries loaded from %s", len(saved), self._index_dir)
         await self._index_sync.start()
+        # After the first sync: the stated recall depends on the mean the index hashes about.
+        self._stated = self.describe_index()
+        log.info("embedding index: %s", self._stated)
 
     async def stop(self) -> None:
         await self._index_sync.stop()
@@ -291,6 +296,10 @@ class EmbeddingMatcher:
             if len(to_add) or len(to_remove) or not (self._index_dir / saved_file).exists():
                 await loop.run_in_executor(self._executor, index.save, self._index_dir)
             self.last_sync_s = time.monotonic() - started
+            stated = self.describe_index()
+            if self._stated and stated != self._stated:  # a rebuild's new mean
+                self._stated = stated
+                log.info("embedding index: %s", stated)
             if len(to_add) or len(to_remove):
                 log.info(
                     "embedding index: %d entries (+%d, -%d, %.0f MB) in %.2f s",
@@ -489,22 +498,32 @@ def load_index(
     return EmbeddingIndex.load(directory, shape, settings.index_expansion_search)
 
 
-def describe_index(settings: EmbeddingsSettings, thresholds: Iterable[float] = ()) -> str:
+def describe_index(
+    settings: EmbeddingsSettings, thresholds: Iterable[float] = (), mean_sq: float | None = None
+) -> str:
     """One line: the index's kind and, for LSH, the recall its settings guarantee at the
-    usual cosines and at each configured threshold."""
+    usual cosines and at each configured threshold, for an index hashed about its entries'
+    mean of squared length `mean_sq` (None: not centred, too few entries yet)."""
     s = settings
     if s.index_kind == "hnsw":
         return (
             f"HNSW graph (usearch, {s.index_dtype}, {s.index_connectivity} links, search"
             f" list {s.index_expansion_search}): recall measured, not guaranteed"
         )
+    m = mean_sq or 0.0
     stated = ", ".join(
-        f"cos {c:.2f}: {recall_at(c, s.index_bits, s.index_tables, s.index_probe_radius):.4f}"
+        f"cos {c:.2f}: {recall_at(c, s.index_bits, s.index_tables, s.index_probe_radius, m):.4f}"
         for c in sorted({*_STATED_COSINES, *thresholds}, reverse=True)
+    )
+    centring = (
+        "not centred (too few entries)"
+        if mean_sq is None
+        else f"hashed about the entries' mean, |mean|^2 {mean_sq:.3f}"
     )
     return (
         f"LSH ({s.index_bits} bits x {s.index_tables} tables, probe radius"
-        f" {s.index_probe_radius}, {s.index_dtype}); chance a stored vector is found: {stated}"
+        f" {s.index_probe_radius}, {s.index_dtype}), {centring}; chance a stored vector is"
+        f" found: {stated}"
     )
 
 

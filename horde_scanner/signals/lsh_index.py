@@ -9,12 +9,23 @@ vectors at angle θ disagree on it with probability θ/π. A table keys each vec
 such bits; a query probes every bucket within `probe_radius` flips of its own key; so a stored
 vector at angle θ is found by one table with probability P(Binomial(bits, θ/π) <= radius) and
 by at least one of `tables` tables with 1 - (1 - that)^tables (`recall_at`), whatever the
-index's size. Unrelated vectors (θ near π/2) land in a probed bucket with probability
+index's size.
+
+Real image embeddings share a mean direction μ (CLIP: unrelated pairs at cosine ~0.5), so
+through the origin most of them fall on the same side of most hyperplanes and a query probes
+a large share of the index. So the hyperplanes pass through μ, the mean of the stored vectors,
+fixed when the index is first sealed with MEAN_MIN_ROWS rows (saved with it; later rows use
+it; a rebuild computes it afresh): a bit is the side of h that x - μ falls on. For unit x =
+μ + r, y = μ + s with r, s orthogonal to μ, the centred vectors' cosine is (c - |μ|²) / (1 -
+|μ|²) (`centred_cosine`), lower than c, and the recall is the formula above at that angle.
+
+Unrelated vectors (θ near π/2 once centred) land in a probed bucket with probability
 (buckets probed) / 2^bits each: at the defaults (20 bits, radius 2, 16 tables) that is about
 3,200 candidates at a million entries. Before any vector is read, each candidate's keys in all
 tables (320 bits) must differ from the query's in no more than a Binomial quantile for the
-search's lowest threshold (`hamming_cutoff`; it drops a true match with probability < 1e-6),
-which removes nearly every unrelated candidate; the rest are scored on the stored vectors.
+search's lowest threshold, at its centred angle (`hamming_cutoff`; it drops a true match with
+probability < 1e-6), which removes nearly every unrelated candidate; the rest are scored on
+the stored vectors.
 On 1 M random unit vectors (bench/embeddings.py) this met the lookup and recall targets the
 HNSW graph did not (docs/benchmarks.md).
 
@@ -64,7 +75,12 @@ CUTOFF_MISS = 1e-6
 _POINTER = "current.json"
 # The bucket directory's offsets (4 MB per table, whatever the size) are not saved: a load
 # counts them again from the codes (a bincount per table, a fraction of a second at a million).
-_ARRAYS = ("keys", "vectors", "scales", "codes", "live", "order", "planes")
+_ARRAYS = ("keys", "vectors", "scales", "codes", "live", "order", "planes", "mean")
+# The saved layout's version: a save of another (format 1: no mean) is rebuilt, not read.
+FORMAT = 2
+# An index is centred on its entries' mean once it first seals this many live rows (a mean of
+# fewer is mostly noise, and so few entries cost little to probe uncentred).
+MEAN_MIN_ROWS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +103,19 @@ class LshShape:
             "bits": self.bits,
             "tables": self.tables,
             "seed": self.seed,
+            "format": FORMAT,
         }
+
+
+def centred_cosine(cosine: float, mean_sq: float) -> float:
+    """The cosine of x - μ and y - μ for unit vectors x, y at `cosine` whose part along the
+    mean μ (|μ|² = mean_sq) is μ itself: x = μ + r, y = μ + s, r and s orthogonal to μ, so
+    |r|² = |s|² = 1 - |μ|² and r·s = cosine - |μ|²."""
+    if mean_sq <= 0.0:
+        return cosine
+    if mean_sq >= 1.0:
+        return 1.0 if cosine >= 1.0 else -1.0
+    return (cosine - mean_sq) / (1.0 - mean_sq)
 
 
 def bit_flip_probability(cosine: float) -> float:
@@ -99,9 +127,10 @@ def _binomial_cdf(n: int, p: float, r: int) -> float:
     return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(r + 1))
 
 
-def recall_at(cosine: float, bits: int, tables: int, radius: int) -> float:
-    """The probability that a stored vector at `cosine` to the query is a candidate."""
-    one = _binomial_cdf(bits, bit_flip_probability(cosine), radius)
+def recall_at(cosine: float, bits: int, tables: int, radius: int, mean_sq: float = 0.0) -> float:
+    """The probability that a stored vector at `cosine` to the query is a candidate, in an
+    index centred on a mean of squared length `mean_sq` (see centred_cosine)."""
+    one = _binomial_cdf(bits, bit_flip_probability(centred_cosine(cosine, mean_sq)), radius)
     return 1.0 - (1.0 - one) ** tables
 
 
@@ -143,10 +172,15 @@ class _State:
     live: np.ndarray  # bool [cap]
     order: np.ndarray  # uint32 [tables, sealed]: rows sorted by key, per table
     offsets: np.ndarray  # uint32 [tables, 2^bits + 1]: where each bucket starts in `order`
+    # What every row's codes were hashed about: the entries' mean (None: not centred yet) and
+    # each hyperplane's offset (planes @ mean). A query is hashed with the same snapshot's.
+    mean: np.ndarray | None = None  # float32 [dim]
+    bias: np.ndarray | None = None  # float32 [tables * bits]
 
 
 class LshIndex(KeyedMeta):
-    def __init__(self, shape: LshShape, probe_radius: int) -> None:
+    def __init__(self, shape: LshShape, probe_radius: int, *, centre: bool = True) -> None:
+        """`centre=False` keeps hashing the vectors themselves (the benchmark's baseline)."""
         super().__init__()
         if not 1 <= shape.bits <= 30:
             raise ValueError(f"index bits must be 1-30, got {shape.bits}")
@@ -161,6 +195,7 @@ class LshIndex(KeyedMeta):
         self._write = threading.Lock()
         self._state = self._empty()
         self._crowded_said = False
+        self._centre = centre
 
     # -- contents ------------------------------------------------------------------------------
 
@@ -179,13 +214,30 @@ class LshIndex(KeyedMeta):
             n * per_row + s.order.nbytes + s.offsets.nbytes + self._planes.nbytes + self.meta_nbytes
         )
 
+    @property
+    def mean_sq(self) -> float | None:
+        """|μ|² of the mean the index hashes about; None while it is not centred."""
+        mean = self._state.mean
+        return None if mean is None else float(mean @ mean)
+
+    def recall_at(self, cosine: float) -> float:
+        """The chance a stored vector at `cosine` to a query is a candidate, in this index."""
+        s = self.shape
+        return recall_at(cosine, s.bits, s.tables, self.probe_radius, self.mean_sq or 0.0)
+
     def codes(self, vectors: np.ndarray) -> np.ndarray:
         """Each table's key (uint32) of each vector: [n, tables]."""
+        return self._codes(vectors, self._state.bias)
+
+    def _codes(self, vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """The keys of `vectors` hashed about the mean whose offsets are `bias`: the side of
+        each hyperplane x - μ falls on, (x - μ)·h > 0, is x·h > μ·h."""
         vectors = np.asarray(vectors, np.float32).reshape(-1, self.shape.dim)
         out = np.empty((len(vectors), self.shape.tables), np.uint32)
         for start in range(0, len(vectors), 8192):
             part = vectors[start : start + 8192]
-            signs = (part @ self._planes.T) > 0
+            projected = part @ self._planes.T
+            signs = projected > (0 if bias is None else bias)
             # Summing powers of two as float64 is exact for up to 52 bits.
             keys = signs.reshape(-1, self.shape.bits).astype(np.float64) @ self._weights
             out[start : start + len(part)] = keys.reshape(len(part), -1).astype(np.uint32)
@@ -209,7 +261,7 @@ class LshIndex(KeyedMeta):
             keys, vectors = keys[fresh], vectors[fresh]
             if not len(keys):
                 return
-            codes = self.codes(vectors)
+            codes = self._codes(vectors, self._state.bias)
             quantised, scales = self._quantise(vectors)
             s = self._grown(self._state, len(keys))
             end = s.n + len(keys)
@@ -274,7 +326,7 @@ class LshIndex(KeyedMeta):
         s = self._state
         shape = self.shape
         vector = np.asarray(vector, np.float32).reshape(-1)
-        query = self.codes(vector)[0]
+        query = self._codes(vector, s.bias)[0]
         masks = _probe_masks(shape.bits, self.probe_radius)
         found: list[np.ndarray] = []
         if s.sealed:
@@ -296,8 +348,10 @@ class LshIndex(KeyedMeta):
         if not len(rows):
             return rows, np.zeros(0, np.float32)
         # The keys over all tables: a cheap cosine estimate that drops unrelated candidates
-        # before any vector is read.
-        cutoff = hamming_cutoff(shape.bits * shape.tables, max(-1.0, min(1.0, floor)))
+        # before any vector is read (at the angle of the centred vectors the keys hash).
+        mean_sq = 0.0 if s.mean is None else float(s.mean @ s.mean)
+        centred = centred_cosine(max(-1.0, min(1.0, floor)), mean_sq)
+        cutoff = hamming_cutoff(shape.bits * shape.tables, round(centred, 6))
         differing = np.bitwise_count(s.codes[rows] ^ query).sum(axis=1, dtype=np.int32)
         rows = np.unique(rows[differing <= cutoff])
         rows = rows[s.live[rows]]
@@ -314,7 +368,7 @@ class LshIndex(KeyedMeta):
         s = self._state
         if not s.sealed:
             return np.zeros(0, np.int64)
-        query = self.codes(vector)[0]
+        query = self._codes(vector, s.bias)[0]
         return self._probe(s, query, _probe_masks(self.shape.bits, self.probe_radius))
 
     def _probe(self, s: _State, query: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -388,12 +442,36 @@ class LshIndex(KeyedMeta):
         )
 
     def _sealed(self, s: _State) -> _State:
-        """`s` with a bucket directory over all its rows."""
+        """`s` with a bucket directory over all its rows; centred on its rows' mean first if
+        it is not yet and has enough of them."""
+        if self._centre and s.mean is None and int(s.live[: s.n].sum()) >= MEAN_MIN_ROWS:
+            s = self._centred(s)
         order = np.empty((self.shape.tables, s.n), np.uint32)
         for t in range(self.shape.tables):
             order[t] = np.argsort(s.codes[: s.n, t], kind="stable")
         offsets = _offsets(s.codes[: s.n], self.shape.bits)
         return replace(s, sealed=s.n, order=order, offsets=offsets)
+
+    def _centred(self, s: _State) -> _State:
+        """`s` hashed about the mean of its live rows: every row's codes again, in new arrays
+        (a search holding the old snapshot keeps its codes, mean and offsets together). Once:
+        rows added later are hashed about the same mean; a rebuild computes it afresh."""
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            return s.vectors[start:stop].astype(np.float32) * s.scales[start:stop, None]
+
+        step = 65_536  # 128 MB of float32 at a time
+        total = np.zeros(self.shape.dim, np.float64)
+        for start in range(0, s.n, step):
+            stop = min(s.n, start + step)  # past n is spare capacity, never written
+            total += rows(start, stop)[s.live[start:stop]].sum(axis=0, dtype=np.float64)
+        mean = (total / max(1, int(s.live[: s.n].sum()))).astype(np.float32)
+        bias = (self._planes @ mean).astype(np.float32)
+        codes = np.empty_like(s.codes)
+        for start in range(0, s.n, step):
+            stop = min(s.n, start + step)
+            codes[start:stop] = self._codes(rows(start, stop), bias)
+        return replace(s, codes=codes, mean=mean, bias=bias)
 
     def _compacted(self, s: _State) -> _State:
         """`s` without its dead rows."""
@@ -408,6 +486,8 @@ class LshIndex(KeyedMeta):
             np.ones(len(keep), bool),
             s.order[:, :0],
             s.offsets,
+            s.mean,
+            s.bias,
         )
         return self._sealed(compact)
 
@@ -433,11 +513,18 @@ class LshIndex(KeyedMeta):
             "live": s.live[:n],
             "order": s.order,
             "planes": self._planes,
+            "mean": np.zeros(self.shape.dim, np.float32) if s.mean is None else s.mean,
         }
         for field, array in arrays.items():
             np.save(target / f"{field}.npy", np.ascontiguousarray(array))
         self.save_meta(target)
-        pointer = {**self.shape.record(), "generation": self.generation, "dir": name, "rows": n}
+        pointer = {
+            **self.shape.record(),
+            "generation": self.generation,
+            "dir": name,
+            "rows": n,
+            "centred": s.mean is not None,
+        }
         tmp = directory / (_POINTER + ".tmp")
         tmp.write_text(json.dumps(pointer))
         os.replace(tmp, directory / _POINTER)
@@ -455,6 +542,15 @@ class LshIndex(KeyedMeta):
             return None
         generation = saved.pop("generation", -1)
         name, rows = saved.pop("dir", ""), saved.pop("rows", -1)
+        centred = bool(saved.pop("centred", False))
+        if saved.get("format", 1) != FORMAT:
+            log.info(
+                "saved embedding index %s is of format %s (now %d): rebuilding",
+                directory,
+                saved.get("format", 1),
+                FORMAT,
+            )
+            return None
         if saved != shape.record():
             log.info("saved embedding index %s was built differently: rebuilding", directory)
             return None
@@ -471,6 +567,7 @@ class LshIndex(KeyedMeta):
                 or a["codes"].shape != (rows, tables)
                 or a["order"].shape != (tables, rows)
                 or a["planes"].shape != index._planes.shape
+                or a["mean"].shape != (shape.dim,)
             ):
                 raise ValueError("arrays of the wrong shape")
             offsets = _offsets(a["codes"], shape.bits)
@@ -479,6 +576,7 @@ class LshIndex(KeyedMeta):
             log.warning("saved embedding index %s unreadable (%s): rebuilding", directory, exc)
             return None
         index._planes = np.asarray(a["planes"], np.float32)
+        mean = np.array(a["mean"], np.float32) if centred else None
         index._state = _State(
             rows,
             rows,
@@ -489,6 +587,8 @@ class LshIndex(KeyedMeta):
             live,
             a["order"],
             offsets,
+            mean,
+            None if mean is None else (index._planes @ mean).astype(np.float32),
         )
         index.keep_held(index.contains)
         index.generation = int(generation)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from horde_scanner.store.database import Database
+from horde_scanner.store.composed import ComposedStore
+from horde_scanner.store.database import Database, StoreError
 from horde_scanner.store.metadata import all_tables
-from horde_scanner.store.sqlite import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,10 @@ def _tables() -> list[sa.Table]:
 
 
 async def migrate(
-    source: Store, target: Store, *, progress: Callable[[str, int], None] | None = None
+    source: ComposedStore,
+    target: ComposedStore,
+    *,
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[TableCopy]:
     if source.dialect != "sqlite":
         raise StoreError("the source must be a SQLite store")

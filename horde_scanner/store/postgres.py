@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,9 +23,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from horde_scanner.store import schema
+from horde_scanner.store.composed import ComposedStore
 from horde_scanner.store.database import Database, PgStream, StoreError, driver_error
 from horde_scanner.store.outage import StoreHealth
-from horde_scanner.store.sqlite import Store
 
 __all__ = ["CHANNEL", "PgStore", "PgStream", "redact"]
 
@@ -47,16 +46,15 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PgStore(Store):
+class PgStore(ComposedStore):
     """The store on PostgreSQL: same interface as the SQLite one, for any number of replicas."""
 
     dialect = "postgresql"
     shared = True
 
     def __init__(self, db: Database, url: str, job_lease_s: float) -> None:
-        super().__init__(db, Path("postgresql"), db.health)
+        super().__init__(db, redact(url), db.health)
         self._url = url
-        self.where = redact(url)
         self.job_lease_s = job_lease_s
         self._own_pids: set[int] = set()
         self._listener: Any = None

@@ -86,7 +86,35 @@ async def test_the_probe_radius_changes_no_saved_index(tmp_path: Path, caplog):
 
 def test_the_start_up_line_states_the_guaranteed_recall():
     line = describe_index(EmbeddingsSettings(), [0.93])
-    assert line.startswith("LSH (20 bits x 16 tables, probe radius 2, i8)")
+    assert line.startswith("LSH (20 bits x 16 tables, probe radius 2, i8), not centred")
     assert "cos 0.90: 0.9999" in line and "cos 0.80: 0.9667" in line and "cos 0.93:" in line
+    # Entries sharing a mean: the recall at the centred angle (0.90 -> 0.80 at |mean|^2 0.5).
+    line = describe_index(EmbeddingsSettings(), [0.93], mean_sq=0.5)
+    assert "hashed about the entries' mean, |mean|^2 0.500" in line
+    assert "cos 0.90: 0.9667" in line and "cos 0.95: 0.9999" in line
     graph = describe_index(EmbeddingsSettings(index_kind="hnsw"))
     assert graph.startswith("HNSW graph") and "not guaranteed" in graph
+
+
+async def test_the_start_up_line_states_the_recall_about_the_entries_mean(tmp_path: Path, caplog):
+    shared = unit_vectors(1, 40)[0]
+    vectors = np.sqrt(0.5) * shared + np.sqrt(0.5) * unit_vectors(1200, 41)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    async with await Store.open(tmp_path / "s.db") as store:
+        await store.add_embedding_entries(LOCAL, MODEL_ID, [EmbeddingEntry(v) for v in vectors])
+        caplog.set_level(logging.INFO)
+        lines = []
+        for _ in range(2):  # built from the store, then loaded from its save with the same mean
+            caplog.clear()
+            one = matcher(store, tmp_path)
+            await one.start()
+            assert isinstance(one.index, LshIndex) and one.index.mean_sq is not None
+            m = one.index.mean_sq
+            assert abs(m - 0.5) < 0.02
+            (line,) = [r.message for r in caplog.records if "chance a stored vector" in r.message]
+            assert f"|mean|^2 {m:.3f}" in line
+            assert f"cos 0.90: {one.index.recall_at(0.9):.4f}" in line
+            assert await one.match(near(vectors[7], 7)) is not None
+            await one.stop()
+            lines.append(line)
+        assert "entries loaded from" in caplog.text and lines[0] == lines[1]

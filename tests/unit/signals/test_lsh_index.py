@@ -4,6 +4,7 @@ consistent; saved arrays mapped on restart; a torn or foreign save rebuilt."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from pathlib import Path
@@ -65,6 +66,14 @@ def test_the_stated_recall_is_the_binomial_formula():
     stated = {0.95: "1.0000", 0.90: "0.9999", 0.85: "0.9956", 0.80: "0.9667"}  # docs' table
     assert {c: f"{recall_at(c, 20, 16, 2):.4f}" for c in stated} == stated
     assert f"{recall_at(0.80, 20, 24, 2):.3f}" == "0.994"  # the docs' advice for 0.80
+    # The docs' columns for entries sharing a mean (|mean|^2 0.35, 0.5, and 0.5 at radius 3).
+    for mean_sq, radius, column in (
+        (0.35, 2, ["1.0000", "0.9947", "0.9252", "0.7419"]),
+        (0.5, 2, ["0.9999", "0.9667", "0.7639", "0.4717"]),
+        (0.5, 3, ["1.0000", "0.9996", "0.9795", "0.8603"]),
+    ):
+        figures = [f"{recall_at(c, 20, 16, radius, mean_sq):.4f}" for c in stated]
+        assert figures == column, (mean_sq, radius)
 
 
 def test_memory_is_the_vectors_and_8_bytes_per_table_per_entry_and_4_mb_per_table():
@@ -225,9 +234,10 @@ def test_a_bulk_build_seals_once_at_the_end():
 
 def test_a_lookup_in_crowded_entries_says_so_once(caplog, monkeypatch):
     monkeypatch.setattr(lsh, "CROWDED_PROBE", 100)
-    # Entries close to one another: one shared direction plus a little of their own.
+    # Entries close to one another: two tight clusters (hashing about the entries' mean
+    # spreads one cluster, not two: each falls on its own side of most hyperplanes).
     rng = np.random.default_rng(15)
-    shared = unit_vectors(1, 16)[0]
+    shared = np.repeat(unit_vectors(2, 16), 1500, axis=0)
     vectors = 0.9 * shared + 0.1 * unit_vectors(3000, 17)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = filled(vectors.astype(np.float32))
@@ -235,3 +245,127 @@ def test_a_lookup_in_crowded_entries_says_so_once(caplog, monkeypatch):
         for _ in range(3):
             index.search(vectors[int(rng.integers(0, 3000))], 0.8)
     assert caplog.text.count("the entries are close to one another") == 1
+
+
+# -- entries sharing a mean direction (as real image embeddings do) ---------------------------
+
+PULL = 0.5  # the squared length of the shared part: unrelated pairs' mean cosine
+
+
+def clustered(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors x = √PULL·m + √(1-PULL)·u, u a unit vector orthogonal to the unit m: the
+    model the centred guarantee is stated for (each x's part along the mean is the mean)."""
+    m = unit_vectors(1, seed)[0]
+    u = unit_vectors(n, seed + 1)
+    u -= (u @ m)[:, None] * m
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return (np.sqrt(PULL) * m + np.sqrt(1 - PULL) * u).astype(np.float32), m
+
+
+def clustered_copy(x: np.ndarray, m: np.ndarray, cosine: float, seed: int) -> np.ndarray:
+    """A unit vector at `cosine` to x with the same part along m (a near copy in the model)."""
+    r = x - np.sqrt(PULL) * m
+    r /= np.linalg.norm(r)
+    u = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+    u -= float(u @ m) * m + float(u @ r) * r
+    u /= np.linalg.norm(u)
+    inner = (cosine - PULL) / (1 - PULL)  # the residuals' cosine that makes x·y = cosine
+    s = inner * r + np.sqrt(1 - inner**2) * u
+    return (np.sqrt(PULL) * m + np.sqrt(1 - PULL) * s).astype(np.float32)
+
+
+def test_the_centred_cosine_is_that_of_the_vectors_less_their_mean():
+    x, m = clustered(2, 30)
+    mean = np.sqrt(PULL) * m
+    for i, cosine in enumerate((0.95, 0.9, 0.8, 0.6)):
+        y = clustered_copy(x[0], m, cosine, i)
+        assert abs(float(x[0] @ y) - cosine) < 1e-5
+        a, b = x[0] - mean, y - mean
+        exact = float(a @ b) / float(np.linalg.norm(a) * np.linalg.norm(b))
+        assert abs(lsh.centred_cosine(cosine, PULL) - exact) < 1e-5
+        assert lsh.centred_cosine(cosine, PULL) < cosine  # lower than the cosine itself
+    assert lsh.centred_cosine(0.8, 0.0) == 0.8  # spread-out data: unchanged
+    assert recall_at(0.9, 20, 16, 2, PULL) == recall_at(0.8, 20, 16, 2)
+
+
+def test_an_index_is_centred_on_its_entries_mean_once_and_keeps_it():
+    vectors, m = clustered(3000, 31)
+    index = filled(vectors[: lsh.MEAN_MIN_ROWS - 1])
+    assert index.mean_sq is None  # too few entries: hashed as they are
+    index.add(np.arange(2000, 4000, dtype=np.uint64), vectors[1000:])
+    index.seal()
+    first = index.mean_sq
+    assert first is not None and abs(first - PULL) < 0.01
+    mean = index._state.mean.copy()  # type: ignore[union-attr]
+    other = unit_vectors(2000, 32)  # entries added later use the same mean
+    index.add(np.arange(10_000, 12_000, dtype=np.uint64), other)
+    index.seal()
+    assert index.mean_sq == first and np.array_equal(index._state.mean, mean)
+    later = index._state.codes[index.rows - 2000 : index.rows]
+    assert np.array_equal(later, index._codes(other, index._state.bias))
+    # A rebuild (a new index of the same entries) computes it afresh.
+    rebuilt = filled(np.concatenate([vectors, other]))
+    assert rebuilt.mean_sq is not None and rebuilt.mean_sq < first - 0.1
+
+
+@pytest.mark.parametrize("cosine", [0.95, 0.90, 0.85, 0.80])
+def test_near_copies_in_clustered_entries_are_found_at_the_centred_rate(cosine: float):
+    vectors, m = clustered(5000, 33)
+    index = filled(vectors, threshold=0.75)
+    assert index.mean_sq is not None and abs(index.mean_sq - PULL) < 0.01
+    picks = range(0, 5000, 10)  # 500 queries
+    hits = sum(found(index, clustered_copy(vectors[i], m, cosine, i), 2 * i, 0.75) for i in picks)
+    stated = index.recall_at(cosine)
+    assert stated == recall_at(cosine, 20, 16, 2, index.mean_sq)
+    # 500 draws: within three standard deviations of the stated rate, either way.
+    slack = 3 * np.sqrt(stated * (1 - stated) / 500) + 1 / 500
+    assert abs(hits / 500 - stated) <= slack, (hits, stated)
+
+
+def test_clustered_entries_cost_a_lookup_about_what_spread_out_ones_do():
+    n = 30_000
+    rng = np.random.default_rng(34)
+    shared = unit_vectors(1, 35)[0]
+    pulled = np.sqrt(PULL) * shared + np.sqrt(1 - PULL) * unit_vectors(n, 36)
+    pulled /= np.linalg.norm(pulled, axis=1, keepdims=True)
+    pair_cosine = float(np.mean(np.sum(pulled[:2000] * pulled[2000:4000], axis=1)))
+    assert abs(pair_cosine - PULL) < 0.02
+    probed = {}
+    for name, vectors in (("random", unit_vectors(n, 37)), ("clustered", pulled)):
+        index = filled(vectors.astype(np.float32))
+        picks = rng.integers(0, n, 100)
+        probed[name] = np.mean([len(index.probed(at_cosine(vectors[i], 0.9, i))) for i in picks])
+    uncentred = LshIndex(SHAPE, probe_radius=2, centre=False)
+    uncentred.add(np.arange(n, dtype=np.uint64), pulled)
+    uncentred.seal()
+    before = np.mean([len(uncentred.probed(pulled[i])) for i in range(0, n, 300)])
+    assert probed["clustered"] <= 3 * probed["random"], probed
+    assert before > 10 * probed["clustered"], (before, probed)  # what centring saves
+
+
+def test_a_restart_hashes_about_the_saved_mean(tmp_path: Path):
+    vectors, m = clustered(2500, 38)
+    index = filled(vectors[:2000])
+    index.save(tmp_path / "ix")
+    loaded = LshIndex.load(tmp_path / "ix", SHAPE, probe_radius=2)
+    assert loaded is not None and loaded.mean_sq == index.mean_sq
+    assert np.array_equal(loaded.codes(vectors[2000:]), index.codes(vectors[2000:]))
+    keys = np.arange(2500, dtype=np.uint64) * 2
+    loaded.add(keys[2000:], vectors[2000:])
+    loaded.set_meta(keys, np.zeros(2500, np.uint8), np.full(2500, 0.8, np.float32))
+    assert found(loaded, clustered_copy(vectors[2200], m, 0.97, 1), 4400)
+    assert found(loaded, clustered_copy(vectors[100], m, 0.97, 2), 200)
+
+
+def test_a_save_of_the_previous_format_is_rebuilt(tmp_path: Path, caplog):
+    index = filled(unit_vectors(1200, 39))
+    index.save(tmp_path / "ix")
+    pointer = tmp_path / "ix" / "current.json"
+    saved = json.loads(pointer.read_text())
+    del saved["format"], saved["centred"]  # what the previous release wrote
+    (directory,) = (tmp_path / "ix").glob("lsh-*")
+    (directory / "mean.npy").unlink()
+    pointer.write_text(json.dumps(saved))
+    with caplog.at_level("INFO"):
+        assert LshIndex.load(tmp_path / "ix", SHAPE, 2) is None
+    assert "is of format 1 (now 2): rebuilding" in caplog.text
