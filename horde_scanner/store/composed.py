@@ -67,6 +67,7 @@ class ComposedStore(
         # Audit rows are buffered and written in one transaction per flush: one commit per
         # validation answer would cost more than the answer itself.
         self._audit_buffer: list[tuple[Any, ...]] = []
+        self.prepare_audit()
         self._listeners: list[ChangeListener] = []
         # Names this process in cluster_turns (host and pid: what an admin can look up).
         self.holder = f"{socket.gethostname()}:{os.getpid()}"

@@ -15,6 +15,9 @@ Every statement autocommits unless inside `transaction()`. On SQLite the process
 connection (`Store.db`): a statement runs to its end, its rows fetched at once, so nothing
 holds a read snapshot between awaits (see `SQLITE_SHARED`); long reads go to `aside()`. On
 PostgreSQL each statement takes a pooled connection for its duration (`store.pool_size`).
+The hot path's statements are `Prepared`: compiled once per dialect and sent to the driver
+as they are (aiosqlite on the shared connection; asyncpg on a pooled one), past SQLAlchemy's
+per-statement execution pipeline.
 
 Every statement's failure is told to the store's `StoreHealth` (store/outage.py), and while
 the store is away, every success too: the store's outage state is known without asking.
@@ -37,9 +40,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from horde_scanner.errors import InvalidInput
-from horde_scanner.store.outage import StoreHealth
+from horde_scanner.store.outage import StoreHealth, is_outage
 
 SQLITE_SHARED = """A SQLite statement left open between trips (a cursor read row by row) keeps
 a read transaction open on the connection; a write another coroutine sends meanwhile then
@@ -137,18 +141,22 @@ class Rows:
 class Prepared:
     """A statement built once (at module level, its values `sa.bindparam`s), run often.
 
-    On the SQLite store's shared connection it is compiled once by SQLAlchemy's dialect and
-    sent to aiosqlite as it is, in one trip to its thread: SQLAlchemy's execution pipeline
-    (cache-key lookup, execution context, result objects, greenlet hand-over) cost several
-    times the statement itself on the hot path (a cache miss makes a dozen; measured with
-    bench/store_work.py). Everywhere else it runs as any Core statement."""
+    It is compiled once per dialect by SQLAlchemy and sent to the driver as it is: on the
+    SQLite store's shared connection to aiosqlite, in one trip to its thread; on PostgreSQL
+    to asyncpg on a connection of the engine's pool, whose own prepared-statement cache then
+    parses and plans it once per connection. SQLAlchemy's execution pipeline (cache-key
+    lookup, execution context, result objects, greenlet hand-overs) cost several times the
+    statement itself on the hot path (a cache miss makes a dozen; measured with
+    bench/store_work.py). Elsewhere (a connection held for `transaction()` or `aside()`) it
+    runs as any Core statement."""
 
-    __slots__ = ("statement", "write", "_sqlite")
+    __slots__ = ("statement", "write", "_sqlite", "_postgresql")
 
     def __init__(self, statement: sa.Executable) -> None:
         self.statement = statement
         self.write = not isinstance(statement, sa.Select | sa.CompoundSelect)
         self._sqlite: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
+        self._postgresql: _PgCompiled | None = None
 
     def for_sqlite(self, dialect: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """(SQL with `?` placeholders, the bound names in their order, their defaults)."""
@@ -156,6 +164,41 @@ class Prepared:
             compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
             self._sqlite = (compiled.string, tuple(compiled.positiontup or ()), compiled.params)
         return self._sqlite
+
+    def for_postgresql(self, dialect: Any) -> _PgCompiled | None:
+        """The asyncpg dialect's SQL (`$n` placeholders) and how to bind it; None where
+        SQLAlchemy would convert a value or a result column on the way (then the statement
+        runs as any Core statement, conversions and all)."""
+        if self._postgresql is None:
+            self._postgresql = _PgCompiled(self.statement.compile(dialect=dialect))  # type: ignore[attr-defined]
+        return self._postgresql if self._postgresql.direct else None
+
+
+class _PgCompiled:
+    """One `Prepared` statement as compiled by the asyncpg dialect."""
+
+    __slots__ = ("sql", "names", "defaults", "returns_rows", "direct")
+
+    def __init__(self, compiled: Any) -> None:
+        self.sql: str = compiled.string
+        # `$n` is the n-th of these (a name bound twice is sent once).
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        self.defaults: dict[str, Any] = compiled.params
+        statement = compiled.statement
+        self.returns_rows: bool = (
+            isinstance(statement, sa.Select | sa.CompoundSelect)
+            or bool(getattr(compiled, "returning", None))
+            or (isinstance(statement, sa.TextClause) and " RETURNING " in self.sql.upper())
+        )
+        types = [column[3] for column in compiled._result_columns or ()]
+        self.direct = not compiled._bind_processors and all(map(_as_asyncpg_gives, types))
+
+
+def _as_asyncpg_gives(column_type: Any) -> bool:
+    """Whether SQLAlchemy returns a column of this type as asyncpg gives it (no conversion)."""
+    if isinstance(column_type, sa.Float):
+        return not column_type.asdecimal
+    return isinstance(column_type, sa.String | sa.Integer | sa.LargeBinary | sa.Boolean)
 
 
 Statement = sa.Executable | str | Prepared
@@ -221,6 +264,8 @@ class Database:
         self.health = health
         self._conn = conn
         self._driver: Any = None  # aiosqlite's connection under the shared one
+        # `Prepared` statements go straight to asyncpg on a pooled connection.
+        self._asyncpg = self.dialect == "postgresql" and engine.dialect.driver == "asyncpg"
         self._in_transaction = False
         self._owner: asyncio.Task[Any] | None = None  # the task inside `transaction()`
         # One transaction at a time on a held connection.
@@ -249,11 +294,23 @@ class Database:
     def execute(self, stmt: Statement, params: Params = None) -> _Pending:
         return _Pending(self, stmt, params)
 
+    def prepare(self, stmt: Prepared) -> None:
+        """Compile `stmt` for this database's fast path now, not on its first use (a statement
+        that takes SQLAlchemy long to compile, with the event loop held)."""
+        if self.shared and self.dialect == "sqlite":
+            stmt.for_sqlite(self.engine.dialect)
+        elif self._asyncpg:
+            stmt.for_postgresql(self.engine.dialect)
+
     async def _run(self, stmt: Statement, params: Params) -> Rows:
         if self.shared and isinstance(stmt, Prepared) and self.dialect == "sqlite":
             # Straight to aiosqlite (a cancelled caller leaves nothing half-done there).
             return await self._run_prepared(stmt, params)
         if self._conn is None:
+            if self._asyncpg and isinstance(stmt, Prepared):
+                compiled = stmt.for_postgresql(self.engine.dialect)
+                if compiled is not None:
+                    return await self._run_asyncpg(stmt, compiled, params)
             return await self._run_now(stmt, params)
         # A statement on a held connection runs to its end even when its caller is cancelled
         # (a stopping job runner, a timed-out request): SQLAlchemy gives up a connection
@@ -308,6 +365,44 @@ class Database:
         if description is not None:
             return Rows(rows, len(rows) if stmt.write else -1)
         return Rows((), rowcount, lastrowid)
+
+    async def _run_asyncpg(self, stmt: Prepared, compiled: _PgCompiled, params: Params) -> Rows:
+        """A `Prepared` statement on a connection of the engine's pool, sent to asyncpg as
+        compiled (its statement cache prepares it once per connection). A caller cancelled
+        mid-statement gives the connection back as the previous release's pool did: asyncpg
+        cancels the statement on the server and waits for that before the connection's next
+        one. A connection that failed for want of the database is dropped, and with it every
+        pooled one older than it, as SQLAlchemy does on a disconnect."""
+        given: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
+        defaults = compiled.defaults
+        args = [given[n] if n in given else defaults[n] for n in compiled.names]
+        try:
+            fairy = await self.engine.raw_connection()
+            try:
+                driver: Any = fairy.driver_connection
+                if compiled.returns_rows:
+                    records = await driver.fetch(compiled.sql, *args)
+                    rows = [tuple(r) for r in records]
+                    out = Rows(rows, len(rows) if stmt.write else -1)
+                else:
+                    out = Rows((), _status_count(await driver.execute(compiled.sql, *args)))
+            except Exception as exc:
+                if is_outage(exc):
+                    pool: Any = self.engine.sync_engine.pool
+                    await greenlet_spawn(pool._invalidate, fairy, exc)  # checks it in
+                else:
+                    await greenlet_spawn(fairy.close)
+                raise
+            except BaseException:
+                await greenlet_spawn(fairy.close)
+                raise
+            await greenlet_spawn(fairy.close)
+        except Exception as exc:
+            self.health.failed(exc, write=stmt.write)
+            raise
+        if not self.health.available:
+            self.health.succeeded(write=stmt.write)
+        return out
 
     async def execute_fetchall(self, stmt: Statement, params: Params = None) -> list[Any]:
         return list((await self._run(stmt, params)).all())
@@ -486,6 +581,12 @@ class PgStream:
         if self._transaction is not None:
             transaction, self._transaction = self._transaction, None
             await transaction.commit()
+
+
+def _status_count(status: str) -> int:
+    """The rows a PostgreSQL command changed, from its status ("DELETE 3", "INSERT 0 1")."""
+    count = status.rpartition(" ")[2]
+    return int(count) if count.isdigit() else -1
 
 
 def _positional(params: Params) -> Any:

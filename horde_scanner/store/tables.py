@@ -66,7 +66,14 @@ def compiled_once(
 def _compiled_once(
     build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
 ) -> Prepared:
-    named = (pg_dialect if dialect == "postgresql" else sqlite_dialect).dialect(paramstyle="named")
+    # psycopg2's compiler: no `::TYPE` casts after the names (psycopg 3's, the default
+    # PostgreSQL dialect from SQLAlchemy 2.1 on, writes `:name::VARCHAR`, which text() cannot
+    # read back).
+    named = (
+        pg_dialect.psycopg2.dialect(paramstyle="named")
+        if dialect == "postgresql"
+        else sqlite_dialect.dialect(paramstyle="named")
+    )
     statement: Any = build(dialect)
     compiled = statement.compile(dialect=named, column_keys=list(columns))
     text = sa.text(compiled.string)
