@@ -46,6 +46,7 @@ from horde_scanner.store.hashes import (
 from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
 from horde_scanner.store.tables import Tables, upsert
 from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import own_positives
 from horde_scanner.store.verdicts import verdicts as _verdicts
 from horde_scanner.verdict import VerdictRoute
 
@@ -188,25 +189,11 @@ class EmbeddingTables(Tables):
 
     async def own_embedding(self, row_id: int) -> EmbeddingRow | None:
         """One of our own images' embedding, as an entry (None once it no longer counts)."""
-        e, v, lists = verdict_embeddings, _verdicts, _lists
+        e, mine = verdict_embeddings, own_positives(verdict_embeddings)
         stmt = (
-            sa.select(
-                e.c.sha256,
-                e.c.vector,
-                sa.func.coalesce(v.c.first_seen, lists.c.added_at),
-                sa.case((lists.c.kind == "deny", "deny list"), else_="confirmed positive"),
-            )
-            .select_from(
-                e.outerjoin(v, v.c.sha256 == e.c.sha256).outerjoin(
-                    lists, lists.c.sha256 == e.c.sha256
-                )
-            )
-            .where(
-                e.c.id == row_id,
-                (lists.c.kind == "deny")
-                | ((v.c.label == "csam") & (v.c.route != VerdictRoute.MATCH.value)),
-                sa.func.coalesce(lists.c.kind, "") != "allow",
-            )
+            sa.select(e.c.sha256, e.c.vector, mine.first_seen, mine.note)
+            .select_from(mine.source)
+            .where(e.c.id == row_id, mine.counts)
         )
         row = (await self._db.execute(stmt)).first()
         if row is None:

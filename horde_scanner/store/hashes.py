@@ -54,6 +54,7 @@ from horde_scanner.store.database import Database
 from horde_scanner.store.metadata import Int, Real, Text, metadata
 from horde_scanner.store.tables import Tables, upsert
 from horde_scanner.store.verdicts import lists as _lists
+from horde_scanner.store.verdicts import own_positives
 from horde_scanner.store.verdicts import verdicts as _verdicts
 from horde_scanner.verdict import VerdictRoute
 
@@ -284,24 +285,11 @@ class HashTables(Tables):
             hash_entries.c.signal == "pdq", hash_entries.c.value == value
         )
         found = [_entry(r) for r in (await self._db.execute(stmt)).all()]
-        p, v, lists = verdict_pdq, _verdicts, _lists
+        mine = own_positives(verdict_pdq)
         own = (
-            sa.select(
-                p.c.sha256,
-                sa.func.coalesce(v.c.first_seen, lists.c.added_at),
-                sa.case((lists.c.kind == "deny", "deny list"), else_="confirmed positive"),
-            )
-            .select_from(
-                p.outerjoin(v, v.c.sha256 == p.c.sha256).outerjoin(
-                    lists, lists.c.sha256 == p.c.sha256
-                )
-            )
-            .where(
-                p.c.pdq == value,
-                (lists.c.kind == "deny")
-                | ((v.c.label == "csam") & (v.c.route != VerdictRoute.MATCH.value)),
-                sa.func.coalesce(lists.c.kind, "") != "allow",
-            )
+            sa.select(verdict_pdq.c.sha256, mine.first_seen, mine.note)
+            .select_from(mine.source)
+            .where(verdict_pdq.c.pdq == value, mine.counts)
         )
         for r in (await self._db.execute(own)).all():
             found.append(HashRow(VERDICT, "pdq", value, first_seen=r[1], note=r[2], sha256=r[0]))

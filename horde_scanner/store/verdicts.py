@@ -110,6 +110,35 @@ _LIST_KEYS = ("sha256", "kind", "note", "added_by", "added_at")
 _LATE_KEYS = tuple(c.name for c in _LATE_COLUMNS)
 
 
+@dataclass(frozen=True, slots=True)
+class OwnPositives:
+    """Which of our own images count as positives for the signal tables keyed by sha256
+    (verdict_pdq, verdict_embeddings): a deny-list entry, or a csam verdict that was not itself
+    reached by a match (a match's copies would match each other), and never one an admin
+    allowed. `source` joins the verdict and the list; select `first_seen` and `note` from it
+    and filter by `counts`."""
+
+    source: sa.FromClause
+    counts: sa.ColumnElement[bool]
+    first_seen: sa.ColumnElement[Any]
+    note: sa.ColumnElement[Any]
+
+
+def own_positives(signal: sa.Table) -> OwnPositives:
+    v = verdicts
+    key = signal.c.sha256
+    return OwnPositives(
+        source=signal.outerjoin(v, v.c.sha256 == key).outerjoin(lists, lists.c.sha256 == key),
+        counts=sa.and_(
+            (lists.c.kind == "deny")
+            | ((v.c.label == "csam") & (v.c.route != VerdictRoute.MATCH.value)),
+            sa.func.coalesce(lists.c.kind, "") != "allow",
+        ),
+        first_seen=sa.func.coalesce(v.c.first_seen, lists.c.added_at),
+        note=sa.case((lists.c.kind == "deny", "deny list"), else_="confirmed positive"),
+    )
+
+
 def _put_verdict(dialect: str) -> sa.Executable:
     """A verdict replaces the one before; what the new one does not know is kept, and the
     first place it was seen stays its source."""
