@@ -39,6 +39,7 @@ from horde_scanner.store.hashes import (
     BUMP,
     LOCAL,
     VERDICT,
+    NewEntry,
     hash_subscriptions,
     stream_tuples,
     write_batches,
@@ -85,21 +86,13 @@ embedding_entries = sa.Table(
 )
 
 
-class NewEmbedding(Protocol):
-    """What the store reads of an entry it is given (signals.embedding_list.EmbeddingEntry)."""
+class NewEmbedding(NewEntry, Protocol):
+    """An embedding entry (signals.embedding_list.EmbeddingEntry is one)."""
 
     @property
     def digest(self) -> str: ...
     @property
     def blob(self) -> bytes: ...
-    @property
-    def label(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def first_seen(self) -> float | None: ...
-    @property
-    def note(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)

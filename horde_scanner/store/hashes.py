@@ -157,13 +157,9 @@ class HashRow:
     sha256: str | None = None
 
 
-class NewHash(Protocol):
-    """What the store reads of an entry it is given (signals.hash_list.HashEntry is one)."""
+class NewEntry(Protocol):
+    """What the store reads of any list entry it is given, whatever its signal."""
 
-    @property
-    def signal(self) -> str: ...
-    @property
-    def value(self) -> str: ...
     @property
     def label(self) -> str: ...
     @property
@@ -172,6 +168,15 @@ class NewHash(Protocol):
     def first_seen(self) -> float | None: ...
     @property
     def note(self) -> str: ...
+
+
+class NewHash(NewEntry, Protocol):
+    """A hash entry (signals.hash_list.HashEntry is one)."""
+
+    @property
+    def signal(self) -> str: ...
+    @property
+    def value(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
