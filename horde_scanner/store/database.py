@@ -8,7 +8,9 @@ dialect compiling its own SQL.
     async with db.transaction() as tx:     # BEGIN IMMEDIATE (SQLite) / BEGIN (PostgreSQL) on
         await tx.execute(...)              # one connection; COMMIT, or ROLLBACK on error
     async with store.aside() as db:        # a connection of its own (long reads, batches)
-        async for batch in db.stream(stmt, 1000): ...   # server-side cursor on PostgreSQL
+        async for batch in db.stream(stmt, 1000): ...   # plain tuples; server-side cursor
+                                                        # on PostgreSQL
+        await db.write_many(stmt, rows, keys, 5000)     # executemany, a transaction a batch
     db.dialect                             # "sqlite" | "postgresql"
 
 Every statement autocommits unless inside `transaction()`. On SQLite the process shares one
@@ -26,19 +28,23 @@ Statements are SQLAlchemy Core (`sa.select`, `sqlalchemy.dialects.<db>.insert(..
 .on_conflict_do_*`, `.returning`, `.with_for_update(skip_locked=True)`); a part that needs a
 dialect's own construct branches on `db.dialect`. A plain string is passed to the driver as
 it is (its own placeholders: `?` on SQLite, `$1` on PostgreSQL): for tests and tools that
-read a table by hand, and for a Core statement the part compiled itself for the driver (bulk
-writes, long reads as plain tuples: store/hashes.py).
+read a table by hand, and for PRAGMAs. No part compiles a statement itself: the bulk paths
+that go past SQLAlchemy's per-row work (`stream`, `write_many`) and the hot path's
+`Prepared` statements are this seam's, each compiled here for the driver it runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+import functools
+import gc
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Row
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
@@ -199,6 +205,41 @@ def _as_asyncpg_gives(column_type: Any) -> bool:
     if isinstance(column_type, sa.Float):
         return not column_type.asdecimal
     return isinstance(column_type, sa.String | sa.Integer | sa.LargeBinary | sa.Boolean)
+
+
+def compiled_once(
+    build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
+) -> Prepared:
+    """`build(dialect)`'s statement compiled once per dialect, as a `text()` SQLAlchemy caches.
+
+    SQLAlchemy 2.0 compiles its dialect-specific `INSERT ... ON CONFLICT` (`upsert`) anew on
+    every execution (those constructs have no cache key: `inherit_cache = False`), which cost
+    a millisecond per verdict written. An upsert is built once here, with `columns` as its
+    VALUES (bound by the column names) and `sa.bindparam`s for anything else, and compiled
+    by the dialect itself; executed with a dict of those names."""
+    return _compiled_once(build, dialect, columns)
+
+
+@functools.cache
+def _compiled_once(
+    build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
+) -> Prepared:
+    # psycopg2's compiler: no `::TYPE` casts after the names (psycopg 3's, the default
+    # PostgreSQL dialect from SQLAlchemy 2.1 on, writes `:name::VARCHAR`, which text() cannot
+    # read back).
+    named = (
+        pg_dialect.psycopg2.dialect(paramstyle="named")
+        if dialect == "postgresql"
+        else sqlite_dialect.dialect(paramstyle="named")
+    )
+    statement: Any = build(dialect)
+    compiled = statement.compile(dialect=named, column_keys=list(columns))
+    text = sa.text(compiled.string)
+    for name in columns:  # every column is given: none is left to a default
+        text = text.bindparams(sa.bindparam(name))
+    prepared = Prepared(text)
+    prepared.write = True  # INSERT ... ON CONFLICT
+    return prepared
 
 
 Statement = sa.Executable | str | Prepared
@@ -485,15 +526,66 @@ class Database:
                     await self._conn.exec_driver_sql("ROLLBACK")
                 raise
 
+    # -- bulk: long reads and batched writes, on a connection of its own -----------------------
+
     async def stream(
         self, stmt: sa.Executable, batch_rows: int = STREAM_BATCH
-    ) -> AsyncIterator[Sequence[Row[Any]]]:
-        """The rows of a long read, `batch_rows` at a time, as they are asked for: on
-        PostgreSQL through a server-side cursor (in a read-only transaction of its own unless
-        inside the caller's). Only on a connection of its own (`Store.aside()`); close the
-        iterator (`contextlib.aclosing`) when leaving early."""
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The rows of a long read as plain tuples, `batch_rows` at a time, as they are asked
+        for. Only on a connection of its own (`Store.aside()`: the shared SQLite connection
+        fetches every result whole, see SQLITE_SHARED); close the iterator
+        (`contextlib.aclosing`) when leaving early.
+
+        SQLite reads through aiosqlite's cursor, a batch per trip to its thread; PostgreSQL
+        through asyncpg's server-side cursor, in a read-only transaction of its own unless
+        inside the caller's `transaction()`. Either way one batch is in memory at a time.
+
+        Where every result column is plain (`is_plain`: text, integers, floats, bytes, as the
+        driver gives them), the statement is compiled once and its rows are the driver's own
+        tuples, past SQLAlchemy's result rows (those cost 3x the driver's on the hash index
+        load, bench.hashlist_import). A column SQLAlchemy converts (Decimal, datetime, bool,
+        JSON, an Enum) makes the whole read go through SQLAlchemy's streaming result instead,
+        conversions and all (the same values, at that cost)."""
         if self._conn is None or self.shared:
             raise RuntimeError("stream() reads on a connection of its own: use Store.aside()")
+        dialect = self.engine.dialect
+        compiled = stmt.compile(  # type: ignore[attr-defined]
+            dialect=dialect, compile_kwargs={"render_postcompile": True}
+        )
+        columns = compiled._result_columns or ()
+        if not all(is_plain(column[3], dialect) for column in columns):
+            async for rows in self._stream_rows(stmt, batch_rows):
+                yield rows
+            return
+        values = compiled.construct_params()
+        processors = compiled._bind_processors
+        params = [
+            processors[name](values[name]) if name in processors else values[name]
+            for name in compiled.positiontup or ()
+        ]
+        try:
+            cursor = await self._driver_cursor(compiled.string, params)
+        except Exception as exc:
+            self.health.failed(exc, write=False)
+            raise
+        try:
+            while True:
+                try:
+                    rows = await cursor.fetchmany(batch_rows)
+                except Exception as exc:
+                    self.health.failed(exc, write=False)
+                    raise
+                if not rows:
+                    return
+                yield rows
+        finally:
+            await cursor.close()
+
+    async def _stream_rows(
+        self, stmt: sa.Executable, batch_rows: int
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """`stream` through SQLAlchemy's result (its columns converted)."""
+        assert self._conn is not None
         conn = self._conn
         own = self.dialect == "postgresql" and not self._in_transaction
         if own:
@@ -502,7 +594,7 @@ class Database:
             result = await conn.stream(stmt)
             try:
                 async for batch in result.partitions(batch_rows):
-                    yield batch
+                    yield [tuple(row) for row in batch]
             finally:
                 await result.close()
         except Exception as exc:
@@ -512,6 +604,68 @@ class Database:
             if own:
                 with contextlib.suppress(Exception):
                     await conn.exec_driver_sql("COMMIT")
+
+    async def write_many(
+        self,
+        stmt: sa.Executable,
+        rows: Sequence[Sequence[Any]],
+        keys: tuple[str, ...],
+        per_batch: int,
+    ) -> None:
+        """`stmt` once for each of `rows` (each row's values in the order of `keys`, the
+        names `stmt` binds: an INSERT's column keys, or `sa.bindparam` names), `per_batch`
+        rows to a transaction of their own. Only on a connection of its own
+        (`Store.aside()`), outside `transaction()`.
+
+        A list of a million entries never holds the write lock for long (uploads wait on it
+        to record their verdicts), and a failure loses only its own batch: the ones before it
+        are committed, the rest are not tried. Each batch runs to its end even when the
+        caller is cancelled (the connection is never left mid-transaction).
+
+        Where every bound column is plain (`is_plain`), the statement is compiled once per
+        dialect and each batch goes to the driver's executemany as it is, in one trip:
+        SQLite: BEGIN IMMEDIATE, the rows, COMMIT in aiosqlite's thread; PostgreSQL: asyncpg's
+        executemany in a transaction. SQLAlchemy's per-row parameter processing (a dict per
+        row, then its bind processing) cost ~17 us a row on the event loop, and made a
+        million-entry import 1.7x slower than the plain SQL before it (bench.hashlist_import).
+        A column SQLAlchemy converts (Decimal, datetime, bool, JSON, an Enum) sends the batches
+        through SQLAlchemy's executemany instead, conversions and all. A name `stmt` binds
+        beyond `keys` (a literal in the statement) is a programming error: ValueError."""
+        if self._conn is None or self.shared:
+            raise RuntimeError("write_many() writes on a connection of its own: use aside()")
+        if self._in_transaction:
+            raise RuntimeError("write_many() commits its own batches: not inside transaction()")
+        sql, order = _bulk_statement(self.engine.dialect, stmt, keys)
+        for start in range(0, len(rows), per_batch):
+            batch = rows[start : start + per_batch]
+            if sql is None:
+                async with self.transaction() as tx:
+                    await tx.executemany(stmt, [dict(zip(keys, row, strict=True)) for row in batch])
+                continue
+            if order is not None:
+                batch = [tuple(row[i] for i in order) for row in batch]
+            assert self._lock is not None
+            async with self._lock:
+                try:
+                    await asyncio.shield(self._write_batch(sql, batch))
+                except Exception as exc:
+                    self.health.failed(exc)
+                    raise
+            if not self.health.available:
+                self.health.succeeded(write=True)
+
+    async def _write_batch(self, sql: str, batch: Sequence[Sequence[Any]]) -> None:
+        """One batch in a transaction of its own, as the driver takes it."""
+        assert self._conn is not None
+        raw = await self._conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        if self.dialect == "sqlite":
+            from horde_scanner.store.sqlite_driver import run_batch
+
+            await driver._execute(run_batch, driver._conn, sql, batch)
+        else:
+            async with driver.transaction():
+                await driver.executemany(sql, batch)
 
     # -- strings (tests, tools, and the parts not yet on Core) -------------------------------
 
@@ -561,7 +715,8 @@ class PgStream:
         return tuple(row) if row is not None else None
 
     async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._cursor.fetch(size)]
+        with _collector_paused():  # see there: asyncpg's records are never untracked
+            return [tuple(r) for r in await self._cursor.fetch(size)]
 
     async def fetchall(self) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
@@ -595,3 +750,59 @@ def _positional(params: Params) -> Any:
     if isinstance(params, Mapping):
         return params
     return tuple(params)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a PostgreSQL stream's batch is fetched.
+
+    A batch is tens of thousands of asyncpg records made at once, all alive until the batch
+    is done; records, unlike tuples of plain values, are never untracked. Collections during
+    the fetch found them all reachable and promoted them, and once the oldest generation had
+    grown by a quarter, every object in the process was traversed again (a full collection):
+    about one a batch on a million-row read. With SQLAlchemy loaded the process holds twice
+    the objects of the previous release, and those collections were most of the index read's
+    time and all of its regression against 2fa284f (bench.hashlist_import, `gc.callbacks`).
+    Paused, the records go by reference count as soon as the batch is made of tuples, and
+    the tuples are untracked by the next young collection. Other coroutines run meanwhile
+    without collections for the length of one fetch; their cycles wait for the next one.
+    (SQLite's rows are tuples already, untracked young: pausing there cost more than it
+    saved.) Leaves the collector off when something else had turned it off."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def is_plain(column_type: Any, dialect: sa.Dialect) -> bool:
+    """Whether values of this type go to the driver, and come back from it, as Python has
+    them, with nothing for SQLAlchemy to convert: text, integers, floats, bytes (and NULL).
+    What `Database.stream` and `Database.write_many` take as they are."""
+    impl = column_type.dialect_impl(dialect)  # variants resolved (store.metadata's Int, Real)
+    if isinstance(impl, sa.Float):
+        return not impl.asdecimal
+    if isinstance(impl, sa.Enum | sa.Numeric):
+        return False
+    return isinstance(impl, sa.String | sa.Integer | sa.LargeBinary)
+
+
+@functools.lru_cache(maxsize=64)
+def _bulk_statement(
+    dialect: sa.Dialect, stmt: sa.Executable, keys: tuple[str, ...]
+) -> tuple[str | None, tuple[int, ...] | None]:
+    """`stmt` as `dialect`'s SQL for parameters named `keys` (None where a bound column is not
+    plain: SQLAlchemy must convert its values), and where each placeholder's value sits in a
+    row of `keys` (None: in the same order)."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    names = tuple(compiled.positiontup or ())
+    unknown = set(names) - set(keys)
+    if unknown:  # a programming error: a literal bound in a bulk statement
+        raise ValueError(f"bulk statement binds {sorted(unknown)} beyond its rows' {keys}")
+    if not all(is_plain(compiled.binds[name].type, dialect) for name in names):
+        return None, None
+    order = tuple(keys.index(name) for name in names)
+    return compiled.string, None if order == tuple(range(len(keys))) else order

@@ -41,8 +41,6 @@ from horde_scanner.store.hashes import (
     VERDICT,
     NewEntry,
     hash_subscriptions,
-    stream_tuples,
-    write_batches,
 )
 from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
 from horde_scanner.store.tables import Tables, upsert
@@ -144,12 +142,10 @@ class EmbeddingTables(Tables):
             embedding_entries.c.model == model
         )
         async with self.aside() as db:
-            async with contextlib.aclosing(stream_tuples(db, entries, _KEYS_PER_FETCH)) as batches:
+            async with contextlib.aclosing(db.stream(entries, _KEYS_PER_FETCH)) as batches:
                 async for rows in batches:
                     yield "entry", [int(r[0]) for r in rows], [r[1] for r in rows]
-            async with contextlib.aclosing(
-                stream_tuples(db, _own(model), _KEYS_PER_FETCH)
-            ) as batches:
+            async with contextlib.aclosing(db.stream(_own(model), _KEYS_PER_FETCH)) as batches:
                 async for rows in batches:
                     yield "own", [int(r[0]) for r in rows], [VERDICT] * len(rows)
 
@@ -284,21 +280,23 @@ class EmbeddingTables(Tables):
             held = sa.select(t.c.digest, t.c.label, t.c.source, t.c.first_seen, t.c.note).where(
                 t.c.origin == origin, t.c.model == model
             )
-            for r in (await db.execute(held)).all():
-                entry = new.get(r[0])
-                if entry is None:
-                    if replace:
-                        stale.append((origin, model, r[0]))
-                elif (entry.label, entry.source, entry.first_seen, entry.note) == tuple(r[1:]):
-                    unchanged.add(r[0])
+            async with contextlib.aclosing(db.stream(held, _KEYS_PER_FETCH)) as batches:
+                async for part in batches:
+                    for r in part:
+                        entry = new.get(r[0])
+                        if entry is None:
+                            if replace:
+                                stale.append((origin, model, r[0]))
+                        elif (entry.label, entry.source, entry.first_seen, entry.note) == r[1:]:
+                            unchanged.add(r[0])
             added = time.time()
             rows = [
                 (origin, model, d, e.blob, e.label, e.source, e.first_seen, e.note, by, added)
                 for d, e in sorted(new.items())
                 if d not in unchanged
             ]
-            await write_batches(db, _DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
-            await write_batches(db, _upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
+            await db.write_many(_DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
+            await db.write_many(_upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
             if stale or rows:
                 await db.execute(BUMP)
         return len(rows) + len(stale)

@@ -43,7 +43,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -258,11 +258,11 @@ class HashTables(Tables):
             hash_entries.c.signal == "pdq"
         )
         async with self.aside() as db:
-            listed_rows = stream_tuples(db, listed, _INDEX_ROWS_PER_FETCH)
+            listed_rows = db.stream(listed, _INDEX_ROWS_PER_FETCH)
             async with contextlib.aclosing(listed_rows) as batches:
                 async for rows in batches:
                     yield [r[0] for r in rows], [r[1] for r in rows]
-            own = stream_tuples(db, _own_pdq(min_quality), _INDEX_ROWS_PER_FETCH)
+            own = db.stream(_own_pdq(min_quality), _INDEX_ROWS_PER_FETCH)
             async with contextlib.aclosing(own) as batches:
                 async for rows in batches:
                     values = [r[0] for r in rows]
@@ -410,7 +410,7 @@ class HashTables(Tables):
                 held = sa.select(
                     e.c.signal, e.c.value, e.c.label, e.c.source, e.c.first_seen, e.c.note
                 ).where(e.c.origin == origin)
-                held_rows = stream_tuples(db, held, _INDEX_ROWS_PER_FETCH)
+                held_rows = db.stream(held, _INDEX_ROWS_PER_FETCH)
                 async with contextlib.aclosing(held_rows) as batches:
                     async for part in batches:
                         for r in part:
@@ -422,8 +422,8 @@ class HashTables(Tables):
             # In key order, the B-tree grows at its end instead of splitting pages all over.
             added = time.time()
             rows = sorted((origin, *key, *fields, by, added) for key, fields in new.items())
-            await write_batches(db, _DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
-            await write_batches(db, _upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
+            await db.write_many(_DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
+            await db.write_many(_upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
             if stale or rows:
                 await db.execute(BUMP)
         return len(rows) + len(stale)
@@ -562,65 +562,6 @@ async def _bulk_cache(db: Database) -> AsyncIterator[None]:
     finally:
         with contextlib.suppress(Exception):  # a store gone away: the connection goes too
             await db.execute(f"PRAGMA cache_size={int(before)}")
-
-
-async def write_batches(
-    db: Database,
-    stmt: sa.Executable,
-    rows: Sequence[Sequence[Any]],
-    keys: tuple[str, ...],
-    per_batch: int,
-) -> None:
-    """`stmt` for each of `rows` (values in the order of `keys`), `per_batch` rows to a
-    transaction: a list of a million entries never holds the write lock for long (uploads
-    wait on it to record verdicts).
-
-    The Core statement is compiled once for the connection's dialect and its rows go to the
-    driver's executemany as they are: SQLAlchemy's per-row parameter processing (a dict per
-    row, then its bind processing) cost ~17 us a row on the event loop, and made a
-    million-entry import 1.7x slower than the plain SQL before it (bench.hashlist_import).
-    The columns written here need no bind processing (text, numbers, bytes)."""
-    sql, order = _driver_statement(db.engine.dialect, stmt, keys)
-    for start in range(0, len(rows), per_batch):
-        batch = rows[start : start + per_batch]
-        if order is not None:
-            batch = [tuple(row[i] for i in order) for row in batch]
-        async with db.transaction() as tx:
-            await tx.executemany(sql, batch)
-
-
-async def stream_tuples(
-    db: Database, stmt: sa.Executable, batch_rows: int
-) -> AsyncGenerator[list[tuple[Any, ...]], None]:
-    """The rows of a long read on a connection of its own (`aside()`), `batch_rows` at a time,
-    as the driver's plain tuples: the Core statement compiled for the dialect, read through
-    the driver's cursor (SQLite: aiosqlite's own thread; PostgreSQL: a server-side cursor in
-    a read-only transaction). SQLAlchemy's result rows cost 3x the driver's on the hash index
-    load (bench.hashlist_import), which runs at start-up and after every list change. Only
-    for columns that need no result processing (text, numbers)."""
-    compiled = stmt.compile(  # type: ignore[attr-defined]
-        dialect=db.engine.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    values = compiled.construct_params()
-    params = [values[name] for name in compiled.positiontup or ()]
-    async with db.execute(str(compiled), params) as cur:
-        while rows := await cur.fetchmany(batch_rows):
-            yield rows
-
-
-@functools.lru_cache(maxsize=64)
-def _driver_statement(
-    dialect: sa.Dialect, stmt: sa.Executable, keys: tuple[str, ...]
-) -> tuple[str, tuple[int, ...] | None]:
-    """`stmt` as `dialect`'s SQL for parameters named `keys`, and where each placeholder's
-    value sits in a row of `keys` (None: in the same order)."""
-    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
-    names = tuple(compiled.positiontup or ())
-    unknown = set(names) - set(keys)
-    if unknown:  # a programming error: a literal bound in a bulk statement
-        raise ValueError(f"bulk statement binds {sorted(unknown)} beyond its rows' {keys}")
-    order = tuple(keys.index(name) for name in names)
-    return str(compiled), None if order == tuple(range(len(keys))) else order
 
 
 def _own_pdq(min_quality: int) -> sa.Select[Any]:

@@ -68,8 +68,9 @@ async def migrate(
                 await tx.execute(sa.delete(table))
             copied = 0
             insert = sa.insert(table)
+            names = table.c.keys()
             async for batch in src.stream(sa.select(table), _BATCH):
-                await tx.executemany(insert, [row._asdict() for row in batch])
+                await tx.executemany(insert, [dict(zip(names, row, strict=True)) for row in batch])
                 copied += len(batch)
                 if progress is not None:
                     progress(table.name, copied)

@@ -42,6 +42,20 @@ def run_one(connection: Any, operation: str, parameters: Any, many: bool) -> tup
         cursor.close()
 
 
+def run_batch(connection: Any, operation: str, rows: Any) -> None:
+    """In aiosqlite's thread: one batch of a bulk write (`Database.write_many`) in a
+    transaction of its own, start to end: nothing else on the connection runs in between,
+    and the connection is never left inside the transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.executemany(operation, rows).close()
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     __slots__ = ()
 

@@ -13,7 +13,6 @@ are Alembic revisions (store/migrations/).
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from horde_scanner.store.database import Database as SqlDatabase
-from horde_scanner.store.database import Prepared
+from horde_scanner.store.database import compiled_once
 
 if TYPE_CHECKING:
     from horde_scanner.store.outage import StoreHealth
@@ -33,8 +32,10 @@ if TYPE_CHECKING:
 ChangeListener = Callable[[str, str], None]
 
 
-# The seam every part's statements go to (store/database.py).
+# The seam every part's statements go to (store/database.py), and its statements compiled
+# once (for the parts' upserts).
 Database = SqlDatabase
+__all__ = ["Database", "Tables", "chunks", "compiled_once", "upsert"]
 
 
 class Tables:
@@ -47,41 +48,6 @@ class Tables:
     def aside(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A connection of its own (the composed store implements it)."""
         raise NotImplementedError
-
-
-def compiled_once(
-    build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
-) -> Prepared:
-    """`build(dialect)`'s statement compiled once per dialect, as a `text()` SQLAlchemy caches.
-
-    SQLAlchemy 2.0 compiles its dialect-specific `INSERT ... ON CONFLICT` (`upsert`) anew on
-    every execution (those constructs have no cache key: `inherit_cache = False`), which cost
-    a millisecond per verdict written. An upsert is built once here, with `columns` as its
-    VALUES (bound by the column names) and `sa.bindparam`s for anything else, and compiled
-    by the dialect itself; executed with a dict of those names."""
-    return _compiled_once(build, dialect, columns)
-
-
-@functools.cache
-def _compiled_once(
-    build: Callable[[str], sa.Executable], dialect: str, columns: tuple[str, ...]
-) -> Prepared:
-    # psycopg2's compiler: no `::TYPE` casts after the names (psycopg 3's, the default
-    # PostgreSQL dialect from SQLAlchemy 2.1 on, writes `:name::VARCHAR`, which text() cannot
-    # read back).
-    named = (
-        pg_dialect.psycopg2.dialect(paramstyle="named")
-        if dialect == "postgresql"
-        else sqlite_dialect.dialect(paramstyle="named")
-    )
-    statement: Any = build(dialect)
-    compiled = statement.compile(dialect=named, column_keys=list(columns))
-    text = sa.text(compiled.string)
-    for name in columns:  # every column is given: none is left to a default
-        text = text.bindparams(sa.bindparam(name))
-    prepared = Prepared(text)
-    prepared.write = True  # INSERT ... ON CONFLICT
-    return prepared
 
 
 def upsert(dialect: str, table: sa.Table) -> tuple[Any, Any]:

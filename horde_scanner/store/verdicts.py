@@ -352,7 +352,7 @@ class VerdictTables(Tables):
             stream = db.stream(query, batch_rows)
             try:
                 async for rows in stream:
-                    yield cast(list[SignalsRow], [tuple(r) for r in rows])
+                    yield cast(list[SignalsRow], rows)
             finally:
                 await stream.aclose()
 
