@@ -39,7 +39,15 @@ import asyncio
 import contextlib
 import functools
 import gc
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import sqlalchemy as sa
@@ -530,7 +538,7 @@ class Database:
 
     async def stream(
         self, stmt: sa.Executable, batch_rows: int = STREAM_BATCH
-    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+    ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
         """The rows of a long read as plain tuples, `batch_rows` at a time, as they are asked
         for. Only on a connection of its own (`Store.aside()`: the shared SQLite connection
         fetches every result whole, see SQLITE_SHARED); close the iterator
@@ -583,7 +591,7 @@ class Database:
 
     async def _stream_rows(
         self, stmt: sa.Executable, batch_rows: int
-    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+    ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
         """`stream` through SQLAlchemy's result (its columns converted)."""
         assert self._conn is not None
         conn = self._conn
@@ -629,8 +637,10 @@ class Database:
         row, then its bind processing) cost ~17 us a row on the event loop, and made a
         million-entry import 1.7x slower than the plain SQL before it (bench.hashlist_import).
         A column SQLAlchemy converts (Decimal, datetime, bool, JSON, an Enum) sends the batches
-        through SQLAlchemy's executemany instead, conversions and all. A name `stmt` binds
-        beyond `keys` (a literal in the statement) is a programming error: ValueError."""
+        through SQLAlchemy's executemany instead, conversions and all. A failing batch raises
+        the driver's own error on the fast path (as `Prepared` statements do), SQLAlchemy's on
+        the other. A name `stmt` binds beyond `keys` (a literal in the statement) is a
+        programming error: ValueError."""
         if self._conn is None or self.shared:
             raise RuntimeError("write_many() writes on a connection of its own: use aside()")
         if self._in_transaction:

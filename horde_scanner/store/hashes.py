@@ -43,7 +43,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -254,14 +254,10 @@ class HashTables(Tables):
         chunks: a million Python strings at once would double the memory a load needs."""
         # Read on a connection (and so a thread) of our own: a million rows take seconds, and
         # the shared connection must keep answering uploads meanwhile.
-        listed = sa.select(hash_entries.c.value, hash_entries.c.origin).where(
-            hash_entries.c.signal == "pdq"
-        )
         async with self.aside() as db:
-            listed_rows = db.stream(listed, _INDEX_ROWS_PER_FETCH)
-            async with contextlib.aclosing(listed_rows) as batches:
-                async for rows in batches:
-                    yield [r[0] for r in rows], [r[1] for r in rows]
+            async with contextlib.aclosing(_listed_pdq(db)) as listed:
+                async for values, origins in listed:
+                    yield values, origins
             own = db.stream(_own_pdq(min_quality), _INDEX_ROWS_PER_FETCH)
             async with contextlib.aclosing(own) as batches:
                 async for rows in batches:
@@ -562,6 +558,29 @@ async def _bulk_cache(db: Database) -> AsyncIterator[None]:
     finally:
         with contextlib.suppress(Exception):  # a store gone away: the connection goes too
             await db.execute(f"PRAGMA cache_size={int(before)}")
+
+
+async def _listed_pdq(db: Database) -> AsyncGenerator[tuple[list[str], list[str]], None]:
+    """(PDQ values, origin of each) of every listed entry, in chunks, on `db` (aside()).
+
+    SQLite reads each origin's values from the index on origin, which holds them (it is
+    (origin, signal, value), the key appended): no table row is touched and no origin
+    string is made per row, a third of one scan's time on a million entries (bench.
+    hashlist_import). PostgreSQL reads the table once: a read per origin would scan it once
+    per origin."""
+    e = hash_entries
+    if db.dialect != "sqlite":
+        listed = sa.select(e.c.value, e.c.origin).where(e.c.signal == "pdq")
+        async with contextlib.aclosing(db.stream(listed, _INDEX_ROWS_PER_FETCH)) as batches:
+            async for rows in batches:
+                yield [r[0] for r in rows], [r[1] for r in rows]
+        return
+    origins = (await db.execute(sa.select(e.c.origin).distinct())).scalars()
+    for origin in origins:
+        listed = sa.select(e.c.value).where(e.c.origin == origin, e.c.signal == "pdq")
+        async with contextlib.aclosing(db.stream(listed, _INDEX_ROWS_PER_FETCH)) as batches:
+            async for rows in batches:
+                yield [r[0] for r in rows], [origin] * len(rows)
 
 
 def _own_pdq(min_quality: int) -> sa.Select[Any]:

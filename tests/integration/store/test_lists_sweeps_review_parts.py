@@ -137,6 +137,27 @@ async def test_bulk_lists_write_in_batches_and_replace_only_the_difference(store
     assert await store.hash_entries() == []
 
 
+async def test_the_index_read_gives_each_origins_pdq_entries(store: Store) -> None:
+    """`hash_index_rows`: every listed PDQ entry with its own origin, whatever the number of
+    origins (SQLite reads them an origin at a time), sha256 entries left out, then this
+    instance's own positives as `verdict`."""
+    expected = []
+    for k, origin in enumerate(("feed-a", LOCAL, "feed-b")):
+        values = [pdq(1000 * k + i) for i in range(300 * (k + 1))]
+        entries = [HashEntry("pdq", v) for v in values] + [HashEntry("sha256", sha(k))]
+        await store.add_hash_entries(origin, entries)
+        expected += [(v, origin) for v in values]
+    # The same value on two lists is one row for each.
+    await store.add_hash_entries("feed-b", [HashEntry("pdq", pdq(0))])
+    expected.append((pdq(0), "feed-b"))
+    await store.put_verdict(A, Verdict(label=Label.CSAM, backend="horde"))
+    await store.save_pdq(A, [PdqHash(pdq(999_999), 100, 0)])
+    expected.append((pdq(999_999), VERDICT))
+    got = [(v, o) async for vs, os_ in store.hash_index_rows(50) for v, o in zip(vs, os_,
+           strict=True)]  # fmt: skip
+    assert sorted(got) == sorted(expected)
+
+
 async def test_own_pdq_frames_and_what_is_published(store: Store) -> None:
     await store.save_pdq(
         A, [PdqHash(pdq(1), 90, 0), PdqHash(pdq(2), 90, 3), PdqHash(pdq(3), 20, 6)]
