@@ -83,6 +83,9 @@ def driver_error(exc: BaseException) -> BaseException:
 
 # Rows a stream hands over at a time unless told otherwise.
 STREAM_BATCH = 1000
+# Rows a PostgreSQL stream fetches from the server at a time (a round trip each), whatever the
+# batch it hands over: see `_collector_paused`.
+PG_FETCH = 1000
 
 
 class Rows:
@@ -725,8 +728,17 @@ class PgStream:
         return tuple(row) if row is not None else None
 
     async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        with _collector_paused():  # see there: asyncpg's records are never untracked
-            return [tuple(r) for r in await self._cursor.fetch(size)]
+        """Up to `size` rows, PG_FETCH at a time from the server, each of those made into
+        tuples with the collector paused (see `_collector_paused`)."""
+        rows: list[tuple[Any, ...]] = []
+        while len(rows) < size:
+            want = min(PG_FETCH, size - len(rows))
+            with _collector_paused():
+                got = [tuple(r) for r in await self._cursor.fetch(want)]
+            rows += got
+            if len(got) < want:
+                break
+        return rows
 
     async def fetchall(self) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
@@ -764,20 +776,23 @@ def _positional(params: Params) -> Any:
 
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a PostgreSQL stream's batch is fetched.
+    """Python's cyclic garbage collector off while asyncpg makes PG_FETCH records and they
+    are made into tuples (`PgStream.fetchmany`).
 
-    A batch is tens of thousands of asyncpg records made at once, all alive until the batch
-    is done; records, unlike tuples of plain values, are never untracked. Collections during
-    the fetch found them all reachable and promoted them, and once the oldest generation had
-    grown by a quarter, every object in the process was traversed again (a full collection):
-    about one a batch on a million-row read. With SQLAlchemy loaded the process holds twice
-    the objects of the previous release, and those collections were most of the index read's
-    time and all of its regression against 2fa284f (bench.hashlist_import, `gc.callbacks`).
-    Paused, the records go by reference count as soon as the batch is made of tuples, and
-    the tuples are untracked by the next young collection. Other coroutines run meanwhile
-    without collections for the length of one fetch; their cycles wait for the next one.
-    (SQLite's rows are tuples already, untracked young: pausing there cost more than it
-    saved.) Leaves the collector off when something else had turned it off."""
+    asyncpg's records, unlike tuples of plain values, are never untracked. Fetched 50,000 at
+    a time with the collector on, collections during the fetch found them all alive and
+    promoted them, and once the oldest generation had grown by a quarter every object in the
+    process was traversed again: about one full collection a batch. With SQLAlchemy loaded
+    the process holds twice the objects of the previous release, and on a million-row read
+    those collections were most of the index read's time and all of its regression against
+    2fa284f (bench.hashlist_import; counted with `gc.callbacks`). Paused, the records go by
+    reference count before any collection sees them, and the tuples (plain values) are
+    untracked by the next young collection. Fetches of 1,000 (the previous release's batch)
+    keep that collection small: after paused fetches of 50,000, each young collection over
+    the batch cost more than the paused one saved on a refresh's read. Other coroutines run
+    meanwhile without collections for the length of one fetch; their cycles wait for the next
+    one. (SQLite's rows are tuples of plain values already, untracked young: pausing there
+    cost more than it saved.) Leaves the collector off when something else turned it off."""
     if not gc.isenabled():
         yield
         return

@@ -398,7 +398,17 @@ class HashTables(Tables):
         write lock for tens of seconds while uploads wait to record their verdicts. So a
         replacement writes only the difference to what the origin holds (usually small), in
         batches; readers see each entry either as it was or as it is now."""
-        new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
+        # By signal, then value, each the row as it is read back: a row held is looked up by
+        # its value and compared whole, with no tuple made for it (a million in a refresh;
+        # keyed by (signal, value) pairs this loop took twice as long).
+        new: dict[str, dict[str, tuple[Any, ...]]] = {}
+        for entry in entries:
+            by_value = new.get(entry.signal)
+            if by_value is None:
+                by_value = new[entry.signal] = {}
+            by_value[entry.value] = (
+                entry.signal, entry.value, entry.label, entry.source, entry.first_seen, entry.note
+            )  # fmt: skip
         async with self.aside() as db, _bulk_cache(db):
             stale: list[tuple[str, str, str]] = []
             if replace:
@@ -406,18 +416,21 @@ class HashTables(Tables):
                 held = sa.select(
                     e.c.signal, e.c.value, e.c.label, e.c.source, e.c.first_seen, e.c.note
                 ).where(e.c.origin == origin)
+                none: dict[str, tuple[Any, ...]] = {}
                 held_rows = db.stream(held, _INDEX_ROWS_PER_FETCH)
                 async with contextlib.aclosing(held_rows) as batches:
                     async for part in batches:
                         for r in part:
-                            key = (r[0], r[1])
-                            if key not in new:
-                                stale.append((origin, *key))
-                            elif new[key] == (r[2], r[3], r[4], r[5]):
-                                del new[key]  # unchanged: nothing to write
+                            wanted = new.get(r[0], none).get(r[1])
+                            if wanted is None:
+                                stale.append((origin, r[0], r[1]))
+                            elif wanted == r:
+                                del new[r[0]][r[1]]  # unchanged: nothing to write
             # In key order, the B-tree grows at its end instead of splitting pages all over.
             added = time.time()
-            rows = sorted((origin, *key, *fields, by, added) for key, fields in new.items())
+            rows = sorted(
+                (origin, *row, by, added) for by_value in new.values() for row in by_value.values()
+            )
             await db.write_many(_DELETE_ENTRY, stale, _DELETE_KEYS, _ROWS_PER_BATCH)
             await db.write_many(_upsert_entries(db.dialect), rows, _ENTRY_KEYS, _ROWS_PER_BATCH)
             if stale or rows:
