@@ -5,8 +5,10 @@ Each measurement runs in a process of its own (so its peak RSS is its own), old 
 interleaved, on a fresh SQLite file and a fresh PostgreSQL database (a server this run
 starts): an import of N PDQ entries (`add_hash_entries`, what `hashes import` does), a
 subscription refresh that changes 1% of them (`replace_hash_origin`: only the difference is
-written), and the index read at start-up (`hash_index_rows`). Prints the median of the rounds
-for each figure, and the process's peak RSS.
+written), and the index read at start-up (`hash_index_rows`). Prints each figure's median of
+the rounds and the rounds themselves: wall time (`_s`), the process's CPU time over all its
+threads (`_cpu_s`: steadier than wall time on a shared machine; PostgreSQL's own work is
+not in it), and the process's peak RSS.
 
 The old release is a worktree of the previous release (`git worktree add /work/wt/base
 2fa284f`), imported from its own directory with this interpreter.
@@ -138,14 +140,19 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    figures = ("import_s", "refresh_s", "index_read_s", "before_rss_mb", "peak_rss_mb", "growth_mb")
+    figures = (
+        "import_s", "import_cpu_s", "refresh_s", "refresh_cpu_s", "index_read_s",
+        "index_read_cpu_s", "before_rss_mb", "peak_rss_mb", "growth_mb",
+    )  # fmt: skip
     print(f"\nmedians of {args.rounds} rounds, {args.entries:,} PDQ entries (old = {trees['old']})")
-    print(f"{'database':<10} {'figure':<14} {'old':>10} {'new':>10} {'new/old':>8}")
+    print(f"{'database':<10} {'figure':<16} {'old':>8} {'new':>8} {'new/old':>8}   rounds old | new")
     for kind in kinds:
         for figure in figures:
-            old = statistics.median(r[figure] for r in results[(kind, "old")])
-            new = statistics.median(r[figure] for r in results[(kind, "new")])
-            print(f"{kind:<10} {figure:<14} {old:>10.2f} {new:>10.2f} {new / old:>8.2f}")
+            olds = [r[figure] for r in results[(kind, "old")]]
+            news = [r[figure] for r in results[(kind, "new")]]
+            old, new = statistics.median(olds), statistics.median(news)
+            rounds = " ".join(f"{v:.2f}" for v in olds) + " | " + " ".join(f"{v:.2f}" for v in news)
+            print(f"{kind:<10} {figure:<16} {old:>8.2f} {new:>8.2f} {new / old:>8.2f}   {rounds}")
 
 
 if __name__ == "__main__":
