@@ -145,7 +145,8 @@ def main() -> None:
         "index_read_cpu_s", "before_rss_mb", "peak_rss_mb", "growth_mb",
     )  # fmt: skip
     print(f"\nmedians of {args.rounds} rounds, {args.entries:,} PDQ entries (old = {trees['old']})")
-    print(f"{'database':<10} {'figure':<16} {'old':>8} {'new':>8} {'new/old':>8}   rounds old | new")
+    head = f"{'database':<10} {'figure':<16} {'old':>8} {'new':>8} {'new/old':>8}"
+    print(f"{head}   rounds old | new")
     for kind in kinds:
         for figure in figures:
             olds = [r[figure] for r in results[(kind, "old")]]
