@@ -287,7 +287,7 @@ class AuditStore(Protocol):
       increase); `last_events` gives, per hash, the latest of `events`.
     - `rename_sources({old: new})` rewrites a source wherever audit, verdicts or jobs recorded
       it (for sources that must not stay written); returns how many rows changed; renaming
-      again changes nothing. Audit rows still buffered are not renamed: flush first.
+      again changes nothing. Audit rows still buffered are flushed first, and renamed.
     Rows are never updated otherwise, nor deleted.
     """
 
