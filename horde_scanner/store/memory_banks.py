@@ -322,9 +322,7 @@ class MemoryBanks:
         for (signal, value), (label, source, first_seen, note) in new.items():
             old = table.get((origin, signal, value))
             if old is None:
-                table[(origin, signal, value)] = _Entry(
-                    0, label, source, first_seen, note, by, now
-                )
+                table[(origin, signal, value)] = _Entry(0, label, source, first_seen, note, by, now)
             else:  # who added it and when stay those of the first write
                 old.label, old.source, old.note = label, source, note
                 old.first_seen = _earliest_first_seen(old.first_seen, first_seen)
@@ -554,7 +552,12 @@ class MemoryBanks:
                     self._next_id(), e.label, e.source, e.first_seen, e.note, by, now, e.blob
                 )
             else:
-                old.label, old.source, old.first_seen, old.note = e.label, e.source, e.first_seen, e.note
+                old.label, old.source, old.first_seen, old.note = (
+                    e.label,
+                    e.source,
+                    e.first_seen,
+                    e.note,
+                )
         if stale or new:
             self._bump()
         return len(new) + len(stale)
@@ -634,7 +637,9 @@ class MemoryBanks:
         for row in self._banks.scan_runs.values():
             if row.run.source == source and row.run.state == "running":
                 row.run.state, row.updated_at = "abandoned", now
-        run = ScanRun(self._next_id(), source, action, follow, "running", "sweep", None, None, False)
+        run = ScanRun(
+            self._next_id(), source, action, follow, "running", "sweep", None, None, False
+        )
         self._banks.scan_runs[run.id] = _ScanRunRow(run, now, now)
         return replace(run)
 
@@ -813,7 +818,11 @@ class MemoryBanks:
     async def due_provenance(self, now: float, limit: int) -> list[Provenance]:
         self._open()
         due = sorted(
-            (p for p in self._banks.provenance.values() if p.state == PENDING and p.next_try <= now),
+            (
+                p
+                for p in self._banks.provenance.values()
+                if p.state == PENDING and p.next_try <= now
+            ),
             key=lambda p: p.next_try,
         )
         return [_copied_row(p) for p in due[: max(0, limit)]]
@@ -851,9 +860,7 @@ class MemoryBanks:
         if held is None:
             return False
         now = time.time()
-        self._banks.provenance[sha256] = replace(
-            held, state=PENDING, next_try=now, updated_at=now
-        )
+        self._banks.provenance[sha256] = replace(held, state=PENDING, next_try=now, updated_at=now)
         return True
 
     async def resolved_provenance(self) -> list[Provenance]:
