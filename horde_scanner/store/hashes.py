@@ -52,7 +52,7 @@ import sqlalchemy as sa
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.database import Database
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.tables import Tables, row_limit, upsert
 from horde_scanner.store.verdicts import lists as _lists
 from horde_scanner.store.verdicts import own_positives
 from horde_scanner.store.verdicts import verdicts as _verdicts
@@ -499,7 +499,7 @@ class HashTables(Tables):
             f.c.sha256, f.c.origin, f.c.signal, f.c.value, f.c.distance, f.c.source, f.c.flagged_at
         ).order_by(f.c.flagged_at.desc())
         if limit is not None:
-            stmt = stmt.limit(limit)
+            stmt = stmt.limit(row_limit(limit))
         return [HashFlag(*r) for r in (await self._db.execute(stmt)).all()]
 
 

@@ -25,6 +25,9 @@ Common to every interface:
   works again; nothing is half-written (each method is one atomic statement or transaction
   unless its docstring says otherwise). Any other exception is a bug.
 - Times are epoch seconds (`time.time()`), hashes are lower-case hex sha256 strings.
+- A `limit` (or `offset`) of 0 gives nothing; one below 0 raises ValueError on every store
+  (SQLite would read it as "no limit", PostgreSQL refuses it), except `claim_jobs`, which
+  claims nothing.
 
 `Protocol`s here describe the methods `Store` has, with the same names and signatures;
 `store/conformance.py` makes mypy prove that every store implements every one.

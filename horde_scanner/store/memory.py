@@ -30,7 +30,7 @@ from horde_scanner.store.memory_banks import BankTables, MemoryBanks
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.provenance import LemmyActionRow
 from horde_scanner.store.review import HELD, QuarantineItem
-from horde_scanner.store.tables import ChangeListener
+from horde_scanner.store.tables import ChangeListener, row_limit
 from horde_scanner.store.verdicts import LatePositive, SignalsRow, StoredVerdict, VerdictFilter
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
@@ -222,7 +222,7 @@ class MemoryStore(MemoryBanks):
             and (since is None or v.verdict.judged_at >= since)
         ]
         rows.sort(key=lambda v: v.verdict.judged_at, reverse=True)
-        for v in rows[:limit] if limit is not None else rows:
+        for v in rows[: row_limit(limit)] if limit is not None else rows:
             yield _copied(v)
 
     async def count_verdicts(self, *, since: float | None = None) -> dict[str, int]:
@@ -235,6 +235,8 @@ class MemoryStore(MemoryBanks):
 
     async def search_verdicts(self, f: VerdictFilter) -> list[StoredVerdict]:
         self._open()
+        row_limit(f.limit)
+        row_limit(f.offset, "offset")
         rows = [
             v
             for v in self._t.verdicts.values()
@@ -274,7 +276,7 @@ class MemoryStore(MemoryBanks):
         self._open()
         known = set(self._t.verdicts) | set(self._t.lists)
         known |= {r.sha256 for r in self._t.audit if r.sha256 is not None}
-        return sorted(s for s in known if s.startswith(prefix))[:limit]
+        return sorted(s for s in known if s.startswith(prefix))[: row_limit(limit)]
 
     # -- allow / deny lists --------------------------------------------------------------
 
@@ -334,7 +336,7 @@ class MemoryStore(MemoryBanks):
         self._open()
         rows = [p for p in self._t.late.values() if not undecided or p.sha256 not in self._t.lists]
         rows.sort(key=lambda p: p.found_at, reverse=True)
-        return rows[:limit] if limit is not None else rows
+        return rows[: row_limit(limit)] if limit is not None else rows
 
     async def late_positive(self, sha256: str) -> LatePositive | None:
         self._open()

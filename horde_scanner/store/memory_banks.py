@@ -30,6 +30,7 @@ from horde_scanner.store.hashes import (
 )
 from horde_scanner.store.provenance import NO_ALIAS, PENDING, RESOLVED, Provenance, RejectedUpload
 from horde_scanner.store.sweeps import ScanAction, ScanFile, ScanRun
+from horde_scanner.store.tables import row_limit
 from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.verdict import VerdictRoute
 
@@ -413,7 +414,7 @@ class MemoryBanks:
     async def hash_flags(self, limit: int | None = None) -> list[HashFlag]:
         self._open()
         flags = sorted(self._banks.flags.values(), key=lambda f: f.flagged_at, reverse=True)
-        return flags[:limit] if limit is not None else flags
+        return flags[: row_limit(limit)] if limit is not None else flags
 
     # -- EmbeddingStore ------------------------------------------------------------------------
 
@@ -795,13 +796,13 @@ class MemoryBanks:
                 and (lists.get(v.sha256) or ("",))[0] != "allow"
             ),
             key=lambda v: v.verdict.judged_at,
-        )[: max(0, limit)]
+        )[: row_limit(limit)]
         found = [(v.sha256, v.first_seen, "verdict", v.verdict.judged_at) for v in stored]
         denied = sorted(
             (e[2], s)
             for s, e in lists.items()
             if e[0] == "deny" and e[2] >= lists_since and s not in asked
-        )[: max(0, limit)]
+        )[: row_limit(limit)]
         seen = {f[0] for f in found}
         found += [(s, at, "deny", at) for at, s in denied if s not in seen]
         return found
@@ -825,7 +826,7 @@ class MemoryBanks:
             ),
             key=lambda p: p.next_try,
         )
-        return [_copied_row(p) for p in due[: max(0, limit)]]
+        return [_copied_row(p) for p in due[: row_limit(limit)]]
 
     async def count_provenance(self) -> dict[str, int]:
         self._open()
@@ -881,7 +882,7 @@ class MemoryBanks:
                 if r.event == "answered" and r.action == "reject" and low <= r.ts <= high
             ),
             key=lambda r: r.ts,
-        )[: max(0, limit)]
+        )[: row_limit(limit)]
         verdicts = self._verdict_rows()
         out = []
         for r in rows:

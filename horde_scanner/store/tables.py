@@ -92,6 +92,14 @@ def upsert(dialect: str, table: sa.Table) -> tuple[Any, Any]:
     return statement, statement.excluded
 
 
+def row_limit(value: int, name: str = "limit") -> int:
+    """A caller's LIMIT or OFFSET, checked: SQLite reads a negative one as "no limit" (or no
+    offset), PostgreSQL refuses it; every store refuses it alike (interfaces.py)."""
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, not {value}")
+    return value
+
+
 def chunks(values: Sequence[Any], size: int | None = None) -> list[Sequence[Any]]:
     """`values` in pieces of at most `size` (IN_CHUNK), for `column.in_(piece)` lookups."""
     step = size or IN_CHUNK

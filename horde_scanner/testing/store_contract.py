@@ -11,7 +11,7 @@ survives) are tests of their own in the integration suite: a clause sees one sto
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -1227,3 +1227,80 @@ async def rejected_uploads_come_from_the_audit_log_with_what_was_stored(
     assert await store.rejected_uploads(time.time() + 60, None, 10) == []
     assert await store.rejected_uploads(None, start - 60, 10) == []
     assert len(await store.rejected_uploads(start, time.time() + 60, 10)) == 2
+
+
+# -- limits: 0 gives nothing, below 0 is refused on every store -------------------------------
+# (SQLite reads a negative LIMIT as "no limit", PostgreSQL refuses it: the store decides.)
+
+
+async def _refused(call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except ValueError as exc:
+        assert "0 or more" in str(exc), exc
+        return
+    raise AssertionError("a negative limit or offset was taken")
+
+
+async def _drain(rows: AsyncIterator[Any]) -> list[Any]:
+    return [row async for row in rows]
+
+
+@clause("VerdictStore")
+async def a_limit_of_zero_gives_nothing_and_a_negative_one_is_refused(
+    store: _VerdictsListsAudit,
+) -> None:
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.put_verdict(B, verdict(Label.CSAM))
+    assert await _drain(store.iter_verdicts(limit=0)) == []
+    assert await store.search_verdicts(VerdictFilter(limit=0)) == []
+    assert await store.search_verdicts(VerdictFilter(labels=("csam",), limit=0)) == []
+    assert await store.sha256_by_prefix("", limit=0) == []
+    await _refused(_drain(store.iter_verdicts(limit=-1)))
+    await _refused(store.search_verdicts(VerdictFilter(limit=-1)))
+    await _refused(store.search_verdicts(VerdictFilter(labels=("csam",), offset=-1)))
+    await _refused(store.sha256_by_prefix("", limit=-1))
+
+
+@clause("LatePositiveStore")
+async def late_positives_limit_zero_gives_nothing_and_below_zero_is_refused(
+    store: LatePositiveStore,
+) -> None:
+    await store.record_late_positive(A, Label.CSAM, "recorded", {})
+    assert await store.late_positives(limit=0) == []
+    await _refused(store.late_positives(limit=-1))
+
+
+@clause("JobStore")
+async def claiming_no_jobs_or_fewer_than_none_claims_nothing(store: JobStore) -> None:
+    await _add(store, A)
+    assert await store.claim_jobs(0) == []
+    assert await store.claim_jobs(-1) == []  # never "every job" (SQLite's LIMIT -1)
+    assert [j.sha256 for j in await store.claim_jobs(1)] == [A]
+
+
+@clause("HashBankStore")
+async def hash_flags_limit_zero_gives_nothing_and_below_zero_is_refused(
+    store: HashBankStore,
+) -> None:
+    await store.flag_hash(A, "sub", "pdq", PDQ1, 1, None)
+    assert await store.hash_flags(limit=0) == []
+    await _refused(store.hash_flags(limit=-1))
+
+
+@clause("ProvenanceStore")
+async def provenance_limits_zero_give_nothing_and_below_zero_are_refused(
+    store: _ProvenanceAuditVerdicts,
+) -> None:
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.put_verdict(B, verdict(Label.CSAM))
+    await store.want_provenance(B, "sweep", seen_at=None)
+    await store.audit("answered", sha256=A, action="reject")
+    await store.flush_audit()
+    later = time.time() + 60
+    assert await store.positives_without_provenance(0) == []
+    assert await store.due_provenance(later, 0) == []
+    assert await store.rejected_uploads(None, None, 0) == []
+    await _refused(store.positives_without_provenance(-1))
+    await _refused(store.due_provenance(later, -1))
+    await _refused(store.rejected_uploads(None, None, -1))
