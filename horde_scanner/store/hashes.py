@@ -52,7 +52,7 @@ import sqlalchemy as sa
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.database import Database
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, row_limit, upsert
+from horde_scanner.store.tables import Tables, refuse_nul, row_limit, upsert
 from horde_scanner.store.verdicts import lists as _lists
 from horde_scanner.store.verdicts import own_positives
 from horde_scanner.store.verdicts import verdicts as _verdicts
@@ -403,6 +403,9 @@ class HashTables(Tables):
         replacement writes only the difference to what the origin holds (usually small), in
         batches; readers see each entry either as it was or as it is now."""
         new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
+        refuse_nul(by)
+        for (signal, value), (label, source, _, note) in new.items():
+            refuse_nul(signal, value, label, source, note)
         async with self.aside() as db, _bulk_cache(db):
             stale: list[tuple[str, str, str]] = []
             if replace:

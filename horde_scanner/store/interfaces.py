@@ -28,6 +28,9 @@ Common to every interface:
 - A `limit` (or `offset`) of 0 gives nothing; one below 0 raises ValueError on every store
   (SQLite would read it as "no limit", PostgreSQL refuses it), except `claim_jobs`, which
   claims nothing.
+- Text holding a NUL character (a list entry's note, source or label, who added it; an
+  allow/deny note) raises ValueError on every store before anything is written: PostgreSQL's
+  text cannot hold one, SQLite's could.
 
 `Protocol`s here describe the methods `Store` has, with the same names and signatures;
 `store/conformance.py` makes mypy prove that every store implements every one.

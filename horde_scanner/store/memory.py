@@ -30,7 +30,7 @@ from horde_scanner.store.memory_banks import BankTables, MemoryBanks
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.provenance import LemmyActionRow
 from horde_scanner.store.review import HELD, QuarantineItem
-from horde_scanner.store.tables import ChangeListener, row_limit
+from horde_scanner.store.tables import ChangeListener, refuse_nul, row_limit
 from horde_scanner.store.verdicts import LatePositive, SignalsRow, StoredVerdict, VerdictFilter
 from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
@@ -289,6 +289,7 @@ class MemoryStore(MemoryBanks):
         self._open()
         if kind not in ("allow", "deny"):
             raise ValueError(f"a list is 'allow' or 'deny', not {kind!r}")
+        refuse_nul(note, by)
         self._t.lists[sha256] = _ListRow(kind, note, by, time.time())
         self._bump()  # as the databases' triggers: every list change
 

@@ -30,7 +30,7 @@ from horde_scanner.store.hashes import (
 )
 from horde_scanner.store.provenance import NO_ALIAS, PENDING, RESOLVED, Provenance, RejectedUpload
 from horde_scanner.store.sweeps import ScanAction, ScanFile, ScanRun
-from horde_scanner.store.tables import row_limit
+from horde_scanner.store.tables import refuse_nul, row_limit
 from horde_scanner.store.verdicts import StoredVerdict
 from horde_scanner.verdict import VerdictRoute
 
@@ -305,9 +305,11 @@ class MemoryBanks:
     ) -> int:
         """As HashTables._bulk: a replacement writes only what differs from the origin's."""
         new = {(e.signal, e.value): (e.label, e.source, e.first_seen, e.note) for e in entries}
-        for signal, _ in new:
+        refuse_nul(by)
+        for (signal, value), (label, source, _, note) in new.items():
             if signal not in ("sha256", "pdq"):  # the table's CHECK constraint
                 raise ValueError(f"a hash entry's signal is sha256 or pdq, not {signal!r}")
+            refuse_nul(signal, value, label, source, note)
         table, stale = self._banks.hash_entries, []
         if replace:
             for key, held in table.items():
@@ -533,7 +535,11 @@ class MemoryBanks:
         too), an entry written again keeps its vector (the digest names it), its id, and who
         added it when."""
         new = {e.digest: e for e in entries}
-        table, stale = self._banks.embedding_entries, []
+        refuse_nul(by)
+        for given in new.values():
+            refuse_nul(given.label, given.source, given.note)
+        table = self._banks.embedding_entries
+        stale: list[tuple[str, str, str]] = []
         for key, held in table.items():
             if key[:2] != (origin, model):
                 continue

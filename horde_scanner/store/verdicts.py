@@ -28,7 +28,14 @@ import sqlalchemy as sa
 
 from horde_scanner.store.database import Prepared
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, chunks, compiled_once, row_limit, upsert
+from horde_scanner.store.tables import (
+    Tables,
+    chunks,
+    compiled_once,
+    refuse_nul,
+    row_limit,
+    upsert,
+)
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 # One row per judged image, replaced when judged again (re-judging keeps first_seen, source).
@@ -365,6 +372,7 @@ class VerdictTables(Tables):
         return str(kind) if kind is not None else None
 
     async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
+        refuse_nul(note, by)
         await self._db.execute(
             compiled_once(_set_list, self._db.dialect, _LIST_KEYS),
             {"sha256": sha256, "kind": kind, "note": note, "added_by": by, "added_at": time.time()},

@@ -1304,3 +1304,52 @@ async def provenance_limits_zero_give_nothing_and_below_zero_are_refused(
     await _refused(store.positives_without_provenance(-1))
     await _refused(store.due_provenance(later, -1))
     await _refused(store.rejected_uploads(None, None, -1))
+
+
+# -- text: a NUL character is refused on every store -------------------------------------------
+# (PostgreSQL's text cannot hold one and fails the whole statement; SQLite kept it.)
+
+
+async def _refused_nul(call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except ValueError as exc:
+        assert "NUL" in str(exc), exc
+        return
+    raise AssertionError("text with a NUL character was taken")
+
+
+@clause("ListStore")
+async def a_list_note_with_a_nul_character_is_refused_and_nothing_written(
+    store: ListStore,
+) -> None:
+    await _refused_nul(store.set_list(A, "deny", note="bad\x00note"))
+    await _refused_nul(store.set_list(A, "deny", by="\x00"))
+    assert await store.list_kind(A) is None
+    await store.set_list(A, "deny", note="fine")  # the store is none the worse
+    assert await store.list_kind(A) == "deny"
+
+
+@clause("HashBankStore")
+async def hash_entries_with_a_nul_character_are_refused_and_nothing_written(
+    store: HashBankStore,
+) -> None:
+    rows = [HashEntry("pdq", PDQ1), HashEntry("sha256", C, note="from\x00list")]
+    before = await store.hash_generation()
+    await _refused_nul(store.add_hash_entries(LOCAL, rows))
+    await _refused_nul(store.replace_hash_origin("sub", [HashEntry("sha256", C, source="\x00")]))
+    await _refused_nul(store.add_hash_entries(LOCAL, rows[:1], by="cli:\x00"))
+    assert await store.hash_entries() == []
+    assert await store.hash_generation() == before
+    assert await store.add_hash_entries(LOCAL, rows[:1]) == 1
+
+
+@clause("EmbeddingStore")
+async def embedding_entries_with_a_nul_character_are_refused_and_nothing_written(
+    store: EmbeddingStore,
+) -> None:
+    good, bad = EmbeddingEntry(_vector(1)), EmbeddingEntry(_vector(2), note="x\x00")
+    await _refused_nul(store.add_embedding_entries(LOCAL, "m", [good, bad]))
+    await _refused_nul(store.replace_embedding_origin("sub", "m", [bad]))
+    assert await store.embedding_entry_count("m") == 0
+    assert await store.add_embedding_entries(LOCAL, "m", [good]) == 1

@@ -152,6 +152,8 @@ def _note(body: dict[str, Any]) -> str:
     note = body.get("note", "")
     if not isinstance(note, str):
         raise RequestError(400, "bad_note", "note must be a string")
+    if "\x00" in note:  # no store keeps one (PostgreSQL's text cannot hold it)
+        raise RequestError(400, "bad_note", "note must not hold a NUL character")
     return note[:1000]
 
 

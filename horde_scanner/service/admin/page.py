@@ -413,6 +413,8 @@ async def decide(request: web.Request) -> web.Response:
     sha = admin_api.sha_param(request)
     action = request.match_info["action"]
     note = str(form.get("note") or "")[:500]
+    if "\x00" in note:  # no store keeps one (PostgreSQL's text cannot hold it)
+        raise RequestError(400, "bad_note", "a note must not hold a NUL character")
     try:
         if action == "allow":
             await svc.review.allow(sha, by=session.actor, note=note)
