@@ -3,10 +3,9 @@ step. This module holds what every part of the page shares (the layout, sessions
 sign-in, the export link and the static files; the queue and items are review_page.py, the
 previews preview_page.py, the Lemmy panel lemmy_page.py.
 
-Safety for the person reviewing: no image is ever shown unless previews are enabled in the
-configuration (`admin.previews`) AND turned on in this session AND the item is held in
-quarantine AND the admin clicks "reveal" on that one item; even then the server sends only a
-small, blurred, greyscale JPEG made from the held copy. Everything else is metadata.
+Safety for the person reviewing: everything the page shows is metadata; the one image it can
+show is a small, blurred, greyscale preview of a quarantined item, and only on the conditions
+preview_page.py lists.
 """
 
 from __future__ import annotations
