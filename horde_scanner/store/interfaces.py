@@ -512,8 +512,11 @@ class EmbeddingStore(Protocol):
     - `save_embedding` is an upsert by (sha256, model) returning the row id, which stays the
       same when the image is saved again (the index key's base); `embedding_of` reads it back.
     - `add_embedding_entries` / `replace_embedding_origin` / `drop_embedding_origins_except`
-      behave as the hash bank's entries do (`HashBankStore`), per model, and every write bumps
-      `hash_generation` so each process brings its index in step.
+      behave as the hash bank's entries do (`HashBankStore`), per model, keyed by (origin,
+      model, digest), and every write bumps `hash_generation` so each process brings its
+      index in step. Unlike hash entries, an entry given again unchanged is not written
+      (adding included: the count says 0), and one written again takes the new label,
+      source, note and first seen (its vector, id and who added it when stay).
     - `embedding_index_keys(model)` gives ("entry" | "own", row ids, origins) chunks of what
       the index should hold; `embedding_vectors` the vectors of such ids.
     """

@@ -1353,3 +1353,19 @@ async def embedding_entries_with_a_nul_character_are_refused_and_nothing_written
     await _refused_nul(store.replace_embedding_origin("sub", "m", [bad]))
     assert await store.embedding_entry_count("m") == 0
     assert await store.add_embedding_entries(LOCAL, "m", [good]) == 1
+
+
+@clause("EmbeddingStore")
+async def an_embedding_entry_given_again_keeps_its_id_and_vector(store: EmbeddingStore) -> None:
+    entry = EmbeddingEntry(_vector(1), first_seen=50.0, note="first")
+    assert await store.add_embedding_entries(LOCAL, "m", [entry], by="cli:a") == 1
+    assert await store.add_embedding_entries(LOCAL, "m", [entry], by="cli:b") == 0  # unchanged
+    [row_id] = [r async for kind, rows, _ in store.embedding_index_keys("m") for r in rows]
+    again = EmbeddingEntry(_vector(1), first_seen=80.0, note="second")
+    assert await store.add_embedding_entries(LOCAL, "m", [again], by="cli:b") == 1
+    row = await store.embedding_entry(row_id)
+    assert row is not None
+    assert (row.note, row.first_seen, row.vector, row.added_by) == (
+        "second", 80.0, entry.blob, "cli:a",
+    )  # fmt: skip
+    assert await store.embedding_entry_count("m") == 1
