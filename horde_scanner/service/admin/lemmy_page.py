@@ -14,7 +14,7 @@ from aiohttp import web
 from horde_scanner.moderation.actions import ActionError, parse_actions
 from horde_scanner.review import view
 from horde_scanner.service.admin.auth import Session
-from horde_scanner.service.admin.page import _checked_post, _page
+from horde_scanner.service.admin.page import _checked_post, _refused
 from horde_scanner.service.admin.params import sha_param
 from horde_scanner.service.context import LEMMY, LemmyDeps
 
@@ -252,12 +252,7 @@ async def retry(request: web.Request) -> web.Response:
     try:
         await _retry(svc, session, request.match_info["id"])
     except ActionError as exc:
-        return _page(
-            "Could not do that",
-            f'<p class="error">{_e(exc.detail)}</p><p><a href="/admin/item/{sha}">Back</a></p>',
-            session,
-            status=exc.status,
-        )
+        return _refused(sha, exc.detail, session, exc.status)
     raise web.HTTPSeeOther(f"/admin/item/{sha}#lemmy-actions")
 
 

@@ -56,6 +56,16 @@ def _when(stamp: str | None) -> str:
     return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _refused(sha: str, detail: str, session: Session, status: int) -> web.Response:
+    """A decision or an action on an item that could not be done: why, and the way back."""
+    return _page(
+        "Could not do that",
+        f'<p class="error">{_e(detail)}</p><p><a href="/admin/item/{sha}">Back</a></p>',
+        session,
+        status=status,
+    )
+
+
 def _page(title: str, body: str, session: Session | None = None, status: int = 200) -> web.Response:
     bar = ""
     if session is not None:

@@ -22,6 +22,7 @@ from horde_scanner.service.admin.page import (
     _csrf,
     _e,
     _page,
+    _refused,
     _session_or_login,
     _when,
 )
@@ -244,12 +245,7 @@ async def decide(request: web.Request) -> web.Response:
         else:
             raise RequestError(404, "not_found", f"no action {action!r}")
     except (ReviewError, ActionError) as exc:
-        return _page(
-            "Could not do that",
-            f'<p class="error">{_e(exc.detail)}</p><p><a href="/admin/item/{sha}">Back</a></p>',
-            session,
-            status=exc.status,
-        )
+        return _refused(sha, exc.detail, session, exc.status)
     raise web.HTTPSeeOther(f"/admin/item/{sha}#decision")
 
 
