@@ -19,12 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def spawn(
-    args: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    launcher: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """`python ARGS` in `cwd` (another checkout's directory runs that checkout's code: the
-    current directory comes first on the module path)."""
+    current directory comes first on the module path), under `launcher` if given (valgrind)."""
     return subprocess.Popen(
-        [sys.executable, *args],
+        [*launcher, sys.executable, *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
@@ -42,10 +45,13 @@ def horde_and_service(
     deadline_s: float,
     env: dict[str, str] | None = None,
     cwd: Path = ROOT,
+    launcher: Sequence[str] = (),
+    start_timeout_s: float = 30.0,
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """The fake AI Horde (with `horde_args`) and the service (python `service_args(port)`, run
-    in `cwd`) as processes on free loopback ports, the service's store at `db` and `env` added
-    to its environment; yields the service's port and process once both listen."""
+    in `cwd`, under `launcher` if given) as processes on free loopback ports, the service's
+    store at `db` and `env` added to its environment; yields the service's port and process
+    once both listen."""
     horde_port, port = free_port(), free_port()
     horde = spawn(["-m", "horde_scanner.testing.horde", "--port", str(horde_port), *horde_args])
     service_env = {
@@ -56,10 +62,10 @@ def horde_and_service(
         "HORDE_SCANNER_LOG_LEVEL": "ERROR",
         **(env or {}),
     }
-    service = spawn(service_args(port), service_env, cwd)
+    service = spawn(service_args(port), service_env, cwd, launcher)
     try:
         wait_port(horde_port)
-        wait_port(port)
+        wait_port(port, timeout=start_timeout_s)
         yield port, service
     finally:
         for proc in (service, horde):
@@ -80,6 +86,22 @@ def cpu_s(pid: int) -> float:
     machine's other load disturbs least (throughput on a shared 2-core box swings widely)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults the process has taken so far: a freshly mapped buffer is faulted in
+    page by page, in kernel time that instruction counts do not show."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep every thread of `pid` on `cpus` (threads it starts later inherit it): the service
+    measured on a core of its own, the load generator on the other, so they do not take turns
+    on one core's caches."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def rss_mb(pid: int) -> float:

@@ -13,7 +13,15 @@ loopback; this process is the load generator, on the same 2-core machine. Figure
   misses, Horde latency 2 s                 max answer time       (must be < deadline)
   misses, Horde latency 30 s, 1000 at once  max answer time, peak service RSS (target <= 400 MB)
 
-Run: .venv/bin/python -m bench.validate [--quick] [--hits-only] [--previous COMMIT|DIR]
+  cache hits, instructions per hit           (--instructions N: each release under valgrind's
+      callgrind, N hits each; a count that the machine's other load does not move)
+
+--pin keeps the services on the last core and this load generator (and the fakes) on the
+others while the hits are measured: a 2-core machine's scheduler otherwise moves them about,
+and the rounds swing by 10-15 %.
+
+Run: .venv/bin/python -m bench.validate [--quick] [--hits-only] [--previous COMMIT|DIR] [--pin]
+     [--instructions N]
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import statistics
@@ -36,9 +45,11 @@ from bench.common import (
     ROOT,
     cpu_s,
     horde_and_service,
+    minor_faults,
     noisy_jpeg,
     peak_rss_mb,
     percentiles,
+    pin,
     rss_mb,
     spawn,
 )
@@ -225,7 +236,12 @@ async def prime(url: str, images: list[bytes]) -> None:
 
 
 async def cache_hits(
-    hits: list[bytes], seconds: float, rounds: int, tmp: Path, previous: str = PREVIOUS
+    hits: list[bytes],
+    seconds: float,
+    rounds: int,
+    tmp: Path,
+    previous: str = PREVIOUS,
+    pinned: bool = False,
 ) -> None:
     """Closed-loop and open-loop cache hits: the previous release, this checkout and the bare
     handler, interleaved (the order turns each round), so the machine's noise hits all alike."""
@@ -243,24 +259,32 @@ async def cache_hits(
             "bare handler": bare_url,
         }
         pids = dict(zip(targets, (old_pid, pid, bare_pid), strict=True))
+        if pinned:
+            _pin_apart(list(pids.values()))
         rps: dict[str, list[float]] = {name: [] for name in targets}
         cpu_us: dict[str, list[float]] = {name: [] for name in targets}
+        faults: dict[str, list[float]] = {name: [] for name in targets}
         p99: dict[str, list[float]] = {name: [] for name in list(targets)[:2]}
         names = list(targets)
         for r in range(rounds):
             order = names[r % 3 :] + names[: r % 3]
             for name in order:
-                used = cpu_s(pids[name])
+                used, faulted = cpu_s(pids[name]), minor_faults(pids[name])
                 rate, done = await counted_closed_loop(targets[name], hits, 64, seconds)
                 rps[name].append(rate)
                 cpu_us[name].append((cpu_s(pids[name]) - used) / done * 1e6)
+                faults[name].append((minor_faults(pids[name]) - faulted) / done)
             for name in order:
                 if name in p99:
                     lat = await open_loop(targets[name], hits, 200, seconds)
                     p99[name].append(float(sorted(lat)[int(0.99 * (len(lat) - 1))]) * 1000)
             print(
                 f"  round {r + 1}: "
-                + ", ".join(f"{n} {rps[n][-1]:,.0f}/s ({cpu_us[n][-1]:.0f} us CPU)" for n in names)
+                + ", ".join(
+                    f"{n} {rps[n][-1]:,.0f}/s ({cpu_us[n][-1]:.0f} us CPU, "
+                    f"{faults[n][-1]:.1f} page faults)"
+                    for n in names
+                )
                 + "; open-loop p99 "
                 + ", ".join(f"{n} {p99[n][-1]:.2f} ms" for n in p99),
                 flush=True,
@@ -282,6 +306,15 @@ async def cache_hits(
             "throughput): " + ", ".join(f"{n} {cpu[n]:.0f} us" for n in names)
         )
         print(
+            "  page faults per cache hit (median; a body mapped fresh is faulted in page by "
+            "page): " + ", ".join(f"{n} {statistics.median(v):.1f}" for n, v in faults.items())
+        )
+        paired = [a / b for a, b in zip(rps[names[1]], rps[names[0]], strict=True)]
+        print(
+            f"  this checkout / previous release, round by round: "
+            f"{', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})"
+        )
+        print(
             f"  bare handler CPU / this checkout's: {cpu[names[2]] / cpu[names[1]]:.2f};  "
             f"previous release's / this checkout's: {cpu[names[0]] / cpu[names[1]]:.2f}"
         )
@@ -300,13 +333,140 @@ async def cache_hits(
         print(f"service peak RSS: {peak_rss_mb(pid):.0f} MB")
 
 
-async def main(quick: bool, rounds: int, hits_only: bool, previous: str = PREVIOUS) -> None:
+def _pin_apart(service_pids: list[int]) -> None:
+    """The services on the last core; this process (the load generator) and everything
+    else it started on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        print("  --pin: one core only, not pinned")
+        return
+    for service in service_pids:
+        pin(service, {cpus[-1]})
+    pin(os.getpid(), set(cpus[:-1]))
+    print(f"  pinned: services on core {cpus[-1]}, load generator on {cpus[:-1]}")
+
+
+async def _fixed_hits(url: str, images: list[bytes], count: int, clients: int) -> int:
+    """`count` cache hits from `clients` clients; how many were answered 200."""
+    answered = 0
+    async with aiohttp.ClientSession() as session:
+
+        async def client(i: int) -> None:
+            nonlocal answered
+            for n in range(i, count, clients):
+                async with session.post(url, data=images[n % len(images)]) as resp:
+                    await resp.read()
+                    answered += resp.status == 200
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    return answered
+
+
+async def _callgrind_control(*args: str | int) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "callgrind_control", *map(str, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    if await proc.wait() != 0:
+        raise RuntimeError(f"callgrind_control {args} failed")
+
+
+def _callgrind_totals(out: Path) -> dict[str, int]:
+    """The event totals (Ir, D1mr, DLmr, ...) of the dump(s) callgrind wrote for `out`."""
+    totals: dict[str, int] = {}
+    for dump in out.parent.glob(out.name + ".*"):
+        events: list[str] = []
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("totals:"):
+                for event, value in zip(events, line.split()[1:], strict=False):
+                    totals[event] = totals.get(event, 0) + int(value)
+    return totals
+
+
+def _cycle_estimate(t: dict[str, int]) -> int:
+    """Callgrind's own estimate of cycles from its simulated caches (kcachegrind's CEst):
+    a first-level miss costs 10 instructions' time, a last-level miss 100."""
+    first = t.get("I1mr", 0) + t.get("D1mr", 0) + t.get("D1mw", 0)
+    last = t.get("ILmr", 0) + t.get("DLmr", 0) + t.get("DLmw", 0)
+    return t.get("Ir", 0) + 10 * first + 100 * last
+
+
+async def instructions_per_hit(
+    hits: list[bytes], count: int, tmp: Path, previous: str = PREVIOUS
+) -> None:
+    """Instructions each release executes per cache hit, counted by callgrind over `count`
+    hits after a warm-up (instrumentation is off during start-up and priming). A count, not
+    a time: the same on a busy machine as on a quiet one, so a small regression on the hit
+    path shows even where the throughput rounds swing by 10 %. It does not see kernel time
+    (page faults, syscalls): the throughput rounds print page faults per hit beside it. Cache
+    misses are simulated too (`--cache-sim`), for the cycle estimate: a process with more
+    objects alive could pay in misses what it does not in instructions."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("instructions per cache hit: valgrind is not installed (apt-get install valgrind)")
+        return
+    counts: dict[str, tuple[dict[str, int], float]] = {}
+    with previous_tree(previous) as old_tree:
+        for name, tree in ((f"previous ({previous})", old_tree), ("this checkout", ROOT)):
+            out = tmp / f"callgrind-{len(counts)}.out"
+            launcher = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
+                        f"--callgrind-out-file={out}"]  # fmt: skip
+            with horde_and_service(
+                ["--latency", "0.2"],
+                lambda port: ["-m", "horde_scanner.cli", "serve", "--port", str(port)],
+                tmp / f"instr-{len(counts)}.db",
+                client=CLIENT,
+                deadline_s=60.0,  # misses are slow under valgrind, and priming makes some
+                cwd=tree,
+                launcher=launcher,
+                start_timeout_s=600.0,
+            ) as (port, service):
+                url = f"http://127.0.0.1:{port}/api/v1/scan/{CLIENT}"
+                await prime(url, hits)
+                await _fixed_hits(url, hits, 64, 8)  # warm: the first hits take page faults
+                faulted = minor_faults(service.pid)
+                await _callgrind_control("-i", "on", service.pid)
+                answered = await _fixed_hits(url, hits, count, 8)
+                await _callgrind_control("-d", service.pid)
+                if answered != count:
+                    raise RuntimeError(f"{name}: {count - answered} of {count} hits failed")
+                faults = (minor_faults(service.pid) - faulted) / count
+            counts[name] = (_callgrind_totals(out), faults)
+    (old_name, (old, old_faults)), (name, (new, new_faults)) = counts.items()
+    print(
+        f"instructions per cache hit ({count} hits, callgrind): {name} "
+        f"{new['Ir'] / count / 1e6:.3f} M, {old_name} {old['Ir'] / count / 1e6:.3f} M; "
+        f"this checkout / previous: {new['Ir'] / old['Ir']:.4f}"
+    )
+    print(
+        f"  cycles estimated from simulated cache misses: {name} "
+        f"{_cycle_estimate(new) / count / 1e6:.3f} M, {old_name} "
+        f"{_cycle_estimate(old) / count / 1e6:.3f} M; this checkout / previous: "
+        f"{_cycle_estimate(new) / _cycle_estimate(old):.4f}"
+    )
+    print(
+        f"  page faults per hit under valgrind: {name} {new_faults:.1f}, "
+        f"{old_name} {old_faults:.1f}"
+    )
+
+
+async def main(
+    quick: bool,
+    rounds: int,
+    hits_only: bool,
+    previous: str = PREVIOUS,
+    pinned: bool = False,
+    instructions: int = 0,
+) -> None:
     seconds = 4.0 if quick else 10.0
     print("generating 200 KB JPEGs ...", flush=True)
     hits = [noisy_jpeg(seed) for seed in range(16)]
     print(f"  image size {len(hits[0]) / 1000:.0f} KB")
     with tempfile.TemporaryDirectory() as tmp:
-        await cache_hits(hits, seconds, rounds, Path(tmp), previous)
+        if instructions:
+            await instructions_per_hit(hits, instructions, Path(tmp), previous)
+        if rounds:
+            await cache_hits(hits, seconds, rounds, Path(tmp), previous, pinned)
         if hits_only:
             return
 
@@ -340,14 +500,25 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5, help="interleaved cache-hit rounds")
     parser.add_argument("--hits-only", action="store_true", help="only the cache-hit figures")
     parser.add_argument(
+        "--pin", action="store_true", help="services on one core, the load generator on another"
+    )
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also count instructions per cache hit under callgrind over N hits (valgrind)",
+    )
+    parser.add_argument(
         "--previous",
         default=PREVIOUS,
         help=f"the release compared with: a commit or an existing checkout (default {PREVIOUS})",
     )
     args = parser.parse_args()
+    work = main(args.quick, args.rounds, args.hits_only, args.previous, args.pin, args.instructions)
     try:
         import uvloop
 
-        uvloop.run(main(args.quick, args.rounds, args.hits_only, args.previous))
+        uvloop.run(work)
     except ImportError:
-        asyncio.run(main(args.quick, args.rounds, args.hits_only, args.previous))
+        asyncio.run(work)

@@ -177,7 +177,7 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
 
 
 @hashes.command("flagged")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
 @click.pass_context
 def flagged(ctx: click.Context, limit: int) -> None:
     """Images that matched a `review` source: accepted, waiting for an admin's look."""

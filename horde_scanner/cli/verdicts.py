@@ -30,7 +30,7 @@ def verdicts() -> None:
 
 @verdicts.command("list")
 @click.option("--label", "labels", multiple=True, type=LABEL_CHOICE, help="Filter by label.")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def verdicts_list(ctx: click.Context, labels: tuple[str, ...], limit: int, as_json: bool) -> None:

@@ -10,9 +10,17 @@ from aiohttp import web
 from horde_scanner.backends.base import Backend
 from horde_scanner.config import Settings
 from horde_scanner.service import hashes, health, validate, workers
-from horde_scanner.service.admin import api as admin_api
-from horde_scanner.service.admin import page as admin_page
-from horde_scanner.service.admin import policy as admin_policy
+from horde_scanner.service.admin import (
+    export_api,
+    lemmy_api,
+    lemmy_page,
+    page,
+    policy,
+    preview_page,
+    review_api,
+    review_page,
+    status_api,
+)
 from horde_scanner.service.admin.auth import ADMIN, AdminGate
 from horde_scanner.service.context import EDGE, HEALTH, open_services
 from horde_scanner.service.errors import Handler, RequestError, json_errors
@@ -65,7 +73,10 @@ def build_app(settings: Settings, *, backend: Backend | None = None) -> web.Appl
     hashes.setup(app)
     workers.add_routes(app)
     app.router.add_get("/metrics", metrics)
-    admin_api.add_routes(app)
-    admin_page.add_routes(app)
-    admin_policy.add_routes(app)
+    # The admin API and the review page: one module per area, each with its own routes.
+    for area in (review_api, status_api, export_api, lemmy_api):
+        area.add_routes(app)
+    for part in (review_page, page, lemmy_page, preview_page):
+        part.add_routes(app)
+    policy.add_routes(app)
     return app

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -23,7 +24,6 @@ from horde_scanner.config import (
     Settings,
     ValidationSettings,
 )
-from horde_scanner.integrations.enforce import LatePositiveEnforcer
 from horde_scanner.integrations.notify import Notifier
 from horde_scanner.judging.judge import Judge
 from horde_scanner.judging.policy_diff import PolicyDiffStore
@@ -32,6 +32,7 @@ from horde_scanner.moderation.actions import Moderator
 from horde_scanner.moderation.provenance import ProvenanceResolver
 from horde_scanner.policy.rules import Policy
 from horde_scanner.review.decisions import Review
+from horde_scanner.review.evidence import EvidenceStore
 from horde_scanner.runtime import Runtime, open_runtime
 from horde_scanner.service.admission import LateAdmissions
 from horde_scanner.service.auth import ClientAuth, forget_raw_ids
@@ -40,7 +41,13 @@ from horde_scanner.service.upload_body import ByteBudget
 from horde_scanner.signals.embedding_exchange import EmbeddingPublisher
 from horde_scanner.signals.embeddings import EmbeddingMatcher
 from horde_scanner.signals.hash_publish import Publisher
-from horde_scanner.store.interfaces import AuditStore, StoreLifecycle, UnifiedStore
+from horde_scanner.store.interfaces import (
+    AuditStore,
+    LemmyActionStore,
+    ProvenanceStore,
+    StoreLifecycle,
+    VerdictStore,
+)
 from horde_scanner.sweep.metrics import SweepProgress
 
 log = logging.getLogger(__name__)
@@ -112,23 +119,78 @@ class HealthDeps:
     provenance: ProvenanceResolver | None
 
 
+class LemmyAreaStore(ProvenanceStore, LemmyActionStore, VerdictStore, Protocol):
+    """What the Lemmy area asks of the store: provenance rows, the Lemmy calls made, and a
+    verdict's first sighting (to ask for provenance of an image never asked about)."""
+
+
+# The admin API and the review page, one object per area (Meta HMA's "one blueprint per API
+# area"): each module of service/admin/ reads one of these, and nothing wider.
+
+
 @dataclass(frozen=True, slots=True)
-class AdminDeps:
-    """The admin API, the review page and its Lemmy panel (admin/api.py, page.py, lemmy_page.py)."""
+class SignInDeps:
+    """Who may use the admin API and the review page: the bearer guard (admin/auth.py) and the
+    login form (admin/page.py), which count wrong tokens and audit sign-ins."""
+
+    auth: ClientAuth
+    metrics: Metrics
+    store: AuditStore
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewDeps:
+    """The review queue and the decisions on it: verdicts, allow and deny lists, re-judging
+    (admin/review_api.py, admin/review_page.py)."""
+
+    review: Review
+    # Late positives' cards show their stored verdict.
+    store: VerdictStore
+    # A confirmed positive may start lemmy.auto_actions (None when lemmy.url is unset).
+    moderator: Moderator | None
+    # admin.previews: whether the cards offer a blurred preview at all.
+    previews: bool
+    # Whether late positives are purged through pict-rs at once (the queue page says if not).
+    late_purges: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewDeps:
+    """The review page's blurred previews of quarantined items (admin/preview_page.py)."""
 
     admin: AdminSettings
     media: MediaSettings
-    store: UnifiedStore
-    review: Review
-    backend: Backend
-    auth: ClientAuth
-    metrics: Metrics
-    enforcer: LatePositiveEnforcer
     # Previews are decoded within the process's one decode memory budget.
     decode_memory: DecodeMemory
+    review: Review
+    store: AuditStore
+
+
+@dataclass(frozen=True, slots=True)
+class LemmyDeps:
+    """Who uploaded an image and where Lemmy uses it, and the admin's Lemmy actions
+    (admin/lemmy_api.py, admin/lemmy_page.py)."""
+
+    store: LemmyAreaStore
     # Off when lemmy.database_url / lemmy.url are unset.
     provenance: ProvenanceResolver | None
     moderator: Moderator | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportDeps:
+    """Evidence export (admin/export_api.py): the store as `evidence.records` reads it."""
+
+    store: EvidenceStore
+
+
+@dataclass(frozen=True, slots=True)
+class StatusDeps:
+    """The admin's overview (admin/status_api.py): counts, the backend, this process's figures."""
+
+    review: Review
+    backend: Backend
+    metrics: Metrics
     started_at: float
 
 
@@ -146,7 +208,12 @@ VALIDATE: web.AppKey[ValidateDeps] = web.AppKey("validate", ValidateDeps)
 WORKERS: web.AppKey[WorkersDeps] = web.AppKey("workers", WorkersDeps)
 HASHES: web.AppKey[HashesDeps] = web.AppKey("hashes", HashesDeps)
 HEALTH: web.AppKey[HealthDeps] = web.AppKey("health", HealthDeps)
-ADMIN_DEPS: web.AppKey[AdminDeps] = web.AppKey("admin_deps", AdminDeps)
+SIGN_IN: web.AppKey[SignInDeps] = web.AppKey("sign_in", SignInDeps)
+REVIEW: web.AppKey[ReviewDeps] = web.AppKey("review", ReviewDeps)
+PREVIEW: web.AppKey[PreviewDeps] = web.AppKey("preview", PreviewDeps)
+LEMMY: web.AppKey[LemmyDeps] = web.AppKey("lemmy", LemmyDeps)
+EXPORT: web.AppKey[ExportDeps] = web.AppKey("export", ExportDeps)
+STATUS: web.AppKey[StatusDeps] = web.AppKey("status", StatusDeps)
 POLICY: web.AppKey[PolicyDeps] = web.AppKey("policy", PolicyDeps)
 # The composition root the parts above came from: `serve` reads its start-up summary there, a
 # sweep run inside the service uses it, and tests reach parts through it.
@@ -161,7 +228,12 @@ class ServiceDeps:
     workers: WorkersDeps
     hashes: HashesDeps
     health: HealthDeps
-    admin: AdminDeps
+    sign_in: SignInDeps
+    review: ReviewDeps
+    preview: PreviewDeps
+    lemmy: LemmyDeps
+    export: ExportDeps
+    status: StatusDeps
     policy: PolicyDeps
 
     def install(self, app: web.Application) -> None:
@@ -172,7 +244,12 @@ class ServiceDeps:
         app[WORKERS] = self.workers
         app[HASHES] = self.hashes
         app[HEALTH] = self.health
-        app[ADMIN_DEPS] = self.admin
+        app[SIGN_IN] = self.sign_in
+        app[REVIEW] = self.review
+        app[PREVIEW] = self.preview
+        app[LEMMY] = self.lemmy
+        app[EXPORT] = self.export
+        app[STATUS] = self.status
         app[POLICY] = self.policy
 
 
@@ -242,20 +319,18 @@ async def open_services(
                 embeddings,
                 provenance,
             ),
-            admin=AdminDeps(
-                settings.admin,
-                settings.media,
-                store,
+            sign_in=SignInDeps(auth, metrics, store),
+            review=ReviewDeps(
                 review,
-                the_backend,
-                auth,
-                metrics,
-                enforcer,
-                rt.decode_memory,
-                provenance,
+                store,
                 moderator,
-                started_at,
+                previews=settings.admin.previews,
+                late_purges=enforcer.purges,
             ),
+            preview=PreviewDeps(settings.admin, settings.media, rt.decode_memory, review, store),
+            lemmy=LemmyDeps(store, provenance, moderator),
+            export=ExportDeps(store),
+            status=StatusDeps(review, the_backend, metrics, started_at),
             policy=PolicyDeps(settings.validation, store, policy),
         )
 

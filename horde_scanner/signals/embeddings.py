@@ -51,7 +51,7 @@ from horde_scanner.signals.embedding_index import (
 )
 from horde_scanner.signals.embedding_list import Model
 from horde_scanner.signals.encoder import EncoderPool, EncoderUnavailable, ImageEncoder
-from horde_scanner.signals.hash_matcher import entry_facts, list_of_origin
+from horde_scanner.signals.hash_matcher import entry_facts, list_of_origin, match_verdict
 from horde_scanner.signals.hash_sync import IndexSync
 from horde_scanner.signals.lsh_index import LshIndex, LshShape, recall_at
 from horde_scanner.signals.vectors import BadVector, checked, from_blob, from_hex, to_blob
@@ -124,13 +124,7 @@ class EmbeddingMatch:
         return "; ".join(parts)
 
     def verdict(self, policy_version: str) -> Verdict:
-        return Verdict(
-            label=self.label,
-            reasons=[self.reason()],
-            backend=EMBEDDING_BACKEND,
-            route=VerdictRoute.MATCH,
-            policy_version=policy_version,
-        )
+        return match_verdict(self.label, self.reason(), EMBEDDING_BACKEND, policy_version)
 
 
 class EmbeddingMatcher:

@@ -162,6 +162,8 @@ def _text(value: Any, name: str) -> str:
     value = value.strip()
     if len(value) > _MAX_TEXT:
         raise ValueError(f"{name} is longer than {_MAX_TEXT} characters")
+    if "\x00" in value:  # no store keeps one alike (PostgreSQL's text cannot hold it)
+        raise ValueError(f"{name} holds a NUL character")
     return value
 
 

@@ -80,13 +80,7 @@ class Match:
         return "; ".join(parts)
 
     def verdict(self, policy_version: str) -> Verdict:
-        return Verdict(
-            label=self.label,
-            reasons=[self.reason()],
-            backend=MATCH_BACKEND,
-            route=VerdictRoute.MATCH,
-            policy_version=policy_version,
-        )
+        return match_verdict(self.label, self.reason(), MATCH_BACKEND, policy_version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +341,18 @@ def entry_facts(origin: str, source: str, first_seen: float | None, note: str) -
     if note and origin != VERDICT:
         facts.append(f"note: {note}")
     return facts
+
+
+def match_verdict(label: Label, reason: str, backend: str, policy_version: str) -> Verdict:
+    """The verdict a list entry's match gives (a PDQ or an embedding match, named by
+    `backend`): the entry's label, on the match route, which `is_match` recognises."""
+    return Verdict(
+        label=label,
+        reasons=[reason],
+        backend=backend,
+        route=VerdictRoute.MATCH,
+        policy_version=policy_version,
+    )
 
 
 def is_match(verdict: Verdict) -> bool:

@@ -162,10 +162,14 @@ class AuditTables(Tables):
 
     async def rename_sources(self, renames: dict[str, str]) -> int:
         """Record the new source wherever rows (audit, verdicts, jobs) recorded an old one
-        (`{old: new}`), one pass over each table; how many rows changed. For sources that
-        must not stay written (a client's secret id)."""
+        (`{old: new}`), one pass over each table, audit rows still buffered included (flushed
+        first); how many rows changed. For sources that must not stay written (a client's
+        secret id)."""
         if not renames:
             return 0
+        # Rows still buffered hold the old source too: written first, they are renamed with
+        # the rest (a secret must not reach the table after its rename).
+        await self.flush_audit()
         changed = 0
         # The verdicts' and jobs' tables (store/verdicts.py, store/jobs.py): every part is
         # declared on the one metadata by the time the composed store runs this.

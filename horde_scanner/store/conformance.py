@@ -13,14 +13,18 @@ if TYPE_CHECKING:
     from horde_scanner.store.interfaces import (
         AuditStore,
         ClusterStore,
+        EmbeddingStore,
+        HashBankStore,
         HordeRequestStore,
         JobStore,
         KudosStore,
         LatePositiveStore,
         LemmyActionStore,
         ListStore,
+        ProvenanceStore,
         ReviewStore,
         StoreLifecycle,
+        SweepStore,
         UnifiedStore,
         VerdictStore,
     )
@@ -46,9 +50,14 @@ if TYPE_CHECKING:
         HordeRequestStore,
         ReviewStore,
         LemmyActionStore,
+        HashBankStore,
+        EmbeddingStore,
+        SweepStore,
+        ProvenanceStore,
         Protocol,
     ):
-        """What the in-memory double implements (the rest needs a real store)."""
+        """What the in-memory double implements: every concern (UnifiedStore less `aside()`,
+        a connection of its own, which a double has no use for)."""
 
-    def memory_store_is_what_unit_tests_need(store: MemoryStore) -> MemoryConcerns:
+    def memory_store_implements_every_concern(store: MemoryStore) -> MemoryConcerns:
         return store

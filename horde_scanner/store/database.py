@@ -202,9 +202,13 @@ class _PgCompiled:
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
         self.defaults: dict[str, Any] = compiled.params
         statement = compiled.statement
+        # Rows the caller asked for: a single-row INSERT compiled by the asyncpg dialect
+        # carries an implicit RETURNING of its key (`compiled.returning` names it too), which
+        # is no result of the caller's statement: it runs as a command, and its row count is
+        # PostgreSQL's status ("INSERT 0 1"), as on SQLite and on the Core path (`_run_now`).
         self.returns_rows: bool = (
             isinstance(statement, sa.Select | sa.CompoundSelect)
-            or bool(getattr(compiled, "returning", None))
+            or bool(getattr(statement, "_returning", ()))
             or (isinstance(statement, sa.TextClause) and " RETURNING " in self.sql.upper())
         )
         types = [column[3] for column in compiled._result_columns or ()]

@@ -43,7 +43,7 @@ from horde_scanner.store.hashes import (
     hash_subscriptions,
 )
 from horde_scanner.store.metadata import Blob, Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.tables import Tables, refuse_nul, upsert
 from horde_scanner.store.verdicts import lists as _lists
 from horde_scanner.store.verdicts import own_positives
 from horde_scanner.store.verdicts import verdicts as _verdicts
@@ -273,6 +273,9 @@ class EmbeddingTables(Tables):
         """Write only the difference to what the origin holds, in short transactions on a
         connection of our own (as store/hashes.py does for hash lists)."""
         new = {e.digest: e for e in entries}
+        refuse_nul(by)
+        for given in new.values():
+            refuse_nul(given.label, given.source, given.note)
         t = embedding_entries
         async with self.aside() as db:
             stale: list[tuple[str, str, str]] = []

@@ -52,7 +52,7 @@ import sqlalchemy as sa
 from horde_scanner.media.hashing import PdqHash
 from horde_scanner.store.database import Database
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, upsert
+from horde_scanner.store.tables import Tables, refuse_nul, row_limit, upsert
 from horde_scanner.store.verdicts import lists as _lists
 from horde_scanner.store.verdicts import own_positives
 from horde_scanner.store.verdicts import verdicts as _verdicts
@@ -409,6 +409,10 @@ class HashTables(Tables):
             by_value[entry.value] = (
                 entry.signal, entry.value, entry.label, entry.source, entry.first_seen, entry.note
             )  # fmt: skip
+        refuse_nul(by)
+        for by_value in new.values():
+            for signal, value, label, source, _, note in by_value.values():
+                refuse_nul(signal, value, label, source, note)
         async with self.aside() as db, _bulk_cache(db):
             stale: list[tuple[str, str, str]] = []
             if replace:
@@ -508,7 +512,7 @@ class HashTables(Tables):
             f.c.sha256, f.c.origin, f.c.signal, f.c.value, f.c.distance, f.c.source, f.c.flagged_at
         ).order_by(f.c.flagged_at.desc())
         if limit is not None:
-            stmt = stmt.limit(limit)
+            stmt = stmt.limit(row_limit(limit))
         return [HashFlag(*r) for r in (await self._db.execute(stmt)).all()]
 
 

@@ -25,6 +25,12 @@ Common to every interface:
   works again; nothing is half-written (each method is one atomic statement or transaction
   unless its docstring says otherwise). Any other exception is a bug.
 - Times are epoch seconds (`time.time()`), hashes are lower-case hex sha256 strings.
+- A `limit` (or `offset`) of 0 gives nothing; one below 0 raises ValueError on every store
+  (SQLite would read it as "no limit", PostgreSQL refuses it), except `claim_jobs`, which
+  claims nothing.
+- Text holding a NUL character (a list entry's note, source or label, who added it; an
+  allow/deny note) raises ValueError on every store before anything is written: PostgreSQL's
+  text cannot hold one, SQLite's could.
 
 `Protocol`s here describe the methods `Store` has, with the same names and signatures;
 `store/conformance.py` makes mypy prove that every store implements every one.
@@ -287,7 +293,7 @@ class AuditStore(Protocol):
       increase); `last_events` gives, per hash, the latest of `events`.
     - `rename_sources({old: new})` rewrites a source wherever audit, verdicts or jobs recorded
       it (for sources that must not stay written); returns how many rows changed; renaming
-      again changes nothing. Audit rows still buffered are not renamed: flush first.
+      again changes nothing. Audit rows still buffered are flushed first, and renamed.
     Rows are never updated otherwise, nor deleted.
     """
 
@@ -506,8 +512,11 @@ class EmbeddingStore(Protocol):
     - `save_embedding` is an upsert by (sha256, model) returning the row id, which stays the
       same when the image is saved again (the index key's base); `embedding_of` reads it back.
     - `add_embedding_entries` / `replace_embedding_origin` / `drop_embedding_origins_except`
-      behave as the hash bank's entries do (`HashBankStore`), per model, and every write bumps
-      `hash_generation` so each process brings its index in step.
+      behave as the hash bank's entries do (`HashBankStore`), per model, keyed by (origin,
+      model, digest), and every write bumps `hash_generation` so each process brings its
+      index in step. Unlike hash entries, an entry given again unchanged is not written
+      (adding included: the count says 0), and one written again takes the new label,
+      source, note and first seen (its vector, id and who added it when stay).
     - `embedding_index_keys(model)` gives ("entry" | "own", row ids, origins) chunks of what
       the index should hold; `embedding_vectors` the vectors of such ids.
     """

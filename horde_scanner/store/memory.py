@@ -2,10 +2,10 @@
 store/interfaces.py, honouring the same contracts as the SQLite and PostgreSQL stores
 (tests/unit/store/test_memory_contract.py runs the contract suite's clauses on it).
 
-It implements the concerns unit tests need for bookkeeping: the lifecycle, verdicts, lists,
-late positives, jobs, audit, kudos, cluster turns and submit slots, live Horde requests,
-quarantine rows and Lemmy action rows. The rest (hash bank, embeddings, sweeps, provenance)
-needs the real store (their queries join tables: a double of them would test itself).
+It implements every concern of store/interfaces.py: the lifecycle, verdicts, lists, late
+positives, jobs, audit, kudos, cluster turns and submit slots, live Horde requests,
+quarantine rows and Lemmy action rows here; the hash bank, embeddings, sweeps and provenance
+in store/memory_banks.py. Only `aside()` (a connection of its own) has no meaning here.
 
 What it does not do: keep anything past the process, share anything with another process
 (`shared` is False, `subscribe` never calls back, `data_version` never changes), or go away
@@ -26,12 +26,13 @@ from typing import Any
 
 from horde_scanner.store.audit import AuditRecord
 from horde_scanner.store.jobs import Job
+from horde_scanner.store.memory_banks import BankTables, MemoryBanks
 from horde_scanner.store.outage import StoreHealth
 from horde_scanner.store.provenance import LemmyActionRow
 from horde_scanner.store.review import HELD, QuarantineItem
-from horde_scanner.store.tables import ChangeListener
+from horde_scanner.store.tables import ChangeListener, refuse_nul, row_limit
 from horde_scanner.store.verdicts import LatePositive, SignalsRow, StoredVerdict, VerdictFilter
-from horde_scanner.verdict import Label, Verdict
+from horde_scanner.verdict import Label, Verdict, VerdictRoute
 
 # As the real store: audit rows are written a batch at a time (AuditTables.audit).
 _AUDIT_FLUSH_ROWS = 500
@@ -77,7 +78,7 @@ class _Tables:
     lemmy_actions: dict[int, LemmyActionRow] = field(default_factory=dict)
 
 
-class MemoryStore:
+class MemoryStore(MemoryBanks):
     """The double. `MemoryStore()` is open at once; `close()` flushes the audit buffer."""
 
     dialect = "memory"
@@ -96,6 +97,10 @@ class MemoryStore:
         "HordeRequestStore",
         "ReviewStore",
         "LemmyActionStore",
+        "HashBankStore",
+        "EmbeddingStore",
+        "SweepStore",
+        "ProvenanceStore",
     )
 
     def __init__(self, *, holder: str | None = None) -> None:
@@ -104,6 +109,7 @@ class MemoryStore:
         self.health = StoreHealth(self.where)
         self.audit_dropped = 0
         self._t = _Tables()
+        self._banks = BankTables()
         self._audit_buffer: list[tuple[Any, ...]] = []
         self._listeners: list[ChangeListener] = []
         self._ids = itertools.count(1)  # every table's ids: increasing, never reused
@@ -140,6 +146,22 @@ class MemoryStore:
         if self._closed:
             raise RuntimeError("the in-memory store is closed")
 
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    # What store/memory_banks.py reads of the tables kept here.
+    def _verdict_rows(self) -> dict[str, StoredVerdict]:
+        return self._t.verdicts
+
+    def _list_rows(self) -> dict[str, tuple[str, str, float]]:
+        return {s: (e.kind, e.by, e.added_at) for s, e in self._t.lists.items()}
+
+    def _audit_rows(self) -> list[AuditRecord]:
+        return self._t.audit
+
+    def _turns(self) -> dict[str, tuple[str, float]]:
+        return self._t.turns
+
     # -- verdicts ------------------------------------------------------------------------
 
     async def get_verdict(self, sha256: str) -> StoredVerdict | None:
@@ -164,6 +186,10 @@ class MemoryStore:
         # What the database keeps of a verdict (frames are not stored).
         kept = verdict.model_copy(update={"frames": None}, deep=True)
         old = self._t.verdicts.get(sha256)
+        # As the databases' triggers: a write that makes or unmakes a machine positive moves
+        # the hash generation (the index holds machine positives).
+        if _feeds_index(kept) or (old is not None and _feeds_index(old.verdict)):
+            self._bump()
         if old is None:
             self._t.verdicts[sha256] = StoredVerdict(
                 sha256, kept, media_type, size, source, time.time()
@@ -196,7 +222,7 @@ class MemoryStore:
             and (since is None or v.verdict.judged_at >= since)
         ]
         rows.sort(key=lambda v: v.verdict.judged_at, reverse=True)
-        for v in rows[:limit] if limit is not None else rows:
+        for v in rows[: row_limit(limit)] if limit is not None else rows:
             yield _copied(v)
 
     async def count_verdicts(self, *, since: float | None = None) -> dict[str, int]:
@@ -209,6 +235,8 @@ class MemoryStore:
 
     async def search_verdicts(self, f: VerdictFilter) -> list[StoredVerdict]:
         self._open()
+        row_limit(f.limit)
+        row_limit(f.offset, "offset")
         rows = [
             v
             for v in self._t.verdicts.values()
@@ -248,7 +276,7 @@ class MemoryStore:
         self._open()
         known = set(self._t.verdicts) | set(self._t.lists)
         known |= {r.sha256 for r in self._t.audit if r.sha256 is not None}
-        return sorted(s for s in known if s.startswith(prefix))[:limit]
+        return sorted(s for s in known if s.startswith(prefix))[: row_limit(limit)]
 
     # -- allow / deny lists --------------------------------------------------------------
 
@@ -261,11 +289,16 @@ class MemoryStore:
         self._open()
         if kind not in ("allow", "deny"):
             raise ValueError(f"a list is 'allow' or 'deny', not {kind!r}")
+        refuse_nul(note, by)
         self._t.lists[sha256] = _ListRow(kind, note, by, time.time())
+        self._bump()  # as the databases' triggers: every list change
 
     async def remove_list(self, sha256: str) -> bool:
         self._open()
-        return self._t.lists.pop(sha256, None) is not None
+        if self._t.lists.pop(sha256, None) is None:
+            return False
+        self._bump()
+        return True
 
     async def iter_list(self, kind: str) -> AsyncIterator[tuple[str, str, str, float]]:
         self._open()
@@ -304,7 +337,7 @@ class MemoryStore:
         self._open()
         rows = [p for p in self._t.late.values() if not undecided or p.sha256 not in self._t.lists]
         rows.sort(key=lambda p: p.found_at, reverse=True)
-        return rows[:limit] if limit is not None else rows
+        return rows[: row_limit(limit)] if limit is not None else rows
 
     async def late_positive(self, sha256: str) -> LatePositive | None:
         self._open()
@@ -437,7 +470,10 @@ class MemoryStore:
         return latest
 
     async def rename_sources(self, renames: dict[str, str]) -> int:
-        self._open()  # as the databases: rows still buffered are left as they are
+        self._open()
+        if not renames:
+            return 0
+        await self.flush_audit()  # rows still buffered are renamed too
         changed = 0
         for i, r in enumerate(self._t.audit):
             if r.source in renames:
@@ -635,6 +671,11 @@ class MemoryStore:
     async def lemmy_actions(self, sha256: str) -> list[LemmyActionRow]:
         self._open()
         return [r for r in self._t.lemmy_actions.values() if r.sha256 == sha256]
+
+
+def _feeds_index(v: Verdict) -> bool:
+    """A machine positive: a `csam` verdict not given by a hash-list match."""
+    return v.label is Label.CSAM and v.route is not VerdictRoute.MATCH
 
 
 def _copied(stored: StoredVerdict) -> StoredVerdict:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from horde_scanner.store.audit import audit as _audit
 from horde_scanner.store.cluster import cluster_turns as _cluster_turns
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import IN_CHUNK, Tables, upsert
+from horde_scanner.store.tables import IN_CHUNK, Tables, row_limit, upsert
 from horde_scanner.store.verdicts import lists as _lists
 from horde_scanner.store.verdicts import verdicts as _verdicts
 
@@ -218,7 +218,7 @@ class ProvenanceTables(Tables):
                 v.c.label.in_(["csam", "nsfw"]), v.c.judged_at >= verdicts_since, ~asked, ~allowed
             )
             .order_by(v.c.judged_at)
-            .limit(limit)
+            .limit(row_limit(limit))
         )
         found = [
             (r[0], float(r[1]), "verdict", float(r[2]))
@@ -232,7 +232,7 @@ class ProvenanceTables(Tables):
                 ~sa.exists().where(p.c.sha256 == lists.c.sha256),
             )
             .order_by(lists.c.added_at)
-            .limit(limit)
+            .limit(row_limit(limit))
         )
         rows = (await self._db.execute(stmt)).all()
         seen = {f[0] for f in found}
@@ -260,7 +260,7 @@ class ProvenanceTables(Tables):
             sa.select(*_P_COLUMNS)
             .where(provenance.c.state == PENDING, provenance.c.next_try <= now)
             .order_by(provenance.c.next_try)
-            .limit(limit)
+            .limit(row_limit(limit))
         )
         return [_provenance(r) for r in (await self._db.execute(stmt)).all()]
 
@@ -330,7 +330,7 @@ class ProvenanceTables(Tables):
                 a.c.ts <= (until if until is not None else 1e18),
             )
             .order_by(a.c.ts)
-            .limit(limit)
+            .limit(row_limit(limit))
         )
         rows = (await self._db.execute(stmt)).all()
         out = []

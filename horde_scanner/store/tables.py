@@ -58,6 +58,23 @@ def upsert(dialect: str, table: sa.Table) -> tuple[Any, Any]:
     return statement, statement.excluded
 
 
+def row_limit(value: int, name: str = "limit") -> int:
+    """A caller's LIMIT or OFFSET, checked: SQLite reads a negative one as "no limit" (or no
+    offset), PostgreSQL refuses it; every store refuses it alike (interfaces.py)."""
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, not {value}")
+    return value
+
+
+def refuse_nul(*texts: str | None) -> None:
+    """Text with a NUL character: PostgreSQL's text cannot hold one (the statement fails, a
+    batch of a list import half-written), SQLite's can. Every store refuses it alike, before
+    writing anything (ValueError)."""
+    for text in texts:
+        if text and "\x00" in text:
+            raise ValueError(f"text with a NUL character cannot be stored: {text[:40]!r}")
+
+
 def chunks(values: Sequence[Any], size: int | None = None) -> list[Sequence[Any]]:
     """`values` in pieces of at most `size` (IN_CHUNK), for `column.in_(piece)` lookups."""
     step = size or IN_CHUNK

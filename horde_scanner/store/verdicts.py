@@ -28,7 +28,14 @@ import sqlalchemy as sa
 
 from horde_scanner.store.database import Prepared
 from horde_scanner.store.metadata import Int, Real, Text, metadata
-from horde_scanner.store.tables import Tables, chunks, compiled_once, upsert
+from horde_scanner.store.tables import (
+    Tables,
+    chunks,
+    compiled_once,
+    refuse_nul,
+    row_limit,
+    upsert,
+)
 from horde_scanner.verdict import Label, Signals, Verdict, VerdictRoute
 
 # One row per judged image, replaced when judged again (re-judging keeps first_seen, source).
@@ -277,7 +284,7 @@ class VerdictTables(Tables):
         if since is not None:
             query = query.where(verdicts.c.judged_at >= since)
         if limit is not None:
-            query = query.limit(limit)
+            query = query.limit(row_limit(limit))
         for row in await self._db.execute(query):
             yield verdict_from_row(row)
 
@@ -310,6 +317,8 @@ class VerdictTables(Tables):
             conditions.append(v.c.judged_at < f.until)
         columns = [v.c[c.name] for c in VERDICT_COLUMNS]
         newest = v.c.judged_at.desc()
+        row_limit(f.limit)
+        row_limit(f.offset, "offset")
 
         def select(*extra: sa.ColumnElement[bool]) -> sa.Select[Any]:
             return sa.select(*columns).select_from(base).where(*conditions, *extra)
@@ -363,6 +372,7 @@ class VerdictTables(Tables):
         return str(kind) if kind is not None else None
 
     async def set_list(self, sha256: str, kind: str, *, note: str = "", by: str = "") -> None:
+        refuse_nul(note, by)
         await self._db.execute(
             compiled_once(_set_list, self._db.dialect, _LIST_KEYS),
             {"sha256": sha256, "kind": kind, "note": note, "added_by": by, "added_at": time.time()},
@@ -389,6 +399,8 @@ class VerdictTables(Tables):
     async def sha256_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         """Known sha256 values (verdicts, lists, audit) starting with a hex `prefix`."""
         audit = metadata.tables["audit"]  # store/audit.py's (the store composes every part)
+        if row_limit(limit) == 0:
+            return []
         bound = prefix + "g"  # just past every hex continuation: an index range scan
         found: set[str] = set()
         for table in (verdicts, lists, audit):
@@ -427,7 +439,7 @@ class VerdictTables(Tables):
                 late_positives.outerjoin(lists, lists.c.sha256 == late_positives.c.sha256)
             ).where(lists.c.sha256.is_(None))
         if limit is not None:
-            query = query.limit(limit)
+            query = query.limit(row_limit(limit))
         return [_late_from_row(r) for r in await self._db.execute(query)]
 
     async def late_positive(self, sha256: str) -> LatePositive | None:

@@ -2,16 +2,16 @@
 docstrings make (store/interfaces.py), each taking an open, empty store.
 
 tests/integration/store/test_contract.py runs every clause on a SQLite file and on
-PostgreSQL; tests/unit/store/test_memory_contract.py runs those of the concerns the in-memory
-double implements (`MemoryStore.CONCERNS`) on it. Promises that need a second connection or
-a restart (what another process sees, what survives) are tests of their own in the
-integration suite: a clause sees one store.
+PostgreSQL; tests/unit/store/test_memory_contract.py runs every clause on the in-memory
+double (store/memory.py), which implements every concern (`MemoryStore.CONCERNS`).
+Promises that need a second connection or a restart (what another process sees, what
+survives) are tests of their own in the integration suite: a clause sees one store.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -410,7 +410,7 @@ async def rename_sources_rewrites_audit_verdicts_and_jobs_once(store: _AuditVerd
     await store.put_verdict(A, verdict(), source="client:secret")
     await store.add_job(B, b"x", media_type=None, size=None, source="client:secret")
     await store.put_verdict(C, verdict(), source="other")
-    await store.flush_audit()  # buffered rows are not renamed (the contract says so)
+    await store.flush_audit()
     assert await store.rename_sources({}) == 0
     assert await store.rename_sources({"client:secret": "client:named"}) == 3
     assert await store.rename_sources({"client:secret": "client:named"}) == 0
@@ -779,3 +779,593 @@ async def a_settled_row_leaves_the_due_list_until_refreshed(store: ProvenanceSto
 async def the_provenance_turn_is_held_by_one_holder_and_renewed(store: ProvenanceStore) -> None:
     assert await store.hold_provenance_turn(60) is True
     assert await store.hold_provenance_turn(60) is True  # its holder renews it
+
+
+# -- the second pass: what callers rely on beyond the first clauses ----------------------------
+
+E, F = "e" * 64, "9" * 64
+PDQ3, PDQ4, PDQ5, PDQ6, PDQ7 = ("1" * 64, "2" * 64, "3" * 64, "4" * 64, "5" * 64)
+
+
+class _ProvenanceVerdictsLists(ProvenanceStore, VerdictStore, ListStore, Protocol): ...
+
+
+class _ProvenanceAuditVerdicts(ProvenanceStore, AuditStore, VerdictStore, Protocol): ...
+
+
+class _EmbeddingsVerdictsLists(EmbeddingStore, VerdictStore, ListStore, Protocol): ...
+
+
+async def _added_at(store: ListStore, kind: str, sha256: str) -> float:
+    [added] = [r[3] async for r in store.iter_list(kind) if r[0] == sha256]
+    return added
+
+
+@clause("AuditStore")
+async def rename_sources_renames_audit_rows_still_buffered(store: AuditStore) -> None:
+    await store.audit("answered", sha256=A, source="upload:secret")  # not flushed
+    assert await store.rename_sources({"upload:secret": "upload:named"}) == 1
+    [row] = await store.audit_trail(A)
+    assert row.source == "upload:named"  # the secret never reached the table under its name
+
+
+@clause("HashBankStore")
+async def keep_frames_with_no_frames_drops_every_frame_of_that_image(store: HashBankStore) -> None:
+    await store.save_pdq(A, [PdqHash(PDQ1, 100, 0), PdqHash(PDQ2, 90, 1)])
+    await store.save_pdq(B, [PdqHash(PDQ1, 100, 0)])
+    await store.keep_frames(A, [])
+    assert await store.pdq_of(A) == []
+    assert [(p.hex, p.frame) for p in await store.pdq_of(B)] == [(PDQ1, 0)]  # another image
+    await store.keep_frames(C, [0])  # an image without PDQ: nothing to do
+    await store.save_pdq(A, [])  # nothing given: nothing written
+    assert await store.pdq_of(A) == []
+
+
+@clause("HashBankStore")
+async def the_index_holds_pdq_entries_and_own_positives_less_allowed_images(
+    store: _HashBankVerdictsLists,
+) -> None:
+    await store.add_hash_entries(LOCAL, [HashEntry("pdq", PDQ1), HashEntry("sha256", C)])
+    await store.replace_hash_origin("sub", [HashEntry("pdq", PDQ2)])
+    await store.put_verdict(A, verdict(Label.CSAM))  # a machine positive
+    await store.put_verdict(B, verdict(Label.CSAM, route="match"))  # a match: no evidence
+    await store.set_list(D, "deny")  # an admin's deny, whatever its verdict
+    await store.put_verdict(E, verdict(Label.CSAM))
+    await store.set_list(E, "allow")  # allowed: out of the index
+    await store.put_verdict(F, verdict(Label.CSAM))
+    for sha, pdq, quality in ((A, PDQ3, 100), (B, PDQ4, 100), (D, PDQ5, 80), (E, PDQ6, 100),
+                              (F, PDQ7, 10)):  # fmt: skip
+        await store.save_pdq(sha, [PdqHash(pdq, quality, 0)])
+    rows = [
+        pair
+        async for values, origins in store.hash_index_rows(50)
+        for pair in zip(values, origins, strict=True)
+    ]
+    assert sorted(rows) == sorted(
+        [(PDQ1, LOCAL), (PDQ2, "sub"), (PDQ3, "verdict"), (PDQ5, "verdict")]
+    )
+    assert await store.allowed_pdq(50) == [PDQ6]
+    assert await store.allowed_pdq(101) == []
+    low = [v async for values, _ in store.hash_index_rows(0) for v in values]
+    assert PDQ7 in low and PDQ6 not in low and PDQ4 not in low
+
+
+@clause("HashBankStore")
+async def describe_pdq_names_list_entries_then_own_positives(
+    store: _HashBankVerdictsLists,
+) -> None:
+    assert await store.describe_pdq(PDQ1) == []
+    await store.add_hash_entries(LOCAL, [HashEntry("pdq", PDQ1, note="imported")])
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.set_list(D, "deny")  # no verdict: seen when listed
+    await store.put_verdict(E, verdict(Label.CSAM))
+    await store.set_list(E, "allow")
+    for sha in (A, D, E):
+        await store.save_pdq(sha, [PdqHash(PDQ1, 100, 0)])
+    rows = await store.describe_pdq(PDQ1)
+    assert [(r.origin, r.note) for r in rows[:1]] == [(LOCAL, "imported")]
+    own = sorted((r.sha256 or "", r.origin, r.signal, r.note, r.first_seen) for r in rows[1:])
+    stored = await store.get_verdict(A)
+    assert stored is not None
+    assert own == [
+        (A, "verdict", "pdq", "confirmed positive", stored.first_seen),
+        (D, "verdict", "pdq", "deny list", await _added_at(store, "deny", D)),
+    ]
+    assert await store.sha256_entries(A) == []  # own images are no list entries
+
+
+@clause("HashBankStore")
+async def own_hash_entries_publish_what_a_person_confirmed(
+    store: _HashBankVerdictsLists,
+) -> None:
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.set_list(A, "deny", by="api:alice")
+    await store.set_list(D, "deny", by="api:bob")  # no verdict
+    await store.save_pdq(A, [PdqHash(PDQ1, 100, 0)])
+    await store.save_pdq(D, [PdqHash(PDQ1, 100, 0), PdqHash(PDQ2, 10, 1)])  # low quality
+    await store.add_hash_entries(LOCAL, [HashEntry("sha256", C), HashEntry("pdq", PDQ3)],
+                                 by="cli:x")  # fmt: skip
+    await store.set_list(C, "allow")  # an allow overrides an imported sha256
+    await store.replace_hash_origin("sub", [HashEntry("sha256", F)])  # not ours to publish
+    await store.put_verdict(B, verdict(Label.CSAM, backend="horde"))  # unreviewed
+    await store.save_pdq(B, [PdqHash(PDQ4, 100, 0)])
+    bare = Signals(backend="remote", extra={"evidence": False})
+    await store.put_verdict(E, verdict(Label.CSAM, signals=bare))  # no evidence for others
+    await store.save_pdq(E, [PdqHash(PDQ5, 100, 0)])
+
+    def seen(rows: list[Any]) -> set[tuple[str, str, str, str]]:
+        return {(r.origin, r.signal, r.value, r.added_by) for r in rows}
+
+    confirmed = await store.own_hash_entries("me", 50)
+    assert seen(confirmed) == {
+        ("verdict", "sha256", A, "api:alice"),
+        ("verdict", "sha256", D, "api:bob"),
+        ("verdict", "pdq", PDQ1, "api:alice"),  # the first to confirm it
+        (LOCAL, "pdq", PDQ3, "cli:x"),
+    }
+    assert len(confirmed) == 4
+    assert {r.source for r in confirmed if r.origin == "verdict"} == {"me"}
+    stored = await store.get_verdict(A)
+    assert stored is not None
+    [pdq] = [r for r in confirmed if r.signal == "pdq" and r.origin == "verdict"]
+    assert pdq.first_seen == stored.first_seen  # the earliest of the images that carry it
+    everything = await store.own_hash_entries("me", 50, unreviewed=True)
+    assert seen(everything) - seen(confirmed) == {
+        ("verdict", "sha256", B, ""),
+        ("verdict", "pdq", PDQ4, ""),
+    }
+    [machine] = [r for r in everything if r.value == B]
+    assert machine.note == "unreviewed machine verdict (horde)"
+
+
+@clause("HashBankStore")
+async def a_replacement_with_nothing_new_writes_nothing_and_keeps_the_generation(
+    store: HashBankStore,
+) -> None:
+    rows = [HashEntry("sha256", A, first_seen=1.0), HashEntry("pdq", PDQ1, note="n")]
+    assert await store.replace_hash_origin("sub", rows) == 2
+    before = await store.hash_generation()
+    assert await store.replace_hash_origin("sub", list(rows)) == 0
+    assert await store.hash_generation() == before
+    assert await store.replace_hash_origin("sub", [rows[0], HashEntry("pdq", PDQ1)]) == 1
+    assert await store.hash_generation() > before  # its note changed
+    assert await store.remove_hash_entry("sub", "sha256", B) is False
+    assert await store.replace_hash_origin("sub", []) == 2  # emptied
+    assert await store.hash_entries() == []
+
+
+@clause("HashBankStore")
+async def a_first_failed_fetch_records_the_subscription_with_nothing_good_yet(
+    store: HashBankStore,
+) -> None:
+    url = "http://127.0.0.1/list"
+    assert await store.hash_subscription("sub") is None
+    assert await store.hash_subscriptions() == []
+    assert await store.hash_flags() == []
+    await store.record_hash_fetch("sub", url, status=None, error="refused")
+    first = await store.hash_subscription("sub")
+    assert first is not None
+    assert (first.etag, first.entries, first.skipped, first.last_ok) == (None, 0, 0, None)
+    assert (first.last_status, first.last_error, first.bytes_fetched) == (None, "refused", 0)
+    await store.record_hash_fetch("sub", url, status=200, error=None, etag="e", entries=3)
+    good = await store.hash_subscription("sub")
+    assert good is not None and good.last_ok is not None and good.last_error is None
+    await store.record_hash_fetch("sub", url + "?v=2", status=503, error="busy")
+    later = await store.hash_subscription("sub")
+    assert later is not None
+    assert (later.url, later.etag, later.entries) == (url + "?v=2", "e", 3)
+    assert later.last_ok == good.last_ok  # the last good copy's time stays
+    assert later.last_checked is not None and good.last_checked is not None
+    assert later.last_checked >= good.last_checked
+
+
+@clause("EmbeddingStore")
+async def the_embedding_index_holds_entries_and_own_positives_less_allowed(
+    store: _EmbeddingsVerdictsLists,
+) -> None:
+    local = [EmbeddingEntry(_vector(i)) for i in range(2)]
+    await store.add_embedding_entries(LOCAL, "m", local, by="cli:a")
+    await store.replace_embedding_origin("sub", "m", [EmbeddingEntry(_vector(2))])
+    await store.add_embedding_entries(LOCAL, "other", [EmbeddingEntry(_vector(3))])
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.set_list(B, "deny")
+    await store.put_verdict(C, verdict(Label.CSAM))
+    await store.set_list(C, "allow")
+    await store.put_verdict(D, verdict(Label.CLEAN))
+    ids = {sha: await store.save_embedding(sha, "m", _vector(10 + i).tobytes())
+           for i, sha in enumerate((A, B, C, D))}  # fmt: skip
+    await store.save_embedding(A, "other", _vector(20).tobytes())
+    keys = [
+        (kind, row, origin)
+        async for kind, rows, origins in store.embedding_index_keys("m")
+        for row, origin in zip(rows, origins, strict=True)
+    ]
+    entries = [(row, origin) for kind, row, origin in keys if kind == "entry"]
+    assert sorted(origin for _, origin in entries) == [LOCAL, LOCAL, "sub"]
+    assert sorted(row for kind, row, _ in keys if kind == "own") == sorted([ids[A], ids[B]])
+    assert {origin for kind, _, origin in keys if kind == "own"} == {"verdict"}
+    vectors = dict(await store.embedding_vectors("entry", [r for r, _ in entries] + [10**9]))
+    assert sorted(vectors.values()) == sorted(e.blob for e in [*local, EmbeddingEntry(_vector(2))])
+    assert await store.embedding_vectors("own", [ids[A]]) == [(ids[A], _vector(10).tobytes())]
+    assert await store.embedding_vectors("own", []) == []
+    assert await store.allowed_embeddings("m") == [_vector(12).tobytes()]
+    assert await store.allowed_embeddings("unknown") == []
+
+
+@clause("EmbeddingStore")
+async def embedding_rows_say_what_they_are_and_what_is_published(
+    store: _EmbeddingsVerdictsLists,
+) -> None:
+    local = [EmbeddingEntry(_vector(i), note=f"n{i}") for i in range(2)]
+    await store.add_embedding_entries(LOCAL, "m", local, by="cli:a")
+    await store.replace_embedding_origin("sub", "m", [EmbeddingEntry(_vector(5))])
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.set_list(B, "deny", by="api:bob")
+    await store.put_verdict(D, verdict(Label.CLEAN))
+    own = {sha: await store.save_embedding(sha, "m", _vector(10 + i).tobytes())
+           for i, sha in enumerate((A, B, D))}  # fmt: skip
+    entry_ids = [r async for kind, rows, _ in store.embedding_index_keys("m")
+                 if kind == "entry" for r in rows]  # fmt: skip
+    rows = [await store.embedding_entry(i) for i in entry_ids]
+    by_digest = {r.digest: r for r in rows if r is not None}
+    first = by_digest[local[0].digest]
+    assert (first.origin, first.vector, first.note, first.added_by) == (
+        LOCAL, local[0].blob, "n0", "cli:a",
+    )  # fmt: skip
+    assert await store.embedding_entry(10**9) is None
+    mine = await store.own_embedding(own[A])
+    assert mine is not None and (mine.origin, mine.sha256, mine.note) == (
+        "verdict", A, "confirmed positive",
+    )  # fmt: skip
+    denied = await store.own_embedding(own[B])
+    assert denied is not None and denied.note == "deny list"
+    assert denied.first_seen == await _added_at(store, "deny", B)
+    assert await store.own_embedding(own[D]) is None  # a clean image is no entry
+    assert await store.own_embedding(10**9) is None
+    published = await store.own_embedding_entries("m", "me")
+    assert [(r.origin, r.sha256, r.added_by) for r in published[:1]] == [("verdict", B, "api:bob")]
+    assert published[0].source == "me"
+    assert sorted(r.digest for r in published[1:]) == sorted(e.digest for e in local)
+    assert await store.own_embedding_entries("unknown", "me") == []
+
+
+@clause("EmbeddingStore")
+async def an_embedding_replacement_with_nothing_new_keeps_the_generation(
+    store: _EmbeddingsAndHashBank,
+) -> None:
+    entries = [EmbeddingEntry(_vector(i)) for i in range(2)]
+    assert await store.replace_embedding_origin("sub", "m", entries) == 2
+    before = await store.hash_generation()
+    assert await store.replace_embedding_origin("sub", "m", list(entries)) == 0
+    assert await store.hash_generation() == before
+    assert await store.replace_embedding_origin("sub", "m", entries[:1]) == 1  # one removed
+    assert await store.embedding_entry_count("m") == 1
+    assert await store.drop_embedding_origins_except(["sub"]) == []
+    assert await store.embedding_of(A, "m") is None
+
+
+@clause("SweepStore")
+async def sweep_locations_keep_actions_on_files_replaced_since(store: SweepStore) -> None:
+    assert await store.sweep_locations([]) == {}
+    await store.put_scan_files([_file(0, A, "csam")])
+    what: dict[str, Any] = dict(source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
+                action="quarantine", label="csam", reasons=["r"])  # fmt: skip
+    row, _ = await store.begin_scan_action(**what)
+    await store.end_scan_action(row.id, "done", location="q/f0", detail={})
+    await store.put_scan_files([_file(0, B, "clean")])  # new bytes under the same name
+    found = await store.sweep_locations([A, B, C])
+    assert sorted(found) == [A, B]
+    [gone] = found[A]
+    assert (gone["identifier"], gone["size"], gone["judged_at"]) == ("f0", 10, None)
+    assert (gone["action_id"], gone["action_state"], gone["location"]) == (row.id, "done", "q/f0")
+    [now] = found[B]
+    assert (now["identifier"], now["judged_at"], now["action_id"], now["action"]) == (
+        "f0", 2.0, None, None,
+    )  # fmt: skip
+
+
+@clause("SweepStore")
+async def a_released_action_starts_again_on_its_row_and_a_location_is_kept(
+    store: SweepStore,
+) -> None:
+    what: dict[str, Any] = dict(source="local:/srv", identifier="f0", sha256=A, size=10, mtime=1.5,
+                action="quarantine", label="csam", reasons=["r"])  # fmt: skip
+    row, _ = await store.begin_scan_action(**what)
+    await store.set_scan_action_location(row.id, "q/f0")
+    await store.end_scan_action(row.id, "done", location=None, detail={"n": 1})
+    done = await store.get_scan_action(row.id)
+    assert done is not None and (done.location, done.detail) == ("q/f0", {"n": 1})
+    await store.end_scan_action(row.id, "released", location=None, detail={"by": "admin"})
+    assert await store.scan_quarantined_among([A]) == set()
+    assert await store.scan_quarantine_counts() == {"released": 1}
+    again, fresh = await store.begin_scan_action(**{**what, "reasons": ["r2"]})
+    assert fresh and again.id == row.id and again.created_at == row.created_at
+    assert (again.state, again.location, again.detail, again.reasons) == (
+        "started", None, {}, ["r2"],
+    )  # fmt: skip
+    assert await store.get_scan_action(10**9) is None
+    assert await store.scan_actions_for(B) == []
+    assert await store.started_scan_actions("local:/other") == []
+
+
+@clause("SweepStore")
+async def a_run_saved_done_is_no_longer_unfinished_and_keeps_what_the_sweep_saved(
+    store: SweepStore,
+) -> None:
+    run = await store.start_scan_run("local:/srv", "quarantine", follow=True)
+    assert (run.state, run.phase, run.cursor, run.follow) == ("running", "sweep", None, True)
+    other = await store.start_scan_run("s3:bucket", "report", follow=False)  # its own source
+    run.phase, run.watermark, run.time_ordered = "follow", 5.0, True
+    await store.save_scan_run(run)
+    got = await store.unfinished_scan_run("local:/srv")
+    assert got is not None
+    assert (got.phase, got.watermark, got.time_ordered, got.action) == (
+        "follow", 5.0, True, "quarantine",
+    )  # fmt: skip
+    run.state = "done"
+    await store.save_scan_run(run, {"judged": 1})
+    assert await store.unfinished_scan_run("local:/srv") is None
+    still = await store.unfinished_scan_run("s3:bucket")
+    assert still is not None and still.id == other.id
+
+
+@clause("SweepStore")
+async def unacted_positives_filter_by_label_time_and_source(store: SweepStore) -> None:
+    later = ScanFile("s3:b", "k", 5, 1.0, "judged", C, "image/png", "csam", ["x"], 5.0)
+    await store.put_scan_files([_file(0, A, "csam"), _file(1, B, "clean"), later])
+    assert await store.unacted_scan_positives([], since=None, source=None) == []
+    got = await store.unacted_scan_positives(["csam"], since=None, source=None)
+    assert [(f.source, f.identifier) for f in got] == [("local:/srv", "f0"), ("s3:b", "k")]
+    since = await store.unacted_scan_positives(["csam"], since=3.0, source=None)
+    assert [f.identifier for f in since] == ["k"]
+    mine = await store.unacted_scan_positives(["csam"], since=None, source="local:/srv")
+    assert [f.identifier for f in mine] == ["f0"]
+    clean = (await store.get_scan_files("local:/srv", ["f1"]))["f1"]
+    assert clean.reasons is None  # reasons are kept for positives only
+    assert await store.get_scan_files("local:/srv", []) == {}
+
+
+@clause("ProvenanceStore")
+async def positives_without_provenance_are_the_new_ones_not_asked_for_nor_allowed(
+    store: _ProvenanceVerdictsLists,
+) -> None:
+    now = time.time()
+    await store.put_verdict(A, verdict(Label.CSAM, judged_at=now - 30))
+    await store.put_verdict(B, verdict(Label.NSFW, judged_at=now - 20))
+    await store.put_verdict(C, verdict(Label.CLEAN, judged_at=now - 15))
+    await store.put_verdict(D, verdict(Label.CSAM, judged_at=now - 10))
+    await store.set_list(D, "allow")
+    await store.put_verdict(E, verdict(Label.CSAM, judged_at=now - 5))
+    await store.want_provenance(E, "late_positive", seen_at=None)  # asked for already
+    await store.set_list(F, "deny")  # a deny without a verdict
+    await store.set_list(B, "deny")  # listed and judged: named once, as a verdict
+    stored = await store.get_verdicts([A, B])
+    listed = await _added_at(store, "deny", F)
+    assert await store.positives_without_provenance(10) == [
+        (A, stored[A].first_seen, "verdict", now - 30),
+        (B, stored[B].first_seen, "verdict", now - 20),
+        (F, listed, "deny", listed),
+    ]
+    assert [r[0] for r in await store.positives_without_provenance(1)] == [A, F]
+    newer = await store.positives_without_provenance(10, verdicts_since=now - 25,
+                                                     lists_since=listed + 3600)  # fmt: skip
+    assert [r[0] for r in newer] == [B]
+
+
+@clause("ProvenanceStore")
+async def the_provenance_turn_is_refused_to_another_holder_until_it_lapses(
+    store: ProvenanceStore,
+) -> None:
+    me = getattr(store, "holder")  # noqa: B009 (not part of this concern's interface)
+    try:
+        assert await store.hold_provenance_turn(60) is True
+        setattr(store, "holder", "other:1")  # noqa: B010 (another process)
+        assert await store.hold_provenance_turn(60) is False
+        setattr(store, "holder", me)  # noqa: B010
+        assert await store.hold_provenance_turn(0) is True  # renewed, to lapse at once
+        setattr(store, "holder", "other:1")  # noqa: B010
+        assert await store.hold_provenance_turn(60) is True  # lapsed: taken over
+        setattr(store, "holder", me)  # noqa: B010
+        assert await store.hold_provenance_turn(60) is False
+    finally:
+        setattr(store, "holder", me)  # noqa: B010
+
+
+@clause("ProvenanceStore")
+async def settling_records_each_try_and_only_new_aliases_ask_again(
+    store: ProvenanceStore,
+) -> None:
+    assert await store.provenance(A) is None
+    assert await store.provenance_of([]) == {}
+    assert await store.count_provenance() == {}
+    await store.settle_provenance(
+        B, "resolved", aliases=[], record=None, error=None, next_try=0.0
+    )  # fmt: skip  (never asked for: nothing made)
+    assert await store.provenance(B) is None
+    await store.want_provenance(A, "sweep", aliases=["a.png"], seen_at=3.0)
+    await store.settle_provenance(A, "pending", aliases=["a.png"], record=None,
+                                  error="lemmy away", next_try=time.time() + 600)  # fmt: skip
+    record = {"post": {"id": 1, "tags": ["x"]}}
+    await store.settle_provenance(A, "resolved", aliases=["a.png"], record=record, error=None,
+                                  next_try=0.0)  # fmt: skip
+    row = await store.provenance(A)
+    assert row is not None
+    assert (row.state, row.record, row.error, row.tries, row.seen_at) == (
+        "resolved", record, None, 2, 3.0,
+    )  # fmt: skip
+    await store.want_provenance(A, "deny", aliases=["a.png"], seen_at=None)  # nothing new
+    same = await store.provenance(A)
+    assert same is not None and (same.state, same.why) == ("resolved", "sweep")
+    await store.want_provenance(A, "deny", aliases=["b.png"], seen_at=None)
+    asked = await store.provenance(A)
+    assert asked is not None and (asked.state, asked.aliases) == ("pending", ["a.png", "b.png"])
+    assert asked.record == record  # what was found stays until the next try
+    assert await store.count_provenance() == {"pending": 1}
+    assert await store.resolved_provenance() == []
+
+
+@clause("ProvenanceStore")
+async def rejected_uploads_come_from_the_audit_log_with_what_was_stored(
+    store: _ProvenanceAuditVerdicts,
+) -> None:
+    start = time.time() - 1
+    await store.put_verdict(A, verdict(Label.CSAM), media_type="image/png", size=7)
+    await store.audit("answered", sha256=A, label="csam", action="reject", source="pictrs",
+                      detail={"elapsed_ms": 250})  # fmt: skip
+    await store.audit("answered", sha256=B, label="clean", action="accept", source="pictrs")
+    await store.audit("judged", sha256=C, label="csam", action="reject", source="pictrs")
+    await store.audit("answered", sha256=D, action="reject", source="other")
+    await store.flush_audit()
+    got = sorted(await store.rejected_uploads(None, None, 10), key=lambda r: r.sha256)
+    assert [(r.sha256, r.client, r.label, r.size, r.media_type) for r in got] == [
+        (A, "pictrs", "csam", 7, "image/png"),
+        (D, "other", None, None, None),
+    ]
+    assert abs(got[0].answered_at - 0.25 - got[0].received_at) < 1e-6
+    assert got[1].received_at == got[1].answered_at
+    assert len(await store.rejected_uploads(None, None, 1)) == 1
+    assert await store.rejected_uploads(time.time() + 60, None, 10) == []
+    assert await store.rejected_uploads(None, start - 60, 10) == []
+    assert len(await store.rejected_uploads(start, time.time() + 60, 10)) == 2
+
+
+# -- limits: 0 gives nothing, below 0 is refused on every store -------------------------------
+# (SQLite reads a negative LIMIT as "no limit", PostgreSQL refuses it: the store decides.)
+
+
+async def _refused(call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except ValueError as exc:
+        assert "0 or more" in str(exc), exc
+        return
+    raise AssertionError("a negative limit or offset was taken")
+
+
+async def _drain(rows: AsyncIterator[Any]) -> list[Any]:
+    return [row async for row in rows]
+
+
+@clause("VerdictStore")
+async def a_limit_of_zero_gives_nothing_and_a_negative_one_is_refused(
+    store: _VerdictsListsAudit,
+) -> None:
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.put_verdict(B, verdict(Label.CSAM))
+    assert await _drain(store.iter_verdicts(limit=0)) == []
+    assert await store.search_verdicts(VerdictFilter(limit=0)) == []
+    assert await store.search_verdicts(VerdictFilter(labels=("csam",), limit=0)) == []
+    assert await store.sha256_by_prefix("", limit=0) == []
+    await _refused(_drain(store.iter_verdicts(limit=-1)))
+    await _refused(store.search_verdicts(VerdictFilter(limit=-1)))
+    await _refused(store.search_verdicts(VerdictFilter(labels=("csam",), offset=-1)))
+    await _refused(store.sha256_by_prefix("", limit=-1))
+
+
+@clause("LatePositiveStore")
+async def late_positives_limit_zero_gives_nothing_and_below_zero_is_refused(
+    store: LatePositiveStore,
+) -> None:
+    await store.record_late_positive(A, Label.CSAM, "recorded", {})
+    assert await store.late_positives(limit=0) == []
+    await _refused(store.late_positives(limit=-1))
+
+
+@clause("JobStore")
+async def claiming_no_jobs_or_fewer_than_none_claims_nothing(store: JobStore) -> None:
+    await _add(store, A)
+    assert await store.claim_jobs(0) == []
+    assert await store.claim_jobs(-1) == []  # never "every job" (SQLite's LIMIT -1)
+    assert [j.sha256 for j in await store.claim_jobs(1)] == [A]
+
+
+@clause("HashBankStore")
+async def hash_flags_limit_zero_gives_nothing_and_below_zero_is_refused(
+    store: HashBankStore,
+) -> None:
+    await store.flag_hash(A, "sub", "pdq", PDQ1, 1, None)
+    assert await store.hash_flags(limit=0) == []
+    await _refused(store.hash_flags(limit=-1))
+
+
+@clause("ProvenanceStore")
+async def provenance_limits_zero_give_nothing_and_below_zero_are_refused(
+    store: _ProvenanceAuditVerdicts,
+) -> None:
+    await store.put_verdict(A, verdict(Label.CSAM))
+    await store.put_verdict(B, verdict(Label.CSAM))
+    await store.want_provenance(B, "sweep", seen_at=None)
+    await store.audit("answered", sha256=A, action="reject")
+    await store.flush_audit()
+    later = time.time() + 60
+    assert await store.positives_without_provenance(0) == []
+    assert await store.due_provenance(later, 0) == []
+    assert await store.rejected_uploads(None, None, 0) == []
+    await _refused(store.positives_without_provenance(-1))
+    await _refused(store.due_provenance(later, -1))
+    await _refused(store.rejected_uploads(None, None, -1))
+
+
+# -- text: a NUL character is refused on every store -------------------------------------------
+# (PostgreSQL's text cannot hold one and fails the whole statement; SQLite kept it.)
+
+
+async def _refused_nul(call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except ValueError as exc:
+        assert "NUL" in str(exc), exc
+        return
+    raise AssertionError("text with a NUL character was taken")
+
+
+@clause("ListStore")
+async def a_list_note_with_a_nul_character_is_refused_and_nothing_written(
+    store: ListStore,
+) -> None:
+    await _refused_nul(store.set_list(A, "deny", note="bad\x00note"))
+    await _refused_nul(store.set_list(A, "deny", by="\x00"))
+    assert await store.list_kind(A) is None
+    await store.set_list(A, "deny", note="fine")  # the store is none the worse
+    assert await store.list_kind(A) == "deny"
+
+
+@clause("HashBankStore")
+async def hash_entries_with_a_nul_character_are_refused_and_nothing_written(
+    store: HashBankStore,
+) -> None:
+    rows = [HashEntry("pdq", PDQ1), HashEntry("sha256", C, note="from\x00list")]
+    before = await store.hash_generation()
+    await _refused_nul(store.add_hash_entries(LOCAL, rows))
+    await _refused_nul(store.replace_hash_origin("sub", [HashEntry("sha256", C, source="\x00")]))
+    await _refused_nul(store.add_hash_entries(LOCAL, rows[:1], by="cli:\x00"))
+    assert await store.hash_entries() == []
+    assert await store.hash_generation() == before
+    assert await store.add_hash_entries(LOCAL, rows[:1]) == 1
+
+
+@clause("EmbeddingStore")
+async def embedding_entries_with_a_nul_character_are_refused_and_nothing_written(
+    store: EmbeddingStore,
+) -> None:
+    good, bad = EmbeddingEntry(_vector(1)), EmbeddingEntry(_vector(2), note="x\x00")
+    await _refused_nul(store.add_embedding_entries(LOCAL, "m", [good, bad]))
+    await _refused_nul(store.replace_embedding_origin("sub", "m", [bad]))
+    assert await store.embedding_entry_count("m") == 0
+    assert await store.add_embedding_entries(LOCAL, "m", [good]) == 1
+
+
+@clause("EmbeddingStore")
+async def an_embedding_entry_given_again_keeps_its_id_and_vector(store: EmbeddingStore) -> None:
+    entry = EmbeddingEntry(_vector(1), first_seen=50.0, note="first")
+    assert await store.add_embedding_entries(LOCAL, "m", [entry], by="cli:a") == 1
+    assert await store.add_embedding_entries(LOCAL, "m", [entry], by="cli:b") == 0  # unchanged
+    [row_id] = [r async for kind, rows, _ in store.embedding_index_keys("m") for r in rows]
+    again = EmbeddingEntry(_vector(1), first_seen=80.0, note="second")
+    assert await store.add_embedding_entries(LOCAL, "m", [again], by="cli:b") == 1
+    row = await store.embedding_entry(row_id)
+    assert row is not None
+    assert (row.note, row.first_seen, row.vector, row.added_by) == (
+        "second", 80.0, entry.blob, "cli:a",
+    )  # fmt: skip
+    assert await store.embedding_entry_count("m") == 1

@@ -171,6 +171,12 @@ async def test_csrf_and_unauthenticated_access_are_refused(tmp_path: Path, brows
         )
         assert resp.status == 403 and (await resp.json())["error"] == "bad_origin"
         assert await store.list_kind(sha) is None
+        # A note no store can keep (a NUL character) is a clear 400, nothing decided.
+        resp = await ctx.request.post(
+            f"{svc.url}/admin/item/{sha}/allow", form={"csrf": csrf, "note": "a\x00b"}
+        )
+        assert resp.status == 400 and (await resp.json())["error"] == "bad_note"
+        assert await store.list_kind(sha) is None
 
         # Logging out ends the session server-side: the old cookie is worthless.
         old = [c for c in await ctx.cookies() if c["name"] == "hs_admin"]

@@ -118,6 +118,15 @@ def test_verdicts_list_show_export(cli, tmp_path: Path):
     assert records[0]["sha256"] == sha and "bytes" not in json.dumps(records)
 
 
+def test_a_negative_limit_is_a_usage_error_not_every_row(cli):
+    """SQLite reads LIMIT -1 as "no limit" and PostgreSQL refuses it: the CLI says so first."""
+    for args in (("verdicts", "list"), ("hashes", "flagged")):
+        proc = cli(*args, "--limit", "-1")
+        assert proc.returncode == 2 and "--limit" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert cli(*args, "--limit", "0", check=True).returncode == 0
+
+
 def test_verdicts_show_rejects_bad_hashes(cli):
     proc = cli("verdicts", "show", "xyz")
     assert proc.returncode == 2 and "64 hex" in proc.stderr

@@ -152,6 +152,20 @@ async def test_connection_drops_are_retried(http):
         assert signals.nsfw is False and horde.dropped == 2
 
 
+async def test_a_submit_whose_answer_is_lost_is_sent_again_and_paid_twice(http):
+    """The Horde took the request, but its answer never arrived (a proxy reset it): the
+    submit is retried, so the Horde holds two requests for one image, the first orphaned.
+    The API has no idempotency key and no list of a user's requests, so there is no way to
+    find the first one (docs/ai-horde.md says so)."""
+    async with FakeHorde(latency=0.1) as horde:
+        horde.drop_connections = 1
+        horde.drop_after_handling = True
+        backend = HordeBackend(settings(horde.url), http)
+        signals = await backend.judge(prepared())
+        assert signals.nsfw is False
+        assert horde.posts == 2 and len(horde.submissions) == 2
+
+
 async def test_slow_http_gives_up_after_bounded_retries(http):
     async with FakeHorde(latency=0.1) as horde:
         horde.delay_responses = 1.0

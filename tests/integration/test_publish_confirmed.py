@@ -117,9 +117,11 @@ async def test_an_allow_lifts_the_positive_and_its_near_copies_at_once(tmp_path:
         assert blocked.status == 406 and blocked.body["route"] == "match"
 
         sha = first.body["sha256"]
-        async with http.post(
-            f"{svc.url}/api/v1/admin/verdicts/{sha}/allow", json={"by": "bob"}, headers=API
-        ) as resp:
+        allow = f"{svc.url}/api/v1/admin/verdicts/{sha}/allow"
+        nul = {"by": "bob", "note": "a\u0000b"}  # no store keeps a NUL: refused, not a 500
+        async with http.post(allow, json=nul, headers=API) as resp:
+            assert resp.status == 400 and (await resp.json())["error"] == "bad_note"
+        async with http.post(allow, json={"by": "bob"}, headers=API) as resp:
             assert resp.status == 200
         original = await validate_upload(
             http, svc.scan_url(), textures.encode(picture), "image/jpeg"

@@ -21,11 +21,15 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from horde_scanner.config import AdminSettings
+from horde_scanner.moderation.actions import ActionError
+from horde_scanner.review.decisions import ReviewError
+from horde_scanner.service.context import SIGN_IN
 from horde_scanner.service.errors import RequestError
 from horde_scanner.service.throttle import FailureThrottle
 
@@ -191,3 +195,25 @@ def _unauthorised(detail: str) -> RequestError:
 
 
 ADMIN: web.AppKey[AdminGate] = web.AppKey("admin_gate", AdminGate)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def admin_only(handler: Handler) -> Handler:
+    """An admin API handler behind the bearer token; its review and Lemmy errors as HTTP ones."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        deps = request.app[SIGN_IN]
+        address = deps.auth.client_address(request)
+        try:
+            request.app[ADMIN].check_bearer(request, address)
+        except RequestError as exc:
+            if exc.status == 401:
+                deps.metrics.error("admin_token_failed")
+            raise
+        try:
+            return await handler(request)
+        except (ReviewError, ActionError) as exc:
+            raise RequestError(exc.status, exc.error, exc.detail) from None
+
+    return guarded

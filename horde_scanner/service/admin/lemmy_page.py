@@ -1,6 +1,7 @@
 """The review page's Lemmy parts: who uploaded an image, where Lemmy uses it, which instance it
 came from (moderation/provenance.py), and the admin's actions through Lemmy's API with a dry run
-first (moderation/actions.py). HTML fragments and the form handlers; page.py places them."""
+first (moderation/actions.py). HTML fragments and the form handlers; review_page.py places them
+on the queue and the item page."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import html
 import json
 from typing import Any
 
+from aiohttp import web
+
 from horde_scanner.moderation.actions import ActionError, parse_actions
+from horde_scanner.review import view
 from horde_scanner.service.admin.auth import Session
-from horde_scanner.service.context import AdminDeps
+from horde_scanner.service.admin.page import _checked_post, _refused
+from horde_scanner.service.admin.params import sha_param
+from horde_scanner.service.context import LEMMY, LemmyDeps
 
 ACTION_LABELS = (
     ("report", "report the posts, comments and messages to their moderators"),
@@ -64,7 +70,7 @@ def summary(prov: dict[str, Any] | None) -> str | None:
     )
 
 
-def provenance_html(svc: AdminDeps, session: Session, sha: str, prov: dict[str, Any] | None) -> str:
+def provenance_html(svc: LemmyDeps, session: Session, sha: str, prov: dict[str, Any] | None) -> str:
     """The "Who and where" section of an item."""
     if svc.provenance is None or svc.provenance.lemmy is None:
         return (
@@ -130,7 +136,7 @@ def provenance_html(svc: AdminDeps, session: Session, sha: str, prov: dict[str, 
 
 
 def actions_html(
-    svc: AdminDeps, session: Session, sha: str, prov: dict[str, Any] | None, done: list[dict]
+    svc: LemmyDeps, session: Session, sha: str, prov: dict[str, Any] | None, done: list[dict]
 ) -> str:
     """The "Act through Lemmy" section: the choice, a dry run, past calls with retry."""
     if svc.moderator is None or not svc.moderator.enabled:
@@ -176,11 +182,37 @@ def actions_html(
     return "".join(parts) + "</div>"
 
 
+async def summaries(request: web.Request, shas: list[str]) -> dict[str, str | None]:
+    """The queue cards' "who, where" lines, for the images whose provenance is known."""
+    rows = await request.app[LEMMY].store.provenance_of(shas)
+    return {sha: summary(view.provenance_entry(row)) for sha, row in rows.items()}
+
+
+def item_sections(request: web.Request, session: Session, sha: str, record: dict[str, Any]) -> str:
+    """The item page's Lemmy panel: who and where, then the actions."""
+    svc = request.app[LEMMY]
+    prov = record["provenance"]
+    return provenance_html(svc, session, sha, prov) + actions_html(
+        svc, session, sha, prov, record["lemmy_actions"]
+    )
+
+
+async def refresh(request: web.Request, sha: str) -> None:
+    """ "Ask Lemmy again": the image's provenance is due now (wanted, when never asked)."""
+    svc = request.app[LEMMY]
+    if not await svc.store.refresh_provenance(sha):
+        stored = await svc.store.get_verdict(sha)
+        await svc.store.want_provenance(sha, "admin", seen_at=stored.first_seen if stored else None)
+    if svc.provenance is not None:
+        svc.provenance.wake()
+
+
 async def lemmy_form(
-    svc: AdminDeps, session: Session, sha: str, form: Any
+    request: web.Request, session: Session, sha: str, form: Any
 ) -> tuple[str, str] | None:
     """The actions form: a dry run gives a page (title, body); a real run gives None (the item
     page shows the calls made). Raises ActionError on a bad choice."""
+    svc = request.app[LEMMY]
     if svc.moderator is None or not svc.moderator.enabled:
         raise ActionError(409, "lemmy_not_configured", "Lemmy actions need lemmy.url")
     actions = parse_actions(form.getall("action", []))
@@ -212,7 +244,19 @@ async def lemmy_form(
     return "Lemmy calls (dry run)", body
 
 
-async def retry(svc: AdminDeps, session: Session, action_id: str) -> None:
+async def retry(request: web.Request) -> web.Response:
+    """A failed Lemmy call, sent again from the item page."""
+    session, _ = await _checked_post(request)
+    svc = request.app[LEMMY]
+    sha = sha_param(request)
+    try:
+        await _retry(svc, session, request.match_info["id"])
+    except ActionError as exc:
+        return _refused(sha, exc.detail, session, exc.status)
+    raise web.HTTPSeeOther(f"/admin/item/{sha}#lemmy-actions")
+
+
+async def _retry(svc: LemmyDeps, session: Session, action_id: str) -> None:
     if svc.moderator is None or not svc.moderator.enabled:
         raise ActionError(409, "lemmy_not_configured", "Lemmy actions need lemmy.url")
     try:
@@ -220,3 +264,7 @@ async def retry(svc: AdminDeps, session: Session, action_id: str) -> None:
     except ValueError:
         raise ActionError(400, "bad_id", "expected a numeric action id") from None
     await svc.moderator.retry(ident, by=session.actor)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/item/{sha256}/lemmy-retry/{id}", retry)

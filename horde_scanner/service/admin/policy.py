@@ -16,9 +16,9 @@ from aiohttp import web
 
 from horde_scanner.judging.policy_diff import DiffReport, run_diff
 from horde_scanner.policy.rules import Policy, PolicyError
-from horde_scanner.service.admin import api as admin_api
-from horde_scanner.service.admin.auth import actor_name
+from horde_scanner.service.admin.auth import actor_name, admin_only
 from horde_scanner.service.admin.page import _checked_post, _csrf, _page, _session_or_login
+from horde_scanner.service.admin.params import PREFIX, parse_labels, parse_time
 from horde_scanner.service.context import POLICY, PolicyDeps
 from horde_scanner.service.errors import RequestError
 from horde_scanner.verdict import Label
@@ -67,7 +67,7 @@ def _since(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return admin_api.parse_time(value, "since")
+        return parse_time(value, "since")
     except RequestError:
         try:
             return parse_since(value)
@@ -109,13 +109,13 @@ async def _diff(
         )
 
 
-@admin_api.admin_only
+@admin_only
 async def check_api(request: web.Request) -> web.Response:
     policy = await _body_policy(request)
     return web.json_response({"valid": True, "version": policy.version})
 
 
-@admin_api.admin_only
+@admin_only
 async def diff_api(request: web.Request) -> web.Response:
     q = request.query
     candidate = await _body_policy(request)
@@ -123,7 +123,7 @@ async def diff_api(request: web.Request) -> web.Response:
         request,
         candidate,
         since=_since(q.get("since")),
-        labels=admin_api.parse_labels(q.getall("label", [])),
+        labels=parse_labels(q.getall("label", [])),
         samples=_samples(q.get("samples")),
         baseline=q.get("baseline") or "stored",
     )
@@ -183,7 +183,7 @@ async def policy_post(request: web.Request) -> web.Response:
             request,
             candidate,
             since=_since(str(form.get("since") or "").strip() or None),
-            labels=admin_api.parse_labels([label] if label else []),
+            labels=parse_labels([label] if label else []),
             samples=5,
             baseline="stored",
         )
@@ -257,7 +257,7 @@ def _report_html(report: DiffReport, svc: PolicyDeps) -> str:
 def add_routes(app: web.Application) -> None:
     app[_DIFF_LOCK] = asyncio.Lock()
     r = app.router
-    r.add_post(f"{admin_api.PREFIX}/policy/check", check_api)
-    r.add_post(f"{admin_api.PREFIX}/policy/diff", diff_api)
+    r.add_post(f"{PREFIX}/policy/check", check_api)
+    r.add_post(f"{PREFIX}/policy/diff", diff_api)
     r.add_get("/admin/policy", policy_page)
     r.add_post("/admin/policy", policy_post)

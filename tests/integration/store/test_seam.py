@@ -62,6 +62,32 @@ async def test_a_single_row_insert_reports_the_row_it_wrote(store_url: str) -> N
         assert done.rowcount == 1
 
 
+async def test_a_prepared_single_row_insert_reports_its_count_and_no_rows(store_url: str) -> None:
+    """The hot path's `Prepared` statements go to the driver as compiled (asyncpg on
+    PostgreSQL, where the dialect adds an implicit RETURNING of an identity key to a
+    single-row INSERT): the caller gets the statement's row count, 1 or 0 on a conflict, and
+    no rows it did not ask for, on both databases, as on the Core path."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from horde_scanner.store.database import Prepared
+    from horde_scanner.store.sweeps import scan_actions
+
+    async with await Store.open(store_url) as store:
+        insert = postgresql.insert if store.dialect == "postgresql" else sqlite.insert
+        row = {
+            "source": sa.bindparam("source"), "identifier": "f", "sha256": "a" * 64,
+            "action": "quarantine", "state": "started", "created_at": 1.0, "updated_at": 1.0,
+        }  # fmt: skip
+        once = Prepared(insert(scan_actions).values(row).on_conflict_do_nothing())
+        first = await store.db.execute(once, {"source": "s1"})
+        assert (first.rowcount, list(first.all()), bool(first)) == (1, [], False)
+        again = await store.db.execute(once, {"source": "s1"})  # a conflict: nothing written
+        assert (again.rowcount, list(again.all())) == (0, [])
+        returning = Prepared(insert(scan_actions).values(row).returning(scan_actions.c.source))
+        asked = await store.db.execute(returning, {"source": "s2"})
+        assert (asked.rowcount, [tuple(r) for r in asked.all()]) == (1, [("s2",)])
+
+
 # -- the bulk paths: Database.write_many and Database.stream --------------------------------
 
 _BULK = sa.MetaData()

@@ -87,6 +87,19 @@ def test_import_reports_bad_rows_by_line_and_keeps_the_good(tmp_path: Path):
     assert missing.exit_code == 1 and "no imported pdq entry" in missing.output
 
 
+def test_a_row_whose_text_holds_a_nul_character_is_skipped_with_its_line() -> None:
+    """A list (a subscription's too) may carry a NUL in its text: the row is skipped and
+    named, not handed to the store, which refuses it (PostgreSQL cannot keep one)."""
+    rows = [
+        {"signal": "sha256", "value": SHA, "note": "bad\u0000note"},
+        {"signal": "pdq", "value": PDQ, "source": "peer\u0000"},
+        {"signal": "pdq", "value": PDQ, "note": "fine"},
+    ]
+    entries, errors = parse(json.dumps({"entries": rows}), "json")
+    assert [(e.value, e.note) for e in entries] == [(PDQ, "fine")]
+    assert [("NUL" in e.message) for e in errors] == [True, True]
+
+
 def test_unreadable_list_is_refused_with_a_reason(tmp_path: Path):
     db = tmp_path / "s.db"
     bad = tmp_path / "bad.json"

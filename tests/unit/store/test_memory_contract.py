@@ -61,3 +61,26 @@ async def test_it_is_one_process_and_closing_writes_the_audit_buffer() -> None:
     assert len(store._t.audit) == 1  # written by close
     with pytest.raises(RuntimeError, match="closed"):
         await store.get_verdict(A)
+
+
+async def test_records_of_the_other_concerns_are_copies_too() -> None:
+    async with MemoryStore() as store:
+        await store.want_provenance(A, "sweep", aliases=["a.png"], seen_at=None)
+        row = await store.provenance(A)
+        assert row is not None
+        row.aliases.append("changed by a reader")
+        again = await store.provenance(A)
+        assert again is not None and again.aliases == ["a.png"]
+        reasons = ["r"]
+        action, _ = await store.begin_scan_action(
+            source="local:/srv", identifier="f", sha256=A, size=1, mtime=1.0,
+            action="quarantine", label="csam", reasons=reasons,
+        )  # fmt: skip
+        reasons.append("changed by the caller")
+        action.detail["k"] = "changed by a reader"
+        got = await store.get_scan_action(action.id)
+        assert got is not None and (got.reasons, got.detail) == (["r"], {})
+        run = await store.start_scan_run("local:/srv", "report", follow=False)
+        run.cursor = "moved but not saved"
+        unsaved = await store.unfinished_scan_run("local:/srv")
+        assert unsaved is not None and unsaved.cursor is None
