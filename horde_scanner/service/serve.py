@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -61,6 +62,22 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     )
 
 
+def freeze_heap() -> int:
+    """Collect once, then move every object alive now out of the cyclic collector's reach
+    (`gc.freeze`); how many were moved.
+
+    Start-up leaves some 120,000 long-lived objects (SQLAlchemy, Alembic, numpy, the app and
+    its parts), and a full collection walks them all with the event loop stopped: 100-170 ms
+    on the development machine, twice the release before SQLAlchemy's, now and then in the
+    middle of a burst of cache hits (one such pause cost a 5 s round of `bench.validate` 7 %
+    of its throughput). Frozen, they are never walked again; what is made later is collected
+    as before. Objects freed by reference counting are freed as ever: only garbage in cycles
+    among the frozen objects would stay, and the collection before freezing clears start-up's."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 async def serve(
     settings: Settings, host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False
 ) -> None:
@@ -92,6 +109,7 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
+        log.info("start-up heap frozen: %d objects out of the collector's reach", freeze_heap())
         await stop.wait()
         draining.since = time.time()
         log.info("stopping: /readyz answers 503; draining for %.1f s", settings.server.drain_s)

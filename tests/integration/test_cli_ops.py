@@ -249,6 +249,9 @@ async def test_serve_says_where_it_listens_what_is_on_and_when_it_stops(tmp_path
     text = err.decode()
     assert proc.returncode == 0, text
     (listening,) = [line for line in text.splitlines() if "listening on" in line]
+    # The start-up heap is out of the cyclic collector's reach (service/serve.py: freeze_heap).
+    (frozen,) = [line for line in text.splitlines() if "start-up heap frozen" in line]
+    assert int(frozen.split("frozen: ")[1].split()[0]) > 10_000, frozen
     assert f"http://127.0.0.1:{port}" in listening
     assert "backend horde" in listening and "pict-rs API: off" in listening
     assert "clients: lemmy" in listening and "s3cr3t-id" not in text
