@@ -78,7 +78,17 @@ async def test_postgres_restart_mid_burst_costs_seconds(tmp_path, pg_server, pg_
                 for data in burst
                 for replica in (one, two)
             ]
-            await asyncio.sleep(1.0)  # jobs persisted, Horde requests in flight
+            # Every burst image's job persisted (or judged) before the crash, Horde requests
+            # in flight: that is what this test is about. A fixed second was not always enough
+            # on a loaded machine, and an upload first admitted during the outage cannot see
+            # the other replica's job: its replica judges it alone (a second submission, the
+            # price of answering while the store is away, not a Horde answer thrown away).
+            burst_shas = [sha256_hex(d) for d in burst]
+            persisted_by = time.monotonic() + 60
+            while sum(await judged(pg_url, burst_shas)) < len(burst_shas):
+                assert time.monotonic() < persisted_by, await judged(pg_url, burst_shas)
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)  # Horde requests in flight
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, pg_server.crash)
             down_at = time.monotonic()
