@@ -81,20 +81,6 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the process has used so far. Per request, this is what the
-    machine's other load disturbs least (throughput on a shared 2-core box swings widely)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def minor_faults(pid: int) -> int:
-    """Minor page faults the process has taken so far: a freshly mapped buffer is faulted in
-    page by page, in kernel time that instruction counts do not show."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[7])
-
-
 def pin(pid: int, cpus: set[int]) -> None:
     """Keep every thread of `pid` on `cpus` (threads it starts later inherit it): the service
     measured on a core of its own, the load generator on the other, so they do not take turns

@@ -43,9 +43,7 @@ import aiohttp
 
 from bench.common import (
     ROOT,
-    cpu_s,
     horde_and_service,
-    minor_faults,
     noisy_jpeg,
     peak_rss_mb,
     percentiles,
@@ -54,6 +52,7 @@ from bench.common import (
     spawn,
 )
 from horde_scanner.testing.net import free_port, wait_port
+from horde_scanner.testing.procstat import cpu_s, minor_faults
 
 CLIENT = "bench"
 DEADLINE_S = 8.0

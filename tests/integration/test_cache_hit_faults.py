@@ -20,6 +20,7 @@ from horde_scanner.media.hashing import sha256_hex
 from horde_scanner.store.sqlite import Store
 from horde_scanner.testing import images
 from horde_scanner.testing.net import free_port, wait_port
+from horde_scanner.testing.procstat import minor_faults
 from horde_scanner.verdict import Label, Verdict
 from tests.proc import cli_env
 
@@ -30,11 +31,6 @@ def _noise_png(seed: int) -> bytes:
     """About 250 KB: noise does not compress."""
     pixels = np.random.default_rng(seed).integers(0, 256, (290, 290, 3), dtype=np.uint8)
     return images.encode(Image.fromarray(pixels), "PNG")
-
-
-def _minor_faults(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[7])
 
 
 async def _hits(url: str, bodies: list[bytes], count: int) -> list[str]:
@@ -75,9 +71,9 @@ async def test_a_cache_hit_takes_no_page_faults(tmp_path: Path) -> None:
         await asyncio.to_thread(wait_port, port)
         url = f"http://127.0.0.1:{port}/api/v1/scan/{CLIENT}"
         await _hits(url, bodies, 200)  # warm: the heap grows to its working size once
-        before = _minor_faults(proc.pid)
+        before = minor_faults(proc.pid)
         routes = await _hits(url, bodies, 400)
-        per_hit = (_minor_faults(proc.pid) - before) / 400
+        per_hit = (minor_faults(proc.pid) - before) / 400
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
